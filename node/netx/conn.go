@@ -1,0 +1,143 @@
+// Package netx holds the connection plumbing shared by Portico's listeners,
+// protocol state machines, backend dialer and relay.
+//
+// A Conn is a *net.TCPConn with two additions the proxy needs:
+//
+//   - read-ahead bytes (a prefix) that are delivered before new socket data:
+//     bytes a client pipelined after STARTTLS belong to the TLS handshake,
+//     and bytes read past a PROXY protocol header belong to the session;
+//   - a non-blocking read mode, in which Read returns ErrWouldBlock instead
+//     of waiting. The relay uses it to find out that a direction is idle
+//     without holding a buffer or a goroutine while it waits.
+//
+// A Stream adds small buffered reader/writer for the line-based pre-login
+// dialogue and the STARTTLS / implicit TLS upgrade on top of a Conn.
+package netx
+
+import (
+	"errors"
+	"net"
+	"os"
+	"syscall"
+	"time"
+)
+
+// ErrWouldBlock is returned by Conn.Read in non-blocking mode when the
+// socket has no data. It is a net.Error whose Timeout and Temporary methods
+// report true, which crypto/tls treats as recoverable: a tls.Conn reading
+// through a non-blocking Conn keeps its state and can be read again later.
+var ErrWouldBlock error = wouldBlock{}
+
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "read would block" }
+func (wouldBlock) Timeout() bool   { return true }
+func (wouldBlock) Temporary() bool { return true }
+func (wouldBlock) Is(target error) bool {
+	return target == os.ErrDeadlineExceeded
+}
+
+// Conn is a TCP connection with read-ahead bytes and a non-blocking mode.
+// Reads must come from one goroutine at a time; writes may run
+// concurrently with reads.
+type Conn struct {
+	*net.TCPConn
+	raw      syscall.RawConn
+	prefix   []byte
+	nonblock bool
+}
+
+// NewConn wraps tc. prefix (may be nil) is delivered before socket data; the
+// Conn takes ownership of it.
+func NewConn(tc *net.TCPConn, prefix []byte) (*Conn, error) {
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{TCPConn: tc, raw: raw, prefix: prefix}, nil
+}
+
+// TCP returns the underlying connection.
+func (c *Conn) TCP() *net.TCPConn { return c.TCPConn }
+
+// Raw returns the underlying syscall.RawConn.
+func (c *Conn) Raw() syscall.RawConn { return c.raw }
+
+// Prefixed reports whether read-ahead bytes are still pending.
+func (c *Conn) Prefixed() bool { return len(c.prefix) > 0 }
+
+// Unread prepends p to the bytes the next reads return.
+func (c *Conn) Unread(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	if len(c.prefix) == 0 {
+		c.prefix = append([]byte(nil), p...)
+		return
+	}
+	c.prefix = append(append([]byte(nil), p...), c.prefix...)
+}
+
+// SetNonblock switches the non-blocking read mode on or off. Only the
+// reading goroutine may call it.
+func (c *Conn) SetNonblock(on bool) { c.nonblock = on }
+
+// Read implements io.Reader.
+func (c *Conn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		if len(c.prefix) == 0 {
+			c.prefix = nil
+		}
+		return n, nil
+	}
+	if !c.nonblock {
+		return c.TCPConn.Read(p)
+	}
+	return c.ReadNonblock(p)
+}
+
+// ReadNonblock reads what the socket has now. It returns ErrWouldBlock if
+// there is nothing, and io.EOF at end of stream.
+func (c *Conn) ReadNonblock(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	var n int
+	var serr error
+	err := c.raw.Read(func(fd uintptr) bool {
+		for {
+			n, serr = syscall.Read(int(fd), p)
+			if serr != syscall.EINTR {
+				return true
+			}
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case serr == syscall.EAGAIN:
+		return 0, ErrWouldBlock
+	case serr != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", serr)}
+	case n == 0:
+		return 0, errEOF
+	}
+	return n, nil
+}
+
+// IsClosed reports whether err means the connection was closed locally.
+func IsClosed(err error) bool { return errors.Is(err, net.ErrClosed) }
+
+// SetLinger0 makes Close send a RST instead of FIN (used for hostile peers).
+func (c *Conn) SetLinger0() { _ = c.TCPConn.SetLinger(0) }
+
+// deadline helper used by Stream.
+func deadline(d time.Duration) time.Time {
+	if d <= 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(d)
+}

@@ -1,0 +1,5 @@
+package netx
+
+import "io"
+
+var errEOF = io.EOF

@@ -1,0 +1,282 @@
+// Package relay moves bytes both ways between a client and its backend
+// after login, at the lowest memory cost per session the kernel allows.
+//
+// Each session has two directions (pumps). A pump runs on a goroutine only
+// while its source has data: it copies until the source would block, then
+// parks: it registers the source socket with the engine's epoll poller and
+// its goroutine exits, returning any buffer or pipe it borrowed. An idle
+// session therefore holds no goroutine, no buffer and no pipe, only its
+// connections and a small struct. When the source becomes readable the
+// poller starts a new goroutine for the pump.
+//
+// Plain TCP on both sides is spliced inside the kernel (splice(2) through a
+// borrowed pipe); a TLS side forces a copy through user space, done with a
+// pooled 16 KiB buffer borrowed only for the duration of a burst.
+//
+// Half-close is passed on (end of stream on one side shuts down the write
+// side of the other, with close_notify for TLS); the session closes when
+// both directions have ended, on an error, after the idle timeout, or when
+// asked to.
+package relay
+
+import (
+	"crypto/tls"
+	"errors"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/portico-mail/portico/node/netx"
+)
+
+// Side is one end of a relayed session.
+type Side struct {
+	Conn *netx.Conn // the TCP connection (with non-blocking read support)
+	TLS  *tls.Conn  // the TLS layer over Conn, or nil for plaintext
+}
+
+func (s Side) plain() bool { return s.TLS == nil }
+
+// Stats describe a finished session.
+type Stats struct {
+	ClientToBackend int64 // bytes relayed from client to backend
+	BackendToClient int64 // bytes relayed from backend to client
+	Duration        time.Duration
+	Reason          string // why the session ended
+	Err             error  // the error that ended it, if any
+}
+
+// Options for one session.
+type Options struct {
+	// IdleTimeout closes the session when no byte moved either way for
+	// this long. 0 means no timeout.
+	IdleTimeout time.Duration
+	// OnClose is called once, after both connections are closed.
+	OnClose func(Stats)
+}
+
+// Reasons a session ends (Stats.Reason).
+const (
+	ReasonClosed   = "closed"        // both sides ended their streams
+	ReasonClient   = "client error"  // reading from or writing to the client failed
+	ReasonBackend  = "backend error" // reading from or writing to the backend failed
+	ReasonIdle     = "idle timeout"
+	ReasonHalfOpen = "half-closed timeout" // one side ended, the other did not follow
+	ReasonShutdown = "shutdown"
+)
+
+// halfCloseTimeout bounds how long a session stays open after one side
+// ended its stream and the other did not follow.
+const halfCloseTimeout = 30 * time.Second
+
+// Engine runs relayed sessions. One engine per process is enough.
+type Engine struct {
+	pollers []*poller
+	nextID  atomic.Uint64
+
+	mu       sync.Mutex
+	sessions map[uint64]*Session
+
+	now       func() time.Time
+	reapEvery time.Duration
+	stop      chan struct{}
+	reaped    chan struct{}
+	closed    atomic.Bool
+}
+
+// NewEngine starts an engine with its pollers and idle reaper.
+func NewEngine() (*Engine, error) { return newEngine(time.Second) }
+
+func newEngine(reapEvery time.Duration) (*Engine, error) {
+	e := &Engine{
+		reapEvery: reapEvery,
+		sessions:  make(map[uint64]*Session),
+		now:       time.Now,
+		stop:      make(chan struct{}),
+		reaped:    make(chan struct{}),
+	}
+	n := runtime.GOMAXPROCS(0)
+	if n > 4 {
+		n = 4
+	}
+	for i := 0; i < n; i++ {
+		p, err := newPoller()
+		if err != nil {
+			for _, q := range e.pollers {
+				q.close()
+			}
+			return nil, err
+		}
+		e.pollers = append(e.pollers, p)
+	}
+	go e.reaper()
+	return e, nil
+}
+
+// Start begins relaying between client and backend. toBackend are bytes
+// already read from the client (pipelined after its login command) that
+// must reach the backend first; toClient likewise for the backend. The
+// engine owns both connections from now on.
+func (e *Engine) Start(client, backend Side, toBackend, toClient []byte, opts Options) *Session {
+	s := &Session{
+		e:       e,
+		id:      e.nextID.Add(1),
+		client:  client,
+		backend: backend,
+		opts:    opts,
+		start:   e.now(),
+	}
+	s.lastActive.Store(s.start.UnixNano())
+	s.up = s.newPump(&s.client, &s.backend, toBackend, e.nextID.Add(1))
+	s.down = s.newPump(&s.backend, &s.client, toClient, e.nextID.Add(1))
+
+	e.mu.Lock()
+	closed := e.closed.Load()
+	if !closed {
+		e.sessions[s.id] = s
+	}
+	e.mu.Unlock()
+	if closed {
+		s.closeWith(ReasonShutdown, nil)
+		return s
+	}
+	s.up.poller.add(s.up)
+	s.down.poller.add(s.down)
+	s.up.state.Store(stateRunning)
+	s.down.state.Store(stateRunning)
+	go s.up.run()
+	go s.down.run()
+	return s
+}
+
+// Len returns the number of live sessions.
+func (e *Engine) Len() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.sessions)
+}
+
+// Sessions returns a snapshot of the live sessions.
+func (e *Engine) Sessions() []*Session {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]*Session, 0, len(e.sessions))
+	for _, s := range e.sessions {
+		out = append(out, s)
+	}
+	return out
+}
+
+// CloseAll ends every live session with reason.
+func (e *Engine) CloseAll(reason string) {
+	for _, s := range e.Sessions() {
+		s.closeWith(reason, nil)
+	}
+}
+
+// Close ends all sessions and stops the engine's goroutines.
+func (e *Engine) Close() {
+	if e.closed.Swap(true) {
+		return
+	}
+	e.CloseAll(ReasonShutdown)
+	close(e.stop)
+	<-e.reaped
+	for _, p := range e.pollers {
+		p.close()
+	}
+}
+
+// reaper closes sessions that have been idle for longer than their timeout.
+// One sweep over all sessions per tick is cheaper than a timer per session
+// that is reset on every burst.
+func (e *Engine) reaper() {
+	defer close(e.reaped)
+	t := time.NewTicker(e.reapEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-t.C:
+		}
+		now := e.now().UnixNano()
+		for _, s := range e.Sessions() {
+			if d := s.opts.IdleTimeout; d > 0 && now-s.lastActive.Load() > int64(d) {
+				s.closeWith(ReasonIdle, nil)
+			}
+			if hc := s.halfClosedAt.Load(); hc != 0 && now-hc > int64(halfCloseTimeout) {
+				s.closeWith(ReasonHalfOpen, nil)
+			}
+		}
+	}
+}
+
+// Session is one relayed client/backend pair.
+type Session struct {
+	e               *Engine
+	id              uint64
+	client, backend Side
+	up, down        *pump
+	opts            Options
+	start           time.Time
+
+	lastActive   atomic.Int64 // unix nanos of the last byte moved
+	halfClosedAt atomic.Int64 // unix nanos when the first direction ended
+	ended        atomic.Int32 // directions that reached end of stream
+	closeOnce    sync.Once
+	closed       atomic.Bool
+}
+
+// ID returns the engine-local session id.
+func (s *Session) ID() uint64 { return s.id }
+
+// Bytes returns the bytes relayed so far in each direction.
+func (s *Session) Bytes() (clientToBackend, backendToClient int64) {
+	return s.up.n.Load(), s.down.n.Load()
+}
+
+// Close ends the session now.
+func (s *Session) Close(reason string) { s.closeWith(reason, nil) }
+
+func (s *Session) touch() { s.lastActive.Store(s.e.now().UnixNano()) }
+
+// dirEnded records that one direction reached end of stream.
+func (s *Session) dirEnded() {
+	if s.ended.Add(1) == 2 {
+		s.closeWith(ReasonClosed, nil)
+		return
+	}
+	s.halfClosedAt.Store(s.e.now().UnixNano())
+}
+
+// closeWith closes both connections once. Closing the TCP sockets (not the
+// TLS layers) never blocks; a direction still running sees an error and
+// exits, a parked one is dropped from its poller (the kernel forgets the
+// epoll registration when the socket closes).
+func (s *Session) closeWith(reason string, err error) {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		if s.up != nil {
+			s.up.state.Store(stateDone)
+			s.down.state.Store(stateDone)
+			s.up.poller.remove(s.up)
+			s.down.poller.remove(s.down)
+		}
+		_ = s.client.Conn.Close()
+		_ = s.backend.Conn.Close()
+		s.e.mu.Lock()
+		delete(s.e.sessions, s.id)
+		s.e.mu.Unlock()
+		if s.opts.OnClose != nil {
+			st := Stats{Duration: s.e.now().Sub(s.start), Reason: reason, Err: err}
+			if s.up != nil {
+				st.ClientToBackend, st.BackendToClient = s.up.n.Load(), s.down.n.Load()
+			}
+			s.opts.OnClose(st)
+		}
+	})
+}
+
+var errClosed = errors.New("session closed")

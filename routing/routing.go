@@ -1,0 +1,406 @@
+// Package routing decides which backend server holds a user's mailbox.
+//
+// The proxy's hot path calls Router.Route once per login attempt. Routes are
+// read from an immutable Table published through an atomic pointer, so a
+// lookup takes no lock and a change (a config reload today, a Raft apply
+// later) never blocks logins: it builds a new Table and swaps the pointer.
+//
+// Resolution order for a user name (compared case-insensitively):
+//  1. an exact user rule ("alice@example.com" -> backend or pool),
+//  2. a domain rule ("@example.com" -> pool), for the part after the last '@',
+//  3. the default pool.
+//
+// Inside a pool, a user always maps to the same backend by weighted
+// rendezvous (highest random weight) hashing over the pool's active
+// backends, so all of one user's sessions meet on one server (Dovecot
+// director semantics) and removing a backend moves only its own users.
+package routing
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"sync/atomic"
+)
+
+// Protocol is a mail access protocol spoken to clients and backends.
+type Protocol string
+
+const (
+	IMAP Protocol = "imap"
+	POP3 Protocol = "pop3"
+)
+
+// TLSMode says how a connection is secured.
+type TLSMode string
+
+const (
+	TLSNone     TLSMode = "none"     // plaintext
+	TLSStartTLS TLSMode = "starttls" // plaintext, upgraded with STARTTLS/STLS
+	TLSImplicit TLSMode = "implicit" // TLS from the first byte (RFC 8314)
+)
+
+// ForwardMode says how the real client address is passed to a backend.
+type ForwardMode string
+
+const (
+	ForwardNone  ForwardMode = "none"  // the backend sees the proxy's address
+	ForwardID    ForwardMode = "id"    // IMAP ID x-originating-ip (RFC 2971, Dovecot), POP3 XCLIENT
+	ForwardProxy ForwardMode = "proxy" // a PROXY protocol v2 header before the first byte
+)
+
+// BackendState is an operator-set state of a backend.
+type BackendState string
+
+const (
+	StateActive   BackendState = "active"   // takes new sessions
+	StateDraining BackendState = "draining" // no new sessions; existing ones continue
+	StateDisabled BackendState = "disabled" // no sessions at all
+)
+
+// Backend is one IMAP/POP3 server. It is plain data, so that it can be
+// stored in configuration files and replicated.
+type Backend struct {
+	ID       string
+	Host     string
+	IMAPPort int // 0: this backend does not serve IMAP
+	POP3Port int // 0: this backend does not serve POP3
+
+	TLS                TLSMode
+	TLSServerName      string // name to verify; default Host
+	TLSCAFile          string // PEM bundle to verify against; empty: system roots
+	InsecureSkipVerify bool
+
+	Forward ForwardMode
+	Weight  int // relative share inside a pool; 0 means 1
+	State   BackendState
+}
+
+// Port returns the backend's port for protocol p (0 if it has none).
+func (b *Backend) Port(p Protocol) int {
+	switch p {
+	case IMAP:
+		return b.IMAPPort
+	case POP3:
+		return b.POP3Port
+	}
+	return 0
+}
+
+// Addr returns host:port for protocol p, or "" if the backend does not serve p.
+func (b *Backend) Addr(p Protocol) string {
+	port := b.Port(p)
+	if port == 0 {
+		return ""
+	}
+	host := b.Host
+	if strings.IndexByte(host, ':') >= 0 && !strings.HasPrefix(host, "[") {
+		host = "[" + host + "]"
+	}
+	return fmt.Sprintf("%s:%d", host, port)
+}
+
+// Pool is a named set of backends.
+type Pool struct {
+	Name     string
+	Backends []string // backend IDs
+	// SharedStorage: every member can serve every user of the pool, so a
+	// user may be moved to another member when its backend is down.
+	SharedStorage bool
+}
+
+// Target is the right-hand side of a rule: exactly one of Backend or Pool.
+type Target struct {
+	Backend string
+	Pool    string
+}
+
+// Request is what a lookup is keyed on.
+type Request struct {
+	User     string
+	Protocol Protocol
+}
+
+// Route is the result of a lookup.
+type Route struct {
+	Backend *Backend
+	Pool    string // pool the backend was chosen from ("" for a direct rule)
+	Rule    string // "user", "domain" or "default": which rule matched
+}
+
+var (
+	// ErrNoRoute: no rule matches the user and there is no default pool.
+	ErrNoRoute = errors.New("no route for user")
+	// ErrUnavailable: a rule matched, but no backend can take the session.
+	ErrUnavailable = errors.New("no backend available")
+)
+
+// Router is the lookup interface the proxy uses. Implementations must be
+// safe for concurrent use and must not block on I/O.
+type Router interface {
+	Route(Request) (Route, error)
+}
+
+// HealthFunc reports whether a backend is believed down. nil means all up.
+type HealthFunc func(backendID string) (down bool)
+
+// Table is an immutable routing snapshot. Build it with NewTable; never
+// modify it afterwards.
+type Table struct {
+	backends    map[string]*Backend
+	pools       map[string]*Pool
+	users       map[string]Target
+	domains     map[string]string // domain -> pool
+	defaultPool string
+}
+
+// TableSpec is the input to NewTable.
+type TableSpec struct {
+	Backends    []Backend
+	Pools       []Pool
+	Users       map[string]Target // user -> target
+	Domains     map[string]string // domain (without '@') -> pool
+	DefaultPool string
+}
+
+// NewTable validates spec and builds an immutable table.
+func NewTable(spec TableSpec) (*Table, error) {
+	t := &Table{
+		backends: make(map[string]*Backend, len(spec.Backends)),
+		pools:    make(map[string]*Pool, len(spec.Pools)),
+		users:    make(map[string]Target, len(spec.Users)),
+		domains:  make(map[string]string, len(spec.Domains)),
+	}
+	for i := range spec.Backends {
+		b := spec.Backends[i]
+		if b.ID == "" {
+			return nil, fmt.Errorf("backend %d: empty id", i)
+		}
+		if _, dup := t.backends[b.ID]; dup {
+			return nil, fmt.Errorf("backend %q: defined twice", b.ID)
+		}
+		if b.Weight <= 0 {
+			b.Weight = 1
+		}
+		if b.State == "" {
+			b.State = StateActive
+		}
+		if b.TLS == "" {
+			b.TLS = TLSNone
+		}
+		if b.Forward == "" {
+			b.Forward = ForwardNone
+		}
+		t.backends[b.ID] = &b
+	}
+	for i := range spec.Pools {
+		p := spec.Pools[i]
+		if p.Name == "" {
+			return nil, fmt.Errorf("pool %d: empty name", i)
+		}
+		if _, dup := t.pools[p.Name]; dup {
+			return nil, fmt.Errorf("pool %q: defined twice", p.Name)
+		}
+		for _, id := range p.Backends {
+			if t.backends[id] == nil {
+				return nil, fmt.Errorf("pool %q: unknown backend %q", p.Name, id)
+			}
+		}
+		p.Backends = append([]string(nil), p.Backends...)
+		t.pools[p.Name] = &p
+	}
+	for u, tgt := range spec.Users {
+		if err := t.checkTarget(tgt); err != nil {
+			return nil, fmt.Errorf("user %q: %w", u, err)
+		}
+		t.users[NormalizeUser(u)] = tgt
+	}
+	for d, pool := range spec.Domains {
+		d = NormalizeUser(strings.TrimPrefix(d, "@"))
+		if t.pools[pool] == nil {
+			return nil, fmt.Errorf("domain %q: unknown pool %q", d, pool)
+		}
+		t.domains[d] = pool
+	}
+	if spec.DefaultPool != "" && t.pools[spec.DefaultPool] == nil {
+		return nil, fmt.Errorf("default pool %q: unknown pool", spec.DefaultPool)
+	}
+	t.defaultPool = spec.DefaultPool
+	return t, nil
+}
+
+func (t *Table) checkTarget(tgt Target) error {
+	switch {
+	case tgt.Backend != "" && tgt.Pool != "":
+		return errors.New("both backend and pool set")
+	case tgt.Backend != "":
+		if t.backends[tgt.Backend] == nil {
+			return fmt.Errorf("unknown backend %q", tgt.Backend)
+		}
+	case tgt.Pool != "":
+		if t.pools[tgt.Pool] == nil {
+			return fmt.Errorf("unknown pool %q", tgt.Pool)
+		}
+	default:
+		return errors.New("neither backend nor pool set")
+	}
+	return nil
+}
+
+// Backend returns the backend with the given id, or nil.
+func (t *Table) Backend(id string) *Backend { return t.backends[id] }
+
+// Len returns the number of backends, pools, user rules and domain rules.
+func (t *Table) Len() (backends, pools, users, domains int) {
+	return len(t.backends), len(t.pools), len(t.users), len(t.domains)
+}
+
+// NormalizeUser returns the form user names are compared in.
+func NormalizeUser(u string) string {
+	for i := 0; i < len(u); i++ {
+		c := u[i]
+		if c >= 0x80 || ('A' <= c && c <= 'Z') {
+			return strings.ToLower(u)
+		}
+	}
+	return u
+}
+
+// Lookup resolves req against the table. down, if not nil, reports backends
+// that health checks consider down.
+func (t *Table) Lookup(req Request, down HealthFunc) (Route, error) {
+	user := NormalizeUser(req.User)
+	if tgt, ok := t.users[user]; ok {
+		if tgt.Backend != "" {
+			b := t.backends[tgt.Backend]
+			if !usable(b, req.Protocol, down) {
+				return Route{}, fmt.Errorf("%w: backend %s is %s", ErrUnavailable, b.ID, why(b, req.Protocol, down))
+			}
+			return Route{Backend: b, Rule: "user"}, nil
+		}
+		return t.pick(tgt.Pool, user, req.Protocol, down, "user")
+	}
+	if at := strings.LastIndexByte(user, '@'); at >= 0 {
+		if pool, ok := t.domains[user[at+1:]]; ok {
+			return t.pick(pool, user, req.Protocol, down, "domain")
+		}
+	}
+	if t.defaultPool != "" {
+		return t.pick(t.defaultPool, user, req.Protocol, down, "default")
+	}
+	return Route{}, ErrNoRoute
+}
+
+func usable(b *Backend, p Protocol, down HealthFunc) bool {
+	return b.State == StateActive && b.Port(p) != 0 && (down == nil || !down(b.ID))
+}
+
+func why(b *Backend, p Protocol, down HealthFunc) string {
+	switch {
+	case b.State != StateActive:
+		return string(b.State)
+	case b.Port(p) == 0:
+		return "not serving " + string(p)
+	default:
+		return "down"
+	}
+}
+
+// pick chooses the pool member for user by weighted rendezvous hashing.
+// Only active members serving the protocol take part. If the chosen member
+// is down: with shared storage the next-best member is used; without, the
+// mailbox lives only there and the lookup fails rather than log the user in
+// on the wrong server.
+func (t *Table) pick(poolName, user string, proto Protocol, down HealthFunc, rule string) (Route, error) {
+	p := t.pools[poolName]
+	var best, bestUp *Backend
+	bestScore, bestUpScore := math.Inf(-1), math.Inf(-1)
+	uh := hashString(user)
+	for _, id := range p.Backends {
+		b := t.backends[id]
+		if b.State != StateActive || b.Port(proto) == 0 {
+			continue
+		}
+		s := Score(uh, b.ID, b.Weight)
+		if s > bestScore {
+			best, bestScore = b, s
+		}
+		if (down == nil || !down(b.ID)) && s > bestUpScore {
+			bestUp, bestUpScore = b, s
+		}
+	}
+	switch {
+	case best == nil:
+		return Route{}, fmt.Errorf("%w: pool %s has no active backend for %s", ErrUnavailable, poolName, proto)
+	case best == bestUp:
+		return Route{Backend: best, Pool: poolName, Rule: rule}, nil
+	case p.SharedStorage && bestUp != nil:
+		return Route{Backend: bestUp, Pool: poolName, Rule: rule}, nil
+	default:
+		return Route{}, fmt.Errorf("%w: backend %s (pool %s) is down", ErrUnavailable, best.ID, poolName)
+	}
+}
+
+// Score is the weighted rendezvous score of a backend for a user hash:
+// -weight / ln(u), with u uniform in (0,1) derived from the pair. The
+// backend with the highest score wins. It depends only on its inputs, so
+// every node computes the same choice.
+func Score(userHash uint64, backendID string, weight int) float64 {
+	h := mix(userHash ^ hashString(backendID))
+	// 53 random bits -> u in (0,1), never 0 or 1.
+	u := (float64(h>>11) + 0.5) / (1 << 53)
+	return -float64(weight) / math.Log(u)
+}
+
+// hashString is 64-bit FNV-1a: stable across processes and versions.
+func hashString(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h
+}
+
+// mix is the splitmix64 finalizer, to spread FNV's weak low bits.
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
+
+// Static is a Router over a table that is replaced as a whole (from the
+// configuration file, on start and on reload).
+type Static struct {
+	table atomic.Pointer[Table]
+	down  atomic.Pointer[HealthFunc]
+}
+
+// NewStatic returns a router serving t.
+func NewStatic(t *Table) *Static {
+	s := &Static{}
+	s.table.Store(t)
+	return s
+}
+
+// Swap publishes a new table; lookups in flight finish on the old one.
+func (s *Static) Swap(t *Table) { s.table.Store(t) }
+
+// Table returns the current snapshot.
+func (s *Static) Table() *Table { return s.table.Load() }
+
+// SetHealth installs the function that reports down backends.
+func (s *Static) SetHealth(f HealthFunc) { s.down.Store(&f) }
+
+// Route implements Router.
+func (s *Static) Route(req Request) (Route, error) {
+	var down HealthFunc
+	if f := s.down.Load(); f != nil {
+		down = *f
+	}
+	return s.table.Load().Lookup(req, down)
+}
