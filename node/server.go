@@ -1,0 +1,431 @@
+// Package node is one Portico proxy node: it accepts client connections on
+// its listeners, runs the IMAP or POP3 pre-login dialogue (node/imap,
+// node/pop3), logs in at the backend the routing table names, and hands the
+// pair to the relay (node/relay).
+//
+// Server owns the listeners and every connection's lifetime: connection
+// limits (total and per client address), the PROXY protocol header from
+// trusted load balancers, implicit TLS, graceful shutdown.
+package node
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+
+	"github.com/portico-mail/portico/node/netx"
+	"github.com/portico-mail/portico/node/relay"
+	"github.com/portico-mail/portico/node/session"
+	"github.com/portico-mail/portico/routing"
+)
+
+// ListenerConfig describes one listening socket.
+type ListenerConfig struct {
+	Name     string
+	Protocol routing.Protocol
+	Address  string
+	TLS      routing.TLSMode
+	// AllowPlaintextAuth allows LOGIN/AUTHENTICATE/USER before TLS on a
+	// listener that offers STARTTLS.
+	AllowPlaintextAuth bool
+	// ProxyProtocol: connections from TrustedProxies must start with a
+	// PROXY protocol v1 or v2 header; others are served as direct clients.
+	ProxyProtocol  bool
+	TrustedProxies []netip.Prefix
+	Limits         session.Limits
+}
+
+// Config is a node's serving configuration.
+type Config struct {
+	Listeners           []ListenerConfig
+	MaxConnections      int           // total client connections; 0: unlimited
+	MaxConnectionsPerIP int           // per client address; 0: unlimited
+	ShutdownGrace       time.Duration // relayed sessions may finish within this on shutdown
+	ProxyHeaderTimeout  time.Duration // for reading a PROXY header; default 5s
+}
+
+// Server is a running node.
+type Server struct {
+	cfg      Config
+	env      *session.Env
+	handlers map[routing.Protocol]session.Handler
+	certs    *CertStore
+	engine   *relay.Engine
+	log      *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners []*listener
+	preauth   map[*session.Client]struct{}
+	perIP     map[netip.Addr]int
+	closing   bool
+
+	conns   atomic.Int64 // open client connections (pre-login and relayed)
+	wg      sync.WaitGroup
+	preWG   sync.WaitGroup
+	started bool
+}
+
+type listener struct {
+	cfg  ListenerConfig
+	info *session.Listener
+	ln   net.Listener
+}
+
+// NewServer prepares a server. certs may be nil when no listener uses TLS.
+func NewServer(cfg Config, env *session.Env, handlers map[routing.Protocol]session.Handler, certs *CertStore, engine *relay.Engine) *Server {
+	if cfg.ProxyHeaderTimeout <= 0 {
+		cfg.ProxyHeaderTimeout = 5 * time.Second
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		cfg: cfg, env: env, handlers: handlers, certs: certs, engine: engine, log: env.Log,
+		ctx: ctx, cancel: cancel,
+		preauth: make(map[*session.Client]struct{}),
+		perIP:   make(map[netip.Addr]int),
+	}
+}
+
+// Start binds every listener (all or none) and starts accepting.
+func (s *Server) Start() error {
+	var lns []*listener
+	for _, lc := range s.cfg.Listeners {
+		if s.handlers[lc.Protocol] == nil {
+			closeAll(lns)
+			return fmt.Errorf("listener %s: no handler for protocol %q", lc.Name, lc.Protocol)
+		}
+		info := &session.Listener{
+			Name: lc.Name, Protocol: lc.Protocol, TLS: lc.TLS,
+			AllowPlaintextAuth: lc.AllowPlaintextAuth,
+			Limits:             lc.Limits,
+		}
+		if lc.TLS != routing.TLSNone {
+			if s.certs == nil || !s.certs.Loaded() {
+				closeAll(lns)
+				return fmt.Errorf("listener %s: tls %s needs a certificate", lc.Name, lc.TLS)
+			}
+			info.TLSConfig = s.certs.ServerConfig()
+		}
+		ln, err := net.Listen("tcp", lc.Address)
+		if err != nil {
+			closeAll(lns)
+			return fmt.Errorf("listener %s: %w", lc.Name, err)
+		}
+		lns = append(lns, &listener{cfg: lc, info: info, ln: ln})
+	}
+	s.mu.Lock()
+	s.listeners = lns
+	s.started = true
+	s.mu.Unlock()
+	for _, l := range lns {
+		s.log.Info("listening", "listener", l.cfg.Name, "protocol", string(l.cfg.Protocol), "address", l.ln.Addr().String(), "tls", string(l.cfg.TLS))
+		s.wg.Add(1)
+		go s.accept(l)
+	}
+	return nil
+}
+
+func closeAll(lns []*listener) {
+	for _, l := range lns {
+		l.ln.Close()
+	}
+}
+
+// Addrs returns the bound address of each listener, by name.
+func (s *Server) Addrs() map[string]net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := make(map[string]net.Addr, len(s.listeners))
+	for _, l := range s.listeners {
+		m[l.cfg.Name] = l.ln.Addr()
+	}
+	return m
+}
+
+// Connections returns the number of open client connections.
+func (s *Server) Connections() int64 { return s.conns.Load() }
+
+func (s *Server) accept(l *listener) {
+	defer s.wg.Done()
+	var backoff time.Duration
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off, keep serving.
+			if backoff == 0 {
+				backoff = 5 * time.Millisecond
+			} else if backoff *= 2; backoff > time.Second {
+				backoff = time.Second
+			}
+			s.log.Error("accept failed", "listener", l.cfg.Name, "error", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-s.ctx.Done():
+				return
+			}
+			continue
+		}
+		backoff = 0
+		s.preWG.Add(1)
+		go s.serve(l, c.(*net.TCPConn))
+	}
+}
+
+// tooMany is the reply to a connection over a limit.
+func tooMany(p routing.Protocol) string {
+	if p == routing.POP3 {
+		return "-ERR [SYS/TEMP] Too many connections, try again later.\r\n"
+	}
+	return "* BYE [UNAVAILABLE] Too many connections, try again later.\r\n"
+}
+
+func (s *Server) refuse(l *listener, tc *net.TCPConn, why string) {
+	if l.cfg.TLS != routing.TLSImplicit {
+		_ = tc.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = tc.Write([]byte(tooMany(l.cfg.Protocol)))
+	}
+	_ = tc.Close()
+	s.log.Warn("connection refused", "listener", l.cfg.Name, "client", tc.RemoteAddr().String(), "reason", why)
+}
+
+// serve runs one client connection up to the hand-off to the relay.
+func (s *Server) serve(l *listener, tc *net.TCPConn) {
+	defer s.preWG.Done()
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("panic serving connection", "listener", l.cfg.Name, "panic", fmt.Sprint(r))
+			_ = tc.Close()
+		}
+	}()
+	if n := s.conns.Add(1); s.cfg.MaxConnections > 0 && n > int64(s.cfg.MaxConnections) {
+		s.conns.Add(-1)
+		s.refuse(l, tc, "max_connections")
+		return
+	}
+	released := false
+	release := func(ip netip.Addr) {
+		if released {
+			return
+		}
+		released = true
+		s.conns.Add(-1)
+		if ip.IsValid() && s.cfg.MaxConnectionsPerIP > 0 {
+			s.mu.Lock()
+			if s.perIP[ip]--; s.perIP[ip] <= 0 {
+				delete(s.perIP, ip)
+			}
+			s.mu.Unlock()
+		}
+	}
+
+	peer := addrPort(tc.RemoteAddr())
+	local := addrPort(tc.LocalAddr())
+	remote := peer
+	var prefix []byte
+	proxied := false
+	if l.cfg.ProxyProtocol && trusted(l.cfg.TrustedProxies, peer.Addr()) {
+		h, rest, err := readProxyHeader(tc, s.cfg.ProxyHeaderTimeout)
+		if err != nil {
+			release(netip.Addr{})
+			_ = tc.Close()
+			s.log.Warn("bad PROXY header", "listener", l.cfg.Name, "peer", peer.String(), "error", err)
+			return
+		}
+		prefix = rest
+		if h != nil {
+			if src, ok := h.SourceAddr.(*net.TCPAddr); ok {
+				remote = src.AddrPort()
+			}
+			if dst, ok := h.DestinationAddr.(*net.TCPAddr); ok {
+				local = dst.AddrPort()
+			}
+			proxied = true
+		}
+	}
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	ip := remote.Addr()
+	if s.cfg.MaxConnectionsPerIP > 0 {
+		s.mu.Lock()
+		over := s.perIP[ip] >= s.cfg.MaxConnectionsPerIP
+		if !over {
+			s.perIP[ip]++
+		}
+		s.mu.Unlock()
+		if over {
+			release(netip.Addr{})
+			s.refuse(l, tc, "max_connections_per_ip")
+			return
+		}
+	}
+
+	nc, err := netx.NewConn(tc, prefix)
+	if err != nil {
+		release(ip)
+		_ = tc.Close()
+		return
+	}
+	c := &session.Client{
+		ID: session.NewSessionID(), Listener: l.info, Env: s.env,
+		Stream: netx.NewStream(nc), Remote: remote, Local: local, Peer: peer, Proxied: proxied,
+		Started: time.Now(),
+	}
+	c.Log = s.log.With("session", c.ID)
+	c.Log.Info("session start", "listener", l.cfg.Name, "protocol", string(l.cfg.Protocol), "client", remote.String())
+
+	if !s.track(c) {
+		_ = c.Stream.Close()
+		release(ip)
+		return
+	}
+	if l.cfg.TLS == routing.TLSImplicit {
+		if err := c.StartTLS(s.ctx); err != nil {
+			s.untrack(c)
+			_ = c.Stream.Close()
+			release(ip)
+			c.Log.Info("session end", "reason", "tls handshake failed", "error", err.Error(), "duration", time.Since(c.Started).Round(time.Millisecond))
+			return
+		}
+	}
+	h, err := s.handlers[l.cfg.Protocol].Serve(s.ctx, c)
+	s.untrack(c)
+	if h == nil {
+		_ = c.Stream.Close()
+		release(ip)
+		attrs := []any{"reason", "ended before login", "duration", time.Since(c.Started).Round(time.Millisecond)}
+		if err != nil {
+			attrs = append(attrs, "error", err.Error())
+		}
+		c.Log.Info("session end", attrs...)
+		return
+	}
+	s.startRelay(c, h, func() { release(ip) })
+}
+
+func (s *Server) startRelay(c *session.Client, h *session.Handoff, release func()) {
+	toBackend := c.Stream.Detach()
+	toClient := h.Backend.Detach()
+	cs := relay.Side{Conn: c.Stream.Base(), TLS: c.Stream.TLS()}
+	bs := relay.Side{Conn: h.Backend.Base(), TLS: h.Backend.TLS()}
+	s.engine.Start(cs, bs, toBackend, toClient, relay.Options{
+		IdleTimeout: c.Listener.Limits.IdleTimeout,
+		OnClose: func(st relay.Stats) {
+			release()
+			attrs := []any{"user", h.User, "backend", h.BackendID, "reason", st.Reason,
+				"bytes_in", st.ClientToBackend, "bytes_out", st.BackendToClient,
+				"duration", time.Since(c.Started).Round(time.Millisecond)}
+			if st.Err != nil {
+				attrs = append(attrs, "error", st.Err.Error())
+			}
+			c.Log.Info("session end", attrs...)
+		},
+	})
+}
+
+func (s *Server) track(c *session.Client) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.preauth[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c *session.Client) {
+	s.mu.Lock()
+	delete(s.preauth, c)
+	s.mu.Unlock()
+}
+
+// Shutdown stops accepting, ends sessions that have not logged in (each
+// handler says goodbye), lets relayed sessions run until ctx is done or
+// Config.ShutdownGrace passes, then closes them.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	lns := s.listeners
+	s.mu.Unlock()
+	closeAll(lns)
+	s.cancel()
+	// Wake handlers blocked in a read; they see the cancelled context and
+	// send BYE / -ERR before closing.
+	s.mu.Lock()
+	for c := range s.preauth {
+		_ = c.Stream.SetReadDeadline(time.Now())
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	s.preWG.Wait()
+
+	grace := s.cfg.ShutdownGrace
+	deadline := time.Now().Add(grace)
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for s.engine.Len() > 0 && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			deadline = time.Now()
+		case <-t.C:
+		}
+	}
+	if n := s.engine.Len(); n > 0 {
+		s.log.Info("closing relayed sessions after shutdown grace", "sessions", n, "grace", grace)
+		s.engine.CloseAll(relay.ReasonShutdown)
+	}
+	return nil
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+func trusted(nets []netip.Prefix, ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, n := range nets {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// readProxyHeader reads a PROXY v1/v2 header. It returns the bytes read
+// past the header (they belong to the session) as rest. A LOCAL command
+// (health checks from the balancer) yields a nil header.
+func readProxyHeader(tc *net.TCPConn, timeout time.Duration) (*proxyproto.Header, []byte, error) {
+	_ = tc.SetReadDeadline(time.Now().Add(timeout))
+	defer tc.SetReadDeadline(time.Time{})
+	br := bufio.NewReaderSize(tc, 512)
+	h, err := proxyproto.Read(br)
+	if err != nil {
+		return nil, nil, err
+	}
+	var rest []byte
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		rest = append([]byte(nil), b...)
+	}
+	if h.Command.IsLocal() {
+		return nil, rest, nil
+	}
+	return h, rest, nil
+}

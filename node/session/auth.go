@@ -1,0 +1,238 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/portico-mail/portico/node/netx"
+	"github.com/portico-mail/portico/routing"
+)
+
+// Credentials the client presented. Password is never logged.
+type Credentials struct {
+	Mechanism string // "LOGIN" (IMAP LOGIN), "USER" (POP3 USER/PASS), "PLAIN", "LOGIN-SASL"
+	AuthzID   string // SASL authorization identity; "" if none
+	User      string // authentication identity
+	Password  string
+}
+
+// RouteUser is the user whose mailbox the session will open: the
+// authorization identity when one was given (e.g. a master user logging in
+// as someone else), else the authentication identity.
+func (c Credentials) RouteUser() string {
+	if c.AuthzID != "" {
+		return c.AuthzID
+	}
+	return c.User
+}
+
+// Attempt is one login attempt, as seen by a Director.
+type Attempt struct {
+	Client *Client
+	Creds  Credentials
+	Number int // 1 for the first attempt of the session
+}
+
+// Target is where a login goes and with which credentials.
+type Target struct {
+	Backend *routing.Backend
+	Creds   Credentials
+}
+
+// Refusal is a login refused before reaching a backend.
+type Refusal struct {
+	Kind RefusalKind
+	Text string // shown to the client; "" for the protocol's default
+}
+
+// RefusalKind classifies a refusal.
+type RefusalKind int
+
+const (
+	RefuseAuth        RefusalKind = iota // as if the password were wrong
+	RefuseUnavailable                    // try again later
+)
+
+func (r *Refusal) Error() string { return fmt.Sprintf("login refused: %s", r.Text) }
+
+// Director decides where a login goes.
+type Director interface {
+	Direct(ctx context.Context, a *Attempt) (*Target, error)
+}
+
+// RouteDirector is the default "passthrough" director: the route comes
+// from the routing table and the backend checks the password.
+type RouteDirector struct{ Router routing.Router }
+
+// Direct implements Director.
+func (d RouteDirector) Direct(_ context.Context, a *Attempt) (*Target, error) {
+	r, err := d.Router.Route(routing.Request{User: a.Creds.RouteUser(), Protocol: a.Client.Listener.Protocol})
+	switch {
+	case errors.Is(err, routing.ErrNoRoute):
+		// Do not tell the client the user does not exist.
+		return nil, &Refusal{Kind: RefuseAuth, Text: err.Error()}
+	case errors.Is(err, routing.ErrUnavailable):
+		return nil, &Refusal{Kind: RefuseUnavailable, Text: err.Error()}
+	case err != nil:
+		return nil, err
+	}
+	return &Target{Backend: r.Backend, Creds: a.Creds}, nil
+}
+
+// Result of a login attempt.
+type Result string
+
+const (
+	ResultOK          Result = "ok"
+	ResultBadCreds    Result = "bad_credentials"
+	ResultUnavailable Result = "backend_unavailable"
+	ResultTimeout     Result = "timeout"
+	ResultLimit       Result = "limit"
+	ResultError       Result = "error"
+)
+
+// LoginEvent describes a finished attempt (for logs and metrics).
+type LoginEvent struct {
+	User      string
+	BackendID string
+	Result    Result
+	Latency   time.Duration
+	Err       error
+}
+
+// BackendLogin performs the protocol's login on a connected backend.
+// It returns the reply for the client on success. A *BackendRejected error
+// means the backend refused the credentials; any other error means the
+// backend could not be used.
+type BackendLogin func(ctx context.Context, be *netx.Stream, t *Target) (reply []byte, err error)
+
+// BackendRejected is a backend's refusal of the credentials.
+type BackendRejected struct {
+	Reply []byte // the protocol reply to show the client (already formatted)
+	Text  string // for logs
+	// Temporary: the backend refused for a reason that is not the
+	// credentials (e.g. IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP] or
+	// [IN-USE]). The reply is still shown, but the attempt does not count as
+	// an authentication failure.
+	Temporary bool
+}
+
+func (e *BackendRejected) Error() string { return "backend rejected login: " + e.Text }
+
+// Outcome of Client.Login.
+type Outcome struct {
+	Result  Result
+	Handoff *Handoff // on ResultOK
+	Reply   []byte   // the reply to send the client (success or backend rejection)
+	Refusal *Refusal // refused before the backend
+	// Close: the session must end after the reply (too many failures).
+	Close bool
+	Err   error
+}
+
+// Login runs one attempt: route, dial, backend login. It applies the
+// failure delay and counts failures; the caller formats and sends replies.
+func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogin) Outcome {
+	start := time.Now()
+	c.attempts++
+	out := c.login(ctx, creds, login)
+	ev := LoginEvent{User: creds.RouteUser(), Result: out.Result, Latency: time.Since(start), Err: out.Err}
+	if out.Handoff != nil {
+		ev.BackendID = out.Handoff.BackendID
+	}
+	if out.Result == ResultBadCreds {
+		c.authFailures++
+		if max := c.Listener.Limits.MaxAuthFailures; max > 0 && c.authFailures >= max {
+			out.Close = true
+		}
+		// Answer no earlier than AuthFailureDelay after the attempt began
+		// (the backend's own delay counts toward it).
+		if wait := c.Listener.Limits.AuthFailureDelay - time.Since(start); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+		}
+	}
+	c.logLogin(ev)
+	if c.Env.OnLogin != nil {
+		c.Env.OnLogin(c, ev)
+	}
+	return out
+}
+
+func (c *Client) login(ctx context.Context, creds Credentials, login BackendLogin) Outcome {
+	t, err := c.Env.Director.Direct(ctx, &Attempt{Client: c, Creds: creds, Number: c.attempts})
+	if err != nil {
+		var ref *Refusal
+		if errors.As(err, &ref) {
+			r := ResultBadCreds
+			if ref.Kind == RefuseUnavailable {
+				r = ResultUnavailable
+			}
+			return Outcome{Result: r, Refusal: ref, Err: err}
+		}
+		return Outcome{Result: ResultUnavailable, Refusal: &Refusal{Kind: RefuseUnavailable}, Err: err}
+	}
+	bctx, cancel := context.WithTimeout(ctx, c.Listener.Limits.BackendTimeout)
+	defer cancel()
+	be, err := c.Env.Dialer.Dial(bctx, t.Backend, c.Listener.Protocol, c.Remote, c.Local)
+	if err != nil {
+		return Outcome{Result: classify(err), Refusal: &Refusal{Kind: RefuseUnavailable}, Err: err}
+	}
+	// The backend dialogue runs under the context's deadline.
+	if dl, ok := bctx.Deadline(); ok {
+		_ = be.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(bctx, func() { _ = be.SetDeadline(time.Now()) })
+	reply, err := login(bctx, be, t)
+	stop()
+	_ = be.SetDeadline(time.Time{})
+	if err != nil {
+		_ = be.Close()
+		var rej *BackendRejected
+		if errors.As(err, &rej) {
+			if rej.Temporary {
+				return Outcome{Result: ResultUnavailable, Reply: rej.Reply, Err: err}
+			}
+			return Outcome{Result: ResultBadCreds, Reply: rej.Reply, Err: err}
+		}
+		err = fmt.Errorf("backend %s (%s): %w", t.Backend.ID, t.Backend.Addr(c.Listener.Protocol), err)
+		return Outcome{Result: classify(err), Refusal: &Refusal{Kind: RefuseUnavailable}, Err: err}
+	}
+	return Outcome{
+		Result: ResultOK,
+		Reply:  reply,
+		Handoff: &Handoff{
+			Client: c, Backend: be, User: creds.RouteUser(),
+			BackendID: t.Backend.ID, BackendAt: t.Backend.Addr(c.Listener.Protocol),
+		},
+	}
+}
+
+func classify(err error) Result {
+	if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+		return ResultTimeout
+	}
+	return ResultUnavailable
+}
+
+func isTimeout(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
+}
+
+func (c *Client) logLogin(ev LoginEvent) {
+	attrs := []any{"user", ev.User, "result", string(ev.Result), "latency", ev.Latency.Round(time.Microsecond)}
+	if ev.BackendID != "" {
+		attrs = append(attrs, "backend", ev.BackendID)
+	}
+	if ev.Err != nil {
+		attrs = append(attrs, "error", ev.Err.Error())
+	}
+	c.Log.Info("login", attrs...)
+}

@@ -1,0 +1,128 @@
+package session
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+
+	"github.com/portico-mail/portico/node/netx"
+	"github.com/portico-mail/portico/routing"
+)
+
+// Dialer connects to backends: TCP, an optional PROXY protocol v2 header
+// carrying the client's address, and implicit TLS. STARTTLS is the
+// protocol's business (it needs the protocol dialogue); it uses TLSConfig.
+type Dialer struct {
+	ConnectTimeout time.Duration
+
+	mu    sync.Mutex
+	cache map[tlsKey]*tls.Config
+}
+
+type tlsKey struct {
+	serverName, caFile string
+	insecure           bool
+}
+
+// Dial connects to b for protocol p on behalf of a client at remote that
+// connected to local.
+func (d *Dialer) Dial(ctx context.Context, b *routing.Backend, p routing.Protocol, remote, local netip.AddrPort) (*netx.Stream, error) {
+	addr := b.Addr(p)
+	if addr == "" {
+		return nil, fmt.Errorf("backend %s does not serve %s", b.ID, p)
+	}
+	var tlsCfg *tls.Config
+	if b.TLS == routing.TLSImplicit {
+		var err error
+		if tlsCfg, err = d.TLSConfig(b); err != nil {
+			return nil, err
+		}
+	}
+	nd := net.Dialer{Timeout: d.ConnectTimeout}
+	if nd.Timeout <= 0 {
+		nd.Timeout = 5 * time.Second
+	}
+	c, err := nd.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("backend %s: connect: %w", b.ID, err)
+	}
+	tc := c.(*net.TCPConn)
+	nc, err := netx.NewConn(tc, nil)
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
+	s := netx.NewStream(nc)
+	if b.Forward == routing.ForwardProxy && remote.IsValid() {
+		h := proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(remote), net.TCPAddrFromAddrPort(local))
+		if dl, ok := ctx.Deadline(); ok {
+			_ = nc.SetWriteDeadline(dl)
+		}
+		_, err := h.WriteTo(nc)
+		_ = nc.SetWriteDeadline(time.Time{})
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("backend %s: sending PROXY header: %w", b.ID, err)
+		}
+	}
+	if tlsCfg != nil {
+		timeout := time.Until(deadlineOf(ctx, 10*time.Second))
+		if err := s.StartTLSClient(ctx, tlsCfg, timeout); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("backend %s: TLS handshake: %w", b.ID, err)
+		}
+	}
+	return s, nil
+}
+
+func deadlineOf(ctx context.Context, def time.Duration) time.Time {
+	if dl, ok := ctx.Deadline(); ok {
+		return dl
+	}
+	return time.Now().Add(def)
+}
+
+// TLSConfig returns the client TLS configuration for backend b (cached).
+func (d *Dialer) TLSConfig(b *routing.Backend) (*tls.Config, error) {
+	name := b.TLSServerName
+	if name == "" {
+		name = b.Host
+	}
+	k := tlsKey{serverName: name, caFile: b.TLSCAFile, insecure: b.InsecureSkipVerify}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if cfg := d.cache[k]; cfg != nil {
+		return cfg, nil
+	}
+	cfg := &tls.Config{ServerName: name, MinVersion: tls.VersionTLS12, InsecureSkipVerify: b.InsecureSkipVerify}
+	if b.TLSCAFile != "" {
+		pem, err := os.ReadFile(b.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("backend %s: tls_ca_file: %w", b.ID, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("backend %s: tls_ca_file %s: no PEM certificates", b.ID, b.TLSCAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	// Resumption makes repeated logins to the same backend cheap.
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(256)
+	if d.cache == nil {
+		d.cache = make(map[tlsKey]*tls.Config)
+	}
+	d.cache[k] = cfg
+	return cfg, nil
+}
+
+// ErrBackendGreeting: the backend's greeting was not a ready greeting.
+var ErrBackendGreeting = errors.New("unexpected backend greeting")

@@ -1,0 +1,151 @@
+// Package session holds what the IMAP and POP3 pre-login state machines
+// share: the client connection and its listener settings, the login
+// orchestration (route, dial, backend login, failure delay and limits),
+// and the hand-off to the relay.
+//
+// The flow is one way: listener -> Client -> Director (route lookup) ->
+// backend dial -> protocol-specific backend login -> Handoff -> relay.
+package session
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base32"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/portico-mail/portico/node/netx"
+	"github.com/portico-mail/portico/routing"
+)
+
+// Limits bound what one client may cost before login.
+type Limits struct {
+	MaxLine             int           // longest command line (bytes)
+	MaxLiteral          int           // longest literal / credential (bytes)
+	PreAuthTimeout      time.Duration // inactivity allowed before login
+	TLSHandshakeTimeout time.Duration
+	MaxErrors           int           // protocol errors before the session is ended
+	MaxAuthFailures     int           // failed logins before the session is ended
+	AuthFailureDelay    time.Duration // a failed login is answered no earlier than this after it began
+	BackendTimeout      time.Duration // connect + greeting + login at the backend
+	IdleTimeout         time.Duration // after login, no traffic either way
+}
+
+// DefaultLimits returns the defaults documented in the README.
+func DefaultLimits(p routing.Protocol) Limits {
+	l := Limits{
+		MaxLine:             8192,
+		MaxLiteral:          8192,
+		PreAuthTimeout:      60 * time.Second,
+		TLSHandshakeTimeout: 10 * time.Second,
+		MaxErrors:           5,
+		MaxAuthFailures:     3,
+		AuthFailureDelay:    2 * time.Second,
+		BackendTimeout:      15 * time.Second,
+		IdleTimeout:         30 * time.Minute,
+	}
+	if p == routing.POP3 {
+		l.IdleTimeout = 10 * time.Minute
+	}
+	return l
+}
+
+// Listener is the configuration a client connection was accepted under.
+type Listener struct {
+	Name     string
+	Protocol routing.Protocol
+	TLS      routing.TLSMode
+	// TLSConfig serves STARTTLS and implicit TLS; nil when the listener has
+	// no certificate (STARTTLS is then not offered).
+	TLSConfig *tls.Config
+	// AllowPlaintextAuth permits authentication before TLS.
+	AllowPlaintextAuth bool
+	Limits             Limits
+}
+
+// PlaintextAuthOK reports whether authentication is allowed now.
+func (l *Listener) PlaintextAuthOK(isTLS bool) bool {
+	return isTLS || l.AllowPlaintextAuth
+}
+
+// StartTLSOffered reports whether STARTTLS/STLS should be offered now.
+func (l *Listener) StartTLSOffered(isTLS bool) bool {
+	return !isTLS && l.TLSConfig != nil && l.TLS != routing.TLSImplicit
+}
+
+// Env is what a session needs from the node.
+type Env struct {
+	Director Director
+	Dialer   *Dialer
+	Log      *slog.Logger
+	// OnLogin, if set, observes every login attempt (metrics, access log).
+	OnLogin func(*Client, LoginEvent)
+}
+
+// Client is a client connection during the pre-login phase.
+type Client struct {
+	ID       string
+	Listener *Listener
+	Env      *Env
+	Stream   *netx.Stream
+	Remote   netip.AddrPort // the client (from the PROXY header when there was one)
+	Local    netip.AddrPort // the address the client connected to
+	Peer     netip.AddrPort // the TCP peer (the load balancer when proxied)
+	Proxied  bool           // Remote/Local came from a PROXY header
+	Log      *slog.Logger
+	Started  time.Time
+
+	authFailures int
+	attempts     int
+}
+
+// NewSessionID returns a short random identifier, also sent to backends
+// (IMAP ID x-session-id) so that logs on both sides can be joined.
+func NewSessionID() string {
+	var b [10]byte
+	_, _ = rand.Read(b[:])
+	return base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:])
+}
+
+// IsTLS reports whether the client connection is encrypted.
+func (c *Client) IsTLS() bool { return c.Stream.TLS() != nil }
+
+// TLSState returns the TLS connection state, or nil.
+func (c *Client) TLSState() *tls.ConnectionState {
+	if t := c.Stream.TLS(); t != nil {
+		st := t.ConnectionState()
+		return &st
+	}
+	return nil
+}
+
+// StartTLS upgrades the client connection (after STARTTLS/STLS was
+// answered). Bytes pipelined after the command feed the handshake.
+func (c *Client) StartTLS(ctx context.Context) error {
+	return c.Stream.StartTLSServer(ctx, c.Listener.TLSConfig, c.Listener.Limits.TLSHandshakeTimeout)
+}
+
+// ArmReadDeadline sets the pre-login inactivity deadline before a read.
+func (c *Client) ArmReadDeadline() {
+	if d := c.Listener.Limits.PreAuthTimeout; d > 0 {
+		_ = c.Stream.SetReadDeadline(time.Now().Add(d))
+	}
+}
+
+// Handoff is a finished login, ready to be relayed.
+type Handoff struct {
+	Client    *Client
+	Backend   *netx.Stream
+	User      string
+	BackendID string
+	BackendAt string // backend address
+}
+
+// Handler runs a protocol's pre-login state machine on one client. It
+// returns a Handoff after a successful login, or nil when the session ended
+// before login (the handler has then said goodbye; the caller closes).
+type Handler interface {
+	Serve(ctx context.Context, c *Client) (*Handoff, error)
+}

@@ -1,0 +1,573 @@
+// Package config reads, validates and translates Portico's YAML
+// configuration file.
+//
+// Decoding is strict: an unknown key is an error naming the key and its
+// line. Validation runs before anything starts and reports every problem
+// with its path and line (e.g. `listeners[1].tls (line 14): ...`). A config
+// that fails validation changes nothing, which is what reload relies on.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/portico-mail/portico/node"
+	"github.com/portico-mail/portico/node/session"
+	"github.com/portico-mail/portico/routing"
+)
+
+// Config is the whole file.
+type Config struct {
+	Log           Log        `yaml:"log"`
+	TLS           TLS        `yaml:"tls"`
+	Listeners     []Listener `yaml:"listeners"`
+	Limits        Limits     `yaml:"limits"`
+	ShutdownGrace Duration   `yaml:"shutdown_grace"`
+	Backends      []Backend  `yaml:"backends"`
+	Pools         []Pool     `yaml:"pools"`
+	Routes        Routes     `yaml:"routes"`
+
+	root *yaml.Node // for line numbers in validation errors
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text, json
+}
+
+// TLS holds the server certificates, chosen by SNI.
+type TLS struct {
+	Certificates []Certificate `yaml:"certificates"`
+}
+
+// Certificate is a PEM certificate chain and key.
+type Certificate struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// Listener is one listening socket.
+type Listener struct {
+	Name               string   `yaml:"name"`
+	Protocol           string   `yaml:"protocol"`
+	Address            string   `yaml:"address"`
+	TLS                string   `yaml:"tls"`
+	AllowPlaintextAuth *bool    `yaml:"allow_plaintext_auth"`
+	ProxyProtocol      bool     `yaml:"proxy_protocol"`
+	TrustedProxies     []string `yaml:"trusted_proxies"`
+	Limits             *Limits  `yaml:"limits"` // overrides the global limits for this listener
+}
+
+// Limits bound resource use; zero values take defaults.
+type Limits struct {
+	MaxConnections      int      `yaml:"max_connections"`
+	MaxConnectionsPerIP int      `yaml:"max_connections_per_ip"`
+	MaxLine             int      `yaml:"max_line"`
+	MaxLiteral          int      `yaml:"max_literal"`
+	PreAuthTimeout      Duration `yaml:"preauth_timeout"`
+	TLSHandshakeTimeout Duration `yaml:"tls_handshake_timeout"`
+	MaxErrors           int      `yaml:"max_errors"`
+	MaxAuthFailures     int      `yaml:"max_auth_failures"`
+	AuthFailureDelay    Duration `yaml:"auth_failure_delay"`
+	BackendTimeout      Duration `yaml:"backend_timeout"`
+	IMAPIdleTimeout     Duration `yaml:"imap_idle_timeout"`
+	POP3IdleTimeout     Duration `yaml:"pop3_idle_timeout"`
+}
+
+// Backend is one IMAP/POP3 server.
+type Backend struct {
+	ID                 string `yaml:"id"`
+	Host               string `yaml:"host"`
+	IMAPPort           int    `yaml:"imap_port"`
+	POP3Port           int    `yaml:"pop3_port"`
+	TLS                string `yaml:"tls"`
+	TLSServerName      string `yaml:"tls_server_name"`
+	TLSCAFile          string `yaml:"tls_ca_file"`
+	InsecureSkipVerify bool   `yaml:"tls_insecure_skip_verify"`
+	Forward            string `yaml:"forward"`
+	Weight             int    `yaml:"weight"`
+	State              string `yaml:"state"`
+}
+
+// Pool is a named set of backends.
+type Pool struct {
+	Name          string   `yaml:"name"`
+	Backends      []string `yaml:"backends"`
+	SharedStorage bool     `yaml:"shared_storage"`
+}
+
+// Routes map users and domains to backends and pools.
+type Routes struct {
+	Users       map[string]RouteTarget `yaml:"users"`
+	Domains     map[string]string      `yaml:"domains"` // domain -> pool
+	DefaultPool string                 `yaml:"default_pool"`
+}
+
+// RouteTarget names exactly one of a backend or a pool.
+type RouteTarget struct {
+	Backend string `yaml:"backend"`
+	Pool    string `yaml:"pool"`
+}
+
+// Duration is a time.Duration written as "30s", "10m".
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || v < 0 {
+		return fmt.Errorf("line %d: %q is not a duration (examples: 500ms, 30s, 10m)", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML implements yaml.Marshaler.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Load reads and validates a file.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes and validates YAML.
+func Parse(b []byte) (*Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("empty configuration")
+		}
+		return nil, cleanYAMLError(err)
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err == nil {
+		c.root = &root
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func cleanYAMLError(err error) error {
+	s := err.Error()
+	s = strings.TrimPrefix(s, "yaml: unmarshal errors:\n")
+	s = strings.ReplaceAll(s, "\n  ", "; ")
+	s = strings.TrimSpace(strings.ReplaceAll(s, "in type config.", "in "))
+	return errors.New(s)
+}
+
+// Errors is a list of validation problems.
+type Errors []string
+
+func (e Errors) Error() string {
+	if len(e) == 1 {
+		return e[0]
+	}
+	return fmt.Sprintf("%d problems:\n  %s", len(e), strings.Join(e, "\n  "))
+}
+
+type validator struct {
+	c    *Config
+	errs Errors
+}
+
+// at formats a path with the line it is on, when known.
+func (v *validator) errf(path string, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if line := v.c.line(path); line > 0 {
+		v.errs = append(v.errs, fmt.Sprintf("%s (line %d): %s", path, line, msg))
+		return
+	}
+	v.errs = append(v.errs, fmt.Sprintf("%s: %s", path, msg))
+}
+
+// line finds the line of a path like "listeners[1].tls" in the source.
+func (c *Config) line(path string) int {
+	if c.root == nil || len(c.root.Content) == 0 {
+		return 0
+	}
+	n := c.root.Content[0]
+	line := 0
+	for _, part := range strings.Split(path, ".") {
+		key, idx := part, -1
+		if i := strings.IndexByte(part, '['); i >= 0 && strings.HasSuffix(part, "]") {
+			key = part[:i]
+			idx, _ = strconv.Atoi(part[i+1 : len(part)-1])
+		}
+		if n.Kind != yaml.MappingNode {
+			return line
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == key {
+				line = n.Content[i].Line
+				next = n.Content[i+1]
+				break
+			}
+		}
+		if next == nil {
+			return line
+		}
+		n = next
+		if idx >= 0 {
+			if n.Kind != yaml.SequenceNode || idx >= len(n.Content) {
+				return line
+			}
+			n = n.Content[idx]
+			line = n.Line
+		}
+	}
+	return line
+}
+
+func oneOf(v string, allowed ...string) bool {
+	for _, a := range allowed {
+		if v == a {
+			return true
+		}
+	}
+	return false
+}
+
+// Validate fills defaults and checks everything; it reports all problems.
+func (c *Config) Validate() error {
+	v := &validator{c: c}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if !oneOf(c.Log.Level, "debug", "info", "warn", "error") {
+		v.errf("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	if !oneOf(c.Log.Format, "text", "json") {
+		v.errf("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+	for i, cert := range c.TLS.Certificates {
+		p := fmt.Sprintf("tls.certificates[%d]", i)
+		if cert.Cert == "" || cert.Key == "" {
+			v.errf(p, "both cert and key are required")
+		}
+	}
+	v.limits("limits", &c.Limits)
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = Duration(30 * time.Second)
+	}
+
+	if len(c.Listeners) == 0 {
+		v.errf("listeners", "at least one listener is required")
+	}
+	names := map[string]bool{}
+	addrs := map[string]string{}
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		p := fmt.Sprintf("listeners[%d]", i)
+		if l.Protocol == "" {
+			v.errf(p+".protocol", "required (imap or pop3)")
+		} else if !oneOf(l.Protocol, "imap", "pop3") {
+			v.errf(p+".protocol", "%q is not one of imap, pop3", l.Protocol)
+		}
+		if l.TLS == "" {
+			l.TLS = "none"
+		}
+		if !oneOf(l.TLS, "none", "starttls", "implicit") {
+			v.errf(p+".tls", "%q is not one of none, starttls, implicit", l.TLS)
+		} else if l.TLS != "none" && len(c.TLS.Certificates) == 0 {
+			v.errf(p+".tls", "tls %s needs at least one certificate under tls.certificates", l.TLS)
+		}
+		if l.Name == "" {
+			l.Name = fmt.Sprintf("%s-%d", l.Protocol, i)
+		}
+		if names[l.Name] {
+			v.errf(p+".name", "%q is used by another listener", l.Name)
+		}
+		names[l.Name] = true
+		if l.Address == "" {
+			v.errf(p+".address", "required (host:port)")
+		} else if _, port, err := net.SplitHostPort(l.Address); err != nil {
+			v.errf(p+".address", "%q is not host:port: %v", l.Address, err)
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			v.errf(p+".address", "%q: bad port", l.Address)
+		} else if other, dup := addrs[l.Address]; dup {
+			v.errf(p+".address", "%s is also used by listener %s", l.Address, other)
+		} else {
+			addrs[l.Address] = l.Name
+		}
+		if l.AllowPlaintextAuth == nil {
+			// A listener without TLS must allow it, or nobody could log in.
+			allow := l.TLS == "none"
+			l.AllowPlaintextAuth = &allow
+		} else if !*l.AllowPlaintextAuth && l.TLS == "none" {
+			v.errf(p+".allow_plaintext_auth", "false on a listener with tls none would refuse every login")
+		}
+		for j, cidr := range l.TrustedProxies {
+			if _, err := parsePrefix(cidr); err != nil {
+				v.errf(fmt.Sprintf("%s.trusted_proxies[%d]", p, j), "%v", err)
+			}
+		}
+		if l.ProxyProtocol && len(l.TrustedProxies) == 0 {
+			v.errf(p+".trusted_proxies", "proxy_protocol needs the load balancers' addresses (CIDRs) here")
+		}
+		if l.Limits != nil {
+			v.limits(p+".limits", l.Limits)
+		}
+	}
+	v.routing()
+	if len(v.errs) > 0 {
+		return v.errs
+	}
+	return nil
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an address or CIDR", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func (v *validator) limits(p string, l *Limits) {
+	nonNeg := func(name string, n int) {
+		if n < 0 {
+			v.errf(p+"."+name, "must not be negative")
+		}
+	}
+	nonNeg("max_connections", l.MaxConnections)
+	nonNeg("max_connections_per_ip", l.MaxConnectionsPerIP)
+	nonNeg("max_errors", l.MaxErrors)
+	nonNeg("max_auth_failures", l.MaxAuthFailures)
+	if l.MaxLine != 0 && (l.MaxLine < 512 || l.MaxLine > 1<<20) {
+		v.errf(p+".max_line", "%d is outside 512..1048576", l.MaxLine)
+	}
+	if l.MaxLiteral != 0 && (l.MaxLiteral < 512 || l.MaxLiteral > 1<<20) {
+		v.errf(p+".max_literal", "%d is outside 512..1048576", l.MaxLiteral)
+	}
+	if l.IMAPIdleTimeout != 0 && l.IMAPIdleTimeout.D() < 30*time.Minute {
+		v.errf(p+".imap_idle_timeout", "%s is below the 30m autologout minimum of RFC 9051 section 5.4", l.IMAPIdleTimeout.D())
+	}
+}
+
+func (v *validator) routing() {
+	c := v.c
+	ids := map[string]bool{}
+	for i := range c.Backends {
+		b := &c.Backends[i]
+		p := fmt.Sprintf("backends[%d]", i)
+		if b.ID == "" {
+			v.errf(p+".id", "required")
+		} else if ids[b.ID] {
+			v.errf(p+".id", "%q is defined twice", b.ID)
+		}
+		ids[b.ID] = true
+		if b.Host == "" {
+			v.errf(p+".host", "required")
+		}
+		if b.IMAPPort == 0 && b.POP3Port == 0 {
+			v.errf(p, "needs imap_port, pop3_port or both")
+		}
+		for name, port := range map[string]int{"imap_port": b.IMAPPort, "pop3_port": b.POP3Port} {
+			if port < 0 || port > 65535 {
+				v.errf(p+"."+name, "%d is not a port", port)
+			}
+		}
+		if b.TLS == "" {
+			b.TLS = "none"
+		}
+		if !oneOf(b.TLS, "none", "starttls", "implicit") {
+			v.errf(p+".tls", "%q is not one of none, starttls, implicit", b.TLS)
+		}
+		if b.Forward == "" {
+			b.Forward = "none"
+		}
+		if !oneOf(b.Forward, "none", "id", "proxy") {
+			v.errf(p+".forward", "%q is not one of none, id, proxy", b.Forward)
+		}
+		if b.State == "" {
+			b.State = "active"
+		}
+		if !oneOf(b.State, "active", "draining", "disabled") {
+			v.errf(p+".state", "%q is not one of active, draining, disabled", b.State)
+		}
+		if b.Weight < 0 {
+			v.errf(p+".weight", "must not be negative")
+		}
+		if b.TLSCAFile != "" {
+			if _, err := os.Stat(b.TLSCAFile); err != nil {
+				v.errf(p+".tls_ca_file", "%v", err)
+			}
+		}
+	}
+	pools := map[string]bool{}
+	for i, pl := range c.Pools {
+		p := fmt.Sprintf("pools[%d]", i)
+		if pl.Name == "" {
+			v.errf(p+".name", "required")
+		} else if pools[pl.Name] {
+			v.errf(p+".name", "%q is defined twice", pl.Name)
+		}
+		pools[pl.Name] = true
+		if len(pl.Backends) == 0 {
+			v.errf(p+".backends", "a pool needs at least one backend")
+		}
+		for j, id := range pl.Backends {
+			if !ids[id] {
+				v.errf(fmt.Sprintf("%s.backends[%d]", p, j), "unknown backend %q", id)
+			}
+		}
+	}
+	for u, t := range c.Routes.Users {
+		p := "routes.users." + u
+		switch {
+		case (t.Backend == "") == (t.Pool == ""):
+			v.errf(p, "set exactly one of backend or pool")
+		case t.Backend != "" && !ids[t.Backend]:
+			v.errf(p, "unknown backend %q", t.Backend)
+		case t.Pool != "" && !pools[t.Pool]:
+			v.errf(p, "unknown pool %q", t.Pool)
+		}
+	}
+	for d, pool := range c.Routes.Domains {
+		if !pools[pool] {
+			v.errf("routes.domains."+d, "unknown pool %q", pool)
+		}
+	}
+	if c.Routes.DefaultPool != "" && !pools[c.Routes.DefaultPool] {
+		v.errf("routes.default_pool", "unknown pool %q", c.Routes.DefaultPool)
+	}
+	if len(c.Routes.Users) == 0 && len(c.Routes.Domains) == 0 && c.Routes.DefaultPool == "" {
+		v.errf("routes", "no routes: set routes.default_pool, routes.domains or routes.users")
+	}
+}
+
+// EffectiveLimits returns listener i's limits: defaults, then the global
+// section, then the listener's own section.
+func (c *Config) EffectiveLimits(i int) session.Limits {
+	l := c.Listeners[i]
+	proto := routing.Protocol(l.Protocol)
+	lim := session.DefaultLimits(proto)
+	apply := func(s *Limits) {
+		if s == nil {
+			return
+		}
+		setInt(&lim.MaxLine, s.MaxLine)
+		setInt(&lim.MaxLiteral, s.MaxLiteral)
+		setDur(&lim.PreAuthTimeout, s.PreAuthTimeout)
+		setDur(&lim.TLSHandshakeTimeout, s.TLSHandshakeTimeout)
+		setInt(&lim.MaxErrors, s.MaxErrors)
+		setInt(&lim.MaxAuthFailures, s.MaxAuthFailures)
+		setDur(&lim.AuthFailureDelay, s.AuthFailureDelay)
+		setDur(&lim.BackendTimeout, s.BackendTimeout)
+		if proto == routing.IMAP {
+			setDur(&lim.IdleTimeout, s.IMAPIdleTimeout)
+		} else {
+			setDur(&lim.IdleTimeout, s.POP3IdleTimeout)
+		}
+	}
+	apply(&c.Limits)
+	apply(l.Limits)
+	return lim
+}
+
+func setInt(dst *int, v int) {
+	if v != 0 {
+		*dst = v
+	}
+}
+
+func setDur(dst *time.Duration, v Duration) {
+	if v != 0 {
+		*dst = v.D()
+	}
+}
+
+// NodeConfig translates the file into the node's serving configuration.
+func (c *Config) NodeConfig() node.Config {
+	nc := node.Config{
+		MaxConnections:      c.Limits.MaxConnections,
+		MaxConnectionsPerIP: c.Limits.MaxConnectionsPerIP,
+		ShutdownGrace:       c.ShutdownGrace.D(),
+	}
+	for i, l := range c.Listeners {
+		lc := node.ListenerConfig{
+			Name:               l.Name,
+			Protocol:           routing.Protocol(l.Protocol),
+			Address:            l.Address,
+			TLS:                routing.TLSMode(l.TLS),
+			AllowPlaintextAuth: l.AllowPlaintextAuth != nil && *l.AllowPlaintextAuth,
+			ProxyProtocol:      l.ProxyProtocol,
+			Limits:             c.EffectiveLimits(i),
+		}
+		for _, s := range l.TrustedProxies {
+			if p, err := parsePrefix(s); err == nil {
+				lc.TrustedProxies = append(lc.TrustedProxies, p)
+			}
+		}
+		nc.Listeners = append(nc.Listeners, lc)
+	}
+	return nc
+}
+
+// CertPairs returns the configured certificates.
+func (c *Config) CertPairs() []node.CertPair {
+	var out []node.CertPair
+	for _, cert := range c.TLS.Certificates {
+		out = append(out, node.CertPair{CertFile: cert.Cert, KeyFile: cert.Key})
+	}
+	return out
+}
+
+// RoutingSpec translates backends, pools and routes.
+func (c *Config) RoutingSpec() routing.TableSpec {
+	var spec routing.TableSpec
+	for _, b := range c.Backends {
+		spec.Backends = append(spec.Backends, routing.Backend{
+			ID: b.ID, Host: b.Host, IMAPPort: b.IMAPPort, POP3Port: b.POP3Port,
+			TLS: routing.TLSMode(b.TLS), TLSServerName: b.TLSServerName, TLSCAFile: b.TLSCAFile,
+			InsecureSkipVerify: b.InsecureSkipVerify, Forward: routing.ForwardMode(b.Forward),
+			Weight: b.Weight, State: routing.BackendState(b.State),
+		})
+	}
+	for _, p := range c.Pools {
+		spec.Pools = append(spec.Pools, routing.Pool{Name: p.Name, Backends: p.Backends, SharedStorage: p.SharedStorage})
+	}
+	spec.Users = make(map[string]routing.Target, len(c.Routes.Users))
+	for u, t := range c.Routes.Users {
+		spec.Users[u] = routing.Target{Backend: t.Backend, Pool: t.Pool}
+	}
+	spec.Domains = c.Routes.Domains
+	spec.DefaultPool = c.Routes.DefaultPool
+	return spec
+}
+
+// Marshal renders the configuration as YAML (for `portico proxy --print-config`).
+func (c *Config) Marshal() ([]byte, error) { return yaml.Marshal(c) }
