@@ -1,0 +1,118 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/portico-mail/portico/routing"
+)
+
+const good = `
+log:
+  level: debug
+listeners:
+  - name: imap
+    protocol: imap
+    address: 127.0.0.1:1143
+  - protocol: pop3
+    address: 127.0.0.1:1110
+limits:
+  max_connections: 100
+  auth_failure_delay: 500ms
+backends:
+  - id: b1
+    host: 127.0.0.1
+    imap_port: 10143
+    pop3_port: 10110
+    forward: id
+pools:
+  - name: main
+    backends: [b1]
+routes:
+  users:
+    vip@example.com: {backend: b1}
+  domains:
+    example.com: main
+  default_pool: main
+`
+
+func TestParseGood(t *testing.T) {
+	c, err := Parse([]byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listeners[1].Name != "pop3-1" || c.Listeners[0].TLS != "none" || !*c.Listeners[0].AllowPlaintextAuth {
+		t.Errorf("defaults not applied: %+v", c.Listeners)
+	}
+	lim := c.EffectiveLimits(0)
+	if lim.AuthFailureDelay != 500*time.Millisecond || lim.MaxErrors != 5 || lim.IdleTimeout != 30*time.Minute {
+		t.Errorf("limits %+v", lim)
+	}
+	if c.EffectiveLimits(1).IdleTimeout != 10*time.Minute {
+		t.Error("pop3 idle timeout default")
+	}
+	nc := c.NodeConfig()
+	if nc.MaxConnections != 100 || len(nc.Listeners) != 2 || nc.Listeners[1].Protocol != routing.POP3 {
+		t.Errorf("node config %+v", nc)
+	}
+	if _, err := routing.NewTable(c.RoutingSpec()); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	cases := []struct{ name, yaml, want string }{
+		{"unknown key", "listeners:\n  - protocol: imap\n    adress: x\n", "line 3: field adress not found"},
+		{"bad enum with line", strings.Replace(good, "forward: id", "forward: maybe", 1), `backends[0].forward (line 18): "maybe" is not one of none, id, proxy`},
+		{"bad duration", strings.Replace(good, "500ms", "soon", 1), `"soon" is not a duration`},
+		{"tls without cert", strings.Replace(good, "address: 127.0.0.1:1143", "address: 127.0.0.1:1143\n    tls: implicit", 1), "needs at least one certificate"},
+		{"unknown pool", strings.Replace(good, "default_pool: main", "default_pool: nope", 1), `routes.default_pool (line 27): unknown pool "nope"`},
+		{"dup address", strings.Replace(good, "127.0.0.1:1110", "127.0.0.1:1143", 1), "also used by listener imap"},
+		{"no listeners", "backends: []\n", "at least one listener"},
+		{"plaintext refused on none", strings.Replace(good, "address: 127.0.0.1:1143", "address: 127.0.0.1:1143\n    allow_plaintext_auth: false", 1), "would refuse every login"},
+		{"short imap idle", strings.Replace(good, "max_connections: 100", "max_connections: 100\n  imap_idle_timeout: 5m", 1), "30m autologout"},
+		{"empty", "", "empty configuration"},
+		{"proxy protocol without trust", strings.Replace(good, "name: imap", "name: imap\n    proxy_protocol: true", 1), "trusted_proxies"},
+	}
+	for _, c := range cases {
+		_, err := Parse([]byte(c.yaml))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want %q", c.name, err, c.want)
+		}
+	}
+}
+
+func TestProxyFlags(t *testing.T) {
+	c, err := FromProxyFlags(ProxyFlags{
+		From: []string{"imap://127.0.0.1:1143", "imaps://127.0.0.1:1993", "pop3://127.0.0.1:1110"},
+		To:   []string{"imap://127.0.0.1:10143", "pop3://127.0.0.1:10110"},
+		Cert: "c.pem", Key: "k.pem",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Backends) != 1 || c.Backends[0].IMAPPort != 10143 || c.Backends[0].POP3Port != 10110 {
+		t.Errorf("backends %+v", c.Backends)
+	}
+	if c.Listeners[0].TLS != "starttls" || *c.Listeners[0].AllowPlaintextAuth || c.Listeners[1].TLS != "implicit" {
+		t.Errorf("listeners %+v", c.Listeners)
+	}
+	// Without a certificate: plaintext listeners, no TLS.
+	c, err = FromProxyFlags(ProxyFlags{From: []string{"imap://127.0.0.1:1143"}, To: []string{"imap://mail.example:143"}})
+	if err != nil || c.Listeners[0].TLS != "none" {
+		t.Fatalf("%v %+v", err, c)
+	}
+	bad := []ProxyFlags{
+		{From: []string{"imaps://127.0.0.1:1993"}, To: []string{"imap://h:143"}},
+		{From: []string{"pop3://127.0.0.1:1110"}, To: []string{"imap://h:143"}},
+		{From: []string{"http://x:1"}, To: []string{"imap://h:143"}},
+		{From: []string{"imap://x:1"}, To: []string{"imap://h:143/path"}},
+		{From: []string{"imap://x:1"}},
+	}
+	for i, f := range bad {
+		if _, err := FromProxyFlags(f); err == nil {
+			t.Errorf("case %d: no error", i)
+		}
+	}
+}
