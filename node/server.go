@@ -101,6 +101,9 @@ func NewServer(cfg Config, env *session.Env, handlers map[routing.Protocol]sessi
 func (s *Server) Start() error {
 	var lns []*listener
 	for _, lc := range s.cfg.Listeners {
+		if lc.TLS == "" {
+			lc.TLS = routing.TLSNone
+		}
 		if s.handlers[lc.Protocol] == nil {
 			closeAll(lns)
 			return fmt.Errorf("listener %s: no handler for protocol %q", lc.Name, lc.Protocol)

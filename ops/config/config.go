@@ -314,7 +314,7 @@ func (c *Config) Validate() error {
 			v.errf(p+".address", "%q is not host:port: %v", l.Address, err)
 		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
 			v.errf(p+".address", "%q: bad port", l.Address)
-		} else if other, dup := addrs[l.Address]; dup {
+		} else if other, dup := addrs[l.Address]; dup && n != 0 {
 			v.errf(p+".address", "%s is also used by listener %s", l.Address, other)
 		} else {
 			addrs[l.Address] = l.Name

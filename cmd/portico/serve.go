@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/portico-mail/portico/node"
+	"github.com/portico-mail/portico/ops/config"
+	"github.com/portico-mail/portico/ops/daemon"
+	"github.com/portico-mail/portico/routing"
+)
+
+func cmdServe(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	path := fs.String("config", "", "configuration file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *path == "" {
+		return errors.New("serve: --config FILE is required")
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	return run(cfg, *path)
+}
+
+func cmdCheckConfig(args []string) error {
+	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
+	path := fs.String("config", "", "configuration file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *path == "" {
+		return errors.New("check-config: --config FILE is required")
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	// Certificates and the routing table are checked the way serve would.
+	if pairs := cfg.CertPairs(); len(pairs) > 0 {
+		if err := (&node.CertStore{}).Load(pairs); err != nil {
+			return fmt.Errorf("%s: %w", *path, err)
+		}
+	}
+	if _, err := routing.NewTable(cfg.RoutingSpec()); err != nil {
+		return fmt.Errorf("%s: %w", *path, err)
+	}
+	fmt.Printf("%s: OK (%d listeners, %d backends, %d pools)\n", *path, len(cfg.Listeners), len(cfg.Backends), len(cfg.Pools))
+	return nil
+}
+
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func cmdProxy(args []string) error {
+	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
+	var f config.ProxyFlags
+	fs.Var((*stringList)(&f.From), "from", "listen URL: imap://ADDR, imaps://ADDR, pop3://ADDR, pop3s://ADDR (repeatable)")
+	fs.Var((*stringList)(&f.To), "to", "backend URL: imap://HOST:PORT, pop3://HOST:PORT, imaps://, pop3s:// (repeatable)")
+	fs.StringVar(&f.Cert, "cert", "", "TLS certificate (PEM) for imaps/pop3s and STARTTLS")
+	fs.StringVar(&f.Key, "key", "", "TLS private key (PEM)")
+	fs.BoolVar(&f.AllowPlaintext, "allow-plaintext", false, "allow login before STARTTLS on imap:// and pop3:// listeners that have a certificate")
+	fs.StringVar(&f.Forward, "forward", "id", "pass the client address to the backend: none, id (IMAP ID / POP3 XCLIENT), proxy (PROXY v2)")
+	fs.BoolVar(&f.Insecure, "backend-insecure", false, "do not verify backend TLS certificates")
+	fs.StringVar(&f.CAFile, "backend-ca", "", "CA bundle to verify backend TLS certificates")
+	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
+	printCfg := fs.Bool("print-config", false, "print the equivalent configuration file and exit")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := config.FromProxyFlags(f)
+	if err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	cfg.Log.Level = *logLevel
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	if *printCfg {
+		b, err := cfg.Marshal()
+		if err != nil {
+			return err
+		}
+		os.Stdout.Write(b)
+		return nil
+	}
+	return run(cfg, "")
+}
+
+// run serves cfg until SIGTERM/SIGINT. path, if set, is re-read on SIGHUP.
+func run(cfg *config.Config, path string) error {
+	d, err := daemon.New(cfg, daemon.Options{})
+	if err != nil {
+		return err
+	}
+	if err := d.Start(); err != nil {
+		return err
+	}
+	log := d.Log
+	log.Info("portico started", "version", version, "commit", commit)
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			if path == "" {
+				log.Warn("reload requested but there is no configuration file (portico proxy)")
+				continue
+			}
+			next, err := config.Load(path)
+			if err == nil {
+				err = d.Reload(next)
+			}
+			if err != nil {
+				log.Error("reload failed, keeping the running configuration", "error", err)
+				continue
+			}
+			log.Info("configuration reloaded", "file", path)
+			continue
+		}
+		log.Info("shutting down", "signal", sig.String(), "grace", cfg.ShutdownGrace.D())
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace.D())
+		err := d.Shutdown(ctx)
+		cancel()
+		log.Info("stopped")
+		return err
+	}
+	return nil
+}

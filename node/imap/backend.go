@@ -1,0 +1,343 @@
+package imap
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/portico-mail/portico/node/imap/imapwire"
+	"github.com/portico-mail/portico/node/netx"
+	"github.com/portico-mail/portico/node/session"
+	"github.com/portico-mail/portico/routing"
+)
+
+type netxStream = netx.Stream
+
+// Bounds on what a backend may send before login.
+const (
+	backendMaxLine     = 16 << 10
+	backendMaxLiterals = 64 << 10
+	backendMaxUntagged = 64 // untagged responses to one command
+)
+
+// Tags of the proxy's own commands at the backend.
+const (
+	tagStartTLS = "P1"
+	tagCapa     = "P2"
+	tagID       = "P3"
+	tagLogin    = "P4"
+)
+
+// backend is the proxy's IMAP client state toward one backend.
+type backend struct {
+	s    *conn
+	be   *netx.Stream
+	rr   *imapwire.ResponseReader
+	caps []string
+}
+
+// phaseError labels an error with the login phase it happened in.
+func phaseError(phase string, err error) error { return fmt.Errorf("%s: %w", phase, err) }
+
+// backendLogin runs greeting -> [STARTTLS] -> [ID] -> login at the backend
+// and returns the reply for the client (with its tag) on success.
+func (s *conn) backendLogin(ctx context.Context, be *netx.Stream, t *session.Target, clientTag string) ([]byte, error) {
+	b := &backend{s: s, be: be}
+	b.rr = imapwire.NewResponseReader(be.R, backendMaxLine, backendMaxLiterals)
+
+	g, err := b.rr.Read()
+	if err != nil {
+		return nil, phaseError("reading greeting", err)
+	}
+	if g.Tag != "*" || g.Status != "OK" {
+		return nil, phaseError("reading greeting", fmt.Errorf("%w: %q", session.ErrBackendGreeting, trunc(g.Raw)))
+	}
+	if g.Code == "CAPABILITY" {
+		b.caps = imapwire.ParseCapabilities(g.CodeArgs)
+	} else if err := b.capability(); err != nil {
+		return nil, err
+	}
+
+	if t.Backend.TLS == routing.TLSStartTLS {
+		if err := b.starttls(ctx, t.Backend); err != nil {
+			return nil, err
+		}
+	}
+
+	// Pipeline ID (when forwarding the client address) with the login.
+	var out bytes.Buffer
+	sentID := false
+	if t.Backend.Forward == routing.ForwardID && imapwire.HasCapability(b.caps, "ID") {
+		b.writeID(&out)
+		sentID = true
+	}
+	chunks, err := b.loginChunks(t.Creds)
+	if err != nil {
+		return nil, err
+	}
+	out.WriteString(chunks[0])
+	chunks = chunks[1:]
+	if _, err := be.Write(out.Bytes()); err != nil {
+		return nil, phaseError("sending login", err)
+	}
+	if err := be.Flush(); err != nil {
+		return nil, phaseError("sending login", err)
+	}
+
+	var untagged [][]byte
+	var postCaps []string
+	for n := 0; ; n++ {
+		if n > backendMaxUntagged+4 {
+			return nil, phaseError("login", errors.New("too many untagged responses"))
+		}
+		r, err := b.rr.Read()
+		if err != nil {
+			return nil, phaseError("login", err)
+		}
+		switch {
+		case r.Tag == "+":
+			// The backend asks for the next piece (synchronizing literal or
+			// SASL response). Anything beyond what we have cancels.
+			next := "*\r\n"
+			if len(chunks) > 0 {
+				next, chunks = chunks[0], chunks[1:]
+			}
+			if _, err := be.WriteString(next); err != nil {
+				return nil, phaseError("login", err)
+			}
+			if err := be.Flush(); err != nil {
+				return nil, phaseError("login", err)
+			}
+		case r.Tag == "*":
+			switch {
+			case sentID && r.Data == "ID":
+			case r.Data == "CAPABILITY":
+				postCaps = imapwire.ParseCapabilities(r.DataArgs)
+				untagged = append(untagged, r.Raw)
+			case r.Status == "BYE":
+				return nil, phaseError("login", fmt.Errorf("backend said %q", trunc(r.Raw)))
+			default:
+				untagged = append(untagged, r.Raw)
+			}
+		case r.Tag == tagID:
+			sentID = false // whatever the outcome, ID is advisory
+			untagged = untagged[:0]
+		case r.Tag == tagLogin:
+			return b.loginResult(r, untagged, postCaps, clientTag)
+		default:
+			return nil, phaseError("login", fmt.Errorf("unexpected response %q", trunc(r.Raw)))
+		}
+	}
+}
+
+// loginResult turns the backend's tagged response into the client's reply.
+func (b *backend) loginResult(r *imapwire.Response, untagged [][]byte, postCaps []string, clientTag string) ([]byte, error) {
+	var reply bytes.Buffer
+	for _, u := range untagged {
+		reply.Write(u)
+	}
+	switch r.Status {
+	case "OK":
+		switch {
+		case r.Code == "CAPABILITY":
+			// Byte-exact, with the client's tag.
+			reply.WriteString(clientTag)
+			reply.Write(r.Raw[len(tagLogin):])
+		default:
+			if postCaps == nil {
+				var err error
+				if postCaps, err = b.capabilityAfterLogin(); err != nil {
+					return nil, err
+				}
+			}
+			text := r.Text
+			if r.Code != "" {
+				// Keep the backend's own code out of the way of CAPABILITY.
+				text = strings.TrimSpace(text)
+			}
+			if text == "" {
+				text = "Logged in"
+			}
+			fmt.Fprintf(&reply, "%s OK [CAPABILITY %s] %s\r\n", clientTag, strings.Join(postCaps, " "), sanitize(text))
+		}
+		return reply.Bytes(), nil
+	case "NO", "BAD":
+		code := ""
+		if r.Code != "" {
+			code = "[" + r.Code
+			if r.CodeArgs != "" {
+				code += " " + r.CodeArgs
+			}
+			code += "] "
+		}
+		text := sanitize(r.Text)
+		if text == "" {
+			text = "Authentication failed."
+		}
+		fmt.Fprintf(&reply, "%s NO %s%s\r\n", clientTag, code, text)
+		rej := &session.BackendRejected{Reply: reply.Bytes(), Text: strings.TrimSpace(string(trunc(r.Raw)))}
+		switch r.Code {
+		case "UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE", "CONTACTADMIN":
+			// Not the credentials' fault (RFC 5530): do not count it.
+			rej.Temporary = true
+		}
+		return nil, rej
+	}
+	return nil, phaseError("login", fmt.Errorf("unexpected response %q", trunc(r.Raw)))
+}
+
+// capability runs CAPABILITY and stores the result.
+func (b *backend) capability() error {
+	caps, err := b.simple(tagCapa, "CAPABILITY")
+	if err != nil {
+		return phaseError("CAPABILITY", err)
+	}
+	b.caps = caps
+	return nil
+}
+
+func (b *backend) capabilityAfterLogin() ([]string, error) {
+	caps, err := b.simple(tagCapa, "CAPABILITY")
+	if err != nil {
+		return nil, phaseError("CAPABILITY after login", err)
+	}
+	if caps == nil {
+		return nil, phaseError("CAPABILITY after login", errors.New("no capabilities"))
+	}
+	return caps, nil
+}
+
+// simple sends "tag CMD" and reads to its tagged OK, collecting any
+// capabilities seen on the way.
+func (b *backend) simple(tag, cmd string) ([]string, error) {
+	if _, err := b.be.WriteString(tag + " " + cmd + "\r\n"); err != nil {
+		return nil, err
+	}
+	if err := b.be.Flush(); err != nil {
+		return nil, err
+	}
+	var caps []string
+	for n := 0; n <= backendMaxUntagged; n++ {
+		r, err := b.rr.Read()
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case r.Tag == "*" && r.Data == "CAPABILITY":
+			caps = imapwire.ParseCapabilities(r.DataArgs)
+		case r.Tag == "*" && r.Status == "BYE":
+			return nil, fmt.Errorf("backend said %q", trunc(r.Raw))
+		case r.Tag == "*":
+		case r.Tag == tag && r.Status == "OK":
+			if r.Code == "CAPABILITY" {
+				caps = imapwire.ParseCapabilities(r.CodeArgs)
+			}
+			return caps, nil
+		case r.Tag == tag:
+			return nil, fmt.Errorf("backend answered %q", trunc(r.Raw))
+		default:
+			return nil, fmt.Errorf("unexpected response %q", trunc(r.Raw))
+		}
+	}
+	return nil, errors.New("too many untagged responses")
+}
+
+// starttls upgrades the backend connection and refreshes capabilities.
+func (b *backend) starttls(ctx context.Context, bk *routing.Backend) error {
+	if !imapwire.HasCapability(b.caps, "STARTTLS") {
+		return phaseError("STARTTLS", errors.New("backend does not offer STARTTLS"))
+	}
+	if _, err := b.simple(tagStartTLS, "STARTTLS"); err != nil {
+		return phaseError("STARTTLS", err)
+	}
+	cfg, err := b.s.c.Env.Dialer.TLSConfig(bk)
+	if err != nil {
+		return phaseError("STARTTLS", err)
+	}
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	if err := b.be.StartTLSClient(ctx, cfg, timeout); err != nil {
+		return phaseError("STARTTLS handshake", err)
+	}
+	// Restore the deadline the handshake cleared.
+	if dl, ok := ctx.Deadline(); ok {
+		_ = b.be.SetDeadline(dl)
+	}
+	// Capabilities learnt before TLS must be discarded.
+	b.rr = imapwire.NewResponseReader(b.be.R, backendMaxLine, backendMaxLiterals)
+	return b.capability()
+}
+
+// writeID writes the ID command carrying the client's address (Dovecot's
+// x-originating-ip convention; honoured when the proxy is in the backend's
+// login_trusted_networks) and the client's own ID fields.
+func (b *backend) writeID(out *bytes.Buffer) {
+	c := b.s.c
+	out.WriteString(tagID + " ID (")
+	pair := func(k, v string) {
+		q, _ := imapwire.Quote(v)
+		fmt.Fprintf(out, "%q %s ", k, q)
+	}
+	pair("x-originating-ip", c.Remote.Addr().String())
+	pair("x-originating-port", strconv.Itoa(int(c.Remote.Port())))
+	pair("x-connected-ip", c.Local.Addr().String())
+	pair("x-connected-port", strconv.Itoa(int(c.Local.Port())))
+	pair("x-session-id", c.ID)
+	for _, p := range b.s.id {
+		kq, _ := imapwire.Quote(p.key)
+		if p.nilValue {
+			fmt.Fprintf(out, "%s NIL ", kq)
+			continue
+		}
+		vq, _ := imapwire.Quote(p.value)
+		fmt.Fprintf(out, "%s %s ", kq, vq)
+	}
+	out.Truncate(out.Len() - 1)
+	out.WriteString(")\r\n")
+}
+
+// loginChunks returns the login command split at the points where the
+// backend must answer "+" first (synchronizing literals, SASL without
+// SASL-IR).
+func (b *backend) loginChunks(c session.Credentials) ([]string, error) {
+	if imapwire.HasCapability(b.caps, "AUTH=PLAIN") {
+		ir := session.PlainResponse(c)
+		if imapwire.HasCapability(b.caps, "SASL-IR") {
+			return []string{tagLogin + " AUTHENTICATE PLAIN " + ir + "\r\n"}, nil
+		}
+		return []string{tagLogin + " AUTHENTICATE PLAIN\r\n", ir + "\r\n"}, nil
+	}
+	if imapwire.HasCapability(b.caps, "LOGINDISABLED") {
+		return nil, phaseError("login", errors.New("backend offers neither AUTH=PLAIN nor LOGIN"))
+	}
+	if c.AuthzID != "" {
+		return nil, phaseError("login", errors.New("backend lacks AUTH=PLAIN, needed for an authorization identity"))
+	}
+	if strings.ContainsRune(c.User, 0) || strings.ContainsRune(c.Password, 0) {
+		return nil, &session.BackendRejected{Reply: nil, Text: "NUL in credentials"}
+	}
+	// Literals carry any byte safely (nginx does the same).
+	if imapwire.HasCapability(b.caps, "LITERAL+") {
+		return []string{fmt.Sprintf("%s LOGIN {%d+}\r\n%s {%d+}\r\n%s\r\n", tagLogin, len(c.User), c.User, len(c.Password), c.Password)}, nil
+	}
+	return []string{
+		fmt.Sprintf("%s LOGIN {%d}\r\n", tagLogin, len(c.User)),
+		fmt.Sprintf("%s {%d}\r\n", c.User, len(c.Password)),
+		c.Password + "\r\n",
+	}, nil
+}
+
+// trunc shortens backend text quoted in errors and logs.
+func trunc(b []byte) []byte {
+	b = bytes.TrimRight(b, "\r\n")
+	if len(b) > 200 {
+		return append(b[:200:200], "..."...)
+	}
+	return b
+}

@@ -1,0 +1,246 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+	"go.uber.org/goleak"
+
+	"github.com/portico-mail/portico/node/netx"
+	"github.com/portico-mail/portico/node/relay"
+	"github.com/portico-mail/portico/node/session"
+	"github.com/portico-mail/portico/routing"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// echoHandler greets with the client address it was given, and on "login"
+// hands off to a backend connection that echoes.
+type echoHandler struct{ backend string }
+
+func (h echoHandler) Serve(ctx context.Context, c *session.Client) (*session.Handoff, error) {
+	c.Stream.WriteString("* OK " + c.Remote.String() + "\r\n")
+	c.Stream.Flush()
+	for {
+		c.ArmReadDeadline()
+		line, err := c.Stream.R.ReadString('\n')
+		if err != nil {
+			if ctx.Err() != nil {
+				c.Stream.WriteString("* BYE shutting down\r\n")
+				c.Stream.Flush()
+			}
+			return nil, err
+		}
+		if strings.TrimSpace(line) == "login" {
+			conn, err := net.Dial("tcp", h.backend)
+			if err != nil {
+				return nil, err
+			}
+			nc, _ := netx.NewConn(conn.(*net.TCPConn), nil)
+			c.Stream.WriteString("OK\r\n")
+			c.Stream.Flush()
+			return &session.Handoff{Client: c, Backend: netx.NewStream(nc), User: "u", BackendID: "b"}, nil
+		}
+		c.Stream.WriteString("? " + line)
+		c.Stream.Flush()
+	}
+}
+
+func echoBackend(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return ln.Addr().String()
+}
+
+func startServer(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	engine, err := relay.NewEngine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &session.Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for i := range cfg.Listeners {
+		if cfg.Listeners[i].Limits.MaxLine == 0 {
+			cfg.Listeners[i].Limits = session.DefaultLimits(routing.IMAP)
+		}
+		cfg.Listeners[i].Protocol = routing.IMAP
+		cfg.Listeners[i].TLS = routing.TLSNone
+	}
+	s := NewServer(cfg, env, map[routing.Protocol]session.Handler{routing.IMAP: echoHandler{echoBackend(t)}}, nil, engine)
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+		engine.Close()
+	})
+	return s
+}
+
+func dial(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	return c, bufio.NewReader(c)
+}
+
+func readLine(t *testing.T, br *bufio.Reader) string {
+	t.Helper()
+	s, err := br.ReadString('\n')
+	if err != nil {
+		t.Fatalf("read: %v (%q)", err, s)
+	}
+	return s
+}
+
+func TestConnectionLimits(t *testing.T) {
+	s := startServer(t, Config{MaxConnections: 3, MaxConnectionsPerIP: 2,
+		Listeners: []ListenerConfig{{Name: "l", Address: "127.0.0.1:0"}}})
+	addr := s.Addrs()["l"].String()
+	_, br1 := dial(t, addr)
+	readLine(t, br1)
+	_, br2 := dial(t, addr)
+	readLine(t, br2)
+	// Third from the same IP: over the per-IP limit.
+	_, br3 := dial(t, addr)
+	if got := readLine(t, br3); !strings.HasPrefix(got, "* BYE [UNAVAILABLE] Too many connections") {
+		t.Fatalf("per-IP limit: %q", got)
+	}
+	// From another loopback address: allowed by per-IP, but the total is 3.
+	c4, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}).Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c4.Close()
+	br4 := bufio.NewReader(c4)
+	if got := readLine(t, br4); !strings.HasPrefix(got, "* OK 127.0.0.2") {
+		t.Fatalf("other IP: %q", got)
+	}
+	c5, _ := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.3")}}).Dial("tcp", addr)
+	defer c5.Close()
+	if got := readLine(t, bufio.NewReader(c5)); !strings.Contains(got, "Too many connections") {
+		t.Fatalf("total limit: %q", got)
+	}
+	// Closing one frees a slot (per-IP counter released).
+	c4.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Connections() > 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	c6, _ := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}).Dial("tcp", addr)
+	defer c6.Close()
+	if got := readLine(t, bufio.NewReader(c6)); !strings.HasPrefix(got, "* OK") {
+		t.Fatalf("after release: %q", got)
+	}
+}
+
+func TestProxyProtocol(t *testing.T) {
+	s := startServer(t, Config{Listeners: []ListenerConfig{
+		{Name: "trusted", Address: "127.0.0.1:0", ProxyProtocol: true, TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
+		{Name: "untrusted", Address: "127.0.0.1:0", ProxyProtocol: true, TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
+	}})
+	src, _ := net.ResolveTCPAddr("tcp", "203.0.113.9:5555")
+	dst, _ := net.ResolveTCPAddr("tcp", "192.0.2.1:143")
+	for _, v := range []byte{1, 2} {
+		c, br := dial(t, s.Addrs()["trusted"].String())
+		// Header and the first command in one packet: the command survives.
+		h := proxyproto.HeaderProxyFromAddrs(v, src, dst)
+		b, _ := h.Format()
+		c.Write(append(b, "hello\r\n"...))
+		if got := readLine(t, br); got != "* OK 203.0.113.9:5555\r\n" {
+			t.Fatalf("v%d: %q", v, got)
+		}
+		if got := readLine(t, br); got != "? hello\r\n" {
+			t.Fatalf("v%d pipelined: %q", v, got)
+		}
+	}
+	// From an untrusted peer the header is not parsed: it is just data.
+	c, br := dial(t, s.Addrs()["untrusted"].String())
+	if got := readLine(t, br); !strings.HasPrefix(got, "* OK 127.0.0.1:") {
+		t.Fatalf("untrusted: %q", got)
+	}
+	c.Write([]byte("PROXY TCP4 203.0.113.9 192.0.2.1 5555 143\r\n"))
+	if got := readLine(t, br); !strings.HasPrefix(got, "? PROXY") {
+		t.Fatalf("untrusted header: %q", got)
+	}
+	// A trusted peer that sends no header is dropped.
+	c, br = dial(t, s.Addrs()["trusted"].String())
+	c.Write([]byte("a LOGIN x y\r\n"))
+	if _, err := br.ReadString('\n'); err == nil {
+		t.Fatal("no header from a trusted peer was accepted")
+	}
+}
+
+func TestShutdown(t *testing.T) {
+	engine, _ := relay.NewEngine()
+	defer engine.Close()
+	lim := session.DefaultLimits(routing.IMAP)
+	s := NewServer(Config{ShutdownGrace: 300 * time.Millisecond, Listeners: []ListenerConfig{{Name: "l", Address: "127.0.0.1:0", Protocol: routing.IMAP, Limits: lim}}},
+		&session.Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
+		map[routing.Protocol]session.Handler{routing.IMAP: echoHandler{echoBackend(t)}}, nil, engine)
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	addr := s.Addrs()["l"].String()
+	_, pre := dial(t, addr)
+	readLine(t, pre)
+	relayed, rbr := dial(t, addr)
+	readLine(t, rbr)
+	relayed.Write([]byte("login\r\n"))
+	readLine(t, rbr)
+	relayed.Write([]byte("ping\r\n"))
+	if got := readLine(t, rbr); got != "ping\r\n" {
+		t.Fatalf("relay: %q", got)
+	}
+	start := time.Now()
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := readLine(t, pre); got != "* BYE shutting down\r\n" {
+		t.Fatalf("pre-auth session got %q", got)
+	}
+	// The relayed session was allowed to run for the grace period, then closed.
+	if d := time.Since(start); d < 250*time.Millisecond {
+		t.Fatalf("shutdown returned after %v, before the grace period", d)
+	}
+	if _, err := rbr.ReadString('\n'); !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !isReset(err) {
+		t.Fatalf("relayed session not closed: %v", err)
+	}
+	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		t.Fatal("still accepting after shutdown")
+	}
+}
+
+func isReset(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && !errors.Is(err, os.ErrDeadlineExceeded)
+}

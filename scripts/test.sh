@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs Portico's whole test suite; the single command for CI and developers.
+#
+#   scripts/test.sh            # everything, with the race detector
+#   scripts/test.sh -short     # extra arguments are passed to "go test"
+#
+# As root on Debian it first installs the system packages the integration
+# tests use (only those missing) and exports PORTICO_REQUIRE_DOVECOT=1, so
+# that tests needing Dovecot fail instead of skipping. GOFLAGS is honoured.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib/deps.sh
+. scripts/lib/deps.sh
+
+section() { printf '\n==== %s ====\n' "$*"; }
+
+packages=(dovecot-imapd dovecot-pop3d nginx libnginx-mod-mail python3 curl iproute2 nftables prometheus)
+# The race detector needs cgo, hence a C compiler.
+command -v gcc >/dev/null 2>&1 || packages+=(gcc libc6-dev)
+
+section "system packages"
+if [ "$(id -u)" -eq 0 ]; then
+	deps_install "${packages[@]}"
+	export PORTICO_REQUIRE_DOVECOT="${PORTICO_REQUIRE_DOVECOT:-1}"
+else
+	missing=$(deps_missing "${packages[@]}" 2>/dev/null || true)
+	if [ -n "$missing" ]; then
+		echo "not root: not installing missing packages ($(echo "$missing" | tr '\n' ' ')); tests needing them will skip"
+	else
+		echo "all present (not root: tests needing root will skip)"
+	fi
+fi
+
+section "go toolchain"
+deps_go
+go version
+echo "GOFLAGS=${GOFLAGS:-}"
+echo "PORTICO_REQUIRE_DOVECOT=${PORTICO_REQUIRE_DOVECOT:-}"
+
+section "gofmt"
+unformatted=$(gofmt -l .)
+if [ -n "$unformatted" ]; then
+	echo "these files need gofmt -w:" >&2
+	echo "$unformatted" >&2
+	exit 1
+fi
+echo "ok"
+
+section "go vet"
+go vet ./...
+echo "ok"
+
+section "go test -race"
+go test -race -count=1 -timeout 25m "$@" ./...
