@@ -417,7 +417,12 @@ func trusted(nets []netip.Prefix, ip netip.Addr) bool {
 func readProxyHeader(tc *net.TCPConn, timeout time.Duration) (*proxyproto.Header, []byte, error) {
 	_ = tc.SetReadDeadline(time.Now().Add(timeout))
 	defer tc.SetReadDeadline(time.Time{})
-	br := bufio.NewReaderSize(tc, 512)
+	return parseProxyHeader(bufio.NewReaderSize(tc, 512))
+}
+
+// parseProxyHeader reads a PROXY header from br and returns it with the
+// bytes br read past it.
+func parseProxyHeader(br *bufio.Reader) (*proxyproto.Header, []byte, error) {
 	h, err := proxyproto.Read(br)
 	if err != nil {
 		return nil, nil, err
