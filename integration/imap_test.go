@@ -268,3 +268,22 @@ func TestClientAddressForwarded(t *testing.T) {
 		t.Fatalf("dovecot saw rip=%v, want 198.51.100.23", ips)
 	}
 }
+
+// A relayed session outlives the pre-login timeout: deadlines from the
+// pre-login phase are cleared at the hand-off.
+func TestRelayedSessionOutlivesPreauthTimeout(t *testing.T) {
+	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.81"})
+	cfg := strings.Replace(singleBackendConfig(t, dc, ""), "auth_failure_delay: 100ms", "auth_failure_delay: 100ms\n  preauth_timeout: 1s", 1)
+	p := startPortico(t, cfg)
+	for _, listener := range []string{"imap-plain", "imaps"} {
+		c := dialIMAP(t, p, listener, nil)
+		if err := c.Login("alice", "secret").Wait(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1500 * time.Millisecond)
+		if err := c.Noop().Wait(); err != nil {
+			t.Fatalf("%s: NOOP after the pre-login timeout: %v", listener, err)
+		}
+		c.Logout().Wait()
+	}
+}

@@ -19,6 +19,7 @@ import (
 func cmdServe(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	path := fs.String("config", "", "configuration file (YAML)")
+	pprofAddr := fs.String("pprof", "", "serve Go profiling endpoints (/debug/pprof/) on this address, e.g. 127.0.0.1:6060")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -27,6 +28,9 @@ func cmdServe(args []string) error {
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {
+		return err
+	}
+	if err := startPprof(*pprofAddr); err != nil {
 		return err
 	}
 	return run(cfg, *path)
@@ -76,7 +80,11 @@ func cmdProxy(args []string) error {
 	fs.StringVar(&f.CAFile, "backend-ca", "", "CA bundle to verify backend TLS certificates")
 	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
 	printCfg := fs.Bool("print-config", false, "print the equivalent configuration file and exit")
+	pprofAddr := fs.String("pprof", "", "serve Go profiling endpoints (/debug/pprof/) on this address, e.g. 127.0.0.1:6060")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := startPprof(*pprofAddr); err != nil {
 		return err
 	}
 	cfg, err := config.FromProxyFlags(f)
@@ -134,7 +142,6 @@ func run(cfg *config.Config, path string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace.D())
 		err := d.Shutdown(ctx)
 		cancel()
-		log.Info("stopped")
 		return err
 	}
 	return nil

@@ -284,12 +284,18 @@ func startOnce(opts Options) (s *Server, err error) {
 	if opts.ImplicitTLS {
 		ports = append(ports, &opts.IMAPSPort, &opts.POP3SPort)
 	}
+	var missing []*int
 	for _, p := range ports {
 		if *p == 0 {
-			if *p, err = freePort(opts.Addr); err != nil {
-				return nil, err
-			}
+			missing = append(missing, p)
 		}
+	}
+	picked, err := freePorts(opts.Addr, len(missing))
+	if err != nil {
+		return nil, err
+	}
+	for i, p := range missing {
+		*p = picked[i]
 	}
 	s.IMAPPort, s.POP3Port = opts.IMAPPort, opts.POP3Port
 	s.IMAPAddr = net.JoinHostPort(opts.Addr, strconv.Itoa(opts.IMAPPort))
@@ -688,15 +694,6 @@ func tempBase() string {
 	return "/tmp"
 }
 
-func freePort(addr string) (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
-	if err != nil {
-		return 0, fmt.Errorf("dovecot: pick a port on %s: %w", addr, err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 func lookPath(name string, fallbacks ...string) (string, error) {
 	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
@@ -849,4 +846,26 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// freePorts returns n distinct free ports on addr. Every picked port is
+// held open until all are picked, so the kernel cannot hand out the same
+// one twice.
+func freePorts(addr string, n int) ([]int, error) {
+	var held []net.Listener
+	defer func() {
+		for _, h := range held {
+			h.Close()
+		}
+	}()
+	var ports []int
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
+		if err != nil {
+			return nil, fmt.Errorf("dovecot: pick a port on %s: %w", addr, err)
+		}
+		held = append(held, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
 }

@@ -362,14 +362,11 @@ func TestParallelInstancesAndStop(t *testing.T) {
 
 func TestFixedPorts(t *testing.T) {
 	t.Parallel()
-	imap, err := freePort("127.0.0.85")
+	ports, err := freePorts("127.0.0.85", 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pop3, err := freePort("127.0.0.85")
-	if err != nil {
-		t.Fatal(err)
-	}
+	imap, pop3 := ports[0], ports[1]
 	s := Start(t, Options{Addr: "127.0.0.85", IMAPPort: imap, POP3Port: pop3, AuthFailureDelay: 10 * time.Millisecond})
 	if !strings.Contains(s.configText(t), "auth_failure_delay = 1s\n") {
 		t.Fatal("10ms not rounded up to 1 s")

@@ -1,9 +1,12 @@
 package pop3
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -15,52 +18,76 @@ import (
 
 // Bounds on what a backend may send before login.
 const (
-	backendMaxLine  = 4096
-	backendMaxCapas = 64
+	backendMaxLine  = 4096 // one response line, CRLF included
+	backendMaxCapas = 64   // lines of a CAPA response
+	maxSessionID    = 64   // Dovecot ignores longer XCLIENT SESSION values
+	maxShownReply   = 200  // bytes of a backend line quoted in an error
+)
+
+// Phases of the backend dialogue, as they label errors.
+const (
+	phaseGreeting = "reading greeting"
+	phaseCAPA     = "CAPA"
+	phaseSTLS     = "STLS"
+	phaseXCLIENT  = "XCLIENT"
+	phaseAuth     = "AUTH"
 )
 
 // backend is the proxy's POP3 client state toward one backend.
 type backend struct {
-	s       *conn
-	be      *netx.Stream
+	r       *bufio.Reader
+	w       *bufio.Writer
 	scratch []byte
-	caps    map[string]string // CAPA keyword -> arguments
+
+	// For STLS and XCLIENT; the fuzz tests leave them zero.
+	stream    *netx.Stream
+	tlsConfig func() (*tls.Config, error)
+	remote    netip.AddrPort
+	sessionID string
+
+	caps         map[string]string // CAPA keyword -> arguments
+	capaOK       bool              // the backend answered CAPA with +OK
+	greetXCLIENT bool              // "+OK [XCLIENT] ..." (Dovecot's announcement)
 }
 
+// phaseError labels err with the dialogue phase it happened in.
 func phaseError(phase string, err error) error { return fmt.Errorf("%s: %w", phase, err) }
 
-// backendLogin runs greeting -> CAPA -> [STLS -> CAPA] -> [XCLIENT] ->
-// AUTH PLAIN or USER/PASS and returns the backend's +OK line for the client.
+// backendLogin is the session.BackendLogin of this front end: greeting ->
+// CAPA -> [STLS -> CAPA] -> [XCLIENT] -> AUTH PLAIN or USER/PASS. It
+// returns the backend's +OK line for the client.
 func (s *conn) backendLogin(ctx context.Context, be *netx.Stream, t *session.Target) ([]byte, error) {
-	b := &backend{s: s, be: be}
-	g, err := b.line()
-	if err != nil {
-		return nil, phaseError("reading greeting", err)
+	b := &backend{
+		r: be.R, w: be.W, stream: be,
+		tlsConfig: func() (*tls.Config, error) { return s.c.Env.Dialer.TLSConfig(t.Backend) },
+		remote:    s.c.Remote, sessionID: s.c.ID,
 	}
-	if !strings.HasPrefix(g, "+OK") {
-		return nil, phaseError("reading greeting", fmt.Errorf("%w: %q", session.ErrBackendGreeting, trunc(g)))
+	return b.run(ctx, t.Backend, t.Creds)
+}
+
+func (b *backend) run(ctx context.Context, bk *routing.Backend, creds session.Credentials) ([]byte, error) {
+	if err := b.greeting(); err != nil {
+		return nil, err
 	}
 	if err := b.capa(); err != nil {
 		return nil, err
 	}
-	if t.Backend.TLS == routing.TLSStartTLS {
-		if err := b.stls(ctx, t.Backend); err != nil {
+	if bk.TLS == routing.TLSStartTLS {
+		if err := b.stls(ctx); err != nil {
 			return nil, err
 		}
 	}
-	if t.Backend.Forward == routing.ForwardID {
-		if _, ok := b.caps["XCLIENT"]; ok {
-			if err := b.xclient(); err != nil {
-				return nil, err
-			}
+	if bk.Forward == routing.ForwardID && b.hasXCLIENT() && b.remote.IsValid() {
+		if err := b.xclient(); err != nil {
+			return nil, err
 		}
 	}
-	return b.login(t.Creds)
+	return b.login(creds)
 }
 
 // line reads one bounded response line (without CRLF).
 func (b *backend) line() (string, error) {
-	l, err := readLine(b.be.R, backendMaxLine, &b.scratch)
+	l, err := readLine(b.r, backendMaxLine, &b.scratch, false)
 	if err != nil {
 		return "", err
 	}
@@ -69,126 +96,228 @@ func (b *backend) line() (string, error) {
 
 // command sends one line and reads the single-line reply.
 func (b *backend) command(cmd string) (string, error) {
-	if _, err := b.be.WriteString(cmd + "\r\n"); err != nil {
+	if _, err := b.w.WriteString(cmd + "\r\n"); err != nil {
 		return "", err
 	}
-	if err := b.be.Flush(); err != nil {
+	if err := b.w.Flush(); err != nil {
 		return "", err
 	}
 	return b.line()
 }
 
-// capa learns the backend's capabilities (RFC 2449). A backend without
-// CAPA is treated as offering only USER/PASS.
+func (b *backend) greeting() error {
+	g, err := b.line()
+	if err != nil {
+		return phaseError(phaseGreeting, err)
+	}
+	if !isOK(g) {
+		return phaseError(phaseGreeting, fmt.Errorf("%w: %q", session.ErrBackendGreeting, trunc(g)))
+	}
+	// Dovecot's pop3-login announces XCLIENT to trusted clients in the
+	// greeting only, not in CAPA.
+	b.greetXCLIENT = strings.EqualFold(respCode(g), "XCLIENT")
+	return nil
+}
+
+// capa learns the backend's capabilities (RFC 2449 §5). A backend that
+// refuses CAPA is treated as offering USER/PASS only.
 func (b *backend) capa() error {
 	b.caps = map[string]string{}
+	b.capaOK = false
 	r, err := b.command("CAPA")
 	if err != nil {
-		return phaseError("CAPA", err)
+		return phaseError(phaseCAPA, err)
 	}
-	if !strings.HasPrefix(r, "+OK") {
+	switch {
+	case isERR(r):
 		return nil
+	case !isOK(r):
+		return phaseError(phaseCAPA, fmt.Errorf("unexpected reply %q", trunc(r)))
 	}
+	b.capaOK = true
 	for n := 0; ; n++ {
 		l, err := b.line()
 		if err != nil {
-			return phaseError("CAPA", err)
+			return phaseError(phaseCAPA, err)
 		}
 		if l == "." {
 			return nil
 		}
 		if n >= backendMaxCapas {
-			return phaseError("CAPA", errors.New("capability list too long"))
+			return phaseError(phaseCAPA, fmt.Errorf("more than %d capabilities", backendMaxCapas))
 		}
+		l = strings.TrimPrefix(l, ".") // dot-stuffing (RFC 1939 §3)
 		k, v, _ := strings.Cut(l, " ")
 		b.caps[strings.ToUpper(k)] = v
 	}
 }
 
-func (b *backend) stls(ctx context.Context, bk *routing.Backend) error {
-	if _, ok := b.caps["STLS"]; !ok {
-		return phaseError("STLS", errors.New("backend does not offer STLS"))
+func (b *backend) has(capa string) bool { _, ok := b.caps[capa]; return ok }
+
+func (b *backend) hasXCLIENT() bool { return b.greetXCLIENT || b.has("XCLIENT") }
+
+// stls upgrades the backend connection (RFC 2595 §4) and asks CAPA again:
+// capabilities learnt before TLS must be forgotten.
+func (b *backend) stls(ctx context.Context) error {
+	if b.stream == nil {
+		return phaseError(phaseSTLS, errors.New("no connection to upgrade"))
+	}
+	// A backend without CAPA may still have STLS; one that lists its
+	// capabilities without STLS does not.
+	if b.capaOK && !b.has("STLS") {
+		return phaseError(phaseSTLS, errors.New("backend does not offer STLS"))
 	}
 	r, err := b.command("STLS")
 	if err != nil {
-		return phaseError("STLS", err)
+		return phaseError(phaseSTLS, err)
 	}
-	if !strings.HasPrefix(r, "+OK") {
-		return phaseError("STLS", fmt.Errorf("backend answered %q", trunc(r)))
+	if !isOK(r) {
+		return phaseError(phaseSTLS, fmt.Errorf("backend answered %q", trunc(r)))
 	}
-	cfg, err := b.s.c.Env.Dialer.TLSConfig(bk)
+	if b.r.Buffered() > 0 {
+		// Anything the backend sent after +OK would be injected plaintext.
+		return phaseError(phaseSTLS, errors.New("backend sent data after +OK"))
+	}
+	cfg, err := b.tlsConfig()
 	if err != nil {
-		return phaseError("STLS", err)
+		return phaseError(phaseSTLS, err)
 	}
 	timeout := 10 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
+	dl, hasDL := ctx.Deadline()
+	if hasDL {
+		if timeout = time.Until(dl); timeout <= 0 {
+			return phaseError(phaseSTLS, context.DeadlineExceeded)
+		}
 	}
-	if err := b.be.StartTLSClient(ctx, cfg, timeout); err != nil {
-		return phaseError("STLS handshake", err)
+	if err := b.stream.StartTLSClient(ctx, cfg, timeout); err != nil {
+		return phaseError(phaseSTLS, fmt.Errorf("TLS handshake: %w", err))
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = b.be.SetDeadline(dl)
+	// The upgrade cleared the connection's deadline: restore the dialogue's.
+	if hasDL {
+		_ = b.stream.SetDeadline(dl)
 	}
-	// Capabilities learnt before TLS must be discarded (RFC 2595 §4).
+	if err := ctx.Err(); err != nil {
+		return phaseError(phaseSTLS, err)
+	}
 	return b.capa()
 }
 
-// xclient passes the client's address (Dovecot pop3-login accepts XCLIENT
-// from login_trusted_networks: ADDR, PORT, SESSION, TTL, FORWARD).
+// xclient passes the client's address and the session ID to the backend.
+// Dovecot's pop3-login accepts XCLIENT from login_trusted_networks with
+// the attributes ADDR, PORT, SESSION, TTL and FORWARD, answers "+OK" (also
+// when it ignores the command), and "-ERR Invalid parameters" for a value
+// it cannot parse.
 func (b *backend) xclient() error {
-	c := b.s.c
-	cmd := fmt.Sprintf("XCLIENT ADDR=%s PORT=%s SESSION=%s", c.Remote.Addr(), strconv.Itoa(int(c.Remote.Port())), c.ID)
+	cmd := "XCLIENT ADDR=" + b.remote.Addr().Unmap().WithZone("").String() +
+		" PORT=" + strconv.Itoa(int(b.remote.Port()))
+	if validSessionID(b.sessionID) {
+		cmd += " SESSION=" + b.sessionID
+	}
 	r, err := b.command(cmd)
 	if err != nil {
-		return phaseError("XCLIENT", err)
+		return phaseError(phaseXCLIENT, err)
 	}
-	if !strings.HasPrefix(r, "+OK") {
-		// Advisory: log and go on without it.
-		c.Log.Warn("backend refused XCLIENT", "reply", string(trunc(r)))
+	if !isOK(r) {
+		// Logging in anyway would let the backend see (and rate-limit,
+		// log, apply IP rules to) the proxy's address instead of the
+		// client's: treat as a misconfigured backend.
+		return phaseError(phaseXCLIENT, fmt.Errorf("backend answered %q", trunc(r)))
 	}
 	return nil
 }
 
+func validSessionID(id string) bool {
+	if id == "" || len(id) > maxSessionID {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// login presents the client's credentials: AUTH PLAIN with an initial
+// response (RFC 5034) when the backend offers it, else USER/PASS.
 func (b *backend) login(c session.Credentials) ([]byte, error) {
+	// Credentials the backend could not receive intact are refused as bad
+	// credentials, without sending them: a NUL would shift the fields of a
+	// PLAIN response, and USER/PASS cannot carry CR or LF.
+	if c.User == "" || strings.IndexByte(c.User, 0) >= 0 || strings.IndexByte(c.AuthzID, 0) >= 0 || strings.IndexByte(c.Password, 0) >= 0 {
+		return nil, &session.BackendRejected{Text: "credentials not representable (empty user or NUL byte); not sent"}
+	}
 	var r string
 	var err error
-	if sasl, ok := b.caps["SASL"]; ok && hasWord(sasl, "PLAIN") {
+	if hasWord(b.caps["SASL"], "PLAIN") {
 		r, err = b.command("AUTH PLAIN " + session.PlainResponse(c))
-		if err == nil && strings.HasPrefix(r, "+ ") {
-			// A backend that wants more than PLAIN's single response.
-			r, err = b.command("*")
+		if err == nil && (r == "+" || strings.HasPrefix(r, "+ ")) {
+			return nil, phaseError(phaseAuth, errors.New("backend asked for more than the PLAIN initial response"))
 		}
 	} else {
 		if c.AuthzID != "" {
-			return nil, phaseError("AUTH", errors.New("backend lacks SASL PLAIN, needed for an authorization identity"))
+			return nil, phaseError(phaseAuth, errors.New("backend does not offer SASL PLAIN, needed to log in with an authorization identity"))
 		}
-		if hasBadBytes(c.User) || hasBadBytes(c.Password) || strings.Contains(c.User, " ") {
-			// USER/PASS cannot carry these bytes: treat as a wrong password.
-			return nil, &session.BackendRejected{Text: "credentials not representable in USER/PASS"}
+		if hasLineBreak(c.User) || hasLineBreak(c.Password) {
+			return nil, &session.BackendRejected{Text: "credentials contain CR or LF, which USER/PASS cannot carry; not sent"}
 		}
 		r, err = b.command("USER " + c.User)
-		if err == nil && strings.HasPrefix(r, "+OK") {
+		if err == nil && isOK(r) {
 			r, err = b.command("PASS " + c.Password)
 		}
 	}
 	if err != nil {
-		return nil, phaseError("AUTH", err)
+		return nil, phaseError(phaseAuth, err)
 	}
 	switch {
-	case strings.HasPrefix(r, "+OK"):
-		return []byte(r + "\r\n"), nil
-	case strings.HasPrefix(r, "-ERR"):
-		rej := &session.BackendRejected{Reply: []byte(sanitize(r) + "\r\n"), Text: string(trunc(r))}
-		// [SYS/TEMP], [SYS/PERM] and [IN-USE] (RFC 2449, 3206) are not the
-		// credentials' fault: show them, but do not count a failure.
-		up := strings.ToUpper(r)
-		if strings.HasPrefix(up, "-ERR [SYS/") || strings.HasPrefix(up, "-ERR [IN-USE]") {
-			rej.Temporary = true
-		}
-		return nil, rej
+	case isOK(r):
+		return []byte(sanitize(r) + "\r\n"), nil
+	case isERR(r):
+		return nil, backendReject(r)
 	}
-	return nil, phaseError("AUTH", fmt.Errorf("unexpected reply %q", trunc(r)))
+	return nil, phaseError(phaseAuth, fmt.Errorf("unexpected reply %q", trunc(r)))
+}
+
+// backendReject turns a backend's -ERR to a login into what the client
+// sees. The extended response code (RFC 2449 §8, RFC 3206) decides:
+//
+//   - [SYS/TEMP], [SYS/PERM]: the backend's own system failed (for
+//     Dovecot: its auth service is broken or overloaded). Not the
+//     credentials' fault, so it does not count as a failure; the client
+//     gets replyUnavailable, not the backend's text, which for Dovecot
+//     carries the backend's host name and time.
+//   - [IN-USE] (mailbox locked by another session), [LOGIN-DELAY]: the
+//     credentials were right; passed through, not counted as a failure.
+//   - anything else ([AUTH], no code): a wrong password; passed through.
+func backendReject(r string) *session.BackendRejected {
+	rej := &session.BackendRejected{Reply: []byte(sanitize(r) + "\r\n"), Text: trunc(r)}
+	code := strings.ToUpper(respCode(r))
+	switch {
+	case strings.HasPrefix(code, "SYS/"):
+		rej.Reply = []byte(replyUnavailable)
+		rej.Temporary = true
+	case code == "IN-USE", code == "LOGIN-DELAY":
+		rej.Temporary = true
+	}
+	return rej
+}
+
+// isOK and isERR recognise a status indicator (RFC 1939 §3).
+func isOK(r string) bool  { return r == "+OK" || strings.HasPrefix(r, "+OK ") }
+func isERR(r string) bool { return r == "-ERR" || strings.HasPrefix(r, "-ERR ") }
+
+// respCode returns the extended response code of a status line ("AUTH" of
+// "-ERR [AUTH] ..."), or "".
+func respCode(r string) string {
+	_, rest, ok := strings.Cut(r, " ")
+	if !ok || !strings.HasPrefix(rest, "[") {
+		return ""
+	}
+	code, _, ok := strings.Cut(rest[1:], "]")
+	if !ok {
+		return ""
+	}
+	return code
 }
 
 func hasWord(list, w string) bool {
@@ -200,18 +329,25 @@ func hasWord(list, w string) bool {
 	return false
 }
 
+// sanitize makes a backend line safe to send as one client line: CR, LF
+// and NUL become spaces; other bytes are kept as they are.
 func sanitize(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r == '\r' || r == '\n' || r == 0 {
-			return ' '
+	if !strings.ContainsAny(s, "\r\n\x00") {
+		return s
+	}
+	b := []byte(s)
+	for i, c := range b {
+		if c == '\r' || c == '\n' || c == 0 {
+			b[i] = ' '
 		}
-		return r
-	}, s)
+	}
+	return string(b)
 }
 
-func trunc(s string) []byte {
-	if len(s) > 200 {
-		s = s[:200] + "..."
+// trunc shortens a backend line for errors and logs.
+func trunc(s string) string {
+	if len(s) > maxShownReply {
+		return s[:maxShownReply] + "..."
 	}
-	return []byte(s)
+	return s
 }

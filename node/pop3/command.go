@@ -2,14 +2,19 @@ package pop3
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"io"
 	"strings"
 )
 
-// ErrLineTooLong: a line exceeded the limit. The rest of the line has been
-// discarded, so the stream is at a line boundary and the session can go on.
+// defaultMaxLine applies when Limits.MaxLine is not set.
+const defaultMaxLine = 8192
+
+// maxKeyword bounds a command keyword. RFC 1939 keywords are 3 or 4
+// characters; RFC 2449 §5 lets extensions use longer ones.
+const maxKeyword = 40
+
+// ErrLineTooLong: a line exceeded the limit.
 var ErrLineTooLong = errors.New("line too long")
 
 // Command is a parsed client command (RFC 1939 §3: a keyword, then
@@ -19,15 +24,29 @@ type Command struct {
 	Arg  string // everything after the keyword and one space, verbatim
 }
 
-// readLine reads one line without its terminator (CRLF, or a bare LF),
-// holding at most max bytes. A longer line is discarded through its LF and
-// ErrLineTooLong returned. The returned slice is valid until the next read.
-func readLine(br *bufio.Reader, max int, scratch *[]byte) ([]byte, error) {
+// readLine reads one line and returns it without its terminator (CRLF, or
+// a bare LF). A line may hold at most max bytes, terminator included; it is
+// never buffered beyond that.
+//
+// For a longer line, readLine returns ErrLineTooLong: with discard set it
+// first skips the rest of the line through its LF (reading at most one
+// buffer at a time), so the caller is at a line boundary and can go on;
+// without discard it stops at once and the stream is left mid-line.
+//
+// End of stream before a LF is io.EOF for an empty line, else
+// io.ErrUnexpectedEOF; other read errors (deadlines) are returned as they
+// are. The returned slice is valid until the next call with scratch.
+func readLine(br *bufio.Reader, max int, scratch *[]byte, discard bool) ([]byte, error) {
+	if max <= 0 {
+		max = defaultMaxLine
+	}
 	buf := (*scratch)[:0]
 	for {
 		frag, err := br.ReadSlice('\n')
 		if len(buf)+len(frag) > max {
-			// Discard through the end of the line without buffering it.
+			if !discard {
+				return nil, ErrLineTooLong
+			}
 			for err == bufio.ErrBufferFull {
 				_, err = br.ReadSlice('\n')
 			}
@@ -37,16 +56,15 @@ func readLine(br *bufio.Reader, max int, scratch *[]byte) ([]byte, error) {
 			return nil, ErrLineTooLong
 		}
 		buf = append(buf, frag...)
+		*scratch = buf
 		switch err {
 		case nil:
-			*scratch = buf
 			return trimEOL(buf), nil
 		case bufio.ErrBufferFull:
 			continue
 		default:
-			*scratch = buf
 			if len(buf) > 0 {
-				return nil, io.ErrUnexpectedEOF
+				return nil, unexpected(err)
 			}
 			return nil, err
 		}
@@ -60,18 +78,28 @@ func unexpected(err error) error {
 	return err
 }
 
+// trimEOL removes a final LF and one CR before it.
 func trimEOL(b []byte) []byte {
-	b = bytes.TrimSuffix(b, []byte("\n"))
-	return bytes.TrimSuffix(b, []byte("\r"))
+	if n := len(b); n > 0 && b[n-1] == '\n' {
+		b = b[:n-1]
+		if n := len(b); n > 0 && b[n-1] == '\r' {
+			b = b[:n-1]
+		}
+	}
+	return b
 }
 
 // parseCommand splits a command line. ok is false for an empty line or a
-// keyword that is not 1-40 printable ASCII letters/digits (RFC 1939 keywords
-// are 3-4 characters; RFC 2449 allows up to 40 for extensions... we are
-// lenient up to 40).
+// keyword that is not 1 to maxKeyword ASCII letters, digits or '-'.
 func parseCommand(line []byte) (Command, bool) {
-	name, arg, _ := bytes.Cut(line, []byte(" "))
-	if len(name) == 0 || len(name) > 40 {
+	name, arg := line, []byte(nil)
+	for i, c := range line {
+		if c == ' ' {
+			name, arg = line[:i], line[i+1:]
+			break
+		}
+	}
+	if len(name) == 0 || len(name) > maxKeyword {
 		return Command{}, false
 	}
 	for _, c := range name {
@@ -82,5 +110,5 @@ func parseCommand(line []byte) (Command, bool) {
 	return Command{Name: strings.ToUpper(string(name)), Arg: string(arg)}, true
 }
 
-// hasBadBytes reports bytes that may not appear in a POP3 argument.
-func hasBadBytes(s string) bool { return strings.ContainsAny(s, "\x00\r\n") }
+// hasLineBreak reports bytes that cannot travel inside a POP3 command line.
+func hasLineBreak(s string) bool { return strings.ContainsAny(s, "\r\n") }

@@ -1,13 +1,19 @@
 // Package pop3 is Portico's POP3 front end: the AUTHORIZATION state of
 // RFC 1939 spoken with the client, and the proxy's own login at the
-// backend.
+// backend with the client's credentials (the backend checks the password).
 //
-// Implemented before login: USER/PASS and QUIT (RFC 1939 §4, §7), CAPA and
-// the RESP-CODES / AUTH-RESP-CODE extended response codes (RFC 2449), AUTH
-// with SASL PLAIN and LOGIN, with and without initial response (RFC 5034),
-// and STLS (RFC 2595 §4; bytes pipelined after it feed the TLS handshake).
-// After a successful login the client gets the backend's +OK and the
-// session is handed to the relay.
+// Before login the client may use USER/PASS and QUIT (RFC 1939 §4, §7),
+// CAPA with the RESP-CODES and AUTH-RESP-CODE extended response codes
+// (RFC 2449, RFC 3206), AUTH with the SASL mechanisms PLAIN and LOGIN, with
+// or without an initial response (RFC 5034), and STLS (RFC 2595 §4: bytes
+// pipelined after it feed the TLS handshake and are never run as
+// commands). After a successful login the client gets the backend's +OK
+// line and the session is handed to the relay; commands pipelined after
+// PASS or AUTH stay unread in the client's Stream for the relay to forward.
+//
+// Toward the backend the proxy is a POP3 client: greeting, CAPA, STLS when
+// the backend is configured for it, XCLIENT to pass the client's address
+// (Dovecot), then AUTH PLAIN or USER/PASS.
 package pop3
 
 import (
@@ -16,6 +22,8 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/portico-mail/portico/node/session"
 )
@@ -25,76 +33,102 @@ type Options struct {
 	Greeting string // default "Portico POP3 ready."
 }
 
-// Handler serves POP3 clients until login.
+// Handler serves POP3 clients until login. It is safe for concurrent use.
 type Handler struct{ greeting string }
 
 // New returns a Handler.
-func New(o Options) *Handler {
-	if o.Greeting == "" {
-		o.Greeting = "Portico POP3 ready."
+func New(opts Options) *Handler {
+	g := opts.Greeting
+	if g == "" || hasLineBreak(g) {
+		g = "Portico POP3 ready."
 	}
-	return &Handler{greeting: o.Greeting}
+	return &Handler{greeting: g}
 }
 
-// Replies. RFC 2449 response codes in brackets.
+var _ session.Handler = (*Handler)(nil)
+
+// Replies. Extended response codes (RFC 2449 §8, RFC 3206) in brackets.
 const (
 	replyUnknown      = "-ERR Unknown command.\r\n"
 	replyTooMany      = "-ERR Too many invalid commands.\r\n"
-	replyPlaintext    = "-ERR [AUTH] Plaintext authentication disallowed on non-secure connections; use STLS.\r\n"
-	replyAuthFailed   = "-ERR [AUTH] Authentication failed.\r\n"
-	replyUnavailable  = "-ERR [SYS/TEMP] Backend server unavailable, try again later.\r\n"
-	replyTooManyAuth  = "-ERR [AUTH] Too many authentication failures.\r\n"
+	replyLineTooLong  = "-ERR Line too long.\r\n"
 	replyShutdown     = "-ERR [SYS/TEMP] Server shutting down.\r\n"
 	replyInactivity   = "-ERR Disconnected for inactivity.\r\n"
-	replyLineTooLong  = "-ERR Line too long.\r\n"
-	replyCancelled    = "-ERR Authentication cancelled.\r\n"
-	replyBadBase64    = "-ERR Invalid base64 data.\r\n"
-	replyBadAuthData  = "-ERR Invalid authentication data.\r\n"
-	replyUnsupported  = "-ERR Unsupported authentication mechanism.\r\n"
-	replyNoUser       = "-ERR USER first.\r\n"
+	replyLogout       = "+OK Logging out.\r\n"
 	replySTLSNotAvail = "-ERR STLS not available.\r\n"
+	replySTLSBegin    = "+OK Begin TLS negotiation.\r\n"
+	replyAPOP         = "-ERR APOP is not supported.\r\n"
 )
 
+// errTooManyErrors ends a session that sent MaxErrors bad commands.
+var errTooManyErrors = errors.New("too many invalid commands")
+
+// errTooManyAuthFailures ends a session after MaxAuthFailures failed logins.
+var errTooManyAuthFailures = errors.New("too many authentication failures")
+
+// conn is one client session before login.
 type conn struct {
 	h       *Handler
 	c       *session.Client
+	ctx     context.Context
 	scratch []byte
 	errors  int
 	user    string // from USER, waiting for PASS
+
+	// wakeMu guards the shutdown wake-up against the hand-off: once handed
+	// off, a late cancellation must not touch the relayed connection.
+	wakeMu    sync.Mutex
+	handedOff bool
 }
 
 // Serve implements session.Handler.
 func (h *Handler) Serve(ctx context.Context, c *session.Client) (*session.Handoff, error) {
-	s := &conn{h: h, c: c}
+	s := &conn{h: h, c: c, ctx: ctx}
+	// The server interrupts blocked reads at shutdown by itself; do it here
+	// too so that the handler does not depend on it.
+	stop := context.AfterFunc(ctx, func() {
+		s.wakeMu.Lock()
+		defer s.wakeMu.Unlock()
+		if !s.handedOff {
+			_ = c.Stream.SetReadDeadline(time.Now())
+		}
+	})
+	defer stop()
+
 	s.write("+OK " + h.greeting + "\r\n")
 	if err := s.flush(); err != nil {
 		return nil, err
 	}
 	for {
 		line, err := s.readLine()
-		if err != nil {
-			if errors.Is(err, ErrLineTooLong) {
-				s.errors++
-				s.write(replyLineTooLong)
-			} else {
-				return nil, s.readError(ctx, err)
-			}
-		} else if cmd, ok := parseCommand(line); !ok {
+		switch {
+		case errors.Is(err, ErrLineTooLong):
 			s.errors++
-			s.write(replyUnknown)
-		} else {
-			ho, end, err := s.dispatch(ctx, cmd)
+			s.write(replyLineTooLong)
+		case err != nil:
+			return nil, s.readError(err)
+		default:
+			cmd, ok := parseCommand(line)
+			if !ok {
+				s.errors++
+				s.write(replyUnknown)
+				break
+			}
+			ho, end, err := s.dispatch(cmd)
+			if ho != nil {
+				return ho, nil
+			}
 			if ferr := s.flush(); ferr != nil && err == nil {
 				err, end = ferr, true
 			}
-			if ho != nil || end {
-				return ho, err
+			if end {
+				return nil, err
 			}
 		}
 		if max := c.Listener.Limits.MaxErrors; max > 0 && s.errors >= max {
 			s.write(replyTooMany)
 			_ = s.flush()
-			return nil, errors.New("too many invalid commands")
+			return nil, errTooManyErrors
 		}
 		if err := s.flush(); err != nil {
 			return nil, err
@@ -102,16 +136,25 @@ func (h *Handler) Serve(ctx context.Context, c *session.Client) (*session.Handof
 	}
 }
 
+// readLine reads one client line under the pre-login inactivity deadline.
 func (s *conn) readLine() ([]byte, error) {
+	// Arm the deadline first, then look at the context: a shutdown that
+	// sets the read deadline to "now" after cancelling cannot be undone by
+	// this arming.
 	s.c.ArmReadDeadline()
-	return readLine(s.c.Stream.R, s.c.Listener.Limits.MaxLine, &s.scratch)
+	if err := s.ctx.Err(); err != nil {
+		return nil, err
+	}
+	return readLine(s.c.Stream.R, s.c.Listener.Limits.MaxLine, &s.scratch, true)
 }
 
-// readError says goodbye as appropriate for a failed read.
-func (s *conn) readError(ctx context.Context, err error) error {
+// readError says goodbye as appropriate after a failed read and returns
+// the error to report for the session (nil for a client that hung up).
+func (s *conn) readError(err error) error {
 	switch {
-	case ctx.Err() != nil:
+	case s.ctx.Err() != nil:
 		s.write(replyShutdown)
+		err = s.ctx.Err()
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		s.write(replyInactivity)
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
@@ -123,64 +166,39 @@ func (s *conn) readError(ctx context.Context, err error) error {
 	return err
 }
 
-func (s *conn) dispatch(ctx context.Context, cmd Command) (*session.Handoff, bool, error) {
+// dispatch runs one command. It returns a Handoff after a successful
+// login, or end=true when the session is over (err says why, nil for QUIT).
+func (s *conn) dispatch(cmd Command) (ho *session.Handoff, end bool, err error) {
+	s.c.Log.Debug("pop3 command", "command", cmd.Name)
 	switch cmd.Name {
 	case "CAPA":
 		s.capa()
 	case "QUIT":
-		s.write("+OK Logging out.\r\n")
+		s.write(replyLogout)
 		return nil, true, nil
-	case "NOOP":
-		// Valid only in TRANSACTION state (RFC 1939 §5).
-		s.errors++
-		s.write("-ERR Not logged in.\r\n")
 	case "STLS":
-		return s.stls(ctx, cmd)
+		end, err := s.stls(cmd)
+		return nil, end, err
 	case "USER":
-		if !s.plaintextOK() {
-			return nil, false, nil
-		}
-		if cmd.Arg == "" || hasBadBytes(cmd.Arg) {
-			s.errors++
-			s.write("-ERR USER needs a user name.\r\n")
-			return nil, false, nil
-		}
-		s.user = cmd.Arg
-		s.write("+OK\r\n")
+		s.userCmd(cmd)
 	case "PASS":
-		if !s.plaintextOK() {
-			return nil, false, nil
-		}
-		if s.user == "" {
-			s.errors++
-			s.write(replyNoUser)
-			return nil, false, nil
-		}
-		user := s.user
-		s.user = ""
-		return s.login(ctx, session.Credentials{Mechanism: "USER", User: user, Password: cmd.Arg})
+		return s.passCmd(cmd)
 	case "AUTH":
-		return s.auth(ctx, cmd)
+		return s.authCmd(cmd)
 	case "APOP":
+		// APOP needs the password in the proxy, which passthrough
+		// authentication does not have.
 		s.errors++
-		s.write("-ERR APOP is not supported.\r\n")
+		s.write(replyAPOP)
 	default:
+		// Including NOOP, STAT, RETR...: TRANSACTION state only.
 		s.errors++
 		s.write(replyUnknown)
 	}
 	return nil, false, nil
 }
 
-// plaintextOK enforces the listener's plaintext-authentication policy.
-func (s *conn) plaintextOK() bool {
-	if s.c.Listener.PlaintextAuthOK(s.c.IsTLS()) {
-		return true
-	}
-	s.errors++
-	s.write(replyPlaintext)
-	return false
-}
-
+// capa answers CAPA (RFC 2449 §5) for the current state of the connection.
 func (s *conn) capa() {
 	var b strings.Builder
 	b.WriteString("+OK Capability list follows\r\n")
@@ -195,122 +213,25 @@ func (s *conn) capa() {
 	s.write(b.String())
 }
 
-func (s *conn) stls(ctx context.Context, cmd Command) (*session.Handoff, bool, error) {
-	if cmd.Arg != "" || !s.c.Listener.StartTLSOffered(s.c.IsTLS()) {
-		s.errors++
-		s.write(replySTLSNotAvail)
-		return nil, false, nil
-	}
-	s.write("+OK Begin TLS negotiation.\r\n")
-	if err := s.flush(); err != nil {
-		return nil, true, err
-	}
-	if err := s.c.StartTLS(ctx); err != nil {
-		return nil, true, err
-	}
-	s.user = ""
-	return nil, false, nil
-}
-
-// auth implements AUTH (RFC 5034, RFC 1734 listing form without argument).
-func (s *conn) auth(ctx context.Context, cmd Command) (*session.Handoff, bool, error) {
-	if cmd.Arg == "" {
-		s.write("+OK\r\n" + strings.Join(session.Mechanisms, "\r\n") + "\r\n.\r\n")
-		return nil, false, nil
-	}
-	if !s.plaintextOK() {
-		return nil, false, nil
-	}
-	mechName, ir, hasIR := strings.Cut(cmd.Arg, " ")
-	mech := session.NewSASL(mechName)
-	if mech == nil {
-		s.errors++
-		s.write(replyUnsupported)
-		return nil, false, nil
-	}
-	var resp []byte
-	if hasIR {
-		var err error
-		if resp, err = session.DecodeResponse([]byte(ir)); err != nil {
-			return s.saslError(err)
-		}
-	}
-	present := hasIR
-	for {
-		challenge, done, err := mech.Next(resp, present)
-		if err != nil {
-			return s.saslError(err)
-		}
-		if done {
-			break
-		}
-		s.write("+ " + session.EncodeChallenge(challenge) + "\r\n")
-		if err := s.flush(); err != nil {
-			return nil, true, err
-		}
-		line, err := s.readLine()
-		if errors.Is(err, ErrLineTooLong) {
-			s.errors++
-			s.write(replyLineTooLong)
-			return nil, false, nil
-		}
-		if err != nil {
-			return nil, true, s.readError(ctx, err)
-		}
-		if resp, err = session.DecodeResponse(line); err != nil {
-			return s.saslError(err)
-		}
-		present = true
-	}
-	return s.login(ctx, mech.Creds())
-}
-
-func (s *conn) saslError(err error) (*session.Handoff, bool, error) {
-	switch {
-	case errors.Is(err, session.ErrSASLCancelled):
-		s.write(replyCancelled)
-	case errors.Is(err, session.ErrSASLBadBase64):
-		s.errors++
-		s.write(replyBadBase64)
-	default:
-		s.errors++
-		s.write(replyBadAuthData)
-	}
-	return nil, false, nil
-}
-
-func (s *conn) login(ctx context.Context, creds session.Credentials) (*session.Handoff, bool, error) {
-	if len(creds.User)+len(creds.Password)+len(creds.AuthzID) > s.c.Listener.Limits.MaxLiteral {
-		s.errors++
-		s.write("-ERR Credentials too long.\r\n")
-		return nil, false, nil
-	}
-	out := s.c.Login(ctx, creds, s.backendLogin)
-	switch {
-	case out.Result == session.ResultOK:
-		s.write(string(out.Reply))
-		if err := s.flush(); err != nil {
-			_ = out.Handoff.Backend.Close()
-			return nil, true, err
-		}
-		return out.Handoff, false, nil
-	case out.Reply != nil:
-		s.write(string(out.Reply))
-	case out.Result == session.ResultBadCreds:
-		s.write(replyAuthFailed)
-	default:
-		s.write(replyUnavailable)
-	}
-	if out.Close {
-		s.write(replyTooManyAuth)
-		return nil, true, nil
-	}
-	if ctx.Err() != nil {
-		s.write(replyShutdown)
-		return nil, true, nil
-	}
-	return nil, false, nil
+// handoff prepares the client connection for the relay: no pre-login
+// deadline may outlive this phase.
+func (s *conn) handoff() {
+	s.wakeMu.Lock()
+	s.handedOff = true
+	s.wakeMu.Unlock()
+	_ = s.c.Stream.SetDeadline(time.Time{})
 }
 
 func (s *conn) write(str string) { _, _ = s.c.Stream.WriteString(str) }
-func (s *conn) flush() error     { return s.c.Stream.Flush() }
+
+// flush sends buffered replies. A client that does not read its replies
+// cannot hold the session beyond the inactivity timeout.
+func (s *conn) flush() error {
+	if s.c.Stream.W.Buffered() == 0 {
+		return nil
+	}
+	if d := s.c.Listener.Limits.PreAuthTimeout; d > 0 {
+		_ = s.c.Stream.Base().SetWriteDeadline(time.Now().Add(d))
+	}
+	return s.c.Stream.Flush()
+}

@@ -128,6 +128,11 @@ func (e *Engine) Start(client, backend Side, toBackend, toClient []byte, opts Op
 		start:   e.now(),
 	}
 	s.lastActive.Store(s.start.UnixNano())
+	// Deadlines set during the pre-login phase would otherwise fail every
+	// later read and write (raw reads check them too): the relay's own
+	// idle timeout replaces them.
+	_ = client.Conn.SetDeadline(time.Time{})
+	_ = backend.Conn.SetDeadline(time.Time{})
 	s.up = s.newPump(&s.client, &s.backend, toBackend, e.nextID.Add(1))
 	s.down = s.newPump(&s.backend, &s.client, toClient, e.nextID.Add(1))
 

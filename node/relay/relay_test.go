@@ -111,6 +111,9 @@ func newRig(t *testing.T, e *Engine, clientTLS, backendTLS bool, toBackend, toCl
 		}
 		r.stats <- s
 	}
+	// Deadlines left over from the pre-login phase must not survive.
+	_ = cs.Conn.SetDeadline(time.Now().Add(50 * time.Millisecond))
+	_ = bs.Conn.SetDeadline(time.Now().Add(50 * time.Millisecond))
 	r.sess = e.Start(cs, bs, toBackend, toClient, opts)
 	t.Cleanup(func() { r.client.Close(); r.backend.Close() })
 	return r
@@ -369,5 +372,22 @@ func TestRelaySlowReader(t *testing.T) {
 		if !bytes.Equal(got, data) {
 			t.Fatalf("tls=%v: got %d bytes, want %d", clientTLS, len(got), len(data))
 		}
+	}
+}
+
+// Pre-login deadlines are cleared at the hand-off: a session idle for
+// longer than they allowed still works.
+func TestRelayClearsDeadlines(t *testing.T) {
+	e := testEngine(t)
+	r := newRig(t, e, false, false, nil, nil, Options{})
+	time.Sleep(200 * time.Millisecond) // past the 50 ms deadlines newRig set
+	_, _ = r.client.Write([]byte("a NOOP\r\n"))
+	buf := make([]byte, 8)
+	if _, err := io.ReadFull(r.backend, buf); err != nil {
+		t.Fatalf("after the old deadline: %v", err)
+	}
+	_, _ = r.backend.Write([]byte("a OK\r\n"))
+	if _, err := io.ReadFull(r.client, buf[:6]); err != nil {
+		t.Fatalf("after the old deadline: %v", err)
 	}
 }

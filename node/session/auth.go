@@ -44,7 +44,7 @@ type Target struct {
 // Refusal is a login refused before reaching a backend.
 type Refusal struct {
 	Kind RefusalKind
-	Text string // shown to the client; "" for the protocol's default
+	Text string // why, for the log; clients get the protocol's fixed reply
 }
 
 // RefusalKind classifies a refusal.

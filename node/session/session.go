@@ -12,8 +12,10 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base32"
+	"encoding/binary"
 	"log/slog"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/portico-mail/portico/node/netx"
@@ -101,12 +103,24 @@ type Client struct {
 	attempts     int
 }
 
-// NewSessionID returns a short random identifier, also sent to backends
-// (IMAP ID x-session-id) so that logs on both sides can be joined.
+// Session identifiers: a random per-process prefix and a counter, so they
+// are unique across restarts and nodes without a getrandom(2) per session.
+var (
+	sidPrefix  [4]byte
+	sidCounter atomic.Uint64
+	sidEnc     = base32.StdEncoding.WithPadding(base32.NoPadding)
+)
+
+func init() { _, _ = rand.Read(sidPrefix[:]) }
+
+// NewSessionID returns a short unique identifier, also sent to backends
+// (IMAP ID x-session-id, POP3 XCLIENT SESSION) so that logs on both sides
+// can be joined.
 func NewSessionID() string {
-	var b [10]byte
-	_, _ = rand.Read(b[:])
-	return base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:])
+	var b [12]byte // 4 bytes of prefix, then 6 of counter
+	binary.BigEndian.PutUint64(b[4:], sidCounter.Add(1)<<16)
+	copy(b[:4], sidPrefix[:])
+	return sidEnc.EncodeToString(b[:10])
 }
 
 // IsTLS reports whether the client connection is encrypted.

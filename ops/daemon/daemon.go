@@ -29,8 +29,9 @@ type Daemon struct {
 	engine *relay.Engine
 	srv    *node.Server
 
-	mu  sync.Mutex
-	cfg *config.Config
+	mu       sync.Mutex
+	cfg      *config.Config
+	closeLog func()
 }
 
 // Options for New.
@@ -49,7 +50,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 	}
 	SetLevel(d.level, cfg.Log.Level)
 	if d.Log == nil {
-		d.Log = NewLogger(cfg.Log, d.level)
+		d.Log, d.closeLog = NewLogger(cfg.Log, d.level)
 	}
 	table, err := routing.NewTable(cfg.RoutingSpec())
 	if err != nil {
@@ -82,6 +83,9 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 func (d *Daemon) Start() error {
 	if err := d.srv.Start(); err != nil {
 		d.engine.Close()
+		if d.closeLog != nil {
+			d.closeLog()
+		}
 		return err
 	}
 	return nil
@@ -118,5 +122,9 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 func (d *Daemon) Shutdown(ctx context.Context) error {
 	err := d.srv.Shutdown(ctx)
 	d.engine.Close()
+	d.Log.Info("stopped")
+	if d.closeLog != nil {
+		d.closeLog()
+	}
 	return err
 }

@@ -60,7 +60,8 @@ func NewResponseReader(br *bufio.Reader, maxLine int, maxLiterals int) *Response
 // io.ErrUnexpectedEOF inside a response; *LineTooLongError or
 // *LiteralTooLargeError (Tag "*") if a limit is exceeded, detected before
 // the excess is read; *SyntaxError for a malformed response (which has
-// been consumed); other read errors as-is. Every error is sticky: the
+// been consumed), including NUL or a bare CR outside literals; other read
+// errors as-is. Every error is sticky: the
 // backend is unusable and the caller must close the connection.
 func (r *ResponseReader) Read() (*Response, error) {
 	if r.err != nil {
@@ -104,8 +105,11 @@ func (r *ResponseReader) read() (*Response, error) {
 			return nil, err
 		}
 		line := trimEOL(r.buf[start:])
-		if bytes.IndexByte(line, 0) >= 0 {
-			return nil, &SyntaxError{Msg: "NUL in response"}
+		// NUL, and CR other than in the line terminator, never occur
+		// outside literals; forwarding a bare CR could let a backend
+		// split lines differently for different clients.
+		if bytes.IndexAny(line, "\x00\r") >= 0 {
+			return nil, &SyntaxError{Msg: "NUL or CR in response line"}
 		}
 		if first {
 			literals = isUntaggedData(line)
