@@ -120,7 +120,11 @@ func (s *Server) Start() error {
 			}
 			info.TLSConfig = s.certs.ServerConfig()
 		}
-		ln, err := net.Listen("tcp", lc.Address)
+		// No TCP keepalive probes on client connections (as nginx): idle
+		// timeouts bound a dead client's session, and enabling keepalive
+		// costs four setsockopt calls per connection.
+		lcfg := net.ListenConfig{KeepAlive: -1}
+		ln, err := lcfg.Listen(context.Background(), "tcp", lc.Address)
 		if err != nil {
 			closeAll(lns)
 			return fmt.Errorf("listener %s: %w", lc.Name, err)

@@ -47,7 +47,9 @@ func (d *Dialer) Dial(ctx context.Context, b *routing.Backend, p routing.Protoco
 			return nil, err
 		}
 	}
-	nd := net.Dialer{Timeout: d.ConnectTimeout}
+	// Keepalive probes are not needed toward backends on a LAN: sessions
+	// have idle timeouts, and they would cost four setsockopt calls per login.
+	nd := net.Dialer{Timeout: d.ConnectTimeout, KeepAlive: -1}
 	if nd.Timeout <= 0 {
 		nd.Timeout = 5 * time.Second
 	}
