@@ -29,6 +29,9 @@ func (p *portico) addr(listener string) string { return p.d.Addr(listener).Strin
 // to the test log when -v, else are discarded.
 func startPortico(t *testing.T, yamlText string) *portico {
 	t.Helper()
+	if !strings.Contains(yamlText, "\nadmin:") {
+		yamlText += "\nadmin: {address: \"127.0.0.1:0\"}\n"
+	}
 	cfg, err := config.Parse([]byte(yamlText))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, yamlText)

@@ -36,6 +36,7 @@ type Config struct {
 	Backends      []Backend  `yaml:"backends"`
 	Pools         []Pool     `yaml:"pools"`
 	Routes        Routes     `yaml:"routes"`
+	Admin         Admin      `yaml:"admin"`
 
 	root *yaml.Node // for line numbers in validation errors
 }
@@ -339,6 +340,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	v.routing()
+	v.admin()
 	if len(v.errs) > 0 {
 		return v.errs
 	}

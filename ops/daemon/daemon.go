@@ -10,12 +10,16 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
+
+	"net/http"
 
 	"github.com/portico-mail/portico/node"
 	"github.com/portico-mail/portico/node/imap"
 	"github.com/portico-mail/portico/node/pop3"
 	"github.com/portico-mail/portico/node/relay"
 	"github.com/portico-mail/portico/node/session"
+	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/ops/config"
 	"github.com/portico-mail/portico/routing"
 )
@@ -28,6 +32,7 @@ type Daemon struct {
 	certs  *node.CertStore
 	engine *relay.Engine
 	srv    *node.Server
+	admin  *admin.Server // nil when admin.address is "off"
 
 	mu       sync.Mutex
 	cfg      *config.Config
@@ -76,17 +81,42 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		routing.POP3: pop3.New(pop3.Options{}),
 	}
 	d.srv = node.NewServer(cfg.NodeConfig(), env, handlers, d.certs, d.engine)
+	if cfg.Admin.Address != "off" {
+		d.admin = admin.New(cfg.Admin.Address, cfg.Admin.Token, d.Log)
+		d.admin.HandlePublic("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			admin.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		}))
+	}
 	return d, nil
+}
+
+// AdminAddr returns the admin listener's address (nil when off or not started).
+func (d *Daemon) AdminAddr() net.Addr {
+	if d.admin == nil {
+		return nil
+	}
+	return d.admin.Addr()
 }
 
 // Start binds the listeners.
 func (d *Daemon) Start() error {
-	if err := d.srv.Start(); err != nil {
+	fail := func(err error) error {
 		d.engine.Close()
 		if d.closeLog != nil {
 			d.closeLog()
 		}
 		return err
+	}
+	if d.admin != nil {
+		if err := d.admin.Start(); err != nil {
+			return fail(err)
+		}
+	}
+	if err := d.srv.Start(); err != nil {
+		if d.admin != nil {
+			_ = d.admin.Shutdown(context.Background())
+		}
+		return fail(err)
 	}
 	return nil
 }
@@ -122,6 +152,11 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 func (d *Daemon) Shutdown(ctx context.Context) error {
 	err := d.srv.Shutdown(ctx)
 	d.engine.Close()
+	if d.admin != nil {
+		actx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = d.admin.Shutdown(actx)
+		cancel()
+	}
 	d.Log.Info("stopped")
 	if d.closeLog != nil {
 		d.closeLog()
