@@ -66,9 +66,12 @@ const (
 	ReasonShutdown = "shutdown"
 )
 
-// halfCloseTimeout bounds how long a session stays open after one side
-// ended its stream and the other did not follow.
-const halfCloseTimeout = 30 * time.Second
+// halfCloseIdle bounds how long a session stays open after one side ended
+// its stream and the other did not follow: it closes once nothing has
+// moved for this long. (IMAP and POP3 servers close after LOGOUT/QUIT; a
+// client that keeps its end open would otherwise hold the session until
+// the idle timeout.) A transfer still in progress keeps it open.
+const halfCloseIdle = 5 * time.Second
 
 // Engine runs relayed sessions. One engine per process is enough.
 type Engine struct {
@@ -211,7 +214,7 @@ func (e *Engine) reaper() {
 			if d := s.opts.IdleTimeout; d > 0 && now-s.lastActive.Load() > int64(d) {
 				s.closeWith(ReasonIdle, nil)
 			}
-			if hc := s.halfClosedAt.Load(); hc != 0 && now-hc > int64(halfCloseTimeout) {
+			if hc := s.halfClosedAt.Load(); hc != 0 && now-max(hc, s.lastActive.Load()) > int64(halfCloseIdle) {
 				s.closeWith(ReasonHalfOpen, nil)
 			}
 		}

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -146,15 +147,19 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := Parse(b)
+	c, err := parse(b, filepath.Dir(path))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return c, nil
 }
 
-// Parse decodes and validates YAML.
-func Parse(b []byte) (*Config, error) {
+// Parse decodes and validates YAML. Relative file names in it are taken
+// relative to the current directory (Load takes them relative to the
+// file's own directory).
+func Parse(b []byte) (*Config, error) { return parse(b, "") }
+
+func parse(b []byte, base string) (*Config, error) {
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
@@ -168,10 +173,31 @@ func Parse(b []byte) (*Config, error) {
 	if err := yaml.Unmarshal(b, &root); err == nil {
 		c.root = &root
 	}
+	c.resolvePaths(base)
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	return &c, nil
+}
+
+// resolvePaths makes relative file names relative to base.
+func (c *Config) resolvePaths(base string) {
+	if base == "" || base == "." {
+		return
+	}
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	for i := range c.TLS.Certificates {
+		abs(&c.TLS.Certificates[i].Cert)
+		abs(&c.TLS.Certificates[i].Key)
+	}
+	for i := range c.Backends {
+		abs(&c.Backends[i].TLSCAFile)
+	}
+	abs(&c.Admin.TokenFile)
 }
 
 func cleanYAMLError(err error) error {
