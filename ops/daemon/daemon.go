@@ -9,10 +9,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
-	"net/http"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/portico-mail/portico/node"
 	"github.com/portico-mail/portico/node/imap"
@@ -25,18 +26,50 @@ import (
 )
 
 // Daemon is one running node.
+//
+// It is assembled in stages, each in its own file: routing.go (the route
+// source), auth.go (authentication sources and abuse protection), ops.go
+// (metrics, health, drain, upgrade). A stage may register start, shutdown
+// and reload hooks.
 type Daemon struct {
-	Log    *slog.Logger
+	Log *slog.Logger
+	// Metrics is this node's registry (never the global one, so that tests
+	// can run several nodes in one process).
+	Metrics *prometheus.Registry
+
 	level  *slog.LevelVar
-	router *routing.Static
+	router routing.Router
+	static *routing.Static // the file-based route source, when in use
 	certs  *node.CertStore
 	engine *relay.Engine
 	srv    *node.Server
 	admin  *admin.Server // nil when admin.address is "off"
 
+	env *session.Env
+
 	mu       sync.Mutex
 	cfg      *config.Config
 	closeLog func()
+
+	startHooks    []func() error
+	shutdownHooks []func(context.Context)
+	reloadHooks   []func(*config.Config) (commit func(), err error)
+}
+
+// onStart registers f to run after the listeners are bound.
+func (d *Daemon) onStart(f func() error) { d.startHooks = append(d.startHooks, f) }
+
+// onShutdown registers f to run (in reverse order) at shutdown, after the
+// proxy has stopped.
+func (d *Daemon) onShutdown(f func(context.Context)) {
+	d.shutdownHooks = append(d.shutdownHooks, f)
+}
+
+// onReload registers a reload stage: it validates and prepares the new
+// configuration and returns a commit function; commits run only when every
+// stage prepared successfully, so a bad configuration changes nothing.
+func (d *Daemon) onReload(f func(*config.Config) (func(), error)) {
+	d.reloadHooks = append(d.reloadHooks, f)
 }
 
 // Options for New.
@@ -49,7 +82,7 @@ type Options struct {
 
 // New builds a node from cfg without starting it.
 func New(cfg *config.Config, o Options) (*Daemon, error) {
-	d := &Daemon{cfg: cfg, Log: o.Logger, level: o.Level}
+	d := &Daemon{cfg: cfg, Log: o.Logger, level: o.Level, Metrics: prometheus.NewRegistry()}
 	if d.level == nil {
 		d.level = new(slog.LevelVar)
 	}
@@ -57,35 +90,43 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 	if d.Log == nil {
 		d.Log, d.closeLog = NewLogger(cfg.Log, d.level)
 	}
-	table, err := routing.NewTable(cfg.RoutingSpec())
-	if err != nil {
-		return nil, err
-	}
-	d.router = routing.NewStatic(table)
 	d.certs = &node.CertStore{}
 	if pairs := cfg.CertPairs(); len(pairs) > 0 {
 		if err := d.certs.Load(pairs); err != nil {
 			return nil, err
 		}
 	}
+	if err := d.setupRouting(cfg); err != nil {
+		return nil, err
+	}
+	var err error
 	if d.engine, err = relay.NewEngine(); err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
-	env := &session.Env{
+	d.env = &session.Env{
 		Director: session.RouteDirector{Router: d.router},
 		Dialer:   &session.Dialer{},
 		Log:      d.Log,
 	}
-	handlers := map[routing.Protocol]session.Handler{
-		routing.IMAP: imap.New(imap.Options{}),
-		routing.POP3: pop3.New(pop3.Options{}),
-	}
-	d.srv = node.NewServer(cfg.NodeConfig(), env, handlers, d.certs, d.engine)
 	if cfg.Admin.Address != "off" {
 		d.admin = admin.New(cfg.Admin.Address, cfg.Admin.Token, d.Log)
 		d.admin.HandlePublic("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			admin.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
 		}))
+	}
+	nc := cfg.NodeConfig()
+	if err := d.setupAuth(cfg, &nc); err != nil {
+		d.engine.Close()
+		return nil, err
+	}
+	handlers := map[routing.Protocol]session.Handler{
+		routing.IMAP: imap.New(imap.Options{}),
+		routing.POP3: pop3.New(pop3.Options{}),
+	}
+	d.srv = node.NewServer(nc, d.env, handlers, d.certs, d.engine)
+	if err := d.setupOps(cfg); err != nil {
+		d.engine.Close()
+		return nil, err
 	}
 	return d, nil
 }
@@ -118,6 +159,14 @@ func (d *Daemon) Start() error {
 		}
 		return fail(err)
 	}
+	for _, f := range d.startHooks {
+		if err := f(); err != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = d.Shutdown(ctx)
+			cancel()
+			return err
+		}
+	}
 	return nil
 }
 
@@ -127,20 +176,31 @@ func (d *Daemon) Addr(listener string) net.Addr { return d.srv.Addrs()[listener]
 // Server returns the node's server.
 func (d *Daemon) Server() *node.Server { return d.srv }
 
-// Reload applies a new configuration: routes, certificates and the log
-// level take effect; sessions in flight are untouched. On error nothing
-// changes.
+// Reload applies a new configuration: every stage validates and prepares
+// first; only if all succeed do they take effect. Certificates and the log
+// level change here; routes, authentication and listeners in their stages.
+// Sessions in flight are untouched. On error nothing changes.
 func (d *Daemon) Reload(cfg *config.Config) error {
-	table, err := routing.NewTable(cfg.RoutingSpec())
-	if err != nil {
-		return err
-	}
+	var commits []func()
 	if pairs := cfg.CertPairs(); len(pairs) > 0 {
-		if err := d.certs.Load(pairs); err != nil {
+		next := &node.CertStore{}
+		if err := next.Load(pairs); err != nil {
 			return err
 		}
+		commits = append(commits, func() { _ = d.certs.Load(pairs) })
 	}
-	d.router.Swap(table)
+	for _, f := range d.reloadHooks {
+		commit, err := f(cfg)
+		if err != nil {
+			return err
+		}
+		if commit != nil {
+			commits = append(commits, commit)
+		}
+	}
+	for _, c := range commits {
+		c()
+	}
 	SetLevel(d.level, cfg.Log.Level)
 	d.mu.Lock()
 	d.cfg = cfg
@@ -152,6 +212,9 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 func (d *Daemon) Shutdown(ctx context.Context) error {
 	err := d.srv.Shutdown(ctx)
 	d.engine.Close()
+	for i := len(d.shutdownHooks) - 1; i >= 0; i-- {
+		d.shutdownHooks[i](ctx)
+	}
 	if d.admin != nil {
 		actx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = d.admin.Shutdown(actx)
