@@ -42,6 +42,8 @@ type ListenerConfig struct {
 	ProxyProtocol  bool
 	TrustedProxies []netip.Prefix
 	Limits         session.Limits
+	// Director, if set, overrides the node's for logins on this listener.
+	Director session.Director
 }
 
 // Config is a node's serving configuration.
@@ -112,6 +114,7 @@ func (s *Server) Start() error {
 			Name: lc.Name, Protocol: lc.Protocol, TLS: lc.TLS,
 			AllowPlaintextAuth: lc.AllowPlaintextAuth,
 			Limits:             lc.Limits,
+			Director:           lc.Director,
 		}
 		if lc.TLS != routing.TLSNone {
 			if s.certs == nil || !s.certs.Loaded() {

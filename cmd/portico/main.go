@@ -4,11 +4,16 @@
 //	portico check-config --config FILE  validate a configuration file
 //	portico proxy --from URL... --to URL...  run without a config file
 //	portico version
+//
+// Further subcommands (admin API clients) register themselves in the
+// commands table from their own files.
 package main
 
 import (
 	"fmt"
 	"os"
+	"sort"
+	"strings"
 )
 
 // Set by the build (-ldflags "-X main.version=... -X main.commit=...").
@@ -17,40 +22,55 @@ var (
 	commit  = "unknown"
 )
 
-const usage = `Portico, a high-availability IMAP/POP3 proxy.
+// command is a subcommand.
+type command struct {
+	summary string // one line for the usage text
+	run     func(args []string) error
+}
 
-Usage:
-  portico serve --config FILE          run a node from a configuration file
-  portico check-config --config FILE   validate a configuration file and exit
-  portico proxy --from URL... --to URL... [--cert FILE --key FILE] [--allow-plaintext]
-                                       run a proxy for one backend without a file
-  portico version                      print the version
+// commands maps subcommand names to their implementation; files add to it
+// in init functions.
+var commands = map[string]command{
+	"serve":        {"serve --config FILE            run a node from a configuration file", cmdServe},
+	"check-config": {"check-config --config FILE     validate a configuration file and exit", cmdCheckConfig},
+	"proxy":        {"proxy --from URL... --to URL... [--cert F --key F] [--allow-plaintext]\n                                 run a proxy for one backend without a file", cmdProxy},
+	"version":      {"version                        print the version", func([]string) error { fmt.Printf("portico %s (commit %s)\n", version, commit); return nil }},
+}
 
-Run "portico COMMAND --help" for a command's flags.
-`
+func usage() string {
+	var b strings.Builder
+	b.WriteString("Portico, a high-availability IMAP/POP3 proxy.\n\nUsage:\n")
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(&b, "  portico %s\n", commands[n].summary)
+	}
+	b.WriteString("\nRun \"portico COMMAND --help\" for a command's flags.\n")
+	return b.String()
+}
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprint(os.Stderr, usage)
+		fmt.Fprint(os.Stderr, usage())
 		os.Exit(2)
 	}
-	var err error
-	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
-	case "serve":
-		err = cmdServe(args)
-	case "check-config":
-		err = cmdCheckConfig(args)
-	case "proxy":
-		err = cmdProxy(args)
-	case "version", "--version", "-v":
-		fmt.Printf("portico %s (commit %s)\n", version, commit)
+	name, args := os.Args[1], os.Args[2:]
+	switch name {
 	case "help", "--help", "-h":
-		fmt.Print(usage)
-	default:
-		fmt.Fprintf(os.Stderr, "portico: unknown command %q\n\n%s", cmd, usage)
+		fmt.Print(usage())
+		return
+	case "--version", "-v":
+		name = "version"
+	}
+	cmd, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "portico: unknown command %q\n\n%s", name, usage())
 		os.Exit(2)
 	}
-	if err != nil {
+	if err := cmd.run(args); err != nil {
 		fmt.Fprintf(os.Stderr, "portico: %v\n", err)
 		os.Exit(1)
 	}

@@ -166,7 +166,11 @@ func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogi
 }
 
 func (c *Client) login(ctx context.Context, creds Credentials, login BackendLogin) Outcome {
-	t, err := c.Env.Director.Direct(ctx, &Attempt{Client: c, Creds: creds, Number: c.attempts})
+	dir := c.Env.Director
+	if c.Listener.Director != nil {
+		dir = c.Listener.Director
+	}
+	t, err := dir.Direct(ctx, &Attempt{Client: c, Creds: creds, Number: c.attempts})
 	if err != nil {
 		var ref *Refusal
 		if errors.As(err, &ref) {

@@ -65,6 +65,9 @@ type Listener struct {
 	// AllowPlaintextAuth permits authentication before TLS.
 	AllowPlaintextAuth bool
 	Limits             Limits
+	// Director, if set, decides logins on this listener instead of
+	// Env.Director (e.g. an auth_http server for one listener only).
+	Director Director
 }
 
 // PlaintextAuthOK reports whether authentication is allowed now.
