@@ -62,19 +62,19 @@ const (
 // Backend is one IMAP/POP3 server. It is plain data, so that it can be
 // stored in configuration files and replicated.
 type Backend struct {
-	ID       string
-	Host     string
-	IMAPPort int // 0: this backend does not serve IMAP
-	POP3Port int // 0: this backend does not serve POP3
+	ID       string `json:"id"`
+	Host     string `json:"host"`
+	IMAPPort int    `json:"imap_port,omitempty"` // 0: this backend does not serve IMAP
+	POP3Port int    `json:"pop3_port,omitempty"` // 0: this backend does not serve POP3
 
-	TLS                TLSMode
-	TLSServerName      string // name to verify; default Host
-	TLSCAFile          string // PEM bundle to verify against; empty: system roots
-	InsecureSkipVerify bool
+	TLS                TLSMode `json:"tls"`
+	TLSServerName      string  `json:"tls_server_name,omitempty"` // name to verify; default Host
+	TLSCAFile          string  `json:"tls_ca_file,omitempty"`     // PEM bundle to verify against; empty: system roots
+	InsecureSkipVerify bool    `json:"tls_insecure_skip_verify,omitempty"`
 
-	Forward ForwardMode
-	Weight  int // relative share inside a pool; 0 means 1
-	State   BackendState
+	Forward ForwardMode  `json:"forward"`
+	Weight  int          `json:"weight"` // relative share inside a pool; 0 means 1
+	State   BackendState `json:"state"`
 }
 
 // Port returns the backend's port for protocol p (0 if it has none).
@@ -103,17 +103,17 @@ func (b *Backend) Addr(p Protocol) string {
 
 // Pool is a named set of backends.
 type Pool struct {
-	Name     string
-	Backends []string // backend IDs
+	Name     string   `json:"name"`
+	Backends []string `json:"backends"` // backend IDs
 	// SharedStorage: every member can serve every user of the pool, so a
 	// user may be moved to another member when its backend is down.
-	SharedStorage bool
+	SharedStorage bool `json:"shared_storage"`
 }
 
 // Target is the right-hand side of a rule: exactly one of Backend or Pool.
 type Target struct {
-	Backend string
-	Pool    string
+	Backend string `json:"backend,omitempty"`
+	Pool    string `json:"pool,omitempty"`
 }
 
 // Request is what a lookup is keyed on.
@@ -150,7 +150,7 @@ type HealthFunc func(backendID string) (down bool)
 type Table struct {
 	backends    map[string]*Backend
 	pools       map[string]*Pool
-	users       map[string]Target
+	users       *userMap
 	domains     map[string]string // domain -> pool
 	defaultPool string
 }
@@ -169,53 +169,40 @@ func NewTable(spec TableSpec) (*Table, error) {
 	t := &Table{
 		backends: make(map[string]*Backend, len(spec.Backends)),
 		pools:    make(map[string]*Pool, len(spec.Pools)),
-		users:    make(map[string]Target, len(spec.Users)),
 		domains:  make(map[string]string, len(spec.Domains)),
 	}
 	for i := range spec.Backends {
 		b := spec.Backends[i]
-		if b.ID == "" {
-			return nil, fmt.Errorf("backend %d: empty id", i)
-		}
-		if _, dup := t.backends[b.ID]; dup {
+		if _, dup := t.backends[b.ID]; dup && b.ID != "" {
 			return nil, fmt.Errorf("backend %q: defined twice", b.ID)
 		}
-		if b.Weight <= 0 {
-			b.Weight = 1
-		}
-		if b.State == "" {
-			b.State = StateActive
-		}
-		if b.TLS == "" {
-			b.TLS = TLSNone
-		}
-		if b.Forward == "" {
-			b.Forward = ForwardNone
+		if err := normaliseBackend(&b); err != nil {
+			return nil, fmt.Errorf("backend %d: %w", i, err)
 		}
 		t.backends[b.ID] = &b
 	}
 	for i := range spec.Pools {
 		p := spec.Pools[i]
-		if p.Name == "" {
-			return nil, fmt.Errorf("pool %d: empty name", i)
-		}
-		if _, dup := t.pools[p.Name]; dup {
+		if _, dup := t.pools[p.Name]; dup && p.Name != "" {
 			return nil, fmt.Errorf("pool %q: defined twice", p.Name)
 		}
-		for _, id := range p.Backends {
-			if t.backends[id] == nil {
-				return nil, fmt.Errorf("pool %q: unknown backend %q", p.Name, id)
-			}
+		if err := t.checkPool(&p); err != nil {
+			return nil, fmt.Errorf("pool %d: %w", i, err)
 		}
 		p.Backends = append([]string(nil), p.Backends...)
 		t.pools[p.Name] = &p
 	}
+	puts := make(map[string]Target, len(spec.Users))
 	for u, tgt := range spec.Users {
 		if err := t.checkTarget(tgt); err != nil {
 			return nil, fmt.Errorf("user %q: %w", u, err)
 		}
-		t.users[NormalizeUser(u)] = tgt
+		if u == "" {
+			return nil, errors.New("empty user name")
+		}
+		puts[NormalizeUser(u)] = tgt
 	}
+	t.users = (*userMap)(nil).update(puts, nil)
 	for d, pool := range spec.Domains {
 		d = NormalizeUser(strings.TrimPrefix(d, "@"))
 		if t.pools[pool] == nil {
@@ -230,30 +217,13 @@ func NewTable(spec TableSpec) (*Table, error) {
 	return t, nil
 }
 
-func (t *Table) checkTarget(tgt Target) error {
-	switch {
-	case tgt.Backend != "" && tgt.Pool != "":
-		return errors.New("both backend and pool set")
-	case tgt.Backend != "":
-		if t.backends[tgt.Backend] == nil {
-			return fmt.Errorf("unknown backend %q", tgt.Backend)
-		}
-	case tgt.Pool != "":
-		if t.pools[tgt.Pool] == nil {
-			return fmt.Errorf("unknown pool %q", tgt.Pool)
-		}
-	default:
-		return errors.New("neither backend nor pool set")
-	}
-	return nil
-}
 
 // Backend returns the backend with the given id, or nil.
 func (t *Table) Backend(id string) *Backend { return t.backends[id] }
 
 // Len returns the number of backends, pools, user rules and domain rules.
 func (t *Table) Len() (backends, pools, users, domains int) {
-	return len(t.backends), len(t.pools), len(t.users), len(t.domains)
+	return len(t.backends), len(t.pools), t.users.len(), len(t.domains)
 }
 
 // NormalizeUser returns the form user names are compared in.
@@ -271,7 +241,7 @@ func NormalizeUser(u string) string {
 // that health checks consider down.
 func (t *Table) Lookup(req Request, down HealthFunc) (Route, error) {
 	user := NormalizeUser(req.User)
-	if tgt, ok := t.users[user]; ok {
+	if tgt, ok := t.users.get(user); ok {
 		if tgt.Backend != "" {
 			b := t.backends[tgt.Backend]
 			if !usable(b, req.Protocol, down) {

@@ -29,6 +29,13 @@ import (
 
 // Config is the whole file.
 type Config struct {
+	// NodeName identifies this node in logs, metrics and the cluster;
+	// default: the host name.
+	NodeName string `yaml:"node_name"`
+	// DataDir holds the node's durable state (the replicated routing
+	// table's log and snapshots); default /var/lib/portico.
+	DataDir       string     `yaml:"data_dir"`
+	Cluster       Cluster    `yaml:"cluster"`
 	Log           Log        `yaml:"log"`
 	TLS           TLS        `yaml:"tls"`
 	Listeners     []Listener `yaml:"listeners"`
@@ -367,6 +374,7 @@ func (c *Config) Validate() error {
 	}
 	v.routing()
 	v.admin()
+	v.cluster()
 	if len(v.errs) > 0 {
 		return v.errs
 	}

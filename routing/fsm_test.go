@@ -1,0 +1,244 @@
+package routing
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/raft"
+)
+
+// canon is a deterministic dump of a table, for comparisons.
+func canon(t *Table) string {
+	var b strings.Builder
+	for _, be := range t.Backends() {
+		fmt.Fprintf(&b, "B %+v\n", *be)
+	}
+	for _, p := range t.Pools() {
+		fmt.Fprintf(&b, "P %+v\n", *p)
+	}
+	for _, d := range sortedKeys(t.domains) {
+		fmt.Fprintf(&b, "D %s %s\n", d, t.domains[d])
+	}
+	fmt.Fprintf(&b, "default %s\n", t.defaultPool)
+	for _, u := range t.UserRoutes("", "", 0) {
+		fmt.Fprintf(&b, "U %s %+v\n", u.User, u.Target)
+	}
+	return b.String()
+}
+
+func randomCommand(r *rand.Rand) Command {
+	id := func() string { return fmt.Sprintf("b%d", r.IntN(6)) }
+	pool := func() string { return fmt.Sprintf("p%d", r.IntN(4)) }
+	user := func() string { return fmt.Sprintf("u%d@d%d.example", r.IntN(50), r.IntN(3)) }
+	switch r.IntN(9) {
+	case 0:
+		return Command{Type: CmdPutBackend, Backend: &Backend{ID: id(), Host: "10.0.0.1", IMAPPort: 143 + r.IntN(3), Weight: r.IntN(3)}}
+	case 1:
+		return Command{Type: CmdDeleteBackend, Names: []string{id()}}
+	case 2:
+		return Command{Type: CmdPutPool, Pool: &Pool{Name: pool(), Backends: []string{id()}, SharedStorage: r.IntN(2) == 0}}
+	case 3:
+		return Command{Type: CmdDeletePool, Names: []string{pool()}}
+	case 4:
+		var us []UserRoute
+		for i := 0; i < 1+r.IntN(5); i++ {
+			if r.IntN(2) == 0 {
+				us = append(us, UserRoute{User: user(), Target: Target{Backend: id()}})
+			} else {
+				us = append(us, UserRoute{User: user(), Target: Target{Pool: pool()}})
+			}
+		}
+		return Command{Type: CmdPutUsers, Users: us}
+	case 5:
+		return Command{Type: CmdDeleteUsers, Names: []string{user(), user()}}
+	case 6:
+		return Command{Type: CmdPutDomain, Domain: fmt.Sprintf("d%d.example", r.IntN(3)), Target: pool()}
+	case 7:
+		return Command{Type: CmdDeleteDomain, Names: []string{fmt.Sprintf("d%d.example", r.IntN(3))}}
+	default:
+		return Command{Type: CmdSetDefaultPool, Target: pool()}
+	}
+}
+
+func applyTo(t *testing.T, f *FSM, idx uint64, c Command) interface{} {
+	t.Helper()
+	b, err := c.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f.Apply(&raft.Log{Index: idx, Type: raft.LogCommand, Data: b})
+}
+
+// Random command sequences applied on two state machines give identical
+// tables and identical responses; snapshot -> restore gives an identical
+// table; applying every command twice changes nothing (idempotence).
+func TestFSMProperties(t *testing.T) {
+	for seed := uint64(1); seed <= 30; seed++ {
+		r := rand.New(rand.NewPCG(seed, seed))
+		a, b, twice := NewFSM(), NewFSM(), NewFSM()
+		accepted := 0
+		for i := uint64(1); i <= 400; i++ {
+			c := randomCommand(r)
+			ra, rb := applyTo(t, a, i, c), applyTo(t, b, i, c)
+			if fmt.Sprint(ra) != fmt.Sprint(rb) {
+				t.Fatalf("seed %d step %d: responses differ: %v / %v", seed, i, ra, rb)
+			}
+			if ra == nil {
+				accepted++
+			}
+			applyTo(t, twice, 2*i-1, c)
+			applyTo(t, twice, 2*i, c)
+		}
+		if canon(a.Table()) != canon(b.Table()) {
+			t.Fatalf("seed %d: tables differ", seed)
+		}
+		if canon(a.Table()) != canon(twice.Table()) {
+			t.Fatalf("seed %d: applying each command twice gave a different table", seed)
+		}
+		if accepted == 0 {
+			t.Fatalf("seed %d: every command was refused; the test exercises nothing", seed)
+		}
+		var buf bytes.Buffer
+		snap, _ := a.Snapshot()
+		if err := snap.(*fsmSnapshot).Persist(&memSink{Buffer: &buf}); err != nil {
+			t.Fatal(err)
+		}
+		c := NewFSM()
+		if err := c.Restore(io.NopCloser(bytes.NewReader(buf.Bytes()))); err != nil {
+			t.Fatalf("seed %d: restore: %v", seed, err)
+		}
+		if canon(c.Table()) != canon(a.Table()) {
+			t.Fatalf("seed %d: restored table differs:\n%s\nvs\n%s", seed, canon(c.Table()), canon(a.Table()))
+		}
+	}
+}
+
+type memSink struct{ *bytes.Buffer }
+
+func (m *memSink) ID() string    { return "mem" }
+func (m *memSink) Cancel() error { return nil }
+func (m *memSink) Close() error  { return nil }
+
+func TestFSMUnknownCommandStops(t *testing.T) {
+	f := NewFSM()
+	var got error
+	f.Fatal = func(err error) { got = err }
+	f.Apply(&raft.Log{Index: 7, Type: raft.LogCommand, Data: []byte{200, 1, '{', '}'}})
+	if !errors.Is(got, ErrUnknownCommand) || !strings.Contains(got.Error(), "index 7") {
+		t.Fatalf("unknown type: %v", got)
+	}
+	got = nil
+	f.Apply(&raft.Log{Index: 8, Type: raft.LogCommand, Data: []byte{byte(CmdPutBackend), 9, '{', '}'}})
+	if !errors.Is(got, ErrUnknownCommand) {
+		t.Fatalf("unknown version: %v", got)
+	}
+	// The default stops loudly.
+	defer func() {
+		if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), "Stopping rather than diverging") {
+			t.Fatalf("default Fatal: %v", r)
+		}
+	}()
+	NewFSM().Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: []byte{99, 1}})
+}
+
+func TestFSMRefusals(t *testing.T) {
+	f := NewFSM()
+	applyTo(t, f, 1, Command{Type: CmdPutBackend, Backend: &Backend{ID: "a", Host: "h", IMAPPort: 143}})
+	applyTo(t, f, 2, Command{Type: CmdPutPool, Pool: &Pool{Name: "p", Backends: []string{"a"}}})
+	cases := []struct {
+		c    Command
+		want error
+	}{
+		{Command{Type: CmdDeleteBackend, Names: []string{"a"}}, ErrConflict},
+		{Command{Type: CmdPutPool, Pool: &Pool{Name: "q", Backends: []string{"nope"}}}, ErrConflict},
+		{Command{Type: CmdPutBackend, Backend: &Backend{ID: "bad id", Host: "h", IMAPPort: 1}}, ErrInvalid},
+		{Command{Type: CmdPutBackend, Backend: &Backend{ID: "x", Host: "h"}}, ErrInvalid},
+		{Command{Type: CmdPutUsers, Users: []UserRoute{{User: "u", Target: Target{Pool: "nope"}}}}, ErrConflict},
+		{Command{Type: CmdPutUsers, Users: []UserRoute{{User: "bad\r\nuser", Target: Target{Pool: "p"}}}}, ErrInvalid},
+	}
+	before := canon(f.Table())
+	for i, c := range cases {
+		res := applyTo(t, f, uint64(10+i), c.c)
+		err, _ := res.(error)
+		if !errors.Is(err, c.want) {
+			t.Errorf("case %d: got %v, want %v", i, res, c.want)
+		}
+	}
+	if canon(f.Table()) != before {
+		t.Fatal("a refused command changed the table")
+	}
+	if f.AppliedIndex() != 15 {
+		t.Fatalf("applied index %d", f.AppliedIndex())
+	}
+	// Deleting something absent is fine (idempotent).
+	if res := applyTo(t, f, 20, Command{Type: CmdDeleteBackend, Names: []string{"ghost"}}); res != nil {
+		t.Fatal(res)
+	}
+}
+
+func TestCommandRoundTrip(t *testing.T) {
+	c := Command{Type: CmdPutUsers, Users: []UserRoute{{User: "a@b", Target: Target{Backend: "x"}}}}
+	b, _ := c.Encode()
+	d, err := DecodeCommand(b)
+	if err != nil || !reflect.DeepEqual(c, d) {
+		t.Fatalf("%v %+v", err, d)
+	}
+}
+
+func FuzzDecodeCommand(f *testing.F) {
+	for _, c := range []Command{
+		{Type: CmdPutBackend, Backend: &Backend{ID: "a", Host: "h", IMAPPort: 1}},
+		{Type: CmdPutUsers, Users: []UserRoute{{User: "u", Target: Target{Pool: "p"}}}},
+		{Type: CmdDeleteDomain, Names: []string{"x"}},
+	} {
+		b, _ := c.Encode()
+		f.Add(b)
+	}
+	f.Add([]byte{})
+	f.Add([]byte{1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := DecodeCommand(b)
+		if err != nil {
+			return
+		}
+		// Whatever decodes must apply (or be refused) without panicking,
+		// and deterministically.
+		base, _ := EmptyTable().WithBackend(Backend{ID: "a", Host: "h", IMAPPort: 1})
+		n1, e1 := base.Apply(c)
+		n2, e2 := base.Apply(c)
+		if (e1 == nil) != (e2 == nil) || (e1 == nil && canon(n1) != canon(n2)) {
+			t.Fatal("non-deterministic apply")
+		}
+	})
+}
+
+func FuzzReadSnapshot(f *testing.F) {
+	tbl, _ := NewTable(TableSpec{
+		Backends: []Backend{{ID: "a", Host: "h", IMAPPort: 1}}, Pools: []Pool{{Name: "p", Backends: []string{"a"}}},
+		Users: map[string]Target{"u": {Pool: "p"}, "v": {Backend: "a"}}, DefaultPool: "p",
+	})
+	var buf bytes.Buffer
+	WriteSnapshot(&buf, tbl)
+	f.Add(buf.Bytes())
+	f.Add([]byte(snapshotMagic))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := ReadSnapshot(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		var again bytes.Buffer
+		if err := WriteSnapshot(&again, got); err != nil {
+			t.Fatal(err)
+		}
+		back, err := ReadSnapshot(&again)
+		if err != nil || canon(back) != canon(got) {
+			t.Fatalf("snapshot does not round-trip: %v", err)
+		}
+	})
+}

@@ -1,0 +1,155 @@
+package routing
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Snapshot format (version 1):
+//
+//	"PRTCSNP1"
+//	uvarint length + JSON {backends, pools, domains, default_pool}
+//	uvarint user count, then per user:
+//	  uvarint len + user, kind byte (0 backend, 1 pool), uvarint len + name
+//
+// The small parts are JSON (easy to evolve); the user rules, which can
+// number millions, are a compact binary list.
+const snapshotMagic = "PRTCSNP1"
+
+// Bounds that protect Restore from a corrupt or hostile snapshot.
+const (
+	maxSnapHeader = 64 << 20
+	maxSnapString = 4096
+)
+
+type snapHeader struct {
+	Backends    []*Backend        `json:"backends"`
+	Pools       []*Pool           `json:"pools"`
+	Domains     map[string]string `json:"domains"`
+	DefaultPool string            `json:"default_pool"`
+}
+
+// WriteSnapshot writes t in the snapshot format.
+func WriteSnapshot(w io.Writer, t *Table) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	bw.WriteString(snapshotMagic)
+	h, err := json.Marshal(snapHeader{Backends: t.Backends(), Pools: t.Pools(), Domains: t.domains, DefaultPool: t.defaultPool})
+	if err != nil {
+		return err
+	}
+	var num [binary.MaxVarintLen64]byte
+	putU := func(v uint64) { bw.Write(num[:binary.PutUvarint(num[:], v)]) }
+	putS := func(s string) { putU(uint64(len(s))); bw.WriteString(s) }
+	putU(uint64(len(h)))
+	bw.Write(h)
+	putU(uint64(t.users.len()))
+	t.users.each(func(u string, tg Target) bool {
+		putS(u)
+		if tg.Pool != "" {
+			bw.WriteByte(1)
+			putS(tg.Pool)
+		} else {
+			bw.WriteByte(0)
+			putS(tg.Backend)
+		}
+		return true
+	})
+	return bw.Flush()
+}
+
+// ReadSnapshot reads a table written by WriteSnapshot, validating it.
+func ReadSnapshot(r io.Reader) (*Table, error) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	magic := make([]byte, len(snapshotMagic))
+	if _, err := io.ReadFull(br, magic); err != nil || string(magic) != snapshotMagic {
+		return nil, errors.New("routing snapshot: bad magic (not a routing snapshot, or a newer format)")
+	}
+	hl, err := binary.ReadUvarint(br)
+	if err != nil || hl > maxSnapHeader {
+		return nil, fmt.Errorf("routing snapshot: bad header length")
+	}
+	hb := make([]byte, hl)
+	if _, err := io.ReadFull(br, hb); err != nil {
+		return nil, fmt.Errorf("routing snapshot: header: %w", err)
+	}
+	var h snapHeader
+	if err := json.Unmarshal(hb, &h); err != nil {
+		return nil, fmt.Errorf("routing snapshot: header: %w", err)
+	}
+	spec := TableSpec{Domains: h.Domains, DefaultPool: h.DefaultPool}
+	for _, b := range h.Backends {
+		if b != nil {
+			spec.Backends = append(spec.Backends, *b)
+		}
+	}
+	for _, p := range h.Pools {
+		if p != nil {
+			spec.Pools = append(spec.Pools, *p)
+		}
+	}
+	n, err := binary.ReadUvarint(br)
+	if err != nil {
+		return nil, fmt.Errorf("routing snapshot: user count: %w", err)
+	}
+	readS := func() (string, error) {
+		l, err := binary.ReadUvarint(br)
+		if err != nil {
+			return "", err
+		}
+		if l > maxSnapString {
+			return "", fmt.Errorf("string of %d bytes", l)
+		}
+		b := make([]byte, l)
+		_, err = io.ReadFull(br, b)
+		return string(b), err
+	}
+	t, err := NewTable(spec) // backends, pools, domains, default
+	if err != nil {
+		return nil, fmt.Errorf("routing snapshot: %w", err)
+	}
+	users := &userMap{}
+	per := int(min(n, 1<<24) / userShards)
+	for i := range users.shards {
+		users.shards[i] = make(map[string]Target, per+per/8)
+	}
+	for i := uint64(0); i < n; i++ {
+		u, err := readS()
+		if err != nil {
+			return nil, fmt.Errorf("routing snapshot: user %d: %w", i, err)
+		}
+		kind, err := br.ReadByte()
+		if err != nil {
+			return nil, fmt.Errorf("routing snapshot: user %d: %w", i, err)
+		}
+		name, err := readS()
+		if err != nil {
+			return nil, fmt.Errorf("routing snapshot: user %d: %w", i, err)
+		}
+		var tg Target
+		switch kind {
+		case 0:
+			tg = Target{Backend: name}
+		case 1:
+			tg = Target{Pool: name}
+		default:
+			return nil, fmt.Errorf("routing snapshot: user %d: bad kind %d", i, kind)
+		}
+		if !validUser(u) || u != NormalizeUser(u) {
+			return nil, fmt.Errorf("routing snapshot: user %d: bad name %q", i, u)
+		}
+		if err := t.checkTarget(tg); err != nil {
+			return nil, fmt.Errorf("routing snapshot: user %s: %w", u, err)
+		}
+		sh := users.shards[shardOf(u)]
+		if _, dup := sh[u]; !dup {
+			users.n++
+		}
+		sh[u] = tg
+	}
+	t.users = users
+	return t, nil
+}
