@@ -217,7 +217,6 @@ func NewTable(spec TableSpec) (*Table, error) {
 	return t, nil
 }
 
-
 // Backend returns the backend with the given id, or nil.
 func (t *Table) Backend(id string) *Backend { return t.backends[id] }
 
