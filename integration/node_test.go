@@ -32,6 +32,12 @@ func startPortico(t *testing.T, yamlText string) *portico {
 	if !strings.Contains(yamlText, "\nadmin:") {
 		yamlText += "\nadmin: {address: \"127.0.0.1:0\"}\n"
 	}
+	if !strings.Contains(yamlText, "\ndata_dir:") {
+		yamlText += fmt.Sprintf("\ndata_dir: %q\n", t.TempDir())
+	}
+	if !strings.Contains(yamlText, "\ncluster:") {
+		yamlText += "\ncluster: {raft_address: \"127.0.0.1:0\", gossip_address: \"127.0.0.1:0\"}\n"
+	}
 	cfg, err := config.Parse([]byte(yamlText))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, yamlText)

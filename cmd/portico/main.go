@@ -14,6 +14,8 @@ import (
 	"os"
 	"sort"
 	"strings"
+
+	"github.com/portico-mail/portico/ops/daemon"
 )
 
 // Set by the build (-ldflags "-X main.version=... -X main.commit=...").
@@ -57,6 +59,7 @@ func main() {
 		fmt.Fprint(os.Stderr, usage())
 		os.Exit(2)
 	}
+	daemon.Version, daemon.Commit = version, commit
 	name, args := os.Args[1], os.Args[2:]
 	switch name {
 	case "help", "--help", "-h":

@@ -76,13 +76,26 @@ func (s *Server) auth(h http.Handler) http.Handler {
 	})
 }
 
-// Start binds the listener and serves in the background.
-func (s *Server) Start() error {
+// Listen binds the listener (so that its address is known before Start).
+func (s *Server) Listen() error {
+	if s.ln != nil {
+		return nil
+	}
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 	s.ln = ln
+	return nil
+}
+
+// Start binds the listener (if Listen was not called) and serves in the
+// background.
+func (s *Server) Start() error {
+	if err := s.Listen(); err != nil {
+		return err
+	}
+	ln := s.ln
 	go func() {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("admin server", "error", err)

@@ -1,19 +1,66 @@
 package config
 
 import (
+	"encoding/base64"
+	"net"
 	"os"
+	"strings"
+	"time"
 )
 
 // Cluster configures membership (gossip) and the replicated routing table
 // (raft). With no settings a node is a single-node cluster that bootstraps
 // itself in its data directory.
 type Cluster struct {
-	// RaftAddress is where raft listens and is reached by peers; default
-	// 127.0.0.1:7144.
+	// RaftAddress is where raft listens; default 127.0.0.1:7144.
 	RaftAddress string `yaml:"raft_address"`
 	// GossipAddress is where memberlist listens (TCP and UDP); default
 	// 127.0.0.1:7145.
 	GossipAddress string `yaml:"gossip_address"`
+	// Advertise is the address peers use to reach this node (raft, gossip
+	// and admin API ports stay as configured); default: the listen
+	// addresses.
+	Advertise string `yaml:"advertise"`
+	// Join lists gossip addresses of existing members (a few are enough).
+	Join []string `yaml:"join"`
+	// BootstrapExpect forms a new cluster once this many nodes have met.
+	BootstrapExpect int `yaml:"bootstrap_expect"`
+	// MaxVoters: raft voters (odd); further nodes are non-voters. Default 5.
+	MaxVoters int `yaml:"max_voters"`
+	// DeadNodeReap removes nodes dead for longer than this from raft;
+	// default 72h.
+	DeadNodeReap Duration `yaml:"dead_node_reap"`
+	// EncryptKey (base64 of 16, 24 or 32 bytes; `portico keygen`) encrypts
+	// gossip; the same on every node. EncryptKeyFile reads it from a file.
+	EncryptKey     string `yaml:"encrypt_key"`
+	EncryptKeyFile string `yaml:"encrypt_key_file"`
+	// Timing tunes failure detection.
+	Timing ClusterTiming `yaml:"timing"`
+	// Health configures backend health checks.
+	Health HealthChecks `yaml:"health"`
+
+	// Key is the decoded EncryptKey (after validation).
+	Key []byte `yaml:"-"`
+}
+
+// ClusterTiming tunes raft and memberlist; zero values take the defaults
+// documented in the README (LAN, fast failover).
+type ClusterTiming struct {
+	HeartbeatTimeout   Duration `yaml:"heartbeat_timeout"`
+	ElectionTimeout    Duration `yaml:"election_timeout"`
+	LeaderLeaseTimeout Duration `yaml:"leader_lease_timeout"`
+	ProbeInterval      Duration `yaml:"probe_interval"`
+	ProbeTimeout       Duration `yaml:"probe_timeout"`
+	SuspicionMult      int      `yaml:"suspicion_mult"`
+	GossipInterval     Duration `yaml:"gossip_interval"`
+}
+
+// HealthChecks configures backend probes (TCP connect + greeting).
+type HealthChecks struct {
+	Interval Duration `yaml:"interval"` // default 2s
+	Timeout  Duration `yaml:"timeout"`  // default 2s
+	Fall     int      `yaml:"fall"`     // failures before down; default 2
+	Rise     int      `yaml:"rise"`     // successes before up; default 2
 }
 
 func (v *validator) cluster() {
@@ -25,13 +72,72 @@ func (v *validator) cluster() {
 			c.NodeName = "portico"
 		}
 	}
+	if strings.ContainsAny(c.NodeName, " \t\r\n/") || len(c.NodeName) > 128 {
+		v.errf("node_name", "%q: no spaces or slashes, at most 128 bytes", c.NodeName)
+	}
+	if c.Static {
+		return
+	}
 	if c.DataDir == "" {
 		c.DataDir = "/var/lib/portico"
 	}
-	if c.Cluster.RaftAddress == "" {
-		c.Cluster.RaftAddress = "127.0.0.1:7144"
+	cl := &c.Cluster
+	if cl.RaftAddress == "" {
+		cl.RaftAddress = "127.0.0.1:7144"
 	}
-	if c.Cluster.GossipAddress == "" {
-		c.Cluster.GossipAddress = "127.0.0.1:7145"
+	if cl.GossipAddress == "" {
+		cl.GossipAddress = "127.0.0.1:7145"
+	}
+	for name, a := range map[string]string{"cluster.raft_address": cl.RaftAddress, "cluster.gossip_address": cl.GossipAddress} {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			v.errf(name, "%q is not host:port", a)
+		}
+	}
+	if cl.RaftAddress == cl.GossipAddress && !strings.HasSuffix(cl.RaftAddress, ":0") {
+		v.errf("cluster.gossip_address", "must differ from cluster.raft_address")
+	}
+	if cl.Advertise != "" && net.ParseIP(cl.Advertise) == nil {
+		v.errf("cluster.advertise", "%q is not an IP address", cl.Advertise)
+	}
+	if cl.BootstrapExpect < 0 {
+		v.errf("cluster.bootstrap_expect", "must not be negative")
+	}
+	if cl.MaxVoters == 0 {
+		cl.MaxVoters = 5
+	}
+	if cl.MaxVoters < 1 || cl.MaxVoters%2 == 0 {
+		v.errf("cluster.max_voters", "%d: must be odd and positive (3 or 5 are usual)", cl.MaxVoters)
+	}
+	if cl.BootstrapExpect > cl.MaxVoters {
+		v.errf("cluster.bootstrap_expect", "%d exceeds max_voters %d", cl.BootstrapExpect, cl.MaxVoters)
+	}
+	if cl.DeadNodeReap == 0 {
+		cl.DeadNodeReap = Duration(72 * time.Hour)
+	}
+	if cl.EncryptKey != "" && cl.EncryptKeyFile != "" {
+		v.errf("cluster.encrypt_key_file", "set encrypt_key or encrypt_key_file, not both")
+	}
+	key := cl.EncryptKey
+	if cl.EncryptKeyFile != "" {
+		b, err := os.ReadFile(cl.EncryptKeyFile)
+		if err != nil {
+			v.errf("cluster.encrypt_key_file", "%v", err)
+		}
+		key = strings.TrimSpace(string(b))
+	}
+	if key != "" {
+		k, err := base64.StdEncoding.DecodeString(key)
+		if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
+			v.errf("cluster.encrypt_key", "must be base64 of 16, 24 or 32 bytes (generate one with: portico keygen)")
+		}
+		cl.Key = k
+	}
+	if len(cl.Join) > 0 || cl.BootstrapExpect > 1 {
+		if c.Admin.Address == "off" {
+			v.errf("admin.address", "a multi-node cluster needs the admin API (writes are forwarded to the leader through it)")
+		}
+	}
+	if cl.Health.Fall < 0 || cl.Health.Rise < 0 {
+		v.errf("cluster.health", "fall and rise must not be negative")
 	}
 }

@@ -46,6 +46,10 @@ type Config struct {
 	Routes        Routes     `yaml:"routes"`
 	Admin         Admin      `yaml:"admin"`
 
+	// Static: routes come only from this file and are not replicated (no
+	// raft, no data directory). Set by `portico proxy`; not a file key.
+	Static bool `yaml:"-"`
+
 	root *yaml.Node // for line numbers in validation errors
 }
 
@@ -205,6 +209,8 @@ func (c *Config) resolvePaths(base string) {
 		abs(&c.Backends[i].TLSCAFile)
 	}
 	abs(&c.Admin.TokenFile)
+	abs(&c.Cluster.EncryptKeyFile)
+	abs(&c.DataDir)
 }
 
 func cleanYAMLError(err error) error {
@@ -500,7 +506,7 @@ func (v *validator) routing() {
 	if c.Routes.DefaultPool != "" && !pools[c.Routes.DefaultPool] {
 		v.errf("routes.default_pool", "unknown pool %q", c.Routes.DefaultPool)
 	}
-	if len(c.Routes.Users) == 0 && len(c.Routes.Domains) == 0 && c.Routes.DefaultPool == "" {
+	if c.Static && len(c.Routes.Users) == 0 && len(c.Routes.Domains) == 0 && c.Routes.DefaultPool == "" {
 		v.errf("routes", "no routes: set routes.default_pool, routes.domains or routes.users")
 	}
 }

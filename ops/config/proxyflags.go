@@ -52,7 +52,7 @@ func FromProxyFlags(f ProxyFlags) (*Config, error) {
 	if (f.Cert == "") != (f.Key == "") {
 		return nil, fmt.Errorf("--cert and --key go together")
 	}
-	c := &Config{}
+	c := &Config{Static: true}
 	if f.Cert != "" {
 		c.TLS.Certificates = []Certificate{{Cert: f.Cert, Key: f.Key}}
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/portico-mail/portico/cluster"
 	"github.com/portico-mail/portico/node"
 	"github.com/portico-mail/portico/node/imap"
 	"github.com/portico-mail/portico/node/pop3"
@@ -23,6 +24,12 @@ import (
 	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/ops/config"
 	"github.com/portico-mail/portico/routing"
+)
+
+// Version and Commit identify the build (set by the portico command).
+var (
+	Version = "dev"
+	Commit  = "unknown"
 )
 
 // Daemon is one running node.
@@ -37,9 +44,13 @@ type Daemon struct {
 	// can run several nodes in one process).
 	Metrics *prometheus.Registry
 
-	level  *slog.LevelVar
-	router routing.Router
-	static *routing.Static // the file-based route source, when in use
+	level   *slog.LevelVar
+	router  routing.Router
+	static  *routing.Static // `portico proxy`: routes from flags only
+	fsm     *routing.FSM    // the replicated table (otherwise)
+	cluster *cluster.Node
+	health  *cluster.Health
+	done    chan struct{} // closed at shutdown
 	certs  *node.CertStore
 	engine *relay.Engine
 	srv    *node.Server
@@ -82,7 +93,7 @@ type Options struct {
 
 // New builds a node from cfg without starting it.
 func New(cfg *config.Config, o Options) (*Daemon, error) {
-	d := &Daemon{cfg: cfg, Log: o.Logger, level: o.Level, Metrics: prometheus.NewRegistry()}
+	d := &Daemon{cfg: cfg, Log: o.Logger, level: o.Level, Metrics: prometheus.NewRegistry(), done: make(chan struct{})}
 	if d.level == nil {
 		d.level = new(slog.LevelVar)
 	}
@@ -96,7 +107,16 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 			return nil, err
 		}
 	}
+	if cfg.Admin.Address != "off" {
+		d.admin = admin.New(cfg.Admin.Address, cfg.Admin.Token, d.Log)
+		d.admin.HandlePublic("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			admin.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		}))
+	}
 	if err := d.setupRouting(cfg); err != nil {
+		if d.admin != nil {
+			_ = d.admin.Shutdown(context.Background())
+		}
 		return nil, err
 	}
 	var err error
@@ -107,12 +127,6 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		Director: session.RouteDirector{Router: d.router},
 		Dialer:   &session.Dialer{},
 		Log:      d.Log,
-	}
-	if cfg.Admin.Address != "off" {
-		d.admin = admin.New(cfg.Admin.Address, cfg.Admin.Token, d.Log)
-		d.admin.HandlePublic("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			admin.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
-		}))
 	}
 	nc := cfg.NodeConfig()
 	if err := d.setupAuth(cfg, &nc); err != nil {
@@ -210,6 +224,11 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 
 // Shutdown stops the node gracefully (see node.Server.Shutdown).
 func (d *Daemon) Shutdown(ctx context.Context) error {
+	select {
+	case <-d.done:
+	default:
+		close(d.done)
+	}
 	err := d.srv.Shutdown(ctx)
 	d.engine.Close()
 	for i := len(d.shutdownHooks) - 1; i >= 0; i-- {

@@ -1,25 +1,202 @@
 package daemon
 
 import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/portico-mail/portico/cluster"
 	"github.com/portico-mail/portico/ops/config"
 	"github.com/portico-mail/portico/routing"
 )
 
-// setupRouting installs the route source: the table from the
-// configuration file, replaced as a whole on reload.
+// startupWait bounds how long Start waits for the routing table (a leader
+// and the log applied) before serving anyway; until then logins are
+// answered "unavailable".
+const startupWait = 15 * time.Second
+
+// setupRouting installs the route source. `portico proxy` (Static) serves
+// the table from its flags, replaced as a whole on reload. Everything else
+// runs the replicated table: raft + memberlist (cluster package), the
+// file's backends, pools and routes written into it at start and reload.
 func (d *Daemon) setupRouting(cfg *config.Config) error {
-	table, err := routing.NewTable(cfg.RoutingSpec())
+	if cfg.Static {
+		table, err := routing.NewTable(cfg.RoutingSpec())
+		if err != nil {
+			return err
+		}
+		d.static = routing.NewStatic(table)
+		d.router = d.static
+		d.onReload(func(next *config.Config) (func(), error) {
+			t, err := routing.NewTable(next.RoutingSpec())
+			if err != nil {
+				return nil, err
+			}
+			return func() { d.static.Swap(t) }, nil
+		})
+		return nil
+	}
+	// The file's routing section must make sense on its own (all of its
+	// references resolve), even though it is applied to a shared table.
+	if _, err := routing.NewTable(cfg.RoutingSpec()); err != nil {
+		return err
+	}
+	d.fsm = routing.NewFSM()
+	d.router = d.fsm
+	apiAddr := ""
+	if d.admin != nil {
+		if err := d.admin.Listen(); err != nil {
+			return err
+		}
+		apiAddr = advertised(d.admin.Addr().String(), cfg.Cluster.Advertise)
+	}
+	cl := cfg.Cluster
+	raftAdv, gossipAdv := "", ""
+	if cl.Advertise != "" {
+		raftAdv = withHost(cl.RaftAddress, cl.Advertise)
+		gossipAdv = withHost(cl.GossipAddress, cl.Advertise)
+	}
+	node, err := cluster.New(cluster.Config{
+		NodeName: cfg.NodeName, DataDir: cfg.DataDir, Version: Version,
+		RaftBind: cl.RaftAddress, RaftAdvertise: raftAdv,
+		GossipBind: cl.GossipAddress, GossipAdvert: gossipAdv,
+		APIAddr: apiAddr, APIToken: cfg.Admin.Token,
+		Join: cl.Join, BootstrapExpect: cl.BootstrapExpect, MaxVoters: cl.MaxVoters,
+		DeadNodeReap: cl.DeadNodeReap.D(), EncryptKey: cl.Key,
+		Timing: cluster.Timing{
+			HeartbeatTimeout: cl.Timing.HeartbeatTimeout.D(), ElectionTimeout: cl.Timing.ElectionTimeout.D(),
+			LeaderLeaseTimeout: cl.Timing.LeaderLeaseTimeout.D(), ProbeInterval: cl.Timing.ProbeInterval.D(),
+			ProbeTimeout: cl.Timing.ProbeTimeout.D(), SuspicionMult: cl.Timing.SuspicionMult,
+			GossipInterval: cl.Timing.GossipInterval.D(),
+		},
+		Log: d.Log,
+	}, d.fsm)
 	if err != nil {
 		return err
 	}
-	d.static = routing.NewStatic(table)
-	d.router = d.static
+	d.cluster = node
+	d.registerRoutingAPI()
+	d.onStart(func() error {
+		if err := node.Start(); err != nil {
+			return err
+		}
+		d.health = node.StartHealth(d.fsm, cluster.HealthConfig{
+			Interval: cl.Health.Interval.D(), Timeout: cl.Health.Timeout.D(), Fall: cl.Health.Fall, Rise: cl.Health.Rise,
+		})
+		seedCtx, cancel := context.WithTimeout(context.Background(), startupWait)
+		defer cancel()
+		if err := d.seed(seedCtx, cfg); err != nil {
+			d.Log.Warn("routes from the configuration file not yet written to the replicated table; retrying in the background", "error", err)
+			go d.seedRetry(cfg)
+		}
+		if err := node.WaitApplied(seedCtx); err != nil {
+			d.Log.Warn("routing table not caught up with the cluster yet; serving anyway (logins get 'unavailable' until it is)", "error", err)
+		}
+		return nil
+	})
+	d.onShutdown(func(context.Context) {
+		if d.health != nil {
+			d.health.Stop()
+		}
+		if err := node.Shutdown(); err != nil {
+			d.Log.Warn("cluster shutdown", "error", err)
+		}
+	})
 	d.onReload(func(next *config.Config) (func(), error) {
-		t, err := routing.NewTable(next.RoutingSpec())
-		if err != nil {
+		if _, err := routing.NewTable(next.RoutingSpec()); err != nil {
 			return nil, err
 		}
-		return func() { d.static.Swap(t) }, nil
+		return func() {
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				if err := d.seed(ctx, next); err != nil {
+					d.Log.Error("writing the reloaded routes to the replicated table failed", "error", err)
+				}
+			}()
+		}, nil
 	})
 	return nil
+}
+
+// seed writes the file's backends, pools and routes into the replicated
+// table. Every write is an idempotent put, so this is safe on every start,
+// on every node, and on reload; the API manages everything else.
+func (d *Daemon) seed(ctx context.Context, cfg *config.Config) error {
+	spec := cfg.RoutingSpec()
+	var cmds []routing.Command
+	for i := range spec.Backends {
+		b := spec.Backends[i]
+		cmds = append(cmds, routing.Command{Type: routing.CmdPutBackend, Backend: &b})
+	}
+	for i := range spec.Pools {
+		p := spec.Pools[i]
+		cmds = append(cmds, routing.Command{Type: routing.CmdPutPool, Pool: &p})
+	}
+	if len(spec.Users) > 0 {
+		var us []routing.UserRoute
+		for u, t := range spec.Users {
+			us = append(us, routing.UserRoute{User: u, Target: t})
+		}
+		cmds = append(cmds, routing.Command{Type: routing.CmdPutUsers, Users: us})
+	}
+	for dom, pool := range spec.Domains {
+		cmds = append(cmds, routing.Command{Type: routing.CmdPutDomain, Domain: dom, Target: pool})
+	}
+	if spec.DefaultPool != "" {
+		cmds = append(cmds, routing.Command{Type: routing.CmdSetDefaultPool, Target: spec.DefaultPool})
+	}
+	for _, c := range cmds {
+		if err := d.cluster.Apply(ctx, c); err != nil {
+			return fmt.Errorf("%s: %w", c.Type, err)
+		}
+	}
+	if len(cmds) > 0 {
+		d.Log.Info("routes from the configuration file written to the replicated table", "changes", len(cmds))
+	}
+	return nil
+}
+
+func (d *Daemon) seedRetry(cfg *config.Config) {
+	for i := 0; i < 120; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := d.seed(ctx, cfg)
+		cancel()
+		if err == nil {
+			return
+		}
+		select {
+		case <-d.done:
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+// advertised returns addr with an unspecified host replaced by adv (or
+// left as is).
+func advertised(addr, adv string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() || host == "" {
+		if adv == "" {
+			return addr
+		}
+		return net.JoinHostPort(adv, port)
+	}
+	if adv != "" {
+		return net.JoinHostPort(adv, port)
+	}
+	return addr
+}
+
+func withHost(addr, host string) string {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return net.JoinHostPort(host, port)
 }

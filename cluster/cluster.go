@@ -1,0 +1,555 @@
+// Package cluster wires a Portico node into its cluster: hashicorp/memberlist
+// for discovery, failure detection, node metadata and gossip (backend
+// health, shared counters), and hashicorp/raft for the replicated routing
+// table (routing.FSM).
+//
+// A node with no peers configured is a single-node cluster that bootstraps
+// itself in its data directory. Join lists a few existing members;
+// BootstrapExpect forms a new cluster once that many nodes have met. The
+// leader reconciles raft's voters from memberlist (up to MaxVoters, the rest
+// non-voters) and removes nodes dead for longer than DeadNodeReap. Any node
+// accepts writes and forwards them to the leader. See cluster/DESIGN.md.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+	wal "github.com/hashicorp/raft-wal"
+
+	"github.com/portico-mail/portico/routing"
+)
+
+// Timing holds detection timings. The defaults are tuned for a LAN and
+// fast failover (see the README: about 1 s to a new leader after a crash).
+type Timing struct {
+	HeartbeatTimeout   time.Duration // raft; default 500ms
+	ElectionTimeout    time.Duration // raft; default 500ms
+	LeaderLeaseTimeout time.Duration // raft; default 250ms
+	CommitTimeout      time.Duration // raft; default 20ms
+	ProbeInterval      time.Duration // memberlist; default 500ms
+	ProbeTimeout       time.Duration // memberlist; default 250ms
+	SuspicionMult      int           // memberlist; default 3
+	GossipInterval     time.Duration // memberlist; default 100ms
+}
+
+func (t *Timing) defaults() {
+	set := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	set(&t.HeartbeatTimeout, 500*time.Millisecond)
+	set(&t.ElectionTimeout, 500*time.Millisecond)
+	set(&t.LeaderLeaseTimeout, 250*time.Millisecond)
+	set(&t.CommitTimeout, 20*time.Millisecond)
+	set(&t.ProbeInterval, 500*time.Millisecond)
+	set(&t.ProbeTimeout, 250*time.Millisecond)
+	set(&t.GossipInterval, 100*time.Millisecond)
+	if t.SuspicionMult <= 0 {
+		t.SuspicionMult = 3
+	}
+}
+
+// Config configures a cluster node.
+type Config struct {
+	NodeName string
+	DataDir  string
+	Version  string
+
+	RaftBind      string // host:port raft listens on
+	RaftAdvertise string // host:port peers reach raft at; default RaftBind
+	GossipBind    string // host:port memberlist listens on (TCP+UDP)
+	GossipAdvert  string // host:port peers reach memberlist at; default GossipBind
+	APIAddr       string // this node's admin API (host:port), for forwarding
+	APIToken      string // bearer token of the admin API (same on every node)
+
+	Join            []string
+	BootstrapExpect int
+	MaxVoters       int           // default 5 (odd)
+	DeadNodeReap    time.Duration // default 72h
+	EncryptKey      []byte        // 16, 24 or 32 bytes; nil: gossip unencrypted
+	RejoinInterval  time.Duration // default 30s
+	Timing          Timing
+
+	Log *slog.Logger
+}
+
+// Node is this process's membership of the cluster.
+type Node struct {
+	cfg  Config
+	log  *slog.Logger
+	fsm  *routing.FSM
+	lock *os.File
+
+	raft      *raft.Raft
+	transport *raft.NetworkTransport
+	wal       *wal.WAL
+	snaps     raft.SnapshotStore
+	ml        *memberlist.Memberlist
+	del       *delegate
+
+	leaderCh  chan bool
+	pokeCh    chan struct{}
+	hooksMu   sync.Mutex
+	onLeader  []func(leader bool)
+	meta      atomic.Pointer[Meta]
+	client    *forwarder
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+
+	mu        sync.Mutex
+	deadSince map[string]time.Time // member name -> when memberlist declared it dead
+	leftNodes map[string]bool      // members that left gracefully
+}
+
+// ErrNoLeader: no leader is known (no quorum, or an election is running).
+var ErrNoLeader = errors.New("no raft leader: the cluster has no quorum or is electing one; retry")
+
+// New opens the data directory (exclusively), raft's log and snapshot
+// stores, and creates the raft and memberlist instances. Start joins or
+// bootstraps.
+func New(cfg Config, fsm *routing.FSM) (*Node, error) {
+	if cfg.NodeName == "" {
+		return nil, errors.New("cluster: node name required")
+	}
+	if cfg.MaxVoters <= 0 {
+		cfg.MaxVoters = 5
+	}
+	if cfg.MaxVoters%2 == 0 {
+		return nil, fmt.Errorf("cluster: max_voters %d must be odd", cfg.MaxVoters)
+	}
+	if cfg.DeadNodeReap <= 0 {
+		cfg.DeadNodeReap = 72 * time.Hour
+	}
+	if cfg.RejoinInterval <= 0 {
+		cfg.RejoinInterval = 30 * time.Second
+	}
+	cfg.Timing.defaults()
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	n := &Node{cfg: cfg, log: cfg.Log.With("component", "cluster"), fsm: fsm, stop: make(chan struct{}), pokeCh: make(chan struct{}, 1),
+		deadSince: map[string]time.Time{}, leftNodes: map[string]bool{}}
+	var err error
+	if n.lock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			n.closeStores()
+		}
+	}()
+	if err := n.openRaft(); err != nil {
+		return nil, err
+	}
+	if err := n.openMemberlist(); err != nil {
+		return nil, err
+	}
+	n.client = newForwarder(cfg.APIToken)
+	ok = true
+	return n, nil
+}
+
+func (n *Node) openRaft() error {
+	dir := filepath.Join(n.cfg.DataDir, "raft")
+	walDir := filepath.Join(dir, "wal")
+	if err := os.MkdirAll(walDir, 0o700); err != nil {
+		return fmt.Errorf("cluster: data dir: %w", err)
+	}
+	hlog := newHCLog(n.log, "raft")
+	w, err := wal.Open(walDir, wal.WithLogger(newHCLog(n.log, "raft-wal")))
+	if err != nil {
+		return fmt.Errorf("cluster: opening raft log in %s: %w", walDir, err)
+	}
+	n.wal = w
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 3, hlog)
+	if err != nil {
+		return fmt.Errorf("cluster: snapshot store: %w", err)
+	}
+	n.snaps = snaps
+	adv := n.cfg.RaftAdvertise
+	if adv == "" {
+		adv = n.cfg.RaftBind
+	}
+	var advAddr net.Addr
+	if adv != n.cfg.RaftBind {
+		if advAddr, err = net.ResolveTCPAddr("tcp", adv); err != nil {
+			return fmt.Errorf("cluster: raft advertise address %q: %w", adv, err)
+		}
+	}
+	tr, err := raft.NewTCPTransportWithLogger(n.cfg.RaftBind, advAddr, 3, 10*time.Second, hlog)
+	if err != nil {
+		return fmt.Errorf("cluster: raft transport on %s: %w", n.cfg.RaftBind, err)
+	}
+	n.transport = tr
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(n.cfg.NodeName)
+	rc.Logger = hlog
+	rc.HeartbeatTimeout = n.cfg.Timing.HeartbeatTimeout
+	rc.ElectionTimeout = n.cfg.Timing.ElectionTimeout
+	rc.LeaderLeaseTimeout = n.cfg.Timing.LeaderLeaseTimeout
+	rc.CommitTimeout = n.cfg.Timing.CommitTimeout
+	rc.SnapshotThreshold = 16384
+	rc.SnapshotInterval = 2 * time.Minute
+	rc.TrailingLogs = 10240
+	// The reliable notification channel: leadership changes are never
+	// dropped (LeaderCh is best-effort).
+	n.leaderCh = make(chan bool, 16)
+	rc.NotifyCh = n.leaderCh
+
+	r, err := raft.NewRaft(rc, n.fsm, w, w, snaps, tr)
+	if err != nil {
+		return fmt.Errorf("cluster: raft: %w", err)
+	}
+	n.raft = r
+	return nil
+}
+
+func (n *Node) openMemberlist() error {
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = n.cfg.NodeName
+	host, port, err := splitHostPort(n.cfg.GossipBind)
+	if err != nil {
+		return fmt.Errorf("cluster: gossip address: %w", err)
+	}
+	mc.BindAddr, mc.BindPort = host, port
+	if n.cfg.GossipAdvert != "" {
+		if mc.AdvertiseAddr, mc.AdvertisePort, err = splitHostPort(n.cfg.GossipAdvert); err != nil {
+			return fmt.Errorf("cluster: gossip advertise address: %w", err)
+		}
+	}
+	mc.ProbeInterval = n.cfg.Timing.ProbeInterval
+	mc.ProbeTimeout = n.cfg.Timing.ProbeTimeout
+	mc.SuspicionMult = n.cfg.Timing.SuspicionMult
+	mc.GossipInterval = n.cfg.Timing.GossipInterval
+	mc.PushPullInterval = 15 * time.Second
+	mc.LogOutput = newLineLogger(n.log, "memberlist")
+	if len(n.cfg.EncryptKey) > 0 {
+		mc.SecretKey = n.cfg.EncryptKey
+	} else {
+		n.log.Warn("gossip encryption is OFF: anyone who can reach the gossip port can join this cluster and read its gossip; set cluster.encrypt_key (portico keygen)")
+	}
+	n.del = newDelegate(n)
+	mc.Delegate = n.del
+	mc.Events = n.del
+	hasState, _ := raft.HasExistingState(n.wal, n.wal, n.snaps)
+	n.meta.Store(&Meta{Version: n.cfg.Version, API: n.cfg.APIAddr, Raft: string(n.transport.LocalAddr()), Bootstrapped: hasState})
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return fmt.Errorf("cluster: memberlist on %s: %w", n.cfg.GossipBind, err)
+	}
+	n.ml = ml
+	return nil
+}
+
+func splitHostPort(s string) (string, int, error) {
+	h, p, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port in %q", s)
+	}
+	return h, port, nil
+}
+
+// Start joins the configured peers and bootstraps a new cluster when this
+// node should, then runs the background loops.
+func (n *Node) Start() error {
+	hasState, err := raft.HasExistingState(n.wal, n.wal, n.snaps)
+	if err != nil {
+		return err
+	}
+	if len(n.cfg.Join) > 0 {
+		if _, err := n.ml.Join(n.cfg.Join); err != nil {
+			// Not fatal: peers may come up later; the rejoin loop retries.
+			n.log.Warn("could not join any configured peer yet; will retry", "join", n.cfg.Join, "error", err)
+		}
+	}
+	switch {
+	case hasState:
+		n.log.Info("raft state found in data dir; resuming", "data_dir", n.cfg.DataDir)
+	case n.cfg.BootstrapExpect > 1:
+		n.wg.Add(1)
+		go n.bootstrapWhenExpected()
+	case len(n.cfg.Join) == 0:
+		n.log.Info("bootstrapping a new single-node cluster", "data_dir", n.cfg.DataDir)
+		if err := n.bootstrap([]raft.Server{n.self()}); err != nil {
+			return err
+		}
+	default:
+		n.log.Info("no raft state: waiting to be added by the leader", "join", n.cfg.Join)
+	}
+	n.wg.Add(3)
+	go n.leaderLoop()
+	go n.rejoinLoop()
+	go n.metaLoop()
+	return nil
+}
+
+func (n *Node) self() raft.Server {
+	return raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(n.cfg.NodeName), Address: n.transport.LocalAddr()}
+}
+
+func (n *Node) bootstrap(servers []raft.Server) error {
+	f := n.raft.BootstrapCluster(raft.Configuration{Servers: servers})
+	if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+		return fmt.Errorf("cluster: bootstrap: %w", err)
+	}
+	return nil
+}
+
+// bootstrapWhenExpected waits until BootstrapExpect members (none of which
+// has raft state already) have met, then bootstraps with all of them; every
+// node computes the same configuration, which raft allows.
+func (n *Node) bootstrapWhenExpected() {
+	defer n.wg.Done()
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		if n.raft.Leader() != "" {
+			return // someone else formed the cluster; the leader adds us
+		}
+		var servers []raft.Server
+		for _, m := range n.ml.Members() {
+			meta := decodeMeta(m.Meta)
+			if meta == nil || meta.Raft == "" || meta.Bootstrapped {
+				if meta != nil && meta.Bootstrapped {
+					return // an existing cluster: wait to be added
+				}
+				continue
+			}
+			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.Name), Address: raft.ServerAddress(meta.Raft)})
+		}
+		if len(servers) < n.cfg.BootstrapExpect {
+			continue
+		}
+		sort.Slice(servers, func(i, j int) bool { return servers[i].ID < servers[j].ID })
+		if len(servers) > n.cfg.MaxVoters {
+			servers = servers[:n.cfg.MaxVoters]
+		}
+		n.log.Info("bootstrap_expect reached; forming the cluster", "servers", len(servers))
+		if err := n.bootstrap(servers); err != nil {
+			n.log.Error("bootstrap failed", "error", err)
+		}
+		return
+	}
+}
+
+// rejoinLoop re-joins the configured peers periodically: memberlist does
+// not rejoin by itself after a long partition.
+func (n *Node) rejoinLoop() {
+	defer n.wg.Done()
+	if len(n.cfg.Join) == 0 {
+		return
+	}
+	t := time.NewTicker(n.cfg.RejoinInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		known := map[string]bool{}
+		for _, m := range n.ml.Members() {
+			known[m.Address()] = true
+		}
+		var missing []string
+		for _, j := range n.cfg.Join {
+			if !known[j] {
+				missing = append(missing, j)
+			}
+		}
+		if len(missing) > 0 {
+			if _, err := n.ml.Join(missing); err == nil {
+				n.log.Info("rejoined peers", "peers", missing)
+			}
+		}
+	}
+}
+
+// Raft returns the raft instance (for status and tests).
+func (n *Node) Raft() *raft.Raft { return n.raft }
+
+// Name returns this node's name.
+func (n *Node) Name() string { return n.cfg.NodeName }
+
+// IsLeader reports whether this node is the raft leader.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// Leader returns the leader's name and API address ("" if unknown).
+func (n *Node) Leader() (name, api string) {
+	addr, id := n.raft.LeaderWithID()
+	if addr == "" {
+		return "", ""
+	}
+	name = string(id)
+	for _, m := range n.ml.Members() {
+		if m.Name == name {
+			if meta := decodeMeta(m.Meta); meta != nil {
+				api = meta.API
+			}
+		}
+	}
+	return name, api
+}
+
+// Apply replicates c: directly on the leader, else forwarded to the
+// leader's API. It returns the table's refusal (routing.ErrInvalid,
+// routing.ErrConflict) or ErrNoLeader.
+func (n *Node) Apply(ctx context.Context, c routing.Command) error {
+	b, err := c.Encode()
+	if err != nil {
+		return err
+	}
+	return n.ApplyRaw(ctx, b)
+}
+
+// ApplyRaw replicates an encoded command (see Apply).
+func (n *Node) ApplyRaw(ctx context.Context, b []byte) error {
+	for attempt := 0; ; attempt++ {
+		err := n.applyOnce(ctx, b)
+		if !errors.Is(err, ErrNoLeader) && !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
+			return err
+		}
+		// Leadership is moving: wait a little and retry (commands are
+		// idempotent, so a retry after an unknown outcome is safe).
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (%v)", ErrNoLeader, ctx.Err())
+		case <-time.After(time.Duration(50*(attempt+1)) * time.Millisecond):
+		}
+	}
+}
+
+func (n *Node) applyOnce(ctx context.Context, b []byte) error {
+	if n.IsLeader() {
+		timeout := 10 * time.Second
+		if dl, ok := ctx.Deadline(); ok {
+			timeout = time.Until(dl)
+		}
+		f := n.raft.Apply(b, timeout)
+		if err := f.Error(); err != nil {
+			if errors.Is(err, raft.ErrEnqueueTimeout) {
+				return fmt.Errorf("%w: %v", ErrNoLeader, err)
+			}
+			return err
+		}
+		if resp, ok := f.Response().(error); ok {
+			return resp
+		}
+		return nil
+	}
+	name, api := n.Leader()
+	if name == "" || api == "" {
+		return ErrNoLeader
+	}
+	return n.client.apply(ctx, api, b)
+}
+
+// VerifyLeader confirms that this node is still the leader (for consistent
+// reads); it fails on followers.
+func (n *Node) VerifyLeader() error {
+	if err := n.raft.VerifyLeader().Error(); err != nil {
+		return fmt.Errorf("%w: %v", ErrNoLeader, err)
+	}
+	return nil
+}
+
+// Barrier waits until every committed entry is applied locally (leader only).
+func (n *Node) Barrier(timeout time.Duration) error {
+	return n.raft.Barrier(timeout).Error()
+}
+
+// WaitApplied waits until this node has applied every entry the leader had
+// committed when it was asked (a follower's way to catch up), or ctx ends.
+func (n *Node) WaitApplied(ctx context.Context) error {
+	for {
+		last := n.raft.LastIndex()
+		commit, _ := strconv.ParseUint(n.raft.Stats()["commit_index"], 10, 64)
+		if n.raft.Leader() != "" && commit > 0 && n.fsm.AppliedIndex() >= commit && n.raft.AppliedIndex() >= commit {
+			_ = last
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// LeadershipTransfer hands leadership to another voter (planned moves:
+// drain, upgrade). A follower does nothing.
+func (n *Node) LeadershipTransfer() error {
+	if !n.IsLeader() {
+		return nil
+	}
+	return n.raft.LeadershipTransfer().Error()
+}
+
+// Shutdown leaves the cluster: transfers leadership if this node leads,
+// leaves memberlist gracefully (peers learn within milliseconds), and
+// closes raft and the stores.
+func (n *Node) Shutdown() error {
+	var err error
+	n.closeOnce.Do(func() {
+		close(n.stop)
+		if n.IsLeader() {
+			if e := n.raft.LeadershipTransfer().Error(); e != nil {
+				n.log.Warn("leadership transfer at shutdown failed", "error", e)
+			}
+		}
+		if n.ml != nil {
+			_ = n.ml.Leave(2 * time.Second)
+		}
+		n.wg.Wait()
+		err = n.closeStores()
+	})
+	return err
+}
+
+// Kill stops without leaving (tests simulate crashes with it).
+func (n *Node) closeStores() error {
+	var err error
+	if n.ml != nil {
+		_ = n.ml.Shutdown()
+	}
+	if n.raft != nil {
+		err = n.raft.Shutdown().Error()
+	}
+	if n.transport != nil {
+		_ = n.transport.Close()
+	}
+	if n.wal != nil {
+		_ = n.wal.Close()
+	}
+	if n.lock != nil {
+		unlockDataDir(n.lock)
+		n.lock = nil
+	}
+	return err
+}

@@ -1,0 +1,185 @@
+package cluster
+
+import (
+	"encoding/json"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// delegate implements memberlist's Delegate and EventDelegate. It never
+// blocks and never calls back into memberlist: metadata is read from an
+// atomic pointer, events are recorded under a short lock, gossip channels
+// (health views, shared counters) handle their own messages without I/O.
+type delegate struct {
+	n     *Node
+	queue *memberlist.TransmitLimitedQueue
+
+	mu       sync.Mutex
+	channels map[byte]Channel
+}
+
+// Channel is a gossip payload multiplexed on the delegate by a one-byte id:
+// backend health views and shared throttle counters use it.
+type Channel interface {
+	// LocalState returns this node's full state for push/pull sync.
+	LocalState() []byte
+	// MergeRemote merges a peer's state or broadcast. It must validate the
+	// input (it comes from the network) and must not block.
+	MergeRemote(b []byte)
+}
+
+func newDelegate(n *Node) *delegate {
+	d := &delegate{n: n, channels: map[byte]Channel{}}
+	d.queue = &memberlist.TransmitLimitedQueue{
+		NumNodes:       func() int { return n.numMembers() },
+		RetransmitMult: 3,
+	}
+	return d
+}
+
+func (n *Node) numMembers() int {
+	if n.ml == nil {
+		return 1
+	}
+	return n.ml.NumMembers()
+}
+
+// Register adds a gossip channel with id (1-255; unique).
+func (n *Node) Register(id byte, c Channel) {
+	n.del.mu.Lock()
+	n.del.channels[id] = c
+	n.del.mu.Unlock()
+}
+
+// Broadcast queues b on channel id for gossip to every member.
+func (n *Node) Broadcast(id byte, b []byte) {
+	n.del.queue.QueueBroadcast(simpleBroadcast(append([]byte{id}, b...)))
+}
+
+type simpleBroadcast []byte
+
+func (b simpleBroadcast) Invalidates(memberlist.Broadcast) bool { return false }
+func (b simpleBroadcast) Message() []byte                       { return b }
+func (b simpleBroadcast) Finished()                             {}
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	b, _ := json.Marshal(d.n.meta.Load())
+	if len(b) > limit {
+		return nil
+	}
+	return b
+}
+
+func (d *delegate) NotifyMsg(b []byte) {
+	if len(b) < 1 {
+		return
+	}
+	d.mu.Lock()
+	c := d.channels[b[0]]
+	d.mu.Unlock()
+	if c != nil {
+		c.MergeRemote(b[1:])
+	}
+}
+
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
+	return d.queue.GetBroadcasts(overhead, limit)
+}
+
+// push/pull state: a sequence of [id][uvarint len][payload].
+func (d *delegate) LocalState(join bool) []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []byte
+	ids := make([]int, 0, len(d.channels))
+	for id := range d.channels {
+		ids = append(ids, int(id))
+	}
+	sort.Ints(ids)
+	for _, id := range ids {
+		st := d.channels[byte(id)].LocalState()
+		out = append(out, byte(id))
+		out = appendUvarint(out, uint64(len(st)))
+		out = append(out, st...)
+	}
+	return out
+}
+
+func (d *delegate) MergeRemoteState(b []byte, join bool) {
+	for len(b) > 0 {
+		id := b[0]
+		l, n := uvarint(b[1:])
+		if n <= 0 || uint64(len(b)-1-n) < l {
+			return // malformed: ignore the rest
+		}
+		payload := b[1+n : 1+n+int(l)]
+		b = b[1+n+int(l):]
+		d.mu.Lock()
+		c := d.channels[id]
+		d.mu.Unlock()
+		if c != nil {
+			c.MergeRemote(payload)
+		}
+	}
+}
+
+func (d *delegate) NotifyJoin(m *memberlist.Node) {
+	d.n.mu.Lock()
+	delete(d.n.deadSince, m.Name)
+	delete(d.n.leftNodes, m.Name)
+	d.n.mu.Unlock()
+	d.n.log.Info("member joined", "member", m.Name, "address", m.Address())
+	d.n.poke()
+}
+
+func (d *delegate) NotifyLeave(m *memberlist.Node) {
+	d.n.mu.Lock()
+	if m.State == memberlist.StateLeft {
+		d.n.leftNodes[m.Name] = true
+	} else if _, ok := d.n.deadSince[m.Name]; !ok {
+		d.n.deadSince[m.Name] = time.Now()
+	}
+	d.n.mu.Unlock()
+	d.n.log.Warn("member gone", "member", m.Name, "state", memberState(int(m.State)))
+	d.n.poke()
+}
+
+func (d *delegate) NotifyUpdate(m *memberlist.Node) {}
+
+func memberState(s int) string {
+	switch memberlist.NodeStateType(s) {
+	case memberlist.StateAlive:
+		return "alive"
+	case memberlist.StateSuspect:
+		return "suspect"
+	case memberlist.StateDead:
+		return "dead"
+	case memberlist.StateLeft:
+		return "left"
+	}
+	return "unknown"
+}
+
+func sortMembers(m []Member) { sort.Slice(m, func(i, j int) bool { return m[i].Name < m[j].Name }) }
+
+func appendUvarint(b []byte, v uint64) []byte {
+	for v >= 0x80 {
+		b = append(b, byte(v)|0x80)
+		v >>= 7
+	}
+	return append(b, byte(v))
+}
+
+func uvarint(b []byte) (uint64, int) {
+	var v uint64
+	for i := 0; i < len(b) && i < 10; i++ {
+		v |= uint64(b[i]&0x7f) << (7 * i)
+		if b[i] < 0x80 {
+			return v, i + 1
+		}
+	}
+	return 0, -1
+}

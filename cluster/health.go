@@ -1,0 +1,353 @@
+package cluster
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+
+	"github.com/portico-mail/portico/routing"
+)
+
+// HealthConfig configures backend probes.
+type HealthConfig struct {
+	Interval time.Duration // between probes of one backend; default 2s
+	Timeout  time.Duration // connect + greeting; default 2s
+	Fall     int           // consecutive failures before a backend is down for this node; default 2
+	Rise     int           // consecutive successes before it is up again; default 2
+}
+
+func (h *HealthConfig) defaults() {
+	if h.Interval <= 0 {
+		h.Interval = 2 * time.Second
+	}
+	if h.Timeout <= 0 {
+		h.Timeout = 2 * time.Second
+	}
+	if h.Fall <= 0 {
+		h.Fall = 2
+	}
+	if h.Rise <= 0 {
+		h.Rise = 2
+	}
+}
+
+// channelHealth is the gossip channel id of backend health views.
+const channelHealth = 1
+
+// maxHealthMsg bounds a health message from the network.
+const maxHealthMsg = 256 << 10
+
+// healthView is one node's opinion of the backends.
+type healthView struct {
+	Node string   `json:"n"`
+	Inc  int64    `json:"i"` // incarnation: the node's start time
+	Seq  uint64   `json:"s"`
+	Down []string `json:"d,omitempty"`
+}
+
+func (v *healthView) newer(o *healthView) bool {
+	return v.Inc > o.Inc || v.Inc == o.Inc && v.Seq > o.Seq
+}
+
+// Health probes backends from this node, gossips its view, and decides
+// from all views which backends are down: a backend is down when a majority
+// of the live members say so (one node's bad link cannot take a backend out
+// of service for everyone).
+type Health struct {
+	n    *Node
+	fsm  *routing.FSM
+	cfg  HealthConfig
+	log  interface{ Warn(string, ...any) }
+	inc  int64
+	seq  atomic.Uint64
+	down atomic.Pointer[map[string]bool] // cluster decision
+
+	mu      sync.Mutex
+	views   map[string]*healthView // by node name, including ours
+	streak  map[string]int         // >0: consecutive successes, <0: failures
+	localDn map[string]bool
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+// StartHealth starts probing; the FSM's lookups then skip down backends.
+func (n *Node) StartHealth(fsm *routing.FSM, cfg HealthConfig) *Health {
+	cfg.defaults()
+	h := &Health{n: n, fsm: fsm, cfg: cfg, log: n.log, inc: time.Now().UnixNano(),
+		views: map[string]*healthView{}, streak: map[string]int{}, localDn: map[string]bool{},
+		stop: make(chan struct{}), done: make(chan struct{})}
+	empty := map[string]bool{}
+	h.down.Store(&empty)
+	n.Register(channelHealth, h)
+	fsm.SetHealth(h.IsDown)
+	go h.loop()
+	return h
+}
+
+// IsDown is the routing.HealthFunc (lock-free).
+func (h *Health) IsDown(id string) bool { return (*h.down.Load())[id] }
+
+// Down returns the backends the cluster considers down.
+func (h *Health) Down() map[string]bool {
+	m := *h.down.Load()
+	out := make(map[string]bool, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// LocalDown returns this node's own opinion.
+func (h *Health) LocalDown() map[string]bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[string]bool{}
+	for k, v := range h.localDn {
+		out[k] = v
+	}
+	return out
+}
+
+// Stop ends probing.
+func (h *Health) Stop() {
+	select {
+	case <-h.stop:
+	default:
+		close(h.stop)
+	}
+	<-h.done
+}
+
+func (h *Health) loop() {
+	defer close(h.done)
+	t := time.NewTicker(h.cfg.Interval)
+	defer t.Stop()
+	h.probeAll()
+	for {
+		select {
+		case <-h.stop:
+			return
+		case <-t.C:
+			h.probeAll()
+		}
+	}
+}
+
+func (h *Health) probeAll() {
+	backends := h.fsm.Table().Backends()
+	var wg sync.WaitGroup
+	results := make([]bool, len(backends))
+	for i, b := range backends {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = probe(b, h.cfg.Timeout) == nil
+		}()
+	}
+	wg.Wait()
+	h.mu.Lock()
+	changed := false
+	present := map[string]bool{}
+	for i, b := range backends {
+		present[b.ID] = true
+		s := h.streak[b.ID]
+		if results[i] {
+			if s < 0 {
+				s = 0
+			}
+			s++
+		} else {
+			if s > 0 {
+				s = 0
+			}
+			s--
+		}
+		h.streak[b.ID] = s
+		switch {
+		case !h.localDn[b.ID] && s <= -h.cfg.Fall:
+			h.localDn[b.ID] = true
+			changed = true
+			h.log.Warn("backend failed health checks from this node", "backend", b.ID, "address", probeAddr(b))
+		case h.localDn[b.ID] && s >= h.cfg.Rise:
+			delete(h.localDn, b.ID)
+			changed = true
+			h.log.Warn("backend healthy again from this node", "backend", b.ID)
+		}
+	}
+	for id := range h.localDn {
+		if !present[id] {
+			delete(h.localDn, id)
+			changed = true
+		}
+	}
+	for id := range h.streak {
+		if !present[id] {
+			delete(h.streak, id)
+		}
+	}
+	var view *healthView
+	if changed || h.views[h.n.cfg.NodeName] == nil || h.seq.Load()%15 == 0 {
+		view = &healthView{Node: h.n.cfg.NodeName, Inc: h.inc, Seq: h.seq.Add(1)}
+		for id := range h.localDn {
+			view.Down = append(view.Down, id)
+		}
+		sort.Strings(view.Down)
+		h.views[view.Node] = view
+	} else {
+		h.seq.Add(1)
+	}
+	h.mu.Unlock()
+	if view != nil {
+		if b, err := json.Marshal(view); err == nil {
+			h.n.Broadcast(channelHealth, b)
+		}
+	}
+	h.decide()
+}
+
+// decide recomputes the cluster's decision from the views of live members.
+func (h *Health) decide() {
+	alive := map[string]bool{}
+	for _, m := range h.n.ml.Members() {
+		if m.State == memberlist.StateAlive {
+			alive[m.Name] = true
+		}
+	}
+	h.mu.Lock()
+	votes := map[string]int{}
+	for node, v := range h.views {
+		if !alive[node] {
+			continue
+		}
+		for _, id := range v.Down {
+			votes[id]++
+		}
+	}
+	h.mu.Unlock()
+	down := map[string]bool{}
+	for id, n := range votes {
+		if n*2 > len(alive) {
+			down[id] = true
+		}
+	}
+	old := *h.down.Load()
+	if !sameSet(old, down) {
+		h.log.Warn("backend health changed (cluster decision)", "down", keys(down), "live_members", len(alive))
+	}
+	h.down.Store(&down)
+}
+
+func sameSet(a, b map[string]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
+}
+
+func keys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// LocalState implements Channel: all views this node knows.
+func (h *Health) LocalState() []byte {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	vs := make([]*healthView, 0, len(h.views))
+	for _, v := range h.views {
+		vs = append(vs, v)
+	}
+	b, _ := json.Marshal(vs)
+	return b
+}
+
+// MergeRemote implements Channel: a single view (broadcast) or a list
+// (push/pull). Input from the network is bounded and validated.
+func (h *Health) MergeRemote(b []byte) {
+	if len(b) == 0 || len(b) > maxHealthMsg {
+		return
+	}
+	var vs []*healthView
+	if b[0] == '[' {
+		if json.Unmarshal(b, &vs) != nil {
+			return
+		}
+	} else {
+		var v healthView
+		if json.Unmarshal(b, &v) != nil {
+			return
+		}
+		vs = []*healthView{&v}
+	}
+	h.mu.Lock()
+	for _, v := range vs {
+		if v == nil || v.Node == "" || v.Node == h.n.cfg.NodeName || len(v.Down) > 10000 {
+			continue
+		}
+		if old := h.views[v.Node]; old == nil || v.newer(old) {
+			h.views[v.Node] = v
+		}
+	}
+	h.mu.Unlock()
+	go h.decide() // never block a memberlist callback
+}
+
+func probeAddr(b *routing.Backend) string {
+	if a := b.Addr(routing.IMAP); a != "" {
+		return a
+	}
+	return b.Addr(routing.POP3)
+}
+
+// probe connects to the backend and reads its greeting.
+func probe(b *routing.Backend, timeout time.Duration) error {
+	addr := probeAddr(b)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	conn := c
+	if b.TLS == routing.TLSImplicit {
+		name := b.TLSServerName
+		if name == "" {
+			name = b.Host
+		}
+		// A health probe checks liveness, not identity (logins verify).
+		tc := tls.Client(c, &tls.Config{ServerName: name, InsecureSkipVerify: true, MinVersion: tls.VersionTLS12})
+		if err := tc.Handshake(); err != nil {
+			return err
+		}
+		conn = tc
+	}
+	line, err := bufio.NewReaderSize(conn, 512).ReadString('\n')
+	if err != nil && line == "" {
+		return err
+	}
+	if strings.HasPrefix(line, "* OK") || strings.HasPrefix(line, "+OK") {
+		return nil
+	}
+	return fmt.Errorf("unexpected greeting %.60q", line)
+}

@@ -1,0 +1,189 @@
+package cluster
+
+import (
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+)
+
+// OnLeadership registers f to be called (from one goroutine, in order)
+// with true after this node became leader and applied everything committed
+// before (a barrier), and with false when it stops being leader. The VIP
+// follows leadership through this hook.
+func (n *Node) OnLeadership(f func(leader bool)) {
+	n.hooksMu.Lock()
+	n.onLeader = append(n.onLeader, f)
+	n.hooksMu.Unlock()
+}
+
+func (n *Node) notifyLeadership(leader bool) {
+	n.hooksMu.Lock()
+	hooks := append([]func(bool){}, n.onLeader...)
+	n.hooksMu.Unlock()
+	for _, f := range hooks {
+		f(leader)
+	}
+}
+
+// poke asks the leader loop to reconcile membership soon (non-blocking).
+func (n *Node) poke() {
+	select {
+	case n.pokeCh <- struct{}{}:
+	default:
+	}
+}
+
+// leaderLoop follows raft's reliable leadership notifications. While this
+// node leads, it reconciles raft's configuration with memberlist.
+func (n *Node) leaderLoop() {
+	defer n.wg.Done()
+	leading := false
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			if leading {
+				n.notifyLeadership(false)
+			}
+			return
+		case isLeader := <-n.leaderCh:
+			switch {
+			case isLeader && !leading:
+				// Apply everything the previous leader committed before
+				// acting as leader.
+				if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
+					n.log.Warn("barrier after election failed; not acting as leader yet", "error", err)
+					continue
+				}
+				leading = true
+				n.log.Info("became raft leader", "term", n.raft.CurrentTerm())
+				n.notifyLeadership(true)
+				n.reconcile()
+			case !isLeader && leading:
+				leading = false
+				n.log.Info("lost raft leadership")
+				n.notifyLeadership(false)
+			}
+		case <-n.pokeCh:
+			if leading {
+				n.reconcile()
+			}
+		case <-t.C:
+			if leading {
+				n.reconcile()
+			}
+		}
+	}
+}
+
+// reconcile makes raft's configuration follow memberlist: alive members
+// join as voters up to MaxVoters (the rest as non-voters), members that
+// left are removed at once, dead ones after DeadNodeReap.
+func (n *Node) reconcile() {
+	cf := n.raft.GetConfiguration()
+	if cf.Error() != nil {
+		return
+	}
+	servers := cf.Configuration().Servers
+	inRaft := map[raft.ServerID]raft.Server{}
+	voters := 0
+	for _, s := range servers {
+		inRaft[s.ID] = s
+		if s.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	self := raft.ServerID(n.cfg.NodeName)
+	alive := map[raft.ServerID]bool{}
+	for _, m := range n.ml.Members() {
+		if m.State != memberlist.StateAlive {
+			continue
+		}
+		id := raft.ServerID(m.Name)
+		alive[id] = true
+		meta := decodeMeta(m.Meta)
+		if meta == nil || meta.Raft == "" {
+			continue
+		}
+		addr := raft.ServerAddress(meta.Raft)
+		s, ok := inRaft[id]
+		switch {
+		case ok && s.Address == addr:
+			// Promote a non-voter when there is room.
+			if s.Suffrage == raft.Nonvoter && voters < n.cfg.MaxVoters {
+				if err := n.raft.AddVoter(id, addr, 0, 5*time.Second).Error(); err == nil {
+					voters++
+					n.log.Info("promoted member to voter", "member", m.Name)
+				}
+			}
+		case voters < n.cfg.MaxVoters:
+			if err := n.raft.AddVoter(id, addr, 0, 5*time.Second).Error(); err != nil {
+				n.log.Warn("adding voter failed", "member", m.Name, "error", err)
+			} else {
+				voters++
+				n.log.Info("added member as voter", "member", m.Name, "raft", addr)
+			}
+		default:
+			if err := n.raft.AddNonvoter(id, addr, 0, 5*time.Second).Error(); err != nil {
+				n.log.Warn("adding non-voter failed", "member", m.Name, "error", err)
+			} else {
+				n.log.Info("added member as non-voter", "member", m.Name)
+			}
+		}
+	}
+	n.mu.Lock()
+	var remove []raft.ServerID
+	for id := range inRaft {
+		if id == self || alive[id] {
+			continue
+		}
+		name := string(id)
+		if n.leftNodes[name] {
+			remove = append(remove, id)
+			continue
+		}
+		if since, ok := n.deadSince[name]; ok && time.Since(since) > n.cfg.DeadNodeReap {
+			remove = append(remove, id)
+		}
+	}
+	n.mu.Unlock()
+	for _, id := range remove {
+		if err := n.raft.RemoveServer(id, 0, 5*time.Second).Error(); err != nil {
+			n.log.Warn("removing server failed", "member", id, "error", err)
+			continue
+		}
+		n.mu.Lock()
+		delete(n.leftNodes, string(id))
+		delete(n.deadSince, string(id))
+		n.mu.Unlock()
+		n.log.Info("removed member from raft", "member", id)
+	}
+}
+
+// Peer is a raft server in the current configuration.
+type Peer struct {
+	ID       string `json:"id"`
+	Address  string `json:"address"`
+	Suffrage string `json:"suffrage"` // voter, nonvoter
+	Leader   bool   `json:"leader"`
+}
+
+// Peers returns raft's configuration.
+func (n *Node) Peers() ([]Peer, error) {
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return nil, err
+	}
+	_, leaderID := n.raft.LeaderWithID()
+	var out []Peer
+	for _, s := range cf.Configuration().Servers {
+		sf := "voter"
+		if s.Suffrage == raft.Nonvoter {
+			sf = "nonvoter"
+		}
+		out = append(out, Peer{ID: string(s.ID), Address: string(s.Address), Suffrage: sf, Leader: s.ID == leaderID})
+	}
+	return out, nil
+}

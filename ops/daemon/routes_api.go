@@ -1,0 +1,409 @@
+package daemon
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/portico-mail/portico/cluster"
+	"github.com/portico-mail/portico/ops/admin"
+	"github.com/portico-mail/portico/routing"
+)
+
+// Bulk imports are split into commands of at most this many users, so that
+// no raft entry is huge.
+const importBatch = 5000
+
+// maxImportBody caps a bulk import request.
+const maxImportBody = 128 << 20
+
+// registerRoutingAPI adds the /v1/ routing and cluster endpoints.
+func (d *Daemon) registerRoutingAPI() {
+	a := d.admin
+	if a == nil {
+		return
+	}
+	a.HandleFunc("GET /v1/backends", d.read(func(w http.ResponseWriter, r *http.Request, t *routing.Table) {
+		admin.JSON(w, 200, t.Backends())
+	}))
+	a.HandleFunc("GET /v1/backends/{id}", d.read(func(w http.ResponseWriter, r *http.Request, t *routing.Table) {
+		if b := t.Backend(r.PathValue("id")); b != nil {
+			admin.JSON(w, 200, b)
+			return
+		}
+		admin.Error(w, 404, "no backend "+strconv.Quote(r.PathValue("id")))
+	}))
+	a.HandleFunc("PUT /v1/backends/{id}", func(w http.ResponseWriter, r *http.Request) {
+		var b routing.Backend
+		if !admin.Decode(w, r, admin.MaxBody, &b) {
+			return
+		}
+		if b.ID == "" {
+			b.ID = r.PathValue("id")
+		}
+		if b.ID != r.PathValue("id") {
+			admin.Error(w, 400, "id in the body differs from the path")
+			return
+		}
+		d.write(w, r, routing.Command{Type: routing.CmdPutBackend, Backend: &b})
+	})
+	a.HandleFunc("DELETE /v1/backends/{id}", func(w http.ResponseWriter, r *http.Request) {
+		d.write(w, r, routing.Command{Type: routing.CmdDeleteBackend, Names: []string{r.PathValue("id")}})
+	})
+	a.HandleFunc("GET /v1/pools", d.read(func(w http.ResponseWriter, r *http.Request, t *routing.Table) {
+		admin.JSON(w, 200, t.Pools())
+	}))
+	a.HandleFunc("GET /v1/pools/{name}", d.read(func(w http.ResponseWriter, r *http.Request, t *routing.Table) {
+		if p := t.Pool(r.PathValue("name")); p != nil {
+			admin.JSON(w, 200, p)
+			return
+		}
+		admin.Error(w, 404, "no pool "+strconv.Quote(r.PathValue("name")))
+	}))
+	a.HandleFunc("PUT /v1/pools/{name}", func(w http.ResponseWriter, r *http.Request) {
+		var p routing.Pool
+		if !admin.Decode(w, r, admin.MaxBody, &p) {
+			return
+		}
+		if p.Name == "" {
+			p.Name = r.PathValue("name")
+		}
+		if p.Name != r.PathValue("name") {
+			admin.Error(w, 400, "name in the body differs from the path")
+			return
+		}
+		d.write(w, r, routing.Command{Type: routing.CmdPutPool, Pool: &p})
+	})
+	a.HandleFunc("DELETE /v1/pools/{name}", func(w http.ResponseWriter, r *http.Request) {
+		d.write(w, r, routing.Command{Type: routing.CmdDeletePool, Names: []string{r.PathValue("name")}})
+	})
+	a.HandleFunc("GET /v1/routes/users", d.read(func(w http.ResponseWriter, r *http.Request, t *routing.Table) {
+		q := r.URL.Query()
+		limit := 1000
+		if s := q.Get("limit"); s != "" {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 || n > 100000 {
+				admin.Error(w, 400, "limit must be 1..100000")
+				return
+			}
+			limit = n
+		}
+		admin.JSON(w, 200, t.UserRoutes(q.Get("prefix"), q.Get("after"), limit))
+	}))
+	a.HandleFunc("GET /v1/routes/users/{user}", d.read(func(w http.ResponseWriter, r *http.Request, t *routing.Table) {
+		if tg, ok := t.UserRoute(r.PathValue("user")); ok {
+			admin.JSON(w, 200, routing.UserRoute{User: routing.NormalizeUser(r.PathValue("user")), Target: tg})
+			return
+		}
+		admin.Error(w, 404, "no route for user "+strconv.Quote(r.PathValue("user")))
+	}))
+	a.HandleFunc("PUT /v1/routes/users/{user}", func(w http.ResponseWriter, r *http.Request) {
+		var tg routing.Target
+		if !admin.Decode(w, r, admin.MaxBody, &tg) {
+			return
+		}
+		d.write(w, r, routing.Command{Type: routing.CmdPutUsers, Users: []routing.UserRoute{{User: r.PathValue("user"), Target: tg}}})
+	})
+	a.HandleFunc("DELETE /v1/routes/users/{user}", func(w http.ResponseWriter, r *http.Request) {
+		d.write(w, r, routing.Command{Type: routing.CmdDeleteUsers, Names: []string{r.PathValue("user")}})
+	})
+	a.HandleFunc("GET /v1/routes/domains", d.read(func(w http.ResponseWriter, r *http.Request, t *routing.Table) {
+		admin.JSON(w, 200, t.Domains())
+	}))
+	a.HandleFunc("PUT /v1/routes/domains/{domain}", func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			Pool string `json:"pool"`
+		}
+		if !admin.Decode(w, r, admin.MaxBody, &body) {
+			return
+		}
+		d.write(w, r, routing.Command{Type: routing.CmdPutDomain, Domain: r.PathValue("domain"), Target: body.Pool})
+	})
+	a.HandleFunc("DELETE /v1/routes/domains/{domain}", func(w http.ResponseWriter, r *http.Request) {
+		d.write(w, r, routing.Command{Type: routing.CmdDeleteDomain, Names: []string{r.PathValue("domain")}})
+	})
+	a.HandleFunc("GET /v1/routes/default", d.read(func(w http.ResponseWriter, r *http.Request, t *routing.Table) {
+		admin.JSON(w, 200, map[string]string{"pool": t.DefaultPool()})
+	}))
+	a.HandleFunc("PUT /v1/routes/default", func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			Pool string `json:"pool"`
+		}
+		if !admin.Decode(w, r, admin.MaxBody, &body) {
+			return
+		}
+		d.write(w, r, routing.Command{Type: routing.CmdSetDefaultPool, Target: body.Pool})
+	})
+	a.HandleFunc("GET /v1/routes/lookup", d.read(func(w http.ResponseWriter, r *http.Request, t *routing.Table) {
+		q := r.URL.Query()
+		proto := routing.Protocol(q.Get("protocol"))
+		if proto == "" {
+			proto = routing.IMAP
+		}
+		if proto != routing.IMAP && proto != routing.POP3 {
+			admin.Error(w, 400, "protocol must be imap or pop3")
+			return
+		}
+		var down routing.HealthFunc
+		if d.health != nil {
+			down = d.health.IsDown
+		}
+		rt, err := t.Lookup(routing.Request{User: q.Get("user"), Protocol: proto}, down)
+		if err != nil {
+			admin.Error(w, 404, err.Error())
+			return
+		}
+		admin.JSON(w, 200, map[string]any{"user": routing.NormalizeUser(q.Get("user")), "backend": rt.Backend.ID,
+			"address": rt.Backend.Addr(proto), "pool": rt.Pool, "rule": rt.Rule})
+	}))
+	a.HandleFunc("POST /v1/import", d.importRoutes)
+	a.HandleFunc("GET /v1/cluster/members", func(w http.ResponseWriter, r *http.Request) {
+		admin.JSON(w, 200, d.cluster.Members())
+	})
+	a.HandleFunc("GET /v1/cluster/peers", func(w http.ResponseWriter, r *http.Request) {
+		p, err := d.cluster.Peers()
+		if err != nil {
+			admin.Error(w, 503, err.Error())
+			return
+		}
+		admin.JSON(w, 200, p)
+	})
+	a.HandleFunc("GET /v1/cluster/leader", func(w http.ResponseWriter, r *http.Request) {
+		name, api := d.cluster.Leader()
+		if name == "" {
+			admin.Error(w, 503, cluster.ErrNoLeader.Error())
+			return
+		}
+		admin.JSON(w, 200, map[string]any{"name": name, "api": api, "self": name == d.cluster.Name(),
+			"applied_index": d.fsm.AppliedIndex()})
+	})
+	a.HandleFunc("POST "+cluster.ApplyPath, func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxImportBody))
+		if err != nil {
+			admin.Error(w, 413, "command too large")
+			return
+		}
+		if !d.cluster.IsLeader() {
+			admin.JSON(w, 503, cluster.ApplyResult{Error: "not the leader", Kind: "no_leader"})
+			return
+		}
+		if err := d.cluster.ApplyRaw(r.Context(), b); err != nil {
+			admin.JSON(w, statusOf(err), cluster.ApplyResult{Error: err.Error(), Kind: cluster.ErrorKind(err)})
+			return
+		}
+		admin.JSON(w, 200, cluster.ApplyResult{})
+	})
+}
+
+func statusOf(err error) int {
+	switch cluster.ErrorKind(err) {
+	case "invalid":
+		return http.StatusBadRequest
+	case "conflict":
+		return http.StatusConflict
+	case "no_leader":
+		return http.StatusServiceUnavailable
+	case "unknown_command":
+		return http.StatusBadRequest
+	}
+	return http.StatusInternalServerError
+}
+
+// write replicates a change and answers with the outcome.
+func (d *Daemon) write(w http.ResponseWriter, r *http.Request, c routing.Command) {
+	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
+	defer cancel()
+	if err := d.cluster.Apply(ctx, c); err != nil {
+		admin.Error(w, statusOf(err), err.Error())
+		return
+	}
+	admin.JSON(w, 200, map[string]any{"ok": true, "applied_index": d.fsm.AppliedIndex()})
+}
+
+// read serves from the local table (stale-tolerant, like the proxy), or
+// with ?consistent=true from the leader after confirming leadership and
+// applying everything committed.
+func (d *Daemon) read(f func(http.ResponseWriter, *http.Request, *routing.Table)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if c := r.URL.Query().Get("consistent"); c == "true" || c == "1" {
+			if !d.cluster.IsLeader() {
+				d.proxyToLeader(w, r)
+				return
+			}
+			if err := d.cluster.VerifyLeader(); err != nil {
+				admin.Error(w, 503, err.Error())
+				return
+			}
+			if err := d.cluster.Barrier(5 * time.Second); err != nil {
+				admin.Error(w, 503, "barrier: "+err.Error())
+				return
+			}
+		}
+		f(w, r, d.fsm.Table())
+	}
+}
+
+// proxyToLeader forwards a consistent read to the leader's API.
+func (d *Daemon) proxyToLeader(w http.ResponseWriter, r *http.Request) {
+	name, api := d.cluster.Leader()
+	if name == "" || api == "" {
+		admin.Error(w, 503, cluster.ErrNoLeader.Error())
+		return
+	}
+	u := url.URL{Scheme: "http", Host: api, Path: r.URL.Path, RawQuery: r.URL.RawQuery}
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, u.String(), nil)
+	if err != nil {
+		admin.Error(w, 500, err.Error())
+		return
+	}
+	if d.cfg.Admin.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+d.cfg.Admin.Token)
+	}
+	resp, err := (&http.Client{Timeout: 15 * time.Second}).Do(req)
+	if err != nil {
+		admin.Error(w, 503, fmt.Sprintf("leader %s at %s: %v", name, api, err))
+		return
+	}
+	defer resp.Body.Close()
+	w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(w, io.LimitReader(resp.Body, 256<<20))
+}
+
+// importRoutes takes user routes in bulk: Perdition's popmap format
+// ("user: server", server a backend id or host[:port]) or CSV ("user,
+// target" where target is a backend id or "pool:NAME"; a header line
+// "user,..." is skipped). The import is validated completely first; then
+// it is written in batches (a partial failure reports how far it got; a
+// retry is safe because every write is a put).
+func (d *Daemon) importRoutes(w http.ResponseWriter, r *http.Request) {
+	format := r.URL.Query().Get("format")
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxImportBody))
+	if err != nil {
+		admin.Error(w, 413, fmt.Sprintf("import larger than %d bytes", maxImportBody))
+		return
+	}
+	t := d.fsm.Table()
+	var routes []routing.UserRoute
+	switch format {
+	case "popmap", "":
+		routes, err = parsePopmap(body, t)
+	case "csv":
+		routes, err = parseCSV(body, t)
+	default:
+		admin.Error(w, 400, "format must be popmap or csv")
+		return
+	}
+	if err != nil {
+		admin.Error(w, 400, err.Error())
+		return
+	}
+	if _, err := t.WithUsers(routes); err != nil {
+		admin.Error(w, statusOf(err), err.Error())
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Minute)
+	defer cancel()
+	done := 0
+	for done < len(routes) {
+		end := min(done+importBatch, len(routes))
+		if err := d.cluster.Apply(ctx, routing.Command{Type: routing.CmdPutUsers, Users: routes[done:end]}); err != nil {
+			admin.Error(w, statusOf(err), fmt.Sprintf("after %d of %d users: %v", done, len(routes), err))
+			return
+		}
+		done = end
+	}
+	admin.JSON(w, 200, map[string]any{"ok": true, "imported": done, "applied_index": d.fsm.AppliedIndex()})
+}
+
+// resolveServer maps a popmap server to a backend: an id, or a host or
+// host:port of exactly one backend.
+func resolveServer(s string, t *routing.Table) (string, error) {
+	if t.Backend(s) != nil {
+		return s, nil
+	}
+	var match []string
+	for _, b := range t.Backends() {
+		if b.Host == s || b.Addr(routing.IMAP) == s || b.Addr(routing.POP3) == s {
+			match = append(match, b.ID)
+		}
+	}
+	switch len(match) {
+	case 1:
+		return match[0], nil
+	case 0:
+		return "", fmt.Errorf("unknown server %q (not a backend id, host or host:port)", s)
+	}
+	return "", fmt.Errorf("server %q matches several backends (%s); use a backend id", s, strings.Join(match, ", "))
+}
+
+func parsePopmap(b []byte, t *routing.Table) ([]routing.UserRoute, error) {
+	var out []routing.UserRoute
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 64<<10), 64<<10)
+	for line := 1; sc.Scan(); line++ {
+		s := strings.TrimSpace(sc.Text())
+		if s == "" || strings.HasPrefix(s, "#") {
+			continue
+		}
+		user, server, ok := strings.Cut(s, ":")
+		user, server = strings.TrimSpace(user), strings.TrimSpace(server)
+		if !ok || user == "" || server == "" {
+			return nil, fmt.Errorf("line %d: want \"user: server\"", line)
+		}
+		id, err := resolveServer(server, t)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %v", line, err)
+		}
+		out = append(out, routing.UserRoute{User: user, Target: routing.Target{Backend: id}})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading popmap: %v", err)
+	}
+	return out, nil
+}
+
+func parseCSV(b []byte, t *routing.Table) ([]routing.UserRoute, error) {
+	cr := csv.NewReader(bytes.NewReader(b))
+	cr.FieldsPerRecord = -1
+	cr.Comment = '#'
+	cr.TrimLeadingSpace = true
+	var out []routing.UserRoute
+	for line := 1; ; line++ {
+		rec, err := cr.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("csv: %v", err)
+		}
+		if len(rec) != 2 {
+			return nil, fmt.Errorf("csv line %d: want 2 fields (user,target), got %d", line, len(rec))
+		}
+		user, target := strings.TrimSpace(rec[0]), strings.TrimSpace(rec[1])
+		if line == 1 && strings.EqualFold(user, "user") {
+			continue
+		}
+		var tg routing.Target
+		if p, ok := strings.CutPrefix(target, "pool:"); ok {
+			tg.Pool = p
+		} else {
+			id, err := resolveServer(target, t)
+			if err != nil {
+				return nil, fmt.Errorf("csv line %d: %v", line, err)
+			}
+			tg.Backend = id
+		}
+		out = append(out, routing.UserRoute{User: user, Target: tg})
+	}
+	return out, nil
+}
