@@ -51,10 +51,10 @@ type Daemon struct {
 	cluster *cluster.Node
 	health  *cluster.Health
 	done    chan struct{} // closed at shutdown
-	certs  *node.CertStore
-	engine *relay.Engine
-	srv    *node.Server
-	admin  *admin.Server // nil when admin.address is "off"
+	certs   *node.CertStore
+	engine  *relay.Engine
+	srv     *node.Server
+	admin   *admin.Server // nil when admin.address is "off"
 
 	env *session.Env
 
