@@ -85,6 +85,9 @@ type Config struct {
 	Timing          Timing
 
 	Log *slog.Logger
+	// Lock, if set, is the data directory lock already taken with
+	// LockDataDir; the node owns it from New on.
+	Lock *os.File
 }
 
 // Node is this process's membership of the cluster.
@@ -145,8 +148,10 @@ func New(cfg Config, fsm *routing.FSM) (*Node, error) {
 	n := &Node{cfg: cfg, log: cfg.Log.With("component", "cluster"), fsm: fsm, stop: make(chan struct{}), pokeCh: make(chan struct{}, 1),
 		deadSince: map[string]time.Time{}, leftNodes: map[string]bool{}}
 	var err error
-	if n.lock, err = lockDataDir(cfg.DataDir); err != nil {
-		return nil, err
+	if n.lock = cfg.Lock; n.lock == nil {
+		if n.lock, err = LockDataDir(cfg.DataDir); err != nil {
+			return nil, err
+		}
 	}
 	ok := false
 	defer func() {
@@ -289,7 +294,7 @@ func (n *Node) Start() error {
 	case n.cfg.BootstrapExpect > 1:
 		n.wg.Add(1)
 		go n.bootstrapWhenExpected()
-	case len(n.cfg.Join) == 0:
+	case n.cfg.BootstrapExpect == 1 || !n.hasPeers():
 		n.log.Info("bootstrapping a new single-node cluster", "data_dir", n.cfg.DataDir)
 		if err := n.bootstrap([]raft.Server{n.self()}); err != nil {
 			return err
@@ -302,6 +307,32 @@ func (n *Node) Start() error {
 	go n.rejoinLoop()
 	go n.metaLoop()
 	return nil
+}
+
+// otherVoters counts the voters in raft's configuration besides this node.
+func (n *Node) otherVoters() int {
+	cf := n.raft.GetConfiguration()
+	if cf.Error() != nil {
+		return 0
+	}
+	c := 0
+	for _, s := range cf.Configuration().Servers {
+		if s.Suffrage == raft.Voter && s.ID != raft.ServerID(n.cfg.NodeName) {
+			c++
+		}
+	}
+	return c
+}
+
+// hasPeers reports whether Join names any address other than our own.
+func (n *Node) hasPeers() bool {
+	own := map[string]bool{n.cfg.GossipBind: true, n.cfg.GossipAdvert: true, n.ml.LocalNode().Address(): true}
+	for _, j := range n.cfg.Join {
+		if !own[j] {
+			return true
+		}
+	}
+	return false
 }
 
 func (n *Node) self() raft.Server {
@@ -428,8 +459,13 @@ func (n *Node) Apply(ctx context.Context, c routing.Command) error {
 	return n.ApplyRaw(ctx, b)
 }
 
-// ApplyRaw replicates an encoded command (see Apply).
+// ApplyRaw replicates an encoded command (see Apply). The command is
+// decoded first: one this binary does not understand (or a malformed one)
+// is refused here, so it never reaches the replicated log.
 func (n *Node) ApplyRaw(ctx context.Context, b []byte) error {
+	if _, err := routing.DecodeCommand(b); err != nil {
+		return err
+	}
 	for attempt := 0; ; attempt++ {
 		err := n.applyOnce(ctx, b)
 		if !errors.Is(err, ErrNoLeader) && !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
@@ -518,7 +554,7 @@ func (n *Node) Shutdown() error {
 	var err error
 	n.closeOnce.Do(func() {
 		close(n.stop)
-		if n.IsLeader() {
+		if n.IsLeader() && n.otherVoters() > 0 {
 			if e := n.raft.LeadershipTransfer().Error(); e != nil {
 				n.log.Warn("leadership transfer at shutdown failed", "error", e)
 			}

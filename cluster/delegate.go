@@ -136,6 +136,9 @@ func (d *delegate) NotifyJoin(m *memberlist.Node) {
 }
 
 func (d *delegate) NotifyLeave(m *memberlist.Node) {
+	if m.Name == d.n.cfg.NodeName {
+		return
+	}
 	d.n.mu.Lock()
 	if m.State == memberlist.StateLeft {
 		d.n.leftNodes[m.Name] = true

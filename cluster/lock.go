@@ -10,10 +10,10 @@ import (
 	"syscall"
 )
 
-// lockDataDir takes an exclusive lock on dir/portico.lock, so that a
+// LockDataDir takes an exclusive lock on dir/portico.lock, so that a
 // second process on the same data directory fails at once with a clear
 // message (instead of blocking on a database lock or corrupting the log).
-func lockDataDir(dir string) (*os.File, error) {
+func LockDataDir(dir string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir %s: %w", dir, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sort"
 	"strings"
 	"time"
 
@@ -124,3 +125,14 @@ func printJSON(raw []byte) {
 }
 
 var errUsage = errors.New("usage")
+
+func readAllStdin() ([]byte, error) { return io.ReadAll(os.Stdin) }
+
+func sortedMapKeys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -215,6 +215,9 @@ func statusOf(err error) int {
 	case "unknown_command":
 		return http.StatusBadRequest
 	}
+	if errors.Is(err, routing.ErrInvalid) {
+		return http.StatusBadRequest
+	}
 	return http.StatusInternalServerError
 }
 

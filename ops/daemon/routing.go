@@ -42,11 +42,18 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 	if _, err := routing.NewTable(cfg.RoutingSpec()); err != nil {
 		return err
 	}
+	// Lock the data directory before binding anything, so that a second
+	// process on it fails with that message, not with "address in use".
+	lock, err := cluster.LockDataDir(cfg.DataDir)
+	if err != nil {
+		return err
+	}
 	d.fsm = routing.NewFSM()
 	d.router = d.fsm
 	apiAddr := ""
 	if d.admin != nil {
 		if err := d.admin.Listen(); err != nil {
+			lock.Close()
 			return err
 		}
 		apiAddr = advertised(d.admin.Addr().String(), cfg.Cluster.Advertise)
@@ -70,7 +77,7 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 			ProbeTimeout: cl.Timing.ProbeTimeout.D(), SuspicionMult: cl.Timing.SuspicionMult,
 			GossipInterval: cl.Timing.GossipInterval.D(),
 		},
-		Log: d.Log,
+		Log: d.Log, Lock: lock,
 	}, d.fsm)
 	if err != nil {
 		return err
