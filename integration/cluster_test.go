@@ -59,6 +59,11 @@ const clusterToken = "test-token-0123456789"
 
 // newCluster writes configs for n nodes on 127.0.3.1.. with bootstrap_expect n.
 func newCluster(t *testing.T, n int, dc *dovecot.Server, extra string) []*procNode {
+	return newClusterWith(t, n, n, "1h", 3, dc, extra)
+}
+
+// newClusterWith sets bootstrap_expect, dead_node_reap and max_voters.
+func newClusterWith(t *testing.T, n, expect int, reap string, maxVoters int, dc *dovecot.Server, extra string) []*procNode {
 	t.Helper()
 	var nodes []*procNode
 	var join []string
@@ -82,13 +87,14 @@ cluster:
   gossip_address: "%s"
   join: [%s]
   bootstrap_expect: %d
-  dead_node_reap: 1h
+  dead_node_reap: %s
+  max_voters: %d
   health: {interval: 500ms, timeout: 1s}
 backends:
   - {id: dc1, host: %s, imap_port: %d, pop3_port: %d, forward: id}
 pools:
   - {name: main, backends: [dc1]}
-%s`, nd.name, filepath.Join(nd.dir, "data"), nd.imap, nd.admin, clusterToken, ip, nd.gossip, strings.Join(join, ", "), n,
+%s`, nd.name, filepath.Join(nd.dir, "data"), nd.imap, nd.admin, clusterToken, ip, nd.gossip, strings.Join(join, ", "), expect, reap, maxVoters,
 			dc.Addr, dc.IMAPPort, dc.POP3Port, extra)
 		nd.cfgPath = filepath.Join(nd.dir, "portico.yaml")
 		if err := os.WriteFile(nd.cfgPath, []byte(cfg), 0o644); err != nil {
@@ -516,4 +522,32 @@ func TestAdminAPIHostileInput(t *testing.T) {
 	if !strings.Contains(nd.log(), "level=") || strings.Contains(nd.log(), "panic") {
 		t.Fatal("node panicked")
 	}
+}
+
+// Voters are capped at max_voters (the rest join as non-voters), and a
+// member dead for longer than dead_node_reap is removed from raft.
+func TestClusterVotersAndReap(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process cluster test")
+	}
+	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.84"})
+	nodes := newClusterWith(t, 3, 1, "2s", 1, dc, "routes: {default_pool: main}")
+	for _, nd := range nodes {
+		nd.start()
+	}
+	peers := func() string {
+		out, _ := nodes[0].cli("cluster", "peers", "--json")
+		return out
+	}
+	waitFor(t, "1 voter and 2 non-voters", 20*time.Second, func() bool {
+		p := peers()
+		return strings.Count(p, `"voter"`) == 1 && strings.Count(p, `"nonvoter"`) == 2
+	})
+	nodes[2].kill()
+	start := time.Now()
+	waitFor(t, "the dead member reaped", 30*time.Second, func() bool {
+		p := peers()
+		return !strings.Contains(p, `"n3"`) && strings.Count(p, `"nonvoter"`) == 1
+	})
+	t.Logf("dead non-voter removed %v after the kill (memberlist detection + 2s reap)", time.Since(start).Round(100*time.Millisecond))
 }

@@ -91,6 +91,7 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		d.health = node.StartHealth(d.fsm, cluster.HealthConfig{
 			Interval: cl.Health.Interval.D(), Timeout: cl.Health.Timeout.D(), Fall: cl.Health.Fall, Rise: cl.Health.Rise,
 		})
+		go d.gossipSessions()
 		seedCtx, cancel := context.WithTimeout(context.Background(), startupWait)
 		defer cancel()
 		if err := d.seed(seedCtx, cfg); err != nil {
@@ -206,4 +207,24 @@ func withHost(addr, host string) string {
 		return addr
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// gossipSessions keeps this node's session count in its gossiped metadata.
+func (d *Daemon) gossipSessions() {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.done:
+			return
+		case <-t.C:
+			n := int(d.srv.Connections())
+			d.cluster.SetLocal(func(m *cluster.Meta) { m.Sessions = n })
+		}
+	}
+}
+
+// BackendDown reports whether the cluster considers backend id down.
+func (d *Daemon) BackendDown(id string) bool {
+	return d.health != nil && d.health.IsDown(id)
 }
