@@ -84,6 +84,7 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 	}
 	d.cluster = node
 	d.registerRoutingAPI()
+	d.registerClusterMetrics()
 	d.onStart(func() error {
 		if err := node.Start(); err != nil {
 			return err

@@ -1,0 +1,103 @@
+package daemon
+
+import (
+	"strconv"
+	"sync/atomic"
+
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// clusterCollector exposes raft, membership and backend health, read at
+// scrape time (no per-event bookkeeping on the hot path).
+type clusterCollector struct {
+	d             *Daemon
+	leaderChanges atomic.Uint64
+
+	state, term, commit, applied, lastApply, members, score, backendUp, changes *prometheus.Desc
+}
+
+func (d *Daemon) registerClusterMetrics() {
+	c := &clusterCollector{d: d,
+		state:     prometheus.NewDesc("portico_raft_state", "1 for this node's current raft state.", []string{"state"}, nil),
+		term:      prometheus.NewDesc("portico_raft_term", "Current raft term.", nil, nil),
+		commit:    prometheus.NewDesc("portico_raft_commit_index", "Highest raft log index known to be committed.", nil, nil),
+		applied:   prometheus.NewDesc("portico_raft_applied_index", "Highest raft log index applied to the routing table on this node.", nil, nil),
+		lastApply: prometheus.NewDesc("portico_routing_last_apply_index", "Raft index of the last change applied to the routing table.", nil, nil),
+		members:   prometheus.NewDesc("portico_cluster_members", "Cluster members by gossip state, as seen by this node.", []string{"state"}, nil),
+		score:     prometheus.NewDesc("portico_cluster_health_score", "memberlist awareness score of this node (0 is healthy).", nil, nil),
+		backendUp: prometheus.NewDesc("portico_backend_up", "1 if the cluster considers the backend up, 0 if down.", []string{"backend"}, nil),
+		changes:   prometheus.NewDesc("portico_raft_leader_changes_total", "Leader changes observed by this node.", nil, nil),
+	}
+	obs := make(chan raft.Observation, 16)
+	d.cluster.Raft().RegisterObserver(raft.NewObserver(obs, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	}))
+	go func() {
+		for {
+			select {
+			case <-d.done:
+				return
+			case <-obs:
+				c.leaderChanges.Add(1)
+			}
+		}
+	}()
+	d.Metrics.MustRegister(c)
+}
+
+func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.state, c.term, c.commit, c.applied, c.lastApply, c.members, c.score, c.backendUp, c.changes} {
+		ch <- d
+	}
+}
+
+func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
+	r := c.d.cluster.Raft()
+	cur := r.State()
+	for _, s := range []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown} {
+		v := 0.0
+		if s == cur {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, v, stateName(s))
+	}
+	stats := r.Stats()
+	num := func(k string) float64 { n, _ := strconv.ParseUint(stats[k], 10, 64); return float64(n) }
+	ch <- prometheus.MustNewConstMetric(c.term, prometheus.GaugeValue, num("term"))
+	ch <- prometheus.MustNewConstMetric(c.commit, prometheus.GaugeValue, num("commit_index"))
+	ch <- prometheus.MustNewConstMetric(c.applied, prometheus.GaugeValue, float64(r.AppliedIndex()))
+	ch <- prometheus.MustNewConstMetric(c.lastApply, prometheus.GaugeValue, float64(c.d.fsm.AppliedIndex()))
+	ch <- prometheus.MustNewConstMetric(c.changes, prometheus.CounterValue, float64(c.leaderChanges.Load()))
+	counts := map[string]float64{"alive": 0, "suspect": 0, "dead": 0, "left": 0}
+	for _, m := range c.d.cluster.Members() {
+		counts[m.State]++
+	}
+	for st, n := range counts {
+		ch <- prometheus.MustNewConstMetric(c.members, prometheus.GaugeValue, n, st)
+	}
+	ch <- prometheus.MustNewConstMetric(c.score, prometheus.GaugeValue, float64(c.d.cluster.HealthScore()))
+	if c.d.health != nil {
+		down := c.d.health.Down()
+		for _, b := range c.d.fsm.Table().Backends() {
+			v := 1.0
+			if down[b.ID] {
+				v = 0
+			}
+			ch <- prometheus.MustNewConstMetric(c.backendUp, prometheus.GaugeValue, v, b.ID)
+		}
+	}
+}
+
+func stateName(s raft.RaftState) string {
+	switch s {
+	case raft.Follower:
+		return "follower"
+	case raft.Candidate:
+		return "candidate"
+	case raft.Leader:
+		return "leader"
+	}
+	return "shutdown"
+}
