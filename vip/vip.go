@@ -1,0 +1,370 @@
+// Package vip holds the floating service address: it adds the virtual IP
+// addresses to an interface when this node is the owner, announces them
+// (gratuitous ARP request and reply for IPv4, RFC 5227; unsolicited
+// neighbour advertisement with the override flag for IPv6, RFC 4861
+// §7.2.6), refreshes the announcements while owning, and removes them when
+// it is not. Ownership follows raft leadership (see DESIGN.md): the
+// cluster layer calls SetOwner; one goroutine owns all address changes and
+// reconciles the interface against the desired state every Reconcile
+// period, so a stale address (added by hand, left by a crash, or kept by a
+// node that lost quorum) is removed within one period.
+package vip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ndp"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Address is one virtual IP: the address with the prefix length of its
+// network (e.g. 198.18.0.100/24), and the interface that carries it.
+type Address struct {
+	Prefix    netip.Prefix
+	Interface string
+}
+
+func (a Address) String() string { return a.Prefix.String() + "@" + a.Interface }
+
+// Config configures a Manager.
+type Config struct {
+	Addresses []Address
+	// Burst announcements after acquiring: Count of them, Interval apart.
+	BurstCount    int           // default 4
+	BurstInterval time.Duration // default 1s
+	// Refresh re-announces while owning (switches and routers age their
+	// tables). Default 10s.
+	Refresh time.Duration
+	// Reconcile compares the interface with the desired state. Default 250ms.
+	Reconcile time.Duration
+	// Verify, if set, is called before every refresh announcement; an error
+	// means this node may no longer be the owner: the addresses are
+	// released instead of announced (a node that woke from a freeze must
+	// not re-steal the address before confirming it still owns it).
+	Verify func() error
+	// OnChange and OnAnnounce observe ownership changes and announcements.
+	OnChange   func(owned bool)
+	OnAnnounce func(a Address)
+	Log        *slog.Logger
+}
+
+// Manager owns the virtual addresses of one node.
+type Manager struct {
+	cfg    Config
+	log    *slog.Logger
+	want   atomic.Bool
+	verify atomic.Pointer[func() error]
+	kick chan struct{}
+
+	mu       sync.Mutex
+	owned    bool // addresses present and announced by us
+	acquired time.Time
+	burstN   int
+	lastAnn  time.Time
+	changes  uint64
+	anns     uint64
+}
+
+// New returns a Manager; Run starts it.
+func New(cfg Config) (*Manager, error) {
+	if len(cfg.Addresses) == 0 {
+		return nil, errors.New("vip: no addresses")
+	}
+	for _, a := range cfg.Addresses {
+		if !a.Prefix.IsValid() || a.Interface == "" {
+			return nil, fmt.Errorf("vip: bad address %v", a)
+		}
+	}
+	if cfg.BurstCount <= 0 {
+		cfg.BurstCount = 4
+	}
+	if cfg.BurstInterval <= 0 {
+		cfg.BurstInterval = time.Second
+	}
+	if cfg.Refresh <= 0 {
+		cfg.Refresh = 10 * time.Second
+	}
+	if cfg.Reconcile <= 0 {
+		cfg.Reconcile = 250 * time.Millisecond
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	m := &Manager{cfg: cfg, log: cfg.Log.With("component", "vip"), kick: make(chan struct{}, 1)}
+	m.SetVerify(cfg.Verify)
+	return m, nil
+}
+
+// SetVerify replaces the ownership check used before refreshes.
+func (m *Manager) SetVerify(f func() error) { m.verify.Store(&f) }
+
+// SetOwner sets whether this node should hold the addresses. It never
+// blocks; the change is applied by Run's goroutine at once.
+func (m *Manager) SetOwner(own bool) {
+	m.want.Store(own)
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Owned reports whether this node holds the addresses.
+func (m *Manager) Owned() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.owned
+}
+
+// Counters returns ownership changes and announcements sent so far.
+func (m *Manager) Counters() (changes, announcements uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.changes, m.anns
+}
+
+// Addresses returns the configured addresses.
+func (m *Manager) Addresses() []Address { return m.cfg.Addresses }
+
+// Run reconciles until ctx ends, then releases the addresses. At start it
+// removes addresses left on the interfaces by a crashed process (the
+// desired state starts as "not owner").
+func (m *Manager) Run(ctx context.Context) {
+	t := time.NewTicker(m.cfg.Reconcile)
+	defer t.Stop()
+	m.reconcile()
+	for {
+		select {
+		case <-ctx.Done():
+			m.want.Store(false)
+			m.reconcile()
+			return
+		case <-m.kick:
+		case <-t.C:
+		}
+		m.reconcile()
+	}
+}
+
+func (m *Manager) reconcile() {
+	want := m.want.Load()
+	now := time.Now()
+	missing, stale := false, false
+	for _, a := range m.cfg.Addresses {
+		present, err := hasAddr(a)
+		if err != nil {
+			m.log.Error("reading interface addresses", "address", a.String(), "error", err)
+			continue
+		}
+		switch {
+		case want && !present:
+			missing = true
+			if err := addAddr(a); err != nil {
+				m.log.Error("adding virtual address", "address", a.String(), "error", err)
+			}
+		case !want && present:
+			stale = true
+			if err := delAddr(a); err != nil {
+				m.log.Error("removing virtual address", "address", a.String(), "error", err)
+			}
+		}
+	}
+	m.mu.Lock()
+	wasOwned := m.owned
+	m.mu.Unlock()
+	switch {
+	case want && (!wasOwned || missing):
+		m.mu.Lock()
+		if !m.owned {
+			m.changes++
+		}
+		m.owned, m.acquired, m.burstN = true, now, 0
+		m.mu.Unlock()
+		if !wasOwned {
+			m.log.Info("acquired virtual addresses", "addresses", m.cfg.Addresses)
+			if m.cfg.OnChange != nil {
+				m.cfg.OnChange(true)
+			}
+		} else {
+			m.log.Warn("virtual address was missing from the interface; restored", "addresses", m.cfg.Addresses)
+		}
+		m.announce(now)
+	case want:
+		m.maybeAnnounce(now)
+	case wasOwned || stale:
+		m.mu.Lock()
+		if m.owned {
+			m.changes++
+		}
+		m.owned = false
+		m.mu.Unlock()
+		if wasOwned {
+			m.log.Info("released virtual addresses", "addresses", m.cfg.Addresses)
+			if m.cfg.OnChange != nil {
+				m.cfg.OnChange(false)
+			}
+		} else {
+			m.log.Warn("removed a stale virtual address this node does not own", "addresses", m.cfg.Addresses)
+		}
+	}
+}
+
+// maybeAnnounce continues the burst, then refreshes; refreshes are sent
+// only after Verify confirms ownership.
+func (m *Manager) maybeAnnounce(now time.Time) {
+	m.mu.Lock()
+	burst := m.burstN < m.cfg.BurstCount && now.Sub(m.lastAnn) >= m.cfg.BurstInterval
+	refresh := !burst && now.Sub(m.lastAnn) >= m.cfg.Refresh
+	m.mu.Unlock()
+	if !burst && !refresh {
+		return
+	}
+	if v := *m.verify.Load(); refresh && v != nil {
+		if err := v(); err != nil {
+			m.log.Warn("could not confirm ownership before re-announcing; releasing", "error", err)
+			m.want.Store(false)
+			m.reconcile()
+			return
+		}
+	}
+	m.announce(now)
+}
+
+func (m *Manager) announce(now time.Time) {
+	for _, a := range m.cfg.Addresses {
+		if err := announce(a); err != nil {
+			m.log.Warn("announcement failed", "address", a.String(), "error", err)
+			continue
+		}
+		m.mu.Lock()
+		m.anns++
+		m.mu.Unlock()
+		if m.cfg.OnAnnounce != nil {
+			m.cfg.OnAnnounce(a)
+		}
+	}
+	m.mu.Lock()
+	m.lastAnn = now
+	m.burstN++
+	m.mu.Unlock()
+}
+
+func nlAddr(a Address) *netlink.Addr {
+	p := a.Prefix
+	ipnet := &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+	na := &netlink.Addr{IPNet: ipnet}
+	// Never a source address: deprecated (preferred lifetime 0, valid
+	// forever); with the network's prefix it is also a secondary address
+	// on IPv4. No prefix route (the interface's own address has one), and
+	// no duplicate address detection for IPv6 (usable at once).
+	na.PreferedLft = 0
+	na.ValidLft = math.MaxUint32
+	na.Flags = unix.IFA_F_NOPREFIXROUTE
+	if p.Addr().Is6() {
+		na.Flags |= unix.IFA_F_NODAD
+	}
+	return na
+}
+
+func link(a Address) (netlink.Link, error) {
+	l, err := netlink.LinkByName(a.Interface)
+	if err != nil {
+		return nil, fmt.Errorf("interface %s: %w", a.Interface, err)
+	}
+	return l, nil
+}
+
+func hasAddr(a Address) (bool, error) {
+	l, err := link(a)
+	if err != nil {
+		return false, err
+	}
+	fam := netlink.FAMILY_V4
+	if a.Prefix.Addr().Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	addrs, err := netlink.AddrList(l, fam)
+	if err != nil {
+		return false, err
+	}
+	want := a.Prefix.Addr().AsSlice()
+	for _, x := range addrs {
+		if x.IP.Equal(want) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func addAddr(a Address) error {
+	l, err := link(a)
+	if err != nil {
+		return err
+	}
+	return netlink.AddrReplace(l, nlAddr(a))
+}
+
+func delAddr(a Address) error {
+	l, err := link(a)
+	if err != nil {
+		return err
+	}
+	err = netlink.AddrDel(l, nlAddr(a))
+	if errors.Is(err, unix.EADDRNOTAVAIL) {
+		return nil
+	}
+	return err
+}
+
+// announce sends one round of announcements for a.
+func announce(a Address) error {
+	ifi, err := net.InterfaceByName(a.Interface)
+	if err != nil {
+		return err
+	}
+	ip := a.Prefix.Addr()
+	if ip.Is4() {
+		c, err := arp.Dial(ifi)
+		if err != nil {
+			return fmt.Errorf("arp: %w", err)
+		}
+		defer c.Close()
+		bcast := net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+		zero := net.HardwareAddr{0, 0, 0, 0, 0, 0}
+		// Gratuitous ARP as both request and reply: some hosts only
+		// update their caches from one of the two.
+		req, err := arp.NewPacket(arp.OperationRequest, ifi.HardwareAddr, ip, zero, ip)
+		if err != nil {
+			return err
+		}
+		if err := c.WriteTo(req, bcast); err != nil {
+			return fmt.Errorf("arp request: %w", err)
+		}
+		rep, err := arp.NewPacket(arp.OperationReply, ifi.HardwareAddr, ip, bcast, ip)
+		if err != nil {
+			return err
+		}
+		if err := c.WriteTo(rep, bcast); err != nil {
+			return fmt.Errorf("arp reply: %w", err)
+		}
+		return nil
+	}
+	c, _, err := ndp.Listen(ifi, ndp.LinkLocal)
+	if err != nil {
+		return fmt.Errorf("ndp: %w", err)
+	}
+	defer c.Close()
+	na := &ndp.NeighborAdvertisement{Override: true, TargetAddress: ip,
+		Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: ifi.HardwareAddr}}}
+	return c.WriteTo(na, nil, netip.IPv6LinkLocalAllNodes())
+}

@@ -1,0 +1,166 @@
+package vip
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mdlayher/arp"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"net"
+)
+
+// The VIP tests need a network namespace of their own: TestVIP creates one
+// with a veth pair, and re-runs this test binary inside it (as
+// TestVIPChild), so nothing touches the host's interfaces.
+func TestVIP(t *testing.T) {
+	if os.Getuid() != 0 {
+		if os.Getenv("PORTICO_REQUIRE_DOVECOT") == "1" {
+			t.Fatal("VIP tests need root (network namespaces)")
+		}
+		t.Skip("VIP tests need root (network namespaces)")
+	}
+	ns := fmt.Sprintf("ptvip%d", os.Getpid())
+	run := func(args ...string) {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	run("ip", "netns", "add", ns)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	run("ip", "-n", ns, "link", "add", "vipa", "type", "veth", "peer", "name", "vipb")
+	run("ip", "-n", ns, "link", "set", "vipa", "up")
+	run("ip", "-n", ns, "link", "set", "vipb", "up")
+	run("ip", "-n", ns, "link", "set", "lo", "up")
+	run("ip", "-n", ns, "addr", "add", "198.18.9.1/24", "dev", "vipa")
+	run("ip", "-n", ns, "addr", "add", "198.18.9.2/24", "dev", "vipb")
+	run("ip", "-n", ns, "addr", "add", "fd00:198:18:9::1/64", "dev", "vipa", "nodad")
+	cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^TestVIPChild$", "-test.v")
+	cmd.Env = append(os.Environ(), "PORTICO_VIP_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	t.Logf("child:\n%s", out)
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestVIPChild") {
+		t.Fatalf("child failed: %v", err)
+	}
+}
+
+func TestVIPChild(t *testing.T) {
+	if os.Getenv("PORTICO_VIP_CHILD") != "1" {
+		t.Skip("run by TestVIP inside a namespace")
+	}
+	v4 := Address{Prefix: netip.MustParsePrefix("198.18.9.100/24"), Interface: "vipa"}
+	v6 := Address{Prefix: netip.MustParsePrefix("fd00:198:18:9::100/64"), Interface: "vipa"}
+
+	// A stale address left by a crashed process is removed at start-up.
+	if err := addAddr(v4); err != nil {
+		t.Fatal(err)
+	}
+	// Watch for gratuitous ARP on the other end of the veth.
+	peer, _ := net.InterfaceByName("vipb")
+	ac, err := arp.Dial(peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	garps := make(chan *arp.Packet, 64)
+	go func() {
+		for {
+			p, _, err := ac.Read()
+			if err != nil {
+				return
+			}
+			if p.SenderIP == v4.Prefix.Addr() && p.TargetIP == v4.Prefix.Addr() {
+				garps <- p
+			}
+		}
+	}()
+
+	var changes []bool
+	m, err := New(Config{Addresses: []Address{v4, v6}, BurstCount: 2, BurstInterval: 100 * time.Millisecond,
+		Refresh: 300 * time.Millisecond, Reconcile: 50 * time.Millisecond,
+		OnChange: func(o bool) { changes = append(changes, o) }, Log: slog.New(slog.NewTextHandler(os.Stderr, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+
+	waitUntil(t, "stale address removed", time.Second, func() bool { p, _ := hasAddr(v4); return !p })
+
+	m.SetOwner(true)
+	waitUntil(t, "addresses added", time.Second, func() bool {
+		a, _ := hasAddr(v4)
+		b, _ := hasAddr(v6)
+		return a && b && m.Owned()
+	})
+	// Both a request and a reply are announced.
+	ops := map[arp.Operation]bool{}
+	timeout := time.After(2 * time.Second)
+	for !(ops[arp.OperationRequest] && ops[arp.OperationReply]) {
+		select {
+		case p := <-garps:
+			ops[p.Operation] = true
+			if p.SenderHardwareAddr.String() == peer.HardwareAddr.String() {
+				t.Fatal("announcement from the wrong interface")
+			}
+		case <-timeout:
+			t.Fatalf("no gratuitous ARP request and reply: %v", ops)
+		}
+	}
+	// Never a source address: marked deprecated, and the kernel picks the
+	// interface's own address for traffic to the network.
+	l, _ := netlink.LinkByName("vipa")
+	addrs, _ := netlink.AddrList(l, netlink.FAMILY_ALL)
+	for _, a := range addrs {
+		if a.IP.Equal(v4.Prefix.Addr().AsSlice()) && a.Flags&unix.IFA_F_DEPRECATED == 0 {
+			t.Errorf("VIP flags %#x: not deprecated", a.Flags)
+		}
+	}
+	for _, dst := range []string{"198.18.9.50", "fd00:198:18:9::50"} {
+		out, err := exec.Command("ip", "route", "get", dst).CombinedOutput()
+		if err != nil || strings.Contains(string(out), "src 198.18.9.100") || strings.Contains(string(out), "src fd00:198:18:9::100") {
+			t.Errorf("route to %s: %v %s (the VIP must not be the source)", dst, err, out)
+		}
+	}
+	// Deleted by hand: restored and announced within a reconcile period.
+	_ = delAddr(v4)
+	waitUntil(t, "address restored", time.Second, func() bool { p, _ := hasAddr(v4); return p })
+	// Refresh with a failing verification releases instead of announcing.
+	m.SetVerify(func() error { return fmt.Errorf("not leader any more") })
+	waitUntil(t, "released after failed verification", 2*time.Second, func() bool { p, _ := hasAddr(v4); return !p && !m.Owned() })
+
+	m.SetVerify(nil)
+	m.SetOwner(true)
+	waitUntil(t, "re-acquired", time.Second, func() bool { return m.Owned() })
+	cancel()
+	<-done
+	if p, _ := hasAddr(v4); p {
+		t.Fatal("address kept after Run ended")
+	}
+	c, a := m.Counters()
+	if c < 4 || a < 4 {
+		t.Fatalf("counters: %d changes, %d announcements", c, a)
+	}
+	t.Logf("changes %v, %d ownership changes, %d announcements", changes, c, a)
+}
+
+func waitUntil(t *testing.T, what string, d time.Duration, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if f() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
