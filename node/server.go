@@ -16,11 +16,14 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pires/go-proxyproto"
+	"golang.org/x/sys/unix"
 
 	"github.com/portico-mail/portico/node/netx"
 	"github.com/portico-mail/portico/node/relay"
@@ -73,10 +76,11 @@ type Server struct {
 	perIP     map[netip.Addr]int
 	closing   bool
 
-	conns   atomic.Int64 // open client connections (pre-login and relayed)
-	wg      sync.WaitGroup
-	preWG   sync.WaitGroup
-	started bool
+	conns       atomic.Int64 // open client connections (pre-login and relayed)
+	refuseLocal atomic.Pointer[func(local netip.AddrPort) bool]
+	wg          sync.WaitGroup
+	preWG       sync.WaitGroup
+	started     bool
 }
 
 type listener struct {
@@ -126,7 +130,10 @@ func (s *Server) Start() error {
 		// No TCP keepalive probes on client connections (as nginx): idle
 		// timeouts bound a dead client's session, and enabling keepalive
 		// costs four setsockopt calls per connection.
-		lcfg := net.ListenConfig{KeepAlive: -1}
+		// IP_FREEBIND: a listener on the virtual IP can be bound before this
+		// node holds the address, so a new owner serves the instant it
+		// announces.
+		lcfg := net.ListenConfig{KeepAlive: -1, Control: freebind}
 		ln, err := lcfg.Listen(context.Background(), "tcp", lc.Address)
 		if err != nil {
 			closeAll(lns)
@@ -161,6 +168,16 @@ func (s *Server) Addrs() map[string]net.Addr {
 		m[l.cfg.Name] = l.ln.Addr()
 	}
 	return m
+}
+
+// SetRefuse installs (or, with nil, removes) a filter: connections to a
+// local address for which it returns true are reset at accept.
+func (s *Server) SetRefuse(f func(local netip.AddrPort) bool) {
+	if f == nil {
+		s.refuseLocal.Store(nil)
+		return
+	}
+	s.refuseLocal.Store(&f)
 }
 
 // Connections returns the number of open client connections.
@@ -222,6 +239,13 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 			_ = tc.Close()
 		}
 	}()
+	if f := s.refuseLocal.Load(); f != nil && (*f)(addrPort(tc.LocalAddr())) {
+		// Refused outright (a virtual IP being handed over): a reset makes
+		// the client retry at once, and find the new owner.
+		_ = tc.SetLinger(0)
+		_ = tc.Close()
+		return
+	}
 	if n := s.conns.Add(1); s.cfg.MaxConnections > 0 && n > int64(s.cfg.MaxConnections) {
 		s.conns.Add(-1)
 		s.refuse(l, tc, "max_connections")
@@ -459,3 +483,21 @@ func growStack() {
 
 //go:noinline
 func touchFrame(*[12 << 10]byte) {}
+
+// freebind sets IP_FREEBIND (IPv4) / IPV6_FREEBIND on a listening socket.
+func freebind(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if strings.HasSuffix(network, "6") || strings.Contains(address, "[") {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
+			if serr == nil {
+				return
+			}
+		}
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}

@@ -244,3 +244,12 @@ func isReset(err error) bool {
 	var oe *net.OpError
 	return errors.As(err, &oe) && !errors.Is(err, os.ErrDeadlineExceeded)
 }
+
+// A listener binds an address this host does not have (yet): the VIP
+// before it is acquired.
+func TestListenNonlocalAddress(t *testing.T) {
+	s := startServer(t, Config{Listeners: []ListenerConfig{{Name: "vip", Address: "198.18.255.77:0"}}})
+	if a := s.Addrs()["vip"]; a == nil || !strings.HasPrefix(a.String(), "198.18.255.77:") {
+		t.Fatalf("bound %v", a)
+	}
+}

@@ -45,6 +45,7 @@ type Config struct {
 	Pools         []Pool     `yaml:"pools"`
 	Routes        Routes     `yaml:"routes"`
 	Admin         Admin      `yaml:"admin"`
+	VIP           VIP        `yaml:"vip"`
 
 	// Static: routes come only from this file and are not replicated (no
 	// raft, no data directory). Set by `portico proxy`; not a file key.
@@ -381,6 +382,7 @@ func (c *Config) Validate() error {
 	v.routing()
 	v.admin()
 	v.cluster()
+	v.vip()
 	if len(v.errs) > 0 {
 		return v.errs
 	}

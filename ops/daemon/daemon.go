@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -62,9 +63,16 @@ type Daemon struct {
 	cfg      *config.Config
 	closeLog func()
 
-	startHooks    []func() error
-	shutdownHooks []func(context.Context)
-	reloadHooks   []func(*config.Config) (commit func(), err error)
+	vip *vipState
+	// endSessions ends relayed sessions whose local address matches, each
+	// at a response boundary with the given text, within ctx; it returns
+	// how many it ended. Installed by the lifecycle stage.
+	endSessions func(ctx context.Context, match func(local netip.AddrPort) bool, text string) int
+
+	beforeShutdown []func(context.Context)
+	startHooks     []func() error
+	shutdownHooks  []func(context.Context)
+	reloadHooks    []func(*config.Config) (commit func(), err error)
 }
 
 // onStart registers f to run after the listeners are bound.
@@ -224,6 +232,9 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 
 // Shutdown stops the node gracefully (see node.Server.Shutdown).
 func (d *Daemon) Shutdown(ctx context.Context) error {
+	for _, f := range d.beforeShutdown {
+		f(ctx)
+	}
 	select {
 	case <-d.done:
 	default:

@@ -85,6 +85,9 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 	d.cluster = node
 	d.registerRoutingAPI()
 	d.registerClusterMetrics()
+	if err := d.setupVIP(cfg); err != nil {
+		return err
+	}
 	d.onStart(func() error {
 		if err := node.Start(); err != nil {
 			return err

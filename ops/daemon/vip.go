@@ -1,0 +1,319 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/portico-mail/portico/ops/admin"
+	"github.com/portico-mail/portico/ops/config"
+	"github.com/portico-mail/portico/vip"
+)
+
+// vipState is the daemon's floating-address machinery.
+type vipState struct {
+	m       *vip.Manager
+	addrs   map[netip.Addr]bool
+	moving  atomic.Bool
+	ownerG  *prometheus.GaugeVec
+	changes prometheus.Counter
+	anns    prometheus.Counter
+}
+
+// setupVIP makes the virtual addresses follow raft leadership: the leader
+// acquires them after its barrier, and releases them when it stops being
+// leader (including when it cannot reach a quorum: raft steps down after
+// its lease). See vip/DESIGN.md.
+func (d *Daemon) setupVIP(cfg *config.Config) error {
+	vc := cfg.VIP
+	if len(vc.Addresses) == 0 {
+		return nil
+	}
+	st := &vipState{addrs: map[netip.Addr]bool{}}
+	var addrs []vip.Address
+	for _, a := range vc.Addresses {
+		addrs = append(addrs, vip.Address{Prefix: a.Prefix, Interface: a.Interface})
+		st.addrs[a.Prefix.Addr()] = true
+	}
+	st.ownerG = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "portico", Subsystem: "vip", Name: "owner",
+		Help: "1 while this node holds the virtual address."}, []string{"vip"})
+	st.changes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "portico", Subsystem: "vip", Name: "ownership_changes_total",
+		Help: "Times this node acquired or released the virtual addresses."})
+	st.anns = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "portico", Subsystem: "vip", Name: "announcements_total",
+		Help: "Gratuitous ARP / unsolicited neighbour advertisement rounds sent."})
+	d.Metrics.MustRegister(st.ownerG, st.changes, st.anns)
+	for a := range st.addrs {
+		st.ownerG.WithLabelValues(a.String()).Set(0)
+	}
+	m, err := vip.New(vip.Config{
+		Addresses: addrs, BurstCount: vc.BurstCount, BurstInterval: vc.BurstInterval.D(),
+		Refresh: vc.Refresh.D(), Reconcile: vc.Reconcile.D(),
+		Verify: d.cluster.VerifyLeader,
+		OnChange: func(owned bool) {
+			st.changes.Inc()
+			v := 0.0
+			if owned {
+				v = 1
+			}
+			for a := range st.addrs {
+				st.ownerG.WithLabelValues(a.String()).Set(v)
+			}
+		},
+		OnAnnounce: func(vip.Address) { st.anns.Inc() },
+		Log:        d.Log,
+	})
+	if err != nil {
+		return err
+	}
+	st.m = m
+	d.vip = st
+	d.cluster.OnLeadership(func(leader bool) {
+		if !leader {
+			st.moving.Store(false)
+			if d.srv != nil {
+				d.srv.SetRefuse(nil)
+			}
+		}
+		m.SetOwner(leader)
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	d.onStart(func() error {
+		go func() { m.Run(ctx); close(stopped) }()
+		go d.vipGuard(ctx, vc.Reconcile.D())
+		if len(vc.Preferred) > 0 {
+			go d.vipPreempt(ctx, vc.Preferred, vc.PreemptDelay.D())
+		}
+		return nil
+	})
+	// Hand the VIP away first at shutdown (before sessions are drained),
+	// so clients reconnect to the new owner while this node winds down.
+	d.beforeShutdown = append(d.beforeShutdown, func(context.Context) {
+		if d.cluster.IsLeader() {
+			if err := d.cluster.LeadershipTransfer(); err != nil {
+				d.Log.Warn("handing leadership (and the VIP) away at shutdown failed", "error", err)
+			}
+		}
+		m.SetOwner(false)
+	})
+	d.onShutdown(func(context.Context) {
+		cancel()
+		<-stopped
+	})
+	if d.admin != nil {
+		d.admin.HandleFunc("GET /v1/vip", d.vipStatus)
+		d.admin.HandleFunc("POST /v1/vip/move", d.vipMove)
+	}
+	return nil
+}
+
+// vipGuard releases the addresses whenever raft says this node is not the
+// leader, independently of the leadership notifications (belt and braces:
+// a missed or delayed notification cannot leave the VIP on a follower).
+func (d *Daemon) vipGuard(ctx context.Context, every time.Duration) {
+	if every <= 0 {
+		every = 250 * time.Millisecond
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if d.vip.m.Owned() && !d.cluster.IsLeader() {
+				d.Log.Warn("holding the VIP while not raft leader; releasing")
+				d.vip.m.SetOwner(false)
+			}
+		}
+	}
+}
+
+// vipPreempt moves leadership (and so the VIP) to a preferred node once
+// it has been a live member for the hold-down (keepalived's preempt_delay).
+func (d *Daemon) vipPreempt(ctx context.Context, preferred []string, hold time.Duration) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	since := map[string]time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !d.cluster.IsLeader() || slices.Contains(preferred, d.cluster.Name()) {
+			clear(since)
+			continue
+		}
+		peers, err := d.cluster.Peers()
+		if err != nil {
+			continue
+		}
+		alive := map[string]bool{}
+		for _, m := range d.cluster.Members() {
+			alive[m.Name] = m.State == "alive"
+		}
+		for _, name := range preferred {
+			var target *raft.Server
+			for _, p := range peers {
+				if p.ID == name && p.Suffrage == "voter" {
+					target = &raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Address)}
+				}
+			}
+			if target == nil || !alive[name] {
+				delete(since, name)
+				continue
+			}
+			if _, ok := since[name]; !ok {
+				since[name] = time.Now()
+			}
+			if time.Since(since[name]) >= hold {
+				d.Log.Info("preferred node healthy for the hold-down; moving leadership and the VIP to it", "to", name, "hold", hold)
+				if err := d.cluster.Raft().LeadershipTransferToServer(target.ID, target.Address).Error(); err != nil {
+					d.Log.Warn("preemptive move failed", "to", name, "error", err)
+				}
+				clear(since)
+				break
+			}
+		}
+	}
+}
+
+// VIPStatus is GET /v1/vip.
+type VIPStatus struct {
+	Addresses     []string `json:"addresses"`
+	Owner         string   `json:"owner"` // the raft leader, who holds the VIP
+	Self          string   `json:"self"`
+	SelfOwns      bool     `json:"self_owns"`
+	Moving        bool     `json:"moving"`
+	Changes       uint64   `json:"ownership_changes"`
+	Announcements uint64   `json:"announcements"`
+}
+
+func (d *Daemon) vipStatus(w http.ResponseWriter, r *http.Request) {
+	leader, _ := d.cluster.Leader()
+	c, a := d.vip.m.Counters()
+	st := VIPStatus{Owner: leader, Self: d.cluster.Name(), SelfOwns: d.vip.m.Owned(), Moving: d.vip.moving.Load(), Changes: c, Announcements: a}
+	for _, x := range d.vip.m.Addresses() {
+		st.Addresses = append(st.Addresses, x.String())
+	}
+	admin.JSON(w, 200, st)
+}
+
+// vipMove is POST /v1/vip/move {"to": "node"}: a planned handover. The
+// owner stops accepting on the VIP (new connections are reset, so clients
+// retry and find the new owner), ends its sessions on the VIP at response
+// boundaries, then transfers raft leadership; the new leader acquires and
+// announces the address, this node releases it.
+func (d *Daemon) vipMove(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		To string `json:"to"`
+	}
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4096))
+	if err != nil {
+		admin.Error(w, 413, "body too large")
+		return
+	}
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &body); err != nil {
+			admin.Error(w, 400, "invalid JSON: "+err.Error())
+			return
+		}
+	}
+	if !d.cluster.IsLeader() {
+		d.forwardToLeader(w, r, raw)
+		return
+	}
+	var target *raft.Server
+	if body.To != "" {
+		if body.To == d.cluster.Name() {
+			admin.Error(w, 400, body.To+" already holds the VIP")
+			return
+		}
+		peers, err := d.cluster.Peers()
+		if err != nil {
+			admin.Error(w, 503, err.Error())
+			return
+		}
+		for _, p := range peers {
+			if p.ID == body.To && p.Suffrage == "voter" {
+				target = &raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Address)}
+			}
+		}
+		if target == nil {
+			admin.Error(w, 400, fmt.Sprintf("%s is not a raft voter (only voters can lead and hold the VIP)", body.To))
+			return
+		}
+	}
+	if !d.vip.moving.CompareAndSwap(false, true) {
+		admin.Error(w, 409, "a move is already in progress")
+		return
+	}
+	start := time.Now()
+	isVIP := func(local netip.AddrPort) bool { return d.vip.addrs[local.Addr()] }
+	d.srv.SetRefuse(isVIP)
+	ended := 0
+	if d.endSessions != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), d.cfg.VIP.MoveDrain.D())
+		ended = d.endSessions(ctx, isVIP, "Server moving, please reconnect")
+		cancel()
+	}
+	var terr error
+	if target != nil {
+		terr = d.cluster.Raft().LeadershipTransferToServer(target.ID, target.Address).Error()
+	} else {
+		terr = d.cluster.LeadershipTransfer()
+	}
+	if terr != nil {
+		d.srv.SetRefuse(nil)
+		d.vip.moving.Store(false)
+		admin.Error(w, 503, "leadership transfer failed: "+terr.Error())
+		return
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for d.vip.m.Owned() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	leader, _ := d.cluster.Leader()
+	admin.JSON(w, 200, map[string]any{"from": d.cluster.Name(), "to": leader, "sessions_ended": ended,
+		"took_ms": time.Since(start).Milliseconds()})
+}
+
+// forwardToLeader re-sends a POST to the leader's admin API.
+func (d *Daemon) forwardToLeader(w http.ResponseWriter, r *http.Request, body []byte) {
+	name, api := d.cluster.Leader()
+	if name == "" || api == "" {
+		admin.Error(w, 503, "no raft leader")
+		return
+	}
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+api+r.URL.RequestURI(), bytesReader(body))
+	if err != nil {
+		admin.Error(w, 500, err.Error())
+		return
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if d.cfg.Admin.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+d.cfg.Admin.Token)
+	}
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		admin.Error(w, 503, fmt.Sprintf("leader %s: %v", name, err))
+		return
+	}
+	defer resp.Body.Close()
+	w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(w, io.LimitReader(resp.Body, 1<<20))
+}
+
+func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
