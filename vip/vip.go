@@ -65,7 +65,7 @@ type Manager struct {
 	log    *slog.Logger
 	want   atomic.Bool
 	verify atomic.Pointer[func() error]
-	kick chan struct{}
+	kick   chan struct{}
 
 	mu       sync.Mutex
 	owned    bool // addresses present and announced by us
