@@ -115,8 +115,7 @@ type Node struct {
 	closeOnce sync.Once
 
 	mu        sync.Mutex
-	deadSince map[string]time.Time // member name -> when memberlist declared it dead
-	leftNodes map[string]bool      // members that left gracefully
+	deadSince map[string]time.Time // member name -> when memberlist reported it gone
 }
 
 // ErrNoLeader: no leader is known (no quorum, or an election is running).
@@ -146,7 +145,7 @@ func New(cfg Config, fsm *routing.FSM) (*Node, error) {
 		cfg.Log = slog.Default()
 	}
 	n := &Node{cfg: cfg, log: cfg.Log.With("component", "cluster"), fsm: fsm, stop: make(chan struct{}), pokeCh: make(chan struct{}, 1),
-		deadSince: map[string]time.Time{}, leftNodes: map[string]bool{}}
+		deadSince: map[string]time.Time{}}
 	var err error
 	if n.lock = cfg.Lock; n.lock == nil {
 		if n.lock, err = LockDataDir(cfg.DataDir); err != nil {
@@ -294,6 +293,8 @@ func (n *Node) Start() error {
 	case n.cfg.BootstrapExpect > 1:
 		n.wg.Add(1)
 		go n.bootstrapWhenExpected()
+	case n.cfg.BootstrapExpect == 1 && n.peerBootstrapped():
+		n.log.Warn("bootstrap_expect is 1 but a joined peer already belongs to a cluster: joining it instead of forming a new one")
 	case n.cfg.BootstrapExpect == 1 || !n.hasPeers():
 		n.log.Info("bootstrapping a new single-node cluster", "data_dir", n.cfg.DataDir)
 		if err := n.bootstrap([]raft.Server{n.self()}); err != nil {
@@ -322,6 +323,19 @@ func (n *Node) otherVoters() int {
 		}
 	}
 	return c
+}
+
+// peerBootstrapped reports whether a live member already has raft state.
+func (n *Node) peerBootstrapped() bool {
+	for _, m := range n.del.snapshot() {
+		if m.name == n.cfg.NodeName || m.state != memberlist.StateAlive {
+			continue
+		}
+		if meta := decodeMeta(m.meta); meta != nil && meta.Bootstrapped {
+			return true
+		}
+	}
+	return false
 }
 
 // hasPeers reports whether Join names any address other than our own.
@@ -364,15 +378,21 @@ func (n *Node) bootstrapWhenExpected() {
 			return // someone else formed the cluster; the leader adds us
 		}
 		var servers []raft.Server
-		for _, m := range n.ml.Members() {
-			meta := decodeMeta(m.Meta)
+		for _, m := range n.del.snapshot() {
+			if m.state != memberlist.StateAlive {
+				continue
+			}
+			meta := decodeMeta(m.meta)
+			if m.name == n.cfg.NodeName {
+				meta = n.meta.Load()
+			}
 			if meta == nil || meta.Raft == "" || meta.Bootstrapped {
 				if meta != nil && meta.Bootstrapped {
 					return // an existing cluster: wait to be added
 				}
 				continue
 			}
-			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.Name), Address: raft.ServerAddress(meta.Raft)})
+			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.name), Address: raft.ServerAddress(meta.Raft)})
 		}
 		if len(servers) < n.cfg.BootstrapExpect {
 			continue
@@ -405,8 +425,10 @@ func (n *Node) rejoinLoop() {
 		case <-t.C:
 		}
 		known := map[string]bool{}
-		for _, m := range n.ml.Members() {
-			known[m.Address()] = true
+		for _, m := range n.del.snapshot() {
+			if m.state == memberlist.StateAlive {
+				known[m.addr] = true
+			}
 		}
 		var missing []string
 		for _, j := range n.cfg.Join {
@@ -438,9 +460,12 @@ func (n *Node) Leader() (name, api string) {
 		return "", ""
 	}
 	name = string(id)
-	for _, m := range n.ml.Members() {
-		if m.Name == name {
-			if meta := decodeMeta(m.Meta); meta != nil {
+	if name == n.cfg.NodeName {
+		return name, n.meta.Load().API
+	}
+	for _, m := range n.del.snapshot() {
+		if m.name == name {
+			if meta := decodeMeta(m.meta); meta != nil {
 				api = meta.API
 			}
 		}

@@ -19,6 +19,38 @@ type delegate struct {
 
 	mu       sync.Mutex
 	channels map[byte]Channel
+
+	// A copy of the member table, taken inside memberlist's callbacks
+	// (which run under its lock): memberlist.Members() returns pointers to
+	// structs it keeps writing, so reading their fields races.
+	memMu   sync.Mutex
+	members map[string]memberCopy
+}
+
+type memberCopy struct {
+	name, addr string
+	state      memberlist.NodeStateType
+	meta       []byte
+}
+
+// record copies m. memberlist does not keep the Node's own State field
+// current (its node table shadows it), so the state comes from the event.
+func (d *delegate) record(m *memberlist.Node, state memberlist.NodeStateType) {
+	c := memberCopy{name: m.Name, addr: m.Address(), state: state, meta: append([]byte(nil), m.Meta...)}
+	d.memMu.Lock()
+	d.members[m.Name] = c
+	d.memMu.Unlock()
+}
+
+// snapshot returns a copy of the member table.
+func (d *delegate) snapshot() []memberCopy {
+	d.memMu.Lock()
+	defer d.memMu.Unlock()
+	out := make([]memberCopy, 0, len(d.members))
+	for _, m := range d.members {
+		out = append(out, m)
+	}
+	return out
 }
 
 // Channel is a gossip payload multiplexed on the delegate by a one-byte id:
@@ -32,7 +64,7 @@ type Channel interface {
 }
 
 func newDelegate(n *Node) *delegate {
-	d := &delegate{n: n, channels: map[byte]Channel{}}
+	d := &delegate{n: n, channels: map[byte]Channel{}, members: map[string]memberCopy{}}
 	d.queue = &memberlist.TransmitLimitedQueue{
 		NumNodes:       func() int { return n.numMembers() },
 		RetransmitMult: 3,
@@ -127,30 +159,33 @@ func (d *delegate) MergeRemoteState(b []byte, join bool) {
 }
 
 func (d *delegate) NotifyJoin(m *memberlist.Node) {
+	d.record(m, memberlist.StateAlive)
 	d.n.mu.Lock()
 	delete(d.n.deadSince, m.Name)
-	delete(d.n.leftNodes, m.Name)
 	d.n.mu.Unlock()
 	d.n.log.Info("member joined", "member", m.Name, "address", m.Address())
 	d.n.poke()
 }
 
+// NotifyLeave covers both a member declared dead and one that left
+// gracefully (the event does not say which). Either way it stays a raft
+// server until it has been gone for dead_node_reap, so a node restarted
+// for an upgrade comes back as the same voter.
 func (d *delegate) NotifyLeave(m *memberlist.Node) {
+	d.record(m, memberlist.StateDead)
 	if m.Name == d.n.cfg.NodeName {
 		return
 	}
 	d.n.mu.Lock()
-	if m.State == memberlist.StateLeft {
-		d.n.leftNodes[m.Name] = true
-	} else if _, ok := d.n.deadSince[m.Name]; !ok {
+	if _, ok := d.n.deadSince[m.Name]; !ok {
 		d.n.deadSince[m.Name] = time.Now()
 	}
 	d.n.mu.Unlock()
-	d.n.log.Warn("member gone", "member", m.Name, "state", memberState(int(m.State)))
+	d.n.log.Warn("member gone (dead or left)", "member", m.Name)
 	d.n.poke()
 }
 
-func (d *delegate) NotifyUpdate(m *memberlist.Node) {}
+func (d *delegate) NotifyUpdate(m *memberlist.Node) { d.record(m, memberlist.StateAlive) }
 
 func memberState(s int) string {
 	switch memberlist.NodeStateType(s) {

@@ -218,9 +218,9 @@ func (h *Health) probeAll() {
 // decide recomputes the cluster's decision from the views of live members.
 func (h *Health) decide() {
 	alive := map[string]bool{}
-	for _, m := range h.n.ml.Members() {
-		if m.State == memberlist.StateAlive {
-			alive[m.Name] = true
+	for _, m := range h.n.del.snapshot() {
+		if m.state == memberlist.StateAlive {
+			alive[m.name] = true
 		}
 	}
 	h.mu.Lock()

@@ -79,8 +79,8 @@ func (n *Node) leaderLoop() {
 }
 
 // reconcile makes raft's configuration follow memberlist: alive members
-// join as voters up to MaxVoters (the rest as non-voters), members that
-// left are removed at once, dead ones after DeadNodeReap.
+// join as voters up to MaxVoters (the rest as non-voters), members gone
+// (dead or left) for longer than DeadNodeReap are removed.
 func (n *Node) reconcile() {
 	cf := n.raft.GetConfiguration()
 	if cf.Error() != nil {
@@ -97,13 +97,16 @@ func (n *Node) reconcile() {
 	}
 	self := raft.ServerID(n.cfg.NodeName)
 	alive := map[raft.ServerID]bool{}
-	for _, m := range n.ml.Members() {
-		if m.State != memberlist.StateAlive {
+	for _, m := range n.del.snapshot() {
+		if m.state != memberlist.StateAlive {
 			continue
 		}
-		id := raft.ServerID(m.Name)
+		id := raft.ServerID(m.name)
 		alive[id] = true
-		meta := decodeMeta(m.Meta)
+		meta := decodeMeta(m.meta)
+		if m.name == n.cfg.NodeName {
+			meta = n.meta.Load()
+		}
 		if meta == nil || meta.Raft == "" {
 			continue
 		}
@@ -115,21 +118,21 @@ func (n *Node) reconcile() {
 			if s.Suffrage == raft.Nonvoter && voters < n.cfg.MaxVoters {
 				if err := n.raft.AddVoter(id, addr, 0, 5*time.Second).Error(); err == nil {
 					voters++
-					n.log.Info("promoted member to voter", "member", m.Name)
+					n.log.Info("promoted member to voter", "member", m.name)
 				}
 			}
 		case voters < n.cfg.MaxVoters:
 			if err := n.raft.AddVoter(id, addr, 0, 5*time.Second).Error(); err != nil {
-				n.log.Warn("adding voter failed", "member", m.Name, "error", err)
+				n.log.Warn("adding voter failed", "member", m.name, "error", err)
 			} else {
 				voters++
-				n.log.Info("added member as voter", "member", m.Name, "raft", addr)
+				n.log.Info("added member as voter", "member", m.name, "raft", addr)
 			}
 		default:
 			if err := n.raft.AddNonvoter(id, addr, 0, 5*time.Second).Error(); err != nil {
-				n.log.Warn("adding non-voter failed", "member", m.Name, "error", err)
+				n.log.Warn("adding non-voter failed", "member", m.name, "error", err)
 			} else {
-				n.log.Info("added member as non-voter", "member", m.Name)
+				n.log.Info("added member as non-voter", "member", m.name)
 			}
 		}
 	}
@@ -140,10 +143,6 @@ func (n *Node) reconcile() {
 			continue
 		}
 		name := string(id)
-		if n.leftNodes[name] {
-			remove = append(remove, id)
-			continue
-		}
 		if since, ok := n.deadSince[name]; ok && time.Since(since) > n.cfg.DeadNodeReap {
 			remove = append(remove, id)
 		}
@@ -155,7 +154,6 @@ func (n *Node) reconcile() {
 			continue
 		}
 		n.mu.Lock()
-		delete(n.leftNodes, string(id))
 		delete(n.deadSince, string(id))
 		n.mu.Unlock()
 		n.log.Info("removed member from raft", "member", id)

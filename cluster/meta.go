@@ -97,9 +97,13 @@ func stateName(s string) string {
 // Members returns memberlist's view, sorted by name.
 func (n *Node) Members() []Member {
 	var out []Member
-	for _, m := range n.ml.Members() {
-		mm := Member{Name: m.Name, Address: m.Address(), State: memberState(int(m.State))}
-		if meta := decodeMeta(m.Meta); meta != nil {
+	for _, m := range n.del.snapshot() {
+		mm := Member{Name: m.name, Address: m.addr, State: memberState(int(m.state))}
+		meta := decodeMeta(m.meta)
+		if m.name == n.cfg.NodeName {
+			meta = n.meta.Load()
+		}
+		if meta != nil {
 			mm.Version, mm.Role, mm.API, mm.Raft, mm.Sessions, mm.Draining = meta.Version, meta.Role, meta.API, meta.Raft, meta.Sessions, meta.Draining
 		}
 		out = append(out, mm)
