@@ -66,6 +66,7 @@ type Server struct {
 	certs    *CertStore
 	engine   *relay.Engine
 	log      *slog.Logger
+	obs      Observer // metrics (metrics.go)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -75,6 +76,7 @@ type Server struct {
 	preauth   map[*session.Client]struct{}
 	perIP     map[netip.Addr]int
 	closing   bool
+	stats     map[string]*ListenerStats // by listener name (metrics.go)
 
 	conns       atomic.Int64 // open client connections (pre-login and relayed)
 	refuseLocal atomic.Pointer[func(local netip.AddrPort) bool]
@@ -84,9 +86,10 @@ type Server struct {
 }
 
 type listener struct {
-	cfg  ListenerConfig
-	info *session.Listener
-	ln   net.Listener
+	cfg   ListenerConfig
+	info  *session.Listener
+	ln    net.Listener
+	stats *ListenerStats
 }
 
 // NewServer prepares a server. certs may be nil when no listener uses TLS.
@@ -97,7 +100,7 @@ func NewServer(cfg Config, env *session.Env, handlers map[routing.Protocol]sessi
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
 		cfg: cfg, env: env, handlers: handlers, certs: certs, engine: engine, log: env.Log,
-		ctx: ctx, cancel: cancel,
+		obs: nopObserver{}, ctx: ctx, cancel: cancel,
 		preauth: make(map[*session.Client]struct{}),
 		perIP:   make(map[netip.Addr]int),
 	}
@@ -139,7 +142,7 @@ func (s *Server) Start() error {
 			closeAll(lns)
 			return fmt.Errorf("listener %s: %w", lc.Name, err)
 		}
-		lns = append(lns, &listener{cfg: lc, info: info, ln: ln})
+		lns = append(lns, &listener{cfg: lc, info: info, ln: ln, stats: s.statsFor(lc.Name, lc.Protocol)})
 	}
 	s.mu.Lock()
 	s.listeners = lns
@@ -226,6 +229,7 @@ func (s *Server) refuse(l *listener, tc *net.TCPConn, why string) {
 		_, _ = tc.Write([]byte(tooMany(l.cfg.Protocol)))
 	}
 	_ = tc.Close()
+	s.obs.Refused(l.stats, why)
 	s.log.Warn("connection refused", "listener", l.cfg.Name, "client", tc.RemoteAddr().String(), "reason", why)
 }
 
@@ -239,11 +243,13 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 			_ = tc.Close()
 		}
 	}()
+	l.stats.Accepted.Add(1)
 	if f := s.refuseLocal.Load(); f != nil && (*f)(addrPort(tc.LocalAddr())) {
 		// Refused outright (a virtual IP being handed over): a reset makes
 		// the client retry at once, and find the new owner.
 		_ = tc.SetLinger(0)
 		_ = tc.Close()
+		s.obs.Refused(l.stats, RefusedLocalAddress)
 		return
 	}
 	if n := s.conns.Add(1); s.cfg.MaxConnections > 0 && n > int64(s.cfg.MaxConnections) {
@@ -277,6 +283,7 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 		if err != nil {
 			release(netip.Addr{})
 			_ = tc.Close()
+			s.obs.Refused(l.stats, RefusedProxyHeader)
 			s.log.Warn("bad PROXY header", "listener", l.cfg.Name, "peer", peer.String(), "error", err)
 			return
 		}
@@ -320,10 +327,12 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 	}
 	c.Log = s.log.With("session", c.ID)
 	c.Log.Info("session start", "listener", l.cfg.Name, "protocol", string(l.cfg.Protocol), "client", remote.String())
+	l.stats.Preauth.Add(1)
 
 	if !s.track(c) {
 		_ = c.Stream.Close()
 		release(ip)
+		s.preauthEnded(l, c, nil)
 		return
 	}
 	if l.cfg.TLS == routing.TLSImplicit {
@@ -331,6 +340,7 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 			s.untrack(c)
 			_ = c.Stream.Close()
 			release(ip)
+			s.preauthEnded(l, c, err)
 			c.Log.Info("session end", "reason", "tls handshake failed", "error", err.Error(), "duration", time.Since(c.Started).Round(time.Millisecond))
 			return
 		}
@@ -340,6 +350,7 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 	if h == nil {
 		_ = c.Stream.Close()
 		release(ip)
+		s.preauthEnded(l, c, err)
 		attrs := []any{"reason", "ended before login", "duration", time.Since(c.Started).Round(time.Millisecond)}
 		if err != nil {
 			attrs = append(attrs, "error", err.Error())
@@ -347,18 +358,25 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 		c.Log.Info("session end", attrs...)
 		return
 	}
-	s.startRelay(c, h, func() { release(ip) })
+	s.startRelay(l, c, h, func() { release(ip) })
 }
 
-func (s *Server) startRelay(c *session.Client, h *session.Handoff, release func()) {
+func (s *Server) startRelay(l *listener, c *session.Client, h *session.Handoff, release func()) {
+	ls := l.stats
+	ls.Preauth.Add(-1)
+	ls.Relayed.Add(1)
+	s.obs.SessionStarted(ls, h)
 	toBackend := c.Stream.Detach()
 	toClient := h.Backend.Detach()
 	cs := relay.Side{Conn: c.Stream.Base(), TLS: c.Stream.TLS()}
 	bs := relay.Side{Conn: h.Backend.Base(), TLS: h.Backend.TLS()}
 	s.engine.Start(cs, bs, toBackend, toClient, relay.Options{
 		IdleTimeout: c.Listener.Limits.IdleTimeout,
+		Counters:    &ls.Bytes,
 		OnClose: func(st relay.Stats) {
 			release()
+			ls.Relayed.Add(-1)
+			s.obs.SessionEnded(ls, h, st)
 			attrs := []any{"user", h.User, "backend", h.BackendID, "reason", st.Reason,
 				"bytes_in", st.ClientToBackend, "bytes_out", st.BackendToClient,
 				"duration", time.Since(c.Started).Round(time.Millisecond)}

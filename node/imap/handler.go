@@ -64,6 +64,7 @@ type conn struct {
 // Serve implements session.Handler.
 func (h *Handler) Serve(ctx context.Context, c *session.Client) (*session.Handoff, error) {
 	s := &conn{h: h, c: c}
+	defer func() { c.ProtocolErrors = s.errors }()
 	s.newReader()
 	s.writef("* OK [CAPABILITY %s] %s\r\n", s.capabilities(), h.greeting)
 	if err := s.flush(); err != nil {
@@ -89,6 +90,7 @@ func (h *Handler) Serve(ctx context.Context, c *session.Client) (*session.Handof
 		if max := c.Listener.Limits.MaxErrors; max > 0 && s.errors >= max {
 			s.writef("* BYE Too many invalid IMAP commands.\r\n")
 			_ = s.flush()
+			c.EndReason = session.EndTooManyErrors
 			return nil, errors.New("too many invalid commands")
 		}
 	}
@@ -128,6 +130,7 @@ func (s *conn) readError(ctx context.Context, err error) (end bool, _ error) {
 			return false, s.flush()
 		}
 		s.writef("* BYE Non-synchronizing literal too large.\r\n")
+		s.c.EndReason = session.EndProtocolError
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		s.writef("* BYE Disconnected for inactivity.\r\n")
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
@@ -152,6 +155,7 @@ func (s *conn) dispatch(ctx context.Context, cmd *imapwire.Command) (*session.Ha
 		s.writef("%s OK NOOP completed.\r\n", cmd.Tag)
 	case "LOGOUT":
 		s.writef("* BYE Logging out.\r\n%s OK Logout completed.\r\n", cmd.Tag)
+		s.c.EndReason = session.EndLogout
 		return nil, true, nil
 	case "STARTTLS":
 		return s.starttls(ctx, cmd)

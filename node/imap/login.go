@@ -127,6 +127,7 @@ func (s *conn) login(ctx context.Context, tag string, creds session.Credentials)
 	}
 	if out.Close {
 		s.writef("* BYE Too many authentication failures.\r\n")
+		s.c.EndReason = session.EndTooManyAuthFailures
 		return nil, true, nil
 	}
 	if ctx.Err() != nil {

@@ -181,6 +181,7 @@ func (s *conn) login(creds session.Credentials) (*session.Handoff, bool, error) 
 	}
 	if out.Close {
 		s.write(replyTooManyAuth)
+		s.c.EndReason = session.EndTooManyAuthFailures
 		return nil, true, errTooManyAuthFailures
 	}
 	if err := s.ctx.Err(); err != nil {

@@ -84,6 +84,7 @@ type conn struct {
 // Serve implements session.Handler.
 func (h *Handler) Serve(ctx context.Context, c *session.Client) (*session.Handoff, error) {
 	s := &conn{h: h, c: c, ctx: ctx}
+	defer func() { c.ProtocolErrors = s.errors }()
 	// The server interrupts blocked reads at shutdown by itself; do it here
 	// too so that the handler does not depend on it.
 	stop := context.AfterFunc(ctx, func() {
@@ -128,6 +129,7 @@ func (h *Handler) Serve(ctx context.Context, c *session.Client) (*session.Handof
 		if max := c.Listener.Limits.MaxErrors; max > 0 && s.errors >= max {
 			s.write(replyTooMany)
 			_ = s.flush()
+			c.EndReason = session.EndTooManyErrors
 			return nil, errTooManyErrors
 		}
 		if err := s.flush(); err != nil {
@@ -175,6 +177,7 @@ func (s *conn) dispatch(cmd Command) (ho *session.Handoff, end bool, err error) 
 		s.capa()
 	case "QUIT":
 		s.write(replyLogout)
+		s.c.EndReason = session.EndLogout
 		return nil, true, nil
 	case "STLS":
 		end, err := s.stls(cmd)

@@ -31,6 +31,7 @@ type pump struct {
 
 	state atomic.Int32
 	n     atomic.Int64
+	total *atomic.Int64 // the group's counter for this direction, or nil
 }
 
 func (s *Session) newPump(src, dst *Side, pending []byte, id uint64) *pump {
@@ -43,6 +44,12 @@ func (s *Session) newPump(src, dst *Side, pending []byte, id uint64) *pump {
 		pending:  pending,
 		poller:   s.e.pollers[id%uint64(len(s.e.pollers))],
 		splice:   src.plain() && dst.plain(),
+	}
+	if c := s.opts.Counters; c != nil {
+		p.total = &c.ClientToBackend
+		if p.toClient {
+			p.total = &c.BackendToClient
+		}
 	}
 	// The source is only ever read without blocking: through TLS this makes
 	// tls.Conn.Read return netx.ErrWouldBlock instead of waiting.
@@ -60,7 +67,7 @@ func (p *pump) run() {
 			p.fail(err, false)
 			return
 		}
-		p.n.Add(int64(len(pend)))
+		p.count(len(pend))
 		p.s.touch()
 	}
 	var err error
@@ -109,7 +116,7 @@ func (p *pump) runCopy() error {
 			if _, werr := p.write(buf[:n]); werr != nil {
 				return writeErr{werr}
 			}
-			p.n.Add(int64(n))
+			p.count(n)
 			p.s.touch()
 		}
 		if err != nil {
@@ -118,6 +125,15 @@ func (p *pump) runCopy() error {
 			}
 			return err
 		}
+	}
+}
+
+// count records n bytes moved, counting them as they move (not at the
+// end of the session) so that the group's total is current.
+func (p *pump) count(n int) {
+	p.n.Add(int64(n))
+	if p.total != nil {
+		p.total.Add(int64(n))
 	}
 }
 
@@ -179,7 +195,7 @@ func (p *pump) runSplice() error {
 			err := dstRaw.Write(func(fd uintptr) bool {
 				m, werr = spliceWrite(pp, int(fd), left)
 				left -= m
-				p.n.Add(int64(m))
+				p.count(m)
 				return werr != errAgain || left == 0
 			})
 			if err != nil {

@@ -54,6 +54,16 @@ type Options struct {
 	IdleTimeout time.Duration
 	// OnClose is called once, after both connections are closed.
 	OnClose func(Stats)
+	// Counters, if set, accumulate the bytes this session moves as they
+	// move (shared by many sessions, e.g. all of a listener's; metrics read
+	// them while sessions run).
+	Counters *Counters
+}
+
+// Counters total the bytes relayed by a group of sessions.
+type Counters struct {
+	ClientToBackend atomic.Int64
+	BackendToClient atomic.Int64
 }
 
 // Reasons a session ends (Stats.Reason).

@@ -99,7 +99,10 @@ type LoginEvent struct {
 	BackendID string
 	Result    Result
 	Latency   time.Duration
-	Err       error
+	// Connect is how long connecting to the backend took (TCP, PROXY
+	// header, implicit TLS); 0 when no connection was made.
+	Connect time.Duration
+	Err     error
 }
 
 // BackendLogin performs the protocol's login on a connected backend.
@@ -130,6 +133,8 @@ type Outcome struct {
 	// Close: the session must end after the reply (too many failures).
 	Close bool
 	Err   error
+	// Connect: time to connect to the backend, when a connection was made.
+	Connect time.Duration
 }
 
 // Login runs one attempt: route, dial, backend login. It applies the
@@ -138,7 +143,7 @@ func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogi
 	start := time.Now()
 	c.attempts++
 	out := c.login(ctx, creds, login)
-	ev := LoginEvent{User: creds.RouteUser(), Result: out.Result, Latency: time.Since(start), Err: out.Err}
+	ev := LoginEvent{User: creds.RouteUser(), Result: out.Result, Latency: time.Since(start), Connect: out.Connect, Err: out.Err}
 	if out.Handoff != nil {
 		ev.BackendID = out.Handoff.BackendID
 	}
@@ -184,10 +189,12 @@ func (c *Client) login(ctx context.Context, creds Credentials, login BackendLogi
 	}
 	bctx, cancel := context.WithTimeout(ctx, c.Listener.Limits.BackendTimeout)
 	defer cancel()
+	dialed := time.Now()
 	be, err := c.Env.Dialer.Dial(bctx, t.Backend, c.Listener.Protocol, c.Remote, c.Local)
 	if err != nil {
 		return Outcome{Result: classify(err), Refusal: &Refusal{Kind: RefuseUnavailable}, Err: err}
 	}
+	connect := time.Since(dialed)
 	// The backend dialogue runs under the context's deadline.
 	if dl, ok := bctx.Deadline(); ok {
 		_ = be.SetDeadline(dl)
@@ -201,16 +208,17 @@ func (c *Client) login(ctx context.Context, creds Credentials, login BackendLogi
 		var rej *BackendRejected
 		if errors.As(err, &rej) {
 			if rej.Temporary {
-				return Outcome{Result: ResultUnavailable, Reply: rej.Reply, Err: err}
+				return Outcome{Result: ResultUnavailable, Reply: rej.Reply, Err: err, Connect: connect}
 			}
-			return Outcome{Result: ResultBadCreds, Reply: rej.Reply, Err: err}
+			return Outcome{Result: ResultBadCreds, Reply: rej.Reply, Err: err, Connect: connect}
 		}
 		err = fmt.Errorf("backend %s (%s): %w", t.Backend.ID, t.Backend.Addr(c.Listener.Protocol), err)
-		return Outcome{Result: classify(err), Refusal: &Refusal{Kind: RefuseUnavailable}, Err: err}
+		return Outcome{Result: classify(err), Refusal: &Refusal{Kind: RefuseUnavailable}, Err: err, Connect: connect}
 	}
 	return Outcome{
-		Result: ResultOK,
-		Reply:  reply,
+		Result:  ResultOK,
+		Connect: connect,
+		Reply:   reply,
 		Handoff: &Handoff{
 			Client: c, Backend: be, User: creds.RouteUser(),
 			BackendID: t.Backend.ID, BackendAt: t.Backend.Addr(c.Listener.Protocol),
@@ -230,8 +238,17 @@ func isTimeout(err error) bool {
 	return errors.As(err, &te) && te.Timeout()
 }
 
+// logLogin writes the access log line: one per login attempt, with
+// everything needed without joining other lines (the session id does that
+// for the session's start and end).
 func (c *Client) logLogin(ev LoginEvent) {
-	attrs := []any{"user", ev.User, "result", string(ev.Result), "latency", ev.Latency.Round(time.Microsecond)}
+	attrs := make([]any, 0, 20)
+	if c.Env.Node != "" {
+		attrs = append(attrs, "node", c.Env.Node)
+	}
+	attrs = append(attrs, "listener", c.Listener.Name, "protocol", string(c.Listener.Protocol),
+		"client", c.Remote.String(), "user", ev.User, "result", string(ev.Result),
+		"latency", ev.Latency.Round(time.Microsecond))
 	if ev.BackendID != "" {
 		attrs = append(attrs, "backend", ev.BackendID)
 	}

@@ -87,6 +87,8 @@ type Env struct {
 	Log      *slog.Logger
 	// OnLogin, if set, observes every login attempt (metrics, access log).
 	OnLogin func(*Client, LoginEvent)
+	// Node names this node in the per-login access log line.
+	Node string
 }
 
 // Client is a client connection during the pre-login phase.
@@ -101,6 +103,17 @@ type Client struct {
 	Proxied  bool           // Remote/Local came from a PROXY header
 	Log      *slog.Logger
 	Started  time.Time
+
+	// EndReason is why the session ended before login when the handler
+	// knows better than its returned error (one of the End* constants);
+	// see EndReasonOf.
+	EndReason string
+	// ProtocolErrors counts the invalid or refused commands of the
+	// pre-login dialogue (those counting toward Limits.MaxErrors); the
+	// handler sets it when the dialogue ends.
+	ProtocolErrors int
+	// TLSFailure classifies a failed TLS handshake (TLSFail*), else "".
+	TLSFailure string
 
 	authFailures int
 	attempts     int
@@ -140,8 +153,14 @@ func (c *Client) TLSState() *tls.ConnectionState {
 
 // StartTLS upgrades the client connection (after STARTTLS/STLS was
 // answered). Bytes pipelined after the command feed the handshake.
+// A failure (other than at shutdown) is recorded in EndReason and
+// TLSFailure: the stream is unusable afterwards, so the session ends.
 func (c *Client) StartTLS(ctx context.Context) error {
-	return c.Stream.StartTLSServer(ctx, c.Listener.TLSConfig, c.Listener.Limits.TLSHandshakeTimeout)
+	err := c.Stream.StartTLSServer(ctx, c.Listener.TLSConfig, c.Listener.Limits.TLSHandshakeTimeout)
+	if err != nil && ctx.Err() == nil {
+		c.EndReason, c.TLSFailure = EndTLSHandshake, tlsFailure(err)
+	}
+	return err
 }
 
 // ArmReadDeadline sets the pre-login inactivity deadline before a read.

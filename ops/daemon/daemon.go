@@ -64,6 +64,7 @@ type Daemon struct {
 	closeLog func()
 
 	vip *vipState
+	ops *opsState // metrics, readiness, status (ops.go)
 	// endSessions ends relayed sessions whose local address matches, each
 	// at a response boundary with the given text, within ctx; it returns
 	// how many it ended. Installed by the lifecycle stage.

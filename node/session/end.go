@@ -1,0 +1,60 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"syscall"
+)
+
+// Why a session ended before login (for metrics and logs). The set is
+// fixed: these are label values, never free text.
+const (
+	EndLogout              = "logout"                 // LOGOUT / QUIT
+	EndClientClosed        = "client_closed"          // the client hung up or reset
+	EndTimeout             = "timeout"                // preauth_timeout
+	EndTooManyErrors       = "too_many_errors"        // max_errors invalid commands
+	EndTooManyAuthFailures = "too_many_auth_failures" // max_auth_failures failed logins
+	EndTLSHandshake        = "tls_handshake_failed"   // implicit TLS, STARTTLS or STLS
+	EndProtocolError       = "protocol_error"         // the stream cannot be resynchronised
+	EndShutdown            = "shutdown"               // the node stopped or is draining
+	EndError               = "error"                  // anything else (write errors, ...)
+)
+
+// Classes of failed TLS handshakes with clients (Client.TLSFailure).
+const (
+	TLSFailTimeout = "timeout" // tls_handshake_timeout
+	TLSFailClosed  = "closed"  // the client hung up mid-handshake (port scanners, health checks)
+	TLSFailError   = "error"   // protocol failure: no shared version or cipher, bad record, alert
+)
+
+// EndReasonOf returns why c's session ended before login, given the error
+// its handler returned and the serving context: the reason the handler
+// recorded (Client.EndReason) if any, else one derived from err.
+func EndReasonOf(ctx context.Context, c *Client, err error) string {
+	switch {
+	case c.EndReason != "":
+		return c.EndReason
+	case ctx.Err() != nil:
+		return EndShutdown
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return EndClientClosed
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return EndTimeout
+	}
+	return EndError
+}
+
+// tlsFailure classifies a failed server-side handshake.
+func tlsFailure(err error) string {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
+		return TLSFailTimeout
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return TLSFailClosed
+	}
+	return TLSFailError
+}

@@ -1,0 +1,102 @@
+package session
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/portico-mail/portico/integration/testcert"
+	"github.com/portico-mail/portico/node/netx"
+)
+
+func TestEndReasonOf(t *testing.T) {
+	live := context.Background()
+	stopped, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tc := range []struct {
+		ctx    context.Context
+		set    string
+		err    error
+		reason string
+	}{
+		{live, "", nil, EndClientClosed},
+		{live, "", io.EOF, EndClientClosed},
+		{live, "", fmt.Errorf("read: %w", syscall.ECONNRESET), EndClientClosed},
+		{live, "", fmt.Errorf("read: %w", os.ErrDeadlineExceeded), EndTimeout},
+		{live, "", errors.New("something else"), EndError},
+		{stopped, "", os.ErrDeadlineExceeded, EndShutdown},
+		{live, EndLogout, nil, EndLogout},
+		{stopped, EndTooManyErrors, errors.New("too many"), EndTooManyErrors},
+	} {
+		c := &Client{EndReason: tc.set}
+		if got := EndReasonOf(tc.ctx, c, tc.err); got != tc.reason {
+			t.Errorf("EndReasonOf(ctx err %v, set %q, %v) = %q, want %q", tc.ctx.Err(), tc.set, tc.err, got, tc.reason)
+		}
+	}
+}
+
+// A failed handshake with a client is recorded on the Client, classified.
+func TestStartTLSFailureClassified(t *testing.T) {
+	certPEM, keyPEM, err := testcert.New("localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis := &Listener{TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}, Limits: Limits{TLSHandshakeTimeout: 200 * time.Millisecond}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+
+	for _, tc := range []struct {
+		name   string
+		client func(net.Conn)
+		want   string
+	}{
+		{"garbage", func(c net.Conn) { io.WriteString(c, "a1 LOGIN alice secret\r\n") }, TLSFailError},
+		{"hang up", func(c net.Conn) { c.Close() }, TLSFailClosed},
+		{"silent", func(net.Conn) {}, TLSFailTimeout},
+		{"ok", func(c net.Conn) {
+			tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+			_ = tc.Handshake()
+		}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cc, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cc.Close()
+			sc, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			nc, err := netx.NewConn(sc.(*net.TCPConn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := netx.NewStream(nc)
+			defer s.Close()
+			c := &Client{Listener: lis, Stream: s}
+			go tc.client(cc)
+			err = c.StartTLS(context.Background())
+			if c.TLSFailure != tc.want {
+				t.Fatalf("TLSFailure %q, want %q (handshake error: %v)", c.TLSFailure, tc.want, err)
+			}
+			if (err != nil) != (tc.want != "") || (tc.want != "") != (c.EndReason == EndTLSHandshake) {
+				t.Fatalf("err %v, EndReason %q", err, c.EndReason)
+			}
+		})
+	}
+}

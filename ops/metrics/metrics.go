@@ -1,0 +1,123 @@
+// Package metrics defines Portico's Prometheus metrics: the catalog of
+// every metric a node exports (name, type, labels, meaning), and the node
+// metrics themselves (connections, sessions, logins, latencies, bytes,
+// TLS failures, pre-login errors, disconnect reasons, routing table size,
+// drain and readiness state, build information).
+//
+// Conventions: namespace "portico", a subsystem per area, "_total" on
+// counters, seconds for durations, and no label whose values a client
+// controls: never a user name or a client address. Label values are fixed
+// sets (protocols, listener and backend names from the configuration,
+// reasons and results from the code).
+//
+// Each node has its own registry (daemon.Daemon.Metrics), never the global
+// one, so that tests can run several nodes in one process. Other stages
+// register their own collectors on that registry: the cluster
+// (ops/daemon/cluster_metrics.go), the virtual IP (ops/daemon/vip.go),
+// authentication and throttling (portico_auth_*, portico_throttle_*). A
+// metric that dashboards or alerts may rely on belongs in Catalog; a test
+// checks that a running node exports every catalogued metric and that
+// examples/grafana-dashboard.json and examples/alerts.yml use only
+// catalogued ones.
+package metrics
+
+import (
+	"sort"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Namespace prefixes every Portico metric.
+const Namespace = "portico"
+
+// Info describes one metric.
+type Info struct {
+	Name   string   // full name, e.g. portico_logins_total
+	Type   string   // counter, gauge, histogram
+	Labels []string // label names
+	Help   string   // meaning (also the HELP text of metrics defined here)
+	// Source is where it is defined: "node" (this package), "cluster",
+	// "vip" (only when the vip section is configured), "process" (the
+	// client library's process collector).
+	Source string
+}
+
+// Catalog lists every metric a node exports, sorted by name.
+var Catalog = sortInfo([]Info{
+	// Node (this package).
+	{"portico_build_info", "gauge", []string{"version", "commit", "goversion"}, "Always 1; the labels identify the running build.", "node"},
+	{"portico_connections_total", "counter", []string{"protocol", "listener"}, "Client TCP connections accepted, refused ones included.", "node"},
+	{"portico_connections_refused_total", "counter", []string{"protocol", "listener", "reason"}, "Connections refused before their session started; reason: max_connections, max_connections_per_ip, proxy_header (bad PROXY header from a trusted proxy), local_address (address being handed over).", "node"},
+	{"portico_sessions_open", "gauge", []string{"protocol", "listener", "state"}, "Open client sessions; state preauth (before login) or relayed (logged in).", "node"},
+	{"portico_sessions_ended_total", "counter", []string{"protocol", "listener", "phase", "reason"}, "Sessions ended, by phase (preauth, relayed) and reason: before login logout, client_closed, timeout, too_many_errors, too_many_auth_failures, tls_handshake_failed, protocol_error, shutdown, error; after login closed, client_error, backend_error, idle_timeout, half_closed_timeout, shutdown and the drain stage's reasons.", "node"},
+	{"portico_session_duration_seconds", "histogram", []string{"protocol"}, "Lifetime of logged-in sessions, from accept to close.", "node"},
+	{"portico_preauth_errors_total", "counter", []string{"protocol", "listener"}, "Invalid or refused commands before login (those counting toward max_errors).", "node"},
+	{"portico_tls_handshake_failures_total", "counter", []string{"protocol", "listener", "reason"}, "Failed TLS handshakes with clients (implicit TLS, STARTTLS, STLS); reason: timeout, closed (client hung up), error (protocol failure).", "node"},
+	{"portico_logins_total", "counter", []string{"protocol", "listener", "result"}, "Login attempts by result: ok, bad_credentials, backend_unavailable, limit, timeout, error.", "node"},
+	{"portico_login_duration_seconds", "histogram", []string{"protocol", "result"}, "Login latency: routing, backend connect and backend login, without the failed-login delay.", "node"},
+	{"portico_backend_connect_duration_seconds", "histogram", []string{"protocol"}, "Time to connect to a backend (TCP, PROXY header, implicit TLS), successful connects only.", "node"},
+	{"portico_relay_bytes_total", "counter", []string{"protocol", "listener", "direction"}, "Bytes relayed after login, counted as they move; direction client_to_backend or backend_to_client.", "node"},
+	{"portico_backend_sessions", "gauge", []string{"backend"}, "Logged-in sessions this node relays to each backend.", "node"},
+	{"portico_routing_table_entries", "gauge", []string{"kind"}, "Entries in this node's routing table; kind backends, pools, users, domains.", "node"},
+	{"portico_draining", "gauge", nil, "1 while this node is draining (not accepting new sessions on purpose).", "node"},
+	{"portico_ready", "gauge", nil, "1 when /readyz answers 200 (listeners up, routing table loaded, not draining).", "node"},
+
+	// Cluster (ops/daemon/cluster_metrics.go).
+	{"portico_raft_state", "gauge", []string{"state"}, "1 for this node's current raft state (follower, candidate, leader, shutdown), 0 for the others.", "cluster"},
+	{"portico_raft_term", "gauge", nil, "Current raft term.", "cluster"},
+	{"portico_raft_commit_index", "gauge", nil, "Highest raft log index known to be committed.", "cluster"},
+	{"portico_raft_applied_index", "gauge", nil, "Highest raft log index applied on this node; commit_index minus this is the apply lag.", "cluster"},
+	{"portico_raft_leader_changes_total", "counter", nil, "Leader changes observed by this node.", "cluster"},
+	{"portico_routing_last_apply_index", "gauge", nil, "Raft index of the last change applied to the routing table.", "cluster"},
+	{"portico_cluster_members", "gauge", []string{"state"}, "Cluster members by gossip state (alive, suspect, dead, left), as seen by this node.", "cluster"},
+	{"portico_cluster_health_score", "gauge", nil, "memberlist awareness score of this node (0 is healthy; higher means it misses probe deadlines).", "cluster"},
+	{"portico_backend_up", "gauge", []string{"backend"}, "1 if the cluster's health checks consider the backend up, 0 if down.", "cluster"},
+
+	// Virtual IP (ops/daemon/vip.go), when configured.
+	{"portico_vip_owner", "gauge", []string{"vip"}, "1 while this node holds the virtual address.", "vip"},
+	{"portico_vip_ownership_changes_total", "counter", nil, "Times this node acquired or released the virtual addresses.", "vip"},
+	{"portico_vip_announcements_total", "counter", nil, "Gratuitous ARP / unsolicited neighbour advertisement rounds sent.", "vip"},
+
+	// Process (client_golang's process collector; go_* from the Go collector too).
+	{"process_open_fds", "gauge", nil, "Open file descriptors (two per relayed session).", "process"},
+	{"process_max_fds", "gauge", nil, "The file-descriptor limit (LimitNOFILE).", "process"},
+	{"process_resident_memory_bytes", "gauge", nil, "Resident memory.", "process"},
+	{"process_cpu_seconds_total", "counter", nil, "CPU time used.", "process"},
+})
+
+func sortInfo(in []Info) []Info {
+	sort.Slice(in, func(i, j int) bool { return in[i].Name < in[j].Name })
+	return in
+}
+
+// Lookup returns the catalog entry of name (a series name such as
+// x_bucket or x_count resolves to its histogram x).
+func Lookup(name string) (Info, bool) {
+	for _, suffix := range []string{"", "_bucket", "_sum", "_count"} {
+		base, ok := strings.CutSuffix(name, suffix)
+		if !ok {
+			continue
+		}
+		i := sort.Search(len(Catalog), func(i int) bool { return Catalog[i].Name >= base })
+		if i < len(Catalog) && Catalog[i].Name == base && (suffix == "" || Catalog[i].Type == "histogram") {
+			return Catalog[i], true
+		}
+	}
+	return Info{}, false
+}
+
+// help returns the catalogued help of name; it panics for an uncatalogued
+// name, which the tests catch at once.
+func help(name string) string {
+	i, ok := Lookup(name)
+	if !ok {
+		panic("metrics: " + name + " is not in the catalog")
+	}
+	return i.Help
+}
+
+// newDesc describes a metric of the catalog for a custom collector.
+func newDesc(name string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(name, help(name), labels, nil)
+}
