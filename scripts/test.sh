@@ -51,5 +51,16 @@ section "go vet"
 go vet ./...
 echo "ok"
 
+section "alert rules (promtool)"
+if command -v promtool >/dev/null 2>&1; then
+	promtool check rules examples/alerts.yml
+	(cd examples && promtool test rules alerts_test.yml)
+elif [ "${PORTICO_REQUIRE_DOVECOT:-}" = 1 ]; then
+	echo "promtool not found (Debian package prometheus)" >&2
+	exit 1
+else
+	echo "promtool not found (Debian package prometheus): skipped"
+fi
+
 section "go test -race"
 go test -race -count=1 -timeout 25m "$@" ./...
