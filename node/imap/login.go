@@ -120,10 +120,23 @@ func (s *conn) login(ctx context.Context, tag string, creds session.Credentials)
 		return out.Handoff, false, nil
 	case out.Reply != nil:
 		_, _ = s.c.Stream.Write(out.Reply)
+	case out.Refusal != nil && out.Refusal.Kind == session.RefuseInternal:
+		// As nginx: the authentication source failed; end the session.
+		s.writef("* BAD internal server error\r\n")
+		s.c.EndReason = session.EndAuthError
+		return nil, true, nil
+	case out.Refusal != nil && out.Refusal.Reply != "":
+		s.writef("%s NO %s\r\n", tag, out.Refusal.Reply)
 	case out.Result == session.ResultBadCreds:
 		s.writef("%s NO [AUTHENTICATIONFAILED] Authentication failed.\r\n", tag)
 	default:
 		s.writef("%s NO [UNAVAILABLE] Backend server unavailable, try again later.\r\n", tag)
+	}
+	if out.Refusal != nil && out.Refusal.Close {
+		// The authentication source ended the session (nginx closes
+		// without a BYE; so do we).
+		s.c.EndReason = session.EndAuthRefused
+		return nil, true, nil
 	}
 	if out.Close {
 		s.writef("* BYE Too many authentication failures.\r\n")

@@ -23,7 +23,13 @@ const (
 	replyNoUserName  = "-ERR USER needs a user name.\r\n"
 	replyNoUser      = "-ERR USER first.\r\n"
 	replyCredsLong   = "-ERR Credentials too long.\r\n"
+	// replyInternalError is nginx's reply when its auth_http server fails.
+	replyInternalError = "-ERR internal server error\r\n"
 )
+
+// errAuthSource ends a session the authentication source ended (an
+// auth_http refusal without Auth-Wait, or its internal error).
+var errAuthSource = errors.New("session ended by the authentication source")
 
 // plaintextOK enforces the listener's plaintext-authentication policy:
 // every mechanism offered here carries the password in the clear.
@@ -174,10 +180,21 @@ func (s *conn) login(creds session.Credentials) (*session.Handoff, bool, error) 
 		return out.Handoff, false, nil
 	case out.Reply != nil:
 		s.write(string(out.Reply))
+	case out.Refusal != nil && out.Refusal.Kind == session.RefuseInternal:
+		// As nginx: the authentication source failed; end the session.
+		s.write(replyInternalError)
+		s.c.EndReason = session.EndAuthError
+		return nil, true, errAuthSource
+	case out.Refusal != nil && out.Refusal.Reply != "":
+		s.write("-ERR " + out.Refusal.Reply + "\r\n")
 	case out.Result == session.ResultBadCreds:
 		s.write(replyAuthFailed)
 	default:
 		s.write(replyUnavailable)
+	}
+	if out.Refusal != nil && out.Refusal.Close {
+		s.c.EndReason = session.EndAuthRefused
+		return nil, true, errAuthSource
 	}
 	if out.Close {
 		s.write(replyTooManyAuth)

@@ -45,6 +45,15 @@ type Target struct {
 type Refusal struct {
 	Kind RefusalKind
 	Text string // why, for the log; clients get the protocol's fixed reply
+	// Reply, if set, replaces the fixed reply's text: IMAP "<tag> NO
+	// <Reply>", POP3 "-ERR <Reply>" (e.g. an auth_http server's
+	// Auth-Status). It must not contain CR or LF.
+	Reply string
+	// Wait delays the reply; the session is kept meanwhile (at least the
+	// listener's auth_failure_delay still applies to RefuseAuth).
+	Wait time.Duration
+	// Close ends the session after the reply.
+	Close bool
 }
 
 // RefusalKind classifies a refusal.
@@ -53,6 +62,11 @@ type RefusalKind int
 const (
 	RefuseAuth        RefusalKind = iota // as if the password were wrong
 	RefuseUnavailable                    // try again later
+	// RefuseInternal: the authentication source failed (e.g. an
+	// auth_http server that cannot be reached or answers garbage). The
+	// client gets "* BAD internal server error" / "-ERR internal server
+	// error" and the session ends, as with nginx.
+	RefuseInternal
 )
 
 func (r *Refusal) Error() string { return fmt.Sprintf("login refused: %s", r.Text) }
@@ -147,6 +161,7 @@ func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogi
 	if out.Handoff != nil {
 		ev.BackendID = out.Handoff.BackendID
 	}
+	var wait time.Duration
 	if out.Result == ResultBadCreds {
 		c.authFailures++
 		if max := c.Listener.Limits.MaxAuthFailures; max > 0 && c.authFailures >= max {
@@ -154,13 +169,22 @@ func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogi
 		}
 		// Answer no earlier than AuthFailureDelay after the attempt began
 		// (the backend's own delay counts toward it).
-		if wait := c.Listener.Limits.AuthFailureDelay - time.Since(start); wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-			}
+		wait = c.Listener.Limits.AuthFailureDelay - time.Since(start)
+	}
+	if out.Refusal != nil {
+		if out.Refusal.Close {
+			out.Close = true
+		}
+		// A director's own delay (auth_http Auth-Wait) counts from when
+		// its answer came.
+		wait = max(wait, out.Refusal.Wait)
+	}
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
 		}
 	}
 	c.logLogin(ev)
@@ -180,8 +204,11 @@ func (c *Client) login(ctx context.Context, creds Credentials, login BackendLogi
 		var ref *Refusal
 		if errors.As(err, &ref) {
 			r := ResultBadCreds
-			if ref.Kind == RefuseUnavailable {
+			switch ref.Kind {
+			case RefuseUnavailable:
 				r = ResultUnavailable
+			case RefuseInternal:
+				r = ResultError
 			}
 			return Outcome{Result: r, Refusal: ref, Err: err}
 		}

@@ -20,6 +20,8 @@ const (
 	EndProtocolError       = "protocol_error"         // the stream cannot be resynchronised
 	EndShutdown            = "shutdown"               // the node stopped or is draining
 	EndError               = "error"                  // anything else (write errors, ...)
+	EndAuthRefused         = "auth_refused"           // the authentication source refused and ended the session (auth_http without Auth-Wait)
+	EndAuthError           = "auth_error"             // the authentication source failed (auth_http internal error)
 )
 
 // Classes of failed TLS handshakes with clients (Client.TLSFailure).
