@@ -55,6 +55,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portico-mail/portico/integration/netns"
 	"github.com/portico-mail/portico/integration/testcert"
 )
 
@@ -110,6 +111,16 @@ type Options struct {
 	ExtraConfig string
 	// StartTimeout bounds the wait for the listeners; default 10 s.
 	StartTimeout time.Duration
+	// Netns, if set, is the path of a network namespace (e.g.
+	// /run/netns/NAME, see integration/netns) to run Dovecot in: the master
+	// process is started from a thread switched into it, and the port
+	// picking and readiness checks dial from inside it. Addr must be an
+	// address of that namespace.
+	Netns string
+	// TrustedNetworks are Dovecot's login_trusted_networks (and
+	// haproxy_trusted_networks with HAProxy): the proxies whose forwarded
+	// client address is honoured; default 127.0.0.0/8.
+	TrustedNetworks []string
 }
 
 // Server is a running Dovecot instance.
@@ -131,6 +142,7 @@ type Server struct {
 	CACertPEM         []byte
 	CertFile, KeyFile string
 
+	netns   string
 	cmd     *exec.Cmd
 	done    chan struct{} // closed when the process has been reaped
 	waitErr error
@@ -275,6 +287,7 @@ func startOnce(opts Options) (s *Server, err error) {
 		LogFile:    filepath.Join(dir, "dovecot.log"),
 		Users:      make(map[string]string, len(opts.Users)),
 		output:     &lockedBuffer{},
+		netns:      opts.Netns,
 	}
 	for u, p := range opts.Users {
 		s.Users[u] = p
@@ -290,7 +303,11 @@ func startOnce(opts Options) (s *Server, err error) {
 			missing = append(missing, p)
 		}
 	}
-	picked, err := freePorts(opts.Addr, len(missing))
+	var picked []int
+	err = s.inNetns(func() (err error) {
+		picked, err = freePorts(opts.Addr, len(missing))
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -402,13 +419,17 @@ func renderConfig(s *Server, opts Options, uid int) string {
 	w("first_valid_uid = %d", uid)
 	// Honour a trusted proxy's forwarded client address: IMAP ID
 	// x-originating-ip/-port and POP3 XCLIENT ADDR=/PORT=.
-	w("login_trusted_networks = 127.0.0.0/8")
+	trusted := "127.0.0.0/8"
+	if len(opts.TrustedNetworks) > 0 {
+		trusted = strings.Join(opts.TrustedNetworks, " ")
+	}
+	w("login_trusted_networks = %s", trusted)
 	w("default_internal_user = dovecot")
 	w("default_login_user = dovenull")
 	// Many parallel connections for one user from one (proxy) address.
 	w("mail_max_userip_connections = 1000")
 	if opts.HAProxy {
-		w("haproxy_trusted_networks = 127.0.0.0/8")
+		w("haproxy_trusted_networks = %s", trusted)
 	}
 	w("passdb {")
 	w("  driver = passwd-file")
@@ -469,7 +490,10 @@ func renderConfig(s *Server, opts Options, uid int) string {
 // launch starts the master process. It is started from a goroutine locked
 // to its OS thread that stays alive until the process exits, so that
 // Pdeathsig (which fires when the creating thread exits) kills Dovecot only
-// when this process dies, for example when a test binary times out.
+// when this process dies, for example when a test binary times out. With
+// Options.Netns that thread first switches into the namespace (the child
+// inherits it); it is never unlocked, so it dies with the goroutine rather
+// than going back to the scheduler in a foreign namespace.
 func (s *Server) launch() error {
 	bin, err := dovecotBinary()
 	if err != nil {
@@ -486,6 +510,13 @@ func (s *Server) launch() error {
 		runtime.LockOSThread()
 		// Never unlocked: the thread exits with this goroutine, after the
 		// process is gone.
+		if s.netns != "" {
+			if err := netns.Enter(s.netns); err != nil {
+				started <- fmt.Errorf("dovecot: %w", err)
+				close(s.done)
+				return
+			}
+		}
 		if err := s.cmd.Start(); err != nil {
 			started <- fmt.Errorf("dovecot: start %s: %w", bin, err)
 			close(s.done)
@@ -511,9 +542,14 @@ func (s *Server) waitReady(timeout time.Duration) error {
 				return s.startFailure(fmt.Sprintf("dovecot exited during startup (%v)", s.waitErr))
 			default:
 			}
-			c, err := net.DialTimeout("tcp", a, 200*time.Millisecond)
+			err := s.inNetns(func() error {
+				c, err := net.DialTimeout("tcp", a, 200*time.Millisecond)
+				if err == nil {
+					c.Close()
+				}
+				return err
+			})
 			if err == nil {
-				c.Close()
 				break
 			}
 			if time.Now().After(deadline) {
@@ -523,6 +559,15 @@ func (s *Server) waitReady(timeout time.Duration) error {
 		}
 	}
 	return nil
+}
+
+// inNetns runs fn in the instance's network namespace (Options.Netns), or
+// right here without one.
+func (s *Server) inNetns(fn func() error) error {
+	if s.netns == "" {
+		return fn()
+	}
+	return netns.Run(s.netns, fn)
 }
 
 func (s *Server) startFailure(msg string) error {

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/portico-mail/portico/integration/netns"
 )
 
 // lineConn is a minimal line-oriented IMAP/POP3 client over a raw socket.
@@ -401,4 +403,44 @@ func (s *Server) configText(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// An instance runs inside a network namespace (Options.Netns): it listens
+// on that namespace's address, a client in another namespace of the same
+// bridge logs in, and the forwarded client address is honoured from the
+// configured trusted network.
+func TestInNetns(t *testing.T) {
+	n := netns.New(t, "mail", "proxy")
+	mail, proxy := n.Host("mail"), n.Host("proxy")
+	s := Start(t, Options{Addr: mail.IP4.String(), Netns: mail.Path, IMAPPort: 143, POP3Port: 110,
+		TrustedNetworks: []string{netns.Net4.String()}})
+	if s.IMAPAddr != mail.IP4.String()+":143" {
+		t.Fatalf("IMAPAddr %s", s.IMAPAddr)
+	}
+	conn, err := proxy.DialTimeout("tcp", s.IMAPAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := wrap(t, conn)
+	if g := c.readLine(); !strings.HasPrefix(g, "* OK") {
+		t.Fatalf("greeting %q", g)
+	}
+	if r := c.imapCmd("a", `ID ("x-originating-ip" "203.0.113.9" "x-originating-port" "4242")`); !strings.HasPrefix(r, "a OK") {
+		t.Fatalf("ID: %q", r)
+	}
+	if r := c.imapCmd("b", "LOGIN alice secret"); !strings.HasPrefix(r, "b OK") {
+		t.Fatalf("LOGIN: %q", r)
+	}
+	waitLog(t, s, "alice")
+	if ips := s.LoginRemoteIPs("alice"); len(ips) != 1 || ips[0] != "203.0.113.9" {
+		t.Fatalf("rip %v, want the forwarded 203.0.113.9", ips)
+	}
+}
+
+func waitLog(t *testing.T, s *Server, user string) {
+	t.Helper()
+	if s.WaitLogins(user, 1, 5*time.Second) < 1 {
+		t.Fatalf("no login of %s in the log:\n%s", user, s.Log())
+	}
 }
