@@ -56,11 +56,22 @@ type Config struct {
 	MaxConnectionsPerIP int           // per client address; 0: unlimited
 	ShutdownGrace       time.Duration // relayed sessions may finish within this on shutdown
 	ProxyHeaderTimeout  time.Duration // for reading a PROXY header; default 5s
+	// EndSpread: sessions still open when the shutdown grace ends are ended
+	// at a response boundary, spread evenly over this window (so that
+	// their clients do not all reconnect at once); 0: all at once.
+	EndSpread time.Duration
+	// EndTimeout bounds the wait for a response boundary, after which a
+	// session is closed anyway; default 10s.
+	EndTimeout time.Duration
+	// Inherit, if set, is asked first for a listening socket (in-place
+	// upgrade: sockets passed on by the previous process). It returns nil,
+	// nil when it has none for the address.
+	Inherit func(address string) (net.Listener, error)
 }
 
 // Server is a running node.
 type Server struct {
-	cfg      Config
+	cfgp     atomic.Pointer[Config]
 	env      *session.Env
 	handlers map[routing.Protocol]session.Handler
 	certs    *CertStore
@@ -70,12 +81,17 @@ type Server struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
+	// preCtx is given to pre-login sessions; Pause cancels it (and makes a
+	// new one for after Resume).
+	preCtx    context.Context
+	preCancel context.CancelFunc
 
 	mu        sync.Mutex
 	listeners []*listener
 	preauth   map[*session.Client]struct{}
 	perIP     map[netip.Addr]int
 	closing   bool
+	paused    bool                      // Pause: listeners closed until Resume
 	stats     map[string]*ListenerStats // by listener name (metrics.go)
 
 	conns       atomic.Int64 // open client connections (pre-login and relayed)
@@ -86,49 +102,106 @@ type Server struct {
 }
 
 type listener struct {
-	cfg   ListenerConfig
-	info  *session.Listener
 	ln    net.Listener
 	stats *ListenerStats
+	// st is what Reconfigure may change without rebinding the socket
+	// (limits, authentication options, PROXY protocol trust); each
+	// connection takes the state current when it is accepted.
+	st atomic.Pointer[listenerState]
 }
+
+type listenerState struct {
+	cfg  ListenerConfig
+	info *session.Listener
+}
+
+func (l *listener) conf() *ListenerConfig   { return &l.st.Load().cfg }
+func (l *listener) info() *session.Listener { return l.st.Load().info }
 
 // NewServer prepares a server. certs may be nil when no listener uses TLS.
 func NewServer(cfg Config, env *session.Env, handlers map[routing.Protocol]session.Handler, certs *CertStore, engine *relay.Engine) *Server {
 	if cfg.ProxyHeaderTimeout <= 0 {
 		cfg.ProxyHeaderTimeout = 5 * time.Second
 	}
+	if cfg.EndTimeout <= 0 {
+		cfg.EndTimeout = 10 * time.Second
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{
-		cfg: cfg, env: env, handlers: handlers, certs: certs, engine: engine, log: env.Log,
+	s := &Server{
+		env: env, handlers: handlers, certs: certs, engine: engine, log: env.Log,
 		obs: nopObserver{}, ctx: ctx, cancel: cancel,
 		preauth: make(map[*session.Client]struct{}),
 		perIP:   make(map[netip.Addr]int),
 	}
+	s.preCtx, s.preCancel = context.WithCancel(ctx)
+	s.cfgp.Store(&cfg)
+	return s
 }
+
+func (s *Server) conf() *Config { return s.cfgp.Load() }
 
 // Start binds every listener (all or none) and starts accepting.
 func (s *Server) Start() error {
-	var lns []*listener
-	for _, lc := range s.cfg.Listeners {
-		if lc.TLS == "" {
-			lc.TLS = routing.TLSNone
+	lns, err := s.bind(s.conf().Listeners, nil)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.listeners = lns
+	s.started = true
+	s.mu.Unlock()
+	for _, l := range lns {
+		s.startAccepting(l)
+	}
+	return nil
+}
+
+func (s *Server) startAccepting(l *listener) {
+	c := l.conf()
+	s.log.Info("listening", "listener", c.Name, "protocol", string(c.Protocol), "address", l.ln.Addr().String(), "tls", string(c.TLS))
+	s.wg.Add(1)
+	go s.accept(l)
+}
+
+// state builds a listener's per-connection state from its configuration.
+func (s *Server) state(lc ListenerConfig) (*listenerState, error) {
+	if lc.TLS == "" {
+		lc.TLS = routing.TLSNone
+	}
+	if s.handlers[lc.Protocol] == nil {
+		return nil, fmt.Errorf("listener %s: no handler for protocol %q", lc.Name, lc.Protocol)
+	}
+	info := &session.Listener{
+		Name: lc.Name, Protocol: lc.Protocol, TLS: lc.TLS,
+		AllowPlaintextAuth: lc.AllowPlaintextAuth,
+		Limits:             lc.Limits,
+		Director:           lc.Director,
+	}
+	if lc.TLS != routing.TLSNone {
+		if s.certs == nil || !s.certs.Loaded() {
+			return nil, fmt.Errorf("listener %s: tls %s needs a certificate", lc.Name, lc.TLS)
 		}
-		if s.handlers[lc.Protocol] == nil {
-			closeAll(lns)
-			return fmt.Errorf("listener %s: no handler for protocol %q", lc.Name, lc.Protocol)
+		info.TLSConfig = s.certs.ServerConfig()
+	}
+	return &listenerState{cfg: lc, info: info}, nil
+}
+
+// bind opens a socket for each listener configuration (all or none).
+// keep holds listeners whose sockets are reused as they are, by name.
+func (s *Server) bind(cfgs []ListenerConfig, keep map[string]*listener) ([]*listener, error) {
+	var fresh, lns []*listener
+	fail := func(err error) ([]*listener, error) {
+		closeAll(fresh)
+		return nil, err
+	}
+	for _, lc := range cfgs {
+		st, err := s.state(lc)
+		if err != nil {
+			return fail(err)
 		}
-		info := &session.Listener{
-			Name: lc.Name, Protocol: lc.Protocol, TLS: lc.TLS,
-			AllowPlaintextAuth: lc.AllowPlaintextAuth,
-			Limits:             lc.Limits,
-			Director:           lc.Director,
-		}
-		if lc.TLS != routing.TLSNone {
-			if s.certs == nil || !s.certs.Loaded() {
-				closeAll(lns)
-				return fmt.Errorf("listener %s: tls %s needs a certificate", lc.Name, lc.TLS)
-			}
-			info.TLSConfig = s.certs.ServerConfig()
+		if l := keep[lc.Name]; l != nil {
+			lns = append(lns, l)
+			continue
 		}
 		// No TCP keepalive probes on client connections (as nginx): idle
 		// timeouts bound a dead client's session, and enabling keepalive
@@ -136,24 +209,97 @@ func (s *Server) Start() error {
 		// IP_FREEBIND: a listener on the virtual IP can be bound before this
 		// node holds the address, so a new owner serves the instant it
 		// announces.
-		lcfg := net.ListenConfig{KeepAlive: -1, Control: freebind}
-		ln, err := lcfg.Listen(context.Background(), "tcp", lc.Address)
+		ln, err := s.listen(lc)
 		if err != nil {
-			closeAll(lns)
-			return fmt.Errorf("listener %s: %w", lc.Name, err)
+			return fail(fmt.Errorf("listener %s: %w", lc.Name, err))
 		}
-		lns = append(lns, &listener{cfg: lc, info: info, ln: ln, stats: s.statsFor(lc.Name, lc.Protocol)})
+		l := &listener{ln: ln, stats: s.statsFor(lc.Name, lc.Protocol)}
+		l.st.Store(st)
+		fresh = append(fresh, l)
+		lns = append(lns, l)
 	}
+	return lns, nil
+}
+
+// listen opens a listening socket: inherited from the previous process
+// during an in-place upgrade when one is available (Config.Inherit),
+// else newly bound.
+func (s *Server) listen(lc ListenerConfig) (net.Listener, error) {
+	if f := s.conf().Inherit; f != nil {
+		if ln, err := f(lc.Address); ln != nil || err != nil {
+			return ln, err
+		}
+	}
+	lcfg := net.ListenConfig{KeepAlive: -1, Control: freebind}
+	return lcfg.Listen(context.Background(), "tcp", lc.Address)
+}
+
+// Reconfigure applies a new configuration to the running server: listeners
+// added are bound, removed ones closed (their sessions carry on), changed
+// ones rebound only if their address, protocol or TLS mode changed, else
+// their limits and options change for new connections; connection limits
+// change at once. Sessions in flight are untouched. On error (a new
+// address cannot be bound, a TLS listener without certificate) nothing
+// changes.
+func (s *Server) Reconfigure(cfg Config) error {
+	if cfg.ProxyHeaderTimeout <= 0 {
+		cfg.ProxyHeaderTimeout = 5 * time.Second
+	}
+	cfg.Inherit = nil
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return errors.New("the server is shutting down")
+	}
+	old := map[string]*listener{}
+	for _, l := range s.listeners {
+		old[l.conf().Name] = l
+	}
+	keep := map[string]*listener{}
+	for _, lc := range cfg.Listeners {
+		if l := old[lc.Name]; l != nil && sameSocket(*l.conf(), lc) {
+			keep[lc.Name] = l
+		}
+	}
+	lns, err := s.bind(cfg.Listeners, keep)
+	if err != nil {
+		return err
+	}
+	// Commit.
+	for _, lc := range cfg.Listeners {
+		if l := keep[lc.Name]; l != nil {
+			st, _ := s.state(lc)
+			l.st.Store(st)
+		}
+	}
+	for name, l := range old {
+		if keep[name] == nil {
+			s.log.Info("listener closed", "listener", name, "address", l.ln.Addr().String())
+			l.ln.Close()
+		}
+	}
 	s.listeners = lns
-	s.started = true
-	s.mu.Unlock()
-	for _, l := range lns {
-		s.log.Info("listening", "listener", l.cfg.Name, "protocol", string(l.cfg.Protocol), "address", l.ln.Addr().String(), "tls", string(l.cfg.TLS))
-		s.wg.Add(1)
-		go s.accept(l)
+	cp := cfg
+	s.cfgp.Store(&cp)
+	if s.started && !s.paused {
+		for _, l := range lns {
+			if keep[l.conf().Name] == nil {
+				s.startAccepting(l)
+			}
+		}
 	}
 	return nil
+}
+
+// sameSocket: b can be served on a's socket.
+func sameSocket(a, b ListenerConfig) bool {
+	norm := func(t routing.TLSMode) routing.TLSMode {
+		if t == "" {
+			return routing.TLSNone
+		}
+		return t
+	}
+	return a.Address == b.Address && a.Protocol == b.Protocol && norm(a.TLS) == norm(b.TLS)
 }
 
 func closeAll(lns []*listener) {
@@ -168,7 +314,7 @@ func (s *Server) Addrs() map[string]net.Addr {
 	defer s.mu.Unlock()
 	m := make(map[string]net.Addr, len(s.listeners))
 	for _, l := range s.listeners {
-		m[l.cfg.Name] = l.ln.Addr()
+		m[l.conf().Name] = l.ln.Addr()
 	}
 	return m
 }
@@ -201,7 +347,7 @@ func (s *Server) accept(l *listener) {
 			} else if backoff *= 2; backoff > time.Second {
 				backoff = time.Second
 			}
-			s.log.Error("accept failed", "listener", l.cfg.Name, "error", err, "retry_in", backoff)
+			s.log.Error("accept failed", "listener", l.conf().Name, "error", err, "retry_in", backoff)
 			select {
 			case <-time.After(backoff):
 			case <-s.ctx.Done():
@@ -224,13 +370,13 @@ func tooMany(p routing.Protocol) string {
 }
 
 func (s *Server) refuse(l *listener, tc *net.TCPConn, why string) {
-	if l.cfg.TLS != routing.TLSImplicit {
+	if l.conf().TLS != routing.TLSImplicit {
 		_ = tc.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = tc.Write([]byte(tooMany(l.cfg.Protocol)))
+		_, _ = tc.Write([]byte(tooMany(l.conf().Protocol)))
 	}
 	_ = tc.Close()
 	s.obs.Refused(l.stats, why)
-	s.log.Warn("connection refused", "listener", l.cfg.Name, "client", tc.RemoteAddr().String(), "reason", why)
+	s.log.Warn("connection refused", "listener", l.conf().Name, "client", tc.RemoteAddr().String(), "reason", why)
 }
 
 // serve runs one client connection up to the hand-off to the relay.
@@ -239,7 +385,7 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 	growStack()
 	defer func() {
 		if r := recover(); r != nil {
-			s.log.Error("panic serving connection", "listener", l.cfg.Name, "panic", fmt.Sprint(r))
+			s.log.Error("panic serving connection", "listener", l.conf().Name, "panic", fmt.Sprint(r))
 			_ = tc.Close()
 		}
 	}()
@@ -252,7 +398,7 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 		s.obs.Refused(l.stats, RefusedLocalAddress)
 		return
 	}
-	if n := s.conns.Add(1); s.cfg.MaxConnections > 0 && n > int64(s.cfg.MaxConnections) {
+	if n := s.conns.Add(1); s.conf().MaxConnections > 0 && n > int64(s.conf().MaxConnections) {
 		s.conns.Add(-1)
 		s.refuse(l, tc, "max_connections")
 		return
@@ -264,7 +410,7 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 		}
 		released = true
 		s.conns.Add(-1)
-		if ip.IsValid() && s.cfg.MaxConnectionsPerIP > 0 {
+		if ip.IsValid() && s.conf().MaxConnectionsPerIP > 0 {
 			s.mu.Lock()
 			if s.perIP[ip]--; s.perIP[ip] <= 0 {
 				delete(s.perIP, ip)
@@ -278,13 +424,13 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 	remote := peer
 	var prefix []byte
 	proxied := false
-	if l.cfg.ProxyProtocol && trusted(l.cfg.TrustedProxies, peer.Addr()) {
-		h, rest, err := readProxyHeader(tc, s.cfg.ProxyHeaderTimeout)
+	if l.conf().ProxyProtocol && trusted(l.conf().TrustedProxies, peer.Addr()) {
+		h, rest, err := readProxyHeader(tc, s.conf().ProxyHeaderTimeout)
 		if err != nil {
 			release(netip.Addr{})
 			_ = tc.Close()
 			s.obs.Refused(l.stats, RefusedProxyHeader)
-			s.log.Warn("bad PROXY header", "listener", l.cfg.Name, "peer", peer.String(), "error", err)
+			s.log.Warn("bad PROXY header", "listener", l.conf().Name, "peer", peer.String(), "error", err)
 			return
 		}
 		prefix = rest
@@ -300,9 +446,9 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 	}
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 	ip := remote.Addr()
-	if s.cfg.MaxConnectionsPerIP > 0 {
+	if s.conf().MaxConnectionsPerIP > 0 {
 		s.mu.Lock()
-		over := s.perIP[ip] >= s.cfg.MaxConnectionsPerIP
+		over := s.perIP[ip] >= s.conf().MaxConnectionsPerIP
 		if !over {
 			s.perIP[ip]++
 		}
@@ -321,22 +467,23 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 		return
 	}
 	c := &session.Client{
-		ID: session.NewSessionID(), Listener: l.info, Env: s.env,
+		ID: session.NewSessionID(), Listener: l.info(), Env: s.env,
 		Stream: netx.NewStream(nc), Remote: remote, Local: local, Peer: peer, Proxied: proxied,
 		Started: time.Now(),
 	}
 	c.Log = s.log.With("session", c.ID)
-	c.Log.Info("session start", "listener", l.cfg.Name, "protocol", string(l.cfg.Protocol), "client", remote.String())
+	c.Log.Info("session start", "listener", l.conf().Name, "protocol", string(l.conf().Protocol), "client", remote.String())
 	l.stats.Preauth.Add(1)
 
-	if !s.track(c) {
+	ctx, ok := s.track(c)
+	if !ok {
 		_ = c.Stream.Close()
 		release(ip)
 		s.preauthEnded(l, c, nil)
 		return
 	}
-	if l.cfg.TLS == routing.TLSImplicit {
-		if err := c.StartTLS(s.ctx); err != nil {
+	if l.conf().TLS == routing.TLSImplicit {
+		if err := c.StartTLS(ctx); err != nil {
 			s.untrack(c)
 			_ = c.Stream.Close()
 			release(ip)
@@ -345,7 +492,7 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 			return
 		}
 	}
-	h, err := s.handlers[l.cfg.Protocol].Serve(s.ctx, c)
+	h, err := s.handlers[l.conf().Protocol].Serve(ctx, c)
 	s.untrack(c)
 	if h == nil {
 		_ = c.Stream.Close()
@@ -370,9 +517,14 @@ func (s *Server) startRelay(l *listener, c *session.Client, h *session.Handoff, 
 	toClient := h.Backend.Detach()
 	cs := relay.Side{Conn: c.Stream.Base(), TLS: c.Stream.TLS()}
 	bs := relay.Side{Conn: h.Backend.Base(), TLS: h.Backend.TLS()}
+	var framer relay.Framer
+	if f, ok := s.handlers[c.Listener.Protocol].(interface{ NewFramer() relay.Framer }); ok {
+		framer = f.NewFramer()
+	}
 	s.engine.Start(cs, bs, toBackend, toClient, relay.Options{
 		IdleTimeout: c.Listener.Limits.IdleTimeout,
 		Counters:    &ls.Bytes,
+		Framer:      framer,
 		OnClose: func(st relay.Stats) {
 			release()
 			ls.Relayed.Add(-1)
@@ -388,14 +540,14 @@ func (s *Server) startRelay(l *listener, c *session.Client, h *session.Handoff, 
 	})
 }
 
-func (s *Server) track(c *session.Client) bool {
+func (s *Server) track(c *session.Client) (context.Context, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing {
-		return false
+	if s.closing || s.paused {
+		return nil, false
 	}
 	s.preauth[c] = struct{}{}
-	return true
+	return s.preCtx, true
 }
 
 func (s *Server) untrack(c *session.Client) {
@@ -424,7 +576,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.wg.Wait()
 	s.preWG.Wait()
 
-	grace := s.cfg.ShutdownGrace
+	grace := s.conf().ShutdownGrace
 	deadline := time.Now().Add(grace)
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
@@ -436,10 +588,75 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	if n := s.engine.Len(); n > 0 {
-		s.log.Info("closing relayed sessions after shutdown grace", "sessions", n, "grace", grace)
-		s.engine.CloseAll(relay.ReasonShutdown)
+		s.log.Info("ending relayed sessions after shutdown grace", "sessions", n, "grace", grace)
+		s.EndSessions(context.Background(), nil, "Server shutting down, please reconnect.")
+	}
+	s.engine.CloseAll(relay.ReasonShutdown)
+	return nil
+}
+
+// EndSessions ends the relayed sessions whose local address matches (all
+// if match is nil): each at a response boundary (IMAP: "* BYE
+// [UNAVAILABLE] text" after the last complete response; POP3: closed
+// between responses), spread evenly over Config.EndSpread; a session not
+// at a boundary within Config.EndTimeout (or when ctx is done) is closed
+// anyway. It returns how many sessions it ended, once all are closed.
+func (s *Server) EndSessions(ctx context.Context, match func(local netip.AddrPort) bool, text string) int {
+	cfg := s.conf()
+	ctx, cancel := context.WithTimeout(ctx, cfg.EndSpread+cfg.EndTimeout)
+	defer cancel()
+	var m func(*relay.Session) bool
+	if match != nil {
+		m = func(rs *relay.Session) bool { return match(addrPort(rs.LocalAddr())) }
+	}
+	return s.engine.EndAll(ctx, m, text, cfg.EndSpread)
+}
+
+// Pause stops accepting: the listeners close (the kernel refuses new
+// connections) and sessions that have not logged in end (each handler
+// says goodbye). Relayed sessions carry on. Resume binds the listeners
+// again.
+func (s *Server) Pause() {
+	s.mu.Lock()
+	if s.paused || s.closing {
+		s.mu.Unlock()
+		return
+	}
+	s.paused = true
+	lns := s.listeners
+	s.preCancel()
+	s.preCtx, s.preCancel = context.WithCancel(s.ctx)
+	for c := range s.preauth {
+		_ = c.Stream.SetReadDeadline(time.Now())
+	}
+	s.mu.Unlock()
+	closeAll(lns)
+	s.log.Info("stopped accepting")
+}
+
+// Resume undoes Pause: the listeners are bound again.
+func (s *Server) Resume() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.paused || s.closing {
+		return nil
+	}
+	lns, err := s.bind(s.conf().Listeners, nil)
+	if err != nil {
+		return err
+	}
+	s.listeners, s.paused = lns, false
+	for _, l := range lns {
+		s.startAccepting(l)
 	}
 	return nil
+}
+
+// Paused reports whether the server is paused (not accepting).
+func (s *Server) Paused() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.paused
 }
 
 func addrPort(a net.Addr) netip.AddrPort {

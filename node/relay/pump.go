@@ -5,6 +5,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/portico-mail/portico/node/netx"
 )
@@ -28,6 +29,8 @@ type pump struct {
 	pending  []byte
 	poller   *poller
 	splice   bool
+	framer   Framer // the session's framer, nil if none
+	observe  bool   // client->backend: show the bytes to the framer
 
 	state atomic.Int32
 	n     atomic.Int64
@@ -44,6 +47,10 @@ func (s *Session) newPump(src, dst *Side, pending []byte, id uint64) *pump {
 		pending:  pending,
 		poller:   s.e.pollers[id%uint64(len(s.e.pollers))],
 		splice:   src.plain() && dst.plain(),
+		framer:   s.opts.Framer,
+	}
+	if p.framer != nil && !p.toClient && p.framer.WantsClientData() {
+		p.observe, p.splice = true, false
 	}
 	if c := s.opts.Counters; c != nil {
 		p.total = &c.ClientToBackend
@@ -63,18 +70,23 @@ func (p *pump) run() {
 	if len(p.pending) > 0 {
 		pend := p.pending
 		p.pending = nil
-		if _, err := p.write(pend); err != nil {
+		ended, err := p.deliver(pend)
+		if err != nil {
 			p.fail(err, false)
 			return
 		}
-		p.count(len(pend))
-		p.s.touch()
+		if ended {
+			return
+		}
 	}
 	var err error
-	if p.splice && !p.src.Conn.Prefixed() {
-		err = p.runSplice()
-	} else {
+	switch {
+	case !p.splice || p.src.Conn.Prefixed():
 		err = p.runCopy()
+	case p.toClient && p.framer != nil:
+		err = p.runFramed()
+	default:
+		err = p.runSplice()
 	}
 	switch {
 	case err == nil: // parked
@@ -91,6 +103,16 @@ func (p *pump) park() error {
 	if p.state.Load() == stateDone {
 		return errClosed
 	}
+	// Ending (Session.End) and the backend has nothing more to send for
+	// now: end here if the stream is at a response boundary, else wait for
+	// the rest of the response.
+	var ending *string
+	if p.toClient {
+		if ending = p.s.ending.Load(); ending != nil && (p.framer == nil || p.framer.AtBoundary()) {
+			p.endNow(*ending)
+			return nil
+		}
+	}
 	p.state.Store(stateParked)
 	var aerr error
 	err := p.src.Conn.Raw().Control(func(fd uintptr) { aerr = p.poller.arm(int(fd), p) })
@@ -102,7 +124,63 @@ func (p *pump) park() error {
 	}
 	// If the registration failed but the state is no longer parked, the
 	// session was closed meanwhile: nothing to do.
+	if p.toClient && ending == nil && p.s.ending.Load() != nil {
+		// End was called while this pump was about to park: it may have
+		// found it running and left the ending to it.
+		p.kick()
+	}
 	return nil
+}
+
+// kick runs a parked pump now (without waiting for data).
+func (p *pump) kick() {
+	if p.state.CompareAndSwap(stateParked, stateRunning) {
+		go p.run()
+	}
+}
+
+// deliver passes b (read from the source) on to the destination, showing it
+// to the framer. When the session is ending and b holds a response
+// boundary, only the bytes up to the last boundary are passed on, then the
+// session ends: ended is true and the pump must stop.
+func (p *pump) deliver(b []byte) (ended bool, err error) {
+	if p.framer != nil {
+		if p.toClient {
+			k := p.framer.ServerData(b)
+			if t := p.s.ending.Load(); t != nil && k >= 0 {
+				if k > 0 {
+					if _, err := p.write(b[:k]); err != nil {
+						return false, writeErr{err}
+					}
+					p.count(k)
+				}
+				p.endNow(*t)
+				return true, nil
+			}
+		} else if p.observe {
+			p.framer.ClientData(b)
+		}
+	}
+	if _, err := p.write(b); err != nil {
+		return false, writeErr{err}
+	}
+	p.count(len(b))
+	p.s.touch()
+	return false, nil
+}
+
+// endNow ends the session at a response boundary: the framer's goodbye to
+// the client, then close. Only the backend->client pump's owner calls it.
+func (p *pump) endNow(text string) {
+	if p.framer != nil {
+		if bye := p.framer.Bye(text); len(bye) > 0 {
+			// Bounded: a client that does not read must not hold the
+			// session open.
+			_ = p.dst.Conn.SetWriteDeadline(time.Now().Add(byeTimeout))
+			_, _ = p.write(bye)
+		}
+	}
+	p.s.closeWith(ReasonEnded, nil)
 }
 
 // runCopy copies through a pooled buffer, borrowed for this burst only.
@@ -113,11 +191,76 @@ func (p *pump) runCopy() error {
 	for {
 		n, err := p.read(buf)
 		if n > 0 {
-			if _, werr := p.write(buf[:n]); werr != nil {
-				return writeErr{werr}
+			ended, werr := p.deliver(buf[:n])
+			if werr != nil {
+				return werr
 			}
-			p.count(n)
-			p.s.touch()
+			if ended {
+				return nil
+			}
+		}
+		if err != nil {
+			if errors.Is(err, netx.ErrWouldBlock) {
+				return p.park()
+			}
+			return err
+		}
+	}
+}
+
+// runFramed relays backend -> client for a session with a framer, both
+// sides plain TCP: the framer reads the protocol's lines in user space,
+// and literal bodies (the bulk of the bytes: message contents) are
+// spliced inside the kernel unseen.
+func (p *pump) runFramed() error {
+	var pp *pipe
+	var bp *[]byte
+	noPipe := false
+	defer func() {
+		if pp != nil {
+			putPipe(pp)
+		}
+		if bp != nil {
+			bufPool.Put(bp)
+		}
+	}()
+	for {
+		op := p.framer.Opaque()
+		if op > 0 && pp == nil && !noPipe {
+			var err error
+			if pp, err = getPipe(); err != nil {
+				pp, noPipe = nil, true // out of descriptors: copy instead
+			}
+		}
+		if op > 0 && pp != nil {
+			n, dirty, err := p.spliceOnce(pp, int(min(op, spliceChunk)))
+			if dirty {
+				pp.close()
+				pp = nil
+			}
+			if n > 0 {
+				p.framer.Skip(int64(n))
+			}
+			switch {
+			case err == errAgain:
+				return p.park()
+			case err != nil:
+				return err
+			}
+			continue
+		}
+		if bp == nil {
+			bp = bufPool.Get().(*[]byte)
+		}
+		n, err := p.read(*bp)
+		if n > 0 {
+			ended, werr := p.deliver((*bp)[:n])
+			if werr != nil {
+				return werr
+			}
+			if ended {
+				return nil
+			}
 		}
 		if err != nil {
 			if errors.Is(err, netx.ErrWouldBlock) {
@@ -158,56 +301,64 @@ func (p *pump) runSplice() error {
 		// Out of descriptors for a pipe: copy through user space instead.
 		return p.runCopy()
 	}
-	clean := true
-	defer func() {
-		if clean {
-			putPipe(pp)
-		} else {
-			pp.close()
-		}
-	}()
-	dstRaw := p.dst.Conn.Raw()
 	for {
-		var n int
-		var serr error
-		rerr := p.src.Conn.Raw().Read(func(fd uintptr) bool {
-			n, serr = spliceRead(int(fd), pp, spliceChunk)
-			return true
-		})
-		if rerr != nil {
-			return rerr
+		_, dirty, err := p.spliceOnce(pp, spliceChunk)
+		if dirty {
+			pp.close()
+			return err
 		}
-		if serr == errAgain {
+		if err == errAgain {
+			putPipe(pp)
 			return p.park()
 		}
-		if serr != nil {
-			return serr
+		if err != nil {
+			putPipe(pp)
+			return err
 		}
-		if n == 0 {
-			return io.EOF
-		}
-		// Drain the pipe into the destination, waiting for it to accept.
-		left := n
-		clean = false
-		for left > 0 {
-			var m int
-			var werr error
-			err := dstRaw.Write(func(fd uintptr) bool {
-				m, werr = spliceWrite(pp, int(fd), left)
-				left -= m
-				p.count(m)
-				return werr != errAgain || left == 0
-			})
-			if err != nil {
-				return writeErr{err}
-			}
-			if werr != nil && werr != errAgain {
-				return writeErr{werr}
-			}
-		}
-		clean = true
-		p.s.touch()
 	}
+}
+
+// spliceOnce moves up to max bytes from the source to the destination
+// through pp, waiting for the destination to accept them. It returns
+// errAgain when the source has nothing to read, io.EOF at its end of
+// stream. dirty means pp may still hold bytes and must be closed, not
+// reused.
+func (p *pump) spliceOnce(pp *pipe, max int) (n int, dirty bool, err error) {
+	var serr error
+	rerr := p.src.Conn.Raw().Read(func(fd uintptr) bool {
+		n, serr = spliceRead(int(fd), pp, max)
+		return true
+	})
+	if rerr != nil {
+		return 0, false, rerr
+	}
+	if serr != nil {
+		return 0, false, serr
+	}
+	if n == 0 {
+		return 0, false, io.EOF
+	}
+	// Drain the pipe into the destination, waiting for it to accept.
+	left := n
+	dstRaw := p.dst.Conn.Raw()
+	for left > 0 {
+		var m int
+		var werr error
+		err := dstRaw.Write(func(fd uintptr) bool {
+			m, werr = spliceWrite(pp, int(fd), left)
+			left -= m
+			p.count(m)
+			return werr != errAgain || left == 0
+		})
+		if err != nil {
+			return n - left, true, writeErr{err}
+		}
+		if werr != nil && werr != errAgain {
+			return n - left, true, writeErr{werr}
+		}
+	}
+	p.s.touch()
+	return n, false, nil
 }
 
 // writeErr marks an error that happened on the destination side.

@@ -20,8 +20,10 @@
 package relay
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
+	"net"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -58,6 +60,10 @@ type Options struct {
 	// move (shared by many sessions, e.g. all of a listener's; metrics read
 	// them while sessions run).
 	Counters *Counters
+	// Framer, if set, follows the protocol's response boundaries so that
+	// End can end the session between two responses (one per session:
+	// it holds the session's parsing state).
+	Framer Framer
 }
 
 // Counters total the bytes relayed by a group of sessions.
@@ -74,7 +80,12 @@ const (
 	ReasonIdle     = "idle timeout"
 	ReasonHalfOpen = "half-closed timeout" // one side ended, the other did not follow
 	ReasonShutdown = "shutdown"
+	ReasonEnded    = "ended by server" // End: at a response boundary
+	ReasonEndLate  = "ended by server without a response boundary"
 )
+
+// byeTimeout bounds writing the goodbye to a client that does not read.
+const byeTimeout = 5 * time.Second
 
 // halfCloseIdle bounds how long a session stays open after one side ended
 // its stream and the other did not follow: it closes once nothing has
@@ -193,6 +204,60 @@ func (e *Engine) CloseAll(reason string) {
 	}
 }
 
+// EndAll ends the live sessions that match (all if match is nil), each at
+// a response boundary with Session.End, starting them evenly spread over
+// spread so that their clients do not all reconnect at once. Sessions
+// still open when ctx is done are closed anyway (ReasonEndLate). It
+// returns once every matched session is closed, with their number.
+func (e *Engine) EndAll(ctx context.Context, match func(*Session) bool, text string, spread time.Duration) int {
+	var todo []*Session
+	for _, s := range e.Sessions() {
+		if match == nil || match(s) {
+			todo = append(todo, s)
+		}
+	}
+	if len(todo) == 0 {
+		return 0
+	}
+	step := spread / time.Duration(len(todo))
+	start := time.Now()
+	for i, s := range todo {
+		if step > 0 {
+			wait := time.Until(start.Add(time.Duration(i) * step))
+			if wait > 0 {
+				t := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+				case <-t.C:
+				}
+				t.Stop()
+			}
+		}
+		s.End(text)
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		open := 0
+		for _, s := range todo {
+			if !s.Closed() {
+				open++
+			}
+		}
+		if open == 0 {
+			return len(todo)
+		}
+		select {
+		case <-ctx.Done():
+			for _, s := range todo {
+				s.closeWith(ReasonEndLate, nil)
+			}
+			return len(todo)
+		case <-tick.C:
+		}
+	}
+}
+
 // Close ends all sessions and stops the engine's goroutines.
 func (e *Engine) Close() {
 	if e.closed.Swap(true) {
@@ -245,6 +310,7 @@ type Session struct {
 	ended        atomic.Int32 // directions that reached end of stream
 	closeOnce    sync.Once
 	closed       atomic.Bool
+	ending       atomic.Pointer[string] // End's text, once called
 }
 
 // ID returns the engine-local session id.
@@ -254,6 +320,33 @@ func (s *Session) ID() uint64 { return s.id }
 func (s *Session) Bytes() (clientToBackend, backendToClient int64) {
 	return s.up.n.Load(), s.down.n.Load()
 }
+
+// End ends the session at the next response boundary of the
+// backend->client stream (see Framer): the client gets the framer's
+// goodbye (IMAP: "* BYE [UNAVAILABLE] text") after the last complete
+// response, then both connections close with ReasonEnded. It returns at
+// once; a session whose backend is idle between responses ends at once,
+// one in the middle of a response when it completes. Callers bound the
+// wait with Close. Without a framer the session ends as soon as the
+// backend has nothing more to send.
+func (s *Session) End(text string) {
+	if s.closed.Load() || s.up == nil {
+		return
+	}
+	s.ending.Store(&text)
+	if s.down.state.Load() == stateDone {
+		// The backend already ended its stream: nothing can be cut.
+		s.closeWith(ReasonEnded, nil)
+		return
+	}
+	s.down.kick()
+}
+
+// Closed reports whether the session has ended.
+func (s *Session) Closed() bool { return s.closed.Load() }
+
+// LocalAddr is the address the client connected to.
+func (s *Session) LocalAddr() net.Addr { return s.client.Conn.LocalAddr() }
 
 // Close ends the session now.
 func (s *Session) Close(reason string) { s.closeWith(reason, nil) }
