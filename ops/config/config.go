@@ -46,6 +46,9 @@ type Config struct {
 	Routes        Routes     `yaml:"routes"`
 	Admin         Admin      `yaml:"admin"`
 	VIP           VIP        `yaml:"vip"`
+	// Auth: how logins are decided (passthrough or an nginx auth_http
+	// server); listeners may override it.
+	Auth *Auth `yaml:"auth"`
 
 	// Static: routes come only from this file and are not replicated (no
 	// raft, no data directory). Set by `portico proxy`; not a file key.
@@ -81,6 +84,7 @@ type Listener struct {
 	ProxyProtocol      bool     `yaml:"proxy_protocol"`
 	TrustedProxies     []string `yaml:"trusted_proxies"`
 	Limits             *Limits  `yaml:"limits"` // overrides the global limits for this listener
+	Auth               *Auth    `yaml:"auth"`   // replaces the global auth section for this listener
 }
 
 // Limits bound resource use; zero values take defaults.
@@ -383,6 +387,7 @@ func (c *Config) Validate() error {
 	v.admin()
 	v.cluster()
 	v.vip()
+	v.authSections()
 	if len(v.errs) > 0 {
 		return v.errs
 	}
