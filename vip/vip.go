@@ -119,6 +119,35 @@ func (m *Manager) SetOwner(own bool) {
 	}
 }
 
+// Release gives the addresses up at once and waits, up to timeout, until
+// they are off the interfaces. A planned handover (`vip move`, shutdown,
+// preemption) releases before it hands raft leadership over, so the next
+// owner, which acquires as soon as it leads, never overlaps with this one.
+// Ownership comes back only through SetOwner(true).
+func (m *Manager) Release(timeout time.Duration) error {
+	m.SetOwner(false)
+	deadline := time.Now().Add(timeout)
+	for {
+		if !m.Owned() && !m.anyPresent() {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("vip: addresses still held %v after release", timeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// anyPresent reports whether any of the addresses is on its interface.
+func (m *Manager) anyPresent() bool {
+	for _, a := range m.cfg.Addresses {
+		if p, err := hasAddr(a); err != nil || p {
+			return true
+		}
+	}
+	return false
+}
+
 // Owned reports whether this node holds the addresses.
 func (m *Manager) Owned() bool {
 	m.mu.Lock()

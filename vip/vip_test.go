@@ -141,6 +141,17 @@ func TestVIPChild(t *testing.T) {
 	m.SetVerify(nil)
 	m.SetOwner(true)
 	waitUntil(t, "re-acquired", time.Second, func() bool { return m.Owned() })
+	// Release returns only once the addresses are off the interface.
+	if err := m.Release(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []Address{v4, v6} {
+		if p, _ := hasAddr(a); p || m.Owned() {
+			t.Fatalf("%v still held after Release", a)
+		}
+	}
+	m.SetOwner(true)
+	waitUntil(t, "re-acquired after release", time.Second, func() bool { return m.Owned() })
 	cancel()
 	<-done
 	if p, _ := hasAddr(v4); p {
