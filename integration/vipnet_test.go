@@ -1,0 +1,654 @@
+package integration
+
+// Plumbing for the failover drills (failover_test.go): three portico
+// processes, a client and two Dovecot backends, each host in its own
+// network namespace on one bridge (integration/netns), a virtual IP
+// (IPv4 and IPv6) held by the raft leader, and observers that sample
+// which namespace holds the VIP and which MAC claims it on the wire.
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mdlayher/arp"
+
+	"github.com/portico-mail/portico/integration/dovecot"
+	"github.com/portico-mail/portico/integration/netns"
+)
+
+var (
+	drillVIP4 = netip.MustParseAddr("198.18.0.100")
+	drillVIP6 = netip.MustParseAddr("fd00:198:18::100")
+)
+
+const drillPass = "secret"
+
+// drillNode is one portico process in its namespace.
+type drillNode struct {
+	h       *netns.Host
+	name    string
+	dir     string
+	cfgPath string
+	admin   string // host:port of the admin API
+	http    *http.Client
+
+	mu    sync.Mutex
+	proc  *netns.Proc
+	bin   string
+	older []string // output of earlier runs
+	// crashed is set from a kill -9 until the restarted process has
+	// removed the address the crash left on the interface: the sampler
+	// counts the node as a dead holder meanwhile, not as a live owner.
+	crashed atomic.Bool
+}
+
+// drillCluster is the whole drill network.
+type drillCluster struct {
+	t      *testing.T
+	net    *netns.Net
+	nodes  []*drillNode
+	client *netns.Host
+	b1, b2 *dovecot.Server
+	bh1    *netns.Host
+	users  []string
+	dir    string // lives as long as the cluster
+
+	sampler *ownerSampler
+	arpw    *arpWatcher
+}
+
+func newDrillCluster(t *testing.T) *drillCluster {
+	t.Helper()
+	n := netns.New(t, "n1", "n2", "n3", "client", "b1", "b2")
+	c := &drillCluster{t: t, net: n, client: n.Host("client"), bh1: n.Host("b1"), dir: t.TempDir()}
+	users := map[string]string{}
+	for i := 0; i < 16; i++ {
+		for _, d := range []string{"shared.example", "single.example"} {
+			u := fmt.Sprintf("u%d@%s", i, d)
+			users[u] = drillPass
+			c.users = append(c.users, u)
+		}
+	}
+	sort.Strings(c.users)
+	trusted := []string{netns.Net4.String(), netns.Net6.String()}
+	for _, b := range []**dovecot.Server{&c.b1, &c.b2} {
+		h := n.Host("b1")
+		if b == &c.b2 {
+			h = n.Host("b2")
+		}
+		*b = dovecot.Start(t, dovecot.Options{Addr: h.IP4.String(), Netns: h.Path, IMAPPort: 143, POP3Port: 110,
+			Users: users, TrustedNetworks: trusted})
+	}
+	var join []string
+	for _, name := range []string{"n1", "n2", "n3"} {
+		join = append(join, fmt.Sprintf("%q", n.Host(name).IP4.String()+":7145"))
+	}
+	for _, name := range []string{"n1", "n2", "n3"} {
+		h := n.Host(name)
+		nd := &drillNode{h: h, name: name, dir: t.TempDir(), admin: h.IP4.String() + ":7143",
+			http: h.HTTPClient(10 * time.Second), bin: porticoBinary(t)}
+		cfg := fmt.Sprintf(`
+node_name: %[1]s
+data_dir: %[2]s
+shutdown_grace: 2s
+listeners:
+  - {name: imap, protocol: imap, address: "%[3]s:143"}
+  - {name: imap6, protocol: imap, address: "[%[4]s]:143"}
+  - {name: pop3, protocol: pop3, address: "%[3]s:110"}
+limits: {auth_failure_delay: 10ms}
+admin: {address: "%[5]s", token: %[6]s}
+cluster:
+  raft_address: "%[7]s:7144"
+  gossip_address: "%[7]s:7145"
+  join: [%[8]s]
+  bootstrap_expect: 3
+  health: {interval: 500ms, timeout: 1s}
+vip:
+  addresses:
+    - {address: %[3]s/24, interface: eth0}
+    - {address: %[4]s/64, interface: eth0}
+  refresh: 3s
+backends:
+  - {id: b1, host: %[9]s, imap_port: 143, pop3_port: 110, forward: id}
+  - {id: b2, host: %[10]s, imap_port: 143, pop3_port: 110, forward: id}
+pools:
+  - {name: shared, backends: [b1, b2], shared_storage: true}
+  - {name: single, backends: [b1, b2]}
+routes:
+  domains: {shared.example: shared, single.example: single}
+  default_pool: shared
+`, name, filepath.Join(nd.dir, "data"), drillVIP4, drillVIP6, nd.admin, clusterToken, h.IP4,
+			strings.Join(join, ", "), n.Host("b1").IP4, n.Host("b2").IP4)
+		nd.cfgPath = filepath.Join(nd.dir, "portico.yaml")
+		if err := os.WriteFile(nd.cfgPath, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c.nodes = append(c.nodes, nd)
+	}
+	t.Cleanup(func() {
+		c.sampler.stop()
+		c.arpw.close()
+		for _, nd := range c.nodes {
+			nd.kill()
+		}
+		if t.Failed() {
+			for _, nd := range c.nodes {
+				t.Logf("---- %s log ----\n%s", nd.name, tail(nd.log(), 80))
+			}
+		}
+	})
+	var err error
+	if c.arpw, err = watchARP(c.client, drillVIP4); err != nil {
+		t.Fatalf("ARP watcher: %v", err)
+	}
+	c.sampler = sampleOwners(t, c.nodes, 20*time.Millisecond)
+	for _, nd := range c.nodes {
+		nd.start(t)
+	}
+	return c
+}
+
+// start runs the node's binary (nd.bin) in its namespace.
+func (nd *drillNode) start(t *testing.T) {
+	t.Helper()
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	if nd.proc != nil {
+		nd.older = append(nd.older, nd.proc.Output())
+	}
+	p, err := nd.h.Start(nd.bin, "serve", "--config", nd.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nd.proc = p
+}
+
+// serving reports whether the process is alive and not a restart still
+// clearing what its crashed predecessor left behind.
+func (nd *drillNode) serving() bool { return nd.running() && !nd.crashed.Load() }
+
+// running reports whether the process is alive.
+func (nd *drillNode) running() bool {
+	nd.mu.Lock()
+	p := nd.proc
+	nd.mu.Unlock()
+	if p == nil {
+		return false
+	}
+	select {
+	case <-p.Done():
+		return false
+	default:
+		return true
+	}
+}
+
+func (nd *drillNode) kill() {
+	nd.mu.Lock()
+	p := nd.proc
+	nd.mu.Unlock()
+	if p != nil {
+		p.Kill()
+	}
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (nd *drillNode) stop() error {
+	nd.mu.Lock()
+	p := nd.proc
+	nd.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	return p.Stop(20 * time.Second)
+}
+
+func (nd *drillNode) log() string {
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	s := strings.Join(nd.older, "")
+	if nd.proc != nil {
+		s += nd.proc.Output()
+	}
+	return s
+}
+
+// api calls the node's admin API from inside its namespace.
+func (nd *drillNode) api(method, path string, body any) (int, []byte, error) {
+	var rd io.Reader
+	if body != nil {
+		j, _ := json.Marshal(body)
+		rd = strings.NewReader(string(j))
+	}
+	req, _ := http.NewRequest(method, "http://"+nd.admin+path, rd)
+	req.Header.Set("Authorization", "Bearer "+clusterToken)
+	resp, err := nd.http.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, nil
+}
+
+// cli runs the portico command in the node's namespace against its API.
+func (nd *drillNode) cli(args ...string) (string, error) {
+	args = append(args, "--admin", nd.admin, "--token", clusterToken)
+	return nd.h.Exec(nd.bin, args...)
+}
+
+type drillStatus struct {
+	Role    string `json:"role"`
+	Cluster *struct {
+		Leader  string `json:"leader"`
+		Members []struct {
+			Name  string `json:"name"`
+			State string `json:"state"`
+		} `json:"members"`
+	} `json:"cluster"`
+	Backends []struct {
+		ID     string `json:"id"`
+		Health string `json:"health"`
+	} `json:"backends"`
+}
+
+func (nd *drillNode) status() (*drillStatus, error) {
+	code, b, err := nd.api("GET", "/v1/status", nil)
+	if err != nil {
+		return nil, err
+	}
+	if code != 200 {
+		return nil, fmt.Errorf("status %d: %s", code, b)
+	}
+	var st drillStatus
+	return &st, json.Unmarshal(b, &st)
+}
+
+func (c *drillCluster) node(name string) *drillNode {
+	for _, nd := range c.nodes {
+		if nd.name == name {
+			return nd
+		}
+	}
+	return nil
+}
+
+// healthy: every node runs, agrees on one leader, sees 3 alive members,
+// the raft configuration has 3 voters, and the leader's namespace (only)
+// holds both VIP addresses.
+func (c *drillCluster) healthy() (string, error) {
+	leader := ""
+	for _, nd := range c.nodes {
+		if !nd.running() {
+			return "", fmt.Errorf("%s not running", nd.name)
+		}
+		st, err := nd.status()
+		if err != nil {
+			return "", fmt.Errorf("%s: %v", nd.name, err)
+		}
+		if st.Cluster == nil || st.Cluster.Leader == "" {
+			return "", fmt.Errorf("%s knows no leader", nd.name)
+		}
+		if leader != "" && st.Cluster.Leader != leader {
+			return "", fmt.Errorf("leaders disagree: %s and %s", leader, st.Cluster.Leader)
+		}
+		leader = st.Cluster.Leader
+		alive := 0
+		for _, m := range st.Cluster.Members {
+			if m.State == "alive" {
+				alive++
+			}
+		}
+		if alive != 3 {
+			return "", fmt.Errorf("%s sees %d alive members", nd.name, alive)
+		}
+	}
+	out, err := c.nodes[0].cli("cluster", "peers", "--json")
+	if err != nil || strings.Count(out, `"voter"`) != 3 {
+		return "", fmt.Errorf("raft peers: %v %s", err, out)
+	}
+	for _, nd := range c.nodes {
+		for _, a := range []netip.Addr{drillVIP4, drillVIP6} {
+			has, err := nd.h.HasAddr(a)
+			if err != nil {
+				return "", err
+			}
+			if has != (nd.name == leader) {
+				return "", fmt.Errorf("%s holds %v: %v (leader %s)", nd.name, a, has, leader)
+			}
+		}
+	}
+	return leader, nil
+}
+
+// waitHealthy waits for healthy and returns the VIP owner.
+func (c *drillCluster) waitHealthy(t *testing.T, d time.Duration) *drillNode {
+	t.Helper()
+	var last error
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		owner, err := c.healthy()
+		if err == nil {
+			return c.node(owner)
+		}
+		last = err
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("cluster not healthy after %v: %v", d, last)
+	return nil
+}
+
+// ---- the client ----
+
+// imapTry logs in through addr from the client namespace (LOGIN, then
+// LOGOUT) within timeout; the error carries the server's answer.
+func (c *drillCluster) imapTry(addr, user string, timeout time.Duration) error {
+	conn, err := c.client.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	r := bufio.NewReader(conn)
+	g, err := r.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("greeting: %w", err)
+	}
+	if !strings.HasPrefix(g, "* OK") {
+		return fmt.Errorf("greeting %q", g)
+	}
+	fmt.Fprintf(conn, "a LOGIN %s %s\r\n", user, drillPass)
+	for {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("login: %w", err)
+		}
+		if strings.HasPrefix(l, "a ") {
+			if !strings.HasPrefix(l, "a OK") {
+				return fmt.Errorf("login: %s", strings.TrimSpace(l))
+			}
+			break
+		}
+	}
+	fmt.Fprintf(conn, "b LOGOUT\r\n")
+	return nil
+}
+
+// probeGreeting dials addr from the client namespace and reads the
+// greeting: is the VIP serving?
+func (c *drillCluster) probeGreeting(addr string, timeout time.Duration) error {
+	conn, err := c.client.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	g, err := bufio.NewReader(conn).ReadString('\n')
+	if err == nil && !strings.HasPrefix(g, "* OK") {
+		err = fmt.Errorf("greeting %q", g)
+	}
+	return err
+}
+
+// clientNeighbour returns the MAC the client's neighbour table holds for a.
+func (c *drillCluster) clientNeighbour(a netip.Addr) string {
+	mac, _, err := c.client.Neighbour(a)
+	if err != nil || mac == nil {
+		return ""
+	}
+	return mac.String()
+}
+
+func vipAddr(a netip.Addr, port int) string { return netip.AddrPortFrom(a, uint16(port)).String() }
+
+// ---- observers ----
+
+// ownerSampler samples, every period, which node namespaces hold the IPv4
+// and IPv6 VIP (with the process alive or not), and records every change.
+type ownerSampler struct {
+	mu      sync.Mutex
+	samples int
+	events  []ownerEvent // changes of the owner set, in order
+	last    string
+	stopc   chan struct{}
+	done    chan struct{}
+	once    sync.Once
+}
+
+// ownerEvent is one observed state: live holders and holders whose
+// process is not running (an address left by a crash), per family.
+type ownerEvent struct {
+	at           time.Time
+	live4, live6 []string
+	dead4, dead6 []string
+}
+
+func (e ownerEvent) String() string {
+	return fmt.Sprintf("v4 %v v6 %v (dead holders v4 %v v6 %v)", e.live4, e.live6, e.dead4, e.dead6)
+}
+
+func sampleOwners(t *testing.T, nodes []*drillNode, every time.Duration) *ownerSampler {
+	s := &ownerSampler{stopc: make(chan struct{}), done: make(chan struct{})}
+	var ws []*netns.Watcher
+	for _, nd := range nodes {
+		w, err := nd.h.Watch()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, w)
+	}
+	go func() {
+		defer close(s.done)
+		defer func() {
+			for _, w := range ws {
+				w.Close()
+			}
+		}()
+		tk := time.NewTicker(every)
+		defer tk.Stop()
+		pass := func(order []int) ownerEvent {
+			var e ownerEvent
+			e.at = time.Now()
+			for _, i := range order {
+				nd := nodes[i]
+				alive := nd.serving()
+				for _, fam := range []struct {
+					a          netip.Addr
+					live, dead *[]string
+				}{{drillVIP4, &e.live4, &e.dead4}, {drillVIP6, &e.live6, &e.dead6}} {
+					has, err := ws[i].HasAddr(fam.a)
+					if err != nil || !has {
+						continue
+					}
+					if alive {
+						*fam.live = append(*fam.live, nd.name)
+					} else {
+						*fam.dead = append(*fam.dead, nd.name)
+					}
+				}
+			}
+			return e
+		}
+		var fwd, rev []int
+		for i := range nodes {
+			fwd = append(fwd, i)
+			rev = append([]int{i}, rev...)
+		}
+		both := func(a, b []string) []string {
+			var out []string
+			for _, x := range a {
+				if slices.Contains(b, x) {
+					out = append(out, x)
+				}
+			}
+			sort.Strings(out)
+			return out
+		}
+		for {
+			// Reading three namespaces one after the other can see a
+			// handover from an earlier-read node to a later-read one as two
+			// holders. A real overlap shows in a second pass in the reverse
+			// order too; an artefact cannot: keep what both passes saw.
+			e := pass(fwd)
+			if len(e.live4) > 1 || len(e.live6) > 1 {
+				r := pass(rev)
+				e.live4, e.live6 = both(e.live4, r.live4), both(e.live6, r.live6)
+			}
+			s.mu.Lock()
+			s.samples++
+			if k := e.String(); k != s.last {
+				s.last = k
+				s.events = append(s.events, e)
+			}
+			s.mu.Unlock()
+			select {
+			case <-s.stopc:
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	return s
+}
+
+func (s *ownerSampler) stop() {
+	if s == nil {
+		return
+	}
+	s.once.Do(func() { close(s.stopc) })
+	<-s.done
+}
+
+// since returns the events observed at or after t, preceded by the state
+// in force at t when no event happened exactly at t.
+func (s *ownerSampler) since(t time.Time) []ownerEvent {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j := sort.Search(len(s.events), func(i int) bool { return !s.events[i].at.Before(t) })
+	var out []ownerEvent
+	if j > 0 && (j == len(s.events) || s.events[j].at.After(t)) {
+		out = append(out, s.events[j-1])
+	}
+	return append(out, s.events[j:]...)
+}
+
+// dump renders every event since t, with times relative to t.
+func (s *ownerSampler) dump(t time.Time) string {
+	var b strings.Builder
+	for _, e := range s.since(t) {
+		fmt.Fprintf(&b, "  %+6dms %v\n", e.at.Sub(t).Milliseconds(), e)
+	}
+	return b.String()
+}
+
+// split returns the first event since t with two or more live holders of
+// either address (nil if none).
+func (s *ownerSampler) split(t time.Time) *ownerEvent {
+	for _, e := range s.since(t) {
+		if len(e.live4) > 1 || len(e.live6) > 1 {
+			return &e
+		}
+	}
+	return nil
+}
+
+// firstWhen returns the time of the first event since t that satisfies f.
+func (s *ownerSampler) firstWhen(t time.Time, f func(ownerEvent) bool) (time.Time, bool) {
+	for _, e := range s.since(t) {
+		if f(e) {
+			if e.at.Before(t) {
+				return t, true
+			}
+			return e.at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// arpWatcher records every ARP packet seen on the client's interface that
+// claims the VIP (sender address = VIP): who announced, and when.
+type arpWatcher struct {
+	c      *arp.Client
+	mu     sync.Mutex
+	claims []arpClaim
+	done   chan struct{}
+}
+
+type arpClaim struct {
+	at         time.Time
+	mac        string
+	op         arp.Operation
+	gratuitous bool // an announcement (target address = sender address), not an answer to a query
+}
+
+func watchARP(h *netns.Host, vip netip.Addr) (*arpWatcher, error) {
+	w := &arpWatcher{done: make(chan struct{})}
+	err := h.Do(func() error {
+		ifi, err := net.InterfaceByName(netns.Interface)
+		if err != nil {
+			return err
+		}
+		w.c, err = arp.Dial(ifi)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		defer close(w.done)
+		for {
+			p, _, err := w.c.Read()
+			if err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					continue
+				}
+				return // closed
+			}
+			if p.SenderIP == vip {
+				w.mu.Lock()
+				w.claims = append(w.claims, arpClaim{at: time.Now(), mac: p.SenderHardwareAddr.String(), op: p.Operation,
+					gratuitous: p.TargetIP == p.SenderIP})
+				w.mu.Unlock()
+			}
+		}
+	}()
+	return w, nil
+}
+
+func (w *arpWatcher) close() {
+	if w == nil {
+		return
+	}
+	w.c.Close()
+	select {
+	case <-w.done:
+	case <-time.After(2 * time.Second):
+	}
+}
+
+// since returns the claims seen at or after t.
+func (w *arpWatcher) since(t time.Time) []arpClaim {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []arpClaim
+	for _, c := range w.claims {
+		if !c.at.Before(t) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
