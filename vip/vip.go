@@ -390,7 +390,16 @@ func announce(a Address) error {
 	}
 	c, _, err := ndp.Listen(ifi, ndp.LinkLocal)
 	if err != nil {
-		return fmt.Errorf("ndp: %w", err)
+		// The link-local address is unusable while it is tentative
+		// (duplicate address detection runs for about a second after the
+		// link comes up, e.g. at boot, when this node may well be elected
+		// leader): send from the VIP itself, which is on the interface
+		// without DAD. Receivers accept an advertisement from any of the
+		// sender's addresses (RFC 4861 §7.1.2).
+		var err2 error
+		if c, _, err2 = ndp.Listen(ifi, ndp.Addr(ip.String())); err2 != nil {
+			return fmt.Errorf("ndp: %w (from the VIP: %v)", err, err2)
+		}
 	}
 	defer c.Close()
 	na := &ndp.NeighborAdvertisement{Override: true, TargetAddress: ip,

@@ -117,10 +117,11 @@ func (d *Director) decide(c *session.Client, a *session.Attempt, r *Response) (*
 		return nil, &session.Refusal{Kind: session.RefuseUnavailable, Text: "auth_http: backend " + be.ID + " is disabled"}
 	}
 	creds := a.Creds
+	// As nginx: the backend login is for the identity the auth server
+	// approved; a SASL authorization identity it never saw is dropped.
+	creds.AuthzID = ""
 	if r.HasUser {
-		// The auth server chose the identity: a SASL authorization
-		// identity it never saw must not ride along.
-		creds.User, creds.AuthzID = r.User, ""
+		creds.User = r.User
 	}
 	if r.HasPass {
 		creds.Password = r.Pass

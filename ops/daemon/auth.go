@@ -6,9 +6,12 @@ import (
 )
 
 // setupAuth installs authentication sources and abuse protection. With the
-// default passthrough authentication there is nothing to do: d.env's
-// Director routes by user and the backend checks the password.
+// default passthrough authentication d.env's Director routes by user and
+// the backend checks the password; listeners with `auth: {mode: http}`
+// ask an nginx auth_http server instead (authhttp.go).
 func (d *Daemon) setupAuth(cfg *config.Config, nc *node.Config) error {
-	_, _ = cfg, nc
-	return nil
+	_ = nc
+	// auth_http wraps d.env.Director; abuse protection that must run
+	// before any authentication source wraps it after this.
+	return d.setupAuthHTTP(cfg)
 }
