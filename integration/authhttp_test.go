@@ -316,6 +316,22 @@ auth:
 	if problems, err := testutil.GatherAndLint(p.d.Metrics); err != nil || len(problems) > 0 {
 		t.Errorf("promlint: %v %+v", err, problems)
 	}
+
+	// A reload back to passthrough: the routing table decides, Dovecot
+	// checks the password, the auth server is not asked.
+	next := *p.cfg
+	next.Auth = nil
+	if err := p.d.Reload(&next); err != nil {
+		t.Fatal(err)
+	}
+	n := rec.count()
+	c = dialAuth(t, p.addr("imap"), nil, "")
+	c.cmd("", "* OK")
+	c.cmd(`a LOGIN "we ird%user" "p a%ss"`, "a NO [AUTHENTICATIONFAILED]")
+	c.cmd("b LOGIN alice secret", "b OK")
+	if rec.count() != n {
+		t.Errorf("auth server asked after the reload to passthrough")
+	}
 }
 
 // gatherValue reads one sample (name{labels}) from the node's registry.
