@@ -69,6 +69,9 @@ func TestSystemdUnit(t *testing.T) {
 	if !strings.Contains(one("ExecStart"), " serve --config ") {
 		t.Errorf("ExecStart=%s", one("ExecStart"))
 	}
+	if !strings.Contains(one("ExecStopPost"), " vip release --config ") {
+		t.Errorf("ExecStopPost=%s: a killed process's VIP must be removed", one("ExecStopPost"))
+	}
 	if !strings.Contains(one("ExecReload"), "-HUP") {
 		t.Errorf("ExecReload=%s: reload is SIGHUP", one("ExecReload"))
 	}

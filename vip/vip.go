@@ -138,6 +138,33 @@ func (m *Manager) Release(timeout time.Duration) error {
 	}
 }
 
+// RemoveAll removes the addresses from their interfaces, if present, and
+// returns those it removed. It is for a process supervisor after Portico
+// exited (`portico vip release` as systemd's ExecStopPost): a process
+// killed outright leaves the VIP on the interface, and the kernel keeps
+// answering ARP for it next to the new owner until something removes it.
+// Never call it while a Manager runs for the same addresses.
+func RemoveAll(addrs []Address) ([]Address, error) {
+	var removed []Address
+	var errs []error
+	for _, a := range addrs {
+		p, err := hasAddr(a)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !p {
+			continue
+		}
+		if err := delAddr(a); err != nil {
+			errs = append(errs, fmt.Errorf("removing %v: %w", a, err))
+			continue
+		}
+		removed = append(removed, a)
+	}
+	return removed, errors.Join(errs...)
+}
+
 // anyPresent reports whether any of the addresses is on its interface.
 func (m *Manager) anyPresent() bool {
 	for _, a := range m.cfg.Addresses {

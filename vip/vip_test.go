@@ -157,6 +157,21 @@ func TestVIPChild(t *testing.T) {
 	if p, _ := hasAddr(v4); p {
 		t.Fatal("address kept after Run ended")
 	}
+	// RemoveAll (the supervisor's clean-up after a crash) removes what a
+	// killed process left, and is a no-op when nothing is there.
+	if err := addAddr(v4); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := RemoveAll([]Address{v4, v6})
+	if err != nil || len(removed) != 1 || removed[0] != v4 {
+		t.Fatalf("RemoveAll: %v %v", removed, err)
+	}
+	if p, _ := hasAddr(v4); p {
+		t.Fatal("RemoveAll left the address")
+	}
+	if removed, err := RemoveAll([]Address{v4, v6}); err != nil || len(removed) != 0 {
+		t.Fatalf("RemoveAll again: %v %v", removed, err)
+	}
 	c, a := m.Counters()
 	if c < 4 || a < 4 {
 		t.Fatalf("counters: %d changes, %d announcements", c, a)

@@ -4,16 +4,23 @@ import (
 	"flag"
 	"fmt"
 	"strings"
+
+	"github.com/portico-mail/portico/cluster"
+	"github.com/portico-mail/portico/ops/config"
+	"github.com/portico-mail/portico/vip"
 )
 
 func init() {
-	commands["vip"] = command{"vip status|move [--to NODE]             show or hand over the virtual IP (admin API)", cmdVIP}
+	commands["vip"] = command{"vip status|move [--to NODE]|release    show or hand over the virtual IP (admin API); release: remove it after a crash", cmdVIP}
 }
 
 func cmdVIP(args []string) error {
-	op, rest, err := sub(args, "vip status|move [--to NODE]")
+	op, rest, err := sub(args, "vip status|move [--to NODE]|release --config FILE")
 	if err != nil {
 		return err
+	}
+	if op == "release" {
+		return cmdVIPRelease(rest)
 	}
 	fs := flag.NewFlagSet("vip "+op, flag.ContinueOnError)
 	client := clientFlags(fs)
@@ -57,5 +64,40 @@ func cmdVIP(args []string) error {
 		fmt.Printf("VIP moved from %s to %s in %d ms (%d sessions ended at a response boundary)\n", res.From, res.To, res.Took, res.Ended)
 		return nil
 	}
-	return fmt.Errorf("vip: unknown operation %q (status, move)", op)
+	return fmt.Errorf("vip: unknown operation %q (status, move, release)", op)
+}
+
+// cmdVIPRelease removes the configured virtual addresses from this host's
+// interfaces, when no portico process runs on the configuration's data
+// directory: for a supervisor after the process exited (systemd's
+// ExecStopPost), since a process that was killed or crashed leaves the
+// address behind and the kernel goes on answering ARP for it.
+func cmdVIPRelease(args []string) error {
+	fs := flag.NewFlagSet("vip release", flag.ContinueOnError)
+	path := fs.String("config", "/etc/portico/portico.yaml", "configuration file")
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	if len(cfg.VIP.Addresses) == 0 {
+		return nil
+	}
+	// A running node holds this lock and manages the addresses itself.
+	lock, err := cluster.LockDataDir(cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("vip release: not touching the addresses: %w", err)
+	}
+	defer lock.Close()
+	var addrs []vip.Address
+	for _, a := range cfg.VIP.Addresses {
+		addrs = append(addrs, vip.Address{Prefix: a.Prefix, Interface: a.Interface})
+	}
+	removed, err := vip.RemoveAll(addrs)
+	for _, a := range removed {
+		fmt.Printf("removed %s from %s\n", a.Prefix, a.Interface)
+	}
+	return err
 }
