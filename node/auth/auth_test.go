@@ -595,6 +595,15 @@ func TestCache(t *testing.T) {
 	if testutil.ToFloat64(m.cacheHits.WithLabelValues("ok")) != 2 || testutil.ToFloat64(m.cacheHits.WithLabelValues("refused")) != 2 || testutil.ToFloat64(m.cacheMisses) != 2 {
 		t.Error("cache metrics")
 	}
+	// Another listener is another scope.
+	other := testClient(routing.IMAP)
+	other.Listener.Name = "other"
+	if _, err := d.Direct(context.Background(), attempt(other, 1, "alice", "good")); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(srv.requests()); n != 3 {
+		t.Fatalf("%d requests: the cache crossed listeners", n)
+	}
 	// Another password is another key; the oldest entry is evicted.
 	if err := try("alice", "other"); err == nil {
 		t.Fatal("other password accepted")
@@ -605,7 +614,7 @@ func TestCache(t *testing.T) {
 	// Expiry.
 	now = now.Add(2 * time.Minute)
 	_ = try("alice", "bad")
-	if n := len(srv.requests()); n != 4 {
+	if n := len(srv.requests()); n != 5 {
 		t.Fatalf("%d requests after expiry", n)
 	}
 	// Positive caching is off by default; WAIT and errors never cached.
@@ -613,7 +622,7 @@ func TestCache(t *testing.T) {
 	d2.Cache = NewCache(CacheConfig{NegativeTTL: time.Minute})
 	_, _ = d2.Direct(context.Background(), attempt(testClient(routing.IMAP), 1, "alice", "good"))
 	_, _ = d2.Direct(context.Background(), attempt(testClient(routing.IMAP), 1, "alice", "good"))
-	if n := len(srv.requests()); n != 6 {
+	if n := len(srv.requests()); n != 7 {
 		t.Fatalf("%d requests: positive answer cached by default", n)
 	}
 	if NewCache(CacheConfig{}) != nil {

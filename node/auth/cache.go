@@ -24,7 +24,8 @@ const DefaultCacheEntries = 10000
 // retrying one wrong password) does not cost a request each time.
 //
 // Entries are keyed by an HMAC-SHA256, under a random key made when the
-// process starts, of the protocol, user names and password: the password
+// process starts, of the protocol, listener, TLS or not, user names and
+// password: the password
 // is never stored, and the key cannot be used to test guesses offline
 // (it never leaves the process). A password change therefore misses the
 // cache, and a new password is always checked by the auth server.
@@ -67,11 +68,14 @@ func NewCache(cfg CacheConfig) *Cache {
 	return c
 }
 
-// key derives the cache key of a login. Fields are length-prefixed so
-// that no two different logins share an input.
-func (c *Cache) key(protocol, authzID, user, pass string) cacheKey {
+// key derives the cache key of a login. scope holds what else the auth
+// server sees that may change its answer and is not the client's address
+// (protocol, listener, TLS or not): an answer given over TLS is never
+// reused for a plaintext login. Fields are length-prefixed so that no two
+// different logins share an input.
+func (c *Cache) key(scope, authzID, user, pass string) cacheKey {
 	h := hmac.New(sha256.New, c.secret[:])
-	for _, s := range []string{protocol, authzID, user, pass} {
+	for _, s := range []string{scope, authzID, user, pass} {
 		var n [4]byte
 		n[0], n[1], n[2], n[3] = byte(len(s)>>24), byte(len(s)>>16), byte(len(s)>>8), byte(len(s))
 		h.Write(n[:])

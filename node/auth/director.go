@@ -56,7 +56,11 @@ func (d *Director) Direct(ctx context.Context, a *session.Attempt) (*session.Tar
 	}
 	var key cacheKey
 	if d.Cache != nil {
-		key = d.Cache.key(req.Protocol, a.Creds.AuthzID, a.Creds.User, a.Creds.Password)
+		scope := req.Protocol + "\x00" + c.Listener.Name
+		if req.TLS != nil {
+			scope += "\x00tls"
+		}
+		key = d.Cache.key(scope, a.Creds.AuthzID, a.Creds.User, a.Creds.Password)
 		hit := d.Cache.get(key)
 		d.Metrics.cache(hit)
 		if hit != nil {
