@@ -42,12 +42,7 @@ func startPortico(t *testing.T, yamlText string) *portico {
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, yamlText)
 	}
-	var out io.Writer = io.Discard
-	if testing.Verbose() {
-		out = testWriter{t}
-	}
-	log := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	d, err := daemon.New(cfg, daemon.Options{Logger: log})
+	d, err := daemon.New(cfg, daemon.Options{Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,6 +55,15 @@ func startPortico(t *testing.T, yamlText string) *portico {
 		_ = d.Shutdown(ctx)
 	})
 	return &portico{d: d, cfg: cfg}
+}
+
+// testLogger writes to the test log when -v, else discards.
+func testLogger(t *testing.T) *slog.Logger {
+	var out io.Writer = io.Discard
+	if testing.Verbose() {
+		out = testWriter{t}
+	}
+	return slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 type testWriter struct{ t *testing.T }

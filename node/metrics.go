@@ -69,7 +69,7 @@ func (s *Server) SetObserver(o Observer) {
 // statsFor returns the stats of the listener called name, creating them
 // (and announcing them to the observer) on first use.
 func (s *Server) statsFor(name string, p routing.Protocol) *ListenerStats {
-	s.mu.Lock()
+	s.statsMu.Lock()
 	st := s.stats[name]
 	created := st == nil
 	if created {
@@ -79,7 +79,7 @@ func (s *Server) statsFor(name string, p routing.Protocol) *ListenerStats {
 		}
 		s.stats[name] = st
 	}
-	s.mu.Unlock()
+	s.statsMu.Unlock()
 	if created {
 		s.obs.Listener(st)
 	}
@@ -88,12 +88,12 @@ func (s *Server) statsFor(name string, p routing.Protocol) *ListenerStats {
 
 // ListenerStats returns the stats of every listener served so far, by name.
 func (s *Server) ListenerStats() []*ListenerStats {
-	s.mu.Lock()
+	s.statsMu.Lock()
 	out := make([]*ListenerStats, 0, len(s.stats))
 	for _, st := range s.stats {
 		out = append(out, st)
 	}
-	s.mu.Unlock()
+	s.statsMu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }

@@ -92,6 +92,7 @@ type Server struct {
 	perIP     map[netip.Addr]int
 	closing   bool
 	paused    bool                      // Pause: listeners closed until Resume
+	statsMu   sync.Mutex                // guards stats (not mu: bind runs under mu)
 	stats     map[string]*ListenerStats // by listener name (metrics.go)
 
 	conns       atomic.Int64 // open client connections (pre-login and relayed)
@@ -589,7 +590,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	if n := s.engine.Len(); n > 0 {
 		s.log.Info("ending relayed sessions after shutdown grace", "sessions", n, "grace", grace)
-		s.EndSessions(context.Background(), nil, "Server shutting down, please reconnect.")
+		s.EndSessions(context.Background(), nil, "Server shutting down, please reconnect.", s.conf().EndSpread)
 	}
 	s.engine.CloseAll(relay.ReasonShutdown)
 	return nil
@@ -598,18 +599,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // EndSessions ends the relayed sessions whose local address matches (all
 // if match is nil): each at a response boundary (IMAP: "* BYE
 // [UNAVAILABLE] text" after the last complete response; POP3: closed
-// between responses), spread evenly over Config.EndSpread; a session not
-// at a boundary within Config.EndTimeout (or when ctx is done) is closed
-// anyway. It returns how many sessions it ended, once all are closed.
-func (s *Server) EndSessions(ctx context.Context, match func(local netip.AddrPort) bool, text string) int {
-	cfg := s.conf()
-	ctx, cancel := context.WithTimeout(ctx, cfg.EndSpread+cfg.EndTimeout)
+// between responses), spread evenly over spread; a session not at a
+// boundary within Config.EndTimeout after that (or when ctx is done) is
+// closed anyway. It returns how many sessions it ended, once all are
+// closed.
+func (s *Server) EndSessions(ctx context.Context, match func(local netip.AddrPort) bool, text string, spread time.Duration) int {
+	ctx, cancel := context.WithTimeout(ctx, spread+s.conf().EndTimeout)
 	defer cancel()
 	var m func(*relay.Session) bool
 	if match != nil {
 		m = func(rs *relay.Session) bool { return match(addrPort(rs.LocalAddr())) }
 	}
-	return s.engine.EndAll(ctx, m, text, cfg.EndSpread)
+	return s.engine.EndAll(ctx, m, text, spread)
 }
 
 // Pause stops accepting: the listeners close (the kernel refuses new

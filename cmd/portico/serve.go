@@ -108,7 +108,7 @@ func cmdProxy(args []string) error {
 
 // run serves cfg until SIGTERM/SIGINT. path, if set, is re-read on SIGHUP.
 func run(cfg *config.Config, path string) error {
-	d, err := daemon.New(cfg, daemon.Options{})
+	d, err := daemon.New(cfg, daemon.Options{ConfigPath: path})
 	if err != nil {
 		return err
 	}
@@ -127,15 +127,7 @@ func run(cfg *config.Config, path string) error {
 				log.Warn("reload requested but there is no configuration file (portico proxy)")
 				continue
 			}
-			next, err := config.Load(path)
-			if err == nil {
-				err = d.Reload(next)
-			}
-			if err != nil {
-				log.Error("reload failed, keeping the running configuration", "error", err)
-				continue
-			}
-			log.Info("configuration reloaded", "file", path)
+			_, _ = d.ReloadFile() // logs the outcome
 			continue
 		}
 		log.Info("shutting down", "signal", sig.String(), "grace", cfg.ShutdownGrace.D())

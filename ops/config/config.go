@@ -41,6 +41,7 @@ type Config struct {
 	Listeners     []Listener `yaml:"listeners"`
 	Limits        Limits     `yaml:"limits"`
 	ShutdownGrace Duration   `yaml:"shutdown_grace"`
+	Drain         Drain      `yaml:"drain"`
 	Backends      []Backend  `yaml:"backends"`
 	Pools         []Pool     `yaml:"pools"`
 	Routes        Routes     `yaml:"routes"`
@@ -388,6 +389,7 @@ func (c *Config) Validate() error {
 	v.cluster()
 	v.vip()
 	v.authSections()
+	v.drain()
 	if len(v.errs) > 0 {
 		return v.errs
 	}
@@ -565,6 +567,10 @@ func (c *Config) NodeConfig() node.Config {
 		MaxConnections:      c.Limits.MaxConnections,
 		MaxConnectionsPerIP: c.Limits.MaxConnectionsPerIP,
 		ShutdownGrace:       c.ShutdownGrace.D(),
+		EndTimeout:          c.Drain.BoundaryTimeout.D(),
+	}
+	if c.Drain.Spread != nil {
+		nc.EndSpread = c.Drain.Spread.D()
 	}
 	for i, l := range c.Listeners {
 		lc := node.ListenerConfig{

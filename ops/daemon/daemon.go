@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -63,12 +62,10 @@ type Daemon struct {
 	cfg      *config.Config
 	closeLog func()
 
-	vip *vipState
-	ops *opsState // metrics, readiness, status (ops.go)
-	// endSessions ends relayed sessions whose local address matches, each
-	// at a response boundary with the given text, within ctx; it returns
-	// how many it ended. Installed by the lifecycle stage.
-	endSessions func(ctx context.Context, match func(local netip.AddrPort) bool, text string) int
+	vip        *vipState
+	drain      *drainState // lifecycle.go
+	configPath string      // re-read by POST /v1/reload
+	ops        *opsState   // metrics, readiness, status (ops.go)
 
 	beforeShutdown []func(context.Context)
 	startHooks     []func() error
@@ -98,6 +95,9 @@ type Options struct {
 	// writing to stderr. Level, if set, is adjusted on reload.
 	Logger *slog.Logger
 	Level  *slog.LevelVar
+	// ConfigPath is the file the configuration came from, re-read by
+	// POST /v1/reload; "" when there is none (portico proxy).
+	ConfigPath string
 }
 
 // New builds a node from cfg without starting it.
@@ -151,6 +151,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		d.engine.Close()
 		return nil, err
 	}
+	d.setupLifecycle(o)
 	return d, nil
 }
 
@@ -233,6 +234,7 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 
 // Shutdown stops the node gracefully (see node.Server.Shutdown).
 func (d *Daemon) Shutdown(ctx context.Context) error {
+	d.setDraining(true)
 	for _, f := range d.beforeShutdown {
 		f(ctx)
 	}

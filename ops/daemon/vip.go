@@ -85,6 +85,15 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 			}
 		}
 		m.SetOwner(leader)
+		if leader && d.Draining() {
+			// Elected while draining (the new leader failed): serve the
+			// VIP rather than leave it unowned, but pass leadership on.
+			go func() {
+				if err := d.cluster.LeadershipTransfer(); err != nil {
+					d.Log.Warn("draining node became leader and could not hand leadership on", "error", err)
+				}
+			}()
+		}
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	stopped := make(chan struct{})
@@ -262,12 +271,12 @@ func (d *Daemon) vipMove(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	isVIP := func(local netip.AddrPort) bool { return d.vip.addrs[local.Addr()] }
 	d.srv.SetRefuse(isVIP)
-	ended := 0
-	if d.endSessions != nil {
-		ctx, cancel := context.WithTimeout(r.Context(), d.cfg.VIP.MoveDrain.D())
-		ended = d.endSessions(ctx, isVIP, "Server moving, please reconnect")
-		cancel()
-	}
+	// All at once (no spread): new connections are refused until the new
+	// owner has the address, so this is the gap clients see; their own
+	// reconnect back-off spreads the load on the new owner.
+	ctx, cancel := context.WithTimeout(r.Context(), d.cfg.VIP.MoveDrain.D())
+	ended := d.srv.EndSessions(ctx, isVIP, "Server moving, please reconnect.", 0)
+	cancel()
 	var terr error
 	if target != nil {
 		terr = d.cluster.Raft().LeadershipTransferToServer(target.ID, target.Address).Error()

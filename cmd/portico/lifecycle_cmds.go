@@ -1,0 +1,84 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"strings"
+)
+
+func init() {
+	commands["drain"] = command{"drain [--wait] [--cancel] [--status]   drain this node: not ready, VIP handed away, sessions ended at a response boundary", cmdDrain}
+	commands["reload"] = command{"reload                         re-read the configuration file (as SIGHUP), report errors", cmdReload}
+}
+
+type drainStatus struct {
+	Draining bool    `json:"draining"`
+	Phase    string  `json:"phase"`
+	Seconds  float64 `json:"seconds"`
+	Sessions int     `json:"sessions"`
+	Ended    int     `json:"sessions_ended"`
+}
+
+func cmdDrain(args []string) error {
+	fs := flag.NewFlagSet("drain", flag.ContinueOnError)
+	client := clientFlags(fs)
+	wait := fs.Bool("wait", false, "return when the drain has finished (every session ended)")
+	cancel := fs.Bool("cancel", false, "stop draining and serve again")
+	status := fs.Bool("status", false, "only show the drain's progress")
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	c, err := client()
+	if err != nil {
+		return err
+	}
+	var st drainStatus
+	var raw []byte
+	switch {
+	case *status:
+		raw, err = c.do("GET", "/v1/drain", nil, &st)
+	case *cancel:
+		raw, err = c.do("POST", "/v1/drain?cancel=1", nil, &st)
+	case *wait:
+		raw, err = c.do("POST", "/v1/drain?wait=1", nil, &st)
+	default:
+		raw, err = c.do("POST", "/v1/drain", nil, &st)
+	}
+	if err != nil || c.json {
+		printJSONIf(c, raw, err)
+		return err
+	}
+	if !st.Draining {
+		fmt.Println("not draining: serving")
+		return nil
+	}
+	fmt.Printf("draining for %.1fs: %s; %d relayed sessions open, %d ended at a response boundary\n",
+		st.Seconds, st.Phase, st.Sessions, st.Ended)
+	return nil
+}
+
+func cmdReload(args []string) error {
+	fs := flag.NewFlagSet("reload", flag.ContinueOnError)
+	client := clientFlags(fs)
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	c, err := client()
+	if err != nil {
+		return err
+	}
+	var res struct {
+		File            string   `json:"file"`
+		RestartRequired []string `json:"restart_required"`
+	}
+	raw, err := c.do("POST", "/v1/reload", nil, &res)
+	if err != nil || c.json {
+		printJSONIf(c, raw, err)
+		return err
+	}
+	fmt.Printf("reloaded %s\n", res.File)
+	if len(res.RestartRequired) > 0 {
+		fmt.Printf("these changes take effect only after a restart: %s\n", strings.Join(res.RestartRequired, ", "))
+	}
+	return nil
+}

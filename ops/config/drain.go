@@ -1,0 +1,35 @@
+package config
+
+import "time"
+
+// Drain configures how sessions end when the node drains (`portico
+// drain`, SIGTERM) after shutdown_grace: each at a response boundary,
+// spread over a window.
+type Drain struct {
+	// Spread: sessions still open after shutdown_grace are ended evenly
+	// spread over this window, so that their clients do not all reconnect
+	// to the other nodes at once; default 10s, 0s for all at once.
+	Spread *Duration `yaml:"spread"`
+	// BoundaryTimeout bounds the wait for a session's response boundary
+	// (a long FETCH in flight), after which it is closed anyway; default
+	// 10s.
+	BoundaryTimeout Duration `yaml:"boundary_timeout"`
+}
+
+func (v *validator) drain() {
+	d := &v.c.Drain
+	if d.Spread == nil {
+		s := Duration(10 * time.Second)
+		d.Spread = &s
+	} else if *d.Spread < 0 {
+		v.errf("drain.spread", "must not be negative")
+	}
+	if d.BoundaryTimeout == 0 {
+		d.BoundaryTimeout = Duration(10 * time.Second)
+	} else if d.BoundaryTimeout < 0 {
+		v.errf("drain.boundary_timeout", "must be positive")
+	}
+	if v.c.ShutdownGrace < 0 {
+		v.errf("shutdown_grace", "must not be negative")
+	}
+}
