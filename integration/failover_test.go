@@ -567,6 +567,11 @@ func drillMove(t *testing.T, c *drillCluster, fig *drillFigures) {
 		t.Errorf("two owners during the move: %v", e)
 	}
 	gap := probe.maxGap(moveAt.Add(-100*time.Millisecond), end)
+	// Nothing is left on the old owner: a login that completed there just
+	// after the others were ended is ended too once the VIP is gone.
+	if n := old.relayed(); n != 0 {
+		t.Errorf("%s still relays %d sessions after the move", old.name, n)
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	t.Logf("vip move %s -> %s (via %s): API answered in %v (took_ms %d), released on %s +%v, acquired on %s +%v; "+
@@ -648,6 +653,17 @@ func drillPartition(t *testing.T, c *drillCluster, fig *drillFigures, method str
 	if err := c.imapTry(vipAddr(drillVIP4, 143), user, 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	// A logged-in session on the owner: once cut off, the owner's clients
+	// are gone for good, and it must end their sessions rather than hold
+	// backend connections until the idle timeout.
+	held, _, err := c.sessionLogin("u5@single.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if n := old.relayed(); n < 1 {
+		t.Fatalf("%s relays %d sessions, want the held one", old.name, n)
+	}
 	stopProbe := make(chan struct{})
 	var pwg sync.WaitGroup
 	probe := c.runProber(stopProbe, &pwg, 20*time.Millisecond)
@@ -705,6 +721,8 @@ func drillPartition(t *testing.T, c *drillCluster, fig *drillFigures, method str
 	if takeAt.Before(dropAt) {
 		t.Errorf("the majority acquired (%v) before the isolated owner released (%v)", take, drop)
 	}
+	waitFor(t, "the cut-off owner to end its sessions on the VIP", 5*time.Second, func() bool { return old.relayed() == 0 })
+	t.Logf("%s had ended its sessions on the VIP when checked, %v after dropping it", old.name, ms(time.Since(dropAt)))
 	// The minority must not take it back while isolated.
 	time.Sleep(2 * time.Second)
 	for _, e := range c.sampler.since(dropAt) {

@@ -252,7 +252,11 @@ func (nd *drillNode) cli(args ...string) (string, error) {
 }
 
 type drillStatus struct {
-	Role    string `json:"role"`
+	Role     string `json:"role"`
+	Sessions map[string]struct {
+		Preauth int `json:"preauth"`
+		Relayed int `json:"relayed"`
+	} `json:"sessions"`
 	Cluster *struct {
 		Leader  string `json:"leader"`
 		Members []struct {
@@ -276,6 +280,19 @@ func (nd *drillNode) status() (*drillStatus, error) {
 	}
 	var st drillStatus
 	return &st, json.Unmarshal(b, &st)
+}
+
+// relayed returns the node's logged-in sessions (-1 if it cannot say).
+func (nd *drillNode) relayed() int {
+	st, err := nd.status()
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, s := range st.Sessions {
+		n += s.Relayed
+	}
+	return n
 }
 
 func (c *drillCluster) node(name string) *drillNode {

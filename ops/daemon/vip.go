@@ -25,6 +25,8 @@ type vipState struct {
 	m       *vip.Manager
 	addrs   map[netip.Addr]bool
 	moving  atomic.Bool
+	leading atomic.Bool // as last notified by OnLeadership (after the barrier)
+	handing atomic.Bool // a handover is in progress (vipHandover)
 	ownerG  *prometheus.GaugeVec
 	changes prometheus.Counter
 	anns    prometheus.Counter
@@ -78,6 +80,7 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 	st.m = m
 	d.vip = st
 	d.cluster.OnLeadership(func(leader bool) {
+		st.leading.Store(leader)
 		if !leader {
 			st.moving.Store(false)
 			if d.srv != nil {
@@ -89,7 +92,7 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 			// Elected while draining (the new leader failed): serve the
 			// VIP rather than leave it unowned, but pass leadership on.
 			go func() {
-				if err := d.cluster.LeadershipTransfer(); err != nil {
+				if err := d.vipHandover(nil, false); err != nil {
 					d.Log.Warn("draining node became leader and could not hand leadership on", "error", err)
 				}
 			}()
@@ -109,7 +112,7 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 	// so clients reconnect to the new owner while this node winds down.
 	d.beforeShutdown = append(d.beforeShutdown, func(context.Context) {
 		if d.cluster.IsLeader() {
-			if err := d.cluster.LeadershipTransfer(); err != nil {
+			if err := d.vipHandover(nil, true); err != nil {
 				d.Log.Warn("handing leadership (and the VIP) away at shutdown failed", "error", err)
 			}
 		}
@@ -126,23 +129,71 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 	return nil
 }
 
+// vipHandover hands raft leadership, and with it the VIP, to target (any
+// other voter when nil). The VIP is released first: the next leader
+// acquires it as soon as it leads, so releasing after the transfer (when
+// this node learns it lost leadership) would let both hold it for a moment.
+// If the transfer fails and this node still leads, it takes the VIP back
+// (unless it is shutting down).
+func (d *Daemon) vipHandover(target *raft.Server, shuttingDown bool) error {
+	d.vip.handing.Store(true)
+	defer d.vip.handing.Store(false)
+	if err := d.vip.m.Release(time.Second); err != nil {
+		d.Log.Warn("releasing the VIP before handing leadership over", "error", err)
+	}
+	var err error
+	if target != nil {
+		err = d.cluster.Raft().LeadershipTransferToServer(target.ID, target.Address).Error()
+	} else {
+		err = d.cluster.LeadershipTransfer()
+	}
+	if err != nil && !shuttingDown && d.cluster.IsLeader() {
+		d.vip.m.SetOwner(true)
+	}
+	return err
+}
+
 // vipGuard releases the addresses whenever raft says this node is not the
 // leader, independently of the leadership notifications (belt and braces:
-// a missed or delayed notification cannot leave the VIP on a follower).
+// a missed or delayed notification cannot leave the VIP on a follower),
+// and takes them back when this node leads and serves but does not hold
+// them (a drain cancelled after a failed handover).
+// While it does not hold the VIP, it also ends relayed sessions on the VIP
+// addresses: their clients' packets now go to the new owner (which resets
+// them), so they could only linger until the idle timeout, holding backend
+// connections. That covers sessions of an owner cut off from the cluster,
+// and a login that completed just after a planned move ended the others.
 func (d *Daemon) vipGuard(ctx context.Context, every time.Duration) {
 	if every <= 0 {
 		every = 250 * time.Millisecond
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var sweeping atomic.Bool
+	isVIP := func(local netip.AddrPort) bool { return d.vip.addrs[local.Addr()] }
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if d.vip.m.Owned() && !d.cluster.IsLeader() {
+			owned, leader := d.vip.m.Owned(), d.cluster.IsLeader()
+			switch {
+			case owned && !leader:
 				d.Log.Warn("holding the VIP while not raft leader; releasing")
 				d.vip.m.SetOwner(false)
+			case !owned && leader && d.vip.leading.Load() && !d.vip.handing.Load() && !d.vip.moving.Load() && !d.Draining():
+				d.Log.Info("leading and serving without the VIP; taking it")
+				d.vip.m.SetOwner(true)
+			}
+			if !d.vip.m.Owned() && sweeping.CompareAndSwap(false, true) {
+				go func() {
+					defer sweeping.Store(false)
+					sctx, cancel := context.WithTimeout(ctx, time.Second)
+					defer cancel()
+					if n := d.srv.EndSessions(sctx, isVIP, "Server moving, please reconnect.", 0); n > 0 {
+						d.Log.Info("ended sessions on the VIP, which this node no longer holds", "sessions", n)
+					}
+				}()
 			}
 		}
 	}
@@ -188,7 +239,7 @@ func (d *Daemon) vipPreempt(ctx context.Context, preferred []string, hold time.D
 			}
 			if time.Since(since[name]) >= hold {
 				d.Log.Info("preferred node healthy for the hold-down; moving leadership and the VIP to it", "to", name, "hold", hold)
-				if err := d.cluster.Raft().LeadershipTransferToServer(target.ID, target.Address).Error(); err != nil {
+				if err := d.vipHandover(target, false); err != nil {
 					d.Log.Warn("preemptive move failed", "to", name, "error", err)
 				}
 				clear(since)
@@ -277,23 +328,20 @@ func (d *Daemon) vipMove(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), d.cfg.VIP.MoveDrain.D())
 	ended := d.srv.EndSessions(ctx, isVIP, "Server moving, please reconnect.", 0)
 	cancel()
-	var terr error
-	if target != nil {
-		terr = d.cluster.Raft().LeadershipTransferToServer(target.ID, target.Address).Error()
-	} else {
-		terr = d.cluster.LeadershipTransfer()
-	}
-	if terr != nil {
+	if terr := d.vipHandover(target, false); terr != nil {
 		d.srv.SetRefuse(nil)
 		d.vip.moving.Store(false)
 		admin.Error(w, 503, "leadership transfer failed: "+terr.Error())
 		return
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for d.vip.m.Owned() && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+	// The new leader is known here once its first heartbeat arrives.
+	leader := ""
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		if l, _ := d.cluster.Leader(); l != "" && l != d.cluster.Name() {
+			leader = l
+			break
+		}
 	}
-	leader, _ := d.cluster.Leader()
 	admin.JSON(w, 200, map[string]any{"from": d.cluster.Name(), "to": leader, "sessions_ended": ended,
 		"took_ms": time.Since(start).Milliseconds()})
 }
