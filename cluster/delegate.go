@@ -25,6 +25,9 @@ type delegate struct {
 	// structs it keeps writing, so reading their fields races.
 	memMu   sync.Mutex
 	members map[string]memberCopy
+
+	joinMu sync.Mutex
+	onJoin []func(name string) // OnMemberJoin
 }
 
 type memberCopy struct {
@@ -165,6 +168,14 @@ func (d *delegate) NotifyJoin(m *memberlist.Node) {
 	d.n.mu.Unlock()
 	d.n.log.Info("member joined", "member", m.Name, "address", m.Address())
 	d.n.poke()
+	if m.Name != d.n.cfg.NodeName {
+		d.joinMu.Lock()
+		hooks := append([]func(string){}, d.onJoin...)
+		d.joinMu.Unlock()
+		for _, f := range hooks {
+			f(m.Name)
+		}
+	}
 }
 
 // NotifyLeave covers both a member declared dead and one that left

@@ -740,9 +740,10 @@ func drillPartition(t *testing.T, c *drillCluster, fig *drillFigures, method str
 	if owner.name != newName {
 		t.Errorf("after healing the VIP moved from %s to %s", newName, owner.name)
 	}
-	// Announced again after the heal (refresh every 3 s here), and stable.
+	// Announced again soon after the heal (the old owner's return, not the
+	// 10 s refresh), and stable.
 	var announced time.Duration
-	waitFor(t, "an announcement of the VIP after healing", 10*time.Second, func() bool {
+	waitFor(t, "an announcement of the VIP after healing", 5*time.Second, func() bool {
 		for _, cl := range c.arpw.since(healAt) {
 			if cl.gratuitous && cl.mac == owner.h.MAC.String() {
 				announced = cl.at.Sub(healAt)

@@ -121,7 +121,6 @@ vip:
   addresses:
     - {address: %[3]s/24, interface: eth0}
     - {address: %[4]s/64, interface: eth0}
-  refresh: 3s
 backends:
   - {id: b1, host: %[9]s, imap_port: 143, pop3_port: 110, forward: id}
   - {id: b2, host: %[10]s, imap_port: 143, pop3_port: 110, forward: id}

@@ -141,6 +141,10 @@ func TestVIPChild(t *testing.T) {
 	m.SetVerify(nil)
 	m.SetOwner(true)
 	waitUntil(t, "re-acquired", time.Second, func() bool { return m.Owned() })
+	// Reannounce sends a round at once (after verification), only when owning.
+	_, before := m.Counters()
+	m.Reannounce()
+	waitUntil(t, "an announcement after Reannounce", time.Second, func() bool { _, a := m.Counters(); return a > before })
 	// Release returns only once the addresses are off the interface.
 	if err := m.Release(time.Second); err != nil {
 		t.Fatal(err)
@@ -149,6 +153,12 @@ func TestVIPChild(t *testing.T) {
 		if p, _ := hasAddr(a); p || m.Owned() {
 			t.Fatalf("%v still held after Release", a)
 		}
+	}
+	_, before = m.Counters()
+	m.Reannounce()
+	time.Sleep(200 * time.Millisecond)
+	if _, a := m.Counters(); a != before {
+		t.Fatal("Reannounce announced while not owning")
 	}
 	m.SetOwner(true)
 	waitUntil(t, "re-acquired after release", time.Second, func() bool { return m.Owned() })

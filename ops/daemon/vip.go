@@ -98,6 +98,10 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 			}()
 		}
 	})
+	// A member back after a partition or a restart: announce again now
+	// (after the refresh's leadership check) rather than at the next
+	// refresh, for the hosts that were on its side of the split.
+	d.cluster.OnMemberJoin(func(string) { m.Reannounce() })
 	ctx, cancel := context.WithCancel(context.Background())
 	stopped := make(chan struct{})
 	d.onStart(func() error {
