@@ -22,6 +22,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -69,6 +70,8 @@ func TestFailoverDrills(t *testing.T) {
 		{"Move", drillMove},
 		{"Partition", func(t *testing.T, c *drillCluster, f *drillFigures) { drillPartition(t, c, f, "link") }},
 		{"PartitionNftables", func(t *testing.T, c *drillCluster, f *drillFigures) { drillPartition(t, c, f, "nft") }},
+		{"Freeze", drillFreeze},
+		{"StaleAddress", drillStaleAddress},
 		{"RollingUpgrade", drillRollingUpgrade},
 		{"BackendDown", drillBackendDown},
 	} {
@@ -176,7 +179,7 @@ func drillKillOwner(t *testing.T, c *drillCluster, fig *drillFigures) {
 			}
 		}
 		killAt := time.Now()
-		old.crashed.Store(true)
+		old.stale.Store(true)
 		old.kill()
 		supervised := rep%2 == 0
 		if supervised {
@@ -184,7 +187,7 @@ func drillKillOwner(t *testing.T, c *drillCluster, fig *drillFigures) {
 			if err != nil || strings.Count(out, "removed ") != 2 {
 				t.Fatalf("vip release after the kill: %v %s", err, out)
 			}
-			old.crashed.Store(false)
+			old.stale.Store(false)
 		}
 		var d4, d6 time.Duration
 		var ok4, ok6 bool
@@ -242,7 +245,7 @@ func drillKillOwner(t *testing.T, c *drillCluster, fig *drillFigures) {
 			h6, _ := old.h.HasAddr(drillVIP6)
 			return !h4 && !h6
 		})
-		old.crashed.Store(false)
+		old.stale.Store(false)
 		owner := c.waitHealthy(t, 30*time.Second)
 		if owner != newOwner {
 			t.Fatalf("rep %d: the VIP moved from %s to %s when %s came back", rep, newOwner.name, owner.name, old.name)
@@ -770,6 +773,131 @@ func drillPartition(t *testing.T, c *drillCluster, fig *drillFigures, method str
 		old.name, ms(rejoin), ms(announced), moves)
 	fig.add("partition of the owner (%s): dropped the VIP after %s, majority owner after %s, client gap %s; healed: rejoined in %s, re-announced after %s, no flapping",
 		method, ms(drop), ms(take), ms(gap), ms(rejoin), ms(announced))
+}
+
+// Drill (FAILOVER.md 4): freeze the owner (SIGSTOP) during the burst of
+// announcements that follows its taking the VIP, for 4 s. A standby takes
+// over; on waking (SIGCONT) the old owner drops the VIP within 1 s and
+// sends no announcement: it must confirm it still leads first, and it
+// does not. Clients stay with the new owner.
+func drillFreeze(t *testing.T, c *drillCluster, fig *drillFigures) {
+	old := c.waitHealthy(t, 30*time.Second)
+	var frozen *drillNode
+	for _, nd := range c.nodes {
+		if nd != old {
+			frozen = nd
+			break
+		}
+	}
+	// A fresh acquisition: its burst runs for the next 3 s.
+	if code, b, err := old.api("POST", "/v1/vip/move", map[string]string{"to": frozen.name}); err != nil || code != 200 {
+		t.Fatalf("vip move: %d %s %v", code, b, err)
+	}
+	waitFor(t, frozen.name+" to hold the VIP", 5*time.Second, func() bool { return c.liveOwner4() == frozen.name })
+	time.Sleep(300 * time.Millisecond)
+	frozen.mu.Lock()
+	p := frozen.proc
+	frozen.mu.Unlock()
+	frozenAt := time.Now()
+	frozen.stale.Store(true)
+	if err := p.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = p.Signal(syscall.SIGCONT) }()
+	var takeAt time.Time
+	var next string
+	waitFor(t, "a standby to take the VIP from the frozen owner", 10*time.Second, func() bool {
+		var ok bool
+		takeAt, ok = c.sampler.firstWhen(frozenAt, func(e ownerEvent) bool { return len(e.live4) == 1 && e.live4[0] != frozen.name })
+		next = c.liveOwner4()
+		return ok && next != "" && next != frozen.name
+	})
+	took, ok := c.loginUntil(vipAddr(drillVIP4, 143), "u6@shared.example", frozenAt, 10*time.Second)
+	if !ok {
+		t.Fatal("no login through the VIP while the owner is frozen")
+	}
+	time.Sleep(time.Until(frozenAt.Add(4 * time.Second)))
+	contAt := time.Now()
+	if err := p.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	dropped := waitFor(t, "the woken owner to drop the VIP", 5*time.Second, func() bool {
+		h4, _ := frozen.h.HasAddr(drillVIP4)
+		h6, _ := frozen.h.HasAddr(drillVIP6)
+		return !h4 && !h6
+	})
+	frozen.stale.Store(false)
+	if dropped > time.Second {
+		t.Errorf("the woken owner kept the VIP %v after SIGCONT (want < 1 s)", dropped)
+	}
+	time.Sleep(time.Second)
+	for _, cl := range c.arpw.since(contAt) {
+		if cl.gratuitous && cl.mac == frozen.h.MAC.String() {
+			t.Errorf("the woken owner announced the VIP %v after SIGCONT", cl.at.Sub(contAt))
+		}
+	}
+	if got := c.clientNeighbour(drillVIP4); got != c.node(next).h.MAC.String() {
+		t.Errorf("client's neighbour entry %s, want the new owner %s's", got, next)
+	}
+	if err := c.imapTry(vipAddr(drillVIP4, 143), "u6@shared.example", 2*time.Second); err != nil {
+		t.Errorf("login after the frozen owner woke: %v", err)
+	}
+	if owner := c.waitHealthy(t, 30*time.Second); owner.name != next {
+		t.Errorf("the VIP moved to %s after %s woke", owner.name, frozen.name)
+	}
+	t.Logf("froze %s 0.3 s into its burst: %s took the VIP after %v, first login %v; woken after 4 s, %s dropped the VIP %v after SIGCONT and announced nothing",
+		frozen.name, next, ms(takeAt.Sub(frozenAt)), ms(took), frozen.name, ms(dropped))
+	fig.add("owner frozen (SIGSTOP 4 s): standby owner after %s, first login %s; on SIGCONT the old owner dropped the VIP after %s, no announcement",
+		ms(takeAt.Sub(frozenAt)), ms(took), ms(dropped))
+}
+
+// Drill (FAILOVER.md 8): a stale VIP added by hand on a standby is removed
+// within a second; deleted by hand on the owner, it is restored and
+// announced within a second.
+func drillStaleAddress(t *testing.T, c *drillCluster, fig *drillFigures) {
+	owner := c.waitHealthy(t, 30*time.Second)
+	var standby *drillNode
+	for _, nd := range c.nodes {
+		if nd != owner {
+			standby = nd
+			break
+		}
+	}
+	v4 := netip.PrefixFrom(drillVIP4, 24).String()
+	standby.stale.Store(true)
+	if out, err := standby.h.IP("addr", "add", v4, "dev", netns.Interface); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	removed := waitFor(t, "the hand-added VIP removed from the standby", 5*time.Second, func() bool {
+		has, _ := standby.h.HasAddr(drillVIP4)
+		return !has
+	})
+	standby.stale.Store(false)
+	delAt := time.Now()
+	if out, err := owner.h.IP("addr", "del", v4, "dev", netns.Interface); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	restored := waitFor(t, "the VIP restored on the owner", 5*time.Second, func() bool {
+		has, _ := owner.h.HasAddr(drillVIP4)
+		return has
+	})
+	var announced time.Duration
+	waitFor(t, "the restored VIP announced", 5*time.Second, func() bool {
+		for _, cl := range c.arpw.since(delAt) {
+			if cl.gratuitous && cl.mac == owner.h.MAC.String() {
+				announced = cl.at.Sub(delAt)
+				return true
+			}
+		}
+		return false
+	})
+	if removed > time.Second || restored > time.Second || announced > time.Second {
+		t.Errorf("stale VIP removed after %v, deleted VIP restored after %v and announced after %v (want each < 1 s)", removed, restored, announced)
+	}
+	t.Logf("VIP added by hand on standby %s: removed after %v; deleted by hand on owner %s: restored after %v, announced after %v",
+		standby.name, ms(removed), owner.name, ms(restored), ms(announced))
+	fig.add("stale VIP added by hand on a standby: removed after %s; deleted on the owner: restored after %s, announced after %s",
+		ms(removed), ms(restored), ms(announced))
 }
 
 // Drill 5: rolling upgrade of all three nodes, one at a time (SIGTERM,

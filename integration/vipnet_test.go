@@ -50,10 +50,13 @@ type drillNode struct {
 	proc  *netns.Proc
 	bin   string
 	older []string // output of earlier runs
-	// crashed is set from a kill -9 until the restarted process has
-	// removed the address the crash left on the interface: the sampler
-	// counts the node as a dead holder meanwhile, not as a live owner.
-	crashed atomic.Bool
+	// stale is set while the node's interface may hold the VIP without
+	// the node serving it: from a kill -9 until the address the crash
+	// left is removed, while the process is frozen (SIGSTOP) until it
+	// has dropped the address after waking, while a drill adds the
+	// address by hand. The sampler counts it as a dead holder meanwhile,
+	// not as a live owner; the drills bound those times themselves.
+	stale atomic.Bool
 }
 
 // drillCluster is the whole drill network.
@@ -176,9 +179,8 @@ func (nd *drillNode) start(t *testing.T) {
 	nd.proc = p
 }
 
-// serving reports whether the process is alive and not a restart still
-// clearing what its crashed predecessor left behind.
-func (nd *drillNode) serving() bool { return nd.running() && !nd.crashed.Load() }
+// serving reports whether the process is alive and not marked stale.
+func (nd *drillNode) serving() bool { return nd.running() && !nd.stale.Load() }
 
 // running reports whether the process is alive.
 func (nd *drillNode) running() bool {

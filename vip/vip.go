@@ -285,7 +285,11 @@ func (m *Manager) maybeAnnounce(now time.Time) {
 	if !burst && !refresh {
 		return
 	}
-	if v := *m.verify.Load(); refresh && v != nil {
+	// Every announcement after the first (which follows the acquisition
+	// at once) confirms ownership first, burst rounds included: a node
+	// frozen (SIGSTOP, a VM pause) during its burst must not announce on
+	// waking and pull clients back before it learns it lost leadership.
+	if v := *m.verify.Load(); v != nil {
 		if err := v(); err != nil {
 			m.log.Warn("could not confirm ownership before re-announcing; releasing", "error", err)
 			m.want.Store(false)

@@ -162,6 +162,17 @@ func TestVIPChild(t *testing.T) {
 	}
 	m.SetOwner(true)
 	waitUntil(t, "re-acquired after release", time.Second, func() bool { return m.Owned() })
+	// Within the burst (rounds 100 ms apart here), a failed verification
+	// releases instead of sending the next round: a node waking from a
+	// freeze in its burst must not announce.
+	time.Sleep(20 * time.Millisecond) // the acquisition's own round is counted
+	_, afterAcquire := m.Counters()
+	m.SetVerify(func() error { return fmt.Errorf("not leader any more") })
+	waitUntil(t, "released in the burst after failed verification", 2*time.Second, func() bool { return !m.Owned() })
+	if _, a := m.Counters(); a != afterAcquire {
+		t.Fatalf("%d burst announcements without verification", a-afterAcquire)
+	}
+	m.SetVerify(nil)
 	cancel()
 	<-done
 	if p, _ := hasAddr(v4); p {

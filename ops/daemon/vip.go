@@ -151,7 +151,7 @@ func (d *Daemon) vipHandover(target *raft.Server, shuttingDown bool) error {
 	} else {
 		err = d.cluster.LeadershipTransfer()
 	}
-	if err != nil && !shuttingDown && d.cluster.IsLeader() {
+	if err != nil && !shuttingDown && d.cluster.VerifyLeader() == nil {
 		d.vip.m.SetOwner(true)
 	}
 	return err
@@ -186,8 +186,13 @@ func (d *Daemon) vipGuard(ctx context.Context, every time.Duration) {
 				d.Log.Warn("holding the VIP while not raft leader; releasing")
 				d.vip.m.SetOwner(false)
 			case !owned && leader && d.vip.leading.Load() && !d.vip.handing.Load() && !d.vip.moving.Load() && !d.Draining():
-				d.Log.Info("leading and serving without the VIP; taking it")
-				d.vip.m.SetOwner(true)
+				// raft's state can still say Leader for a lease period
+				// after this node lost leadership (woken from a freeze):
+				// confirm with a quorum first.
+				if err := d.cluster.VerifyLeader(); err == nil && !d.vip.handing.Load() && !d.vip.moving.Load() {
+					d.Log.Info("leading and serving without the VIP; taking it")
+					d.vip.m.SetOwner(true)
+				}
 			}
 			if !d.vip.m.Owned() && sweeping.CompareAndSwap(false, true) {
 				go func() {
