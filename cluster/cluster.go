@@ -491,10 +491,18 @@ func (n *Node) ApplyRaw(ctx context.Context, b []byte) error {
 	if _, err := routing.DecodeCommand(b); err != nil {
 		return err
 	}
+	// An election takes about one election timeout (a few with split
+	// votes); longer than this without a leader means there is no quorum,
+	// and the caller should hear so now rather than at its own deadline.
+	wait := max(3*time.Second, 4*(n.cfg.Timing.HeartbeatTimeout+n.cfg.Timing.ElectionTimeout))
+	start := time.Now()
 	for attempt := 0; ; attempt++ {
 		err := n.applyOnce(ctx, b)
 		if !errors.Is(err, ErrNoLeader) && !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
 			return err
+		}
+		if time.Since(start) > wait {
+			return fmt.Errorf("%w (none for %v)", ErrNoLeader, wait)
 		}
 		// Leadership is moving: wait a little and retry (commands are
 		// idempotent, so a retry after an unknown outcome is safe).

@@ -73,6 +73,8 @@ func TestFailoverDrills(t *testing.T) {
 		{"Freeze", drillFreeze},
 		{"StaleAddress", drillStaleAddress},
 		{"RollingUpgrade", drillRollingUpgrade},
+		{"QuorumLoss", drillQuorumLoss},
+		{"FullRestart", drillFullRestart},
 		{"BackendDown", drillBackendDown},
 	} {
 		if !ok {
@@ -1016,6 +1018,113 @@ func drillRollingUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 	if len(ackedCopy) < 20 {
 		t.Errorf("only %d writes acknowledged during the upgrade", len(ackedCopy))
 	}
+}
+
+// Drill (FAILOVER.md 6): lose quorum (kill -9 both standbys). The
+// survivor, which held the VIP, drops it (the documented CP choice: a node
+// that cannot reach a majority never serves the address); an admin write
+// fails with "no raft leader ... no quorum"; when one peer returns the VIP
+// is back within 3 s.
+func drillQuorumLoss(t *testing.T, c *drillCluster, fig *drillFigures) {
+	owner := c.waitHealthy(t, 30*time.Second)
+	var gone []*drillNode
+	for _, nd := range c.nodes {
+		if nd != owner {
+			gone = append(gone, nd)
+		}
+	}
+	killAt := time.Now()
+	for _, nd := range gone {
+		nd.kill()
+	}
+	dropped := waitFor(t, "the survivor to drop the VIP", 5*time.Second, func() bool {
+		h4, _ := owner.h.HasAddr(drillVIP4)
+		h6, _ := owner.h.HasAddr(drillVIP6)
+		return !h4 && !h6
+	})
+	if dropped > time.Second {
+		t.Errorf("the survivor without quorum kept the VIP %v", dropped)
+	}
+	wAt := time.Now()
+	code, body, err := owner.api("PUT", "/v1/routes/users/noquorum@example.org", map[string]string{"pool": "shared"})
+	wTook := time.Since(wAt)
+	if err != nil || code != 503 || !strings.Contains(string(body), "quorum") {
+		t.Errorf("write without quorum: %d %s %v (want 503 naming the missing quorum)", code, body, err)
+	}
+	if wTook > 15*time.Second {
+		t.Errorf("write without quorum took %v to fail", wTook)
+	}
+	time.Sleep(time.Second)
+	for _, e := range c.sampler.since(killAt.Add(dropped)) {
+		if len(e.live4) > 0 {
+			t.Errorf("a node held the VIP without quorum: %v", e)
+		}
+	}
+	gone[0].start(t)
+	back := waitFor(t, "the VIP back with a majority", 15*time.Second, func() bool { return c.liveOwner4() != "" })
+	if back > 3*time.Second {
+		t.Errorf("VIP back %v after a peer returned (want < 3 s)", back)
+	}
+	gone[1].start(t)
+	c.waitHealthy(t, 30*time.Second)
+	t.Logf("killed both standbys: %s dropped the VIP after %v; a write failed after %v with %d %s; one peer back: VIP held again after %v",
+		owner.name, ms(dropped), ms(wTook), code, strings.Join(strings.Fields(string(body)), " "), ms(back))
+	fig.add("quorum lost (2 of 3 killed): survivor dropped the VIP after %s; writes fail after %s with 503 no quorum; VIP back %s after one peer restarted",
+		ms(dropped), ms(wTook), ms(back))
+}
+
+// Drill (FAILOVER.md 7): restart the whole cluster (SIGTERM all three,
+// start them again): the same routing table, no new cluster bootstrapped
+// over the old state, the VIP back within 5 s of the second node starting.
+func drillFullRestart(t *testing.T, c *drillCluster, fig *drillFigures) {
+	c.waitHealthy(t, 30*time.Second)
+	marker := "restart-marker@example.org"
+	if code, b, err := c.nodes[0].api("PUT", "/v1/routes/users/"+marker, map[string]string{"backend": "b2"}); err != nil || code != 200 {
+		t.Fatalf("write: %d %s %v", code, b, err)
+	}
+	var wg sync.WaitGroup
+	for _, nd := range c.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := nd.stop(); err != nil {
+				t.Errorf("%s: %v", nd.name, err)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, nd := range c.nodes {
+		if h, _ := nd.h.HasAddr(drillVIP4); h {
+			t.Errorf("%s kept the VIP after a clean stop", nd.name)
+		}
+	}
+	c.nodes[0].start(t)
+	time.Sleep(500 * time.Millisecond)
+	c.nodes[1].start(t)
+	back := waitFor(t, "the VIP back after a full restart", 15*time.Second, func() bool { return c.liveOwner4() != "" })
+	c.nodes[2].start(t)
+	c.waitHealthy(t, 30*time.Second)
+	for _, nd := range c.nodes {
+		if !hasUserVia(nd, marker) {
+			t.Errorf("%s lost the routing table across the restart", nd.name)
+		}
+		if strings.Contains(nd.log()[strings.LastIndex(nd.log(), "raft: initial configuration"):], "bootstrap_expect reached") {
+			t.Errorf("%s bootstrapped a new cluster over its state", nd.name)
+		}
+	}
+	if back > 5*time.Second {
+		t.Errorf("VIP back %v after the second node started (want < 5 s)", back)
+	}
+	if err := c.imapTry(vipAddr(drillVIP4, 143), "u7@shared.example", 2*time.Second); err != nil {
+		t.Errorf("login after the restart: %v", err)
+	}
+	t.Logf("full restart: VIP back %v after the second node started; routing table intact on all 3", ms(back))
+	fig.add("full cluster restart: VIP back %s after the second node started; routing table intact, no re-bootstrap", ms(back))
+}
+
+func hasUserVia(nd *drillNode, user string) bool {
+	code, _, err := nd.api("GET", "/v1/routes/users/"+user, nil)
+	return err == nil && code == 200
 }
 
 // Drill 6: a backend host goes down (its link). Users of a
