@@ -70,6 +70,7 @@ func TestFailoverDrills(t *testing.T) {
 		{"Move", drillMove},
 		{"Partition", func(t *testing.T, c *drillCluster, f *drillFigures) { drillPartition(t, c, f, "link") }},
 		{"PartitionNftables", func(t *testing.T, c *drillCluster, f *drillFigures) { drillPartition(t, c, f, "nft") }},
+		{"KillStandby", drillKillStandby},
 		{"Freeze", drillFreeze},
 		{"StaleAddress", drillStaleAddress},
 		{"RollingUpgrade", drillRollingUpgrade},
@@ -775,6 +776,47 @@ func drillPartition(t *testing.T, c *drillCluster, fig *drillFigures, method str
 		old.name, ms(rejoin), ms(announced), moves)
 	fig.add("partition of the owner (%s): dropped the VIP after %s, majority owner after %s, client gap %s; healed: rejoined in %s, re-announced after %s, no flapping",
 		method, ms(drop), ms(take), ms(gap), ms(rejoin), ms(announced))
+}
+
+// Drill (FAILOVER.md 5): kill -9 a standby and restart it, under a client
+// dialling every 20 ms: no client-visible error, no VIP move, and it
+// catches up with a write made while it was down (without re-bootstrapping).
+func drillKillStandby(t *testing.T, c *drillCluster, fig *drillFigures) {
+	owner := c.waitHealthy(t, 30*time.Second)
+	var standby *drillNode
+	for _, nd := range c.nodes {
+		if nd != owner {
+			standby = nd
+		}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	probe := c.runProber(stop, &wg, 20*time.Millisecond)
+	from := time.Now()
+	standby.kill()
+	user := "while-down@example.org"
+	if code, b, err := owner.api("PUT", "/v1/routes/users/"+user, map[string]string{"backend": "b1"}); err != nil || code != 200 {
+		t.Errorf("write with a standby down: %d %s %v", code, b, err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	standby.start(t)
+	caught := waitFor(t, standby.name+" to catch up", 15*time.Second, func() bool { return hasUserVia(standby, user) })
+	if o := c.waitHealthy(t, 30*time.Second); o != owner {
+		t.Errorf("the VIP moved from %s to %s", owner.name, o.name)
+	}
+	close(stop)
+	wg.Wait()
+	for _, e := range c.sampler.since(from) {
+		if len(e.live4) != 1 || e.live4[0] != owner.name {
+			t.Errorf("the VIP moved while a standby restarted: %v", e)
+		}
+	}
+	if probe.failed > 0 {
+		t.Errorf("%d of %d client dials failed while a standby was down", probe.failed, probe.ok+probe.failed)
+	}
+	t.Logf("kill -9 of standby %s and restart: %d client dials, %d failed; caught up %v after its restart; VIP stayed on %s",
+		standby.name, probe.ok+probe.failed, probe.failed, ms(caught), owner.name)
+	fig.add("kill -9 of a standby and restart: %d client dials, %d failed, no VIP move, caught up %s after restarting", probe.ok+probe.failed, probe.failed, ms(caught))
 }
 
 // Drill (FAILOVER.md 4): freeze the owner (SIGSTOP) during the burst of
