@@ -17,6 +17,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -642,6 +643,12 @@ func drillPartition(t *testing.T, c *drillCluster, fig *drillFigures, method str
 	old := c.waitHealthy(t, 30*time.Second)
 	cut, heal := func() error { return old.h.SetLink(false) }, func() error { return old.h.SetLink(true) }
 	if method == "nft" {
+		if _, err := exec.LookPath("nft"); err != nil {
+			if os.Getenv(netns.EnvRequire) == "1" {
+				t.Fatal("nft not found (Debian package nftables)")
+			}
+			t.Skip("nft not found (Debian package nftables)")
+		}
 		rules := filepath.Join(c.dir, "drill.nft")
 		if err := os.WriteFile(rules, []byte(drillNft), 0o644); err != nil {
 			t.Fatal(err)
