@@ -28,6 +28,7 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/metadb"
 
 	"github.com/portico-mail/portico/routing"
 )
@@ -100,6 +101,7 @@ type Node struct {
 	raft      *raft.Raft
 	transport *raft.NetworkTransport
 	wal       *wal.WAL
+	walMeta   *metadb.BoltMetaDB
 	snaps     raft.SnapshotStore
 	ml        *memberlist.Memberlist
 	del       *delegate
@@ -176,11 +178,16 @@ func (n *Node) openRaft() error {
 		return fmt.Errorf("cluster: data dir: %w", err)
 	}
 	hlog := newHCLog(n.log, "raft")
-	w, err := wal.Open(walDir, wal.WithLogger(newHCLog(n.log, "raft-wal")))
+	// Our own metadata store: raft-wal's Close leaves the one it creates
+	// open (with its flock), and a process that hands the data dir to
+	// another (in-place upgrade) must close it.
+	meta := &metadb.BoltMetaDB{}
+	w, err := wal.Open(walDir, wal.WithLogger(newHCLog(n.log, "raft-wal")), wal.WithMetaStore(meta))
 	if err != nil {
+		_ = meta.Close()
 		return fmt.Errorf("cluster: opening raft log in %s: %w", walDir, err)
 	}
-	n.wal = w
+	n.wal, n.walMeta = w, meta
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 3, hlog)
 	if err != nil {
 		return fmt.Errorf("cluster: snapshot store: %w", err)
@@ -601,6 +608,34 @@ func (n *Node) Shutdown() error {
 	return err
 }
 
+// Handoff stops this node's cluster membership so that a new process on
+// the same data dir (an in-place upgrade) takes the identity over: a
+// leader hands leadership to another voter first (a planned handover); a
+// snapshot is taken so that the new process starts with the current
+// table; the node leaves neither memberlist nor the raft configuration,
+// so peers see a short absence, not a departure, and followers hold no
+// election. The data dir lock is released last.
+func (n *Node) Handoff() error {
+	var err error
+	n.closeOnce.Do(func() {
+		close(n.stop)
+		if n.IsLeader() && n.otherVoters() > 0 {
+			if e := n.raft.LeadershipTransfer().Error(); e != nil {
+				n.log.Warn("leadership transfer before handoff failed", "error", e)
+			}
+		}
+		if n.raft != nil {
+			if e := n.raft.Snapshot().Error(); e != nil && !errors.Is(e, raft.ErrNothingNewToSnapshot) {
+				n.log.Warn("snapshot before handoff failed; the new process replays the log", "error", e)
+			}
+		}
+		n.wg.Wait()
+		err = n.closeStores()
+		n.log.Info("cluster identity handed off")
+	})
+	return err
+}
+
 // Kill stops without leaving (tests simulate crashes with it).
 func (n *Node) closeStores() error {
 	var err error
@@ -615,6 +650,9 @@ func (n *Node) closeStores() error {
 	}
 	if n.wal != nil {
 		_ = n.wal.Close()
+	}
+	if n.walMeta != nil {
+		_ = n.walMeta.Close()
 	}
 	if n.lock != nil {
 		unlockDataDir(n.lock)

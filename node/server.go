@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -613,6 +614,10 @@ func (s *Server) EndSessions(ctx context.Context, match func(local netip.AddrPor
 	return s.engine.EndAll(ctx, m, text, spread)
 }
 
+// EndSpread is the configured window over which EndSessions spreads a
+// drain.
+func (s *Server) EndSpread() time.Duration { return s.conf().EndSpread }
+
 // Pause stops accepting: the listeners close (the kernel refuses new
 // connections) and sessions that have not logged in end (each handler
 // says goodbye). Relayed sessions carry on. Resume binds the listeners
@@ -651,6 +656,46 @@ func (s *Server) Resume() error {
 		s.startAccepting(l)
 	}
 	return nil
+}
+
+// StopAccepting closes the listeners like Pause, but sessions that have
+// not logged in yet carry on (an in-place upgrade: the new process has the
+// listening sockets, and this one finishes what it started).
+func (s *Server) StopAccepting() {
+	s.mu.Lock()
+	if s.paused || s.closing {
+		s.mu.Unlock()
+		return
+	}
+	s.paused = true
+	lns := s.listeners
+	s.mu.Unlock()
+	closeAll(lns)
+	s.log.Info("stopped accepting")
+}
+
+// ListenerFiles returns a duplicate of each listening socket, by its
+// configured address (to pass to a new process at an in-place upgrade).
+// The caller closes them.
+func (s *Server) ListenerFiles() (map[string]*os.File, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]*os.File, len(s.listeners))
+	for _, l := range s.listeners {
+		tl, ok := l.ln.(*net.TCPListener)
+		if !ok {
+			continue
+		}
+		f, err := tl.File()
+		if err != nil {
+			for _, f := range out {
+				f.Close()
+			}
+			return nil, fmt.Errorf("listener %s: %w", l.conf().Name, err)
+		}
+		out[l.conf().Address] = f
+	}
+	return out, nil
 }
 
 // Paused reports whether the server is paused (not accepting).

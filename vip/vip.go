@@ -61,11 +61,12 @@ type Config struct {
 
 // Manager owns the virtual addresses of one node.
 type Manager struct {
-	cfg    Config
-	log    *slog.Logger
-	want   atomic.Bool
-	verify atomic.Pointer[func() error]
-	kick   chan struct{}
+	cfg      Config
+	log      *slog.Logger
+	want     atomic.Bool
+	detached atomic.Bool // Detach: hands off, the addresses stay as they are
+	verify   atomic.Pointer[func() error]
+	kick     chan struct{}
 
 	mu       sync.Mutex
 	owned    bool // addresses present and announced by us
@@ -206,13 +207,30 @@ func (m *Manager) Run(ctx context.Context) {
 			m.reconcile()
 			return
 		case <-m.kick:
+			if m.detached.Load() {
+				return
+			}
 		case <-t.C:
 		}
 		m.reconcile()
 	}
 }
 
+// Detach stops managing the addresses without touching them: Run returns
+// and leaves them as they are. For an in-place upgrade, where the new
+// process takes over (and removing the address would cut the service).
+func (m *Manager) Detach() {
+	m.detached.Store(true)
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
 func (m *Manager) reconcile() {
+	if m.detached.Load() {
+		return
+	}
 	want := m.want.Load()
 	now := time.Now()
 	missing, stale := false, false

@@ -82,3 +82,31 @@ func cmdReload(args []string) error {
 	}
 	return nil
 }
+
+func init() {
+	commands["upgrade"] = command{"upgrade                        in-place upgrade: a new process (the binary now at the same path) takes over the sockets", cmdUpgrade}
+}
+
+func cmdUpgrade(args []string) error {
+	fs := flag.NewFlagSet("upgrade", flag.ContinueOnError)
+	client := clientFlags(fs)
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	c, err := client()
+	if err != nil {
+		return err
+	}
+	var res struct {
+		PID      int   `json:"pid"`
+		Took     int64 `json:"took_ms"`
+		Sessions int   `json:"sessions"`
+	}
+	raw, err := c.do("POST", "/v1/upgrade", nil, &res)
+	if err != nil || c.json {
+		printJSONIf(c, raw, err)
+		return err
+	}
+	fmt.Printf("new process %d serves (took %d ms); the old one keeps %d sessions until they end\n", res.PID, res.Took, res.Sessions)
+	return nil
+}

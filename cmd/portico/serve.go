@@ -26,14 +26,30 @@ func cmdServe(args []string) error {
 	if *path == "" {
 		return errors.New("serve: --config FILE is required")
 	}
-	cfg, err := config.Load(*path)
+	// Started by an in-place upgrade: the old process waits for this one.
+	h, err := daemon.InheritedUpgrade()
 	if err != nil {
 		return err
 	}
-	if err := startPprof(*pprofAddr); err != nil {
+	fail := func(err error) error {
+		if h != nil {
+			h.Fail(err)
+		}
 		return err
 	}
-	return run(cfg, *path)
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return fail(err)
+	}
+	if err := startPprof(*pprofAddr); err != nil {
+		return fail(err)
+	}
+	if h != nil {
+		if err := h.Hello(cfg.Upgrade.Timeout.D()); err != nil {
+			return err
+		}
+	}
+	return run(cfg, *path, h)
 }
 
 func cmdCheckConfig(args []string) error {
@@ -103,25 +119,62 @@ func cmdProxy(args []string) error {
 		os.Stdout.Write(b)
 		return nil
 	}
-	return run(cfg, "")
+	return run(cfg, "", nil)
 }
 
 // run serves cfg until SIGTERM/SIGINT. path, if set, is re-read on SIGHUP.
-func run(cfg *config.Config, path string) error {
-	d, err := daemon.New(cfg, daemon.Options{ConfigPath: path})
+// SIGUSR2 starts an in-place upgrade; h is the handover when this process
+// was started by one.
+func run(cfg *config.Config, path string, h *daemon.Handover) error {
+	exe, _ := os.Executable()
+	d, err := daemon.New(cfg, daemon.Options{ConfigPath: path, Executable: exe, Args: os.Args[1:], Inherit: h})
 	if err != nil {
+		if h != nil {
+			h.Fail(err)
+		}
 		return err
 	}
 	if err := d.Start(); err != nil {
+		if h != nil {
+			h.Fail(err)
+		}
 		return err
 	}
 	log := d.Log
-	log.Info("portico started", "version", version, "commit", commit)
+	if h != nil {
+		h.Ready()
+		log.Info("portico started by an in-place upgrade", "version", version, "commit", commit)
+		sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid()))
+	} else {
+		log.Info("portico started", "version", version, "commit", commit)
+		sdNotify("READY=1")
+	}
 
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
-	for sig := range sigs {
+	for {
+		var sig os.Signal
+		select {
+		case <-d.Retired():
+			log.Info("exiting after the in-place upgrade")
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace.D())
+			_ = d.Shutdown(ctx)
+			cancel()
+			if d.UpgradeFailed() {
+				return errors.New("the in-place upgrade failed after the handoff; exiting so that the node restarts")
+			}
+			return nil
+		case sig = <-sigs:
+		}
+		if sig == syscall.SIGUSR2 {
+			go func() {
+				if _, err := d.Upgrade(context.Background()); err != nil {
+					log.Error("in-place upgrade", "error", err)
+				}
+			}()
+			continue
+		}
 		if sig == syscall.SIGHUP {
 			if path == "" {
 				log.Warn("reload requested but there is no configuration file (portico proxy)")
@@ -131,10 +184,10 @@ func run(cfg *config.Config, path string) error {
 			continue
 		}
 		log.Info("shutting down", "signal", sig.String(), "grace", cfg.ShutdownGrace.D())
+		sdNotify("STOPPING=1")
 		ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace.D())
 		err := d.Shutdown(ctx)
 		cancel()
 		return err
 	}
-	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 )
@@ -33,6 +34,11 @@ type Server struct {
 	mux   *http.ServeMux
 	srv   *http.Server
 	ln    net.Listener
+
+	// Inherit, if set, is asked first for the listening socket (in-place
+	// upgrade: the socket the previous process served on); nil, nil when
+	// it has none.
+	Inherit func(addr string) (net.Listener, error)
 }
 
 // New returns a server for addr; token "" disables authentication.
@@ -81,6 +87,16 @@ func (s *Server) Listen() error {
 	if s.ln != nil {
 		return nil
 	}
+	if s.Inherit != nil {
+		ln, err := s.Inherit(s.addr)
+		if err != nil {
+			return fmt.Errorf("admin listener: %w", err)
+		}
+		if ln != nil {
+			s.ln = ln
+			return nil
+		}
+	}
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
 		return fmt.Errorf("admin listener: %w", err)
@@ -97,7 +113,7 @@ func (s *Server) Start() error {
 	}
 	ln := s.ln
 	go func() {
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			s.log.Error("admin server", "error", err)
 		}
 	}()
@@ -111,6 +127,28 @@ func (s *Server) Addr() net.Addr {
 		return nil
 	}
 	return s.ln.Addr()
+}
+
+// File returns a duplicate of the listening socket (to pass to a new
+// process at an in-place upgrade).
+func (s *Server) File() (*os.File, error) {
+	tl, ok := s.ln.(*net.TCPListener)
+	if !ok {
+		return nil, fmt.Errorf("admin listener is %T, not TCP", s.ln)
+	}
+	return tl.File()
+}
+
+// ConfiguredAddr is the address from the configuration (which may have
+// port 0; Addr is the bound one).
+func (s *Server) ConfiguredAddr() string { return s.addr }
+
+// StopListening closes the listener: no new connections; requests in
+// flight complete.
+func (s *Server) StopListening() {
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
 }
 
 // Shutdown stops the server.

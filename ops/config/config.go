@@ -42,6 +42,7 @@ type Config struct {
 	Limits        Limits     `yaml:"limits"`
 	ShutdownGrace Duration   `yaml:"shutdown_grace"`
 	Drain         Drain      `yaml:"drain"`
+	Upgrade       Upgrade    `yaml:"upgrade"`
 	Backends      []Backend  `yaml:"backends"`
 	Pools         []Pool     `yaml:"pools"`
 	Routes        Routes     `yaml:"routes"`
@@ -390,6 +391,7 @@ func (c *Config) Validate() error {
 	v.vip()
 	v.authSections()
 	v.drain()
+	v.upgrade()
 	if len(v.errs) > 0 {
 		return v.errs
 	}

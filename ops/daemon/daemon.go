@@ -65,7 +65,10 @@ type Daemon struct {
 	vip        *vipState
 	drain      *drainState // lifecycle.go
 	configPath string      // re-read by POST /v1/reload
-	ops        *opsState   // metrics, readiness, status (ops.go)
+	upgrade    *upgradeState
+	executable string
+	args       []string
+	ops        *opsState // metrics, readiness, status (ops.go)
 
 	beforeShutdown []func(context.Context)
 	startHooks     []func() error
@@ -98,6 +101,13 @@ type Options struct {
 	// ConfigPath is the file the configuration came from, re-read by
 	// POST /v1/reload; "" when there is none (portico proxy).
 	ConfigPath string
+	// Executable and Args start the new process of an in-place upgrade
+	// (the program's path and its arguments, e.g. serve --config FILE).
+	Executable string
+	Args       []string
+	// Inherit, when this process was started by an in-place upgrade,
+	// provides the previous process's listening sockets.
+	Inherit *Handover
 }
 
 // New builds a node from cfg without starting it.
@@ -118,6 +128,9 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 	}
 	if cfg.Admin.Address != "off" {
 		d.admin = admin.New(cfg.Admin.Address, cfg.Admin.Token, d.Log)
+		if o.Inherit != nil {
+			d.admin.Inherit = o.Inherit.Admin
+		}
 		d.admin.HandlePublic("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			admin.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
 		}))
@@ -138,6 +151,9 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		Log:      d.Log,
 	}
 	nc := cfg.NodeConfig()
+	if o.Inherit != nil {
+		nc.Inherit = o.Inherit.Listener
+	}
 	if err := d.setupAuth(cfg, &nc); err != nil {
 		d.engine.Close()
 		return nil, err
@@ -152,6 +168,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.setupLifecycle(o)
+	d.setupUpgrade(o)
 	return d, nil
 }
 

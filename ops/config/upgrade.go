@@ -1,0 +1,36 @@
+package config
+
+import (
+	"path/filepath"
+	"time"
+)
+
+// Upgrade configures in-place binary upgrades (`portico upgrade`,
+// SIGUSR2).
+type Upgrade struct {
+	// Binary is the program the new process runs; default: the path this
+	// process was started from (replace the file, then upgrade).
+	Binary string `yaml:"binary"`
+	// Timeout bounds each step of the new process's start-up; default 60s.
+	Timeout Duration `yaml:"timeout"`
+	// SessionGrace: how long the old process keeps relaying its sessions
+	// before ending the rest at a response boundary; default 1h.
+	SessionGrace Duration `yaml:"session_grace"`
+}
+
+func (v *validator) upgrade() {
+	u := &v.c.Upgrade
+	if u.Timeout == 0 {
+		u.Timeout = Duration(60 * time.Second)
+	} else if u.Timeout < 0 {
+		v.errf("upgrade.timeout", "must be positive")
+	}
+	if u.SessionGrace == 0 {
+		u.SessionGrace = Duration(time.Hour)
+	} else if u.SessionGrace < 0 {
+		v.errf("upgrade.session_grace", "must be positive")
+	}
+	if u.Binary != "" && !filepath.IsAbs(u.Binary) {
+		v.errf("upgrade.binary", "%q must be an absolute path", u.Binary)
+	}
+}
