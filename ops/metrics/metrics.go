@@ -75,6 +75,12 @@ var Catalog = sortInfo([]Info{
 	{"portico_backend_up", "gauge", []string{"backend"}, "1 if the cluster's health checks consider the backend up, 0 if down.", "cluster"},
 
 	// Virtual IP (ops/daemon/vip.go), when configured.
+	// Authentication (node/auth; registered on every node, used with auth: mode http).
+	{"portico_auth_http_requests_total", "counter", []string{"result"}, "Requests to auth_http servers, by answer (ok, refused, wait, error).", "auth"},
+	{"portico_auth_http_request_duration_seconds", "histogram", nil, "Time from connecting to an auth_http server to its complete answer (or failure).", "auth"},
+	{"portico_auth_http_errors_total", "counter", []string{"kind"}, "Failed auth_http exchanges (the client got the internal-error reply), by kind (connect, timeout, io, malformed, too_large, invalid).", "auth"},
+	{"portico_auth_http_cache_hits_total", "counter", []string{"answer"}, "Logins answered from the auth_http cache, by cached answer (ok, refused).", "auth"},
+	{"portico_auth_http_cache_misses_total", "counter", nil, "Logins looked up in the auth_http cache and not found.", "auth"},
 	{"portico_vip_owner", "gauge", []string{"vip"}, "1 while this node holds the virtual address.", "vip"},
 	{"portico_vip_ownership_changes_total", "counter", nil, "Times this node acquired or released the virtual addresses.", "vip"},
 	{"portico_vip_announcements_total", "counter", nil, "Gratuitous ARP / unsolicited neighbour advertisement rounds sent.", "vip"},

@@ -460,3 +460,16 @@ func dashboardExprs(v any) []string {
 	}
 	return out
 }
+
+// The README's Operations section documents every catalogued metric.
+func TestREADMEDocumentsCatalog(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range Catalog {
+		if !strings.Contains(string(b), "| `"+m.Name+"` | "+m.Type+" |") {
+			t.Errorf("README.md has no table row for %s (%s)", m.Name, m.Type)
+		}
+	}
+}
