@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	"fmt"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -304,10 +305,15 @@ func TestIdleSessionsHoldNoGoroutines(t *testing.T) {
 	}
 }
 
-func BenchmarkRelayPlain(b *testing.B)     { benchRelay(b, false) }
-func BenchmarkRelayClientTLS(b *testing.B) { benchRelay(b, true) }
+func BenchmarkRelayPlain(b *testing.B)     { benchRelay(b, false, false) }
+func BenchmarkRelayClientTLS(b *testing.B) { benchRelay(b, true, false) }
 
-func benchRelay(b *testing.B, clientTLS bool) {
+// Framed: the backend sends 1 MiB responses as literals, as a FETCH
+// does, with a framer following them (what a relayed IMAP session does).
+func BenchmarkRelayPlainFramed(b *testing.B)     { benchRelay(b, false, true) }
+func BenchmarkRelayClientTLSFramed(b *testing.B) { benchRelay(b, true, true) }
+
+func benchRelay(b *testing.B, clientTLS, framed bool) {
 	e, _ := NewEngine()
 	defer e.Close()
 	cApp, cProxy := tcpPair(b)
@@ -325,8 +331,15 @@ func benchRelay(b *testing.B, clientTLS bool) {
 		cs.TLS = srv
 		client = cli
 	}
-	e.Start(cs, Side{Conn: wrap(b, bProxy)}, nil, nil, Options{})
+	opts := Options{}
 	chunk := make([]byte, 1<<20)
+	if framed {
+		opts.Framer = &lineFramer{}
+		head := []byte(fmt.Sprintf("LIT %d\n", len(chunk)-len("LIT 1048576\n")-len(" end\n")))
+		copy(chunk, head)
+		copy(chunk[len(chunk)-len(" end\n"):], " end\n")
+	}
+	e.Start(cs, Side{Conn: wrap(b, bProxy)}, nil, nil, opts)
 	done := make(chan struct{})
 	go func() {
 		buf := make([]byte, 64<<10)
