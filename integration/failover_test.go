@@ -78,6 +78,7 @@ func TestFailoverDrills(t *testing.T) {
 		{"QuorumLoss", drillQuorumLoss},
 		{"FullRestart", drillFullRestart},
 		{"BackendDown", drillBackendDown},
+		{"InPlaceUpgradeOwner", drillInPlaceUpgrade},
 	} {
 		if !ok {
 			break
@@ -573,6 +574,12 @@ func drillMove(t *testing.T, c *drillCluster, fig *drillFigures) {
 	if e := c.sampler.split(moveAt); e != nil {
 		t.Errorf("two owners during the move: %v", e)
 	}
+	// Finer than the sampler: the nodes' own log lines.
+	ov, err := handoverOverlap(old, target, moveAt)
+	if err != nil || ov > 0 {
+		t.Errorf("%s acquired the VIP %v before %s released it (%v)", target.name, ov, old.name, err)
+	}
+	t.Logf("handover from the logs: %s released the VIP %v before %s acquired it", old.name, -ov, target.name)
 	gap := probe.maxGap(moveAt.Add(-100*time.Millisecond), end)
 	// Nothing is left on the old owner: a login that completed there just
 	// after the others were ended is ended too once the VIP is gone.
@@ -1174,6 +1181,58 @@ func drillFullRestart(t *testing.T, c *drillCluster, fig *drillFigures) {
 func hasUserVia(nd *drillNode, user string) bool {
 	code, _, err := nd.api("GET", "/v1/routes/users/"+user, nil)
 	return err == nil && code == 200
+}
+
+// Drill: in-place upgrade (POST /v1/upgrade) of the VIP owner, with a
+// client dialling every 20 ms. A new process takes the sockets and the
+// node's identity over; leadership, and with it the VIP, moves to another
+// node as a planned handover: never two owners, a gap like a vip move, and
+// the upgraded node serves again as a standby.
+func drillInPlaceUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
+	owner := c.waitHealthy(t, 30*time.Second)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	probe := c.runProber(stop, &wg, 20*time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
+	at := time.Now()
+	code, body, err := owner.api("POST", "/v1/upgrade", nil)
+	if err != nil || code != 200 {
+		close(stop)
+		wg.Wait()
+		t.Fatalf("upgrade: %d %s %v", code, body, err)
+	}
+	var res struct {
+		PID  int   `json:"pid"`
+		Took int64 `json:"took_ms"`
+	}
+	_ = json.Unmarshal(body, &res)
+	owner.upgraded.Store(int64(res.PID))
+	next := ""
+	waitFor(t, "another node to hold the VIP", 10*time.Second, func() bool {
+		next = c.liveOwner4()
+		return next != "" && next != owner.name
+	})
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	gap := probe.maxGap(at.Add(-100*time.Millisecond), time.Now())
+	if e := c.sampler.split(at); e != nil {
+		t.Errorf("two owners during the in-place upgrade: %v\n%s", e, c.sampler.dump(at.Add(-time.Second)))
+	}
+	if gap >= 200*time.Millisecond {
+		t.Errorf("client-visible gap %v during the upgrade of the owner (want < 200 ms, as a planned move)", gap)
+	}
+	ov, err := handoverOverlap(owner, c.node(next), at)
+	if err != nil || ov > 0 {
+		t.Errorf("%s acquired the VIP %v before %s released it (%v)", next, ov, owner.name, err)
+	}
+	t.Logf("handover from the logs: %s released the VIP %v before %s acquired it", owner.name, -ov, next)
+	if o := c.waitHealthy(t, 30*time.Second); o.name != next {
+		t.Errorf("the VIP moved again, to %s", o.name)
+	}
+	t.Logf("in-place upgrade of owner %s: new pid %d serving after %d ms; VIP to %s; client gap %v (%d dials, %d failed)",
+		owner.name, res.PID, res.Took, next, ms(gap), probe.ok+probe.failed, probe.failed)
+	fig.add("in-place upgrade of the owner: VIP handed to %s, client gap %s, never two owners", next, ms(gap))
 }
 
 // Drill 6: a backend host goes down (its link). Users of a

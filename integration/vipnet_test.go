@@ -21,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -57,6 +58,9 @@ type drillNode struct {
 	// address by hand. The sampler counts it as a dead holder meanwhile,
 	// not as a live owner; the drills bound those times themselves.
 	stale atomic.Bool
+	// upgraded is the pid of the process that took over in an in-place
+	// upgrade (0: none): the node runs as long as it does.
+	upgraded atomic.Int64
 }
 
 // drillCluster is the whole drill network.
@@ -184,6 +188,9 @@ func (nd *drillNode) serving() bool { return nd.running() && !nd.stale.Load() }
 
 // running reports whether the process is alive.
 func (nd *drillNode) running() bool {
+	if pid := nd.upgraded.Load(); pid != 0 {
+		return syscall.Kill(int(pid), 0) == nil
+	}
 	nd.mu.Lock()
 	p := nd.proc
 	nd.mu.Unlock()
@@ -199,6 +206,9 @@ func (nd *drillNode) running() bool {
 }
 
 func (nd *drillNode) kill() {
+	if pid := nd.upgraded.Swap(0); pid != 0 {
+		_ = syscall.Kill(int(pid), syscall.SIGKILL)
+	}
 	nd.mu.Lock()
 	p := nd.proc
 	nd.mu.Unlock()
@@ -281,6 +291,35 @@ func (nd *drillNode) status() (*drillStatus, error) {
 	}
 	var st drillStatus
 	return &st, json.Unmarshal(b, &st)
+}
+
+// logTime returns the time of the first line of the node's log at or
+// after t that contains msg (the nodes share the host's clock; the log has
+// millisecond precision).
+func (nd *drillNode) logTime(msg string, t time.Time) (time.Time, bool) {
+	for _, l := range strings.Split(nd.log(), "\n") {
+		if !strings.Contains(l, msg) || !strings.HasPrefix(l, "time=") {
+			continue
+		}
+		f, _, _ := strings.Cut(strings.TrimPrefix(l, "time="), " ")
+		at, err := time.Parse(time.RFC3339Nano, f)
+		if err == nil && !at.Before(t.Truncate(time.Millisecond)) {
+			return at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// handoverOverlap compares, from their logs, when from released the VIP
+// and when to acquired it, both at or after t: positive when to acquired
+// before from released (both held it).
+func handoverOverlap(from, to *drillNode, t time.Time) (time.Duration, error) {
+	rel, ok1 := from.logTime("released virtual addresses", t)
+	acq, ok2 := to.logTime("acquired virtual addresses", t)
+	if !ok1 || !ok2 {
+		return 0, fmt.Errorf("release on %s logged: %v, acquisition on %s logged: %v", from.name, ok1, to.name, ok2)
+	}
+	return rel.Sub(acq), nil
 }
 
 // relayed returns the node's logged-in sessions (-1 if it cannot say).

@@ -36,7 +36,6 @@
 package netns
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -218,6 +217,11 @@ func (n *Net) destroy() {
 		p.Kill()
 	}
 	names := []string{}
+	defer func() {
+		for _, p := range procs {
+			p.out.Close()
+		}
+	}()
 	for _, h := range n.hosts {
 		names = append(names, h.NS)
 	}
@@ -484,37 +488,28 @@ func (h *Host) Neighbour(a netip.Addr) (net.HardwareAddr, int, error) {
 type Proc struct {
 	Name string
 	Cmd  *exec.Cmd
-	out  *lockedBuf
+	out  *os.File // stdout and stderr
 
 	done    chan struct{}
 	waitErr error
 }
 
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // Start runs `ip netns exec NS bin args...` with stdout and stderr
 // captured (Output), killed in the network's cleanup if still running.
+// Output goes to a file, not a pipe: a process that hands over to a child
+// (an in-place upgrade) passes its output on, and waiting for a pipe would
+// wait for that child too.
 func (h *Host) Start(bin string, args ...string) (*Proc, error) {
 	ipb, err := ipBinary()
 	if err != nil {
 		return nil, err
 	}
-	p := &Proc{Name: filepath.Base(bin) + "@" + h.Name, out: &lockedBuf{}, done: make(chan struct{})}
+	out, err := os.CreateTemp("", "netns-proc-*.log")
+	if err != nil {
+		return nil, err
+	}
+	_ = os.Remove(out.Name()) // open until the network is gone
+	p := &Proc{Name: filepath.Base(bin) + "@" + h.Name, out: out, done: make(chan struct{})}
 	p.Cmd = exec.Command(ipb, append([]string{"netns", "exec", h.NS, bin}, args...)...)
 	p.Cmd.Stdout = p.out
 	p.Cmd.Stderr = p.out
@@ -534,6 +529,7 @@ func (h *Host) Start(bin string, args ...string) (*Proc, error) {
 		close(p.done)
 	}()
 	if err := <-started; err != nil {
+		out.Close()
 		return nil, fmt.Errorf("netns: start %s in %s: %w", bin, h.NS, err)
 	}
 	h.net.mu.Lock()
@@ -543,7 +539,10 @@ func (h *Host) Start(bin string, args ...string) (*Proc, error) {
 }
 
 // Output returns what the process wrote so far.
-func (p *Proc) Output() string { return p.out.String() }
+func (p *Proc) Output() string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/self/fd/%d", p.out.Fd()))
+	return string(b)
+}
 
 // Done is closed when the process has exited.
 func (p *Proc) Done() <-chan struct{} { return p.done }

@@ -257,17 +257,18 @@ func (d *Daemon) Upgrade(ctx context.Context) (UpgradeResult, error) {
 	if d.admin != nil {
 		d.admin.StopListening()
 	}
-	wasOwner := d.vip != nil && d.vip.m.Owned()
+	if d.vip != nil && d.vip.m.Owned() {
+		// Leadership moves in the handoff (a planned handover), and so
+		// does the VIP: release it first, so that the next leader, which
+		// takes it as soon as it leads, never overlaps with this process.
+		_ = d.vip.m.Release(2 * time.Second)
+	}
 	if d.cluster != nil {
 		if err := d.cluster.Handoff(); err != nil {
 			d.Log.Warn("cluster handoff", "error", err)
 		}
 	}
 	if d.vip != nil {
-		if wasOwner {
-			// Leadership moved (a planned handover): so does the VIP.
-			_ = d.vip.m.Release(2 * time.Second)
-		}
 		d.vip.m.Detach()
 	}
 	if _, err := ctl.WriteString("go\n"); err != nil {
