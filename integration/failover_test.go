@@ -975,8 +975,12 @@ func drillRollingUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	// A client logging in one attempt after another, with a connect and
+	// login timeout of 3 s (mail clients use more): a SYN sent in the
+	// milliseconds between the old owner's release and the new owner's
+	// announcement is lost and retransmitted by TCP after 1 s.
 	logins := runLoad(stop, &wg, 50*time.Millisecond, func() bool {
-		return c.imapTry(vipAddr(drillVIP4, 143), "u3@shared.example", time.Second) == nil
+		return c.imapTry(vipAddr(drillVIP4, 143), "u3@shared.example", 3*time.Second) == nil
 	})
 	var (
 		wmu    sync.Mutex
@@ -1005,6 +1009,7 @@ func drillRollingUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 		}
 	}()
 	time.Sleep(time.Second)
+	upgradeAt := time.Now()
 	var steps []string
 	for _, nd := range c.nodes {
 		was := c.liveOwner4() == nd.name
@@ -1016,32 +1021,20 @@ func drillRollingUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 		nd.bin = next
 		nd.start(t)
 		c.waitHealthy(t, 30*time.Second)
-		gap := logins.maxGap(stepAt, time.Now())
 		role := "standby"
 		if was {
 			role = "owner"
 		}
-		steps = append(steps, fmt.Sprintf("%s (%s): stopped in %s, back and healthy after %s, login gap %s",
-			nd.name, role, ms(stopped), ms(time.Since(stepAt)), ms(gap)))
+		steps = append(steps, fmt.Sprintf("%s (%s): stopped in %s, back and healthy after %s",
+			nd.name, role, ms(stopped), ms(time.Since(stepAt))))
 	}
 	time.Sleep(500 * time.Millisecond)
 	close(stop)
 	wg.Wait()
-	// Failed logins: the longest run of consecutive failures.
+	// The longest time without a successful login (a login is tried every
+	// 50 ms, so 50-100 ms is the floor).
+	worst := logins.maxGap(upgradeAt, time.Now())
 	logins.mu.Lock()
-	var worst time.Duration
-	var runStart time.Time
-	for _, a := range logins.attempts {
-		if !a.ok && runStart.IsZero() {
-			runStart = a.at
-		}
-		if a.ok && !runStart.IsZero() {
-			if d := a.at.Sub(runStart); d > worst {
-				worst = d
-			}
-			runStart = time.Time{}
-		}
-	}
 	okN, failN := logins.ok, logins.failed
 	logins.mu.Unlock()
 	wmu.Lock()
@@ -1062,14 +1055,14 @@ func drillRollingUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 			return true
 		})
 	}
-	t.Logf("rolling upgrade:\n  %s\n  logins: %d ok, %d failed, longest failing stretch %v; writes: %d acknowledged (all present on all 3 nodes), %d refused",
+	t.Logf("rolling upgrade:\n  %s\n  logins: %d ok, %d failed, longest time without a successful login %v; writes: %d acknowledged (all present on all 3 nodes), %d refused",
 		strings.Join(steps, "\n  "), okN, failN, ms(worst), len(ackedCopy), wfailsN)
-	fig.add("rolling upgrade of 3 nodes under load: %d logins, %d failed, longest failing stretch %s; %d acknowledged writes, none lost",
+	fig.add("rolling upgrade of 3 nodes under load: %d logins, %d failed, longest time without a successful login %s; %d acknowledged writes, none lost",
 		okN+failN, failN, ms(worst), len(ackedCopy))
 	// The failover window: a planned handover (leadership transfer on
 	// SIGTERM) should not come near a crash failover.
 	if worst >= 1500*time.Millisecond {
-		t.Errorf("logins failed for %v in a row during the upgrade", worst)
+		t.Errorf("no login succeeded for %v during the upgrade", worst)
 	}
 	if len(ackedCopy) < 20 {
 		t.Errorf("only %d writes acknowledged during the upgrade", len(ackedCopy))
