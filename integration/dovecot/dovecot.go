@@ -1,6 +1,8 @@
 // Package dovecot starts a real Dovecot 2.3 IMAP/POP3 server for tests and
 // demos: one foreground process per instance, from a configuration written
-// into its own temporary directory, listening on a 127.0.0.x address.
+// into its own temporary directory, listening on a 127.0.0.x address, or
+// on an address of a network namespace (Options.Netns, for the failover
+// drills' backend hosts; see integration/netns).
 //
 // Tests call Start, which skips the test when Dovecot cannot be run here
 // (unless PORTICO_REQUIRE_DOVECOT=1, then it fails). Programs call
