@@ -126,6 +126,12 @@ func cmdProxy(args []string) error {
 // SIGUSR2 starts an in-place upgrade; h is the handover when this process
 // was started by one.
 func run(cfg *config.Config, path string, h *daemon.Handover) error {
+	// Before anything starts: a SIGTERM that arrives while the node is
+	// starting (a supervisor stopping it at once) is handled once it has
+	// started, instead of killing it outright (the signal's default).
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2)
+	defer signal.Stop(sigs)
 	exe, _ := os.Executable()
 	d, err := daemon.New(cfg, daemon.Options{ConfigPath: path, Executable: exe, Args: os.Args[1:], Inherit: h})
 	if err != nil {
@@ -150,9 +156,6 @@ func run(cfg *config.Config, path string, h *daemon.Handover) error {
 		sdNotify("READY=1")
 	}
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2)
-	defer signal.Stop(sigs)
 	for {
 		var sig os.Signal
 		select {
