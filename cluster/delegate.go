@@ -168,14 +168,7 @@ func (d *delegate) NotifyJoin(m *memberlist.Node) {
 	d.n.mu.Unlock()
 	d.n.log.Info("member joined", "member", m.Name, "address", m.Address())
 	d.n.poke()
-	if m.Name != d.n.cfg.NodeName {
-		d.joinMu.Lock()
-		hooks := append([]func(string){}, d.onJoin...)
-		d.joinMu.Unlock()
-		for _, f := range hooks {
-			f(m.Name)
-		}
-	}
+	d.peerBack(m.Name)
 }
 
 // NotifyLeave covers both a member declared dead and one that left
