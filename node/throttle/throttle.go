@@ -1,0 +1,667 @@
+// Package throttle slows down and then blocks repeated failed logins
+// (password guessing) in every authentication mode, with its counters
+// shared by the nodes of a cluster over gossip.
+//
+// # What is counted
+//
+// A failed login (wrong password or unknown user, as decided by the backend
+// or an auth_http server) counts for three keys:
+//
+//   - ip: the client's network (the address masked to /32 for IPv4 and /64
+//     for IPv6 by default: an IPv6 host usually owns a whole /64);
+//   - user_ip: the user from that network;
+//   - user: the user from all networks.
+//
+// Counts are failures in a sliding window (two fixed, clock-aligned windows
+// weighted by the time elapsed in the current one). A failure's reply is
+// delayed by Delay, doubled for each earlier failure of the user from that
+// network, up to MaxDelay. When the ip or user_ip count reaches its limit,
+// that key is blocked for BlockFor: attempts are answered at once with a
+// temporary failure (IMAP NO [UNAVAILABLE], POP3 -ERR [SYS/TEMP]) without
+// contacting the backend or the auth server. A successful login clears the
+// user_ip key (the user proved the password from there); it never clears
+// the ip or user keys, or an attacker holding one valid account could wipe
+// its own record between guesses at others.
+//
+// # Why a user is never blocked everywhere
+//
+// Blocking a user from all networks after N failures would let anyone lock
+// any user out (a denial of service by design), so the user key never blocks
+// by itself. When it reaches UserLimit the user is "under attack" (for
+// BlockFor after the last failure): from then on a network whose user_ip
+// count reaches the much lower UnderAttackLimit is blocked for that user.
+// The real user, whose own network has no recent failure, still logs in with
+// the right password; a botnet spreading guesses at one account over many
+// addresses gets UnderAttackLimit guesses per address instead of
+// UserIPLimit. A blocked attacker network likewise never stops the user
+// from another network: blocks are keyed by network or by (user, network).
+//
+// Networks listed in Trusted (webmail servers, monitoring, by default the
+// loopback networks) are neither counted nor blocked.
+//
+// # Memory and locking
+//
+// Entries live in a fixed number of shards (a map and a mutex each), so
+// concurrent logins rarely contend. The total is capped at MaxEntries: a new
+// key in a full shard evicts the least valuable of a few sampled entries
+// (never a block if an unblocked one is in the sample). One goroutine per
+// Limiter sweeps expired entries and sends gossip; there is no goroutine or
+// timer per entry.
+//
+// # Sharing across the cluster
+//
+// Each entry holds per-origin counters (an origin is one process run of one
+// node, a random 64-bit id), and the count is their sum: failures spread over
+// several nodes add up. A counter is the pair (current window, previous
+// window) of one origin; two copies merge by taking, per origin, the
+// element-wise maximum after shifting both to the later window. The block
+// time merges by maximum, and a reset (successful login) by the later reset
+// time, which discards everything counted before it. All three merges are
+// idempotent, commutative and associative, so repeated broadcasts and full
+// push/pull exchanges in any order converge to the same state. A restarted
+// node starts a new origin and learns the others' counters (its previous
+// run's included) from the push/pull exchange when it joins, so a restart
+// resets nothing anywhere. See wire.go for the message format; every message
+// from the network is validated before it is merged.
+package throttle
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"hash/maphash"
+	"math"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config sets the limits. Zero limits disable their rule.
+type Config struct {
+	Enabled bool
+	// Window is the span failures are counted over (sliding).
+	Window time.Duration
+	// BlockFor is how long a key stays blocked after reaching its limit.
+	BlockFor time.Duration
+	// Delay is the delay of the first failure's reply (from a network, for
+	// a user); it doubles with each further failure up to MaxDelay.
+	Delay, MaxDelay time.Duration
+	// IPLimit: failures from one network (all users) before it is blocked.
+	IPLimit int
+	// UserIPLimit: failures of one user from one network before that pair
+	// is blocked.
+	UserIPLimit int
+	// UserLimit: failures of one user from all networks before the user is
+	// under attack (see the package documentation).
+	UserLimit int
+	// UnderAttackLimit replaces UserIPLimit while the user is under attack.
+	UnderAttackLimit int
+	// IPv4Prefix and IPv6Prefix are the prefix lengths of a "network".
+	IPv4Prefix, IPv6Prefix int
+	// Trusted networks are exempt.
+	Trusted []netip.Prefix
+	// MaxEntries caps the tracked keys (all kinds together).
+	MaxEntries int
+}
+
+// DefaultConfig returns the defaults documented in the README.
+func DefaultConfig() Config {
+	return Config{
+		Enabled:          true,
+		Window:           10 * time.Minute,
+		BlockFor:         15 * time.Minute,
+		Delay:            time.Second,
+		MaxDelay:         15 * time.Second,
+		IPLimit:          50,
+		UserIPLimit:      10,
+		UserLimit:        100,
+		UnderAttackLimit: 3,
+		IPv4Prefix:       32,
+		IPv6Prefix:       64,
+		Trusted:          []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
+		MaxEntries:       100000,
+	}
+}
+
+// Scopes of a block (metric label values and log text).
+const (
+	ScopeIP     = "ip"      // the client network
+	ScopeUserIP = "user_ip" // the user from that network
+	ScopeUser   = "user"    // the user is under attack and this network failed for it
+)
+
+type kind uint8
+
+const (
+	kindIP kind = iota + 1
+	kindUserIP
+	kindUser
+	numKinds = 3
+)
+
+// key identifies an entry. User names are hashed (lower-cased first): the
+// map and the gossip never hold them, and a key has a fixed size whatever
+// the client sent.
+type key struct {
+	kind kind
+	net  [16]byte // masked address (IPv4 as IPv4-mapped IPv6); zero for kindUser
+	user [16]byte // truncated SHA-256 of the lower-cased user; zero for kindIP
+}
+
+// slot is one origin's failure count: cur in window win, prev in win-1.
+type slot struct {
+	origin    uint64
+	win       int64
+	cur, prev uint32
+}
+
+// at returns the slot's counts shifted to window w (>= s.win).
+func (s slot) at(w int64) (cur, prev uint32) {
+	switch s.win {
+	case w:
+		return s.cur, s.prev
+	case w - 1:
+		return 0, s.cur
+	}
+	return 0, 0
+}
+
+type entry struct {
+	resetAt int64 // unix ms of the last reset; everything below belongs to it
+	until   int64 // blocked (ip, user_ip) or under attack (user) until, unix ms
+	touched int64 // unix ms of the last change (expiry)
+	slots   []slot
+	dirty   bool // queued for broadcast
+}
+
+const (
+	nShards  = 32
+	maxSlots = 32      // origins per entry (nodes times recent restarts)
+	maxCount = 1 << 24 // per slot and window
+)
+
+type shard struct {
+	mu    sync.Mutex
+	m     map[key]*entry
+	dirty []key // entries to broadcast (dirty set), oldest first
+}
+
+// Limiter implements the throttle. Its methods are safe for concurrent use.
+type Limiter struct {
+	cfg    atomic.Pointer[Config]
+	origin uint64
+	now    func() time.Time
+	seed   maphash.Seed
+	shards [nShards]shard
+
+	// gossip (nil without a cluster)
+	gossip  atomic.Pointer[Gossip]
+	flushMu sync.Mutex
+	cursor  int // flush round-robin start (under flushMu)
+
+	stats stats
+
+	startOnce, stopOnce sync.Once
+	stop, done          chan struct{}
+}
+
+type stats struct {
+	delayed       atomic.Uint64
+	blocked       [numKinds]atomic.Uint64 // attempts refused, by scope
+	blocks        [numKinds]atomic.Uint64 // blocks started here, by scope
+	entries       [numKinds]atomic.Int64
+	gossipInvalid atomic.Uint64
+}
+
+// New returns a Limiter with cfg. now may be nil (time.Now).
+func New(cfg Config, now func() time.Time) *Limiter {
+	if now == nil {
+		now = time.Now
+	}
+	l := &Limiter{now: now, seed: maphash.MakeSeed(), stop: make(chan struct{}), done: make(chan struct{})}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	l.origin = binary.BigEndian.Uint64(b[:])
+	for i := range l.shards {
+		l.shards[i].m = map[key]*entry{}
+	}
+	l.SetConfig(cfg)
+	return l
+}
+
+// SetConfig replaces the configuration (reload). Changing Window makes the
+// counts start over; the other settings apply to the next attempt.
+func (l *Limiter) SetConfig(cfg Config) {
+	cfg.Trusted = append([]netip.Prefix(nil), cfg.Trusted...)
+	if cfg.Window < time.Second {
+		cfg.Window = time.Second
+	}
+	if cfg.MaxEntries < nShards {
+		cfg.MaxEntries = nShards
+	}
+	if cfg.IPv4Prefix <= 0 || cfg.IPv4Prefix > 32 {
+		cfg.IPv4Prefix = 32
+	}
+	if cfg.IPv6Prefix <= 0 || cfg.IPv6Prefix > 128 {
+		cfg.IPv6Prefix = 64
+	}
+	l.cfg.Store(&cfg)
+}
+
+// Config returns the configuration in use.
+func (l *Limiter) Config() Config { return *l.cfg.Load() }
+
+func (c *Config) trusted(ip netip.Addr) bool {
+	for _, p := range c.Trusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// clock is one instant in the units of the counters.
+type clock struct {
+	ms   int64   // unix milliseconds
+	win  int64   // current window index
+	frac float64 // elapsed fraction of the current window
+}
+
+func (l *Limiter) clock(cfg *Config) clock {
+	ms := l.now().UnixMilli()
+	w := cfg.Window.Milliseconds()
+	return clock{ms: ms, win: ms / w, frac: float64(ms%w) / float64(w)}
+}
+
+// count is the entry's failures in the sliding window.
+func (e *entry) count(c clock) float64 {
+	var n float64
+	for _, s := range e.slots {
+		cur, prev := s.at(c.win)
+		n += float64(cur) + float64(prev)*(1-c.frac)
+	}
+	return n
+}
+
+// reached reports count >= limit (limit > 0), tolerating float rounding.
+func reached(n float64, limit int) bool { return limit > 0 && n >= float64(limit)-1e-9 }
+
+func (e *entry) add(origin uint64, w int64) {
+	for i := range e.slots {
+		s := &e.slots[i]
+		if s.origin == origin {
+			W := max(s.win, w)
+			cur, prev := s.at(W)
+			s.win, s.cur, s.prev = W, min(cur+1, maxCount), prev
+			return
+		}
+	}
+	if len(e.slots) >= maxSlots {
+		// Make room for our own counter: drop the smallest other one.
+		j := 0
+		for i := range e.slots {
+			if e.slots[i].cur+e.slots[i].prev < e.slots[j].cur+e.slots[j].prev {
+				j = i
+			}
+		}
+		e.slots = append(e.slots[:j], e.slots[j+1:]...)
+	}
+	e.slots = append(e.slots, slot{origin: origin, win: w, cur: 1})
+}
+
+// mergeSlot merges a remote copy of an origin's counter.
+func (e *entry) mergeSlot(r slot) {
+	for i := range e.slots {
+		s := &e.slots[i]
+		if s.origin == r.origin {
+			W := max(s.win, r.win)
+			sc, sp := s.at(W)
+			rc, rp := r.at(W)
+			s.win, s.cur, s.prev = W, max(sc, rc), max(sp, rp)
+			return
+		}
+	}
+	if len(e.slots) < maxSlots {
+		e.slots = append(e.slots, r)
+	}
+}
+
+// expired: nothing left to count, block or remember. A reset is kept for
+// two windows, until no counter from before it can matter.
+func (e *entry) expired(c clock, windowMs int64) bool {
+	if e.until > c.ms || e.resetAt > c.ms-2*windowMs {
+		return false
+	}
+	for _, s := range e.slots {
+		if s.win >= c.win-1 {
+			return false
+		}
+	}
+	return true
+}
+
+func (l *Limiter) keys(ip netip.Addr, user string, cfg *Config) (kIP, kUserIP, kUser key) {
+	kIP = key{kind: kindIP, net: maskNet(ip, cfg)}
+	h := sha256.Sum256([]byte(strings.ToLower(user)))
+	kUser = key{kind: kindUser}
+	copy(kUser.user[:], h[:16])
+	kUserIP = key{kind: kindUserIP, net: kIP.net, user: kUser.user}
+	return
+}
+
+func maskNet(ip netip.Addr, cfg *Config) [16]byte {
+	ip = ip.Unmap().WithZone("")
+	bits := cfg.IPv6Prefix
+	if ip.Is4() {
+		bits = cfg.IPv4Prefix
+	}
+	p, err := ip.Prefix(bits)
+	if err != nil {
+		return ip.As16()
+	}
+	return p.Addr().As16()
+}
+
+// validNet reports whether b is a network key under cfg (masked, of the
+// right family form).
+func validNet(b [16]byte, cfg *Config) bool {
+	a := netip.AddrFrom16(b)
+	if a.Is4In6() {
+		return maskNet(a, cfg) == b
+	}
+	p, err := a.Prefix(cfg.IPv6Prefix)
+	return err == nil && p.Addr() == a
+}
+
+func (l *Limiter) shard(k *key) *shard {
+	var h maphash.Hash
+	h.SetSeed(l.seed)
+	h.WriteByte(byte(k.kind))
+	h.Write(k.net[:])
+	h.Write(k.user[:])
+	return &l.shards[h.Sum64()%nShards]
+}
+
+// exempt reports whether the throttle ignores this attempt.
+func (c *Config) exempt(ip netip.Addr) bool {
+	return !c.Enabled || !ip.IsValid() || c.trusted(ip.Unmap())
+}
+
+// Blocked reports whether a login attempt by user from ip must be refused
+// without trying it, and why (one of the Scope constants); "" allows it.
+func (l *Limiter) Blocked(ip netip.Addr, user string) string {
+	cfg := l.cfg.Load()
+	if cfg.exempt(ip) {
+		return ""
+	}
+	c := l.clock(cfg)
+	kIP, kUserIP, kUser := l.keys(ip, user, cfg)
+	scope := ""
+	if cfg.IPLimit > 0 {
+		if until, _ := l.peek(&kIP, c); until > c.ms {
+			scope = ScopeIP
+		}
+	}
+	if scope == "" && (cfg.UserIPLimit > 0 || cfg.UserLimit > 0) {
+		until, n := l.peek(&kUserIP, c)
+		switch {
+		case cfg.UserIPLimit > 0 && until > c.ms:
+			scope = ScopeUserIP
+		case cfg.UserLimit > 0 && reached(n, cfg.UnderAttackLimit):
+			if attack, _ := l.peek(&kUser, c); attack > c.ms {
+				scope = ScopeUser
+			}
+		}
+	}
+	if scope != "" {
+		l.stats.blocked[scopeIndex(scope)].Add(1)
+	}
+	return scope
+}
+
+func scopeIndex(s string) int {
+	switch s {
+	case ScopeIP:
+		return 0
+	case ScopeUserIP:
+		return 1
+	}
+	return 2
+}
+
+// peek returns an entry's block time and count (0, 0 if absent).
+func (l *Limiter) peek(k *key, c clock) (until int64, n float64) {
+	sh := l.shard(k)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e := sh.m[*k]; e != nil {
+		return e.until, e.count(c)
+	}
+	return 0, 0
+}
+
+// Failed records a failed login (bad credentials) of user from ip and
+// returns how long its reply should be delayed.
+func (l *Limiter) Failed(ip netip.Addr, user string) time.Duration {
+	cfg := l.cfg.Load()
+	if cfg.exempt(ip) {
+		return 0
+	}
+	c := l.clock(cfg)
+	kIP, kUserIP, kUser := l.keys(ip, user, cfg)
+	l.fail(&kIP, cfg.IPLimit, cfg, c)
+	n := l.fail(&kUserIP, cfg.UserIPLimit, cfg, c)
+	l.fail(&kUser, cfg.UserLimit, cfg, c)
+	if cfg.Delay <= 0 {
+		return 0
+	}
+	l.stats.delayed.Add(1)
+	return backoff(cfg.Delay, cfg.MaxDelay, n)
+}
+
+// backoff is base doubled for each failure after the first, capped.
+func backoff(base, capd time.Duration, failures float64) time.Duration {
+	k := math.Ceil(failures) - 1
+	if k < 0 {
+		k = 0
+	}
+	if k > 30 {
+		k = 30
+	}
+	d := base << int(k)
+	if capd > 0 && (d > capd || d < base) {
+		d = capd
+	}
+	return d
+}
+
+// fail counts one failure for k and starts a block when it reaches limit;
+// it returns the count.
+func (l *Limiter) fail(k *key, limit int, cfg *Config, c clock) float64 {
+	sh := l.shard(k)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e := sh.m[*k]
+	if e == nil {
+		e = l.insert(sh, k, cfg, c)
+	}
+	e.add(l.origin, c.win)
+	e.touched = c.ms
+	n := e.count(c)
+	urgent := false
+	if reached(n, limit) {
+		if e.until <= c.ms {
+			l.stats.blocks[k.kind-1].Add(1)
+			urgent = true
+		}
+		e.until = max(e.until, c.ms+cfg.BlockFor.Milliseconds())
+	}
+	l.markDirty(sh, k, e, urgent)
+	return n
+}
+
+// Succeeded records a successful login: the user's record for ip is
+// cleared (everywhere, through gossip).
+func (l *Limiter) Succeeded(ip netip.Addr, user string) {
+	cfg := l.cfg.Load()
+	if cfg.exempt(ip) {
+		return
+	}
+	c := l.clock(cfg)
+	_, k, _ := l.keys(ip, user, cfg)
+	sh := l.shard(&k)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e := sh.m[k]
+	if e == nil || (len(e.slots) == 0 && e.until == 0) {
+		return
+	}
+	e.resetAt = max(c.ms, e.resetAt+1)
+	e.slots = e.slots[:0]
+	e.until = 0
+	e.touched = c.ms
+	l.markDirty(sh, &k, e, true)
+}
+
+// insert adds an empty entry for k, evicting one when the shard is full.
+// sh.mu is held.
+func (l *Limiter) insert(sh *shard, k *key, cfg *Config, c clock) *entry {
+	if len(sh.m) >= cfg.MaxEntries/nShards {
+		l.evict(sh, c)
+	}
+	e := &entry{touched: c.ms}
+	sh.m[*k] = e
+	l.stats.entries[k.kind-1].Add(1)
+	return e
+}
+
+// evict removes the least valuable of a few entries (Go's map iteration
+// starts at a random place): an unblocked one with the smallest count,
+// then the least recently touched.
+func (l *Limiter) evict(sh *shard, c clock) {
+	const sample = 8
+	var victim key
+	var vBlocked bool
+	var vCount float64
+	var vTouched int64
+	i := 0
+	for k, e := range sh.m {
+		blocked := e.until > c.ms
+		n := e.count(c)
+		better := i == 0 ||
+			(!blocked && vBlocked) ||
+			(blocked == vBlocked && (n < vCount || n == vCount && e.touched < vTouched))
+		if better {
+			victim, vBlocked, vCount, vTouched = k, blocked, n, e.touched
+		}
+		if i++; i >= sample {
+			break
+		}
+	}
+	if i > 0 {
+		l.remove(sh, &victim)
+	}
+}
+
+func (l *Limiter) remove(sh *shard, k *key) {
+	if _, ok := sh.m[*k]; ok {
+		delete(sh.m, *k)
+		l.stats.entries[k.kind-1].Add(-1)
+	}
+}
+
+// markDirty queues e for broadcast (only with a cluster). Urgent changes
+// (a block started, a reset) go first.
+func (l *Limiter) markDirty(sh *shard, k *key, e *entry, urgent bool) {
+	if l.gossip.Load() == nil {
+		return
+	}
+	if urgent {
+		e.dirty = true
+		sh.dirty = append([]key{*k}, sh.dirty...)
+	} else if !e.dirty {
+		e.dirty = true
+		sh.dirty = append(sh.dirty, *k)
+	}
+	if limit := 4*len(sh.m) + 16; len(sh.dirty) > limit {
+		// Far behind (a flood of new keys): leave the rest to push/pull.
+		for _, dk := range sh.dirty[limit:] {
+			if de := sh.m[dk]; de != nil {
+				de.dirty = false
+			}
+		}
+		sh.dirty = sh.dirty[:limit]
+	}
+}
+
+// sweep removes expired entries.
+func (l *Limiter) sweep() {
+	cfg := l.cfg.Load()
+	c := l.clock(cfg)
+	wms := cfg.Window.Milliseconds()
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		for k, e := range sh.m {
+			if e.expired(c, wms) {
+				delete(sh.m, k)
+				l.stats.entries[k.kind-1].Add(-1)
+			}
+		}
+		// Trim the shard if the cap was lowered by a reload.
+		for len(sh.m) > cfg.MaxEntries/nShards {
+			l.evict(sh, c)
+		}
+		sh.mu.Unlock()
+	}
+}
+
+// Start runs the background loop: expiry sweeps and, with a cluster,
+// broadcasts of changed entries.
+func (l *Limiter) Start() {
+	l.startOnce.Do(func() { go l.loop() })
+}
+
+// Close stops the background loop (it is safe to call without Start).
+func (l *Limiter) Close() {
+	l.stopOnce.Do(func() { close(l.stop) })
+	started := true
+	l.startOnce.Do(func() { started = false })
+	if started {
+		<-l.done
+	}
+}
+
+const (
+	flushEvery = 100 * time.Millisecond
+	sweepEvery = 10 * time.Second
+)
+
+func (l *Limiter) loop() {
+	defer close(l.done)
+	flush := time.NewTicker(flushEvery)
+	defer flush.Stop()
+	sweep := time.NewTicker(sweepEvery)
+	defer sweep.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-flush.C:
+			l.flush()
+		case <-sweep.C:
+			l.sweep()
+		}
+	}
+}
+
+// Entries returns the number of tracked entries by scope (ip, user_ip, user).
+func (l *Limiter) Entries() map[string]int64 {
+	return map[string]int64{
+		ScopeIP:     l.stats.entries[0].Load(),
+		ScopeUserIP: l.stats.entries[1].Load(),
+		ScopeUser:   l.stats.entries[2].Load(),
+	}
+}
