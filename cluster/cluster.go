@@ -94,6 +94,7 @@ type Config struct {
 // Node is this process's membership of the cluster.
 type Node struct {
 	cfg  Config
+	hold electionHold // in-place upgrade of the leader (hold.go)
 	log  *slog.Logger
 	fsm  *routing.FSM
 	lock *os.File
@@ -610,16 +611,18 @@ func (n *Node) Shutdown() error {
 
 // Handoff stops this node's cluster membership so that a new process on
 // the same data dir (an in-place upgrade) takes the identity over: a
-// leader hands leadership to another voter first (a planned handover); a
+// leader hands leadership to another voter first (a planned handover),
+// unless keepLeadership (the other voters hold their elections, see
+// hold.go, and the new process wins the next one); a
 // snapshot is taken so that the new process starts with the current
 // table; the node leaves neither memberlist nor the raft configuration,
 // so peers see a short absence, not a departure, and followers hold no
 // election. The data dir lock is released last.
-func (n *Node) Handoff() error {
+func (n *Node) Handoff(keepLeadership bool) error {
 	var err error
 	n.closeOnce.Do(func() {
 		close(n.stop)
-		if n.IsLeader() && n.otherVoters() > 0 {
+		if !keepLeadership && n.IsLeader() && n.otherVoters() > 0 {
 			if e := n.raft.LeadershipTransfer().Error(); e != nil {
 				n.log.Warn("leadership transfer before handoff failed", "error", e)
 			}

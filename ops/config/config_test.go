@@ -74,12 +74,33 @@ func TestParseErrors(t *testing.T) {
 		{"short imap idle", strings.Replace(good, "max_connections: 100", "max_connections: 100\n  imap_idle_timeout: 5m", 1), "30m autologout"},
 		{"empty", "", "empty configuration"},
 		{"proxy protocol without trust", strings.Replace(good, "name: imap", "name: imap\n    proxy_protocol: true", 1), "trusted_proxies"},
+		{"leader hold too short", good + "upgrade: {leader_hold: 1s}\n", "upgrade.leader_hold"},
+		{"relative upgrade binary", good + "upgrade: {binary: bin/portico}\n", "must be an absolute path"},
+		{"negative drain spread", good + "drain: {spread: -1s}\n", `"-1s" is not a duration`},
 	}
 	for _, c := range cases {
 		_, err := Parse([]byte(c.yaml))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: got %v, want %q", c.name, err, c.want)
 		}
+	}
+}
+
+func TestDrainAndUpgradeDefaults(t *testing.T) {
+	c, err := Parse([]byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *c.Drain.Spread != Duration(10*time.Second) || c.Drain.BoundaryTimeout != Duration(10*time.Second) ||
+		*c.Upgrade.LeaderHold != Duration(10*time.Second) || c.Upgrade.SessionGrace != Duration(time.Hour) {
+		t.Fatalf("defaults: drain %+v upgrade %+v", c.Drain, c.Upgrade)
+	}
+	c, err = Parse([]byte(good + "drain: {spread: 0s}\nupgrade: {leader_hold: 0s}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *c.Drain.Spread != 0 || *c.Upgrade.LeaderHold != 0 {
+		t.Fatal("explicit 0s must be kept (all at once / no hold)")
 	}
 }
 

@@ -16,6 +16,11 @@ type Upgrade struct {
 	// SessionGrace: how long the old process keeps relaying its sessions
 	// before ending the rest at a response boundary; default 1h.
 	SessionGrace Duration `yaml:"session_grace"`
+	// LeaderHold: upgrading the VIP owner (the raft leader), the other
+	// voters hold their elections this long while the new process
+	// restarts raft and wins the next election, so the VIP stays on the
+	// node; default 10s, 0s to hand leadership and the VIP over instead.
+	LeaderHold *Duration `yaml:"leader_hold"`
 }
 
 func (v *validator) upgrade() {
@@ -29,6 +34,12 @@ func (v *validator) upgrade() {
 		u.SessionGrace = Duration(time.Hour)
 	} else if u.SessionGrace < 0 {
 		v.errf("upgrade.session_grace", "must be positive")
+	}
+	if u.LeaderHold == nil {
+		h := Duration(10 * time.Second)
+		u.LeaderHold = &h
+	} else if *u.LeaderHold != 0 && (*u.LeaderHold < Duration(3*time.Second) || *u.LeaderHold > Duration(5*time.Minute)) {
+		v.errf("upgrade.leader_hold", "between 3s and 5m, or 0s")
 	}
 	if u.Binary != "" && !filepath.IsAbs(u.Binary) {
 		v.errf("upgrade.binary", "%q must be an absolute path", u.Binary)

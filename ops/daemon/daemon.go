@@ -63,6 +63,7 @@ type Daemon struct {
 	closeLog func()
 
 	vip        *vipState
+	inherit    *Handover   // set when started by an in-place upgrade
 	drain      *drainState // lifecycle.go
 	configPath string      // re-read by POST /v1/reload
 	upgrade    *upgradeState
@@ -112,7 +113,7 @@ type Options struct {
 
 // New builds a node from cfg without starting it.
 func New(cfg *config.Config, o Options) (*Daemon, error) {
-	d := &Daemon{cfg: cfg, Log: o.Logger, level: o.Level, Metrics: prometheus.NewRegistry(), done: make(chan struct{})}
+	d := &Daemon{cfg: cfg, Log: o.Logger, level: o.Level, Metrics: prometheus.NewRegistry(), done: make(chan struct{}), inherit: o.Inherit}
 	if d.level == nil {
 		d.level = new(slog.LevelVar)
 	}

@@ -16,7 +16,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/portico-mail/portico/cluster"
 	"github.com/portico-mail/portico/ops/admin"
+	"github.com/portico-mail/portico/vip"
 )
 
 // In-place upgrade: a new process (normally a new binary at the same path)
@@ -45,10 +47,14 @@ type upgradeFDs struct {
 	Ctl       int            `json:"ctl"`
 	Listeners map[string]int `json:"listeners"` // configured address -> fd
 	Admin     int            `json:"admin,omitempty"`
+	// VIPHoldUntil (unix ms): the old process held the VIP and kept it on
+	// the interface; the new one keeps it until it leads again or then.
+	VIPHoldUntil int64 `json:"vip_hold_until,omitempty"`
 }
 
 // Handover is the new process's side of an in-place upgrade.
 type Handover struct {
+	vipHold   time.Time
 	ctl       *os.File
 	br        *bufio.Reader
 	listeners map[string]*os.File
@@ -68,6 +74,9 @@ func InheritedUpgrade() (*Handover, error) {
 		return nil, fmt.Errorf("%s: %w", upgradeEnv, err)
 	}
 	h := &Handover{listeners: map[string]*os.File{}}
+	if fds.VIPHoldUntil > 0 {
+		h.vipHold = time.UnixMilli(fds.VIPHoldUntil)
+	}
 	h.ctl = os.NewFile(uintptr(fds.Ctl), "upgrade-ctl")
 	h.br = bufio.NewReader(h.ctl)
 	for addr, fd := range fds.Listeners {
@@ -80,6 +89,15 @@ func InheritedUpgrade() (*Handover, error) {
 		h.admin = os.NewFile(uintptr(fds.Admin), "admin listener")
 	}
 	return h, nil
+}
+
+// VIPHoldUntil is when the VIP inherited from the old process must be
+// released unless this node leads by then (zero: no VIP inherited).
+func (h *Handover) VIPHoldUntil() time.Time {
+	if h == nil {
+		return time.Time{}
+	}
+	return h.vipHold
 }
 
 // Listener returns the inherited socket for addr (nil, nil if none).
@@ -143,6 +161,7 @@ func (h *Handover) finish(msg string) {
 
 // upgradeState is the old process's side.
 type upgradeState struct {
+	keptVIP atomic.Bool // the VIP was left on the interface for the new process
 	running atomic.Bool
 	retired chan struct{} // closed when this process should exit
 	failed  atomic.Bool   // the new process failed after the handoff
@@ -213,6 +232,23 @@ func (d *Daemon) Upgrade(ctx context.Context) (UpgradeResult, error) {
 			files["admin"] = af
 		}
 	}
+	// On the VIP owner (the raft leader), keep the VIP on this node: the
+	// other voters hold their elections while this node's raft restarts
+	// in the new process, which then wins the next election and keeps the
+	// address it inherits. If a voter cannot be asked, leadership and the
+	// VIP move instead (a planned handover).
+	keepVIP := false
+	if d.vip != nil && d.cluster != nil && d.vip.m.Owned() && d.cluster.IsLeader() && cfg.Upgrade.LeaderHold.D() > 0 {
+		hold := cfg.Upgrade.LeaderHold.D()
+		if err := d.cluster.HoldPeerElections(ctx, hold); err != nil {
+			d.Log.Warn("in-place upgrade of the VIP owner: cannot hold the other voters' elections; leadership and the VIP will move", "error", err)
+		} else {
+			keepVIP = true
+			// The new process gives the VIP up a second before the
+			// voters' hold ends, if it does not lead by then.
+			fds.VIPHoldUntil = time.Now().Add(hold - time.Second).UnixMilli()
+		}
+	}
 	env, _ := json.Marshal(fds)
 	cmd := exec.Command(binary, d.args...)
 	cmd.Env = append(os.Environ(), upgradeEnv+"="+string(env))
@@ -222,6 +258,9 @@ func (d *Daemon) Upgrade(ctx context.Context) (UpgradeResult, error) {
 	childCtl.Close()
 	closeFiles()
 	if err != nil {
+		if keepVIP {
+			d.cluster.ReleasePeerElections(context.Background())
+		}
 		u.running.Store(false)
 		return UpgradeResult{}, fmt.Errorf("starting %s: %w", binary, err)
 	}
@@ -247,6 +286,9 @@ func (d *Daemon) Upgrade(ctx context.Context) (UpgradeResult, error) {
 	if err := expect("hello"); err != nil {
 		_ = cmd.Process.Kill()
 		<-exited
+		if keepVIP {
+			d.cluster.ReleasePeerElections(context.Background())
+		}
 		u.running.Store(false)
 		d.Log.Error("in-place upgrade aborted; still serving", "error", err)
 		return UpgradeResult{}, err
@@ -257,14 +299,19 @@ func (d *Daemon) Upgrade(ctx context.Context) (UpgradeResult, error) {
 	if d.admin != nil {
 		d.admin.StopListening()
 	}
-	if d.vip != nil && d.vip.m.Owned() {
+	if d.vip != nil && d.vip.m.Owned() && !keepVIP {
 		// Leadership moves in the handoff (a planned handover), and so
 		// does the VIP: release it first, so that the next leader, which
 		// takes it as soon as it leads, never overlaps with this process.
 		_ = d.vip.m.Release(2 * time.Second)
 	}
+	if keepVIP {
+		// The address stays on the interface for the new process.
+		d.vip.m.Detach()
+		d.upgrade.keptVIP.Store(true)
+	}
 	if d.cluster != nil {
-		if err := d.cluster.Handoff(); err != nil {
+		if err := d.cluster.Handoff(keepVIP); err != nil {
 			d.Log.Warn("cluster handoff", "error", err)
 		}
 	}
@@ -286,6 +333,16 @@ func (d *Daemon) Upgrade(ctx context.Context) (UpgradeResult, error) {
 
 func (d *Daemon) upgradeFailed(err error) error {
 	d.upgrade.failed.Store(true)
+	if d.upgrade.keptVIP.Load() && d.vip != nil {
+		// Nobody will lead from this node: give the VIP up now, so that
+		// the leader the other voters elect when their hold ends is its
+		// only owner.
+		if removed, err := vip.RemoveAll(d.vip.m.Addresses()); err != nil {
+			d.Log.Error("removing the VIP after the failed upgrade", "error", err)
+		} else if len(removed) > 0 {
+			d.Log.Warn("released the VIP after the failed upgrade", "addresses", removed)
+		}
+	}
 	d.Log.Error("in-place upgrade failed after the handoff; finishing this process's sessions, then exiting so that the supervisor restarts the node", "error", err)
 	go d.retire(0)
 	return err
@@ -310,6 +367,25 @@ func (d *Daemon) setupUpgrade(o Options) {
 	d.executable, d.args = o.Executable, o.Args
 	if d.admin == nil {
 		return
+	}
+	if d.cluster != nil {
+		d.admin.HandleFunc("POST "+cluster.HoldPath, func(w http.ResponseWriter, r *http.Request) {
+			var body struct {
+				MS int64 `json:"ms"`
+			}
+			if !admin.Decode(w, r, 4096, &body) {
+				return
+			}
+			if body.MS < 0 || body.MS > 10*60*1000 {
+				admin.Error(w, http.StatusBadRequest, "ms must be between 0 and 600000")
+				return
+			}
+			if err := d.cluster.HoldElections(time.Duration(body.MS) * time.Millisecond); err != nil {
+				admin.Error(w, http.StatusInternalServerError, err.Error())
+				return
+			}
+			admin.JSON(w, http.StatusOK, map[string]any{"held_ms": body.MS})
+		})
 	}
 	d.admin.HandleFunc("POST /v1/upgrade", func(w http.ResponseWriter, r *http.Request) {
 		res, err := d.Upgrade(r.Context())

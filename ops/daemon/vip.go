@@ -27,9 +27,13 @@ type vipState struct {
 	moving  atomic.Bool
 	leading atomic.Bool // as last notified by OnLeadership (after the barrier)
 	handing atomic.Bool // a handover is in progress (vipHandover)
-	ownerG  *prometheus.GaugeVec
-	changes prometheus.Counter
-	anns    prometheus.Counter
+	// holdUntil (unix ns): after an in-place upgrade of the owner, this
+	// process keeps the VIP it inherited, without being leader yet, until
+	// it wins the next election or this passes (upgrade.go).
+	holdUntil atomic.Int64
+	ownerG    *prometheus.GaugeVec
+	changes   prometheus.Counter
+	anns      prometheus.Counter
 }
 
 // setupVIP makes the virtual addresses follow raft leadership: the leader
@@ -79,8 +83,19 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 	}
 	st.m = m
 	d.vip = st
+	if h := d.inherit; h != nil && h.VIPHoldUntil().After(time.Now()) {
+		// Inherited from the previous process of an in-place upgrade:
+		// keep the address (Run would otherwise remove it as stale) until
+		// this node leads again or the hold ends.
+		st.holdUntil.Store(h.VIPHoldUntil().UnixNano())
+		m.SetOwner(true)
+		d.Log.Info("keeping the VIP through the in-place upgrade until this node leads again", "until", h.VIPHoldUntil())
+	}
 	d.cluster.OnLeadership(func(leader bool) {
 		st.leading.Store(leader)
+		if leader && st.holdUntil.Swap(0) != 0 {
+			go d.cluster.ReleasePeerElections(context.Background())
+		}
 		if !leader {
 			st.moving.Store(false)
 			if d.srv != nil {
@@ -157,6 +172,17 @@ func (d *Daemon) vipHandover(target *raft.Server, shuttingDown bool) error {
 	return err
 }
 
+// vipHeld: this process keeps a VIP inherited through an in-place upgrade
+// while no other node is known to lead and the hold has not ended.
+func (d *Daemon) vipHeld() bool {
+	until := d.vip.holdUntil.Load()
+	if until == 0 || time.Now().UnixNano() >= until {
+		return false
+	}
+	leader, _ := d.cluster.Leader()
+	return leader == "" || leader == d.cluster.Name()
+}
+
 // vipGuard releases the addresses whenever raft says this node is not the
 // leader, independently of the leadership notifications (belt and braces:
 // a missed or delayed notification cannot leave the VIP on a follower),
@@ -182,6 +208,8 @@ func (d *Daemon) vipGuard(ctx context.Context, every time.Duration) {
 		case <-t.C:
 			owned, leader := d.vip.m.Owned(), d.cluster.IsLeader()
 			switch {
+			case owned && !leader && d.vipHeld():
+				// Inherited through an in-place upgrade; leading soon.
 			case owned && !leader:
 				d.Log.Warn("holding the VIP while not raft leader; releasing")
 				d.vip.m.SetOwner(false)
