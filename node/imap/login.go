@@ -125,6 +125,10 @@ func (s *conn) login(ctx context.Context, tag string, creds session.Credentials)
 		s.writef("* BAD internal server error\r\n")
 		s.c.EndReason = session.EndAuthError
 		return nil, true, nil
+	case out.Result == session.ResultLimit:
+		// Blocked by the throttle: a temporary condition, not a verdict on
+		// the password (which was not checked), so UNAVAILABLE (RFC 5530).
+		s.writef("%s NO [UNAVAILABLE] Too many failed logins, try again later.\r\n", tag)
 	case out.Refusal != nil && out.Refusal.Reply != "":
 		s.writef("%s NO %s\r\n", tag, out.Refusal.Reply)
 	case out.Result == session.ResultBadCreds:

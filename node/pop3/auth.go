@@ -15,6 +15,12 @@ const (
 	replyAuthFailed  = "-ERR [AUTH] Authentication failed.\r\n"
 	replyUnavailable = "-ERR [SYS/TEMP] Backend server unavailable, try again later.\r\n"
 	replyTooManyAuth = "-ERR Too many authentication failures.\r\n"
+	// replyThrottled answers an attempt the throttle blocked. [SYS/TEMP]
+	// (RFC 3206), not [AUTH]: the password was not checked and may well be
+	// right, and [AUTH] makes clients ask the user for a new one, while
+	// the condition is temporary (the IMAP side says NO [UNAVAILABLE]).
+	// [LOGIN-DELAY] (RFC 2449) means the user logged in too recently.
+	replyThrottled   = "-ERR [SYS/TEMP] Too many failed logins, try again later.\r\n"
 	replyCancelled   = "-ERR Authentication cancelled.\r\n"
 	replyBadBase64   = "-ERR Invalid base64 data.\r\n"
 	replyBadAuthData = "-ERR Invalid authentication data.\r\n"
@@ -154,7 +160,8 @@ func (s *conn) saslError(err error) (*session.Handoff, bool, error) {
 //   - refused before the backend (no route...): replyAuthFailed, the same
 //     as a wrong password, so that user names cannot be probed;
 //   - no backend could be used (down, timeout, protocol error): the
-//     session stays open after replyUnavailable.
+//     session stays open after replyUnavailable;
+//   - blocked by the failed-login throttle: replyThrottled.
 //
 // After MaxAuthFailures the reply is followed by replyTooManyAuth and the
 // session ends.
@@ -185,6 +192,8 @@ func (s *conn) login(creds session.Credentials) (*session.Handoff, bool, error) 
 		s.write(replyInternalError)
 		s.c.EndReason = session.EndAuthError
 		return nil, true, errAuthSource
+	case out.Result == session.ResultLimit:
+		s.write(replyThrottled)
 	case out.Refusal != nil && out.Refusal.Reply != "":
 		s.write("-ERR " + out.Refusal.Reply + "\r\n")
 	case out.Result == session.ResultBadCreds:

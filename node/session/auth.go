@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/portico-mail/portico/node/netx"
@@ -71,6 +72,21 @@ const (
 
 func (r *Refusal) Error() string { return fmt.Sprintf("login refused: %s", r.Text) }
 
+// Throttle limits failed logins (node/throttle). It is keyed by the
+// client's address and the authentication identity (Credentials.User).
+type Throttle interface {
+	// Blocked is asked before the Director: a non-empty answer (why:
+	// "ip", "user_ip", "user") refuses the attempt with ResultLimit
+	// without contacting the backend or the authentication source.
+	Blocked(client netip.Addr, user string) string
+	// Failed records a failed login (ResultBadCreds) and returns how long
+	// its reply should wait (at least the listener's AuthFailureDelay
+	// applies anyway).
+	Failed(client netip.Addr, user string) time.Duration
+	// Succeeded records a successful login.
+	Succeeded(client netip.Addr, user string)
+}
+
 // Director decides where a login goes.
 type Director interface {
 	Direct(ctx context.Context, a *Attempt) (*Target, error)
@@ -103,7 +119,7 @@ const (
 	ResultBadCreds    Result = "bad_credentials"
 	ResultUnavailable Result = "backend_unavailable"
 	ResultTimeout     Result = "timeout"
-	ResultLimit       Result = "limit"
+	ResultLimit       Result = "limit" // refused by the failed-login throttle (Env.Throttle)
 	ResultError       Result = "error"
 )
 
@@ -156,20 +172,40 @@ type Outcome struct {
 func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogin) Outcome {
 	start := time.Now()
 	c.attempts++
-	out := c.login(ctx, creds, login)
+	th := c.Env.Throttle
+	var out Outcome
+	if th != nil {
+		if scope := th.Blocked(c.Remote.Addr(), creds.User); scope != "" {
+			// Refused before any authentication source is asked.
+			ref := &Refusal{Kind: RefuseUnavailable, Text: "too many failed logins (" + scope + ")"}
+			out = Outcome{Result: ResultLimit, Refusal: ref, Err: ref}
+		}
+	}
+	if out.Result == "" {
+		out = c.login(ctx, creds, login)
+	}
 	ev := LoginEvent{User: creds.RouteUser(), Result: out.Result, Latency: time.Since(start), Connect: out.Connect, Err: out.Err}
 	if out.Handoff != nil {
 		ev.BackendID = out.Handoff.BackendID
 	}
 	var wait time.Duration
-	if out.Result == ResultBadCreds {
+	if out.Result == ResultBadCreds || out.Result == ResultLimit {
 		c.authFailures++
 		if max := c.Listener.Limits.MaxAuthFailures; max > 0 && c.authFailures >= max {
 			out.Close = true
 		}
 		// Answer no earlier than AuthFailureDelay after the attempt began
-		// (the backend's own delay counts toward it).
-		wait = c.Listener.Limits.AuthFailureDelay - time.Since(start)
+		// (the backend's own delay counts toward it), or the throttle's
+		// longer delay after recent failures. The failure is recorded
+		// before the wait: a client hanging up early is counted too.
+		delay := c.Listener.Limits.AuthFailureDelay
+		if th != nil && out.Result == ResultBadCreds {
+			delay = max(delay, th.Failed(c.Remote.Addr(), creds.User))
+		}
+		wait = delay - time.Since(start)
+	}
+	if th != nil && out.Result == ResultOK {
+		th.Succeeded(c.Remote.Addr(), creds.User)
 	}
 	if out.Refusal != nil {
 		if out.Refusal.Close {

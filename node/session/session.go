@@ -89,6 +89,9 @@ type Env struct {
 	OnLogin func(*Client, LoginEvent)
 	// Node names this node in the per-login access log line.
 	Node string
+	// Throttle, if set, delays failed logins' replies progressively and
+	// refuses attempts from blocked clients (node/throttle).
+	Throttle Throttle
 }
 
 // Client is a client connection during the pre-login phase.

@@ -1,0 +1,85 @@
+package pop3
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/portico-mail/portico/node/session"
+	"github.com/portico-mail/portico/routing"
+)
+
+// fakeThrottle blocks the users in block and delays failures by delay.
+type fakeThrottle struct {
+	block map[string]bool
+	delay time.Duration
+
+	mu     sync.Mutex
+	failed []string
+}
+
+func (f *fakeThrottle) Blocked(_ netip.Addr, user string) string {
+	if f.block[user] {
+		return "ip"
+	}
+	return ""
+}
+
+func (f *fakeThrottle) Failed(ip netip.Addr, user string) time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failed = append(f.failed, ip.String()+" "+user)
+	return f.delay
+}
+
+func (f *fakeThrottle) Succeeded(netip.Addr, string) {}
+
+type countingDirector struct{ n atomic.Int32 }
+
+func (d *countingDirector) Direct(context.Context, *session.Attempt) (*session.Target, error) {
+	d.n.Add(1)
+	return nil, &session.Refusal{Kind: session.RefuseAuth, Text: "no"}
+}
+
+// A blocked login gets -ERR [SYS/TEMP] without the Director being asked,
+// with result "limit"; a failure waits for the throttle's delay; blocked
+// attempts count toward max_auth_failures.
+func TestThrottle(t *testing.T) {
+	lis := testListener(routing.TLSNone, nil, true)
+	lis.Limits.MaxAuthFailures = 3
+	dir := &countingDirector{}
+	lis.Director = dir
+	th := &fakeThrottle{block: map[string]bool{"mallory": true}, delay: 300 * time.Millisecond}
+	r := newRig(t, lis, Options{})
+	r.env.Throttle = th
+	c := dial(t, r.addr())
+	c.cmd("USER mallory", "+OK")
+	c.cmd("PASS x", "-ERR [SYS/TEMP] Too many failed logins, try again later.\r\n")
+	if n := dir.n.Load(); n != 0 {
+		t.Errorf("director asked %d times for a blocked login", n)
+	}
+	start := time.Now()
+	c.cmd("USER bob", "+OK")
+	c.cmd("PASS y", "-ERR [AUTH] Authentication failed.\r\n")
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Errorf("throttle delay not applied: %v", d)
+	}
+	c.cmd("AUTH PLAIN "+session.PlainResponse(session.Credentials{User: "mallory", Password: "z"}), "-ERR [SYS/TEMP] Too many failed logins")
+	c.expect("-ERR Too many authentication failures.\r\n")
+	c.eof()
+	if res := r.result(); res.err != errTooManyAuthFailures {
+		t.Errorf("session ended with %v", res.err)
+	}
+	ev := r.loginEvents()
+	if len(ev) != 3 || ev[0].Result != session.ResultLimit || ev[1].Result != session.ResultBadCreds || ev[2].Result != session.ResultLimit {
+		t.Errorf("login events %+v", ev)
+	}
+	th.mu.Lock()
+	defer th.mu.Unlock()
+	if len(th.failed) != 1 || th.failed[0] != "198.51.100.7 bob" {
+		t.Errorf("failures recorded: %q", th.failed)
+	}
+}
