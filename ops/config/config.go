@@ -51,6 +51,8 @@ type Config struct {
 	// Auth: how logins are decided (passthrough or an nginx auth_http
 	// server); listeners may override it.
 	Auth *Auth `yaml:"auth"`
+	// Throttle: failed-login delays and blocks (brute-force protection).
+	Throttle Throttle `yaml:"throttle"`
 
 	// Static: routes come only from this file and are not replicated (no
 	// raft, no data directory). Set by `portico proxy`; not a file key.
@@ -392,6 +394,7 @@ func (c *Config) Validate() error {
 	v.authSections()
 	v.drain()
 	v.upgrade()
+	v.throttle()
 	if len(v.errs) > 0 {
 		return v.errs
 	}
