@@ -35,9 +35,9 @@ var (
 // Daemon is one running node.
 //
 // It is assembled in stages, each in its own file: routing.go (the route
-// source), auth.go (authentication sources and abuse protection), ops.go
-// (metrics, health, drain, upgrade). A stage may register start, shutdown
-// and reload hooks.
+// source), auth.go (authentication sources), throttle.go (failed-login
+// throttling), ops.go (metrics, health, drain, upgrade). A stage may
+// register start, shutdown and reload hooks.
 type Daemon struct {
 	Log *slog.Logger
 	// Metrics is this node's registry (never the global one, so that tests
@@ -156,6 +156,10 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		nc.Inherit = o.Inherit.Listener
 	}
 	if err := d.setupAuth(cfg, &nc); err != nil {
+		d.engine.Close()
+		return nil, err
+	}
+	if err := d.setupThrottle(cfg); err != nil {
 		d.engine.Close()
 		return nil, err
 	}

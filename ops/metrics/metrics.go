@@ -38,6 +38,7 @@ type Info struct {
 	Labels []string // label names
 	Help   string   // meaning (also the HELP text of metrics defined here)
 	// Source is where it is defined: "node" (this package), "cluster",
+	// "auth" (node/auth), "throttle" (node/throttle),
 	// "vip" (only when the vip section is configured), "process" (the
 	// client library's process collector).
 	Source string
@@ -81,6 +82,12 @@ var Catalog = sortInfo([]Info{
 	{"portico_auth_http_errors_total", "counter", []string{"kind"}, "Failed auth_http exchanges (the client got the internal-error reply), by kind (connect, timeout, io, malformed, too_large, invalid).", "auth"},
 	{"portico_auth_http_cache_hits_total", "counter", []string{"answer"}, "Logins answered from the auth_http cache, by cached answer (ok, refused).", "auth"},
 	{"portico_auth_http_cache_misses_total", "counter", nil, "Logins looked up in the auth_http cache and not found.", "auth"},
+	// Failed-login throttle (node/throttle, ops/daemon/throttle.go).
+	{"portico_throttle_delayed_total", "counter", nil, "Failed logins whose reply the throttle delayed (progressively, per user and client network).", "throttle"},
+	{"portico_throttle_blocked_total", "counter", []string{"scope"}, "Login attempts refused by the throttle without contacting the backend or auth server, by scope (ip, user_ip, user).", "throttle"},
+	{"portico_throttle_blocks_total", "counter", []string{"scope"}, "Blocks started by failures on this node, by scope (ip: a client network, user_ip: a user from a network, user: a user under attack).", "throttle"},
+	{"portico_throttle_entries", "gauge", []string{"scope"}, "Failure counters and blocks the throttle tracks (this node's and gossiped), by scope (ip, user_ip, user).", "throttle"},
+	{"portico_throttle_gossip_invalid_total", "counter", nil, "Throttle gossip messages dropped as malformed or from a node with another window setting.", "throttle"},
 	{"portico_vip_owner", "gauge", []string{"vip"}, "1 while this node holds the virtual address.", "vip"},
 	{"portico_vip_ownership_changes_total", "counter", nil, "Times this node acquired or released the virtual addresses.", "vip"},
 	{"portico_vip_announcements_total", "counter", nil, "Gratuitous ARP / unsolicited neighbour advertisement rounds sent.", "vip"},
