@@ -201,7 +201,8 @@ type Limiter struct {
 	flushMu sync.Mutex
 	cursor  int // flush round-robin start (under flushMu)
 
-	stats stats
+	stats   stats
+	onBlock atomic.Pointer[func(scope string, ip netip.Addr, user string, until time.Time)]
 
 	startOnce, stopOnce sync.Once
 	stop, done          chan struct{}
@@ -451,9 +452,19 @@ func (l *Limiter) Failed(ip netip.Addr, user string) time.Duration {
 	}
 	c := l.clock(cfg)
 	kIP, kUserIP, kUser := l.keys(ip, user, cfg)
-	l.fail(&kIP, cfg.IPLimit, cfg, c)
-	n := l.fail(&kUserIP, cfg.UserIPLimit, cfg, c)
-	l.fail(&kUser, cfg.UserLimit, cfg, c)
+	// The user_ip count also sets the delay; the others are kept only
+	// when their rule is on.
+	if cfg.IPLimit > 0 && l.fail(&kIP, cfg.IPLimit, cfg, c) {
+		l.notify(ScopeIP, ip, user, c, cfg)
+	}
+	blocked := l.fail(&kUserIP, cfg.UserIPLimit, cfg, c)
+	n := l.countOf(&kUserIP, c)
+	if blocked {
+		l.notify(ScopeUserIP, ip, user, c, cfg)
+	}
+	if cfg.UserLimit > 0 && l.fail(&kUser, cfg.UserLimit, cfg, c) {
+		l.notify(ScopeUser, ip, user, c, cfg)
+	}
 	if cfg.Delay <= 0 {
 		return 0
 	}
@@ -477,9 +488,28 @@ func backoff(base, capd time.Duration, failures float64) time.Duration {
 	return d
 }
 
+// notify reports a block that started (OnBlock), outside any lock.
+func (l *Limiter) notify(scope string, ip netip.Addr, user string, c clock, cfg *Config) {
+	if f := l.onBlock.Load(); f != nil {
+		(*f)(scope, ip, user, time.UnixMilli(c.ms).Add(cfg.BlockFor))
+	}
+}
+
+// OnBlock sets a function called when a failure on this node starts a
+// block (scope ip, user_ip, or user: under attack), e.g. to log it.
+func (l *Limiter) OnBlock(f func(scope string, ip netip.Addr, user string, until time.Time)) {
+	l.onBlock.Store(&f)
+}
+
+// countOf returns k's count (0 if absent).
+func (l *Limiter) countOf(k *key, c clock) float64 {
+	_, n := l.peek(k, c)
+	return n
+}
+
 // fail counts one failure for k and starts a block when it reaches limit;
-// it returns the count.
-func (l *Limiter) fail(k *key, limit int, cfg *Config, c clock) float64 {
+// it reports whether a block started.
+func (l *Limiter) fail(k *key, limit int, cfg *Config, c clock) bool {
 	sh := l.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -499,7 +529,7 @@ func (l *Limiter) fail(k *key, limit int, cfg *Config, c clock) float64 {
 		e.until = max(e.until, c.ms+cfg.BlockFor.Milliseconds())
 	}
 	l.markDirty(sh, k, e, urgent)
-	return n
+	return urgent
 }
 
 // Succeeded records a successful login: the user's record for ip is

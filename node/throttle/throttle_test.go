@@ -589,3 +589,22 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestOnBlockAndRulesOff(t *testing.T) {
+	cfg := testConfig()
+	cfg.IPLimit, cfg.UserLimit, cfg.UserIPLimit = 0, 0, 2
+	l, _ := newTest(t, cfg)
+	var got []string
+	l.OnBlock(func(scope string, ip netip.Addr, user string, until time.Time) {
+		got = append(got, fmt.Sprint(scope, " ", ip, " ", user))
+	})
+	l.Failed(attacker, "alice")
+	l.Failed(attacker, "alice")
+	l.Failed(attacker, "alice") // already blocked: no second report
+	if len(got) != 1 || got[0] != "user_ip 198.51.100.7 alice" {
+		t.Errorf("OnBlock calls %q", got)
+	}
+	if e := l.Entries(); e[ScopeIP] != 0 || e[ScopeUser] != 0 || e[ScopeUserIP] != 1 {
+		t.Errorf("entries with ip and user rules off: %v", e)
+	}
+}

@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"net/netip"
+	"time"
 
 	"github.com/portico-mail/portico/node/throttle"
 	"github.com/portico-mail/portico/ops/config"
@@ -26,6 +28,11 @@ func (d *Daemon) setupThrottle(cfg *config.Config) error {
 		node.Register(gossipThrottle, l)
 	}
 	d.env.Throttle = l
+	log := d.Log.With("component", "throttle")
+	l.OnBlock(func(scope string, ip netip.Addr, user string, until time.Time) {
+		log.Warn("blocking after too many failed logins", "scope", scope, "client", ip, "user", user,
+			"until", until.UTC().Format(time.RFC3339))
+	})
 	d.onStart(func() error {
 		l.Start()
 		return nil
