@@ -608,3 +608,62 @@ func TestOnBlockAndRulesOff(t *testing.T) {
 		t.Errorf("entries with ip and user rules off: %v", e)
 	}
 }
+
+// Merging is order-free and idempotent: random states from random nodes
+// (with failures, resets and blocks at random times), merged in different
+// orders and repeated, leave every receiver in the same state.
+func TestMergeOrderFree(t *testing.T) {
+	cfg := testConfig()
+	cfg.UserIPLimit = 4
+	cfg.IPLimit = 6
+	for seed := 0; seed < 20; seed++ {
+		clk := newClock()
+		rng := uint64(seed*7919 + 1)
+		rnd := func(n int) int {
+			rng ^= rng << 13
+			rng ^= rng >> 7
+			rng ^= rng << 17
+			return int(rng % uint64(n))
+		}
+		senders := []*Limiter{New(cfg, clk.now), New(cfg, clk.now), New(cfg, clk.now)}
+		var msgs [][]byte
+		ips := []netip.Addr{attacker, home, netip.MustParseAddr("2001:db8::5")}
+		users := []string{"alice", "bob"}
+		for step := 0; step < 60; step++ {
+			s := senders[rnd(len(senders))]
+			ip, u := ips[rnd(len(ips))], users[rnd(len(users))]
+			switch rnd(6) {
+			case 0:
+				s.Succeeded(ip, u)
+			case 1:
+				clk.advance(time.Duration(rnd(120)) * time.Second)
+			default:
+				s.Failed(ip, u)
+			}
+			if rnd(4) == 0 {
+				msgs = append(msgs, s.LocalState())
+			}
+		}
+		for _, s := range senders {
+			msgs = append(msgs, s.LocalState())
+		}
+		a, b := New(cfg, clk.now), New(cfg, clk.now)
+		for _, m := range msgs {
+			a.MergeRemote(m)
+		}
+		for i := len(msgs) - 1; i >= 0; i-- {
+			b.MergeRemote(msgs[i])
+			b.MergeRemote(msgs[rnd(len(msgs))])
+		}
+		for _, m := range msgs {
+			b.MergeRemote(m)
+		}
+		st := states([]*Limiter{a, b})
+		if bytes.Count(st[0], []byte("\n")) < 3 {
+			t.Fatalf("seed %d: too little state to compare:\n%s", seed, st[0])
+		}
+		if !bytes.Equal(st[0], st[1]) {
+			t.Fatalf("seed %d: merge order changed the result\n%s\nvs\n%s", seed, st[0], st[1])
+		}
+	}
+}
