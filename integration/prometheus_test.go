@@ -227,7 +227,7 @@ routes: {default_pool: main}
 				}
 			}
 		}
-		return n == 10
+		return n == 11 // the rules of examples/alerts.yml
 	})
 	// Nothing fires on a healthy single node.
 	var alerts struct {
