@@ -1100,7 +1100,10 @@ func drillQuorumLoss(t *testing.T, c *drillCluster, fig *drillFigures) {
 		t.Errorf("write without quorum took %v to fail", wTook)
 	}
 	time.Sleep(time.Second)
-	for _, e := range c.sampler.since(killAt.Add(dropped)) {
+	// The sampler polls on its own 20 ms tick: the state it recorded just
+	// before it saw the drop can outlast the drop waitFor saw; check from
+	// two ticks later.
+	for _, e := range c.sampler.since(killAt.Add(dropped + 60*time.Millisecond)) {
 		if len(e.live4) > 0 {
 			t.Errorf("a node held the VIP without quorum: %v", e)
 		}

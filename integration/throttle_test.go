@@ -213,7 +213,7 @@ throttle:
 		// each) before the attacker's next try, as it would with a real
 		// attacker, whose replies are delayed.
 		next := nodes[i+1]
-		waitFor(t, next.name+" hearing of the failures", 5*time.Second, func() bool {
+		waitFor(t, next.name+" hearing of the failures", 20*time.Second, func() bool {
 			return metricValue(t, next, `portico_throttle_entries{scope="user"}`) >= float64(i+1)
 		})
 	}

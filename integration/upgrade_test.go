@@ -42,7 +42,12 @@ func TestInPlaceUpgrade(t *testing.T) {
 node_name: up1
 data_dir: %q
 admin: {address: %q}
-cluster: {raft_address: "127.0.0.92:10300", gossip_address: "127.0.0.92:10301"}
+cluster:
+  raft_address: "127.0.0.92:10300"
+  gossip_address: "127.0.0.92:10301"
+  # 200 logins at once keep Dovecot busy: on a loaded CI machine its
+  # greeting to a health probe can take seconds, which must not mark it down.
+  health: {timeout: 10s, fall: 10}
 listeners:
   - {name: imap, protocol: imap, address: %q, tls: none}
 backends:
