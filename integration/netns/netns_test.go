@@ -126,6 +126,19 @@ func TestCleanStale(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
+	// Wait until the process is inside the namespace (ip netns exec
+	// enters it after starting): cleaning before would not see it.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, _ := ip("netns", "pids", stale)
+		if strings.TrimSpace(string(out)) != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the process never entered the stale namespace")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	CleanStale(t.Logf)
 	if _, err := os.Stat(filepath.Join(runDir, stale)); err == nil {
 		t.Error("stale namespace not removed")
