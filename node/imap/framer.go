@@ -1,7 +1,10 @@
 package imap
 
 import (
+	"math"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/portico-mail/portico/node/relay"
 )
@@ -13,12 +16,32 @@ import (
 // same response continues. Literal bodies are opaque: the relay may
 // splice them without showing them here.
 //
-// The state is a few integers per session; no bytes are buffered.
+// It also reads the client's commands, for one reason: COMPRESS=DEFLATE
+// (RFC 4978). Once the server accepts a client's COMPRESS, both streams are
+// compressed: the framer can no longer see responses, and a BYE inserted
+// in plain text would corrupt the client's stream. From then on the
+// session has no boundary (a drain closes it when its wait ends) and the
+// whole backend stream is opaque (spliced).
+//
+// The state is a few integers and two short line heads per session.
 type Framer struct {
+	server scanner
+	client scanner
+
+	mu          sync.Mutex
+	compressTag string // the tag of a COMPRESS command awaiting its answer
+	compressed  atomic.Bool
+}
+
+// scanner follows lines and literals in one direction.
+type scanner struct {
 	literal int64 // literal bytes still to come
 	inLine  bool  // bytes seen since the last boundary
 	tail    uint8 // what the line's last bytes were (tail* below)
 	n       int64 // the number inside "{...}" being read
+	head    [32]byte
+	headN   uint8 // bytes of the line's start kept in head
+	cont    bool  // the line continues after a literal (head is complete)
 }
 
 const (
@@ -39,94 +62,153 @@ const maxLiteral = 1 << 50
 // starts right after the backend's tagged login reply).
 func NewFramer() relay.Framer { return &Framer{} }
 
-// ServerData implements relay.Framer.
-func (f *Framer) ServerData(b []byte) int {
+// feed scans b and calls line with the start of every complete line (at
+// a response or command boundary) and its end offset in b. It returns the
+// largest such offset, 0 if the stream was at a boundary before b, or -1.
+func (sc *scanner) feed(b []byte, line func(head []byte)) int {
 	last := -1
-	if !f.inLine && f.literal == 0 {
+	if !sc.inLine && sc.literal == 0 {
 		last = 0
 	}
 	i := 0
 	for i < len(b) {
-		if f.literal > 0 {
+		if sc.literal > 0 {
 			skip := int64(len(b) - i)
-			if skip > f.literal {
-				skip = f.literal
+			if skip > sc.literal {
+				skip = sc.literal
 			}
-			f.literal -= skip
+			sc.literal -= skip
 			i += int(skip)
 			continue
 		}
 		c := b[i]
 		i++
-		f.inLine = true
+		sc.inLine = true
+		if !sc.cont && int(sc.headN) < len(sc.head) && c != '\r' && c != '\n' {
+			sc.head[sc.headN] = c
+			sc.headN++
+		}
 		switch c {
 		case '\n':
-			switch f.tail {
+			switch sc.tail {
 			case tailClosedCR:
-				f.literal = f.n // the line goes on after the literal
-				f.tail = tailNone
+				sc.literal = sc.n // the line goes on after the literal
+				sc.tail = tailNone
+				sc.cont = true
 				continue
 			case tailCR:
-				f.inLine = false
+				sc.inLine = false
 				last = i
+				if line != nil {
+					line(sc.head[:sc.headN])
+				}
+				sc.headN, sc.cont = 0, false
 			}
-			f.tail = tailNone
+			sc.tail = tailNone
 		case '\r':
-			if f.tail == tailClosed {
-				f.tail = tailClosedCR
+			if sc.tail == tailClosed {
+				sc.tail = tailClosedCR
 			} else {
-				f.tail = tailCR
+				sc.tail = tailCR
 			}
 		case '{':
-			f.tail, f.n = tailBrace, -1
+			sc.tail, sc.n = tailBrace, -1
 		case '+':
-			if f.tail == tailBrace && f.n >= 0 {
-				f.tail = tailPlus
+			if sc.tail == tailBrace && sc.n >= 0 {
+				sc.tail = tailPlus
 			} else {
-				f.tail = tailNone
+				sc.tail = tailNone
 			}
 		case '}':
-			if (f.tail == tailBrace && f.n >= 0) || f.tail == tailPlus {
-				f.tail = tailClosed
+			if (sc.tail == tailBrace && sc.n >= 0) || sc.tail == tailPlus {
+				sc.tail = tailClosed
 			} else {
-				f.tail = tailNone
+				sc.tail = tailNone
 			}
 		default:
-			if c >= '0' && c <= '9' && f.tail == tailBrace {
-				if f.n < 0 {
-					f.n = 0
+			if c >= '0' && c <= '9' && sc.tail == tailBrace {
+				if sc.n < 0 {
+					sc.n = 0
 				}
-				if f.n < maxLiteral {
-					f.n = f.n*10 + int64(c-'0')
+				if sc.n < maxLiteral {
+					sc.n = sc.n*10 + int64(c-'0')
 				}
 				continue
 			}
-			f.tail = tailNone
+			sc.tail = tailNone
 		}
 	}
 	return last
 }
 
+// ServerData implements relay.Framer.
+func (f *Framer) ServerData(b []byte) int {
+	if f.compressed.Load() {
+		return -1
+	}
+	last := f.server.feed(b, func(head []byte) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.compressTag == "" {
+			return
+		}
+		tag, rest, _ := strings.Cut(string(head), " ")
+		if tag != f.compressTag {
+			return
+		}
+		f.compressTag = ""
+		if len(rest) >= 2 && strings.EqualFold(rest[:2], "OK") {
+			// What follows this line is compressed.
+			f.compressed.Store(true)
+		}
+	})
+	if f.compressed.Load() {
+		return -1
+	}
+	return last
+}
+
+// ClientData implements relay.Framer: it looks for COMPRESS commands.
+func (f *Framer) ClientData(b []byte) {
+	if f.compressed.Load() {
+		return
+	}
+	f.client.feed(b, func(head []byte) {
+		fields := strings.Fields(string(head))
+		if len(fields) >= 2 && strings.EqualFold(fields[1], "COMPRESS") {
+			f.mu.Lock()
+			f.compressTag = fields[0]
+			f.mu.Unlock()
+		}
+	})
+}
+
 // Opaque implements relay.Framer.
-func (f *Framer) Opaque() int64 { return f.literal }
+func (f *Framer) Opaque() int64 {
+	if f.compressed.Load() {
+		return math.MaxInt64
+	}
+	return f.server.literal
+}
 
 // Skip implements relay.Framer.
 func (f *Framer) Skip(n int64) {
-	if n > f.literal {
-		n = f.literal
+	if f.compressed.Load() {
+		return
 	}
-	f.literal -= n
+	if n > f.server.literal {
+		n = f.server.literal
+	}
+	f.server.literal -= n
 }
 
 // AtBoundary implements relay.Framer.
-func (f *Framer) AtBoundary() bool { return !f.inLine && f.literal == 0 }
+func (f *Framer) AtBoundary() bool {
+	return !f.compressed.Load() && !f.server.inLine && f.server.literal == 0
+}
 
-// WantsClientData implements relay.Framer: IMAP responses frame
-// themselves.
-func (f *Framer) WantsClientData() bool { return false }
-
-// ClientData implements relay.Framer.
-func (f *Framer) ClientData([]byte) {}
+// WantsClientData implements relay.Framer: to see COMPRESS commands.
+func (f *Framer) WantsClientData() bool { return true }
 
 // Bye implements relay.Framer: an untagged BYE with the UNAVAILABLE
 // response code (RFC 5530), so that clients reconnect.

@@ -2,6 +2,7 @@ package imap
 
 import (
 	"bytes"
+	"strconv"
 	"testing"
 )
 
@@ -96,15 +97,56 @@ func TestFramerBye(t *testing.T) {
 func FuzzFramer(f *testing.F) {
 	f.Add([]byte("* 1 FETCH (BODY[] {5}\r\nhello)\r\na OK\r\n"), 3)
 	f.Add([]byte("* OK {99999999999999999999999}\r\n"), 1)
+	f.Add([]byte("a COMPRESS DEFLATE\r\na OK go\r\nxx\r\n"), 4)
 	f.Fuzz(func(t *testing.T, b []byte, n int) {
 		if n <= 0 || n > len(b)+1 {
 			n = len(b) + 1
 		}
 		whole, parts := &Framer{}, &Framer{}
+		// The same bytes as client commands first (COMPRESS detection).
+		whole.ClientData(b)
+		for rest := b; len(rest) > 0; {
+			c := min(n, len(rest))
+			parts.ClientData(rest[:c])
+			rest = rest[c:]
+		}
 		whole.ServerData(b)
 		feedChunks(parts, string(b), n)
 		if whole.AtBoundary() != parts.AtBoundary() || whole.Opaque() != parts.Opaque() {
 			t.Fatalf("chunks of %d change the framing", n)
 		}
 	})
+}
+
+// After the server accepts COMPRESS, the streams are compressed: no more
+// boundaries, and the backend stream is opaque (spliced).
+func TestFramerCompress(t *testing.T) {
+	f := &Framer{}
+	f.ClientData([]byte("a5 COMPRESS DEFLATE\r\n"))
+	if k := f.ServerData([]byte("* 3 EXISTS\r\na5 OK DEFLATE active\r\n\x78\x9c\r\n\x01\x02")); k != -1 {
+		t.Fatalf("boundary %d reported in a compressed stream", k)
+	}
+	if f.AtBoundary() || f.Opaque() < 1<<40 {
+		t.Fatalf("compressed stream: boundary %v, opaque %d", f.AtBoundary(), f.Opaque())
+	}
+	if k := f.ServerData([]byte("\r\n")); k != -1 {
+		t.Fatal("boundary after compression")
+	}
+
+	// Refused: framing goes on.
+	f = &Framer{}
+	f.ClientData([]byte("a5 compress deflate\r\n"))
+	f.ServerData([]byte("a5 NO [COMPRESSIONACTIVE] already\r\n"))
+	if !f.AtBoundary() || f.Opaque() != 0 {
+		t.Fatal("a refused COMPRESS changed the framing")
+	}
+
+	// A COMPRESS inside an APPEND literal is message data, not a command.
+	f = &Framer{}
+	body := "b2 COMPRESS DEFLATE\r\n"
+	f.ClientData([]byte("a1 APPEND INBOX {" + strconv.Itoa(len(body)) + "+}\r\n" + body + "\r\n"))
+	f.ServerData([]byte("a1 OK APPEND completed\r\nb2 OK looks alike\r\n"))
+	if !f.AtBoundary() {
+		t.Fatal("literal data taken for a COMPRESS command")
+	}
 }
