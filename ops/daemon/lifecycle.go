@@ -102,6 +102,7 @@ func (d *Daemon) Drain() <-chan struct{} {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	st.cancel, st.done, st.started, st.ended = cancel, make(chan struct{}), time.Now(), 0
+	st.phase = "starting"
 	done := st.done
 	d.setDraining(true)
 	d.Log.Info("draining")
