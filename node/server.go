@@ -545,7 +545,10 @@ func (s *Server) startRelay(l *listener, c *session.Client, h *session.Handoff, 
 func (s *Server) track(c *session.Client) (context.Context, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing || s.paused {
+	// Not when paused: a connection accepted just before the listeners
+	// closed (drain, in-place upgrade) is served like any other; it was
+	// in no one else's queue.
+	if s.closing {
 		return nil, false
 	}
 	s.preauth[c] = struct{}{}
@@ -622,7 +625,11 @@ func (s *Server) EndSpread() time.Duration { return s.conf().EndSpread }
 // connections) and sessions that have not logged in end (each handler
 // says goodbye). Relayed sessions carry on. Resume binds the listeners
 // again.
-func (s *Server) Pause() {
+func (s *Server) Pause() { s.stopAccepting(true) }
+
+// stopAccepting closes the listeners and, if endPreauth, ends the
+// sessions that have not logged in yet.
+func (s *Server) stopAccepting(endPreauth bool) {
 	s.mu.Lock()
 	if s.paused || s.closing {
 		s.mu.Unlock()
@@ -630,10 +637,12 @@ func (s *Server) Pause() {
 	}
 	s.paused = true
 	lns := s.listeners
-	s.preCancel()
-	s.preCtx, s.preCancel = context.WithCancel(s.ctx)
-	for c := range s.preauth {
-		_ = c.Stream.SetReadDeadline(time.Now())
+	if endPreauth {
+		s.preCancel()
+		s.preCtx, s.preCancel = context.WithCancel(s.ctx)
+		for c := range s.preauth {
+			_ = c.Stream.SetReadDeadline(time.Now())
+		}
 	}
 	s.mu.Unlock()
 	closeAll(lns)
@@ -661,18 +670,7 @@ func (s *Server) Resume() error {
 // StopAccepting closes the listeners like Pause, but sessions that have
 // not logged in yet carry on (an in-place upgrade: the new process has the
 // listening sockets, and this one finishes what it started).
-func (s *Server) StopAccepting() {
-	s.mu.Lock()
-	if s.paused || s.closing {
-		s.mu.Unlock()
-		return
-	}
-	s.paused = true
-	lns := s.listeners
-	s.mu.Unlock()
-	closeAll(lns)
-	s.log.Info("stopped accepting")
-}
+func (s *Server) StopAccepting() { s.stopAccepting(false) }
 
 // ListenerFiles returns a duplicate of each listening socket, by its
 // configured address (to pass to a new process at an in-place upgrade).
