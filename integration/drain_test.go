@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -30,19 +29,7 @@ func startPorticoFile(t *testing.T, path string) *portico {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := daemon.New(cfg, daemon.Options{Logger: testLogger(t), ConfigPath: path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = d.Shutdown(ctx)
-	})
-	return &portico{d: d, cfg: cfg}
+	return runPortico(t, cfg, daemon.Options{Logger: testLogger(t), ConfigPath: path})
 }
 
 func adminDo(t *testing.T, p *portico, method, path string) (int, map[string]any) {

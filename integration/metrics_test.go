@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -40,19 +39,7 @@ func startPorticoLogged(t *testing.T, yamlText string) (*portico, *lockedBuf) {
 	if testing.Verbose() {
 		out = io.MultiWriter(buf, testWriter{t})
 	}
-	d, err := daemon.New(cfg, daemon.Options{Logger: slog.New(slog.NewJSONHandler(out, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = d.Shutdown(ctx)
-	})
-	return &portico{d: d, cfg: cfg}, buf
+	return runPortico(t, cfg, daemon.Options{Logger: slog.New(slog.NewJSONHandler(out, nil))}), buf
 }
 
 // scrape fetches and parses a node's /metrics.

@@ -42,7 +42,13 @@ func startPortico(t *testing.T, yamlText string) *portico {
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, yamlText)
 	}
-	d, err := daemon.New(cfg, daemon.Options{Logger: testLogger(t)})
+	return runPortico(t, cfg, daemon.Options{Logger: testLogger(t)})
+}
+
+// runPortico starts a node from cfg and stops it when the test ends.
+func runPortico(t *testing.T, cfg *config.Config, o daemon.Options) *portico {
+	t.Helper()
+	d, err := daemon.New(cfg, o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/integration/dovecot"
+	"github.com/portico-mail/portico/ops/metrics"
 )
 
 // promServer is a real Prometheus server started by a test.
@@ -252,7 +253,7 @@ routes: {default_pool: main}
 	if err := json.Unmarshal(raw, &dash); err != nil {
 		t.Fatal(err)
 	}
-	exprs := dashboardExprs(dash)
+	exprs := metrics.DashboardExprs(dash)
 	// Rates need two samples of series that appeared with the logins.
 	waitFor(t, "three scrapes since the logins", 30*time.Second, func() bool {
 		return ps.scalar(`min(count_over_time(portico_sessions_ended_total{job="portico"}[1m]))`) >= 3
@@ -271,24 +272,4 @@ routes: {default_pool: main}
 		}
 	}
 	t.Logf("%d dashboard expressions run, %d with data on a single node without VIP", len(exprs), withData)
-}
-
-// dashboardExprs returns every "expr" in a Grafana dashboard.
-func dashboardExprs(v any) []string {
-	var out []string
-	switch x := v.(type) {
-	case map[string]any:
-		for k, e := range x {
-			if s, ok := e.(string); ok && k == "expr" {
-				out = append(out, s)
-				continue
-			}
-			out = append(out, dashboardExprs(e)...)
-		}
-	case []any:
-		for _, e := range x {
-			out = append(out, dashboardExprs(e)...)
-		}
-	}
-	return out
 }

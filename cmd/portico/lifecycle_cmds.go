@@ -57,13 +57,19 @@ func cmdDrain(args []string) error {
 	return nil
 }
 
-func cmdReload(args []string) error {
-	fs := flag.NewFlagSet("reload", flag.ContinueOnError)
+// noFlagsClient parses the arguments of a command that takes only the
+// admin client's flags.
+func noFlagsClient(name string, args []string) (*apiClient, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	client := clientFlags(fs)
 	if _, err := parseArgs(fs, args); err != nil {
-		return err
+		return nil, err
 	}
-	c, err := client()
+	return client()
+}
+
+func cmdReload(args []string) error {
+	c, err := noFlagsClient("reload", args)
 	if err != nil {
 		return err
 	}
@@ -88,12 +94,7 @@ func init() {
 }
 
 func cmdUpgrade(args []string) error {
-	fs := flag.NewFlagSet("upgrade", flag.ContinueOnError)
-	client := clientFlags(fs)
-	if _, err := parseArgs(fs, args); err != nil {
-		return err
-	}
-	c, err := client()
+	c, err := noFlagsClient("upgrade", args)
 	if err != nil {
 		return err
 	}

@@ -53,34 +53,9 @@ func TestRelayCounters(t *testing.T) {
 // BenchmarkRelayPlainCounted is BenchmarkRelayPlain with group counters,
 // to compare the cost of counting bytes as they move.
 func BenchmarkRelayPlainCounted(b *testing.B) {
-	e, _ := NewEngine()
-	defer e.Close()
-	cApp, cProxy := tcpPair(b)
-	bProxy, bApp := tcpPair(b)
 	var c Counters
-	e.Start(Side{Conn: wrap(b, cProxy)}, Side{Conn: wrap(b, bProxy)}, nil, nil, Options{Counters: &c})
-	chunk := make([]byte, 1<<20)
-	done := make(chan struct{})
-	go func() {
-		buf := make([]byte, 64<<10)
-		for {
-			if _, err := cApp.Read(buf); err != nil {
-				close(done)
-				return
-			}
-		}
-	}()
-	b.SetBytes(int64(len(chunk)))
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if _, err := bApp.Write(chunk); err != nil {
-			b.Fatal(err)
-		}
-	}
-	bApp.Close()
-	<-done
-	cApp.Close()
-	if c.BackendToClient.Load() != int64(b.N)*int64(len(chunk)) {
-		b.Fatalf("counted %d of %d bytes", c.BackendToClient.Load(), int64(b.N)*int64(len(chunk)))
+	benchRelay(b, false, false, &c)
+	if want := int64(b.N) * (1 << 20); c.BackendToClient.Load() != want {
+		b.Fatalf("counted %d of %d bytes", c.BackendToClient.Load(), want)
 	}
 }

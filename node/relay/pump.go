@@ -189,23 +189,33 @@ func (p *pump) runCopy() error {
 	defer bufPool.Put(bp)
 	buf := *bp
 	for {
-		n, err := p.read(buf)
-		if n > 0 {
-			ended, werr := p.deliver(buf[:n])
-			if werr != nil {
-				return werr
-			}
-			if ended {
-				return nil
-			}
-		}
-		if err != nil {
-			if errors.Is(err, netx.ErrWouldBlock) {
-				return p.park()
-			}
+		if done, err := p.copyOnce(buf); done {
 			return err
 		}
 	}
+}
+
+// copyOnce reads what the source has (up to len(buf)) and delivers it.
+// done means the pump must stop: with a nil error it parked or the
+// session ended, else the error ended it.
+func (p *pump) copyOnce(buf []byte) (done bool, err error) {
+	n, rerr := p.read(buf)
+	if n > 0 {
+		ended, werr := p.deliver(buf[:n])
+		if werr != nil {
+			return true, werr
+		}
+		if ended {
+			return true, nil
+		}
+	}
+	if rerr != nil {
+		if errors.Is(rerr, netx.ErrWouldBlock) {
+			return true, p.park()
+		}
+		return true, rerr
+	}
+	return false, nil
 }
 
 // runFramed relays backend -> client for a session with a framer, both
@@ -252,20 +262,7 @@ func (p *pump) runFramed() error {
 		if bp == nil {
 			bp = bufPool.Get().(*[]byte)
 		}
-		n, err := p.read(*bp)
-		if n > 0 {
-			ended, werr := p.deliver((*bp)[:n])
-			if werr != nil {
-				return werr
-			}
-			if ended {
-				return nil
-			}
-		}
-		if err != nil {
-			if errors.Is(err, netx.ErrWouldBlock) {
-				return p.park()
-			}
+		if done, err := p.copyOnce(*bp); done {
 			return err
 		}
 	}

@@ -305,15 +305,17 @@ func TestIdleSessionsHoldNoGoroutines(t *testing.T) {
 	}
 }
 
-func BenchmarkRelayPlain(b *testing.B)     { benchRelay(b, false, false) }
-func BenchmarkRelayClientTLS(b *testing.B) { benchRelay(b, true, false) }
+func BenchmarkRelayPlain(b *testing.B)     { benchRelay(b, false, false, nil) }
+func BenchmarkRelayClientTLS(b *testing.B) { benchRelay(b, true, false, nil) }
 
 // Framed: the backend sends 1 MiB responses as literals, as a FETCH
 // does, with a framer following them (what a relayed IMAP session does).
-func BenchmarkRelayPlainFramed(b *testing.B)     { benchRelay(b, false, true) }
-func BenchmarkRelayClientTLSFramed(b *testing.B) { benchRelay(b, true, true) }
+func BenchmarkRelayPlainFramed(b *testing.B)     { benchRelay(b, false, true, nil) }
+func BenchmarkRelayClientTLSFramed(b *testing.B) { benchRelay(b, true, true, nil) }
 
-func benchRelay(b *testing.B, clientTLS, framed bool) {
+// benchRelay sends 1 MiB chunks backend -> client b.N times; counters, if
+// set, are the session's Options.Counters.
+func benchRelay(b *testing.B, clientTLS, framed bool, counters *Counters) {
 	e, _ := NewEngine()
 	defer e.Close()
 	cApp, cProxy := tcpPair(b)
@@ -331,7 +333,7 @@ func benchRelay(b *testing.B, clientTLS, framed bool) {
 		cs.TLS = srv
 		client = cli
 	}
-	opts := Options{}
+	opts := Options{Counters: counters}
 	chunk := make([]byte, 1<<20)
 	if framed {
 		opts.Framer = &lineFramer{}

@@ -378,7 +378,7 @@ func TestDashboardUsesCatalogMetrics(t *testing.T) {
 	if err := json.Unmarshal(raw, &dash); err != nil {
 		t.Fatalf("dashboard JSON: %v", err)
 	}
-	exprs := dashboardExprs(dash)
+	exprs := DashboardExprs(dash)
 	if len(exprs) < 20 {
 		t.Fatalf("only %d expressions in the dashboard", len(exprs))
 	}
@@ -439,26 +439,6 @@ func TestAlertRulesUseCatalogMetrics(t *testing.T) {
 			t.Errorf("alert %s has no case in alerts_test.yml", n)
 		}
 	}
-}
-
-// dashboardExprs returns every "expr" in a Grafana dashboard.
-func dashboardExprs(v any) []string {
-	var out []string
-	switch x := v.(type) {
-	case map[string]any:
-		for k, e := range x {
-			if s, ok := e.(string); ok && k == "expr" {
-				out = append(out, s)
-				continue
-			}
-			out = append(out, dashboardExprs(e)...)
-		}
-	case []any:
-		for _, e := range x {
-			out = append(out, dashboardExprs(e)...)
-		}
-	}
-	return out
 }
 
 // The README's Operations section documents every catalogued metric.
