@@ -2,8 +2,10 @@ package daemon
 
 import (
 	"bufio"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -71,5 +73,54 @@ func TestReloadLogLevelAndLimits(t *testing.T) {
 	}
 	if addr2 := d.Addr(name).String(); addr2 != addr {
 		t.Errorf("the listener was rebound (%s -> %s) though its address did not change", addr, addr2)
+	}
+}
+
+func post(t *testing.T, d *Daemon, path, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+d.AdminAddr().String()+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer s3cret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// Bad calls to the lifecycle API get clear errors and change nothing.
+func TestLifecycleAPIBadInput(t *testing.T) {
+	d := startNode(t, clusterNode+"data_dir: "+t.TempDir()+"\nbackends: [{id: b1, host: 127.0.0.1, imap_port: 1}]\n")
+	waitReady(t, d)
+	for _, c := range []struct {
+		path, body string
+		code       int
+		want       string
+	}{
+		{"/v1/drain?cancel=1", "", 409, "not draining"},
+		{"/v1/internal/hold-elections", "{", 400, ""},
+		{"/v1/internal/hold-elections", `{"ms": -1}`, 400, "between 0 and 600000"},
+		{"/v1/internal/hold-elections", `{"ms": 99999999}`, 400, "between 0 and 600000"},
+		{"/v1/internal/hold-elections", `{"ms": 1, "x": 2}`, 400, ""},
+		{"/v1/reload", "", 422, "no configuration file"},
+	} {
+		code, body := post(t, d, c.path, c.body)
+		if code != c.code || !strings.Contains(body, c.want) || !strings.Contains(body, `"error"`) {
+			t.Errorf("POST %s %q: %d %s, want %d with %q", c.path, c.body, code, body, c.code, c.want)
+		}
+	}
+	if d.Draining() || d.srv.Paused() {
+		t.Error("a bad call changed the node's state")
+	}
+	// Without the token: 401.
+	req, _ := http.NewRequest("POST", "http://"+d.AdminAddr().String()+"/v1/drain", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 || d.Draining() {
+		t.Errorf("drain without a token: %d, draining %v", resp.StatusCode, d.Draining())
 	}
 }
