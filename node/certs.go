@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // CertPair names a certificate chain and key in PEM files.
@@ -25,6 +26,16 @@ type CertStore struct {
 type certSet struct {
 	byName map[string]*tls.Certificate // exact names and "*.domain" wildcards
 	first  *tls.Certificate            // for clients without (matching) SNI
+	info   []CertInfo                  // in configuration order
+}
+
+// CertInfo describes a loaded certificate chain (for metrics).
+type CertInfo struct {
+	File string // the configured certificate file
+	Name string // the leaf's first DNS name, else its common name
+	// NotAfter is the earliest expiry in the chain as served (leaf and
+	// intermediates): clients refuse the chain from then on.
+	NotAfter time.Time
 }
 
 // Load reads pairs and, if all are valid, makes them the current set.
@@ -43,6 +54,20 @@ func (s *CertStore) Load(pairs []CertPair) error {
 			return fmt.Errorf("certificate %s: %w", p.CertFile, err)
 		}
 		c.Leaf = leaf
+		ci := CertInfo{File: p.CertFile, Name: leaf.Subject.CommonName, NotAfter: leaf.NotAfter}
+		if len(leaf.DNSNames) > 0 {
+			ci.Name = leaf.DNSNames[0]
+		}
+		for i, der := range c.Certificate[1:] {
+			ic, err := x509.ParseCertificate(der)
+			if err != nil {
+				return fmt.Errorf("certificate %s: chain certificate %d: %w", p.CertFile, i+2, err)
+			}
+			if ic.NotAfter.Before(ci.NotAfter) {
+				ci.NotAfter = ic.NotAfter
+			}
+		}
+		set.info = append(set.info, ci)
 		if set.first == nil {
 			set.first = &c
 		}
@@ -64,6 +89,15 @@ func (s *CertStore) Load(pairs []CertPair) error {
 // Loaded reports whether certificates are present.
 func (s *CertStore) Loaded() bool { return s.set.Load() != nil }
 
+// Certificates describes the current set, in configuration order (nil
+// before the first Load).
+func (s *CertStore) Certificates() []CertInfo {
+	if set := s.set.Load(); set != nil {
+		return append([]CertInfo(nil), set.info...)
+	}
+	return nil
+}
+
 // GetCertificate implements tls.Config.GetCertificate.
 func (s *CertStore) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	set := s.set.Load()
@@ -82,12 +116,4 @@ func (s *CertStore) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate
 		}
 	}
 	return set.first, nil
-}
-
-// ServerConfig returns a TLS server configuration using the store.
-func (s *CertStore) ServerConfig() *tls.Config {
-	return &tls.Config{
-		MinVersion:     tls.VersionTLS12,
-		GetCertificate: s.GetCertificate,
-	}
 }

@@ -46,6 +46,9 @@ type ListenerConfig struct {
 	ProxyProtocol  bool
 	TrustedProxies []netip.Prefix
 	Limits         session.Limits
+	// TLSPolicy: versions, cipher suites and ALPN for implicit TLS and
+	// STARTTLS (tls.go); the zero value is the default policy.
+	TLSPolicy TLSPolicy
 	// Director, if set, overrides the node's for logins on this listener.
 	Director session.Director
 }
@@ -183,7 +186,7 @@ func (s *Server) state(lc ListenerConfig) (*listenerState, error) {
 		if s.certs == nil || !s.certs.Loaded() {
 			return nil, fmt.Errorf("listener %s: tls %s needs a certificate", lc.Name, lc.TLS)
 		}
-		info.TLSConfig = s.certs.ServerConfig()
+		info.TLSConfig = s.certs.ServerConfig(lc.Protocol, lc.TLSPolicy)
 	}
 	return &listenerState{cfg: lc, info: info}, nil
 }
