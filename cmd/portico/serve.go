@@ -74,6 +74,9 @@ func cmdCheckConfig(args []string) error {
 	if _, err := routing.NewTable(cfg.RoutingSpec()); err != nil {
 		return fmt.Errorf("%s: %w", *path, err)
 	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(os.Stderr, "%s: warning: %s\n", *path, w)
+	}
 	fmt.Printf("%s: OK (%d listeners, %d backends, %d pools)\n", *path, len(cfg.Listeners), len(cfg.Backends), len(cfg.Pools))
 	return nil
 }

@@ -67,9 +67,12 @@ type Log struct {
 	Format string `yaml:"format"` // text, json
 }
 
-// TLS holds the server certificates, chosen by SNI.
+// TLS holds the server certificates, chosen by SNI, and the listeners'
+// default TLS policy (tlspolicy.go).
 type TLS struct {
 	Certificates []Certificate `yaml:"certificates"`
+	// Policy defaults: min_version, cipher_suites (tlspolicy.go).
+	TLSDefaults `yaml:",inline"`
 }
 
 // Certificate is a PEM certificate chain and key.
@@ -89,6 +92,9 @@ type Listener struct {
 	TrustedProxies     []string `yaml:"trusted_proxies"`
 	Limits             *Limits  `yaml:"limits"` // overrides the global limits for this listener
 	Auth               *Auth    `yaml:"auth"`   // replaces the global auth section for this listener
+
+	// TLS policy: tls_min_version, tls_cipher_suites, alpn (tlspolicy.go).
+	ListenerTLS `yaml:",inline"`
 }
 
 // Limits bound resource use; zero values take defaults.
@@ -387,6 +393,7 @@ func (c *Config) Validate() error {
 			v.limits(p+".limits", l.Limits)
 		}
 	}
+	v.tlsPolicies()
 	v.routing()
 	v.admin()
 	v.cluster()
@@ -586,6 +593,7 @@ func (c *Config) NodeConfig() node.Config {
 			AllowPlaintextAuth: l.AllowPlaintextAuth != nil && *l.AllowPlaintextAuth,
 			ProxyProtocol:      l.ProxyProtocol,
 			Limits:             c.EffectiveLimits(i),
+			TLSPolicy:          c.listenerTLSPolicy(i),
 		}
 		for _, s := range l.TrustedProxies {
 			if p, err := parsePrefix(s); err == nil {

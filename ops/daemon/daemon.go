@@ -121,6 +121,7 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 	if d.Log == nil {
 		d.Log, d.closeLog = NewLogger(cfg.Log, d.level)
 	}
+	d.warnConfig(cfg)
 	d.certs = &node.CertStore{}
 	if pairs := cfg.CertPairs(); len(pairs) > 0 {
 		if err := d.certs.Load(pairs); err != nil {
@@ -248,6 +249,7 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 		c()
 	}
 	SetLevel(d.level, cfg.Log.Level)
+	d.warnConfig(cfg)
 	d.mu.Lock()
 	d.cfg = cfg
 	d.mu.Unlock()
