@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -162,19 +164,24 @@ func (ps *promServer) scalar(expr string) float64 {
 
 // A real Prometheus scrapes a node; its HTTP API returns the logins that
 // happened; it loads the alert rules without errors; and every expression
-// of the example dashboard runs.
+// of the example dashboard runs. The node has a certificate (an implicit
+// TLS listener) so that the expiry gauge and its alerts have data.
 func TestPrometheusScrapesNode(t *testing.T) {
 	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.88"})
+	cert, key := demoCert(t)
 	p := startPortico(t, fmtYAML(`
+tls:
+  certificates: [{cert: %q, key: %q}]
 listeners:
   - {name: imap, protocol: imap, address: "127.0.0.1:0"}
+  - {name: imaps, protocol: imap, address: "127.0.0.1:0", tls: implicit}
 limits: {auth_failure_delay: 10ms}
 backends:
   - {id: dc1, host: %s, imap_port: %d, forward: id}
 pools:
   - {name: main, backends: [dc1]}
 routes: {default_pool: main}
-`, dc.Addr, dc.IMAPPort))
+`, cert, key, dc.Addr, dc.IMAPPort))
 	ps := startPrometheus(t, p.d.AdminAddr().String())
 	waitFor(t, "the node scraped", 30*time.Second, func() bool {
 		return ps.scalar(`up{job="portico"}`) == 1
@@ -200,6 +207,21 @@ routes: {default_pool: main}
 	t.Logf("login counts visible through the Prometheus API %v after the last login", took)
 	if n := ps.scalar(`sum(portico_login_duration_seconds_count{job="portico"})`); n != good+bad {
 		t.Errorf("login latency observations in Prometheus: %v, want %d", n, good+bad)
+	}
+
+	// The certificate expiry gauge, through Prometheus: the time left on
+	// the demo certificate.
+	leaf, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := x509.ParseCertificate(leaf.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := ps.scalar(`portico_tls_certificate_expiry_seconds{job="portico"}`)
+	if want := time.Until(x.NotAfter).Seconds(); left < want-120 || left > want+1 {
+		t.Errorf("certificate expiry gauge %v s, want about %v s", left, want)
 	}
 
 	// The alert rules load and evaluate without errors on live data.
@@ -228,7 +250,7 @@ routes: {default_pool: main}
 				}
 			}
 		}
-		return n == 11 // the rules of examples/alerts.yml
+		return n == 13 // the rules of examples/alerts.yml
 	})
 	// Nothing fires on a healthy single node.
 	var alerts struct {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"strings"
 	"syscall"
 )
 
@@ -28,8 +29,14 @@ const (
 const (
 	TLSFailTimeout = "timeout" // tls_handshake_timeout
 	TLSFailClosed  = "closed"  // the client hung up mid-handshake (port scanners, health checks)
-	TLSFailError   = "error"   // protocol failure: no shared version or cipher, bad record, alert
+	TLSFailVersion = "version" // the client offered only versions below the listener's minimum
+	TLSFailCipher  = "cipher"  // no cipher suite in common (TLS 1.2 and older)
+	TLSFailALPN    = "alpn"    // the client offered only other application protocols (ALPN)
+	TLSFailError   = "error"   // any other protocol failure: bad record, alert, certificate
 )
+
+// TLSFailures lists every TLSFail* class (label values set up front).
+var TLSFailures = []string{TLSFailTimeout, TLSFailClosed, TLSFailVersion, TLSFailCipher, TLSFailALPN, TLSFailError}
 
 // EndReasonOf returns why c's session ended before login, given the error
 // its handler returned and the serving context: the reason the handler
@@ -57,6 +64,17 @@ func tlsFailure(err error) string {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
 		return TLSFailClosed
+	}
+	// crypto/tls returns these refusals as plain errors; its wording is
+	// pinned by TestStartTLSFailureClassified, and anything unrecognised
+	// stays "error".
+	switch msg := err.Error(); {
+	case strings.Contains(msg, "tls: client offered only unsupported versions"):
+		return TLSFailVersion
+	case strings.Contains(msg, "tls: no cipher suite supported by both client and server"):
+		return TLSFailCipher
+	case strings.Contains(msg, "tls: client requested unsupported application protocols"):
+		return TLSFailALPN
 	}
 	return TLSFailError
 }

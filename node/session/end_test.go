@@ -52,7 +52,18 @@ func TestStartTLSFailureClassified(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis := &Listener{TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}, Limits: Limits{TLSHandshakeTimeout: 200 * time.Millisecond}}
+	lis := &Listener{TLSConfig: &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS12,
+		CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256},
+		NextProtos:   []string{"imap"},
+	}, Limits: Limits{TLSHandshakeTimeout: 200 * time.Millisecond}}
+	hello := func(cfg *tls.Config) func(net.Conn) {
+		return func(c net.Conn) {
+			cfg.InsecureSkipVerify = true
+			_ = tls.Client(c, cfg).Handshake()
+		}
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -67,6 +78,10 @@ func TestStartTLSFailureClassified(t *testing.T) {
 		{"garbage", func(c net.Conn) { io.WriteString(c, "a1 LOGIN alice secret\r\n") }, TLSFailError},
 		{"hang up", func(c net.Conn) { c.Close() }, TLSFailClosed},
 		{"silent", func(net.Conn) {}, TLSFailTimeout},
+		{"TLS 1.1", hello(&tls.Config{MinVersion: tls.VersionTLS11, MaxVersion: tls.VersionTLS11}), TLSFailVersion},
+		{"no common suite", hello(&tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384}}), TLSFailCipher},
+		{"ALPN h2", hello(&tls.Config{NextProtos: []string{"h2", "http/1.1"}}), TLSFailALPN},
+		{"ALPN imap", hello(&tls.Config{NextProtos: []string{"imap"}}), ""},
 		{"ok", func(c net.Conn) {
 			tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true})
 			_ = tc.Handshake()

@@ -120,6 +120,8 @@ func (d *Daemon) setupOps(cfg *config.Config) error {
 		Listeners: d.srv.ListenerStats,
 		Table:     d.table,
 		Ready:     func() bool { return len(d.NotReady()) == 0 },
+		// Read at each scrape: follows certificate reloads.
+		Certificates: d.certs.Certificates,
 	})
 	if err != nil {
 		return err

@@ -1,8 +1,8 @@
 // Package metrics defines Portico's Prometheus metrics: the catalog of
 // every metric a node exports (name, type, labels, meaning), and the node
 // metrics themselves (connections, sessions, logins, latencies, bytes,
-// TLS failures, pre-login errors, disconnect reasons, routing table size,
-// drain and readiness state, build information).
+// TLS failures, certificate expiry, pre-login errors, disconnect reasons,
+// routing table size, drain and readiness state, build information).
 //
 // Conventions: namespace "portico", a subsystem per area, "_total" on
 // counters, seconds for durations, and no label whose values a client
@@ -54,7 +54,8 @@ var Catalog = sortInfo([]Info{
 	{"portico_sessions_ended_total", "counter", []string{"protocol", "listener", "phase", "reason"}, "Sessions ended, by phase (preauth, relayed) and reason: before login logout, client_closed, timeout, too_many_errors, too_many_auth_failures, tls_handshake_failed, protocol_error, shutdown, error; after login closed, client_error, backend_error, idle_timeout, half_closed_timeout, shutdown and the drain stage's reasons.", "node"},
 	{"portico_session_duration_seconds", "histogram", []string{"protocol"}, "Lifetime of logged-in sessions, from accept to close.", "node"},
 	{"portico_preauth_errors_total", "counter", []string{"protocol", "listener"}, "Invalid or refused commands before login (those counting toward max_errors).", "node"},
-	{"portico_tls_handshake_failures_total", "counter", []string{"protocol", "listener", "reason"}, "Failed TLS handshakes with clients (implicit TLS, STARTTLS, STLS); reason: timeout, closed (client hung up), error (protocol failure).", "node"},
+	{"portico_tls_handshake_failures_total", "counter", []string{"protocol", "listener", "reason"}, "Failed TLS handshakes with clients (implicit TLS, STARTTLS, STLS); reason: timeout, closed (client hung up), version (below the listener's minimum), cipher (no common cipher suite), alpn (only other application protocols offered), error (other protocol failure).", "node"},
+	{"portico_tls_certificate_expiry_seconds", "gauge", []string{"file", "name"}, "Seconds until a loaded server certificate expires (the earliest expiry in its chain; negative once expired), by configured file and first name; follows reloads.", "node"},
 	{"portico_logins_total", "counter", []string{"protocol", "listener", "result"}, "Login attempts by result: ok, bad_credentials, backend_unavailable, limit, timeout, error.", "node"},
 	{"portico_login_duration_seconds", "histogram", []string{"protocol", "result"}, "Login latency: routing, backend connect and backend login, without the failed-login delay.", "node"},
 	{"portico_backend_connect_duration_seconds", "histogram", []string{"protocol"}, "Time to connect to a backend (TCP, PROXY header, implicit TLS), successful connects only.", "node"},

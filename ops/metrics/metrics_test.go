@@ -85,6 +85,7 @@ type fakeNode struct {
 	imaps, pop3 *node.ListenerStats
 	table       *routing.Table
 	ready       bool
+	certs       []node.CertInfo
 }
 
 func newTestNode(t *testing.T) (*Node, *prometheus.Registry, *fakeNode) {
@@ -101,13 +102,15 @@ func newTestNode(t *testing.T) (*Node, *prometheus.Registry, *fakeNode) {
 		imaps: &node.ListenerStats{Name: "imaps", Protocol: routing.IMAP},
 		pop3:  &node.ListenerStats{Name: "pop3", Protocol: routing.POP3},
 		table: tbl, ready: true,
+		certs: []node.CertInfo{{File: "/etc/portico/mail.pem", Name: "mail.example.com", NotAfter: time.Now().Add(30 * 24 * time.Hour)}},
 	}
 	reg := prometheus.NewPedanticRegistry()
 	m, err := NewNode(reg, Options{
 		Version: "1.2.3", Commit: "abc",
-		Listeners: func() []*node.ListenerStats { return []*node.ListenerStats{f.imaps, f.pop3} },
-		Table:     func() *routing.Table { return f.table },
-		Ready:     func() bool { return f.ready },
+		Listeners:    func() []*node.ListenerStats { return []*node.ListenerStats{f.imaps, f.pop3} },
+		Table:        func() *routing.Table { return f.table },
+		Ready:        func() bool { return f.ready },
+		Certificates: func() []node.CertInfo { return f.certs },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -451,5 +454,42 @@ func TestREADMEDocumentsCatalog(t *testing.T) {
 		if !strings.Contains(string(b), "| `"+m.Name+"` | "+m.Type+" |") {
 			t.Errorf("README.md has no table row for %s (%s)", m.Name, m.Type)
 		}
+	}
+}
+
+// The certificate expiry gauge counts down to the earliest expiry of each
+// loaded certificate, goes negative once expired, and follows reloads
+// (it reads the store at every scrape).
+func TestCertificateExpiryGauge(t *testing.T) {
+	m, reg, f := newTestNode(t)
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	m.now = func() time.Time { return now }
+	f.certs = []node.CertInfo{
+		{File: "/etc/portico/mail.pem", Name: "mail.example.com", NotAfter: now.Add(13*24*time.Hour + 1500*time.Millisecond)},
+		{File: "/etc/portico/old.pem", Name: "old.example.com", NotAfter: now.Add(-time.Hour)},
+		{File: "/etc/portico/mail.pem", Name: "mail.example.com", NotAfter: now.Add(13 * 24 * time.Hour)}, // listed twice: one series
+	}
+	const head = `
+# HELP portico_tls_certificate_expiry_seconds Seconds until a loaded server certificate expires (the earliest expiry in its chain; negative once expired), by configured file and first name; follows reloads.
+# TYPE portico_tls_certificate_expiry_seconds gauge
+`
+	want := head + `portico_tls_certificate_expiry_seconds{file="/etc/portico/mail.pem",name="mail.example.com"} 1.1232015e+06
+portico_tls_certificate_expiry_seconds{file="/etc/portico/old.pem",name="old.example.com"} -3600
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "portico_tls_certificate_expiry_seconds"); err != nil {
+		t.Error(err)
+	}
+	// Renewed and reloaded; time passed.
+	now = now.Add(time.Minute)
+	f.certs = []node.CertInfo{{File: "/etc/portico/mail.pem", Name: "mail.example.com", NotAfter: now.Add(90 * 24 * time.Hour)}}
+	want = head + `portico_tls_certificate_expiry_seconds{file="/etc/portico/mail.pem",name="mail.example.com"} 7.776e+06
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "portico_tls_certificate_expiry_seconds"); err != nil {
+		t.Error(err)
+	}
+	// No certificates (no TLS listener): no series.
+	f.certs = nil
+	if n := testutil.CollectAndCount((*scrape)(m), "portico_tls_certificate_expiry_seconds"); n != 0 {
+		t.Errorf("%d series without certificates", n)
 	}
 }

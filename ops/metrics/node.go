@@ -26,6 +26,9 @@ type Options struct {
 	Table func() *routing.Table
 	// Ready reports readiness (nil: portico_ready is not exported).
 	Ready func() bool
+	// Certificates returns the loaded server certificates
+	// (node.CertStore.Certificates; nil: no expiry gauge).
+	Certificates func() []node.CertInfo
 }
 
 // Login results, pre-set to zero for every listener so that rates and
@@ -34,8 +37,6 @@ var loginResults = []session.Result{
 	session.ResultOK, session.ResultBadCreds, session.ResultUnavailable,
 	session.ResultLimit, session.ResultTimeout, session.ResultError,
 }
-
-var tlsFailures = []string{session.TLSFailTimeout, session.TLSFailClosed, session.TLSFailError}
 
 // Node is one node's metrics. It implements node.Observer and observes
 // logins (Login, for session.Env.OnLogin).
@@ -56,7 +57,10 @@ type Node struct {
 	backends map[string]int64 // relayed sessions by backend id
 
 	// Read at scrape time.
-	connections, open, bytes, backendSessions, tableEntries, drainingD, readyD, buildInfo *prometheus.Desc
+	connections, open, bytes, backendSessions, tableEntries, drainingD, readyD, buildInfo, certExpiry *prometheus.Desc
+
+	// now is the clock of the certificate expiry gauge (tests set it).
+	now func() time.Time
 }
 
 var _ node.Observer = (*Node)(nil)
@@ -102,6 +106,8 @@ func NewNode(reg prometheus.Registerer, o Options) (*Node, error) {
 		drainingD:       newDesc("portico_draining"),
 		readyD:          newDesc("portico_ready"),
 		buildInfo:       newDesc("portico_build_info", "version", "commit", "goversion"),
+		certExpiry:      newDesc("portico_tls_certificate_expiry_seconds", "file", "name"),
+		now:             time.Now,
 	}
 	for _, c := range []prometheus.Collector{
 		m.refused, m.ended, m.preauthErrors, m.tlsFailures, m.logins, m.loginDur, m.connectDur, m.sessionDur,
@@ -141,7 +147,7 @@ func (m *Node) Listener(st *node.ListenerStats) {
 	for _, r := range loginResults {
 		m.logins.WithLabelValues(p, st.Name, string(r))
 	}
-	for _, r := range tlsFailures {
+	for _, r := range session.TLSFailures {
 		m.tlsFailures.WithLabelValues(p, st.Name, r)
 	}
 	m.preauthErrors.WithLabelValues(p, st.Name)
@@ -226,7 +232,7 @@ func RelayReason(r string) string {
 type scrape Node
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{s.connections, s.open, s.bytes, s.backendSessions, s.tableEntries, s.drainingD, s.readyD, s.buildInfo} {
+	for _, d := range []*prometheus.Desc{s.connections, s.open, s.bytes, s.backendSessions, s.tableEntries, s.drainingD, s.readyD, s.buildInfo, s.certExpiry} {
 		ch <- d
 	}
 }
@@ -265,6 +271,20 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(s.readyD, prometheus.GaugeValue, b2f(m.o.Ready()))
 	}
 	ch <- prometheus.MustNewConstMetric(s.buildInfo, prometheus.GaugeValue, 1, m.o.Version, m.o.Commit, runtime.Version())
+	if m.o.Certificates != nil {
+		// Read from the store at each scrape, so a reload (renewed
+		// certificates) shows at once. The same file listed twice is one
+		// series.
+		now := m.now()
+		seen := map[string]bool{}
+		for _, c := range m.o.Certificates() {
+			if seen[c.File] {
+				continue
+			}
+			seen[c.File] = true
+			ch <- prometheus.MustNewConstMetric(s.certExpiry, prometheus.GaugeValue, c.NotAfter.Sub(now).Seconds(), c.File, c.Name)
+		}
+	}
 }
 
 func b2f(b bool) float64 {
