@@ -56,10 +56,13 @@ type ListenerConfig struct {
 // Config is a node's serving configuration.
 type Config struct {
 	Listeners           []ListenerConfig
-	MaxConnections      int           // total client connections; 0: unlimited
-	MaxConnectionsPerIP int           // per client address; 0: unlimited
-	ShutdownGrace       time.Duration // relayed sessions may finish within this on shutdown
-	ProxyHeaderTimeout  time.Duration // for reading a PROXY header; default 5s
+	MaxConnections      int // total client connections; 0: unlimited (see DefaultMaxConnections)
+	MaxConnectionsPerIP int // per client address (IPv6: per /64); 0: unlimited
+	// PerIPExempt are client networks MaxConnectionsPerIP does not apply
+	// to (webmail servers and other hosts that carry many users' sessions).
+	PerIPExempt        []netip.Prefix
+	ShutdownGrace      time.Duration // relayed sessions may finish within this on shutdown
+	ProxyHeaderTimeout time.Duration // for reading a PROXY header; default 5s
 	// EndSpread: sessions still open when the shutdown grace ends are ended
 	// at a response boundary, spread evenly over this window (so that
 	// their clients do not all reconnect at once); 0: all at once.
@@ -93,7 +96,7 @@ type Server struct {
 	mu        sync.Mutex
 	listeners []*listener
 	preauth   map[*session.Client]struct{}
-	perIP     map[netip.Addr]int
+	perIP     map[netip.Addr]int // by clientNet
 	closing   bool
 	paused    bool                      // Pause: listeners closed until Resume
 	statsMu   sync.Mutex                // guards stats (not mu: bind runs under mu)
@@ -409,16 +412,19 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 		return
 	}
 	released := false
-	release := func(ip netip.Addr) {
+	// counted is the per-address key this connection holds (invalid: none),
+	// so that a reload cannot make the release miss it.
+	var counted netip.Addr
+	release := func() {
 		if released {
 			return
 		}
 		released = true
 		s.conns.Add(-1)
-		if ip.IsValid() && s.conf().MaxConnectionsPerIP > 0 {
+		if counted.IsValid() {
 			s.mu.Lock()
-			if s.perIP[ip]--; s.perIP[ip] <= 0 {
-				delete(s.perIP, ip)
+			if s.perIP[counted]--; s.perIP[counted] <= 0 {
+				delete(s.perIP, counted)
 			}
 			s.mu.Unlock()
 		}
@@ -432,7 +438,7 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 	if l.conf().ProxyProtocol && trusted(l.conf().TrustedProxies, peer.Addr()) {
 		h, rest, err := readProxyHeader(tc, s.conf().ProxyHeaderTimeout)
 		if err != nil {
-			release(netip.Addr{})
+			release()
 			_ = tc.Close()
 			s.obs.Refused(l.stats, RefusedProxyHeader)
 			s.log.Warn("bad PROXY header", "listener", l.conf().Name, "peer", peer.String(), "error", err)
@@ -450,16 +456,17 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 		}
 	}
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
-	ip := remote.Addr()
-	if s.conf().MaxConnectionsPerIP > 0 {
+	if cfg := s.conf(); cfg.MaxConnectionsPerIP > 0 && !trusted(cfg.PerIPExempt, remote.Addr()) {
+		key := clientNet(remote.Addr())
 		s.mu.Lock()
-		over := s.perIP[ip] >= s.conf().MaxConnectionsPerIP
+		over := s.perIP[key] >= cfg.MaxConnectionsPerIP
 		if !over {
-			s.perIP[ip]++
+			s.perIP[key]++
+			counted = key
 		}
 		s.mu.Unlock()
 		if over {
-			release(netip.Addr{})
+			release()
 			s.refuse(l, tc, "max_connections_per_ip")
 			return
 		}
@@ -467,7 +474,7 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 
 	nc, err := netx.NewConn(tc, prefix)
 	if err != nil {
-		release(ip)
+		release()
 		_ = tc.Close()
 		return
 	}
@@ -483,7 +490,7 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 	ctx, ok := s.track(c)
 	if !ok {
 		_ = c.Stream.Close()
-		release(ip)
+		release()
 		s.preauthEnded(l, c, nil)
 		return
 	}
@@ -491,7 +498,7 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 		if err := c.StartTLS(ctx); err != nil {
 			s.untrack(c)
 			_ = c.Stream.Close()
-			release(ip)
+			release()
 			s.preauthEnded(l, c, err)
 			c.Log.Info("session end", "reason", "tls handshake failed", "error", err.Error(), "duration", time.Since(c.Started).Round(time.Millisecond))
 			return
@@ -501,7 +508,7 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 	s.untrack(c)
 	if h == nil {
 		_ = c.Stream.Close()
-		release(ip)
+		release()
 		s.preauthEnded(l, c, err)
 		attrs := []any{"reason", "ended before login", "duration", time.Since(c.Started).Round(time.Millisecond)}
 		if err != nil {
@@ -510,7 +517,7 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 		c.Log.Info("session end", attrs...)
 		return
 	}
-	s.startRelay(l, c, h, func() { release(ip) })
+	s.startRelay(l, c, h, release)
 }
 
 func (s *Server) startRelay(l *listener, c *session.Client, h *session.Handoff, release func()) {
@@ -574,11 +581,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	closeAll(lns)
 	s.cancel()
-	// Wake handlers blocked in a read; they see the cancelled context and
-	// send BYE / -ERR before closing.
+	// Wake handlers blocked in a read (or in a write to a client that does
+	// not read); they see the cancelled context and send BYE / -ERR before
+	// closing.
 	s.mu.Lock()
 	for c := range s.preauth {
-		_ = c.Stream.SetReadDeadline(time.Now())
+		c.Interrupt()
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
@@ -644,7 +652,7 @@ func (s *Server) stopAccepting(endPreauth bool) {
 		s.preCancel()
 		s.preCtx, s.preCancel = context.WithCancel(s.ctx)
 		for c := range s.preauth {
-			_ = c.Stream.SetReadDeadline(time.Now())
+			c.Interrupt()
 		}
 	}
 	s.mu.Unlock()
@@ -713,6 +721,49 @@ func addrPort(a net.Addr) netip.AddrPort {
 	}
 	ap, _ := netip.ParseAddrPort(a.String())
 	return ap
+}
+
+// clientNet is what max_connections_per_ip counts by: an IPv4 address, or
+// the /64 of an IPv6 address (a host usually owns a whole /64, so counting
+// single IPv6 addresses would not limit anyone).
+func clientNet(ip netip.Addr) netip.Addr {
+	ip = ip.Unmap().WithZone("")
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.Addr()
+	}
+	return ip
+}
+
+// Descriptor budget of DefaultMaxConnections: a client connection costs
+// two descriptors (client and backend sockets); the rest of the process
+// (listeners, relay pipes borrowed during bursts, cluster and admin
+// connections, log and state files) gets an eighth of the limit, and at
+// least descriptorReserve.
+const descriptorReserve = 128
+
+// DefaultMaxConnections is the total connection limit used when none is
+// configured: what the process's file-descriptor limit (RLIMIT_NOFILE, which
+// the Go runtime raises to the hard limit at start) can hold, so that
+// accepting more cannot starve the process of descriptors. It returns 0
+// (unlimited) if the limit cannot be read.
+func DefaultMaxConnections() int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return 0
+	}
+	return maxConnectionsFor(rl.Cur)
+}
+
+func maxConnectionsFor(nofile uint64) int {
+	if nofile > 1<<24 {
+		nofile = 1 << 24 // RLIM_INFINITY and the like
+	}
+	reserve := max(nofile/8, descriptorReserve)
+	if nofile <= reserve+2 {
+		return 1
+	}
+	return int((nofile - reserve) / 2)
 }
 
 func trusted(nets []netip.Prefix, ip netip.Addr) bool {

@@ -91,6 +91,10 @@ type Options struct {
 	// Users maps user names (which may contain '@') to passwords; default
 	// DefaultUsers.
 	Users map[string]string
+	// UserFields adds passdb extra fields to users, e.g.
+	// {"carol": "allow_nets=10.66.0.0/16"} (space-separated key=value
+	// pairs, the last field of a passwd-file line).
+	UserFields map[string]string
 	// TLS enables ssl = yes with a freshly generated self-signed certificate
 	// (Server.CACertPEM, Server.TLSConfig); STARTTLS / STLS are then
 	// available on both ports.
@@ -374,7 +378,11 @@ func startOnce(opts Options) (s *Server, err error) {
 		if err := os.Chown(home, uid, gid); err != nil {
 			return nil, fmt.Errorf("dovecot: %w", err)
 		}
-		fmt.Fprintf(&users, "%s:%s:%d:%d::%s::\n", u, hash, uid, gid, home)
+		extra := opts.UserFields[u]
+		if strings.ContainsAny(extra, ":\n\r") {
+			return nil, fmt.Errorf("dovecot: invalid extra fields %q for %s", extra, u)
+		}
+		fmt.Fprintf(&users, "%s:%s:%d:%d::%s::%s\n", u, hash, uid, gid, home, extra)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "users"), users.Bytes(), 0o644); err != nil {
 		return nil, fmt.Errorf("dovecot: %w", err)

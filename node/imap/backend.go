@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -31,6 +32,10 @@ const (
 	tagID       = "P3"
 	tagLogin    = "P4"
 )
+
+// errIDRefused: the backend did not accept the ID command that forwards the
+// client's address; the login is not used.
+var errIDRefused = errors.New("forwarded client address not accepted")
 
 // backend is the proxy's IMAP client state toward one backend.
 type backend struct {
@@ -124,9 +129,19 @@ func (s *conn) backendLogin(ctx context.Context, be *netx.Stream, t *session.Tar
 				untagged = append(untagged, r.Raw)
 			}
 		case r.Tag == tagID:
-			sentID = false // whatever the outcome, ID is advisory
+			// The ID carries the client's address, which the backend logs
+			// and may check access against (Dovecot's allow_nets): if the
+			// backend did not take it, the pipelined login must not be
+			// used as the proxy's own. Fail closed.
+			if r.Status != "OK" {
+				return nil, phaseError("ID", fmt.Errorf("%w: backend answered %q", errIDRefused, trunc(r.Raw)))
+			}
+			sentID = false
 			untagged = untagged[:0]
 		case r.Tag == tagLogin:
+			if sentID {
+				return nil, phaseError("ID", fmt.Errorf("%w: login answered before ID", errIDRefused))
+			}
 			return b.loginResult(r, untagged, postCaps, clientTag)
 		default:
 			return nil, phaseError("login", fmt.Errorf("unexpected response %q", trunc(r.Raw)))
@@ -277,29 +292,66 @@ func (b *backend) starttls(ctx context.Context, bk *routing.Backend) error {
 // writeID writes the ID command carrying the client's address (Dovecot's
 // x-originating-ip convention; honoured when the proxy is in the backend's
 // login_trusted_networks) and the client's own ID fields.
+//
+// Each pair is written whole or not at all (appendIDPair), and a client
+// pair is checked again here (forwardableIDPair), so that whatever idCommand
+// let through, the list cannot shift into client values read as keys, and
+// no reserved key carries a client's value.
 func (b *backend) writeID(out *bytes.Buffer) {
 	c := b.s.c
+	appendID(out, c.Remote, c.Local, c.ID, b.s.id)
+}
+
+// appendID appends the ID command for the backend: the proxy's fields
+// (the client's address and port, the address and port it connected to,
+// the session id), then the client's forwardable fields.
+func appendID(out *bytes.Buffer, remote, local netip.AddrPort, sessionID string, client []idParam) {
 	out.WriteString(tagID + " ID (")
-	pair := func(k, v string) {
-		q, _ := imapwire.Quote(v)
-		fmt.Fprintf(out, "%q %s ", k, q)
-	}
-	pair("x-originating-ip", c.Remote.Addr().String())
-	pair("x-originating-port", strconv.Itoa(int(c.Remote.Port())))
-	pair("x-connected-ip", c.Local.Addr().String())
-	pair("x-connected-port", strconv.Itoa(int(c.Local.Port())))
-	pair("x-session-id", c.ID)
-	for _, p := range b.s.id {
-		kq, _ := imapwire.Quote(p.key)
-		if p.nilValue {
-			fmt.Fprintf(out, "%s NIL ", kq)
-			continue
+	n := 0
+	pair := func(p idParam) {
+		if n > 0 {
+			out.WriteByte(' ')
 		}
-		vq, _ := imapwire.Quote(p.value)
-		fmt.Fprintf(out, "%s %s ", kq, vq)
+		if appendIDPair(out, p) {
+			n++
+		} else if n > 0 {
+			out.Truncate(out.Len() - 1)
+		}
 	}
-	out.Truncate(out.Len() - 1)
+	pair(idParam{key: "x-originating-ip", value: remote.Addr().String()})
+	pair(idParam{key: "x-originating-port", value: strconv.Itoa(int(remote.Port()))})
+	pair(idParam{key: "x-connected-ip", value: local.Addr().String()})
+	pair(idParam{key: "x-connected-port", value: strconv.Itoa(int(local.Port()))})
+	pair(idParam{key: "x-session-id", value: sessionID})
+	for i, p := range client {
+		if i >= maxClientIDPairs {
+			break
+		}
+		if forwardableIDPair(p) {
+			pair(p)
+		}
+	}
 	out.WriteString(")\r\n")
+}
+
+// appendIDPair appends `"key" "value"` (or `"key" NIL`) to out if both can
+// be written as quoted strings, and reports whether it did; out is
+// unchanged otherwise.
+func appendIDPair(out *bytes.Buffer, p idParam) bool {
+	k, ok := imapwire.Quote(p.key)
+	if !ok || p.key == "" {
+		return false
+	}
+	v := "NIL"
+	if !p.nilValue {
+		if v, ok = imapwire.Quote(p.value); !ok {
+			return false
+		}
+	}
+	out.WriteString(k)
+	out.WriteByte(' ')
+	out.WriteString(v)
+	return true
 }
 
 // loginChunks returns the login command split at the points where the

@@ -131,6 +131,9 @@ func (s *conn) readError(ctx context.Context, err error) (end bool, _ error) {
 		}
 		s.writef("* BYE Non-synchronizing literal too large.\r\n")
 		s.c.EndReason = session.EndProtocolError
+	case errors.Is(err, os.ErrDeadlineExceeded) && s.c.LifetimeOver():
+		s.writef("* BYE Login time limit exceeded.\r\n")
+		s.c.EndReason = session.EndPreauthLifetime
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		s.writef("* BYE Disconnected for inactivity.\r\n")
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
@@ -207,7 +210,17 @@ func (s *conn) writef(format string, args ...any) {
 	_, _ = s.c.Stream.WriteString(sprintf(format, args...))
 }
 
-func (s *conn) flush() error { return s.c.Stream.Flush() }
+// flush sends buffered replies, under the pre-login write deadline: a
+// client that does not read its replies cannot hold the session (or a
+// shutdown) beyond it. (Replies that overflow the buffer between flushes
+// are written under the deadline ArmReadDeadline set.)
+func (s *conn) flush() error {
+	if s.c.Stream.W.Buffered() == 0 {
+		return nil
+	}
+	s.c.ArmWriteDeadline()
+	return s.c.Stream.Flush()
+}
 
 // sanitize keeps a text safe for a response line.
 func sanitize(t string) string {

@@ -92,9 +92,10 @@ func (s *conn) authenticate(ctx context.Context, cmd *imapwire.Command) (*sessio
 func (s *conn) saslError(tag string, err error) (*session.Handoff, bool, error) {
 	switch {
 	case errors.Is(err, session.ErrSASLCancelled):
-		// RFC 9051 §6.2.2: a cancelled exchange is answered with BAD.
-		s.writef("%s BAD Authentication cancelled.\r\n", tag)
-		return nil, false, nil
+		// RFC 9051 §6.2.2: a cancelled exchange is answered with BAD. It
+		// counts toward max_errors: otherwise AUTHENTICATE and "*" could
+		// be repeated for as long as the session lives.
+		return s.bad(tag, "Authentication cancelled.")
 	case errors.Is(err, session.ErrSASLBadBase64):
 		return s.bad(tag, "Invalid base64 data.")
 	default:
@@ -117,6 +118,7 @@ func (s *conn) login(ctx context.Context, tag string, creds session.Credentials)
 			_ = out.Handoff.Backend.Close()
 			return nil, true, err
 		}
+		s.c.HandOff()
 		return out.Handoff, false, nil
 	case out.Reply != nil:
 		_, _ = s.c.Stream.Write(out.Reply)

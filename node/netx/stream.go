@@ -72,6 +72,9 @@ func (s *Stream) SetDeadline(t time.Time) error { return s.base.SetDeadline(t) }
 // SetReadDeadline sets the read deadline on the connection.
 func (s *Stream) SetReadDeadline(t time.Time) error { return s.base.SetReadDeadline(t) }
 
+// SetWriteDeadline sets the write deadline on the connection.
+func (s *Stream) SetWriteDeadline(t time.Time) error { return s.base.SetWriteDeadline(t) }
+
 // StartTLSServer upgrades the stream to TLS as the server. Bytes the peer
 // pipelined after the STARTTLS command, still in the read buffer, are fed
 // to the TLS handshake, never parsed as plaintext commands. The handshake

@@ -139,7 +139,9 @@ func (s *conn) authCmd(cmd Command) (*session.Handoff, bool, error) {
 func (s *conn) saslError(err error) (*session.Handoff, bool, error) {
 	switch {
 	case errors.Is(err, session.ErrSASLCancelled):
-		// The client's own choice, not a protocol error.
+		// Counted like an error: otherwise AUTH and "*" could be
+		// repeated for as long as the session lives.
+		s.errors++
 		s.write(replyCancelled)
 	case errors.Is(err, session.ErrSASLBadBase64):
 		s.errors++

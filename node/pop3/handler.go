@@ -22,8 +22,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/portico-mail/portico/node/session"
 )
@@ -54,6 +52,7 @@ const (
 	replyLineTooLong  = "-ERR Line too long.\r\n"
 	replyShutdown     = "-ERR [SYS/TEMP] Server shutting down.\r\n"
 	replyInactivity   = "-ERR Disconnected for inactivity.\r\n"
+	replyLifetime     = "-ERR Login time limit exceeded.\r\n"
 	replyLogout       = "+OK Logging out.\r\n"
 	replySTLSNotAvail = "-ERR STLS not available.\r\n"
 	replySTLSBegin    = "+OK Begin TLS negotiation.\r\n"
@@ -75,25 +74,16 @@ type conn struct {
 	errors  int
 	user    string // from USER, waiting for PASS
 
-	// wakeMu guards the shutdown wake-up against the hand-off: once handed
-	// off, a late cancellation must not touch the relayed connection.
-	wakeMu    sync.Mutex
-	handedOff bool
 }
 
 // Serve implements session.Handler.
 func (h *Handler) Serve(ctx context.Context, c *session.Client) (*session.Handoff, error) {
 	s := &conn{h: h, c: c, ctx: ctx}
 	defer func() { c.ProtocolErrors = s.errors }()
-	// The server interrupts blocked reads at shutdown by itself; do it here
-	// too so that the handler does not depend on it.
-	stop := context.AfterFunc(ctx, func() {
-		s.wakeMu.Lock()
-		defer s.wakeMu.Unlock()
-		if !s.handedOff {
-			_ = c.Stream.SetReadDeadline(time.Now())
-		}
-	})
+	// The server interrupts blocked reads and writes at shutdown by
+	// itself; do it here too so that the handler does not depend on it
+	// (Interrupt does nothing once the session is handed off).
+	stop := context.AfterFunc(ctx, c.Interrupt)
 	defer stop()
 
 	s.write("+OK " + h.greeting + "\r\n")
@@ -157,6 +147,9 @@ func (s *conn) readError(err error) error {
 	case s.ctx.Err() != nil:
 		s.write(replyShutdown)
 		err = s.ctx.Err()
+	case errors.Is(err, os.ErrDeadlineExceeded) && s.c.LifetimeOver():
+		s.write(replyLifetime)
+		s.c.EndReason = session.EndPreauthLifetime
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		s.write(replyInactivity)
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
@@ -218,23 +211,17 @@ func (s *conn) capa() {
 
 // handoff prepares the client connection for the relay: no pre-login
 // deadline may outlive this phase.
-func (s *conn) handoff() {
-	s.wakeMu.Lock()
-	s.handedOff = true
-	s.wakeMu.Unlock()
-	_ = s.c.Stream.SetDeadline(time.Time{})
-}
+func (s *conn) handoff() { s.c.HandOff() }
 
 func (s *conn) write(str string) { _, _ = s.c.Stream.WriteString(str) }
 
-// flush sends buffered replies. A client that does not read its replies
-// cannot hold the session beyond the inactivity timeout.
+// flush sends buffered replies under the pre-login write deadline: a
+// client that does not read its replies cannot hold the session (or a
+// shutdown) beyond it.
 func (s *conn) flush() error {
 	if s.c.Stream.W.Buffered() == 0 {
 		return nil
 	}
-	if d := s.c.Listener.Limits.PreAuthTimeout; d > 0 {
-		_ = s.c.Stream.Base().SetWriteDeadline(time.Now().Add(d))
-	}
+	s.c.ArmWriteDeadline()
 	return s.c.Stream.Flush()
 }

@@ -21,21 +21,30 @@ type fakeThrottle struct {
 	failed []string
 }
 
-func (f *fakeThrottle) Blocked(_ netip.Addr, user string) string {
+func (f *fakeThrottle) Begin(_ context.Context, ip netip.Addr, user string) (session.ThrottleAttempt, string) {
 	if f.block[user] {
-		return "ip"
+		return nil, "ip"
 	}
-	return ""
+	return &fakePending{f: f, ip: ip, user: user}, ""
 }
 
-func (f *fakeThrottle) Failed(ip netip.Addr, user string) time.Duration {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.failed = append(f.failed, ip.String()+" "+user)
-	return f.delay
+// fakePending records how an attempt ended.
+type fakePending struct {
+	f    *fakeThrottle
+	ip   netip.Addr
+	user string
 }
 
-func (f *fakeThrottle) Succeeded(netip.Addr, string) {}
+func (p *fakePending) Failed() time.Duration {
+	p.f.mu.Lock()
+	defer p.f.mu.Unlock()
+	p.f.failed = append(p.f.failed, p.ip.String()+" "+p.user)
+	return p.f.delay
+}
+
+func (p *fakePending) Succeeded() {}
+
+func (p *fakePending) Release() {}
 
 type countingDirector struct{ n atomic.Int32 }
 

@@ -75,16 +75,28 @@ func (r *Refusal) Error() string { return fmt.Sprintf("login refused: %s", r.Tex
 // Throttle limits failed logins (node/throttle). It is keyed by the
 // client's address and the authentication identity (Credentials.User).
 type Throttle interface {
-	// Blocked is asked before the Director: a non-empty answer (why:
-	// "ip", "user_ip", "user") refuses the attempt with ResultLimit
-	// without contacting the backend or the authentication source.
-	Blocked(client netip.Addr, user string) string
+	// Begin is asked before the Director. A non-empty scope (why: "ip",
+	// "user_ip", "user") refuses the attempt with ResultLimit without
+	// contacting the backend or the authentication source. Otherwise the
+	// attempt is counted as in flight until the returned ThrottleAttempt is
+	// ended, so that parallel attempts are held to the limits; Begin may
+	// wait (until ctx is done) for attempts in flight to end.
+	Begin(ctx context.Context, client netip.Addr, user string) (ThrottleAttempt, string)
+}
+
+// ThrottleAttempt is an attempt in flight (node/throttle's Pending: an
+// unnamed interface type, the same in both packages). Exactly one method
+// ends it; later calls do nothing.
+type ThrottleAttempt = interface {
 	// Failed records a failed login (ResultBadCreds) and returns how long
 	// its reply should wait (at least the listener's AuthFailureDelay
 	// applies anyway).
-	Failed(client netip.Addr, user string) time.Duration
+	Failed() time.Duration
 	// Succeeded records a successful login.
-	Succeeded(client netip.Addr, user string)
+	Succeeded()
+	// Release ends an attempt whose outcome says nothing about the
+	// password (backend unavailable, timeout, cancelled, temporary).
+	Release()
 }
 
 // Director decides where a login goes.
@@ -174,11 +186,25 @@ func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogi
 	c.attempts++
 	th := c.Env.Throttle
 	var out Outcome
+	var pend ThrottleAttempt
 	if th != nil {
-		if scope := th.Blocked(c.Remote.Addr(), creds.User); scope != "" {
+		// Waiting for attempts in flight is bounded like a backend
+		// dialogue.
+		wctx, cancel := ctx, context.CancelFunc(func() {})
+		if d := c.Listener.Limits.BackendTimeout; d > 0 {
+			wctx, cancel = context.WithTimeout(ctx, d)
+		}
+		p, scope := th.Begin(wctx, c.Remote.Addr(), creds.User)
+		cancel()
+		if scope != "" {
 			// Refused before any authentication source is asked.
 			ref := &Refusal{Kind: RefuseUnavailable, Text: "too many failed logins (" + scope + ")"}
 			out = Outcome{Result: ResultLimit, Refusal: ref, Err: ref}
+		} else if p != nil {
+			pend = p
+			// Ended below as soon as the outcome is known; this covers a
+			// panic in between.
+			defer pend.Release()
 		}
 	}
 	if out.Result == "" {
@@ -199,13 +225,18 @@ func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogi
 		// longer delay after recent failures. The failure is recorded
 		// before the wait: a client hanging up early is counted too.
 		delay := c.Listener.Limits.AuthFailureDelay
-		if th != nil && out.Result == ResultBadCreds {
-			delay = max(delay, th.Failed(c.Remote.Addr(), creds.User))
+		if pend != nil && out.Result == ResultBadCreds {
+			delay = max(delay, pend.Failed())
 		}
 		wait = delay - time.Since(start)
 	}
-	if th != nil && out.Result == ResultOK {
-		th.Succeeded(c.Remote.Addr(), creds.User)
+	if pend != nil {
+		if out.Result == ResultOK {
+			pend.Succeeded()
+		}
+		// Anything else says nothing about the password: the attempt is no
+		// longer in flight (a no-op after Failed or Succeeded).
+		pend.Release()
 	}
 	if out.Refusal != nil {
 		if out.Refusal.Close {

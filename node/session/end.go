@@ -15,6 +15,7 @@ const (
 	EndLogout              = "logout"                 // LOGOUT / QUIT
 	EndClientClosed        = "client_closed"          // the client hung up or reset
 	EndTimeout             = "timeout"                // preauth_timeout
+	EndPreauthLifetime     = "preauth_lifetime"       // preauth_lifetime: too long without logging in
 	EndTooManyErrors       = "too_many_errors"        // max_errors invalid commands
 	EndTooManyAuthFailures = "too_many_auth_failures" // max_auth_failures failed logins
 	EndTLSHandshake        = "tls_handshake_failed"   // implicit TLS, STARTTLS or STLS

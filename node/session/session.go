@@ -15,6 +15,7 @@ import (
 	"encoding/binary"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,7 +27,8 @@ import (
 type Limits struct {
 	MaxLine             int           // longest command line (bytes)
 	MaxLiteral          int           // longest literal / credential (bytes)
-	PreAuthTimeout      time.Duration // inactivity allowed before login
+	PreAuthTimeout      time.Duration // inactivity allowed before login; also bounds each pre-login write
+	PreAuthLifetime     time.Duration // total time allowed before login, however active
 	TLSHandshakeTimeout time.Duration
 	MaxErrors           int           // protocol errors before the session is ended
 	MaxAuthFailures     int           // failed logins before the session is ended
@@ -41,6 +43,7 @@ func DefaultLimits(p routing.Protocol) Limits {
 		MaxLine:             8192,
 		MaxLiteral:          8192,
 		PreAuthTimeout:      60 * time.Second,
+		PreAuthLifetime:     3 * time.Minute,
 		TLSHandshakeTimeout: 10 * time.Second,
 		MaxErrors:           5,
 		MaxAuthFailures:     3,
@@ -120,6 +123,12 @@ type Client struct {
 
 	authFailures int
 	attempts     int
+
+	// dlMu orders the deadline changes of the pre-login phase against
+	// Interrupt and HandOff (which may come from another goroutine).
+	dlMu        sync.Mutex
+	interrupted bool
+	handedOff   bool
 }
 
 // Session identifiers: a random per-process prefix and a counter, so they
@@ -166,11 +175,111 @@ func (c *Client) StartTLS(ctx context.Context) error {
 	return err
 }
 
-// ArmReadDeadline sets the pre-login inactivity deadline before a read.
-func (c *Client) ArmReadDeadline() {
-	if d := c.Listener.Limits.PreAuthTimeout; d > 0 {
-		_ = c.Stream.SetReadDeadline(time.Now().Add(d))
+// ByeWriteGrace is how long a goodbye may take to write once the pre-login
+// lifetime is over or the session was interrupted (shutdown, drain).
+const ByeWriteGrace = 2 * time.Second
+
+// lifetimeEnd is when the pre-login phase must be over (zero: never).
+// c.dlMu is held.
+func (c *Client) lifetimeEnd(now time.Time) time.Time {
+	d := c.Listener.Limits.PreAuthLifetime
+	if d <= 0 {
+		return time.Time{}
 	}
+	if c.Started.IsZero() {
+		c.Started = now
+	}
+	return c.Started.Add(d)
+}
+
+// deadlines returns the read and write deadlines for a pre-login step
+// starting now: a read waits at most PreAuthTimeout and never past the
+// lifetime; a write (a client that does not read its replies blocks it)
+// waits at most PreAuthTimeout, and at most ByeWriteGrace past the
+// lifetime. c.dlMu is held.
+func (c *Client) deadlines(now time.Time) (rd, wr time.Time) {
+	if c.interrupted {
+		return now, now.Add(ByeWriteGrace)
+	}
+	if d := c.Listener.Limits.PreAuthTimeout; d > 0 {
+		rd, wr = now.Add(d), now.Add(d)
+	}
+	if end := c.lifetimeEnd(now); !end.IsZero() {
+		if rd.IsZero() || end.Before(rd) {
+			rd = end
+		}
+		if g := maxTime(end, now).Add(ByeWriteGrace); wr.IsZero() || g.Before(wr) {
+			wr = g
+		}
+	}
+	return rd, wr
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// ArmReadDeadline sets the pre-login deadlines before a client read: the
+// read's (inactivity, lifetime) and the write deadline for the replies
+// written until the next read (see deadlines).
+func (c *Client) ArmReadDeadline() {
+	c.dlMu.Lock()
+	defer c.dlMu.Unlock()
+	if c.handedOff {
+		return
+	}
+	rd, wr := c.deadlines(time.Now())
+	_ = c.Stream.SetReadDeadline(rd)
+	_ = c.Stream.SetWriteDeadline(wr)
+}
+
+// ArmWriteDeadline sets the pre-login write deadline before replies are
+// flushed (see deadlines).
+func (c *Client) ArmWriteDeadline() {
+	c.dlMu.Lock()
+	defer c.dlMu.Unlock()
+	if c.handedOff {
+		return
+	}
+	_, wr := c.deadlines(time.Now())
+	_ = c.Stream.SetWriteDeadline(wr)
+}
+
+// LifetimeOver reports whether the pre-login lifetime has passed: a read
+// that timed out then ended because of it, not for inactivity.
+func (c *Client) LifetimeOver() bool {
+	c.dlMu.Lock()
+	defer c.dlMu.Unlock()
+	end := c.lifetimeEnd(time.Now())
+	return !end.IsZero() && !time.Now().Before(end)
+}
+
+// Interrupt wakes the pre-login handler (shutdown, drain): a blocked read
+// returns at once, a blocked write within ByeWriteGrace, and every later
+// step gets the same deadlines, so the handler can only say goodbye. It
+// does nothing after HandOff. Safe to call from any goroutine.
+func (c *Client) Interrupt() {
+	c.dlMu.Lock()
+	defer c.dlMu.Unlock()
+	if c.handedOff {
+		return
+	}
+	c.interrupted = true
+	rd, wr := c.deadlines(time.Now())
+	_ = c.Stream.SetReadDeadline(rd)
+	_ = c.Stream.SetWriteDeadline(wr)
+}
+
+// HandOff ends the pre-login phase's hold on the connection: its deadlines
+// are cleared and later Interrupts do nothing (the relay owns it now).
+func (c *Client) HandOff() {
+	c.dlMu.Lock()
+	defer c.dlMu.Unlock()
+	c.handedOff = true
+	_ = c.Stream.SetDeadline(time.Time{})
 }
 
 // Handoff is a finished login, ready to be relayed.

@@ -7,6 +7,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type Collector struct {
 	l                                      *Limiter
 	delayed, blocked, blocks, entries, bad *prometheus.Desc
+	inFlight, held                         *prometheus.Desc
 }
 
 // NewCollector returns the metrics of l, to register on a node's registry.
@@ -23,6 +24,10 @@ func NewCollector(l *Limiter) *Collector {
 			"Failure counters and blocks the throttle tracks (this node's and gossiped), by scope (ip, user_ip, user).", []string{"scope"}, nil),
 		bad: prometheus.NewDesc("portico_throttle_gossip_invalid_total",
 			"Throttle gossip messages dropped as malformed or from a node with another window setting.", nil, nil),
+		inFlight: prometheus.NewDesc("portico_throttle_in_flight",
+			"Login attempts counted as in flight (asked of the backend or auth server, outcome not yet known) on this node.", nil, nil),
+		held: prometheus.NewDesc("portico_throttle_held_total",
+			"Login attempts made to wait because the attempts in flight for their network or user could, by failing, reach a limit.", nil, nil),
 	}
 }
 
@@ -35,6 +40,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.blocks
 	ch <- c.entries
 	ch <- c.bad
+	ch <- c.inFlight
+	ch <- c.held
 }
 
 // Collect implements prometheus.Collector.
@@ -42,6 +49,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	s := &c.l.stats
 	ch <- prometheus.MustNewConstMetric(c.delayed, prometheus.CounterValue, float64(s.delayed.Load()))
 	ch <- prometheus.MustNewConstMetric(c.bad, prometheus.CounterValue, float64(s.gossipInvalid.Load()))
+	ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(max(s.inFlight.Load(), 0)))
+	ch <- prometheus.MustNewConstMetric(c.held, prometheus.CounterValue, float64(s.held.Load()))
 	for i, sc := range scopes {
 		ch <- prometheus.MustNewConstMetric(c.blocked, prometheus.CounterValue, float64(s.blocked[i].Load()), sc)
 		ch <- prometheus.MustNewConstMetric(c.blocks, prometheus.CounterValue, float64(s.blocks[i].Load()), sc)

@@ -39,6 +39,24 @@
 // Networks listed in Trusted (webmail servers, monitoring, by default the
 // loopback networks) are neither counted nor blocked.
 //
+// # Attempts in flight
+//
+// A failure is only known when the backend (or auth server) answers, so a
+// burst of parallel attempts would all pass a check of the failures alone.
+// Begin therefore counts an attempt as in flight, for its network and its
+// user from that network, before the backend is asked, and an attempt is let
+// through only while the failures so far plus the attempts in flight stay
+// below each limit: were they all to fail, the limit would be reached and
+// not passed. Further attempts wait until one in flight ends (or their
+// context is done, and they are refused like a blocked attempt). The
+// reservation an attempt holds ends exactly once: converted into a failure
+// (Failed, under the same lock, so that no check sees neither), cleared
+// (Succeeded), or dropped (Release: timeouts, an unavailable backend,
+// cancellation, anything that says nothing about the password). Attempts in
+// flight are this node's alone (they are not gossiped): a burst spread over
+// n nodes can reach the backend up to n times the limit before the nodes
+// learn each other's failures.
+//
 // # Memory and locking
 //
 // Entries live in a fixed number of shards (a map and a mutex each), so
@@ -66,6 +84,7 @@
 package throttle
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -201,6 +220,11 @@ type Limiter struct {
 	flushMu sync.Mutex
 	cursor  int // flush round-robin start (under flushMu)
 
+	// flightMu guards flights, the attempts in flight per key (ip and
+	// user_ip). It is taken before any shard lock, never after.
+	flightMu sync.Mutex
+	flights  map[key]*flight
+
 	stats   stats
 	onBlock atomic.Pointer[func(scope string, ip netip.Addr, user string, until time.Time)]
 
@@ -214,6 +238,8 @@ type stats struct {
 	blocks        [numKinds]atomic.Uint64 // blocks started here, by scope
 	entries       [numKinds]atomic.Int64
 	gossipInvalid atomic.Uint64
+	inFlight      atomic.Int64  // attempts reserved by Begin and not yet ended
+	held          atomic.Uint64 // attempts Begin made wait for others in flight
 }
 
 // New returns a Limiter with cfg. now may be nil (time.Now).
@@ -221,7 +247,7 @@ func New(cfg Config, now func() time.Time) *Limiter {
 	if now == nil {
 		now = time.Now
 	}
-	l := &Limiter{now: now, seed: maphash.MakeSeed(), stop: make(chan struct{}), done: make(chan struct{})}
+	l := &Limiter{now: now, seed: maphash.MakeSeed(), flights: map[key]*flight{}, stop: make(chan struct{}), done: make(chan struct{})}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	l.origin = binary.BigEndian.Uint64(b[:])
@@ -392,6 +418,7 @@ func (c *Config) exempt(ip netip.Addr) bool {
 
 // Blocked reports whether a login attempt by user from ip must be refused
 // without trying it, and why (one of the Scope constants); "" allows it.
+// It does not count the attempt as in flight: logins use Begin.
 func (l *Limiter) Blocked(ip netip.Addr, user string) string {
 	cfg := l.cfg.Load()
 	if cfg.exempt(ip) {
@@ -399,28 +426,228 @@ func (l *Limiter) Blocked(ip netip.Addr, user string) string {
 	}
 	c := l.clock(cfg)
 	kIP, kUserIP, kUser := l.keys(ip, user, cfg)
-	scope := ""
-	if cfg.IPLimit > 0 {
-		if until, _ := l.peek(&kIP, c); until > c.ms {
-			scope = ScopeIP
-		}
-	}
-	if scope == "" && (cfg.UserIPLimit > 0 || cfg.UserLimit > 0) {
-		until, n := l.peek(&kUserIP, c)
-		switch {
-		case cfg.UserIPLimit > 0 && until > c.ms:
-			scope = ScopeUserIP
-		case cfg.UserLimit > 0 && reached(n, cfg.UnderAttackLimit):
-			if attack, _ := l.peek(&kUser, c); attack > c.ms {
-				scope = ScopeUser
-			}
-		}
-	}
+	scope := l.blockedScope(cfg, c, &kIP, &kUserIP, &kUser)
 	if scope != "" {
 		l.stats.blocked[scopeIndex(scope)].Add(1)
 	}
 	return scope
 }
+
+// blockedScope is Blocked without the statistics.
+func (l *Limiter) blockedScope(cfg *Config, c clock, kIP, kUserIP, kUser *key) string {
+	if cfg.IPLimit > 0 {
+		if until, _ := l.peek(kIP, c); until > c.ms {
+			return ScopeIP
+		}
+	}
+	if cfg.UserIPLimit > 0 || cfg.UserLimit > 0 {
+		until, n := l.peek(kUserIP, c)
+		switch {
+		case cfg.UserIPLimit > 0 && until > c.ms:
+			return ScopeUserIP
+		case cfg.UserLimit > 0 && reached(n, cfg.UnderAttackLimit):
+			if attack, _ := l.peek(kUser, c); attack > c.ms {
+				return ScopeUser
+			}
+		}
+	}
+	return ""
+}
+
+// Pending is a login attempt counted as in flight by Begin. Exactly one of
+// its methods ends it; later calls do nothing (so a deferred Release after
+// Failed or Succeeded is harmless).
+//
+// (An unnamed interface type, so that node/session can name the same type
+// without either package importing the other.)
+type Pending = interface {
+	// Failed records the attempt as a failed login (bad credentials) and
+	// returns how long its reply should be delayed, like Limiter.Failed.
+	Failed() time.Duration
+	// Succeeded records a successful login, like Limiter.Succeeded.
+	Succeeded()
+	// Release ends the attempt without a verdict on the password (backend
+	// unavailable, timeout, cancellation, a temporary refusal).
+	Release()
+}
+
+// flight counts the attempts in flight for one key; wake, when not nil, is
+// closed (and cleared) when one of them ends.
+type flight struct {
+	n    int
+	wake chan struct{}
+}
+
+// reservation is a Pending attempt that holds in-flight counts.
+type reservation struct {
+	l    *Limiter
+	ip   netip.Addr
+	user string
+	keys [2]key // in-flight keys held (kind 0: none)
+	done bool   // under l.flightMu
+}
+
+// exemptAttempt is the Pending of an attempt the throttle ignores.
+type exemptAttempt struct{}
+
+func (exemptAttempt) Failed() time.Duration { return 0 }
+func (exemptAttempt) Succeeded()            {}
+func (exemptAttempt) Release()              {}
+
+// Begin is asked before a login attempt by user from ip reaches the backend
+// or the auth server. If the attempt is blocked it returns the scope (one
+// of the Scope constants) and a nil Pending. Otherwise it counts the
+// attempt as in flight and returns its Pending, which the caller must end
+// (Failed, Succeeded or Release) when the outcome is known. While the
+// attempts already in flight could, by failing, reach a limit, Begin waits
+// for one of them to end; if ctx is done first, the attempt is refused with
+// that limit's scope.
+func (l *Limiter) Begin(ctx context.Context, ip netip.Addr, user string) (Pending, string) {
+	held := false
+	for {
+		cfg := l.cfg.Load()
+		if cfg.exempt(ip) {
+			return exemptAttempt{}, ""
+		}
+		c := l.clock(cfg)
+		kIP, kUserIP, kUser := l.keys(ip, user, cfg)
+		l.flightMu.Lock()
+		scope := l.blockedScope(cfg, c, &kIP, &kUserIP, &kUser)
+		if scope != "" {
+			l.flightMu.Unlock()
+			l.stats.blocked[scopeIndex(scope)].Add(1)
+			return nil, scope
+		}
+		wake, busy := l.busy(cfg, c, &kIP, &kUserIP, &kUser)
+		if wake == nil {
+			r := &reservation{l: l, ip: ip, user: user}
+			if cfg.IPLimit > 0 {
+				r.keys[0] = kIP
+			}
+			if cfg.UserIPLimit > 0 || cfg.UserLimit > 0 {
+				r.keys[1] = kUserIP
+			}
+			for i := range r.keys {
+				if k := &r.keys[i]; k.kind != 0 {
+					f := l.flights[*k]
+					if f == nil {
+						f = &flight{}
+						l.flights[*k] = f
+					}
+					f.n++
+				}
+			}
+			l.stats.inFlight.Add(1)
+			l.flightMu.Unlock()
+			return r, ""
+		}
+		l.flightMu.Unlock()
+		if !held {
+			held = true
+			l.stats.held.Add(1)
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			l.stats.blocked[scopeIndex(busy)].Add(1)
+			return nil, busy
+		}
+	}
+}
+
+// busy reports whether the attempts in flight for kIP or kUserIP would,
+// if they all failed, reach a limit; it then returns a channel closed when
+// one of them ends, and the scope of that limit. l.flightMu is held.
+func (l *Limiter) busy(cfg *Config, c clock, kIP, kUserIP, kUser *key) (<-chan struct{}, string) {
+	wait := func(k *key) <-chan struct{} {
+		f := l.flights[*k]
+		if f.wake == nil {
+			f.wake = make(chan struct{})
+		}
+		return f.wake
+	}
+	if f := l.flights[*kIP]; cfg.IPLimit > 0 && f != nil && f.n > 0 {
+		if reached(l.countOf(kIP, c)+float64(f.n), cfg.IPLimit) {
+			return wait(kIP), ScopeIP
+		}
+	}
+	f := l.flights[*kUserIP]
+	if f == nil || f.n == 0 {
+		return nil, ""
+	}
+	limit, scope := cfg.UserIPLimit, ScopeUserIP
+	if cfg.UserLimit > 0 && (limit <= 0 || cfg.UnderAttackLimit < limit) {
+		if attack, _ := l.peek(kUser, c); attack > c.ms {
+			limit, scope = cfg.UnderAttackLimit, ScopeUser
+		}
+	}
+	if limit > 0 && reached(l.countOf(kUserIP, c)+float64(f.n), limit) {
+		return wait(kUserIP), scope
+	}
+	return nil, ""
+}
+
+// end releases r's in-flight counts and wakes the attempts waiting for
+// them; it reports false if r had already ended. l.flightMu is held.
+func (r *reservation) end() bool {
+	if r.done {
+		return false
+	}
+	r.done = true
+	l := r.l
+	for i := range r.keys {
+		k := &r.keys[i]
+		if k.kind == 0 {
+			continue
+		}
+		f := l.flights[*k]
+		if f == nil {
+			continue
+		}
+		if f.n--; f.n <= 0 {
+			delete(l.flights, *k)
+		}
+		if f.wake != nil {
+			close(f.wake)
+			f.wake = nil
+		}
+	}
+	l.stats.inFlight.Add(-1)
+	return true
+}
+
+func (r *reservation) Failed() time.Duration {
+	r.l.flightMu.Lock()
+	if !r.end() {
+		r.l.flightMu.Unlock()
+		return 0
+	}
+	// Counted before the in-flight count drops, under the same lock: no
+	// Begin sees the attempt as neither.
+	d, blocks := r.l.recordFailure(r.ip, r.user)
+	r.l.flightMu.Unlock()
+	r.l.notifyAll(blocks)
+	return d
+}
+
+func (r *reservation) Succeeded() {
+	r.l.flightMu.Lock()
+	ok := r.end()
+	r.l.flightMu.Unlock()
+	if ok {
+		r.l.Succeeded(r.ip, r.user)
+	}
+}
+
+func (r *reservation) Release() {
+	r.l.flightMu.Lock()
+	r.end()
+	r.l.flightMu.Unlock()
+}
+
+// InFlight returns the number of attempts Begin counted as in flight that
+// have not ended yet.
+func (l *Limiter) InFlight() int64 { return l.stats.inFlight.Load() }
 
 func scopeIndex(s string) int {
 	switch s {
@@ -446,30 +673,50 @@ func (l *Limiter) peek(k *key, c clock) (until int64, n float64) {
 // Failed records a failed login (bad credentials) of user from ip and
 // returns how long its reply should be delayed.
 func (l *Limiter) Failed(ip netip.Addr, user string) time.Duration {
+	d, blocks := l.recordFailure(ip, user)
+	l.notifyAll(blocks)
+	return d
+}
+
+// blockStart is a block that a failure started, to report (OnBlock)
+// outside any lock.
+type blockStart struct {
+	scope string
+	ip    netip.Addr
+	user  string
+	until time.Time
+}
+
+// recordFailure is Failed without the notifications, which it returns.
+func (l *Limiter) recordFailure(ip netip.Addr, user string) (time.Duration, []blockStart) {
 	cfg := l.cfg.Load()
 	if cfg.exempt(ip) {
-		return 0
+		return 0, nil
 	}
 	c := l.clock(cfg)
 	kIP, kUserIP, kUser := l.keys(ip, user, cfg)
+	var blocks []blockStart
+	started := func(scope string) {
+		blocks = append(blocks, blockStart{scope, ip, user, time.UnixMilli(c.ms).Add(cfg.BlockFor)})
+	}
 	// The user_ip count also sets the delay; the others are kept only
 	// when their rule is on.
 	if cfg.IPLimit > 0 && l.fail(&kIP, cfg.IPLimit, cfg, c) {
-		l.notify(ScopeIP, ip, user, c, cfg)
+		started(ScopeIP)
 	}
 	blocked := l.fail(&kUserIP, cfg.UserIPLimit, cfg, c)
 	n := l.countOf(&kUserIP, c)
 	if blocked {
-		l.notify(ScopeUserIP, ip, user, c, cfg)
+		started(ScopeUserIP)
 	}
 	if cfg.UserLimit > 0 && l.fail(&kUser, cfg.UserLimit, cfg, c) {
-		l.notify(ScopeUser, ip, user, c, cfg)
+		started(ScopeUser)
 	}
 	if cfg.Delay <= 0 {
-		return 0
+		return 0, blocks
 	}
 	l.stats.delayed.Add(1)
-	return backoff(cfg.Delay, cfg.MaxDelay, n)
+	return backoff(cfg.Delay, cfg.MaxDelay, n), blocks
 }
 
 // backoff is base doubled for each failure after the first, capped.
@@ -488,10 +735,15 @@ func backoff(base, capd time.Duration, failures float64) time.Duration {
 	return d
 }
 
-// notify reports a block that started (OnBlock), outside any lock.
-func (l *Limiter) notify(scope string, ip netip.Addr, user string, c clock, cfg *Config) {
+// notifyAll reports blocks that started (OnBlock), outside any lock.
+func (l *Limiter) notifyAll(blocks []blockStart) {
+	if len(blocks) == 0 {
+		return
+	}
 	if f := l.onBlock.Load(); f != nil {
-		(*f)(scope, ip, user, time.UnixMilli(c.ms).Add(cfg.BlockFor))
+		for _, b := range blocks {
+			(*f)(b.scope, b.ip, b.user, b.until)
+		}
 	}
 }
 

@@ -99,11 +99,17 @@ type Listener struct {
 
 // Limits bound resource use; zero values take defaults.
 type Limits struct {
-	MaxConnections      int      `yaml:"max_connections"`
+	// MaxConnections: client connections on the node; default what the
+	// file-descriptor limit holds (node.DefaultMaxConnections); -1: none.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerIP: per client address (IPv6: per /64), except
+	// throttle.trusted_networks; default DefaultMaxConnectionsPerIP; -1:
+	// none.
 	MaxConnectionsPerIP int      `yaml:"max_connections_per_ip"`
 	MaxLine             int      `yaml:"max_line"`
 	MaxLiteral          int      `yaml:"max_literal"`
 	PreAuthTimeout      Duration `yaml:"preauth_timeout"`
+	PreAuthLifetime     Duration `yaml:"preauth_lifetime"`
 	TLSHandshakeTimeout Duration `yaml:"tls_handshake_timeout"`
 	MaxErrors           int      `yaml:"max_errors"`
 	MaxAuthFailures     int      `yaml:"max_auth_failures"`
@@ -425,8 +431,14 @@ func (v *validator) limits(p string, l *Limits) {
 			v.errf(p+"."+name, "must not be negative")
 		}
 	}
-	nonNeg("max_connections", l.MaxConnections)
-	nonNeg("max_connections_per_ip", l.MaxConnectionsPerIP)
+	for name, n := range map[string]int{"max_connections": l.MaxConnections, "max_connections_per_ip": l.MaxConnectionsPerIP} {
+		if n < -1 {
+			v.errf(p+"."+name, "%d: use -1 for no limit", n)
+		}
+	}
+	if l.PreAuthLifetime != 0 && l.PreAuthLifetime.D() < time.Second {
+		v.errf(p+".preauth_lifetime", "%s is below 1s", l.PreAuthLifetime.D())
+	}
 	nonNeg("max_errors", l.MaxErrors)
 	nonNeg("max_auth_failures", l.MaxAuthFailures)
 	if l.MaxLine != 0 && (l.MaxLine < 512 || l.MaxLine > 1<<20) {
@@ -545,6 +557,7 @@ func (c *Config) EffectiveLimits(i int) session.Limits {
 		setInt(&lim.MaxLine, s.MaxLine)
 		setInt(&lim.MaxLiteral, s.MaxLiteral)
 		setDur(&lim.PreAuthTimeout, s.PreAuthTimeout)
+		setDur(&lim.PreAuthLifetime, s.PreAuthLifetime)
 		setDur(&lim.TLSHandshakeTimeout, s.TLSHandshakeTimeout)
 		setInt(&lim.MaxErrors, s.MaxErrors)
 		setInt(&lim.MaxAuthFailures, s.MaxAuthFailures)
@@ -559,6 +572,26 @@ func (c *Config) EffectiveLimits(i int) session.Limits {
 	apply(&c.Limits)
 	apply(l.Limits)
 	return lim
+}
+
+// DefaultMaxConnectionsPerIP is limits.max_connections_per_ip when not
+// set: room for an office of a few dozen people behind one NAT address
+// (mail clients keep two to five connections each), far below the total,
+// so that one address cannot take every connection. Webmail servers and
+// other hosts that carry many users belong in throttle.trusted_networks,
+// which this limit exempts.
+const DefaultMaxConnectionsPerIP = 100
+
+// connLimit turns a configured connection limit into the node's: 0 takes
+// the default, -1 is no limit (0 for the node).
+func connLimit(n int, dflt func() int) int {
+	switch {
+	case n == 0:
+		return dflt()
+	case n < 0:
+		return 0
+	}
+	return n
 }
 
 func setInt(dst *int, v int) {
@@ -576,8 +609,9 @@ func setDur(dst *time.Duration, v Duration) {
 // NodeConfig translates the file into the node's serving configuration.
 func (c *Config) NodeConfig() node.Config {
 	nc := node.Config{
-		MaxConnections:      c.Limits.MaxConnections,
-		MaxConnectionsPerIP: c.Limits.MaxConnectionsPerIP,
+		MaxConnections:      connLimit(c.Limits.MaxConnections, node.DefaultMaxConnections),
+		MaxConnectionsPerIP: connLimit(c.Limits.MaxConnectionsPerIP, func() int { return DefaultMaxConnectionsPerIP }),
+		PerIPExempt:         append([]netip.Prefix(nil), c.Throttle.trusted...),
 		ShutdownGrace:       c.ShutdownGrace.D(),
 		EndTimeout:          c.Drain.BoundaryTimeout.D(),
 	}

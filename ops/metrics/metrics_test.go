@@ -178,7 +178,7 @@ portico_logins_total{listener="pop3",protocol="pop3",result="timeout"} 1
 # TYPE portico_preauth_errors_total counter
 portico_preauth_errors_total{listener="imaps",protocol="imap"} 2
 portico_preauth_errors_total{listener="pop3",protocol="pop3"} 5
-# HELP portico_sessions_ended_total Sessions ended, by phase (preauth, relayed) and reason: before login logout, client_closed, timeout, too_many_errors, too_many_auth_failures, tls_handshake_failed, protocol_error, shutdown, error; after login closed, client_error, backend_error, idle_timeout, half_closed_timeout, shutdown and the drain stage's reasons.
+# HELP portico_sessions_ended_total Sessions ended, by phase (preauth, relayed) and reason: before login logout, client_closed, timeout, preauth_lifetime, too_many_errors, too_many_auth_failures, tls_handshake_failed, protocol_error, shutdown, error; after login closed, client_error, backend_error, idle_timeout, half_closed_timeout, shutdown and the drain stage's reasons.
 # TYPE portico_sessions_ended_total counter
 portico_sessions_ended_total{listener="imaps",phase="preauth",protocol="imap",reason="tls_handshake_failed"} 1
 portico_sessions_ended_total{listener="pop3",phase="preauth",protocol="pop3",reason="too_many_errors"} 1
