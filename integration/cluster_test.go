@@ -207,6 +207,12 @@ func (nd *procNode) api(method, path string, body any) (int, []byte, error) {
 	}
 	req, _ := http.NewRequest(method, "http://"+nd.admin+path, rd)
 	req.Header.Set("Authorization", "Bearer "+nd.token)
+	if method != "GET" {
+		req.Header.Set("Content-Type", "application/json")
+		if _, raw := body.([]byte); raw {
+			req.Header.Set("Content-Type", "application/octet-stream") // a raft command
+		}
+	}
 	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
 	if err != nil {
 		return 0, nil, err
@@ -509,8 +515,9 @@ func TestAdminAPIHostileInput(t *testing.T) {
 		{"PUT", "/v1/backends/x", `{"id":"x","host":"` + strings.Repeat("a", 2<<20) + `","imap_port":1}`, clusterToken, 413, "larger than"},
 		{"PUT", "/v1/backends/x", `{"id":"x","host":"h","imap_port":1}`, "wrong", 401, "bearer token"},
 		{"PUT", "/v1/backends/x", `{"id":"x","host":"h","imap_port":1}`, "", 401, "bearer token"},
-		{"POST", "/v1/import?format=popmap", "nobody-here\n", clusterToken, 400, "line 1"},
-		{"POST", "/v1/import?format=xml", "", clusterToken, 400, "format must be"},
+		{"POST", "/v1/import", `{"format":"popmap","data":"nobody-here\n"}`, clusterToken, 400, "line 1"},
+		{"POST", "/v1/import", `{"format":"xml","data":""}`, clusterToken, 400, "format must be"},
+		{"POST", "/v1/import?format=csv", `{"format":"popmap","data":""}`, clusterToken, 400, "differs"},
 		{"POST", "/v1/internal/apply", []byte{250, 1, '{', '}'}, clusterToken, 400, "unknown command"},
 	}
 	for i, c := range cases {

@@ -247,6 +247,9 @@ func (nd *drillNode) api(method, path string, body any) (int, []byte, error) {
 	}
 	req, _ := http.NewRequest(method, "http://"+nd.admin+path, rd)
 	req.Header.Set("Authorization", "Bearer "+clusterToken)
+	if method != "GET" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := nd.http.Do(req)
 	if err != nil {
 		return 0, nil, err

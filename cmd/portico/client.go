@@ -63,18 +63,14 @@ type apiError struct {
 
 func (e *apiError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.Msg, e.Status) }
 
-// do sends a request with an optional JSON (or raw, for []byte) body and
-// decodes a JSON answer into out (if not nil). It returns the raw answer.
+// do sends a request with an optional JSON body and decodes a JSON answer
+// into out (if not nil). It returns the raw answer. Every method but GET
+// and HEAD carries Content-Type: application/json, body or not: the API
+// refuses anything else (it is how it tells the CLI from a browser form).
 func (c *apiClient) do(method, path string, body any, out any) ([]byte, error) {
 	var rd io.Reader
-	ctype := "application/json"
-	switch b := body.(type) {
-	case nil:
-	case []byte:
-		rd = bytes.NewReader(b)
-		ctype = "text/plain"
-	default:
-		j, err := json.Marshal(b)
+	if body != nil {
+		j, err := json.Marshal(body)
 		if err != nil {
 			return nil, err
 		}
@@ -84,8 +80,8 @@ func (c *apiClient) do(method, path string, body any, out any) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if rd != nil {
-		req.Header.Set("Content-Type", ctype)
+	if method != http.MethodGet && method != http.MethodHead {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)

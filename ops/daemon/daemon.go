@@ -6,10 +6,10 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"time"
 
@@ -55,6 +55,7 @@ type Daemon struct {
 	engine  *relay.Engine
 	srv     *node.Server
 	admin   *admin.Server // nil when admin.address is "off"
+	peerTLS *tls.Config   // verifies other nodes' https:// admin APIs (adminplane.go)
 
 	env *session.Env
 
@@ -127,14 +128,8 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 			return nil, err
 		}
 	}
-	if cfg.Admin.Address != "off" {
-		d.admin = admin.New(cfg.Admin.Address, cfg.Admin.Token, d.Log)
-		if o.Inherit != nil {
-			d.admin.Inherit = o.Inherit.Admin
-		}
-		d.admin.HandlePublic("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			admin.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
-		}))
+	if err := d.setupAdmin(cfg, o); err != nil {
+		return nil, err
 	}
 	if err := d.setupRouting(cfg); err != nil {
 		if d.admin != nil {
