@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -31,6 +32,7 @@ type procNode struct {
 	imap    string
 	gossip  string
 	token   string
+	tls     *tls.Config // set when the admin API serves https
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -205,7 +207,11 @@ func (nd *procNode) api(method, path string, body any) (int, []byte, error) {
 		j, _ := json.Marshal(b)
 		rd = bytes.NewReader(j)
 	}
-	req, _ := http.NewRequest(method, "http://"+nd.admin+path, rd)
+	scheme, client := "http", &http.Client{Timeout: 60 * time.Second}
+	if nd.tls != nil {
+		scheme, client.Transport = "https", &http.Transport{TLSClientConfig: nd.tls, DisableKeepAlives: true}
+	}
+	req, _ := http.NewRequest(method, scheme+"://"+nd.admin+path, rd)
 	req.Header.Set("Authorization", "Bearer "+nd.token)
 	if method != "GET" {
 		req.Header.Set("Content-Type", "application/json")
@@ -213,7 +219,7 @@ func (nd *procNode) api(method, path string, body any) (int, []byte, error) {
 			req.Header.Set("Content-Type", "application/octet-stream") // a raft command
 		}
 	}
-	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, nil, err
 	}
