@@ -18,8 +18,14 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/portico-mail/portico/integration/testcert"
 )
+
+// Servers, their connections and the refusal paths leave no goroutine
+// behind.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // testServer is an admin server on 127.0.0.1:0 with a state-changing
 // endpoint that counts the calls that reached it.

@@ -29,6 +29,9 @@ func (d *Daemon) setupAdmin(cfg *config.Config, o Options) error {
 			return err
 		}
 		d.peerTLS = tc
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = tc
+		d.peerTransport = t
 	}
 	srv, err := admin.New(ac, d.Log)
 	if err != nil {
@@ -114,13 +117,8 @@ func peerURL(api string) string {
 }
 
 // peerClient calls other nodes' admin APIs, verifying https:// ones with
-// admin.tls.ca_file (or the node's own certificate).
+// admin.tls.ca_file (or the node's own certificate). Its connections are
+// pooled for the node's life.
 func (d *Daemon) peerClient(timeout time.Duration) *http.Client {
-	c := &http.Client{Timeout: timeout}
-	if d.peerTLS != nil {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.TLSClientConfig = d.peerTLS
-		c.Transport = t
-	}
-	return c
+	return &http.Client{Timeout: timeout, Transport: d.peerTransport}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
@@ -56,6 +57,8 @@ type Daemon struct {
 	srv     *node.Server
 	admin   *admin.Server // nil when admin.address is "off"
 	peerTLS *tls.Config   // verifies other nodes' https:// admin APIs (adminplane.go)
+
+	peerTransport http.RoundTripper // for peerClient; nil: http.DefaultTransport
 
 	env *session.Env
 
