@@ -13,6 +13,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -76,6 +77,10 @@ type Config struct {
 	GossipAdvert  string // host:port peers reach memberlist at; default GossipBind
 	APIAddr       string // this node's admin API (host:port), for forwarding
 	APIToken      string // bearer token of the admin API (same on every node)
+
+	// APITLS verifies the admin API of peers whose APIAddr is https://
+	// (admin.tls); nil: the system's roots.
+	APITLS *tls.Config
 
 	Join            []string
 	BootstrapExpect int
@@ -167,7 +172,7 @@ func New(cfg Config, fsm *routing.FSM) (*Node, error) {
 	if err := n.openMemberlist(); err != nil {
 		return nil, err
 	}
-	n.client = newForwarder(cfg.APIToken)
+	n.client = newForwarder(cfg.APIToken, cfg.APITLS)
 	ok = true
 	return n, nil
 }

@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,8 +24,14 @@ type forwarder struct {
 	http  *http.Client
 }
 
-func newForwarder(token string) *forwarder {
-	return &forwarder{token: token, http: &http.Client{Timeout: 15 * time.Second}}
+func newForwarder(token string, tc *tls.Config) *forwarder {
+	c := &http.Client{Timeout: 15 * time.Second}
+	if tc != nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = tc
+		c.Transport = t
+	}
+	return &forwarder{token: token, http: c}
 }
 
 // ApplyResult is the leader's JSON answer to a forwarded command.

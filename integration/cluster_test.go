@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -31,6 +32,7 @@ type procNode struct {
 	imap    string
 	gossip  string
 	token   string
+	tls     *tls.Config // set when the admin API serves https
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -205,9 +207,19 @@ func (nd *procNode) api(method, path string, body any) (int, []byte, error) {
 		j, _ := json.Marshal(b)
 		rd = bytes.NewReader(j)
 	}
-	req, _ := http.NewRequest(method, "http://"+nd.admin+path, rd)
+	scheme, client := "http", &http.Client{Timeout: 60 * time.Second}
+	if nd.tls != nil {
+		scheme, client.Transport = "https", &http.Transport{TLSClientConfig: nd.tls, DisableKeepAlives: true}
+	}
+	req, _ := http.NewRequest(method, scheme+"://"+nd.admin+path, rd)
 	req.Header.Set("Authorization", "Bearer "+nd.token)
-	resp, err := (&http.Client{Timeout: 60 * time.Second}).Do(req)
+	if method != "GET" {
+		req.Header.Set("Content-Type", "application/json")
+		if _, raw := body.([]byte); raw {
+			req.Header.Set("Content-Type", "application/octet-stream") // a raft command
+		}
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -509,8 +521,9 @@ func TestAdminAPIHostileInput(t *testing.T) {
 		{"PUT", "/v1/backends/x", `{"id":"x","host":"` + strings.Repeat("a", 2<<20) + `","imap_port":1}`, clusterToken, 413, "larger than"},
 		{"PUT", "/v1/backends/x", `{"id":"x","host":"h","imap_port":1}`, "wrong", 401, "bearer token"},
 		{"PUT", "/v1/backends/x", `{"id":"x","host":"h","imap_port":1}`, "", 401, "bearer token"},
-		{"POST", "/v1/import?format=popmap", "nobody-here\n", clusterToken, 400, "line 1"},
-		{"POST", "/v1/import?format=xml", "", clusterToken, 400, "format must be"},
+		{"POST", "/v1/import", `{"format":"popmap","data":"nobody-here\n"}`, clusterToken, 400, "line 1"},
+		{"POST", "/v1/import", `{"format":"xml","data":""}`, clusterToken, 400, "format must be"},
+		{"POST", "/v1/import?format=csv", `{"format":"popmap","data":""}`, clusterToken, 400, "differs"},
 		{"POST", "/v1/internal/apply", []byte{250, 1, '{', '}'}, clusterToken, 400, "unknown command"},
 	}
 	for i, c := range cases {

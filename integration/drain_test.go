@@ -35,6 +35,9 @@ func startPorticoFile(t *testing.T, path string) *portico {
 func adminDo(t *testing.T, p *portico, method, path string) (int, map[string]any) {
 	t.Helper()
 	req, _ := http.NewRequest(method, "http://"+p.d.AdminAddr().String()+path, nil)
+	if method != "GET" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

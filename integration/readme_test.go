@@ -30,15 +30,16 @@ func TestReadmeVIPWalkthrough(t *testing.T) {
 	yml = yml[:strings.Index(yml, "```")]
 
 	dir := t.TempDir()
-	cert, key, _, err := testcert.Write(dir, "mail.example.com")
+	cert, key, certPEM, err := testcert.Write(dir, "mail.example.com")
 	if err != nil {
 		t.Fatal(err)
 	}
 	gk := make([]byte, 32)
 	_, _ = rand.Read(gk)
 	files := map[string]string{
-		"admin.token": "0123456789abcdef0123456789abcdef\n",
-		"gossip.key":  base64.StdEncoding.EncodeToString(gk) + "\n",
+		"admin.token":  "0123456789abcdef0123456789abcdef\n",
+		"gossip.key":   base64.StdEncoding.EncodeToString(gk) + "\n",
+		"admin-ca.pem": string(certPEM),
 	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
@@ -51,8 +52,8 @@ func TestReadmeVIPWalkthrough(t *testing.T) {
 	if err != nil {
 		t.Fatalf("README node configuration: %v\n%s", err, yml)
 	}
-	if len(cfg.VIP.Addresses) != 2 || cfg.Cluster.BootstrapExpect != 3 {
-		t.Fatalf("README node configuration: %+v %+v", cfg.VIP, cfg.Cluster)
+	if len(cfg.VIP.Addresses) != 2 || cfg.Cluster.BootstrapExpect != 3 || cfg.Admin.TLS == nil {
+		t.Fatalf("README node configuration: %+v %+v %+v", cfg.VIP, cfg.Cluster, cfg.Admin)
 	}
 	if !strings.Contains(readme, drillNft) {
 		t.Errorf("README's drill.nft differs from the one the drills run:\n%s", drillNft)

@@ -50,6 +50,11 @@ func usage() string {
 	for _, n := range names {
 		fmt.Fprintf(&b, "  portico %s\n", commands[n].summary)
 	}
+	b.WriteString("\nCommands that use a node's admin API take --admin host:port or https://host:port,\n" +
+		"--token or --token-file, --ca FILE (to verify https), --json, and --config FILE to take\n" +
+		"all of these from the node's configuration file (env PORTICO_ADMIN, PORTICO_TOKEN,\n" +
+		"PORTICO_CA, PORTICO_CONFIG). A token is not sent over plain http to another host\n" +
+		"without --insecure-http.\n")
 	b.WriteString("\nRun \"portico COMMAND --help\" for a command's flags.\n")
 	return b.String()
 }

@@ -10,8 +10,10 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
+	"unicode/utf8"
 
 	"github.com/portico-mail/portico/cluster"
+	"github.com/portico-mail/portico/ops/daemon"
 	"github.com/portico-mail/portico/routing"
 )
 
@@ -390,11 +392,14 @@ func cmdImport(args []string) error {
 	if err != nil {
 		return err
 	}
+	if !utf8.Valid(body) {
+		return fmt.Errorf("import: %s is not UTF-8 text", pos[0])
+	}
 	c, err := client()
 	if err != nil {
 		return err
 	}
-	raw, err := c.do("POST", "/v1/import?format="+url.QueryEscape(*format), body, nil)
+	raw, err := c.do("POST", "/v1/import", daemon.ImportRequest{Format: *format, Data: string(body)}, nil)
 	if err == nil {
 		done(c, raw)
 	}

@@ -1,16 +1,33 @@
 // Package admin is the node's HTTP admin listener: the JSON API under /v1/,
 // Prometheus metrics at /metrics, and /healthz and /readyz.
 //
+// Every request, public or not, first passes the guard (guard.go):
+//
+//   - Host: the Host header must name this listener (the address the
+//     connection reached, the configured address, localhost on loopback,
+//     or an operator's admin.allowed_hosts entry), else 421. This defeats
+//     DNS rebinding, where a browser page's own name is made to resolve to
+//     the admin address.
+//   - Cross-site requests: a method other than GET and HEAD needs
+//     Content-Type application/json (a browser sends that cross-origin only
+//     after a CORS preflight, which this server never approves), no Origin
+//     other than the listener's own (403) and no Sec-Fetch-Site other than
+//     same-origin or none (403). These hold with and without a token.
+//
 // Authentication: a bearer token from the configuration, compared in
 // constant time. With no token the listener must be on a loopback address
 // (enforced by configuration validation). A bad or missing token is a 401
 // and nothing changes. /healthz, /readyz and /metrics need no token, so that
 // load balancers and Prometheus can reach them.
+//
+// TLS (tls.go): with a certificate and key the listener serves HTTPS only,
+// TLS 1.2 or later; the pair can be replaced while running (reload).
 package admin
 
 import (
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,11 +37,27 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // MaxBody caps request bodies (bulk imports use their own larger cap).
 const MaxBody = 1 << 20
+
+// Config configures a Server.
+type Config struct {
+	// Address is the host:port to listen on.
+	Address string
+	// Token is the bearer token for the /v1/ API; "" disables
+	// authentication.
+	Token string
+	// AllowedHosts are further values accepted in the Host header besides
+	// the listener's own addresses: "name" (any port) or "name:port".
+	AllowedHosts []string
+	// CertFile and KeyFile, when set, make the listener serve HTTPS.
+	CertFile, KeyFile string
+}
 
 // Server is the admin HTTP server.
 type Server struct {
@@ -35,24 +68,55 @@ type Server struct {
 	srv   *http.Server
 	ln    net.Listener
 
+	hostsMu    sync.Mutex // serializes changes to hosts
+	hosts      atomic.Pointer[hostSet]
+	allowed    []string                        // admin.allowed_hosts
+	extraHosts []hostEntry                     // AllowHost
+	cert       atomic.Pointer[tls.Certificate] // nil: plain HTTP
+	refused    atomic.Int64                    // unix nanos of the last logged refusal
+
 	// Inherit, if set, is asked first for the listening socket (in-place
 	// upgrade: the socket the previous process served on); nil, nil when
 	// it has none.
 	Inherit func(addr string) (net.Listener, error)
 }
 
-// New returns a server for addr; token "" disables authentication.
-func New(addr, token string, log *slog.Logger) *Server {
-	s := &Server{addr: addr, token: token, log: log, mux: http.NewServeMux()}
+// New returns a server for c. It fails if an allowed host is malformed or
+// the TLS pair does not load.
+func New(c Config, log *slog.Logger) (*Server, error) {
+	s := &Server{addr: c.Address, token: c.Token, log: log, mux: http.NewServeMux(), allowed: c.AllowedHosts}
+	hs, err := newHostSet(c.Address, c.AllowedHosts, nil)
+	if err != nil {
+		return nil, err
+	}
+	s.hosts.Store(hs)
+	if c.CertFile != "" || c.KeyFile != "" {
+		cert, err := LoadKeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, err
+		}
+		s.cert.Store(cert)
+	}
 	s.srv = &http.Server{
-		Handler:           s.mux,
+		Handler:           s.guard(s.mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       5 * time.Minute, // bulk imports
 		WriteTimeout:      5 * time.Minute,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	return s
+	return s, nil
+}
+
+// TLS reports whether the listener serves HTTPS.
+func (s *Server) TLS() bool { return s.cert.Load() != nil }
+
+// Scheme is "https" or "http".
+func (s *Server) Scheme() string {
+	if s.TLS() {
+		return "https"
+	}
+	return "http"
 }
 
 // Handle registers an authenticated handler (the /v1/ API).
@@ -64,6 +128,7 @@ func (s *Server) HandleFunc(pattern string, f func(http.ResponseWriter, *http.Re
 }
 
 // HandlePublic registers a handler that needs no token (health, metrics).
+// The guard (Host, cross-site) still applies.
 func (s *Server) HandlePublic(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
 func (s *Server) auth(h http.Handler) http.Handler {
@@ -112,12 +177,17 @@ func (s *Server) Start() error {
 		return err
 	}
 	ln := s.ln
+	serve := s.srv.Serve
+	if s.TLS() {
+		s.srv.TLSConfig = s.serverTLS()
+		serve = func(ln net.Listener) error { return s.srv.ServeTLS(ln, "", "") }
+	}
 	go func() {
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		if err := serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			s.log.Error("admin server", "error", err)
 		}
 	}()
-	s.log.Info("admin API listening", "address", ln.Addr().String(), "auth", s.token != "")
+	s.log.Info("admin API listening", "address", ln.Addr().String(), "scheme", s.Scheme(), "auth", s.token != "")
 	return nil
 }
 

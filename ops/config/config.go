@@ -230,6 +230,11 @@ func (c *Config) resolvePaths(base string) {
 		abs(&c.Backends[i].TLSCAFile)
 	}
 	abs(&c.Admin.TokenFile)
+	if t := c.Admin.TLS; t != nil {
+		abs(&t.CertFile)
+		abs(&t.KeyFile)
+		abs(&t.CAFile)
+	}
 	abs(&c.Cluster.EncryptKeyFile)
 	abs(&c.DataDir)
 }

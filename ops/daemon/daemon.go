@@ -6,6 +6,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -55,6 +56,9 @@ type Daemon struct {
 	engine  *relay.Engine
 	srv     *node.Server
 	admin   *admin.Server // nil when admin.address is "off"
+	peerTLS *tls.Config   // verifies other nodes' https:// admin APIs (adminplane.go)
+
+	peerTransport http.RoundTripper // for peerClient; nil: http.DefaultTransport
 
 	env *session.Env
 
@@ -128,14 +132,8 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 			return nil, err
 		}
 	}
-	if cfg.Admin.Address != "off" {
-		d.admin = admin.New(cfg.Admin.Address, cfg.Admin.Token, d.Log)
-		if o.Inherit != nil {
-			d.admin.Inherit = o.Inherit.Admin
-		}
-		d.admin.HandlePublic("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			admin.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
-		}))
+	if err := d.setupAdmin(cfg, o); err != nil {
+		return nil, err
 	}
 	if err := d.setupRouting(cfg); err != nil {
 		if d.admin != nil {

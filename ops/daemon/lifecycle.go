@@ -230,7 +230,7 @@ func restartRequired(a, b *config.Config) []string {
 	check("node_name", a.NodeName, b.NodeName)
 	check("data_dir", a.DataDir, b.DataDir)
 	check("cluster", a.Cluster, b.Cluster)
-	check("admin", a.Admin, b.Admin)
+	check("admin", adminRestartView(a.Admin), adminRestartView(b.Admin))
 	check("vip", a.VIP, b.VIP)
 	check("log.format", a.Log.Format, b.Log.Format)
 	return out

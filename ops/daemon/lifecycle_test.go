@@ -80,6 +80,7 @@ func post(t *testing.T, d *Daemon, path, body string) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest("POST", "http://"+d.AdminAddr().String()+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer s3cret")
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -115,6 +116,7 @@ func TestLifecycleAPIBadInput(t *testing.T) {
 	}
 	// Without the token: 401.
 	req, _ := http.NewRequest("POST", "http://"+d.AdminAddr().String()+"/v1/drain", nil)
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

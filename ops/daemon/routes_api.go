@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -262,8 +261,7 @@ func (d *Daemon) proxyToLeader(w http.ResponseWriter, r *http.Request) {
 		admin.Error(w, 503, cluster.ErrNoLeader.Error())
 		return
 	}
-	u := url.URL{Scheme: "http", Host: api, Path: r.URL.Path, RawQuery: r.URL.RawQuery}
-	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, u.String(), nil)
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, peerURL(api)+r.URL.RequestURI(), nil)
 	if err != nil {
 		admin.Error(w, 500, err.Error())
 		return
@@ -271,7 +269,7 @@ func (d *Daemon) proxyToLeader(w http.ResponseWriter, r *http.Request) {
 	if d.cfg.Admin.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+d.cfg.Admin.Token)
 	}
-	resp, err := (&http.Client{Timeout: 15 * time.Second}).Do(req)
+	resp, err := d.peerClient(15 * time.Second).Do(req)
 	if err != nil {
 		admin.Error(w, 503, fmt.Sprintf("leader %s at %s: %v", name, api, err))
 		return
@@ -282,6 +280,14 @@ func (d *Daemon) proxyToLeader(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(w, io.LimitReader(resp.Body, 256<<20))
 }
 
+// ImportRequest is the body of POST /v1/import: the file's text as a JSON
+// string (so that the request is application/json like every other
+// state-changing call, see ops/admin), and its format.
+type ImportRequest struct {
+	Format string `json:"format"` // popmap (default) or csv
+	Data   string `json:"data"`
+}
+
 // importRoutes takes user routes in bulk: Perdition's popmap format
 // ("user: server", server a backend id or host[:port]) or CSV ("user,
 // target" where target is a backend id or "pool:NAME"; a header line
@@ -289,12 +295,20 @@ func (d *Daemon) proxyToLeader(w http.ResponseWriter, r *http.Request) {
 // it is written in batches (a partial failure reports how far it got; a
 // retry is safe because every write is a put).
 func (d *Daemon) importRoutes(w http.ResponseWriter, r *http.Request) {
-	format := r.URL.Query().Get("format")
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxImportBody))
-	if err != nil {
-		admin.Error(w, 413, fmt.Sprintf("import larger than %d bytes", maxImportBody))
+	var req ImportRequest
+	if !admin.Decode(w, r, maxImportBody, &req) {
 		return
 	}
+	format := req.Format
+	if q := r.URL.Query().Get("format"); q != "" {
+		if format != "" && format != q {
+			admin.Error(w, 400, "format "+strconv.Quote(q)+" in the query differs from "+strconv.Quote(format)+" in the body")
+			return
+		}
+		format = q
+	}
+	body := []byte(req.Data)
+	var err error
 	t := d.fsm.Table()
 	var routes []routing.UserRoute
 	switch format {

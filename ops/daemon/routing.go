@@ -56,7 +56,7 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 			lock.Close()
 			return err
 		}
-		apiAddr = advertised(d.admin.Addr().String(), cfg.Cluster.Advertise)
+		apiAddr = d.advertiseAPI(cfg.Cluster.Advertise)
 	}
 	cl := cfg.Cluster
 	raftAdv, gossipAdv := "", ""
@@ -68,7 +68,7 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		NodeName: cfg.NodeName, DataDir: cfg.DataDir, Version: Version,
 		RaftBind: cl.RaftAddress, RaftAdvertise: raftAdv,
 		GossipBind: cl.GossipAddress, GossipAdvert: gossipAdv,
-		APIAddr: apiAddr, APIToken: cfg.Admin.Token,
+		APIAddr: apiAddr, APIToken: cfg.Admin.Token, APITLS: d.peerTLS,
 		Join: cl.Join, BootstrapExpect: cl.BootstrapExpect, MaxVoters: cl.MaxVoters,
 		DeadNodeReap: cl.DeadNodeReap.D(), EncryptKey: cl.Key,
 		Timing: cluster.Timing{

@@ -390,7 +390,7 @@ func (d *Daemon) forwardToLeader(w http.ResponseWriter, r *http.Request, body []
 		admin.Error(w, 503, "no raft leader")
 		return
 	}
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, "http://"+api+r.URL.RequestURI(), bytesReader(body))
+	req, err := http.NewRequestWithContext(r.Context(), r.Method, peerURL(api)+r.URL.RequestURI(), bytesReader(body))
 	if err != nil {
 		admin.Error(w, 500, err.Error())
 		return
@@ -399,7 +399,7 @@ func (d *Daemon) forwardToLeader(w http.ResponseWriter, r *http.Request, body []
 	if d.cfg.Admin.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+d.cfg.Admin.Token)
 	}
-	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	resp, err := d.peerClient(30 * time.Second).Do(req)
 	if err != nil {
 		admin.Error(w, 503, fmt.Sprintf("leader %s: %v", name, err))
 		return

@@ -1,0 +1,124 @@
+package daemon
+
+import (
+	"crypto/tls"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/portico-mail/portico/ops/admin"
+	"github.com/portico-mail/portico/ops/config"
+)
+
+// setupAdmin builds the admin listener from cfg.Admin (nothing when it is
+// "off") with its reload stage: admin.allowed_hosts and the admin TLS
+// certificate change in place; the rest of the admin section needs a
+// restart (restartRequired).
+func (d *Daemon) setupAdmin(cfg *config.Config, o Options) error {
+	a := cfg.Admin
+	if a.Address == "off" {
+		return nil
+	}
+	ac := admin.Config{Address: a.Address, Token: a.Token, AllowedHosts: a.AllowedHosts}
+	if a.TLS != nil {
+		ac.CertFile, ac.KeyFile = a.TLS.CertFile, a.TLS.KeyFile
+		tc, err := admin.ClientTLS(a.TLS.CAFile, a.TLS.CertFile)
+		if err != nil {
+			return err
+		}
+		d.peerTLS = tc
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = tc
+		d.peerTransport = t
+	}
+	srv, err := admin.New(ac, d.Log)
+	if err != nil {
+		return err
+	}
+	d.admin = srv
+	if o.Inherit != nil {
+		d.admin.Inherit = o.Inherit.Admin
+	}
+	if host, _, err := net.SplitHostPort(a.Address); err == nil && a.TLS == nil && !config.Loopback(host) {
+		d.Log.Warn("the admin API is on a non-loopback address without TLS: its bearer token crosses the network in cleartext (set admin.tls)",
+			"address", a.Address)
+	}
+	d.admin.HandlePublic("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		admin.JSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	}))
+	d.onReload(func(next *config.Config) (func(), error) {
+		na := next.Admin
+		if na.Address == "off" {
+			return nil, nil // a restart turns it off (restartRequired)
+		}
+		for _, h := range na.AllowedHosts {
+			if _, _, err := admin.ParseHost(h); err != nil {
+				return nil, err
+			}
+		}
+		var cert *tls.Certificate
+		if na.TLS != nil && d.admin.TLS() {
+			c, err := admin.LoadKeyPair(na.TLS.CertFile, na.TLS.KeyFile)
+			if err != nil {
+				return nil, err
+			}
+			cert = c
+		}
+		return func() {
+			_ = d.admin.SetAllowedHosts(na.AllowedHosts)
+			if cert != nil {
+				_ = d.admin.SetCertificate(cert)
+			}
+		}, nil
+	})
+	return nil
+}
+
+// adminRestartView is the part of the admin section that only a restart
+// changes: all but allowed_hosts and the certificate and key files, which a
+// reload applies.
+func adminRestartView(a config.Admin) config.Admin {
+	a.AllowedHosts = nil
+	if a.TLS != nil {
+		t := *a.TLS
+		t.CertFile, t.KeyFile = "", ""
+		a.TLS = &t
+	}
+	return a
+}
+
+// advertiseAPI returns the admin API address the cluster gossips for
+// this node (peers forward writes and consistent reads to the leader's):
+// host:port, with https:// in front when the listener serves TLS. The
+// listener accepts it in the Host header, which matters when peers reach
+// it through an address this host does not have (NAT).
+func (d *Daemon) advertiseAPI(adv string) string {
+	api := advertised(d.admin.Addr().String(), adv)
+	if host, _, err := net.SplitHostPort(api); err == nil {
+		if ip, err := netip.ParseAddr(host); err != nil || !ip.IsUnspecified() {
+			_ = d.admin.AllowHost(api)
+		}
+	}
+	if d.admin.TLS() {
+		return "https://" + api
+	}
+	return api
+}
+
+// peerURL is the base URL of a peer's admin API as gossiped (host:port
+// means plain HTTP).
+func peerURL(api string) string {
+	if strings.Contains(api, "://") {
+		return api
+	}
+	return "http://" + api
+}
+
+// peerClient calls other nodes' admin APIs, verifying https:// ones with
+// admin.tls.ca_file (or the node's own certificate). Its connections are
+// pooled for the node's life.
+func (d *Daemon) peerClient(timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: d.peerTransport}
+}
