@@ -22,7 +22,7 @@ func NewCollector(l *Limiter) *Collector {
 		entries: prometheus.NewDesc("portico_throttle_entries",
 			"Failure counters and blocks the throttle tracks (this node's and gossiped), by scope (ip, user_ip, user).", []string{"scope"}, nil),
 		bad: prometheus.NewDesc("portico_throttle_gossip_invalid_total",
-			"Throttle gossip messages dropped as malformed or from a node with another window setting.", nil, nil),
+			"Throttle gossip dropped: messages malformed or from a node with another window setting, and counters sent by a node they do not belong to.", nil, nil),
 	}
 }
 
@@ -41,7 +41,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	s := &c.l.stats
 	ch <- prometheus.MustNewConstMetric(c.delayed, prometheus.CounterValue, float64(s.delayed.Load()))
-	ch <- prometheus.MustNewConstMetric(c.bad, prometheus.CounterValue, float64(s.gossipInvalid.Load()))
+	ch <- prometheus.MustNewConstMetric(c.bad, prometheus.CounterValue, float64(s.gossipInvalid.Load()+s.gossipForeign.Load()))
 	for i, sc := range scopes {
 		ch <- prometheus.MustNewConstMetric(c.blocked, prometheus.CounterValue, float64(s.blocked[i].Load()), sc)
 		ch <- prometheus.MustNewConstMetric(c.blocks, prometheus.CounterValue, float64(s.blocks[i].Load()), sc)
