@@ -121,16 +121,16 @@ type Node struct {
 	ml        *memberlist.Memberlist
 	del       *delegate
 
-	leaderCh  chan bool
-	pokeCh    chan struct{}
-	hooksMu   sync.Mutex
-	onLeader  []func(leader bool)
+	leaderCh   chan bool
+	pokeCh     chan struct{}
+	hooksMu    sync.Mutex
+	onLeader   []func(leader bool)
 	meta       atomic.Pointer[Meta]
 	metaSeq    atomic.Uint64
 	metaSealed atomic.Pointer[sealedMeta]
-	stop      chan struct{}
-	wg        sync.WaitGroup
-	closeOnce sync.Once
+	stop       chan struct{}
+	wg         sync.WaitGroup
+	closeOnce  sync.Once
 
 	mu        sync.Mutex
 	deadSince map[string]time.Time // member name -> when memberlist reported it gone

@@ -22,11 +22,11 @@ import (
 // server (this file) and one client (Node.call), with one timeout and one
 // body limit.
 const (
-	rpcApply       = "/v1/apply"          // body: an encoded routing.Command; the leader applies it
-	rpcHold        = "/v1/hold-elections" // body: {"ms": N}; N = 0 releases
-	rpcReadIndex   = "/v1/read-index"     // the leader confirms leadership and returns its applied index
-	rpcTimeout     = 15 * time.Second     // every call, unless the caller's context ends sooner
-	maxRPCBody     = 16 << 20             // request and response bodies
+	rpcApply        = "/v1/apply"          // body: an encoded routing.Command; the leader applies it
+	rpcHold         = "/v1/hold-elections" // body: {"ms": N}; N = 0 releases
+	rpcReadIndex    = "/v1/read-index"     // the leader confirms leadership and returns its applied index
+	rpcTimeout      = 15 * time.Second     // every call, unless the caller's context ends sooner
+	maxRPCBody      = 16 << 20             // request and response bodies
 	maxElectionHold = 10 * time.Minute
 )
 
