@@ -110,7 +110,23 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // mux closes (closeStores waits for it).
 func (n *Node) serveRPC() {
 	defer close(n.rpcDone)
-	_ = n.rpcSrv.Serve(chanListener{m: n.mux, ch: n.mux.rpcCh})
+	_ = n.rpcSrv.Serve(rpcListener{chanListener{m: n.mux, ch: n.mux.rpcCh}})
+}
+
+// rpcListener hands the server connections whose TLS is already done.
+// They are wrapped so that net/http does not look at their ALPN protocol
+// (it closes a TLS connection whose protocol it has no handler for) and
+// serves them as HTTP/1.1.
+type rpcListener struct{ chanListener }
+
+type rpcConn struct{ net.Conn }
+
+func (l rpcListener) Accept() (net.Conn, error) {
+	c, err := l.chanListener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return rpcConn{c}, nil
 }
 
 func (n *Node) newRPCServer() *http.Server {

@@ -60,19 +60,30 @@ func signedBytes(ch byte, name string, payload []byte) []byte {
 
 // seal signs payload for channel ch in this node's name.
 func (n *Node) seal(ch byte, payload []byte) []byte {
-	m := n.trust.material()
-	sig, err := pki.Sign(m.Signer(), signedBytes(ch, n.cfg.NodeName, payload))
+	b, err := sealWith(n.trust.material(), n.cfg.NodeName, ch, payload)
 	if err != nil {
 		n.log.Error("signing gossip failed", "error", err)
 		return nil
 	}
-	b := make([]byte, 0, 2+len(n.cfg.NodeName)+8+binary.MaxVarintLen64+len(payload)+len(sig))
-	b = append(b, sealVersion, byte(len(n.cfg.NodeName)))
-	b = append(b, n.cfg.NodeName...)
+	return b
+}
+
+// sealWith seals payload in name's name with m's key.
+func sealWith(m *pki.Material, name string, ch byte, payload []byte) ([]byte, error) {
+	if len(name) == 0 || len(name) > 255 {
+		return nil, fmt.Errorf("node name of %d bytes", len(name))
+	}
+	sig, err := pki.Sign(m.Signer(), signedBytes(ch, name, payload))
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, 0, 2+len(name)+8+binary.MaxVarintLen64+len(payload)+len(sig))
+	b = append(b, sealVersion, byte(len(name)))
+	b = append(b, name...)
 	b = append(b, m.Self.KeyID[:]...)
 	b = binary.AppendUvarint(b, uint64(len(payload)))
 	b = append(b, payload...)
-	return append(b, sig...)
+	return append(b, sig...), nil
 }
 
 // parsedSeal is an envelope's fields, not yet verified.
