@@ -173,14 +173,14 @@ type attacker struct {
 	meta []byte
 }
 
-func (a *attacker) NodeMeta(int) []byte                { return a.meta }
-func (a *attacker) NotifyMsg([]byte)                   {}
-func (a *attacker) GetBroadcasts(int, int) [][]byte    { return nil }
-func (a *attacker) LocalState(bool) []byte             { return nil }
-func (a *attacker) MergeRemoteState(b []byte, _ bool)  {}
-func (a *attacker) NotifyJoin(*memberlist.Node)        {}
-func (a *attacker) NotifyLeave(*memberlist.Node)       {}
-func (a *attacker) NotifyUpdate(*memberlist.Node)      {}
+func (a *attacker) NodeMeta(int) []byte               { return a.meta }
+func (a *attacker) NotifyMsg([]byte)                  {}
+func (a *attacker) GetBroadcasts(int, int) [][]byte   { return nil }
+func (a *attacker) LocalState(bool) []byte            { return nil }
+func (a *attacker) MergeRemoteState(b []byte, _ bool) {}
+func (a *attacker) NotifyJoin(*memberlist.Node)       {}
+func (a *attacker) NotifyLeave(*memberlist.Node)      {}
+func (a *attacker) NotifyUpdate(*memberlist.Node)     {}
 func (a *attacker) sendAll(ml *memberlist.Memberlist, msg []byte) {
 	for _, m := range ml.Members() {
 		if m.Name != ml.LocalNode().Name {
@@ -428,4 +428,3 @@ func greeter(t *testing.T) string {
 	t.Cleanup(backendStop)
 	return ln.Addr().String()
 }
-
