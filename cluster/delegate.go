@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"errors"
 	"sort"
 	"sync"
 	"time"
@@ -137,6 +138,14 @@ func (d *delegate) deliver(id byte, sealed []byte) {
 	}
 	from, payload, err := d.n.open(id, sealed)
 	if err != nil {
+		var uk *unknownKeyError
+		if errors.As(err, &uk) {
+			// Its sender's key is being fetched: deliver it then (the
+			// state exchanged when a node joins arrives before it knows
+			// anyone's key).
+			d.n.peers.hold(uk.name, id, sealed)
+			return
+		}
 		d.n.peers.dropped.Add(1)
 		return
 	}
@@ -185,6 +194,7 @@ func (d *delegate) NotifyJoin(m *memberlist.Node) {
 	delete(d.n.deadSince, m.Name)
 	d.n.mu.Unlock()
 	d.n.log.Info("member joined", "member", m.Name, "address", m.Address())
+	d.n.peers.wantKey(m.Name) // verify it early: its gossip is sealed
 	d.n.poke()
 	d.peerBack(m.Name)
 }

@@ -162,6 +162,9 @@ type peerBook struct {
 	lastFetch map[string]time.Time
 
 	fetchCh chan string
+	// Messages waiting for their sender's key, by sender (bounded).
+	pending      map[string][]heldMsg
+	pendingBytes int
 	forged  atomic.Uint64 // messages with a bad signature by a known key
 	dropped atomic.Uint64 // gossip messages dropped: malformed, unverifiable or forged
 }
@@ -277,7 +280,15 @@ func (b *peerBook) fetch(name string) {
 		c.Close()
 		b.mu.Lock()
 		b.addrs[name] = addr
+		held := b.pending[name]
+		delete(b.pending, name)
+		for _, m := range held {
+			b.pendingBytes -= len(m.sealed)
+		}
 		b.mu.Unlock()
+		for _, m := range held {
+			b.n.del.deliver(m.ch, m.sealed)
+		}
 		b.n.poke()
 		return
 	}
@@ -313,4 +324,46 @@ func (b *peerBook) verifiedAt(name, addr string) bool {
 	}
 	b.wantKey(name)
 	return false
+}
+
+// heldMsg is a sealed message waiting for its sender's key.
+type heldMsg struct {
+	ch     byte
+	sealed []byte
+}
+
+// Bounds of the messages held for unknown keys: names come from the
+// network, so a keyed stranger inventing names only evicts its own.
+const (
+	maxHeldPerNode = 8
+	maxHeldNodes   = 64
+	maxHeldBytes   = 16 << 20
+)
+
+// hold keeps a message from name until name's key is fetched (a copy:
+// memberlist reuses its buffers).
+func (b *peerBook) hold(name string, ch byte, sealed []byte) {
+	if len(sealed) > maxHeldBytes/4 {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.pending == nil {
+		b.pending = map[string][]heldMsg{}
+	}
+	q, ok := b.pending[name]
+	if !ok && len(b.pending) >= maxHeldNodes {
+		return
+	}
+	q = append(q, heldMsg{ch, append([]byte(nil), sealed...)})
+	b.pendingBytes += len(sealed)
+	for len(q) > maxHeldPerNode || (b.pendingBytes > maxHeldBytes && len(q) > 0) {
+		b.pendingBytes -= len(q[0].sealed)
+		q = q[1:]
+	}
+	if len(q) == 0 {
+		delete(b.pending, name)
+		return
+	}
+	b.pending[name] = q
 }
