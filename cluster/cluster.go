@@ -13,11 +13,11 @@ package cluster
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -31,6 +31,7 @@ import (
 	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/metadb"
 
+	"github.com/portico-mail/portico/cluster/pki"
 	"github.com/portico-mail/portico/routing"
 )
 
@@ -75,12 +76,14 @@ type Config struct {
 	RaftAdvertise string // host:port peers reach raft at; default RaftBind
 	GossipBind    string // host:port memberlist listens on (TCP+UDP)
 	GossipAdvert  string // host:port peers reach memberlist at; default GossipBind
-	APIAddr       string // this node's admin API (host:port), for forwarding
-	APIToken      string // bearer token of the admin API (same on every node)
+	APIAddr       string // this node's admin API (host:port), shown to operators
 
-	// APITLS verifies the admin API of peers whose APIAddr is https://
-	// (admin.tls); nil: the system's roots.
-	APITLS *tls.Config
+	// TLS is this node's identity: the cluster CA bundle, its certificate
+	// and key (cluster/pki). Raft and the cluster RPCs run over mutual TLS
+	// with it and gossip is signed with it. nil: a node without peers gets
+	// a throwaway identity nobody else holds (its cluster port then
+	// refuses everyone); a node with peers must have one.
+	TLS *pki.Material
 
 	Join            []string
 	BootstrapExpect int
@@ -106,21 +109,28 @@ type Node struct {
 
 	raft      *raft.Raft
 	transport *raft.NetworkTransport
+	trust     *trust
+	mux       *mux
+	rpc       *http.Client
+	rpcSrv    *http.Server
+	rpcDone   chan struct{} // closed when serveRPC returns
+	peers     *peerBook
 	wal       *wal.WAL
 	walMeta   *metadb.BoltMetaDB
 	snaps     raft.SnapshotStore
 	ml        *memberlist.Memberlist
 	del       *delegate
 
-	leaderCh  chan bool
-	pokeCh    chan struct{}
-	hooksMu   sync.Mutex
-	onLeader  []func(leader bool)
-	meta      atomic.Pointer[Meta]
-	client    *forwarder
-	stop      chan struct{}
-	wg        sync.WaitGroup
-	closeOnce sync.Once
+	leaderCh   chan bool
+	pokeCh     chan struct{}
+	hooksMu    sync.Mutex
+	onLeader   []func(leader bool)
+	meta       atomic.Pointer[Meta]
+	metaSeq    atomic.Uint64
+	metaSealed atomic.Pointer[sealedMeta]
+	stop       chan struct{}
+	wg         sync.WaitGroup
+	closeOnce  sync.Once
 
 	mu        sync.Mutex
 	deadSince map[string]time.Time // member name -> when memberlist reported it gone
@@ -154,6 +164,24 @@ func New(cfg Config, fsm *routing.FSM) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Log.With("component", "cluster"), fsm: fsm, stop: make(chan struct{}), pokeCh: make(chan struct{}, 1),
 		deadSince: map[string]time.Time{}}
+	n.metaSeq.Store(uint64(time.Now().UnixNano()))
+	n.peers = newPeerBook(n)
+	n.trust = &trust{seen: n.peers.learn}
+	mat := cfg.TLS
+	if mat == nil {
+		if len(cfg.Join) > 0 || cfg.BootstrapExpect > 1 {
+			return nil, errors.New("cluster: a node with peers needs a node certificate (cluster.tls; create them with: portico tls ca create, portico tls cert create --node NAME)")
+		}
+		var err error
+		if mat, err = pki.Ephemeral(cfg.NodeName); err != nil {
+			return nil, fmt.Errorf("cluster: throwaway node identity: %w", err)
+		}
+	}
+	if mat.Self.Name != cfg.NodeName {
+		return nil, fmt.Errorf("cluster: the node certificate is for %q, this node is %q", mat.Self.Name, cfg.NodeName)
+	}
+	n.trust.mat.Store(mat)
+	n.rpc = n.newRPCClient()
 	var err error
 	if n.lock = cfg.Lock; n.lock == nil {
 		if n.lock, err = LockDataDir(cfg.DataDir); err != nil {
@@ -172,7 +200,6 @@ func New(cfg Config, fsm *routing.FSM) (*Node, error) {
 	if err := n.openMemberlist(); err != nil {
 		return nil, err
 	}
-	n.client = newForwarder(cfg.APIToken, cfg.APITLS)
 	ok = true
 	return n, nil
 }
@@ -209,10 +236,23 @@ func (n *Node) openRaft() error {
 			return fmt.Errorf("cluster: raft advertise address %q: %w", adv, err)
 		}
 	}
-	tr, err := raft.NewTCPTransportWithLogger(n.cfg.RaftBind, advAddr, 3, 10*time.Second, hlog)
+	ln, err := net.Listen("tcp", n.cfg.RaftBind)
 	if err != nil {
 		return fmt.Errorf("cluster: raft transport on %s: %w", n.cfg.RaftBind, err)
 	}
+	if advAddr == nil {
+		if a := ln.Addr().(*net.TCPAddr); a.IP.IsUnspecified() {
+			ln.Close()
+			return fmt.Errorf("cluster: raft_address %s is unspecified: set cluster.advertise", n.cfg.RaftBind)
+		}
+	}
+	n.mux = newMux(ln, n.trust, n.log)
+	tr := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  &raftLayer{chanListener: chanListener{m: n.mux, ch: n.mux.raftCh}, advertise: advAddr},
+		MaxPool: 3,
+		Timeout: 10 * time.Second,
+		Logger:  hlog,
+	})
 	n.transport = tr
 
 	rc := raft.DefaultConfig()
@@ -235,6 +275,8 @@ func (n *Node) openRaft() error {
 		return fmt.Errorf("cluster: raft: %w", err)
 	}
 	n.raft = r
+	n.rpcSrv, n.rpcDone = n.newRPCServer(), make(chan struct{})
+	go n.serveRPC()
 	return nil
 }
 
@@ -266,7 +308,8 @@ func (n *Node) openMemberlist() error {
 	mc.Delegate = n.del
 	mc.Events = n.del
 	hasState, _ := raft.HasExistingState(n.wal, n.wal, n.snaps)
-	n.meta.Store(&Meta{Version: n.cfg.Version, API: n.cfg.APIAddr, Raft: string(n.transport.LocalAddr()), Bootstrapped: hasState})
+	n.meta.Store(&Meta{Version: n.cfg.Version, API: n.cfg.APIAddr, Raft: string(n.transport.LocalAddr()), Bootstrapped: hasState,
+		Level: int(routing.CommandLevel), Seq: n.metaSeq.Add(1)})
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return fmt.Errorf("cluster: memberlist on %s: %w", n.cfg.GossipBind, err)
@@ -316,10 +359,11 @@ func (n *Node) Start() error {
 	default:
 		n.log.Info("no raft state: waiting to be added by the leader", "join", n.cfg.Join)
 	}
-	n.wg.Add(3)
+	n.wg.Add(4)
 	go n.leaderLoop()
 	go n.rejoinLoop()
 	go n.metaLoop()
+	go n.peers.fetchLoop()
 	return nil
 }
 
@@ -344,7 +388,7 @@ func (n *Node) peerBootstrapped() bool {
 		if m.name == n.cfg.NodeName || m.state != memberlist.StateAlive {
 			continue
 		}
-		if meta := decodeMeta(m.meta); meta != nil && meta.Bootstrapped {
+		if meta, ok := n.memberMeta(m.name, m.meta); ok && meta.Bootstrapped {
 			return true
 		}
 	}
@@ -395,14 +439,16 @@ func (n *Node) bootstrapWhenExpected() {
 			if m.state != memberlist.StateAlive {
 				continue
 			}
-			meta := decodeMeta(m.meta)
-			if m.name == n.cfg.NodeName {
-				meta = n.meta.Load()
-			}
-			if meta == nil || meta.Raft == "" || meta.Bootstrapped {
-				if meta != nil && meta.Bootstrapped {
+			meta, ok := n.memberMeta(m.name, m.meta)
+			if !ok || meta.Raft == "" || meta.Bootstrapped {
+				if ok && meta.Bootstrapped {
 					return // an existing cluster: wait to be added
 				}
+				continue
+			}
+			// Only members whose certificate was verified at the raft
+			// address they claim (a keyed impostor cannot be counted).
+			if m.name != n.cfg.NodeName && !n.peers.verifiedAt(m.name, meta.Raft) {
 				continue
 			}
 			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.name), Address: raft.ServerAddress(meta.Raft)})
@@ -478,7 +524,7 @@ func (n *Node) Leader() (name, api string) {
 	}
 	for _, m := range n.del.snapshot() {
 		if m.name == name {
-			if meta := decodeMeta(m.meta); meta != nil {
+			if meta, ok := n.memberMeta(m.name, m.meta); ok {
 				api = meta.API
 			}
 		}
@@ -529,6 +575,9 @@ func (n *Node) ApplyRaw(ctx context.Context, b []byte) error {
 
 func (n *Node) applyOnce(ctx context.Context, b []byte) error {
 	if n.IsLeader() {
+		if err := n.checkLevel(routing.CommandType(b[0])); err != nil {
+			return err
+		}
 		timeout := 10 * time.Second
 		if dl, ok := ctx.Deadline(); ok {
 			timeout = time.Until(dl)
@@ -545,11 +594,11 @@ func (n *Node) applyOnce(ctx context.Context, b []byte) error {
 		}
 		return nil
 	}
-	name, api := n.Leader()
-	if name == "" || api == "" {
+	addr, id := n.raft.LeaderWithID()
+	if addr == "" || id == "" {
 		return ErrNoLeader
 	}
-	return n.client.apply(ctx, api, b)
+	return n.forwardApply(ctx, string(id), string(addr), b)
 }
 
 // VerifyLeader confirms that this node is still the leader (for consistent
@@ -669,7 +718,13 @@ func (n *Node) closeStores() error {
 		err = n.raft.Shutdown().Error()
 	}
 	if n.transport != nil {
-		_ = n.transport.Close()
+		_ = n.transport.Close() // closes the mux
+	} else if n.mux != nil {
+		_ = n.mux.Close()
+	}
+	if n.rpcSrv != nil {
+		_ = n.rpcSrv.Close()
+		<-n.rpcDone
 	}
 	if n.wal != nil {
 		_ = n.wal.Close()

@@ -1,7 +1,7 @@
 package cluster
 
 import (
-	"encoding/json"
+	"errors"
 	"sort"
 	"sync"
 	"time"
@@ -57,13 +57,17 @@ func (d *delegate) snapshot() []memberCopy {
 }
 
 // Channel is a gossip payload multiplexed on the delegate by a one-byte id:
-// backend health views and shared throttle counters use it.
+// backend health views and shared throttle counters use it. Every message
+// is sealed by its sender (seal.go); a channel sees only messages whose
+// signature checked out, with the signer's node name, and must accept
+// from them only what the signer may say: data about itself.
 type Channel interface {
-	// LocalState returns this node's full state for push/pull sync.
+	// LocalState returns this node's state for push/pull sync.
 	LocalState() []byte
-	// MergeRemote merges a peer's state or broadcast. It must validate the
-	// input (it comes from the network) and must not block.
-	MergeRemote(b []byte)
+	// MergeRemote merges a peer's state or broadcast, sent and signed by
+	// node from. It must validate the input (it comes from the network)
+	// and must not block.
+	MergeRemote(from string, b []byte)
 }
 
 func newDelegate(n *Node) *delegate {
@@ -89,9 +93,13 @@ func (n *Node) Register(id byte, c Channel) {
 	n.del.mu.Unlock()
 }
 
-// Broadcast queues b on channel id for gossip to every member.
+// Broadcast queues b on channel id, sealed, for gossip to every member.
 func (n *Node) Broadcast(id byte, b []byte) {
-	n.del.queue.QueueBroadcast(simpleBroadcast(append([]byte{id}, b...)))
+	sealed := n.seal(id, b)
+	if sealed == nil {
+		return
+	}
+	n.del.queue.QueueBroadcast(simpleBroadcast(append([]byte{id}, sealed...)))
 }
 
 type simpleBroadcast []byte
@@ -101,8 +109,9 @@ func (b simpleBroadcast) Message() []byte                       { return b }
 func (b simpleBroadcast) Finished()                             {}
 
 func (d *delegate) NodeMeta(limit int) []byte {
-	b, _ := json.Marshal(d.n.meta.Load())
+	b := d.n.sealedMeta()
 	if len(b) > limit {
+		d.n.log.Error("node metadata too large to gossip", "bytes", len(b), "limit", limit)
 		return nil
 	}
 	return b
@@ -112,12 +121,35 @@ func (d *delegate) NotifyMsg(b []byte) {
 	if len(b) < 1 {
 		return
 	}
-	d.mu.Lock()
-	c := d.channels[b[0]]
-	d.mu.Unlock()
-	if c != nil {
-		c.MergeRemote(b[1:])
+	d.deliver(b[0], b[1:])
+}
+
+// deliver opens a sealed message for channel id and hands it to the
+// channel; anything that does not verify is dropped.
+func (d *delegate) deliver(id byte, sealed []byte) {
+	if id == chanMeta {
+		return
 	}
+	d.mu.Lock()
+	c := d.channels[id]
+	d.mu.Unlock()
+	if c == nil {
+		return
+	}
+	from, payload, err := d.n.open(id, sealed)
+	if err != nil {
+		var uk *unknownKeyError
+		if errors.As(err, &uk) {
+			// Its sender's key is being fetched: deliver it then (the
+			// state exchanged when a node joins arrives before it knows
+			// anyone's key).
+			d.n.peers.hold(uk.name, id, sealed)
+			return
+		}
+		d.n.peers.dropped.Add(1)
+		return
+	}
+	c.MergeRemote(from, payload)
 }
 
 func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
@@ -135,7 +167,7 @@ func (d *delegate) LocalState(join bool) []byte {
 	}
 	sort.Ints(ids)
 	for _, id := range ids {
-		st := d.channels[byte(id)].LocalState()
+		st := d.n.seal(byte(id), d.channels[byte(id)].LocalState())
 		out = append(out, byte(id))
 		out = appendUvarint(out, uint64(len(st)))
 		out = append(out, st...)
@@ -152,12 +184,7 @@ func (d *delegate) MergeRemoteState(b []byte, join bool) {
 		}
 		payload := b[1+n : 1+n+int(l)]
 		b = b[1+n+int(l):]
-		d.mu.Lock()
-		c := d.channels[id]
-		d.mu.Unlock()
-		if c != nil {
-			c.MergeRemote(payload)
-		}
+		d.deliver(id, payload)
 	}
 }
 
@@ -167,6 +194,7 @@ func (d *delegate) NotifyJoin(m *memberlist.Node) {
 	delete(d.n.deadSince, m.Name)
 	d.n.mu.Unlock()
 	d.n.log.Info("member joined", "member", m.Name, "address", m.Address())
+	d.n.peers.wantKey(m.Name) // verify it early: its gossip is sealed
 	d.n.poke()
 	d.peerBack(m.Name)
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -41,8 +42,12 @@ func (h *HealthConfig) defaults() {
 	}
 }
 
-// channelHealth is the gossip channel id of backend health views.
-const channelHealth = 1
+// channelHealth is the gossip channel id of backend health views;
+// sealHealthView seals each view on its own (see LocalState).
+const (
+	channelHealth  = 1
+	sealHealthView = 0x81
+)
 
 // maxHealthMsg bounds a health message from the network.
 const maxHealthMsg = 256 << 10
@@ -53,6 +58,8 @@ type healthView struct {
 	Inc  int64    `json:"i"` // incarnation: the node's start time
 	Seq  uint64   `json:"s"`
 	Down []string `json:"d,omitempty"`
+
+	sealed []byte // the view as its node sealed it (relayed as is)
 }
 
 func (v *healthView) newer(o *healthView) bool {
@@ -202,15 +209,16 @@ func (h *Health) probeAll() {
 			view.Down = append(view.Down, id)
 		}
 		sort.Strings(view.Down)
+		if b, err := json.Marshal(view); err == nil {
+			view.sealed = h.n.seal(sealHealthView, b)
+		}
 		h.views[view.Node] = view
 	} else {
 		h.seq.Add(1)
 	}
 	h.mu.Unlock()
-	if view != nil {
-		if b, err := json.Marshal(view); err == nil {
-			h.n.Broadcast(channelHealth, b)
-		}
+	if view != nil && view.sealed != nil {
+		h.n.Broadcast(channelHealth, appendSealedList(nil, view.sealed))
 	}
 	h.decide()
 }
@@ -268,41 +276,60 @@ func keys(m map[string]bool) []string {
 	return out
 }
 
-// LocalState implements Channel: all views this node knows.
+// LocalState implements Channel: every view this node knows, each as its
+// own node sealed it, so that a receiver checks each view against the
+// node it is about, whoever relays it.
+//
+//	state = view_count:uvarint (len:uvarint sealed_view)*
 func (h *Health) LocalState() []byte {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	vs := make([]*healthView, 0, len(h.views))
+	var b []byte
 	for _, v := range h.views {
-		vs = append(vs, v)
+		if v.sealed != nil {
+			b = appendSealedList(b, v.sealed)
+		}
 	}
-	b, _ := json.Marshal(vs)
 	return b
 }
 
-// MergeRemote implements Channel: a single view (broadcast) or a list
-// (push/pull). Input from the network is bounded and validated.
-func (h *Health) MergeRemote(b []byte) {
-	if len(b) == 0 || len(b) > maxHealthMsg {
+func appendSealedList(b, sealed []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(sealed)))
+	return append(b, sealed...)
+}
+
+// MergeRemote implements Channel: a list of sealed views (one in a
+// broadcast, all in a push/pull). A view is taken only with its own
+// node's signature: nobody can speak for another node's health opinion,
+// whoever relays it. Input from the network is bounded and validated.
+func (h *Health) MergeRemote(from string, b []byte) {
+	if len(b) > maxHealthMsg {
 		return
 	}
-	var vs []*healthView
-	if b[0] == '[' {
-		if json.Unmarshal(b, &vs) != nil {
+	var accepted []*healthView
+	for len(b) > 0 {
+		l, k := binary.Uvarint(b)
+		if k <= 0 || l > uint64(len(b)-k) {
 			return
 		}
-	} else {
-		var v healthView
-		if json.Unmarshal(b, &v) != nil {
-			return
-		}
-		vs = []*healthView{&v}
-	}
-	h.mu.Lock()
-	for _, v := range vs {
-		if v == nil || v.Node == "" || v.Node == h.n.cfg.NodeName || len(v.Down) > 10000 {
+		sealed := b[k : k+int(l)]
+		b = b[k+int(l):]
+		origin, payload, err := h.n.open(sealHealthView, sealed)
+		if err != nil {
 			continue
 		}
+		var v healthView
+		if json.Unmarshal(payload, &v) != nil || v.Node != origin || v.Node == h.n.cfg.NodeName || len(v.Down) > 10000 {
+			continue
+		}
+		v.sealed = append([]byte(nil), sealed...)
+		accepted = append(accepted, &v)
+	}
+	if len(accepted) == 0 {
+		return
+	}
+	h.mu.Lock()
+	for _, v := range accepted {
 		if old := h.views[v.Node]; old == nil || v.newer(old) {
 			h.views[v.Node] = v
 		}

@@ -1,13 +1,10 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -24,10 +21,6 @@ import (
 // A voter that still knows the old leader also refuses to vote for anyone
 // else (raft's leader stickiness), but the restarted leader's own address
 // is the old leader's, so it collects the votes.
-
-// HoldPath is the admin API endpoint that holds (ms > 0) or releases
-// (ms = 0) this node's elections; body {"ms": N}.
-const HoldPath = "/v1/internal/hold-elections"
 
 type electionHold struct {
 	mu    sync.Mutex
@@ -70,29 +63,19 @@ func (n *Node) ReleaseElections() error {
 	return n.raft.ReloadConfig(rc)
 }
 
-// peerVoterAPIs returns the admin API address of every other voter, or an
-// error if one is unknown (not a live member with an API address).
-func (n *Node) peerVoterAPIs() (map[string]string, error) {
+// peerVoters returns the cluster address of every other voter (from
+// raft's configuration).
+func (n *Node) peerVoters() (map[string]string, error) {
 	cf := n.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
 		return nil, err
-	}
-	apis := map[string]string{}
-	for _, m := range n.Members() {
-		if m.State == "alive" && m.API != "" {
-			apis[m.Name] = m.API
-		}
 	}
 	out := map[string]string{}
 	for _, s := range cf.Configuration().Servers {
 		if s.Suffrage != raft.Voter || s.ID == raft.ServerID(n.cfg.NodeName) {
 			continue
 		}
-		api := apis[string(s.ID)]
-		if api == "" {
-			return nil, fmt.Errorf("voter %s is not a live member with an admin API", s.ID)
-		}
-		out[string(s.ID)] = api
+		out[string(s.ID)] = string(s.Address)
 	}
 	return out, nil
 }
@@ -101,15 +84,15 @@ func (n *Node) peerVoterAPIs() (map[string]string, error) {
 // succeeds only if all of them did; otherwise it releases those that did
 // and returns the error (then leadership must move instead).
 func (n *Node) HoldPeerElections(ctx context.Context, d time.Duration) error {
-	apis, err := n.peerVoterAPIs()
+	peers, err := n.peerVoters()
 	if err != nil {
 		return err
 	}
 	var held []string
-	for name, api := range apis {
-		if err := n.postHold(ctx, api, d); err != nil {
+	for name, addr := range peers {
+		if err := n.postHold(ctx, name, addr, d); err != nil {
 			for _, h := range held {
-				_ = n.postHold(ctx, apis[h], 0)
+				_ = n.postHold(ctx, h, peers[h], 0)
 			}
 			return fmt.Errorf("voter %s: %w", name, err)
 		}
@@ -121,41 +104,29 @@ func (n *Node) HoldPeerElections(ctx context.Context, d time.Duration) error {
 // ReleasePeerElections asks every other voter to end a hold (best effort:
 // a hold also ends by itself).
 func (n *Node) ReleasePeerElections(ctx context.Context) {
-	apis, err := n.peerVoterAPIs()
+	peers, err := n.peerVoters()
 	if err != nil {
 		n.log.Warn("releasing held elections", "error", err)
 		return
 	}
-	for name, api := range apis {
-		if err := n.postHold(ctx, api, 0); err != nil {
+	for name, addr := range peers {
+		if err := n.postHold(ctx, name, addr, 0); err != nil {
 			n.log.Warn("releasing held elections", "voter", name, "error", err)
 		}
 	}
 }
 
-func (n *Node) postHold(ctx context.Context, api string, d time.Duration) error {
-	url := api
-	if !strings.Contains(url, "://") {
-		url = "http://" + url
-	}
+func (n *Node) postHold(ctx context.Context, name, addr string, d time.Duration) error {
 	body, _ := json.Marshal(map[string]int64{"ms": d.Milliseconds()})
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+HoldPath, bytes.NewReader(body))
+	var res ApplyResult
+	status, err := n.call(ctx, name, addr, rpcHold, body, &res)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	if n.cfg.APIToken != "" {
-		req.Header.Set("Authorization", "Bearer "+n.cfg.APIToken)
-	}
-	resp, err := n.client.http.Do(req)
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return errors.New(resp.Status)
+	if status != http.StatusOK {
+		return fmt.Errorf("HTTP %d: %s", status, res.Error)
 	}
 	return nil
 }

@@ -103,15 +103,18 @@ func (n *Node) reconcile() {
 		}
 		id := raft.ServerID(m.name)
 		alive[id] = true
-		meta := decodeMeta(m.meta)
-		if m.name == n.cfg.NodeName {
-			meta = n.meta.Load()
-		}
-		if meta == nil || meta.Raft == "" {
+		meta, verified := n.memberMeta(m.name, m.meta)
+		if !verified || meta.Raft == "" {
 			continue
 		}
 		addr := raft.ServerAddress(meta.Raft)
 		s, ok := inRaft[id]
+		// A server joins raft's configuration only once its certificate
+		// was verified at the address it claims: a member that holds the
+		// gossip key but no node certificate is never made a voter.
+		if !(ok && s.Address == addr) && m.name != n.cfg.NodeName && !n.peers.verifiedAt(m.name, meta.Raft) {
+			continue
+		}
 		switch {
 		case ok && s.Address == addr:
 			// Promote a non-voter when there is room.

@@ -3,9 +3,12 @@ package cluster
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/portico-mail/portico/cluster/pki"
 )
 
-// Meta is the node metadata gossiped by memberlist (at most 512 bytes).
+// Meta is the node metadata gossiped by memberlist, sealed (seal.go): at
+// most 512 bytes with the signature.
 type Meta struct {
 	Version      string `json:"v,omitempty"`
 	Role         string `json:"r,omitempty"` // "leader", "follower", "candidate", ...
@@ -14,17 +17,59 @@ type Meta struct {
 	Sessions     int    `json:"s,omitempty"` // open client connections
 	Draining     bool   `json:"d,omitempty"`
 	Bootstrapped bool   `json:"b,omitempty"` // has raft state (part of a formed cluster)
+	// Level is the newest replicated command type this binary applies
+	// (routing.CommandLevel): a leader writes a command type only when
+	// every server's level reaches it.
+	Level int `json:"l,omitempty"`
+	// Seq orders this node's metadata (a replayed older copy is ignored).
+	Seq uint64 `json:"q,omitempty"`
 }
 
-func decodeMeta(b []byte) *Meta {
-	if len(b) == 0 {
+// unverifiedMeta parses sealed metadata without checking the signature:
+// for display and for finding where to verify a node, never for a
+// decision.
+func unverifiedMeta(b []byte) *Meta {
+	p, err := parseSeal(b)
+	if err != nil {
 		return nil
 	}
 	var m Meta
-	if json.Unmarshal(b, &m) != nil {
+	if json.Unmarshal(p.payload, &m) != nil {
 		return nil
 	}
 	return &m
+}
+
+// memberMeta returns name's metadata if it carries name's valid
+// signature (or the newest such copy seen before, when the current one
+// cannot be verified yet), and whether it is verified. Our own comes from
+// memory.
+func (n *Node) memberMeta(name string, raw []byte) (*Meta, bool) {
+	if name == n.cfg.NodeName {
+		return n.meta.Load(), true
+	}
+	b := n.peers
+	b.mu.Lock()
+	tm := b.metas[name]
+	b.mu.Unlock()
+	if tm != nil && tm.raw == string(raw) {
+		return tm.meta, true
+	}
+	from, payload, err := n.open(chanMeta, raw)
+	var m Meta
+	if err != nil || from != name || json.Unmarshal(payload, &m) != nil {
+		if tm != nil {
+			return tm.meta, true // the last verified copy
+		}
+		return nil, false
+	}
+	if tm != nil && m.Seq < tm.meta.Seq {
+		return tm.meta, true // a replay of an older copy
+	}
+	b.mu.Lock()
+	b.metas[name] = &trustedMeta{raw: string(raw), meta: &m}
+	b.mu.Unlock()
+	return &m, true
 }
 
 // Member is a cluster member as seen by this node.
@@ -38,6 +83,10 @@ type Member struct {
 	Raft     string `json:"raft,omitempty"`
 	Sessions int    `json:"sessions"`
 	Draining bool   `json:"draining"`
+	// Verified: the metadata above carries the member's own valid
+	// signature (a member not verified yet shows what it claims).
+	Verified bool `json:"verified"`
+	Level    int  `json:"level,omitempty"`
 }
 
 // SetLocal updates what this node gossips about itself; f edits a copy.
@@ -47,10 +96,33 @@ func (n *Node) SetLocal(f func(*Meta)) {
 		old := n.meta.Load()
 		cp := *old
 		f(&cp)
+		if cp == *old {
+			return
+		}
+		cp.Seq = n.metaSeq.Add(1)
 		if n.meta.CompareAndSwap(old, &cp) {
 			return
 		}
 	}
+}
+
+// sealedMeta returns this node's metadata, sealed; the seal is made once
+// per change (receivers cache what they verified by its bytes).
+func (n *Node) sealedMeta() []byte {
+	m := n.meta.Load()
+	if c := n.metaSealed.Load(); c != nil && c.m == m && c.key == n.trust.material().Self.KeyID {
+		return c.b
+	}
+	b, _ := json.Marshal(m)
+	s := n.seal(chanMeta, b)
+	n.metaSealed.Store(&sealedMeta{m: m, key: n.trust.material().Self.KeyID, b: s})
+	return s
+}
+
+type sealedMeta struct {
+	m   *Meta
+	key pki.KeyID
+	b   []byte
 }
 
 // metaLoop keeps the gossiped metadata current (role, bootstrapped) and
@@ -72,7 +144,7 @@ func (n *Node) metaLoop() {
 				m.Bootstrapped = true
 			}
 		})
-		b, _ := json.Marshal(n.meta.Load())
+		b := n.sealedMeta() // changes with the metadata and with the key
 		if string(b) != string(last) {
 			last = b
 			_ = n.ml.UpdateNode(2 * time.Second)
@@ -99,12 +171,13 @@ func (n *Node) Members() []Member {
 	var out []Member
 	for _, m := range n.del.snapshot() {
 		mm := Member{Name: m.name, Address: m.addr, State: memberState(int(m.state))}
-		meta := decodeMeta(m.meta)
-		if m.name == n.cfg.NodeName {
-			meta = n.meta.Load()
+		meta, ok := n.memberMeta(m.name, m.meta)
+		if !ok {
+			meta = unverifiedMeta(m.meta)
 		}
+		mm.Verified = ok
 		if meta != nil {
-			mm.Version, mm.Role, mm.API, mm.Raft, mm.Sessions, mm.Draining = meta.Version, meta.Role, meta.API, meta.Raft, meta.Sessions, meta.Draining
+			mm.Version, mm.Role, mm.API, mm.Raft, mm.Sessions, mm.Draining, mm.Level = meta.Version, meta.Role, meta.API, meta.Raft, meta.Sessions, meta.Draining, meta.Level
 		}
 		out = append(out, mm)
 	}

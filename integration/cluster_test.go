@@ -68,11 +68,13 @@ func newCluster(t *testing.T, n int, dc *dovecot.Server, extra string) []*procNo
 func newClusterWith(t *testing.T, n, expect int, reap string, maxVoters int, dc *dovecot.Server, extra string) []*procNode {
 	t.Helper()
 	var nodes []*procNode
-	var join []string
+	var join, names []string
 	for i := 1; i <= n; i++ {
 		ip := fmt.Sprintf("127.0.3.%d", i)
 		join = append(join, ip+":7145")
+		names = append(names, fmt.Sprintf("n%d", i))
 	}
+	certs := clusterPKI(t, names...)
 	for i := 1; i <= n; i++ {
 		ip := fmt.Sprintf("127.0.3.%d", i)
 		nd := &procNode{t: t, name: fmt.Sprintf("n%d", i), ip: ip, dir: t.TempDir(),
@@ -92,12 +94,13 @@ cluster:
   dead_node_reap: %s
   max_voters: %d
   health: {interval: 500ms, timeout: 1s}
+  tls: %s
 backends:
   - {id: dc1, host: %s, imap_port: %d, pop3_port: %d, forward: id}
 pools:
   - {name: main, backends: [dc1]}
 %s`, nd.name, filepath.Join(nd.dir, "data"), nd.imap, nd.admin, clusterToken, ip, nd.gossip, strings.Join(join, ", "), nodeExpect(expect, i), reap, maxVoters,
-			dc.Addr, dc.IMAPPort, dc.POP3Port, extra)
+			certs[nd.name], dc.Addr, dc.IMAPPort, dc.POP3Port, extra)
 		nd.cfgPath = filepath.Join(nd.dir, "portico.yaml")
 		if err := os.WriteFile(nd.cfgPath, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)
@@ -524,7 +527,7 @@ func TestAdminAPIHostileInput(t *testing.T) {
 		{"POST", "/v1/import", `{"format":"popmap","data":"nobody-here\n"}`, clusterToken, 400, "line 1"},
 		{"POST", "/v1/import", `{"format":"xml","data":""}`, clusterToken, 400, "format must be"},
 		{"POST", "/v1/import?format=csv", `{"format":"popmap","data":""}`, clusterToken, 400, "differs"},
-		{"POST", "/v1/internal/apply", []byte{250, 1, '{', '}'}, clusterToken, 400, "unknown command"},
+		{"POST", "/v1/internal/apply", []byte{250, 1, '{', '}'}, clusterToken, 404, "not found"},
 	}
 	for i, c := range cases {
 		nd.token = c.token

@@ -104,6 +104,7 @@ func newDrillCluster(t *testing.T) *drillCluster {
 	for _, name := range []string{"n1", "n2", "n3"} {
 		join = append(join, fmt.Sprintf("%q", n.Host(name).IP4.String()+":7145"))
 	}
+	certs, gkey := clusterPKI(t, "n1", "n2", "n3"), gossipKey(t)
 	for _, name := range []string{"n1", "n2", "n3"} {
 		h := n.Host(name)
 		nd := &drillNode{h: h, name: name, dir: t.TempDir(), admin: h.IP4.String() + ":7143",
@@ -124,6 +125,8 @@ cluster:
   join: [%[8]s]
   bootstrap_expect: 3
   health: {interval: 500ms, timeout: 1s}
+  tls: %[11]s
+  encrypt_key: %[12]s
 vip:
   addresses:
     - {address: %[3]s/24, interface: eth0}
@@ -138,7 +141,7 @@ routes:
   domains: {shared.example: shared, single.example: single}
   default_pool: shared
 `, name, filepath.Join(nd.dir, "data"), drillVIP4, drillVIP6, nd.admin, clusterToken, h.IP4,
-			strings.Join(join, ", "), n.Host("b1").IP4, n.Host("b2").IP4)
+			strings.Join(join, ", "), n.Host("b1").IP4, n.Host("b2").IP4, certs[name], gkey)
 		nd.cfgPath = filepath.Join(nd.dir, "portico.yaml")
 		if err := os.WriteFile(nd.cfgPath, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)

@@ -24,6 +24,16 @@ const (
 	CmdSetDefaultPool CommandType = 9
 )
 
+// CommandLevel is the newest command type this binary applies; nodes
+// gossip it, and a leader writes a type newer than BaseCommandLevel only
+// when every server of the cluster has reached it (cluster.ErrUnsupported
+// otherwise), so an older node in a rolling upgrade never meets a type it
+// does not know. BaseCommandLevel is what every Portico release applies.
+const (
+	CommandLevel     = CmdSetDefaultPool
+	BaseCommandLevel = CmdSetDefaultPool
+)
+
 func (t CommandType) String() string {
 	switch t {
 	case CmdPutBackend:
@@ -97,7 +107,7 @@ func DecodeCommand(b []byte) (Command, error) {
 		return Command{}, fmt.Errorf("%w: %d bytes", ErrInvalid, len(b))
 	}
 	t := CommandType(b[0])
-	if t == 0 || t > CmdSetDefaultPool {
+	if t == 0 || t > CommandLevel {
 		return Command{}, fmt.Errorf("%w: type %d", ErrUnknownCommand, b[0])
 	}
 	if b[1] != commandVersion {

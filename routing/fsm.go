@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 
 	"github.com/hashicorp/raft"
@@ -17,24 +18,44 @@ type FSM struct {
 	table   atomic.Pointer[Table]
 	applied atomic.Uint64 // index of the last applied log entry
 	down    atomic.Pointer[HealthFunc]
-	// Fatal is called when a command cannot be decoded (an unknown type or
-	// version: a newer binary wrote it). Continuing would let this node's
-	// table silently diverge, so the default panics with a clear message;
-	// the process supervisor restarts the node, and an upgraded binary
-	// replays the entry correctly.
-	Fatal func(err error)
 	// OnApply, if set, is called after each applied entry (metrics).
 	OnApply func(index uint64, c Command, err error)
+
+	// A command this binary cannot decode (an unknown type or version: a
+	// newer binary wrote it) halts the FSM: applying nothing more is the
+	// only way not to diverge. The process is expected to stop (Halted)
+	// with the error; on restart the entry is replayed and halts it again,
+	// until the binary is upgraded. No panic: the node says why and stays
+	// down.
+	halt     atomic.Pointer[error]
+	haltCh   chan struct{}
+	haltOnce sync.Once
 }
 
 // NewFSM returns a state machine holding an empty table.
 func NewFSM() *FSM {
-	f := &FSM{}
+	f := &FSM{haltCh: make(chan struct{})}
 	f.table.Store(EmptyTable())
-	f.Fatal = func(err error) {
-		panic(fmt.Sprintf("routing: cannot apply a replicated command: %v. This binary is older than the node that wrote it; upgrade it (the entry is replayed on restart). Stopping rather than diverging.", err))
-	}
 	return f
+}
+
+// Halted is closed when the FSM met a command it cannot apply.
+func (f *FSM) Halted() <-chan struct{} { return f.haltCh }
+
+// HaltError says why the FSM halted (nil if it has not).
+func (f *FSM) HaltError() error {
+	if e := f.halt.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+func (f *FSM) halted(err error) {
+	f.haltOnce.Do(func() {
+		err = fmt.Errorf("routing: cannot apply a replicated command: %w. This binary is older than the node that wrote it: stopping rather than diverging. Upgrade this node's binary to the version the other nodes run (portico cluster members shows them), then start it again; the entry is replayed", err)
+		f.halt.Store(&err)
+		close(f.haltCh)
+	})
 }
 
 // Table returns the current snapshot.
@@ -58,6 +79,9 @@ func (f *FSM) Route(req Request) (Route, error) {
 // Apply implements raft.FSM. The response is nil or the error that
 // refused the command (the table is then unchanged, on every node alike).
 func (f *FSM) Apply(l *raft.Log) interface{} {
+	if err := f.HaltError(); err != nil {
+		return err
+	}
 	if l.Type != raft.LogCommand {
 		f.applied.Store(l.Index)
 		return nil
@@ -65,7 +89,8 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 	c, err := DecodeCommand(l.Data)
 	if err != nil {
 		if errors.Is(err, ErrUnknownCommand) {
-			f.Fatal(fmt.Errorf("log index %d: %w", l.Index, err))
+			f.halted(fmt.Errorf("log index %d: %w", l.Index, err))
+			return f.HaltError()
 		}
 		// A malformed entry is refused deterministically on every node.
 		f.applied.Store(l.Index)

@@ -125,26 +125,42 @@ func (m *memSink) ID() string    { return "mem" }
 func (m *memSink) Cancel() error { return nil }
 func (m *memSink) Close() error  { return nil }
 
-func TestFSMUnknownCommandStops(t *testing.T) {
-	f := NewFSM()
-	var got error
-	f.Fatal = func(err error) { got = err }
-	f.Apply(&raft.Log{Index: 7, Type: raft.LogCommand, Data: []byte{200, 1, '{', '}'}})
-	if !errors.Is(got, ErrUnknownCommand) || !strings.Contains(got.Error(), "index 7") {
-		t.Fatalf("unknown type: %v", got)
-	}
-	got = nil
-	f.Apply(&raft.Log{Index: 8, Type: raft.LogCommand, Data: []byte{byte(CmdPutBackend), 9, '{', '}'}})
-	if !errors.Is(got, ErrUnknownCommand) {
-		t.Fatalf("unknown version: %v", got)
-	}
-	// The default stops loudly.
-	defer func() {
-		if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), "Stopping rather than diverging") {
-			t.Fatalf("default Fatal: %v", r)
+func TestFSMUnknownCommandHalts(t *testing.T) {
+	put := func(id string) []byte {
+		b, err := Command{Type: CmdPutBackend, Backend: &Backend{ID: id, Host: "10.0.0.1", IMAPPort: 143}}.Encode()
+		if err != nil {
+			t.Fatal(err)
 		}
-	}()
-	NewFSM().Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: []byte{99, 1}})
+		return b
+	}
+	for _, bad := range [][]byte{{200, 1, '{', '}'}, {byte(CmdPutBackend), 9, '{', '}'}} {
+		f := NewFSM()
+		f.Apply(&raft.Log{Index: 6, Type: raft.LogCommand, Data: put("a")})
+		select {
+		case <-f.Halted():
+			t.Fatal("halted before the unknown entry")
+		default:
+		}
+		res := f.Apply(&raft.Log{Index: 7, Type: raft.LogCommand, Data: bad})
+		err, _ := res.(error)
+		if !errors.Is(err, ErrUnknownCommand) || !strings.Contains(err.Error(), "index 7") || !strings.Contains(err.Error(), "Upgrade this node") {
+			t.Fatalf("unknown entry %v: %v", bad[:2], res)
+		}
+		select {
+		case <-f.Halted():
+		default:
+			t.Fatal("not halted")
+		}
+		if !errors.Is(f.HaltError(), ErrUnknownCommand) {
+			t.Fatalf("HaltError: %v", f.HaltError())
+		}
+		// Nothing after it is applied: the table and index stay where the
+		// entry before left them.
+		f.Apply(&raft.Log{Index: 8, Type: raft.LogCommand, Data: put("b")})
+		if f.AppliedIndex() != 6 || f.Table().Backend("b") != nil || f.Table().Backend("a") == nil {
+			t.Fatalf("applied past the unknown entry: index %d", f.AppliedIndex())
+		}
+	}
 }
 
 func TestFSMRefusals(t *testing.T) {

@@ -10,6 +10,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -80,6 +81,10 @@ func main() {
 	}
 	if err := cmd.run(args); err != nil {
 		fmt.Fprintf(os.Stderr, "portico: %v\n", err)
+		var ee exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
 		os.Exit(1)
 	}
 }

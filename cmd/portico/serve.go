@@ -171,6 +171,13 @@ func run(cfg *config.Config, path string, h *daemon.Handover) error {
 				return errors.New("the in-place upgrade failed after the handoff; exiting so that the node restarts")
 			}
 			return nil
+		case <-d.Halted():
+			log.Error("stopping: this node cannot apply the replicated routing log", "error", d.HaltError())
+			sdNotify("STOPPING=1")
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace.D())
+			_ = d.Shutdown(ctx)
+			cancel()
+			return exitError{code: exitHalted, err: d.HaltError()}
 		case sig = <-sigs:
 		}
 		if sig == syscall.SIGUSR2 {
@@ -197,3 +204,17 @@ func run(cfg *config.Config, path string, h *daemon.Handover) error {
 		return err
 	}
 }
+
+// exitHalted is the exit status of a node that stopped because it cannot
+// apply the replicated log (EX_SOFTWARE): restarting the same binary
+// cannot help, so the systemd unit does not (RestartPreventExitStatus).
+const exitHalted = 70
+
+// exitError carries an exit status to main.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string { return e.err.Error() }
+func (e exitError) Unwrap() error { return e.err }

@@ -23,7 +23,7 @@ func NewCollector(l *Limiter) *Collector {
 		entries: prometheus.NewDesc("portico_throttle_entries",
 			"Failure counters and blocks the throttle tracks (this node's and gossiped), by scope (ip, user_ip, user).", []string{"scope"}, nil),
 		bad: prometheus.NewDesc("portico_throttle_gossip_invalid_total",
-			"Throttle gossip messages dropped as malformed or from a node with another window setting.", nil, nil),
+			"Throttle gossip dropped: messages malformed or from a node with another window setting, and counters sent by a node they do not belong to.", nil, nil),
 		inFlight: prometheus.NewDesc("portico_throttle_in_flight",
 			"Login attempts counted as in flight (asked of the backend or auth server, outcome not yet known) on this node.", nil, nil),
 		held: prometheus.NewDesc("portico_throttle_held_total",
@@ -48,7 +48,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	s := &c.l.stats
 	ch <- prometheus.MustNewConstMetric(c.delayed, prometheus.CounterValue, float64(s.delayed.Load()))
-	ch <- prometheus.MustNewConstMetric(c.bad, prometheus.CounterValue, float64(s.gossipInvalid.Load()))
+	ch <- prometheus.MustNewConstMetric(c.bad, prometheus.CounterValue, float64(s.gossipInvalid.Load()+s.gossipForeign.Load()))
 	ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(max(s.inFlight.Load(), 0)))
 	ch <- prometheus.MustNewConstMetric(c.held, prometheus.CounterValue, float64(s.held.Load()))
 	for i, sc := range scopes {

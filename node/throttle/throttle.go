@@ -76,11 +76,14 @@
 // time merges by maximum, and a reset (successful login) by the later reset
 // time, which discards everything counted before it. All three merges are
 // idempotent, commutative and associative, so repeated broadcasts and full
-// push/pull exchanges in any order converge to the same state. A restarted
-// node starts a new origin and learns the others' counters (its previous
-// run's included) from the push/pull exchange when it joins, so a restart
-// resets nothing anywhere. See wire.go for the message format; every message
-// from the network is validated before it is merged.
+// push/pull exchanges in any order converge to the same state. Each node
+// sends only its own counters (the cluster signs every message, and a
+// counter is accepted only from the node its origin belongs to), with the
+// block and reset times of every entry. A restarted node starts a new
+// origin and learns the blocks in force and the other nodes' counters from
+// them; its previous run's counters stay counted on the other nodes. See
+// wire.go for the message format; every message from the network is
+// validated before it is merged.
 package throttle
 
 import (
@@ -219,6 +222,8 @@ type Limiter struct {
 	gossip  atomic.Pointer[Gossip]
 	flushMu sync.Mutex
 	cursor  int // flush round-robin start (under flushMu)
+	ownMu   sync.Mutex
+	owners  map[uint64]string // origin -> the node that sends it (wire.go)
 
 	// flightMu guards flights, the attempts in flight per key (ip and
 	// user_ip). It is taken before any shard lock, never after.
@@ -240,6 +245,7 @@ type stats struct {
 	gossipInvalid atomic.Uint64
 	inFlight      atomic.Int64  // attempts reserved by Begin and not yet ended
 	held          atomic.Uint64 // attempts Begin made wait for others in flight
+	gossipForeign atomic.Uint64 // counters dropped: another node's origin
 }
 
 // New returns a Limiter with cfg. now may be nil (time.Now).

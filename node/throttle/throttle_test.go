@@ -288,7 +288,7 @@ func TestConcurrent(t *testing.T) {
 					l.Succeeded(ip, "alice")
 				}
 				if i%100 == 0 {
-					l.MergeRemote(l.LocalState())
+					l.MergeRemote("self", l.LocalState())
 					l.flush()
 				}
 			}
@@ -311,8 +311,17 @@ func TestStartClose(t *testing.T) {
 type bus struct {
 	mu  sync.Mutex
 	ls  []*Limiter
-	log [][]byte // every broadcast, for replays
+	log []sent // every broadcast, for replays
 }
+
+// sent is a message and the node that sent it.
+type sent struct {
+	from string
+	msg  []byte
+}
+
+// name is a test limiter's node name.
+func name(l *Limiter) string { return fmt.Sprintf("node-%x", l.origin) }
 
 func (b *bus) join(l *Limiter) {
 	b.mu.Lock()
@@ -320,12 +329,12 @@ func (b *bus) join(l *Limiter) {
 	b.mu.Unlock()
 	l.SetGossip(&Gossip{Broadcast: func(m []byte) {
 		b.mu.Lock()
-		b.log = append(b.log, m)
+		b.log = append(b.log, sent{name(l), m})
 		others := append([]*Limiter(nil), b.ls...)
 		b.mu.Unlock()
 		for _, o := range others {
 			if o != l {
-				o.MergeRemote(m)
+				o.MergeRemote(name(l), m)
 			}
 		}
 	}})
@@ -356,13 +365,13 @@ func TestGossipSumsNodes(t *testing.T) {
 	for round := 0; round < 3; round++ {
 		for i := len(b.log) - 1; i >= 0; i-- {
 			for _, n := range nodes {
-				n.MergeRemote(b.log[i])
+				n.MergeRemote(b.log[i].from, b.log[i].msg)
 			}
 		}
 		for _, from := range nodes {
 			st := from.LocalState()
 			for _, to := range nodes {
-				to.MergeRemote(st)
+				to.MergeRemote(name(from), st)
 			}
 		}
 	}
@@ -417,8 +426,10 @@ func count(l *Limiter, ip netip.Addr, user string) float64 {
 	return n
 }
 
-// A restarted node (a new Limiter: new origin, empty) learns everything
-// back from one push/pull, and the others never lost its counts.
+// A restarted node (a new Limiter: new origin, empty) learns the blocks
+// in force and the others' counters from a push/pull; the others never
+// lose its earlier run's counts. (A node sends only its own counters, so
+// the restarted node itself does not relearn its earlier run's.)
 func TestGossipRestart(t *testing.T) {
 	cfg := testConfig()
 	cfg.UserIPLimit = 4
@@ -430,23 +441,33 @@ func TestGossipRestart(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		a.Failed(attacker, "alice")
 	}
+	b.Failed(attacker, "bob")
+	for i := 0; i < 4; i++ {
+		b.Failed(home, "carol") // blocked
+	}
 	a.flush()
+	b.flush()
 	// a restarts.
 	a2 := New(cfg, clk.now)
-	a2.MergeRemote(b.LocalState())
-	if got := count(a2, attacker, "alice"); got != 3 {
-		t.Fatalf("restarted node learned %v failures, want 3", got)
+	bs.join(a2)
+	a2.MergeRemote(name(b), b.LocalState())
+	if got := count(a2, attacker, "bob"); got != 1 {
+		t.Fatalf("restarted node learned %v of b's failures, want 1", got)
+	}
+	if s := a2.Blocked(home, "carol"); s != ScopeUserIP {
+		t.Fatalf("restarted node did not learn the block: %q", s)
 	}
 	a2.Failed(attacker, "alice")
-	if s := a2.Blocked(attacker, "alice"); s != ScopeUserIP {
-		t.Errorf("restarted node: %q", s)
-	}
-	b.MergeRemote(a2.LocalState())
-	if s := b.Blocked(attacker, "alice"); s != ScopeUserIP {
-		t.Errorf("peer: %q", s)
-	}
+	a2.flush()
+	b.MergeRemote(name(a2), a2.LocalState())
 	if got := count(b, attacker, "alice"); got != 4 {
 		t.Errorf("peer counts %v, want 4 (3 from the old run, 1 from the new)", got)
+	}
+	// The next failure anywhere that sees the whole count blocks.
+	b.Failed(attacker, "alice")
+	b.flush()
+	if s := a2.Blocked(attacker, "alice"); s != ScopeUserIP {
+		t.Errorf("restarted node after the peer's block: %q", s)
 	}
 }
 
@@ -474,12 +495,46 @@ func TestGossipReset(t *testing.T) {
 	if s := b.Blocked(home, "alice"); s != "" {
 		t.Errorf("b still blocked after the reset: %s", s)
 	}
-	a.MergeRemote(stale)
-	b.MergeRemote(stale)
+	a.MergeRemote(name(b), stale)
+	b.MergeRemote(name(b), stale)
 	for i, l := range []*Limiter{a, b} {
 		if got := count(l, home, "alice"); got != 0 {
 			t.Errorf("node %d: count %v after a stale state", i, got)
 		}
+	}
+}
+
+// A node speaks only for its own counters: counters under another node's
+// origin are dropped, whoever relays them; blocks and resets are shared.
+func TestGossipForeignCounters(t *testing.T) {
+	cfg := testConfig()
+	cfg.UserIPLimit = 3
+	clk := newClock()
+	a, b, c := New(cfg, clk.now), New(cfg, clk.now), New(cfg, clk.now)
+	a.Failed(attacker, "alice")
+	a.flush()
+	c.MergeRemote(name(a), a.LocalState()) // binds a's origin to a
+	if got := count(c, attacker, "alice"); got != 1 {
+		t.Fatalf("c counts %v", got)
+	}
+	// b forges a's counter (a's origin, a high count) in its own message.
+	_, k, _ := c.keys(attacker, "alice", c.cfg.Load())
+	cc := c.clock(c.cfg.Load())
+	ent := &entry{slots: []slot{{origin: a.origin, win: cc.win, cur: 50}}}
+	forged := append(appendHeader(nil, cfg.Window.Milliseconds(), 1), appendEntry(nil, &k, ent, false, 0)...)
+	c.MergeRemote(name(b), forged)
+	if got := count(c, attacker, "alice"); got != 1 {
+		t.Errorf("forged counter merged: c counts %v", got)
+	}
+	if c.stats.gossipForeign.Load() != 1 {
+		t.Errorf("foreign counters: %d", c.stats.gossipForeign.Load())
+	}
+	// Nor can anyone speak for the receiver's own origin.
+	ent.slots[0].origin = c.origin
+	own := append(appendHeader(nil, cfg.Window.Milliseconds(), 1), appendEntry(nil, &k, ent, false, 0)...)
+	c.MergeRemote(name(a), own)
+	if got := count(c, attacker, "alice"); got != 1 {
+		t.Errorf("counter under the receiver's own origin merged: c counts %v", got)
 	}
 }
 
@@ -497,14 +552,14 @@ func TestGossipValidation(t *testing.T) {
 	other := cfg
 	other.Window = time.Hour
 	b := New(other, clk.now)
-	b.MergeRemote(good)
+	b.MergeRemote("a", good)
 	if total(b) != 0 || b.stats.gossipInvalid.Load() != 1 {
 		t.Errorf("message with another window merged (%d entries)", total(b))
 	}
 	// Every truncation is rejected whole.
 	c := New(cfg, clk.now)
 	for i := 0; i < len(good); i++ {
-		c.MergeRemote(good[:i])
+		c.MergeRemote("a", good[:i])
 	}
 	if total(c) != 0 {
 		t.Errorf("a truncated message was merged: %d entries", total(c))
@@ -520,7 +575,7 @@ func TestGossipValidation(t *testing.T) {
 		msg = appendEntry(msg, &e[i].k, ent, false, 0)
 	}
 	msg = append(appendHeader(nil, cfg.Window.Milliseconds(), len(e)), msg...)
-	c.MergeRemote(msg)
+	c.MergeRemote("a", msg)
 	cc := c.clock(c.cfg.Load())
 	for i := range c.shards {
 		for _, en := range c.shards[i].m {
@@ -533,7 +588,7 @@ func TestGossipValidation(t *testing.T) {
 	d := New(cfg, clk.now)
 	k := key{kind: kindIP, net: netip.MustParseAddr("2001:db8::1").As16()}
 	ent := &entry{until: cc.ms + 1000, slots: []slot{{origin: 1, win: cc.win, cur: 5}}}
-	d.MergeRemote(append(appendHeader(nil, cfg.Window.Milliseconds(), 1), appendEntry(nil, &k, ent, false, 0)...))
+	d.MergeRemote("a", append(appendHeader(nil, cfg.Window.Milliseconds(), 1), appendEntry(nil, &k, ent, false, 0)...))
 	if total(d) != 0 {
 		t.Error("unmasked IPv6 key merged")
 	}
@@ -582,8 +637,8 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("re-encoded message does not decode: %v", err)
 		}
 		m := New(cfg, clk.now)
-		m.MergeRemote(b)
-		m.MergeRemote(b)
+		m.MergeRemote("peer", b)
+		m.MergeRemote("peer", b)
 		if total(m) > int64(len(e)) {
 			t.Fatalf("%d entries from %d", total(m), len(e))
 		}
@@ -626,7 +681,7 @@ func TestMergeOrderFree(t *testing.T) {
 			return int(rng % uint64(n))
 		}
 		senders := []*Limiter{New(cfg, clk.now), New(cfg, clk.now), New(cfg, clk.now)}
-		var msgs [][]byte
+		var msgs []sent
 		ips := []netip.Addr{attacker, home, netip.MustParseAddr("2001:db8::5")}
 		users := []string{"alice", "bob"}
 		for step := 0; step < 60; step++ {
@@ -641,22 +696,23 @@ func TestMergeOrderFree(t *testing.T) {
 				s.Failed(ip, u)
 			}
 			if rnd(4) == 0 {
-				msgs = append(msgs, s.LocalState())
+				msgs = append(msgs, sent{name(s), s.LocalState()})
 			}
 		}
 		for _, s := range senders {
-			msgs = append(msgs, s.LocalState())
+			msgs = append(msgs, sent{name(s), s.LocalState()})
 		}
 		a, b := New(cfg, clk.now), New(cfg, clk.now)
 		for _, m := range msgs {
-			a.MergeRemote(m)
+			a.MergeRemote(m.from, m.msg)
 		}
 		for i := len(msgs) - 1; i >= 0; i-- {
-			b.MergeRemote(msgs[i])
-			b.MergeRemote(msgs[rnd(len(msgs))])
+			b.MergeRemote(msgs[i].from, msgs[i].msg)
+			m := msgs[rnd(len(msgs))]
+			b.MergeRemote(m.from, m.msg)
 		}
 		for _, m := range msgs {
-			b.MergeRemote(m)
+			b.MergeRemote(m.from, m.msg)
 		}
 		st := states([]*Limiter{a, b})
 		if bytes.Count(st[0], []byte("\n")) < 3 {

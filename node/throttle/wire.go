@@ -22,8 +22,9 @@ import (
 const (
 	wireVersion = 1
 	// maxBroadcast keeps a broadcast within one gossip packet
-	// (memberlist sends UDP packets of at most 1,400 bytes).
-	maxBroadcast = 1000
+	// (memberlist sends UDP packets of at most 1,400 bytes; the cluster's
+	// signed envelope adds up to about 220 bytes).
+	maxBroadcast = 800
 	// maxState bounds a push/pull state: blocked entries go first, then
 	// the others in no particular order.
 	maxState = 4 << 20
@@ -205,8 +206,11 @@ type Gossip struct {
 // Call it before Start.
 func (l *Limiter) SetGossip(g *Gossip) { l.gossip.Store(g) }
 
-// LocalState implements cluster.Channel: the full state for a push/pull
-// exchange (blocked entries first), bounded by maxState.
+// LocalState implements cluster.Channel: the state for a push/pull
+// exchange (blocked entries first), bounded by maxState. It carries this
+// process's own counters only (a receiver accepts counters only from
+// their origin, see MergeRemote), with every entry's block and reset
+// times.
 func (l *Limiter) LocalState() []byte {
 	cfg := l.cfg.Load()
 	c := l.clock(cfg)
@@ -224,7 +228,7 @@ func (l *Limiter) LocalState() []byte {
 				if len(body) > maxState-200 {
 					break
 				}
-				body = appendEntry(body, &k, e, false, 0)
+				body = appendEntry(body, &k, e, true, l.origin)
 				n++
 			}
 			sh.mu.Unlock()
@@ -234,9 +238,13 @@ func (l *Limiter) LocalState() []byte {
 	return append(out, body...)
 }
 
-// MergeRemote implements cluster.Channel: it validates a peer's state or
-// broadcast and merges it. It never blocks on I/O.
-func (l *Limiter) MergeRemote(b []byte) {
+// MergeRemote implements cluster.Channel: it validates a state or
+// broadcast sent (and signed, the cluster checked) by node from, and
+// merges it. A node speaks only for its own counters: each origin belongs
+// to the first node seen sending it (origins are random per process run),
+// and a counter under an origin that belongs to another node is dropped.
+// Block and reset times are taken from any member. It never blocks on I/O.
+func (l *Limiter) MergeRemote(from string, b []byte) {
 	cfg := l.cfg.Load()
 	entries, err := decode(b, cfg.Window.Milliseconds())
 	if err != nil {
@@ -245,8 +253,46 @@ func (l *Limiter) MergeRemote(b []byte) {
 	}
 	c := l.clock(cfg)
 	for i := range entries {
-		l.merge(&entries[i], cfg, c)
+		e := &entries[i]
+		kept := e.slots[:0]
+		for _, s := range e.slots {
+			if l.ownedBy(s.origin, from) {
+				kept = append(kept, s)
+			} else {
+				l.stats.gossipForeign.Add(1)
+			}
+		}
+		e.slots = kept
+		l.merge(e, cfg, c)
 	}
+}
+
+// maxOrigins bounds the origin owners remembered.
+const maxOrigins = 4096
+
+// ownedBy reports whether origin belongs to node from, binding it to from
+// if it is new. This process's own origin belongs to nobody else.
+func (l *Limiter) ownedBy(origin uint64, from string) bool {
+	if origin == l.origin {
+		return false
+	}
+	l.ownMu.Lock()
+	defer l.ownMu.Unlock()
+	if l.owners == nil {
+		l.owners = map[uint64]string{}
+	}
+	owner, ok := l.owners[origin]
+	if !ok {
+		if len(l.owners) >= maxOrigins {
+			for k := range l.owners { // forget one at random
+				delete(l.owners, k)
+				break
+			}
+		}
+		l.owners[origin] = from
+		return true
+	}
+	return owner == from
 }
 
 // merge applies one remote entry (see the package documentation). Values

@@ -55,7 +55,6 @@ func start(t *testing.T, c Config) *testServer {
 	s.HandleFunc("POST /v1/drain", change)
 	s.HandleFunc("PUT /v1/backends/{id}", change)
 	s.HandleFunc("DELETE /v1/backends/{id}", change)
-	s.HandleFunc("POST /v1/internal/apply", change)
 	s.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		JSON(w, http.StatusOK, map[string]string{"node": "n1"})
 	})
@@ -223,7 +222,7 @@ func TestCrossSiteRefused(t *testing.T) {
 		{"no content type, body", "POST", "/v1/drain", nil, "{}", 415},
 		{"malformed content type", "POST", "/v1/drain", map[string]string{"Content-Type": "application/json;;;="}, "", 415},
 		{"json lookalike", "POST", "/v1/drain", map[string]string{"Content-Type": "application/jsonx"}, "", 415},
-		{"octet-stream outside /v1/internal/", "POST", "/v1/drain", map[string]string{"Content-Type": "application/octet-stream"}, "", 415},
+		{"octet-stream", "POST", "/v1/drain", map[string]string{"Content-Type": "application/octet-stream"}, "", 415},
 		{"PUT form", "PUT", "/v1/backends/x", map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, "", 415},
 		{"DELETE without type", "DELETE", "/v1/backends/x", nil, "", 415},
 		{"foreign Origin", "POST", "/v1/drain", jsonCT("Origin", "http://attacker.example"), "", 403},
@@ -242,7 +241,6 @@ func TestCrossSiteRefused(t *testing.T) {
 		{"Sec-Fetch-Site none", "POST", "/v1/drain", jsonCT("Sec-Fetch-Site", "none"), "", 200},
 		{"PUT JSON", "PUT", "/v1/backends/x", jsonCT(), "{}", 200},
 		{"DELETE JSON", "DELETE", "/v1/backends/x", jsonCT(), "", 200},
-		{"raft command (temporary exemption)", "POST", "/v1/internal/apply", map[string]string{"Content-Type": "application/octet-stream"}, "\x01", 200},
 		{"GET with foreign Origin", "GET", "/v1/status", map[string]string{"Origin": "http://attacker.example", "Sec-Fetch-Site": "cross-site"}, "", 200},
 	} {
 		before := ts.changed.Load()

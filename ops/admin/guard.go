@@ -276,14 +276,7 @@ func jsonBody(r *http.Request) bool {
 	if err != nil {
 		return false
 	}
-	if mt == "application/json" {
-		return true
-	}
-	// TEMPORARY: the cluster forwards raft commands to the leader as
-	// application/octet-stream on /v1/internal/apply until that moves to
-	// the cluster's own mutual-TLS RPC. It is not a CORS-safelisted type
-	// either (a browser must preflight it), so this does not reopen CSRF.
-	return mt == "application/octet-stream" && strings.HasPrefix(r.URL.Path, "/v1/internal/")
+	return mt == "application/json"
 }
 
 // guard wraps the whole mux (see the comment at the top of this file).

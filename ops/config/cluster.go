@@ -6,6 +6,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/portico-mail/portico/cluster/pki"
 )
 
 // Cluster configures membership (gossip) and the replicated routing table
@@ -38,9 +40,25 @@ type Cluster struct {
 	Timing ClusterTiming `yaml:"timing"`
 	// Health configures backend health checks.
 	Health HealthChecks `yaml:"health"`
+	// TLS is this node's identity for raft, the cluster RPCs and signed
+	// gossip: required for a node with peers or on a non-loopback address.
+	TLS ClusterTLS `yaml:"tls"`
 
 	// Key is the decoded EncryptKey (after validation).
 	Key []byte `yaml:"-"`
+	// Material is the loaded TLS identity (after validation); nil when
+	// none is configured (a node without peers then makes a throwaway one).
+	Material *pki.Material `yaml:"-"`
+}
+
+// ClusterTLS names the files of a node's cluster identity: the cluster CA
+// bundle (several CAs during a rotation), the node's certificate (its
+// common name is node_name) and key. `portico tls ca create` and `portico
+// tls cert create --node NAME` make them.
+type ClusterTLS struct {
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // ClusterTiming tunes raft and memberlist; zero values take the defaults
@@ -132,12 +150,55 @@ func (v *validator) cluster() {
 		}
 		cl.Key = k
 	}
-	if len(cl.Join) > 0 || cl.BootstrapExpect > 1 {
-		if c.Admin.Address == "off" {
-			v.errf("admin.address", "a multi-node cluster needs the admin API (writes are forwarded to the leader through it)")
-		}
-	}
+	v.clusterTrust()
 	if cl.Health.Fall < 0 || cl.Health.Rise < 0 {
 		v.errf("cluster.health", "fall and rise must not be negative")
+	}
+}
+
+// clusterTrust checks the node-to-node security settings: a node with
+// peers, or whose raft or gossip port is reachable from other hosts, must
+// have a node certificate (mutual TLS for raft and the cluster RPCs,
+// signed gossip), and the gossip key when reachable from other hosts.
+func (v *validator) clusterTrust() {
+	c := v.c
+	cl := &c.Cluster
+	t := cl.TLS
+	if t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" {
+		switch {
+		case t.CAFile == "":
+			v.errf("cluster.tls.ca_file", "required with cert_file and key_file")
+		case t.CertFile == "":
+			v.errf("cluster.tls.cert_file", "required with ca_file and key_file")
+		case t.KeyFile == "":
+			v.errf("cluster.tls.key_file", "required with ca_file and cert_file")
+		default:
+			m, err := pki.Load(t.CAFile, t.CertFile, t.KeyFile, c.NodeName)
+			if err != nil {
+				v.errf("cluster.tls", "%v", err)
+			} else {
+				cl.Material = m
+			}
+		}
+	}
+	peers := len(cl.Join) > 0 || cl.BootstrapExpect > 1
+	var exposed []string
+	for _, a := range []string{cl.RaftAddress, cl.GossipAddress} {
+		if host, _, err := net.SplitHostPort(a); err == nil && !loopback(host) {
+			exposed = append(exposed, a)
+		}
+	}
+	if cl.Advertise != "" && !loopback(cl.Advertise) && len(exposed) == 0 {
+		exposed = append(exposed, cl.Advertise)
+	}
+	if cl.Material == nil && t.CAFile == "" && (peers || len(exposed) > 0) {
+		why := "a node with peers (join or bootstrap_expect)"
+		if len(exposed) > 0 {
+			why = "a node listening on " + strings.Join(exposed, " and ")
+		}
+		v.errf("cluster.tls", "%s needs a node certificate: set ca_file, cert_file and key_file (create them with: portico tls ca create; portico tls cert create --node %s)", why, c.NodeName)
+	}
+	if len(exposed) > 0 && len(cl.Key) == 0 && cl.EncryptKey == "" && cl.EncryptKeyFile == "" {
+		v.errf("cluster.encrypt_key_file", "required: %s is not a loopback address, and without the gossip key anyone who reaches it can join the gossip (generate one with: portico keygen)", strings.Join(exposed, " and "))
 	}
 }

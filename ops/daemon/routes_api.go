@@ -185,34 +185,11 @@ func (d *Daemon) registerRoutingAPI() {
 		admin.JSON(w, 200, map[string]any{"name": name, "api": api, "self": name == d.cluster.Name(),
 			"applied_index": d.fsm.AppliedIndex()})
 	})
-	a.HandleFunc("POST "+cluster.ApplyPath, func(w http.ResponseWriter, r *http.Request) {
-		b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxImportBody))
-		if err != nil {
-			admin.Error(w, 413, "command too large")
-			return
-		}
-		if !d.cluster.IsLeader() {
-			admin.JSON(w, 503, cluster.ApplyResult{Error: "not the leader", Kind: "no_leader"})
-			return
-		}
-		if err := d.cluster.ApplyRaw(r.Context(), b); err != nil {
-			admin.JSON(w, statusOf(err), cluster.ApplyResult{Error: err.Error(), Kind: cluster.ErrorKind(err)})
-			return
-		}
-		admin.JSON(w, 200, cluster.ApplyResult{})
-	})
 }
 
 func statusOf(err error) int {
-	switch cluster.ErrorKind(err) {
-	case "invalid":
-		return http.StatusBadRequest
-	case "conflict":
-		return http.StatusConflict
-	case "no_leader":
-		return http.StatusServiceUnavailable
-	case "unknown_command":
-		return http.StatusBadRequest
+	if st := cluster.StatusOf(err); st != http.StatusInternalServerError {
+		return st
 	}
 	if errors.Is(err, routing.ErrInvalid) {
 		return http.StatusBadRequest
@@ -232,52 +209,21 @@ func (d *Daemon) write(w http.ResponseWriter, r *http.Request, c routing.Command
 }
 
 // read serves from the local table (stale-tolerant, like the proxy), or
-// with ?consistent=true from the leader after confirming leadership and
-// applying everything committed.
+// with ?consistent=true after catching up with everything the leader had
+// committed when asked (cluster.ConsistentRead).
 func (d *Daemon) read(f func(http.ResponseWriter, *http.Request, *routing.Table)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if c := r.URL.Query().Get("consistent"); c == "true" || c == "1" {
-			if !d.cluster.IsLeader() {
-				d.proxyToLeader(w, r)
-				return
-			}
-			if err := d.cluster.VerifyLeader(); err != nil {
+			ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+			err := d.cluster.ConsistentRead(ctx)
+			cancel()
+			if err != nil {
 				admin.Error(w, 503, err.Error())
-				return
-			}
-			if err := d.cluster.Barrier(5 * time.Second); err != nil {
-				admin.Error(w, 503, "barrier: "+err.Error())
 				return
 			}
 		}
 		f(w, r, d.fsm.Table())
 	}
-}
-
-// proxyToLeader forwards a consistent read to the leader's API.
-func (d *Daemon) proxyToLeader(w http.ResponseWriter, r *http.Request) {
-	name, api := d.cluster.Leader()
-	if name == "" || api == "" {
-		admin.Error(w, 503, cluster.ErrNoLeader.Error())
-		return
-	}
-	req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, peerURL(api)+r.URL.RequestURI(), nil)
-	if err != nil {
-		admin.Error(w, 500, err.Error())
-		return
-	}
-	if d.cfg.Admin.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+d.cfg.Admin.Token)
-	}
-	resp, err := d.peerClient(15 * time.Second).Do(req)
-	if err != nil {
-		admin.Error(w, 503, fmt.Sprintf("leader %s at %s: %v", name, api, err))
-		return
-	}
-	defer resp.Body.Close()
-	w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
-	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, io.LimitReader(resp.Body, 256<<20))
 }
 
 // ImportRequest is the body of POST /v1/import: the file's text as a JSON

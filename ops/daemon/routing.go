@@ -68,7 +68,7 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		NodeName: cfg.NodeName, DataDir: cfg.DataDir, Version: Version,
 		RaftBind: cl.RaftAddress, RaftAdvertise: raftAdv,
 		GossipBind: cl.GossipAddress, GossipAdvert: gossipAdv,
-		APIAddr: apiAddr, APIToken: cfg.Admin.Token, APITLS: d.peerTLS,
+		APIAddr: apiAddr, TLS: cl.Material,
 		Join: cl.Join, BootstrapExpect: cl.BootstrapExpect, MaxVoters: cl.MaxVoters,
 		DeadNodeReap: cl.DeadNodeReap.D(), EncryptKey: cl.Key,
 		Timing: cluster.Timing{
@@ -119,7 +119,19 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		if _, err := routing.NewTable(next.RoutingSpec()); err != nil {
 			return nil, err
 		}
+		mat := next.Cluster.Material
+		if mat == nil && cl.Material != nil {
+			return nil, fmt.Errorf("cluster.tls: a node started with a node certificate keeps one (restart to change that)")
+		}
+		if mat != nil && mat.Self.Name != node.Name() {
+			return nil, fmt.Errorf("cluster.tls: the certificate is for %q, this node is %q", mat.Self.Name, node.Name())
+		}
 		return func() {
+			if mat != nil {
+				if err := node.SetTLS(mat); err != nil {
+					d.Log.Error("replacing the cluster TLS identity", "error", err)
+				}
+			}
 			go func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
@@ -226,6 +238,24 @@ func (d *Daemon) gossipSessions() {
 			d.cluster.SetLocal(func(m *cluster.Meta) { m.Sessions = n })
 		}
 	}
+}
+
+// Halted is closed when the replicated routing table met a command this
+// binary cannot apply (a newer node wrote it): the node must stop (see
+// routing.FSM). It never fires without a replicated table.
+func (d *Daemon) Halted() <-chan struct{} {
+	if d.fsm == nil {
+		return nil
+	}
+	return d.fsm.Halted()
+}
+
+// HaltError says why the routing table halted.
+func (d *Daemon) HaltError() error {
+	if d.fsm == nil {
+		return nil
+	}
+	return d.fsm.HaltError()
 }
 
 // BackendDown reports whether the cluster considers backend id down.

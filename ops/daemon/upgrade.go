@@ -16,7 +16,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/portico-mail/portico/cluster"
 	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/vip"
 )
@@ -367,25 +366,6 @@ func (d *Daemon) setupUpgrade(o Options) {
 	d.executable, d.args = o.Executable, o.Args
 	if d.admin == nil {
 		return
-	}
-	if d.cluster != nil {
-		d.admin.HandleFunc("POST "+cluster.HoldPath, func(w http.ResponseWriter, r *http.Request) {
-			var body struct {
-				MS int64 `json:"ms"`
-			}
-			if !admin.Decode(w, r, 4096, &body) {
-				return
-			}
-			if body.MS < 0 || body.MS > 10*60*1000 {
-				admin.Error(w, http.StatusBadRequest, "ms must be between 0 and 600000")
-				return
-			}
-			if err := d.cluster.HoldElections(time.Duration(body.MS) * time.Millisecond); err != nil {
-				admin.Error(w, http.StatusInternalServerError, err.Error())
-				return
-			}
-			admin.JSON(w, http.StatusOK, map[string]any{"held_ms": body.MS})
-		})
 	}
 	d.admin.HandleFunc("POST /v1/upgrade", func(w http.ResponseWriter, r *http.Request) {
 		res, err := d.Upgrade(r.Context())

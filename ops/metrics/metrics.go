@@ -88,7 +88,7 @@ var Catalog = sortInfo([]Info{
 	{"portico_throttle_blocked_total", "counter", []string{"scope"}, "Login attempts refused by the throttle without contacting the backend or auth server, by scope (ip, user_ip, user).", "throttle"},
 	{"portico_throttle_blocks_total", "counter", []string{"scope"}, "Blocks started by failures on this node, by scope (ip: a client network, user_ip: a user from a network, user: a user under attack).", "throttle"},
 	{"portico_throttle_entries", "gauge", []string{"scope"}, "Failure counters and blocks the throttle tracks (this node's and gossiped), by scope (ip, user_ip, user).", "throttle"},
-	{"portico_throttle_gossip_invalid_total", "counter", nil, "Throttle gossip messages dropped as malformed or from a node with another window setting.", "throttle"},
+	{"portico_throttle_gossip_invalid_total", "counter", nil, "Throttle gossip dropped: messages malformed or from a node with another window setting, and counters sent by a node they do not belong to.", "throttle"},
 	{"portico_throttle_in_flight", "gauge", nil, "Login attempts counted as in flight (asked of the backend or auth server, outcome not yet known) on this node.", "throttle"},
 	{"portico_throttle_held_total", "counter", nil, "Login attempts made to wait because the attempts in flight for their network or user could, by failing, reach a limit.", "throttle"},
 	{"portico_vip_owner", "gauge", []string{"vip"}, "1 while this node holds the virtual address.", "vip"},

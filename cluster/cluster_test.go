@@ -1,0 +1,185 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/portico-mail/portico/cluster/pki"
+	"github.com/portico-mail/portico/routing"
+)
+
+// testCA issues node certificates from one throwaway CA.
+type testCA struct {
+	cert, key []byte
+}
+
+func newTestCA(t testing.TB) *testCA {
+	t.Helper()
+	c, k, err := pki.CreateCA("test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testCA{c, k}
+}
+
+func (ca *testCA) material(t testing.TB, name string) *pki.Material {
+	t.Helper()
+	c, k, err := pki.CreateNodeCert(ca.cert, ca.key, name, time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := pki.Parse(ca.cert, c, k, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("PORTICO_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", t.Name())
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// freeAddr returns a loopback address with a port free right now (for
+// memberlist, which needs the same port for TCP and UDP).
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	for i := 0; i < 20; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		u, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return addr
+	}
+	t.Fatal("no free port")
+	return ""
+}
+
+// lastCA is the CA of the cluster startCluster made last.
+var lastCA *testCA
+
+type testNode struct {
+	*Node
+	fsm *routing.FSM
+}
+
+// startCluster starts n nodes in this process (real TLS transport on
+// loopback, real memberlist) that form a cluster with bootstrap_expect n.
+func startCluster(t *testing.T, n int) []*testNode {
+	t.Helper()
+	ca := newTestCA(t)
+	lastCA = ca
+	var gossip []string
+	for i := 0; i < n; i++ {
+		gossip = append(gossip, freeAddr(t))
+	}
+	var nodes []*testNode
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("n%d", i+1)
+		fsm := routing.NewFSM()
+		nd, err := New(Config{
+			NodeName: name, DataDir: t.TempDir(), Version: "test",
+			RaftBind: "127.0.0.1:0", GossipBind: gossip[i],
+			Join: gossip, BootstrapExpect: n,
+			EncryptKey: []byte("0123456789abcdef0123456789abcdef"),
+			TLS:        ca.material(t, name),
+			Log:        testLogger(t),
+		}, fsm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, &testNode{nd, fsm})
+	}
+	t.Cleanup(func() {
+		for _, nd := range nodes {
+			_ = nd.Shutdown()
+		}
+	})
+	for _, nd := range nodes {
+		if err := nd.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 20*time.Second, "a leader with every node a voter", func() bool {
+		l := leaderOf(nodes)
+		if l == nil {
+			return false
+		}
+		p, err := l.Peers()
+		return err == nil && len(p) == n
+	})
+	return nodes
+}
+
+func leaderOf(nodes []*testNode) *testNode {
+	for _, nd := range nodes {
+		if nd.IsLeader() {
+			return nd
+		}
+	}
+	return nil
+}
+
+func followerOf(nodes []*testNode) *testNode {
+	for _, nd := range nodes {
+		if !nd.IsLeader() {
+			return nd
+		}
+	}
+	return nil
+}
+
+func waitFor(t testing.TB, d time.Duration, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func putBackend(id string) routing.Command {
+	return routing.Command{Type: routing.CmdPutBackend, Backend: &routing.Backend{ID: id, Host: "10.0.0.1", IMAPPort: 143}}
+}
+
+// A write on a follower is forwarded to the leader over the cluster RPC,
+// and a consistent read on another follower sees it.
+func TestForwardedWriteAndConsistentRead(t *testing.T) {
+	nodes := startCluster(t, 3)
+	f := followerOf(nodes)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := f.Apply(ctx, putBackend("b1")); err != nil {
+		t.Fatalf("forwarded write: %v", err)
+	}
+	for _, nd := range nodes {
+		if err := nd.ConsistentRead(ctx); err != nil {
+			t.Fatalf("%s: consistent read: %v", nd.Name(), err)
+		}
+		if nd.fsm.Table().Backend("b1") == nil {
+			t.Fatalf("%s: write not visible after a consistent read", nd.Name())
+		}
+	}
+	// A refusal travels back as the same kind of error.
+	bad := routing.Command{Type: routing.CmdPutPool, Pool: &routing.Pool{Name: "p", Backends: []string{"nope"}}}
+	if err := f.Apply(ctx, bad); ErrorKind(err) != "invalid" && ErrorKind(err) != "conflict" {
+		t.Fatalf("refused write through a follower: %v (kind %s)", err, ErrorKind(err))
+	}
+}

@@ -1,0 +1,300 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/portico-mail/portico/routing"
+)
+
+// The cluster's own RPCs: HTTP/1.1 over the mutual-TLS cluster port (ALPN
+// portico-rpc), so every call is made and answered under a node identity,
+// never with the operator's admin token, and never in cleartext. One
+// server (this file) and one client (Node.call), with one timeout and one
+// body limit.
+const (
+	rpcApply        = "/v1/apply"          // body: an encoded routing.Command; the leader applies it
+	rpcHold         = "/v1/hold-elections" // body: {"ms": N}; N = 0 releases
+	rpcReadIndex    = "/v1/read-index"     // the leader confirms leadership and returns its applied index
+	rpcTimeout      = 15 * time.Second     // every call, unless the caller's context ends sooner
+	maxRPCBody      = 16 << 20             // request and response bodies
+	maxElectionHold = 10 * time.Minute
+)
+
+// ApplyResult is the leader's answer to a forwarded command.
+type ApplyResult struct {
+	Error string `json:"error,omitempty"`
+	Kind  string `json:"kind,omitempty"` // see ErrorKind
+}
+
+type readIndexResult struct {
+	Index uint64 `json:"index"`
+}
+
+// rpcHandler serves the cluster RPCs. Callers are authenticated by the
+// TLS handshake (the mux refuses anyone else).
+func (n *Node) rpcHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+rpcApply, func(w http.ResponseWriter, r *http.Request) {
+		b, ok := readBody(w, r)
+		if !ok {
+			return
+		}
+		if !n.IsLeader() {
+			writeJSON(w, http.StatusServiceUnavailable, ApplyResult{Error: "not the leader", Kind: "no_leader"})
+			return
+		}
+		if err := n.ApplyRaw(r.Context(), b); err != nil {
+			writeJSON(w, StatusOf(err), ApplyResult{Error: err.Error(), Kind: ErrorKind(err)})
+			return
+		}
+		writeJSON(w, http.StatusOK, ApplyResult{})
+	})
+	mux.HandleFunc("POST "+rpcHold, func(w http.ResponseWriter, r *http.Request) {
+		b, ok := readBody(w, r)
+		if !ok {
+			return
+		}
+		var body struct {
+			MS int64 `json:"ms"`
+		}
+		if err := json.Unmarshal(b, &body); err != nil || body.MS < 0 || time.Duration(body.MS)*time.Millisecond > maxElectionHold {
+			writeJSON(w, http.StatusBadRequest, ApplyResult{Error: "body must be {\"ms\": 0..600000}", Kind: "invalid"})
+			return
+		}
+		if err := n.HoldElections(time.Duration(body.MS) * time.Millisecond); err != nil {
+			writeJSON(w, http.StatusInternalServerError, ApplyResult{Error: err.Error(), Kind: "internal"})
+			return
+		}
+		writeJSON(w, http.StatusOK, ApplyResult{})
+	})
+	mux.HandleFunc("POST "+rpcReadIndex, func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := readBody(w, r); !ok {
+			return
+		}
+		idx, err := n.leaderReadIndex()
+		if err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, ApplyResult{Error: err.Error(), Kind: "no_leader"})
+			return
+		}
+		writeJSON(w, http.StatusOK, readIndexResult{Index: idx})
+	})
+	return mux
+}
+
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRPCBody))
+	if err != nil {
+		writeJSON(w, http.StatusRequestEntityTooLarge, ApplyResult{Error: "body too large", Kind: "invalid"})
+		return nil, false
+	}
+	return b, true
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// serveRPC runs the RPC server on the mux's RPC connections until the
+// mux closes (closeStores waits for it).
+func (n *Node) serveRPC() {
+	defer close(n.rpcDone)
+	_ = n.rpcSrv.Serve(rpcListener{chanListener{m: n.mux, ch: n.mux.rpcCh}})
+}
+
+// rpcListener hands the server connections whose TLS is already done.
+// They are wrapped so that net/http does not look at their ALPN protocol
+// (it closes a TLS connection whose protocol it has no handler for) and
+// serves them as HTTP/1.1.
+type rpcListener struct{ chanListener }
+
+type rpcConn struct{ net.Conn }
+
+func (l rpcListener) Accept() (net.Conn, error) {
+	c, err := l.chanListener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return rpcConn{c}, nil
+}
+
+func (n *Node) newRPCServer() *http.Server {
+	return &http.Server{
+		Handler:           n.rpcHandler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       rpcTimeout,
+		WriteTimeout:      rpcTimeout + 5*time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          log.New(newLineLogger(n.log, "cluster-rpc"), "", 0),
+	}
+}
+
+// rpcClient is the one HTTP client for cluster RPCs: it dials peers'
+// cluster ports with this node's certificate and checks that the peer is
+// the node it meant to reach.
+func (n *Node) newRPCClient() *http.Client {
+	tr := &http.Transport{
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			want, _ := ctx.Value(peerNameKey{}).(string)
+			return n.trust.dial(ctx, addr, alpnRPC, want)
+		},
+		MaxIdleConnsPerHost: 2,
+		IdleConnTimeout:     time.Minute,
+		ForceAttemptHTTP2:   false,
+	}
+	return &http.Client{Transport: tr, Timeout: rpcTimeout}
+}
+
+type peerNameKey struct{}
+
+// call POSTs body to peer (node name and cluster address) and decodes a
+// JSON answer into out. A transport failure is wrapped in ErrNoLeader's
+// family only by callers that know what the peer was for.
+func (n *Node) call(ctx context.Context, peer, addr, path string, body []byte, out any) (int, error) {
+	ctx, cancel := context.WithTimeout(context.WithValue(ctx, peerNameKey{}, peer), rpcTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+addr+path, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := n.rpc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	// A pooled connection was verified for whoever it was dialled for:
+	// check that it is the node meant now.
+	if resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 || resp.TLS.PeerCertificates[0].Subject.CommonName != peer {
+		return 0, fmt.Errorf("cluster rpc to %s at %s: answered by another node", peer, addr)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxRPCBody))
+	if err != nil {
+		return resp.StatusCode, err
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return resp.StatusCode, fmt.Errorf("cluster rpc to %s: bad answer (HTTP %d): %.200q", peer, resp.StatusCode, b)
+		}
+	}
+	return resp.StatusCode, nil
+}
+
+// forwardApply sends an encoded command to the leader.
+func (n *Node) forwardApply(ctx context.Context, leader, addr string, cmd []byte) error {
+	var res ApplyResult
+	status, err := n.call(ctx, leader, addr, rpcApply, cmd, &res)
+	if err != nil {
+		return fmt.Errorf("%w: forwarding to the leader %s at %s: %v", ErrNoLeader, leader, addr, err)
+	}
+	if status == http.StatusOK {
+		return nil
+	}
+	return ResultError(res, status)
+}
+
+// ResultError turns a forwarded result back into the matching error.
+func ResultError(res ApplyResult, status int) error {
+	msg := res.Error
+	switch res.Kind {
+	case "invalid":
+		return fmt.Errorf("%w: %s", routing.ErrInvalid, strings.TrimPrefix(msg, "invalid: "))
+	case "conflict":
+		return fmt.Errorf("%w: %s", routing.ErrConflict, strings.TrimPrefix(msg, "conflict: "))
+	case "no_leader":
+		return fmt.Errorf("%w (leader said: %s)", ErrNoLeader, msg)
+	case "unsupported":
+		return fmt.Errorf("%w (leader said: %s)", ErrUnsupported, msg)
+	case "unknown_command":
+		return fmt.Errorf("%w (leader said: %s)", routing.ErrUnknownCommand, msg)
+	}
+	return fmt.Errorf("leader answered HTTP %d: %s", status, msg)
+}
+
+// ErrorKind classifies an Apply error.
+func ErrorKind(err error) string {
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, routing.ErrInvalid):
+		return "invalid"
+	case errors.Is(err, routing.ErrConflict):
+		return "conflict"
+	case errors.Is(err, ErrNoLeader):
+		return "no_leader"
+	case errors.Is(err, ErrUnsupported):
+		return "unsupported"
+	case errors.Is(err, routing.ErrUnknownCommand):
+		return "unknown_command"
+	}
+	return "internal"
+}
+
+// StatusOf is the HTTP status for an Apply error (admin API and RPC).
+func StatusOf(err error) int {
+	switch ErrorKind(err) {
+	case "invalid", "unknown_command":
+		return http.StatusBadRequest
+	case "conflict", "unsupported":
+		return http.StatusConflict
+	case "no_leader":
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+// leaderReadIndex confirms leadership and returns the index every
+// committed command has been applied up to on the leader.
+func (n *Node) leaderReadIndex() (uint64, error) {
+	if err := n.VerifyLeader(); err != nil {
+		return 0, err
+	}
+	if err := n.raft.Barrier(5 * time.Second).Error(); err != nil {
+		return 0, fmt.Errorf("%w: barrier: %v", ErrNoLeader, err)
+	}
+	return n.fsm.AppliedIndex(), nil
+}
+
+// ConsistentRead returns once this node's table holds every write
+// committed before the call (a linearizable read: the leader confirms its
+// leadership and names its applied index; a follower then waits until it
+// has applied as much).
+func (n *Node) ConsistentRead(ctx context.Context) error {
+	if n.IsLeader() {
+		_, err := n.leaderReadIndex()
+		return err
+	}
+	addr, id := n.raft.LeaderWithID()
+	if addr == "" {
+		return ErrNoLeader
+	}
+	var res readIndexResult
+	status, err := n.call(ctx, string(id), string(addr), rpcReadIndex, nil, &res)
+	if err != nil {
+		return fmt.Errorf("%w: asking the leader %s: %v", ErrNoLeader, id, err)
+	}
+	if status != http.StatusOK {
+		return fmt.Errorf("%w: the leader %s answered HTTP %d", ErrNoLeader, id, status)
+	}
+	idx := res.Index
+	for n.fsm.AppliedIndex() < idx {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: waiting to apply index %d: %v", ErrNoLeader, idx, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
+}

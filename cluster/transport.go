@@ -1,0 +1,288 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/portico-mail/portico/cluster/pki"
+)
+
+// Node-to-node traffic: one TCP port (raft_address), mutual TLS 1.3 with
+// certificates of the cluster CA, and two protocols told apart by ALPN:
+// raft's RPCs and the cluster's own HTTP RPCs (rpc.go). A connection is
+// refused during the handshake unless its peer presents a valid cluster
+// certificate, so nothing is read from an unauthenticated peer.
+const (
+	alpnRaft = "portico-raft/1"
+	alpnRPC  = "portico-rpc/1"
+)
+
+const (
+	// handshakeTimeout bounds a TLS handshake on the cluster port.
+	handshakeTimeout = 5 * time.Second
+	// maxHandshakes bounds handshakes in progress; connections beyond it
+	// are closed at once (a flood must not exhaust memory or block raft).
+	maxHandshakes = 64
+)
+
+// trust holds the node's current TLS material (replaced on reload, e.g.
+// during a certificate rotation) and builds the TLS configurations.
+type trust struct {
+	mat atomic.Pointer[pki.Material]
+	// seen is told of every peer identity verified in a handshake.
+	seen func(id pki.Identity)
+	// refused counts handshakes refused (not a cluster certificate).
+	refused atomic.Uint64
+}
+
+func (t *trust) material() *pki.Material { return t.mat.Load() }
+
+// verifyPeer checks the peer's chain against the current trust bundle.
+func (t *trust) verifyPeer(cs tls.ConnectionState, want string) (pki.Identity, error) {
+	id, err := pki.Verify(cs.PeerCertificates, t.material().Roots, time.Now())
+	if err != nil {
+		return id, err
+	}
+	if want != "" && id.Name != want {
+		return id, fmt.Errorf("peer is node %q, expected %q", id.Name, want)
+	}
+	if t.seen != nil {
+		t.seen(id)
+	}
+	return id, nil
+}
+
+func (t *trust) serverConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		// Chains are verified by VerifyConnection against the current
+		// bundle (which a reload may replace), not a fixed ClientCAs.
+		ClientAuth: tls.RequireAnyClientCert,
+		NextProtos: []string{alpnRaft, alpnRPC},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return &t.material().Cert, nil
+		},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if cs.NegotiatedProtocol != alpnRaft && cs.NegotiatedProtocol != alpnRPC {
+				return errors.New("no cluster protocol negotiated")
+			}
+			_, err := t.verifyPeer(cs, "")
+			return err
+		},
+	}
+}
+
+// clientConfig dials a peer speaking alpn; want, if set, is the node name
+// the peer's certificate must carry.
+func (t *trust) clientConfig(alpn, want string) *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{alpn},
+		// Node certificates name nodes, not hosts: the chain and the name
+		// are checked in VerifyConnection instead of by host name.
+		InsecureSkipVerify: true,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return &t.material().Cert, nil
+		},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if cs.NegotiatedProtocol != alpn {
+				return fmt.Errorf("peer did not agree to %s", alpn)
+			}
+			_, err := t.verifyPeer(cs, want)
+			return err
+		},
+	}
+}
+
+// dial opens a mutual-TLS connection to a peer's cluster port.
+func (t *trust) dial(ctx context.Context, addr, alpn, want string) (*tls.Conn, error) {
+	d := tls.Dialer{NetDialer: &net.Dialer{}, Config: t.clientConfig(alpn, want)}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*tls.Conn), nil
+}
+
+// mux accepts connections on the cluster port, completes the TLS
+// handshakes off the accept loop (bounded in number and time) and hands
+// each authenticated connection to raft or to the RPC server by its ALPN
+// protocol.
+type mux struct {
+	ln    net.Listener
+	trust *trust
+	log   *slog.Logger
+
+	raftCh chan net.Conn
+	rpcCh  chan net.Conn
+	sem    chan struct{}
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	wg        sync.WaitGroup
+}
+
+func newMux(ln net.Listener, t *trust, log *slog.Logger) *mux {
+	m := &mux{ln: ln, trust: t, log: log, raftCh: make(chan net.Conn), rpcCh: make(chan net.Conn),
+		sem: make(chan struct{}, maxHandshakes), closed: make(chan struct{})}
+	m.wg.Add(1)
+	go m.acceptLoop()
+	return m
+}
+
+func (m *mux) acceptLoop() {
+	defer m.wg.Done()
+	var backoff time.Duration
+	for {
+		c, err := m.ln.Accept()
+		if err != nil {
+			select {
+			case <-m.closed:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Temporary (e.g. out of descriptors): back off, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			m.log.Warn("cluster port: accept failed; retrying", "error", err, "in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-m.closed:
+				return
+			}
+			continue
+		}
+		backoff = 0
+		select {
+		case m.sem <- struct{}{}:
+		default:
+			m.trust.refused.Add(1)
+			c.Close()
+			continue
+		}
+		m.wg.Add(1)
+		go m.handshake(c)
+	}
+}
+
+func (m *mux) handshake(c net.Conn) {
+	defer m.wg.Done()
+	tc := tls.Server(c, m.trust.serverConfig())
+	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	<-m.sem
+	if err != nil {
+		m.trust.refused.Add(1)
+		m.log.Debug("cluster port: refused a connection", "remote", c.RemoteAddr().String(), "error", err)
+		c.Close()
+		return
+	}
+	ch := m.rpcCh
+	if tc.ConnectionState().NegotiatedProtocol == alpnRaft {
+		ch = m.raftCh
+	}
+	select {
+	case ch <- tc:
+	case <-m.closed:
+		tc.Close()
+	}
+}
+
+// Close stops accepting and waits for handshakes in progress.
+func (m *mux) Close() error {
+	var err error
+	m.closeOnce.Do(func() {
+		close(m.closed)
+		err = m.ln.Close()
+		m.wg.Wait()
+	})
+	return err
+}
+
+// chanListener is a net.Listener fed by the mux.
+type chanListener struct {
+	m  *mux
+	ch chan net.Conn
+}
+
+func (l chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.m.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l chanListener) Close() error   { return nil } // the mux owns the socket
+func (l chanListener) Addr() net.Addr { return l.m.ln.Addr() }
+
+// raftLayer is raft's StreamLayer over the mux.
+type raftLayer struct {
+	chanListener
+	advertise net.Addr
+}
+
+func (l *raftLayer) Addr() net.Addr {
+	if l.advertise != nil {
+		return l.advertise
+	}
+	return l.m.ln.Addr()
+}
+
+func (l *raftLayer) Close() error { return l.m.Close() }
+
+func (l *raftLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return l.m.trust.dial(ctx, string(address), alpnRaft, "")
+}
+
+// SetTLS replaces this node's identity and trust bundle (a certificate
+// renewal or a CA rotation, on reload). The node name must not change.
+// New connections use it at once; pooled ones are closed so that they
+// are made again under it.
+func (n *Node) SetTLS(m *pki.Material) error {
+	if m == nil {
+		return errors.New("cluster: no node certificate")
+	}
+	if m.Self.Name != n.cfg.NodeName {
+		return fmt.Errorf("cluster: the new node certificate is for %q, this node is %q", m.Self.Name, n.cfg.NodeName)
+	}
+	old := n.trust.mat.Swap(m)
+	if old != nil && old.Self.KeyID == m.Self.KeyID && sameCAs(old, m) {
+		return nil
+	}
+	n.log.Info("cluster TLS identity replaced", "key", m.Self.KeyID.String(), "expires", m.Self.NotAfter, "cas", len(m.CAs))
+	n.transport.CloseStreams()
+	n.rpc.CloseIdleConnections()
+	// The meta loop gossips the metadata sealed with the new key.
+	return nil
+}
+
+func sameCAs(a, b *pki.Material) bool {
+	if len(a.CAs) != len(b.CAs) {
+		return false
+	}
+	for i := range a.CAs {
+		if !a.CAs[i].Equal(b.CAs[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// TLSIdentity returns this node's current certificate identity.
+func (n *Node) TLSIdentity() pki.Identity { return n.trust.material().Self }
