@@ -94,6 +94,7 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		}
 		d.health = node.StartHealth(d.fsm, cluster.HealthConfig{
 			Interval: cl.Health.Interval.D(), Timeout: cl.Health.Timeout.D(), Fall: cl.Health.Fall, Rise: cl.Health.Rise,
+			Probe: backendProbe(d.env.Dialer),
 		})
 		go d.gossipSessions()
 		seedCtx, cancel := context.WithTimeout(context.Background(), startupWait)
