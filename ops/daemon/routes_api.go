@@ -202,6 +202,15 @@ func (d *Daemon) registerRoutingAPI() {
 		}
 		admin.JSON(w, 200, cluster.ApplyResult{})
 	})
+	// A node catching up asks the leader how far it must apply.
+	a.HandleFunc("GET "+cluster.ReadIndexPath, func(w http.ResponseWriter, r *http.Request) {
+		ri, err := d.cluster.LeaderReadIndex(5 * time.Second)
+		if err != nil {
+			admin.Error(w, 503, err.Error())
+			return
+		}
+		admin.JSON(w, 200, ri)
+	})
 }
 
 func statusOf(err error) int {

@@ -1,0 +1,170 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// When is a node's routing table "caught up"?
+//
+// A node that restarts holds its last snapshot only: raft replays the log
+// after it only once a leader has told it what is committed, and a leader
+// that has not heard from it for a while retries with a backoff of up to
+// about ten seconds. A node that joins fresh holds nothing until the
+// leader has added it and sent it the log or a snapshot. Neither the
+// node's own commit index (raft caps it at the end of the node's own log,
+// which may itself be behind) nor "the FSM has nothing queued" (raft
+// hands a batch to the FSM before applying it) says that it has
+// everything.
+//
+// So a node asks the leader: "how far must I apply?" The leader runs a
+// barrier (everything committed, by it or its predecessors, is then
+// applied) and answers with its table's index (routing.FSM.AppliedIndex,
+// the raft index of the last command the table reflects). Every node
+// applies the same commands at the same indexes, so once this node's
+// table index reaches the answer, it holds every change the cluster had
+// committed when it asked. On the leader itself the barrier is enough.
+// This is raft's read index, applied to start-up.
+
+// ReadIndexPath is the admin API endpoint on which the leader answers a
+// node catching up (GET; a ReadIndex in JSON).
+const ReadIndexPath = "/v1/internal/read-index"
+
+// ReadIndex is the leader's answer on ReadIndexPath.
+type ReadIndex struct {
+	// Index is the leader's routing.FSM.AppliedIndex after a barrier.
+	Index uint64 `json:"index"`
+	// RaftIndex is the leader's raft applied index after the barrier.
+	RaftIndex uint64 `json:"raft_index"`
+	// Exact is false when the leader's table index is unknown (its table
+	// came from a snapshot written by an older version, see
+	// routing.FSM.IndexKnown): the node then waits for raft to have applied
+	// RaftIndex and for the FSM's queue to stay empty instead.
+	Exact bool `json:"exact"`
+}
+
+// LeaderReadIndex answers ReadIndexPath on the leader: a barrier (which
+// only a leader still holding a quorum can commit), then the indexes. It
+// fails on a follower, or when the barrier does not commit within timeout.
+func (n *Node) LeaderReadIndex(timeout time.Duration) (ReadIndex, error) {
+	if !n.IsLeader() {
+		return ReadIndex{}, fmt.Errorf("%w: this node is not the leader", ErrNoLeader)
+	}
+	if err := n.Barrier(timeout); err != nil {
+		return ReadIndex{}, fmt.Errorf("%w: barrier: %v", ErrNoLeader, err)
+	}
+	return ReadIndex{Index: n.fsm.AppliedIndex(), RaftIndex: n.raft.AppliedIndex(), Exact: n.fsm.IndexKnown()}, nil
+}
+
+// CatchUp returns once this node's routing table holds every change the
+// cluster had committed when CatchUp was called (see above), or with an
+// error when ctx ends or the node shuts down first. Until a leader is
+// known and answers, it keeps asking.
+func (n *Node) CatchUp(ctx context.Context) error {
+	const poll = 20 * time.Millisecond
+	var (
+		target  *ReadIndex
+		lastErr error
+		nextAsk time.Time
+		settled int
+	)
+	for {
+		if target == nil && !time.Now().Before(nextAsk) {
+			ri, err := n.readIndex(ctx, 5*time.Second)
+			if err == nil {
+				target = &ri
+			} else {
+				lastErr = err
+				// No leader is a local check, cheap to repeat; an answer
+				// that failed is not hammered.
+				if !errors.Is(err, ErrNoLeader) {
+					nextAsk = time.Now().Add(250 * time.Millisecond)
+				}
+			}
+		}
+		if target != nil && n.reached(*target, &settled) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if target == nil && lastErr != nil {
+				return fmt.Errorf("%w (asking the leader how far to apply: %v)", ctx.Err(), lastErr)
+			}
+			return fmt.Errorf("%w (applied %d of %d)", ctx.Err(), n.fsm.AppliedIndex(), targetIndex(target))
+		case <-n.stop:
+			return errors.New("cluster: shutting down")
+		case <-time.After(poll):
+		}
+	}
+}
+
+func targetIndex(t *ReadIndex) uint64 {
+	if t == nil {
+		return 0
+	}
+	return t.Index
+}
+
+// reached reports whether this node has applied up to t. With exact
+// indexes on both sides it compares table indexes. Otherwise (a table
+// restored from a snapshot of an older version, here or on the leader) it
+// falls back to raft's applied index and the FSM's queue staying empty
+// over two polls.
+func (n *Node) reached(t ReadIndex, settled *int) bool {
+	if t.Exact && n.fsm.IndexKnown() {
+		return n.fsm.AppliedIndex() >= t.Index
+	}
+	if n.raft.AppliedIndex() < t.RaftIndex || n.raft.Stats()["fsm_pending"] != "0" {
+		*settled = 0
+		return false
+	}
+	*settled++
+	return *settled >= 2
+}
+
+// readIndex asks the leader (or, on the leader, runs the barrier).
+func (n *Node) readIndex(ctx context.Context, timeout time.Duration) (ReadIndex, error) {
+	if n.IsLeader() {
+		return n.LeaderReadIndex(timeout)
+	}
+	name, api := n.Leader()
+	if name == "" {
+		return ReadIndex{}, ErrNoLeader
+	}
+	if api == "" {
+		return ReadIndex{}, fmt.Errorf("leader %s: no admin API address in its gossiped metadata yet", name)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout+2*time.Second)
+	defer cancel()
+	url := api
+	if !strings.Contains(url, "://") {
+		url = "http://" + url
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+ReadIndexPath, nil)
+	if err != nil {
+		return ReadIndex{}, err
+	}
+	if n.cfg.APIToken != "" {
+		req.Header.Set("Authorization", "Bearer "+n.cfg.APIToken)
+	}
+	resp, err := n.client.http.Do(req)
+	if err != nil {
+		return ReadIndex{}, fmt.Errorf("leader %s at %s: %w", name, api, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return ReadIndex{}, fmt.Errorf("leader %s at %s answered HTTP %d: %s", name, api, resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	var ri ReadIndex
+	if err := json.Unmarshal(body, &ri); err != nil {
+		return ReadIndex{}, fmt.Errorf("leader %s at %s: %w", name, api, err)
+	}
+	return ri, nil
+}
