@@ -173,3 +173,65 @@ routes:
 		t.Fatalf("%d logins with a good password refused otherwise than UNAVAILABLE, first: %s", len(bad), bad[0])
 	}
 }
+
+// /readyz in a multi-node cluster: a node that cannot reach a quorum
+// (here the last of three running) answers 503 with the reason after an
+// election's time, while it still serves logins from its copy of the
+// table; 200 again once the others are back.
+func TestReadyzWithoutQuorum(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process cluster test")
+	}
+	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.135", Users: map[string]string{"alice@example.com": "secret"}})
+	nodes := newClusterAt(t, "127.0.8", 3, 3, "1h", 3, dc, `
+routes:
+  users: {alice@example.com: {backend: dc1}}
+`)
+	for _, nd := range nodes {
+		nd.start()
+	}
+	waitFor(t, "a leader", 20*time.Second, func() bool { return leaderOf(nodes) != "" })
+	waitSeeded(t, nodes)
+	waitFor(t, "every node ready", 20*time.Second, func() bool {
+		for _, nd := range nodes {
+			if c, _ := readyzOf(nd); c != 200 {
+				return false
+			}
+		}
+		return true
+	})
+
+	survivor := nodes[0]
+	lost := time.Now()
+	nodes[1].kill()
+	nodes[2].kill()
+	var reasons []string
+	took := waitFor(t, survivor.name+" not ready without a quorum", 20*time.Second, func() bool {
+		var c int
+		c, reasons = readyzOf(survivor)
+		return c == 503
+	})
+	t.Logf("quorum lost: /readyz 503 after %v: %q", took.Round(time.Millisecond), reasons)
+	if len(reasons) != 1 || !strings.HasPrefix(reasons[0], "cluster: no raft leader for ") {
+		t.Fatalf("reasons %q, want the cluster check only", reasons)
+	}
+	if since := time.Since(lost); since < 2*time.Second {
+		t.Fatalf("503 after %v: an ordinary election must not make a node unready", since)
+	}
+	// Logins still work from the node's copy of the table.
+	if r, err := imapAttempt(survivor.imap, "alice@example.com", "secret"); err != nil || !strings.HasPrefix(r, "a OK") {
+		t.Fatalf("login through the node without quorum: %q %v", r, err)
+	}
+
+	nodes[1].start()
+	nodes[2].start()
+	took = waitFor(t, "every node ready again", 60*time.Second, func() bool {
+		for _, nd := range nodes {
+			if c, _ := readyzOf(nd); c != 200 {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("quorum back: every node ready %v after the restart", took.Round(time.Millisecond))
+}

@@ -136,6 +136,10 @@ func (d *Daemon) setupOps(cfg *config.Config) error {
 	d.addReadyCheck("listeners", d.checkListeners)
 	d.addReadyCheck("routing", d.checkRouting)
 	if d.cluster != nil {
+		// In a multi-node cluster: a node that cannot reach a quorum (no
+		// leader for longer than an election takes) is not ready, so that
+		// load balancers prefer the nodes that can.
+		d.addReadyCheck("cluster", d.cluster.QuorumError)
 		d.addStatus(d.clusterStatus)
 	}
 	if d.vip != nil {
