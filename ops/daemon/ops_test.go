@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/portico-mail/portico/cluster"
 	"github.com/portico-mail/portico/ops/config"
 	"github.com/portico-mail/portico/routing"
 )
@@ -226,5 +227,27 @@ func TestStatusStandalone(t *testing.T) {
 		if mfs[n] == nil {
 			t.Errorf("%s not exported", n)
 		}
+	}
+}
+
+// The leader's read index (what a catching-up node asks for): only with
+// the token; the table index after a barrier, exact for a table built by
+// this version.
+func TestReadIndexEndpoint(t *testing.T) {
+	d := startNode(t, clusterNode+"data_dir: "+t.TempDir()+"\nbackends: [{id: b1, host: 127.0.0.1, imap_port: 1}]\n")
+	waitReady(t, d)
+	if !d.fsm.Loaded() {
+		t.Fatal("ready but the table is not loaded")
+	}
+	if code, _ := get(t, d, cluster.ReadIndexPath, ""); code != http.StatusUnauthorized {
+		t.Fatalf("without the token: %d", code)
+	}
+	code, b := get(t, d, cluster.ReadIndexPath, "s3cret")
+	var ri cluster.ReadIndex
+	if err := json.Unmarshal(b, &ri); code != 200 || err != nil {
+		t.Fatalf("%d %s %v", code, b, err)
+	}
+	if !ri.Exact || ri.Index == 0 || ri.Index != d.fsm.AppliedIndex() || ri.RaftIndex < ri.Index {
+		t.Fatalf("read index %+v, table index %d", ri, d.fsm.AppliedIndex())
 	}
 }
