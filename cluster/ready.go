@@ -73,13 +73,26 @@ func (n *Node) CatchUp(ctx context.Context) error {
 		lastErr error
 		nextAsk time.Time
 		settled int
+		legacy  bool // the leader is an older version without ReadIndexPath
 	)
 	for {
-		if target == nil && !time.Now().Before(nextAsk) {
+		if legacy {
+			// What older versions did: the commit index this node has
+			// been told, applied, with the FSM's queue empty.
+			target = nil
+			if commit := n.raft.CommitIndex(); commit > 0 && n.raft.Leader() != "" {
+				target = &ReadIndex{RaftIndex: commit}
+			}
+		} else if target == nil && !time.Now().Before(nextAsk) {
 			ri, err := n.readIndex(ctx, 5*time.Second)
-			if err == nil {
+			switch {
+			case err == nil:
 				target = &ri
-			} else {
+			case errors.Is(err, errReadIndexUnsupported):
+				legacy = true
+				n.log.Warn("the leader does not answer read-index requests (an older version during a rolling upgrade): catching up by the commit index instead", "error", err)
+				continue
+			default:
 				lastErr = err
 				// No leader is a local check, cheap to repeat; an answer
 				// that failed is not hammered.
@@ -142,6 +155,20 @@ func (n *Node) readIndex(ctx context.Context, timeout time.Duration) (ReadIndex,
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout+2*time.Second)
 	defer cancel()
+	ri, err := getReadIndex(ctx, n.client.http, api, n.cfg.APIToken)
+	if err != nil {
+		return ReadIndex{}, fmt.Errorf("leader %s: %w", name, err)
+	}
+	return ri, nil
+}
+
+// errReadIndexUnsupported: the leader's API has no ReadIndexPath (an
+// older version).
+var errReadIndexUnsupported = errors.New("no read-index endpoint")
+
+// getReadIndex asks the admin API at api for its read index. The answer
+// is bounded (4 KiB) and must be a ReadIndex.
+func getReadIndex(ctx context.Context, hc *http.Client, api, token string) (ReadIndex, error) {
 	url := api
 	if !strings.Contains(url, "://") {
 		url = "http://" + url
@@ -150,21 +177,25 @@ func (n *Node) readIndex(ctx context.Context, timeout time.Duration) (ReadIndex,
 	if err != nil {
 		return ReadIndex{}, err
 	}
-	if n.cfg.APIToken != "" {
-		req.Header.Set("Authorization", "Bearer "+n.cfg.APIToken)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := n.client.http.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
-		return ReadIndex{}, fmt.Errorf("leader %s at %s: %w", name, api, err)
+		return ReadIndex{}, fmt.Errorf("at %s: %w", api, err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	if resp.StatusCode != http.StatusOK {
-		return ReadIndex{}, fmt.Errorf("leader %s at %s answered HTTP %d: %s", name, api, resp.StatusCode, strings.TrimSpace(string(body)))
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound, http.StatusMethodNotAllowed:
+		return ReadIndex{}, fmt.Errorf("at %s: HTTP %d: %w", api, resp.StatusCode, errReadIndexUnsupported)
+	default:
+		return ReadIndex{}, fmt.Errorf("at %s answered HTTP %d: %.200s", api, resp.StatusCode, strings.TrimSpace(string(body)))
 	}
 	var ri ReadIndex
 	if err := json.Unmarshal(body, &ri); err != nil {
-		return ReadIndex{}, fmt.Errorf("leader %s at %s: %w", name, api, err)
+		return ReadIndex{}, fmt.Errorf("at %s: %w", api, err)
 	}
 	return ri, nil
 }
