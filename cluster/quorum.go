@@ -33,7 +33,7 @@ func (n *Node) QuorumError() error {
 	}
 	last := n.raft.LastContact()
 	if last.IsZero() {
-		return errors.New("no raft leader known since this node started: it cannot reach a quorum of the cluster")
+		return errors.New("no raft leader heard from since this node started")
 	}
 	d := time.Since(last)
 	if d < n.electionWait() {
