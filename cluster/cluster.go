@@ -553,7 +553,7 @@ func (n *Node) ApplyRaw(ctx context.Context, b []byte) error {
 	// An election takes about one election timeout (a few with split
 	// votes); longer than this without a leader means there is no quorum,
 	// and the caller should hear so now rather than at its own deadline.
-	wait := max(3*time.Second, 4*(n.cfg.Timing.HeartbeatTimeout+n.cfg.Timing.ElectionTimeout))
+	wait := n.electionWait()
 	start := time.Now()
 	for attempt := 0; ; attempt++ {
 		err := n.applyOnce(ctx, b)
@@ -613,39 +613,6 @@ func (n *Node) VerifyLeader() error {
 // Barrier waits until every committed entry is applied locally (leader only).
 func (n *Node) Barrier(timeout time.Duration) error {
 	return n.raft.Barrier(timeout).Error()
-}
-
-// WaitApplied waits until this node has applied every entry the leader had
-// committed when it was asked (a follower's way to catch up), or ctx ends.
-//
-// raft's applied index counts every entry, configuration changes and
-// no-ops too, but raft hands entries to the FSM asynchronously; the FSM's
-// own index counts only the commands it has applied. So: raft has applied
-// the commit index and the FSM has nothing queued, seen twice in a row
-// (an empty table never moves the FSM's index, which must not hold
-// start-up for the whole wait).
-func (n *Node) WaitApplied(ctx context.Context) error {
-	settled := 0
-	for {
-		commit, _ := strconv.ParseUint(n.raft.Stats()["commit_index"], 10, 64)
-		switch {
-		case n.raft.Leader() == "" || commit == 0 || n.raft.AppliedIndex() < commit:
-			settled = 0
-		case n.fsm.AppliedIndex() >= commit:
-			return nil
-		case n.raft.Stats()["fsm_pending"] == "0":
-			if settled++; settled >= 2 {
-				return nil
-			}
-		default:
-			settled = 0
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
 }
 
 // LeadershipTransfer hands leadership to another voter (planned moves:

@@ -1,15 +1,9 @@
 package cluster
 
 import (
-	"bufio"
-	"context"
-	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
-	"fmt"
-	"net"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,9 +16,11 @@ import (
 // HealthConfig configures backend probes.
 type HealthConfig struct {
 	Interval time.Duration // between probes of one backend; default 2s
-	Timeout  time.Duration // connect + greeting; default 2s
+	Timeout  time.Duration // one probe, from connect to LOGOUT; default 2s
 	Fall     int           // consecutive failures before a backend is down for this node; default 2
 	Rise     int           // consecutive successes before it is up again; default 2
+	// Probe checks one backend (probe.go); nil: ConnectProbe.
+	Probe ProbeFunc
 }
 
 func (h *HealthConfig) defaults() {
@@ -153,12 +149,12 @@ func (h *Health) loop() {
 func (h *Health) probeAll() {
 	backends := h.fsm.Table().Backends()
 	var wg sync.WaitGroup
-	results := make([]bool, len(backends))
+	results := make([]error, len(backends))
 	for i, b := range backends {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = probe(b, h.cfg.Timeout) == nil
+			results[i] = h.probe(b)
 		}()
 	}
 	wg.Wait()
@@ -168,7 +164,7 @@ func (h *Health) probeAll() {
 	for i, b := range backends {
 		present[b.ID] = true
 		s := h.streak[b.ID]
-		if results[i] {
+		if results[i] == nil {
 			if s < 0 {
 				s = 0
 			}
@@ -184,7 +180,7 @@ func (h *Health) probeAll() {
 		case !h.localDn[b.ID] && s <= -h.cfg.Fall:
 			h.localDn[b.ID] = true
 			changed = true
-			h.log.Warn("backend failed health checks from this node", "backend", b.ID, "address", probeAddr(b))
+			h.log.Warn("backend failed health checks from this node", "backend", b.ID, "address", probeAddr(b), "error", results[i])
 		case h.localDn[b.ID] && s >= h.cfg.Rise:
 			delete(h.localDn, b.ID)
 			changed = true
@@ -336,45 +332,4 @@ func (h *Health) MergeRemote(from string, b []byte) {
 	}
 	h.mu.Unlock()
 	go h.decide() // never block a memberlist callback
-}
-
-func probeAddr(b *routing.Backend) string {
-	if a := b.Addr(routing.IMAP); a != "" {
-		return a
-	}
-	return b.Addr(routing.POP3)
-}
-
-// probe connects to the backend and reads its greeting.
-func probe(b *routing.Backend, timeout time.Duration) error {
-	addr := probeAddr(b)
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(timeout))
-	conn := c
-	if b.TLS == routing.TLSImplicit {
-		name := b.TLSServerName
-		if name == "" {
-			name = b.Host
-		}
-		// A health probe checks liveness, not identity (logins verify).
-		tc := tls.Client(c, &tls.Config{ServerName: name, InsecureSkipVerify: true, MinVersion: tls.VersionTLS12})
-		if err := tc.Handshake(); err != nil {
-			return err
-		}
-		conn = tc
-	}
-	line, err := bufio.NewReaderSize(conn, 512).ReadString('\n')
-	if err != nil && line == "" {
-		return err
-	}
-	if strings.HasPrefix(line, "* OK") || strings.HasPrefix(line, "+OK") {
-		return nil
-	}
-	return fmt.Errorf("unexpected greeting %.60q", line)
 }

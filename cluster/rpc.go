@@ -36,10 +36,6 @@ type ApplyResult struct {
 	Kind  string `json:"kind,omitempty"` // see ErrorKind
 }
 
-type readIndexResult struct {
-	Index uint64 `json:"index"`
-}
-
 // rpcHandler serves the cluster RPCs. Callers are authenticated by the
 // TLS handshake (the mux refuses anyone else).
 func (n *Node) rpcHandler() http.Handler {
@@ -81,12 +77,12 @@ func (n *Node) rpcHandler() http.Handler {
 		if _, ok := readBody(w, r); !ok {
 			return
 		}
-		idx, err := n.leaderReadIndex()
+		ri, err := n.LeaderReadIndex(5 * time.Second)
 		if err != nil {
 			writeJSON(w, http.StatusServiceUnavailable, ApplyResult{Error: err.Error(), Kind: "no_leader"})
 			return
 		}
-		writeJSON(w, http.StatusOK, readIndexResult{Index: idx})
+		writeJSON(w, http.StatusOK, ri)
 	})
 	return mux
 }
@@ -255,44 +251,23 @@ func StatusOf(err error) int {
 	return http.StatusInternalServerError
 }
 
-// leaderReadIndex confirms leadership and returns the index every
-// committed command has been applied up to on the leader.
-func (n *Node) leaderReadIndex() (uint64, error) {
-	if err := n.VerifyLeader(); err != nil {
-		return 0, err
-	}
-	if err := n.raft.Barrier(5 * time.Second).Error(); err != nil {
-		return 0, fmt.Errorf("%w: barrier: %v", ErrNoLeader, err)
-	}
-	return n.fsm.AppliedIndex(), nil
-}
-
 // ConsistentRead returns once this node's table holds every write
 // committed before the call (a linearizable read: the leader confirms its
-// leadership and names its applied index; a follower then waits until it
-// has applied as much).
+// leadership with a barrier and names its applied index, ready.go; a
+// follower then waits until it has applied as much).
 func (n *Node) ConsistentRead(ctx context.Context) error {
-	if n.IsLeader() {
-		_, err := n.leaderReadIndex()
-		return err
-	}
-	addr, id := n.raft.LeaderWithID()
-	if addr == "" {
-		return ErrNoLeader
-	}
-	var res readIndexResult
-	status, err := n.call(ctx, string(id), string(addr), rpcReadIndex, nil, &res)
+	ri, err := n.readIndex(ctx, 5*time.Second)
 	if err != nil {
-		return fmt.Errorf("%w: asking the leader %s: %v", ErrNoLeader, id, err)
+		if errors.Is(err, ErrNoLeader) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", ErrNoLeader, err)
 	}
-	if status != http.StatusOK {
-		return fmt.Errorf("%w: the leader %s answered HTTP %d", ErrNoLeader, id, status)
-	}
-	idx := res.Index
-	for n.fsm.AppliedIndex() < idx {
+	settled := 0
+	for !n.reached(ri, &settled) {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w: waiting to apply index %d: %v", ErrNoLeader, idx, ctx.Err())
+			return fmt.Errorf("%w: waiting to apply index %d: %v", ErrNoLeader, ri.Index, ctx.Err())
 		case <-time.After(5 * time.Millisecond):
 		}
 	}

@@ -66,17 +66,23 @@ func newCluster(t *testing.T, n int, dc *dovecot.Server, extra string) []*procNo
 
 // newClusterWith sets bootstrap_expect, dead_node_reap and max_voters.
 func newClusterWith(t *testing.T, n, expect int, reap string, maxVoters int, dc *dovecot.Server, extra string) []*procNode {
+	return newClusterAt(t, "127.0.3", n, expect, reap, maxVoters, dc, extra)
+}
+
+// newClusterAt puts the nodes on net.1, net.2, ... (a /24 of 127/8 that
+// no other test of the package uses).
+func newClusterAt(t *testing.T, net string, n, expect int, reap string, maxVoters int, dc *dovecot.Server, extra string) []*procNode {
 	t.Helper()
 	var nodes []*procNode
 	var join, names []string
 	for i := 1; i <= n; i++ {
-		ip := fmt.Sprintf("127.0.3.%d", i)
+		ip := fmt.Sprintf("%s.%d", net, i)
 		join = append(join, ip+":7145")
 		names = append(names, fmt.Sprintf("n%d", i))
 	}
 	certs := clusterPKI(t, names...)
 	for i := 1; i <= n; i++ {
-		ip := fmt.Sprintf("127.0.3.%d", i)
+		ip := fmt.Sprintf("%s.%d", net, i)
 		nd := &procNode{t: t, name: fmt.Sprintf("n%d", i), ip: ip, dir: t.TempDir(),
 			admin: ip + ":7143", imap: ip + ":1143", gossip: ip + ":7145", token: clusterToken}
 		cfg := fmt.Sprintf(`

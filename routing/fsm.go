@@ -17,7 +17,12 @@ import (
 type FSM struct {
 	table   atomic.Pointer[Table]
 	applied atomic.Uint64 // index of the last applied log entry
-	down    atomic.Pointer[HealthFunc]
+	// indexUnknown: the table came from a snapshot that does not record
+	// its index (written before snapshots did) and no command has been
+	// applied since, so applied is 0 although the table has entries.
+	indexUnknown atomic.Bool
+	loaded       atomic.Bool // SetLoaded: caught up with the cluster once
+	down         atomic.Pointer[HealthFunc]
 	// OnApply, if set, is called after each applied entry (metrics).
 	OnApply func(index uint64, c Command, err error)
 
@@ -61,14 +66,40 @@ func (f *FSM) halted(err error) {
 // Table returns the current snapshot.
 func (f *FSM) Table() *Table { return f.table.Load() }
 
-// AppliedIndex returns the raft index of the last applied entry.
+// AppliedIndex returns the raft index of the last command the table
+// reflects: the last one applied, or the one recorded in the snapshot it
+// was restored from. Every node applies the same commands at the same
+// indexes, so a node whose AppliedIndex is at least another's holds every
+// change the other holds.
 func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
+
+// IndexKnown is false while the table comes from a snapshot that did not
+// record its index (written by an older version) and no command has been
+// applied since: AppliedIndex then says 0 whatever the table holds.
+func (f *FSM) IndexKnown() bool { return !f.indexUnknown.Load() }
+
+// SetLoaded marks the table as caught up with the cluster (a latch: once
+// caught up, a node keeps routing from its copy, stale reads being what the
+// proxy wants). Until then Route answers ErrNotReady for every user: a
+// restarted node holds only its last snapshot until raft replays the log,
+// and a joining node nothing, so a lookup could send a user whose route
+// changed to the wrong server, or refuse one who was added as if the
+// password were wrong. The cluster calls it once it has applied
+// everything the leader had committed (cluster.Node.CatchUp).
+func (f *FSM) SetLoaded() { f.loaded.Store(true) }
+
+// Loaded reports whether SetLoaded was called.
+func (f *FSM) Loaded() bool { return f.loaded.Load() }
 
 // SetHealth installs the function that reports down backends.
 func (f *FSM) SetHealth(h HealthFunc) { f.down.Store(&h) }
 
-// Route implements Router.
+// Route implements Router: ErrNotReady until SetLoaded, then a lookup in
+// the latest applied table.
 func (f *FSM) Route(req Request) (Route, error) {
+	if !f.loaded.Load() {
+		return Route{}, ErrNotReady
+	}
 	var down HealthFunc
 	if h := f.down.Load(); h != nil {
 		down = *h
@@ -101,6 +132,7 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 		f.table.Store(n)
 	}
 	f.applied.Store(l.Index)
+	f.indexUnknown.Store(false)
 	if f.OnApply != nil {
 		f.OnApply(l.Index, c, err)
 	}
@@ -110,27 +142,44 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 	return nil
 }
 
-// Snapshot implements raft.FSM: it captures the immutable table pointer;
-// Persist does the I/O while applies continue.
+// Snapshot implements raft.FSM: it captures the immutable table pointer
+// and the index it reflects (raft calls it between applies); Persist does
+// the I/O while applies continue.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	return &fsmSnapshot{t: f.table.Load()}, nil
+	s := &fsmSnapshot{t: f.table.Load()}
+	if !f.indexUnknown.Load() {
+		idx := f.applied.Load()
+		s.index = &idx
+	}
+	return s, nil
 }
 
-// Restore implements raft.FSM: it builds a new table and swaps it in.
+// Restore implements raft.FSM: it builds a new table and swaps it in,
+// with the index recorded in the snapshot.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	t, err := ReadSnapshot(rc)
+	t, idx, err := readSnapshot(rc)
 	if err != nil {
 		return err
 	}
 	f.table.Store(t)
+	if idx != nil {
+		f.applied.Store(*idx)
+		f.indexUnknown.Store(false)
+	} else {
+		f.applied.Store(0)
+		f.indexUnknown.Store(true)
+	}
 	return nil
 }
 
-type fsmSnapshot struct{ t *Table }
+type fsmSnapshot struct {
+	t     *Table
+	index *uint64 // nil when unknown
+}
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	if err := WriteSnapshot(sink, s.t); err != nil {
+	if err := writeSnapshot(sink, s.t, s.index); err != nil {
 		_ = sink.Cancel()
 		return err
 	}

@@ -116,6 +116,100 @@ func TestFSMProperties(t *testing.T) {
 		if canon(c.Table()) != canon(a.Table()) {
 			t.Fatalf("seed %d: restored table differs:\n%s\nvs\n%s", seed, canon(c.Table()), canon(a.Table()))
 		}
+		if c.AppliedIndex() != a.AppliedIndex() || !c.IndexKnown() {
+			t.Fatalf("seed %d: restored index %d (known %v), want %d", seed, c.AppliedIndex(), c.IndexKnown(), a.AppliedIndex())
+		}
+	}
+}
+
+// Until the node has caught up with the cluster, the table answers
+// ErrNotReady for every user: one it has a rule for (the rule may have
+// changed meanwhile) and one it has none for (the rule may be on its way):
+// neither is the user's fault. Afterwards it answers from its copy, and
+// keeps doing so (the latch is never undone).
+func TestFSMNotReadyUntilLoaded(t *testing.T) {
+	f := NewFSM()
+	applyTo(t, f, 3, Command{Type: CmdPutBackend, Backend: &Backend{ID: "a", Host: "h", IMAPPort: 143}})
+	applyTo(t, f, 4, Command{Type: CmdPutUsers, Users: []UserRoute{{User: "alice", Target: Target{Backend: "a"}}}})
+	for _, u := range []string{"alice", "nobody"} {
+		if _, err := f.Route(Request{User: u, Protocol: IMAP}); !errors.Is(err, ErrNotReady) {
+			t.Fatalf("%s before the table is loaded: %v, want ErrNotReady", u, err)
+		}
+	}
+	if f.Loaded() {
+		t.Fatal("a new FSM says it is loaded")
+	}
+	f.SetLoaded()
+	if r, err := f.Route(Request{User: "alice", Protocol: IMAP}); err != nil || r.Backend.ID != "a" {
+		t.Fatalf("alice once loaded: %+v %v", r, err)
+	}
+	if _, err := f.Route(Request{User: "nobody", Protocol: IMAP}); !errors.Is(err, ErrNoRoute) {
+		t.Fatalf("unknown user once loaded: %v, want ErrNoRoute", err)
+	}
+	// A snapshot restored later (raft installing one on a lagging node)
+	// does not unload the table.
+	var buf bytes.Buffer
+	snap, _ := f.Snapshot()
+	if err := snap.(*fsmSnapshot).Persist(&memSink{Buffer: &buf}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Restore(io.NopCloser(&buf)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Route(Request{User: "alice", Protocol: IMAP}); err != nil {
+		t.Fatalf("after a restore: %v", err)
+	}
+}
+
+// A snapshot records the index of the last command its table reflects, so
+// a node restored from it can tell whether it holds what the leader holds.
+// A snapshot from an older version has no index: the FSM says so until the
+// next command, instead of claiming index 0.
+func TestFSMSnapshotIndex(t *testing.T) {
+	f := NewFSM()
+	applyTo(t, f, 5, Command{Type: CmdPutBackend, Backend: &Backend{ID: "a", Host: "h", IMAPPort: 143}})
+	f.Apply(&raft.Log{Index: 6, Type: raft.LogNoop})
+	snap, _ := f.Snapshot()
+	var buf bytes.Buffer
+	if err := snap.(*fsmSnapshot).Persist(&memSink{Buffer: &buf}); err != nil {
+		t.Fatal(err)
+	}
+	g := NewFSM()
+	if err := g.Restore(io.NopCloser(bytes.NewReader(buf.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if g.AppliedIndex() != f.AppliedIndex() || !g.IndexKnown() {
+		t.Fatalf("restored index %d known %v, want %d", g.AppliedIndex(), g.IndexKnown(), f.AppliedIndex())
+	}
+	// Older versions read the new snapshot (they ignore the index).
+	if tbl, err := ReadSnapshot(bytes.NewReader(buf.Bytes())); err != nil || canon(tbl) != canon(f.Table()) {
+		t.Fatalf("ReadSnapshot of an indexed snapshot: %v", err)
+	}
+
+	var old bytes.Buffer
+	if err := WriteSnapshot(&old, f.Table()); err != nil { // as an older version wrote it
+		t.Fatal(err)
+	}
+	h := NewFSM()
+	applyTo(t, h, 2, Command{Type: CmdPutBackend, Backend: &Backend{ID: "z", Host: "h", IMAPPort: 143}})
+	if err := h.Restore(io.NopCloser(&old)); err != nil {
+		t.Fatal(err)
+	}
+	if h.IndexKnown() || h.AppliedIndex() != 0 || canon(h.Table()) != canon(f.Table()) {
+		t.Fatalf("old snapshot: index %d known %v", h.AppliedIndex(), h.IndexKnown())
+	}
+	// Its own snapshot then records no index either.
+	snap, _ = h.Snapshot()
+	buf.Reset()
+	if err := snap.(*fsmSnapshot).Persist(&memSink{Buffer: &buf}); err != nil {
+		t.Fatal(err)
+	}
+	if _, idx, err := readSnapshot(bytes.NewReader(buf.Bytes())); err != nil || idx != nil {
+		t.Fatalf("snapshot of a table of unknown index recorded %v (%v)", idx, err)
+	}
+	applyTo(t, h, 9, Command{Type: CmdPutBackend, Backend: &Backend{ID: "b", Host: "h", IMAPPort: 143}})
+	if !h.IndexKnown() || h.AppliedIndex() != 9 {
+		t.Fatalf("after a command: index %d known %v", h.AppliedIndex(), h.IndexKnown())
 	}
 }
 

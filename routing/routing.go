@@ -134,6 +134,11 @@ var (
 	ErrNoRoute = errors.New("no route for user")
 	// ErrUnavailable: a rule matched, but no backend can take the session.
 	ErrUnavailable = errors.New("no backend available")
+	// ErrNotReady: the replicated table has not caught up with the cluster
+	// since this node started (FSM.SetLoaded), so it can say neither where
+	// a user goes nor that the user has no route. Not the user's fault:
+	// the proxy answers "try again later", never "wrong password".
+	ErrNotReady = errors.New("routing table not caught up with the cluster yet")
 )
 
 // Router is the lookup interface the proxy uses. Implementations must be

@@ -12,7 +12,7 @@ import (
 // Snapshot format (version 1):
 //
 //	"PRTCSNP1"
-//	uvarint length + JSON {backends, pools, domains, default_pool}
+//	uvarint length + JSON {backends, pools, domains, default_pool, index}
 //	uvarint user count, then per user:
 //	  uvarint len + user, kind byte (0 backend, 1 pool), uvarint len + name
 //
@@ -31,13 +31,20 @@ type snapHeader struct {
 	Pools       []*Pool           `json:"pools"`
 	Domains     map[string]string `json:"domains"`
 	DefaultPool string            `json:"default_pool"`
+	// Index is the raft index of the last command the table reflects
+	// (FSM.AppliedIndex). Snapshots written before it was recorded lack
+	// it; older versions ignore it.
+	Index *uint64 `json:"index,omitempty"`
 }
 
-// WriteSnapshot writes t in the snapshot format.
-func WriteSnapshot(w io.Writer, t *Table) error {
+// WriteSnapshot writes t in the snapshot format (without an index).
+func WriteSnapshot(w io.Writer, t *Table) error { return writeSnapshot(w, t, nil) }
+
+// writeSnapshot writes t and, when known, the index it reflects.
+func writeSnapshot(w io.Writer, t *Table, index *uint64) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
 	bw.WriteString(snapshotMagic)
-	h, err := json.Marshal(snapHeader{Backends: t.Backends(), Pools: t.Pools(), Domains: t.domains, DefaultPool: t.defaultPool})
+	h, err := json.Marshal(snapHeader{Backends: t.Backends(), Pools: t.Pools(), Domains: t.domains, DefaultPool: t.defaultPool, Index: index})
 	if err != nil {
 		return err
 	}
@@ -63,22 +70,29 @@ func WriteSnapshot(w io.Writer, t *Table) error {
 
 // ReadSnapshot reads a table written by WriteSnapshot, validating it.
 func ReadSnapshot(r io.Reader) (*Table, error) {
+	t, _, err := readSnapshot(r)
+	return t, err
+}
+
+// readSnapshot reads a table and the index it reflects (nil if the
+// snapshot does not record one).
+func readSnapshot(r io.Reader) (*Table, *uint64, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	magic := make([]byte, len(snapshotMagic))
 	if _, err := io.ReadFull(br, magic); err != nil || string(magic) != snapshotMagic {
-		return nil, errors.New("routing snapshot: bad magic (not a routing snapshot, or a newer format)")
+		return nil, nil, errors.New("routing snapshot: bad magic (not a routing snapshot, or a newer format)")
 	}
 	hl, err := binary.ReadUvarint(br)
 	if err != nil || hl > maxSnapHeader {
-		return nil, fmt.Errorf("routing snapshot: bad header length")
+		return nil, nil, fmt.Errorf("routing snapshot: bad header length")
 	}
 	hb := make([]byte, hl)
 	if _, err := io.ReadFull(br, hb); err != nil {
-		return nil, fmt.Errorf("routing snapshot: header: %w", err)
+		return nil, nil, fmt.Errorf("routing snapshot: header: %w", err)
 	}
 	var h snapHeader
 	if err := json.Unmarshal(hb, &h); err != nil {
-		return nil, fmt.Errorf("routing snapshot: header: %w", err)
+		return nil, nil, fmt.Errorf("routing snapshot: header: %w", err)
 	}
 	spec := TableSpec{Domains: h.Domains, DefaultPool: h.DefaultPool}
 	for _, b := range h.Backends {
@@ -93,7 +107,7 @@ func ReadSnapshot(r io.Reader) (*Table, error) {
 	}
 	n, err := binary.ReadUvarint(br)
 	if err != nil {
-		return nil, fmt.Errorf("routing snapshot: user count: %w", err)
+		return nil, nil, fmt.Errorf("routing snapshot: user count: %w", err)
 	}
 	readS := func() (string, error) {
 		l, err := binary.ReadUvarint(br)
@@ -109,7 +123,7 @@ func ReadSnapshot(r io.Reader) (*Table, error) {
 	}
 	t, err := NewTable(spec) // backends, pools, domains, default
 	if err != nil {
-		return nil, fmt.Errorf("routing snapshot: %w", err)
+		return nil, nil, fmt.Errorf("routing snapshot: %w", err)
 	}
 	users := &userMap{}
 	per := int(min(n, 1<<24) / userShards)
@@ -119,15 +133,15 @@ func ReadSnapshot(r io.Reader) (*Table, error) {
 	for i := uint64(0); i < n; i++ {
 		u, err := readS()
 		if err != nil {
-			return nil, fmt.Errorf("routing snapshot: user %d: %w", i, err)
+			return nil, nil, fmt.Errorf("routing snapshot: user %d: %w", i, err)
 		}
 		kind, err := br.ReadByte()
 		if err != nil {
-			return nil, fmt.Errorf("routing snapshot: user %d: %w", i, err)
+			return nil, nil, fmt.Errorf("routing snapshot: user %d: %w", i, err)
 		}
 		name, err := readS()
 		if err != nil {
-			return nil, fmt.Errorf("routing snapshot: user %d: %w", i, err)
+			return nil, nil, fmt.Errorf("routing snapshot: user %d: %w", i, err)
 		}
 		var tg Target
 		switch kind {
@@ -136,13 +150,13 @@ func ReadSnapshot(r io.Reader) (*Table, error) {
 		case 1:
 			tg = Target{Pool: name}
 		default:
-			return nil, fmt.Errorf("routing snapshot: user %d: bad kind %d", i, kind)
+			return nil, nil, fmt.Errorf("routing snapshot: user %d: bad kind %d", i, kind)
 		}
 		if !validUser(u) || u != NormalizeUser(u) {
-			return nil, fmt.Errorf("routing snapshot: user %d: bad name %q", i, u)
+			return nil, nil, fmt.Errorf("routing snapshot: user %d: bad name %q", i, u)
 		}
 		if err := t.checkTarget(tg); err != nil {
-			return nil, fmt.Errorf("routing snapshot: user %s: %w", u, err)
+			return nil, nil, fmt.Errorf("routing snapshot: user %s: %w", u, err)
 		}
 		sh := users.shards[shardOf(u)]
 		if _, dup := sh[u]; !dup {
@@ -151,5 +165,5 @@ func ReadSnapshot(r io.Reader) (*Table, error) {
 		sh[u] = tg
 	}
 	t.users = users
-	return t, nil
+	return t, h.Index, nil
 }

@@ -3,6 +3,7 @@ package imap
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -39,10 +40,17 @@ var errIDRefused = errors.New("forwarded client address not accepted")
 
 // backend is the proxy's IMAP client state toward one backend.
 type backend struct {
-	s    *conn
+	s    *conn // the client's session (ID forwarding); nil for a probe
 	be   *netx.Stream
 	rr   *imapwire.ResponseReader
 	caps []string
+	// tlsConfig verifies the backend for STARTTLS (session.Dialer.TLSConfig).
+	tlsConfig func(*routing.Backend) (*tls.Config, error)
+}
+
+func newBackend(s *conn, be *netx.Stream, tlsConfig func(*routing.Backend) (*tls.Config, error)) *backend {
+	return &backend{s: s, be: be, tlsConfig: tlsConfig,
+		rr: imapwire.NewResponseReader(be.R, backendMaxLine, backendMaxLiterals)}
 }
 
 // phaseError labels an error with the login phase it happened in.
@@ -51,22 +59,10 @@ func phaseError(phase string, err error) error { return fmt.Errorf("%s: %w", pha
 // backendLogin runs greeting -> [STARTTLS] -> [ID] -> login at the backend
 // and returns the reply for the client (with its tag) on success.
 func (s *conn) backendLogin(ctx context.Context, be *netx.Stream, t *session.Target, clientTag string) ([]byte, error) {
-	b := &backend{s: s, be: be}
-	b.rr = imapwire.NewResponseReader(be.R, backendMaxLine, backendMaxLiterals)
-
-	g, err := b.rr.Read()
-	if err != nil {
-		return nil, phaseError("reading greeting", err)
-	}
-	if g.Tag != "*" || g.Status != "OK" {
-		return nil, phaseError("reading greeting", fmt.Errorf("%w: %q", session.ErrBackendGreeting, trunc(g.Raw)))
-	}
-	if g.Code == "CAPABILITY" {
-		b.caps = imapwire.ParseCapabilities(g.CodeArgs)
-	} else if err := b.capability(); err != nil {
+	b := newBackend(s, be, s.c.Env.Dialer.TLSConfig)
+	if err := b.greeting(); err != nil {
 		return nil, err
 	}
-
 	if t.Backend.TLS == routing.TLSStartTLS {
 		if err := b.starttls(ctx, t.Backend); err != nil {
 			return nil, err
@@ -147,6 +143,23 @@ func (s *conn) backendLogin(ctx context.Context, be *netx.Stream, t *session.Tar
 			return nil, phaseError("login", fmt.Errorf("unexpected response %q", trunc(r.Raw)))
 		}
 	}
+}
+
+// greeting reads the backend's greeting, which must be "* OK", and learns
+// its capabilities (from the greeting, else with CAPABILITY).
+func (b *backend) greeting() error {
+	g, err := b.rr.Read()
+	if err != nil {
+		return phaseError("reading greeting", err)
+	}
+	if g.Tag != "*" || g.Status != "OK" {
+		return phaseError("reading greeting", fmt.Errorf("%w: %q", session.ErrBackendGreeting, trunc(g.Raw)))
+	}
+	if g.Code == "CAPABILITY" {
+		b.caps = imapwire.ParseCapabilities(g.CodeArgs)
+		return nil
+	}
+	return b.capability()
 }
 
 // loginResult turns the backend's tagged response into the client's reply.
@@ -269,7 +282,7 @@ func (b *backend) starttls(ctx context.Context, bk *routing.Backend) error {
 	if _, err := b.simple(tagStartTLS, "STARTTLS"); err != nil {
 		return phaseError("STARTTLS", err)
 	}
-	cfg, err := b.s.c.Env.Dialer.TLSConfig(bk)
+	cfg, err := b.tlsConfig(bk)
 	if err != nil {
 		return phaseError("STARTTLS", err)
 	}

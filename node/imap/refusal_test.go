@@ -2,6 +2,7 @@ package imap
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -69,5 +70,27 @@ func TestRefusalInternal(t *testing.T) {
 	if n, _ := c.Read(make([]byte, 10)); n != 0 {
 		t.Error("session not closed")
 	}
+	<-r.results
+}
+
+// A node whose routing table has not caught up with the cluster (just
+// started) answers every login "try again later", for users it has a rule
+// for and users it has none for alike, and never counts it as a failed
+// login: no wrong-password reply, no disconnect after max_auth_failures.
+func TestRoutingTableNotReady(t *testing.T) {
+	lis := listener(routing.TLSNone, nil, true)
+	lis.Director = session.RouteDirector{Router: routing.NewFSM()} // never loaded
+	r := newRig(t, 1, lis)
+	c, err := net.Dial("tcp", r.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var steps []step
+	for i := 0; i <= lis.Limits.MaxAuthFailures; i++ {
+		steps = append(steps, step{fmt.Sprintf("a%d LOGIN alice secret\r\n", i), fmt.Sprintf("a%d NO [UNAVAILABLE] Backend server unavailable, try again later.\r\n", i)})
+	}
+	steps = append(steps, step{"z LOGOUT\r\n", "z OK"})
+	runDialog(t, c, steps)
 	<-r.results
 }

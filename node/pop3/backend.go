@@ -66,16 +66,8 @@ func (s *conn) backendLogin(ctx context.Context, be *netx.Stream, t *session.Tar
 }
 
 func (b *backend) run(ctx context.Context, bk *routing.Backend, creds session.Credentials) ([]byte, error) {
-	if err := b.greeting(); err != nil {
+	if err := b.prelude(ctx, bk); err != nil {
 		return nil, err
-	}
-	if err := b.capa(); err != nil {
-		return nil, err
-	}
-	if bk.TLS == routing.TLSStartTLS {
-		if err := b.stls(ctx); err != nil {
-			return nil, err
-		}
 	}
 	if bk.Forward == routing.ForwardID && b.hasXCLIENT() && b.remote.IsValid() {
 		if err := b.xclient(); err != nil {
@@ -83,6 +75,21 @@ func (b *backend) run(ctx context.Context, bk *routing.Backend, creds session.Cr
 		}
 	}
 	return b.login(creds)
+}
+
+// prelude is what a login and a probe share: greeting -> CAPA -> [STLS
+// -> CAPA].
+func (b *backend) prelude(ctx context.Context, bk *routing.Backend) error {
+	if err := b.greeting(); err != nil {
+		return err
+	}
+	if err := b.capa(); err != nil {
+		return err
+	}
+	if bk.TLS == routing.TLSStartTLS {
+		return b.stls(ctx)
+	}
+	return nil
 }
 
 // line reads one bounded response line (without CRLF).

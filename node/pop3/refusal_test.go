@@ -56,3 +56,24 @@ func TestRefusalInternal(t *testing.T) {
 		t.Fatalf("%+v", ev)
 	}
 }
+
+// A node whose routing table has not caught up with the cluster (just
+// started) answers every login "try again later" ([SYS/TEMP]), never as a
+// wrong password, and does not count it toward max_auth_failures.
+func TestRoutingTableNotReady(t *testing.T) {
+	lis := testListener(routing.TLSNone, nil, true)
+	lis.Director = session.RouteDirector{Router: routing.NewFSM()} // never loaded
+	r := newRig(t, lis, Options{})
+	c := dial(t, r.addr())
+	for i := 0; i <= lis.Limits.MaxAuthFailures; i++ {
+		c.cmd("USER alice", "+OK")
+		c.cmd("PASS secret", replyUnavailableText)
+	}
+	c.cmd("AUTH PLAIN "+plainIR("", "nobody", "x"), replyUnavailableText)
+	c.cmd("QUIT", "+OK")
+	for _, ev := range r.loginEvents() {
+		if ev.Result != session.ResultUnavailable {
+			t.Fatalf("login event %+v, want %s", ev, session.ResultUnavailable)
+		}
+	}
+}

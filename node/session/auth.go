@@ -115,7 +115,9 @@ func (d RouteDirector) Direct(_ context.Context, a *Attempt) (*Target, error) {
 	case errors.Is(err, routing.ErrNoRoute):
 		// Do not tell the client the user does not exist.
 		return nil, &Refusal{Kind: RefuseAuth, Text: err.Error()}
-	case errors.Is(err, routing.ErrUnavailable):
+	case errors.Is(err, routing.ErrUnavailable), errors.Is(err, routing.ErrNotReady):
+		// The table not caught up yet (a node starting) is the proxy's
+		// condition, never a wrong password: "try again later".
 		return nil, &Refusal{Kind: RefuseUnavailable, Text: err.Error()}
 	case err != nil:
 		return nil, err

@@ -34,7 +34,11 @@ type tlsKey struct {
 }
 
 // Dial connects to b for protocol p on behalf of a client at remote that
-// connected to local.
+// connected to local. A zero remote means the node connects on its own
+// behalf (a health probe): a forward: proxy backend then gets a PROXY v2
+// LOCAL header, which the protocol defines for exactly that ("the
+// connection was established on purpose by the proxy without being
+// relayed"), so the backend sees and logs the node's own address.
 func (d *Dialer) Dial(ctx context.Context, b *routing.Backend, p routing.Protocol, remote, local netip.AddrPort) (*netx.Stream, error) {
 	addr := b.Addr(p)
 	if addr == "" {
@@ -64,8 +68,11 @@ func (d *Dialer) Dial(ctx context.Context, b *routing.Backend, p routing.Protoco
 		return nil, err
 	}
 	s := netx.NewStream(nc)
-	if b.Forward == routing.ForwardProxy && remote.IsValid() {
-		h := proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(remote), net.TCPAddrFromAddrPort(local))
+	if b.Forward == routing.ForwardProxy {
+		h := &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
+		if remote.IsValid() {
+			h = proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(remote), net.TCPAddrFromAddrPort(local))
+		}
 		if dl, ok := ctx.Deadline(); ok {
 			_ = nc.SetWriteDeadline(dl)
 		}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,8 +26,7 @@ type opsState struct {
 	metrics *metrics.Node
 	started time.Time
 
-	draining      atomic.Bool
-	routingLoaded atomic.Bool // latched: caught up with the cluster once
+	draining atomic.Bool
 
 	mu     sync.Mutex
 	checks []readyCheck
@@ -140,6 +138,10 @@ func (d *Daemon) setupOps(cfg *config.Config) error {
 	d.addReadyCheck("listeners", d.checkListeners)
 	d.addReadyCheck("routing", d.checkRouting)
 	if d.cluster != nil {
+		// In a multi-node cluster: a node that cannot reach a quorum (no
+		// leader for longer than an election takes) is not ready, so that
+		// load balancers prefer the nodes that can.
+		d.addReadyCheck("cluster", d.cluster.QuorumError)
 		d.addStatus(d.clusterStatus)
 	}
 	if d.vip != nil {
@@ -204,23 +206,13 @@ func (d *Daemon) checkListeners() error {
 }
 
 // checkRouting: the routing table is loaded (in a cluster: this node has
-// caught up with the leader once since it started; losing the leader
-// later does not make it unready, it keeps routing from its copy) and
-// names at least one backend.
+// caught up with the cluster once since it started, routing.FSM.Loaded;
+// losing the leader later does not unload it, the node keeps routing from
+// its copy, and the "cluster" check speaks for the quorum) and names at
+// least one backend.
 func (d *Daemon) checkRouting() error {
-	o := d.opsState()
-	if d.cluster != nil && !o.routingLoaded.Load() {
-		r := d.cluster.Raft()
-		if r.Leader() == "" {
-			return errors.New("no raft leader known yet")
-		}
-		// raft's applied index counts every entry (configuration changes
-		// and no-ops too, which the table never sees).
-		commit, _ := strconv.ParseUint(r.Stats()["commit_index"], 10, 64)
-		if applied := r.AppliedIndex(); commit == 0 || applied < commit {
-			return fmt.Errorf("table not caught up with the cluster (applied %d of %d)", applied, commit)
-		}
-		o.routingLoaded.Store(true)
+	if d.fsm != nil && !d.fsm.Loaded() {
+		return routing.ErrNotReady
 	}
 	t := d.table()
 	if t == nil {

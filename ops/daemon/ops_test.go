@@ -94,7 +94,7 @@ cluster: {raft_address: "127.0.0.1:0", gossip_address: "127.0.0.1:0"}
 func TestReadinessChecks(t *testing.T) {
 	d := startNode(t, clusterNode+"data_dir: "+t.TempDir()+"\nbackends: [{id: b1, host: 127.0.0.1, imap_port: 1}]\n")
 	waitReady(t, d)
-	if !d.ops.routingLoaded.Load() {
+	if !d.fsm.Loaded() {
 		t.Fatal("caught-up latch not set once the table was loaded")
 	}
 

@@ -11,9 +11,10 @@ import (
 	"github.com/portico-mail/portico/routing"
 )
 
-// startupWait bounds how long Start waits for the routing table (a leader
-// and the log applied) before serving anyway; until then logins are
-// answered "unavailable".
+// startupWait bounds how long Start waits for the routing table to catch
+// up with the cluster before reporting started anyway; the catch-up goes
+// on in the background, and until it is done logins are answered
+// "unavailable" (routing.ErrNotReady).
 const startupWait = 15 * time.Second
 
 // setupRouting installs the route source. `portico proxy` (Static) serves
@@ -83,6 +84,13 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		return err
 	}
 	d.cluster = node
+	// Started by an in-place upgrade: the old process snapshotted the table
+	// it served from just before handing over, and raft has restored it
+	// (cluster.New). If the old table had caught up, and the restored one
+	// is at least as recent, this one has caught up too: serve at once.
+	if idx, ok := d.inherit.TableIndex(); ok && d.fsm.IndexKnown() && d.fsm.AppliedIndex() >= idx {
+		d.fsm.SetLoaded()
+	}
 	d.registerRoutingAPI()
 	d.registerClusterMetrics()
 	if err := d.setupVIP(cfg); err != nil {
@@ -94,6 +102,7 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		}
 		d.health = node.StartHealth(d.fsm, cluster.HealthConfig{
 			Interval: cl.Health.Interval.D(), Timeout: cl.Health.Timeout.D(), Fall: cl.Health.Fall, Rise: cl.Health.Rise,
+			Probe: backendProbe(d.env.Dialer),
 		})
 		go d.gossipSessions()
 		seedCtx, cancel := context.WithTimeout(context.Background(), startupWait)
@@ -102,9 +111,15 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 			d.Log.Warn("routes from the configuration file not yet written to the replicated table; retrying in the background", "error", err)
 			go d.seedRetry(cfg)
 		}
-		if err := node.WaitApplied(seedCtx); err != nil {
-			d.Log.Warn("routing table not caught up with the cluster yet; serving anyway (logins get 'unavailable' until it is)", "error", err)
+		if d.fsm.Loaded() {
+			return nil
 		}
+		if err := node.CatchUp(seedCtx); err != nil {
+			d.Log.Warn("routing table not caught up with the cluster yet; serving anyway (logins get 'unavailable' until it is)", "error", err)
+			go d.catchUpLater(node)
+			return nil
+		}
+		d.tableLoaded()
 		return nil
 	})
 	d.onShutdown(func(context.Context) {
@@ -142,6 +157,29 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		}, nil
 	})
 	return nil
+}
+
+// catchUpLater keeps catching up after Start gave up waiting, until done
+// or shutdown.
+func (d *Daemon) catchUpLater(node *cluster.Node) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-d.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if err := node.CatchUp(ctx); err == nil {
+		d.tableLoaded()
+	}
+}
+
+// tableLoaded lets the routing table answer lookups: it has caught up.
+func (d *Daemon) tableLoaded() {
+	d.fsm.SetLoaded()
+	d.Log.Info("routing table caught up with the cluster; serving logins", "applied_index", d.fsm.AppliedIndex())
 }
 
 // seed writes the file's backends, pools and routes into the replicated

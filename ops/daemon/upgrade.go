@@ -49,15 +49,22 @@ type upgradeFDs struct {
 	// VIPHoldUntil (unix ms): the old process held the VIP and kept it on
 	// the interface; the new one keeps it until it leads again or then.
 	VIPHoldUntil int64 `json:"vip_hold_until,omitempty"`
+	// TableIndex, when set, is the old process's routing table index
+	// (routing.FSM.AppliedIndex) when it started the upgrade, its table
+	// having caught up with the cluster. The snapshot it takes at the
+	// handoff carries that table or a later one; a new process restored
+	// from a snapshot at least as recent has caught up too.
+	TableIndex uint64 `json:"table_index,omitempty"`
 }
 
 // Handover is the new process's side of an in-place upgrade.
 type Handover struct {
-	vipHold   time.Time
-	ctl       *os.File
-	br        *bufio.Reader
-	listeners map[string]*os.File
-	admin     *os.File
+	vipHold    time.Time
+	tableIndex uint64
+	ctl        *os.File
+	br         *bufio.Reader
+	listeners  map[string]*os.File
+	admin      *os.File
 }
 
 // InheritedUpgrade returns the handover when this process was started by
@@ -76,6 +83,7 @@ func InheritedUpgrade() (*Handover, error) {
 	if fds.VIPHoldUntil > 0 {
 		h.vipHold = time.UnixMilli(fds.VIPHoldUntil)
 	}
+	h.tableIndex = fds.TableIndex
 	h.ctl = os.NewFile(uintptr(fds.Ctl), "upgrade-ctl")
 	h.br = bufio.NewReader(h.ctl)
 	for addr, fd := range fds.Listeners {
@@ -97,6 +105,16 @@ func (h *Handover) VIPHoldUntil() time.Time {
 		return time.Time{}
 	}
 	return h.vipHold
+}
+
+// TableIndex returns the index of the old process's caught-up routing
+// table when it started the upgrade (false without a handover, or when
+// its table had not caught up or its index was unknown).
+func (h *Handover) TableIndex() (uint64, bool) {
+	if h == nil || h.tableIndex == 0 {
+		return 0, false
+	}
+	return h.tableIndex, true
 }
 
 // Listener returns the inherited socket for addr (nil, nil if none).
@@ -247,6 +265,9 @@ func (d *Daemon) Upgrade(ctx context.Context) (UpgradeResult, error) {
 			// voters' hold ends, if it does not lead by then.
 			fds.VIPHoldUntil = time.Now().Add(hold - time.Second).UnixMilli()
 		}
+	}
+	if d.fsm != nil && d.fsm.Loaded() && d.fsm.IndexKnown() {
+		fds.TableIndex = d.fsm.AppliedIndex()
 	}
 	env, _ := json.Marshal(fds)
 	cmd := exec.Command(binary, d.args...)

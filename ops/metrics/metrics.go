@@ -63,7 +63,7 @@ var Catalog = sortInfo([]Info{
 	{"portico_backend_sessions", "gauge", []string{"backend"}, "Logged-in sessions this node relays to each backend.", "node"},
 	{"portico_routing_table_entries", "gauge", []string{"kind"}, "Entries in this node's routing table; kind backends, pools, users, domains.", "node"},
 	{"portico_draining", "gauge", nil, "1 while this node is draining (not accepting new sessions on purpose).", "node"},
-	{"portico_ready", "gauge", nil, "1 when /readyz answers 200 (listeners up, routing table loaded, not draining).", "node"},
+	{"portico_ready", "gauge", nil, "1 when /readyz answers 200 (listeners up, routing table caught up, a raft leader reachable in a multi-node cluster, not draining).", "node"},
 
 	// Cluster (ops/daemon/cluster_metrics.go).
 	{"portico_raft_state", "gauge", []string{"state"}, "1 for this node's current raft state (follower, candidate, leader, shutdown), 0 for the others.", "cluster"},

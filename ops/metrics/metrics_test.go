@@ -226,7 +226,7 @@ portico_routing_table_entries{kind="backends"} 2
 portico_routing_table_entries{kind="domains"} 0
 portico_routing_table_entries{kind="pools"} 1
 portico_routing_table_entries{kind="users"} 1
-# HELP portico_ready 1 when /readyz answers 200 (listeners up, routing table loaded, not draining).
+# HELP portico_ready 1 when /readyz answers 200 (listeners up, routing table caught up, a raft leader reachable in a multi-node cluster, not draining).
 # TYPE portico_ready gauge
 portico_ready 1
 # HELP portico_draining 1 while this node is draining (not accepting new sessions on purpose).
@@ -283,7 +283,7 @@ portico_backend_sessions{backend="b2"} 0
 	m.SetDraining(true)
 	f.ready = false
 	expect(`
-# HELP portico_ready 1 when /readyz answers 200 (listeners up, routing table loaded, not draining).
+# HELP portico_ready 1 when /readyz answers 200 (listeners up, routing table caught up, a raft leader reachable in a multi-node cluster, not draining).
 # TYPE portico_ready gauge
 portico_ready 0
 # HELP portico_draining 1 while this node is draining (not accepting new sessions on purpose).

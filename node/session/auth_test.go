@@ -1,0 +1,36 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/portico-mail/portico/routing"
+)
+
+type routeErr struct{ err error }
+
+func (r routeErr) Route(routing.Request) (routing.Route, error) { return routing.Route{}, r.err }
+
+// Only "no rule for this user" looks like a wrong password (so user names
+// cannot be probed); a table that is not caught up yet, or a backend that
+// is down, is the proxy's condition and the client is told to come back.
+func TestRouteDirectorRefusals(t *testing.T) {
+	cases := []struct {
+		err  error
+		kind RefusalKind
+	}{
+		{routing.ErrNoRoute, RefuseAuth},
+		{routing.ErrNotReady, RefuseUnavailable},
+		{fmt.Errorf("%w: backend b is down", routing.ErrUnavailable), RefuseUnavailable},
+	}
+	c := &Client{Listener: &Listener{Protocol: routing.IMAP}}
+	for _, tc := range cases {
+		_, err := RouteDirector{Router: routeErr{tc.err}}.Direct(context.Background(), &Attempt{Client: c, Creds: Credentials{User: "alice"}})
+		var ref *Refusal
+		if !errors.As(err, &ref) || ref.Kind != tc.kind {
+			t.Errorf("%v: refusal %+v, want kind %d", tc.err, ref, tc.kind)
+		}
+	}
+}
