@@ -143,7 +143,6 @@ func (n *Node) open(ch byte, b []byte) (string, []byte, error) {
 		return "", nil, &unknownKeyError{p.name, p.kid}
 	}
 	if !pki.VerifySignature(key, signedBytes(ch, p.name, p.payload), p.sig) {
-		n.peers.forged.Add(1)
 		return "", nil, errBadSignature
 	}
 	return p.name, p.payload, nil

@@ -286,3 +286,10 @@ func sameCAs(a, b *pki.Material) bool {
 
 // TLSIdentity returns this node's current certificate identity.
 func (n *Node) TLSIdentity() pki.Identity { return n.trust.material().Self }
+
+// TrustStats returns how many connections the cluster port refused in the
+// handshake and how many gossip messages were dropped as malformed or
+// forged.
+func (n *Node) TrustStats() (refused, dropped uint64) {
+	return n.trust.refused.Load(), n.peers.dropped.Load()
+}

@@ -199,6 +199,10 @@ func (v *validator) clusterTrust() {
 		v.errf("cluster.tls", "%s needs a node certificate: set ca_file, cert_file and key_file (create them with: portico tls ca create; portico tls cert create --node %s)", why, c.NodeName)
 	}
 	if len(exposed) > 0 && len(cl.Key) == 0 && cl.EncryptKey == "" && cl.EncryptKeyFile == "" {
-		v.errf("cluster.encrypt_key_file", "required: %s is not a loopback address, and without the gossip key anyone who reaches it can join the gossip (generate one with: portico keygen)", strings.Join(exposed, " and "))
+		verb := "is not a loopback address"
+		if len(exposed) > 1 {
+			verb = "are not loopback addresses"
+		}
+		v.errf("cluster.encrypt_key_file", "required: %s %s, and without the gossip key anyone who reaches the gossip port can join it (generate one with: portico keygen)", strings.Join(exposed, " and "), verb)
 	}
 }

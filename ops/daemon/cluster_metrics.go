@@ -14,7 +14,7 @@ type clusterCollector struct {
 	d             *Daemon
 	leaderChanges atomic.Uint64
 
-	state, term, commit, applied, lastApply, members, score, backendUp, changes *prometheus.Desc
+	state, term, commit, applied, lastApply, members, score, backendUp, changes, tlsRefused, gossipDropped *prometheus.Desc
 }
 
 func (d *Daemon) registerClusterMetrics() {
@@ -28,6 +28,10 @@ func (d *Daemon) registerClusterMetrics() {
 		score:     prometheus.NewDesc("portico_cluster_health_score", "memberlist awareness score of this node (0 is healthy).", nil, nil),
 		backendUp: prometheus.NewDesc("portico_backend_up", "1 if the cluster considers the backend up, 0 if down.", []string{"backend"}, nil),
 		changes:   prometheus.NewDesc("portico_raft_leader_changes_total", "Leader changes observed by this node.", nil, nil),
+		tlsRefused: prometheus.NewDesc("portico_cluster_tls_refused_total",
+			"Connections to the cluster port (raft_address) refused in the TLS handshake: no certificate of the cluster CA, no cluster protocol, or too many handshakes at once.", nil, nil),
+		gossipDropped: prometheus.NewDesc("portico_cluster_gossip_dropped_total",
+			"Gossip messages dropped: malformed, or not signed by the node they name with a key verified for it (forged).", nil, nil),
 	}
 	obs := make(chan raft.Observation, 16)
 	d.cluster.Raft().RegisterObserver(raft.NewObserver(obs, false, func(o *raft.Observation) bool {
@@ -48,7 +52,7 @@ func (d *Daemon) registerClusterMetrics() {
 }
 
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.state, c.term, c.commit, c.applied, c.lastApply, c.members, c.score, c.backendUp, c.changes} {
+	for _, d := range []*prometheus.Desc{c.state, c.term, c.commit, c.applied, c.lastApply, c.members, c.score, c.backendUp, c.changes, c.tlsRefused, c.gossipDropped} {
 		ch <- d
 	}
 }
@@ -70,6 +74,9 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.applied, prometheus.GaugeValue, float64(r.AppliedIndex()))
 	ch <- prometheus.MustNewConstMetric(c.lastApply, prometheus.GaugeValue, float64(c.d.fsm.AppliedIndex()))
 	ch <- prometheus.MustNewConstMetric(c.changes, prometheus.CounterValue, float64(c.leaderChanges.Load()))
+	refused, dropped := c.d.cluster.TrustStats()
+	ch <- prometheus.MustNewConstMetric(c.tlsRefused, prometheus.CounterValue, float64(refused))
+	ch <- prometheus.MustNewConstMetric(c.gossipDropped, prometheus.CounterValue, float64(dropped))
 	counts := map[string]float64{"alive": 0, "suspect": 0, "dead": 0, "left": 0}
 	for _, m := range c.d.cluster.Members() {
 		counts[m.State]++

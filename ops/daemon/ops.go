@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/portico-mail/portico/cluster"
+	"github.com/portico-mail/portico/node"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/ops/config"
@@ -119,7 +120,7 @@ func (d *Daemon) setupOps(cfg *config.Config) error {
 		Table:     d.table,
 		Ready:     func() bool { return len(d.NotReady()) == 0 },
 		// Read at each scrape: follows certificate reloads.
-		Certificates: d.certs.Certificates,
+		Certificates: d.certificates,
 	})
 	if err != nil {
 		return err
@@ -159,6 +160,24 @@ func (d *Daemon) setupOps(cfg *config.Config) error {
 		})
 	}
 	return nil
+}
+
+// certificates lists the certificates whose expiry the node reports: the
+// listeners' and, in a cluster with configured certificates, the node's
+// cluster certificate (raft and gossip stop trusting it once it expires).
+func (d *Daemon) certificates() []node.CertInfo {
+	out := d.certs.Certificates()
+	if d.cluster == nil {
+		return out
+	}
+	d.mu.Lock()
+	file := d.cfg.Cluster.TLS.CertFile
+	d.mu.Unlock()
+	if file == "" {
+		return out // a throwaway identity
+	}
+	id := d.cluster.TLSIdentity()
+	return append(out, node.CertInfo{File: file, Name: id.Name, NotAfter: id.NotAfter})
 }
 
 // promErrorLog passes the metric handler's errors (a collector failing)

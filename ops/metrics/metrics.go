@@ -73,6 +73,8 @@ var Catalog = sortInfo([]Info{
 	{"portico_raft_leader_changes_total", "counter", nil, "Leader changes observed by this node.", "cluster"},
 	{"portico_routing_last_apply_index", "gauge", nil, "Raft index of the last change applied to the routing table.", "cluster"},
 	{"portico_cluster_members", "gauge", []string{"state"}, "Cluster members by gossip state (alive, suspect, dead, left), as seen by this node.", "cluster"},
+	{"portico_cluster_tls_refused_total", "counter", nil, "Connections to the cluster port (raft_address) refused in the TLS handshake: no certificate of the cluster CA, no cluster protocol, or too many handshakes at once.", "cluster"},
+	{"portico_cluster_gossip_dropped_total", "counter", nil, "Gossip messages dropped: malformed, or not signed by the node they name with a key verified for it (forged).", "cluster"},
 	{"portico_cluster_health_score", "gauge", nil, "memberlist awareness score of this node (0 is healthy; higher means it misses probe deadlines).", "cluster"},
 	{"portico_backend_up", "gauge", []string{"backend"}, "1 if the cluster's health checks consider the backend up, 0 if down.", "cluster"},
 
