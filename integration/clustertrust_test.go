@@ -268,4 +268,3 @@ routes: {default_pool: main}
 		}
 	}
 }
-
