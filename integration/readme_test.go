@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -46,13 +47,22 @@ func TestReadmeVIPWalkthrough(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The cluster certificates, made by the README's own commands.
+	for _, args := range [][]string{
+		{"tls", "ca", "create", "--dir", dir},
+		{"tls", "cert", "create", "--node", "mail-proxy-1", "--ca", filepath.Join(dir, "portico-ca.pem"), "--ca-key", filepath.Join(dir, "portico-ca-key.pem"), "--dir", dir},
+	} {
+		if out, err := exec.Command(porticoBinary(t), args...).CombinedOutput(); err != nil {
+			t.Fatalf("portico %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
 	yml = strings.NewReplacer("/etc/portico/mail.pem", cert, "/etc/portico/mail.key", key,
 		"/etc/portico/", dir+"/", "/var/lib/portico", filepath.Join(dir, "data")).Replace(yml)
 	cfg, err := config.Parse([]byte(yml))
 	if err != nil {
 		t.Fatalf("README node configuration: %v\n%s", err, yml)
 	}
-	if len(cfg.VIP.Addresses) != 2 || cfg.Cluster.BootstrapExpect != 3 || cfg.Admin.TLS == nil {
+	if len(cfg.VIP.Addresses) != 2 || cfg.Cluster.BootstrapExpect != 3 || cfg.Admin.TLS == nil || cfg.Cluster.Material == nil || len(cfg.Cluster.Key) == 0 {
 		t.Fatalf("README node configuration: %+v %+v %+v", cfg.VIP, cfg.Cluster, cfg.Admin)
 	}
 	if !strings.Contains(readme, drillNft) {
