@@ -113,6 +113,7 @@ type Node struct {
 	mux       *mux
 	rpc       *http.Client
 	rpcSrv    *http.Server
+	rpcMux    *http.ServeMux
 	rpcDone   chan struct{} // closed when serveRPC returns
 	peers     *peerBook
 	wal       *wal.WAL
@@ -182,6 +183,7 @@ func New(cfg Config, fsm *routing.FSM) (*Node, error) {
 	}
 	n.trust.mat.Store(mat)
 	n.rpc = n.newRPCClient()
+	n.rpcMux = http.NewServeMux()
 	var err error
 	if n.lock = cfg.Lock; n.lock == nil {
 		if n.lock, err = LockDataDir(cfg.DataDir); err != nil {

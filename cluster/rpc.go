@@ -25,7 +25,7 @@ const (
 	rpcApply        = "/v1/apply"          // body: an encoded routing.Command; the leader applies it
 	rpcHold         = "/v1/hold-elections" // body: {"ms": N}; N = 0 releases
 	rpcReadIndex    = "/v1/read-index"     // the leader confirms leadership and returns its applied index
-	rpcTimeout      = 15 * time.Second     // every call, unless the caller's context ends sooner
+	rpcTimeout      = 30 * time.Second     // every call (a VIP move drains sessions first), unless the caller's context ends sooner
 	maxRPCBody      = 16 << 20             // request and response bodies
 	maxElectionHold = 10 * time.Minute
 )
@@ -39,7 +39,7 @@ type ApplyResult struct {
 // rpcHandler serves the cluster RPCs. Callers are authenticated by the
 // TLS handshake (the mux refuses anyone else).
 func (n *Node) rpcHandler() http.Handler {
-	mux := http.NewServeMux()
+	mux := n.rpcMux
 	mux.HandleFunc("POST "+rpcApply, func(w http.ResponseWriter, r *http.Request) {
 		b, ok := readBody(w, r)
 		if !ok {
@@ -85,6 +85,30 @@ func (n *Node) rpcHandler() http.Handler {
 		writeJSON(w, http.StatusOK, ri)
 	})
 	return mux
+}
+
+// HandleRPC adds a cluster RPC (pattern as http.ServeMux's, a path under
+// /v1/ext/): served on the cluster port to other nodes only, for calls
+// that belong to another package (e.g. a VIP move passed to the leader).
+// Request bodies are capped like every RPC's.
+func (n *Node) HandleRPC(pattern string, h http.Handler) {
+	n.rpcMux.Handle(pattern, http.MaxBytesHandler(h, maxRPCBody))
+}
+
+// CallLeader sends body to path on the leader's cluster port (an RPC added
+// with HandleRPC there) and returns the answer's status and body. It fails
+// with ErrNoLeader when no leader is known or it cannot be reached.
+func (n *Node) CallLeader(ctx context.Context, path string, body []byte) (int, []byte, error) {
+	addr, id := n.raft.LeaderWithID()
+	if addr == "" {
+		return 0, nil, ErrNoLeader
+	}
+	var raw json.RawMessage
+	status, err := n.call(ctx, string(id), string(addr), path, body, &raw)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%w: calling the leader %s: %v", ErrNoLeader, id, err)
+	}
+	return status, raw, nil
 }
 
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {

@@ -5,8 +5,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strings"
-	"time"
 
 	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/ops/config"
@@ -24,14 +22,6 @@ func (d *Daemon) setupAdmin(cfg *config.Config, o Options) error {
 	ac := admin.Config{Address: a.Address, Token: a.Token, AllowedHosts: a.AllowedHosts}
 	if a.TLS != nil {
 		ac.CertFile, ac.KeyFile = a.TLS.CertFile, a.TLS.KeyFile
-		tc, err := admin.ClientTLS(a.TLS.CAFile, a.TLS.CertFile)
-		if err != nil {
-			return err
-		}
-		d.peerTLS = tc
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.TLSClientConfig = tc
-		d.peerTransport = t
 	}
 	srv, err := admin.New(ac, d.Log)
 	if err != nil {
@@ -90,7 +80,7 @@ func adminRestartView(a config.Admin) config.Admin {
 }
 
 // advertiseAPI returns the admin API address the cluster gossips for
-// this node (peers forward writes and consistent reads to the leader's):
+// this node (shown by `portico cluster members` and `cluster leader`):
 // host:port, with https:// in front when the listener serves TLS. The
 // listener accepts it in the Host header, which matters when peers reach
 // it through an address this host does not have (NAT).
@@ -105,20 +95,4 @@ func (d *Daemon) advertiseAPI(adv string) string {
 		return "https://" + api
 	}
 	return api
-}
-
-// peerURL is the base URL of a peer's admin API as gossiped (host:port
-// means plain HTTP).
-func peerURL(api string) string {
-	if strings.Contains(api, "://") {
-		return api
-	}
-	return "http://" + api
-}
-
-// peerClient calls other nodes' admin APIs, verifying https:// ones with
-// admin.tls.ca_file (or the node's own certificate). Its connections are
-// pooled for the node's life.
-func (d *Daemon) peerClient(timeout time.Duration) *http.Client {
-	return &http.Client{Timeout: timeout, Transport: d.peerTransport}
 }

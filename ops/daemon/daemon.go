@@ -6,11 +6,9 @@ package daemon
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"time"
 
@@ -56,9 +54,6 @@ type Daemon struct {
 	engine  *relay.Engine
 	srv     *node.Server
 	admin   *admin.Server // nil when admin.address is "off"
-	peerTLS *tls.Config   // verifies other nodes' https:// admin APIs (adminplane.go)
-
-	peerTransport http.RoundTripper // for peerClient; nil: http.DefaultTransport
 
 	env *session.Env
 

@@ -229,11 +229,19 @@ func restartRequired(a, b *config.Config) []string {
 	}
 	check("node_name", a.NodeName, b.NodeName)
 	check("data_dir", a.DataDir, b.DataDir)
-	check("cluster", a.Cluster, b.Cluster)
+	check("cluster", clusterRestartView(a.Cluster), clusterRestartView(b.Cluster))
 	check("admin", adminRestartView(a.Admin), adminRestartView(b.Admin))
 	check("vip", a.VIP, b.VIP)
 	check("log.format", a.Log.Format, b.Log.Format)
 	return out
+}
+
+// clusterRestartView is the part of the cluster section that only a
+// restart changes: all but the node certificate, which a reload replaces
+// (a rotation).
+func clusterRestartView(c config.Cluster) config.Cluster {
+	c.TLS, c.Material = config.ClusterTLS{}, nil
+	return c
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -141,6 +140,10 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 		cancel()
 		<-stopped
 	})
+	d.cluster.HandleRPC("POST "+vipMoveRPC, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Header.Set(vipMoveForwarded, "1")
+		d.vipMove(w, r)
+	}))
 	if d.admin != nil {
 		d.admin.HandleFunc("GET /v1/vip", d.vipStatus)
 		d.admin.HandleFunc("POST /v1/vip/move", d.vipMove)
@@ -328,7 +331,20 @@ func (d *Daemon) vipMove(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if !d.cluster.IsLeader() {
-		d.forwardToLeader(w, r, raw)
+		if r.Header.Get(vipMoveForwarded) != "" {
+			// Passed on by a node that took this one for the leader:
+			// leadership is moving; do not pass it on again.
+			admin.Error(w, 503, "not the raft leader (leadership is moving); retry")
+			return
+		}
+		status, b, err := d.cluster.CallLeader(r.Context(), vipMoveRPC, raw)
+		if err != nil {
+			admin.Error(w, 503, err.Error())
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_, _ = w.Write(b)
 		return
 	}
 	var target *raft.Server
@@ -383,31 +399,10 @@ func (d *Daemon) vipMove(w http.ResponseWriter, r *http.Request) {
 		"took_ms": time.Since(start).Milliseconds()})
 }
 
-// forwardToLeader re-sends a POST to the leader's admin API.
-func (d *Daemon) forwardToLeader(w http.ResponseWriter, r *http.Request, body []byte) {
-	name, api := d.cluster.Leader()
-	if name == "" || api == "" {
-		admin.Error(w, 503, "no raft leader")
-		return
-	}
-	req, err := http.NewRequestWithContext(r.Context(), r.Method, peerURL(api)+r.URL.RequestURI(), bytesReader(body))
-	if err != nil {
-		admin.Error(w, 500, err.Error())
-		return
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if d.cfg.Admin.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+d.cfg.Admin.Token)
-	}
-	resp, err := d.peerClient(30 * time.Second).Do(req)
-	if err != nil {
-		admin.Error(w, 503, fmt.Sprintf("leader %s: %v", name, err))
-		return
-	}
-	defer resp.Body.Close()
-	w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
-	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, io.LimitReader(resp.Body, 1<<20))
-}
-
-func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
+// vipMoveRPC is the cluster RPC a node passes `vip move` to the leader
+// on (over the cluster's mutual TLS, not the leader's admin API: no admin
+// token between nodes). vipMoveForwarded marks such a call.
+const (
+	vipMoveRPC       = "/v1/ext/vip-move"
+	vipMoveForwarded = "X-Portico-Forwarded"
+)
