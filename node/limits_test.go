@@ -133,7 +133,7 @@ func TestShutdownWithClientThatNeverReads(t *testing.T) {
 	// blocked in a write. Wait for that.
 	cmds := []byte(strings.Repeat("a CAPABILITY\r\n", 1<<20/14))
 	go c.Write(cmds)
-	for deadline := time.Now().Add(30 * time.Second); !blockedInWrite("imap.(*conn).flush"); {
+	for deadline := time.Now().Add(30 * time.Second); !blockedInWrite("session.(*Dialogue).Flush"); {
 		if time.Now().After(deadline) {
 			t.Fatal("the handler never blocked writing its replies")
 		}

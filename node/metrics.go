@@ -3,6 +3,7 @@ package node
 import (
 	"sort"
 	"sync/atomic"
+	"time"
 
 	"github.com/portico-mail/portico/node/relay"
 	"github.com/portico-mail/portico/node/session"
@@ -41,9 +42,8 @@ type Observer interface {
 	Listener(st *ListenerStats)
 	// Refused: a connection was refused (Refused* reason).
 	Refused(st *ListenerStats, reason string)
-	// PreauthEnded: a session ended without logging in; reason is a
-	// session.End* constant, c.ProtocolErrors and c.TLSFailure say more.
-	PreauthEnded(st *ListenerStats, c *session.Client, reason string)
+	// PreauthEnded: a session ended without logging in, as end says.
+	PreauthEnded(st *ListenerStats, c *session.Client, end session.End)
 	// SessionStarted: a logged-in session was handed to the relay.
 	SessionStarted(st *ListenerStats, h *session.Handoff)
 	// SessionEnded: a relayed session ended.
@@ -54,7 +54,7 @@ type nopObserver struct{}
 
 func (nopObserver) Listener(*ListenerStats)                                    {}
 func (nopObserver) Refused(*ListenerStats, string)                             {}
-func (nopObserver) PreauthEnded(*ListenerStats, *session.Client, string)       {}
+func (nopObserver) PreauthEnded(*ListenerStats, *session.Client, session.End)  {}
 func (nopObserver) SessionStarted(*ListenerStats, *session.Handoff)            {}
 func (nopObserver) SessionEnded(*ListenerStats, *session.Handoff, relay.Stats) {}
 
@@ -98,9 +98,14 @@ func (s *Server) ListenerStats() []*ListenerStats {
 	return out
 }
 
-// preauthEnded accounts for a session that ended before login (err is
-// what ended it, as returned by the handler or the TLS handshake).
-func (s *Server) preauthEnded(l *listener, c *session.Client, err error) {
+// preauthEnded accounts for a session that ended before login, and logs
+// its end.
+func (s *Server) preauthEnded(l *listener, c *session.Client, end session.End) {
 	l.stats.Preauth.Add(-1)
-	s.obs.PreauthEnded(l.stats, c, session.EndReasonOf(s.ctx, c, err))
+	s.obs.PreauthEnded(l.stats, c, end)
+	attrs := []any{"reason", end.Reason, "state", end.State.String(), "duration", time.Since(c.Started).Round(time.Millisecond)}
+	if end.Err != nil {
+		attrs = append(attrs, "error", end.Err.Error())
+	}
+	c.Log.Info("session end", attrs...)
 }

@@ -35,10 +35,10 @@ func (r *recorder) Refused(_ *ListenerStats, reason string) {
 	r.refused = append(r.refused, reason)
 }
 
-func (r *recorder) PreauthEnded(_ *ListenerStats, _ *session.Client, reason string) {
+func (r *recorder) PreauthEnded(_ *ListenerStats, _ *session.Client, end session.End) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.preauth = append(r.preauth, reason)
+	r.preauth = append(r.preauth, end.Reason)
 }
 
 func (r *recorder) SessionStarted(_ *ListenerStats, h *session.Handoff) {

@@ -24,36 +24,49 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// echoHandler greets with the client address it was given, and on "login"
-// hands off to a backend connection that echoes.
+// echoHandler greets with the client address it was given, answers each
+// line with "? line", and on "login" hands off to a backend connection that
+// echoes. It runs on the shared pre-login scaffold (session.Dialogue), like
+// the real protocols.
 type echoHandler struct{ backend string }
 
-func (h echoHandler) Serve(ctx context.Context, c *session.Client) (*session.Handoff, error) {
-	c.Stream.WriteString("* OK " + c.Remote.String() + "\r\n")
-	c.Stream.Flush()
-	for {
-		c.ArmReadDeadline()
-		line, err := c.Stream.R.ReadString('\n')
+func (h echoHandler) TooManyConnections() string {
+	return "* BYE [UNAVAILABLE] Too many connections, try again later.\r\n"
+}
+
+func (h echoHandler) Serve(ctx context.Context, c *session.Client) (*session.Handoff, session.End) {
+	return session.NewDialogue(ctx, c).Run(&echoConn{backend: h.backend, c: c})
+}
+
+type echoConn struct {
+	backend string
+	c       *session.Client
+}
+
+func (e *echoConn) Greet() { e.c.Stream.WriteString("* OK " + e.c.Remote.String() + "\r\n") }
+
+func (e *echoConn) Bye(reason string) {
+	if reason == session.EndShutdown {
+		e.c.Stream.WriteString("* BYE shutting down\r\n")
+	}
+}
+
+func (e *echoConn) Next() (*session.Handoff, error) {
+	line, err := e.c.Stream.R.ReadString('\n')
+	if err != nil {
+		return nil, err
+	}
+	if strings.TrimSpace(line) == "login" {
+		conn, err := net.Dial("tcp", e.backend)
 		if err != nil {
-			if ctx.Err() != nil {
-				c.Stream.WriteString("* BYE shutting down\r\n")
-				c.Stream.Flush()
-			}
 			return nil, err
 		}
-		if strings.TrimSpace(line) == "login" {
-			conn, err := net.Dial("tcp", h.backend)
-			if err != nil {
-				return nil, err
-			}
-			nc, _ := netx.NewConn(conn.(*net.TCPConn), nil)
-			c.Stream.WriteString("OK\r\n")
-			c.Stream.Flush()
-			return &session.Handoff{Client: c, Backend: netx.NewStream(nc), User: "u", BackendID: "b"}, nil
-		}
-		c.Stream.WriteString("? " + line)
-		c.Stream.Flush()
+		nc, _ := netx.NewConn(conn.(*net.TCPConn), nil)
+		e.c.Stream.WriteString("OK\r\n")
+		return &session.Handoff{Client: e.c, Backend: netx.NewStream(nc), User: "u", BackendID: "b"}, nil
 	}
+	e.c.Stream.WriteString("? " + line)
+	return nil, nil
 }
 
 func echoBackend(t *testing.T) string {
@@ -251,5 +264,83 @@ func TestListenNonlocalAddress(t *testing.T) {
 	s := startServer(t, Config{Listeners: []ListenerConfig{{Name: "vip", Address: "198.18.255.77:0"}}})
 	if a := s.Addrs()["vip"]; a == nil || !strings.HasPrefix(a.String(), "198.18.255.77:") {
 		t.Fatalf("bound %v", a)
+	}
+}
+
+// stubHandler reads one line: "panic" panics, anything else ends the
+// session; its refusal line is its own.
+type stubHandler struct{}
+
+func (stubHandler) TooManyConnections() string { return "-ERR stub: full\r\n" }
+
+func (stubHandler) Serve(ctx context.Context, c *session.Client) (*session.Handoff, session.End) {
+	c.ArmReadDeadline()
+	line, err := c.Stream.R.ReadString('\n')
+	if strings.TrimSpace(line) == "panic" {
+		panic("stub handler panics")
+	}
+	return nil, session.End{Reason: session.EndLogout, Err: err}
+}
+
+// A connection over a limit gets the protocol handler's refusal line (node
+// has no protocol text of its own), and a handler that panics gives back
+// everything its connection held: the limit counts, the pre-login count.
+func TestRefusalLineAndPanicCleanup(t *testing.T) {
+	engine, err := relay.NewEngine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer engine.Close()
+	s := NewServer(Config{MaxConnections: 1, MaxConnectionsPerIP: 1, Listeners: []ListenerConfig{
+		{Name: "l", Address: "127.0.0.1:0", Protocol: routing.POP3, Limits: session.DefaultLimits(routing.POP3)},
+	}}, &session.Env{Log: slog.New(slog.NewTextHandler(io.Discard, nil))},
+		map[routing.Protocol]session.Handler{routing.POP3: stubHandler{}}, nil, engine)
+	rec := &recorder{}
+	s.SetObserver(rec)
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	addr := s.Addrs()["l"].String()
+	st := s.ListenerStats()[0]
+
+	c1, _ := dial(t, addr)
+	waitUntil(t, "the first session", func() bool { return st.Preauth.Load() == 1 })
+	_, br2 := dial(t, addr)
+	if got := readLine(t, br2); got != "-ERR stub: full\r\n" {
+		t.Fatalf("refusal %q", got)
+	}
+	c1.Write([]byte("panic\r\n"))
+	waitUntil(t, "the cleanup after the panic", func() bool {
+		return s.Connections() == 0 && st.Preauth.Load() == 0 && len(rec.snapshot().preauth) == 1
+	})
+	if got := rec.snapshot().preauth[0]; got != session.EndError {
+		t.Fatalf("ended for %q", got)
+	}
+	// Both limits have their slot back.
+	c3, _ := dial(t, addr)
+	waitUntil(t, "another session", func() bool { return st.Preauth.Load() == 1 })
+	c3.Write([]byte("QUIT\r\n"))
+	waitUntil(t, "its end", func() bool { return s.Connections() == 0 && len(rec.snapshot().preauth) == 2 })
+	if got := rec.snapshot().refused; len(got) != 1 || got[0] != RefusedMaxConnections {
+		t.Fatalf("refused %v", got)
+	}
+}
+
+// Zero timeouts stand for their defaults, at start and after a reload.
+func TestConfigDefaults(t *testing.T) {
+	s := startServer(t, Config{Listeners: []ListenerConfig{{Name: "l", Address: "127.0.0.1:0"}}})
+	d := DefaultConfig()
+	if c := s.conf(); c.ProxyHeaderTimeout != d.ProxyHeaderTimeout || c.EndTimeout != d.EndTimeout {
+		t.Fatalf("at start: %v, %v", c.ProxyHeaderTimeout, c.EndTimeout)
+	}
+	if err := s.Reconfigure(Config{Listeners: s.conf().Listeners, EndTimeout: 0}); err != nil {
+		t.Fatal(err)
+	}
+	if c := s.conf(); c.ProxyHeaderTimeout != d.ProxyHeaderTimeout || c.EndTimeout != d.EndTimeout {
+		t.Fatalf("after a reload: %v, %v", c.ProxyHeaderTimeout, c.EndTimeout)
+	}
+	if d.MaxConnections != DefaultMaxConnections() || d.ProxyHeaderTimeout != 5*time.Second || d.EndTimeout != 10*time.Second {
+		t.Fatalf("DefaultConfig %+v", d)
 	}
 }

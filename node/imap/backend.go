@@ -17,8 +17,6 @@ import (
 	"github.com/portico-mail/portico/routing"
 )
 
-type netxStream = netx.Stream
-
 // Bounds on what a backend may send before login.
 const (
 	backendMaxLine     = 16 << 10

@@ -16,8 +16,7 @@ package imap
 import (
 	"context"
 	"errors"
-	"io"
-	"os"
+	"fmt"
 	"strings"
 
 	"github.com/portico-mail/portico/node/imap/imapwire"
@@ -52,60 +51,68 @@ func New(o Options) *Handler {
 	return h
 }
 
-// conn is the state of one client before login.
+// TooManyConnections implements session.Handler.
+func (h *Handler) TooManyConnections() string {
+	return "* BYE [UNAVAILABLE] Too many connections, try again later.\r\n"
+}
+
+// conn is one client before login: the IMAP half of its session.Dialogue.
 type conn struct {
-	h      *Handler
-	c      *session.Client
-	rd     *imapwire.Reader
-	errors int
-	id     []idParam // the client's ID parameters, forwarded to the backend
+	h  *Handler
+	c  *session.Client
+	d  *session.Dialogue
+	rd *imapwire.Reader
+	id []idParam // the client's ID parameters, forwarded to the backend
 }
 
 // Serve implements session.Handler.
-func (h *Handler) Serve(ctx context.Context, c *session.Client) (*session.Handoff, error) {
-	s := &conn{h: h, c: c}
-	defer func() { c.ProtocolErrors = s.errors }()
+func (h *Handler) Serve(ctx context.Context, c *session.Client) (*session.Handoff, session.End) {
+	s := &conn{h: h, c: c, d: session.NewDialogue(ctx, c)}
 	s.newReader()
-	s.writef("* OK [CAPABILITY %s] %s\r\n", s.capabilities(), h.greeting)
-	if err := s.flush(); err != nil {
-		return nil, err
+	return s.d.Run(s)
+}
+
+// Greet implements session.Protocol.
+func (s *conn) Greet() {
+	s.writef("* OK [CAPABILITY %s] %s\r\n", s.capabilities(), s.h.greeting)
+}
+
+// Bye implements session.Protocol.
+func (s *conn) Bye(reason string) {
+	switch reason {
+	case session.EndShutdown:
+		s.writef("* BYE [UNAVAILABLE] Server shutting down.\r\n")
+	case session.EndTimeout:
+		s.writef("* BYE Disconnected for inactivity.\r\n")
+	case session.EndPreauthLifetime:
+		s.writef("* BYE Login time limit exceeded.\r\n")
+	case session.EndTooManyErrors:
+		s.writef("* BYE Too many invalid IMAP commands.\r\n")
 	}
-	for {
-		c.ArmReadDeadline()
-		cmd, err := s.rd.ReadCommand()
-		if err != nil {
-			if end, err := s.readError(ctx, err); end {
-				return nil, err
-			}
-		} else {
-			ho, end, err := s.dispatch(ctx, cmd)
-			if ferr := s.flush(); ferr != nil && err == nil {
-				err = ferr
-				end = true
-			}
-			if ho != nil || end {
-				return ho, err
-			}
-		}
-		if max := c.Listener.Limits.MaxErrors; max > 0 && s.errors >= max {
-			s.writef("* BYE Too many invalid IMAP commands.\r\n")
-			_ = s.flush()
-			c.EndReason = session.EndTooManyErrors
-			return nil, errors.New("too many invalid commands")
-		}
+}
+
+// Next implements session.Protocol.
+func (s *conn) Next() (*session.Handoff, error) {
+	cmd, err := s.rd.ReadCommand()
+	if err != nil {
+		return nil, readError(err)
 	}
+	return s.dispatch(cmd)
 }
 
 func (s *conn) newReader() {
-	lim := s.c.Listener.Limits
+	lim := s.d.Limits()
 	s.rd = imapwire.NewReader(s.c.Stream.R, imapwire.Limits{MaxLine: lim.MaxLine, MaxLiteral: lim.MaxLiteral}, func() error {
 		s.writef("+ Ready for literal data\r\n")
-		return s.flush()
+		return s.d.Flush()
 	})
 }
 
-// readError answers a failed read; end reports whether the session is over.
-func (s *conn) readError(ctx context.Context, err error) (end bool, _ error) {
+// readError answers a command the reader refused (BAD, counted; a
+// non-synchronizing literal over the limit also ends the session, as the
+// stream cannot be resynchronised: RFC 7888). Any other error is the
+// Dialogue's to answer.
+func readError(err error) error {
 	tag := imapwire.ErrorTag(err)
 	if tag == "" {
 		tag = "*"
@@ -113,77 +120,62 @@ func (s *conn) readError(ctx context.Context, err error) (end bool, _ error) {
 	var se *imapwire.SyntaxError
 	var tl *imapwire.LiteralTooLargeError
 	switch {
-	case ctx.Err() != nil:
-		s.writef("* BYE [UNAVAILABLE] Server shutting down.\r\n")
 	case errors.As(err, &se):
-		s.errors++
-		s.writef("%s BAD %s\r\n", tag, sanitize(se.Msg))
-		return false, s.flush()
+		return bad(tag, sanitize(se.Msg))
 	case errors.Is(err, imapwire.ErrLineTooLong):
-		s.errors++
-		s.writef("%s BAD [TOOBIG] Line too long.\r\n", tag)
-		return false, s.flush()
+		return bad(tag, "[TOOBIG] Line too long.")
+	case errors.As(err, &tl) && tl.NonSync:
+		return &session.ProtocolError{Fatal: true,
+			Reply: tag + " BAD [TOOBIG] Literal too large.\r\n* BYE Non-synchronizing literal too large.\r\n"}
 	case errors.As(err, &tl):
-		s.errors++
-		s.writef("%s BAD [TOOBIG] Literal too large.\r\n", tag)
-		if !tl.NonSync {
-			return false, s.flush()
-		}
-		s.writef("* BYE Non-synchronizing literal too large.\r\n")
-		s.c.EndReason = session.EndProtocolError
-	case errors.Is(err, os.ErrDeadlineExceeded) && s.c.LifetimeOver():
-		s.writef("* BYE Login time limit exceeded.\r\n")
-		s.c.EndReason = session.EndPreauthLifetime
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		s.writef("* BYE Disconnected for inactivity.\r\n")
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return true, nil
-	default:
-		return true, err
+		return bad(tag, "[TOOBIG] Literal too large.")
 	}
-	_ = s.flush()
-	return true, err
+	return err
 }
 
-// dispatch runs one command. It returns a hand-off after a login, or
-// end=true when the session is over.
-func (s *conn) dispatch(ctx context.Context, cmd *imapwire.Command) (*session.Handoff, bool, error) {
+// dispatch runs one command. It returns a hand-off after a login; its
+// errors are the Dialogue's (session.Protocol.Next).
+func (s *conn) dispatch(cmd *imapwire.Command) (*session.Handoff, error) {
 	switch cmd.Name {
 	case "CAPABILITY":
 		if len(cmd.Args) != 0 {
-			return s.bad(cmd.Tag, "CAPABILITY takes no arguments.")
+			return nil, bad(cmd.Tag, "CAPABILITY takes no arguments.")
 		}
 		s.writef("* CAPABILITY %s\r\n%s OK Capability completed.\r\n", s.capabilities(), cmd.Tag)
 	case "NOOP":
 		s.writef("%s OK NOOP completed.\r\n", cmd.Tag)
 	case "LOGOUT":
 		s.writef("* BYE Logging out.\r\n%s OK Logout completed.\r\n", cmd.Tag)
-		s.c.EndReason = session.EndLogout
-		return nil, true, nil
+		return nil, session.Ending(session.EndLogout, nil)
 	case "STARTTLS":
-		return s.starttls(ctx, cmd)
+		return nil, s.starttls(cmd)
 	case "ID":
-		return s.idCommand(cmd)
+		return nil, s.idCommand(cmd)
 	case "LOGIN":
-		return s.loginCommand(ctx, cmd)
+		return s.loginCommand(cmd)
 	case "AUTHENTICATE":
-		return s.authenticate(ctx, cmd)
+		return s.authenticate(cmd)
 	case "SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE",
 		"LIST", "LSUB", "NAMESPACE", "STATUS", "APPEND", "IDLE", "ENABLE", "CHECK", "CLOSE",
 		"UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID", "GETQUOTA",
 		"GETQUOTAROOT", "GETACL", "MYRIGHTS", "GETMETADATA", "COMPRESS":
-		return s.bad(cmd.Tag, "Command not permitted before login.")
+		return nil, bad(cmd.Tag, "Command not permitted before login.")
 	default:
-		return s.bad(cmd.Tag, "Unknown command.")
+		return nil, bad(cmd.Tag, "Unknown command.")
 	}
-	return nil, false, nil
+	return nil, nil
 }
 
-// bad answers BAD and counts a protocol error.
-func (s *conn) bad(tag, text string) (*session.Handoff, bool, error) {
-	s.errors++
-	s.writef("%s BAD %s\r\n", tag, text)
-	return nil, false, nil
+// bad is a BAD reply; the Dialogue writes it and counts it toward
+// max_errors.
+func bad(tag, text string) error {
+	return &session.ProtocolError{Reply: tag + " BAD " + text + "\r\n"}
+}
+
+// no is a NO reply that counts toward max_errors (a refused command, not
+// a failed login).
+func no(tag, text string) error {
+	return &session.ProtocolError{Reply: tag + " NO " + text + "\r\n"}
 }
 
 // capabilities lists what the proxy offers in the current state.
@@ -207,19 +199,7 @@ func (s *conn) writef(format string, args ...any) {
 		_, _ = s.c.Stream.WriteString(format)
 		return
 	}
-	_, _ = s.c.Stream.WriteString(sprintf(format, args...))
-}
-
-// flush sends buffered replies, under the pre-login write deadline: a
-// client that does not read its replies cannot hold the session (or a
-// shutdown) beyond it. (Replies that overflow the buffer between flushes
-// are written under the deadline ArmReadDeadline set.)
-func (s *conn) flush() error {
-	if s.c.Stream.W.Buffered() == 0 {
-		return nil
-	}
-	s.c.ArmWriteDeadline()
-	return s.c.Stream.Flush()
+	_, _ = fmt.Fprintf(s.c.Stream.W, format, args...)
 }
 
 // sanitize keeps a text safe for a response line.

@@ -109,6 +109,17 @@ type rig struct {
 	lis     *session.Listener
 	wg      sync.WaitGroup
 	results chan *session.Handoff
+	ctx     context.Context // the sessions'; cancel is a shutdown
+	cancel  context.CancelFunc
+	mu      sync.Mutex
+	ends    []session.End // of the sessions that did not log in
+}
+
+// ended returns how the sessions that did not log in ended, so far.
+func (r *rig) ended() []session.End {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]session.End(nil), r.ends...)
 }
 
 func newRig(t *testing.T, backendPort int, lis *session.Listener) *rig {
@@ -127,6 +138,7 @@ func newRig(t *testing.T, backendPort int, lis *session.Listener) *rig {
 	r := &rig{ln: ln, handler: New(Options{}), lis: lis, results: make(chan *session.Handoff, 16),
 		env: &session.Env{Director: session.RouteDirector{Router: routing.NewStatic(tbl)}, Dialer: &session.Dialer{},
 			Log: slog.New(slog.NewTextHandler(io.Discard, nil))}}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
@@ -141,22 +153,20 @@ func newRig(t *testing.T, backendPort int, lis *session.Listener) *rig {
 				nc, _ := netx.NewConn(c.(*net.TCPConn), nil)
 				cl := &session.Client{ID: "TEST", Listener: r.lis, Env: r.env, Stream: netx.NewStream(nc),
 					Remote: netip.MustParseAddrPort("198.51.100.7:4242"), Local: netip.MustParseAddrPort("127.0.0.1:143"), Log: r.env.Log}
-				if r.lis.TLS == routing.TLSImplicit {
-					if err := cl.StartTLS(context.Background()); err != nil {
-						cl.Stream.Close()
-						return
-					}
-				}
-				h, _ := r.handler.Serve(context.Background(), cl)
+				h, end := r.handler.Serve(r.ctx, cl)
 				if h != nil {
 					h.Backend.Close()
+				} else {
+					r.mu.Lock()
+					r.ends = append(r.ends, end)
+					r.mu.Unlock()
 				}
 				cl.Stream.Close()
 				r.results <- h
 			}()
 		}
 	}()
-	t.Cleanup(func() { ln.Close(); r.wg.Wait() })
+	t.Cleanup(func() { ln.Close(); r.cancel(); r.wg.Wait() })
 	return r
 }
 
@@ -165,6 +175,16 @@ func listener(tlsMode routing.TLSMode, cfg *tls.Config, allowPlain bool) *sessio
 	lim.AuthFailureDelay = 10 * time.Millisecond
 	lim.BackendTimeout = 2 * time.Second
 	return &session.Listener{Name: "t", Protocol: routing.IMAP, TLS: tlsMode, TLSConfig: cfg, AllowPlaintextAuth: allowPlain, Limits: lim}
+}
+
+// runDialogTail reads the rest of a dialogue (after runDialog, whose reader
+// buffered nothing past its last line) and checks it is want, then the end.
+func runDialogTail(t *testing.T, c net.Conn, want string) {
+	t.Helper()
+	rest, err := io.ReadAll(c)
+	if err != nil || string(rest) != want+"\r\n" {
+		t.Fatalf("got %q (%v), want %q then the end", rest, err, want)
+	}
 }
 
 // dialog sends each client line and checks that the response (up to and
@@ -242,6 +262,54 @@ func TestErrorsEndSession(t *testing.T) {
 	})
 	if h := <-r.results; h != nil {
 		t.Fatal("handoff after errors")
+	}
+	if e := r.ended(); len(e) != 1 || e[0].Reason != session.EndTooManyErrors || e[0].ProtocolErrors != 5 {
+		t.Fatalf("ended %+v", e)
+	}
+}
+
+// LOGOUT, and a non-synchronizing literal over the limit (the stream cannot
+// be resynchronised): each ends the session for its reason.
+func TestLogoutAndFatalLiteral(t *testing.T) {
+	r := newRig(t, 1, listener(routing.TLSNone, nil, true))
+	c, _ := net.Dial("tcp", r.ln.Addr().String())
+	defer c.Close()
+	runDialog(t, c, []step{
+		{"a FOO\r\n", "a BAD"},
+		{"b LOGOUT\r\n", "b OK Logout completed."},
+	})
+	<-r.results
+	c, _ = net.Dial("tcp", r.ln.Addr().String())
+	defer c.Close()
+	runDialog(t, c, []step{
+		{"a LOGIN alice {9000+}\r\n", "a BAD [TOOBIG] Literal too large."},
+		{"", "* BYE Non-synchronizing literal too large."},
+	})
+	<-r.results
+	e := r.ended()
+	if len(e) != 2 || e[0].Reason != session.EndLogout || e[0].ProtocolErrors != 1 || e[0].Err != nil ||
+		e[1].Reason != session.EndProtocolError || e[1].ProtocolErrors != 1 {
+		t.Fatalf("ended %+v", e)
+	}
+}
+
+// A shutdown or drain ends a session waiting for a command at once, with a
+// BYE, through its context alone (nothing interrupts the connection from
+// outside here): it does not linger until preauth_timeout.
+func TestShutdownThroughContext(t *testing.T) {
+	r := newRig(t, 1, listener(routing.TLSNone, nil, true))
+	c, _ := net.Dial("tcp", r.ln.Addr().String())
+	defer c.Close()
+	runDialog(t, c, []step{{"a NOOP\r\n", "a OK"}})
+	start := time.Now()
+	r.cancel()
+	runDialogTail(t, c, "* BYE [UNAVAILABLE] Server shutting down.")
+	<-r.results
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("ended %v after the shutdown", d)
+	}
+	if e := r.ended(); len(e) != 1 || e[0].Reason != session.EndShutdown || e[0].State != session.StateCommand {
+		t.Fatalf("ended %+v", e)
 	}
 }
 
@@ -372,4 +440,7 @@ func TestTooManyAuthFailures(t *testing.T) {
 		{"c LOGIN alice z\r\n", "* BYE Too many authentication failures."},
 	})
 	<-r.results
+	if e := r.ended(); len(e) != 1 || e[0].Reason != session.EndTooManyAuthFailures || e[0].State != session.StateLogin {
+		t.Fatalf("ended %+v", e)
+	}
 }

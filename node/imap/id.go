@@ -2,7 +2,6 @@ package imap
 
 import (
 	"github.com/portico-mail/portico/node/imap/imapwire"
-	"github.com/portico-mail/portico/node/session"
 )
 
 // idParam is one field/value pair of an ID command (RFC 2971).
@@ -27,14 +26,14 @@ const maxClientIDPairs = maxIDPairs - proxyIDPairs
 
 // idCommand answers ID locally and remembers the client's fields, which are
 // forwarded to the backend at login (see clientIDParams).
-func (s *conn) idCommand(cmd *imapwire.Command) (*session.Handoff, bool, error) {
+func (s *conn) idCommand(cmd *imapwire.Command) error {
 	params, msg := clientIDParams(cmd)
 	if msg != "" {
-		return s.bad(cmd.Tag, msg)
+		return bad(cmd.Tag, msg)
 	}
 	s.id = params
 	s.writef("* ID (\"name\" \"Portico\")\r\n%s OK ID completed.\r\n", cmd.Tag)
-	return nil, false, nil
+	return nil
 }
 
 // clientIDParams checks an ID command's argument (RFC 2971 §3.3: NIL or a

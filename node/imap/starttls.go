@@ -1,36 +1,30 @@
 package imap
 
 import (
-	"context"
-	"fmt"
-
 	"github.com/portico-mail/portico/node/imap/imapwire"
-	"github.com/portico-mail/portico/node/session"
 )
-
-var sprintf = fmt.Sprintf
 
 // starttls implements STARTTLS (RFC 9051 §6.2.1). Whatever the client sent
 // after the command line is already buffered; netx feeds it to the TLS
 // handshake, so an injected plaintext command is never executed.
-func (s *conn) starttls(ctx context.Context, cmd *imapwire.Command) (*session.Handoff, bool, error) {
+func (s *conn) starttls(cmd *imapwire.Command) error {
 	switch {
 	case len(cmd.Args) != 0:
-		return s.bad(cmd.Tag, "STARTTLS takes no arguments.")
+		return bad(cmd.Tag, "STARTTLS takes no arguments.")
 	case s.c.IsTLS():
-		return s.bad(cmd.Tag, "TLS is already active.")
+		return bad(cmd.Tag, "TLS is already active.")
 	case !s.c.Listener.StartTLSOffered(false):
-		return s.bad(cmd.Tag, "STARTTLS is not available.")
+		return bad(cmd.Tag, "STARTTLS is not available.")
 	}
 	s.writef("%s OK Begin TLS negotiation now.\r\n", cmd.Tag)
-	if err := s.flush(); err != nil {
-		return nil, true, err
+	if err := s.d.Flush(); err != nil {
+		return err
 	}
-	if err := s.c.StartTLS(ctx); err != nil {
-		return nil, true, fmt.Errorf("STARTTLS handshake: %w", err)
+	if err := s.d.StartTLS("STARTTLS"); err != nil {
+		return err
 	}
 	// Forget what was learnt in plaintext (RFC 9051 §6.2.1).
 	s.id = nil
 	s.newReader()
-	return nil, false, nil
+	return nil
 }

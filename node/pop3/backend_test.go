@@ -38,7 +38,7 @@ func TestBackendUnreachableSessionStaysOpen(t *testing.T) {
 	}
 	c.cmd("AUTH PLAIN "+plainIR("", "alice", "secret"), replyUnavailableText)
 	c.cmd("QUIT", "+OK Logging out.")
-	if res := r.result(); res.ho != nil || res.err != nil {
+	if res := r.result(); res.ho != nil || res.end.Reason != session.EndLogout || res.end.Err != nil {
 		t.Fatalf("%+v", res)
 	}
 }

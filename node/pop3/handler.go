@@ -19,8 +19,6 @@ package pop3
 import (
 	"context"
 	"errors"
-	"io"
-	"os"
 	"strings"
 
 	"github.com/portico-mail/portico/node/session"
@@ -45,138 +43,109 @@ func New(opts Options) *Handler {
 
 var _ session.Handler = (*Handler)(nil)
 
+// TooManyConnections implements session.Handler.
+func (h *Handler) TooManyConnections() string {
+	return "-ERR [SYS/TEMP] Too many connections, try again later.\r\n"
+}
+
 // Replies. Extended response codes (RFC 2449 §8, RFC 3206) in brackets.
 const (
-	replyUnknown      = "-ERR Unknown command.\r\n"
-	replyTooMany      = "-ERR Too many invalid commands.\r\n"
-	replyLineTooLong  = "-ERR Line too long.\r\n"
-	replyShutdown     = "-ERR [SYS/TEMP] Server shutting down.\r\n"
-	replyInactivity   = "-ERR Disconnected for inactivity.\r\n"
-	replyLifetime     = "-ERR Login time limit exceeded.\r\n"
-	replyLogout       = "+OK Logging out.\r\n"
-	replySTLSNotAvail = "-ERR STLS not available.\r\n"
-	replySTLSBegin    = "+OK Begin TLS negotiation.\r\n"
-	replyAPOP         = "-ERR APOP is not supported.\r\n"
+	replyShutdown   = "-ERR [SYS/TEMP] Server shutting down.\r\n"
+	replyInactivity = "-ERR Disconnected for inactivity.\r\n"
+	replyLifetime   = "-ERR Login time limit exceeded.\r\n"
+	replyTooMany    = "-ERR Too many invalid commands.\r\n"
+	replyLogout     = "+OK Logging out.\r\n"
+	replySTLSBegin  = "+OK Begin TLS negotiation.\r\n"
 )
 
-// errTooManyErrors ends a session that sent MaxErrors bad commands.
-var errTooManyErrors = errors.New("too many invalid commands")
+// Refused commands: the Dialogue writes them and counts them toward
+// max_errors.
+var (
+	errUnknown      = invalid("-ERR Unknown command.\r\n")
+	errLineTooLong  = invalid("-ERR Line too long.\r\n")
+	errSTLSNotAvail = invalid("-ERR STLS not available.\r\n")
+	errAPOP         = invalid("-ERR APOP is not supported.\r\n")
+	errPlaintext    = invalid("-ERR [AUTH] Plaintext authentication disallowed on non-secure connections.\r\n")
+	errCancelled    = invalid("-ERR Authentication cancelled.\r\n")
+	errBadBase64    = invalid("-ERR Invalid base64 data.\r\n")
+	errBadAuthData  = invalid("-ERR Invalid authentication data.\r\n")
+	errUnsupported  = invalid("-ERR Unsupported authentication mechanism.\r\n")
+	errNoUserName   = invalid("-ERR USER needs a user name.\r\n")
+	errNoUser       = invalid("-ERR USER first.\r\n")
+	errCredsTooLong = invalid("-ERR Credentials too long.\r\n")
+)
 
-// errTooManyAuthFailures ends a session after MaxAuthFailures failed logins.
-var errTooManyAuthFailures = errors.New("too many authentication failures")
+func invalid(reply string) error { return &session.ProtocolError{Reply: reply} }
 
-// conn is one client session before login.
+// conn is one client before login: the POP3 half of its session.Dialogue.
 type conn struct {
 	h       *Handler
 	c       *session.Client
-	ctx     context.Context
+	d       *session.Dialogue
 	scratch []byte
-	errors  int
 	user    string // from USER, waiting for PASS
-
 }
 
 // Serve implements session.Handler.
-func (h *Handler) Serve(ctx context.Context, c *session.Client) (*session.Handoff, error) {
-	s := &conn{h: h, c: c, ctx: ctx}
-	defer func() { c.ProtocolErrors = s.errors }()
-	// The server interrupts blocked reads and writes at shutdown by
-	// itself; do it here too so that the handler does not depend on it
-	// (Interrupt does nothing once the session is handed off).
-	stop := context.AfterFunc(ctx, c.Interrupt)
-	defer stop()
-
-	s.write("+OK " + h.greeting + "\r\n")
-	if err := s.flush(); err != nil {
-		return nil, err
-	}
-	for {
-		line, err := s.readLine()
-		switch {
-		case errors.Is(err, ErrLineTooLong):
-			s.errors++
-			s.write(replyLineTooLong)
-		case err != nil:
-			return nil, s.readError(err)
-		default:
-			cmd, ok := parseCommand(line)
-			if !ok {
-				s.errors++
-				s.write(replyUnknown)
-				break
-			}
-			ho, end, err := s.dispatch(cmd)
-			if ho != nil {
-				return ho, nil
-			}
-			if ferr := s.flush(); ferr != nil && err == nil {
-				err, end = ferr, true
-			}
-			if end {
-				return nil, err
-			}
-		}
-		if max := c.Listener.Limits.MaxErrors; max > 0 && s.errors >= max {
-			s.write(replyTooMany)
-			_ = s.flush()
-			c.EndReason = session.EndTooManyErrors
-			return nil, errTooManyErrors
-		}
-		if err := s.flush(); err != nil {
-			return nil, err
-		}
-	}
+func (h *Handler) Serve(ctx context.Context, c *session.Client) (*session.Handoff, session.End) {
+	s := &conn{h: h, c: c, d: session.NewDialogue(ctx, c)}
+	return s.d.Run(s)
 }
 
-// readLine reads one client line under the pre-login inactivity deadline.
-func (s *conn) readLine() ([]byte, error) {
-	// Arm the deadline first, then look at the context: a shutdown that
-	// sets the read deadline to "now" after cancelling cannot be undone by
-	// this arming.
-	s.c.ArmReadDeadline()
-	if err := s.ctx.Err(); err != nil {
-		return nil, err
-	}
-	return readLine(s.c.Stream.R, s.c.Listener.Limits.MaxLine, &s.scratch, true)
-}
+// Greet implements session.Protocol.
+func (s *conn) Greet() { s.write("+OK " + s.h.greeting + "\r\n") }
 
-// readError says goodbye as appropriate after a failed read and returns
-// the error to report for the session (nil for a client that hung up).
-func (s *conn) readError(err error) error {
-	switch {
-	case s.ctx.Err() != nil:
+// Bye implements session.Protocol.
+func (s *conn) Bye(reason string) {
+	switch reason {
+	case session.EndShutdown:
 		s.write(replyShutdown)
-		err = s.ctx.Err()
-	case errors.Is(err, os.ErrDeadlineExceeded) && s.c.LifetimeOver():
-		s.write(replyLifetime)
-		s.c.EndReason = session.EndPreauthLifetime
-	case errors.Is(err, os.ErrDeadlineExceeded):
+	case session.EndTimeout:
 		s.write(replyInactivity)
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return nil
-	default:
-		return err
+	case session.EndPreauthLifetime:
+		s.write(replyLifetime)
+	case session.EndTooManyErrors:
+		s.write(replyTooMany)
 	}
-	_ = s.flush()
-	return err
+}
+
+// Next implements session.Protocol.
+func (s *conn) Next() (*session.Handoff, error) {
+	line, err := s.readLine()
+	if err != nil {
+		return nil, err
+	}
+	cmd, ok := parseCommand(line)
+	if !ok {
+		return nil, errUnknown
+	}
+	return s.dispatch(cmd)
+}
+
+// readLine reads one client line (the Dialogue armed its deadline). A line
+// over max_line is skipped and refused.
+func (s *conn) readLine() ([]byte, error) {
+	line, err := readLine(s.c.Stream.R, s.d.Limits().MaxLine, &s.scratch, true)
+	if errors.Is(err, ErrLineTooLong) {
+		return nil, errLineTooLong
+	}
+	return line, err
 }
 
 // dispatch runs one command. It returns a Handoff after a successful
-// login, or end=true when the session is over (err says why, nil for QUIT).
-func (s *conn) dispatch(cmd Command) (ho *session.Handoff, end bool, err error) {
+// login; its errors are the Dialogue's (session.Protocol.Next).
+func (s *conn) dispatch(cmd Command) (*session.Handoff, error) {
 	s.c.Log.Debug("pop3 command", "command", cmd.Name)
 	switch cmd.Name {
 	case "CAPA":
 		s.capa()
 	case "QUIT":
 		s.write(replyLogout)
-		s.c.EndReason = session.EndLogout
-		return nil, true, nil
+		return nil, session.Ending(session.EndLogout, nil)
 	case "STLS":
-		end, err := s.stls(cmd)
-		return nil, end, err
+		return nil, s.stls(cmd)
 	case "USER":
-		s.userCmd(cmd)
+		return nil, s.userCmd(cmd)
 	case "PASS":
 		return s.passCmd(cmd)
 	case "AUTH":
@@ -184,14 +153,12 @@ func (s *conn) dispatch(cmd Command) (ho *session.Handoff, end bool, err error) 
 	case "APOP":
 		// APOP needs the password in the proxy, which passthrough
 		// authentication does not have.
-		s.errors++
-		s.write(replyAPOP)
+		return nil, errAPOP
 	default:
 		// Including NOOP, STAT, RETR...: TRANSACTION state only.
-		s.errors++
-		s.write(replyUnknown)
+		return nil, errUnknown
 	}
-	return nil, false, nil
+	return nil, nil
 }
 
 // capa answers CAPA (RFC 2449 §5) for the current state of the connection.
@@ -209,19 +176,4 @@ func (s *conn) capa() {
 	s.write(b.String())
 }
 
-// handoff prepares the client connection for the relay: no pre-login
-// deadline may outlive this phase.
-func (s *conn) handoff() { s.c.HandOff() }
-
 func (s *conn) write(str string) { _, _ = s.c.Stream.WriteString(str) }
-
-// flush sends buffered replies under the pre-login write deadline: a
-// client that does not read its replies cannot hold the session (or a
-// shutdown) beyond it.
-func (s *conn) flush() error {
-	if s.c.Stream.W.Buffered() == 0 {
-		return nil
-	}
-	s.c.ArmWriteDeadline()
-	return s.c.Stream.Flush()
-}

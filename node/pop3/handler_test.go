@@ -2,7 +2,6 @@ package pop3
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -37,7 +36,7 @@ func TestGreetingAndCAPA(t *testing.T) {
 	}
 	cl.cmd("QUIT", "+OK Logging out.")
 	cl.eof()
-	if res := r.result(); res.ho != nil || res.err != nil {
+	if res := r.result(); res.ho != nil || res.end.Reason != session.EndLogout || res.end.Err != nil {
 		t.Fatalf("QUIT: %+v", res)
 	}
 }
@@ -62,7 +61,7 @@ func TestUserPassRetryAndHandoff(t *testing.T) {
 	c.cmd("QUIT", "+OK bye")
 	res := r.result()
 	if res.ho == nil || res.ho.User != "alice" || res.ho.BackendID != "b1" || string(res.pending) != "STAT\r\n" {
-		t.Fatalf("handoff %+v pending %q err %v", res.ho, res.pending, res.err)
+		t.Fatalf("handoff %+v pending %q end %+v", res.ho, res.pending, res.end)
 	}
 	got := strings.Join(fb.received(), "|")
 	if want := "CAPA|USER alice|PASS wrong|CAPA|USER alice|PASS secret|STAT|QUIT"; got != want {
@@ -157,7 +156,7 @@ func TestMaxAuthFailures(t *testing.T) {
 		c.expect("-ERR Too many authentication failures.\r\n")
 		c.eof()
 	}
-	if res := r.result(); res.ho != nil || !errors.Is(res.err, errTooManyAuthFailures) {
+	if res := r.result(); res.ho != nil || res.end.Reason != session.EndTooManyAuthFailures {
 		t.Fatalf("%+v", res)
 	}
 }
@@ -174,7 +173,7 @@ func TestTooManyErrors(t *testing.T) {
 	c.cmd("APOP alice 0123456789abcdef", "-ERR APOP is not supported.")
 	c.expect("-ERR Too many invalid commands.\r\n")
 	c.eof()
-	if res := r.result(); !errors.Is(res.err, errTooManyErrors) {
+	if res := r.result(); res.end.Reason != session.EndTooManyErrors || res.end.ProtocolErrors != 5 {
 		t.Fatalf("%+v", res)
 	}
 }
@@ -199,8 +198,8 @@ func TestOverlongLine(t *testing.T) {
 	}
 	c.cmd("", "-ERR Line too long.")
 	c.cmd("QUIT", "+OK Logging out.")
-	if res := r.result(); res.err != nil {
-		t.Fatal(res.err)
+	if res := r.result(); res.end.Reason != session.EndLogout || res.end.ProtocolErrors != 4 {
+		t.Fatalf("%+v", res.end)
 	}
 }
 
@@ -280,7 +279,7 @@ func TestSTLSInjection(t *testing.T) {
 		t.Fatalf("injected commands answered: %q", rest)
 	}
 	res := r.result()
-	if res.ho != nil || res.err == nil || !strings.Contains(res.err.Error(), "STLS") {
+	if res.ho != nil || res.end.Reason != session.EndTLSHandshake || res.end.Err == nil || !strings.Contains(res.end.Err.Error(), "STLS") {
 		t.Fatalf("%+v", res)
 	}
 	if n := fb.connections(); n != 0 {
@@ -342,7 +341,7 @@ func TestInactivityTimeout(t *testing.T) {
 	c := dial(t, r.addr())
 	c.expect("-ERR Disconnected for inactivity.\r\n")
 	c.eof()
-	if res := r.result(); !errors.Is(res.err, os.ErrDeadlineExceeded) {
+	if res := r.result(); res.end.Reason != session.EndTimeout || !errors.Is(res.end.Err, os.ErrDeadlineExceeded) {
 		t.Fatalf("%+v", res)
 	}
 	// Also in the middle of a line.
@@ -361,7 +360,7 @@ func TestShutdown(t *testing.T) {
 	r.cancel()
 	c.expect("-ERR [SYS/TEMP] Server shutting down.\r\n")
 	c.eof()
-	if res := r.result(); !errors.Is(res.err, context.Canceled) {
+	if res := r.result(); res.end.Reason != session.EndShutdown {
 		t.Fatalf("%+v", res)
 	}
 }

@@ -46,7 +46,7 @@ func TestAuthCancelCounts(t *testing.T) {
 	}
 	c.expect("-ERR Too many invalid commands.")
 	c.eof()
-	if res := r.result(); res.err != errTooManyErrors {
+	if res := r.result(); res.end.Reason != session.EndTooManyErrors {
 		t.Fatalf("%+v", res)
 	}
 }
@@ -73,8 +73,8 @@ func TestClientThatNeverReads(t *testing.T) {
 		if res.ho != nil {
 			t.Fatal("handoff")
 		}
-		if got := session.EndReasonOf(r.ctx, &session.Client{}, res.err); got != session.EndTimeout {
-			t.Errorf("ended with %v (%s)", res.err, got)
+		if res.end.Reason != session.EndTimeout {
+			t.Errorf("ended with %+v", res.end)
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("session still open 15s after its client stopped reading")

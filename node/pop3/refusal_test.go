@@ -36,8 +36,8 @@ func TestRefusalTextWaitAndClose(t *testing.T) {
 	c.cmd("USER alice", "+OK")
 	c.cmd("PASS y", "-ERR Go away\r\n")
 	c.eof()
-	if res := r.result(); res.err != errAuthSource {
-		t.Errorf("session ended with %v", res.err)
+	if res := r.result(); res.end.Reason != session.EndAuthRefused {
+		t.Errorf("session ended with %+v", res.end)
 	}
 }
 
@@ -49,8 +49,8 @@ func TestRefusalInternal(t *testing.T) {
 	c.cmd("USER alice", "+OK")
 	c.cmd("PASS x", "-ERR internal server error\r\n")
 	c.eof()
-	if res := r.result(); res.err != errAuthSource {
-		t.Errorf("session ended with %v", res.err)
+	if res := r.result(); res.end.Reason != session.EndAuthError {
+		t.Errorf("session ended with %+v", res.end)
 	}
 	if ev := r.loginEvents(); len(ev) != 1 || ev[0].Result != session.ResultError {
 		t.Fatalf("%+v", ev)

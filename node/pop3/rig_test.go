@@ -217,7 +217,7 @@ func (fb *fakeBackend) serve(c net.Conn) {
 // result is what one Serve call produced.
 type result struct {
 	ho      *session.Handoff
-	err     error
+	end     session.End
 	pending []byte // client bytes read ahead at the hand-off
 }
 
@@ -313,8 +313,8 @@ func (r *rig) serve(tc *net.TCPConn) {
 		Remote: netip.MustParseAddrPort("198.51.100.7:4242"), Local: netip.MustParseAddrPort("192.0.2.1:110"),
 		Peer: tc.RemoteAddr().(*net.TCPAddr).AddrPort(), Log: discardLog, Started: time.Now(),
 	}
-	ho, err := r.h.Serve(r.ctx, cl)
-	res := result{ho: ho, err: err}
+	ho, end := r.h.Serve(r.ctx, cl)
+	res := result{ho: ho, end: end}
 	if ho != nil {
 		res.pending = cl.Stream.Detach()
 		toClient := ho.Backend.Detach()

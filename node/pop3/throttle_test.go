@@ -79,8 +79,8 @@ func TestThrottle(t *testing.T) {
 	c.cmd("AUTH PLAIN "+session.PlainResponse(session.Credentials{User: "mallory", Password: "z"}), "-ERR [SYS/TEMP] Too many failed logins")
 	c.expect("-ERR Too many authentication failures.\r\n")
 	c.eof()
-	if res := r.result(); res.err != errTooManyAuthFailures {
-		t.Errorf("session ended with %v", res.err)
+	if res := r.result(); res.end.Reason != session.EndTooManyAuthFailures {
+		t.Errorf("session ended with %+v", res.end)
 	}
 	ev := r.loginEvents()
 	if len(ev) != 3 || ev[0].Result != session.ResultLimit || ev[1].Result != session.ResultBadCreds || ev[2].Result != session.ResultLimit {

@@ -19,6 +19,9 @@ type Credentials struct {
 	Password  string
 }
 
+// Len is how many bytes the credentials take; Limits.MaxLiteral bounds it.
+func (c Credentials) Len() int { return len(c.AuthzID) + len(c.User) + len(c.Password) }
+
 // RouteUser is the user whose mailbox the session will open: the
 // authorization identity when one was given (e.g. a master user logging in
 // as someone else), else the authentication identity.
@@ -186,16 +189,14 @@ type Outcome struct {
 func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogin) Outcome {
 	start := time.Now()
 	c.attempts++
+	lim := c.limits()
 	th := c.Env.Throttle
 	var out Outcome
 	var pend ThrottleAttempt
 	if th != nil {
 		// Waiting for attempts in flight is bounded like a backend
 		// dialogue.
-		wctx, cancel := ctx, context.CancelFunc(func() {})
-		if d := c.Listener.Limits.BackendTimeout; d > 0 {
-			wctx, cancel = context.WithTimeout(ctx, d)
-		}
+		wctx, cancel := context.WithTimeout(ctx, lim.BackendTimeout)
 		p, scope := th.Begin(wctx, c.Remote.Addr(), creds.User)
 		cancel()
 		if scope != "" {
@@ -210,7 +211,7 @@ func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogi
 		}
 	}
 	if out.Result == "" {
-		out = c.login(ctx, creds, login)
+		out = c.login(ctx, lim.BackendTimeout, creds, login)
 	}
 	ev := LoginEvent{User: creds.RouteUser(), Result: out.Result, Latency: time.Since(start), Connect: out.Connect, Err: out.Err}
 	if out.Handoff != nil {
@@ -219,14 +220,14 @@ func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogi
 	var wait time.Duration
 	if out.Result == ResultBadCreds || out.Result == ResultLimit {
 		c.authFailures++
-		if max := c.Listener.Limits.MaxAuthFailures; max > 0 && c.authFailures >= max {
+		if max := lim.MaxAuthFailures; max > 0 && c.authFailures >= max {
 			out.Close = true
 		}
 		// Answer no earlier than AuthFailureDelay after the attempt began
 		// (the backend's own delay counts toward it), or the throttle's
 		// longer delay after recent failures. The failure is recorded
 		// before the wait: a client hanging up early is counted too.
-		delay := c.Listener.Limits.AuthFailureDelay
+		delay := lim.AuthFailureDelay
 		if pend != nil && out.Result == ResultBadCreds {
 			delay = max(delay, pend.Failed())
 		}
@@ -263,7 +264,7 @@ func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogi
 	return out
 }
 
-func (c *Client) login(ctx context.Context, creds Credentials, login BackendLogin) Outcome {
+func (c *Client) login(ctx context.Context, timeout time.Duration, creds Credentials, login BackendLogin) Outcome {
 	dir := c.Env.Director
 	if c.Listener.Director != nil {
 		dir = c.Listener.Director
@@ -283,7 +284,7 @@ func (c *Client) login(ctx context.Context, creds Credentials, login BackendLogi
 		}
 		return Outcome{Result: ResultUnavailable, Refusal: &Refusal{Kind: RefuseUnavailable}, Err: err}
 	}
-	bctx, cancel := context.WithTimeout(ctx, c.Listener.Limits.BackendTimeout)
+	bctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	dialed := time.Now()
 	be, err := c.Env.Dialer.Dial(bctx, t.Backend, c.Listener.Protocol, c.Remote, c.Local)

@@ -26,7 +26,7 @@ const (
 	EndAuthError           = "auth_error"             // the authentication source failed (auth_http internal error)
 )
 
-// Classes of failed TLS handshakes with clients (Client.TLSFailure).
+// Classes of failed TLS handshakes with clients (End.TLSFailure).
 const (
 	TLSFailTimeout = "timeout" // tls_handshake_timeout
 	TLSFailClosed  = "closed"  // the client hung up mid-handshake (port scanners, health checks)
@@ -38,24 +38,6 @@ const (
 
 // TLSFailures lists every TLSFail* class (label values set up front).
 var TLSFailures = []string{TLSFailTimeout, TLSFailClosed, TLSFailVersion, TLSFailCipher, TLSFailALPN, TLSFailError}
-
-// EndReasonOf returns why c's session ended before login, given the error
-// its handler returned and the serving context: the reason the handler
-// recorded (Client.EndReason) if any, else one derived from err.
-func EndReasonOf(ctx context.Context, c *Client, err error) string {
-	switch {
-	case c.EndReason != "":
-		return c.EndReason
-	case ctx.Err() != nil:
-		return EndShutdown
-	case err == nil, errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
-		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-		return EndClientClosed
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		return EndTimeout
-	}
-	return EndError
-}
 
 // tlsFailure classifies a failed server-side handshake.
 func tlsFailure(err error) string {

@@ -16,33 +16,36 @@ import (
 	"github.com/portico-mail/portico/node/netx"
 )
 
-func TestEndReasonOf(t *testing.T) {
+// What ends a session that did not log in, decided in one place.
+func TestReasonFor(t *testing.T) {
 	live := context.Background()
 	stopped, cancel := context.WithCancel(context.Background())
 	cancel()
+	lis := &Listener{Limits: Limits{PreAuthLifetime: time.Minute}}
 	for _, tc := range []struct {
-		ctx    context.Context
-		set    string
-		err    error
-		reason string
+		ctx     context.Context
+		started time.Time
+		err     error
+		reason  string
 	}{
-		{live, "", nil, EndClientClosed},
-		{live, "", io.EOF, EndClientClosed},
-		{live, "", fmt.Errorf("read: %w", syscall.ECONNRESET), EndClientClosed},
-		{live, "", fmt.Errorf("read: %w", os.ErrDeadlineExceeded), EndTimeout},
-		{live, "", errors.New("something else"), EndError},
-		{stopped, "", os.ErrDeadlineExceeded, EndShutdown},
-		{live, EndLogout, nil, EndLogout},
-		{stopped, EndTooManyErrors, errors.New("too many"), EndTooManyErrors},
+		{live, time.Now(), io.EOF, EndClientClosed},
+		{live, time.Now(), io.ErrUnexpectedEOF, EndClientClosed},
+		{live, time.Now(), fmt.Errorf("read: %w", syscall.ECONNRESET), EndClientClosed},
+		{live, time.Now(), fmt.Errorf("write: %w", syscall.EPIPE), EndClientClosed},
+		{live, time.Now(), fmt.Errorf("read: %w", os.ErrDeadlineExceeded), EndTimeout},
+		{live, time.Now().Add(-2 * time.Minute), fmt.Errorf("read: %w", os.ErrDeadlineExceeded), EndPreauthLifetime},
+		{live, time.Now(), errors.New("something else"), EndError},
+		{stopped, time.Now(), os.ErrDeadlineExceeded, EndShutdown},
+		{stopped, time.Now(), io.EOF, EndShutdown},
 	} {
-		c := &Client{EndReason: tc.set}
-		if got := EndReasonOf(tc.ctx, c, tc.err); got != tc.reason {
-			t.Errorf("EndReasonOf(ctx err %v, set %q, %v) = %q, want %q", tc.ctx.Err(), tc.set, tc.err, got, tc.reason)
+		d := NewDialogue(tc.ctx, &Client{Listener: lis, Started: tc.started})
+		if got := d.reasonFor(tc.err); got != tc.reason {
+			t.Errorf("reasonFor(ctx err %v, %v) = %q, want %q", tc.ctx.Err(), tc.err, got, tc.reason)
 		}
 	}
 }
 
-// A failed handshake with a client is recorded on the Client, classified.
+// A failed handshake with a client ends the session, classified.
 func TestStartTLSFailureClassified(t *testing.T) {
 	certPEM, keyPEM, err := testcert.New("localhost")
 	if err != nil {
@@ -103,14 +106,18 @@ func TestStartTLSFailureClassified(t *testing.T) {
 			}
 			s := netx.NewStream(nc)
 			defer s.Close()
-			c := &Client{Listener: lis, Stream: s}
+			d := NewDialogue(context.Background(), &Client{Listener: lis, Stream: s})
 			go tc.client(cc)
-			err = c.StartTLS(context.Background())
-			if c.TLSFailure != tc.want {
-				t.Fatalf("TLSFailure %q, want %q (handshake error: %v)", c.TLSFailure, tc.want, err)
+			err = d.StartTLS("STARTTLS")
+			if err == nil {
+				if tc.want != "" {
+					t.Fatalf("handshake succeeded, want %q", tc.want)
+				}
+				return
 			}
-			if (err != nil) != (tc.want != "") || (tc.want != "") != (c.EndReason == EndTLSHandshake) {
-				t.Fatalf("err %v, EndReason %q", err, c.EndReason)
+			end := d.end(err)
+			if end.TLSFailure != tc.want || end.Reason != EndTLSHandshake || end.State != StateTLS {
+				t.Fatalf("%+v, want TLSFailure %q", end, tc.want)
 			}
 		})
 	}

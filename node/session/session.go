@@ -1,10 +1,15 @@
 // Package session holds what the IMAP and POP3 pre-login state machines
-// share: the client connection and its listener settings, the login
-// orchestration (route, dial, backend login, failure delay and limits),
-// and the hand-off to the relay.
+// share: the client connection and its listener settings, the pre-login
+// scaffold (Dialogue: connection state, read and write deadlines, TLS
+// upgrade, protocol-error counting, and why a session ended, decided in
+// one place), the login orchestration (route, dial, backend login, failure
+// delay and limits), and the hand-off to the relay. A protocol front end
+// (node/imap, node/pop3) supplies only its words and its command switch
+// (Protocol).
 //
-// The flow is one way: listener -> Client -> Director (route lookup) ->
-// backend dial -> protocol-specific backend login -> Handoff -> relay.
+// The flow is one way: listener -> Client -> Dialogue -> Director (route
+// lookup) -> backend dial -> protocol-specific backend login -> Handoff ->
+// relay.
 package session
 
 import (
@@ -23,7 +28,10 @@ import (
 	"github.com/portico-mail/portico/routing"
 )
 
-// Limits bound what one client may cost before login.
+// Limits bound what one client may cost before login. A zero MaxLine,
+// MaxLiteral, TLSHandshakeTimeout or BackendTimeout takes its default
+// (DefaultLimits): there is no sensible "none" for them. Any other zero
+// switches its limit off.
 type Limits struct {
 	MaxLine             int           // longest command line (bytes)
 	MaxLiteral          int           // longest literal / credential (bytes)
@@ -56,6 +64,27 @@ func DefaultLimits(p routing.Protocol) Limits {
 	}
 	return l
 }
+
+// withDefaults fills the limits a zero cannot switch off (see Limits).
+func (l Limits) withDefaults(p routing.Protocol) Limits {
+	d := DefaultLimits(p)
+	if l.MaxLine <= 0 {
+		l.MaxLine = d.MaxLine
+	}
+	if l.MaxLiteral <= 0 {
+		l.MaxLiteral = d.MaxLiteral
+	}
+	if l.TLSHandshakeTimeout <= 0 {
+		l.TLSHandshakeTimeout = d.TLSHandshakeTimeout
+	}
+	if l.BackendTimeout <= 0 {
+		l.BackendTimeout = d.BackendTimeout
+	}
+	return l
+}
+
+// limits are the client's listener's limits with their defaults.
+func (c *Client) limits() Limits { return c.Listener.Limits.withDefaults(c.Listener.Protocol) }
 
 // Listener is the configuration a client connection was accepted under.
 type Listener struct {
@@ -110,17 +139,6 @@ type Client struct {
 	Log      *slog.Logger
 	Started  time.Time
 
-	// EndReason is why the session ended before login when the handler
-	// knows better than its returned error (one of the End* constants);
-	// see EndReasonOf.
-	EndReason string
-	// ProtocolErrors counts the invalid or refused commands of the
-	// pre-login dialogue (those counting toward Limits.MaxErrors); the
-	// handler sets it when the dialogue ends.
-	ProtocolErrors int
-	// TLSFailure classifies a failed TLS handshake (TLSFail*), else "".
-	TLSFailure string
-
 	authFailures int
 	attempts     int
 
@@ -161,18 +179,6 @@ func (c *Client) TLSState() *tls.ConnectionState {
 		return &st
 	}
 	return nil
-}
-
-// StartTLS upgrades the client connection (after STARTTLS/STLS was
-// answered). Bytes pipelined after the command feed the handshake.
-// A failure (other than at shutdown) is recorded in EndReason and
-// TLSFailure: the stream is unusable afterwards, so the session ends.
-func (c *Client) StartTLS(ctx context.Context) error {
-	err := c.Stream.StartTLSServer(ctx, c.Listener.TLSConfig, c.Listener.Limits.TLSHandshakeTimeout)
-	if err != nil && ctx.Err() == nil {
-		c.EndReason, c.TLSFailure = EndTLSHandshake, tlsFailure(err)
-	}
-	return err
 }
 
 // ByeWriteGrace is how long a goodbye may take to write once the pre-login
@@ -289,11 +295,20 @@ type Handoff struct {
 	User      string
 	BackendID string
 	BackendAt string // backend address
+	// ProtocolErrors counts the commands before the login that counted
+	// toward Limits.MaxErrors.
+	ProtocolErrors int
 }
 
-// Handler runs a protocol's pre-login state machine on one client. It
-// returns a Handoff after a successful login, or nil when the session ended
-// before login (the handler has then said goodbye; the caller closes).
+// Handler is a protocol front end (node/imap, node/pop3).
 type Handler interface {
-	Serve(ctx context.Context, c *Client) (*Handoff, error)
+	// Serve runs the pre-login dialogue with c (a Dialogue driving the
+	// protocol). It returns a Handoff after a successful login, else nil
+	// and how the session ended (the handler has said goodbye; the caller
+	// closes). When ctx is done (shutdown, drain) it says goodbye and
+	// returns at once.
+	Serve(ctx context.Context, c *Client) (*Handoff, End)
+	// TooManyConnections is the line that turns a connection over a
+	// connection limit away, in place of the greeting.
+	TooManyConnections() string
 }

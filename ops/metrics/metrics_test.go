@@ -137,15 +137,10 @@ func TestNodeMetrics(t *testing.T) {
 	// Sessions: one relayed on b1 (after 2 bad commands), one ended before
 	// login with a TLS failure, one that ran into max_errors.
 	f.imaps.Accepted.Add(3)
-	c.ProtocolErrors = 2
-	h := &session.Handoff{Client: c, BackendID: "b1"}
+	h := &session.Handoff{Client: c, BackendID: "b1", ProtocolErrors: 2}
 	m.SessionStarted(f.imaps, h)
-	tlsc := client(f.imaps)
-	tlsc.TLSFailure = session.TLSFailError
-	m.PreauthEnded(f.imaps, tlsc, session.EndTLSHandshake)
-	bad := client(f.pop3)
-	bad.ProtocolErrors = 5
-	m.PreauthEnded(f.pop3, bad, session.EndTooManyErrors)
+	m.PreauthEnded(f.imaps, client(f.imaps), session.End{Reason: session.EndTLSHandshake, TLSFailure: session.TLSFailError})
+	m.PreauthEnded(f.pop3, client(f.pop3), session.End{Reason: session.EndTooManyErrors, ProtocolErrors: 5})
 	m.Refused(f.pop3, node.RefusedMaxConnectionsPerIP)
 	f.imaps.Relayed.Add(1)
 	f.imaps.Bytes.ClientToBackend.Add(120)
@@ -305,7 +300,7 @@ func TestNodeMetricsAllCatalogued(t *testing.T) {
 	h := &session.Handoff{Client: c, BackendID: "b1"}
 	m.SessionStarted(f.imaps, h)
 	m.SessionEnded(f.imaps, h, relay.Stats{Reason: relay.ReasonClosed})
-	m.PreauthEnded(f.imaps, client(f.imaps), session.EndLogout)
+	m.PreauthEnded(f.imaps, client(f.imaps), session.End{Reason: session.EndLogout})
 	m.Refused(f.imaps, node.RefusedMaxConnections)
 	mfs, err := reg.Gather()
 	if err != nil {

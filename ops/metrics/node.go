@@ -162,21 +162,21 @@ func (m *Node) Refused(st *node.ListenerStats, reason string) {
 }
 
 // PreauthEnded implements node.Observer.
-func (m *Node) PreauthEnded(st *node.ListenerStats, c *session.Client, reason string) {
+func (m *Node) PreauthEnded(st *node.ListenerStats, _ *session.Client, end session.End) {
 	p := string(st.Protocol)
-	m.ended.WithLabelValues(p, st.Name, "preauth", reason).Inc()
-	if c.ProtocolErrors > 0 {
-		m.preauthErrors.WithLabelValues(p, st.Name).Add(float64(c.ProtocolErrors))
+	m.ended.WithLabelValues(p, st.Name, "preauth", end.Reason).Inc()
+	if end.ProtocolErrors > 0 {
+		m.preauthErrors.WithLabelValues(p, st.Name).Add(float64(end.ProtocolErrors))
 	}
-	if c.TLSFailure != "" {
-		m.tlsFailures.WithLabelValues(p, st.Name, c.TLSFailure).Inc()
+	if end.TLSFailure != "" {
+		m.tlsFailures.WithLabelValues(p, st.Name, end.TLSFailure).Inc()
 	}
 }
 
 // SessionStarted implements node.Observer.
 func (m *Node) SessionStarted(st *node.ListenerStats, h *session.Handoff) {
-	if h.Client != nil && h.Client.ProtocolErrors > 0 {
-		m.preauthErrors.WithLabelValues(string(st.Protocol), st.Name).Add(float64(h.Client.ProtocolErrors))
+	if h.ProtocolErrors > 0 {
+		m.preauthErrors.WithLabelValues(string(st.Protocol), st.Name).Add(float64(h.ProtocolErrors))
 	}
 	m.mu.Lock()
 	m.backends[h.BackendID]++
