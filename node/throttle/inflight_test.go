@@ -12,8 +12,8 @@ import (
 )
 
 // burst runs n parallel attempts through Begin; each that is let through
-// "asks the backend" (counted in asked, at most maxConcurrent at once is
-// recorded) and then ends with outcome. It returns how many were asked.
+// "asks the backend" (counted in asked) and then ends with outcome. It
+// returns how many were asked.
 func burst(t *testing.T, l *Limiter, n int, ip func(i int) netip.Addr, user func(i int) string, outcome func(p Pending)) int {
 	t.Helper()
 	var asked atomic.Int32
