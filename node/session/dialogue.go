@@ -147,9 +147,6 @@ func NewDialogue(ctx context.Context, c *Client) *Dialogue {
 	return &Dialogue{c: c, ctx: ctx, lim: c.limits()}
 }
 
-// Context is the dialogue's context, for the backend login.
-func (d *Dialogue) Context() context.Context { return d.ctx }
-
 // Limits are the listener's limits, with the defaults of those a zero
 // cannot switch off (see Limits.withDefaults).
 func (d *Dialogue) Limits() Limits { return d.lim }
