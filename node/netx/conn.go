@@ -16,6 +16,7 @@ package netx
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 	"syscall"
@@ -123,7 +124,7 @@ func (c *Conn) ReadNonblock(p []byte) (int, error) {
 	case serr != nil:
 		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", serr)}
 	case n == 0:
-		return 0, errEOF
+		return 0, io.EOF
 	}
 	return n, nil
 }

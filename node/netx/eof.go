@@ -1,5 +1,0 @@
-package netx
-
-import "io"
-
-var errEOF = io.EOF
