@@ -1,6 +1,12 @@
 package session
 
-import "testing"
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestSessionIDsUnique(t *testing.T) {
 	seen := map[string]bool{}
