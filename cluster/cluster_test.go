@@ -135,6 +135,15 @@ func leaderOf(nodes []*testNode) *testNode {
 	return nil
 }
 
+// waitLeader returns the leader, waiting for one (a loaded machine may be
+// between elections).
+func waitLeader(t testing.TB, nodes []*testNode) *testNode {
+	t.Helper()
+	var l *testNode
+	waitFor(t, 20*time.Second, "a leader", func() bool { l = leaderOf(nodes); return l != nil })
+	return l
+}
+
 func followerOf(nodes []*testNode) *testNode {
 	for _, nd := range nodes {
 		if !nd.IsLeader() {

@@ -37,7 +37,7 @@ func TestNeedLevel(t *testing.T) {
 // log; the base types are never held back.
 func TestLeaderRefusesCommandsPeersDoNotKnow(t *testing.T) {
 	nodes := startCluster(t, 3)
-	l := leaderOf(nodes)
+	l := waitLeader(t, nodes)
 	waitFor(t, 10*time.Second, "every peer's level known", func() bool {
 		for _, n := range nodes {
 			if n != l && l.knownLevel(n.Name()) != int(routing.CommandLevel) {

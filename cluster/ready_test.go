@@ -16,7 +16,7 @@ import (
 // every write committed before.
 func TestReadIndexOverRPC(t *testing.T) {
 	nodes := startCluster(t, 3)
-	l, f := leaderOf(nodes), followerOf(nodes)
+	l, f := waitLeader(t, nodes), followerOf(nodes)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := l.Apply(ctx, putBackend("b1")); err != nil {

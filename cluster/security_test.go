@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -171,6 +173,9 @@ func (r *recorder) payloads() []string {
 // attacker is a memberlist member that says what it likes.
 type attacker struct {
 	meta []byte
+
+	mu    sync.Mutex
+	peers map[string]memberlist.Node // copies: memberlist keeps writing its own
 }
 
 func (a *attacker) NodeMeta(int) []byte               { return a.meta }
@@ -178,14 +183,27 @@ func (a *attacker) NotifyMsg([]byte)                  {}
 func (a *attacker) GetBroadcasts(int, int) [][]byte   { return nil }
 func (a *attacker) LocalState(bool) []byte            { return nil }
 func (a *attacker) MergeRemoteState(b []byte, _ bool) {}
-func (a *attacker) NotifyJoin(*memberlist.Node)       {}
-func (a *attacker) NotifyLeave(*memberlist.Node)      {}
-func (a *attacker) NotifyUpdate(*memberlist.Node)     {}
-func (a *attacker) sendAll(ml *memberlist.Memberlist, msg []byte) {
-	for _, m := range ml.Members() {
-		if m.Name != ml.LocalNode().Name {
-			_ = ml.SendReliable(m, msg)
+func (a *attacker) NotifyJoin(m *memberlist.Node) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.peers == nil {
+		a.peers = map[string]memberlist.Node{}
+	}
+	a.peers[m.Name] = *m
+}
+func (a *attacker) NotifyLeave(*memberlist.Node)  {}
+func (a *attacker) NotifyUpdate(*memberlist.Node) {}
+func (a *attacker) sendAll(ml *memberlist.Memberlist, self string, msg []byte) {
+	a.mu.Lock()
+	var to []memberlist.Node
+	for name, m := range a.peers {
+		if name != self {
+			to = append(to, m)
 		}
+	}
+	a.mu.Unlock()
+	for i := range to {
+		_ = ml.SendReliable(&to[i], msg)
 	}
 }
 
@@ -249,7 +267,7 @@ func TestGossipForgery(t *testing.T) {
 	selfSealed, _ := sealWith(rogue.material(t, "keyed"), "keyed", 7, []byte("keyed-self"))
 	unsealed := []byte("plain")
 	for _, m := range [][]byte{forgedN1, selfSealed, unsealed} {
-		at.sendAll(ml, append([]byte{7}, m...))
+		at.sendAll(ml, "keyed", append([]byte{7}, m...))
 	}
 
 	// Keyed with a valid certificate: heard, but only for itself.
@@ -275,9 +293,9 @@ func TestGossipForgery(t *testing.T) {
 	heard := false
 	for time.Now().Before(deadline) && !heard {
 		for _, m := range [][]byte{evilAsN2, evilSelf} {
-			eat.sendAll(eml, append([]byte{7}, m...))
+			eat.sendAll(eml, "evil", append([]byte{7}, m...))
 		}
-		at.sendAll(ml, append([]byte{7}, forgedN1...))
+		at.sendAll(ml, "keyed", append([]byte{7}, forgedN1...))
 		time.Sleep(100 * time.Millisecond)
 		heard = true
 		for _, r := range rec {
@@ -298,7 +316,7 @@ func TestGossipForgery(t *testing.T) {
 	}
 	// The keyed member without a certificate is no raft server, and its
 	// metadata is not believed.
-	l := leaderOf(nodes)
+	l := waitLeader(t, nodes)
 	peers, _ := l.Peers()
 	for _, p := range peers {
 		if p.ID == "keyed" {
@@ -322,23 +340,26 @@ func TestGossipForgery(t *testing.T) {
 // a backend that is up stays up on every node while a certified member
 // and a keyed stranger claim, in other nodes' names, that it is down.
 func TestHealthViewsOnlyFromTheirNode(t *testing.T) {
-	backend := greeter(t)
+	backendDown.Store(false)
 	nodes := startCluster(t, 3)
-	l := leaderOf(nodes)
+	l := waitLeader(t, nodes)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	host, port, _ := net.SplitHostPort(backend)
-	p := 0
-	for _, c := range port {
-		p = p*10 + int(c-'0')
-	}
-	if err := l.Apply(ctx, routing.Command{Type: routing.CmdPutBackend, Backend: &routing.Backend{ID: "b1", Host: host, IMAPPort: p}}); err != nil {
+	if err := l.Apply(ctx, routing.Command{Type: routing.CmdPutBackend, Backend: &routing.Backend{ID: "b1", Host: "192.0.2.1", IMAPPort: 143}}); err != nil {
 		t.Fatal(err)
 	}
 	var hs []*Health
 	for _, n := range nodes {
 		waitFor(t, 5*time.Second, "the backend on every node", func() bool { return n.fsm.Table().Backend("b1") != nil })
-		hs = append(hs, n.StartHealth(n.fsm, HealthConfig{Interval: 100 * time.Millisecond, Timeout: time.Second, Fall: 1, Rise: 1}))
+		// The nodes' own opinion comes from a probe the test controls, so
+		// that only forged views could take the backend down.
+		hs = append(hs, n.StartHealth(n.fsm, HealthConfig{Interval: 100 * time.Millisecond, Fall: 1, Rise: 1,
+			Probe: func(context.Context, *routing.Backend) error {
+				if backendDown.Load() {
+					return errors.New("down")
+				}
+				return nil
+			}}))
 	}
 	defer func() {
 		for _, h := range hs {
@@ -379,7 +400,7 @@ func TestHealthViewsOnlyFromTheirNode(t *testing.T) {
 	}
 	for i := 0; i < 30; i++ {
 		for _, m := range msgs {
-			eat.sendAll(eml, m)
+			eat.sendAll(eml, "evil", m)
 		}
 		time.Sleep(100 * time.Millisecond)
 		for j, h := range hs {
@@ -388,9 +409,9 @@ func TestHealthViewsOnlyFromTheirNode(t *testing.T) {
 			}
 		}
 	}
-	// The nodes' own views are still exchanged: stop the backend and the
-	// cluster decides it is down.
-	backendStop()
+	// The nodes' own views are still exchanged: when their probes fail,
+	// the cluster decides the backend is down.
+	backendDown.Store(true)
 	waitFor(t, 10*time.Second, "the cluster to see the stopped backend down", func() bool {
 		for _, h := range hs {
 			if !h.IsDown("b1") {
@@ -401,30 +422,5 @@ func TestHealthViewsOnlyFromTheirNode(t *testing.T) {
 	})
 }
 
-var backendStop func()
-
-// greeter is a backend that answers every connection with an IMAP
-// greeting; backendStop closes it.
-func greeter(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte("* OK ready\r\n"))
-			c.Close()
-		}
-	}()
-	var once sync.Once
-	backendStop = func() { once.Do(func() { ln.Close(); <-done }) }
-	t.Cleanup(backendStop)
-	return ln.Addr().String()
-}
+// backendDown is what the test's probe reports.
+var backendDown atomic.Bool
