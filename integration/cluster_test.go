@@ -245,9 +245,15 @@ func (nd *procNode) cli(args ...string) (string, error) {
 // waitSeeded waits until the config file's pool reached every node.
 func waitSeeded(t *testing.T, nodes []*procNode) {
 	t.Helper()
-	waitFor(t, "the file's routes seeded on every node", 20*time.Second, func() bool {
+	// Seeded, and ready: a node whose replicated table has not caught up
+	// with the leader answers logins UNAVAILABLE (by design) and /readyz
+	// 503 until it has.
+	waitFor(t, "the file's routes seeded on every node, and every node ready", 20*time.Second, func() bool {
 		for _, nd := range nodes {
 			if code, _, err := nd.api("GET", "/v1/pools/main", nil); err != nil || code != 200 {
+				return false
+			}
+			if code, _, err := nd.api("GET", "/readyz", nil); err != nil || code != 200 {
 				return false
 			}
 		}

@@ -12,6 +12,7 @@ package integration
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -96,26 +97,41 @@ func TestFailoverDrills(t *testing.T) {
 	t.Logf("FIGURES\n  %s", strings.Join(fig.lines, "\n  "))
 }
 
-// loginUntil starts a login through addr from the client every 20 ms
+// loginUntil starts a login through addr from the client every 50 ms
 // (each on its own, with a 2 s limit, so that a SYN lost to a host that
-// has just gone silent does not hold up the next attempt) until one
-// succeeds, and returns how long after from the first success completed
-// (false if none did within limit).
+// has just gone silent does not hold up the next attempt; at most 20 at a
+// time) until one succeeds, and returns how long after from the first
+// success completed (false if none did within limit). The attempts still
+// running are abandoned, and loginUntil returns only once they have
+// gone: a prober that left logins behind would load the backends the
+// next measurement depends on.
 func (c *drillCluster) loginUntil(addr, user string, from time.Time, limit time.Duration) (time.Duration, bool) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
 	done := make(chan time.Duration, 1)
-	stop := make(chan struct{})
-	defer close(stop)
-	tk := time.NewTicker(20 * time.Millisecond)
+	slots := make(chan struct{}, 20)
+	tk := time.NewTicker(50 * time.Millisecond)
 	defer tk.Stop()
 	for time.Since(from) < limit {
-		go func() {
-			if c.imapTry(addr, user, 2*time.Second) == nil {
-				select {
-				case done <- time.Since(from):
-				default:
+		select {
+		case slots <- struct{}{}:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-slots }()
+				actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+				defer acancel()
+				if c.imapLogin(actx, addr, user) == nil {
+					select {
+					case done <- time.Since(from):
+					default:
+					}
 				}
-			}
-		}()
+			}()
+		default:
+		}
 		select {
 		case d := <-done:
 			return d, true

@@ -8,6 +8,7 @@ package integration
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -422,12 +423,25 @@ func (c *drillCluster) waitHealthy(t *testing.T, d time.Duration) *drillNode {
 // imapTry logs in through addr from the client namespace (LOGIN, then
 // LOGOUT) within timeout; the error carries the server's answer.
 func (c *drillCluster) imapTry(addr, user string, timeout time.Duration) error {
-	conn, err := c.client.DialTimeout("tcp", addr, timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return c.imapLogin(ctx, addr, user)
+}
+
+// imapLogin is imapTry bounded by ctx: cancelling ctx abandons the
+// attempt at once (the connection is closed), so a prober never leaves
+// logins running against the backends behind it.
+func (c *drillCluster) imapLogin(ctx context.Context, addr, user string) error {
+	conn, err := c.client.Dial(ctx, "tcp", addr)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(timeout))
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
 	r := bufio.NewReader(conn)
 	g, err := r.ReadString('\n')
 	if err != nil {

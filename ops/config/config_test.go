@@ -124,7 +124,18 @@ func TestProxyFlags(t *testing.T) {
 	if err != nil || c.Listeners[0].TLS != "none" {
 		t.Fatalf("%v %+v", err, c)
 	}
+	// The connection limits: -1 lifts them; what the node enforces is
+	// what the flags said.
+	c, err = FromProxyFlags(ProxyFlags{From: []string{"imap://127.0.0.1:1143"}, To: []string{"imap://mail.example:143"},
+		MaxConnections: -1, MaxConnectionsPerIP: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := c.NodeConfig(); l.MaxConnections != 0 || l.MaxConnectionsPerIP != 7 {
+		t.Errorf("node limits from --max-connections -1 --max-connections-per-ip 7: %+v", l)
+	}
 	bad := []ProxyFlags{
+		{From: []string{"imap://x:1"}, To: []string{"imap://h:143"}, MaxConnectionsPerIP: -2},
 		{From: []string{"imaps://127.0.0.1:1993"}, To: []string{"imap://h:143"}},
 		{From: []string{"pop3://127.0.0.1:1110"}, To: []string{"imap://h:143"}},
 		{From: []string{"http://x:1"}, To: []string{"imap://h:143"}},

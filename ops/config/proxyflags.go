@@ -18,6 +18,9 @@ type ProxyFlags struct {
 	Forward        string // client address forwarding to the backends: none, id, proxy
 	Insecure       bool   // do not verify backend TLS certificates
 	CAFile         string // verify backend TLS certificates against this bundle
+	// MaxConnections and MaxConnectionsPerIP are limits.max_connections
+	// and limits.max_connections_per_ip (0: the default, -1: none).
+	MaxConnections, MaxConnectionsPerIP int
 }
 
 var defaultPorts = map[string]int{"imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995}
@@ -96,6 +99,8 @@ func FromProxyFlags(f ProxyFlags) (*Config, error) {
 			b.POP3Port = port
 		}
 	}
+	c.Limits.MaxConnections = f.MaxConnections
+	c.Limits.MaxConnectionsPerIP = f.MaxConnectionsPerIP
 	pool := Pool{Name: "default"}
 	for _, h := range order {
 		c.Backends = append(c.Backends, *byHost[h])
