@@ -107,6 +107,7 @@ func (s *Server) startRelay(l *listener, c *session.Client, h *session.Handoff, 
 		IdleTimeout: c.Listener.Limits.IdleTimeout,
 		Counters:    &ls.Bytes,
 		Framer:      framer,
+		Tag:         &relayed{client: c, handoff: h},
 		OnClose: func(st relay.Stats) {
 			release()
 			ls.Relayed.Add(-1)

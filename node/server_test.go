@@ -56,14 +56,20 @@ func (e *echoConn) Next() (*session.Handoff, error) {
 	if err != nil {
 		return nil, err
 	}
-	if strings.TrimSpace(line) == "login" {
+	// "login" or "login USER" (default user "u", backend "b"; a named
+	// user's backend is "b-USER").
+	if f := strings.Fields(line); len(f) > 0 && f[0] == "login" && len(f) <= 2 {
+		user, backend := "u", "b"
+		if len(f) == 2 {
+			user, backend = f[1], "b-"+f[1]
+		}
 		conn, err := net.Dial("tcp", e.backend)
 		if err != nil {
 			return nil, err
 		}
 		nc, _ := netx.NewConn(conn.(*net.TCPConn), nil)
 		e.c.Stream.WriteString("OK\r\n")
-		return &session.Handoff{Client: e.c, Backend: netx.NewStream(nc), User: "u", BackendID: "b"}, nil
+		return &session.Handoff{Client: e.c, Backend: netx.NewStream(nc), User: user, BackendID: backend}, nil
 	}
 	e.c.Stream.WriteString("? " + line)
 	return nil, nil

@@ -64,6 +64,9 @@ type Options struct {
 	// End can end the session between two responses (one per session:
 	// it holds the session's parsing state).
 	Framer Framer
+	// Tag is the caller's description of the session (who, where), kept
+	// for Session.Tag; the engine never looks at it.
+	Tag any
 }
 
 // Counters total the bytes relayed by a group of sessions.
@@ -341,6 +344,12 @@ func (s *Session) End(text string) {
 	}
 	s.down.kick()
 }
+
+// Tag returns Options.Tag.
+func (s *Session) Tag() any { return s.opts.Tag }
+
+// Started returns when the relay took the session over.
+func (s *Session) Started() time.Time { return s.start }
 
 // Closed reports whether the session has ended.
 func (s *Session) Closed() bool { return s.closed.Load() }
