@@ -145,7 +145,7 @@ func unescapeNginx(s string) string {
 // it; a node with an empty table also waits at start for a table that
 // never comes).
 func routesTo(dc *dovecot.Server) string {
-	return fmtYAML(`
+	return fmt.Sprintf(`
 backends:
   - {id: dc1, host: %s, imap_port: %d, pop3_port: %d, forward: id}
 pools:
@@ -222,7 +222,7 @@ func (a *authConn) startTLS(cfg *tls.Config) {
 func TestAuthHTTPLoginDovecot(t *testing.T) {
 	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.95"})
 	rec := startAuthRecorder(t, "127.0.0.95", dc)
-	p := startPortico(t, fmtYAML(`
+	p := startPortico(t, fmt.Sprintf(`
 listeners:
   - {name: imap, protocol: imap, address: "127.0.0.1:0"}
   - {name: pop3, protocol: pop3, address: "127.0.0.1:0"}
@@ -487,7 +487,7 @@ func TestAuthHTTPSideBySideNginx(t *testing.T) {
 	rec := startAuthRecorder(t, "127.0.0.95", dc)
 	cert, key := demoCert(t)
 	ngx := startNginx(t, rec.url(), cert, key)
-	p := startPortico(t, fmtYAML(`
+	p := startPortico(t, fmt.Sprintf(`
 tls:
   certificates: [{cert: %s, key: %s}]
 listeners:

@@ -186,7 +186,7 @@ func TestReloadCertificatesListenersAndBrokenConfig(t *testing.T) {
 	certB, keyB, _, _ := testcert.Generate(t, dir, "reloaded.example")
 	cfgFile := filepath.Join(dir, "portico.yaml")
 	render := func(cert, key, extraListener string) string {
-		return fmtYAML(`
+		return fmt.Sprintf(`
 data_dir: %q
 admin: {address: "127.0.0.1:0"}
 cluster: {raft_address: "127.0.0.1:0", gossip_address: "127.0.0.1:0"}

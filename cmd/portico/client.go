@@ -231,8 +231,6 @@ func printJSON(raw []byte) {
 
 var errUsage = errors.New("usage")
 
-func readAllStdin() ([]byte, error) { return io.ReadAll(os.Stdin) }
-
 func sortedMapKeys(m map[string]string) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {

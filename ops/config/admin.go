@@ -69,7 +69,7 @@ func (v *validator) admin() {
 			v.errf("admin.token_file", "%s is empty", a.TokenFile)
 		}
 	}
-	if a.Token == "" && !loopback(host) {
+	if a.Token == "" && !Loopback(host) {
 		v.errf("admin.address", "%s is not a loopback address: set admin.token (or token_file) to expose the admin API", a.Address)
 	}
 	for i, h := range a.AllowedHosts {
@@ -91,9 +91,7 @@ func (v *validator) admin() {
 
 // Loopback reports whether host (a name or an IP) is this machine's
 // loopback: "localhost" or a loopback address.
-func Loopback(host string) bool { return loopback(host) }
-
-func loopback(host string) bool {
+func Loopback(host string) bool {
 	if host == "localhost" {
 		return true
 	}

@@ -184,11 +184,11 @@ func (v *validator) clusterTrust() {
 	peers := len(cl.Join) > 0 || cl.BootstrapExpect > 1
 	var exposed []string
 	for _, a := range []string{cl.RaftAddress, cl.GossipAddress} {
-		if host, _, err := net.SplitHostPort(a); err == nil && !loopback(host) {
+		if host, _, err := net.SplitHostPort(a); err == nil && !Loopback(host) {
 			exposed = append(exposed, a)
 		}
 	}
-	if cl.Advertise != "" && !loopback(cl.Advertise) && len(exposed) == 0 {
+	if cl.Advertise != "" && !Loopback(cl.Advertise) && len(exposed) == 0 {
 		exposed = append(exposed, cl.Advertise)
 	}
 	if cl.Material == nil && t.CAFile == "" && (peers || len(exposed) > 0) {
