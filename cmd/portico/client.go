@@ -229,8 +229,6 @@ func printJSON(raw []byte) {
 	}
 }
 
-var errUsage = errors.New("usage")
-
 func sortedMapKeys(m map[string]string) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
