@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/portico-mail/portico/integration/dovecot"
+	"github.com/portico-mail/portico/integration/loopback"
 )
 
 // authRecorder is an nginx auth_http server for tests: it records every
@@ -222,6 +223,8 @@ func (a *authConn) startTLS(cfg *tls.Config) {
 func TestAuthHTTPLoginDovecot(t *testing.T) {
 	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.95"})
 	rec := startAuthRecorder(t, "127.0.0.95", dc)
+	// An auth server nobody runs: a port of this test's own address.
+	down := loopback.HostPort(t, loopback.Addr(t))
 	p := startPortico(t, fmt.Sprintf(`
 listeners:
   - {name: imap, protocol: imap, address: "127.0.0.1:0"}
@@ -229,14 +232,14 @@ listeners:
   - name: imap-down
     protocol: imap
     address: "127.0.0.1:0"
-    auth: {mode: http, url: "http://127.0.0.95:1/auth", timeout: 1s}
+    auth: {mode: http, url: "http://%s/auth", timeout: 1s}
 limits: {auth_failure_delay: 10ms, max_auth_failures: 5}
 auth:
   mode: http
   url: %s
   headers: {X-Auth-Key: secret}
   cache: {positive_ttl: 1m}
-%s`, rec.url(), routesTo(dc)))
+%s`, down, rec.url(), routesTo(dc)))
 
 	c := dialAuth(t, p.addr("imap"), nil, "")
 	c.cmd("", "* OK")
