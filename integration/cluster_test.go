@@ -461,9 +461,16 @@ func TestClusterThreeNodes(t *testing.T) {
 		}
 		return true
 	})
-	if err := loginVia(t, oldLeader.imap, "alice@example.com", "secret"); err != nil {
-		t.Fatalf("login through the restarted node: %v", err)
-	}
+	// Its table holds the writes before it has confirmed with the leader
+	// that it caught up; until then logins are told to retry, never that
+	// the password is wrong (README, Readiness).
+	waitFor(t, "a login through the restarted node", 20*time.Second, func() bool {
+		err := loginVia(t, oldLeader.imap, "alice@example.com", "secret")
+		if err != nil && !strings.Contains(err.Error(), "UNAVAILABLE") {
+			t.Fatalf("login through the restarted node: %v", err)
+		}
+		return err == nil
+	})
 
 	// Bulk import of 100,000 users (Perdition popmap format) on a follower.
 	var pm strings.Builder
