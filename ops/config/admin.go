@@ -18,7 +18,8 @@ import (
 
 // Admin configures the admin HTTP listener (API, /metrics, /healthz).
 type Admin struct {
-	// Address to listen on; default 127.0.0.1:7143. "off" disables it.
+	// Address to listen on; default admin.DefaultConfig's. "off" disables
+	// it.
 	Address string `yaml:"address"`
 	// Token is the bearer token for /v1/; TokenFile reads it from a file.
 	// Without a token the address must be a loopback address.
@@ -42,13 +43,10 @@ type AdminTLS struct {
 	CAFile string `yaml:"ca_file"`
 }
 
-// DefaultAdminAddress is where the admin API listens by default.
-const DefaultAdminAddress = "127.0.0.1:7143"
-
 func (v *validator) admin() {
 	a := &v.c.Admin
 	if a.Address == "" {
-		a.Address = DefaultAdminAddress
+		a.Address = admin.DefaultConfig().Address
 	}
 	if a.Address == "off" {
 		return
