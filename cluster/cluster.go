@@ -35,35 +35,38 @@ import (
 	"github.com/portico-mail/portico/routing"
 )
 
-// Timing holds detection timings. The defaults are tuned for a LAN and
-// fast failover (see the README: about 1 s to a new leader after a crash).
+// Timing holds detection timings; a zero takes its default
+// (DefaultConfig). The defaults are tuned for a LAN and fast failover (see
+// the README: about 1 s to a new leader after a crash).
 type Timing struct {
-	HeartbeatTimeout   time.Duration // raft; default 500ms
-	ElectionTimeout    time.Duration // raft; default 500ms
-	LeaderLeaseTimeout time.Duration // raft; default 250ms
-	CommitTimeout      time.Duration // raft; default 20ms
-	ProbeInterval      time.Duration // memberlist; default 500ms
-	ProbeTimeout       time.Duration // memberlist; default 250ms
-	SuspicionMult      int           // memberlist; default 3
-	GossipInterval     time.Duration // memberlist; default 100ms
+	HeartbeatTimeout   time.Duration // raft
+	ElectionTimeout    time.Duration // raft
+	LeaderLeaseTimeout time.Duration // raft
+	CommitTimeout      time.Duration // raft
+	ProbeInterval      time.Duration // memberlist
+	ProbeTimeout       time.Duration // memberlist
+	SuspicionMult      int           // memberlist
+	GossipInterval     time.Duration // memberlist
 }
 
-func (t *Timing) defaults() {
-	set := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
+// withDefaults fills the zero timings from d.
+func (t Timing) withDefaults(d Timing) Timing {
+	set := func(v *time.Duration, dv time.Duration) {
+		if *v <= 0 {
+			*v = dv
 		}
 	}
-	set(&t.HeartbeatTimeout, 500*time.Millisecond)
-	set(&t.ElectionTimeout, 500*time.Millisecond)
-	set(&t.LeaderLeaseTimeout, 250*time.Millisecond)
-	set(&t.CommitTimeout, 20*time.Millisecond)
-	set(&t.ProbeInterval, 500*time.Millisecond)
-	set(&t.ProbeTimeout, 250*time.Millisecond)
-	set(&t.GossipInterval, 100*time.Millisecond)
+	set(&t.HeartbeatTimeout, d.HeartbeatTimeout)
+	set(&t.ElectionTimeout, d.ElectionTimeout)
+	set(&t.LeaderLeaseTimeout, d.LeaderLeaseTimeout)
+	set(&t.CommitTimeout, d.CommitTimeout)
+	set(&t.ProbeInterval, d.ProbeInterval)
+	set(&t.ProbeTimeout, d.ProbeTimeout)
+	set(&t.GossipInterval, d.GossipInterval)
 	if t.SuspicionMult <= 0 {
-		t.SuspicionMult = 3
+		t.SuspicionMult = d.SuspicionMult
 	}
+	return t
 }
 
 // Config configures a cluster node.
@@ -87,16 +90,43 @@ type Config struct {
 
 	Join            []string
 	BootstrapExpect int
-	MaxVoters       int           // default 5 (odd)
-	DeadNodeReap    time.Duration // default 72h
+	MaxVoters       int           // odd; 0: default (DefaultConfig)
+	DeadNodeReap    time.Duration // 0: default
 	EncryptKey      []byte        // 16, 24 or 32 bytes; nil: gossip unencrypted
-	RejoinInterval  time.Duration // default 30s
+	RejoinInterval  time.Duration // 0: default
 	Timing          Timing
 
 	Log *slog.Logger
 	// Lock, if set, is the data directory lock already taken with
 	// LockDataDir; the node owns it from New on.
 	Lock *os.File
+}
+
+// DefaultConfig returns the defaults documented in the README: a lone node
+// on loopback in /var/lib/portico, at most 5 voters, nodes dead for 72 h
+// reaped, the configured peers joined again every 30 s, and LAN timings.
+// New fills a zero MaxVoters, DeadNodeReap, RejoinInterval or timing from
+// it; the data directory and addresses have no zero meaning there (the
+// configuration fills them).
+func DefaultConfig() Config {
+	return Config{
+		DataDir:        "/var/lib/portico",
+		RaftBind:       "127.0.0.1:7144",
+		GossipBind:     "127.0.0.1:7145",
+		MaxVoters:      5,
+		DeadNodeReap:   72 * time.Hour,
+		RejoinInterval: 30 * time.Second,
+		Timing: Timing{
+			HeartbeatTimeout:   500 * time.Millisecond,
+			ElectionTimeout:    500 * time.Millisecond,
+			LeaderLeaseTimeout: 250 * time.Millisecond,
+			CommitTimeout:      20 * time.Millisecond,
+			ProbeInterval:      500 * time.Millisecond,
+			ProbeTimeout:       250 * time.Millisecond,
+			SuspicionMult:      3,
+			GossipInterval:     100 * time.Millisecond,
+		},
+	}
 }
 
 // Node is this process's membership of the cluster.
@@ -147,19 +177,20 @@ func New(cfg Config, fsm *routing.FSM) (*Node, error) {
 	if cfg.NodeName == "" {
 		return nil, errors.New("cluster: node name required")
 	}
+	def := DefaultConfig()
 	if cfg.MaxVoters <= 0 {
-		cfg.MaxVoters = 5
+		cfg.MaxVoters = def.MaxVoters
 	}
 	if cfg.MaxVoters%2 == 0 {
 		return nil, fmt.Errorf("cluster: max_voters %d must be odd", cfg.MaxVoters)
 	}
 	if cfg.DeadNodeReap <= 0 {
-		cfg.DeadNodeReap = 72 * time.Hour
+		cfg.DeadNodeReap = def.DeadNodeReap
 	}
 	if cfg.RejoinInterval <= 0 {
-		cfg.RejoinInterval = 30 * time.Second
+		cfg.RejoinInterval = def.RejoinInterval
 	}
-	cfg.Timing.defaults()
+	cfg.Timing = cfg.Timing.withDefaults(def.Timing)
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}

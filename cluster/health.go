@@ -13,28 +13,37 @@ import (
 	"github.com/portico-mail/portico/routing"
 )
 
-// HealthConfig configures backend probes.
+// HealthConfig configures backend probes; a zero takes its default
+// (DefaultHealthConfig).
 type HealthConfig struct {
-	Interval time.Duration // between probes of one backend; default 2s
-	Timeout  time.Duration // one probe, from connect to LOGOUT; default 2s
-	Fall     int           // consecutive failures before a backend is down for this node; default 2
-	Rise     int           // consecutive successes before it is up again; default 2
+	Interval time.Duration // between probes of one backend
+	Timeout  time.Duration // one probe, from connect to LOGOUT
+	Fall     int           // consecutive failures before a backend is down for this node
+	Rise     int           // consecutive successes before it is up again
 	// Probe checks one backend (probe.go); nil: ConnectProbe.
 	Probe ProbeFunc
 }
 
+// DefaultHealthConfig returns the defaults documented in the README: a
+// probe of each backend every 2 s, failed after 2 s, two failures in a row
+// to call it down and two successes to call it up again.
+func DefaultHealthConfig() HealthConfig {
+	return HealthConfig{Interval: 2 * time.Second, Timeout: 2 * time.Second, Fall: 2, Rise: 2}
+}
+
 func (h *HealthConfig) defaults() {
+	d := DefaultHealthConfig()
 	if h.Interval <= 0 {
-		h.Interval = 2 * time.Second
+		h.Interval = d.Interval
 	}
 	if h.Timeout <= 0 {
-		h.Timeout = 2 * time.Second
+		h.Timeout = d.Timeout
 	}
 	if h.Fall <= 0 {
-		h.Fall = 2
+		h.Fall = d.Fall
 	}
 	if h.Rise <= 0 {
-		h.Rise = 2
+		h.Rise = d.Rise
 	}
 }
 

@@ -161,7 +161,7 @@ func (n *Node) newRPCServer() *http.Server {
 	}
 }
 
-// rpcClient is the one HTTP client for cluster RPCs: it dials peers'
+// newRPCClient makes the one HTTP client for cluster RPCs: it dials peers'
 // cluster ports with this node's certificate and checks that the peer is
 // the node it meant to reach.
 func (n *Node) newRPCClient() *http.Client {

@@ -164,7 +164,6 @@ type peerBook struct {
 	// Messages waiting for their sender's key, by sender (bounded).
 	pending      map[string][]heldMsg
 	pendingBytes int
-	forged       atomic.Uint64 // messages with a bad signature by a known key
 	dropped      atomic.Uint64 // gossip messages dropped: malformed, unverifiable or forged
 }
 

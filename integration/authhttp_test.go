@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/portico-mail/portico/integration/dovecot"
+	"github.com/portico-mail/portico/integration/loopback"
 )
 
 // authRecorder is an nginx auth_http server for tests: it records every
@@ -145,7 +146,7 @@ func unescapeNginx(s string) string {
 // it; a node with an empty table also waits at start for a table that
 // never comes).
 func routesTo(dc *dovecot.Server) string {
-	return fmtYAML(`
+	return fmt.Sprintf(`
 backends:
   - {id: dc1, host: %s, imap_port: %d, pop3_port: %d, forward: id}
 pools:
@@ -222,21 +223,23 @@ func (a *authConn) startTLS(cfg *tls.Config) {
 func TestAuthHTTPLoginDovecot(t *testing.T) {
 	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.95"})
 	rec := startAuthRecorder(t, "127.0.0.95", dc)
-	p := startPortico(t, fmtYAML(`
+	// An auth server nobody runs: a port of this test's own address.
+	down := loopback.HostPort(t, loopback.Addr(t))
+	p := startPortico(t, fmt.Sprintf(`
 listeners:
   - {name: imap, protocol: imap, address: "127.0.0.1:0"}
   - {name: pop3, protocol: pop3, address: "127.0.0.1:0"}
   - name: imap-down
     protocol: imap
     address: "127.0.0.1:0"
-    auth: {mode: http, url: "http://127.0.0.95:1/auth", timeout: 1s}
+    auth: {mode: http, url: "http://%s/auth", timeout: 1s}
 limits: {auth_failure_delay: 10ms, max_auth_failures: 5}
 auth:
   mode: http
   url: %s
   headers: {X-Auth-Key: secret}
   cache: {positive_ttl: 1m}
-%s`, rec.url(), routesTo(dc)))
+%s`, down, rec.url(), routesTo(dc)))
 
 	c := dialAuth(t, p.addr("imap"), nil, "")
 	c.cmd("", "* OK")
@@ -487,7 +490,7 @@ func TestAuthHTTPSideBySideNginx(t *testing.T) {
 	rec := startAuthRecorder(t, "127.0.0.95", dc)
 	cert, key := demoCert(t)
 	ngx := startNginx(t, rec.url(), cert, key)
-	p := startPortico(t, fmtYAML(`
+	p := startPortico(t, fmt.Sprintf(`
 tls:
   certificates: [{cert: %s, key: %s}]
 listeners:

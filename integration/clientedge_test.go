@@ -64,7 +64,7 @@ func TestIDSmugglingDovecotAllowNets(t *testing.T) {
 	}
 	smuggledBefore := strings.Count(dc.Log(), "10.66.6.6")
 
-	p := startPortico(t, fmtYAML(`
+	p := startPortico(t, fmt.Sprintf(`
 listeners:
   - {name: imap, protocol: imap, address: "127.0.0.1:0", proxy_protocol: true, trusted_proxies: [127.0.0.1]}
 limits: {auth_failure_delay: 10ms}
@@ -127,7 +127,7 @@ routes:
 // at most user_ip_limit (10) times; the others are refused by Portico.
 func TestThrottleParallelBurstDovecot(t *testing.T) {
 	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.112", Users: throttleUsers})
-	p := startPortico(t, fmtYAML(`
+	p := startPortico(t, fmt.Sprintf(`
 listeners:
   - {name: imap, protocol: imap, address: "127.0.0.1:0", proxy_protocol: true, trusted_proxies: [127.0.0.1]}
 limits: {auth_failure_delay: 10ms}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/portico-mail/portico/integration/dovecot"
+	"github.com/portico-mail/portico/integration/loopback"
 )
 
 // procNode is a real portico process, one node of a test cluster.
@@ -30,6 +32,7 @@ type procNode struct {
 	cfgPath string
 	admin   string
 	imap    string
+	raft    string
 	gossip  string
 	token   string
 	tls     *tls.Config // set when the admin API serves https
@@ -59,32 +62,30 @@ func (l *lockedBuf) String() string {
 
 const clusterToken = "test-token-0123456789"
 
-// newCluster writes configs for n nodes on 127.0.3.1.. with bootstrap_expect n.
+// newCluster writes configs for n nodes with bootstrap_expect n.
 func newCluster(t *testing.T, n int, dc *dovecot.Server, extra string) []*procNode {
 	return newClusterWith(t, n, n, "1h", 3, dc, extra)
 }
 
 // newClusterWith sets bootstrap_expect, dead_node_reap and max_voters.
+// Each node listens on an address of its own (integration/loopback), on
+// ports that were free when the test began, and keeps them across
+// restarts.
 func newClusterWith(t *testing.T, n, expect int, reap string, maxVoters int, dc *dovecot.Server, extra string) []*procNode {
-	return newClusterAt(t, "127.0.3", n, expect, reap, maxVoters, dc, extra)
-}
-
-// newClusterAt puts the nodes on net.1, net.2, ... (a /24 of 127/8 that
-// no other test of the package uses).
-func newClusterAt(t *testing.T, net string, n, expect int, reap string, maxVoters int, dc *dovecot.Server, extra string) []*procNode {
 	t.Helper()
 	var nodes []*procNode
 	var join, names []string
 	for i := 1; i <= n; i++ {
-		ip := fmt.Sprintf("%s.%d", net, i)
-		join = append(join, ip+":7145")
+		ip := loopback.Addr(t)
+		p := loopback.Ports(t, ip, 4)
+		at := func(port int) string { return netip.AddrPortFrom(ip, uint16(port)).String() }
+		nodes = append(nodes, &procNode{t: t, name: fmt.Sprintf("n%d", i), ip: ip.String(), dir: t.TempDir(),
+			admin: at(p[0]), imap: at(p[1]), raft: at(p[2]), gossip: at(p[3]), token: clusterToken})
+		join = append(join, at(p[3]))
 		names = append(names, fmt.Sprintf("n%d", i))
 	}
 	certs, gkey := clusterPKI(t, names...), gossipKey(t)
-	for i := 1; i <= n; i++ {
-		ip := fmt.Sprintf("%s.%d", net, i)
-		nd := &procNode{t: t, name: fmt.Sprintf("n%d", i), ip: ip, dir: t.TempDir(),
-			admin: ip + ":7143", imap: ip + ":1143", gossip: ip + ":7145", token: clusterToken}
+	for i, nd := range nodes {
 		cfg := fmt.Sprintf(`
 node_name: %s
 data_dir: %s
@@ -93,7 +94,7 @@ listeners:
 limits: {auth_failure_delay: 10ms}
 admin: {address: "%s", token: %s}
 cluster:
-  raft_address: "%s:7144"
+  raft_address: "%s"
   gossip_address: "%s"
   join: [%s]
   bootstrap_expect: %d
@@ -106,13 +107,12 @@ backends:
   - {id: dc1, host: %s, imap_port: %d, pop3_port: %d, forward: id}
 pools:
   - {name: main, backends: [dc1]}
-%s`, nd.name, filepath.Join(nd.dir, "data"), nd.imap, nd.admin, clusterToken, ip, nd.gossip, strings.Join(join, ", "), nodeExpect(expect, i), reap, maxVoters,
+%s`, nd.name, filepath.Join(nd.dir, "data"), nd.imap, nd.admin, clusterToken, nd.raft, nd.gossip, strings.Join(join, ", "), nodeExpect(expect, i+1), reap, maxVoters,
 			certs[nd.name], gkey, dc.Addr, dc.IMAPPort, dc.POP3Port, extra)
 		nd.cfgPath = filepath.Join(nd.dir, "portico.yaml")
 		if err := os.WriteFile(nd.cfgPath, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		nodes = append(nodes, nd)
 	}
 	t.Cleanup(func() {
 		for _, nd := range nodes {
@@ -461,9 +461,16 @@ func TestClusterThreeNodes(t *testing.T) {
 		}
 		return true
 	})
-	if err := loginVia(t, oldLeader.imap, "alice@example.com", "secret"); err != nil {
-		t.Fatalf("login through the restarted node: %v", err)
-	}
+	// Its table holds the writes before it has confirmed with the leader
+	// that it caught up; until then logins are told to retry, never that
+	// the password is wrong (README, Readiness).
+	waitFor(t, "a login through the restarted node", 20*time.Second, func() bool {
+		err := loginVia(t, oldLeader.imap, "alice@example.com", "secret")
+		if err != nil && !strings.Contains(err.Error(), "UNAVAILABLE") {
+			t.Fatalf("login through the restarted node: %v", err)
+		}
+		return err == nil
+	})
 
 	// Bulk import of 100,000 users (Perdition popmap format) on a follower.
 	var pm strings.Builder

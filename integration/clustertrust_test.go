@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/hashicorp/raft-wal/metadb"
 
 	"github.com/portico-mail/portico/integration/dovecot"
+	"github.com/portico-mail/portico/integration/loopback"
 	"github.com/portico-mail/portico/routing"
 )
 
@@ -32,7 +34,7 @@ func TestClusterTrustRealProcesses(t *testing.T) {
 		t.Skip("multi-process cluster test")
 	}
 	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.105"})
-	nodes := newClusterAt(t, "127.0.9", 3, 3, "1h", 3, dc, "routes: {default_pool: main}\n")
+	nodes := newClusterWith(t, 3, 3, "1h", 3, dc, "routes: {default_pool: main}\n")
 	for _, nd := range nodes {
 		nd.start()
 	}
@@ -48,7 +50,7 @@ func TestClusterTrustRealProcesses(t *testing.T) {
 	cmd, _ := routing.Command{Type: routing.CmdPutUsers, Users: []routing.UserRoute{{User: "alice@example.com", Target: routing.Target{Backend: "dc1"}}}}.Encode()
 	hdr := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("evil"), Addr: []byte(client.LocalAddr())}
 	for _, nd := range nodes {
-		target := raft.ServerAddress(nd.ip + ":7144")
+		target := raft.ServerAddress(nd.raft)
 		var ae raft.AppendEntriesResponse
 		if err := client.AppendEntries(raft.ServerID(nd.name), target, &raft.AppendEntriesRequest{RPCHeader: hdr, Term: 1 << 20,
 			Entries: []*raft.Log{{Index: 1 << 20, Term: 1 << 20, Type: raft.LogCommand, Data: cmd}}, LeaderCommitIndex: 1 << 20}, &ae); err == nil {
@@ -97,8 +99,11 @@ func TestClusterTrustRealProcesses(t *testing.T) {
 	// raft server, and its raft and RPC connections are refused.
 	cfg0, _ := os.ReadFile(nodes[0].cfgPath)
 	key := configValue(string(cfg0), "encrypt_key")
-	intruder := &procNode{t: t, name: "intruder", ip: "127.0.9.66", dir: t.TempDir(), admin: "127.0.9.66:7143", imap: "127.0.9.66:1143",
-		gossip: "127.0.9.66:7145", token: clusterToken}
+	ip := loopback.Addr(t)
+	p := loopback.Ports(t, ip, 4)
+	at := func(port int) string { return netip.AddrPortFrom(ip, uint16(port)).String() }
+	intruder := &procNode{t: t, name: "intruder", ip: ip.String(), dir: t.TempDir(), admin: at(p[0]), imap: at(p[1]),
+		raft: at(p[2]), gossip: at(p[3]), token: clusterToken}
 	foreign := clusterPKI(t, "intruder")["intruder"]
 	intruder.cfgPath = filepath.Join(intruder.dir, "portico.yaml")
 	writeFile(t, intruder.cfgPath, []byte(fmt.Sprintf(`
@@ -108,12 +113,12 @@ listeners:
   - {name: imap, protocol: imap, address: "%s"}
 admin: {address: "%s", token: %s}
 cluster:
-  raft_address: "127.0.9.66:7144"
+  raft_address: "%s"
   gossip_address: "%s"
   join: ["%s"]
   tls: %s
   encrypt_key: %s
-`, filepath.Join(intruder.dir, "data"), intruder.imap, intruder.admin, clusterToken, intruder.gossip, nodes[0].gossip, foreign, key)))
+`, filepath.Join(intruder.dir, "data"), intruder.imap, intruder.admin, clusterToken, intruder.raft, intruder.gossip, nodes[0].gossip, foreign, key)))
 	intruder.start()
 	defer intruder.kill()
 	waitFor(t, "the intruder in the gossip", 20*time.Second, func() bool {

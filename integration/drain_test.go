@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/integration/dovecot"
+	"github.com/portico-mail/portico/integration/loopback"
 	"github.com/portico-mail/portico/integration/testcert"
 	"github.com/portico-mail/portico/ops/config"
 	"github.com/portico-mail/portico/ops/daemon"
@@ -185,15 +187,22 @@ func TestReloadCertificatesListenersAndBrokenConfig(t *testing.T) {
 	certA, keyA := demoCert(t)
 	certB, keyB, _, _ := testcert.Generate(t, dir, "reloaded.example")
 	cfgFile := filepath.Join(dir, "portico.yaml")
+	// The listeners' addresses are written before anything listens (the
+	// extra one comes and goes with reloads): an address of this test's
+	// own, with ports free on it.
+	ip := loopback.Addr(t)
+	ports := loopback.Ports(t, ip, 2)
+	imapsAddr := netip.AddrPortFrom(ip, uint16(ports[0])).String()
+	extraAddr := netip.AddrPortFrom(ip, uint16(ports[1])).String()
 	render := func(cert, key, extraListener string) string {
-		return fmtYAML(`
+		return fmt.Sprintf(`
 data_dir: %q
 admin: {address: "127.0.0.1:0"}
 cluster: {raft_address: "127.0.0.1:0", gossip_address: "127.0.0.1:0"}
 tls:
   certificates: [{cert: %s, key: %s}]
 listeners:
-  - {name: imaps, protocol: imap, address: "127.0.0.90:19931", tls: implicit}
+  - {name: imaps, protocol: imap, address: "%s", tls: implicit}
 %s
 backends:
   - {id: dc1, host: %s, imap_port: %d, pop3_port: %d}
@@ -201,7 +210,7 @@ pools:
   - {name: main, backends: [dc1]}
 routes:
   default_pool: main
-`, filepath.Join(dir, "data"), mustAbs(t, cert), mustAbs(t, key), extraListener, dc.Addr, dc.IMAPPort, dc.POP3Port)
+`, filepath.Join(dir, "data"), mustAbs(t, cert), mustAbs(t, key), imapsAddr, extraListener, dc.Addr, dc.IMAPPort, dc.POP3Port)
 	}
 	if err := os.WriteFile(cfgFile, []byte(render(certA, keyA, "")), 0o600); err != nil {
 		t.Fatal(err)
@@ -214,7 +223,7 @@ routes:
 
 	// New certificate and a new listener.
 	if err := os.WriteFile(cfgFile, []byte(render(certB, keyB,
-		`  - {name: extra, protocol: imap, address: "127.0.0.90:19932", tls: none}`)), 0o600); err != nil {
+		`  - {name: extra, protocol: imap, address: "`+extraAddr+`", tls: none}`)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if code, body := adminDo(t, p, "POST", "/v1/reload"); code != 200 {
@@ -225,7 +234,7 @@ routes:
 	}
 	old.send("n1 NOOP\r\n")
 	old.until("n1 OK")
-	loginRaw(t, "127.0.0.90:19932", false)
+	loginRaw(t, extraAddr, false)
 
 	// A broken file: nothing changes, the error is returned.
 	if err := os.WriteFile(cfgFile, []byte("listeners: [{name: x, protocol: smtp}]\n"), 0o600); err != nil {
@@ -235,20 +244,20 @@ routes:
 	if code != http.StatusUnprocessableEntity || !strings.Contains(fmt.Sprint(body["error"]), "smtp") {
 		t.Fatalf("broken reload: %d %v", code, body)
 	}
-	loginRaw(t, "127.0.0.90:19932", false)
+	loginRaw(t, extraAddr, false)
 	if cn := peerCN(t, p.addr("imaps")); cn != "reloaded.example" {
 		t.Fatalf("after a failed reload the certificate is %q", cn)
 	}
 
 	// Removing the extra listener closes it; its sessions carry on.
-	kept := loginRaw(t, "127.0.0.90:19932", false)
+	kept := loginRaw(t, extraAddr, false)
 	if err := os.WriteFile(cfgFile, []byte(render(certB, keyB, "")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if code, body := adminDo(t, p, "POST", "/v1/reload"); code != 200 {
 		t.Fatalf("reload: %d %v", code, body)
 	}
-	if c, err := net.DialTimeout("tcp", "127.0.0.90:19932", time.Second); err == nil {
+	if c, err := net.DialTimeout("tcp", extraAddr, time.Second); err == nil {
 		c.Close()
 		t.Fatal("removed listener still accepts")
 	}

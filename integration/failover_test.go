@@ -1,7 +1,7 @@
 package integration
 
-// The failover drills of issue 4 (the catalogue and the facts behind it:
-// ../shared/FAILOVER.md), against three real portico processes, a client
+// The failover drills (the catalogue and the facts behind it:
+// vip/DESIGN.md), against three real portico processes, a client
 // and two real Dovecot backends, each in its own network namespace on one
 // bridge (vipnet_test.go, integration/netns). The drills share one
 // network and cluster and run in order; each asserts and logs its figures,
@@ -165,12 +165,12 @@ func ms(d time.Duration) string {
 	return fmt.Sprintf("%d ms", d.Round(time.Millisecond).Milliseconds())
 }
 
-// Drill 1: kill -9 the owner, five times. A client in the client
+// Drill KillOwner: kill -9 the owner, five times. A client in the client
 // namespace logs in through the VIP (IPv4 and IPv6) on a standby; the
 // time from the kill to the first successful login is the failover time.
 // The client's neighbour entries must follow the new owner (gratuitous ARP,
 // unsolicited NA), and only the new owner may claim the VIP on the wire.
-// Drill 4 rides along: each killed node is restarted, rejoins as a
+// A restart rides along: each killed node is restarted, rejoins as a
 // standby, and the VIP does not move back (no preemption by default).
 //
 // A killed process leaves the address on its interface. In odd reps it
@@ -274,7 +274,7 @@ func drillKillOwner(t *testing.T, c *drillCluster, fig *drillFigures) {
 		t.Logf("rep %d: %s restarted: stale VIP removed after %v, healthy standby after %v",
 			rep, old.name, ms(cleared), ms(time.Since(restartAt)))
 		if rep == reps {
-			// Drill 4: watch a while longer: no preemption, no flapping.
+			// The restart: watch a while longer: no preemption, no flapping.
 			rejoined := time.Now()
 			time.Sleep(3 * time.Second)
 			for _, e := range c.sampler.since(rejoined) {
@@ -282,7 +282,7 @@ func drillKillOwner(t *testing.T, c *drillCluster, fig *drillFigures) {
 					t.Fatalf("the VIP moved after %s rejoined: %v", old.name, e)
 				}
 			}
-			t.Logf("drill 4: %s rejoined as a standby; the VIP stayed on %s for 3 s (no preemption)", old.name, newOwner.name)
+			t.Logf("restart: %s rejoined as a standby; the VIP stayed on %s for 3 s (no preemption)", old.name, newOwner.name)
 		}
 	}
 	p50, max := percentile(v4, 0.5), slices.Max(v4)
@@ -400,9 +400,10 @@ func (c *drillCluster) runProber(stop <-chan struct{}, wg *sync.WaitGroup, every
 	return r
 }
 
-// sessionClient is a logged-in IMAP session through the VIP that sends
-// NOOP every 50 ms; when the server ends it (BYE or a reset) it reconnects
-// and logs in again (retrying briefly, as a mail client does).
+// sessionStats is what runSession saw: it keeps a logged-in IMAP session
+// through the VIP that sends NOOP every 50 ms; when the server ends it (BYE
+// or a reset) it reconnects and logs in again (retrying briefly, as a mail
+// client does).
 type sessionStats struct {
 	mu            sync.Mutex
 	byes          []string
@@ -520,7 +521,7 @@ type connCloser interface {
 	SetDeadline(time.Time) error
 }
 
-// Drill 2: `vip move` (POST /v1/vip/move, sent to a node that does not
+// Drill Move: `vip move` (POST /v1/vip/move, sent to a node that does not
 // hold the VIP, which forwards it). Logged-in sessions are ended (BYE at
 // a response boundary when the daemon has its session-ending hook) and
 // reconnect; no login fails for a client that retries once; the gap seen
@@ -651,7 +652,7 @@ const drillNft = `table inet drill {
 }
 `
 
-// Drill 3: isolate the owner: method "link" takes its bridge port down
+// Drill Partition: isolate the owner: method "link" takes its bridge port down
 // (cable pulled), "nft" applies drillNft in its namespace (the README's
 // drill: only the cluster ports are cut, clients still reach the node).
 // It drops the VIP within its lease plus a reconcile period; the majority
@@ -804,7 +805,7 @@ func drillPartition(t *testing.T, c *drillCluster, fig *drillFigures, method str
 		method, ms(drop), ms(take), ms(gap), ms(rejoin), ms(announced))
 }
 
-// Drill (FAILOVER.md 5): kill -9 a standby and restart it, under a client
+// Drill KillStandby: kill -9 a standby and restart it, under a client
 // dialling every 20 ms: no client-visible error, no VIP move, and it
 // catches up with a write made while it was down (without re-bootstrapping).
 func drillKillStandby(t *testing.T, c *drillCluster, fig *drillFigures) {
@@ -845,7 +846,7 @@ func drillKillStandby(t *testing.T, c *drillCluster, fig *drillFigures) {
 	fig.add("kill -9 of a standby and restart: %d client dials, %d failed, no VIP move, caught up %s after restarting", probe.ok+probe.failed, probe.failed, ms(caught))
 }
 
-// Drill (FAILOVER.md 4): freeze the owner (SIGSTOP) during the burst of
+// Drill Freeze: freeze the owner (SIGSTOP) during the burst of
 // announcements that follows its taking the VIP, for 4 s. A standby takes
 // over; on waking (SIGCONT) the old owner drops the VIP within 1 s and
 // sends no announcement: it must confirm it still leads first, and it
@@ -921,7 +922,7 @@ func drillFreeze(t *testing.T, c *drillCluster, fig *drillFigures) {
 		ms(takeAt.Sub(frozenAt)), ms(took), ms(dropped))
 }
 
-// Drill (FAILOVER.md 8): a stale VIP added by hand on a standby is removed
+// Drill StaleAddress: a stale VIP added by hand on a standby is removed
 // within a second; deleted by hand on the owner, it is restored and
 // announced within a second.
 func drillStaleAddress(t *testing.T, c *drillCluster, fig *drillFigures) {
@@ -970,7 +971,7 @@ func drillStaleAddress(t *testing.T, c *drillCluster, fig *drillFigures) {
 		ms(removed), ms(restored), ms(announced))
 }
 
-// Drill 5: rolling upgrade of all three nodes, one at a time (SIGTERM,
+// Drill RollingUpgrade: rolling upgrade of all three nodes, one at a time (SIGTERM,
 // start a copy of the binary), with a client logging in through the VIP
 // every 50 ms and a writer adding routes through the API about 10 times a
 // second. No login fails for longer than the failover window, every
@@ -1081,7 +1082,7 @@ func drillRollingUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 	}
 }
 
-// Drill (FAILOVER.md 6): lose quorum (kill -9 both standbys). The
+// Drill QuorumLoss: lose quorum (kill -9 both standbys). The
 // survivor, which held the VIP, drops it (the documented CP choice: a node
 // that cannot reach a majority never serves the address); an admin write
 // fails with "no raft leader ... no quorum"; when one peer returns the VIP
@@ -1137,7 +1138,7 @@ func drillQuorumLoss(t *testing.T, c *drillCluster, fig *drillFigures) {
 		ms(dropped), ms(wTook), ms(back))
 }
 
-// Drill (FAILOVER.md 7): restart the whole cluster (SIGTERM all three,
+// Drill FullRestart: restart the whole cluster (SIGTERM all three,
 // start them again): the same routing table, no new cluster bootstrapped
 // over the old state, the VIP back within 5 s of the second node starting.
 func drillFullRestart(t *testing.T, c *drillCluster, fig *drillFigures) {
@@ -1191,7 +1192,7 @@ func hasUserVia(nd *drillNode, user string) bool {
 	return err == nil && code == 200
 }
 
-// Drill: in-place upgrade (POST /v1/upgrade) of the VIP owner, with a
+// Drill InPlaceUpgradeOwner: in-place upgrade (POST /v1/upgrade) of the VIP owner, with a
 // client dialling every 20 ms. A new process takes the sockets and the
 // node's identity over while the other voters hold their elections; it
 // wins the next election itself and keeps the VIP it inherited: the VIP
@@ -1264,7 +1265,7 @@ func leaderOfDrill(c *drillCluster) string {
 	return leader
 }
 
-// Drill 6: a backend host goes down (its link). Users of a
+// Drill BackendDown: a backend host goes down (its link). Users of a
 // shared-storage pool homed on it are rerouted to the other backend; users
 // of a pool without shared storage get NO [UNAVAILABLE] (never a login on
 // the wrong server); users of the healthy backend are unaffected.

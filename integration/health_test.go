@@ -22,7 +22,7 @@ func TestBackendDownReroutesOrRefuses(t *testing.T) {
 	}
 	d1 := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.85", Users: users})
 	d2 := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.86", Users: users})
-	p := startPortico(t, fmtYAML(`
+	p := startPortico(t, fmt.Sprintf(`
 listeners:
   - {name: imap, protocol: imap, address: "127.0.0.1:0"}
 limits: {auth_failure_delay: 10ms}

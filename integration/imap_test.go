@@ -18,7 +18,7 @@ import (
 // singleBackendConfig has one listener of each kind in front of dc.
 func singleBackendConfig(t *testing.T, dc *dovecot.Server, extra string) string {
 	cert, key := demoCert(t)
-	return fmtYAML(`
+	return fmt.Sprintf(`
 tls:
   certificates: [{cert: %s, key: %s}]
 listeners:
@@ -199,7 +199,7 @@ func TestDomainPoolSameBackend(t *testing.T) {
 	}
 	d1 := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.81", Users: users})
 	d2 := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.82", Users: users})
-	p := startPortico(t, fmtYAML(`
+	p := startPortico(t, fmt.Sprintf(`
 listeners:
   - {name: imap, protocol: imap, address: "127.0.0.1:0"}
 limits: {auth_failure_delay: 10ms}

@@ -121,7 +121,7 @@ func (lc *lineConn) readAll() int {
 func TestMetricsAfterLogins(t *testing.T) {
 	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.87"})
 	cert, key := demoCert(t)
-	p, logBuf := startPorticoLogged(t, fmtYAML(`
+	p, logBuf := startPorticoLogged(t, fmt.Sprintf(`
 node_name: metrics-node
 tls:
   certificates: [{cert: %s, key: %s}]

@@ -154,8 +154,6 @@ func (l *lineConn) closed(d time.Duration) bool {
 	return err == nil // EOF
 }
 
-func fmtYAML(format string, args ...any) string { return fmt.Sprintf(format, args...) }
-
 func tcpAddr(s string) *net.TCPAddr {
 	a, err := net.ResolveTCPAddr("tcp", s)
 	if err != nil {

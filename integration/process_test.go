@@ -87,7 +87,7 @@ func TestSIGTERM(t *testing.T) {
 	bin := porticoBinary(t)
 	addr := freeAddr(t)
 	cmd := exec.Command(bin, "proxy", "--from", "imap://"+addr, "--from", "pop3://"+freeAddr(t),
-		"--to", "imap://"+dc.IMAPAddr, "--to", "pop3://"+dc.POP3Addr)
+		"--to", "imap://"+dc.IMAPAddr, "--to", "pop3://"+dc.POP3Addr, "--admin", "127.0.0.1:0")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

@@ -169,7 +169,7 @@ func (ps *promServer) scalar(expr string) float64 {
 func TestPrometheusScrapesNode(t *testing.T) {
 	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.88"})
 	cert, key := demoCert(t)
-	p := startPortico(t, fmtYAML(`
+	p := startPortico(t, fmt.Sprintf(`
 tls:
   certificates: [{cert: %q, key: %q}]
 listeners:

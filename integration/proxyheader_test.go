@@ -24,7 +24,7 @@ func TestForwardProxyBackendsHealthy(t *testing.T) {
 	users := map[string]string{"alice": "secret", "bob": "secret", "carol": "secret", "dave": "secret", "erin": "secret"}
 	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.132", Users: users, HAProxy: true, ImplicitTLS: true})
 	const clientIP = "127.0.0.133"
-	p := startPortico(t, fmtYAML(`
+	p := startPortico(t, fmt.Sprintf(`
 listeners:
   - {name: imap, protocol: imap, address: "127.0.0.131:0"}
   - {name: pop3, protocol: pop3, address: "127.0.0.131:0"}

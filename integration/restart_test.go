@@ -64,7 +64,7 @@ func TestRestartedNodeNeverRefusesGoodPassword(t *testing.T) {
 	}
 	users := map[string]string{"alice@example.com": "secret", "bob@example.com": "secret"}
 	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.134", Users: users})
-	nodes := newClusterAt(t, "127.0.7", 3, 3, "1h", 3, dc, `
+	nodes := newClusterWith(t, 3, 3, "1h", 3, dc, `
 routes:
   users: {alice@example.com: {backend: dc1}}
 `)
@@ -183,7 +183,7 @@ func TestReadyzWithoutQuorum(t *testing.T) {
 		t.Skip("multi-process cluster test")
 	}
 	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.135", Users: map[string]string{"alice@example.com": "secret"}})
-	nodes := newClusterAt(t, "127.0.8", 3, 3, "1h", 3, dc, `
+	nodes := newClusterWith(t, 3, 3, "1h", 3, dc, `
 routes:
   users: {alice@example.com: {backend: dc1}}
 `)

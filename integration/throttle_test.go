@@ -66,7 +66,7 @@ func imapLogin(t *testing.T, src, addr, user, pass string) string {
 // the block ends after block_for.
 func TestThrottleSingleNode(t *testing.T) {
 	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.101", Users: throttleUsers})
-	p := startPortico(t, fmtYAML(`
+	p := startPortico(t, fmt.Sprintf(`
 listeners:
   - {name: imap, protocol: imap, address: "127.0.0.1:0"}
   - {name: pop3, protocol: pop3, address: "127.0.0.1:0"}

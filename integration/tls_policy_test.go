@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -26,7 +27,7 @@ import (
 func tlsPolicyConfig(t *testing.T, dc *dovecot.Server, legacy string) *config.Config {
 	t.Helper()
 	cert, key := demoCert(t)
-	yml := fmtYAML(`
+	yml := fmt.Sprintf(`
 tls:
   certificates: [{cert: %q, key: %q}]
 listeners:
@@ -303,7 +304,7 @@ func TestCheckConfigTLSPolicy(t *testing.T) {
 	}
 	write := func(policy string) string {
 		f := filepath.Join(dir, "portico.yaml")
-		yml := fmtYAML(`tls:
+		yml := fmt.Sprintf(`tls:
   certificates: [{cert: %q, key: %q}]
 %slisteners:
   - {name: pop3s, protocol: pop3, address: "127.0.0.1:995", tls: implicit}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/integration/dovecot"
+	"github.com/portico-mail/portico/integration/loopback"
 )
 
 // In-place upgrade with 200 IMAP sessions IDLE through the node: a new
@@ -36,15 +38,20 @@ func TestInPlaceUpgrade(t *testing.T) {
 	if err := os.WriteFile(bin, src, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	const imapAddr, adminAddr = "127.0.0.92:10143", "127.0.0.92:10080"
+	// Both processes read the addresses from the file, and the test dials
+	// them: an address of this test's own, with ports free on it.
+	ip := loopback.Addr(t)
+	ports := loopback.Ports(t, ip, 4)
+	at := func(i int) string { return netip.AddrPortFrom(ip, uint16(ports[i])).String() }
+	imapAddr, adminAddr := at(0), at(1)
 	cfgPath := filepath.Join(dir, "portico.yaml")
 	cfg := fmt.Sprintf(`
 node_name: up1
 data_dir: %q
 admin: {address: %q}
 cluster:
-  raft_address: "127.0.0.92:10300"
-  gossip_address: "127.0.0.92:10301"
+  raft_address: %q
+  gossip_address: %q
   # 200 logins at once keep Dovecot busy: on a loaded CI machine its
   # greeting to a health probe can take seconds, which must not mark it down.
   health: {timeout: 10s, fall: 10}
@@ -56,7 +63,7 @@ pools:
   - {name: main, backends: [dc1]}
 routes:
   default_pool: main
-`, filepath.Join(dir, "data"), adminAddr, imapAddr, dc.Addr, dc.IMAPPort, dc.POP3Port)
+`, filepath.Join(dir, "data"), adminAddr, at(2), at(3), imapAddr, dc.Addr, dc.IMAPPort, dc.POP3Port)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}

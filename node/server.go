@@ -28,7 +28,8 @@ import (
 
 // Config is a node's serving configuration. Zero ProxyHeaderTimeout and
 // EndTimeout take their defaults (DefaultConfig); the other zero values
-// switch their setting off.
+// switch their setting off (DefaultConfig has the values a node runs with
+// when its configuration file does not set them).
 type Config struct {
 	Listeners           []ListenerConfig
 	MaxConnections      int // total client connections; 0: unlimited (see DefaultMaxConnections)
@@ -51,14 +52,24 @@ type Config struct {
 	Inherit func(address string) (net.Listener, error)
 }
 
-// DefaultConfig returns the defaults of a node's settings: the connection
-// limit the descriptor limit holds (DefaultMaxConnections), and the
-// timeouts a zero in Config stands for.
+// DefaultConfig returns the defaults of a node's settings, as the README
+// documents them: the connection limit the descriptor limit holds
+// (DefaultMaxConnections); 100 connections per client address, room for an
+// office of a few dozen people behind one NAT address (mail clients keep
+// two to five connections each) and far below the total, so that one
+// address cannot take every connection (hosts that carry many users'
+// sessions, such as webmail servers, belong in PerIPExempt); 30 s for
+// relayed sessions to finish by themselves at shutdown, then ends at a
+// response boundary spread over 10 s; and the timeouts a zero in Config
+// stands for.
 func DefaultConfig() Config {
 	return Config{
-		MaxConnections:     DefaultMaxConnections(),
-		ProxyHeaderTimeout: 5 * time.Second,
-		EndTimeout:         10 * time.Second,
+		MaxConnections:      DefaultMaxConnections(),
+		MaxConnectionsPerIP: 100,
+		ShutdownGrace:       30 * time.Second,
+		ProxyHeaderTimeout:  5 * time.Second,
+		EndSpread:           10 * time.Second,
+		EndTimeout:          10 * time.Second,
 	}
 }
 

@@ -13,7 +13,7 @@ import (
 // STARTTLS/STLS alike. The zero value is the default policy.
 type TLSPolicy struct {
 	// MinVersion is the oldest protocol version accepted (tls.VersionTLS10
-	// ...); 0 means TLS 1.2.
+	// ...); 0 means DefaultMinTLSVersion.
 	MinVersion uint16
 	// CipherSuites are the TLS 1.0-1.2 suites offered; nil means Go's
 	// default (secure) set. TLS 1.3 suites are not configurable in Go:
@@ -28,6 +28,10 @@ type TLSPolicy struct {
 	ALPN []string
 }
 
+// DefaultMinTLSVersion is the oldest protocol version a listener accepts
+// when its policy sets none: TLS 1.2 (RFC 8996 deprecates 1.0 and 1.1).
+const DefaultMinTLSVersion = tls.VersionTLS12
+
 // ServerConfig returns the TLS server configuration of a listener serving
 // proto under policy p, with certificates chosen by SNI from s.
 func (s *CertStore) ServerConfig(proto routing.Protocol, p TLSPolicy) *tls.Config {
@@ -38,7 +42,7 @@ func (s *CertStore) ServerConfig(proto routing.Protocol, p TLSPolicy) *tls.Confi
 		GetCertificate: s.GetCertificate,
 	}
 	if cfg.MinVersion == 0 {
-		cfg.MinVersion = tls.VersionTLS12
+		cfg.MinVersion = DefaultMinTLSVersion
 	}
 	if len(cfg.NextProtos) == 0 {
 		cfg.NextProtos = []string{ALPNProtocol(proto)}

@@ -2,8 +2,8 @@
 //
 // The proxy's hot path calls Router.Route once per login attempt. Routes are
 // read from an immutable Table published through an atomic pointer, so a
-// lookup takes no lock and a change (a config reload today, a Raft apply
-// later) never blocks logins: it builds a new Table and swaps the pointer.
+// lookup takes no lock and a change (a configuration reload, a raft apply
+// in FSM) never blocks logins: it builds a new Table and swaps the pointer.
 //
 // Resolution order for a user name (compared case-insensitively):
 //  1. an exact user rule ("alice@example.com" -> backend or pool),

@@ -37,16 +37,17 @@ type Address struct {
 
 func (a Address) String() string { return a.Prefix.String() + "@" + a.Interface }
 
-// Config configures a Manager.
+// Config configures a Manager. A zero BurstCount, BurstInterval, Refresh
+// or Reconcile takes its default (DefaultConfig).
 type Config struct {
 	Addresses []Address
 	// Burst announcements after acquiring: Count of them, Interval apart.
-	BurstCount    int           // default 4
-	BurstInterval time.Duration // default 1s
+	BurstCount    int
+	BurstInterval time.Duration
 	// Refresh re-announces while owning (switches and routers age their
-	// tables). Default 10s.
+	// tables).
 	Refresh time.Duration
-	// Reconcile compares the interface with the desired state. Default 250ms.
+	// Reconcile compares the interface with the desired state.
 	Reconcile time.Duration
 	// Verify, if set, is called before every refresh announcement; an error
 	// means this node may no longer be the owner: the addresses are
@@ -58,6 +59,29 @@ type Config struct {
 	OnAnnounce func(a Address)
 	Log        *slog.Logger
 }
+
+// DefaultConfig returns the defaults documented in the README: 4
+// announcements 1 s apart after acquiring, then one every 10 s, and the
+// interface checked every 250 ms.
+func DefaultConfig() Config {
+	return Config{
+		BurstCount:    4,
+		BurstInterval: time.Second,
+		Refresh:       10 * time.Second,
+		Reconcile:     250 * time.Millisecond,
+	}
+}
+
+// Defaults of the ownership policy (which node should hold the VIP, and
+// how a planned move goes), documented in the README.
+const (
+	// DefaultPreemptDelay: a preferred node gets the VIP back after being
+	// a live member this long.
+	DefaultPreemptDelay = 30 * time.Second
+	// DefaultMoveDrain: a planned move waits this long for sessions to end
+	// at a response boundary before moving anyway.
+	DefaultMoveDrain = 5 * time.Second
+)
 
 // Manager owns the virtual addresses of one node.
 type Manager struct {
@@ -87,17 +111,18 @@ func New(cfg Config) (*Manager, error) {
 			return nil, fmt.Errorf("vip: bad address %v", a)
 		}
 	}
+	d := DefaultConfig()
 	if cfg.BurstCount <= 0 {
-		cfg.BurstCount = 4
+		cfg.BurstCount = d.BurstCount
 	}
 	if cfg.BurstInterval <= 0 {
-		cfg.BurstInterval = time.Second
+		cfg.BurstInterval = d.BurstInterval
 	}
 	if cfg.Refresh <= 0 {
-		cfg.Refresh = 10 * time.Second
+		cfg.Refresh = d.Refresh
 	}
 	if cfg.Reconcile <= 0 {
-		cfg.Reconcile = 250 * time.Millisecond
+		cfg.Reconcile = d.Reconcile
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()

@@ -38,7 +38,7 @@ type clientOptions struct {
 // clientFlags adds the common flags of API subcommands to fs.
 func clientFlags(fs *flag.FlagSet) func() (*apiClient, error) {
 	var o clientOptions
-	fs.StringVar(&o.addr, "admin", "", "admin API of the node to talk to: host:port, http://host:port or https://host:port\n(env PORTICO_ADMIN; default: admin.address of --config, else "+config.DefaultAdminAddress+")")
+	fs.StringVar(&o.addr, "admin", "", "admin API of the node to talk to: host:port, http://host:port or https://host:port\n(env PORTICO_ADMIN; default: admin.address of --config, else "+admin.DefaultConfig().Address+")")
 	fs.StringVar(&o.token, "token", "", "admin API bearer token (env PORTICO_TOKEN; default: admin.token or token_file of --config)")
 	fs.StringVar(&o.tokenFile, "token-file", "", "read the bearer token from this file")
 	fs.StringVar(&o.ca, "ca", "", "CA certificate(s), PEM, to verify an https admin API (env PORTICO_CA;\ndefault: admin.tls.ca_file of --config, else its cert_file and the system's roots)")
@@ -91,7 +91,7 @@ func newAPIClient(o clientOptions, getenv func(string) string) (*apiClient, erro
 		token = strings.TrimSpace(string(b))
 	}
 	explicitCA := or(o.ca, getenv("PORTICO_CA"))
-	raw := or(o.addr, getenv("PORTICO_ADMIN"), fileAddr, config.DefaultAdminAddress)
+	raw := or(o.addr, getenv("PORTICO_ADMIN"), fileAddr, admin.DefaultConfig().Address)
 	if !strings.Contains(raw, "://") {
 		if fileTLS || explicitCA != "" {
 			raw = "https://" + raw
@@ -228,10 +228,6 @@ func printJSON(raw []byte) {
 		os.Stdout.Write([]byte("\n"))
 	}
 }
-
-var errUsage = errors.New("usage")
-
-func readAllStdin() ([]byte, error) { return io.ReadAll(os.Stdin) }
 
 func sortedMapKeys(m map[string]string) []string {
 	out := make([]string, 0, len(m))

@@ -111,7 +111,7 @@ func TestClientRequests(t *testing.T) {
 		}
 		ct := r.Header.Get("Content-Type")
 		if (r.Method == "GET") != (ct == "") || r.Method != "GET" && ct != "application/json" {
-			http.Error(w, `{"error": "content type `+ct+`"}`, 415)
+			http.Error(w, `{"error": "content type `+ct+`"}`, http.StatusUnsupportedMediaType)
 			return
 		}
 		w.Write([]byte(`{"ok": true}`))

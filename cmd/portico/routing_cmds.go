@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"strings"
@@ -385,7 +386,7 @@ func cmdImport(args []string) error {
 	}
 	var body []byte
 	if pos[0] == "-" {
-		body, err = readAllStdin()
+		body, err = io.ReadAll(os.Stdin)
 	} else {
 		body, err = os.ReadFile(pos[0])
 	}

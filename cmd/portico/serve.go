@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/portico-mail/portico/node"
+	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/ops/config"
 	"github.com/portico-mail/portico/ops/daemon"
 	"github.com/portico-mail/portico/routing"
@@ -99,6 +100,7 @@ func cmdProxy(args []string) error {
 	fs.StringVar(&f.CAFile, "backend-ca", "", "CA bundle to verify backend TLS certificates")
 	fs.IntVar(&f.MaxConnections, "max-connections", 0, "client connections on the node (0: sized to the file-descriptor limit, -1: no limit)")
 	fs.IntVar(&f.MaxConnectionsPerIP, "max-connections-per-ip", 0, "client connections per client address, IPv6 per /64 (0: the default, 100; -1: no limit)")
+	fs.StringVar(&f.Admin, "admin", "", "admin API address (health, metrics, drain), off for none (default "+admin.DefaultConfig().Address+")")
 	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
 	printCfg := fs.Bool("print-config", false, "print the equivalent configuration file and exit")
 	pprofAddr := fs.String("pprof", "", "serve Go profiling endpoints (/debug/pprof/) on this address, e.g. 127.0.0.1:6060")

@@ -122,7 +122,7 @@ func tlsCertCreate(args []string) error {
 
 func tlsCertShow(files []string) error {
 	if len(files) == 0 {
-		return errors.New("usage: portico tls cert show FILE...")
+		return errors.New("usage: portico tls cert show FILE [FILE ...]")
 	}
 	for _, f := range files {
 		b, err := os.ReadFile(f)

@@ -9,15 +9,20 @@ import (
 	"time"
 )
 
-// CacheConfig configures a Cache. A zero TTL turns that half off.
+// CacheConfig configures a Cache. A zero TTL turns that half off; a zero
+// MaxEntries takes its default (DefaultCacheConfig).
 type CacheConfig struct {
-	PositiveTTL time.Duration // Auth-Status: OK answers; default off
+	PositiveTTL time.Duration // Auth-Status: OK answers
 	NegativeTTL time.Duration // refusals with a text (wrong password...)
-	MaxEntries  int           // bound on both halves together; 0: 10,000
+	MaxEntries  int           // bound on both halves together
 }
 
-// DefaultCacheEntries bounds a cache when MaxEntries is 0.
-const DefaultCacheEntries = 10000
+// DefaultCacheConfig returns the defaults documented in the README: OK
+// answers not cached (an auth server that decides by client address would
+// see one login per TTL), refusals for 5 s, 10,000 entries.
+func DefaultCacheConfig() CacheConfig {
+	return CacheConfig{NegativeTTL: 5 * time.Second, MaxEntries: 10000}
+}
 
 // Cache remembers auth_http answers for a short time, so that a client
 // that logs in again and again (a phone polling every minute, a bot
@@ -59,7 +64,7 @@ func NewCache(cfg CacheConfig) *Cache {
 		return nil
 	}
 	if cfg.MaxEntries <= 0 {
-		cfg.MaxEntries = DefaultCacheEntries
+		cfg.MaxEntries = DefaultCacheConfig().MaxEntries
 	}
 	c := &Cache{cfg: cfg, now: time.Now, m: make(map[cacheKey]*list.Element)}
 	if _, err := rand.Read(c.secret[:]); err != nil {

@@ -12,12 +12,14 @@ import (
 	"time"
 )
 
-// DefaultMaxResponse is nginx's limit on the status line and headers.
-const DefaultMaxResponse = 1024
-
-// Defaults.
+// Limits on an answer's status line and headers: nginx's, and the larger
+// one of relaxed limits (lifting nginx's).
 const (
-	DefaultTimeout = 60 * time.Second // nginx's auth_http_timeout
+	DefaultMaxResponse = 1024
+	RelaxedMaxResponse = 16 << 10
+)
+
+const (
 	// keepAliveIdle: an idle keep-alive connection older than this is
 	// closed rather than reused (servers commonly close after 60 s or so).
 	keepAliveIdle = 30 * time.Second
@@ -34,12 +36,20 @@ type ClientConfig struct {
 	// port; "localhost" for a Unix socket).
 	URL     string
 	Headers []Header      // extra headers, in order (auth_http_header)
-	Timeout time.Duration // whole exchange; 0: DefaultTimeout
-	// MaxResponse bounds the status line and headers; 0: 1024 (nginx).
+	Timeout time.Duration // whole exchange; 0: the default (DefaultClientConfig)
+	// MaxResponse bounds the status line and headers; 0: the default.
 	MaxResponse int
 	// KeepAlive: HTTP/1.1 with persistent connections instead of nginx's
 	// HTTP/1.0 and a connection per request.
 	KeepAlive bool
+}
+
+// DefaultClientConfig returns nginx's settings, the defaults documented in
+// the README: 60 s for the whole exchange (auth_http_timeout) and at most
+// 1024 bytes of status line and headers, over HTTP/1.0 with a connection
+// per request.
+func DefaultClientConfig() ClientConfig {
+	return ClientConfig{Timeout: 60 * time.Second, MaxResponse: DefaultMaxResponse}
 }
 
 // Client sends auth_http requests. It is safe for concurrent use.
@@ -101,11 +111,12 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	d := DefaultClientConfig()
 	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultTimeout
+		cfg.Timeout = d.Timeout
 	}
 	if cfg.MaxResponse <= 0 {
-		cfg.MaxResponse = DefaultMaxResponse
+		cfg.MaxResponse = d.MaxResponse
 	}
 	for _, h := range cfg.Headers {
 		if err := CheckHeader(h.Name, h.Value); err != nil {

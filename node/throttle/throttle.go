@@ -275,10 +275,10 @@ func (l *Limiter) SetConfig(cfg Config) {
 		cfg.MaxEntries = nShards
 	}
 	if cfg.IPv4Prefix <= 0 || cfg.IPv4Prefix > 32 {
-		cfg.IPv4Prefix = 32
+		cfg.IPv4Prefix = DefaultConfig().IPv4Prefix
 	}
 	if cfg.IPv6Prefix <= 0 || cfg.IPv6Prefix > 128 {
-		cfg.IPv6Prefix = 64
+		cfg.IPv6Prefix = DefaultConfig().IPv6Prefix
 	}
 	l.cfg.Store(&cfg)
 }

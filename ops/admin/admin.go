@@ -59,6 +59,13 @@ type Config struct {
 	CertFile, KeyFile string
 }
 
+// DefaultConfig returns the defaults documented in the README: the admin
+// API on 127.0.0.1:7143 (loopback, so no token is required), plain HTTP.
+// New takes the address as given; the configuration fills it.
+func DefaultConfig() Config {
+	return Config{Address: "127.0.0.1:7143"}
+}
+
 // Server is the admin HTTP server.
 type Server struct {
 	addr  string

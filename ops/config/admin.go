@@ -18,7 +18,8 @@ import (
 
 // Admin configures the admin HTTP listener (API, /metrics, /healthz).
 type Admin struct {
-	// Address to listen on; default 127.0.0.1:7143. "off" disables it.
+	// Address to listen on; default admin.DefaultConfig's. "off" disables
+	// it.
 	Address string `yaml:"address"`
 	// Token is the bearer token for /v1/; TokenFile reads it from a file.
 	// Without a token the address must be a loopback address.
@@ -42,13 +43,10 @@ type AdminTLS struct {
 	CAFile string `yaml:"ca_file"`
 }
 
-// DefaultAdminAddress is where the admin API listens by default.
-const DefaultAdminAddress = "127.0.0.1:7143"
-
 func (v *validator) admin() {
 	a := &v.c.Admin
 	if a.Address == "" {
-		a.Address = DefaultAdminAddress
+		a.Address = admin.DefaultConfig().Address
 	}
 	if a.Address == "off" {
 		return
@@ -69,7 +67,7 @@ func (v *validator) admin() {
 			v.errf("admin.token_file", "%s is empty", a.TokenFile)
 		}
 	}
-	if a.Token == "" && !loopback(host) {
+	if a.Token == "" && !Loopback(host) {
 		v.errf("admin.address", "%s is not a loopback address: set admin.token (or token_file) to expose the admin API", a.Address)
 	}
 	for i, h := range a.AllowedHosts {
@@ -91,9 +89,7 @@ func (v *validator) admin() {
 
 // Loopback reports whether host (a name or an IP) is this machine's
 // loopback: "localhost" or a loopback address.
-func Loopback(host string) bool { return loopback(host) }
-
-func loopback(host string) bool {
+func Loopback(host string) bool {
 	if host == "localhost" {
 		return true
 	}

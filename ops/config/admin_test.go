@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/portico-mail/portico/ops/admin"
 )
 
 const oneListener = "listeners: [{protocol: imap, address: 127.0.0.1:1143}]\n"
@@ -63,7 +65,7 @@ cluster:
 	}
 	// Defaults, and errors that name the file and the key.
 	os.WriteFile(path, []byte(oneListener), 0o600)
-	if a, _, err := LoadAdmin(path); err != nil || a.Address != DefaultAdminAddress || a.TLS != nil {
+	if a, _, err := LoadAdmin(path); err != nil || a.Address != admin.DefaultConfig().Address || a.TLS != nil {
 		t.Fatalf("defaults: %+v %v", a, err)
 	}
 	os.WriteFile(path, []byte(oneListener+"admin: {token_file: missing.token}\n"), 0o600)

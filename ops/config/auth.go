@@ -17,14 +17,14 @@ type Auth struct {
 	Mode    string     `yaml:"mode"`    // passthrough (default) or http
 	URL     string     `yaml:"url"`     // http://host[:port]/uri or unix:/path[:/uri]
 	Headers HeaderList `yaml:"headers"` // extra request headers, in order (auth_http_header)
-	Timeout Duration   `yaml:"timeout"` // whole exchange; default 60s (auth_http_timeout)
+	Timeout Duration   `yaml:"timeout"` // whole exchange; default auth.DefaultClientConfig's (auth_http_timeout)
 	// KeepAlive: persistent HTTP/1.1 connections instead of nginx's
 	// HTTP/1.0 connection per request.
 	KeepAlive bool `yaml:"keepalive"`
 	// RelaxedLimits lifts nginx's limits: Auth-Server may be a host name,
 	// and answers may be up to max_response bytes.
 	RelaxedLimits bool `yaml:"relaxed_limits"`
-	MaxResponse   int  `yaml:"max_response"` // with relaxed_limits; default 16384 then, else 1024
+	MaxResponse   int  `yaml:"max_response"` // with relaxed_limits; default auth.RelaxedMaxResponse then, else auth.DefaultMaxResponse
 	// BackendForward: how the client address reaches a backend given as an
 	// address in Auth-Server (none, id, proxy); default none, as nginx.
 	// A backend given by id uses its own setting.
@@ -35,12 +35,9 @@ type Auth struct {
 // AuthCache configures the auth_http result cache.
 type AuthCache struct {
 	PositiveTTL Duration  `yaml:"positive_ttl"` // default 0: off
-	NegativeTTL *Duration `yaml:"negative_ttl"` // default 5s; 0: off
-	MaxEntries  int       `yaml:"max_entries"`  // default 10000
+	NegativeTTL *Duration `yaml:"negative_ttl"` // default auth.DefaultCacheConfig's; 0: off
+	MaxEntries  int       `yaml:"max_entries"`  // default auth.DefaultCacheConfig's
 }
-
-// DefaultNegativeTTL is auth.cache.negative_ttl's default.
-const DefaultNegativeTTL = 5 * time.Second
 
 // HeaderList is a YAML mapping of header names to values whose order is
 // kept (nginx sends auth_http_header lines in configuration order).
@@ -84,23 +81,6 @@ func (c *Config) ListenerAuth(i int) *Auth {
 	return c.Auth
 }
 
-// ClientConfig translates an http section for node/auth.
-func (a *Auth) ClientConfig() auth.ClientConfig {
-	return auth.ClientConfig{
-		URL: a.URL, Headers: a.Headers, Timeout: a.Timeout.D(),
-		MaxResponse: a.MaxResponse, KeepAlive: a.KeepAlive,
-	}
-}
-
-// CacheConfig translates the cache section.
-func (a *Auth) CacheConfig() auth.CacheConfig {
-	cc := auth.CacheConfig{PositiveTTL: a.Cache.PositiveTTL.D(), NegativeTTL: DefaultNegativeTTL, MaxEntries: a.Cache.MaxEntries}
-	if a.Cache.NegativeTTL != nil {
-		cc.NegativeTTL = a.Cache.NegativeTTL.D()
-	}
-	return cc
-}
-
 // authSections validates the global and per-listener auth sections.
 func (v *validator) authSections() {
 	if v.c.Auth != nil {
@@ -140,7 +120,7 @@ func (v *validator) auth(p string, a *Auth) {
 		}
 	}
 	if a.Timeout == 0 {
-		a.Timeout = Duration(auth.DefaultTimeout)
+		a.Timeout = Duration(auth.DefaultClientConfig().Timeout)
 	} else if a.Timeout.D() < 10*time.Millisecond || a.Timeout.D() > 10*time.Minute {
 		v.errf(p+".timeout", "%s is outside 10ms..10m", a.Timeout.D())
 	}
@@ -150,9 +130,9 @@ func (v *validator) auth(p string, a *Auth) {
 	case a.MaxResponse != 0 && (a.MaxResponse < auth.DefaultMaxResponse || a.MaxResponse > 1<<20):
 		v.errf(p+".max_response", "%d is outside 1024..1048576", a.MaxResponse)
 	case a.MaxResponse == 0 && a.RelaxedLimits:
-		a.MaxResponse = 16 << 10
+		a.MaxResponse = auth.RelaxedMaxResponse
 	case a.MaxResponse == 0:
-		a.MaxResponse = auth.DefaultMaxResponse
+		a.MaxResponse = auth.DefaultClientConfig().MaxResponse
 	}
 	if a.BackendForward == "" {
 		a.BackendForward = "none"

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/portico-mail/portico/node/auth"
 )
 
 const authBase = `
@@ -37,7 +39,7 @@ auth:
 		t.Fatalf("headers (order matters): %+v", a.Headers)
 	}
 	cc := a.CacheConfig()
-	if cc.PositiveTTL != 30*time.Second || cc.NegativeTTL != DefaultNegativeTTL {
+	if cc.PositiveTTL != 30*time.Second || cc.NegativeTTL != auth.DefaultCacheConfig().NegativeTTL {
 		t.Fatalf("cache %+v", cc)
 	}
 	if a.ClientConfig().URL != "http://127.0.0.1:9000/auth" {

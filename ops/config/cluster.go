@@ -5,8 +5,8 @@ import (
 	"net"
 	"os"
 	"strings"
-	"time"
 
+	"github.com/portico-mail/portico/cluster"
 	"github.com/portico-mail/portico/cluster/pki"
 )
 
@@ -14,10 +14,10 @@ import (
 // (raft). With no settings a node is a single-node cluster that bootstraps
 // itself in its data directory.
 type Cluster struct {
-	// RaftAddress is where raft listens; default 127.0.0.1:7144.
+	// RaftAddress is where raft listens; default cluster.DefaultConfig's.
 	RaftAddress string `yaml:"raft_address"`
 	// GossipAddress is where memberlist listens (TCP and UDP); default
-	// 127.0.0.1:7145.
+	// cluster.DefaultConfig's.
 	GossipAddress string `yaml:"gossip_address"`
 	// Advertise is the address peers use to reach this node (raft, gossip
 	// and admin API ports stay as configured); default: the listen
@@ -27,10 +27,11 @@ type Cluster struct {
 	Join []string `yaml:"join"`
 	// BootstrapExpect forms a new cluster once this many nodes have met.
 	BootstrapExpect int `yaml:"bootstrap_expect"`
-	// MaxVoters: raft voters (odd); further nodes are non-voters. Default 5.
+	// MaxVoters: raft voters (odd); further nodes are non-voters. Default
+	// cluster.DefaultConfig's.
 	MaxVoters int `yaml:"max_voters"`
 	// DeadNodeReap removes nodes dead for longer than this from raft;
-	// default 72h.
+	// default cluster.DefaultConfig's.
 	DeadNodeReap Duration `yaml:"dead_node_reap"`
 	// EncryptKey (base64 of 16, 24 or 32 bytes; `portico keygen`) encrypts
 	// gossip; the same on every node. EncryptKeyFile reads it from a file.
@@ -61,8 +62,8 @@ type ClusterTLS struct {
 	KeyFile  string `yaml:"key_file"`
 }
 
-// ClusterTiming tunes raft and memberlist; zero values take the defaults
-// documented in the README (LAN, fast failover).
+// ClusterTiming tunes raft and memberlist; zero values take
+// cluster.DefaultConfig's (LAN, fast failover).
 type ClusterTiming struct {
 	HeartbeatTimeout   Duration `yaml:"heartbeat_timeout"`
 	ElectionTimeout    Duration `yaml:"election_timeout"`
@@ -73,12 +74,14 @@ type ClusterTiming struct {
 	GossipInterval     Duration `yaml:"gossip_interval"`
 }
 
-// HealthChecks configures backend probes (TCP connect + greeting).
+// HealthChecks configures backend probes (as a login connects, up to the
+// greeting and capabilities); zero values take
+// cluster.DefaultHealthConfig's.
 type HealthChecks struct {
-	Interval Duration `yaml:"interval"` // default 2s
-	Timeout  Duration `yaml:"timeout"`  // default 2s
-	Fall     int      `yaml:"fall"`     // failures before down; default 2
-	Rise     int      `yaml:"rise"`     // successes before up; default 2
+	Interval Duration `yaml:"interval"`
+	Timeout  Duration `yaml:"timeout"`
+	Fall     int      `yaml:"fall"` // failures before down
+	Rise     int      `yaml:"rise"` // successes before up
 }
 
 func (v *validator) cluster() {
@@ -96,15 +99,16 @@ func (v *validator) cluster() {
 	if c.Static {
 		return
 	}
+	def := cluster.DefaultConfig()
 	if c.DataDir == "" {
-		c.DataDir = "/var/lib/portico"
+		c.DataDir = def.DataDir
 	}
 	cl := &c.Cluster
 	if cl.RaftAddress == "" {
-		cl.RaftAddress = "127.0.0.1:7144"
+		cl.RaftAddress = def.RaftBind
 	}
 	if cl.GossipAddress == "" {
-		cl.GossipAddress = "127.0.0.1:7145"
+		cl.GossipAddress = def.GossipBind
 	}
 	for name, a := range map[string]string{"cluster.raft_address": cl.RaftAddress, "cluster.gossip_address": cl.GossipAddress} {
 		if _, _, err := net.SplitHostPort(a); err != nil {
@@ -121,7 +125,7 @@ func (v *validator) cluster() {
 		v.errf("cluster.bootstrap_expect", "must not be negative")
 	}
 	if cl.MaxVoters == 0 {
-		cl.MaxVoters = 5
+		cl.MaxVoters = def.MaxVoters
 	}
 	if cl.MaxVoters < 1 || cl.MaxVoters%2 == 0 {
 		v.errf("cluster.max_voters", "%d: must be odd and positive (3 or 5 are usual)", cl.MaxVoters)
@@ -130,7 +134,7 @@ func (v *validator) cluster() {
 		v.errf("cluster.bootstrap_expect", "%d exceeds max_voters %d", cl.BootstrapExpect, cl.MaxVoters)
 	}
 	if cl.DeadNodeReap == 0 {
-		cl.DeadNodeReap = Duration(72 * time.Hour)
+		cl.DeadNodeReap = Duration(def.DeadNodeReap)
 	}
 	if cl.EncryptKey != "" && cl.EncryptKeyFile != "" {
 		v.errf("cluster.encrypt_key_file", "set encrypt_key or encrypt_key_file, not both")
@@ -184,11 +188,11 @@ func (v *validator) clusterTrust() {
 	peers := len(cl.Join) > 0 || cl.BootstrapExpect > 1
 	var exposed []string
 	for _, a := range []string{cl.RaftAddress, cl.GossipAddress} {
-		if host, _, err := net.SplitHostPort(a); err == nil && !loopback(host) {
+		if host, _, err := net.SplitHostPort(a); err == nil && !Loopback(host) {
 			exposed = append(exposed, a)
 		}
 	}
-	if cl.Advertise != "" && !loopback(cl.Advertise) && len(exposed) == 0 {
+	if cl.Advertise != "" && !Loopback(cl.Advertise) && len(exposed) == 0 {
 		exposed = append(exposed, cl.Advertise)
 	}
 	if cl.Material == nil && t.CAFile == "" && (peers || len(exposed) > 0) {

@@ -23,8 +23,6 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/portico-mail/portico/node"
-	"github.com/portico-mail/portico/node/session"
-	"github.com/portico-mail/portico/routing"
 )
 
 // Config is the whole file.
@@ -67,6 +65,9 @@ type Log struct {
 	Format string `yaml:"format"` // text, json
 }
 
+// DefaultLog is the log section's default: info, as text.
+func DefaultLog() Log { return Log{Level: "info", Format: "text"} }
+
 // TLS holds the server certificates, chosen by SNI, and the listeners'
 // default TLS policy (tlspolicy.go).
 type TLS struct {
@@ -103,8 +104,7 @@ type Limits struct {
 	// file-descriptor limit holds (node.DefaultMaxConnections); -1: none.
 	MaxConnections int `yaml:"max_connections"`
 	// MaxConnectionsPerIP: per client address (IPv6: per /64), except
-	// throttle.trusted_networks; default DefaultMaxConnectionsPerIP; -1:
-	// none.
+	// throttle.trusted_networks; default node.DefaultConfig's; -1: none.
 	MaxConnectionsPerIP int      `yaml:"max_connections_per_ip"`
 	MaxLine             int      `yaml:"max_line"`
 	MaxLiteral          int      `yaml:"max_literal"`
@@ -324,13 +324,13 @@ func oneOf(v string, allowed ...string) bool {
 func (c *Config) Validate() error {
 	v := &validator{c: c}
 	if c.Log.Level == "" {
-		c.Log.Level = "info"
+		c.Log.Level = DefaultLog().Level
 	}
 	if !oneOf(c.Log.Level, "debug", "info", "warn", "error") {
 		v.errf("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
 	}
 	if c.Log.Format == "" {
-		c.Log.Format = "text"
+		c.Log.Format = DefaultLog().Format
 	}
 	if !oneOf(c.Log.Format, "text", "json") {
 		v.errf("log.format", "%q is not one of text, json", c.Log.Format)
@@ -343,7 +343,7 @@ func (c *Config) Validate() error {
 	}
 	v.limits("limits", &c.Limits)
 	if c.ShutdownGrace == 0 {
-		c.ShutdownGrace = Duration(30 * time.Second)
+		c.ShutdownGrace = Duration(node.DefaultConfig().ShutdownGrace)
 	}
 
 	if len(c.Listeners) == 0 {
@@ -547,133 +547,6 @@ func (v *validator) routing() {
 	if c.Static && len(c.Routes.Users) == 0 && len(c.Routes.Domains) == 0 && c.Routes.DefaultPool == "" {
 		v.errf("routes", "no routes: set routes.default_pool, routes.domains or routes.users")
 	}
-}
-
-// EffectiveLimits returns listener i's limits: defaults, then the global
-// section, then the listener's own section.
-func (c *Config) EffectiveLimits(i int) session.Limits {
-	l := c.Listeners[i]
-	proto := routing.Protocol(l.Protocol)
-	lim := session.DefaultLimits(proto)
-	apply := func(s *Limits) {
-		if s == nil {
-			return
-		}
-		setInt(&lim.MaxLine, s.MaxLine)
-		setInt(&lim.MaxLiteral, s.MaxLiteral)
-		setDur(&lim.PreAuthTimeout, s.PreAuthTimeout)
-		setDur(&lim.PreAuthLifetime, s.PreAuthLifetime)
-		setDur(&lim.TLSHandshakeTimeout, s.TLSHandshakeTimeout)
-		setInt(&lim.MaxErrors, s.MaxErrors)
-		setInt(&lim.MaxAuthFailures, s.MaxAuthFailures)
-		setDur(&lim.AuthFailureDelay, s.AuthFailureDelay)
-		setDur(&lim.BackendTimeout, s.BackendTimeout)
-		if proto == routing.IMAP {
-			setDur(&lim.IdleTimeout, s.IMAPIdleTimeout)
-		} else {
-			setDur(&lim.IdleTimeout, s.POP3IdleTimeout)
-		}
-	}
-	apply(&c.Limits)
-	apply(l.Limits)
-	return lim
-}
-
-// DefaultMaxConnectionsPerIP is limits.max_connections_per_ip when not
-// set: room for an office of a few dozen people behind one NAT address
-// (mail clients keep two to five connections each), far below the total,
-// so that one address cannot take every connection. Webmail servers and
-// other hosts that carry many users belong in throttle.trusted_networks,
-// which this limit exempts.
-const DefaultMaxConnectionsPerIP = 100
-
-// connLimit turns a configured connection limit into the node's: 0 takes
-// the default, -1 is no limit (0 for the node).
-func connLimit(n int, dflt func() int) int {
-	switch {
-	case n == 0:
-		return dflt()
-	case n < 0:
-		return 0
-	}
-	return n
-}
-
-func setInt(dst *int, v int) {
-	if v != 0 {
-		*dst = v
-	}
-}
-
-func setDur(dst *time.Duration, v Duration) {
-	if v != 0 {
-		*dst = v.D()
-	}
-}
-
-// NodeConfig translates the file into the node's serving configuration.
-func (c *Config) NodeConfig() node.Config {
-	nc := node.Config{
-		MaxConnections:      connLimit(c.Limits.MaxConnections, node.DefaultMaxConnections),
-		MaxConnectionsPerIP: connLimit(c.Limits.MaxConnectionsPerIP, func() int { return DefaultMaxConnectionsPerIP }),
-		PerIPExempt:         append([]netip.Prefix(nil), c.Throttle.trusted...),
-		ShutdownGrace:       c.ShutdownGrace.D(),
-		EndTimeout:          c.Drain.BoundaryTimeout.D(),
-	}
-	if c.Drain.Spread != nil {
-		nc.EndSpread = c.Drain.Spread.D()
-	}
-	for i, l := range c.Listeners {
-		lc := node.ListenerConfig{
-			Name:               l.Name,
-			Protocol:           routing.Protocol(l.Protocol),
-			Address:            l.Address,
-			TLS:                routing.TLSMode(l.TLS),
-			AllowPlaintextAuth: l.AllowPlaintextAuth != nil && *l.AllowPlaintextAuth,
-			ProxyProtocol:      l.ProxyProtocol,
-			Limits:             c.EffectiveLimits(i),
-			TLSPolicy:          c.listenerTLSPolicy(i),
-		}
-		for _, s := range l.TrustedProxies {
-			if p, err := parsePrefix(s); err == nil {
-				lc.TrustedProxies = append(lc.TrustedProxies, p)
-			}
-		}
-		nc.Listeners = append(nc.Listeners, lc)
-	}
-	return nc
-}
-
-// CertPairs returns the configured certificates.
-func (c *Config) CertPairs() []node.CertPair {
-	var out []node.CertPair
-	for _, cert := range c.TLS.Certificates {
-		out = append(out, node.CertPair{CertFile: cert.Cert, KeyFile: cert.Key})
-	}
-	return out
-}
-
-// RoutingSpec translates backends, pools and routes.
-func (c *Config) RoutingSpec() routing.TableSpec {
-	var spec routing.TableSpec
-	for _, b := range c.Backends {
-		spec.Backends = append(spec.Backends, routing.Backend{
-			ID: b.ID, Host: b.Host, IMAPPort: b.IMAPPort, POP3Port: b.POP3Port,
-			TLS: routing.TLSMode(b.TLS), TLSServerName: b.TLSServerName, TLSCAFile: b.TLSCAFile,
-			InsecureSkipVerify: b.InsecureSkipVerify, Forward: routing.ForwardMode(b.Forward),
-			Weight: b.Weight, State: routing.BackendState(b.State),
-		})
-	}
-	for _, p := range c.Pools {
-		spec.Pools = append(spec.Pools, routing.Pool{Name: p.Name, Backends: p.Backends, SharedStorage: p.SharedStorage})
-	}
-	spec.Users = make(map[string]routing.Target, len(c.Routes.Users))
-	for u, t := range c.Routes.Users {
-		spec.Users[u] = routing.Target{Backend: t.Backend, Pool: t.Pool}
-	}
-	spec.Domains = c.Routes.Domains
-	spec.DefaultPool = c.Routes.DefaultPool
-	return spec
 }
 
 // Marshal renders the configuration as YAML (for `portico proxy --print-config`).

@@ -1,6 +1,6 @@
 package config
 
-import "time"
+import "github.com/portico-mail/portico/node"
 
 // Drain configures how sessions end when the node drains (`portico
 // drain`, SIGTERM) after shutdown_grace: each at a response boundary,
@@ -8,24 +8,26 @@ import "time"
 type Drain struct {
 	// Spread: sessions still open after shutdown_grace are ended evenly
 	// spread over this window, so that their clients do not all reconnect
-	// to the other nodes at once; default 10s, 0s for all at once.
+	// to the other nodes at once; default node.DefaultConfig's EndSpread,
+	// 0s for all at once.
 	Spread *Duration `yaml:"spread"`
 	// BoundaryTimeout bounds the wait for a session's response boundary
 	// (a long FETCH in flight), after which it is closed anyway; default
-	// 10s.
+	// node.DefaultConfig's EndTimeout.
 	BoundaryTimeout Duration `yaml:"boundary_timeout"`
 }
 
 func (v *validator) drain() {
 	d := &v.c.Drain
+	def := node.DefaultConfig()
 	if d.Spread == nil {
-		s := Duration(10 * time.Second)
+		s := Duration(def.EndSpread)
 		d.Spread = &s
 	} else if *d.Spread < 0 {
 		v.errf("drain.spread", "must not be negative")
 	}
 	if d.BoundaryTimeout == 0 {
-		d.BoundaryTimeout = Duration(10 * time.Second)
+		d.BoundaryTimeout = Duration(def.EndTimeout)
 	} else if d.BoundaryTimeout < 0 {
 		v.errf("drain.boundary_timeout", "must be positive")
 	}

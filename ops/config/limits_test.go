@@ -22,7 +22,7 @@ func TestConnectionLimitDefaults(t *testing.T) {
 	if want := node.DefaultMaxConnections(); nc.MaxConnections != want || want <= 0 {
 		t.Errorf("max_connections default %d, want %d from the descriptor limit", nc.MaxConnections, want)
 	}
-	if nc.MaxConnectionsPerIP != DefaultMaxConnectionsPerIP {
+	if nc.MaxConnectionsPerIP != node.DefaultConfig().MaxConnectionsPerIP {
 		t.Errorf("max_connections_per_ip default %d", nc.MaxConnectionsPerIP)
 	}
 	if len(nc.PerIPExempt) != 2 || !nc.PerIPExempt[0].Contains(netip.MustParseAddr("127.0.0.1")) {

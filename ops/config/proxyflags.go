@@ -21,6 +21,8 @@ type ProxyFlags struct {
 	// MaxConnections and MaxConnectionsPerIP are limits.max_connections
 	// and limits.max_connections_per_ip (0: the default, -1: none).
 	MaxConnections, MaxConnectionsPerIP int
+	// Admin is admin.address: "" for its default, "off" for none.
+	Admin string
 }
 
 var defaultPorts = map[string]int{"imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995}
@@ -56,6 +58,7 @@ func FromProxyFlags(f ProxyFlags) (*Config, error) {
 		return nil, fmt.Errorf("--cert and --key go together")
 	}
 	c := &Config{Static: true}
+	c.Admin.Address = f.Admin
 	if f.Cert != "" {
 		c.TLS.Certificates = []Certificate{{Cert: f.Cert, Key: f.Key}}
 	}

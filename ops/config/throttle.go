@@ -118,25 +118,3 @@ func (v *validator) throttle() {
 		t.trusted = append(t.trusted, pf)
 	}
 }
-
-// LimiterConfig translates the validated section.
-func (t *Throttle) LimiterConfig() throttle.Config {
-	c := throttle.Config{
-		Enabled: t.Enabled == nil || *t.Enabled,
-		Window:  t.Window.D(), BlockFor: t.BlockFor.D(), MaxDelay: t.MaxDelay.D(),
-		UnderAttackLimit: t.UnderAttackLimit, IPv4Prefix: t.IPv4Prefix, IPv6Prefix: t.IPv6Prefix,
-		Trusted: append([]netip.Prefix(nil), t.trusted...), MaxEntries: t.MaxEntries,
-	}
-	if t.Delay != nil {
-		c.Delay = t.Delay.D()
-	}
-	for _, x := range []struct {
-		dst *int
-		src *int
-	}{{&c.IPLimit, t.IPLimit}, {&c.UserIPLimit, t.UserIPLimit}, {&c.UserLimit, t.UserLimit}} {
-		if x.src != nil {
-			*x.dst = *x.src
-		}
-	}
-	return c
-}

@@ -152,31 +152,6 @@ func (v *validator) alpn(path, protocol string, ids []string) {
 	}
 }
 
-// listenerTLSPolicy translates listener i's effective policy (the
-// configuration has been validated).
-func (c *Config) listenerTLSPolicy(i int) node.TLSPolicy {
-	l := c.Listeners[i]
-	var p node.TLSPolicy
-	min := c.TLS.MinVersion
-	if l.TLSMinVersion != "" {
-		min = l.TLSMinVersion
-	}
-	if min != "" {
-		p.MinVersion, _ = node.ParseTLSVersion(min)
-	}
-	suites := c.TLS.CipherSuites
-	if len(l.TLSCipherSuites) > 0 {
-		suites = l.TLSCipherSuites
-	}
-	for _, n := range suites {
-		if id, _, err := node.CipherSuiteID(n); err == nil {
-			p.CipherSuites = append(p.CipherSuites, id)
-		}
-	}
-	p.ALPN = slices.Clone(l.ALPN)
-	return p
-}
-
 // Warnings lists settings that are valid but weaken security, with their
 // path and line: a listener accepting TLS 1.0 or 1.1. The daemon logs them
 // at start and at each reload; check-config prints them.

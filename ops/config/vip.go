@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/portico-mail/portico/vip"
 )
 
 // VIP configures the floating service address(es) held by one node at a
@@ -13,14 +15,15 @@ type VIP struct {
 	// Preferred nodes get the VIP back after PreemptDelay of being healthy
 	// members; empty (the default): no preemption.
 	Preferred    []string `yaml:"preferred"`
-	PreemptDelay Duration `yaml:"preempt_delay"` // default 30s
-	// Announcements after acquiring and while owning.
-	BurstCount    int      `yaml:"burst_count"`    // default 4
-	BurstInterval Duration `yaml:"burst_interval"` // default 1s
-	Refresh       Duration `yaml:"refresh"`        // default 10s
-	Reconcile     Duration `yaml:"reconcile"`      // default 250ms
+	PreemptDelay Duration `yaml:"preempt_delay"` // default vip.DefaultPreemptDelay
+	// Announcements after acquiring and while owning; zero values take
+	// vip.DefaultConfig's.
+	BurstCount    int      `yaml:"burst_count"`
+	BurstInterval Duration `yaml:"burst_interval"`
+	Refresh       Duration `yaml:"refresh"`
+	Reconcile     Duration `yaml:"reconcile"`
 	// MoveDrain bounds how long `vip move` waits for sessions to end at a
-	// response boundary before moving anyway; default 5s.
+	// response boundary before moving anyway; default vip.DefaultMoveDrain.
 	MoveDrain Duration `yaml:"move_drain"`
 }
 
@@ -62,10 +65,10 @@ func (v *validator) vip() {
 		}
 	}
 	if x.PreemptDelay == 0 {
-		x.PreemptDelay = Duration(30 * time.Second)
+		x.PreemptDelay = Duration(vip.DefaultPreemptDelay)
 	}
 	if x.MoveDrain == 0 {
-		x.MoveDrain = Duration(5 * time.Second)
+		x.MoveDrain = Duration(vip.DefaultMoveDrain)
 	}
 	if x.Reconcile != 0 && x.Reconcile.D() < 10*time.Millisecond {
 		v.errf("vip.reconcile", "at least 10ms")

@@ -19,11 +19,7 @@ func (d *Daemon) setupAdmin(cfg *config.Config, o Options) error {
 	if a.Address == "off" {
 		return nil
 	}
-	ac := admin.Config{Address: a.Address, Token: a.Token, AllowedHosts: a.AllowedHosts}
-	if a.TLS != nil {
-		ac.CertFile, ac.KeyFile = a.TLS.CertFile, a.TLS.KeyFile
-	}
-	srv, err := admin.New(ac, d.Log)
+	srv, err := admin.New(a.AdminConfig(), d.Log)
 	if err != nil {
 		return err
 	}

@@ -59,27 +59,9 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		}
 		apiAddr = d.advertiseAPI(cfg.Cluster.Advertise)
 	}
-	cl := cfg.Cluster
-	raftAdv, gossipAdv := "", ""
-	if cl.Advertise != "" {
-		raftAdv = withHost(cl.RaftAddress, cl.Advertise)
-		gossipAdv = withHost(cl.GossipAddress, cl.Advertise)
-	}
-	node, err := cluster.New(cluster.Config{
-		NodeName: cfg.NodeName, DataDir: cfg.DataDir, Version: Version,
-		RaftBind: cl.RaftAddress, RaftAdvertise: raftAdv,
-		GossipBind: cl.GossipAddress, GossipAdvert: gossipAdv,
-		APIAddr: apiAddr, TLS: cl.Material,
-		Join: cl.Join, BootstrapExpect: cl.BootstrapExpect, MaxVoters: cl.MaxVoters,
-		DeadNodeReap: cl.DeadNodeReap.D(), EncryptKey: cl.Key,
-		Timing: cluster.Timing{
-			HeartbeatTimeout: cl.Timing.HeartbeatTimeout.D(), ElectionTimeout: cl.Timing.ElectionTimeout.D(),
-			LeaderLeaseTimeout: cl.Timing.LeaderLeaseTimeout.D(), ProbeInterval: cl.Timing.ProbeInterval.D(),
-			ProbeTimeout: cl.Timing.ProbeTimeout.D(), SuspicionMult: cl.Timing.SuspicionMult,
-			GossipInterval: cl.Timing.GossipInterval.D(),
-		},
-		Log: d.Log, Lock: lock,
-	}, d.fsm)
+	cc := cfg.ClusterConfig()
+	cc.Version, cc.APIAddr, cc.Log, cc.Lock = Version, apiAddr, d.Log, lock
+	node, err := cluster.New(cc, d.fsm)
 	if err != nil {
 		return err
 	}
@@ -100,10 +82,9 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		if err := node.Start(); err != nil {
 			return err
 		}
-		d.health = node.StartHealth(d.fsm, cluster.HealthConfig{
-			Interval: cl.Health.Interval.D(), Timeout: cl.Health.Timeout.D(), Fall: cl.Health.Fall, Rise: cl.Health.Rise,
-			Probe: backendProbe(d.env.Dialer),
-		})
+		hc := cfg.HealthConfig()
+		hc.Probe = backendProbe(d.env.Dialer)
+		d.health = node.StartHealth(d.fsm, hc)
 		go d.gossipSessions()
 		seedCtx, cancel := context.WithTimeout(context.Background(), startupWait)
 		defer cancel()
@@ -135,7 +116,7 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 			return nil, err
 		}
 		mat := next.Cluster.Material
-		if mat == nil && cl.Material != nil {
+		if mat == nil && cfg.Cluster.Material != nil {
 			return nil, fmt.Errorf("cluster.tls: a node started with a node certificate keeps one (restart to change that)")
 		}
 		if mat != nil && mat.Self.Name != node.Name() {
@@ -253,14 +234,6 @@ func advertised(addr, adv string) string {
 		return net.JoinHostPort(adv, port)
 	}
 	return addr
-}
-
-func withHost(addr, host string) string {
-	_, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	return net.JoinHostPort(host, port)
 }
 
 // gossipSessions keeps this node's session count in its gossiped metadata.

@@ -45,9 +45,7 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 		return nil
 	}
 	st := &vipState{addrs: map[netip.Addr]bool{}}
-	var addrs []vip.Address
 	for _, a := range vc.Addresses {
-		addrs = append(addrs, vip.Address{Prefix: a.Prefix, Interface: a.Interface})
 		st.addrs[a.Prefix.Addr()] = true
 	}
 	st.ownerG = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "portico", Subsystem: "vip", Name: "owner",
@@ -60,23 +58,21 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 	for a := range st.addrs {
 		st.ownerG.WithLabelValues(a.String()).Set(0)
 	}
-	m, err := vip.New(vip.Config{
-		Addresses: addrs, BurstCount: vc.BurstCount, BurstInterval: vc.BurstInterval.D(),
-		Refresh: vc.Refresh.D(), Reconcile: vc.Reconcile.D(),
-		Verify: d.cluster.VerifyLeader,
-		OnChange: func(owned bool) {
-			st.changes.Inc()
-			v := 0.0
-			if owned {
-				v = 1
-			}
-			for a := range st.addrs {
-				st.ownerG.WithLabelValues(a.String()).Set(v)
-			}
-		},
-		OnAnnounce: func(vip.Address) { st.anns.Inc() },
-		Log:        d.Log,
-	})
+	mc := cfg.VIPConfig()
+	mc.Verify = d.cluster.VerifyLeader
+	mc.OnChange = func(owned bool) {
+		st.changes.Inc()
+		v := 0.0
+		if owned {
+			v = 1
+		}
+		for a := range st.addrs {
+			st.ownerG.WithLabelValues(a.String()).Set(v)
+		}
+	}
+	mc.OnAnnounce = func(vip.Address) { st.anns.Inc() }
+	mc.Log = d.Log
+	m, err := vip.New(mc)
 	if err != nil {
 		return err
 	}
@@ -198,7 +194,7 @@ func (d *Daemon) vipHeld() bool {
 // and a login that completed just after a planned move ended the others.
 func (d *Daemon) vipGuard(ctx context.Context, every time.Duration) {
 	if every <= 0 {
-		every = 250 * time.Millisecond
+		every = vip.DefaultConfig().Reconcile
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()

@@ -108,7 +108,7 @@ func (r *ResponseReader) read() (*Response, error) {
 		// NUL, and CR other than in the line terminator, never occur
 		// outside literals; forwarding a bare CR could let a backend
 		// split lines differently for different clients.
-		if bytes.IndexAny(line, "\x00\r") >= 0 {
+		if bytes.ContainsAny(line, "\x00\r") {
 			return nil, &SyntaxError{Msg: "NUL or CR in response line"}
 		}
 		if first {
