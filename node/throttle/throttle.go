@@ -377,11 +377,17 @@ func (e *entry) expired(c clock, windowMs int64) bool {
 
 func (l *Limiter) keys(ip netip.Addr, user string, cfg *Config) (kIP, kUserIP, kUser key) {
 	kIP = key{kind: kindIP, net: maskNet(ip, cfg)}
-	h := sha256.Sum256([]byte(strings.ToLower(user)))
-	kUser = key{kind: kindUser}
-	copy(kUser.user[:], h[:16])
+	kUser = key{kind: kindUser, user: userKey(user)}
 	kUserIP = key{kind: kindUserIP, net: kIP.net, user: kUser.user}
 	return
+}
+
+// userKey is the hash a user's keys hold: a truncated SHA-256 of the
+// lower-cased name.
+func userKey(user string) (u [16]byte) {
+	h := sha256.Sum256([]byte(strings.ToLower(user)))
+	copy(u[:], h[:16])
+	return u
 }
 
 func maskNet(ip netip.Addr, cfg *Config) [16]byte {
@@ -806,11 +812,18 @@ func (l *Limiter) Succeeded(ip netip.Addr, user string) {
 	if e == nil || (len(e.slots) == 0 && e.until == 0) {
 		return
 	}
+	l.reset(sh, &k, e, c)
+}
+
+// reset forgets e's failures and lifts its block, and queues the reset for
+// the cluster (a newer reset wins over every counter from before it).
+// sh.mu is held.
+func (l *Limiter) reset(sh *shard, k *key, e *entry, c clock) {
 	e.resetAt = max(c.ms, e.resetAt+1)
 	e.slots = e.slots[:0]
 	e.until = 0
 	e.touched = c.ms
-	l.markDirty(sh, &k, e, true)
+	l.markDirty(sh, k, e, true)
 }
 
 // insert adds an empty entry for k, evicting one when the shard is full.
