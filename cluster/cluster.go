@@ -129,8 +129,8 @@ func DefaultConfig() Config {
 	}
 }
 
-// Node is this process's membership of the cluster.
-type Node struct {
+// Agent is this process's membership of the cluster.
+type Agent struct {
 	cfg  Config
 	hold electionHold // in-place upgrade of the leader (hold.go)
 	log  *slog.Logger
@@ -173,7 +173,7 @@ var ErrNoLeader = errors.New("no raft leader: the cluster has no quorum or is el
 // New opens the data directory (exclusively), raft's log and snapshot
 // stores, and creates the raft and memberlist instances. Start joins or
 // bootstraps.
-func New(cfg Config, fsm *routing.FSM) (*Node, error) {
+func New(cfg Config, fsm *routing.FSM) (*Agent, error) {
 	if cfg.NodeName == "" {
 		return nil, errors.New("cluster: node name required")
 	}
@@ -194,7 +194,7 @@ func New(cfg Config, fsm *routing.FSM) (*Node, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	n := &Node{cfg: cfg, log: cfg.Log.With("component", "cluster"), fsm: fsm, stop: make(chan struct{}), pokeCh: make(chan struct{}, 1),
+	n := &Agent{cfg: cfg, log: cfg.Log.With("component", "cluster"), fsm: fsm, stop: make(chan struct{}), pokeCh: make(chan struct{}, 1),
 		deadSince: map[string]time.Time{}}
 	n.metaSeq.Store(uint64(time.Now().UnixNano()))
 	n.peers = newPeerBook(n)
@@ -237,7 +237,7 @@ func New(cfg Config, fsm *routing.FSM) (*Node, error) {
 	return n, nil
 }
 
-func (n *Node) openRaft() error {
+func (n *Agent) openRaft() error {
 	dir := filepath.Join(n.cfg.DataDir, "raft")
 	walDir := filepath.Join(dir, "wal")
 	if err := os.MkdirAll(walDir, 0o700); err != nil {
@@ -313,7 +313,7 @@ func (n *Node) openRaft() error {
 	return nil
 }
 
-func (n *Node) openMemberlist() error {
+func (n *Agent) openMemberlist() error {
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = n.cfg.NodeName
 	host, port, err := splitHostPort(n.cfg.GossipBind)
@@ -365,7 +365,7 @@ func splitHostPort(s string) (string, int, error) {
 
 // Start joins the configured peers and bootstraps a new cluster when this
 // node should, then runs the background loops.
-func (n *Node) Start() error {
+func (n *Agent) Start() error {
 	hasState, err := raft.HasExistingState(n.wal, n.wal, n.snaps)
 	if err != nil {
 		return err
@@ -401,7 +401,7 @@ func (n *Node) Start() error {
 }
 
 // otherVoters counts the voters in raft's configuration besides this node.
-func (n *Node) otherVoters() int {
+func (n *Agent) otherVoters() int {
 	cf := n.raft.GetConfiguration()
 	if cf.Error() != nil {
 		return 0
@@ -416,7 +416,7 @@ func (n *Node) otherVoters() int {
 }
 
 // peerBootstrapped reports whether a live member already has raft state.
-func (n *Node) peerBootstrapped() bool {
+func (n *Agent) peerBootstrapped() bool {
 	for _, m := range n.del.snapshot() {
 		if m.name == n.cfg.NodeName || m.state != memberlist.StateAlive {
 			continue
@@ -429,7 +429,7 @@ func (n *Node) peerBootstrapped() bool {
 }
 
 // hasPeers reports whether Join names any address other than our own.
-func (n *Node) hasPeers() bool {
+func (n *Agent) hasPeers() bool {
 	own := map[string]bool{n.cfg.GossipBind: true, n.cfg.GossipAdvert: true, n.ml.LocalNode().Address(): true}
 	for _, j := range n.cfg.Join {
 		if !own[j] {
@@ -439,11 +439,11 @@ func (n *Node) hasPeers() bool {
 	return false
 }
 
-func (n *Node) self() raft.Server {
+func (n *Agent) self() raft.Server {
 	return raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(n.cfg.NodeName), Address: n.transport.LocalAddr()}
 }
 
-func (n *Node) bootstrap(servers []raft.Server) error {
+func (n *Agent) bootstrap(servers []raft.Server) error {
 	f := n.raft.BootstrapCluster(raft.Configuration{Servers: servers})
 	if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 		return fmt.Errorf("cluster: bootstrap: %w", err)
@@ -454,7 +454,7 @@ func (n *Node) bootstrap(servers []raft.Server) error {
 // bootstrapWhenExpected waits until BootstrapExpect members (none of which
 // has raft state already) have met, then bootstraps with all of them; every
 // node computes the same configuration, which raft allows.
-func (n *Node) bootstrapWhenExpected() {
+func (n *Agent) bootstrapWhenExpected() {
 	defer n.wg.Done()
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
@@ -503,7 +503,7 @@ func (n *Node) bootstrapWhenExpected() {
 
 // rejoinLoop re-joins the configured peers periodically: memberlist does
 // not rejoin by itself after a long partition.
-func (n *Node) rejoinLoop() {
+func (n *Agent) rejoinLoop() {
 	defer n.wg.Done()
 	if len(n.cfg.Join) == 0 {
 		return
@@ -537,16 +537,16 @@ func (n *Node) rejoinLoop() {
 }
 
 // Raft returns the raft instance (for status and tests).
-func (n *Node) Raft() *raft.Raft { return n.raft }
+func (n *Agent) Raft() *raft.Raft { return n.raft }
 
 // Name returns this node's name.
-func (n *Node) Name() string { return n.cfg.NodeName }
+func (n *Agent) Name() string { return n.cfg.NodeName }
 
 // IsLeader reports whether this node is the raft leader.
-func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+func (n *Agent) IsLeader() bool { return n.raft.State() == raft.Leader }
 
 // Leader returns the leader's name and API address ("" if unknown).
-func (n *Node) Leader() (name, api string) {
+func (n *Agent) Leader() (name, api string) {
 	addr, id := n.raft.LeaderWithID()
 	if addr == "" {
 		return "", ""
@@ -568,7 +568,7 @@ func (n *Node) Leader() (name, api string) {
 // Apply replicates c: directly on the leader, else forwarded to the
 // leader's API. It returns the table's refusal (routing.ErrInvalid,
 // routing.ErrConflict) or ErrNoLeader.
-func (n *Node) Apply(ctx context.Context, c routing.Command) error {
+func (n *Agent) Apply(ctx context.Context, c routing.Command) error {
 	b, err := c.Encode()
 	if err != nil {
 		return err
@@ -579,7 +579,7 @@ func (n *Node) Apply(ctx context.Context, c routing.Command) error {
 // ApplyRaw replicates an encoded command (see Apply). The command is
 // decoded first: one this binary does not understand (or a malformed one)
 // is refused here, so it never reaches the replicated log.
-func (n *Node) ApplyRaw(ctx context.Context, b []byte) error {
+func (n *Agent) ApplyRaw(ctx context.Context, b []byte) error {
 	if _, err := routing.DecodeCommand(b); err != nil {
 		return err
 	}
@@ -606,7 +606,7 @@ func (n *Node) ApplyRaw(ctx context.Context, b []byte) error {
 	}
 }
 
-func (n *Node) applyOnce(ctx context.Context, b []byte) error {
+func (n *Agent) applyOnce(ctx context.Context, b []byte) error {
 	if n.IsLeader() {
 		if err := n.checkLevel(routing.CommandType(b[0])); err != nil {
 			return err
@@ -636,7 +636,7 @@ func (n *Node) applyOnce(ctx context.Context, b []byte) error {
 
 // VerifyLeader confirms that this node is still the leader (for consistent
 // reads); it fails on followers.
-func (n *Node) VerifyLeader() error {
+func (n *Agent) VerifyLeader() error {
 	if err := n.raft.VerifyLeader().Error(); err != nil {
 		return fmt.Errorf("%w: %v", ErrNoLeader, err)
 	}
@@ -644,13 +644,13 @@ func (n *Node) VerifyLeader() error {
 }
 
 // Barrier waits until every committed entry is applied locally (leader only).
-func (n *Node) Barrier(timeout time.Duration) error {
+func (n *Agent) Barrier(timeout time.Duration) error {
 	return n.raft.Barrier(timeout).Error()
 }
 
 // LeadershipTransfer hands leadership to another voter (planned moves:
 // drain, upgrade). A follower does nothing.
-func (n *Node) LeadershipTransfer() error {
+func (n *Agent) LeadershipTransfer() error {
 	if !n.IsLeader() {
 		return nil
 	}
@@ -660,7 +660,7 @@ func (n *Node) LeadershipTransfer() error {
 // Shutdown leaves the cluster: transfers leadership if this node leads,
 // leaves memberlist gracefully (peers learn within milliseconds), and
 // closes raft and the stores.
-func (n *Node) Shutdown() error {
+func (n *Agent) Shutdown() error {
 	var err error
 	n.closeOnce.Do(func() {
 		close(n.stop)
@@ -687,7 +687,7 @@ func (n *Node) Shutdown() error {
 // table; the node leaves neither memberlist nor the raft configuration,
 // so peers see a short absence, not a departure, and followers hold no
 // election. The data dir lock is released last.
-func (n *Node) Handoff(keepLeadership bool) error {
+func (n *Agent) Handoff(keepLeadership bool) error {
 	var err error
 	n.closeOnce.Do(func() {
 		close(n.stop)
@@ -709,7 +709,7 @@ func (n *Node) Handoff(keepLeadership bool) error {
 }
 
 // Kill stops without leaving (tests simulate crashes with it).
-func (n *Node) closeStores() error {
+func (n *Agent) closeStores() error {
 	var err error
 	if n.ml != nil {
 		_ = n.ml.Shutdown()

@@ -74,7 +74,7 @@ func freeAddr(t testing.TB) string {
 var lastCA *testCA
 
 type testNode struct {
-	*Node
+	*Agent
 	fsm *routing.FSM
 }
 

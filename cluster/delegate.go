@@ -14,7 +14,7 @@ import (
 // atomic pointer, events are recorded under a short lock, gossip channels
 // (health views, shared counters) handle their own messages without I/O.
 type delegate struct {
-	n     *Node
+	n     *Agent
 	queue *memberlist.TransmitLimitedQueue
 
 	mu       sync.Mutex
@@ -70,7 +70,7 @@ type Channel interface {
 	MergeRemote(from string, b []byte)
 }
 
-func newDelegate(n *Node) *delegate {
+func newDelegate(n *Agent) *delegate {
 	d := &delegate{n: n, channels: map[byte]Channel{}, members: map[string]memberCopy{}}
 	d.queue = &memberlist.TransmitLimitedQueue{
 		NumNodes:       func() int { return n.numMembers() },
@@ -79,7 +79,7 @@ func newDelegate(n *Node) *delegate {
 	return d
 }
 
-func (n *Node) numMembers() int {
+func (n *Agent) numMembers() int {
 	if n.ml == nil {
 		return 1
 	}
@@ -87,14 +87,14 @@ func (n *Node) numMembers() int {
 }
 
 // Register adds a gossip channel with id (1-255; unique).
-func (n *Node) Register(id byte, c Channel) {
+func (n *Agent) Register(id byte, c Channel) {
 	n.del.mu.Lock()
 	n.del.channels[id] = c
 	n.del.mu.Unlock()
 }
 
 // Broadcast queues b on channel id, sealed, for gossip to every member.
-func (n *Node) Broadcast(id byte, b []byte) {
+func (n *Agent) Broadcast(id byte, b []byte) {
 	sealed := n.seal(id, b)
 	if sealed == nil {
 		return

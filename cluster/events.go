@@ -9,7 +9,7 @@ import "github.com/hashicorp/raft"
 // failure detection, which never declared it dead). f must not block and
 // must not call into the cluster (it may run inside memberlist's
 // callback).
-func (n *Node) OnMemberJoin(f func(name string)) {
+func (n *Agent) OnMemberJoin(f func(name string)) {
 	n.del.joinMu.Lock()
 	first := len(n.del.onJoin) == 0
 	n.del.onJoin = append(n.del.onJoin, f)
@@ -34,7 +34,7 @@ func (d *delegate) peerBack(name string) {
 
 // watchHeartbeats reports raft's "heartbeats to a follower resumed"
 // (emitted on the leader only) as a peer coming back.
-func (n *Node) watchHeartbeats() {
+func (n *Agent) watchHeartbeats() {
 	ch := make(chan raft.Observation, 16)
 	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
 		_, ok := o.Data.(raft.ResumedHeartbeatObservation)

@@ -76,7 +76,7 @@ func (v *healthView) newer(o *healthView) bool {
 // of the live members say so (one node's bad link cannot take a backend out
 // of service for everyone).
 type Health struct {
-	n    *Node
+	n    *Agent
 	fsm  *routing.FSM
 	cfg  HealthConfig
 	log  interface{ Warn(string, ...any) }
@@ -93,7 +93,7 @@ type Health struct {
 }
 
 // StartHealth starts probing; the FSM's lookups then skip down backends.
-func (n *Node) StartHealth(fsm *routing.FSM, cfg HealthConfig) *Health {
+func (n *Agent) StartHealth(fsm *routing.FSM, cfg HealthConfig) *Health {
 	cfg.defaults()
 	h := &Health{n: n, fsm: fsm, cfg: cfg, log: n.log, inc: time.Now().UnixNano(),
 		views: map[string]*healthView{}, streak: map[string]int{}, localDn: map[string]bool{},

@@ -29,7 +29,7 @@ type electionHold struct {
 
 // HoldElections makes this node wait d for a leader before campaigning,
 // for d at most.
-func (n *Node) HoldElections(d time.Duration) error {
+func (n *Agent) HoldElections(d time.Duration) error {
 	if d <= 0 {
 		return n.ReleaseElections()
 	}
@@ -49,7 +49,7 @@ func (n *Node) HoldElections(d time.Duration) error {
 }
 
 // ReleaseElections restores the configured timeouts.
-func (n *Node) ReleaseElections() error {
+func (n *Agent) ReleaseElections() error {
 	n.hold.mu.Lock()
 	defer n.hold.mu.Unlock()
 	if n.hold.timer == nil {
@@ -65,7 +65,7 @@ func (n *Node) ReleaseElections() error {
 
 // peerVoters returns the cluster address of every other voter (from
 // raft's configuration).
-func (n *Node) peerVoters() (map[string]string, error) {
+func (n *Agent) peerVoters() (map[string]string, error) {
 	cf := n.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
 		return nil, err
@@ -83,7 +83,7 @@ func (n *Node) peerVoters() (map[string]string, error) {
 // HoldPeerElections asks every other voter to hold elections for d. It
 // succeeds only if all of them did; otherwise it releases those that did
 // and returns the error (then leadership must move instead).
-func (n *Node) HoldPeerElections(ctx context.Context, d time.Duration) error {
+func (n *Agent) HoldPeerElections(ctx context.Context, d time.Duration) error {
 	peers, err := n.peerVoters()
 	if err != nil {
 		return err
@@ -103,7 +103,7 @@ func (n *Node) HoldPeerElections(ctx context.Context, d time.Duration) error {
 
 // ReleasePeerElections asks every other voter to end a hold (best effort:
 // a hold also ends by itself).
-func (n *Node) ReleasePeerElections(ctx context.Context) {
+func (n *Agent) ReleasePeerElections(ctx context.Context) {
 	peers, err := n.peerVoters()
 	if err != nil {
 		n.log.Warn("releasing held elections", "error", err)
@@ -116,7 +116,7 @@ func (n *Node) ReleasePeerElections(ctx context.Context) {
 	}
 }
 
-func (n *Node) postHold(ctx context.Context, name, addr string, d time.Duration) error {
+func (n *Agent) postHold(ctx context.Context, name, addr string, d time.Duration) error {
 	body, _ := json.Marshal(map[string]int64{"ms": d.Milliseconds()})
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()

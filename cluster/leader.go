@@ -11,13 +11,13 @@ import (
 // with true after this node became leader and applied everything committed
 // before (a barrier), and with false when it stops being leader. The VIP
 // follows leadership through this hook.
-func (n *Node) OnLeadership(f func(leader bool)) {
+func (n *Agent) OnLeadership(f func(leader bool)) {
 	n.hooksMu.Lock()
 	n.onLeader = append(n.onLeader, f)
 	n.hooksMu.Unlock()
 }
 
-func (n *Node) notifyLeadership(leader bool) {
+func (n *Agent) notifyLeadership(leader bool) {
 	n.hooksMu.Lock()
 	hooks := append([]func(bool){}, n.onLeader...)
 	n.hooksMu.Unlock()
@@ -27,7 +27,7 @@ func (n *Node) notifyLeadership(leader bool) {
 }
 
 // poke asks the leader loop to reconcile membership soon (non-blocking).
-func (n *Node) poke() {
+func (n *Agent) poke() {
 	select {
 	case n.pokeCh <- struct{}{}:
 	default:
@@ -36,7 +36,7 @@ func (n *Node) poke() {
 
 // leaderLoop follows raft's reliable leadership notifications. While this
 // node leads, it reconciles raft's configuration with memberlist.
-func (n *Node) leaderLoop() {
+func (n *Agent) leaderLoop() {
 	defer n.wg.Done()
 	leading := false
 	t := time.NewTicker(time.Second)
@@ -81,7 +81,7 @@ func (n *Node) leaderLoop() {
 // reconcile makes raft's configuration follow memberlist: alive members
 // join as voters up to MaxVoters (the rest as non-voters), members gone
 // (dead or left) for longer than DeadNodeReap are removed.
-func (n *Node) reconcile() {
+func (n *Agent) reconcile() {
 	cf := n.raft.GetConfiguration()
 	if cf.Error() != nil {
 		return
@@ -172,7 +172,7 @@ type Peer struct {
 }
 
 // Peers returns raft's configuration.
-func (n *Node) Peers() ([]Peer, error) {
+func (n *Agent) Peers() ([]Peer, error) {
 	cf := n.raft.GetConfiguration()
 	if err := cf.Error(); err != nil {
 		return nil, err

@@ -19,7 +19,7 @@ var ErrUnsupported = errors.New("not supported by every node of the cluster yet"
 // checkLevel refuses a command type newer than routing.BaseCommandLevel
 // unless every other raft server (voters and non-voters alike: both apply
 // the log) has gossiped, in verified metadata, a level that includes it.
-func (n *Node) checkLevel(t routing.CommandType) error {
+func (n *Agent) checkLevel(t routing.CommandType) error {
 	if t <= routing.BaseCommandLevel {
 		return nil
 	}
@@ -39,7 +39,7 @@ func (n *Node) checkLevel(t routing.CommandType) error {
 
 // knownLevel returns name's command level from its verified metadata
 // (the last verified copy if it is gone now), or -1 if none was verified.
-func (n *Node) knownLevel(name string) int {
+func (n *Agent) knownLevel(name string) int {
 	for _, m := range n.del.snapshot() {
 		if m.name == name {
 			if meta, ok := n.memberMeta(m.name, m.meta); ok {

@@ -44,7 +44,7 @@ func unverifiedMeta(b []byte) *Meta {
 // signature (or the newest such copy seen before, when the current one
 // cannot be verified yet), and whether it is verified. Our own comes from
 // memory.
-func (n *Node) memberMeta(name string, raw []byte) (*Meta, bool) {
+func (n *Agent) memberMeta(name string, raw []byte) (*Meta, bool) {
 	if name == n.cfg.NodeName {
 		return n.meta.Load(), true
 	}
@@ -91,7 +91,7 @@ type Member struct {
 
 // SetLocal updates what this node gossips about itself; f edits a copy.
 // The change is pushed by the meta loop (never from a memberlist callback).
-func (n *Node) SetLocal(f func(*Meta)) {
+func (n *Agent) SetLocal(f func(*Meta)) {
 	for {
 		old := n.meta.Load()
 		cp := *old
@@ -108,7 +108,7 @@ func (n *Node) SetLocal(f func(*Meta)) {
 
 // sealedMeta returns this node's metadata, sealed; the seal is made once
 // per change (receivers cache what they verified by its bytes).
-func (n *Node) sealedMeta() []byte {
+func (n *Agent) sealedMeta() []byte {
 	m := n.meta.Load()
 	if c := n.metaSealed.Load(); c != nil && c.m == m && c.key == n.trust.material().Self.KeyID {
 		return c.b
@@ -127,7 +127,7 @@ type sealedMeta struct {
 
 // metaLoop keeps the gossiped metadata current (role, bootstrapped) and
 // pushes it when it changed.
-func (n *Node) metaLoop() {
+func (n *Agent) metaLoop() {
 	defer n.wg.Done()
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
@@ -167,7 +167,7 @@ func stateName(s string) string {
 }
 
 // Members returns memberlist's view, sorted by name.
-func (n *Node) Members() []Member {
+func (n *Agent) Members() []Member {
 	var out []Member
 	for _, m := range n.del.snapshot() {
 		mm := Member{Name: m.name, Address: m.addr, State: memberState(int(m.state))}
@@ -187,4 +187,4 @@ func (n *Node) Members() []Member {
 
 // HealthScore returns memberlist's awareness score (0 is healthy; higher
 // means this node has trouble meeting probe deadlines).
-func (n *Node) HealthScore() int { return n.ml.GetHealthScore() }
+func (n *Agent) HealthScore() int { return n.ml.GetHealthScore() }

@@ -10,7 +10,7 @@ import (
 
 // electionWait is how long a cluster may go without a leader before it is
 // more than an election (the same bound ApplyRaw waits for a leader).
-func (n *Node) electionWait() time.Duration {
+func (n *Agent) electionWait() time.Duration {
 	return max(3*time.Second, 4*(n.cfg.Timing.HeartbeatTimeout+n.cfg.Timing.ElectionTimeout))
 }
 
@@ -20,7 +20,7 @@ func (n *Node) electionWait() time.Duration {
 // on a node that has a leader or heard from one within electionWait (so
 // that an ordinary election does not make every node unready at once);
 // otherwise why not.
-func (n *Node) QuorumError() error {
+func (n *Agent) QuorumError() error {
 	cf := n.raft.GetConfiguration()
 	if cf.Error() != nil || len(cf.Configuration().Servers) <= 1 {
 		return nil

@@ -45,7 +45,7 @@ type ReadIndex struct {
 // LeaderReadIndex answers the read-index RPC on the leader: a barrier (which
 // only a leader still holding a quorum can commit), then the indexes. It
 // fails on a follower, or when the barrier does not commit within timeout.
-func (n *Node) LeaderReadIndex(timeout time.Duration) (ReadIndex, error) {
+func (n *Agent) LeaderReadIndex(timeout time.Duration) (ReadIndex, error) {
 	if !n.IsLeader() {
 		return ReadIndex{}, fmt.Errorf("%w: this node is not the leader", ErrNoLeader)
 	}
@@ -59,7 +59,7 @@ func (n *Node) LeaderReadIndex(timeout time.Duration) (ReadIndex, error) {
 // cluster had committed when CatchUp was called (see above), or with an
 // error when ctx ends or the node shuts down first. Until a leader is
 // known and answers, it keeps asking.
-func (n *Node) CatchUp(ctx context.Context) error {
+func (n *Agent) CatchUp(ctx context.Context) error {
 	const poll = 20 * time.Millisecond
 	var (
 		target  *ReadIndex
@@ -122,7 +122,7 @@ func targetIndex(t *ReadIndex) uint64 {
 // restored from a snapshot of an older version, here or on the leader) it
 // falls back to raft's applied index and the FSM's queue staying empty
 // over two polls.
-func (n *Node) reached(t ReadIndex, settled *int) bool {
+func (n *Agent) reached(t ReadIndex, settled *int) bool {
 	if t.Exact && n.fsm.IndexKnown() {
 		return n.fsm.AppliedIndex() >= t.Index
 	}
@@ -135,7 +135,7 @@ func (n *Node) reached(t ReadIndex, settled *int) bool {
 }
 
 // readIndex asks the leader (or, on the leader, runs the barrier).
-func (n *Node) readIndex(ctx context.Context, timeout time.Duration) (ReadIndex, error) {
+func (n *Agent) readIndex(ctx context.Context, timeout time.Duration) (ReadIndex, error) {
 	if n.IsLeader() {
 		return n.LeaderReadIndex(timeout)
 	}

@@ -19,7 +19,7 @@ import (
 // The cluster's own RPCs: HTTP/1.1 over the mutual-TLS cluster port (ALPN
 // portico-rpc), so every call is made and answered under a node identity,
 // never with the operator's admin token, and never in cleartext. One
-// server (this file) and one client (Node.call), with one timeout and one
+// server (this file) and one client (Agent.call), with one timeout and one
 // body limit.
 const (
 	rpcApply        = "/v1/apply"          // body: an encoded routing.Command; the leader applies it
@@ -38,7 +38,7 @@ type ApplyResult struct {
 
 // rpcHandler serves the cluster RPCs. Callers are authenticated by the
 // TLS handshake (the mux refuses anyone else).
-func (n *Node) rpcHandler() http.Handler {
+func (n *Agent) rpcHandler() http.Handler {
 	mux := n.rpcMux
 	mux.HandleFunc("POST "+rpcApply, func(w http.ResponseWriter, r *http.Request) {
 		b, ok := readBody(w, r)
@@ -91,14 +91,14 @@ func (n *Node) rpcHandler() http.Handler {
 // /v1/ext/): served on the cluster port to other nodes only, for calls
 // that belong to another package (e.g. a VIP move passed to the leader).
 // Request bodies are capped like every RPC's.
-func (n *Node) HandleRPC(pattern string, h http.Handler) {
+func (n *Agent) HandleRPC(pattern string, h http.Handler) {
 	n.rpcMux.Handle(pattern, http.MaxBytesHandler(h, maxRPCBody))
 }
 
 // CallLeader sends body to path on the leader's cluster port (an RPC added
 // with HandleRPC there) and returns the answer's status and body. It fails
 // with ErrNoLeader when no leader is known or it cannot be reached.
-func (n *Node) CallLeader(ctx context.Context, path string, body []byte) (int, []byte, error) {
+func (n *Agent) CallLeader(ctx context.Context, path string, body []byte) (int, []byte, error) {
 	addr, id := n.raft.LeaderWithID()
 	if addr == "" {
 		return 0, nil, ErrNoLeader
@@ -128,7 +128,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // serveRPC runs the RPC server on the mux's RPC connections until the
 // mux closes (closeStores waits for it).
-func (n *Node) serveRPC() {
+func (n *Agent) serveRPC() {
 	defer close(n.rpcDone)
 	_ = n.rpcSrv.Serve(rpcListener{chanListener{m: n.mux, ch: n.mux.rpcCh}})
 }
@@ -149,7 +149,7 @@ func (l rpcListener) Accept() (net.Conn, error) {
 	return rpcConn{c}, nil
 }
 
-func (n *Node) newRPCServer() *http.Server {
+func (n *Agent) newRPCServer() *http.Server {
 	return &http.Server{
 		Handler:           n.rpcHandler(),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -164,7 +164,7 @@ func (n *Node) newRPCServer() *http.Server {
 // newRPCClient makes the one HTTP client for cluster RPCs: it dials peers'
 // cluster ports with this node's certificate and checks that the peer is
 // the node it meant to reach.
-func (n *Node) newRPCClient() *http.Client {
+func (n *Agent) newRPCClient() *http.Client {
 	tr := &http.Transport{
 		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			want, _ := ctx.Value(peerNameKey{}).(string)
@@ -182,7 +182,7 @@ type peerNameKey struct{}
 // call POSTs body to peer (node name and cluster address) and decodes a
 // JSON answer into out. A transport failure is wrapped in ErrNoLeader's
 // family only by callers that know what the peer was for.
-func (n *Node) call(ctx context.Context, peer, addr, path string, body []byte, out any) (int, error) {
+func (n *Agent) call(ctx context.Context, peer, addr, path string, body []byte, out any) (int, error) {
 	ctx, cancel := context.WithTimeout(context.WithValue(ctx, peerNameKey{}, peer), rpcTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+addr+path, bytes.NewReader(body))
@@ -213,7 +213,7 @@ func (n *Node) call(ctx context.Context, peer, addr, path string, body []byte, o
 }
 
 // forwardApply sends an encoded command to the leader.
-func (n *Node) forwardApply(ctx context.Context, leader, addr string, cmd []byte) error {
+func (n *Agent) forwardApply(ctx context.Context, leader, addr string, cmd []byte) error {
 	var res ApplyResult
 	status, err := n.call(ctx, leader, addr, rpcApply, cmd, &res)
 	if err != nil {
@@ -279,7 +279,7 @@ func StatusOf(err error) int {
 // committed before the call (a linearizable read: the leader confirms its
 // leadership with a barrier and names its applied index, ready.go; a
 // follower then waits until it has applied as much).
-func (n *Node) ConsistentRead(ctx context.Context) error {
+func (n *Agent) ConsistentRead(ctx context.Context) error {
 	ri, err := n.readIndex(ctx, 5*time.Second)
 	if err != nil {
 		if errors.Is(err, ErrNoLeader) {

@@ -59,7 +59,7 @@ func signedBytes(ch byte, name string, payload []byte) []byte {
 }
 
 // seal signs payload for channel ch in this node's name.
-func (n *Node) seal(ch byte, payload []byte) []byte {
+func (n *Agent) seal(ch byte, payload []byte) []byte {
 	b, err := sealWith(n.trust.material(), n.cfg.NodeName, ch, payload)
 	if err != nil {
 		n.log.Error("signing gossip failed", "error", err)
@@ -121,7 +121,7 @@ func parseSeal(b []byte) (parsedSeal, error) {
 
 // open verifies an envelope for channel ch and returns its signer and
 // payload. An unknown key starts a fetch of the signer's certificate.
-func (n *Node) open(ch byte, b []byte) (string, []byte, error) {
+func (n *Agent) open(ch byte, b []byte) (string, []byte, error) {
 	p, err := parseSeal(b)
 	if err != nil {
 		return "", nil, err
@@ -152,7 +152,7 @@ func (n *Node) open(ch byte, b []byte) (string, []byte, error) {
 // (from TLS handshakes), the cluster address each was reached at, and
 // their last verified metadata.
 type peerBook struct {
-	n *Node
+	n *Agent
 
 	mu        sync.Mutex
 	keys      map[string][]peerKey // by node name, newest last
@@ -181,7 +181,7 @@ type trustedMeta struct {
 // maxKeysPerNode bounds the keys kept per node (a rotation adds one).
 const maxKeysPerNode = 4
 
-func newPeerBook(n *Node) *peerBook {
+func newPeerBook(n *Agent) *peerBook {
 	return &peerBook{n: n, keys: map[string][]peerKey{}, addrs: map[string]string{},
 		metas: map[string]*trustedMeta{}, lastFetch: map[string]time.Time{}, fetchCh: make(chan string, 64)}
 }
@@ -295,7 +295,7 @@ func (b *peerBook) fetch(name string) {
 // candidateAddrs lists where name's cluster port may be: raft's
 // configuration first (written by a leader that verified it), then the
 // member's gossiped metadata (unverified: the handshake decides).
-func (n *Node) candidateAddrs(name string) []string {
+func (n *Agent) candidateAddrs(name string) []string {
 	var out []string
 	if cf := n.raft.GetConfiguration(); cf.Error() == nil {
 		for _, s := range cf.Configuration().Servers {

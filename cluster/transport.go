@@ -254,7 +254,7 @@ func (l *raftLayer) Dial(address raft.ServerAddress, timeout time.Duration) (net
 // renewal or a CA rotation, on reload). The node name must not change.
 // New connections use it at once; pooled ones are closed so that they
 // are made again under it.
-func (n *Node) SetTLS(m *pki.Material) error {
+func (n *Agent) SetTLS(m *pki.Material) error {
 	if m == nil {
 		return errors.New("cluster: no node certificate")
 	}
@@ -285,11 +285,11 @@ func sameCAs(a, b *pki.Material) bool {
 }
 
 // TLSIdentity returns this node's current certificate identity.
-func (n *Node) TLSIdentity() pki.Identity { return n.trust.material().Self }
+func (n *Agent) TLSIdentity() pki.Identity { return n.trust.material().Self }
 
 // TrustStats returns how many connections the cluster port refused in the
 // handshake and how many gossip messages were dropped as malformed or
 // forged.
-func (n *Node) TrustStats() (refused, dropped uint64) {
+func (n *Agent) TrustStats() (refused, dropped uint64) {
 	return n.trust.refused.Load(), n.peers.dropped.Load()
 }

@@ -85,7 +85,7 @@ func (f *FSM) IndexKnown() bool { return !f.indexUnknown.Load() }
 // and a joining node nothing, so a lookup could send a user whose route
 // changed to the wrong server, or refuse one who was added as if the
 // password were wrong. The cluster calls it once it has applied
-// everything the leader had committed (cluster.Node.CatchUp).
+// everything the leader had committed (cluster.Agent.CatchUp).
 func (f *FSM) SetLoaded() { f.loaded.Store(true) }
 
 // Loaded reports whether SetLoaded was called.

@@ -197,7 +197,7 @@ func decode(b []byte, windowMs int64) ([]wireEntry, error) {
 }
 
 // Gossip sends messages to the other members of a cluster
-// (cluster.Node.Broadcast on the throttle's channel).
+// (cluster.Agent.Broadcast on the throttle's channel).
 type Gossip struct {
 	Broadcast func(b []byte)
 }

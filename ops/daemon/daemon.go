@@ -47,7 +47,7 @@ type Daemon struct {
 	router  routing.Router
 	static  *routing.Static // `portico proxy`: routes from flags only
 	fsm     *routing.FSM    // the replicated table (otherwise)
-	cluster *cluster.Node
+	cluster *cluster.Agent
 	health  *cluster.Health
 	done    chan struct{} // closed at shutdown
 	certs   *node.CertStore

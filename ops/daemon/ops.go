@@ -24,7 +24,7 @@ import (
 // status contributors, drain flag. Created on first use, so that stages set
 // up before setupOps may already add checks and contributors.
 type opsState struct {
-	metrics *metrics.Node
+	metrics *metrics.Proxy
 	started time.Time
 
 	draining atomic.Bool
@@ -114,7 +114,7 @@ func (d *Daemon) NotReady() []string {
 func (d *Daemon) setupOps(cfg *config.Config) error {
 	o := d.opsState()
 	d.env.Node = cfg.NodeName
-	m, err := metrics.NewNode(d.Metrics, metrics.Options{
+	m, err := metrics.NewProxy(d.Metrics, metrics.Options{
 		Version: Version, Commit: Commit,
 		Listeners: d.srv.ListenerStats,
 		Table:     d.table,

@@ -142,7 +142,7 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 
 // catchUpLater keeps catching up after Start gave up waiting, until done
 // or shutdown.
-func (d *Daemon) catchUpLater(node *cluster.Node) {
+func (d *Daemon) catchUpLater(node *cluster.Agent) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {

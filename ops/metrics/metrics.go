@@ -46,7 +46,7 @@ type Info struct {
 
 // Catalog lists every metric a node exports, sorted by name.
 var Catalog = sortInfo([]Info{
-	// Node (this package).
+	// Proxy (this package).
 	{"portico_build_info", "gauge", []string{"version", "commit", "goversion"}, "Always 1; the labels identify the running build.", "node"},
 	{"portico_connections_total", "counter", []string{"protocol", "listener"}, "Client TCP connections accepted, refused ones included.", "node"},
 	{"portico_connections_refused_total", "counter", []string{"protocol", "listener", "reason"}, "Connections refused before their session started; reason: max_connections, max_connections_per_ip, proxy_header (bad PROXY header from a trusted proxy), local_address (address being handed over).", "node"},

@@ -80,7 +80,7 @@ func TestCatalogConventions(t *testing.T) {
 	}
 }
 
-// fakeNode drives a Node the way node.Server does.
+// fakeNode drives a Proxy the way node.Server does.
 type fakeNode struct {
 	imaps, pop3 *node.ListenerStats
 	table       *routing.Table
@@ -88,7 +88,7 @@ type fakeNode struct {
 	certs       []node.CertInfo
 }
 
-func newTestNode(t *testing.T) (*Node, *prometheus.Registry, *fakeNode) {
+func newTestNode(t *testing.T) (*Proxy, *prometheus.Registry, *fakeNode) {
 	t.Helper()
 	tbl, err := routing.NewTable(routing.TableSpec{
 		Backends: []routing.Backend{{ID: "b1", Host: "10.0.0.1", IMAPPort: 143}, {ID: "b2", Host: "10.0.0.2", IMAPPort: 143, POP3Port: 110}},
@@ -105,7 +105,7 @@ func newTestNode(t *testing.T) (*Node, *prometheus.Registry, *fakeNode) {
 		certs: []node.CertInfo{{File: "/etc/portico/mail.pem", Name: "mail.example.com", NotAfter: time.Now().Add(30 * 24 * time.Hour)}},
 	}
 	reg := prometheus.NewPedanticRegistry()
-	m, err := NewNode(reg, Options{
+	m, err := NewProxy(reg, Options{
 		Version: "1.2.3", Commit: "abc",
 		Listeners:    func() []*node.ListenerStats { return []*node.ListenerStats{f.imaps, f.pop3} },
 		Table:        func() *routing.Table { return f.table },

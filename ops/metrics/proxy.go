@@ -17,7 +17,7 @@ import (
 	"github.com/portico-mail/portico/routing"
 )
 
-// Options for NewNode.
+// Options for NewProxy.
 type Options struct {
 	Version, Commit string
 	// Listeners returns the live per-listener figures (node.Server.ListenerStats).
@@ -38,9 +38,10 @@ var loginResults = []session.Result{
 	session.ResultLimit, session.ResultTimeout, session.ResultError,
 }
 
-// Node is one node's metrics. It implements node.Observer and observes
-// logins (Login, for session.Env.OnLogin).
-type Node struct {
+// Proxy is the metrics of one node's proxy (its listeners, sessions and
+// logins). It implements node.Observer and observes logins (Login, for
+// session.Env.OnLogin).
+type Proxy struct {
 	o        Options
 	draining atomic.Bool
 
@@ -63,7 +64,7 @@ type Node struct {
 	now func() time.Time
 }
 
-var _ node.Observer = (*Node)(nil)
+var _ node.Observer = (*Proxy)(nil)
 
 func counterVec(name string, labels ...string) *prometheus.CounterVec {
 	return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help(name)}, labels)
@@ -73,13 +74,13 @@ func histogramVec(name string, buckets []float64, labels ...string) *prometheus.
 	return prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help(name), Buckets: buckets}, labels)
 }
 
-// NewNode creates a node's metrics and registers them on reg, with the Go
+// NewProxy creates a node's metrics and registers them on reg, with the Go
 // runtime and process collectors (process_open_fds, process_max_fds).
-func NewNode(reg prometheus.Registerer, o Options) (*Node, error) {
+func NewProxy(reg prometheus.Registerer, o Options) (*Proxy, error) {
 	if o.Listeners == nil {
 		return nil, fmt.Errorf("metrics: Options.Listeners is required")
 	}
-	m := &Node{
+	m := &Proxy{
 		o:             o,
 		refused:       counterVec("portico_connections_refused_total", "protocol", "listener", "reason"),
 		ended:         counterVec("portico_sessions_ended_total", "protocol", "listener", "phase", "reason"),
@@ -123,14 +124,14 @@ func NewNode(reg prometheus.Registerer, o Options) (*Node, error) {
 }
 
 // SetDraining sets the drain state (portico_draining).
-func (m *Node) SetDraining(on bool) { m.draining.Store(on) }
+func (m *Proxy) SetDraining(on bool) { m.draining.Store(on) }
 
 // Draining reports the drain state.
-func (m *Node) Draining() bool { return m.draining.Load() }
+func (m *Proxy) Draining() bool { return m.draining.Load() }
 
 // BackendSessions returns the relayed sessions per backend id (those with
 // at least one).
-func (m *Node) BackendSessions() map[string]int64 {
+func (m *Proxy) BackendSessions() map[string]int64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make(map[string]int64, len(m.backends))
@@ -142,7 +143,7 @@ func (m *Node) BackendSessions() map[string]int64 {
 
 // Listener implements node.Observer: the listener's counters that
 // dashboards divide by each other start at zero.
-func (m *Node) Listener(st *node.ListenerStats) {
+func (m *Proxy) Listener(st *node.ListenerStats) {
 	p := string(st.Protocol)
 	for _, r := range loginResults {
 		m.logins.WithLabelValues(p, st.Name, string(r))
@@ -157,12 +158,12 @@ func (m *Node) Listener(st *node.ListenerStats) {
 }
 
 // Refused implements node.Observer.
-func (m *Node) Refused(st *node.ListenerStats, reason string) {
+func (m *Proxy) Refused(st *node.ListenerStats, reason string) {
 	m.refused.WithLabelValues(string(st.Protocol), st.Name, reason).Inc()
 }
 
 // PreauthEnded implements node.Observer.
-func (m *Node) PreauthEnded(st *node.ListenerStats, _ *session.Client, end session.End) {
+func (m *Proxy) PreauthEnded(st *node.ListenerStats, _ *session.Client, end session.End) {
 	p := string(st.Protocol)
 	m.ended.WithLabelValues(p, st.Name, "preauth", end.Reason).Inc()
 	if end.ProtocolErrors > 0 {
@@ -174,7 +175,7 @@ func (m *Node) PreauthEnded(st *node.ListenerStats, _ *session.Client, end sessi
 }
 
 // SessionStarted implements node.Observer.
-func (m *Node) SessionStarted(st *node.ListenerStats, h *session.Handoff) {
+func (m *Proxy) SessionStarted(st *node.ListenerStats, h *session.Handoff) {
 	if h.ProtocolErrors > 0 {
 		m.preauthErrors.WithLabelValues(string(st.Protocol), st.Name).Add(float64(h.ProtocolErrors))
 	}
@@ -184,7 +185,7 @@ func (m *Node) SessionStarted(st *node.ListenerStats, h *session.Handoff) {
 }
 
 // SessionEnded implements node.Observer.
-func (m *Node) SessionEnded(st *node.ListenerStats, h *session.Handoff, rs relay.Stats) {
+func (m *Proxy) SessionEnded(st *node.ListenerStats, h *session.Handoff, rs relay.Stats) {
 	p := string(st.Protocol)
 	m.ended.WithLabelValues(p, st.Name, "relayed", RelayReason(rs.Reason)).Inc()
 	if h.Client != nil {
@@ -198,7 +199,7 @@ func (m *Node) SessionEnded(st *node.ListenerStats, h *session.Handoff, rs relay
 }
 
 // Login observes a login attempt (session.Env.OnLogin).
-func (m *Node) Login(c *session.Client, ev session.LoginEvent) {
+func (m *Proxy) Login(c *session.Client, ev session.LoginEvent) {
 	p := string(c.Listener.Protocol)
 	m.logins.WithLabelValues(p, c.Listener.Name, string(ev.Result)).Inc()
 	m.loginDur.WithLabelValues(p, string(ev.Result)).Observe(ev.Latency.Seconds())
@@ -228,8 +229,8 @@ func RelayReason(r string) string {
 	return string(b)
 }
 
-// scrape is the part of Node read at scrape time from live state.
-type scrape Node
+// scrape is the part of Proxy read at scrape time from live state.
+type scrape Proxy
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{s.connections, s.open, s.bytes, s.backendSessions, s.tableEntries, s.drainingD, s.readyD, s.buildInfo, s.certExpiry} {
@@ -238,7 +239,7 @@ func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (s *scrape) Collect(ch chan<- prometheus.Metric) {
-	m := (*Node)(s)
+	m := (*Proxy)(s)
 	for _, st := range m.o.Listeners() {
 		p := string(st.Protocol)
 		ch <- prometheus.MustNewConstMetric(s.connections, prometheus.CounterValue, float64(st.Accepted.Load()), p, st.Name)
