@@ -152,16 +152,17 @@ type Agent struct {
 	ml        *memberlist.Memberlist
 	del       *delegate
 
-	leaderCh   chan bool
-	pokeCh     chan struct{}
-	hooksMu    sync.Mutex
-	onLeader   []func(leader bool)
-	meta       atomic.Pointer[Meta]
-	metaSeq    atomic.Uint64
-	metaSealed atomic.Pointer[sealedMeta]
-	stop       chan struct{}
-	wg         sync.WaitGroup
-	closeOnce  sync.Once
+	leaderCh      chan bool
+	pokeCh        chan struct{}
+	hooksMu       sync.Mutex
+	onLeader      []func(leader bool)
+	meta          atomic.Pointer[Meta]
+	metaSeq       atomic.Uint64
+	metaSealed    atomic.Pointer[sealedMeta]
+	leaderChanges atomic.Uint64 // raft leader observations (RaftStats)
+	stop          chan struct{}
+	wg            sync.WaitGroup
+	closeOnce     sync.Once
 
 	mu        sync.Mutex
 	deadSince map[string]time.Time // member name -> when memberlist reported it gone
@@ -308,6 +309,15 @@ func (n *Agent) openRaft() error {
 		return fmt.Errorf("cluster: raft: %w", err)
 	}
 	n.raft = r
+	// Count leader changes in the observer's filter: it runs in raft's
+	// goroutine for every observation and only adds, and it rejects them
+	// all, so nothing is queued and no goroutine reads them.
+	r.RegisterObserver(raft.NewObserver(nil, false, func(o *raft.Observation) bool {
+		if _, ok := o.Data.(raft.LeaderObservation); ok {
+			n.leaderChanges.Add(1)
+		}
+		return false
+	}))
 	n.rpcSrv, n.rpcDone = n.newRPCServer(), make(chan struct{})
 	go n.serveRPC()
 	return nil
@@ -536,9 +546,6 @@ func (n *Agent) rejoinLoop() {
 	}
 }
 
-// Raft returns the raft instance (for status and tests).
-func (n *Agent) Raft() *raft.Raft { return n.raft }
-
 // Name returns this node's name.
 func (n *Agent) Name() string { return n.cfg.NodeName }
 
@@ -648,13 +655,61 @@ func (n *Agent) Barrier(timeout time.Duration) error {
 	return n.raft.Barrier(timeout).Error()
 }
 
-// LeadershipTransfer hands leadership to another voter (planned moves:
-// drain, upgrade). A follower does nothing.
-func (n *Agent) LeadershipTransfer() error {
-	if !n.IsLeader() {
-		return nil
+// TransferLeadership hands leadership to the voter named to, or to any
+// other voter when to is "" (planned moves: vip move, drain, shutdown,
+// preemption). With to "", a follower does nothing.
+func (n *Agent) TransferLeadership(to string) error {
+	if to == "" {
+		if !n.IsLeader() {
+			return nil
+		}
+		return n.raft.LeadershipTransfer().Error()
 	}
-	return n.raft.LeadershipTransfer().Error()
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return err
+	}
+	for _, s := range cf.Configuration().Servers {
+		if s.ID == raft.ServerID(to) && s.Suffrage == raft.Voter {
+			return n.raft.LeadershipTransferToServer(s.ID, s.Address).Error()
+		}
+	}
+	return fmt.Errorf("cluster: %s is not a raft voter", to)
+}
+
+// Voters returns the names of raft's voters (the nodes that can lead),
+// this one included when it is one.
+func (n *Agent) Voters() ([]string, error) {
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, s := range cf.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			out = append(out, string(s.ID))
+		}
+	}
+	return out, nil
+}
+
+// RaftStats is raft's state on this node, for status and metrics.
+type RaftStats struct {
+	State         string // follower, candidate, leader or shutdown
+	Term          uint64
+	CommitIndex   uint64 // highest index known to be committed
+	AppliedIndex  uint64 // highest index applied to the FSM
+	LeaderChanges uint64 // leader changes this node observed since it started
+}
+
+// RaftStats returns raft's state on this node.
+func (n *Agent) RaftStats() RaftStats {
+	stats := n.raft.Stats()
+	num := func(k string) uint64 { v, _ := strconv.ParseUint(stats[k], 10, 64); return v }
+	return RaftStats{
+		State: stateName(n.raft.State().String()), Term: num("term"), CommitIndex: num("commit_index"),
+		AppliedIndex: n.raft.AppliedIndex(), LeaderChanges: n.leaderChanges.Load(),
+	}
 }
 
 // Shutdown leaves the cluster: transfers leadership if this node leads,

@@ -41,7 +41,9 @@ func (n *Agent) watchHeartbeats() {
 		return ok
 	})
 	n.raft.RegisterObserver(obs)
+	n.wg.Add(1)
 	go func() {
+		defer n.wg.Done()
 		defer n.raft.DeregisterObserver(obs)
 		for {
 			select {

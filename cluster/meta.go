@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/hashicorp/memberlist"
+
 	"github.com/portico-mail/portico/cluster/pki"
 )
 
@@ -183,6 +185,16 @@ func (n *Agent) Members() []Member {
 	}
 	sortMembers(out)
 	return out
+}
+
+// Alive reports whether the named member is alive in the gossip.
+func (n *Agent) Alive(name string) bool {
+	for _, m := range n.del.snapshot() {
+		if m.name == name {
+			return m.state == memberlist.StateAlive
+		}
+	}
+	return false
 }
 
 // HealthScore returns memberlist's awareness score (0 is healthy; higher

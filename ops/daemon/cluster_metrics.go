@@ -1,18 +1,11 @@
 package daemon
 
-import (
-	"strconv"
-	"sync/atomic"
-
-	"github.com/hashicorp/raft"
-	"github.com/prometheus/client_golang/prometheus"
-)
+import "github.com/prometheus/client_golang/prometheus"
 
 // clusterCollector exposes raft, membership and backend health, read at
 // scrape time (no per-event bookkeeping on the hot path).
 type clusterCollector struct {
-	d             *Daemon
-	leaderChanges atomic.Uint64
+	d *Daemon
 
 	state, term, commit, applied, lastApply, members, score, backendUp, changes, tlsRefused, gossipDropped *prometheus.Desc
 }
@@ -33,21 +26,6 @@ func (d *Daemon) registerClusterMetrics() {
 		gossipDropped: prometheus.NewDesc("portico_cluster_gossip_dropped_total",
 			"Gossip messages dropped: malformed, or not signed by the node they name with a key verified for it (forged).", nil, nil),
 	}
-	obs := make(chan raft.Observation, 16)
-	d.cluster.Raft().RegisterObserver(raft.NewObserver(obs, false, func(o *raft.Observation) bool {
-		_, ok := o.Data.(raft.LeaderObservation)
-		return ok
-	}))
-	go func() {
-		for {
-			select {
-			case <-d.done:
-				return
-			case <-obs:
-				c.leaderChanges.Add(1)
-			}
-		}
-	}()
 	d.Metrics.MustRegister(c)
 }
 
@@ -58,22 +36,19 @@ func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
-	r := c.d.cluster.Raft()
-	cur := r.State()
-	for _, s := range []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown} {
+	rs := c.d.cluster.RaftStats()
+	for _, s := range []string{"follower", "candidate", "leader", "shutdown"} {
 		v := 0.0
-		if s == cur {
+		if s == rs.State {
 			v = 1
 		}
-		ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, v, stateName(s))
+		ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, v, s)
 	}
-	stats := r.Stats()
-	num := func(k string) float64 { n, _ := strconv.ParseUint(stats[k], 10, 64); return float64(n) }
-	ch <- prometheus.MustNewConstMetric(c.term, prometheus.GaugeValue, num("term"))
-	ch <- prometheus.MustNewConstMetric(c.commit, prometheus.GaugeValue, num("commit_index"))
-	ch <- prometheus.MustNewConstMetric(c.applied, prometheus.GaugeValue, float64(r.AppliedIndex()))
+	ch <- prometheus.MustNewConstMetric(c.term, prometheus.GaugeValue, float64(rs.Term))
+	ch <- prometheus.MustNewConstMetric(c.commit, prometheus.GaugeValue, float64(rs.CommitIndex))
+	ch <- prometheus.MustNewConstMetric(c.applied, prometheus.GaugeValue, float64(rs.AppliedIndex))
 	ch <- prometheus.MustNewConstMetric(c.lastApply, prometheus.GaugeValue, float64(c.d.fsm.AppliedIndex()))
-	ch <- prometheus.MustNewConstMetric(c.changes, prometheus.CounterValue, float64(c.leaderChanges.Load()))
+	ch <- prometheus.MustNewConstMetric(c.changes, prometheus.CounterValue, float64(rs.LeaderChanges))
 	refused, dropped := c.d.cluster.TrustStats()
 	ch <- prometheus.MustNewConstMetric(c.tlsRefused, prometheus.CounterValue, float64(refused))
 	ch <- prometheus.MustNewConstMetric(c.gossipDropped, prometheus.CounterValue, float64(dropped))
@@ -95,16 +70,4 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.backendUp, prometheus.GaugeValue, v, b.ID)
 		}
 	}
-}
-
-func stateName(s raft.RaftState) string {
-	switch s {
-	case raft.Follower:
-		return "follower"
-	case raft.Candidate:
-		return "candidate"
-	case raft.Leader:
-		return "leader"
-	}
-	return "shutdown"
 }

@@ -3,7 +3,6 @@ package daemon
 import (
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -136,13 +135,11 @@ func (d *Daemon) Status() *Status {
 
 // clusterStatus contributes the cluster section, the role and backend health.
 func (d *Daemon) clusterStatus(st *Status) {
-	r := d.cluster.Raft()
-	stats := r.Stats()
-	num := func(k string) uint64 { n, _ := strconv.ParseUint(stats[k], 10, 64); return n }
+	rs := d.cluster.RaftStats()
 	leader, _ := d.cluster.Leader()
-	st.Role = strings.ToLower(r.State().String())
+	st.Role = rs.State
 	st.Routing.AppliedIndex = d.fsm.AppliedIndex()
-	st.Cluster = &ClusterStatus{Leader: leader, Term: num("term"), CommitIndex: num("commit_index"), Members: d.cluster.Members()}
+	st.Cluster = &ClusterStatus{Leader: leader, Term: rs.Term, CommitIndex: rs.CommitIndex, Members: d.cluster.Members()}
 	if st.Cluster.Members == nil {
 		st.Cluster.Members = []cluster.Member{}
 	}

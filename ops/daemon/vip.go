@@ -159,12 +159,11 @@ func (d *Daemon) vipHandover(target *raft.Server, shuttingDown bool) error {
 	if err := d.vip.m.Release(time.Second); err != nil {
 		d.Log.Warn("releasing the VIP before handing leadership over", "error", err)
 	}
-	var err error
+	to := ""
 	if target != nil {
-		err = d.cluster.Raft().LeadershipTransferToServer(target.ID, target.Address).Error()
-	} else {
-		err = d.cluster.LeadershipTransfer()
+		to = string(target.ID)
 	}
+	err := d.cluster.TransferLeadership(to)
 	if err != nil && !shuttingDown && d.cluster.VerifyLeader() == nil {
 		d.vip.m.SetOwner(true)
 	}

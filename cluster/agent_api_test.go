@@ -1,0 +1,64 @@
+package cluster
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+// The methods that stand in for raft itself (RaftStats, Voters,
+// TransferLeadership, Alive) answer from raft's and memberlist's state.
+func TestLeadershipMethods(t *testing.T) {
+	nodes := startCluster(t, 3)
+	l := waitLeader(t, nodes)
+	st := l.RaftStats()
+	if st.State != "leader" || st.Term == 0 || st.CommitIndex == 0 || st.AppliedIndex == 0 {
+		t.Fatalf("leader's stats: %+v", st)
+	}
+	if st.LeaderChanges == 0 {
+		t.Fatalf("the leader observed no leader change: %+v", st)
+	}
+	voters, err := l.Voters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(voters)
+	if !slices.Equal(voters, []string{"n1", "n2", "n3"}) {
+		t.Fatalf("voters %v", voters)
+	}
+	for _, nd := range nodes {
+		if !l.Alive(nd.Name()) {
+			t.Fatalf("%s not alive in the leader's view", nd.Name())
+		}
+	}
+	if l.Alive("nobody") {
+		t.Fatal("an unknown member is alive")
+	}
+
+	if err := l.TransferLeadership("nobody"); err == nil {
+		t.Fatal("transfer to a node that is not a voter succeeded")
+	}
+	// To a named voter: it leads next.
+	var to *testNode
+	for _, nd := range nodes {
+		if nd != l {
+			to = nd
+			break
+		}
+	}
+	before := to.RaftStats().LeaderChanges
+	if err := l.TransferLeadership(to.Name()); err != nil {
+		t.Fatalf("transfer to %s: %v", to.Name(), err)
+	}
+	waitFor(t, 10*time.Second, to.Name()+" leading", func() bool { return to.IsLeader() })
+	if st := to.RaftStats(); st.State != "leader" || st.LeaderChanges <= before {
+		t.Fatalf("new leader's stats: %+v (leader changes before: %d)", st, before)
+	}
+	// To anyone: a follower does nothing.
+	if err := l.TransferLeadership(""); err != nil {
+		t.Fatalf("a follower's transfer to anyone: %v", err)
+	}
+	if !to.IsLeader() {
+		t.Fatal("a follower's transfer moved leadership")
+	}
+}
