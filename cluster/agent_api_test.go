@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"context"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 )
@@ -60,5 +62,63 @@ func TestLeadershipMethods(t *testing.T) {
 	}
 	if !to.IsLeader() {
 		t.Fatal("a follower's transfer moved leadership")
+	}
+}
+
+// RunWhileLeader runs its function for each term a node leads: started
+// once it leads, its context ended when it stops (a transfer), and
+// joined before the agent's Shutdown returns.
+func TestRunWhileLeader(t *testing.T) {
+	var mu sync.Mutex
+	running := map[string]int{} // node -> terms running
+	nodes := startClusterWith(t, 3, func(nd *testNode) {
+		name := nd.Name()
+		nd.RunWhileLeader(func(ctx context.Context) {
+			mu.Lock()
+			running[name]++
+			mu.Unlock()
+			<-ctx.Done()
+			time.Sleep(20 * time.Millisecond) // work that outlives the term's end a little
+			mu.Lock()
+			running[name]--
+			mu.Unlock()
+		})
+	})
+	only := func(name string) func() bool {
+		return func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, nd := range nodes {
+				want := 0
+				if nd.Name() == name {
+					want = 1
+				}
+				if running[nd.Name()] != want {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	l := waitLeader(t, nodes)
+	waitFor(t, 10*time.Second, "a term running on the leader "+l.Name()+" only", only(l.Name()))
+	var to *testNode
+	for _, nd := range nodes {
+		if nd != l {
+			to = nd
+			break
+		}
+	}
+	if err := l.TransferLeadership(to.Name()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the term moving to "+to.Name(), only(to.Name()))
+	if err := to.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if running[to.Name()] != 0 {
+		t.Fatalf("%s's term still running after Shutdown returned", to.Name())
 	}
 }

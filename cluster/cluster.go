@@ -156,6 +156,7 @@ type Agent struct {
 	pokeCh        chan struct{}
 	hooksMu       sync.Mutex
 	onLeader      []func(leader bool)
+	termFns       []func(ctx context.Context) // RunWhileLeader
 	meta          atomic.Pointer[Meta]
 	metaSeq       atomic.Uint64
 	metaSealed    atomic.Pointer[sealedMeta]

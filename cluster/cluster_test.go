@@ -82,6 +82,13 @@ type testNode struct {
 // loopback, real memberlist) that form a cluster with bootstrap_expect n.
 func startCluster(t *testing.T, n int) []*testNode {
 	t.Helper()
+	return startClusterWith(t, n, nil)
+}
+
+// startClusterWith is startCluster with before called on each node
+// before it starts (to register hooks).
+func startClusterWith(t *testing.T, n int, before func(*testNode)) []*testNode {
+	t.Helper()
 	ca := newTestCA(t)
 	lastCA = ca
 	var gossip []string
@@ -111,6 +118,9 @@ func startCluster(t *testing.T, n int) []*testNode {
 		}
 	})
 	for _, nd := range nodes {
+		if before != nil {
+			before(nd)
+		}
 		if err := nd.Start(); err != nil {
 			t.Fatal(err)
 		}

@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"context"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -10,10 +12,21 @@ import (
 // OnLeadership registers f to be called (from one goroutine, in order)
 // with true after this node became leader and applied everything committed
 // before (a barrier), and with false when it stops being leader. The VIP
-// follows leadership through this hook.
+// follows leadership through this hook. f must not block.
 func (n *Agent) OnLeadership(f func(leader bool)) {
 	n.hooksMu.Lock()
 	n.onLeader = append(n.onLeader, f)
+	n.hooksMu.Unlock()
+}
+
+// RunWhileLeader registers f to run for each term this node leads (Consul's
+// leaderLoop): f starts in its own goroutine once the node leads and has
+// applied everything committed before (after the OnLeadership hooks), and
+// its context ends when the node stops leading or the agent stops; the
+// next term starts only after f returned. Register before Start.
+func (n *Agent) RunWhileLeader(f func(ctx context.Context)) {
+	n.hooksMu.Lock()
+	n.termFns = append(n.termFns, f)
 	n.hooksMu.Unlock()
 }
 
@@ -26,7 +39,30 @@ func (n *Agent) notifyLeadership(leader bool) {
 	}
 }
 
-// poke asks the leader loop to reconcile membership soon (non-blocking).
+// term is the work of one term as leader: the RunWhileLeader functions.
+type term struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func (n *Agent) startTerm() *term {
+	ctx, cancel := context.WithCancel(context.Background())
+	t := &term{cancel: cancel}
+	n.hooksMu.Lock()
+	fns := append([]func(context.Context){n.reconcileLoop}, n.termFns...)
+	n.hooksMu.Unlock()
+	for _, f := range fns {
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			f(ctx)
+		}()
+	}
+	return t
+}
+
+// poke asks the leader's reconcile loop to reconcile membership soon
+// (non-blocking).
 func (n *Agent) poke() {
 	select {
 	case n.pokeCh <- struct{}{}:
@@ -34,46 +70,59 @@ func (n *Agent) poke() {
 	}
 }
 
-// leaderLoop follows raft's reliable leadership notifications. While this
-// node leads, it reconciles raft's configuration with memberlist.
+// leaderLoop follows raft's reliable leadership notifications: on gaining
+// leadership it runs a barrier, tells the OnLeadership hooks and starts the
+// term's work (reconciling raft's configuration with memberlist, and the
+// RunWhileLeader functions); on losing it, it tells the hooks first (the
+// VIP is released at once), then ends the term's work and waits for it.
 func (n *Agent) leaderLoop() {
 	defer n.wg.Done()
-	leading := false
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
+	var cur *term
+	end := func() {
+		cur.cancel()
+		n.notifyLeadership(false)
+		cur.wg.Wait()
+		cur = nil
+	}
 	for {
 		select {
 		case <-n.stop:
-			if leading {
-				n.notifyLeadership(false)
+			if cur != nil {
+				end()
 			}
 			return
 		case isLeader := <-n.leaderCh:
 			switch {
-			case isLeader && !leading:
+			case isLeader && cur == nil:
 				// Apply everything the previous leader committed before
 				// acting as leader.
 				if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
 					n.log.Warn("barrier after election failed; not acting as leader yet", "error", err)
 					continue
 				}
-				leading = true
 				n.log.Info("became raft leader", "term", n.raft.CurrentTerm())
 				n.notifyLeadership(true)
-				n.reconcile()
-			case !isLeader && leading:
-				leading = false
+				cur = n.startTerm()
+			case !isLeader && cur != nil:
 				n.log.Info("lost raft leadership")
-				n.notifyLeadership(false)
+				end()
 			}
+		}
+	}
+}
+
+// reconcileLoop reconciles membership while this node leads: at once,
+// every second, and when membership changes (poke).
+func (n *Agent) reconcileLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		n.reconcile()
+		select {
+		case <-ctx.Done():
+			return
 		case <-n.pokeCh:
-			if leading {
-				n.reconcile()
-			}
 		case <-t.C:
-			if leading {
-				n.reconcile()
-			}
 		}
 	}
 }
