@@ -98,7 +98,7 @@ type Config struct {
 
 	Log *slog.Logger
 	// Lock, if set, is the data directory lock already taken with
-	// LockDataDir; the node owns it from New on.
+	// LockDataDir; the agent owns it from New on (a failed New releases it).
 	Lock *os.File
 }
 
@@ -176,6 +176,14 @@ var ErrNoLeader = errors.New("no raft leader: the cluster has no quorum or is el
 // stores, and creates the raft and memberlist instances. Start joins or
 // bootstraps.
 func New(cfg Config, fsm *routing.FSM) (*Agent, error) {
+	// The agent owns cfg.Lock from the start: a failure before the stores
+	// take it over (closeStores releases it then) releases it here.
+	lockHeld := false
+	defer func() {
+		if !lockHeld && cfg.Lock != nil {
+			unlockDataDir(cfg.Lock)
+		}
+	}()
 	if cfg.NodeName == "" {
 		return nil, errors.New("cluster: node name required")
 	}
@@ -223,6 +231,7 @@ func New(cfg Config, fsm *routing.FSM) (*Agent, error) {
 			return nil, err
 		}
 	}
+	lockHeld = true
 	ok := false
 	defer func() {
 		if !ok {

@@ -87,12 +87,24 @@ func (n *Agent) rpcHandler() http.Handler {
 	return mux
 }
 
-// HandleRPC adds a cluster RPC (pattern as http.ServeMux's, a path under
-// /v1/ext/): served on the cluster port to other nodes only, for calls
-// that belong to another package (e.g. a VIP move passed to the leader).
-// Request bodies are capped like every RPC's.
-func (n *Agent) HandleRPC(pattern string, h http.Handler) {
-	n.rpcMux.Handle(pattern, http.MaxBytesHandler(h, maxRPCBody))
+// RPCFunc serves a cluster RPC added by another package: body is the
+// request's body, read under the RPCs' one body limit; it returns the
+// answer's HTTP status and a value sent as its JSON body.
+type RPCFunc func(ctx context.Context, body []byte) (status int, answer any)
+
+// HandleRPC adds a cluster RPC at path (under /v1/ext/, POST): served on
+// the cluster port to other nodes only, with the same body limit and
+// timeouts as every RPC, for calls that belong to another package (e.g. a
+// VIP move passed to the leader).
+func (n *Agent) HandleRPC(path string, f RPCFunc) {
+	n.rpcMux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
+		b, ok := readBody(w, r)
+		if !ok {
+			return
+		}
+		status, answer := f(r.Context(), b)
+		writeJSON(w, status, answer)
+	})
 }
 
 // CallLeader sends body to path on the leader's cluster port (an RPC added

@@ -3,11 +3,18 @@
 // (gratuitous ARP request and reply for IPv4, RFC 5227; unsolicited
 // neighbour advertisement with the override flag for IPv6, RFC 4861
 // §7.2.6), refreshes the announcements while owning, and removes them when
-// it is not. Ownership follows raft leadership (see DESIGN.md): the
-// cluster layer calls SetOwner; one goroutine owns all address changes and
-// reconciles the interface against the desired state every Reconcile
-// period, so a stale address (added by hand, left by a crash, or kept by a
-// node that lost quorum) is removed within one period.
+// it is not.
+//
+// Policy and mechanism are apart (as in MetalLB). The policy (policy.go,
+// controller.go) decides who holds the addresses: they follow raft
+// leadership (see DESIGN.md), seen through the narrow Leadership
+// interface; Decide and OnLeadership are pure functions of the facts, and
+// Controller gathers the facts, runs the guard, preemption and planned
+// handovers, and calls SetOwner. The mechanism (Manager) carries that
+// out: one goroutine owns all address changes and reconciles the
+// interface against the desired state every Reconcile period, so a stale
+// address (added by hand, left by a crash, or kept by a node that lost
+// quorum) is removed within one period.
 package vip
 
 import (

@@ -74,6 +74,7 @@ type Server struct {
 	mux   *http.ServeMux
 	srv   *http.Server
 	ln    net.Listener
+	done  chan struct{} // closed when Start's serving goroutine returns
 
 	hostsMu    sync.Mutex // serializes changes to hosts
 	hosts      atomic.Pointer[hostSet]
@@ -189,7 +190,9 @@ func (s *Server) Start() error {
 		s.srv.TLSConfig = s.serverTLS()
 		serve = func(ln net.Listener) error { return s.srv.ServeTLS(ln, "", "") }
 	}
+	s.done = make(chan struct{})
 	go func() {
+		defer close(s.done)
 		if err := serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			s.log.Error("admin server", "error", err)
 		}
@@ -228,8 +231,19 @@ func (s *Server) StopListening() {
 	}
 }
 
-// Shutdown stops the server.
-func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+// Shutdown stops the server (requests in flight may complete until ctx
+// ends) and closes its listener, also one bound by Listen and never
+// served (a node that failed to start).
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.srv.Shutdown(ctx)
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+	if s.done != nil {
+		<-s.done
+	}
+	return err
+}
 
 // ErrorBody is the JSON shape of every error response.
 type ErrorBody struct {

@@ -1,10 +1,12 @@
 package daemon
 
 import (
+	"context"
 	"crypto/tls"
 	"net"
 	"net/http"
 	"net/netip"
+	"time"
 
 	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/ops/config"
@@ -24,6 +26,11 @@ func (d *Daemon) setupAdmin(cfg *config.Config, o Options) error {
 		return err
 	}
 	d.admin = srv
+	d.onClose(func(context.Context) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	})
 	if o.Inherit != nil {
 		d.admin.Inherit = o.Inherit.Admin
 	}

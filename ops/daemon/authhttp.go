@@ -61,7 +61,7 @@ func (d *Daemon) setupAuthHTTP(cfg *config.Config) error {
 		}
 		return func() { disp.table.Swap(t).close() }, nil
 	})
-	d.onShutdown(func(context.Context) { disp.table.Load().close() })
+	d.onClose(func(context.Context) { disp.table.Load().close() })
 	return nil
 }
 

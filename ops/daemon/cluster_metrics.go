@@ -60,8 +60,8 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.members, prometheus.GaugeValue, n, st)
 	}
 	ch <- prometheus.MustNewConstMetric(c.score, prometheus.GaugeValue, float64(c.d.cluster.HealthScore()))
-	if c.d.health != nil {
-		down := c.d.health.Down()
+	if h := c.d.health.Load(); h != nil {
+		down := h.Down()
 		for _, b := range c.d.fsm.Table().Backends() {
 			v := 1.0
 			if down[b.ID] {

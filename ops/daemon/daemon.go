@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,8 +49,7 @@ type Daemon struct {
 	static  *routing.Static // `portico proxy`: routes from flags only
 	fsm     *routing.FSM    // the replicated table (otherwise)
 	cluster *cluster.Agent
-	health  *cluster.Health
-	done    chan struct{} // closed at shutdown
+	health  atomic.Pointer[cluster.Health] // set once the cluster started
 	certs   *node.CertStore
 	engine  *relay.Engine
 	srv     *node.Server
@@ -57,8 +57,14 @@ type Daemon struct {
 
 	env *session.Env
 
-	mu       sync.Mutex
-	cfg      *config.Config
+	// group owns every goroutine the daemon starts; its context ends at
+	// shutdown, and Shutdown waits for them.
+	group *group
+
+	// cfg is the running configuration, replaced whole by Reload
+	// (reloadMu serializes reloads).
+	cfg      atomic.Pointer[config.Config]
+	reloadMu sync.Mutex
 	closeLog func()
 
 	vip        *vipState
@@ -72,17 +78,33 @@ type Daemon struct {
 
 	beforeShutdown []func(context.Context)
 	startHooks     []func() error
-	shutdownHooks  []func(context.Context)
+	closers        []func(context.Context) // onClose
+	closeOnce      sync.Once
 	reloadHooks    []func(*config.Config) (commit func(), err error)
 }
+
+// conf returns the running configuration.
+func (d *Daemon) conf() *config.Config { return d.cfg.Load() }
 
 // onStart registers f to run after the listeners are bound.
 func (d *Daemon) onStart(f func() error) { d.startHooks = append(d.startHooks, f) }
 
-// onShutdown registers f to run (in reverse order) at shutdown, after the
-// proxy has stopped.
-func (d *Daemon) onShutdown(f func(context.Context)) {
-	d.shutdownHooks = append(d.shutdownHooks, f)
+// onClose registers f to release a resource New acquired: closers run
+// in reverse order, once, when the daemon shuts down (after the proxy and
+// the daemon's goroutines stopped), or when New or Start fails part-way,
+// so that a partial start leaks nothing. f must work whether or not Start
+// ran.
+func (d *Daemon) onClose(f func(context.Context)) {
+	d.closers = append(d.closers, f)
+}
+
+// close runs the closers (once).
+func (d *Daemon) close(ctx context.Context) {
+	d.closeOnce.Do(func() {
+		for i := len(d.closers) - 1; i >= 0; i-- {
+			d.closers[i](ctx)
+		}
+	})
 }
 
 // onReload registers a reload stage: it validates and prepares the new
@@ -110,9 +132,12 @@ type Options struct {
 	Inherit *Handover
 }
 
-// New builds a node from cfg without starting it.
-func New(cfg *config.Config, o Options) (*Daemon, error) {
-	d := &Daemon{cfg: cfg, Log: o.Logger, level: o.Level, Metrics: prometheus.NewRegistry(), done: make(chan struct{}), inherit: o.Inherit}
+// New builds a node from cfg without starting it. If it fails, whatever
+// it had opened (admin socket, cluster agent and its ports, data
+// directory lock, relay engine, log) is closed again.
+func New(cfg *config.Config, o Options) (_ *Daemon, err error) {
+	d := &Daemon{Log: o.Logger, level: o.Level, Metrics: prometheus.NewRegistry(), inherit: o.Inherit, group: newGroup()}
+	d.cfg.Store(cfg)
 	if d.level == nil {
 		d.level = new(slog.LevelVar)
 	}
@@ -120,6 +145,17 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 	if d.Log == nil {
 		d.Log, d.closeLog = NewLogger(cfg.Log, d.level)
 	}
+	defer func() {
+		if err != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = d.group.wait(ctx)
+			d.close(ctx)
+			if d.closeLog != nil {
+				d.closeLog()
+			}
+		}
+	}()
 	d.warnConfig(cfg)
 	d.certs = &node.CertStore{}
 	if pairs := cfg.CertPairs(); len(pairs) > 0 {
@@ -131,15 +167,13 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		return nil, err
 	}
 	if err := d.setupRouting(cfg); err != nil {
-		if d.admin != nil {
-			_ = d.admin.Shutdown(context.Background())
-		}
 		return nil, err
 	}
-	var err error
 	if d.engine, err = relay.NewEngine(); err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
+	engine := d.engine
+	d.onClose(func(context.Context) { engine.Close() })
 	d.env = &session.Env{
 		Director: session.RouteDirector{Router: d.router},
 		Dialer:   &session.Dialer{},
@@ -150,11 +184,9 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		nc.Inherit = o.Inherit.Listener
 	}
 	if err := d.setupAuth(cfg, &nc); err != nil {
-		d.engine.Close()
 		return nil, err
 	}
 	if err := d.setupThrottle(cfg); err != nil {
-		d.engine.Close()
 		return nil, err
 	}
 	handlers := map[routing.Protocol]session.Handler{
@@ -162,8 +194,12 @@ func New(cfg *config.Config, o Options) (*Daemon, error) {
 		routing.POP3: pop3.New(pop3.Options{}),
 	}
 	d.srv = node.NewServer(nc, d.env, handlers, d.certs, d.engine)
+	if d.cluster != nil {
+		if err := d.setupVIP(cfg); err != nil {
+			return nil, err
+		}
+	}
 	if err := d.setupOps(cfg); err != nil {
-		d.engine.Close()
 		return nil, err
 	}
 	d.setupLifecycle(o)
@@ -179,13 +215,13 @@ func (d *Daemon) AdminAddr() net.Addr {
 	return d.admin.Addr()
 }
 
-// Start binds the listeners.
+// Start binds the listeners and starts the stages (the cluster first
+// joins or forms). If it fails, everything is stopped and closed again.
 func (d *Daemon) Start() error {
 	fail := func(err error) error {
-		d.engine.Close()
-		if d.closeLog != nil {
-			d.closeLog()
-		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = d.Shutdown(ctx)
 		return err
 	}
 	if d.admin != nil {
@@ -194,17 +230,11 @@ func (d *Daemon) Start() error {
 		}
 	}
 	if err := d.srv.Start(); err != nil {
-		if d.admin != nil {
-			_ = d.admin.Shutdown(context.Background())
-		}
 		return fail(err)
 	}
 	for _, f := range d.startHooks {
 		if err := f(); err != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_ = d.Shutdown(ctx)
-			cancel()
-			return err
+			return fail(err)
 		}
 	}
 	return nil
@@ -221,6 +251,8 @@ func (d *Daemon) Server() *node.Server { return d.srv }
 // level change here; routes, authentication and listeners in their stages.
 // Sessions in flight are untouched. On error nothing changes.
 func (d *Daemon) Reload(cfg *config.Config) error {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
 	var commits []func()
 	if pairs := cfg.CertPairs(); len(pairs) > 0 {
 		next := &node.CertStore{}
@@ -243,33 +275,25 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	}
 	SetLevel(d.level, cfg.Log.Level)
 	d.warnConfig(cfg)
-	d.mu.Lock()
-	d.cfg = cfg
-	d.mu.Unlock()
+	d.cfg.Store(cfg)
 	return nil
 }
 
-// Shutdown stops the node gracefully (see node.Server.Shutdown).
+// Shutdown stops the node gracefully (see node.Server.Shutdown): the VIP
+// is handed away first, then the daemon's goroutines are told to stop,
+// the proxy drains its sessions (until ctx ends), the goroutines are
+// waited for, and the stages' resources are closed.
 func (d *Daemon) Shutdown(ctx context.Context) error {
 	d.setDraining(true)
 	for _, f := range d.beforeShutdown {
 		f(ctx)
 	}
-	select {
-	case <-d.done:
-	default:
-		close(d.done)
-	}
+	d.group.stop()
 	err := d.srv.Shutdown(ctx)
-	d.engine.Close()
-	for i := len(d.shutdownHooks) - 1; i >= 0; i-- {
-		d.shutdownHooks[i](ctx)
+	if werr := d.group.wait(ctx); werr != nil {
+		d.Log.Warn("shutdown: some of the node's tasks had not finished", "error", werr)
 	}
-	if d.admin != nil {
-		actx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = d.admin.Shutdown(actx)
-		cancel()
-	}
+	d.close(ctx)
 	d.Log.Info("stopped")
 	if d.closeLog != nil {
 		d.closeLog()

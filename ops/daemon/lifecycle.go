@@ -100,14 +100,16 @@ func (d *Daemon) Drain() <-chan struct{} {
 	if st.done != nil {
 		return st.done
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	// The drain ends when cancelled (Undrain) or with the daemon (shutdown).
+	ctx, cancel := context.WithCancel(d.group.ctx)
 	st.cancel, st.done, st.started, st.ended = cancel, make(chan struct{}), time.Now(), 0
 	st.phase = "starting"
 	done := st.done
 	d.setDraining(true)
 	d.Log.Info("draining")
-	go func() {
+	started := d.group.Go(func(context.Context) {
 		defer close(done)
+		defer cancel()
 		phase := func(p string) {
 			st.mu.Lock()
 			st.phase = p
@@ -120,9 +122,7 @@ func (d *Daemon) Drain() <-chan struct{} {
 		}
 		d.srv.Pause()
 		phase("waiting for sessions")
-		d.mu.Lock()
-		cfg := d.cfg
-		d.mu.Unlock()
+		cfg := d.conf()
 		deadline := time.Now().Add(cfg.ShutdownGrace.D())
 		for d.engine.Len() > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
 			sleepCtx(ctx, 50*time.Millisecond)
@@ -138,7 +138,11 @@ func (d *Daemon) Drain() <-chan struct{} {
 		if ctx.Err() == nil {
 			phase("drained")
 		}
-	}()
+	})
+	if !started {
+		cancel()
+		close(done) // shutting down: the shutdown drains
+	}
 	return done
 }
 
@@ -156,7 +160,7 @@ func (d *Daemon) Undrain() error {
 	st.mu.Unlock()
 	<-done
 	select {
-	case <-d.done:
+	case <-d.group.Done():
 		return errors.New("the node is shutting down")
 	default:
 	}
@@ -202,9 +206,7 @@ func (d *Daemon) ReloadFile() (ReloadResult, error) {
 		d.Log.Error("reload failed, keeping the running configuration", "error", err)
 		return ReloadResult{}, err
 	}
-	d.mu.Lock()
-	prev := d.cfg
-	d.mu.Unlock()
+	prev := d.conf()
 	if err := d.Reload(next); err != nil {
 		d.Log.Error("reload failed, keeping the running configuration", "error", err)
 		return ReloadResult{}, err

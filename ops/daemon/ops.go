@@ -90,7 +90,7 @@ func (d *Daemon) NotReady() []string {
 	o := d.opsState()
 	var reasons []string
 	select {
-	case <-d.done:
+	case <-d.group.Done():
 		reasons = append(reasons, "shutting down")
 	default:
 	}
@@ -145,9 +145,6 @@ func (d *Daemon) setupOps(cfg *config.Config) error {
 		d.addReadyCheck("cluster", d.cluster.QuorumError)
 		d.addStatus(d.clusterStatus)
 	}
-	if d.vip != nil {
-		d.addStatus(d.vipStatusSection)
-	}
 
 	if d.admin != nil {
 		d.admin.HandlePublic("GET /metrics", promhttp.HandlerFor(d.Metrics, promhttp.HandlerOpts{
@@ -170,9 +167,7 @@ func (d *Daemon) certificates() []node.CertInfo {
 	if d.cluster == nil {
 		return out
 	}
-	d.mu.Lock()
-	file := d.cfg.Cluster.TLS.CertFile
-	d.mu.Unlock()
+	file := d.conf().Cluster.TLS.CertFile
 	if file == "" {
 		return out // a throwaway identity
 	}
@@ -208,9 +203,7 @@ func (d *Daemon) table() *routing.Table {
 
 // checkListeners: every listener of the running configuration is bound.
 func (d *Daemon) checkListeners() error {
-	d.mu.Lock()
-	cfg := d.cfg
-	d.mu.Unlock()
+	cfg := d.conf()
 	bound := d.srv.Addrs()
 	var missing []string
 	for _, l := range cfg.Listeners {

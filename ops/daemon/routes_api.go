@@ -152,11 +152,7 @@ func (d *Daemon) registerRoutingAPI() {
 			admin.Error(w, 400, "protocol must be imap or pop3")
 			return
 		}
-		var down routing.HealthFunc
-		if d.health != nil {
-			down = d.health.IsDown
-		}
-		rt, err := t.Lookup(routing.Request{User: q.Get("user"), Protocol: proto}, down)
+		rt, err := t.Lookup(routing.Request{User: q.Get("user"), Protocol: proto}, d.BackendDown)
 		if err != nil {
 			admin.Error(w, 404, err.Error())
 			return

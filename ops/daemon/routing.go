@@ -59,13 +59,22 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		}
 		apiAddr = d.advertiseAPI(cfg.Cluster.Advertise)
 	}
+	// From here on the agent owns the lock (also when cluster.New fails).
 	cc := cfg.ClusterConfig()
 	cc.Version, cc.APIAddr, cc.Log, cc.Lock = Version, apiAddr, d.Log, lock
-	node, err := cluster.New(cc, d.fsm)
+	agent, err := cluster.New(cc, d.fsm)
 	if err != nil {
 		return err
 	}
-	d.cluster = node
+	d.cluster = agent
+	d.onClose(func(context.Context) {
+		if h := d.health.Load(); h != nil {
+			h.Stop()
+		}
+		if err := agent.Shutdown(); err != nil {
+			d.Log.Warn("cluster shutdown", "error", err)
+		}
+	})
 	// Started by an in-place upgrade: the old process snapshotted the table
 	// it served from just before handing over, and raft has restored it
 	// (cluster.New). If the old table had caught up, and the restored one
@@ -75,41 +84,30 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 	}
 	d.registerRoutingAPI()
 	d.registerClusterMetrics()
-	if err := d.setupVIP(cfg); err != nil {
-		return err
-	}
 	d.onStart(func() error {
-		if err := node.Start(); err != nil {
+		if err := agent.Start(); err != nil {
 			return err
 		}
 		hc := cfg.HealthConfig()
 		hc.Probe = backendProbe(d.env.Dialer)
-		d.health = node.StartHealth(d.fsm, hc)
-		go d.gossipSessions()
-		seedCtx, cancel := context.WithTimeout(context.Background(), startupWait)
+		d.health.Store(agent.StartHealth(d.fsm, hc))
+		d.group.Go(d.gossipSessions)
+		seedCtx, cancel := context.WithTimeout(d.group.ctx, startupWait)
 		defer cancel()
 		if err := d.seed(seedCtx, cfg); err != nil {
 			d.Log.Warn("routes from the configuration file not yet written to the replicated table; retrying in the background", "error", err)
-			go d.seedRetry(cfg)
+			d.group.Go(func(ctx context.Context) { d.seedRetry(ctx, cfg) })
 		}
 		if d.fsm.Loaded() {
 			return nil
 		}
-		if err := node.CatchUp(seedCtx); err != nil {
+		if err := agent.CatchUp(seedCtx); err != nil {
 			d.Log.Warn("routing table not caught up with the cluster yet; serving anyway (logins get 'unavailable' until it is)", "error", err)
-			go d.catchUpLater(node)
+			d.group.Go(d.catchUpLater)
 			return nil
 		}
 		d.tableLoaded()
 		return nil
-	})
-	d.onShutdown(func(context.Context) {
-		if d.health != nil {
-			d.health.Stop()
-		}
-		if err := node.Shutdown(); err != nil {
-			d.Log.Warn("cluster shutdown", "error", err)
-		}
 	})
 	d.onReload(func(next *config.Config) (func(), error) {
 		if _, err := routing.NewTable(next.RoutingSpec()); err != nil {
@@ -119,40 +117,31 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		if mat == nil && cfg.Cluster.Material != nil {
 			return nil, fmt.Errorf("cluster.tls: a node started with a node certificate keeps one (restart to change that)")
 		}
-		if mat != nil && mat.Self.Name != node.Name() {
-			return nil, fmt.Errorf("cluster.tls: the certificate is for %q, this node is %q", mat.Self.Name, node.Name())
+		if mat != nil && mat.Self.Name != agent.Name() {
+			return nil, fmt.Errorf("cluster.tls: the certificate is for %q, this node is %q", mat.Self.Name, agent.Name())
 		}
 		return func() {
 			if mat != nil {
-				if err := node.SetTLS(mat); err != nil {
+				if err := agent.SetTLS(mat); err != nil {
 					d.Log.Error("replacing the cluster TLS identity", "error", err)
 				}
 			}
-			go func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			d.group.Go(func(ctx context.Context) {
+				ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 				defer cancel()
 				if err := d.seed(ctx, next); err != nil {
 					d.Log.Error("writing the reloaded routes to the replicated table failed", "error", err)
 				}
-			}()
+			})
 		}, nil
 	})
 	return nil
 }
 
 // catchUpLater keeps catching up after Start gave up waiting, until done
-// or shutdown.
-func (d *Daemon) catchUpLater(node *cluster.Agent) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-d.done:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	if err := node.CatchUp(ctx); err == nil {
+// or shutdown (ctx).
+func (d *Daemon) catchUpLater(ctx context.Context) {
+	if err := d.cluster.CatchUp(ctx); err == nil {
 		d.tableLoaded()
 	}
 }
@@ -201,16 +190,18 @@ func (d *Daemon) seed(ctx context.Context, cfg *config.Config) error {
 	return nil
 }
 
-func (d *Daemon) seedRetry(cfg *config.Config) {
+// seedRetry retries seed (for about 10 minutes) until it succeeds or ctx
+// ends (shutdown).
+func (d *Daemon) seedRetry(ctx context.Context, cfg *config.Config) {
 	for i := 0; i < 120; i++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := d.seed(ctx, cfg)
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := d.seed(sctx, cfg)
 		cancel()
 		if err == nil {
 			return
 		}
 		select {
-		case <-d.done:
+		case <-ctx.Done():
 			return
 		case <-time.After(5 * time.Second):
 		}
@@ -236,13 +227,14 @@ func advertised(addr, adv string) string {
 	return addr
 }
 
-// gossipSessions keeps this node's session count in its gossiped metadata.
-func (d *Daemon) gossipSessions() {
+// gossipSessions keeps this node's session count in its gossiped
+// metadata, until ctx ends.
+func (d *Daemon) gossipSessions(ctx context.Context) {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {
 		select {
-		case <-d.done:
+		case <-ctx.Done():
 			return
 		case <-t.C:
 			n := int(d.srv.Connections())
@@ -271,5 +263,6 @@ func (d *Daemon) HaltError() error {
 
 // BackendDown reports whether the cluster considers backend id down.
 func (d *Daemon) BackendDown(id string) bool {
-	return d.health != nil && d.health.IsDown(id)
+	h := d.health.Load()
+	return h != nil && h.IsDown(id)
 }

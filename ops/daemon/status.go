@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 
@@ -85,9 +84,7 @@ type VIPSection struct {
 // Status gathers the node's status.
 func (d *Daemon) Status() *Status {
 	o := d.opsState()
-	d.mu.Lock()
-	name := d.cfg.NodeName
-	d.mu.Unlock()
+	name := d.conf().NodeName
 	notReady := d.NotReady()
 	st := &Status{
 		Node: name, Version: Version, Commit: Commit,
@@ -143,8 +140,8 @@ func (d *Daemon) clusterStatus(st *Status) {
 	if st.Cluster.Members == nil {
 		st.Cluster.Members = []cluster.Member{}
 	}
-	if d.health != nil {
-		down := d.health.Down()
+	if h := d.health.Load(); h != nil {
+		down := h.Down()
 		for i := range st.Backends {
 			st.Backends[i].Health = "up"
 			if down[st.Backends[i].ID] {
@@ -152,18 +149,6 @@ func (d *Daemon) clusterStatus(st *Status) {
 			}
 		}
 	}
-}
-
-// vipStatusSection contributes the VIP section (the raft leader holds the
-// addresses).
-func (d *Daemon) vipStatusSection(st *Status) {
-	leader, _ := d.cluster.Leader()
-	v := &VIPSection{Owner: leader, SelfOwns: d.vip.m.Owned()}
-	for _, a := range d.vip.m.Addresses() {
-		v.Addresses = append(v.Addresses, a.String())
-	}
-	sort.Strings(v.Addresses)
-	st.VIP = v
 }
 
 // String renders a backend's address and ports for tables.

@@ -37,7 +37,7 @@ func (d *Daemon) setupThrottle(cfg *config.Config) error {
 		l.Start()
 		return nil
 	})
-	d.onShutdown(func(context.Context) { l.Close() })
+	d.onClose(func(context.Context) { l.Close() })
 	d.onReload(func(next *config.Config) (func(), error) {
 		c := next.Throttle.LimiterConfig()
 		return func() { l.SetConfig(c) }, nil

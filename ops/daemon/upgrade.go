@@ -206,9 +206,7 @@ func (d *Daemon) Upgrade(ctx context.Context) (UpgradeResult, error) {
 		return UpgradeResult{}, errors.New("an upgrade is already in progress or done")
 	}
 	start := time.Now()
-	d.mu.Lock()
-	cfg := d.cfg
-	d.mu.Unlock()
+	cfg := d.conf()
 	binary := cfg.Upgrade.Binary
 	if binary == "" {
 		binary = d.executable
@@ -284,8 +282,6 @@ func (d *Daemon) Upgrade(ctx context.Context) (UpgradeResult, error) {
 		u.running.Store(false)
 		return UpgradeResult{}, fmt.Errorf("starting %s: %w", binary, err)
 	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
 	d.Log.Info("in-place upgrade: new process started", "binary", binary, "pid", cmd.Process.Pid)
 
 	timeout := cfg.Upgrade.Timeout.D()
@@ -305,7 +301,7 @@ func (d *Daemon) Upgrade(ctx context.Context) (UpgradeResult, error) {
 	}
 	if err := expect("hello"); err != nil {
 		_ = cmd.Process.Kill()
-		<-exited
+		_ = cmd.Wait()
 		if keepVIP {
 			d.cluster.ReleasePeerElections(context.Background())
 		}
@@ -347,7 +343,7 @@ func (d *Daemon) Upgrade(ctx context.Context) (UpgradeResult, error) {
 	res := UpgradeResult{PID: cmd.Process.Pid, Took: time.Since(start).Milliseconds(), Sessions: d.engine.Len()}
 	d.Log.Info("in-place upgrade: the new process serves; this one keeps its sessions until they end",
 		"pid", res.PID, "took_ms", res.Took, "sessions", res.Sessions, "session_grace", cfg.Upgrade.SessionGrace.D())
-	go d.retire(cfg.Upgrade.SessionGrace.D())
+	d.group.Go(func(ctx context.Context) { d.retire(ctx, cfg.Upgrade.SessionGrace.D()) })
 	return res, nil
 }
 
@@ -364,22 +360,22 @@ func (d *Daemon) upgradeFailed(err error) error {
 		}
 	}
 	d.Log.Error("in-place upgrade failed after the handoff; finishing this process's sessions, then exiting so that the supervisor restarts the node", "error", err)
-	go d.retire(0)
+	d.group.Go(func(ctx context.Context) { d.retire(ctx, 0) })
 	return err
 }
 
 // retire waits for this process's sessions to end (up to grace), ends
 // the rest at a response boundary, and marks the process for exit.
-func (d *Daemon) retire(grace time.Duration) {
+func (d *Daemon) retire(ctx context.Context, grace time.Duration) {
+	defer close(d.upgrade.retired)
 	deadline := time.Now().Add(grace)
-	for d.engine.Len() > 0 && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
+	for d.engine.Len() > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+		sleepCtx(ctx, 100*time.Millisecond)
 	}
-	if n := d.engine.Len(); n > 0 {
+	if n := d.engine.Len(); n > 0 && ctx.Err() == nil {
 		d.Log.Info("ending the sessions left after the upgrade", "sessions", n)
-		d.srv.EndSessions(context.Background(), nil, "Server restarting, please reconnect.", d.srv.EndSpread())
+		d.srv.EndSessions(ctx, nil, "Server restarting, please reconnect.", d.srv.EndSpread())
 	}
-	close(d.upgrade.retired)
 }
 
 func (d *Daemon) setupUpgrade(o Options) {
