@@ -14,6 +14,7 @@ import (
 	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/ops/config"
 	"github.com/portico-mail/portico/ops/daemon"
+	"github.com/portico-mail/portico/ops/upgrade"
 	"github.com/portico-mail/portico/routing"
 )
 
@@ -28,7 +29,7 @@ func cmdServe(args []string) error {
 		return errors.New("serve: --config FILE is required")
 	}
 	// Started by an in-place upgrade: the old process waits for this one.
-	h, err := daemon.InheritedUpgrade()
+	h, err := upgrade.Inherited()
 	if err != nil {
 		return err
 	}
@@ -132,7 +133,7 @@ func cmdProxy(args []string) error {
 // run serves cfg until SIGTERM/SIGINT. path, if set, is re-read on SIGHUP.
 // SIGUSR2 starts an in-place upgrade; h is the handover when this process
 // was started by one.
-func run(cfg *config.Config, path string, h *daemon.Handover) error {
+func run(cfg *config.Config, path string, h *upgrade.Handover) error {
 	// Before anything starts: a SIGTERM that arrives while the node is
 	// starting (a supervisor stopping it at once) is handled once it has
 	// started, instead of killing it outright (the signal's default).

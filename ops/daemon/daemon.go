@@ -23,6 +23,7 @@ import (
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/ops/config"
+	"github.com/portico-mail/portico/ops/upgrade"
 	"github.com/portico-mail/portico/routing"
 )
 
@@ -68,12 +69,10 @@ type Daemon struct {
 	closeLog func()
 
 	vip        *vipState
-	inherit    *Handover   // set when started by an in-place upgrade
-	drain      *drainState // lifecycle.go
-	configPath string      // re-read by POST /v1/reload
-	upgrade    *upgradeState
-	executable string
-	args       []string
+	inherit    *upgrade.Handover // set when started by an in-place upgrade
+	drain      *drainState       // lifecycle.go
+	configPath string            // re-read by POST /v1/reload
+	upgrade    *upgrade.Upgrader
 	ops        *opsState // metrics, readiness, status (ops.go)
 
 	beforeShutdown []func(context.Context)
@@ -129,7 +128,7 @@ type Options struct {
 	Args       []string
 	// Inherit, when this process was started by an in-place upgrade,
 	// provides the previous process's listening sockets.
-	Inherit *Handover
+	Inherit *upgrade.Handover
 }
 
 // New builds a node from cfg without starting it. If it fails, whatever
