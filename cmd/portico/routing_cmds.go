@@ -14,7 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/portico-mail/portico/cluster"
-	"github.com/portico-mail/portico/ops/daemon"
+	"github.com/portico-mail/portico/ops/admin/routesapi"
 	"github.com/portico-mail/portico/routing"
 )
 
@@ -400,7 +400,7 @@ func cmdImport(args []string) error {
 	if err != nil {
 		return err
 	}
-	raw, err := c.do("POST", "/v1/import", daemon.ImportRequest{Format: *format, Data: string(body)}, nil)
+	raw, err := c.do("POST", "/v1/import", routesapi.ImportRequest{Format: *format, Data: string(body)}, nil)
 	if err == nil {
 		done(c, raw)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/cluster"
+	"github.com/portico-mail/portico/ops/admin/routesapi"
 	"github.com/portico-mail/portico/ops/config"
 	"github.com/portico-mail/portico/routing"
 )
@@ -82,7 +83,9 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 	if idx, ok := d.inherit.TableIndex(); ok && d.fsm.IndexKnown() && d.fsm.AppliedIndex() >= idx {
 		d.fsm.SetLoaded()
 	}
-	d.registerRoutingAPI()
+	if d.admin != nil {
+		routesapi.Register(d.admin, routesapi.Config{Cluster: agent, FSM: d.fsm, Down: d.BackendDown})
+	}
 	d.registerClusterMetrics()
 	d.onStart(func() error {
 		if err := agent.Start(); err != nil {

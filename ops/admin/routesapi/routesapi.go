@@ -1,4 +1,9 @@
-package daemon
+// Package routesapi is the admin API of the replicated routing table and
+// of the cluster: /v1/backends, /v1/pools, /v1/routes/..., /v1/import
+// (bulk user routes) and /v1/cluster/... (members, peers, leader). Reads
+// are served from this node's copy of the table (or after a consistent
+// read); writes go through the cluster, which passes them to the leader.
+package routesapi
 
 import (
 	"bufio"
@@ -25,12 +30,34 @@ const importBatch = 5000
 // maxImportBody caps a bulk import request.
 const maxImportBody = 128 << 20
 
-// registerRoutingAPI adds the /v1/ routing and cluster endpoints.
-func (d *Daemon) registerRoutingAPI() {
-	a := d.admin
-	if a == nil {
-		return
-	}
+// Cluster is what the API needs of the cluster (cluster.Agent implements
+// it).
+type Cluster interface {
+	Apply(ctx context.Context, c routing.Command) error
+	ConsistentRead(ctx context.Context) error
+	Members() []cluster.Member
+	Peers() ([]cluster.Peer, error)
+	Leader() (name, api string)
+	Name() string
+}
+
+// Config is what Register serves.
+type Config struct {
+	Cluster Cluster
+	// FSM is the node's copy of the replicated table.
+	FSM *routing.FSM
+	// Down reports the backends the cluster considers down (route
+	// lookups skip them); nil: none.
+	Down routing.HealthFunc
+}
+
+type api struct {
+	Config
+}
+
+// Register adds the routing and cluster endpoints to a.
+func Register(a *admin.Server, c Config) {
+	d := &api{c}
 	a.HandleFunc("GET /v1/backends", d.read(func(w http.ResponseWriter, r *http.Request, t *routing.Table) {
 		admin.JSON(w, 200, t.Backends())
 	}))
@@ -152,7 +179,7 @@ func (d *Daemon) registerRoutingAPI() {
 			admin.Error(w, 400, "protocol must be imap or pop3")
 			return
 		}
-		rt, err := t.Lookup(routing.Request{User: q.Get("user"), Protocol: proto}, d.BackendDown)
+		rt, err := t.Lookup(routing.Request{User: q.Get("user"), Protocol: proto}, d.Down)
 		if err != nil {
 			admin.Error(w, 404, err.Error())
 			return
@@ -162,10 +189,10 @@ func (d *Daemon) registerRoutingAPI() {
 	}))
 	a.HandleFunc("POST /v1/import", d.importRoutes)
 	a.HandleFunc("GET /v1/cluster/members", func(w http.ResponseWriter, r *http.Request) {
-		admin.JSON(w, 200, d.cluster.Members())
+		admin.JSON(w, 200, d.Cluster.Members())
 	})
 	a.HandleFunc("GET /v1/cluster/peers", func(w http.ResponseWriter, r *http.Request) {
-		p, err := d.cluster.Peers()
+		p, err := d.Cluster.Peers()
 		if err != nil {
 			admin.Error(w, 503, err.Error())
 			return
@@ -173,13 +200,13 @@ func (d *Daemon) registerRoutingAPI() {
 		admin.JSON(w, 200, p)
 	})
 	a.HandleFunc("GET /v1/cluster/leader", func(w http.ResponseWriter, r *http.Request) {
-		name, api := d.cluster.Leader()
+		name, api := d.Cluster.Leader()
 		if name == "" {
 			admin.Error(w, 503, cluster.ErrNoLeader.Error())
 			return
 		}
-		admin.JSON(w, 200, map[string]any{"name": name, "api": api, "self": name == d.cluster.Name(),
-			"applied_index": d.fsm.AppliedIndex()})
+		admin.JSON(w, 200, map[string]any{"name": name, "api": api, "self": name == d.Cluster.Name(),
+			"applied_index": d.FSM.AppliedIndex()})
 	})
 }
 
@@ -194,31 +221,31 @@ func statusOf(err error) int {
 }
 
 // write replicates a change and answers with the outcome.
-func (d *Daemon) write(w http.ResponseWriter, r *http.Request, c routing.Command) {
+func (d *api) write(w http.ResponseWriter, r *http.Request, c routing.Command) {
 	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
 	defer cancel()
-	if err := d.cluster.Apply(ctx, c); err != nil {
+	if err := d.Cluster.Apply(ctx, c); err != nil {
 		admin.Error(w, statusOf(err), err.Error())
 		return
 	}
-	admin.JSON(w, 200, map[string]any{"ok": true, "applied_index": d.fsm.AppliedIndex()})
+	admin.JSON(w, 200, map[string]any{"ok": true, "applied_index": d.FSM.AppliedIndex()})
 }
 
 // read serves from the local table (stale-tolerant, like the proxy), or
 // with ?consistent=true after catching up with everything the leader had
 // committed when asked (cluster.ConsistentRead).
-func (d *Daemon) read(f func(http.ResponseWriter, *http.Request, *routing.Table)) http.HandlerFunc {
+func (d *api) read(f func(http.ResponseWriter, *http.Request, *routing.Table)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if c := r.URL.Query().Get("consistent"); c == "true" || c == "1" {
 			ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-			err := d.cluster.ConsistentRead(ctx)
+			err := d.Cluster.ConsistentRead(ctx)
 			cancel()
 			if err != nil {
 				admin.Error(w, 503, err.Error())
 				return
 			}
 		}
-		f(w, r, d.fsm.Table())
+		f(w, r, d.FSM.Table())
 	}
 }
 
@@ -236,7 +263,7 @@ type ImportRequest struct {
 // "user,..." is skipped). The import is validated completely first; then
 // it is written in batches (a partial failure reports how far it got; a
 // retry is safe because every write is a put).
-func (d *Daemon) importRoutes(w http.ResponseWriter, r *http.Request) {
+func (d *api) importRoutes(w http.ResponseWriter, r *http.Request) {
 	var req ImportRequest
 	if !admin.Decode(w, r, maxImportBody, &req) {
 		return
@@ -251,7 +278,7 @@ func (d *Daemon) importRoutes(w http.ResponseWriter, r *http.Request) {
 	}
 	body := []byte(req.Data)
 	var err error
-	t := d.fsm.Table()
+	t := d.FSM.Table()
 	var routes []routing.UserRoute
 	switch format {
 	case "popmap", "":
@@ -275,13 +302,13 @@ func (d *Daemon) importRoutes(w http.ResponseWriter, r *http.Request) {
 	done := 0
 	for done < len(routes) {
 		end := min(done+importBatch, len(routes))
-		if err := d.cluster.Apply(ctx, routing.Command{Type: routing.CmdPutUsers, Users: routes[done:end]}); err != nil {
+		if err := d.Cluster.Apply(ctx, routing.Command{Type: routing.CmdPutUsers, Users: routes[done:end]}); err != nil {
 			admin.Error(w, statusOf(err), fmt.Sprintf("after %d of %d users: %v", done, len(routes), err))
 			return
 		}
 		done = end
 	}
-	admin.JSON(w, 200, map[string]any{"ok": true, "imported": done, "applied_index": d.fsm.AppliedIndex()})
+	admin.JSON(w, 200, map[string]any{"ok": true, "imported": done, "applied_index": d.FSM.AppliedIndex()})
 }
 
 // resolveServer maps a popmap server to a backend: an id, or a host or
