@@ -13,6 +13,9 @@ import (
 func TestLeadershipMethods(t *testing.T) {
 	nodes := startCluster(t, 3)
 	l := waitLeader(t, nodes)
+	if err := l.Apply(t.Context(), putBackend("b1")); err != nil {
+		t.Fatal(err)
+	}
 	st := l.RaftStats()
 	if st.State != "leader" || st.Term == 0 || st.CommitIndex == 0 || st.AppliedIndex == 0 {
 		t.Fatalf("leader's stats: %+v", st)

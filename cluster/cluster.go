@@ -783,7 +783,8 @@ func (n *Agent) closeStores() error {
 		err = n.raft.Shutdown().Error()
 	}
 	if n.transport != nil {
-		_ = n.transport.Close() // closes the mux
+		n.transport.CloseStreams() // pooled connections to peers
+		_ = n.transport.Close()    // closes the mux
 	} else if n.mux != nil {
 		_ = n.mux.Close()
 	}

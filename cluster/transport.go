@@ -129,11 +129,31 @@ type mux struct {
 	closeOnce sync.Once
 	closed    chan struct{}
 	wg        sync.WaitGroup
+
+	// Raft's inbound connections: raft's transport never closes them
+	// itself (its Close only stops accepting), so its reader goroutines
+	// would wait on them until the peer hangs up; Close closes them.
+	connMu sync.Mutex
+	conns  map[*raftConn]struct{}
+}
+
+// raftConn is an inbound raft connection the mux tracks until it is
+// closed.
+type raftConn struct {
+	net.Conn
+	m *mux
+}
+
+func (c *raftConn) Close() error {
+	c.m.connMu.Lock()
+	delete(c.m.conns, c)
+	c.m.connMu.Unlock()
+	return c.Conn.Close()
 }
 
 func newMux(ln net.Listener, t *trust, log *slog.Logger) *mux {
 	m := &mux{ln: ln, trust: t, log: log, raftCh: make(chan net.Conn), rpcCh: make(chan net.Conn),
-		sem: make(chan struct{}, maxHandshakes), closed: make(chan struct{})}
+		sem: make(chan struct{}, maxHandshakes), closed: make(chan struct{}), conns: map[*raftConn]struct{}{}}
 	m.wg.Add(1)
 	go m.acceptLoop()
 	return m
@@ -189,24 +209,39 @@ func (m *mux) handshake(c net.Conn) {
 		c.Close()
 		return
 	}
+	var conn net.Conn = tc
 	ch := m.rpcCh
 	if tc.ConnectionState().NegotiatedProtocol == alpnRaft {
-		ch = m.raftCh
+		rc := &raftConn{Conn: tc, m: m}
+		m.connMu.Lock()
+		m.conns[rc] = struct{}{}
+		m.connMu.Unlock()
+		conn, ch = rc, m.raftCh
 	}
 	select {
-	case ch <- tc:
+	case ch <- conn:
 	case <-m.closed:
-		tc.Close()
+		conn.Close()
 	}
 }
 
-// Close stops accepting and waits for handshakes in progress.
+// Close stops accepting, waits for handshakes in progress and closes
+// raft's inbound connections.
 func (m *mux) Close() error {
 	var err error
 	m.closeOnce.Do(func() {
 		close(m.closed)
 		err = m.ln.Close()
 		m.wg.Wait()
+		m.connMu.Lock()
+		conns := make([]*raftConn, 0, len(m.conns))
+		for c := range m.conns {
+			conns = append(conns, c)
+		}
+		m.connMu.Unlock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
 	})
 	return err
 }
