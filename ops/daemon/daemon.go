@@ -1,6 +1,9 @@
 // Package daemon assembles a Portico node from a validated configuration:
-// routing table, certificates, relay engine, protocol handlers and the
-// listening server. The portico command runs one; tests run several in one
+// routing table, certificates, relay engine, protocol handlers, the
+// listening server, the cluster agent, the VIP, the admin API. It is the
+// composition root: it wires the packages that decide things (see
+// ARCHITECTURE.md) and owns the node's lifetime (start, reload, drain,
+// shutdown). The portico command runs one; tests run several in one
 // process.
 package daemon
 
@@ -35,10 +38,14 @@ var (
 
 // Daemon is one running node.
 //
-// It is assembled in stages, each in its own file: routing.go (the route
-// source), auth.go (authentication sources), throttle.go (failed-login
-// throttling), ops.go (metrics, health, drain, upgrade). A stage may
-// register start, shutdown and reload hooks.
+// It is assembled in stages, each in its own file: adminplane.go (the
+// admin listener), routing.go (the route source: the cluster agent and the
+// routing API), auth.go (authentication sources), throttle.go (failed-login
+// throttling), vip.go (the floating address), ops.go (metrics, readiness,
+// status), lifecycle.go (drain, reload), upgrade.go (in-place upgrade). A
+// stage may register start, reload and close hooks (onStart, onReload,
+// onClose) and start goroutines in the daemon's group (group.go), which
+// Shutdown joins.
 type Daemon struct {
 	Log *slog.Logger
 	// Metrics is this node's registry (never the global one, so that tests
