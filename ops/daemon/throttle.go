@@ -23,9 +23,9 @@ func (d *Daemon) setupThrottle(cfg *config.Config) error {
 		return err
 	}
 	if d.cluster != nil {
-		node := d.cluster
-		l.SetGossip(&throttle.Gossip{Broadcast: func(b []byte) { node.Broadcast(gossipThrottle, b) }})
-		node.Register(gossipThrottle, l)
+		agent := d.cluster
+		l.SetGossip(&throttle.Gossip{Broadcast: func(b []byte) { agent.Broadcast(gossipThrottle, b) }})
+		agent.Register(gossipThrottle, l)
 	}
 	d.env.Throttle = l
 	log := d.Log.With("component", "throttle")
