@@ -201,9 +201,13 @@ func New(cfg *config.Config, o Options) (_ *Daemon, err error) {
 	}
 	d.srv = node.NewServer(nc, d.env, handlers, d.certs, d.engine)
 	if d.cluster != nil {
+		// The VIP's start stage runs before the cluster's: its mechanism
+		// removes an address a crashed process left at once, and the
+		// first leadership notification finds its goroutines running.
 		if err := d.setupVIP(cfg); err != nil {
 			return nil, err
 		}
+		d.onStart(func() error { return d.startCluster(cfg) })
 	}
 	if err := d.setupOps(cfg); err != nil {
 		return nil, err

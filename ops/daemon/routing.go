@@ -87,31 +87,6 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		routesapi.Register(d.admin, routesapi.Config{Cluster: agent, FSM: d.fsm, Down: d.BackendDown})
 	}
 	d.registerClusterMetrics()
-	d.onStart(func() error {
-		if err := agent.Start(); err != nil {
-			return err
-		}
-		hc := cfg.HealthConfig()
-		hc.Probe = backendProbe(d.env.Dialer)
-		d.health.Store(agent.StartHealth(d.fsm, hc))
-		d.group.Go(d.gossipSessions)
-		seedCtx, cancel := context.WithTimeout(d.group.ctx, startupWait)
-		defer cancel()
-		if err := d.seed(seedCtx, cfg); err != nil {
-			d.Log.Warn("routes from the configuration file not yet written to the replicated table; retrying in the background", "error", err)
-			d.group.Go(func(ctx context.Context) { d.seedRetry(ctx, cfg) })
-		}
-		if d.fsm.Loaded() {
-			return nil
-		}
-		if err := agent.CatchUp(seedCtx); err != nil {
-			d.Log.Warn("routing table not caught up with the cluster yet; serving anyway (logins get 'unavailable' until it is)", "error", err)
-			d.group.Go(d.catchUpLater)
-			return nil
-		}
-		d.tableLoaded()
-		return nil
-	})
 	d.onReload(func(next *config.Config) (func(), error) {
 		if _, err := routing.NewTable(next.RoutingSpec()); err != nil {
 			return nil, err
@@ -138,6 +113,38 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 			})
 		}, nil
 	})
+	return nil
+}
+
+// startCluster is the cluster's start stage (New registers it after the
+// VIP's, so that the VIP's goroutines already run when the cluster first
+// reports leadership): it joins or forms the cluster, starts health
+// checks, writes the file's routes and waits (up to startupWait) for the
+// table to catch up.
+func (d *Daemon) startCluster(cfg *config.Config) error {
+	agent := d.cluster
+	if err := agent.Start(); err != nil {
+		return err
+	}
+	hc := cfg.HealthConfig()
+	hc.Probe = backendProbe(d.env.Dialer)
+	d.health.Store(agent.StartHealth(d.fsm, hc))
+	d.group.Go(d.gossipSessions)
+	seedCtx, cancel := context.WithTimeout(d.group.ctx, startupWait)
+	defer cancel()
+	if err := d.seed(seedCtx, cfg); err != nil {
+		d.Log.Warn("routes from the configuration file not yet written to the replicated table; retrying in the background", "error", err)
+		d.group.Go(func(ctx context.Context) { d.seedRetry(ctx, cfg) })
+	}
+	if d.fsm.Loaded() {
+		return nil
+	}
+	if err := agent.CatchUp(seedCtx); err != nil {
+		d.Log.Warn("routing table not caught up with the cluster yet; serving anyway (logins get 'unavailable' until it is)", "error", err)
+		d.group.Go(d.catchUpLater)
+		return nil
+	}
+	d.tableLoaded()
 	return nil
 }
 
