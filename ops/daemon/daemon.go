@@ -290,9 +290,13 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 }
 
 // Shutdown stops the node gracefully (see node.Server.Shutdown): the VIP
-// is handed away first, then the daemon's goroutines are told to stop,
-// the proxy drains its sessions (until ctx ends), the goroutines are
-// waited for, and the stages' resources are closed.
+// is handed away first; the daemon's background goroutines are told to
+// stop; the proxy drains its sessions (until ctx ends) while the VIP's
+// guard, and a drain or an upgrade's retirement in progress, keep ending
+// sessions at response boundaries; then they are told to stop too, every
+// goroutine is waited for (they all end promptly once told, so for a few
+// seconds at most even when ctx has ended) and the stages' resources are
+// closed.
 func (d *Daemon) Shutdown(ctx context.Context) error {
 	d.setDraining(true)
 	for _, f := range d.beforeShutdown {
@@ -300,9 +304,11 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	}
 	d.group.stop()
 	err := d.srv.Shutdown(ctx)
-	if werr := d.group.wait(ctx); werr != nil {
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	if werr := d.group.wait(wctx); werr != nil {
 		d.Log.Warn("shutdown: some of the node's tasks had not finished", "error", werr)
 	}
+	cancel()
 	d.close(ctx)
 	d.Log.Info("stopped")
 	if d.closeLog != nil {

@@ -100,14 +100,16 @@ func (d *Daemon) Drain() <-chan struct{} {
 	if st.done != nil {
 		return st.done
 	}
-	// The drain ends when cancelled (Undrain) or with the daemon (shutdown).
-	ctx, cancel := context.WithCancel(d.group.ctx)
+	// The drain ends when cancelled (Undrain), or once the proxy has
+	// stopped at shutdown (until then it keeps ending sessions at response
+	// boundaries).
+	ctx, cancel := context.WithCancel(d.group.late)
 	st.cancel, st.done, st.started, st.ended = cancel, make(chan struct{}), time.Now(), 0
 	st.phase = "starting"
 	done := st.done
 	d.setDraining(true)
 	d.Log.Info("draining")
-	started := d.group.Go(func(context.Context) {
+	started := d.group.GoLate(func(context.Context) {
 		defer close(done)
 		defer cancel()
 		phase := func(p string) {

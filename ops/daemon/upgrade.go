@@ -17,7 +17,7 @@ func (d *Daemon) setupUpgrade(o Options) {
 		Settings: func() config.Upgrade { return d.conf().Upgrade },
 		Server:   d.srv,
 		Sessions: d.engine.Len,
-		Go:       d.group.Go,
+		Go:       d.group.GoLate, // the retirement ends sessions while the proxy drains
 		Log:      d.Log,
 	}
 	if d.admin != nil {

@@ -68,7 +68,7 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 	ctrl := vip.NewController(vip.ControllerConfig{
 		Holder: m, Leadership: agent, Sessions: d.srv, Addresses: ips,
 		Draining:  d.Draining,
-		Go:        d.group.Go,
+		Go:        d.group.GoLate, // its sweeps end sessions while the proxy drains
 		HoldUntil: d.inherit.VIPHoldUntil(),
 		EndHold:   agent.ReleasePeerElections,
 		Reconcile: vc.Reconcile.D(), Preferred: vc.Preferred, PreemptDelay: vc.PreemptDelay.D(),
@@ -82,9 +82,11 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 	// (after the refresh's leadership check) rather than at the next
 	// refresh, for the hosts that were on its side of the split.
 	agent.OnMemberJoin(func(string) { m.Reannounce() })
+	// Both run until the proxy has stopped at shutdown: the guard ends
+	// the sessions left on the address this node handed away.
 	d.onStart(func() error {
-		d.group.Go(m.Run)
-		d.group.Go(ctrl.Run)
+		d.group.GoLate(m.Run)
+		d.group.GoLate(ctrl.Run)
 		return nil
 	})
 	// Hand the VIP away first at shutdown (before sessions are drained),
