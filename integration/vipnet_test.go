@@ -272,7 +272,9 @@ func (nd *drillNode) cli(args ...string) (string, error) {
 }
 
 type drillStatus struct {
-	Role     string `json:"role"`
+	Role     string   `json:"role"`
+	Ready    bool     `json:"ready"`
+	NotReady []string `json:"not_ready"`
 	Sessions map[string]struct {
 		Preauth int `json:"preauth"`
 		Relayed int `json:"relayed"`
@@ -368,6 +370,11 @@ func (c *drillCluster) healthy() (string, error) {
 		}
 		if st.Cluster == nil || st.Cluster.Leader == "" {
 			return "", fmt.Errorf("%s knows no leader", nd.name)
+		}
+		// Ready: its routing table has caught up (until then a login
+		// through it gets UNAVAILABLE, by design).
+		if !st.Ready {
+			return "", fmt.Errorf("%s not ready: %v", nd.name, st.NotReady)
 		}
 		if leader != "" && st.Cluster.Leader != leader {
 			return "", fmt.Errorf("leaders disagree: %s and %s", leader, st.Cluster.Leader)
