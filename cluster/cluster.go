@@ -144,6 +144,8 @@ type Agent struct {
 	rpc       *http.Client
 	rpcSrv    *http.Server
 	rpcMux    *http.ServeMux
+	extMu     sync.Mutex
+	ext       map[string]RPCFunc // HandleRPC's, by path (CallEach serves itself directly)
 	rpcDone   chan struct{} // closed when serveRPC returns
 	peers     *peerBook
 	wal       *wal.WAL

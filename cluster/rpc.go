@@ -97,6 +97,12 @@ type RPCFunc func(ctx context.Context, body []byte) (status int, answer any)
 // timeouts as every RPC, for calls that belong to another package (e.g. a
 // VIP move passed to the leader).
 func (n *Agent) HandleRPC(path string, f RPCFunc) {
+	n.extMu.Lock()
+	if n.ext == nil {
+		n.ext = map[string]RPCFunc{}
+	}
+	n.ext[path] = f
+	n.extMu.Unlock()
 	n.rpcMux.HandleFunc("POST "+path, func(w http.ResponseWriter, r *http.Request) {
 		b, ok := readBody(w, r)
 		if !ok {
