@@ -146,7 +146,7 @@ type Agent struct {
 	rpcMux    *http.ServeMux
 	extMu     sync.Mutex
 	ext       map[string]RPCFunc // HandleRPC's, by path (CallEach serves itself directly)
-	rpcDone   chan struct{} // closed when serveRPC returns
+	rpcDone   chan struct{}      // closed when serveRPC returns
 	peers     *peerBook
 	wal       *wal.WAL
 	walMeta   *metadb.BoltMetaDB
