@@ -25,6 +25,7 @@ import (
 	"github.com/portico-mail/portico/node/relay"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/ops/admin"
+	"github.com/portico-mail/portico/ops/admin/sessionsapi"
 	"github.com/portico-mail/portico/ops/config"
 	"github.com/portico-mail/portico/ops/upgrade"
 	"github.com/portico-mail/portico/routing"
@@ -200,6 +201,13 @@ func New(cfg *config.Config, o Options) (_ *Daemon, err error) {
 		routing.POP3: pop3.New(pop3.Options{}),
 	}
 	d.srv = node.NewServer(nc, d.env, handlers, d.certs, d.engine)
+	if d.admin != nil {
+		sc := sessionsapi.Config{Proxy: d.srv, NodeName: cfg.NodeName, FSM: d.fsm}
+		if d.cluster != nil {
+			sc.Cluster = d.cluster
+		}
+		sessionsapi.Register(d.admin, sc)
+	}
 	if d.cluster != nil {
 		// The VIP's start stage runs before the cluster's: its mechanism
 		// removes an address a crashed process left at once, and the

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/node/throttle"
+	"github.com/portico-mail/portico/ops/admin/throttleapi"
 	"github.com/portico-mail/portico/ops/config"
 )
 
@@ -28,6 +29,9 @@ func (d *Daemon) setupThrottle(cfg *config.Config) error {
 		agent.Register(gossipThrottle, l)
 	}
 	d.env.Throttle = l
+	if d.admin != nil {
+		throttleapi.Register(d.admin, l)
+	}
 	log := d.Log.With("component", "throttle")
 	l.OnBlock(func(scope string, ip netip.Addr, user string, until time.Time) {
 		log.Warn("blocking after too many failed logins", "scope", scope, "client", ip, "user", user,
