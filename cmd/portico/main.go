@@ -19,12 +19,6 @@ import (
 	"github.com/portico-mail/portico/ops/daemon"
 )
 
-// Set by the build (-ldflags "-X main.version=... -X main.commit=...").
-var (
-	version = "dev"
-	commit  = "unknown"
-)
-
 // command is a subcommand.
 type command struct {
 	summary string // one line for the usage text
@@ -37,7 +31,7 @@ var commands = map[string]command{
 	"serve":        {"serve --config FILE            run a node from a configuration file", cmdServe},
 	"check-config": {"check-config --config FILE     validate a configuration file and exit", cmdCheckConfig},
 	"proxy":        {"proxy --from URL... --to URL... [--cert F --key F] [--allow-plaintext]\n                                 run a proxy for one backend without a file", cmdProxy},
-	"version":      {"version                        print the version", func([]string) error { fmt.Printf("portico %s (commit %s)\n", version, commit); return nil }},
+	"version":      {"version                        print the version", func([]string) error { fmt.Println(currentBuild()); return nil }},
 }
 
 func usage() string {
@@ -65,7 +59,8 @@ func main() {
 		fmt.Fprint(os.Stderr, usage())
 		os.Exit(2)
 	}
-	daemon.Version, daemon.Commit = version, commit
+	b := currentBuild()
+	daemon.Version, daemon.Commit = b.Version, b.commitString()
 	name, args := os.Args[1], os.Args[2:]
 	switch name {
 	case "help", "--help", "-h":

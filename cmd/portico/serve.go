@@ -157,10 +157,10 @@ func run(cfg *config.Config, path string, h *upgrade.Handover) error {
 	log := d.Log
 	if h != nil {
 		h.Ready()
-		log.Info("portico started by an in-place upgrade", "version", version, "commit", commit)
+		log.Info("portico started by an in-place upgrade", "version", daemon.Version, "commit", daemon.Commit)
 		sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid()))
 	} else {
-		log.Info("portico started", "version", version, "commit", commit)
+		log.Info("portico started", "version", daemon.Version, "commit", daemon.Commit)
 		sdNotify("READY=1")
 	}
 
