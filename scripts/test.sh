@@ -15,7 +15,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 section() { printf '\n==== %s ====\n' "$*"; }
 
-packages=(dovecot-imapd dovecot-pop3d nginx libnginx-mod-mail python3 curl iproute2 nftables prometheus)
+packages=(dovecot-imapd dovecot-pop3d nginx libnginx-mod-mail python3 curl iproute2 nftables prometheus
+	zsh groff-base) # zsh and groff: the shell completions and man pages (cmd/portico)
 # The race detector needs cgo, hence a C compiler.
 command -v gcc >/dev/null 2>&1 || packages+=(gcc libc6-dev)
 

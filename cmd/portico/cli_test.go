@@ -128,6 +128,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"backend", "set", "b1", "--tls", "maybe"}, `"maybe" is not one of none, starttls, implicit`},
 		{[]string{"serve"}, "--config FILE is required"},
 		{[]string{"tls", "cert", "show"}, "usage: portico tls cert show FILE..."},
+		{[]string{"completion", "fish"}, `"fish": bash or zsh`},
+		{[]string{"man", "nothing"}, `no command "nothing"`},
 		{[]string{"help", "nothing"}, `no command "nothing"`},
 	} {
 		code, _, errOut := runCLI(t, c.args...)
@@ -140,7 +142,7 @@ func TestUsageErrors(t *testing.T) {
 		min, max int
 	}{
 		{[]string{"status"}, 0, 0}, {[]string{"backend", "get"}, 1, 1}, {[]string{"route", "default"}, 0, 1},
-		{[]string{"tls", "cert", "show"}, 1, -1},
+		{[]string{"tls", "cert", "show"}, 1, -1}, {[]string{"completion"}, 1, 1},
 	} {
 		cmd := root
 		for _, w := range c.args {
