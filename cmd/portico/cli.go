@@ -206,7 +206,7 @@ func (f flagDoc) text() string {
 // (clientFlags), each sorted by name.
 func flagDocs(c *command) (own, adm []flagDoc) {
 	fs, _ := c.flags()
-	api := fs.Lookup("admin") != nil // the command is an admin API client
+	api := isAPIClient(fs)
 	fs.VisitAll(func(f *flag.Flag) {
 		d := flagDoc{name: f.Name}
 		arg, usage := flag.UnquoteUsage(f)
@@ -238,6 +238,10 @@ func flagDocs(c *command) (own, adm []flagDoc) {
 	})
 	return own, adm
 }
+
+// isAPIClient reports whether a command's flags are those of an admin API
+// client (clientFlags).
+func isAPIClient(fs *flag.FlagSet) bool { return fs.Lookup("insecure-http") != nil }
 
 // isZeroDefault reports whether a flag's default is its type's zero value
 // (not worth printing), as the flag package decides it.

@@ -202,7 +202,7 @@ func TestEveryAdminCommandReadsConfig(t *testing.T) {
 	n := 0
 	for _, c := range root.leaves() {
 		fs, _ := c.flags()
-		if fs.Lookup("admin") == nil {
+		if !isAPIClient(fs) {
 			continue
 		}
 		n++

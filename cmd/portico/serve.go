@@ -11,7 +11,6 @@ import (
 	"syscall"
 
 	"github.com/portico-mail/portico/node"
-	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/ops/config"
 	"github.com/portico-mail/portico/ops/daemon"
 	"github.com/portico-mail/portico/ops/upgrade"
@@ -110,10 +109,10 @@ func setupProxy(fs *flag.FlagSet) func([]string) error {
 	pathVar(fs, &f.CAFile, fileArg, "backend-ca", "", "CA bundle to verify backend TLS certificates")
 	fs.IntVar(&f.MaxConnections, "max-connections", 0, "client connections on the node (0: sized to the file-descriptor limit, -1: no limit)")
 	fs.IntVar(&f.MaxConnectionsPerIP, "max-connections-per-ip", 0, "client connections per client address, IPv6 per /64 (0: the default, 100; -1: no limit)")
-	fs.StringVar(&f.Admin, "admin", "", "admin API `address` (health, metrics, drain), off for none (default "+admin.DefaultConfig().Address+")")
+	fs.StringVar(&f.Admin, "admin", "", "serve the admin API (portico status, /metrics, /readyz) on this loopback `address`, or off (default off)")
 	var logLevel, pprofAddr string
 	choiceVar(fs, &logLevel, "log-level", "info", []string{"debug", "info", "warn", "error"}, "log level")
-	printCfg := fs.Bool("print-config", false, "print the equivalent configuration file and exit")
+	printCfg := fs.Bool("print-config", false, "print the configuration this runs, defaults written out, and exit (portico serve --config runs it the same way)")
 	fs.StringVar(&pprofAddr, "pprof", "", "serve Go profiling endpoints (/debug/pprof/) on this `address`, e.g. 127.0.0.1:6060")
 	return func([]string) error {
 		if err := startPprof(pprofAddr); err != nil {
@@ -132,6 +131,8 @@ func setupProxy(fs *flag.FlagSet) func([]string) error {
 			if err != nil {
 				return err
 			}
+			fmt.Print("# Printed by portico proxy --print-config: what portico proxy runs with the same\n" +
+				"# flags, defaults written out. Run it with: portico serve --config FILE\n")
 			os.Stdout.Write(b)
 			return nil
 		}
