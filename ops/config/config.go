@@ -550,4 +550,3 @@ func (v *validator) routing() {
 		v.errf("routes", "no routes: set routes.default_pool, routes.domains or routes.users")
 	}
 }
-
