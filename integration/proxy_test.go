@@ -3,10 +3,14 @@ package integration
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -95,6 +99,25 @@ func TestProxyTwiceOnOneHost(t *testing.T) {
 		raw, err := porticoCLI(t, nil, "status", "--json", "--admin", admin)
 		if err != nil || json.Unmarshal([]byte(raw), &st) != nil || st.Role != "standalone" || st.Version == "" {
 			t.Fatalf("status of serve --config %s: %v %s\n%s", cfg, err, raw, out)
+		}
+		// The build the binary reports, everywhere: portico version,
+		// status, and the portico_build_info metric.
+		ver, err := exec.Command(bin, "version").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := regexp.MustCompile(`^portico (\S+) \(commit (\S+), `).FindStringSubmatch(string(ver))
+		if m == nil || st.Version != m[1] {
+			t.Fatalf("portico version %q, status says version %q", ver, st.Version)
+		}
+		resp, err := http.Get("http://" + admin + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		metrics, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := `portico_build_info{commit="` + m[2] + `",goversion="` + runtime.Version() + `",version="` + m[1] + `"} 1`; !strings.Contains(string(metrics), want) {
+			t.Fatalf("no %s in /metrics", want)
 		}
 	}
 	for _, p := range append([]*proc{p1, p2}, served...) {
