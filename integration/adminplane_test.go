@@ -102,7 +102,7 @@ func TestAdminTLSWithCLI(t *testing.T) {
 	}
 	var leader, follower *procNode
 	waitFor(t, "a leader", 20*time.Second, func() bool {
-		out, err := porticoCLI(t, nil, "cluster", "leader", "--config", nodes[0].cfgPath)
+		out, err := porticoCLI(t, nil, "cluster", "leader", "--json", "--config", nodes[0].cfgPath)
 		if err != nil {
 			return false
 		}
@@ -130,7 +130,7 @@ func TestAdminTLSWithCLI(t *testing.T) {
 	if out := cli(follower, "route", "set", "alice@example.com", "--backend", "dc1"); !strings.Contains(out, "ok (raft index") {
 		t.Fatalf("route set on the follower: %s", out)
 	}
-	if out := cli(follower, "route", "get", "alice@example.com", "--consistent"); !strings.Contains(out, `"dc1"`) {
+	if out := cli(follower, "route", "get", "alice@example.com", "--consistent", "--json"); !strings.Contains(out, `"dc1"`) {
 		t.Fatalf("consistent read on the follower: %s", out)
 	}
 	popmap := filepath.Join(t.TempDir(), "users.popmap")

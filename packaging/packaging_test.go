@@ -75,6 +75,9 @@ func TestSystemdUnit(t *testing.T) {
 	if !strings.Contains(one("ExecReload"), "-HUP") {
 		t.Errorf("ExecReload=%s: reload is SIGHUP", one("ExecReload"))
 	}
+	if one("ConditionPathExists") != "/etc/portico/portico.yaml" {
+		t.Errorf("ConditionPathExists=%s: the unit must not start before it is configured", one("ConditionPathExists"))
+	}
 	if one("StateDirectory") != "portico" {
 		t.Errorf("StateDirectory=%s: data_dir defaults to /var/lib/portico", one("StateDirectory"))
 	}

@@ -6,8 +6,9 @@
 # 1. installs Dovecot if missing (Debian, as root),
 # 2. starts a demo Dovecot on 127.0.0.1:10143 (IMAP) and 127.0.0.1:10110
 #    (POP3) with the user demo@example.com / demo (scripts/demobackend),
-# 3. runs "portico serve --config examples/portico.yaml" in the foreground
-#    (IMAP 127.0.0.1:1143, IMAPS 127.0.0.1:1993, POP3 127.0.0.1:1110),
+# 3. runs "portico serve" on examples/portico.yaml in the foreground
+#    (IMAP 127.0.0.1:1143, IMAPS 127.0.0.1:1993, POP3 127.0.0.1:1110), its
+#    state in a temporary directory,
 # and stops Dovecot again when Portico exits (Ctrl-C or SIGTERM).
 set -euo pipefail
 
@@ -91,6 +92,19 @@ HELP
 echo "    The demo Dovecot can be reached directly on 127.0.0.1:$BACKEND_IMAP_PORT / 127.0.0.1:$BACKEND_POP3_PORT."
 echo
 
+# The example keeps its state (data_dir) in the default /var/lib/portico:
+# run a copy whose data_dir is in the work directory, removed at exit, so
+# that nothing is left behind between runs. A configuration of your own
+# (PORTICO_CONFIG) runs as it is.
+if [ -z "${PORTICO_CONFIG:-}" ]; then
+	mkdir "$work/conf"
+	cp -R examples/demo-tls "$work/conf/"
+	{
+		printf '# %s with data_dir in the quickstart'"'"'s work directory.\ndata_dir: %s/data\n\n' "$CONFIG" "$work"
+		cat "$CONFIG"
+	} >"$work/conf/portico.yaml"
+	CONFIG=$work/conf/portico.yaml
+fi
 say "portico serve --config $CONFIG"
 "$work/portico" serve --config "$CONFIG" &
 portico_pid=$!

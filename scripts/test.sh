@@ -15,7 +15,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 section() { printf '\n==== %s ====\n' "$*"; }
 
-packages=(dovecot-imapd dovecot-pop3d nginx libnginx-mod-mail python3 curl iproute2 nftables prometheus)
+# zsh and groff-base: the shell completions and man pages (cmd/portico);
+# lintian: the Debian package, which packaging/deb_test.go builds, lints and
+# installs into a throwaway root (as root only; it skips otherwise).
+packages=(dovecot-imapd dovecot-pop3d nginx libnginx-mod-mail python3 curl iproute2 nftables prometheus
+	zsh groff-base lintian)
 # The race detector needs cgo, hence a C compiler.
 command -v gcc >/dev/null 2>&1 || packages+=(gcc libc6-dev)
 

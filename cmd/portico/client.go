@@ -35,14 +35,19 @@ type clientOptions struct {
 	insecureHTTP, json                 bool
 }
 
+// clientFlagNames are the flags clientFlags declares (shown apart from a
+// command's own in its help).
+var clientFlagNames = map[string]bool{"admin": true, "token": true, "token-file": true, "ca": true,
+	"config": true, "insecure-http": true, "json": true}
+
 // clientFlags adds the common flags of API subcommands to fs.
 func clientFlags(fs *flag.FlagSet) func() (*apiClient, error) {
 	var o clientOptions
-	fs.StringVar(&o.addr, "admin", "", "admin API of the node to talk to: host:port, http://host:port or https://host:port\n(env PORTICO_ADMIN; default: admin.address of --config, else "+admin.DefaultConfig().Address+")")
-	fs.StringVar(&o.token, "token", "", "admin API bearer token (env PORTICO_TOKEN; default: admin.token or token_file of --config)")
-	fs.StringVar(&o.tokenFile, "token-file", "", "read the bearer token from this file")
-	fs.StringVar(&o.ca, "ca", "", "CA certificate(s), PEM, to verify an https admin API (env PORTICO_CA;\ndefault: admin.tls.ca_file of --config, else its cert_file and the system's roots)")
-	fs.StringVar(&o.config, "config", "", "take the address, token and TLS settings from this node's configuration file (env PORTICO_CONFIG)")
+	fs.StringVar(&o.addr, "admin", "", "admin API of the node to talk to: `host:port`, http://host:port or https://host:port\n(env PORTICO_ADMIN; default: admin.address of --config, else "+admin.DefaultConfig().Address+")")
+	fs.StringVar(&o.token, "token", "", "admin API bearer `token` (env PORTICO_TOKEN; default: admin.token or token_file of --config)")
+	pathVar(fs, &o.tokenFile, fileArg, "token-file", "", "read the bearer token from this file")
+	pathVar(fs, &o.ca, fileArg, "ca", "", "CA certificate(s), PEM, to verify an https admin API (env PORTICO_CA;\ndefault: admin.tls.ca_file of --config, else its cert_file and the system's roots)")
+	pathVar(fs, &o.config, fileArg, "config", "", "take the address, token and TLS settings from this node's configuration file (env PORTICO_CONFIG)")
 	fs.BoolVar(&o.insecureHTTP, "insecure-http", false, "send the token over plain HTTP to a non-loopback address anyway")
 	fs.BoolVar(&o.json, "json", false, "print JSON")
 	return func() (*apiClient, error) { return newAPIClient(o, os.Getenv) }

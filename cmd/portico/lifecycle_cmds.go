@@ -7,8 +7,9 @@ import (
 )
 
 func init() {
-	commands["drain"] = command{"drain [--wait] [--cancel] [--status]   drain this node: not ready, VIP handed away, sessions ended at a response boundary", cmdDrain}
-	commands["reload"] = command{"reload                         re-read the configuration file (as SIGHUP), report errors", cmdReload}
+	register(&command{name: "drain", summary: "drain this node: not ready, VIP handed away, sessions ended at a response boundary (admin API)", setup: setupDrain})
+	register(&command{name: "reload", summary: "re-read the node's configuration file, as SIGHUP, and report errors (admin API)", setup: apiCmd(reload)})
+	register(&command{name: "upgrade", summary: "in-place upgrade: a new process, the binary now at the same path, takes over the sockets (admin API)", setup: apiCmd(inPlaceUpgrade)})
 }
 
 type drainStatus struct {
@@ -19,27 +20,30 @@ type drainStatus struct {
 	Ended    int     `json:"sessions_ended"`
 }
 
-func cmdDrain(args []string) error {
-	fs := flag.NewFlagSet("drain", flag.ContinueOnError)
+func setupDrain(fs *flag.FlagSet) func([]string) error {
 	client := clientFlags(fs)
 	wait := fs.Bool("wait", false, "return when the drain has finished (every session ended)")
 	cancel := fs.Bool("cancel", false, "stop draining and serve again")
 	status := fs.Bool("status", false, "only show the drain's progress")
-	if _, err := parseArgs(fs, args); err != nil {
-		return err
+	return func([]string) error {
+		c, err := client()
+		if err != nil {
+			return err
+		}
+		return drain(c, *wait, *cancel, *status)
 	}
-	c, err := client()
-	if err != nil {
-		return err
-	}
+}
+
+func drain(c *apiClient, wait, cancel, status bool) error {
+	var err error
 	var st drainStatus
 	var raw []byte
 	switch {
-	case *status:
+	case status:
 		raw, err = c.do("GET", "/v1/drain", nil, &st)
-	case *cancel:
+	case cancel:
 		raw, err = c.do("POST", "/v1/drain?cancel=1", nil, &st)
-	case *wait:
+	case wait:
 		raw, err = c.do("POST", "/v1/drain?wait=1", nil, &st)
 	default:
 		raw, err = c.do("POST", "/v1/drain", nil, &st)
@@ -57,22 +61,7 @@ func cmdDrain(args []string) error {
 	return nil
 }
 
-// noFlagsClient parses the arguments of a command that takes only the
-// admin client's flags.
-func noFlagsClient(name string, args []string) (*apiClient, error) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	client := clientFlags(fs)
-	if _, err := parseArgs(fs, args); err != nil {
-		return nil, err
-	}
-	return client()
-}
-
-func cmdReload(args []string) error {
-	c, err := noFlagsClient("reload", args)
-	if err != nil {
-		return err
-	}
+func reload(c *apiClient, _ []string) error {
 	var res struct {
 		File            string   `json:"file"`
 		RestartRequired []string `json:"restart_required"`
@@ -89,15 +78,7 @@ func cmdReload(args []string) error {
 	return nil
 }
 
-func init() {
-	commands["upgrade"] = command{"upgrade                        in-place upgrade: a new process (the binary now at the same path) takes over the sockets", cmdUpgrade}
-}
-
-func cmdUpgrade(args []string) error {
-	c, err := noFlagsClient("upgrade", args)
-	if err != nil {
-		return err
-	}
+func inPlaceUpgrade(c *apiClient, _ []string) error {
 	var res struct {
 		PID      int   `json:"pid"`
 		Took     int64 `json:"took_ms"`

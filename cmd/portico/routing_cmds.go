@@ -19,37 +19,39 @@ import (
 )
 
 func init() {
-	commands["backend"] = command{"backend list|get|set|delete ...      manage backends (admin API)", cmdBackend}
-	commands["pool"] = command{"pool list|get|set|delete ...         manage pools (admin API)", cmdPool}
-	commands["route"] = command{"route list|get|set|delete|lookup|default ...  manage user routes (admin API)", cmdRoute}
-	commands["domain"] = command{"domain list|set|delete ...           manage domain routes (admin API)", cmdDomain}
-	commands["import"] = command{"import FILE [--format popmap|csv]    bulk-import user routes (admin API)", cmdImport}
-	commands["cluster"] = command{"cluster members|peers|leader         show the cluster (admin API)", cmdCluster}
-	commands["keygen"] = command{"keygen                               print a new gossip encryption key", cmdKeygen}
-}
-
-// parseArgs parses flags anywhere among the arguments (so that
-// "route set alice --backend imap3" works) and returns the positionals.
-func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
-}
-
-func sub(args []string, usage string) (string, []string, error) {
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return "", nil, fmt.Errorf("usage: portico %s", usage)
-	}
-	return args[0], args[1:], nil
+	register(&command{name: "backend", summary: "manage backends (admin API)", subs: []*command{
+		{name: "list", summary: "list the backends", setup: backendList},
+		{name: "get", args: "ID", summary: "show one backend", setup: backendGet},
+		{name: "set", args: "ID", summary: "add a backend or replace it (every field: unset flags take their defaults)", setup: backendSet},
+		{name: "delete", args: "ID", summary: "delete a backend", setup: deleteCmd("/v1/backends/")},
+	}})
+	register(&command{name: "pool", summary: "manage pools (admin API)", subs: []*command{
+		{name: "list", summary: "list the pools", setup: poolList},
+		{name: "get", args: "NAME", summary: "show one pool", setup: poolGet},
+		{name: "set", args: "NAME", summary: "add a pool or replace it", setup: poolSet},
+		{name: "delete", args: "NAME", summary: "delete a pool", setup: deleteCmd("/v1/pools/")},
+	}})
+	register(&command{name: "route", summary: "manage user routes (admin API)", subs: []*command{
+		{name: "list", summary: "list user routes", setup: routeList},
+		{name: "get", args: "USER", summary: "show a user's route", setup: routeGet},
+		{name: "set", args: "USER", summary: "pin a user to a backend or a pool", setup: routeSet},
+		{name: "delete", args: "USER", summary: "delete a user's route", setup: deleteCmd("/v1/routes/users/")},
+		{name: "lookup", args: "USER", summary: "show where a login of the user would go, and by which rule", setup: routeLookup},
+		{name: "default", args: "[POOL]", summary: "show the default pool, or set it", setup: routeDefault},
+	}})
+	register(&command{name: "domain", summary: "manage domain routes (admin API)", subs: []*command{
+		{name: "list", summary: "list domain routes", setup: domainList},
+		{name: "set", args: "DOMAIN", summary: "route a domain's users to a pool", setup: domainSet},
+		{name: "delete", args: "DOMAIN", summary: "delete a domain route", setup: deleteCmd("/v1/routes/domains/")},
+	}})
+	register(&command{name: "import", args: "FILE", argFiles: true, summary: "bulk-import user routes (admin API)", setup: importCmd,
+		about: "FILE is popmap (\"user: server\" lines, as Perdition's) or csv (user,target); - reads standard input."})
+	register(&command{name: "cluster", summary: "show the cluster (admin API)", subs: []*command{
+		{name: "members", summary: "list the gossip members with their state, role and version", setup: clusterMembers},
+		{name: "peers", summary: "list the raft peers", setup: clusterPeers},
+		{name: "leader", summary: "show the raft leader", setup: clusterLeader},
+	}})
+	register(&command{name: "keygen", summary: "print a new gossip encryption key", setup: func(*flag.FlagSet) func([]string) error { return keygen }})
 }
 
 func newTab() *tabwriter.Writer { return tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0) }
@@ -71,6 +73,10 @@ func done(c *apiClient, raw []byte) {
 	fmt.Printf("ok (raft index %d)\n", r.AppliedIndex)
 }
 
+func consistentFlag(fs *flag.FlagSet) *bool {
+	return fs.Bool("consistent", false, "read through the leader (linearizable)")
+}
+
 func consistentQuery(consistent bool) string {
 	if consistent {
 		return "?consistent=true"
@@ -78,77 +84,111 @@ func consistentQuery(consistent bool) string {
 	return ""
 }
 
-func cmdBackend(args []string) error {
-	op, rest, err := sub(args, "backend list|get ID|set ID [flags]|delete ID")
-	if err != nil {
+// show GETs path and prints the answer as JSON with --json, else with
+// table, which decodes it.
+func show[T any](c *apiClient, path string, table func(T) error) error {
+	var v T
+	raw, err := c.do("GET", path, nil, &v)
+	if err != nil || c.json {
+		printJSONIf(c, raw, err)
 		return err
 	}
-	fs := flag.NewFlagSet("backend "+op, flag.ContinueOnError)
-	client := clientFlags(fs)
-	consistent := fs.Bool("consistent", false, "read through the leader (linearizable)")
-	var b routing.Backend
-	fs.StringVar(&b.Host, "host", "", "address or host name")
-	fs.IntVar(&b.IMAPPort, "imap-port", 0, "IMAP port (0: none)")
-	fs.IntVar(&b.POP3Port, "pop3-port", 0, "POP3 port (0: none)")
-	tlsMode := fs.String("tls", "none", "none, starttls, implicit")
-	fs.StringVar(&b.TLSServerName, "tls-server-name", "", "name to verify (default: host)")
-	fs.StringVar(&b.TLSCAFile, "tls-ca-file", "", "CA bundle (PEM) on the proxy nodes")
-	fs.BoolVar(&b.InsecureSkipVerify, "tls-insecure-skip-verify", false, "do not verify the backend's certificate")
-	forward := fs.String("forward", "none", "client address to the backend: none, id, proxy")
-	fs.IntVar(&b.Weight, "weight", 1, "share of a pool's users")
-	state := fs.String("state", "active", "active, draining, disabled")
-	pos, err := parseArgs(fs, rest)
-	if err != nil {
-		return err
+	return table(v)
+}
+
+// readCmd is a command that only reads: the client's flags and
+// --consistent, then read(client, consistent, args).
+func readCmd(read func(c *apiClient, consistent bool, args []string) error) func(*flag.FlagSet) func([]string) error {
+	return func(fs *flag.FlagSet) func([]string) error {
+		client := clientFlags(fs)
+		consistent := consistentFlag(fs)
+		return func(args []string) error {
+			c, err := client()
+			if err != nil {
+				return err
+			}
+			return read(c, *consistent, args)
+		}
 	}
-	c, err := client()
-	if err != nil {
-		return err
+}
+
+// apiCmd is a command that takes only the client's flags.
+func apiCmd(f func(c *apiClient, args []string) error) func(*flag.FlagSet) func([]string) error {
+	return func(fs *flag.FlagSet) func([]string) error {
+		client := clientFlags(fs)
+		return func(args []string) error {
+			c, err := client()
+			if err != nil {
+				return err
+			}
+			return f(c, args)
+		}
 	}
-	switch op {
-	case "list":
-		var bs []routing.Backend
-		raw, err := c.do("GET", "/v1/backends"+consistentQuery(*consistent), nil, &bs)
-		if err != nil || c.json {
-			printJSONIf(c, raw, err)
+}
+
+// deleteCmd is `... delete NAME` for the collection at prefix.
+func deleteCmd(prefix string) func(*flag.FlagSet) func([]string) error {
+	return func(fs *flag.FlagSet) func([]string) error {
+		client := clientFlags(fs)
+		return func(args []string) error {
+			c, err := client()
+			if err != nil {
+				return err
+			}
+			raw, err := c.do("DELETE", prefix+url.PathEscape(args[0]), nil, nil)
+			if err == nil {
+				done(c, raw)
+			}
 			return err
 		}
-		tw := newTab()
-		fmt.Fprintln(tw, "ID\tHOST\tIMAP\tPOP3\tTLS\tFORWARD\tWEIGHT\tSTATE")
-		for _, b := range bs {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%d\t%s\n", b.ID, b.Host, b.IMAPPort, b.POP3Port, b.TLS, b.Forward, b.Weight, b.State)
+	}
+}
+
+func printBackends(bs []routing.Backend) error {
+	tw := newTab()
+	fmt.Fprintln(tw, "ID\tHOST\tIMAP\tPOP3\tTLS\tFORWARD\tWEIGHT\tSTATE")
+	for _, b := range bs {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%d\t%s\n", b.ID, b.Host, b.IMAPPort, b.POP3Port, b.TLS, b.Forward, b.Weight, b.State)
+	}
+	return tw.Flush()
+}
+
+var backendList = readCmd(func(c *apiClient, consistent bool, _ []string) error {
+	return show(c, "/v1/backends"+consistentQuery(consistent), printBackends)
+})
+
+var backendGet = readCmd(func(c *apiClient, consistent bool, args []string) error {
+	return show(c, "/v1/backends/"+url.PathEscape(args[0])+consistentQuery(consistent), func(b routing.Backend) error {
+		return printBackends([]routing.Backend{b})
+	})
+})
+
+func backendSet(fs *flag.FlagSet) func([]string) error {
+	client := clientFlags(fs)
+	var b routing.Backend
+	var tlsMode, forward, state string
+	fs.StringVar(&b.Host, "host", "", "`address` or host name")
+	fs.IntVar(&b.IMAPPort, "imap-port", 0, "IMAP port (0: none)")
+	fs.IntVar(&b.POP3Port, "pop3-port", 0, "POP3 port (0: none)")
+	choiceVar(fs, &tlsMode, "tls", "none", []string{"none", "starttls", "implicit"}, "TLS to the backend")
+	fs.StringVar(&b.TLSServerName, "tls-server-name", "", "`name` to verify (default: host)")
+	pathVar(fs, &b.TLSCAFile, fileArg, "tls-ca-file", "", "CA bundle (PEM) on the proxy nodes")
+	fs.BoolVar(&b.InsecureSkipVerify, "tls-insecure-skip-verify", false, "do not verify the backend's certificate")
+	choiceVar(fs, &forward, "forward", "none", []string{"none", "id", "proxy"}, "client address to the backend: none, id, proxy")
+	fs.IntVar(&b.Weight, "weight", 1, "share of a pool's users")
+	choiceVar(fs, &state, "state", "active", []string{"active", "draining", "disabled"}, "active, draining (no new logins), disabled")
+	return func(args []string) error {
+		c, err := client()
+		if err != nil {
+			return err
 		}
-		return tw.Flush()
-	case "get":
-		if len(pos) != 1 {
-			return fmt.Errorf("usage: portico backend get ID")
-		}
-		raw, err := c.do("GET", "/v1/backends/"+url.PathEscape(pos[0])+consistentQuery(*consistent), nil, nil)
-		if err == nil {
-			printJSON(raw)
-		}
-		return err
-	case "set":
-		if len(pos) != 1 {
-			return fmt.Errorf("usage: portico backend set ID --host H --imap-port N [...]")
-		}
-		b.ID, b.TLS, b.Forward, b.State = pos[0], routing.TLSMode(*tlsMode), routing.ForwardMode(*forward), routing.BackendState(*state)
+		b.ID, b.TLS, b.Forward, b.State = args[0], routing.TLSMode(tlsMode), routing.ForwardMode(forward), routing.BackendState(state)
 		raw, err := c.do("PUT", "/v1/backends/"+url.PathEscape(b.ID), b, nil)
 		if err == nil {
 			done(c, raw)
 		}
 		return err
-	case "delete":
-		if len(pos) != 1 {
-			return fmt.Errorf("usage: portico backend delete ID")
-		}
-		raw, err := c.do("DELETE", "/v1/backends/"+url.PathEscape(pos[0]), nil, nil)
-		if err == nil {
-			done(c, raw)
-		}
-		return err
 	}
-	return fmt.Errorf("backend: unknown operation %q (list, get, set, delete)", op)
 }
 
 func printJSONIf(c *apiClient, raw []byte, err error) {
@@ -157,312 +197,255 @@ func printJSONIf(c *apiClient, raw []byte, err error) {
 	}
 }
 
-func cmdPool(args []string) error {
-	op, rest, err := sub(args, "pool list|get NAME|set NAME --backends a,b [--shared-storage]|delete NAME")
-	if err != nil {
-		return err
+func printPools(ps []routing.Pool) error {
+	tw := newTab()
+	fmt.Fprintln(tw, "NAME\tBACKENDS\tSHARED STORAGE")
+	for _, p := range ps {
+		fmt.Fprintf(tw, "%s\t%s\t%v\n", p.Name, strings.Join(p.Backends, ","), p.SharedStorage)
 	}
-	fs := flag.NewFlagSet("pool "+op, flag.ContinueOnError)
+	return tw.Flush()
+}
+
+var poolList = readCmd(func(c *apiClient, consistent bool, _ []string) error {
+	return show(c, "/v1/pools"+consistentQuery(consistent), printPools)
+})
+
+var poolGet = readCmd(func(c *apiClient, consistent bool, args []string) error {
+	return show(c, "/v1/pools/"+url.PathEscape(args[0])+consistentQuery(consistent), func(p routing.Pool) error {
+		return printPools([]routing.Pool{p})
+	})
+})
+
+func poolSet(fs *flag.FlagSet) func([]string) error {
 	client := clientFlags(fs)
-	consistent := fs.Bool("consistent", false, "read through the leader (linearizable)")
-	backends := fs.String("backends", "", "comma-separated backend ids")
+	backends := fs.String("backends", "", "comma-separated backend `ids`: required")
 	shared := fs.Bool("shared-storage", false, "every member can serve every user (reroute when one is down)")
-	pos, err := parseArgs(fs, rest)
-	if err != nil {
-		return err
-	}
-	c, err := client()
-	if err != nil {
-		return err
-	}
-	switch op {
-	case "list":
-		var ps []routing.Pool
-		raw, err := c.do("GET", "/v1/pools"+consistentQuery(*consistent), nil, &ps)
-		if err != nil || c.json {
-			printJSONIf(c, raw, err)
+	return func(args []string) error {
+		if *backends == "" {
+			return usageError{"usage: portico pool set NAME --backends a,b [--shared-storage]"}
+		}
+		c, err := client()
+		if err != nil {
 			return err
 		}
-		tw := newTab()
-		fmt.Fprintln(tw, "NAME\tBACKENDS\tSHARED STORAGE")
-		for _, p := range ps {
-			fmt.Fprintf(tw, "%s\t%s\t%v\n", p.Name, strings.Join(p.Backends, ","), p.SharedStorage)
-		}
-		return tw.Flush()
-	case "get":
-		if len(pos) != 1 {
-			return fmt.Errorf("usage: portico pool get NAME")
-		}
-		raw, err := c.do("GET", "/v1/pools/"+url.PathEscape(pos[0])+consistentQuery(*consistent), nil, nil)
-		if err == nil {
-			printJSON(raw)
-		}
-		return err
-	case "set":
-		if len(pos) != 1 || *backends == "" {
-			return fmt.Errorf("usage: portico pool set NAME --backends a,b [--shared-storage]")
-		}
-		p := routing.Pool{Name: pos[0], Backends: strings.Split(*backends, ","), SharedStorage: *shared}
+		p := routing.Pool{Name: args[0], Backends: strings.Split(*backends, ","), SharedStorage: *shared}
 		raw, err := c.do("PUT", "/v1/pools/"+url.PathEscape(p.Name), p, nil)
 		if err == nil {
 			done(c, raw)
 		}
 		return err
-	case "delete":
-		if len(pos) != 1 {
-			return fmt.Errorf("usage: portico pool delete NAME")
-		}
-		raw, err := c.do("DELETE", "/v1/pools/"+url.PathEscape(pos[0]), nil, nil)
-		if err == nil {
-			done(c, raw)
-		}
-		return err
 	}
-	return fmt.Errorf("pool: unknown operation %q (list, get, set, delete)", op)
 }
 
-func cmdRoute(args []string) error {
-	op, rest, err := sub(args, "route list [--prefix P]|get USER|set USER (--backend ID|--pool NAME)|delete USER|lookup USER|default [POOL]")
-	if err != nil {
-		return err
+func printRoutes(rs []routing.UserRoute) error {
+	tw := newTab()
+	fmt.Fprintln(tw, "USER\tBACKEND\tPOOL")
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.User, dash(r.Backend), dash(r.Pool))
 	}
-	fs := flag.NewFlagSet("route "+op, flag.ContinueOnError)
+	return tw.Flush()
+}
+
+func routeList(fs *flag.FlagSet) func([]string) error {
 	client := clientFlags(fs)
-	consistent := fs.Bool("consistent", false, "read through the leader (linearizable)")
-	backend := fs.String("backend", "", "pin the user to this backend")
-	pool := fs.String("pool", "", "route the user to this pool")
-	prefix := fs.String("prefix", "", "list users starting with this")
+	consistent := consistentFlag(fs)
+	prefix := fs.String("prefix", "", "list users starting with this `prefix`")
 	limit := fs.Int("limit", 1000, "list at most this many")
-	protocol := fs.String("protocol", "imap", "lookup for imap or pop3")
-	pos, err := parseArgs(fs, rest)
-	if err != nil {
-		return err
-	}
-	c, err := client()
-	if err != nil {
-		return err
-	}
-	switch op {
-	case "list":
+	return func([]string) error {
+		c, err := client()
+		if err != nil {
+			return err
+		}
 		q := url.Values{"prefix": {*prefix}, "limit": {fmt.Sprint(*limit)}}
 		if *consistent {
 			q.Set("consistent", "true")
 		}
-		var rs []routing.UserRoute
-		raw, err := c.do("GET", "/v1/routes/users?"+q.Encode(), nil, &rs)
-		if err != nil || c.json {
-			printJSONIf(c, raw, err)
-			return err
-		}
-		tw := newTab()
-		fmt.Fprintln(tw, "USER\tBACKEND\tPOOL")
-		for _, r := range rs {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.User, r.Backend, r.Pool)
-		}
-		return tw.Flush()
-	case "get":
-		if len(pos) != 1 {
-			return fmt.Errorf("usage: portico route get USER")
-		}
-		raw, err := c.do("GET", "/v1/routes/users/"+url.PathEscape(pos[0])+consistentQuery(*consistent), nil, nil)
-		if err == nil {
-			printJSON(raw)
-		}
-		return err
-	case "set":
-		if len(pos) != 1 || (*backend == "") == (*pool == "") {
-			return fmt.Errorf("usage: portico route set USER --backend ID | --pool NAME")
-		}
-		raw, err := c.do("PUT", "/v1/routes/users/"+url.PathEscape(pos[0]), routing.Target{Backend: *backend, Pool: *pool}, nil)
-		if err == nil {
-			done(c, raw)
-		}
-		return err
-	case "delete":
-		if len(pos) != 1 {
-			return fmt.Errorf("usage: portico route delete USER")
-		}
-		raw, err := c.do("DELETE", "/v1/routes/users/"+url.PathEscape(pos[0]), nil, nil)
-		if err == nil {
-			done(c, raw)
-		}
-		return err
-	case "lookup":
-		if len(pos) != 1 {
-			return fmt.Errorf("usage: portico route lookup USER [--protocol imap|pop3]")
-		}
-		q := url.Values{"user": {pos[0]}, "protocol": {*protocol}}
-		var r map[string]any
-		raw, err := c.do("GET", "/v1/routes/lookup?"+q.Encode(), nil, &r)
-		if err != nil || c.json {
-			printJSONIf(c, raw, err)
-			return err
-		}
-		fmt.Printf("%s -> %s (%s) via %s rule", r["user"], r["backend"], r["address"], r["rule"])
-		if p, _ := r["pool"].(string); p != "" {
-			fmt.Printf(", pool %s", p)
-		}
-		fmt.Println()
-		return nil
-	case "default":
-		if len(pos) == 0 {
-			raw, err := c.do("GET", "/v1/routes/default"+consistentQuery(*consistent), nil, nil)
-			if err == nil {
-				printJSON(raw)
-			}
-			return err
-		}
-		raw, err := c.do("PUT", "/v1/routes/default", map[string]string{"pool": pos[0]}, nil)
-		if err == nil {
-			done(c, raw)
-		}
-		return err
+		return show(c, "/v1/routes/users?"+q.Encode(), printRoutes)
 	}
-	return fmt.Errorf("route: unknown operation %q (list, get, set, delete, lookup, default)", op)
 }
 
-func cmdDomain(args []string) error {
-	op, rest, err := sub(args, "domain list|set DOMAIN --pool NAME|delete DOMAIN")
-	if err != nil {
-		return err
-	}
-	fs := flag.NewFlagSet("domain "+op, flag.ContinueOnError)
+var routeGet = readCmd(func(c *apiClient, consistent bool, args []string) error {
+	return show(c, "/v1/routes/users/"+url.PathEscape(args[0])+consistentQuery(consistent), func(r routing.UserRoute) error {
+		return printRoutes([]routing.UserRoute{r})
+	})
+})
+
+func routeSet(fs *flag.FlagSet) func([]string) error {
 	client := clientFlags(fs)
-	pool := fs.String("pool", "", "pool for the domain's users")
-	pos, err := parseArgs(fs, rest)
-	if err != nil {
-		return err
-	}
-	c, err := client()
-	if err != nil {
-		return err
-	}
-	switch op {
-	case "list":
-		var m map[string]string
-		raw, err := c.do("GET", "/v1/routes/domains", nil, &m)
-		if err != nil || c.json {
-			printJSONIf(c, raw, err)
+	backend := fs.String("backend", "", "pin the user to this backend `id`")
+	pool := fs.String("pool", "", "route the user to this `pool`")
+	return func(args []string) error {
+		if (*backend == "") == (*pool == "") {
+			return usageError{"usage: portico route set USER --backend ID | --pool NAME"}
+		}
+		c, err := client()
+		if err != nil {
 			return err
 		}
+		raw, err := c.do("PUT", "/v1/routes/users/"+url.PathEscape(args[0]), routing.Target{Backend: *backend, Pool: *pool}, nil)
+		if err == nil {
+			done(c, raw)
+		}
+		return err
+	}
+}
+
+func routeLookup(fs *flag.FlagSet) func([]string) error {
+	client := clientFlags(fs)
+	var protocol string
+	choiceVar(fs, &protocol, "protocol", "imap", []string{"imap", "pop3"}, "look up a login over this protocol")
+	return func(args []string) error {
+		c, err := client()
+		if err != nil {
+			return err
+		}
+		q := url.Values{"user": {args[0]}, "protocol": {protocol}}
+		return show(c, "/v1/routes/lookup?"+q.Encode(), func(r map[string]any) error {
+			fmt.Printf("%s -> %s (%s) via %s rule", r["user"], r["backend"], r["address"], r["rule"])
+			if p, _ := r["pool"].(string); p != "" {
+				fmt.Printf(", pool %s", p)
+			}
+			fmt.Println()
+			return nil
+		})
+	}
+}
+
+func routeDefault(fs *flag.FlagSet) func([]string) error {
+	client := clientFlags(fs)
+	consistent := consistentFlag(fs)
+	return func(args []string) error {
+		c, err := client()
+		if err != nil {
+			return err
+		}
+		if len(args) == 0 {
+			return show(c, "/v1/routes/default"+consistentQuery(*consistent), func(r struct {
+				Pool string `json:"pool"`
+			}) error {
+				fmt.Println(dash(r.Pool))
+				return nil
+			})
+		}
+		raw, err := c.do("PUT", "/v1/routes/default", map[string]string{"pool": args[0]}, nil)
+		if err == nil {
+			done(c, raw)
+		}
+		return err
+	}
+}
+
+var domainList = apiCmd(func(c *apiClient, _ []string) error {
+	return show(c, "/v1/routes/domains", func(m map[string]string) error {
 		tw := newTab()
 		fmt.Fprintln(tw, "DOMAIN\tPOOL")
 		for _, d := range sortedMapKeys(m) {
 			fmt.Fprintf(tw, "%s\t%s\n", d, m[d])
 		}
 		return tw.Flush()
-	case "set":
-		if len(pos) != 1 || *pool == "" {
-			return fmt.Errorf("usage: portico domain set DOMAIN --pool NAME")
-		}
-		raw, err := c.do("PUT", "/v1/routes/domains/"+url.PathEscape(pos[0]), map[string]string{"pool": *pool}, nil)
-		if err == nil {
-			done(c, raw)
-		}
-		return err
-	case "delete":
-		if len(pos) != 1 {
-			return fmt.Errorf("usage: portico domain delete DOMAIN")
-		}
-		raw, err := c.do("DELETE", "/v1/routes/domains/"+url.PathEscape(pos[0]), nil, nil)
-		if err == nil {
-			done(c, raw)
-		}
-		return err
-	}
-	return fmt.Errorf("domain: unknown operation %q (list, set, delete)", op)
-}
+	})
+})
 
-func cmdImport(args []string) error {
-	fs := flag.NewFlagSet("import", flag.ContinueOnError)
+func domainSet(fs *flag.FlagSet) func([]string) error {
 	client := clientFlags(fs)
-	format := fs.String("format", "popmap", "popmap (\"user: server\" lines) or csv (user,target)")
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return fmt.Errorf("usage: portico import FILE [--format popmap|csv]   (FILE - reads stdin)")
-	}
-	var body []byte
-	if pos[0] == "-" {
-		body, err = io.ReadAll(os.Stdin)
-	} else {
-		body, err = os.ReadFile(pos[0])
-	}
-	if err != nil {
-		return err
-	}
-	if !utf8.Valid(body) {
-		return fmt.Errorf("import: %s is not UTF-8 text", pos[0])
-	}
-	c, err := client()
-	if err != nil {
-		return err
-	}
-	raw, err := c.do("POST", "/v1/import", routesapi.ImportRequest{Format: *format, Data: string(body)}, nil)
-	if err == nil {
-		done(c, raw)
-	}
-	return err
-}
-
-func cmdCluster(args []string) error {
-	op, rest, err := sub(args, "cluster members|peers|leader")
-	if err != nil {
-		return err
-	}
-	fs := flag.NewFlagSet("cluster "+op, flag.ContinueOnError)
-	client := clientFlags(fs)
-	if _, err := parseArgs(fs, rest); err != nil {
-		return err
-	}
-	c, err := client()
-	if err != nil {
-		return err
-	}
-	switch op {
-	case "members":
-		var ms []cluster.Member
-		raw, err := c.do("GET", "/v1/cluster/members", nil, &ms)
-		if err != nil || c.json {
-			printJSONIf(c, raw, err)
+	pool := fs.String("pool", "", "`pool` for the domain's users: required")
+	return func(args []string) error {
+		if *pool == "" {
+			return usageError{"usage: portico domain set DOMAIN --pool NAME"}
+		}
+		c, err := client()
+		if err != nil {
 			return err
 		}
+		raw, err := c.do("PUT", "/v1/routes/domains/"+url.PathEscape(args[0]), map[string]string{"pool": *pool}, nil)
+		if err == nil {
+			done(c, raw)
+		}
+		return err
+	}
+}
+
+func importCmd(fs *flag.FlagSet) func([]string) error {
+	client := clientFlags(fs)
+	var format string
+	choiceVar(fs, &format, "format", "popmap", []string{"popmap", "csv"}, "popmap (\"user: server\" lines) or csv (user,target)")
+	return func(args []string) error {
+		var body []byte
+		var err error
+		if args[0] == "-" {
+			body, err = io.ReadAll(os.Stdin)
+		} else {
+			body, err = os.ReadFile(args[0])
+		}
+		if err != nil {
+			return err
+		}
+		if !utf8.Valid(body) {
+			return fmt.Errorf("import: %s is not UTF-8 text", args[0])
+		}
+		c, err := client()
+		if err != nil {
+			return err
+		}
+		raw, err := c.do("POST", "/v1/import", routesapi.ImportRequest{Format: format, Data: string(body)}, nil)
+		if err == nil {
+			done(c, raw)
+		}
+		return err
+	}
+}
+
+var clusterMembers = apiCmd(func(c *apiClient, _ []string) error {
+	return show(c, "/v1/cluster/members", func(ms []cluster.Member) error {
 		tw := newTab()
 		fmt.Fprintln(tw, "NAME\tSTATE\tROLE\tVERSION\tGOSSIP\tRAFT\tAPI\tSESSIONS\tDRAINING")
 		for _, m := range ms {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%v\n", m.Name, m.State, m.Role, m.Version, m.Address, m.Raft, m.API, m.Sessions, m.Draining)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%v\n", m.Name, m.State, dash(m.Role), dash(m.Version), m.Address, dash(m.Raft), dash(m.API), m.Sessions, m.Draining)
 		}
 		return tw.Flush()
-	case "peers":
-		var ps []cluster.Peer
-		raw, err := c.do("GET", "/v1/cluster/peers", nil, &ps)
-		if err != nil || c.json {
-			printJSONIf(c, raw, err)
-			return err
-		}
+	})
+})
+
+var clusterPeers = apiCmd(func(c *apiClient, _ []string) error {
+	return show(c, "/v1/cluster/peers", func(ps []cluster.Peer) error {
 		tw := newTab()
 		fmt.Fprintln(tw, "ID\tADDRESS\tSUFFRAGE\tLEADER")
 		for _, p := range ps {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\n", p.ID, p.Address, p.Suffrage, p.Leader)
 		}
 		return tw.Flush()
-	case "leader":
-		raw, err := c.do("GET", "/v1/cluster/leader", nil, nil)
-		if err == nil {
-			printJSON(raw)
-		}
-		return err
-	}
-	return fmt.Errorf("cluster: unknown operation %q (members, peers, leader)", op)
-}
+	})
+})
 
-func cmdKeygen([]string) error {
+var clusterLeader = apiCmd(func(c *apiClient, _ []string) error {
+	return show(c, "/v1/cluster/leader", func(l struct {
+		Name  string `json:"name"`
+		API   string `json:"api"`
+		Self  bool   `json:"self"`
+		Index uint64 `json:"applied_index"`
+	}) error {
+		self := ""
+		if l.Self {
+			self = " (this node)"
+		}
+		fmt.Printf("%s%s, admin API %s, raft index %d\n", l.Name, self, dash(l.API), l.Index)
+		return nil
+	})
+})
+
+func keygen([]string) error {
 	k := make([]byte, 32)
 	if _, err := rand.Read(k); err != nil {
 		return err
 	}
 	fmt.Println(base64.StdEncoding.EncodeToString(k))
 	return nil
+}
+
+// dash shows an empty value as "-".
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -11,76 +11,85 @@ import (
 	"syscall"
 
 	"github.com/portico-mail/portico/node"
-	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/ops/config"
 	"github.com/portico-mail/portico/ops/daemon"
 	"github.com/portico-mail/portico/ops/upgrade"
 	"github.com/portico-mail/portico/routing"
 )
 
-func cmdServe(args []string) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	path := fs.String("config", "", "configuration file (YAML)")
-	pprofAddr := fs.String("pprof", "", "serve Go profiling endpoints (/debug/pprof/) on this address, e.g. 127.0.0.1:6060")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *path == "" {
-		return errors.New("serve: --config FILE is required")
-	}
-	// Started by an in-place upgrade: the old process waits for this one.
-	h, err := upgrade.Inherited()
-	if err != nil {
-		return err
-	}
-	fail := func(err error) error {
-		if h != nil {
-			h.Fail(err)
-		}
-		return err
-	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		return fail(err)
-	}
-	if err := startPprof(*pprofAddr); err != nil {
-		return fail(err)
-	}
-	if h != nil {
-		if err := h.Hello(cfg.Upgrade.Timeout.D()); err != nil {
-			return err
-		}
-	}
-	return run(cfg, *path, h)
+func init() {
+	register(&command{name: "serve", summary: "run a node from a configuration file", setup: setupServe,
+		about: "Runs until SIGTERM or SIGINT (drain, then exit 0). SIGHUP re-reads the file; " +
+			"SIGUSR2 starts an in-place upgrade to the binary now at the same path."})
+	register(&command{name: "check-config", summary: "validate a configuration file and exit", setup: setupCheckConfig,
+		about: "Checks the file as serve would (certificates, routing table) without serving; " +
+			"problems are reported with their line."})
+	register(&command{name: "proxy", summary: "run a proxy for one backend without a configuration file", setup: setupProxy,
+		about: "Listeners and backends are URLs with the schemes curl uses: --from imap://ADDR, imaps://, " +
+			"pop3://, pop3s://; --to imap://HOST:PORT and so on. Each --from protocol goes to the --to of the same protocol."})
 }
 
-func cmdCheckConfig(args []string) error {
-	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
-	path := fs.String("config", "", "configuration file (YAML)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *path == "" {
-		return errors.New("check-config: --config FILE is required")
-	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		return err
-	}
-	// Certificates and the routing table are checked the way serve would.
-	if pairs := cfg.CertPairs(); len(pairs) > 0 {
-		if err := (&node.CertStore{}).Load(pairs); err != nil {
-			return fmt.Errorf("%s: %w", *path, err)
+func setupServe(fs *flag.FlagSet) func([]string) error {
+	var path, pprofAddr string
+	pathVar(fs, &path, fileArg, "config", "", "configuration file (YAML): required")
+	fs.StringVar(&pprofAddr, "pprof", "", "serve Go profiling endpoints (/debug/pprof/) on this `address`, e.g. 127.0.0.1:6060")
+	return func([]string) error {
+		if path == "" {
+			return usageError{"serve: --config FILE is required"}
 		}
+		// Started by an in-place upgrade: the old process waits for this one.
+		h, err := upgrade.Inherited()
+		if err != nil {
+			return err
+		}
+		fail := func(err error) error {
+			if h != nil {
+				h.Fail(err)
+			}
+			return err
+		}
+		cfg, err := config.Load(path)
+		if err != nil {
+			return fail(err)
+		}
+		if err := startPprof(pprofAddr); err != nil {
+			return fail(err)
+		}
+		if h != nil {
+			if err := h.Hello(cfg.Upgrade.Timeout.D()); err != nil {
+				return err
+			}
+		}
+		return run(cfg, path, h)
 	}
-	if _, err := routing.NewTable(cfg.RoutingSpec()); err != nil {
-		return fmt.Errorf("%s: %w", *path, err)
+}
+
+func setupCheckConfig(fs *flag.FlagSet) func([]string) error {
+	var path string
+	pathVar(fs, &path, fileArg, "config", "", "configuration file (YAML): required")
+	return func([]string) error {
+		if path == "" {
+			return usageError{"check-config: --config FILE is required"}
+		}
+		cfg, err := config.Load(path)
+		if err != nil {
+			return err
+		}
+		// Certificates and the routing table are checked the way serve would.
+		if pairs := cfg.CertPairs(); len(pairs) > 0 {
+			if err := (&node.CertStore{}).Load(pairs); err != nil {
+				return fmt.Errorf("%s: %w", path, err)
+			}
+		}
+		if _, err := routing.NewTable(cfg.RoutingSpec()); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		for _, w := range cfg.Warnings() {
+			fmt.Fprintf(os.Stderr, "%s: warning: %s\n", path, w)
+		}
+		fmt.Printf("%s: OK (%d listeners, %d backends, %d pools)\n", path, len(cfg.Listeners), len(cfg.Backends), len(cfg.Pools))
+		return nil
 	}
-	for _, w := range cfg.Warnings() {
-		fmt.Fprintf(os.Stderr, "%s: warning: %s\n", *path, w)
-	}
-	fmt.Printf("%s: OK (%d listeners, %d backends, %d pools)\n", *path, len(cfg.Listeners), len(cfg.Backends), len(cfg.Pools))
-	return nil
 }
 
 type stringList []string
@@ -88,46 +97,47 @@ type stringList []string
 func (s *stringList) String() string     { return strings.Join(*s, ",") }
 func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
-func cmdProxy(args []string) error {
-	fs := flag.NewFlagSet("proxy", flag.ContinueOnError)
+func setupProxy(fs *flag.FlagSet) func([]string) error {
 	var f config.ProxyFlags
-	fs.Var((*stringList)(&f.From), "from", "listen URL: imap://ADDR, imaps://ADDR, pop3://ADDR, pop3s://ADDR (repeatable)")
-	fs.Var((*stringList)(&f.To), "to", "backend URL: imap://HOST:PORT, pop3://HOST:PORT, imaps://, pop3s:// (repeatable)")
-	fs.StringVar(&f.Cert, "cert", "", "TLS certificate (PEM) for imaps/pop3s and STARTTLS")
-	fs.StringVar(&f.Key, "key", "", "TLS private key (PEM)")
+	fs.Var((*stringList)(&f.From), "from", "listen `URL`: imap://ADDR, imaps://ADDR, pop3://ADDR, pop3s://ADDR (repeatable)")
+	fs.Var((*stringList)(&f.To), "to", "backend `URL`: imap://HOST:PORT, pop3://HOST:PORT, imaps://, pop3s:// (repeatable)")
+	pathVar(fs, &f.Cert, fileArg, "cert", "", "TLS certificate (PEM) for imaps/pop3s and STARTTLS")
+	pathVar(fs, &f.Key, fileArg, "key", "", "TLS private key (PEM)")
 	fs.BoolVar(&f.AllowPlaintext, "allow-plaintext", false, "allow login before STARTTLS on imap:// and pop3:// listeners that have a certificate")
-	fs.StringVar(&f.Forward, "forward", "id", "pass the client address to the backend: none, id (IMAP ID / POP3 XCLIENT), proxy (PROXY v2)")
+	choiceVar(fs, &f.Forward, "forward", "id", []string{"none", "id", "proxy"}, "pass the client address to the backend: none, id (IMAP ID / POP3 XCLIENT), proxy (PROXY v2)")
 	fs.BoolVar(&f.Insecure, "backend-insecure", false, "do not verify backend TLS certificates")
-	fs.StringVar(&f.CAFile, "backend-ca", "", "CA bundle to verify backend TLS certificates")
+	pathVar(fs, &f.CAFile, fileArg, "backend-ca", "", "CA bundle to verify backend TLS certificates")
 	fs.IntVar(&f.MaxConnections, "max-connections", 0, "client connections on the node (0: sized to the file-descriptor limit, -1: no limit)")
 	fs.IntVar(&f.MaxConnectionsPerIP, "max-connections-per-ip", 0, "client connections per client address, IPv6 per /64 (0: the default, 100; -1: no limit)")
-	fs.StringVar(&f.Admin, "admin", "", "admin API address (health, metrics, drain), off for none (default "+admin.DefaultConfig().Address+")")
-	logLevel := fs.String("log-level", "info", "debug, info, warn, error")
-	printCfg := fs.Bool("print-config", false, "print the equivalent configuration file and exit")
-	pprofAddr := fs.String("pprof", "", "serve Go profiling endpoints (/debug/pprof/) on this address, e.g. 127.0.0.1:6060")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if err := startPprof(*pprofAddr); err != nil {
-		return err
-	}
-	cfg, err := config.FromProxyFlags(f)
-	if err != nil {
-		return fmt.Errorf("proxy: %w", err)
-	}
-	cfg.Log.Level = *logLevel
-	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("proxy: %w", err)
-	}
-	if *printCfg {
-		b, err := cfg.Marshal()
-		if err != nil {
+	fs.StringVar(&f.Admin, "admin", "", "serve the admin API (portico status, /metrics, /readyz) on this loopback `address`, or off (default off)")
+	var logLevel, pprofAddr string
+	choiceVar(fs, &logLevel, "log-level", "info", []string{"debug", "info", "warn", "error"}, "log level")
+	printCfg := fs.Bool("print-config", false, "print the configuration this runs, defaults written out, and exit (portico serve --config runs it the same way)")
+	fs.StringVar(&pprofAddr, "pprof", "", "serve Go profiling endpoints (/debug/pprof/) on this `address`, e.g. 127.0.0.1:6060")
+	return func([]string) error {
+		if err := startPprof(pprofAddr); err != nil {
 			return err
 		}
-		os.Stdout.Write(b)
-		return nil
+		cfg, err := config.FromProxyFlags(f)
+		if err != nil {
+			return fmt.Errorf("proxy: %w", err)
+		}
+		cfg.Log.Level = logLevel
+		if err := cfg.Validate(); err != nil {
+			return fmt.Errorf("proxy: %w", err)
+		}
+		if *printCfg {
+			b, err := cfg.Marshal()
+			if err != nil {
+				return err
+			}
+			fmt.Print("# Printed by portico proxy --print-config: what portico proxy runs with the same\n" +
+				"# flags, defaults written out. Run it with: portico serve --config FILE\n")
+			os.Stdout.Write(b)
+			return nil
+		}
+		return run(cfg, "", nil)
 	}
-	return run(cfg, "", nil)
 }
 
 // run serves cfg until SIGTERM/SIGINT. path, if set, is re-read on SIGHUP.
@@ -157,10 +167,10 @@ func run(cfg *config.Config, path string, h *upgrade.Handover) error {
 	log := d.Log
 	if h != nil {
 		h.Ready()
-		log.Info("portico started by an in-place upgrade", "version", version, "commit", commit)
+		log.Info("portico started by an in-place upgrade", "version", daemon.Version, "commit", daemon.Commit)
 		sdNotify(fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid()))
 	} else {
-		log.Info("portico started", "version", version, "commit", commit)
+		log.Info("portico started", "version", daemon.Version, "commit", daemon.Commit)
 		sdNotify("READY=1")
 	}
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -14,40 +13,14 @@ import (
 )
 
 func init() {
-	commands["status"] = command{"status [--json]                      this node, cluster, VIP, sessions, backends (admin API)", cmdStatus}
-}
-
-func cmdStatus(args []string) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	client := clientFlags(fs)
-	pos, err := parseArgs(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 0 {
-		return fmt.Errorf("usage: portico status [--json]")
-	}
-	c, err := client()
-	if err != nil {
-		return err
-	}
-	var st daemon.Status
-	raw, err := c.do("GET", "/v1/status", nil, &st)
-	if err != nil || c.json {
-		printJSONIf(c, raw, err)
-		return err
-	}
-	return printStatus(os.Stdout, &st)
+	register(&command{name: "status", summary: "show this node, the cluster, the VIP, sessions and backends (admin API)",
+		setup: apiCmd(func(c *apiClient, _ []string) error {
+			return show(c, "/v1/status", func(st daemon.Status) error { return printStatus(os.Stdout, &st) })
+		})})
 }
 
 // printStatus renders a status as tables.
 func printStatus(out io.Writer, st *daemon.Status) error {
-	dash := func(s string) string {
-		if s == "" {
-			return "-"
-		}
-		return s
-	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	ready := "yes"
 	if !st.Ready {

@@ -15,7 +15,15 @@ import (
 )
 
 func init() {
-	commands["tls"] = command{"tls ca create | cert create --node NAME | cert show FILE\n                                 make the cluster CA and node certificates", cmdTLS}
+	register(&command{name: "tls", summary: "make the cluster CA and node certificates", subs: []*command{
+		{name: "ca", summary: "the cluster CA", subs: []*command{
+			{name: "create", summary: "create a cluster CA: " + defaultCAFile + " and " + defaultCAKeyFile, setup: setupCACreate},
+		}},
+		{name: "cert", summary: "node certificates", subs: []*command{
+			{name: "create", summary: "create a node's certificate, signed by the cluster CA", setup: setupCertCreate},
+			{name: "show", args: "FILE...", argFiles: true, summary: "show certificates: subject, issuer, validity, key", setup: func(*flag.FlagSet) func([]string) error { return tlsCertShow }},
+		}},
+	}})
 }
 
 const (
@@ -23,46 +31,26 @@ const (
 	defaultCAKeyFile = "portico-ca-key.pem"
 )
 
-func cmdTLS(args []string) error {
-	const usage = "tls ca create [--dir D] [--days N] | tls cert create --node NAME [--ca F] [--ca-key F] [--dir D] [--days N] [--host H]... | tls cert show FILE..."
-	what, rest, err := sub(args, usage)
-	if err != nil {
-		return err
-	}
-	verb, rest, err := sub(rest, usage)
-	if err != nil {
-		return err
-	}
-	switch what + " " + verb {
-	case "ca create":
-		return tlsCACreate(rest)
-	case "cert create":
-		return tlsCertCreate(rest)
-	case "cert show":
-		return tlsCertShow(rest)
-	}
-	return fmt.Errorf("usage: portico %s", usage)
-}
-
-func tlsCACreate(args []string) error {
-	fs := flag.NewFlagSet("tls ca create", flag.ContinueOnError)
-	dir := fs.String("dir", ".", "directory to write "+defaultCAFile+" and "+defaultCAKeyFile+" in")
+func setupCACreate(fs *flag.FlagSet) func([]string) error {
+	var dir string
+	pathVar(fs, &dir, dirArg, "dir", ".", "directory to write "+defaultCAFile+" and "+defaultCAKeyFile+" in")
 	days := fs.Int("days", 5*365, "validity in days")
 	name := fs.String("name", "", "the CA's common name (default: Portico cluster CA and the date)")
-	if _, err := parseArgs(fs, args); err != nil {
-		return err
-	}
-	if *days < 1 {
+	return func([]string) error { return tlsCACreate(dir, *days, *name) }
+}
+
+func tlsCACreate(dir string, days int, name string) error {
+	if days < 1 {
 		return errors.New("--days must be at least 1")
 	}
-	if *name == "" {
-		*name = "Portico cluster CA " + time.Now().UTC().Format("2006-01-02")
+	if name == "" {
+		name = "Portico cluster CA " + time.Now().UTC().Format("2006-01-02")
 	}
-	certPEM, keyPEM, err := pki.CreateCA(*name, time.Duration(*days)*24*time.Hour)
+	certPEM, keyPEM, err := pki.CreateCA(name, time.Duration(days)*24*time.Hour)
 	if err != nil {
 		return err
 	}
-	cf, kf := filepath.Join(*dir, defaultCAFile), filepath.Join(*dir, defaultCAKeyFile)
+	cf, kf := filepath.Join(dir, defaultCAFile), filepath.Join(dir, defaultCAKeyFile)
 	if err := writeNew(kf, keyPEM, 0o600); err != nil {
 		return err
 	}
@@ -74,33 +62,40 @@ func tlsCACreate(args []string) error {
 	return nil
 }
 
-func tlsCertCreate(args []string) error {
-	fs := flag.NewFlagSet("tls cert create", flag.ContinueOnError)
-	node := fs.String("node", "", "the node's name (its node_name): required")
-	ca := fs.String("ca", defaultCAFile, "the CA certificate")
-	caKey := fs.String("ca-key", defaultCAKeyFile, "the CA key")
-	dir := fs.String("dir", ".", "directory to write NAME.pem and NAME-key.pem in")
-	days := fs.Int("days", 2*365, "validity in days (at most the CA's)")
-	var hosts multiFlag
-	fs.Var(&hosts, "host", "an IP address or DNS name to add as a subject alternative name (repeatable; optional)")
-	if _, err := parseArgs(fs, args); err != nil {
-		return err
-	}
-	if *node == "" {
+// certOptions are the flags of tls cert create.
+type certOptions struct {
+	node, ca, caKey, dir string
+	days                 int
+	hosts                multiFlag
+}
+
+func setupCertCreate(fs *flag.FlagSet) func([]string) error {
+	var o certOptions
+	fs.StringVar(&o.node, "node", "", "the node's `name` (its node_name): required")
+	pathVar(fs, &o.ca, fileArg, "ca", defaultCAFile, "the CA certificate")
+	pathVar(fs, &o.caKey, fileArg, "ca-key", defaultCAKeyFile, "the CA key")
+	pathVar(fs, &o.dir, dirArg, "dir", ".", "directory to write NAME.pem and NAME-key.pem in")
+	fs.IntVar(&o.days, "days", 2*365, "validity in days (at most the CA's)")
+	fs.Var(&o.hosts, "host", "an IP address or DNS `name` to add as a subject alternative name (repeatable; optional)")
+	return func([]string) error { return tlsCertCreate(&o) }
+}
+
+func tlsCertCreate(o *certOptions) error {
+	if o.node == "" {
 		return errors.New("--node NAME is required (the node_name of the node it is for)")
 	}
-	if *days < 1 {
+	if o.days < 1 {
 		return errors.New("--days must be at least 1")
 	}
-	caPEM, err := os.ReadFile(*ca)
+	caPEM, err := os.ReadFile(o.ca)
 	if err != nil {
 		return fmt.Errorf("CA certificate: %w (create one with: portico tls ca create)", err)
 	}
-	caKeyPEM, err := os.ReadFile(*caKey)
+	caKeyPEM, err := os.ReadFile(o.caKey)
 	if err != nil {
 		return fmt.Errorf("CA key: %w", err)
 	}
-	certPEM, keyPEM, err := pki.CreateNodeCert(caPEM, caKeyPEM, *node, time.Duration(*days)*24*time.Hour, hosts)
+	certPEM, keyPEM, err := pki.CreateNodeCert(caPEM, caKeyPEM, o.node, time.Duration(o.days)*24*time.Hour, o.hosts)
 	if err != nil {
 		return err
 	}
@@ -108,7 +103,7 @@ func tlsCertCreate(args []string) error {
 	if _, err := pki.Parse(caPEM, certPEM, keyPEM, time.Now()); err != nil {
 		return fmt.Errorf("the new certificate does not verify: %w", err)
 	}
-	cf, kf := filepath.Join(*dir, *node+".pem"), filepath.Join(*dir, *node+"-key.pem")
+	cf, kf := filepath.Join(o.dir, o.node+".pem"), filepath.Join(o.dir, o.node+"-key.pem")
 	if err := writeNew(kf, keyPEM, 0o600); err != nil {
 		return err
 	}
@@ -116,14 +111,11 @@ func tlsCertCreate(args []string) error {
 		_ = os.Remove(kf)
 		return err
 	}
-	fmt.Printf("wrote %s and %s (node %s: cluster.tls.cert_file and key_file)\n", cf, kf, *node)
+	fmt.Printf("wrote %s and %s (node %s: cluster.tls.cert_file and key_file)\n", cf, kf, o.node)
 	return nil
 }
 
 func tlsCertShow(files []string) error {
-	if len(files) == 0 {
-		return errors.New("usage: portico tls cert show FILE [FILE ...]")
-	}
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {

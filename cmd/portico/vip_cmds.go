@@ -11,46 +11,40 @@ import (
 )
 
 func init() {
-	commands["vip"] = command{"vip status|move [--to NODE]|release    show or hand over the virtual IP (admin API); release: remove it after a crash", cmdVIP}
+	register(&command{name: "vip", summary: "show or hand over the virtual IP", subs: []*command{
+		{name: "status", summary: "show the VIP's addresses and owner (admin API)", setup: apiCmd(vipStatus)},
+		{name: "move", summary: "hand the VIP over to another node (admin API)", setup: setupVIPMove},
+		{name: "release", summary: "remove the VIP from this host's interfaces after the process died (systemd ExecStopPost)", setup: setupVIPRelease},
+	}})
 }
 
-func cmdVIP(args []string) error {
-	op, rest, err := sub(args, "vip status|move [--to NODE]|release --config FILE")
-	if err != nil {
+func vipStatus(c *apiClient, _ []string) error {
+	var st struct {
+		Addresses     []string `json:"addresses"`
+		Owner, Self   string
+		SelfOwns      bool   `json:"self_owns"`
+		Moving        bool   `json:"moving"`
+		Changes       uint64 `json:"ownership_changes"`
+		Announcements uint64 `json:"announcements"`
+	}
+	raw, err := c.do("GET", "/v1/vip", nil, &st)
+	if err != nil || c.json {
+		printJSONIf(c, raw, err)
 		return err
 	}
-	if op == "release" {
-		return cmdVIPRelease(rest)
-	}
-	fs := flag.NewFlagSet("vip "+op, flag.ContinueOnError)
+	fmt.Printf("addresses:  %s\nowner:      %s\nthis node:  %s (owns: %v)\nchanges:    %d, announcements: %d\n",
+		strings.Join(st.Addresses, ", "), st.Owner, st.Self, st.SelfOwns, st.Changes, st.Announcements)
+	return nil
+}
+
+func setupVIPMove(fs *flag.FlagSet) func([]string) error {
 	client := clientFlags(fs)
-	to := fs.String("to", "", "node to move the VIP to (default: any other voter)")
-	if _, err := parseArgs(fs, rest); err != nil {
-		return err
-	}
-	c, err := client()
-	if err != nil {
-		return err
-	}
-	switch op {
-	case "status":
-		var st struct {
-			Addresses     []string `json:"addresses"`
-			Owner, Self   string
-			SelfOwns      bool   `json:"self_owns"`
-			Moving        bool   `json:"moving"`
-			Changes       uint64 `json:"ownership_changes"`
-			Announcements uint64 `json:"announcements"`
-		}
-		raw, err := c.do("GET", "/v1/vip", nil, &st)
-		if err != nil || c.json {
-			printJSONIf(c, raw, err)
+	to := fs.String("to", "", "`node` to move the VIP to (default: any other voter)")
+	return func([]string) error {
+		c, err := client()
+		if err != nil {
 			return err
 		}
-		fmt.Printf("addresses:  %s\nowner:      %s\nthis node:  %s (owns: %v)\nchanges:    %d, announcements: %d\n",
-			strings.Join(st.Addresses, ", "), st.Owner, st.Self, st.SelfOwns, st.Changes, st.Announcements)
-		return nil
-	case "move":
 		var res struct {
 			From, To string
 			Ended    int   `json:"sessions_ended"`
@@ -64,21 +58,21 @@ func cmdVIP(args []string) error {
 		fmt.Printf("VIP moved from %s to %s in %d ms (%d sessions ended at a response boundary)\n", res.From, res.To, res.Took, res.Ended)
 		return nil
 	}
-	return fmt.Errorf("vip: unknown operation %q (status, move, release)", op)
 }
 
-// cmdVIPRelease removes the configured virtual addresses from this host's
+func setupVIPRelease(fs *flag.FlagSet) func([]string) error {
+	var path string
+	pathVar(fs, &path, fileArg, "config", "/etc/portico/portico.yaml", "the node's configuration file")
+	return func([]string) error { return vipRelease(path) }
+}
+
+// vipRelease removes the configured virtual addresses from this host's
 // interfaces, when no portico process runs on the configuration's data
 // directory: for a supervisor after the process exited (systemd's
 // ExecStopPost), since a process that was killed or crashed leaves the
 // address behind and the kernel goes on answering ARP for it.
-func cmdVIPRelease(args []string) error {
-	fs := flag.NewFlagSet("vip release", flag.ContinueOnError)
-	path := fs.String("config", "/etc/portico/portico.yaml", "configuration file")
-	if _, err := parseArgs(fs, args); err != nil {
-		return err
-	}
-	cfg, err := config.Load(*path)
+func vipRelease(path string) error {
+	cfg, err := config.Load(path)
 	if err != nil {
 		return err
 	}

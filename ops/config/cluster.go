@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"net"
 	"os"
+	"reflect"
 	"strings"
 
 	"github.com/portico-mail/portico/cluster"
@@ -96,7 +97,14 @@ func (v *validator) cluster() {
 	if strings.ContainsAny(c.NodeName, " \t\r\n/") || len(c.NodeName) > 128 {
 		v.errf("node_name", "%q: no spaces or slashes, at most 128 bytes", c.NodeName)
 	}
-	if c.Static {
+	if c.Standalone {
+		// Nothing of the cluster applies: say so rather than ignore it.
+		if c.DataDir != "" {
+			v.errf("data_dir", "a standalone node keeps no state: remove data_dir (or standalone)")
+		}
+		if !reflect.DeepEqual(c.Cluster, Cluster{}) {
+			v.errf("cluster", "a standalone node has no cluster: remove the cluster section (or standalone)")
+		}
 		return
 	}
 	def := cluster.DefaultConfig()

@@ -52,9 +52,11 @@ type Config struct {
 	// Throttle: failed-login delays and blocks (brute-force protection).
 	Throttle Throttle `yaml:"throttle"`
 
-	// Static: routes come only from this file and are not replicated (no
-	// raft, no data directory). Set by `portico proxy`; not a file key.
-	Static bool `yaml:"-"`
+	// Standalone: a node without a cluster. Routes come only from this
+	// file and are not replicated: no raft, no gossip, no data directory,
+	// nothing kept on disk. `portico proxy` runs this way, and so does
+	// `serve` on the file `portico proxy --print-config` prints.
+	Standalone bool `yaml:"standalone"`
 
 	root *yaml.Node // for line numbers in validation errors
 }
@@ -544,10 +546,7 @@ func (v *validator) routing() {
 	if c.Routes.DefaultPool != "" && !pools[c.Routes.DefaultPool] {
 		v.errf("routes.default_pool", "unknown pool %q", c.Routes.DefaultPool)
 	}
-	if c.Static && len(c.Routes.Users) == 0 && len(c.Routes.Domains) == 0 && c.Routes.DefaultPool == "" {
+	if c.Standalone && len(c.Routes.Users) == 0 && len(c.Routes.Domains) == 0 && c.Routes.DefaultPool == "" {
 		v.errf("routes", "no routes: set routes.default_pool, routes.domains or routes.users")
 	}
 }
-
-// Marshal renders the configuration as YAML (for `portico proxy --print-config`).
-func (c *Config) Marshal() ([]byte, error) { return yaml.Marshal(c) }

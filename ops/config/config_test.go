@@ -135,8 +135,9 @@ func TestProxyFlags(t *testing.T) {
 	if l := c.NodeConfig(); l.MaxConnections != 0 || l.MaxConnectionsPerIP != 7 {
 		t.Errorf("node limits from --max-connections -1 --max-connections-per-ip 7: %+v", l)
 	}
-	// The admin API: its default address, another, or none.
-	for flag, want := range map[string]string{"": admin.DefaultConfig().Address, "127.0.0.1:0": "127.0.0.1:0", "off": "off"} {
+	// The admin API: none unless asked for (so that proxies run side by
+	// side on a host), the default address, another.
+	for flag, want := range map[string]string{"": "off", admin.DefaultConfig().Address: admin.DefaultConfig().Address, "127.0.0.1:0": "127.0.0.1:0", "off": "off"} {
 		c, err = FromProxyFlags(ProxyFlags{From: []string{"imap://127.0.0.1:1143"}, To: []string{"imap://mail.example:143"}, Admin: flag})
 		if err != nil || c.Validate() != nil || c.Admin.Address != want {
 			t.Errorf("--admin %q: admin.address %q, want %q (%v)", flag, c.Admin.Address, want, err)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -21,7 +22,8 @@ type ProxyFlags struct {
 	// MaxConnections and MaxConnectionsPerIP are limits.max_connections
 	// and limits.max_connections_per_ip (0: the default, -1: none).
 	MaxConnections, MaxConnectionsPerIP int
-	// Admin is admin.address: "" for its default, "off" for none.
+	// Admin is admin.address: host:port, or "" or "off" for none (the
+	// default, so that any number of proxies run side by side on a host).
 	Admin string
 }
 
@@ -57,8 +59,22 @@ func FromProxyFlags(f ProxyFlags) (*Config, error) {
 	if (f.Cert == "") != (f.Key == "") {
 		return nil, fmt.Errorf("--cert and --key go together")
 	}
-	c := &Config{Static: true}
-	c.Admin.Address = f.Admin
+	c := &Config{Standalone: true}
+	c.Admin.Address = "off"
+	if f.Admin != "" {
+		c.Admin.Address = f.Admin
+	}
+	// Absolute file names: the printed configuration (--print-config)
+	// names the same files wherever it is saved.
+	for _, p := range []*string{&f.Cert, &f.Key, &f.CAFile} {
+		if *p != "" {
+			a, err := filepath.Abs(*p)
+			if err != nil {
+				return nil, err
+			}
+			*p = a
+		}
+	}
 	if f.Cert != "" {
 		c.TLS.Certificates = []Certificate{{Cert: f.Cert, Key: f.Key}}
 	}

@@ -137,6 +137,7 @@ func readmeWant() map[string]map[string]any {
 	return map[string]map[string]any{
 		"### Node and cluster": {
 			"node_name":                "host name",
+			"standalone":               "false",
 			"data_dir":                 cd.DataDir,
 			"admin.address":            admin.DefaultConfig().Address,
 			"admin.token":              "",

@@ -43,8 +43,8 @@ func (v *validator) vip() {
 		}
 		return
 	}
-	if v.c.Static {
-		v.errf("vip", "needs the cluster (not available with portico proxy)")
+	if v.c.Standalone {
+		v.errf("vip", "needs the cluster (not available on a standalone node, nor with portico proxy)")
 	}
 	seen := map[netip.Addr]bool{}
 	for i := range x.Addresses {

@@ -232,6 +232,7 @@ func restartRequired(a, b *config.Config) []string {
 		}
 	}
 	check("node_name", a.NodeName, b.NodeName)
+	check("standalone", a.Standalone, b.Standalone)
 	check("data_dir", a.DataDir, b.DataDir)
 	check("cluster", clusterRestartView(a.Cluster), clusterRestartView(b.Cluster))
 	check("admin", adminRestartView(a.Admin), adminRestartView(b.Admin))

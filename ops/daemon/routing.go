@@ -18,12 +18,13 @@ import (
 // "unavailable" (routing.ErrNotReady).
 const startupWait = 15 * time.Second
 
-// setupRouting installs the route source. `portico proxy` (Static) serves
-// the table from its flags, replaced as a whole on reload. Everything else
-// runs the replicated table: raft + memberlist (cluster package), the
+// setupRouting installs the route source. A standalone node (`portico
+// proxy`, or `standalone: true` in the file) serves the table from its
+// configuration, replaced as a whole on reload. Everything else runs the
+// replicated table: raft + memberlist (cluster package), the
 // file's backends, pools and routes written into it at start and reload.
 func (d *Daemon) setupRouting(cfg *config.Config) error {
-	if cfg.Static {
+	if cfg.Standalone {
 		table, err := routing.NewTable(cfg.RoutingSpec())
 		if err != nil {
 			return err
