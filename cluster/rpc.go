@@ -73,6 +73,7 @@ func (n *Agent) rpcHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, ApplyResult{})
 	})
+	mux.HandleFunc("POST "+rpcRemovePeer, n.handleRemovePeer)
 	mux.HandleFunc("POST "+rpcReadIndex, func(w http.ResponseWriter, r *http.Request) {
 		if _, ok := readBody(w, r); !ok {
 			return

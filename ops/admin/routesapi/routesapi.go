@@ -37,6 +37,7 @@ type Cluster interface {
 	ConsistentRead(ctx context.Context) error
 	Members() []cluster.Member
 	Peers() ([]cluster.Peer, error)
+	RemovePeer(ctx context.Context, name string) error
 	Leader() (name, api string)
 	Name() string
 }
@@ -198,6 +199,15 @@ func Register(a *admin.Server, c Config) {
 			return
 		}
 		admin.JSON(w, 200, p)
+	})
+	a.HandleFunc("DELETE /v1/cluster/peers/{name}", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
+		defer cancel()
+		if err := d.Cluster.RemovePeer(ctx, r.PathValue("name")); err != nil {
+			admin.Error(w, cluster.StatusOf(err), err.Error())
+			return
+		}
+		admin.JSON(w, 200, map[string]any{"ok": true, "removed": r.PathValue("name")})
 	})
 	a.HandleFunc("GET /v1/cluster/leader", func(w http.ResponseWriter, r *http.Request) {
 		name, api := d.Cluster.Leader()
