@@ -194,10 +194,13 @@ func TestEveryAdminCommandReadsConfig(t *testing.T) {
 	os.WriteFile(routes, []byte("alice@example.com: imap1\n"), 0o644)
 	// What each command needs besides --config to send its request.
 	extra := map[string][]string{
-		"portico pool set":   {"main", "--backends", "imap1"},
-		"portico route set":  {"alice", "--backend", "imap1"},
-		"portico domain set": {"example.com", "--pool", "main"},
-		"portico import":     {routes},
+		"portico pool set":         {"main", "--backends", "imap1"},
+		"portico route set":        {"alice", "--backend", "imap1"},
+		"portico domain set":       {"example.com", "--pool", "main"},
+		"portico import":           {routes},
+		"portico sessions kick":    {"--user", "alice"},
+		"portico user move":        {"alice", "--to", "imap1"},
+		"portico throttle unblock": {"--user", "alice"},
 	}
 	n := 0
 	for _, c := range root.leaves() {
