@@ -604,3 +604,48 @@ func TestClusterVotersAndReap(t *testing.T) {
 	})
 	t.Logf("dead non-voter removed %v after the kill (memberlist detection + 2s reap)", time.Since(start).Round(100*time.Millisecond))
 }
+
+// `portico cluster remove-peer`: refused for a live node; a dead one
+// leaves raft's configuration at once, long before dead_node_reap, and
+// the two left still commit writes.
+func TestClusterRemovePeer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process cluster test")
+	}
+	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.84"})
+	nodes := newCluster(t, 3, dc, "routes: {default_pool: main}")
+	for _, nd := range nodes {
+		nd.start()
+	}
+	waitFor(t, "3 voters", 20*time.Second, func() bool {
+		out, err := nodes[0].cli("cluster", "peers", "--json")
+		return err == nil && strings.Count(out, `"voter"`) == 3
+	})
+	if out, err := nodes[1].cli("cluster", "remove-peer", "n3"); err == nil || !strings.Contains(out, "alive") {
+		t.Fatalf("remove-peer of a live node: %v\n%s", err, out)
+	}
+	nodes[2].kill()
+	waitFor(t, "n3 seen dead", 30*time.Second, func() bool {
+		out, err := nodes[0].cli("cluster", "members", "--json")
+		var ms []struct{ Name, State string }
+		if err != nil || json.Unmarshal([]byte(out), &ms) != nil {
+			return false
+		}
+		for _, m := range ms {
+			if m.Name == "n3" {
+				return m.State != "alive"
+			}
+		}
+		return false
+	})
+	if out, err := nodes[1].cli("cluster", "remove-peer", "n3"); err != nil || !strings.Contains(out, "removed n3") {
+		t.Fatalf("remove-peer n3: %v\n%s", err, out)
+	}
+	out, err := nodes[0].cli("cluster", "peers", "--json")
+	if err != nil || strings.Contains(out, `"n3"`) || strings.Count(out, `"voter"`) != 2 {
+		t.Fatalf("peers after remove-peer: %v\n%s", err, out)
+	}
+	if out, err := nodes[0].cli("route", "set", "alice@example.com", "--backend", "dc1"); err != nil {
+		t.Fatalf("a write with 2 of 2 voters: %v\n%s", err, out)
+	}
+}

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -251,6 +252,35 @@ throttle:
 		if v := metricValue(t, nd, `portico_throttle_blocked_total{scope="ip"}`); v < 1 {
 			t.Errorf("%s: portico_throttle_blocked_total{scope=\"ip\"} = %v", nd.name, v)
 		}
+	}
+
+	// The help desk: the block is listed on any node, and lifted on every
+	// node by one command on one of them.
+	out, err := nodes[1].cli("throttle", "list", "--ip", attacker, "--json")
+	var entries []struct {
+		Scope   string `json:"scope"`
+		Network string `json:"network"`
+		Blocked bool   `json:"blocked"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &entries) != nil {
+		t.Fatalf("throttle list: %v\n%s", err, out)
+	}
+	if len(entries) == 0 || entries[0].Scope != "ip" || entries[0].Network != attacker+"/32" || !entries[0].Blocked {
+		t.Fatalf("throttle list --ip %s: %s", attacker, out)
+	}
+	if out, err := nodes[1].cli("throttle", "list"); err != nil || !strings.Contains(out, attacker+"/32") {
+		t.Fatalf("throttle list (table): %v\n%s", err, out)
+	}
+	if out, err := nodes[2].cli("throttle", "unblock"); err == nil {
+		t.Fatalf("unblock without a user or an address: %s", out)
+	}
+	if out, err := nodes[2].cli("throttle", "unblock", "--ip", attacker); err != nil || !strings.Contains(out, "reset ") {
+		t.Fatalf("throttle unblock: %v\n%s", err, out)
+	}
+	for _, nd := range nodes {
+		waitFor(t, "the unblock on "+nd.name, 10*time.Second, func() bool {
+			return strings.HasPrefix(imapLogin(t, attacker, nd.imap, "alice", "secret"), "a OK")
+		})
 	}
 }
 
