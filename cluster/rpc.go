@@ -252,6 +252,8 @@ func ResultError(res ApplyResult, status int) error {
 		return fmt.Errorf("%w: %s", routing.ErrInvalid, strings.TrimPrefix(msg, "invalid: "))
 	case "conflict":
 		return fmt.Errorf("%w: %s", routing.ErrConflict, strings.TrimPrefix(msg, "conflict: "))
+	case "not_found":
+		return fmt.Errorf("%w: %s", routing.ErrNotFound, strings.TrimPrefix(msg, "not found: "))
 	case "no_leader":
 		return fmt.Errorf("%w (leader said: %s)", ErrNoLeader, msg)
 	case "unsupported":
@@ -271,6 +273,8 @@ func ErrorKind(err error) string {
 		return "invalid"
 	case errors.Is(err, routing.ErrConflict):
 		return "conflict"
+	case errors.Is(err, routing.ErrNotFound):
+		return "not_found"
 	case errors.Is(err, ErrNoLeader):
 		return "no_leader"
 	case errors.Is(err, ErrUnsupported):
@@ -288,6 +292,8 @@ func StatusOf(err error) int {
 		return http.StatusBadRequest
 	case "conflict", "unsupported":
 		return http.StatusConflict
+	case "not_found":
+		return http.StatusNotFound
 	case "no_leader":
 		return http.StatusServiceUnavailable
 	}

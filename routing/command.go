@@ -22,6 +22,8 @@ const (
 	CmdPutDomain      CommandType = 7
 	CmdDeleteDomain   CommandType = 8
 	CmdSetDefaultPool CommandType = 9
+	CmdPatchBackend   CommandType = 10 // some fields of one backend (BackendPatch)
+	CmdSeed           CommandType = 11 // a configuration file's routing section (Seed)
 )
 
 // CommandLevel is the newest command type this binary applies; nodes
@@ -30,7 +32,7 @@ const (
 // otherwise), so an older node in a rolling upgrade never meets a type it
 // does not know. BaseCommandLevel is what every Portico release applies.
 const (
-	CommandLevel     = CmdSetDefaultPool
+	CommandLevel     = CmdSeed
 	BaseCommandLevel = CmdSetDefaultPool
 )
 
@@ -54,6 +56,10 @@ func (t CommandType) String() string {
 		return "delete-domain"
 	case CmdSetDefaultPool:
 		return "set-default-pool"
+	case CmdPatchBackend:
+		return "patch-backend"
+	case CmdSeed:
+		return "seed"
 	}
 	return fmt.Sprintf("unknown(%d)", byte(t))
 }
@@ -68,22 +74,26 @@ const commandVersion = 1
 // outcome is unknown (leader lost mid-request) can be retried safely.
 type Command struct {
 	Type    CommandType
-	Backend *Backend    `json:",omitempty"`
-	Pool    *Pool       `json:",omitempty"`
-	Users   []UserRoute `json:",omitempty"`
-	Names   []string    `json:",omitempty"` // ids / names / users / domains to delete
-	Domain  string      `json:",omitempty"`
-	Target  string      `json:",omitempty"` // pool of a domain rule; default pool
+	Backend *Backend      `json:",omitempty"`
+	Pool    *Pool         `json:",omitempty"`
+	Users   []UserRoute   `json:",omitempty"`
+	Names   []string      `json:",omitempty"` // ids / names / users / domains to delete
+	Domain  string        `json:",omitempty"`
+	Target  string        `json:",omitempty"` // pool of a domain rule; default pool
+	Patch   *BackendPatch `json:",omitempty"`
+	Seed    *Seed         `json:",omitempty"`
 }
 
 // payload is what is JSON-encoded after the two header bytes.
 type payload struct {
-	Backend *Backend    `json:"backend,omitempty"`
-	Pool    *Pool       `json:"pool,omitempty"`
-	Users   []UserRoute `json:"users,omitempty"`
-	Names   []string    `json:"names,omitempty"`
-	Domain  string      `json:"domain,omitempty"`
-	Target  string      `json:"target,omitempty"`
+	Backend *Backend      `json:"backend,omitempty"`
+	Pool    *Pool         `json:"pool,omitempty"`
+	Users   []UserRoute   `json:"users,omitempty"`
+	Names   []string      `json:"names,omitempty"`
+	Domain  string        `json:"domain,omitempty"`
+	Target  string        `json:"target,omitempty"`
+	Patch   *BackendPatch `json:"patch,omitempty"`
+	Seed    *Seed         `json:"seed,omitempty"`
 }
 
 // Encode returns the command's wire form: type byte, version byte, JSON.
@@ -91,7 +101,7 @@ func (c Command) Encode() ([]byte, error) {
 	if c.Type == 0 {
 		return nil, errors.New("command without type")
 	}
-	p, err := json.Marshal(payload{Backend: c.Backend, Pool: c.Pool, Users: c.Users, Names: c.Names, Domain: c.Domain, Target: c.Target})
+	p, err := json.Marshal(payload{Backend: c.Backend, Pool: c.Pool, Users: c.Users, Names: c.Names, Domain: c.Domain, Target: c.Target, Patch: c.Patch, Seed: c.Seed})
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +127,7 @@ func DecodeCommand(b []byte) (Command, error) {
 	if err := json.Unmarshal(b[2:], &p); err != nil {
 		return Command{}, fmt.Errorf("%w: %s: %v", ErrInvalid, t, err)
 	}
-	return Command{Type: t, Backend: p.Backend, Pool: p.Pool, Users: p.Users, Names: p.Names, Domain: p.Domain, Target: p.Target}, nil
+	return Command{Type: t, Backend: p.Backend, Pool: p.Pool, Users: p.Users, Names: p.Names, Domain: p.Domain, Target: p.Target, Patch: p.Patch, Seed: p.Seed}, nil
 }
 
 // Apply returns the table with c applied. It is deterministic: it depends
@@ -167,6 +177,16 @@ func (t *Table) Apply(c Command) (*Table, error) {
 		return n, nil
 	case CmdSetDefaultPool:
 		return t.WithDefaultPool(c.Target)
+	case CmdPatchBackend:
+		if c.Patch == nil {
+			return nil, invalid("patch-backend without patch")
+		}
+		return t.WithBackendPatch(*c.Patch)
+	case CmdSeed:
+		if c.Seed == nil {
+			return nil, invalid("seed without seed")
+		}
+		return t.WithSeed(*c.Seed)
 	}
 	return nil, fmt.Errorf("%w: type %d", ErrUnknownCommand, byte(c.Type))
 }

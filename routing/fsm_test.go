@@ -29,6 +29,7 @@ func canon(t *Table) string {
 	for _, u := range t.UserRoutes("", "", 0) {
 		fmt.Fprintf(&b, "U %s %+v\n", u.User, u.Target)
 	}
+	fmt.Fprintf(&b, "seeded %+v\n", t.Seeded())
 	return b.String()
 }
 
@@ -36,7 +37,7 @@ func randomCommand(r *rand.Rand) Command {
 	id := func() string { return fmt.Sprintf("b%d", r.IntN(6)) }
 	pool := func() string { return fmt.Sprintf("p%d", r.IntN(4)) }
 	user := func() string { return fmt.Sprintf("u%d@d%d.example", r.IntN(50), r.IntN(3)) }
-	switch r.IntN(9) {
+	switch r.IntN(11) {
 	case 0:
 		return Command{Type: CmdPutBackend, Backend: &Backend{ID: id(), Host: "10.0.0.1", IMAPPort: 143 + r.IntN(3), Weight: r.IntN(3)}}
 	case 1:
@@ -61,6 +62,21 @@ func randomCommand(r *rand.Rand) Command {
 		return Command{Type: CmdPutDomain, Domain: fmt.Sprintf("d%d.example", r.IntN(3)), Target: pool()}
 	case 7:
 		return Command{Type: CmdDeleteDomain, Names: []string{fmt.Sprintf("d%d.example", r.IntN(3))}}
+	case 8:
+		w, st := r.IntN(3), []BackendState{StateActive, StateDraining, StateDisabled}[r.IntN(3)]
+		p := &BackendPatch{ID: id(), State: &st}
+		if r.IntN(2) == 0 {
+			p.Weight = &w
+		}
+		return Command{Type: CmdPatchBackend, Patch: p}
+	case 9:
+		b := Backend{ID: id(), Host: "10.0.0.2", IMAPPort: 143 + r.IntN(2)}
+		s := Seed{Backends: []Backend{b}}
+		if r.IntN(2) == 0 {
+			s.Pools = []Pool{{Name: pool(), Backends: []string{b.ID}}}
+			s.Users = []UserRoute{{User: user(), Target: Target{Backend: b.ID}}}
+		}
+		return Command{Type: CmdSeed, Seed: &s}
 	default:
 		return Command{Type: CmdSetDefaultPool, Target: pool()}
 	}

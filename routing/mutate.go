@@ -135,6 +135,7 @@ func (t *Table) clone() *Table {
 		users:       t.users,
 		domains:     make(map[string]string, len(t.domains)+1),
 		defaultPool: t.defaultPool,
+		seed:        t.seed,
 	}
 	for k, v := range t.backends {
 		n.backends[k] = v

@@ -158,6 +158,9 @@ type Table struct {
 	users       *userMap
 	domains     map[string]string // domain -> pool
 	defaultPool string
+	// seed records what the configuration file named at the last seed
+	// (WithSeed); nil if the table was never seeded.
+	seed *seedRecord
 }
 
 // TableSpec is the input to NewTable.

@@ -12,7 +12,7 @@ import (
 // Snapshot format (version 1):
 //
 //	"PRTCSNP1"
-//	uvarint length + JSON {backends, pools, domains, default_pool, index}
+//	uvarint length + JSON {backends, pools, domains, default_pool, index, seeded}
 //	uvarint user count, then per user:
 //	  uvarint len + user, kind byte (0 backend, 1 pool), uvarint len + name
 //
@@ -35,6 +35,10 @@ type snapHeader struct {
 	// (FSM.AppliedIndex). Snapshots written before it was recorded lack
 	// it; older versions ignore it.
 	Index *uint64 `json:"index,omitempty"`
+	// Seeded is the record of the last seed from a configuration file
+	// (Table.WithSeed). Older snapshots lack it (the next seed writes the
+	// file's entries as new ones); older versions ignore it.
+	Seeded *Seed `json:"seeded,omitempty"`
 }
 
 // WriteSnapshot writes t in the snapshot format (without an index).
@@ -44,7 +48,12 @@ func WriteSnapshot(w io.Writer, t *Table) error { return writeSnapshot(w, t, nil
 func writeSnapshot(w io.Writer, t *Table, index *uint64) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
 	bw.WriteString(snapshotMagic)
-	h, err := json.Marshal(snapHeader{Backends: t.Backends(), Pools: t.Pools(), Domains: t.domains, DefaultPool: t.defaultPool, Index: index})
+	hdr := snapHeader{Backends: t.Backends(), Pools: t.Pools(), Domains: t.domains, DefaultPool: t.defaultPool, Index: index}
+	if t.seed != nil {
+		seeded := t.Seeded()
+		hdr.Seeded = &seeded
+	}
+	h, err := json.Marshal(hdr)
 	if err != nil {
 		return err
 	}
@@ -165,5 +174,8 @@ func readSnapshot(r io.Reader) (*Table, *uint64, error) {
 		sh[u] = tg
 	}
 	t.users = users
+	if h.Seeded != nil {
+		t.seed = recordOf(*h.Seeded)
+	}
 	return t, h.Index, nil
 }
