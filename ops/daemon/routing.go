@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -22,7 +23,7 @@ const startupWait = 15 * time.Second
 // proxy`, or `standalone: true` in the file) serves the table from its
 // configuration, replaced as a whole on reload. Everything else runs the
 // replicated table: raft + memberlist (cluster package), the
-// file's backends, pools and routes written into it at start and reload.
+// file's backends, pools and routes seeded into it at start and reload.
 func (d *Daemon) setupRouting(cfg *config.Config) error {
 	if cfg.Standalone {
 		table, err := routing.NewTable(cfg.RoutingSpec())
@@ -85,7 +86,7 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		d.fsm.SetLoaded()
 	}
 	if d.admin != nil {
-		routesapi.Register(d.admin, routesapi.Config{Cluster: agent, FSM: d.fsm, Down: d.BackendDown})
+		routesapi.Register(d.admin, routesapi.Config{Cluster: agent, FSM: d.fsm, Down: d.BackendDown, Node: &backendDrains{d: d}})
 	}
 	d.registerClusterMetrics()
 	d.onReload(func(next *config.Config) (func(), error) {
@@ -164,9 +165,35 @@ func (d *Daemon) tableLoaded() {
 }
 
 // seed writes the file's backends, pools and routes into the replicated
-// table. Every write is an idempotent put, so this is safe on every start,
-// on every node, and on reload; the API manages everything else.
+// table as one seed command: the table applies only what the file changed
+// since the last seed (routing.Seed), so a drain or any other change made
+// through the API survives this node's starts and reloads, and every
+// other node's. The command is idempotent: safe on every start, on every
+// node, and on reload.
 func (d *Daemon) seed(ctx context.Context, cfg *config.Config) error {
+	s := routing.SeedOf(cfg.RoutingSpec())
+	if s.IsEmpty() {
+		return nil
+	}
+	err := d.cluster.Apply(ctx, routing.Command{Type: routing.CmdSeed, Seed: &s})
+	if errors.Is(err, cluster.ErrUnsupported) {
+		// A rolling upgrade from a version without seeds is under way:
+		// write the file as those versions do, until every node has the
+		// record.
+		d.Log.Warn("not every node knows seed commands yet: the configuration file's routes are written over the table's", "error", err)
+		return d.seedPuts(ctx, cfg)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", routing.CmdSeed, err)
+	}
+	d.Log.Info("configuration file's routes seeded into the replicated table (entries the file changed since the last seed written)",
+		"backends", len(s.Backends), "pools", len(s.Pools), "users", len(s.Users), "domains", len(s.Domains))
+	return nil
+}
+
+// seedPuts writes the file's backends, pools and routes as puts (the file
+// wins for what it names), as versions before seed commands did.
+func (d *Daemon) seedPuts(ctx context.Context, cfg *config.Config) error {
 	spec := cfg.RoutingSpec()
 	var cmds []routing.Command
 	for i := range spec.Backends {

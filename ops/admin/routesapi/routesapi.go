@@ -1,6 +1,8 @@
 // Package routesapi is the admin API of the replicated routing table and
-// of the cluster: /v1/backends, /v1/pools, /v1/routes/..., /v1/import
-// (bulk user routes) and /v1/cluster/... (members, peers, leader). Reads
+// of the cluster: /v1/backends (with PATCH of some fields, and a drain
+// that ends the backend's sessions on every node), /v1/pools,
+// /v1/routes/..., /v1/import (bulk user routes) and /v1/cluster/...
+// (members, peers, leader). Reads
 // are served from this node's copy of the table (or after a consistent
 // read); writes go through the cluster, which passes them to the leader.
 package routesapi
@@ -40,6 +42,10 @@ type Cluster interface {
 	RemovePeer(ctx context.Context, name string) error
 	Leader() (name, api string)
 	Name() string
+	// HandleRPC and CallEach: a cluster RPC this API serves to the other
+	// nodes, and a call of it on every node (backend drains).
+	HandleRPC(path string, f cluster.RPCFunc)
+	CallEach(ctx context.Context, path string, body []byte) []cluster.MemberAnswer
 }
 
 // Config is what Register serves.
@@ -50,6 +56,9 @@ type Config struct {
 	// Down reports the backends the cluster considers down (route
 	// lookups skip them); nil: none.
 	Down routing.HealthFunc
+	// Node is this node's proxy, for backend drains; nil: no drain
+	// endpoints.
+	Node Node
 }
 
 type api struct {
@@ -86,6 +95,7 @@ func Register(a *admin.Server, c Config) {
 	a.HandleFunc("DELETE /v1/backends/{id}", func(w http.ResponseWriter, r *http.Request) {
 		d.write(w, r, routing.Command{Type: routing.CmdDeleteBackend, Names: []string{r.PathValue("id")}})
 	})
+	d.registerBackendOps(a)
 	a.HandleFunc("GET /v1/pools", d.read(func(w http.ResponseWriter, r *http.Request, t *routing.Table) {
 		admin.JSON(w, 200, t.Pools())
 	}))
@@ -227,6 +237,7 @@ func statusOf(err error) int {
 	if errors.Is(err, routing.ErrInvalid) {
 		return http.StatusBadRequest
 	}
+
 	return http.StatusInternalServerError
 }
 
