@@ -120,7 +120,9 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{nil, "Usage: portico COMMAND"},
 		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
-		{[]string{"backend"}, "Usage: portico backend list|get|set|delete"},
+		{[]string{"backend"}, "Usage: portico backend list|get|set|drain|enable|disable|delete"},
+		{[]string{"backend", "set", "b1"}, "nothing to change"},
+		{[]string{"backend", "drain", "b1", "--spread", "soon"}, `--spread "soon" is not a duration`},
 		{[]string{"backend", "frob"}, `portico backend: unknown command "frob"`},
 		{[]string{"backend", "get"}, "usage: portico backend get [flags] ID"},
 		{[]string{"backend", "get", "a", "b"}, "usage: portico backend get [flags] ID"},
@@ -194,6 +196,7 @@ func TestEveryAdminCommandReadsConfig(t *testing.T) {
 	os.WriteFile(routes, []byte("alice@example.com: imap1\n"), 0o644)
 	// What each command needs besides --config to send its request.
 	extra := map[string][]string{
+		"portico backend set":      {"imap1", "--weight", "2"},
 		"portico pool set":         {"main", "--backends", "imap1"},
 		"portico route set":        {"alice", "--backend", "imap1"},
 		"portico domain set":       {"example.com", "--pool", "main"},

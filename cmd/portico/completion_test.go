@@ -76,7 +76,7 @@ func TestBashCompletion(t *testing.T) {
 		want  string
 	}{
 		{[]string{"portico", "co"}, "completion"},
-		{[]string{"portico", "backend", ""}, "delete get list set"},
+		{[]string{"portico", "backend", ""}, "delete disable drain enable get list set"},
 		{[]string{"portico", "tls", "cert", ""}, "create show"},
 		{[]string{"portico", "backend", "set", "--t"}, "--tls --tls-ca-file --tls-insecure-skip-verify --tls-server-name --token --token-file"},
 		{[]string{"portico", "backend", "set", "--tls", ""}, "implicit none starttls"},

@@ -22,7 +22,18 @@ func init() {
 	register(&command{name: "backend", summary: "manage backends (admin API)", subs: []*command{
 		{name: "list", summary: "list the backends", setup: backendList},
 		{name: "get", args: "ID", summary: "show one backend", setup: backendGet},
-		{name: "set", args: "ID", summary: "add a backend or replace it (every field: unset flags take their defaults)", setup: backendSet},
+		{name: "set", args: "ID", summary: "change the fields given of a backend, or add it", setup: backendSet,
+			about: "Only the flags given are sent (PATCH): --weight 3 changes the weight and nothing else. " +
+				"A backend that does not exist yet is added with them, the other fields at their defaults (--host and a port are needed then)."},
+		{name: "drain", args: "ID", summary: "stop new logins to a backend and end its sessions on every node", setup: backendDrain,
+			about: "The backend's state becomes draining (replicated: no node routes a new login there), then every node of the cluster " +
+				"ends its sessions on it at a response boundary (IMAP: * BYE [UNAVAILABLE]), spread over --spread so that the clients " +
+				"do not all reconnect at once; they log in again wherever the routing table sends them now. " +
+				"With --wait the command returns once no node has a session on the backend left. " +
+				"Sessions that were logging in meanwhile are ended too. \"portico backend enable ID\" takes it back."},
+		{name: "enable", args: "ID", summary: "make a backend active again (it takes new logins)", setup: backendState(routing.StateActive)},
+		{name: "disable", args: "ID", summary: "take a backend out of service (no new logins; its sessions are not ended: drain does that)",
+			setup: backendState(routing.StateDisabled)},
 		{name: "delete", args: "ID", summary: "delete a backend", setup: deleteCmd("/v1/backends/")},
 	}})
 	register(&command{name: "pool", summary: "manage pools (admin API)", subs: []*command{
@@ -162,34 +173,6 @@ var backendGet = readCmd(func(c *apiClient, consistent bool, args []string) erro
 		return printBackends([]routing.Backend{b})
 	})
 })
-
-func backendSet(fs *flag.FlagSet) func([]string) error {
-	client := clientFlags(fs)
-	var b routing.Backend
-	var tlsMode, forward, state string
-	fs.StringVar(&b.Host, "host", "", "`address` or host name")
-	fs.IntVar(&b.IMAPPort, "imap-port", 0, "IMAP port (0: none)")
-	fs.IntVar(&b.POP3Port, "pop3-port", 0, "POP3 port (0: none)")
-	choiceVar(fs, &tlsMode, "tls", "none", []string{"none", "starttls", "implicit"}, "TLS to the backend")
-	fs.StringVar(&b.TLSServerName, "tls-server-name", "", "`name` to verify (default: host)")
-	pathVar(fs, &b.TLSCAFile, fileArg, "tls-ca-file", "", "CA bundle (PEM) on the proxy nodes")
-	fs.BoolVar(&b.InsecureSkipVerify, "tls-insecure-skip-verify", false, "do not verify the backend's certificate")
-	choiceVar(fs, &forward, "forward", "none", []string{"none", "id", "proxy"}, "client address to the backend: none, id, proxy")
-	fs.IntVar(&b.Weight, "weight", 1, "share of a pool's users")
-	choiceVar(fs, &state, "state", "active", []string{"active", "draining", "disabled"}, "active, draining (no new logins), disabled")
-	return func(args []string) error {
-		c, err := client()
-		if err != nil {
-			return err
-		}
-		b.ID, b.TLS, b.Forward, b.State = args[0], routing.TLSMode(tlsMode), routing.ForwardMode(forward), routing.BackendState(state)
-		raw, err := c.do("PUT", "/v1/backends/"+url.PathEscape(b.ID), b, nil)
-		if err == nil {
-			done(c, raw)
-		}
-		return err
-	}
-}
 
 func printJSONIf(c *apiClient, raw []byte, err error) {
 	if err == nil && c.json {
