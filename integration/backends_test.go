@@ -211,7 +211,7 @@ func TestBackendDrainAndOneFieldUpdates(t *testing.T) {
 
 	// A reload of n1 and a restart of n2 seed the file (which names dc1,
 	// unchanged): the drain and the weight set through the API stay.
-	seeded := func(nd *procNode) int { return strings.Count(nd.log(), "configuration file's routes seeded") }
+	seeded := func(nd *procNode) int { return strings.Count(nd.log(), "routes from the configuration file written") }
 	s1, s2 := seeded(n1), seeded(n2)
 	if code, body, err := n1.api("POST", "/v1/reload", nil); err != nil || code != 200 {
 		t.Fatalf("reload: %d %v %s", code, err, body)

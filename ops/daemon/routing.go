@@ -186,7 +186,7 @@ func (d *Daemon) seed(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", routing.CmdSeed, err)
 	}
-	d.Log.Info("configuration file's routes seeded into the replicated table (entries the file changed since the last seed written)",
+	d.Log.Info("routes from the configuration file written to the replicated table (a seed: only what the file changed since the last one)",
 		"backends", len(s.Backends), "pools", len(s.Pools), "users", len(s.Users), "domains", len(s.Domains))
 	return nil
 }
