@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
@@ -100,6 +101,10 @@ type Config struct {
 	// Lock, if set, is the data directory lock already taken with
 	// LockDataDir; the agent owns it from New on (a failed New releases it).
 	Lock *os.File
+
+	// raftDeps replaces raft's stores and transport in unit tests only
+	// (seam.go); nil in production.
+	raftDeps *raftDeps
 }
 
 // DefaultConfig returns the defaults documented in the README: a lone node
@@ -138,7 +143,7 @@ type Agent struct {
 	lock *os.File
 
 	raft      *raft.Raft
-	transport *raft.NetworkTransport
+	transport raft.Transport // a NetworkTransport over the mux (an in-memory one in unit tests)
 	trust     *trust
 	mux       *mux
 	rpc       *http.Client
@@ -150,6 +155,8 @@ type Agent struct {
 	peers     *peerBook
 	wal       *wal.WAL
 	walMeta   *metadb.BoltMetaDB
+	logs      raft.LogStore    // the WAL
+	stable    raft.StableStore // the WAL
 	snaps     raft.SnapshotStore
 	ml        *memberlist.Memberlist
 	del       *delegate
@@ -251,32 +258,16 @@ func New(cfg Config, fsm *routing.FSM) (*Agent, error) {
 }
 
 func (n *Agent) openRaft() error {
-	dir := filepath.Join(n.cfg.DataDir, "raft")
-	walDir := filepath.Join(dir, "wal")
-	if err := os.MkdirAll(walDir, 0o700); err != nil {
-		return fmt.Errorf("cluster: data dir: %w", err)
-	}
 	hlog := newHCLog(n.log, "raft")
-	// Our own metadata store: raft-wal's Close leaves the one it creates
-	// open (with its flock), and a process that hands the data dir to
-	// another (in-place upgrade) must close it.
-	meta := &metadb.BoltMetaDB{}
-	w, err := wal.Open(walDir, wal.WithLogger(newHCLog(n.log, "raft-wal")), wal.WithMetaStore(meta))
-	if err != nil {
-		_ = meta.Close()
-		return fmt.Errorf("cluster: opening raft log in %s: %w", walDir, err)
+	if err := n.openStores(hlog); err != nil {
+		return err
 	}
-	n.wal, n.walMeta = w, meta
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 3, hlog)
-	if err != nil {
-		return fmt.Errorf("cluster: snapshot store: %w", err)
-	}
-	n.snaps = snaps
 	adv := n.cfg.RaftAdvertise
 	if adv == "" {
 		adv = n.cfg.RaftBind
 	}
 	var advAddr net.Addr
+	var err error
 	if adv != n.cfg.RaftBind {
 		if advAddr, err = net.ResolveTCPAddr("tcp", adv); err != nil {
 			return fmt.Errorf("cluster: raft advertise address %q: %w", adv, err)
@@ -293,13 +284,16 @@ func (n *Agent) openRaft() error {
 		}
 	}
 	n.mux = newMux(ln, n.trust, n.log)
-	tr := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-		Stream:  &raftLayer{chanListener: chanListener{m: n.mux, ch: n.mux.raftCh}, advertise: advAddr},
-		MaxPool: 3,
-		Timeout: 10 * time.Second,
-		Logger:  hlog,
-	})
-	n.transport = tr
+	if d := n.cfg.raftDeps; d != nil {
+		n.transport = d.transport(raft.ServerAddress(ln.Addr().String()))
+	} else {
+		n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+			Stream:  &raftLayer{chanListener: chanListener{m: n.mux, ch: n.mux.raftCh}, advertise: advAddr},
+			MaxPool: 3,
+			Timeout: 10 * time.Second,
+			Logger:  hlog,
+		})
+	}
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(n.cfg.NodeName)
@@ -316,7 +310,7 @@ func (n *Agent) openRaft() error {
 	n.leaderCh = make(chan bool, 16)
 	rc.NotifyCh = n.leaderCh
 
-	r, err := raft.NewRaft(rc, n.fsm, w, w, snaps, tr)
+	r, err := raft.NewRaft(rc, n.fsm, n.logs, n.stable, n.snaps, n.transport)
 	if err != nil {
 		return fmt.Errorf("cluster: raft: %w", err)
 	}
@@ -332,6 +326,38 @@ func (n *Agent) openRaft() error {
 	}))
 	n.rpcSrv, n.rpcDone = n.newRPCServer(), make(chan struct{})
 	go n.serveRPC()
+	return nil
+}
+
+// openStores opens raft's log and stable store (raft-wal) and its
+// snapshot store in the data directory, or takes the in-memory ones a
+// unit test gave (seam.go).
+func (n *Agent) openStores(hlog hclog.Logger) error {
+	if d := n.cfg.raftDeps; d != nil {
+		n.logs, n.stable, n.snaps = d.logs, d.stable, d.snaps
+		return nil
+	}
+	dir := filepath.Join(n.cfg.DataDir, "raft")
+	walDir := filepath.Join(dir, "wal")
+	if err := os.MkdirAll(walDir, 0o700); err != nil {
+		return fmt.Errorf("cluster: data dir: %w", err)
+	}
+	// Our own metadata store: raft-wal's Close leaves the one it creates
+	// open (with its flock), and a process that hands the data dir to
+	// another (in-place upgrade) must close it.
+	meta := &metadb.BoltMetaDB{}
+	w, err := wal.Open(walDir, wal.WithLogger(newHCLog(n.log, "raft-wal")), wal.WithMetaStore(meta))
+	if err != nil {
+		_ = meta.Close()
+		return fmt.Errorf("cluster: opening raft log in %s: %w", walDir, err)
+	}
+	n.wal, n.walMeta = w, meta
+	n.logs, n.stable = w, w
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 3, hlog)
+	if err != nil {
+		return fmt.Errorf("cluster: snapshot store: %w", err)
+	}
+	n.snaps = snaps
 	return nil
 }
 
@@ -362,7 +388,7 @@ func (n *Agent) openMemberlist() error {
 	n.del = newDelegate(n)
 	mc.Delegate = n.del
 	mc.Events = n.del
-	hasState, _ := raft.HasExistingState(n.wal, n.wal, n.snaps)
+	hasState, _ := raft.HasExistingState(n.logs, n.stable, n.snaps)
 	n.meta.Store(&Meta{Version: n.cfg.Version, API: n.cfg.APIAddr, Raft: string(n.transport.LocalAddr()), Bootstrapped: hasState,
 		Level: int(routing.CommandLevel), Seq: n.metaSeq.Add(1)})
 	ml, err := memberlist.Create(mc)
@@ -388,7 +414,7 @@ func splitHostPort(s string) (string, int, error) {
 // Start joins the configured peers and bootstraps a new cluster when this
 // node should, then runs the background loops.
 func (n *Agent) Start() error {
-	hasState, err := raft.HasExistingState(n.wal, n.wal, n.snaps)
+	hasState, err := raft.HasExistingState(n.logs, n.stable, n.snaps)
 	if err != nil {
 		return err
 	}
@@ -784,11 +810,14 @@ func (n *Agent) closeStores() error {
 	if n.raft != nil {
 		err = n.raft.Shutdown().Error()
 	}
-	if n.transport != nil {
-		n.transport.CloseStreams() // pooled connections to peers
-		_ = n.transport.Close()    // closes the mux
-	} else if n.mux != nil {
-		_ = n.mux.Close()
+	if nt, ok := n.transport.(*raft.NetworkTransport); ok {
+		nt.CloseStreams() // pooled connections to peers
+	}
+	if c, ok := n.transport.(raft.WithClose); ok {
+		_ = c.Close() // a NetworkTransport closes the mux
+	}
+	if n.mux != nil {
+		_ = n.mux.Close() // no-op if closed above
 	}
 	if n.rpcSrv != nil {
 		_ = n.rpcSrv.Close()

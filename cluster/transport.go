@@ -301,7 +301,9 @@ func (n *Agent) SetTLS(m *pki.Material) error {
 		return nil
 	}
 	n.log.Info("cluster TLS identity replaced", "key", m.Self.KeyID.String(), "expires", m.Self.NotAfter, "cas", len(m.CAs))
-	n.transport.CloseStreams()
+	if nt, ok := n.transport.(*raft.NetworkTransport); ok {
+		nt.CloseStreams()
+	}
 	n.rpc.CloseIdleConnections()
 	// The meta loop gossips the metadata sealed with the new key.
 	return nil
