@@ -1,9 +1,13 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
+
+	"github.com/hashicorp/raft"
 )
 
 // A node without peers bootstraps a cluster of one and leads it; a
@@ -86,5 +90,51 @@ func TestBootstrapExpect(t *testing.T) {
 		if n.fsm.Table().Backend("b1") == nil {
 			t.Fatalf("%s: write missing after a consistent read", n.Name())
 		}
+	}
+}
+
+// A node with bootstrap_expect that meets a cluster already formed does
+// not form a second one: it waits, and the leader adds it.
+func TestBootstrapExpectJoinsFormedCluster(t *testing.T) {
+	for _, expect := range []int{1, 2} {
+		t.Run(fmt.Sprintf("expect%d", expect), func(t *testing.T) {
+			c := newTestCluster(t)
+			n1 := c.add("n1")
+			c.leader()
+			n2 := c.create("n2", func(cfg *Config) { cfg.BootstrapExpect = expect })
+			var led atomic.Bool
+			n2.OnLeadership(func(leader bool) {
+				if leader {
+					led.Store(true)
+				}
+			})
+			c.start(n2)
+			l := c.waitVoters([]string{"n1", "n2"}, nil)
+			if l != n1 {
+				t.Fatalf("leader %s, want n1 (the node that formed the cluster)", l.Name())
+			}
+			waitFor(t, unitWait, "n2 to follow n1 and hold its log", func() bool {
+				_, id := n2.raft.LeaderWithID()
+				return id == "n1" && n2.raft.LastIndex() > 0
+			})
+			if led.Load() {
+				t.Fatal("n2 formed a cluster of its own and led it")
+			}
+			// Its log is n1's: a bootstrap of its own would have written
+			// a different first entry (n2 alone) with the same index and
+			// term as n1's, which raft then takes for a match and never
+			// replaces.
+			var own, leader raft.Log
+			if err := n2.store.GetLog(1, &own); err != nil {
+				t.Fatal(err)
+			}
+			if err := n1.store.GetLog(1, &leader); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(own.Data, leader.Data) {
+				t.Fatalf("n2's first entry %v differs from n1's %v: n2 bootstrapped a cluster of its own",
+					raft.DecodeConfiguration(own.Data), raft.DecodeConfiguration(leader.Data))
+			}
+		})
 	}
 }

@@ -463,13 +463,22 @@ func (n *Agent) otherVoters() int {
 	return c
 }
 
-// peerBootstrapped reports whether a live member already has raft state.
+// peerBootstrapped reports whether a live member says it already has
+// raft state. The claim need not be verified: right after joining, no
+// member's key has been fetched yet, so no metadata verifies, and a node
+// that waited for that would form a second cluster beside the first. A
+// claim only makes this node wait for the leader to add it, which is the
+// safe way to be wrong (the leader adds only members it verified).
 func (n *Agent) peerBootstrapped() bool {
 	for _, m := range n.del.snapshot() {
 		if m.name == n.cfg.NodeName || m.state != memberlist.StateAlive {
 			continue
 		}
-		if meta, ok := n.memberMeta(m.name, m.meta); ok && meta.Bootstrapped {
+		meta, ok := n.memberMeta(m.name, m.meta)
+		if !ok {
+			meta = unverifiedMeta(m.meta)
+		}
+		if meta != nil && meta.Bootstrapped {
 			return true
 		}
 	}
@@ -515,6 +524,9 @@ func (n *Agent) bootstrapWhenExpected() {
 		if n.raft.Leader() != "" {
 			return // someone else formed the cluster; the leader adds us
 		}
+		if n.peerBootstrapped() {
+			return // an existing cluster: wait to be added
+		}
 		var servers []raft.Server
 		for _, m := range n.del.snapshot() {
 			if m.state != memberlist.StateAlive {
@@ -522,9 +534,6 @@ func (n *Agent) bootstrapWhenExpected() {
 			}
 			meta, ok := n.memberMeta(m.name, m.meta)
 			if !ok || meta.Raft == "" || meta.Bootstrapped {
-				if ok && meta.Bootstrapped {
-					return // an existing cluster: wait to be added
-				}
 				continue
 			}
 			// Only members whose certificate was verified at the raft

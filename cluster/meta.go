@@ -128,17 +128,21 @@ type sealedMeta struct {
 }
 
 // metaLoop keeps the gossiped metadata current (role, bootstrapped) and
-// pushes it when it changed.
+// pushes it when it changed, once at start (a node that bootstrapped in
+// Start says so at once: a node joining it then waits to be added
+// instead of forming a cluster of its own) and then every tick.
 func (n *Agent) metaLoop() {
 	defer n.wg.Done()
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	var last []byte
-	for {
-		select {
-		case <-n.stop:
-			return
-		case <-t.C:
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-n.stop:
+				return
+			case <-t.C:
+			}
 		}
 		n.SetLocal(func(m *Meta) {
 			m.Role = stateName(n.raft.State().String())
