@@ -209,6 +209,7 @@ func (n *Agent) reconcile() {
 		delete(n.deadSince, string(id))
 		n.mu.Unlock()
 		n.log.Info("removed member from raft", "member", id)
+		n.poke() // a voter slot may have freed: promote a non-voter now, not at the next tick
 	}
 }
 
