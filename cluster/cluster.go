@@ -620,8 +620,9 @@ func (n *Agent) Leader() (name, api string) {
 }
 
 // Apply replicates c: directly on the leader, else forwarded to the
-// leader's API. It returns the table's refusal (routing.ErrInvalid,
-// routing.ErrConflict) or ErrNoLeader.
+// leader over the cluster RPC. It returns once this node's table holds
+// the change (so a read here sees it), or with the table's refusal
+// (routing.ErrInvalid, routing.ErrConflict) or ErrNoLeader.
 func (n *Agent) Apply(ctx context.Context, c routing.Command) error {
 	b, err := c.Encode()
 	if err != nil {
@@ -643,8 +644,11 @@ func (n *Agent) ApplyRaw(ctx context.Context, b []byte) error {
 	wait := n.electionWait()
 	start := time.Now()
 	for attempt := 0; ; attempt++ {
-		err := n.applyOnce(ctx, b)
-		if !errors.Is(err, ErrNoLeader) && !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
+		index, err := n.applyOnce(ctx, b)
+		if err == nil {
+			return n.waitApplied(ctx, index)
+		}
+		if !errors.Is(err, ErrNoLeader) {
 			return err
 		}
 		if time.Since(start) > wait {
@@ -660,32 +664,72 @@ func (n *Agent) ApplyRaw(ctx context.Context, b []byte) error {
 	}
 }
 
-func (n *Agent) applyOnce(ctx context.Context, b []byte) error {
+// applyOnce makes one attempt: on the leader, or forwarded to it. It
+// returns the raft index the leader applied the command at (0 from a
+// leader of an older version, which does not say).
+func (n *Agent) applyOnce(ctx context.Context, b []byte) (uint64, error) {
 	if n.IsLeader() {
-		if err := n.checkLevel(routing.CommandType(b[0])); err != nil {
-			return err
-		}
-		timeout := 10 * time.Second
-		if dl, ok := ctx.Deadline(); ok {
-			timeout = time.Until(dl)
-		}
-		f := n.raft.Apply(b, timeout)
-		if err := f.Error(); err != nil {
-			if errors.Is(err, raft.ErrEnqueueTimeout) {
-				return fmt.Errorf("%w: %v", ErrNoLeader, err)
-			}
-			return err
-		}
-		if resp, ok := f.Response().(error); ok {
-			return resp
-		}
-		return nil
+		return n.applyLeader(ctx, b)
 	}
 	addr, id := n.raft.LeaderWithID()
 	if addr == "" || id == "" {
-		return ErrNoLeader
+		return 0, ErrNoLeader
 	}
 	return n.forwardApply(ctx, string(id), string(addr), b)
+}
+
+// applyLeader proposes an encoded command on this node, the leader, once,
+// and returns its index once this node's table applied it. Leadership
+// lost, moving (raft refuses writes while a leadership transfer is under
+// way) or never held comes back as ErrNoLeader, for the caller to retry:
+// every command is a put or a delete by key, so a retry after an unknown
+// outcome is harmless.
+func (n *Agent) applyLeader(ctx context.Context, b []byte) (uint64, error) {
+	if _, err := routing.DecodeCommand(b); err != nil {
+		return 0, err
+	}
+	if err := n.checkLevel(routing.CommandType(b[0])); err != nil {
+		return 0, leadershipError(err)
+	}
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	f := n.raft.Apply(b, timeout)
+	if err := f.Error(); err != nil {
+		return 0, leadershipError(err)
+	}
+	if resp, ok := f.Response().(error); ok {
+		return 0, resp
+	}
+	return f.Index(), nil
+}
+
+// leadershipError wraps raft's "not the leader (any more, or for now)"
+// errors in ErrNoLeader.
+func leadershipError(err error) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
+		errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrEnqueueTimeout):
+		return fmt.Errorf("%w: %w", ErrNoLeader, err)
+	}
+	return err
+}
+
+// waitApplied returns once this node's table has applied index: a write
+// the leader applied, so that a read on the node that took the write sees
+// it.
+func (n *Agent) waitApplied(ctx context.Context, index uint64) error {
+	for n.fsm.AppliedIndex() < index {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: the leader applied the change (index %d) but this node has not received it yet: %v", ErrNoLeader, index, ctx.Err())
+		case <-n.stop:
+			return errors.New("cluster: shutting down")
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // VerifyLeader confirms that this node is still the leader (for consistent

@@ -300,13 +300,19 @@ func (c *testCluster) leader() *unitNode {
 }
 
 // waitVoters waits until the leader's configuration holds exactly the
-// named voters and non-voters, and returns the leader.
+// named voters and non-voters, and every one of them holds it too (a
+// server that has not received the entry adding another refuses that
+// one's votes: cutting the leader off before then would leave the others
+// unable to elect), and returns the leader.
 func (c *testCluster) waitVoters(voters, nonvoters []string) *unitNode {
 	c.t.Helper()
 	want := fmt.Sprint(sortedCopy(voters), sortedCopy(nonvoters))
+	member := map[string]bool{}
+	for _, name := range append(append([]string{}, voters...), nonvoters...) {
+		member[name] = true
+	}
 	var l *unitNode
-	got := ""
-	waitFor(c.t, unitWait, "configuration "+want, func() bool {
+	waitFor(c.t, unitWait, "configuration "+want+" on every server", func() bool {
 		l = nil
 		for _, n := range c.running() {
 			if n.IsLeader() {
@@ -316,12 +322,16 @@ func (c *testCluster) waitVoters(voters, nonvoters []string) *unitNode {
 		if l == nil {
 			return false
 		}
-		v, nv, err := suffrages(l.Agent)
-		if err != nil {
-			return false
+		for _, n := range c.running() {
+			if !member[n.Name()] && n != l {
+				continue
+			}
+			v, nv, err := suffrages(n.Agent)
+			if err != nil || fmt.Sprint(v, nv) != want {
+				return false
+			}
 		}
-		got = fmt.Sprint(v, nv)
-		return got == want
+		return true
 	})
 	return l
 }

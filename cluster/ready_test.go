@@ -87,10 +87,10 @@ func TestRPCAnswers(t *testing.T) {
 	}
 	// A forwarded write's refusal keeps its kind.
 	status, body = 409, `{"error":"conflict: in pool main","kind":"conflict"}`
-	if err := n.forwardApply(ctx, "peer", addr, []byte{1, 1, '{', '}'}); ErrorKind(err) != "conflict" {
+	if _, err := n.forwardApply(ctx, "peer", addr, []byte{1, 1, '{', '}'}); ErrorKind(err) != "conflict" {
 		t.Fatalf("forwarded refusal: %v", err)
 	}
-	if err := n.forwardApply(ctx, "peer", "127.0.0.1:1", []byte{1, 1}); !errors.Is(err, ErrNoLeader) {
+	if _, err := n.forwardApply(ctx, "peer", "127.0.0.1:1", []byte{1, 1}); !errors.Is(err, ErrNoLeader) {
 		t.Fatalf("unreachable leader: %v", err)
 	}
 }

@@ -34,6 +34,10 @@ const (
 type ApplyResult struct {
 	Error string `json:"error,omitempty"`
 	Kind  string `json:"kind,omitempty"` // see ErrorKind
+	// Index is the raft index the leader applied the command at (the
+	// forwarding node waits until its own table reaches it); 0 from older
+	// versions.
+	Index uint64 `json:"index,omitempty"`
 }
 
 // rpcHandler serves the cluster RPCs. Callers are authenticated by the
@@ -49,11 +53,16 @@ func (n *Agent) rpcHandler() http.Handler {
 			writeJSON(w, http.StatusServiceUnavailable, ApplyResult{Error: "not the leader", Kind: "no_leader"})
 			return
 		}
-		if err := n.ApplyRaw(r.Context(), b); err != nil {
+		// One attempt: when leadership is lost or moving, the forwarding
+		// node hears so at once and retries with the new leader (waiting
+		// here for a leader this node may be cut off from would hold it
+		// for an election wait).
+		index, err := n.applyLeader(r.Context(), b)
+		if err != nil {
 			writeJSON(w, StatusOf(err), ApplyResult{Error: err.Error(), Kind: ErrorKind(err)})
 			return
 		}
-		writeJSON(w, http.StatusOK, ApplyResult{})
+		writeJSON(w, http.StatusOK, ApplyResult{Index: index})
 	})
 	mux.HandleFunc("POST "+rpcHold, func(w http.ResponseWriter, r *http.Request) {
 		b, ok := readBody(w, r)
@@ -231,17 +240,18 @@ func (n *Agent) call(ctx context.Context, peer, addr, path string, body []byte, 
 	return resp.StatusCode, nil
 }
 
-// forwardApply sends an encoded command to the leader.
-func (n *Agent) forwardApply(ctx context.Context, leader, addr string, cmd []byte) error {
+// forwardApply sends an encoded command to the leader and returns the
+// index it was applied at.
+func (n *Agent) forwardApply(ctx context.Context, leader, addr string, cmd []byte) (uint64, error) {
 	var res ApplyResult
 	status, err := n.call(ctx, leader, addr, rpcApply, cmd, &res)
 	if err != nil {
-		return fmt.Errorf("%w: forwarding to the leader %s at %s: %v", ErrNoLeader, leader, addr, err)
+		return 0, fmt.Errorf("%w: forwarding to the leader %s at %s: %v", ErrNoLeader, leader, addr, err)
 	}
 	if status == http.StatusOK {
-		return nil
+		return res.Index, nil
 	}
-	return ResultError(res, status)
+	return 0, ResultError(res, status)
 }
 
 // ResultError turns a forwarded result back into the matching error.
@@ -303,14 +313,29 @@ func StatusOf(err error) int {
 // ConsistentRead returns once this node's table holds every write
 // committed before the call (a linearizable read: the leader confirms its
 // leadership with a barrier and names its applied index, ready.go; a
-// follower then waits until it has applied as much).
+// follower then waits until it has applied as much). While leadership
+// moves (no leader known, or the one asked no longer leads) it asks
+// again, as a write is retried, for up to an election wait.
 func (n *Agent) ConsistentRead(ctx context.Context) error {
-	ri, err := n.readIndex(ctx, 5*time.Second)
-	if err != nil {
-		if errors.Is(err, ErrNoLeader) {
+	wait := n.electionWait()
+	start := time.Now()
+	var ri ReadIndex
+	for attempt := 0; ; attempt++ {
+		var err error
+		if ri, err = n.readIndex(ctx, 5*time.Second); err == nil {
+			break
+		}
+		if !errors.Is(err, ErrNoLeader) {
+			err = fmt.Errorf("%w: %w", ErrNoLeader, err)
+		}
+		if errors.Is(err, errReadIndexUnsupported) || time.Since(start) > wait {
 			return err
 		}
-		return fmt.Errorf("%w: %v", ErrNoLeader, err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (%v)", err, ctx.Err())
+		case <-time.After(time.Duration(20*(attempt+1)) * time.Millisecond):
+		}
 	}
 	settled := 0
 	for !n.reached(ri, &settled) {
