@@ -287,12 +287,8 @@ func (n *Agent) openRaft() error {
 	if d := n.cfg.raftDeps; d != nil {
 		n.transport = d.transport(raft.ServerAddress(ln.Addr().String()))
 	} else {
-		n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-			Stream:  &raftLayer{chanListener: chanListener{m: n.mux, ch: n.mux.raftCh}, advertise: advAddr},
-			MaxPool: 3,
-			Timeout: 10 * time.Second,
-			Logger:  hlog,
-		})
+		n.transport = raft.NewNetworkTransportWithConfig(raftTransportConfig(
+			&raftLayer{chanListener: chanListener{m: n.mux, ch: n.mux.raftCh}, advertise: advAddr}, hlog))
 	}
 
 	rc := raft.DefaultConfig()
@@ -327,6 +323,34 @@ func (n *Agent) openRaft() error {
 	n.rpcSrv, n.rpcDone = n.newRPCServer(), make(chan struct{})
 	go n.serveRPC()
 	return nil
+}
+
+// raftTransportConfig configures raft's NetworkTransport over stream (the
+// mutual-TLS cluster port).
+//
+// MaxRPCsInFlight 1 turns off raft's pipelined replication. With
+// pipelining (raft's default of 2 in flight, hashicorp/raft v1.8.0), a
+// follower answering an AppendEntries with Success=false (a failed log
+// write, or a reset connection decoded as an empty answer) ends the
+// pipeline's decoder while the sender may pick new log entries over the
+// finished decoder in the same select; that send then waits forever for
+// the transport's decode goroutine, which waits forever for the ended
+// decoder. Replication to that follower stops for good, while its
+// heartbeats go on, so it never calls an election that would heal it,
+// and raft's Shutdown on the leader waits for the stuck goroutines
+// forever: only killing the leader heals it (hashicorp/raft issue 612,
+// Grafana Pyroscope pull request 5518). TestPipelineStall reproduces it.
+// Pipelining buys nothing here: on a LAN, and at the rate of routing
+// changes, synchronous AppendEntries batch as well (hashicorp/raft pull
+// request 541 measured it worse than no pipeline under load).
+func raftTransportConfig(stream raft.StreamLayer, logger hclog.Logger) *raft.NetworkTransportConfig {
+	return &raft.NetworkTransportConfig{
+		Stream:          stream,
+		MaxPool:         3,
+		MaxRPCsInFlight: 1,
+		Timeout:         10 * time.Second,
+		Logger:          logger,
+	}
 }
 
 // openStores opens raft's log and stable store (raft-wal) and its
