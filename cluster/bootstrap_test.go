@@ -21,9 +21,7 @@ func TestBootstrapSingleNode(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), unitWait)
 	defer cancel()
-	if err := n1.Apply(ctx, putBackend("b1")); err != nil {
-		t.Fatal(err)
-	}
+	applyEventually(t, ctx, n1, putBackend("b1"))
 	v, nv, err := suffrages(n1.Agent)
 	if err != nil || fmt.Sprint(v, nv) != "[n1] []" {
 		t.Fatalf("configuration %v %v, %v", v, nv, err)
@@ -80,9 +78,7 @@ func TestBootstrapExpect(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), unitWait)
 	defer cancel()
-	if err := n3.Apply(ctx, putBackend("b1")); err != nil {
-		t.Fatal(err)
-	}
+	applyEventually(t, ctx, n3, putBackend("b1"))
 	for _, n := range []*unitNode{n1, n2, n3} {
 		if err := n.ConsistentRead(ctx); err != nil {
 			t.Fatalf("%s: %v", n.Name(), err)

@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"sort"
 	"sync"
@@ -364,4 +366,22 @@ func nodeNames(n int) []string {
 		out = append(out, fmt.Sprintf("n%d", i))
 	}
 	return out
+}
+
+// applyEventually applies c through n, asking again when the cluster had
+// no leader for a whole election wait (a machine so loaded that raft's
+// short test timeouts keep expiring): any other error, among them raft's
+// "leadership transfer in progress", fails the test.
+func applyEventually(t *testing.T, ctx context.Context, n *unitNode, c routing.Command) {
+	t.Helper()
+	for {
+		err := n.Apply(ctx, c)
+		switch {
+		case err == nil:
+			return
+		case errors.Is(err, raft.ErrLeadershipTransferInProgress) || !errors.Is(err, ErrNoLeader) || ctx.Err() != nil:
+			t.Fatalf("%s: write: %v", n.Name(), err)
+		}
+		t.Logf("%s: write: %v; again", n.Name(), err)
+	}
 }
