@@ -68,10 +68,13 @@
 //
 // # Cost
 //
-// Lookups and binds take a shard's lock (a map access under it), never wait
-// on I/O, and allocate only for users that have bindings. Memory is bounded
-// by Config.MaxEntries (live bindings are never dropped for room: they are
-// bounded by the connection limit), gossip by the message sizes in wire.go.
+// A lookup hashes the name and reads one local shard and each other node's
+// map under read locks (about 0.2 µs for a user without bindings, no
+// allocation); it never waits on I/O. Writers hold those locks for a map
+// update; a push/pull state is built aside and swapped in. Memory is
+// bounded by Config.MaxEntries (live bindings are never dropped for room:
+// they are bounded by the connection limit), gossip by the message sizes
+// in wire.go.
 package affinity
 
 import (
@@ -165,10 +168,11 @@ type Table struct {
 
 	tmu       sync.Mutex
 	tombs     map[key]tomb
-	pending   []clearMsg // Clear calls not yet broadcast
-	lastSent  int64      // unix ms of the last broadcast (heartbeats)
-	flushMu   sync.Mutex // one flush at a time
-	cursor    int        // the shard the next flush starts at
+	clearGen  atomic.Uint64 // counts tombstones recorded
+	pending   []clearMsg    // Clear calls not yet broadcast
+	lastSent  int64         // unix ms of the last broadcast (heartbeats)
+	flushMu   sync.Mutex    // one flush at a time
+	cursor    int           // the shard the next flush starts at
 	sweepNext int64
 
 	gossip atomic.Pointer[Gossip]
@@ -428,6 +432,7 @@ func (t *Table) applyClear(c clearMsg) {
 		return
 	}
 	t.tombs[c.k] = tomb{at: c.at, keep: now + (cfg.Expire + Lease).Milliseconds()}
+	t.clearGen.Add(1)
 	t.tmu.Unlock()
 	sh := t.shard(c.k)
 	sh.mu.Lock()

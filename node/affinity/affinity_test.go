@@ -153,3 +153,24 @@ func TestMakeRoom(t *testing.T) {
 		want(t, tb, fmt.Sprint("more", i), "b")
 	}
 }
+
+// The lookup a login makes: a user without bindings (the common case) and
+// one with.
+func BenchmarkBackends(b *testing.B) {
+	tb := New(Config{}, nil)
+	for i := 0; i < 10000; i++ {
+		tb.Bind(fmt.Sprintf("user%d@example.com", i), "imap1", false)
+	}
+	b.Run("unbound", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			tb.Backends("someone@example.com")
+		}
+	})
+	b.Run("bound", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			tb.Backends("user42@example.com")
+		}
+	})
+}

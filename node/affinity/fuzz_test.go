@@ -41,6 +41,9 @@ func FuzzDecode(f *testing.F) {
 		}
 		n := 0
 		for _, o := range tb.origins {
+			if o.n != o.count() {
+				t.Fatalf("origin counts %d, holds %d", o.n, o.count())
+			}
 			n += o.count()
 		}
 		if _, r := tb.Counts(); int64(n) != r {

@@ -9,12 +9,16 @@ import (
 const maxOrigins = 256
 
 // origin holds the bindings one other node gossiped, under its name.
+// Merges of its messages run one at a time (merge); mu guards the
+// fields, which lookups read.
 type origin struct {
+	merge sync.Mutex
 	mu    sync.RWMutex
 	known bool   // a message has been merged
 	epoch uint64 // the sender's process run
 	heard int64  // local unix ms of its last message
 	m     map[key][]rbinding
+	n     int // bindings in m
 }
 
 // rbinding is another node's binding.
@@ -69,10 +73,10 @@ func (o *origin) count() int {
 	return n
 }
 
-// reset drops everything (o locked).
-func (o *origin) reset(t *Table) {
-	t.stats.remote.Add(-int64(o.count()))
-	o.m = map[key][]rbinding{}
+// install replaces the bindings with m, of n bindings (o locked).
+func (o *origin) install(t *Table, m map[key][]rbinding, n int) {
+	t.stats.remote.Add(int64(n - o.n))
+	o.m, o.n = m, n
 }
 
 // dropCovered drops the bindings tombstone c covers (o locked).
@@ -82,6 +86,7 @@ func (o *origin) dropCovered(t *Table, c clearMsg) {
 		return
 	}
 	kept := slices.DeleteFunc(rs, func(r rbinding) bool { return r.since <= c.at })
+	o.n -= len(rs) - len(kept)
 	t.stats.remote.Add(-int64(len(rs) - len(kept)))
 	if len(kept) == 0 {
 		delete(o.m, c.k)
@@ -97,6 +102,7 @@ func (o *origin) expire(t *Table, now, exp int64) {
 			live, ended := r.state(o.heard, now)
 			return !live && now-ended >= exp
 		})
+		o.n -= len(rs) - len(kept)
 		t.stats.remote.Add(-int64(len(rs) - len(kept)))
 		if len(kept) == 0 {
 			delete(o.m, k)

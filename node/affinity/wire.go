@@ -3,6 +3,7 @@ package affinity
 import (
 	"encoding/binary"
 	"errors"
+	"slices"
 )
 
 // Gossip messages. Broadcasts and push/pull states share one format:
@@ -393,7 +394,9 @@ func (t *Table) flush() {
 
 // MergeRemote implements cluster.Channel: it validates a state or update
 // sent (and signed, the cluster checked) by node from and merges it under
-// from's name. It never blocks on I/O.
+// from's name. It never blocks on I/O. A state (up to a node's every
+// binding) is built aside and swapped in, so lookups wait only for the
+// swap.
 func (t *Table) MergeRemote(from string, b []byte) {
 	if g := t.gossip.Load(); g != nil && from == g.Self {
 		return
@@ -416,35 +419,57 @@ func (t *Table) MergeRemote(from string, b []byte) {
 		t.stats.invalid.Add(1)
 		return
 	}
-	cfg := t.cfg.Load()
-	exp := cfg.Expire.Milliseconds()
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.heard = now
-	if !o.known || o.epoch != m.epoch {
-		o.reset(t)
-		o.known, o.epoch = true, m.epoch
-	}
-	target := o.m
-	before := o.count()
+	o.merge.Lock()
+	defer o.merge.Unlock()
+	gen := t.clearGen.Load()
+	o.mu.RLock()
+	fresh := !o.known || o.epoch != m.epoch // a new process run: forget the old one's
+	var target map[key][]rbinding
+	size := 0
 	if m.kind == kindState {
 		// A state replaces what was held, except bindings that changed
 		// after it was made (a broadcast overtook it).
 		target = make(map[key][]rbinding, len(m.binds))
 		for k, rs := range o.m {
 			for _, r := range rs {
-				if r.ver > m.seq {
+				if !fresh && r.ver > m.seq {
 					target[k] = append(target[k], r)
+					size++
 				}
 			}
 		}
 	}
-	// Room for new bindings: the cap less everything else held.
-	room := int64(cfg.MaxEntries) - t.stats.local.Load() - (t.stats.remote.Load() - int64(before))
-	size := int64(0)
-	for _, rs := range target {
-		size += int64(len(rs))
+	held := o.n
+	o.mu.RUnlock()
+	if m.kind == kindState {
+		t.mergeInto(target, &size, held, m, now)
+		o.mu.Lock()
+		if t.clearGen.Load() != gen {
+			size -= dropCleared(t, target) // a clear came meanwhile
+		}
+		o.heard, o.known, o.epoch = now, true, m.epoch
+		o.install(t, target, size)
+		o.mu.Unlock()
+		return
 	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.heard, o.known, o.epoch = now, true, m.epoch
+	if fresh {
+		o.install(t, map[key][]rbinding{}, 0)
+	}
+	size = o.n
+	t.mergeInto(o.m, &size, o.n, m, now)
+	o.install(t, o.m, size)
+}
+
+// mergeInto merges m's bindings into target, which holds *size bindings
+// and replaces held ones (for the cap).
+func (t *Table) mergeInto(target map[key][]rbinding, size *int, held int, m *message, now int64) {
+	cfg := t.cfg.Load()
+	exp := cfg.Expire.Milliseconds()
+	// Room: the cap less everything else held.
+	room := int64(cfg.MaxEntries) - t.stats.local.Load() - (t.stats.remote.Load() - int64(held))
 	for i := range m.binds {
 		w := &m.binds[i]
 		if w.since > now+maxSkew {
@@ -454,7 +479,7 @@ func (t *Table) MergeRemote(from string, b []byte) {
 		if t.cleared(w.k, w.since) || !w.live && w.idle >= exp {
 			// Gone at the sender: drop an older copy.
 			if remove(target, w.k, w.backend, w.ver) {
-				size--
+				*size--
 			}
 			continue
 		}
@@ -462,15 +487,29 @@ func (t *Table) MergeRemote(from string, b []byte) {
 		if !w.live {
 			r.ended = now - w.idle
 		}
-		if size >= room && !has(target, w.k, w.backend) {
+		if int64(*size) >= room && !has(target, w.k, w.backend) {
 			continue // full
 		}
 		if put(target, w.k, r) {
-			size++
+			*size++
 		}
 	}
-	o.m = target
-	t.stats.remote.Add(size - int64(before))
+}
+
+// dropCleared drops the bindings of m that tombstones cover and returns
+// how many.
+func dropCleared(t *Table, m map[key][]rbinding) int {
+	n := 0
+	for k, rs := range m {
+		kept := slices.DeleteFunc(rs, func(r rbinding) bool { return t.cleared(k, r.since) })
+		n += len(rs) - len(kept)
+		if len(kept) == 0 {
+			delete(m, k)
+		} else {
+			m[k] = kept
+		}
+	}
+	return n
 }
 
 // has reports whether m holds a binding (k, backend).

@@ -3,6 +3,7 @@ package affinity
 import (
 	"bytes"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 )
@@ -11,6 +12,7 @@ import (
 // cluster's gossip (each message signed by, and merged under, its
 // sender's name).
 type bus struct {
+	mu     sync.Mutex // guards sent
 	tables map[string]*Table
 	sent   map[string][][]byte // by sender
 	hold   bool                // queue instead of delivering
@@ -21,7 +23,9 @@ func newBus() *bus { return &bus{tables: map[string]*Table{}, sent: map[string][
 func (b *bus) join(name string, tb *Table) *Table {
 	b.tables[name] = tb
 	tb.SetGossip(&Gossip{Self: name, Broadcast: func(m []byte) {
+		b.mu.Lock()
 		b.sent[name] = append(b.sent[name], bytes.Clone(m))
+		b.mu.Unlock()
 		if !b.hold {
 			b.deliver(name, m)
 		}
@@ -335,5 +339,74 @@ func TestMergeValidation(t *testing.T) {
 	tb.MergeRemote("n2", encodeMsg(kindUpdate, 8, 1, many, nil))
 	if _, r := tb.Counts(); r != 5 {
 		t.Errorf("%d remote bindings, cap 5", r)
+	}
+}
+
+// Binds, lookups, merges, clears, flushes, states and sweeps at once (run
+// with -race); the counts stay what the maps hold.
+func TestConcurrent(t *testing.T) {
+	c := newClock()
+	b := newBus()
+	n1 := b.join("n1", newTable(c, time.Minute))
+	n2 := b.join("n2", newTable(c, time.Minute))
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < 300; i++ {
+				u := fmt.Sprintf("u%d", i%37)
+				end := n1.Bind(u, fmt.Sprint("b", w), w == 0)
+				n2.Backends(u)
+				switch i % 50 {
+				case 0:
+					n2.Clear(u)
+				case 1:
+					n2.MergeRemote("n1", n1.LocalState())
+				case 2:
+					n1.sweep()
+					n2.sweep()
+				}
+				end()
+				c.add(time.Millisecond)
+			}
+		}(w)
+	}
+	stop := make(chan struct{})
+	var fw sync.WaitGroup
+	fw.Add(1)
+	go func() {
+		defer fw.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				n1.flush()
+				n2.flush()
+			}
+		}
+	}()
+	wg.Wait()
+	close(stop)
+	fw.Wait()
+	for _, tb := range []*Table{n1, n2} {
+		local, remote := tb.Counts()
+		n := int64(0)
+		for i := range tb.shards {
+			for _, bs := range tb.shards[i].m {
+				n += int64(len(bs))
+			}
+		}
+		r := int64(0)
+		for _, o := range tb.origins {
+			if o.n != o.count() {
+				t.Errorf("origin counts %d, holds %d", o.n, o.count())
+			}
+			r += int64(o.count())
+		}
+		if n != local || r != remote {
+			t.Errorf("counts %d/%d, held %d/%d", local, remote, n, r)
+		}
 	}
 }
