@@ -50,7 +50,8 @@ func metricOf(nd *procNode, series string) int {
 // up and healthy, the user's new logins on every node still go to B,
 // while its session is open and until affinity.expire after it ended;
 // then they go to A, the hash's choice. A user without sessions goes to A
-// as soon as A is up.
+// as soon as A is up; a user moved (POST /v1/users/{user}/move) with its
+// session on B goes to A at once, on every node.
 func TestAffinityAcrossBackendOutage(t *testing.T) {
 	const expire = 4 * time.Second
 	users := map[string]string{}
@@ -78,12 +79,12 @@ func TestAffinityAcrossBackendOutage(t *testing.T) {
 			t.Fatalf("PUT %s: %d %s %v", w.path, code, body, err)
 		}
 	}
-	// Two users whose hash's choice is A: one will hold a session, the
-	// other has none.
-	var user, other string
-	waitFor(t, "the shared pool on every node, and two users homed on A", 20*time.Second, func() bool {
-		user, other = "", ""
-		for i := 0; i < 40 && other == ""; i++ {
+	// Three users whose hash's choice is A: one will hold a session, one
+	// has none, one holds a session and is moved.
+	var homed []string
+	waitFor(t, "the shared pool on every node, and three users homed on A", 20*time.Second, func() bool {
+		homed = homed[:0]
+		for i := 0; i < 40 && len(homed) < 3; i++ {
 			u := fmt.Sprintf("s%d@shared.example", i)
 			homes := 0
 			for _, nd := range nodes {
@@ -91,17 +92,14 @@ func TestAffinityAcrossBackendOutage(t *testing.T) {
 					homes++
 				}
 			}
-			switch {
-			case homes < len(nodes):
-			case user == "":
-				user = u
-			default:
-				other = u
+			if homes == len(nodes) {
+				homed = append(homed, u)
 			}
 		}
-		return other != ""
+		return len(homed) == 3
 	})
-	t.Logf("user %s and %s homed on A (dc1)", user, other)
+	user, other, mover := homed[0], homed[1], homed[2]
+	t.Logf("%s, %s and %s homed on A (dc1)", user, other, mover)
 
 	// A goes down: every node sends both to B.
 	a.Stop()
@@ -113,30 +111,38 @@ func TestAffinityAcrossBackendOutage(t *testing.T) {
 		}
 		return true
 	})
-	// The user logs in through n1 (lands on B) and holds IDLE.
-	c, err := imapclient.DialInsecure(nodes[0].imap, nil)
-	if err != nil {
-		t.Fatal(err)
+	// The user logs in through n1 (lands on B) and holds IDLE; so does the
+	// mover, through n2.
+	idleOn := func(nd *procNode, u string) (*imapclient.Client, *imapclient.IdleCommand) {
+		t.Helper()
+		c, err := imapclient.DialInsecure(nd.imap, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if err := c.Login(u, "secret").Wait(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+			t.Fatal(err)
+		}
+		idle, err := c.Idle()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bk.WaitLogins(u, 1, 5*time.Second) != 1 {
+			t.Fatalf("%s's login did not reach B", u)
+		}
+		return c, idle
 	}
-	defer c.Close()
-	if err := c.Login(user, "secret").Wait(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	idle, err := c.Idle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bk.WaitLogins(user, 1, 5*time.Second) != 1 {
-		t.Fatalf("%s's login did not reach B", user)
-	}
-	// The binding reaches the other nodes.
-	waitFor(t, "n1's binding gossiped to n2 and n3", 10*time.Second, func() bool {
+	c, idle := idleOn(nodes[0], user)
+	idleOn(nodes[1], mover)
+	// The bindings reach the other nodes.
+	waitFor(t, "n1's and n2's bindings gossiped to the others", 10*time.Second, func() bool {
 		return metricOf(nodes[0], `portico_affinity_entries{source="local"}`) == 1 &&
+			metricOf(nodes[0], `portico_affinity_entries{source="remote"}`) == 1 &&
 			metricOf(nodes[1], `portico_affinity_entries{source="remote"}`) == 1 &&
-			metricOf(nodes[2], `portico_affinity_entries{source="remote"}`) == 1
+			metricOf(nodes[2], `portico_affinity_entries{source="remote"}`) == 2
 	})
 
 	// A comes back up on the same address and is healthy everywhere: the
@@ -159,6 +165,32 @@ func TestAffinityAcrossBackendOutage(t *testing.T) {
 	loginAt(nodes[1], other)
 	if a2.WaitLogins(other, 1, 5*time.Second) != 1 {
 		t.Fatalf("%s (no sessions) did not go to A once A was back", other)
+	}
+
+	// A move (here to the same pool) clears the mover's affinity on every
+	// node before its session is ended: at once, not after
+	// affinity.expire, every node sends it to the hash's choice.
+	for _, nd := range nodes {
+		if be, steered := lookupVia(nd, mover); be != "b" || !steered {
+			t.Fatalf("%s: lookup of %s gives %s (steered %v), want b by affinity", nd.name, mover, be, steered)
+		}
+	}
+	code, body, err := nodes[2].api("POST", "/v1/users/"+mover+"/move", map[string]string{"to": "shared"})
+	if err != nil || code != 200 {
+		t.Fatalf("move %s: %d %s %v", mover, code, body, err)
+	}
+	var moved struct{ Kicked int }
+	if json.Unmarshal(body, &moved); moved.Kicked != 1 {
+		t.Fatalf("move kicked %d sessions, want 1: %s", moved.Kicked, body)
+	}
+	for _, nd := range nodes {
+		if be, steered := lookupVia(nd, mover); be != "dc1" || steered {
+			t.Fatalf("%s: right after the move, lookup of %s gives %s (steered %v), want dc1", nd.name, mover, be, steered)
+		}
+	}
+	loginAt(nodes[0], mover)
+	if a2.WaitLogins(mover, 1, 5*time.Second) != 1 || bk.Logins(mover) != 1 {
+		t.Fatalf("%s after the move: %d logins on A, %d on B; want 1 and 1", mover, a2.Logins(mover), bk.Logins(mover))
 	}
 
 	// The user with a session: every node says B (steered), and new

@@ -47,7 +47,8 @@ func (d *Daemon) setupAffinity(cfg *config.Config) error {
 }
 
 // ClearAffinity forgets user's affinity on every node of the cluster (here
-// at once, on the others when the gossip arrives): `portico user move`
-// calls it after re-pinning the user and before ending its sessions, so
-// that the client's reconnections go to the new route.
+// at once, on the others when the gossip arrives). A user's move
+// (sessionsapi's Forget) calls it on each node after re-pinning the user
+// and before ending its sessions there, so that the client's reconnections
+// go to the new route.
 func (d *Daemon) ClearAffinity(user string) { d.affinity.Clear(user) }

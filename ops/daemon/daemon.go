@@ -208,7 +208,7 @@ func New(cfg *config.Config, o Options) (_ *Daemon, err error) {
 	}
 	d.srv = node.NewServer(nc, d.env, handlers, d.certs, d.engine)
 	if d.admin != nil {
-		sc := sessionsapi.Config{Proxy: d.srv, NodeName: cfg.NodeName, FSM: d.fsm}
+		sc := sessionsapi.Config{Proxy: d.srv, NodeName: cfg.NodeName, FSM: d.fsm, Forget: d.ClearAffinity}
 		if d.cluster != nil {
 			sc.Cluster = d.cluster
 		}
