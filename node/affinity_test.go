@@ -81,7 +81,11 @@ func TestSessionsBindAffinity(t *testing.T) {
 	alice := login("login alice shared")
 	bob := login("login bob")
 	carol := login("login carol steered")
+	// The hand-off follows the client's OK (the test handler writes it
+	// first): wait until all three are relayed.
+	waitUntil(t, "the three sessions relayed", func() bool { return len(s.Sessions(SessionFilter{})) == 3 })
 	binds, live := aff.snapshot()
+	slices.Sort(binds)
 	if !slices.Equal(binds, []string{"alice b-alice", "carol b-carol steered"}) || live != 2 {
 		t.Fatalf("binds %q, %d live", binds, live)
 	}
