@@ -115,6 +115,7 @@ const (
 	flushEvery     = 200 * time.Millisecond
 	heartbeatEvery = 5 * time.Second
 	sweepEvery     = 5 * time.Second
+	peersEvery     = time.Second
 	// Lease: a node not heard from for this long has no live sessions.
 	Lease = 30 * time.Second
 )
@@ -166,14 +167,17 @@ type Table struct {
 	omu     sync.RWMutex
 	origins map[string]*origin // by node name
 
-	tmu       sync.Mutex
-	tombs     map[key]tomb
-	clearGen  atomic.Uint64 // counts tombstones recorded
-	pending   []clearMsg    // Clear calls not yet broadcast
-	lastSent  int64         // unix ms of the last broadcast (heartbeats)
-	flushMu   sync.Mutex    // one flush at a time
-	cursor    int           // the shard the next flush starts at
-	sweepNext int64
+	tmu      sync.Mutex
+	tombs    map[key]tomb
+	clearGen atomic.Uint64 // counts tombstones recorded
+	pending  []clearMsg    // Clear calls not yet broadcast
+
+	flushMu   sync.Mutex // one flush at a time; guards the next four
+	lastSent  int64      // unix ms of the last broadcast (heartbeats)
+	cursor    int        // the shard the next flush starts at
+	alone     bool       // Gossip.Peers said no other member is alive
+	peersNext int64      // unix ms of the next Gossip.Peers call
+	sweepNext int64      // unix ms of the loop's next sweep
 
 	gossip atomic.Pointer[Gossip]
 	stats  stats

@@ -61,6 +61,10 @@ type Gossip struct {
 	// Self is this node's name: messages signed by it are not merged.
 	Self      string
 	Broadcast func(b []byte)
+	// Peers, if set, reports whether another member is alive. While none
+	// is, nothing is broadcast (a lone memberlist never sends, so its
+	// queue would only grow); a node that joins gets the state.
+	Peers func() bool
 }
 
 // SetGossip enables sharing through g (nil: none, a node on its own).
@@ -329,6 +333,26 @@ func (t *Table) flush() {
 	clears := t.pending
 	t.pending = nil
 	t.tmu.Unlock()
+	if g.Peers != nil && now >= t.peersNext {
+		t.peersNext = now + peersEvery.Milliseconds()
+		t.alone = !g.Peers()
+	}
+	if g.Peers != nil && t.alone {
+		// Nobody to tell: the changes so far reach a joiner in the state.
+		for i := range t.shards {
+			sh := &t.shards[i]
+			sh.mu.Lock()
+			for _, k := range sh.dirty {
+				for _, b := range sh.m[k] {
+					b.dirty = false
+				}
+			}
+			sh.dirty = sh.dirty[:0]
+			sh.mu.Unlock()
+		}
+		t.lastSent = now
+		return
+	}
 	sent := 0
 	for sent < maxPerFlush {
 		seq := t.seq.Load()

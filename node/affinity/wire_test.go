@@ -410,3 +410,34 @@ func TestConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// A node without live peers broadcasts nothing (memberlist would queue it
+// for ever); once a peer is there it sends again, and the peer learns
+// what came before from the state.
+func TestAloneSendsNothing(t *testing.T) {
+	c := newClock()
+	var sent int
+	peers := false
+	n1 := newTable(c, time.Hour)
+	n1.SetGossip(&Gossip{Self: "n1", Broadcast: func([]byte) { sent++ }, Peers: func() bool { return peers }})
+	n1.Bind("u", "a", false)
+	n1.Clear("v")
+	for i := 0; i < 5; i++ {
+		n1.flush()
+		c.add(heartbeatEvery)
+	}
+	if sent != 0 {
+		t.Fatalf("alone, %d broadcasts", sent)
+	}
+	peers = true
+	n1.flush()
+	if sent != 1 {
+		t.Fatalf("with a peer: %d broadcasts, want a heartbeat", sent)
+	}
+	n2 := newTable(c, time.Hour)
+	n2.MergeRemote("n1", n1.LocalState())
+	want(t, n2, "u", "a")
+	if len(n2.tombs) != 1 {
+		t.Fatal("the tombstone did not come with the state")
+	}
+}

@@ -23,7 +23,18 @@ func (d *Daemon) setupAffinity(cfg *config.Config) error {
 	}
 	if d.cluster != nil {
 		agent := d.cluster
-		t.SetGossip(&affinity.Gossip{Self: agent.Name(), Broadcast: func(b []byte) { agent.Broadcast(gossipAffinity, b) }})
+		t.SetGossip(&affinity.Gossip{
+			Self:      agent.Name(),
+			Broadcast: func(b []byte) { agent.Broadcast(gossipAffinity, b) },
+			Peers: func() bool {
+				for _, m := range agent.Members() {
+					if m.Name != agent.Name() && m.State == "alive" {
+						return true
+					}
+				}
+				return false
+			},
+		})
 		agent.Register(gossipAffinity, t)
 	}
 	d.affinity = t
