@@ -89,12 +89,17 @@ func (s *Server) sessionContext() (ctx context.Context, ok bool) {
 }
 
 // startRelay hands a logged-in session to the relay, which owns it from
-// then on and calls release when it closes.
+// then on and calls release when it closes. A session in a shared_storage
+// pool binds the user's affinity to its backend while it lasts.
 func (s *Server) startRelay(l *listener, c *session.Client, h *session.Handoff, release func()) {
 	ls := l.stats
 	ls.Preauth.Add(-1)
 	ls.Relayed.Add(1)
 	s.obs.SessionStarted(ls, h)
+	unbind := func() {}
+	if a := s.env.Affinity; a != nil && h.SharedStorage {
+		unbind = a.Bind(h.User, h.BackendID, h.Steered)
+	}
 	toBackend := c.Stream.Detach()
 	toClient := h.Backend.Detach()
 	cs := relay.Side{Conn: c.Stream.Base(), TLS: c.Stream.TLS()}
@@ -109,6 +114,7 @@ func (s *Server) startRelay(l *listener, c *session.Client, h *session.Handoff, 
 		Framer:      framer,
 		Tag:         &relayed{client: c, handoff: h},
 		OnClose: func(st relay.Stats) {
+			unbind()
 			release()
 			ls.Relayed.Add(-1)
 			s.obs.SessionEnded(ls, h, st)

@@ -56,20 +56,23 @@ func (e *echoConn) Next() (*session.Handoff, error) {
 	if err != nil {
 		return nil, err
 	}
-	// "login" or "login USER" (default user "u", backend "b"; a named
-	// user's backend is "b-USER").
-	if f := strings.Fields(line); len(f) > 0 && f[0] == "login" && len(f) <= 2 {
+	// "login", "login USER" or "login USER shared|steered" (default user
+	// "u", backend "b"; a named user's backend is "b-USER"; shared: from a
+	// shared_storage pool, steered: there by affinity).
+	if f := strings.Fields(line); len(f) > 0 && f[0] == "login" && len(f) <= 3 {
 		user, backend := "u", "b"
-		if len(f) == 2 {
+		if len(f) >= 2 {
 			user, backend = f[1], "b-"+f[1]
 		}
+		shared, steered := len(f) == 3 && (f[2] == "shared" || f[2] == "steered"), len(f) == 3 && f[2] == "steered"
 		conn, err := net.Dial("tcp", e.backend)
 		if err != nil {
 			return nil, err
 		}
 		nc, _ := netx.NewConn(conn.(*net.TCPConn), nil)
 		e.c.Stream.WriteString("OK\r\n")
-		return &session.Handoff{Client: e.c, Backend: netx.NewStream(nc), User: user, BackendID: backend}, nil
+		return &session.Handoff{Client: e.c, Backend: netx.NewStream(nc), User: user, BackendID: backend,
+			SharedStorage: shared, Steered: steered}, nil
 	}
 	e.c.Stream.WriteString("? " + line)
 	return nil, nil

@@ -23,6 +23,7 @@ type FSM struct {
 	indexUnknown atomic.Bool
 	loaded       atomic.Bool // SetLoaded: caught up with the cluster once
 	down         atomic.Pointer[HealthFunc]
+	aff          atomic.Pointer[Affinity]
 	// OnApply, if set, is called after each applied entry (metrics).
 	OnApply func(index uint64, c Command, err error)
 
@@ -94,6 +95,12 @@ func (f *FSM) Loaded() bool { return f.loaded.Load() }
 // SetHealth installs the function that reports down backends.
 func (f *FSM) SetHealth(h HealthFunc) { f.down.Store(&h) }
 
+// SetAffinity installs the users' affinity (nil: none).
+func (f *FSM) SetAffinity(a Affinity) { f.aff.Store(&a) }
+
+// Affinity returns the installed affinity, or nil.
+func (f *FSM) Affinity() Affinity { return loadAffinity(&f.aff) }
+
 // Route implements Router: ErrNotReady until SetLoaded, then a lookup in
 // the latest applied table.
 func (f *FSM) Route(req Request) (Route, error) {
@@ -104,7 +111,7 @@ func (f *FSM) Route(req Request) (Route, error) {
 	if h := f.down.Load(); h != nil {
 		down = *h
 	}
-	return f.table.Load().Lookup(req, down)
+	return f.table.Load().LookupWith(req, down, loadAffinity(&f.aff))
 }
 
 // Apply implements raft.FSM. The response is nil or the error that

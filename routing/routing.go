@@ -14,12 +14,19 @@
 // rendezvous (highest random weight) hashing over the pool's active
 // backends, so all of one user's sessions meet on one server (Dovecot
 // director semantics) and removing a backend moves only its own users.
+//
+// The hash's choice changes when the pool does (a backend comes back up,
+// weights change, a member is added). In a shared_storage pool an Affinity
+// (node/affinity) then keeps a user whose sessions are open, or ended
+// only recently, on the backend they use, for as long as that backend can
+// take sessions, so that two servers never open one mailbox at once.
 package routing
 
 import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync/atomic"
 )
@@ -127,6 +134,12 @@ type Route struct {
 	Backend *Backend
 	Pool    string // pool the backend was chosen from ("" for a direct rule)
 	Rule    string // "user", "domain" or "default": which rule matched
+	// SharedStorage: Backend was chosen from a shared_storage pool, so a
+	// session opened there binds the user's affinity to it.
+	SharedStorage bool
+	// Steered: the user's affinity chose Backend, which is not the hash's
+	// choice (the pool changed while the user's sessions were open).
+	Steered bool
 }
 
 var (
@@ -149,6 +162,19 @@ type Router interface {
 
 // HealthFunc reports whether a backend is believed down. nil means all up.
 type HealthFunc func(backendID string) (down bool)
+
+// Affinity keeps the users of shared_storage pools on the backend their
+// sessions use (Dovecot director's user affinity; node/affinity keeps it
+// for the cluster). Implementations must be safe for concurrent use and
+// must not block on I/O.
+type Affinity interface {
+	// Backends returns the backends the live or recently ended sessions
+	// of user (normalised, NormalizeUser) use, the most preferred first;
+	// nil if none. A lookup takes the first one that is a member of the
+	// user's pool and can take the session (active, serving the protocol,
+	// not down), else the hash's choice.
+	Backends(user string) []string
+}
 
 // Table is an immutable routing snapshot. Build it with NewTable; never
 // modify it afterwards.
@@ -247,6 +273,12 @@ func NormalizeUser(u string) string {
 // Lookup resolves req against the table. down, if not nil, reports backends
 // that health checks consider down.
 func (t *Table) Lookup(req Request, down HealthFunc) (Route, error) {
+	return t.LookupWith(req, down, nil)
+}
+
+// LookupWith is Lookup with the users' affinity: aff, if not nil, is asked
+// where the user's sessions are when the rule names a shared_storage pool.
+func (t *Table) LookupWith(req Request, down HealthFunc, aff Affinity) (Route, error) {
 	user := NormalizeUser(req.User)
 	if tgt, ok := t.users.get(user); ok {
 		if tgt.Backend != "" {
@@ -256,15 +288,15 @@ func (t *Table) Lookup(req Request, down HealthFunc) (Route, error) {
 			}
 			return Route{Backend: b, Rule: "user"}, nil
 		}
-		return t.pick(tgt.Pool, user, req.Protocol, down, "user")
+		return t.pick(tgt.Pool, user, req.Protocol, down, aff, "user")
 	}
 	if at := strings.LastIndexByte(user, '@'); at >= 0 {
 		if pool, ok := t.domains[user[at+1:]]; ok {
-			return t.pick(pool, user, req.Protocol, down, "domain")
+			return t.pick(pool, user, req.Protocol, down, aff, "domain")
 		}
 	}
 	if t.defaultPool != "" {
-		return t.pick(t.defaultPool, user, req.Protocol, down, "default")
+		return t.pick(t.defaultPool, user, req.Protocol, down, aff, "default")
 	}
 	return Route{}, ErrNoRoute
 }
@@ -288,8 +320,9 @@ func why(b *Backend, p Protocol, down HealthFunc) string {
 // Only active members serving the protocol take part. If the chosen member
 // is down: with shared storage the next-best member is used; without, the
 // mailbox lives only there and the lookup fails rather than log the user in
-// on the wrong server.
-func (t *Table) pick(poolName, user string, proto Protocol, down HealthFunc, rule string) (Route, error) {
+// on the wrong server. With shared storage, a member the user's affinity
+// names (aff) comes before the hash's choice while it can take sessions.
+func (t *Table) pick(poolName, user string, proto Protocol, down HealthFunc, aff Affinity, rule string) (Route, error) {
 	p := t.pools[poolName]
 	var best, bestUp *Backend
 	bestScore, bestUpScore := math.Inf(-1), math.Inf(-1)
@@ -310,13 +343,26 @@ func (t *Table) pick(poolName, user string, proto Protocol, down HealthFunc, rul
 	switch {
 	case best == nil:
 		return Route{}, fmt.Errorf("%w: pool %s has no active backend for %s", ErrUnavailable, poolName, proto)
-	case best == bestUp:
+	case !p.SharedStorage && best == bestUp:
 		return Route{Backend: best, Pool: poolName, Rule: rule}, nil
-	case p.SharedStorage && bestUp != nil:
-		return Route{Backend: bestUp, Pool: poolName, Rule: rule}, nil
-	default:
+	case !p.SharedStorage || bestUp == nil:
 		return Route{}, fmt.Errorf("%w: backend %s (pool %s) is down", ErrUnavailable, best.ID, poolName)
 	}
+	r := Route{Backend: bestUp, Pool: poolName, Rule: rule, SharedStorage: true}
+	if aff == nil {
+		return r, nil
+	}
+	for _, id := range aff.Backends(user) {
+		b := t.backends[id]
+		if b == nil || !usable(b, proto, down) || !slices.Contains(p.Backends, id) {
+			continue
+		}
+		if b != bestUp {
+			r.Backend, r.Steered = b, true
+		}
+		break
+	}
+	return r, nil
 }
 
 // Score is the weighted rendezvous score of a backend for a user hash:
@@ -355,6 +401,7 @@ func mix(x uint64) uint64 {
 type Static struct {
 	table atomic.Pointer[Table]
 	down  atomic.Pointer[HealthFunc]
+	aff   atomic.Pointer[Affinity]
 }
 
 // NewStatic returns a router serving t.
@@ -373,11 +420,22 @@ func (s *Static) Table() *Table { return s.table.Load() }
 // SetHealth installs the function that reports down backends.
 func (s *Static) SetHealth(f HealthFunc) { s.down.Store(&f) }
 
+// SetAffinity installs the users' affinity (nil: none).
+func (s *Static) SetAffinity(a Affinity) { s.aff.Store(&a) }
+
 // Route implements Router.
 func (s *Static) Route(req Request) (Route, error) {
 	var down HealthFunc
 	if f := s.down.Load(); f != nil {
 		down = *f
 	}
-	return s.table.Load().Lookup(req, down)
+	return s.table.Load().LookupWith(req, down, loadAffinity(&s.aff))
+}
+
+// loadAffinity returns the installed affinity, or nil.
+func loadAffinity(p *atomic.Pointer[Affinity]) Affinity {
+	if a := p.Load(); a != nil {
+		return *a
+	}
+	return nil
 }

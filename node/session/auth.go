@@ -43,6 +43,11 @@ type Attempt struct {
 type Target struct {
 	Backend *routing.Backend
 	Creds   Credentials
+	// SharedStorage: the backend was chosen from a shared_storage pool, so
+	// the session binds the user's affinity to it (Env.Affinity).
+	SharedStorage bool
+	// Steered: the user's affinity chose the backend, not the hash.
+	Steered bool
 }
 
 // Refusal is a login refused before reaching a backend.
@@ -125,7 +130,7 @@ func (d RouteDirector) Direct(_ context.Context, a *Attempt) (*Target, error) {
 	case err != nil:
 		return nil, err
 	}
-	return &Target{Backend: r.Backend, Creds: a.Creds}, nil
+	return &Target{Backend: r.Backend, Creds: a.Creds, SharedStorage: r.SharedStorage, Steered: r.Steered}, nil
 }
 
 // Result of a login attempt.
@@ -319,6 +324,7 @@ func (c *Client) login(ctx context.Context, timeout time.Duration, creds Credent
 		Handoff: &Handoff{
 			Client: c, Backend: be, User: creds.RouteUser(),
 			BackendID: t.Backend.ID, BackendAt: t.Backend.Addr(c.Listener.Protocol),
+			SharedStorage: t.SharedStorage, Steered: t.Steered,
 		},
 	}
 }

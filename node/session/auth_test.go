@@ -34,3 +34,20 @@ func TestRouteDirectorRefusals(t *testing.T) {
 		}
 	}
 }
+
+type routeTo routing.Route
+
+func (r routeTo) Route(routing.Request) (routing.Route, error) { return routing.Route(r), nil }
+
+// The route's shared storage and affinity steering reach the target (and
+// from there the hand-off, where the node binds the user's affinity).
+func TestRouteDirectorAffinity(t *testing.T) {
+	c := &Client{Listener: &Listener{Protocol: routing.IMAP}}
+	b := &routing.Backend{ID: "b"}
+	for _, r := range []routing.Route{{Backend: b}, {Backend: b, SharedStorage: true}, {Backend: b, SharedStorage: true, Steered: true}} {
+		tg, err := RouteDirector{Router: routeTo(r)}.Direct(context.Background(), &Attempt{Client: c, Creds: Credentials{User: "alice"}})
+		if err != nil || tg.Backend != b || tg.SharedStorage != r.SharedStorage || tg.Steered != r.Steered {
+			t.Errorf("route %+v: target %+v %v", r, tg, err)
+		}
+	}
+}

@@ -124,6 +124,18 @@ type Env struct {
 	// Throttle, if set, delays failed logins' replies progressively and
 	// refuses attempts from blocked clients (node/throttle).
 	Throttle Throttle
+	// Affinity, if set, is told of every relayed session whose backend was
+	// chosen from a shared_storage pool (node/affinity).
+	Affinity Affinity
+}
+
+// Affinity keeps the users of shared_storage pools on the backend their
+// sessions use (node/affinity; the routing lookup asks it where they are).
+type Affinity interface {
+	// Bind records a relayed session of user on backend until the
+	// returned function is called (once). steered: the user's affinity,
+	// not the hash, chose the backend. It must not block.
+	Bind(user, backend string, steered bool) (unbind func())
 }
 
 // Client is a client connection during the pre-login phase.
@@ -295,6 +307,10 @@ type Handoff struct {
 	User      string
 	BackendID string
 	BackendAt string // backend address
+	// SharedStorage and Steered are the Target's: the session binds the
+	// user's affinity (Env.Affinity), which chose the backend if Steered.
+	SharedStorage bool
+	Steered       bool
 	// ProtocolErrors counts the commands before the login that counted
 	// toward Limits.MaxErrors.
 	ProtocolErrors int

@@ -51,6 +51,9 @@ type Config struct {
 	Auth *Auth `yaml:"auth"`
 	// Throttle: failed-login delays and blocks (brute-force protection).
 	Throttle Throttle `yaml:"throttle"`
+	// Affinity: users of shared_storage pools stay on the backend their
+	// sessions use.
+	Affinity Affinity `yaml:"affinity"`
 
 	// Standalone: a node without a cluster. Routes come only from this
 	// file and are not replicated: no raft, no gossip, no data directory,
@@ -415,6 +418,7 @@ func (c *Config) Validate() error {
 	v.drain()
 	v.upgrade()
 	v.throttle()
+	v.affinity()
 	if len(v.errs) > 0 {
 		return v.errs
 	}

@@ -3,8 +3,9 @@ package config
 // Translation of the validated file into the configurations of the
 // packages that run it, all in this file. Each package owns its defaults
 // (node.DefaultConfig, session.DefaultLimits, throttle.DefaultConfig,
-// auth.DefaultClientConfig and DefaultCacheConfig, cluster.DefaultConfig
-// and DefaultHealthConfig, vip.DefaultConfig, admin.DefaultConfig);
+// affinity.DefaultConfig, auth.DefaultClientConfig and DefaultCacheConfig,
+// cluster.DefaultConfig and DefaultHealthConfig, vip.DefaultConfig,
+// admin.DefaultConfig);
 // validation fills an unset key from them where the file's "unset" and the
 // package's zero mean different things (shutdown_grace unset is 30 s, a
 // node's zero ShutdownGrace is none), and leaves the zero otherwise, for
@@ -19,6 +20,7 @@ import (
 
 	"github.com/portico-mail/portico/cluster"
 	"github.com/portico-mail/portico/node"
+	"github.com/portico-mail/portico/node/affinity"
 	"github.com/portico-mail/portico/node/auth"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/node/throttle"
@@ -170,6 +172,11 @@ func (t *Throttle) LimiterConfig() throttle.Config {
 		}
 	}
 	return c
+}
+
+// TableConfig translates the validated affinity section.
+func (a *Affinity) TableConfig() affinity.Config {
+	return affinity.Config{Expire: a.Expire.D(), MaxEntries: a.MaxEntries}
 }
 
 // ClientConfig translates an http section for node/auth (validation has

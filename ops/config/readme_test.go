@@ -12,6 +12,7 @@ import (
 
 	"github.com/portico-mail/portico/cluster"
 	"github.com/portico-mail/portico/node"
+	"github.com/portico-mail/portico/node/affinity"
 	"github.com/portico-mail/portico/node/auth"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/node/throttle"
@@ -236,6 +237,10 @@ func readmeWant() map[string]map[string]any {
 			"trusted_networks":   "[" + strings.Join(trusted, ", ") + "]",
 			"max_entries":        td.MaxEntries,
 		},
+		"### `affinity`": {
+			"expire":      affinity.DefaultConfig().Expire,
+			"max_entries": affinity.DefaultConfig().MaxEntries,
+		},
 		"### `backends` (list)": {
 			"id":                       "required",
 			"host":                     "required",
@@ -357,6 +362,9 @@ vip: {addresses: [{address: 198.18.0.100/24, interface: eth0}]}
 	}
 	if got := c.Throttle.LimiterConfig(); !reflect.DeepEqual(got, throttle.DefaultConfig()) {
 		t.Errorf("throttle %+v, want %+v", got, throttle.DefaultConfig())
+	}
+	if got := c.Affinity.TableConfig(); got != affinity.DefaultConfig() {
+		t.Errorf("affinity %+v, want %+v", got, affinity.DefaultConfig())
 	}
 
 	cd, cc := cluster.DefaultConfig(), c.ClusterConfig()

@@ -20,6 +20,7 @@ import (
 
 	"github.com/portico-mail/portico/cluster"
 	"github.com/portico-mail/portico/node"
+	"github.com/portico-mail/portico/node/affinity"
 	"github.com/portico-mail/portico/node/imap"
 	"github.com/portico-mail/portico/node/pop3"
 	"github.com/portico-mail/portico/node/relay"
@@ -42,8 +43,9 @@ var (
 // It is assembled in stages, each in its own file: adminplane.go (the
 // admin listener), routing.go (the route source: the cluster agent and the
 // routing API), auth.go (authentication sources), throttle.go (failed-login
-// throttling), vip.go (the floating address), ops.go (metrics, readiness,
-// status), lifecycle.go (drain, reload), upgrade.go (in-place upgrade). A
+// throttling), affinity.go (users' affinity in shared_storage pools),
+// vip.go (the floating address), ops.go (metrics, readiness, status),
+// lifecycle.go (drain, reload), upgrade.go (in-place upgrade). A
 // stage may register start, reload and close hooks (onStart, onReload,
 // onClose) and start goroutines in the daemon's group (group.go), which
 // Shutdown joins.
@@ -64,7 +66,8 @@ type Daemon struct {
 	srv     *node.Server
 	admin   *admin.Server // nil when admin.address is "off"
 
-	env *session.Env
+	env      *session.Env
+	affinity *affinity.Table // users' affinity in shared_storage pools (affinity.go)
 
 	// group owns every goroutine the daemon starts; its context ends at
 	// shutdown, and Shutdown waits for them.
@@ -196,13 +199,16 @@ func New(cfg *config.Config, o Options) (_ *Daemon, err error) {
 	if err := d.setupThrottle(cfg); err != nil {
 		return nil, err
 	}
+	if err := d.setupAffinity(cfg); err != nil {
+		return nil, err
+	}
 	handlers := map[routing.Protocol]session.Handler{
 		routing.IMAP: imap.New(imap.Options{}),
 		routing.POP3: pop3.New(pop3.Options{}),
 	}
 	d.srv = node.NewServer(nc, d.env, handlers, d.certs, d.engine)
 	if d.admin != nil {
-		sc := sessionsapi.Config{Proxy: d.srv, NodeName: cfg.NodeName, FSM: d.fsm}
+		sc := sessionsapi.Config{Proxy: d.srv, NodeName: cfg.NodeName, FSM: d.fsm, Forget: d.ClearAffinity}
 		if d.cluster != nil {
 			sc.Cluster = d.cluster
 		}

@@ -14,11 +14,11 @@
 // one, so that tests can run several nodes in one process. Other stages
 // register their own collectors on that registry: the cluster
 // (ops/daemon/cluster_metrics.go), the virtual IP (ops/daemon/vip.go),
-// authentication and throttling (portico_auth_*, portico_throttle_*). A
-// metric that dashboards or alerts may rely on belongs in Catalog; a test
-// checks that a running node exports every catalogued metric and that
-// examples/grafana-dashboard.json and examples/alerts.yml use only
-// catalogued ones.
+// authentication, throttling and affinity (portico_auth_*,
+// portico_throttle_*, portico_affinity_*). A metric that dashboards or
+// alerts may rely on belongs in Catalog; a test checks that a running node
+// exports every catalogued metric and that examples/grafana-dashboard.json
+// and examples/alerts.yml use only catalogued ones.
 package metrics
 
 import (
@@ -38,9 +38,9 @@ type Info struct {
 	Labels []string // label names
 	Help   string   // meaning (also the HELP text of metrics defined here)
 	// Source is where it is defined: "node" (this package), "cluster",
-	// "auth" (node/auth), "throttle" (node/throttle),
-	// "vip" (only when the vip section is configured), "process" (the
-	// client library's process collector).
+	// "auth" (node/auth), "throttle" (node/throttle), "affinity"
+	// (node/affinity), "vip" (only when the vip section is configured),
+	// "process" (the client library's process collector).
 	Source string
 }
 
@@ -85,6 +85,10 @@ var Catalog = sortInfo([]Info{
 	{"portico_auth_http_errors_total", "counter", []string{"kind"}, "Failed auth_http exchanges (the client got the internal-error reply), by kind (connect, timeout, io, malformed, too_large, invalid).", "auth"},
 	{"portico_auth_http_cache_hits_total", "counter", []string{"answer"}, "Logins answered from the auth_http cache, by cached answer (ok, refused).", "auth"},
 	{"portico_auth_http_cache_misses_total", "counter", nil, "Logins looked up in the auth_http cache and not found.", "auth"},
+	// Users' affinity in shared_storage pools (node/affinity, ops/daemon/affinity.go).
+	{"portico_affinity_entries", "gauge", []string{"source"}, "Bindings of users to the backend their sessions use (shared_storage pools), live or within affinity.expire of their last session; source local (this node's sessions) or remote (gossiped by other nodes).", "affinity"},
+	{"portico_affinity_steered_total", "counter", nil, "Logins sent to the backend a user's other sessions use instead of the hash's choice (the pool changed while they were open).", "affinity"},
+	{"portico_affinity_gossip_invalid_total", "counter", nil, "Affinity gossip dropped: malformed messages, bindings dated in the future, and bindings or tombstones beyond the table's bounds.", "affinity"},
 	// Failed-login throttle (node/throttle, ops/daemon/throttle.go).
 	{"portico_throttle_delayed_total", "counter", nil, "Failed logins whose reply the throttle delayed (progressively, per user and client network).", "throttle"},
 	{"portico_throttle_blocked_total", "counter", []string{"scope"}, "Login attempts refused by the throttle without contacting the backend or auth server, by scope (ip, user_ip, user).", "throttle"},

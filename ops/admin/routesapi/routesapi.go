@@ -190,13 +190,15 @@ func Register(a *admin.Server, c Config) {
 			admin.Error(w, 400, "protocol must be imap or pop3")
 			return
 		}
-		rt, err := t.Lookup(routing.Request{User: q.Get("user"), Protocol: proto}, d.Down)
+		// Where a login would go now: health and the users' affinity
+		// (shared_storage pools) included.
+		rt, err := t.LookupWith(routing.Request{User: q.Get("user"), Protocol: proto}, d.Down, d.FSM.Affinity())
 		if err != nil {
 			admin.Error(w, 404, err.Error())
 			return
 		}
 		admin.JSON(w, 200, map[string]any{"user": routing.NormalizeUser(q.Get("user")), "backend": rt.Backend.ID,
-			"address": rt.Backend.Addr(proto), "pool": rt.Pool, "rule": rt.Rule})
+			"address": rt.Backend.Addr(proto), "pool": rt.Pool, "rule": rt.Rule, "steered": rt.Steered})
 	}))
 	a.HandleFunc("POST /v1/import", d.importRoutes)
 	a.HandleFunc("GET /v1/cluster/members", func(w http.ResponseWriter, r *http.Request) {
