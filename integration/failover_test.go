@@ -1041,7 +1041,7 @@ func drillRollingUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 		steps = append(steps, fmt.Sprintf("%s (%s): stopped in %s, back and healthy after %s",
 			nd.name, role, ms(stopped), ms(time.Since(stepAt))))
 	}
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(time.Second)
 	close(stop)
 	wg.Wait()
 	// The longest time without a successful login (a login is tried every
@@ -1077,8 +1077,12 @@ func drillRollingUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 	if worst >= 1500*time.Millisecond {
 		t.Errorf("no login succeeded for %v during the upgrade", worst)
 	}
-	if len(ackedCopy) < 20 {
-		t.Errorf("only %d writes acknowledged during the upgrade", len(ackedCopy))
+	// Writes go on through the upgrade: a write sent to a node that is
+	// stopping may be refused (its client is told to retry), no more than
+	// one in five. How many were sent depends on how fast the upgrade
+	// went, so the count alone proves nothing.
+	if len(ackedCopy) < 10 || wfailsN*5 > len(ackedCopy)+wfailsN {
+		t.Errorf("%d writes acknowledged and %d refused during the upgrade", len(ackedCopy), wfailsN)
 	}
 }
 
