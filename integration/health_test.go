@@ -26,7 +26,7 @@ func TestBackendDownReroutesOrRefuses(t *testing.T) {
 listeners:
   - {name: imap, protocol: imap, address: "127.0.0.1:0"}
 limits: {auth_failure_delay: 10ms}
-cluster: {raft_address: "127.0.0.1:0", gossip_address: "127.0.0.1:0", health: {interval: 200ms, timeout: 500ms, fall: 2, rise: 2}}
+cluster: {raft_address: "127.0.0.1:0", gossip_address: "127.0.0.1:0", health: {interval: 200ms, timeout: 2s, fall: 2, rise: 2}}
 backends:
   - {id: d1, host: %s, imap_port: %d}
   - {id: d2, host: %s, imap_port: %d}
@@ -37,6 +37,11 @@ routes:
   domains: {shared.example: shared, single.example: single}
 `, d1.Addr, d1.IMAPPort, d2.Addr, d2.IMAPPort))
 
+	// Ready, both backends up (a probe starved of CPU on a loaded machine
+	// must not take a healthy backend down: hence the 2 s probe timeout).
+	waitFor(t, "the node ready and both backends up", 20*time.Second, func() bool {
+		return len(p.d.NotReady()) == 0 && !p.d.BackendDown("d1") && !p.d.BackendDown("d2")
+	})
 	// Find users whose home is d1, by where their first login lands.
 	home := func(user string) string {
 		before := d1.Logins(user)
