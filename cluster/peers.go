@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -26,6 +27,28 @@ func (n *Agent) RemovePeer(ctx context.Context, name string) error {
 	if name == "" {
 		return fmt.Errorf("%w: no node named", routing.ErrInvalid)
 	}
+	// Retried while leadership moves, as writes are (removing a server
+	// that is already gone is refused as "not a raft peer", so a retry
+	// after an unknown outcome says so rather than doing it twice).
+	wait := n.electionWait()
+	start := time.Now()
+	for attempt := 0; ; attempt++ {
+		err := n.removePeerOnce(ctx, name)
+		if !errors.Is(err, ErrNoLeader) {
+			return err
+		}
+		if time.Since(start) > wait {
+			return fmt.Errorf("%w (none for %v)", ErrNoLeader, wait)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (%v)", ErrNoLeader, ctx.Err())
+		case <-time.After(time.Duration(50*(attempt+1)) * time.Millisecond):
+		}
+	}
+}
+
+func (n *Agent) removePeerOnce(ctx context.Context, name string) error {
 	if name == n.Name() || n.Alive(name) {
 		return fmt.Errorf("%w: %s is an alive member of the cluster: stop it, or let it leave, before removing it", routing.ErrConflict, name)
 	}
@@ -90,7 +113,7 @@ func (n *Agent) handleRemovePeer(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, ApplyResult{Error: "not the leader", Kind: "no_leader"})
 		return
 	}
-	if err := n.RemovePeer(r.Context(), body.Name); err != nil {
+	if err := n.removePeerOnce(r.Context(), body.Name); err != nil {
 		writeJSON(w, StatusOf(err), ApplyResult{Error: err.Error(), Kind: ErrorKind(err)})
 		return
 	}

@@ -58,7 +58,7 @@ func TestRPCAnswers(t *testing.T) {
 	go func() { defer close(done); _ = srv.Serve(rpcListener{chanListener{m: m, ch: m.rpcCh}}) }()
 	defer func() { m.Close(); srv.Close(); <-done }()
 	addr := ln.Addr().String()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
 	status, body = 200, `{"index":42,"raft_index":45,"exact":true}`

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -35,6 +36,9 @@ type fakeNode struct {
 	fsm   *routing.FSM
 	rpcs  map[string]cluster.RPCFunc
 	down  bool   // CallEach cannot reach it
+	// noLeader: this many Apply calls fail with cluster.ErrNoLeader
+	// first (an election).
+	noLeader int
 	state string // in the gossip ("" is alive)
 
 	mu       sync.Mutex
@@ -84,6 +88,13 @@ func (nd *fakeNode) release() {
 // Cluster (routesapi.Cluster) as seen from nd.
 
 func (nd *fakeNode) Apply(ctx context.Context, c routing.Command) error {
+	nd.mu.Lock()
+	if nd.noLeader > 0 {
+		nd.noLeader--
+		nd.mu.Unlock()
+		return cluster.ErrNoLeader
+	}
+	nd.mu.Unlock()
 	b, err := c.Encode()
 	if err != nil {
 		return err
@@ -378,4 +389,36 @@ func mustJSON(v any) []byte {
 		panic(err)
 	}
 	return b
+}
+
+// A bulk import outlives an election: a batch that met no leader is
+// tried again (up to three times), and every user lands.
+func TestImportRetriesAcrossElection(t *testing.T) {
+	var n fakeNet
+	nd := n.add("n1")
+	base := serveAPI(t, nd)
+	if code, body := call(t, base, "PUT", "/v1/backends/b1", `{"host": "10.0.0.1", "imap_port": 143}`); code != 200 {
+		t.Fatalf("backend: %d %s", code, body)
+	}
+	var popmap strings.Builder
+	for i := 0; i < 2*importBatch+10; i++ {
+		fmt.Fprintf(&popmap, "user%d: b1\n", i)
+	}
+	req, _ := json.Marshal(map[string]string{"format": "popmap", "data": popmap.String()})
+	nd.mu.Lock()
+	nd.noLeader = 3
+	nd.mu.Unlock()
+	if code, body := call(t, base, "POST", "/v1/import", string(req)); code != 200 {
+		t.Fatalf("import across an election: %d %s", code, body)
+	}
+	if _, _, users, _ := nd.fsm.Table().Len(); users != 2*importBatch+10 {
+		t.Fatalf("%d users imported", users)
+	}
+	// An election that outlasts the retries is reported, as 503.
+	nd.mu.Lock()
+	nd.noLeader = 4
+	nd.mu.Unlock()
+	if code, body := call(t, base, "POST", "/v1/import", string(req)); code != 503 || !strings.Contains(body, "after 0 of") {
+		t.Fatalf("import without a leader: %d %s", code, body)
+	}
 }

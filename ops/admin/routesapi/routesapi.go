@@ -325,7 +325,14 @@ func (d *api) importRoutes(w http.ResponseWriter, r *http.Request) {
 	done := 0
 	for done < len(routes) {
 		end := min(done+importBatch, len(routes))
-		if err := d.Cluster.Apply(ctx, routing.Command{Type: routing.CmdPutUsers, Users: routes[done:end]}); err != nil {
+		err := d.Cluster.Apply(ctx, routing.Command{Type: routing.CmdPutUsers, Users: routes[done:end]})
+		// A bulk import outlives elections: a batch that found no leader
+		// (each Apply waits an election out) is tried again, up to three
+		// times; batches are idempotent.
+		for retry := 0; errors.Is(err, cluster.ErrNoLeader) && retry < 3 && ctx.Err() == nil; retry++ {
+			err = d.Cluster.Apply(ctx, routing.Command{Type: routing.CmdPutUsers, Users: routes[done:end]})
+		}
+		if err != nil {
 			admin.Error(w, statusOf(err), fmt.Sprintf("after %d of %d users: %v", done, len(routes), err))
 			return
 		}
