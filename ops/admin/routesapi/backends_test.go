@@ -31,15 +31,15 @@ type fakeNet struct {
 }
 
 type fakeNode struct {
-	net   *fakeNet
-	name  string
-	fsm   *routing.FSM
-	rpcs  map[string]cluster.RPCFunc
-	down  bool   // CallEach cannot reach it
+	net  *fakeNet
+	name string
+	fsm  *routing.FSM
+	rpcs map[string]cluster.RPCFunc
+	down bool // CallEach cannot reach it
 	// noLeader: this many Apply calls fail with cluster.ErrNoLeader
 	// first (an election).
 	noLeader int
-	state string // in the gossip ("" is alive)
+	state    string // in the gossip ("" is alive)
 
 	mu       sync.Mutex
 	lagging  bool        // writes are held back ...
