@@ -135,6 +135,7 @@ func (t *Table) clone() *Table {
 		users:       t.users,
 		domains:     make(map[string]string, len(t.domains)+1),
 		defaultPool: t.defaultPool,
+		hashKey:     t.hashKey,
 		seed:        t.seed,
 	}
 	for k, v := range t.backends {
@@ -269,7 +270,7 @@ func (t *Table) WithoutUsers(users []string) *Table {
 
 // WithDomain returns a table routing @domain to pool.
 func (t *Table) WithDomain(domain, pool string) (*Table, error) {
-	domain = NormalizeUser(strings.TrimPrefix(domain, "@"))
+	domain = normalDomain(domain)
 	if domain == "" || strings.ContainsAny(domain, "@ \x00\r\n") || len(domain) > 255 {
 		return nil, invalid("bad domain %q", domain)
 	}
@@ -283,7 +284,7 @@ func (t *Table) WithDomain(domain, pool string) (*Table, error) {
 
 // WithoutDomain returns a table without the domain rule (idempotent).
 func (t *Table) WithoutDomain(domain string) *Table {
-	domain = NormalizeUser(strings.TrimPrefix(domain, "@"))
+	domain = normalDomain(domain)
 	if _, ok := t.domains[domain]; !ok {
 		return t
 	}
