@@ -8,7 +8,9 @@ import (
 )
 
 func TestRoutesHashKeyAndMasterSeparator(t *testing.T) {
-	with := func(extra string) string { return strings.Replace(good, "  default_pool: main\n", "  default_pool: main\n"+extra, 1) }
+	with := func(extra string) string {
+		return strings.Replace(good, "  default_pool: main\n", "  default_pool: main\n"+extra, 1)
+	}
 	c, err := Parse([]byte(good))
 	if err != nil {
 		t.Fatal(err)
