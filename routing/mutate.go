@@ -244,13 +244,15 @@ type UserRoute struct {
 func (t *Table) WithUsers(routes []UserRoute) (*Table, error) {
 	puts := make(map[string]Target, len(routes))
 	for _, r := range routes {
-		if !validUser(r.User) {
+		// The key too: lower case, NFC and IDNA can make a name longer.
+		key := NormalizeUser(r.User)
+		if !validUser(r.User) || !validUser(key) {
 			return nil, invalid("bad user name %q", r.User)
 		}
 		if err := t.checkTarget(r.Target); err != nil {
 			return nil, fmt.Errorf("user %s: %w", r.User, err)
 		}
-		puts[NormalizeUser(r.User)] = r.Target
+		puts[key] = r.Target
 	}
 	n := *t
 	n.users = t.users.update(puts, nil)

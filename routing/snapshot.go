@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
+	"unicode/utf8"
 )
 
 // Snapshot format (version 1):
@@ -173,7 +175,10 @@ func readSnapshot(r io.Reader) (*Table, *uint64, error) {
 		default:
 			return nil, nil, fmt.Errorf("routing snapshot: user %d: bad kind %d", i, kind)
 		}
-		if !validUser(u) {
+		// Not validUser's 512 bytes: a key may be longer than the name
+		// it was made from (a table of an older version may hold one);
+		// readS bounds it.
+		if u == "" || !utf8.ValidString(u) || strings.ContainsAny(u, "\x00\r\n") {
 			return nil, nil, fmt.Errorf("routing snapshot: user %d: bad name %q", i, u)
 		}
 		if err := t.checkTarget(tg); err != nil {

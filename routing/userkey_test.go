@@ -443,3 +443,31 @@ func FuzzNormalizeUser(f *testing.F) {
 		}
 	})
 }
+
+// A key can be longer than the name it was made from ("Ⱥ", 2 bytes, is
+// "ⱥ", 3 bytes, in lower case): a name whose key is too long is refused,
+// and a table holding a long key (an older version let one in) still
+// restores from its snapshot.
+func TestLongKeys(t *testing.T) {
+	tbl := testTable(t, false)
+	if _, err := tbl.WithUsers([]UserRoute{{User: strings.Repeat("Ⱥ", 256), Target: Target{Backend: "a"}}}); err == nil {
+		t.Error("a name of 512 bytes whose key has 768 was accepted")
+	}
+	n, err := tbl.WithUsers([]UserRoute{{User: strings.Repeat("Ⱥ", 170), Target: Target{Backend: "a"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := n.clone()
+	old.users = n.users.update(map[string]Target{strings.Repeat("ⱥ", 256): {Backend: "b"}}, nil)
+	var buf bytes.Buffer
+	if err := WriteSnapshot(&buf, old); err != nil {
+		t.Fatal(err)
+	}
+	back, err := ReadSnapshot(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tg, ok := back.UserRoute(strings.Repeat("Ⱥ", 256)); !ok || tg.Backend != "b" {
+		t.Errorf("long key after restore: %+v %v", tg, ok)
+	}
+}
