@@ -24,6 +24,7 @@ const (
 	CmdSetDefaultPool CommandType = 9
 	CmdPatchBackend   CommandType = 10 // some fields of one backend (BackendPatch)
 	CmdSeed           CommandType = 11 // a configuration file's routing section (Seed)
+	CmdSetHashKey     CommandType = 12 // the part of user names pools hash on (Target: HashKey)
 )
 
 // CommandLevel is the newest command type this binary applies; nodes
@@ -32,7 +33,7 @@ const (
 // otherwise), so an older node in a rolling upgrade never meets a type it
 // does not know. BaseCommandLevel is what every Portico release applies.
 const (
-	CommandLevel     = CmdSeed
+	CommandLevel     = CmdSetHashKey
 	BaseCommandLevel = CmdSetDefaultPool
 )
 
@@ -60,6 +61,8 @@ func (t CommandType) String() string {
 		return "patch-backend"
 	case CmdSeed:
 		return "seed"
+	case CmdSetHashKey:
+		return "set-hash-key"
 	}
 	return fmt.Sprintf("unknown(%d)", byte(t))
 }
@@ -79,7 +82,7 @@ type Command struct {
 	Users   []UserRoute   `json:",omitempty"`
 	Names   []string      `json:",omitempty"` // ids / names / users / domains to delete
 	Domain  string        `json:",omitempty"`
-	Target  string        `json:",omitempty"` // pool of a domain rule; default pool
+	Target  string        `json:",omitempty"` // pool of a domain rule; default pool; hash key
 	Patch   *BackendPatch `json:",omitempty"`
 	Seed    *Seed         `json:",omitempty"`
 }
@@ -187,6 +190,11 @@ func (t *Table) Apply(c Command) (*Table, error) {
 			return nil, invalid("seed without seed")
 		}
 		return t.WithSeed(*c.Seed)
+	case CmdSetHashKey:
+		if c.Target == "" {
+			return nil, invalid("set-hash-key without a key")
+		}
+		return t.WithHashKey(HashKey(c.Target))
 	}
 	return nil, fmt.Errorf("%w: type %d", ErrUnknownCommand, byte(c.Type))
 }

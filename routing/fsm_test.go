@@ -26,6 +26,7 @@ func canon(t *Table) string {
 		fmt.Fprintf(&b, "D %s %s\n", d, t.domains[d])
 	}
 	fmt.Fprintf(&b, "default %s\n", t.defaultPool)
+	fmt.Fprintf(&b, "hash key %s\n", t.HashKey())
 	for _, u := range t.UserRoutes("", "", 0) {
 		fmt.Fprintf(&b, "U %s %+v\n", u.User, u.Target)
 	}
@@ -37,7 +38,7 @@ func randomCommand(r *rand.Rand) Command {
 	id := func() string { return fmt.Sprintf("b%d", r.IntN(6)) }
 	pool := func() string { return fmt.Sprintf("p%d", r.IntN(4)) }
 	user := func() string { return fmt.Sprintf("u%d@d%d.example", r.IntN(50), r.IntN(3)) }
-	switch r.IntN(11) {
+	switch r.IntN(12) {
 	case 0:
 		return Command{Type: CmdPutBackend, Backend: &Backend{ID: id(), Host: "10.0.0.1", IMAPPort: 143 + r.IntN(3), Weight: r.IntN(3)}}
 	case 1:
@@ -77,6 +78,8 @@ func randomCommand(r *rand.Rand) Command {
 			s.Users = []UserRoute{{User: user(), Target: Target{Backend: b.ID}}}
 		}
 		return Command{Type: CmdSeed, Seed: &s}
+	case 10:
+		return Command{Type: CmdSetHashKey, Target: string([]HashKey{HashAddress, HashLocal, HashDomain}[r.IntN(3)])}
 	default:
 		return Command{Type: CmdSetDefaultPool, Target: pool()}
 	}
@@ -322,6 +325,7 @@ func FuzzDecodeCommand(f *testing.F) {
 		{Type: CmdPutBackend, Backend: &Backend{ID: "a", Host: "h", IMAPPort: 1}},
 		{Type: CmdPutUsers, Users: []UserRoute{{User: "u", Target: Target{Pool: "p"}}}},
 		{Type: CmdDeleteDomain, Names: []string{"x"}},
+		{Type: CmdSetHashKey, Target: "domain"},
 	} {
 		b, _ := c.Encode()
 		f.Add(b)

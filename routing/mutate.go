@@ -135,6 +135,7 @@ func (t *Table) clone() *Table {
 		users:       t.users,
 		domains:     make(map[string]string, len(t.domains)+1),
 		defaultPool: t.defaultPool,
+		hashKey:     t.hashKey,
 		seed:        t.seed,
 	}
 	for k, v := range t.backends {
@@ -243,13 +244,15 @@ type UserRoute struct {
 func (t *Table) WithUsers(routes []UserRoute) (*Table, error) {
 	puts := make(map[string]Target, len(routes))
 	for _, r := range routes {
-		if !validUser(r.User) {
+		// The key too: lower case, NFC and IDNA can make a name longer.
+		key := NormalizeUser(r.User)
+		if !validUser(r.User) || !validUser(key) {
 			return nil, invalid("bad user name %q", r.User)
 		}
 		if err := t.checkTarget(r.Target); err != nil {
 			return nil, fmt.Errorf("user %s: %w", r.User, err)
 		}
-		puts[NormalizeUser(r.User)] = r.Target
+		puts[key] = r.Target
 	}
 	n := *t
 	n.users = t.users.update(puts, nil)
@@ -269,7 +272,7 @@ func (t *Table) WithoutUsers(users []string) *Table {
 
 // WithDomain returns a table routing @domain to pool.
 func (t *Table) WithDomain(domain, pool string) (*Table, error) {
-	domain = NormalizeUser(strings.TrimPrefix(domain, "@"))
+	domain = normalDomain(domain)
 	if domain == "" || strings.ContainsAny(domain, "@ \x00\r\n") || len(domain) > 255 {
 		return nil, invalid("bad domain %q", domain)
 	}
@@ -283,7 +286,7 @@ func (t *Table) WithDomain(domain, pool string) (*Table, error) {
 
 // WithoutDomain returns a table without the domain rule (idempotent).
 func (t *Table) WithoutDomain(domain string) *Table {
-	domain = NormalizeUser(strings.TrimPrefix(domain, "@"))
+	domain = normalDomain(domain)
 	if _, ok := t.domains[domain]; !ok {
 		return t
 	}

@@ -5,7 +5,9 @@
 // lookup takes no lock and a change (a configuration reload, a raft apply
 // in FSM) never blocks logins: it builds a new Table and swaps the pointer.
 //
-// Resolution order for a user name (compared case-insensitively):
+// User names are compared and hashed in their canonical form
+// (NormalizeUser: lower case, NFC, the domain in IDNA ASCII form).
+// Resolution order for a user name:
 //  1. an exact user rule ("alice@example.com" -> backend or pool),
 //  2. a domain rule ("@example.com" -> pool), for the part after the last '@',
 //  3. the default pool.
@@ -14,6 +16,8 @@
 // rendezvous (highest random weight) hashing over the pool's active
 // backends, so all of one user's sessions meet on one server (Dovecot
 // director semantics) and removing a backend moves only its own users.
+// The table's HashKey says whether the whole name, its local part or its
+// domain is hashed (director_username_hash).
 //
 // The hash's choice changes when the pool does (a backend comes back up,
 // weights change, a member is added). In a shared_storage pool an Affinity
@@ -184,6 +188,9 @@ type Table struct {
 	users       *userMap
 	domains     map[string]string // domain -> pool
 	defaultPool string
+	// hashKey: the part of a user's name pools hash on ("" is
+	// HashAddress).
+	hashKey HashKey
 	// seed records what the configuration file named at the last seed
 	// (WithSeed); nil if the table was never seeded.
 	seed *seedRecord
@@ -196,10 +203,12 @@ type TableSpec struct {
 	Users       map[string]Target // user -> target
 	Domains     map[string]string // domain (without '@') -> pool
 	DefaultPool string
+	HashKey     HashKey // "" is HashAddress
 }
 
 // NewTable validates spec and builds an immutable table.
 func NewTable(spec TableSpec) (*Table, error) {
+	var err error
 	t := &Table{
 		backends: make(map[string]*Backend, len(spec.Backends)),
 		pools:    make(map[string]*Pool, len(spec.Pools)),
@@ -226,7 +235,6 @@ func NewTable(spec TableSpec) (*Table, error) {
 		p.Backends = append([]string(nil), p.Backends...)
 		t.pools[p.Name] = &p
 	}
-	puts := make(map[string]Target, len(spec.Users))
 	for u, tgt := range spec.Users {
 		if err := t.checkTarget(tgt); err != nil {
 			return nil, fmt.Errorf("user %q: %w", u, err)
@@ -234,11 +242,12 @@ func NewTable(spec TableSpec) (*Table, error) {
 		if u == "" {
 			return nil, errors.New("empty user name")
 		}
-		puts[NormalizeUser(u)] = tgt
 	}
-	t.users = (*userMap)(nil).update(puts, nil)
-	for d, pool := range spec.Domains {
-		d = NormalizeUser(strings.TrimPrefix(d, "@"))
+	// Two names of one user (configuration validation refuses them; a
+	// snapshot of an older version may hold them): one rule, the same on
+	// every node.
+	t.users = (*userMap)(nil).update(canonicalKeys(spec.Users, NormalizeUser), nil)
+	for d, pool := range canonicalKeys(spec.Domains, normalDomain) {
 		if t.pools[pool] == nil {
 			return nil, fmt.Errorf("domain %q: unknown pool %q", d, pool)
 		}
@@ -248,6 +257,9 @@ func NewTable(spec TableSpec) (*Table, error) {
 		return nil, fmt.Errorf("default pool %q: unknown pool", spec.DefaultPool)
 	}
 	t.defaultPool = spec.DefaultPool
+	if t.hashKey, err = ParseHashKey(string(spec.HashKey)); err != nil {
+		return nil, err
+	}
 	return t, nil
 }
 
@@ -257,17 +269,6 @@ func (t *Table) Backend(id string) *Backend { return t.backends[id] }
 // Len returns the number of backends, pools, user rules and domain rules.
 func (t *Table) Len() (backends, pools, users, domains int) {
 	return len(t.backends), len(t.pools), t.users.len(), len(t.domains)
-}
-
-// NormalizeUser returns the form user names are compared in.
-func NormalizeUser(u string) string {
-	for i := 0; i < len(u); i++ {
-		c := u[i]
-		if c >= 0x80 || ('A' <= c && c <= 'Z') {
-			return strings.ToLower(u)
-		}
-	}
-	return u
 }
 
 // Lookup resolves req against the table. down, if not nil, reports backends
@@ -326,7 +327,7 @@ func (t *Table) pick(poolName, user string, proto Protocol, down HealthFunc, aff
 	p := t.pools[poolName]
 	var best, bestUp *Backend
 	bestScore, bestUpScore := math.Inf(-1), math.Inf(-1)
-	uh := hashString(user)
+	uh := hashString(t.hashKey.Of(user))
 	for _, id := range p.Backends {
 		b := t.backends[id]
 		if b.State != StateActive || b.Port(proto) == 0 {

@@ -78,13 +78,11 @@ func recordOf(s Seed) *seedRecord {
 	for _, u := range s.Users {
 		r.users[NormalizeUser(u.User)] = u.Target
 	}
-	for d, p := range s.Domains {
-		r.domains[normalDomain(d)] = p
-	}
+	r.domains = canonicalKeys(s.Domains, normalDomain)
 	return r
 }
 
-func normalDomain(d string) string { return NormalizeUser(strings.TrimPrefix(d, "@")) }
+func normalDomain(d string) string { return NormalizeDomain(strings.TrimPrefix(d, "@")) }
 
 // Seeded returns the record of the last seed (empty if the table was never
 // seeded), sorted.

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
+	"unicode/utf8"
 )
 
 // Snapshot format (version 1):
@@ -39,6 +41,10 @@ type snapHeader struct {
 	// (Table.WithSeed). Older snapshots lack it (the next seed writes the
 	// file's entries as new ones); older versions ignore it.
 	Seeded *Seed `json:"seeded,omitempty"`
+	// HashKey is the table's hash key when it is not the default
+	// (address). Only a command that every node knows sets it
+	// (CmdSetHashKey), so no older version reads a snapshot holding it.
+	HashKey HashKey `json:"hash_key,omitempty"`
 }
 
 // WriteSnapshot writes t in the snapshot format (without an index).
@@ -49,6 +55,9 @@ func writeSnapshot(w io.Writer, t *Table, index *uint64) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
 	bw.WriteString(snapshotMagic)
 	hdr := snapHeader{Backends: t.Backends(), Pools: t.Pools(), Domains: t.domains, DefaultPool: t.defaultPool, Index: index}
+	if t.hashKey != HashAddress {
+		hdr.HashKey = t.hashKey
+	}
 	if t.seed != nil {
 		seeded := t.Seeded()
 		hdr.Seeded = &seeded
@@ -103,7 +112,7 @@ func readSnapshot(r io.Reader) (*Table, *uint64, error) {
 	if err := json.Unmarshal(hb, &h); err != nil {
 		return nil, nil, fmt.Errorf("routing snapshot: header: %w", err)
 	}
-	spec := TableSpec{Domains: h.Domains, DefaultPool: h.DefaultPool}
+	spec := TableSpec{Domains: h.Domains, DefaultPool: h.DefaultPool, HashKey: h.HashKey}
 	for _, b := range h.Backends {
 		if b != nil {
 			spec.Backends = append(spec.Backends, *b)
@@ -135,6 +144,11 @@ func readSnapshot(r io.Reader) (*Table, *uint64, error) {
 		return nil, nil, fmt.Errorf("routing snapshot: %w", err)
 	}
 	users := &userMap{}
+	// Keys written by a version whose canonical form was another (before
+	// NFC and IDNA) are stored under today's; two of them that are now one
+	// key keep one rule, decided by the names alone (preferKey) so that
+	// every node restoring this snapshot keeps the same.
+	var migrated map[string]string // canonical key -> the key it was read as
 	per := int(min(n, 1<<24) / userShards)
 	for i := range users.shards {
 		users.shards[i] = make(map[string]Target, per+per/8)
@@ -161,17 +175,39 @@ func readSnapshot(r io.Reader) (*Table, *uint64, error) {
 		default:
 			return nil, nil, fmt.Errorf("routing snapshot: user %d: bad kind %d", i, kind)
 		}
-		if !validUser(u) || u != NormalizeUser(u) {
+		// Not validUser's 512 bytes: a key may be longer than the name
+		// it was made from (a table of an older version may hold one);
+		// readS bounds it.
+		if u == "" || !utf8.ValidString(u) || strings.ContainsAny(u, "\x00\r\n") {
 			return nil, nil, fmt.Errorf("routing snapshot: user %d: bad name %q", i, u)
 		}
 		if err := t.checkTarget(tg); err != nil {
 			return nil, nil, fmt.Errorf("routing snapshot: user %s: %w", u, err)
 		}
-		sh := users.shards[shardOf(u)]
-		if _, dup := sh[u]; !dup {
+		key := NormalizeUser(u)
+		sh := users.shards[shardOf(key)]
+		_, dup := sh[key]
+		if key != u || dup && migrated[key] != "" {
+			if migrated == nil {
+				migrated = map[string]string{}
+			}
+			prev, was := migrated[key]
+			if !was && dup {
+				prev = key // the canonical key itself was read before
+			}
+			if dup && !preferKey(key, u, prev) {
+				continue
+			}
+			if key == u {
+				delete(migrated, key)
+			} else {
+				migrated[key] = u
+			}
+		}
+		if !dup {
 			users.n++
 		}
-		sh[u] = tg
+		sh[key] = tg
 	}
 	t.users = users
 	if h.Seeded != nil {

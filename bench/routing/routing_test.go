@@ -1,5 +1,6 @@
-// Package routing_test measures the routing table at scale: lookups, an
-// apply at 1,000,000 users, snapshot size and restore time.
+// Package routing_test measures the routing table at scale: lookups (of
+// ASCII and Unicode names), the user-name normaliser, an apply at
+// 1,000,000 users, snapshot size and restore time.
 //
 //	go test -run=^$ -bench=. -benchmem ./bench/routing/
 package routing_test
@@ -62,6 +63,36 @@ func BenchmarkLookup(b *testing.B) {
 				if _, err := t.Lookup(routing.Request{User: "someone@example.com", Protocol: routing.IMAP}, nil); err != nil {
 					b.Fatal(err)
 				}
+			}
+		})
+		// A name that is not plain ASCII: made canonical (lower case,
+		// NFC, IDNA) before the lookup, then hashed in the default pool.
+		b.Run(fmt.Sprintf("unicode-default-pool/%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				if _, err := t.Lookup(routing.Request{User: "BÜCHER@Exämple.org", Protocol: routing.IMAP}, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkNormalizeUser: the canonical key of login names (every lookup
+// starts with it).
+func BenchmarkNormalizeUser(b *testing.B) {
+	for _, c := range []struct{ name, user string }{
+		{"ascii-lower", "user4242@example.net"},
+		{"ascii-upper", "User4242@Example.NET"},
+		{"unicode-local", "müller@example.net"},
+		{"unicode-domain", "BÜCHER@Exämple.org"},
+		{"unicode-nfd", "BU\u0308CHER@EXA\u0308MPLE.ORG"},
+		{"unicode-punycode", "bücher@xn--exmple-cua.org"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = routing.NormalizeUser(c.user)
 			}
 		})
 	}

@@ -287,6 +287,9 @@ func routeLookup(fs *flag.FlagSet) func([]string) error {
 			fmt.Printf("%s -> %s (%s) via %s rule", r["user"], r["backend"], r["address"], r["rule"])
 			if p, _ := r["pool"].(string); p != "" {
 				fmt.Printf(", pool %s", p)
+				if k, _ := r["hash_key"].(string); k != "" && k != string(routing.HashAddress) {
+					fmt.Printf(" hashed on the %s", k)
+				}
 			}
 			fmt.Println()
 			return nil

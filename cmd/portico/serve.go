@@ -23,7 +23,8 @@ func init() {
 			"SIGUSR2 starts an in-place upgrade to the binary now at the same path."})
 	register(&command{name: "check-config", summary: "validate a configuration file and exit", setup: setupCheckConfig,
 		about: "Checks the file as serve would (certificates, routing table) without serving; " +
-			"problems are reported with their line."})
+			"problems are reported with their line. Settings that decide where users land and must be the same " +
+			"on every node (routes.hash_key, routes.master_user_separator) are noted."})
 	register(&command{name: "proxy", summary: "run a proxy for one backend without a configuration file", setup: setupProxy,
 		about: "Listeners and backends are URLs with the schemes curl uses: --from imap://ADDR, imaps://, " +
 			"pop3://, pop3s://; --to imap://HOST:PORT and so on. Each --from protocol goes to the --to of the same protocol."})
@@ -86,6 +87,10 @@ func setupCheckConfig(fs *flag.FlagSet) func([]string) error {
 		}
 		for _, w := range cfg.Warnings() {
 			fmt.Fprintf(os.Stderr, "%s: warning: %s\n", path, w)
+		}
+		// Settings that decide where users land: every node must agree.
+		for _, n := range cfg.SameOnEveryNode() {
+			fmt.Printf("%s: note: %s\n", path, n)
 		}
 		fmt.Printf("%s: OK (%d listeners, %d backends, %d pools)\n", path, len(cfg.Listeners), len(cfg.Backends), len(cfg.Pools))
 		return nil

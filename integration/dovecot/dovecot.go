@@ -113,6 +113,13 @@ type Options struct {
 	// HAProxy makes every listener require a PROXY protocol header (v1 or v2)
 	// from clients in 127.0.0.0/8.
 	HAProxy bool
+	// MasterUsers maps master user names to passwords (a passdb with
+	// master = yes): "user*master" with the master's password logs in to
+	// user's mailbox, and so does SASL PLAIN with authorization identity
+	// user, authentication identity master. MasterSeparator is Dovecot's
+	// auth_master_user_separator; default "*" when MasterUsers is set.
+	MasterUsers     map[string]string
+	MasterSeparator string
 	// ExtraConfig is appended verbatim to the generated dovecot.conf.
 	ExtraConfig string
 	// StartTimeout bounds the wait for the listeners; default 10 s.
@@ -387,6 +394,27 @@ func startOnce(opts Options) (s *Server, err error) {
 	if err := os.WriteFile(filepath.Join(dir, "users"), users.Bytes(), 0o644); err != nil {
 		return nil, fmt.Errorf("dovecot: %w", err)
 	}
+	if len(opts.MasterUsers) > 0 {
+		var masters bytes.Buffer
+		names := make([]string, 0, len(opts.MasterUsers))
+		for u := range opts.MasterUsers {
+			names = append(names, u)
+		}
+		sort.Strings(names)
+		for _, u := range names {
+			if u == "" || strings.ContainsAny(u, ":\n\r\t /") {
+				return nil, fmt.Errorf("dovecot: invalid master user name %q", u)
+			}
+			hash, err := hashPassword(emptyConf, opts.MasterUsers[u])
+			if err != nil {
+				return nil, err
+			}
+			fmt.Fprintf(&masters, "%s:%s\n", u, hash)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "master-users"), masters.Bytes(), 0o644); err != nil {
+			return nil, fmt.Errorf("dovecot: %w", err)
+		}
+	}
 
 	conf := renderConfig(s, opts, uid)
 	if err := os.WriteFile(s.ConfigFile, []byte(conf), 0o644); err != nil {
@@ -440,6 +468,18 @@ func renderConfig(s *Server, opts Options, uid int) string {
 	w("mail_max_userip_connections = 1000")
 	if opts.HAProxy {
 		w("haproxy_trusted_networks = %s", trusted)
+	}
+	if len(opts.MasterUsers) > 0 {
+		sep := opts.MasterSeparator
+		if sep == "" {
+			sep = "*"
+		}
+		w("auth_master_user_separator = %s", sep)
+		w("passdb {")
+		w("  driver = passwd-file")
+		w("  master = yes")
+		w("  args = scheme=SHA512-CRYPT %s/master-users", dir)
+		w("}")
 	}
 	w("passdb {")
 	w("  driver = passwd-file")

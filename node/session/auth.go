@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/portico-mail/portico/node/netx"
@@ -22,14 +23,49 @@ type Credentials struct {
 // Len is how many bytes the credentials take; Limits.MaxLiteral bounds it.
 func (c Credentials) Len() int { return len(c.AuthzID) + len(c.User) + len(c.Password) }
 
-// RouteUser is the user whose mailbox the session will open: the
-// authorization identity when one was given (e.g. a master user logging in
-// as someone else), else the authentication identity.
-func (c Credentials) RouteUser() string {
+// RouteUser is the user whose mailbox the session will open, which the
+// routing table is asked about: the SASL authorization identity when one
+// was given (a master user or an administrator logging in as someone
+// else), else, with a master-user separator (masterSep, Dovecot's
+// auth_master_user_separator; "" for none), the part of "user*master"
+// before it, else the login name. The backend is still sent the
+// credentials as the client gave them: it checks the master's password.
+func (c Credentials) RouteUser(masterSep string) string {
 	if c.AuthzID != "" {
 		return c.AuthzID
 	}
+	if user, _, ok := splitMaster(c.User, masterSep); ok {
+		return user
+	}
 	return c.User
+}
+
+// AuthUser is the identity whose password the backend checks: the master
+// user of "user*master" (with masterSep), else the authentication
+// identity (with a SASL authorization identity too, the authentication
+// identity is the one that logs in). The failed-login throttle counts per
+// AuthUser, so that guesses at a master's password are counted together
+// whatever user they name.
+func (c Credentials) AuthUser(masterSep string) string {
+	if c.AuthzID == "" {
+		if _, master, ok := splitMaster(c.User, masterSep); ok {
+			return master
+		}
+	}
+	return c.User
+}
+
+// splitMaster splits "user*master" at the first sep (as Dovecot does). A
+// name without sep, or with nothing on one side of it, is no master login.
+func splitMaster(name, sep string) (user, master string, ok bool) {
+	if sep == "" {
+		return "", "", false
+	}
+	i := strings.Index(name, sep)
+	if i <= 0 || i+len(sep) >= len(name) {
+		return "", "", false
+	}
+	return name[:i], name[i+len(sep):], true
 }
 
 // Attempt is one login attempt, as seen by a Director.
@@ -118,7 +154,7 @@ type RouteDirector struct{ Router routing.Router }
 
 // Direct implements Director.
 func (d RouteDirector) Direct(_ context.Context, a *Attempt) (*Target, error) {
-	r, err := d.Router.Route(routing.Request{User: a.Creds.RouteUser(), Protocol: a.Client.Listener.Protocol})
+	r, err := d.Router.Route(routing.Request{User: a.Creds.RouteUser(a.Client.Env.MasterSeparator()), Protocol: a.Client.Listener.Protocol})
 	switch {
 	case errors.Is(err, routing.ErrNoRoute):
 		// Do not tell the client the user does not exist.
@@ -147,7 +183,10 @@ const (
 
 // LoginEvent describes a finished attempt (for logs and metrics).
 type LoginEvent struct {
-	User      string
+	User string // whose mailbox (Credentials.RouteUser)
+	// Login is the name that logged in when it is not User (a master
+	// user, a SASL authentication identity acting for User); "" else.
+	Login     string
 	BackendID string
 	Result    Result
 	Latency   time.Duration
@@ -198,11 +237,12 @@ func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogi
 	th := c.Env.Throttle
 	var out Outcome
 	var pend ThrottleAttempt
+	sep := c.Env.MasterSeparator()
 	if th != nil {
 		// Waiting for attempts in flight is bounded like a backend
 		// dialogue.
 		wctx, cancel := context.WithTimeout(ctx, lim.BackendTimeout)
-		p, scope := th.Begin(wctx, c.Remote.Addr(), creds.User)
+		p, scope := th.Begin(wctx, c.Remote.Addr(), creds.AuthUser(sep))
 		cancel()
 		if scope != "" {
 			// Refused before any authentication source is asked.
@@ -218,7 +258,10 @@ func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogi
 	if out.Result == "" {
 		out = c.login(ctx, lim.BackendTimeout, creds, login)
 	}
-	ev := LoginEvent{User: creds.RouteUser(), Result: out.Result, Latency: time.Since(start), Connect: out.Connect, Err: out.Err}
+	ev := LoginEvent{User: creds.RouteUser(sep), Result: out.Result, Latency: time.Since(start), Connect: out.Connect, Err: out.Err}
+	if creds.User != ev.User {
+		ev.Login = creds.User
+	}
 	if out.Handoff != nil {
 		ev.BackendID = out.Handoff.BackendID
 	}
@@ -322,7 +365,7 @@ func (c *Client) login(ctx context.Context, timeout time.Duration, creds Credent
 		Connect: connect,
 		Reply:   reply,
 		Handoff: &Handoff{
-			Client: c, Backend: be, User: creds.RouteUser(),
+			Client: c, Backend: be, User: creds.RouteUser(c.Env.MasterSeparator()),
 			BackendID: t.Backend.ID, BackendAt: t.Backend.Addr(c.Listener.Protocol),
 			SharedStorage: t.SharedStorage, Steered: t.Steered,
 		},
@@ -350,7 +393,11 @@ func (c *Client) logLogin(ev LoginEvent) {
 		attrs = append(attrs, "node", c.Env.Node)
 	}
 	attrs = append(attrs, "listener", c.Listener.Name, "protocol", string(c.Listener.Protocol),
-		"client", c.Remote.String(), "user", ev.User, "result", string(ev.Result),
+		"client", c.Remote.String(), "user", ev.User)
+	if ev.Login != "" {
+		attrs = append(attrs, "login", ev.Login)
+	}
+	attrs = append(attrs, "result", string(ev.Result),
 		"latency", ev.Latency.Round(time.Microsecond))
 	if ev.BackendID != "" {
 		attrs = append(attrs, "backend", ev.BackendID)

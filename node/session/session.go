@@ -127,6 +127,27 @@ type Env struct {
 	// Affinity, if set, is told of every relayed session whose backend was
 	// chosen from a shared_storage pool (node/affinity).
 	Affinity Affinity
+
+	// masterSep is the master-user separator (SetMasterSeparator).
+	masterSep atomic.Pointer[string]
+}
+
+// SetMasterSeparator sets the master-user separator: a login "user*master"
+// (sep "*") is routed to user's backend (Credentials.RouteUser). "" (the
+// default) switches master logins off: the name is routed as it is. Safe
+// while sessions run (a reload).
+func (e *Env) SetMasterSeparator(sep string) { e.masterSep.Store(&sep) }
+
+// MasterSeparator returns the master-user separator ("" for none, also on
+// a nil Env).
+func (e *Env) MasterSeparator() string {
+	if e == nil {
+		return ""
+	}
+	if p := e.masterSep.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // Affinity keeps the users of shared_storage pools on the backend their

@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/portico-mail/portico/node"
+	"github.com/portico-mail/portico/routing"
 )
 
 // Config is the whole file.
@@ -151,6 +153,15 @@ type Routes struct {
 	Users       map[string]RouteTarget `yaml:"users"`
 	Domains     map[string]string      `yaml:"domains"` // domain -> pool
 	DefaultPool string                 `yaml:"default_pool"`
+	// HashKey: the part of a user's name a pool's hashing uses, address
+	// (default), local or domain (routing.HashKey). In a cluster it is a
+	// setting of the replicated table, written when a node starts or
+	// reloads with it set; unset leaves the table's as it is.
+	HashKey string `yaml:"hash_key"`
+	// MasterUserSeparator: a login "user*master" (with "*") is routed to
+	// user's backend (Dovecot's auth_master_user_separator); "" (default):
+	// no master logins. Every node's file should say the same.
+	MasterUserSeparator string `yaml:"master_user_separator"`
 }
 
 // RouteTarget names exactly one of a backend or a pool.
@@ -550,7 +561,69 @@ func (v *validator) routing() {
 	if c.Routes.DefaultPool != "" && !pools[c.Routes.DefaultPool] {
 		v.errf("routes.default_pool", "unknown pool %q", c.Routes.DefaultPool)
 	}
+	v.userKeys()
 	if c.Standalone && len(c.Routes.Users) == 0 && len(c.Routes.Domains) == 0 && c.Routes.DefaultPool == "" {
 		v.errf("routes", "no routes: set routes.default_pool, routes.domains or routes.users")
 	}
+}
+
+// userKeys checks what decides users' keys: the hash key, the master-user
+// separator, and that no two rules name one user (or domain) spelt two
+// ways ("Bücher@x" and "bücher@x": the rules would fight over one key).
+func (v *validator) userKeys() {
+	r := &v.c.Routes
+	if _, err := routing.ParseHashKey(r.HashKey); err != nil {
+		v.errf("routes.hash_key", "%q is not one of address, local, domain", r.HashKey)
+	}
+	if sep := r.MasterUserSeparator; sep != "" {
+		if len(sep) != 1 || sep[0] <= ' ' || sep[0] >= 0x7f || sep[0] == '@' ||
+			'a' <= sep[0] && sep[0] <= 'z' || 'A' <= sep[0] && sep[0] <= 'Z' || '0' <= sep[0] && sep[0] <= '9' {
+			v.errf("routes.master_user_separator", "%q: use one ASCII punctuation character other than '@' (Dovecot's default is \"*\")", sep)
+		}
+	}
+	same := func(what string, names []string, normalize func(string) string) {
+		seen := map[string]string{}
+		for _, n := range names {
+			k := normalize(n)
+			if prev, dup := seen[k]; dup {
+				a, b := prev, n
+				if b < a {
+					a, b = b, a
+				}
+				v.errf("routes."+what+"."+b, "the same as %q (both are %q once case, Unicode form and IDNA are made canonical): keep one", a, k)
+				continue
+			}
+			seen[k] = n
+		}
+	}
+	users := make([]string, 0, len(r.Users))
+	for u := range r.Users {
+		users = append(users, u)
+	}
+	domains := make([]string, 0, len(r.Domains))
+	for d := range r.Domains {
+		domains = append(domains, d)
+	}
+	sort.Strings(users)
+	sort.Strings(domains)
+	same("users", users, routing.NormalizeUser)
+	same("domains", domains, func(d string) string { return routing.NormalizeDomain(strings.TrimPrefix(d, "@")) })
+}
+
+// SameOnEveryNode lists, for check-config, the settings of this file that
+// decide where users land and so must agree between the nodes of a
+// cluster, each with what keeps them agreeing.
+func (c *Config) SameOnEveryNode() []string {
+	var out []string
+	if k := c.Routes.HashKey; k != "" {
+		how := "a setting of the replicated table: this node writes it when it starts or reloads, and every node hashes by it; a node whose file says otherwise writes its own when it starts"
+		if c.Standalone {
+			how = "this standalone node hashes by it; other nodes in front of the same backends must say the same"
+		}
+		out = append(out, fmt.Sprintf("routes.hash_key %s: pools hash on the %s of user names (%s)", k, map[string]string{"address": "whole address", "local": "local part", "domain": "domain"}[k], how))
+	}
+	if sep := c.Routes.MasterUserSeparator; sep != "" {
+		out = append(out, fmt.Sprintf("routes.master_user_separator %q: \"user%smaster\" is routed as user; every node's file must say the same, or a master login lands on different backends through different nodes", sep, sep))
+	}
+	return out
 }

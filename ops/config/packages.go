@@ -149,6 +149,7 @@ func (c *Config) RoutingSpec() routing.TableSpec {
 	}
 	spec.Domains = c.Routes.Domains
 	spec.DefaultPool = c.Routes.DefaultPool
+	spec.HashKey = routing.HashKey(c.Routes.HashKey)
 	return spec
 }
 

@@ -173,7 +173,7 @@ func (d *Daemon) tableLoaded() {
 func (d *Daemon) seed(ctx context.Context, cfg *config.Config) error {
 	s := routing.SeedOf(cfg.RoutingSpec())
 	if s.IsEmpty() {
-		return nil
+		return d.seedHashKey(ctx, cfg)
 	}
 	err := d.cluster.Apply(ctx, routing.Command{Type: routing.CmdSeed, Seed: &s})
 	if errors.Is(err, cluster.ErrUnsupported) {
@@ -181,13 +181,54 @@ func (d *Daemon) seed(ctx context.Context, cfg *config.Config) error {
 		// write the file as those versions do, until every node has the
 		// record.
 		d.Log.Warn("not every node knows seed commands yet: the configuration file's routes are written over the table's", "error", err)
-		return d.seedPuts(ctx, cfg)
+		if err := d.seedPuts(ctx, cfg); err != nil {
+			return err
+		}
+		return d.seedHashKey(ctx, cfg)
 	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", routing.CmdSeed, err)
 	}
 	d.Log.Info("routes from the configuration file written to the replicated table (a seed: only what the file changed since the last one)",
 		"backends", len(s.Backends), "pools", len(s.Pools), "users", len(s.Users), "domains", len(s.Domains))
+	return d.seedHashKey(ctx, cfg)
+}
+
+// seedHashKey writes the file's routes.hash_key into the replicated table,
+// where every node reads it: the part of user names pools hash on must be
+// the same on every node, or one user would land on different backends
+// through different nodes. A file without the key leaves the table's as
+// it is (like the file never deleting), so going back to the default
+// takes "hash_key: address". The command is idempotent: it is written at
+// every start and reload that names a key.
+func (d *Daemon) seedHashKey(ctx context.Context, cfg *config.Config) error {
+	cur := d.fsm.Table().HashKey()
+	if cfg.Routes.HashKey == "" {
+		if cur != routing.HashAddress {
+			d.Log.Info("the replicated table's pools hash on the "+string(cur)+" of user names (routes.hash_key of a node's configuration file); this file does not set it", "hash_key", cur)
+		}
+		return nil
+	}
+	want, err := routing.ParseHashKey(cfg.Routes.HashKey)
+	if err != nil {
+		return err
+	}
+	err = d.cluster.Apply(ctx, routing.Command{Type: routing.CmdSetHashKey, Target: string(want)})
+	if errors.Is(err, cluster.ErrUnsupported) {
+		// Older nodes would go on hashing the whole address: the key waits
+		// until every node knows it (a start or reload after the upgrade).
+		d.Log.Warn("routes.hash_key not written: not every node knows it yet; start or reload a node once all run this version", "hash_key", want, "error", err)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", routing.CmdSetHashKey, err)
+	}
+	if cur != want && d.fsm.Loaded() {
+		// (Before the table has caught up, cur may just be stale.)
+		d.Log.Warn("routes.hash_key changed in the replicated table: pools now hash on the "+string(want)+
+			" of user names; users move to the backends the new key chooses (in pools without shared storage their mail must move too)",
+			"hash_key", want, "was", cur)
+	}
 	return nil
 }
 

@@ -198,7 +198,7 @@ func Register(a *admin.Server, c Config) {
 			return
 		}
 		admin.JSON(w, 200, map[string]any{"user": routing.NormalizeUser(q.Get("user")), "backend": rt.Backend.ID,
-			"address": rt.Backend.Addr(proto), "pool": rt.Pool, "rule": rt.Rule, "steered": rt.Steered})
+			"address": rt.Backend.Addr(proto), "pool": rt.Pool, "rule": rt.Rule, "steered": rt.Steered, "hash_key": t.HashKey()})
 	}))
 	a.HandleFunc("POST /v1/import", d.importRoutes)
 	a.HandleFunc("GET /v1/cluster/members", func(w http.ResponseWriter, r *http.Request) {
