@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"slices"
+
+	"github.com/portico-mail/portico/node/internal/wire"
 )
 
 // Gossip messages. Broadcasts and push/pull states share one format:
@@ -125,53 +127,7 @@ func encode(kind byte, epoch, seq uint64, nb int, binds []byte, nc int, clears [
 	return append(out, clears...)
 }
 
-// reader is a sticky-error decoder: after the first error every read
-// returns zero and err stays set.
-type reader struct {
-	b   []byte
-	err bool
-}
-
-func (r *reader) byte() byte {
-	if r.err || len(r.b) < 1 {
-		r.err = true
-		return 0
-	}
-	v := r.b[0]
-	r.b = r.b[1:]
-	return v
-}
-
-func (r *reader) bytes(n int) []byte {
-	if r.err || len(r.b) < n {
-		r.err = true
-		return nil
-	}
-	v := r.b[:n]
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *reader) u64() uint64 {
-	if v := r.bytes(8); v != nil {
-		return binary.BigEndian.Uint64(v)
-	}
-	return 0
-}
-
-// uvarint reads a varint no larger than limit.
-func (r *reader) uvarint(limit uint64) uint64 {
-	if r.err {
-		return 0
-	}
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 || v > limit {
-		r.err = true
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
+type reader = wire.Reader
 
 // validBackend reports whether id is a backend id the routing table
 // allows.
@@ -192,19 +148,19 @@ func validBackend(id []byte) bool {
 // decode parses and checks a message's syntax and ranges; the checks that
 // need the clock and the configuration are made when merging.
 func decode(b []byte) (*message, error) {
-	r := reader{b: b}
+	r := reader{B: b}
 	m := &message{}
-	if r.byte() != wireVersion {
+	if r.Byte() != wireVersion {
 		return nil, errMalformed
 	}
-	m.kind = r.byte()
+	m.kind = r.Byte()
 	if m.kind != kindState && m.kind != kindUpdate {
 		return nil, errMalformed
 	}
-	m.epoch = r.u64()
-	m.seq = r.uvarint(maxSeq)
-	nb := r.uvarint(uint64(len(r.b) / minBinding))
-	if r.err {
+	m.epoch = r.U64()
+	m.seq = r.Uvarint(maxSeq)
+	nb := r.Uvarint(uint64(len(r.B) / minBinding))
+	if r.Err {
 		return nil, errMalformed
 	}
 	type bk struct {
@@ -220,13 +176,13 @@ func decode(b []byte) (*message, error) {
 	}
 	for i := uint64(0); i < nb; i++ {
 		var w wireBinding
-		copy(w.k[:], r.bytes(16))
-		id := r.bytes(int(r.byte()))
-		f := r.byte()
-		w.since = int64(r.uvarint(maxTimeMs))
-		w.idle = int64(r.uvarint(maxTimeMs))
-		w.ver = r.uvarint(maxSeq)
-		if r.err || !validBackend(id) || f&^flagLive != 0 {
+		copy(w.k[:], r.Bytes(16))
+		id := r.Bytes(int(r.Byte()))
+		f := r.Byte()
+		w.since = int64(r.Uvarint(maxTimeMs))
+		w.idle = int64(r.Uvarint(maxTimeMs))
+		w.ver = r.Uvarint(maxSeq)
+		if r.Err || !validBackend(id) || f&^flagLive != 0 {
 			return nil, errMalformed
 		}
 		w.backend, w.live = string(id), f&flagLive != 0
@@ -241,8 +197,8 @@ func decode(b []byte) (*message, error) {
 		}
 		m.binds = append(m.binds, w)
 	}
-	nc := r.uvarint(uint64(len(r.b) / minClear))
-	if r.err {
+	nc := r.Uvarint(uint64(len(r.B) / minClear))
+	if r.Err {
 		return nil, errMalformed
 	}
 	if nc > 0 {
@@ -250,14 +206,14 @@ func decode(b []byte) (*message, error) {
 	}
 	for i := uint64(0); i < nc; i++ {
 		var c clearMsg
-		copy(c.k[:], r.bytes(16))
-		c.at = int64(r.uvarint(maxTimeMs))
-		if r.err {
+		copy(c.k[:], r.Bytes(16))
+		c.at = int64(r.Uvarint(maxTimeMs))
+		if r.Err {
 			return nil, errMalformed
 		}
 		m.clears = append(m.clears, c)
 	}
-	if r.err || len(r.b) != 0 {
+	if r.Err || len(r.B) != 0 {
 		return nil, errMalformed
 	}
 	return m, nil

@@ -3,6 +3,8 @@ package throttle
 import (
 	"encoding/binary"
 	"errors"
+
+	"github.com/portico-mail/portico/node/internal/wire"
 )
 
 // Gossip messages. Broadcasts and push/pull states share one format:
@@ -81,101 +83,53 @@ func appendEntry(b []byte, k *key, e *entry, only bool, origin uint64) []byte {
 	return b
 }
 
-// reader is a sticky-error decoder: after the first error every read
-// returns zero and err stays set.
-type reader struct {
-	b   []byte
-	err bool
-}
-
-func (r *reader) byte() byte {
-	if r.err || len(r.b) < 1 {
-		r.err = true
-		return 0
-	}
-	v := r.b[0]
-	r.b = r.b[1:]
-	return v
-}
-
-func (r *reader) bytes16(dst *[16]byte) {
-	if r.err || len(r.b) < 16 {
-		r.err = true
-		return
-	}
-	copy(dst[:], r.b[:16])
-	r.b = r.b[16:]
-}
-
-func (r *reader) u64() uint64 {
-	if r.err || len(r.b) < 8 {
-		r.err = true
-		return 0
-	}
-	v := binary.BigEndian.Uint64(r.b)
-	r.b = r.b[8:]
-	return v
-}
-
-// uvarint reads a varint no larger than limit.
-func (r *reader) uvarint(limit uint64) uint64 {
-	if r.err {
-		return 0
-	}
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 || v > limit {
-		r.err = true
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
+type reader = wire.Reader
 
 // decode parses and checks a message's syntax and ranges; the checks that
 // need the clock and configuration are made when merging. windowMs must
 // match the message's.
 func decode(b []byte, windowMs int64) ([]wireEntry, error) {
-	r := reader{b: b}
-	if r.byte() != wireVersion || r.err {
+	r := reader{B: b}
+	if r.Byte() != wireVersion || r.Err {
 		return nil, errMalformed
 	}
-	if w := r.uvarint(maxTimeMs); r.err || int64(w) != windowMs {
+	if w := r.Uvarint(maxTimeMs); r.Err || int64(w) != windowMs {
 		return nil, errMalformed
 	}
-	n := r.uvarint(uint64(len(r.b) / minEntry))
-	if r.err {
+	n := r.Uvarint(uint64(len(r.B) / minEntry))
+	if r.Err {
 		return nil, errMalformed
 	}
 	out := make([]wireEntry, 0, n)
 	maxWin := uint64(maxTimeMs / max(windowMs, 1))
 	for i := uint64(0); i < n; i++ {
 		var e wireEntry
-		e.k.kind = kind(r.byte())
+		e.k.kind = kind(r.Byte())
 		switch e.k.kind {
 		case kindIP:
-			r.bytes16(&e.k.net)
+			r.Bytes16(&e.k.net)
 		case kindUserIP:
-			r.bytes16(&e.k.net)
-			r.bytes16(&e.k.user)
+			r.Bytes16(&e.k.net)
+			r.Bytes16(&e.k.user)
 		case kindUser:
-			r.bytes16(&e.k.user)
+			r.Bytes16(&e.k.user)
 		default:
 			return nil, errMalformed
 		}
-		e.resetAt = int64(r.uvarint(maxTimeMs))
-		e.until = int64(r.uvarint(maxTimeMs))
-		ns := int(r.byte())
-		if r.err || ns > maxSlots {
+		e.resetAt = int64(r.Uvarint(maxTimeMs))
+		e.until = int64(r.Uvarint(maxTimeMs))
+		ns := int(r.Byte())
+		if r.Err || ns > maxSlots {
 			return nil, errMalformed
 		}
 		if ns > 0 {
 			e.slots = make([]slot, 0, ns)
 		}
 		for j := 0; j < ns; j++ {
-			s := slot{origin: r.u64(), win: int64(r.uvarint(maxWin))}
-			s.cur = uint32(r.uvarint(maxCount))
-			s.prev = uint32(r.uvarint(maxCount))
-			if r.err {
+			s := slot{origin: r.U64(), win: int64(r.Uvarint(maxWin))}
+			s.cur = uint32(r.Uvarint(maxCount))
+			s.prev = uint32(r.Uvarint(maxCount))
+			if r.Err {
 				return nil, errMalformed
 			}
 			for _, o := range e.slots {
@@ -185,12 +139,12 @@ func decode(b []byte, windowMs int64) ([]wireEntry, error) {
 			}
 			e.slots = append(e.slots, s)
 		}
-		if r.err {
+		if r.Err {
 			return nil, errMalformed
 		}
 		out = append(out, e)
 	}
-	if r.err || len(r.b) != 0 {
+	if r.Err || len(r.B) != 0 {
 		return nil, errMalformed
 	}
 	return out, nil
