@@ -38,7 +38,7 @@ func randomCommand(r *rand.Rand) Command {
 	id := func() string { return fmt.Sprintf("b%d", r.IntN(6)) }
 	pool := func() string { return fmt.Sprintf("p%d", r.IntN(4)) }
 	user := func() string { return fmt.Sprintf("u%d@d%d.example", r.IntN(50), r.IntN(3)) }
-	switch r.IntN(12) {
+	switch r.IntN(13) {
 	case 0:
 		return Command{Type: CmdPutBackend, Backend: &Backend{ID: id(), Host: "10.0.0.1", IMAPPort: 143 + r.IntN(3), Weight: r.IntN(3)}}
 	case 1:
@@ -80,6 +80,23 @@ func randomCommand(r *rand.Rand) Command {
 		return Command{Type: CmdSeed, Seed: &s}
 	case 10:
 		return Command{Type: CmdSetHashKey, Target: string([]HashKey{HashAddress, HashLocal, HashDomain}[r.IntN(3)])}
+	case 11:
+		src := []string{"", "a.map", "b.map"}[r.IntN(3)]
+		c := Command{Type: CmdImport, Source: src}
+		for i := 0; i < r.IntN(4); i++ {
+			tg := Target{Backend: id()}
+			if r.IntN(2) == 0 {
+				tg = Target{Pool: pool()}
+			}
+			if r.IntN(2) == 0 {
+				tg.Login = fmt.Sprintf("renamed%d", r.IntN(3))
+			}
+			c.Users = append(c.Users, UserRoute{User: user(), Target: tg})
+		}
+		if src != "" {
+			c.Names = []string{user(), user()}
+		}
+		return c
 	default:
 		return Command{Type: CmdSetDefaultPool, Target: pool()}
 	}

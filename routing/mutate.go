@@ -252,6 +252,12 @@ func (t *Table) WithUsers(routes []UserRoute) (*Table, error) {
 		if err := t.checkTarget(r.Target); err != nil {
 			return nil, fmt.Errorf("user %s: %w", r.User, err)
 		}
+		if r.Login != "" && !validUser(r.Login) {
+			return nil, invalid("user %s: bad login name %q", r.User, r.Login)
+		}
+		if r.Source != "" && !ValidSource(r.Source) {
+			return nil, invalid("user %s: bad source %q", r.User, r.Source)
+		}
 		puts[key] = r.Target
 	}
 	n := *t

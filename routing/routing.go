@@ -125,6 +125,14 @@ type Pool struct {
 type Target struct {
 	Backend string `json:"backend,omitempty"`
 	Pool    string `json:"pool,omitempty"`
+	// Login, on a user rule, is the name the proxy logs in to the backend
+	// with instead of the client's (Perdition's popmap "user:
+	// newname@host"); "" keeps the client's.
+	Login string `json:"login,omitempty"`
+	// Source, on a user rule, names the import that wrote it (CmdImport):
+	// an import with --replace removes only the rules its own source
+	// wrote. "" for rules written by the API or a configuration file.
+	Source string `json:"source,omitempty"`
 }
 
 // Request is what a lookup is keyed on.
@@ -144,6 +152,9 @@ type Route struct {
 	// Steered: the user's affinity chose Backend, which is not the hash's
 	// choice (the pool changed while the user's sessions were open).
 	Steered bool
+	// Login is the name to log in to the backend with, when the user's
+	// rule renames the user (Target.Login); "" keeps the client's.
+	Login string
 }
 
 var (
@@ -287,9 +298,13 @@ func (t *Table) LookupWith(req Request, down HealthFunc, aff Affinity) (Route, e
 			if !usable(b, req.Protocol, down) {
 				return Route{}, fmt.Errorf("%w: backend %s is %s", ErrUnavailable, b.ID, why(b, req.Protocol, down))
 			}
-			return Route{Backend: b, Rule: "user"}, nil
+			return Route{Backend: b, Rule: "user", Login: tgt.Login}, nil
 		}
-		return t.pick(tgt.Pool, user, req.Protocol, down, aff, "user")
+		r, err := t.pick(tgt.Pool, user, req.Protocol, down, aff, "user")
+		if err == nil {
+			r.Login = tgt.Login
+		}
+		return r, err
 	}
 	if at := strings.LastIndexByte(user, '@'); at >= 0 {
 		if pool, ok := t.domains[user[at+1:]]; ok {
