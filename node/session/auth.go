@@ -166,7 +166,23 @@ func (d RouteDirector) Direct(_ context.Context, a *Attempt) (*Target, error) {
 	case err != nil:
 		return nil, err
 	}
-	return &Target{Backend: r.Backend, Creds: a.Creds, SharedStorage: r.SharedStorage, Steered: r.Steered}, nil
+	return &Target{Backend: r.Backend, Creds: renamed(a.Creds, r.Login), SharedStorage: r.SharedStorage, Steered: r.Steered}, nil
+}
+
+// renamed returns the credentials to log in to the backend with when the
+// user's rule renames the user (routing.Target.Login, Perdition's popmap
+// "user: newname@host"): the name of the mailbox the session opens (the
+// authorization identity if one was given, else the user) becomes login.
+// The session is still the client's user for routing, affinity and logs.
+func renamed(c Credentials, login string) Credentials {
+	switch {
+	case login == "":
+	case c.AuthzID != "":
+		c.AuthzID = login
+	default:
+		c.User = login
+	}
+	return c
 }
 
 // Result of a login attempt.
