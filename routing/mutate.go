@@ -137,6 +137,7 @@ func (t *Table) clone() *Table {
 		defaultPool: t.defaultPool,
 		hashKey:     t.hashKey,
 		seed:        t.seed,
+		regex:       t.regex,
 	}
 	for k, v := range t.backends {
 		n.backends[k] = v

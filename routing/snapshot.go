@@ -58,6 +58,10 @@ type snapHeader struct {
 	// (address). Only a command that every node knows sets it
 	// (CmdSetHashKey), so no older version reads a snapshot holding it.
 	HashKey HashKey `json:"hash_key,omitempty"`
+	// RegexMap is the regex popmap in order. Only a command that every
+	// node knows sets it (CmdSetRegexMap), so no older version reads a
+	// snapshot holding it.
+	RegexMap []RegexRule `json:"regex_map,omitempty"`
 }
 
 // WriteSnapshot writes t in the snapshot format (without an index).
@@ -74,6 +78,9 @@ func writeSnapshot(w io.Writer, t *Table, index *uint64) error {
 	if t.seed != nil {
 		seeded := t.Seeded()
 		hdr.Seeded = &seeded
+	}
+	if len(t.regex) > 0 {
+		hdr.RegexMap = t.RegexMap()
 	}
 	h, err := json.Marshal(hdr)
 	if err != nil {
@@ -245,6 +252,13 @@ func readSnapshot(r io.Reader) (*Table, *uint64, error) {
 	t.users = users
 	if h.Seeded != nil {
 		t.seed = recordOf(*h.Seeded)
+	}
+	for _, r := range h.RegexMap {
+		c, err := compileRule(r)
+		if err != nil {
+			return nil, nil, fmt.Errorf("routing snapshot: %w", err)
+		}
+		t.regex = append(t.regex, c)
 	}
 	return t, h.Index, nil
 }

@@ -34,49 +34,25 @@ import (
 // maxLine bounds one popmap line.
 const maxLine = 64 << 10
 
-// resolveServer maps a popmap server to a backend: an id, or a host or
-// host:port of exactly one backend.
+// resolveServer maps a popmap server to a backend id (routing.Table.ResolveServer).
 func resolveServer(s string, t *routing.Table) (string, error) {
-	if t.Backend(s) != nil {
-		return s, nil
+	b, p, err := t.ResolveServer(s)
+	if err == nil && p != "" {
+		return "", fmt.Errorf("a pool (%q) where a backend is wanted", s)
 	}
-	var match []string
-	for _, b := range t.Backends() {
-		if b.Host == s || b.Addr(routing.IMAP) == s || b.Addr(routing.POP3) == s {
-			match = append(match, b.ID)
-		}
-	}
-	switch len(match) {
-	case 1:
-		return match[0], nil
-	case 0:
-		return "", fmt.Errorf("unknown server %q (not a backend id, host or host:port)", s)
-	}
-	return "", fmt.Errorf("server %q matches several backends (%s); use a backend id", s, strings.Join(match, ", "))
+	return b, err
 }
 
 // parseTarget reads a rule's right-hand side "[newname@]server" (server a
 // backend id, host[:port] or pool:NAME). A rename needs a popmap value; a
 // CSV or JSON login comes in its own field (rename false).
 func parseTarget(s string, t *routing.Table, rename bool) (routing.Target, error) {
-	var tg routing.Target
 	if rename {
-		if at := strings.LastIndexByte(s, '@'); at >= 0 {
-			tg.Login, s = s[:at], s[at+1:]
-			if tg.Login == "" {
-				return tg, fmt.Errorf("empty name before '@' in %q", s)
-			}
-		}
+		return t.ParseServer(s)
 	}
-	if p, ok := strings.CutPrefix(s, "pool:"); ok {
-		if t.Pool(p) == nil {
-			return tg, fmt.Errorf("unknown pool %q", p)
-		}
-		tg.Pool = p
-		return tg, nil
-	}
-	id, err := resolveServer(s, t)
-	tg.Backend = id
+	var tg routing.Target
+	var err error
+	tg.Backend, tg.Pool, err = t.ResolveServer(s)
 	return tg, err
 }
 
