@@ -41,15 +41,19 @@ type Change struct {
 // ImportResult is the answer of POST /v1/import. The lists are filled on a
 // dry run only.
 type ImportResult struct {
-	OK           bool                `json:"ok"`
-	DryRun       bool                `json:"dry_run,omitempty"`
-	Source       string              `json:"source,omitempty"`
-	Imported     int                 `json:"imported"` // rules in the data
-	Added        int                 `json:"added"`
-	Changed      int                 `json:"changed"`
-	Removed      int                 `json:"removed"`
-	Unchanged    int                 `json:"unchanged"`
-	AddedList    []routing.UserRoute `json:"added_list,omitempty"`
+	OK        bool                `json:"ok"`
+	DryRun    bool                `json:"dry_run,omitempty"`
+	Source    string              `json:"source,omitempty"`
+	Imported  int                 `json:"imported"` // rules in the data
+	Added     int                 `json:"added"`
+	Changed   int                 `json:"changed"`
+	Removed   int                 `json:"removed"`
+	Unchanged int                 `json:"unchanged"`
+	AddedList []routing.UserRoute `json:"added_list,omitempty"`
+	// RegexBefore and RegexAfter: a dry run of a regex popmap shows the
+	// source's rules as they are and as they would be.
+	RegexBefore  []routing.RegexRule `json:"regex_before,omitempty"`
+	RegexAfter   []routing.RegexRule `json:"regex_after,omitempty"`
 	ChangedList  []Change            `json:"changed_list,omitempty"`
 	RemovedList  []routing.UserRoute `json:"removed_list,omitempty"`
 	AppliedIndex uint64              `json:"applied_index,omitempty"`
@@ -153,6 +157,10 @@ func (d *api) importRoutes(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	t := d.FSM.Table()
+	if format == formatRE {
+		d.importRegexMap(w, r, t, req)
+		return
+	}
 	routes, err := parseRules(format, []byte(req.Data), t)
 	if err != nil {
 		admin.Error(w, 400, err.Error())
@@ -213,15 +221,106 @@ func (d *api) importRoutes(w http.ResponseWriter, r *http.Request) {
 	admin.JSON(w, 200, res)
 }
 
+// formatRE is the regex popmap's format name.
+const formatRE = "popmap.re"
+
+// importRegexMap replaces the source's regex popmap (an ordered list, so
+// an import always replaces it whole, with or without replace).
+func (d *api) importRegexMap(w http.ResponseWriter, r *http.Request, t *routing.Table, req ImportRequest) {
+	if req.Source == "" {
+		admin.Error(w, 400, "a regex popmap needs a source: its import replaces that source's rules")
+		return
+	}
+	rules, err := parsePopmapRE([]byte(req.Data))
+	if err != nil {
+		admin.Error(w, 400, err.Error())
+		return
+	}
+	next, err := t.WithRegexMap(req.Source, rules)
+	if err != nil {
+		admin.Error(w, statusOf(err), err.Error())
+		return
+	}
+	before, after := sourceRegex(t, req.Source), sourceRegex(next, req.Source)
+	res := ImportResult{OK: true, DryRun: req.DryRun, Source: req.Source, Imported: len(rules)}
+	old := map[routing.RegexRule]int{}
+	for _, x := range before {
+		old[x]++
+	}
+	for _, x := range after {
+		if old[x] > 0 {
+			old[x]--
+			res.Unchanged++
+		} else {
+			res.Added++
+		}
+	}
+	res.Removed = len(before) - res.Unchanged
+	if res.Added == 0 && res.Removed == 0 && !sameRules(before, after) {
+		res.Changed = 1 // the same rules in another order
+	}
+	if req.DryRun {
+		res.RegexBefore, res.RegexAfter = before, after
+		admin.JSON(w, 200, res)
+		return
+	}
+	if !sameRules(before, after) {
+		ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
+		defer cancel()
+		if err := d.Cluster.Apply(ctx, routing.Command{Type: routing.CmdSetRegexMap, Source: req.Source, Regex: rules}); err != nil {
+			admin.Error(w, statusOf(err), err.Error())
+			return
+		}
+	}
+	res.AppliedIndex = d.FSM.AppliedIndex()
+	admin.JSON(w, 200, res)
+}
+
+func sourceRegex(t *routing.Table, source string) []routing.RegexRule {
+	var out []routing.RegexRule
+	for _, r := range t.RegexMap() {
+		if r.Source == source {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func sameRules(a, b []routing.RegexRule) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
 // exportRoutes writes the user rules (?source=NAME: only that source's;
 // source= empty: only the untagged ones) in ?format=popmap|csv|json.
 func (d *api) exportRoutes(w http.ResponseWriter, r *http.Request, t *routing.Table) {
 	q := r.URL.Query()
 	format := q.Get("format")
 	ctype := map[string]string{"": "text/plain; charset=utf-8", "popmap": "text/plain; charset=utf-8",
-		"csv": "text/csv; charset=utf-8", "json": "application/json"}[format]
+		"csv": "text/csv; charset=utf-8", "json": "application/json", formatRE: "text/plain; charset=utf-8"}[format]
 	if ctype == "" {
-		admin.Error(w, 400, "format must be popmap, csv or json")
+		admin.Error(w, 400, "format must be popmap, popmap.re, csv or json")
+		return
+	}
+	if format == formatRE {
+		rules := t.RegexMap()
+		if q.Has("source") {
+			rules = sourceRegex(t, q.Get("source"))
+		}
+		var buf bytes.Buffer
+		if err := writePopmapRE(&buf, rules); err != nil {
+			admin.Error(w, 400, err.Error())
+			return
+		}
+		w.Header().Set("Content-Type", ctype)
+		_, _ = w.Write(buf.Bytes())
 		return
 	}
 	rules := t.UserRoutes("", "", 0)

@@ -192,7 +192,7 @@ func parseRules(format string, data []byte, t *routing.Table) ([]routing.UserRou
 	case "json":
 		return parseJSON(data, t)
 	}
-	return nil, fmt.Errorf("format must be popmap, csv or json, not %q", format)
+	return nil, fmt.Errorf("format must be popmap, popmap.re, csv or json, not %q", format)
 }
 
 // writeRules writes rules in format.
