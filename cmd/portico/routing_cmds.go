@@ -60,12 +60,14 @@ func init() {
 		about: "FILE is a popmap (Perdition's \"user: [newname@]server\" lines, '#' comments; newname renames the user for the backend login), " +
 			"csv (user,target[,login]) or json ([{\"user\", \"backend\"|\"pool\"|\"server\", \"login\"}]); a server or target is a backend id, " +
 			"the host or host:port of one backend, or pool:NAME. - reads standard input.\n\n" +
+			"A popmap.re (Perdition's regex map: \"<regex>[:] [newname@]server\" lines, POSIX extended regexes, $1..$9 groups) " +
+			"replaces the regex rules of its source; logins of users without a route of their own try them in order.\n\n" +
 			"Every route written is tagged with --source (default: the file's base name). With --replace, the routes tagged with that " +
 			"source that FILE no longer names are removed; routes set through the API, by the configuration file or by another source " +
 			"are never removed. --dry-run prints what would be added, changed and removed, and writes nothing."})
 	register(&command{name: "export", summary: "write the user routes as a popmap, csv or json file (admin API)", setup: exportCmd,
 		about: "With --source, only the routes that import tagged with it: \"portico export --source NAME\" then " +
-			"\"portico import --replace --source NAME\" of its output changes nothing."})
+			"\"portico import --replace --source NAME\" of its output changes nothing. --format popmap.re writes the regex popmap's rules."})
 	register(&command{name: "cluster", summary: "show the cluster (admin API)", subs: []*command{
 		{name: "members", summary: "list the gossip members with their state, role and version", setup: clusterMembers},
 		{name: "peers", summary: "list the raft peers", setup: clusterPeers},
@@ -301,6 +303,9 @@ func routeLookup(fs *flag.FlagSet) func([]string) error {
 					fmt.Printf(" hashed on the %s", k)
 				}
 			}
+			if l, _ := r["login"].(string); l != "" {
+				fmt.Printf(", logs in as %s", l)
+			}
 			fmt.Println()
 			return nil
 		})
@@ -364,7 +369,8 @@ func domainSet(fs *flag.FlagSet) func([]string) error {
 func importCmd(fs *flag.FlagSet) func([]string) error {
 	client := clientFlags(fs)
 	var format string
-	choiceVar(fs, &format, "format", "popmap", []string{"popmap", "csv", "json"}, "popmap (\"user: [newname@]server\" lines), csv (user,target[,login]) or json")
+	choiceVar(fs, &format, "format", "popmap", []string{"popmap", "popmap.re", "csv", "json"},
+		"popmap (\"user: [newname@]server\" lines), popmap.re (Perdition's regex map; the default for a file named *.re), csv (user,target[,login]) or json")
 	source := fs.String("source", "", "tag the routes with this `name` (default: the file's base name)")
 	replace := fs.Bool("replace", false, "remove the routes tagged with the source that FILE no longer names")
 	dryRun := fs.Bool("dry-run", false, "print what would be added, changed and removed; write nothing")
@@ -386,8 +392,13 @@ func importCmd(fs *flag.FlagSet) func([]string) error {
 		if !utf8.Valid(body) {
 			return fmt.Errorf("import: %s is not UTF-8 text", args[0])
 		}
-		if *replace && src == "" {
-			return usageError{"import --replace of standard input needs --source NAME"}
+		formatSet := false
+		fs.Visit(func(f *flag.Flag) { formatSet = formatSet || f.Name == "format" })
+		if !formatSet && strings.HasSuffix(args[0], ".re") {
+			format = "popmap.re"
+		}
+		if (*replace || format == "popmap.re") && src == "" {
+			return usageError{"import --replace or of a popmap.re from standard input needs --source NAME"}
 		}
 		c, err := client()
 		if err != nil {
@@ -419,6 +430,14 @@ func printImport(w io.Writer, r routesapi.ImportResult) {
 	for _, d := range r.RemovedList {
 		fmt.Fprintf(w, "- %s: %s\n", d.User, targetString(d.Target))
 	}
+	if r.DryRun && (r.Added > 0 || r.Removed > 0 || r.Changed > 0) && (len(r.RegexBefore) > 0 || len(r.RegexAfter) > 0) {
+		for _, x := range r.RegexBefore {
+			fmt.Fprintf(w, "- %s: %s\n", x.Pattern, x.Replace)
+		}
+		for _, x := range r.RegexAfter {
+			fmt.Fprintf(w, "+ %s: %s\n", x.Pattern, x.Replace)
+		}
+	}
 	verb := "imported"
 	if r.DryRun {
 		verb = "dry run, nothing written:"
@@ -449,7 +468,7 @@ func targetString(t routing.Target) string {
 func exportCmd(fs *flag.FlagSet) func([]string) error {
 	client := clientFlags(fs)
 	var format string
-	choiceVar(fs, &format, "format", "popmap", []string{"popmap", "csv", "json"}, "write a popmap, csv or json")
+	choiceVar(fs, &format, "format", "popmap", []string{"popmap", "popmap.re", "csv", "json"}, "write a popmap, the regex popmap (popmap.re), csv or json")
 	source := fs.String("source", "", "only the routes an import tagged with this `name`")
 	consistent := consistentFlag(fs)
 	return func([]string) error {

@@ -202,7 +202,7 @@ func Register(a *admin.Server, c Config) {
 			return
 		}
 		admin.JSON(w, 200, map[string]any{"user": routing.NormalizeUser(q.Get("user")), "backend": rt.Backend.ID,
-			"address": rt.Backend.Addr(proto), "pool": rt.Pool, "rule": rt.Rule, "steered": rt.Steered, "hash_key": t.HashKey()})
+			"address": rt.Backend.Addr(proto), "pool": rt.Pool, "rule": rt.Rule, "steered": rt.Steered, "hash_key": t.HashKey(), "login": rt.Login})
 	}))
 	a.HandleFunc("POST /v1/import", d.importRoutes)
 	a.HandleFunc("GET /v1/export", d.read(d.exportRoutes))
