@@ -74,6 +74,23 @@ dave: dc1
 		t.Fatal("carol logged in without a route")
 	}
 
+	// Perdition's regex map: users without a route of their own match it,
+	// the first match wins, $1 builds the backend login.
+	re := filepath.Join(dir, "popmap.re")
+	os.WriteFile(re, []byte(fmt.Sprintf("# regex map\n^(.*)\\.old$: $1@%s\n^nobody: dc1\n", dc.Addr)), 0o644)
+	if out, err := nd.cli("import", re); err != nil || !strings.Contains(out, "from source popmap.re: 2 added") {
+		t.Fatalf("import popmap.re: %v\n%s", err, out)
+	}
+	if err := loginVia(t, nd.imap, "dave.old", "secret"); err != nil {
+		t.Fatalf("dave.old through the regex map: %v", err)
+	}
+	if n := dc.WaitLogins("dave", 1, 5*time.Second); n != 1 {
+		t.Fatalf("dovecot logins of dave: %d\n%s", n, dc.Log())
+	}
+	if out, err := nd.cli("route", "lookup", "dave.old"); err != nil || !strings.Contains(out, "via regex rule") || !strings.Contains(out, "logs in as dave") {
+		t.Fatalf("lookup: %v\n%s", err, out)
+	}
+
 	// Export then import --replace of the same source: nothing changes.
 	exported, err := nd.cli("export", "--source", "users.map", "--format", "csv")
 	if err != nil || !strings.Contains(exported, "alice,dc1,alice.smith,users.map") || strings.Contains(exported, "bob") {
