@@ -88,13 +88,16 @@ func diffImport(t *routing.Table, source string, routes []routing.UserRoute, rep
 		want.Source = source
 		r = routing.UserRoute{User: key, Target: want}
 		cur, ok := t.UserRoute(key)
+		// The command carries the source once, not in every rule.
+		put := routing.UserRoute{User: key, Target: r.Target}
+		put.Source = ""
 		switch {
 		case !ok:
 			d.added = append(d.added, r)
-			d.puts = append(d.puts, r)
+			d.puts = append(d.puts, put)
 		case cur != want:
 			d.changed = append(d.changed, Change{User: key, From: cur, To: want})
-			d.puts = append(d.puts, r)
+			d.puts = append(d.puts, put)
 		default:
 			d.same++
 		}
