@@ -75,4 +75,10 @@ func TestRouteDirectorRename(t *testing.T) {
 			t.Errorf("login %q, %+v: backend gets %+v (%v), want %+v", tc.login, tc.in, tg.Creds, err, tc.want)
 		}
 	}
+	// A master login "user*master" keeps its master part.
+	for in, want := range map[string]string{"alice*admin": "alice.smith*admin", "alice": "alice.smith", "*admin": "alice.smith"} {
+		if got := renamed(Credentials{User: in, Password: "pw"}, "alice.smith", "*"); got.User != want || got.Password != "pw" {
+			t.Errorf("%s: %+v, want %s", in, got, want)
+		}
+	}
 }
