@@ -25,6 +25,8 @@ const (
 	CmdPatchBackend   CommandType = 10 // some fields of one backend (BackendPatch)
 	CmdSeed           CommandType = 11 // a configuration file's routing section (Seed)
 	CmdSetHashKey     CommandType = 12 // the part of user names pools hash on (Target: HashKey)
+	CmdImport         CommandType = 13 // user rules of one import source, with renames, and its prunes (WithImport)
+	CmdSetRegexMap    CommandType = 14 // the regex popmap of one import source (WithRegexMap)
 )
 
 // CommandLevel is the newest command type this binary applies; nodes
@@ -33,7 +35,7 @@ const (
 // otherwise), so an older node in a rolling upgrade never meets a type it
 // does not know. BaseCommandLevel is what every Portico release applies.
 const (
-	CommandLevel     = CmdSetHashKey
+	CommandLevel     = CmdSetRegexMap
 	BaseCommandLevel = CmdSetDefaultPool
 )
 
@@ -63,6 +65,10 @@ func (t CommandType) String() string {
 		return "seed"
 	case CmdSetHashKey:
 		return "set-hash-key"
+	case CmdImport:
+		return "import"
+	case CmdSetRegexMap:
+		return "set-regex-map"
 	}
 	return fmt.Sprintf("unknown(%d)", byte(t))
 }
@@ -85,6 +91,8 @@ type Command struct {
 	Target  string        `json:",omitempty"` // pool of a domain rule; default pool; hash key
 	Patch   *BackendPatch `json:",omitempty"`
 	Seed    *Seed         `json:",omitempty"`
+	Source  string        `json:",omitempty"` // import source (CmdImport, CmdSetRegexMap)
+	Regex   []RegexRule   `json:",omitempty"`
 }
 
 // payload is what is JSON-encoded after the two header bytes.
@@ -97,6 +105,8 @@ type payload struct {
 	Target  string        `json:"target,omitempty"`
 	Patch   *BackendPatch `json:"patch,omitempty"`
 	Seed    *Seed         `json:"seed,omitempty"`
+	Source  string        `json:"source,omitempty"`
+	Regex   []RegexRule   `json:"regex,omitempty"`
 }
 
 // Encode returns the command's wire form: type byte, version byte, JSON.
@@ -104,7 +114,7 @@ func (c Command) Encode() ([]byte, error) {
 	if c.Type == 0 {
 		return nil, errors.New("command without type")
 	}
-	p, err := json.Marshal(payload{Backend: c.Backend, Pool: c.Pool, Users: c.Users, Names: c.Names, Domain: c.Domain, Target: c.Target, Patch: c.Patch, Seed: c.Seed})
+	p, err := json.Marshal(payload{Backend: c.Backend, Pool: c.Pool, Users: c.Users, Names: c.Names, Domain: c.Domain, Target: c.Target, Patch: c.Patch, Seed: c.Seed, Source: c.Source, Regex: c.Regex})
 	if err != nil {
 		return nil, err
 	}
@@ -130,7 +140,7 @@ func DecodeCommand(b []byte) (Command, error) {
 	if err := json.Unmarshal(b[2:], &p); err != nil {
 		return Command{}, fmt.Errorf("%w: %s: %v", ErrInvalid, t, err)
 	}
-	return Command{Type: t, Backend: p.Backend, Pool: p.Pool, Users: p.Users, Names: p.Names, Domain: p.Domain, Target: p.Target, Patch: p.Patch, Seed: p.Seed}, nil
+	return Command{Type: t, Backend: p.Backend, Pool: p.Pool, Users: p.Users, Names: p.Names, Domain: p.Domain, Target: p.Target, Patch: p.Patch, Seed: p.Seed, Source: p.Source, Regex: p.Regex}, nil
 }
 
 // Apply returns the table with c applied. It is deterministic: it depends
@@ -167,7 +177,14 @@ func (t *Table) Apply(c Command) (*Table, error) {
 		}
 		return n, nil
 	case CmdPutUsers:
-		return t.WithUsers(c.Users)
+		// A put-users carries no rename or source: a node older than
+		// CmdImport decodes the command without them, so every node
+		// must apply it without them too.
+		users := make([]UserRoute, len(c.Users))
+		for i, u := range c.Users {
+			users[i] = UserRoute{User: u.User, Target: Target{Backend: u.Backend, Pool: u.Pool}}
+		}
+		return t.WithUsers(users)
 	case CmdDeleteUsers:
 		return t.WithoutUsers(c.Names), nil
 	case CmdPutDomain:
@@ -195,6 +212,10 @@ func (t *Table) Apply(c Command) (*Table, error) {
 			return nil, invalid("set-hash-key without a key")
 		}
 		return t.WithHashKey(HashKey(c.Target))
+	case CmdImport:
+		return t.WithImport(c.Source, c.Users, c.Names)
+	case CmdSetRegexMap:
+		return t.WithRegexMap(c.Source, c.Regex)
 	}
 	return nil, fmt.Errorf("%w: type %d", ErrUnknownCommand, byte(c.Type))
 }

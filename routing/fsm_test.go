@@ -31,6 +31,7 @@ func canon(t *Table) string {
 		fmt.Fprintf(&b, "U %s %+v\n", u.User, u.Target)
 	}
 	fmt.Fprintf(&b, "seeded %+v\n", t.Seeded())
+	fmt.Fprintf(&b, "regex %+v\n", t.RegexMap())
 	return b.String()
 }
 
@@ -38,7 +39,7 @@ func randomCommand(r *rand.Rand) Command {
 	id := func() string { return fmt.Sprintf("b%d", r.IntN(6)) }
 	pool := func() string { return fmt.Sprintf("p%d", r.IntN(4)) }
 	user := func() string { return fmt.Sprintf("u%d@d%d.example", r.IntN(50), r.IntN(3)) }
-	switch r.IntN(12) {
+	switch r.IntN(14) {
 	case 0:
 		return Command{Type: CmdPutBackend, Backend: &Backend{ID: id(), Host: "10.0.0.1", IMAPPort: 143 + r.IntN(3), Weight: r.IntN(3)}}
 	case 1:
@@ -80,6 +81,32 @@ func randomCommand(r *rand.Rand) Command {
 		return Command{Type: CmdSeed, Seed: &s}
 	case 10:
 		return Command{Type: CmdSetHashKey, Target: string([]HashKey{HashAddress, HashLocal, HashDomain}[r.IntN(3)])}
+	case 11:
+		src := []string{"", "a.map", "b.map"}[r.IntN(3)]
+		c := Command{Type: CmdImport, Source: src}
+		for i := 0; i < r.IntN(4); i++ {
+			tg := Target{Backend: id()}
+			if r.IntN(2) == 0 {
+				tg = Target{Pool: pool()}
+			}
+			if r.IntN(2) == 0 {
+				tg.Login = fmt.Sprintf("renamed%d", r.IntN(3))
+			}
+			c.Users = append(c.Users, UserRoute{User: user(), Target: tg})
+		}
+		if src != "" {
+			c.Names = []string{user(), user()}
+		}
+		return c
+	case 12:
+		c := Command{Type: CmdSetRegexMap, Source: []string{"a.re", "b.re", ""}[r.IntN(3)]}
+		for i := 0; i < r.IntN(3); i++ {
+			c.Regex = append(c.Regex, RegexRule{Pattern: fmt.Sprintf("^u%d(.*)", r.IntN(5)), Replace: []string{"$1@" + id(), "pool:" + pool(), "("}[r.IntN(3)]})
+		}
+		if r.IntN(8) == 0 {
+			c.Regex = append(c.Regex, RegexRule{Pattern: "(", Replace: "b1"})
+		}
+		return c
 	default:
 		return Command{Type: CmdSetDefaultPool, Target: pool()}
 	}

@@ -137,6 +137,7 @@ func (t *Table) clone() *Table {
 		defaultPool: t.defaultPool,
 		hashKey:     t.hashKey,
 		seed:        t.seed,
+		regex:       t.regex,
 	}
 	for k, v := range t.backends {
 		n.backends[k] = v
@@ -251,6 +252,12 @@ func (t *Table) WithUsers(routes []UserRoute) (*Table, error) {
 		}
 		if err := t.checkTarget(r.Target); err != nil {
 			return nil, fmt.Errorf("user %s: %w", r.User, err)
+		}
+		if r.Login != "" && !validUser(r.Login) {
+			return nil, invalid("user %s: bad login name %q", r.User, r.Login)
+		}
+		if r.Source != "" && !ValidSource(r.Source) {
+			return nil, invalid("user %s: bad source %q", r.User, r.Source)
 		}
 		puts[key] = r.Target
 	}

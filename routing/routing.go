@@ -9,8 +9,9 @@
 // (NormalizeUser: lower case, NFC, the domain in IDNA ASCII form).
 // Resolution order for a user name:
 //  1. an exact user rule ("alice@example.com" -> backend or pool),
-//  2. a domain rule ("@example.com" -> pool), for the part after the last '@',
-//  3. the default pool.
+//  2. the first rule of the regex popmap that matches (RegexRule),
+//  3. a domain rule ("@example.com" -> pool), for the part after the last '@',
+//  4. the default pool.
 //
 // Inside a pool, a user always maps to the same backend by weighted
 // rendezvous (highest random weight) hashing over the pool's active
@@ -125,6 +126,14 @@ type Pool struct {
 type Target struct {
 	Backend string `json:"backend,omitempty"`
 	Pool    string `json:"pool,omitempty"`
+	// Login, on a user rule, is the name the proxy logs in to the backend
+	// with instead of the client's (Perdition's popmap "user:
+	// newname@host"); "" keeps the client's.
+	Login string `json:"login,omitempty"`
+	// Source, on a user rule, names the import that wrote it (CmdImport):
+	// an import with --replace removes only the rules its own source
+	// wrote. "" for rules written by the API or a configuration file.
+	Source string `json:"source,omitempty"`
 }
 
 // Request is what a lookup is keyed on.
@@ -144,6 +153,9 @@ type Route struct {
 	// Steered: the user's affinity chose Backend, which is not the hash's
 	// choice (the pool changed while the user's sessions were open).
 	Steered bool
+	// Login is the name to log in to the backend with, when the user's
+	// rule renames the user (Target.Login); "" keeps the client's.
+	Login string
 }
 
 var (
@@ -194,6 +206,9 @@ type Table struct {
 	// seed records what the configuration file named at the last seed
 	// (WithSeed); nil if the table was never seeded.
 	seed *seedRecord
+	// regex is the regex popmap (WithRegexMap), tried in order after the
+	// exact user rules.
+	regex []regexRule
 }
 
 // TableSpec is the input to NewTable.
@@ -282,14 +297,16 @@ func (t *Table) Lookup(req Request, down HealthFunc) (Route, error) {
 func (t *Table) LookupWith(req Request, down HealthFunc, aff Affinity) (Route, error) {
 	user := NormalizeUser(req.User)
 	if tgt, ok := t.users.get(user); ok {
-		if tgt.Backend != "" {
-			b := t.backends[tgt.Backend]
-			if !usable(b, req.Protocol, down) {
-				return Route{}, fmt.Errorf("%w: backend %s is %s", ErrUnavailable, b.ID, why(b, req.Protocol, down))
+		return t.routeTo(tgt, user, req.Protocol, down, aff, "user")
+	}
+	if len(t.regex) > 0 {
+		if rule, val, ok := t.matchRegex(user); ok {
+			tgt, err := t.ParseServer(val)
+			if err != nil {
+				return Route{}, fmt.Errorf("%w: regex rule %q gave %q: %v", ErrUnavailable, rule.Pattern, val, err)
 			}
-			return Route{Backend: b, Rule: "user"}, nil
+			return t.routeTo(tgt, user, req.Protocol, down, aff, "regex")
 		}
-		return t.pick(tgt.Pool, user, req.Protocol, down, aff, "user")
 	}
 	if at := strings.LastIndexByte(user, '@'); at >= 0 {
 		if pool, ok := t.domains[user[at+1:]]; ok {
@@ -300,6 +317,23 @@ func (t *Table) LookupWith(req Request, down HealthFunc, aff Affinity) (Route, e
 		return t.pick(t.defaultPool, user, req.Protocol, down, aff, "default")
 	}
 	return Route{}, ErrNoRoute
+}
+
+// routeTo routes user by a rule's target: its backend, or the pick of its
+// pool, with its rename.
+func (t *Table) routeTo(tgt Target, user string, proto Protocol, down HealthFunc, aff Affinity, rule string) (Route, error) {
+	if tgt.Backend != "" {
+		b := t.backends[tgt.Backend]
+		if !usable(b, proto, down) {
+			return Route{}, fmt.Errorf("%w: backend %s is %s", ErrUnavailable, b.ID, why(b, proto, down))
+		}
+		return Route{Backend: b, Rule: rule, Login: tgt.Login}, nil
+	}
+	r, err := t.pick(tgt.Pool, user, proto, down, aff, rule)
+	if err == nil {
+		r.Login = tgt.Login
+	}
+	return r, err
 }
 
 func usable(b *Backend, p Protocol, down HealthFunc) bool {

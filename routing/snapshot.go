@@ -16,11 +16,24 @@ import (
 //	"PRTCSNP1"
 //	uvarint length + JSON {backends, pools, domains, default_pool, index, seeded}
 //	uvarint user count, then per user:
-//	  uvarint len + user, kind byte (0 backend, 1 pool), uvarint len + name
+//	  uvarint len + user, kind byte, uvarint len + name,
+//	  [uvarint len + login], [uvarint len + source]
+//
+// The kind byte's bit 0 says pool (1) or backend (0); bit 1 that a login
+// (a rename, Target.Login) follows, bit 2 that a source (Target.Source)
+// follows. Only CmdImport writes either, and a leader writes it only when
+// every node applies it, so no older version meets those bits.
 //
 // The small parts are JSON (easy to evolve); the user rules, which can
 // number millions, are a compact binary list.
 const snapshotMagic = "PRTCSNP1"
+
+// Bits of a user rule's kind byte.
+const (
+	kindPool   = 1 << 0
+	kindLogin  = 1 << 1
+	kindSource = 1 << 2
+)
 
 // Bounds that protect Restore from a corrupt or hostile snapshot.
 const (
@@ -45,6 +58,10 @@ type snapHeader struct {
 	// (address). Only a command that every node knows sets it
 	// (CmdSetHashKey), so no older version reads a snapshot holding it.
 	HashKey HashKey `json:"hash_key,omitempty"`
+	// RegexMap is the regex popmap in order. Only a command that every
+	// node knows sets it (CmdSetRegexMap), so no older version reads a
+	// snapshot holding it.
+	RegexMap []RegexRule `json:"regex_map,omitempty"`
 }
 
 // WriteSnapshot writes t in the snapshot format (without an index).
@@ -62,6 +79,9 @@ func writeSnapshot(w io.Writer, t *Table, index *uint64) error {
 		seeded := t.Seeded()
 		hdr.Seeded = &seeded
 	}
+	if len(t.regex) > 0 {
+		hdr.RegexMap = t.RegexMap()
+	}
 	h, err := json.Marshal(hdr)
 	if err != nil {
 		return err
@@ -74,12 +94,24 @@ func writeSnapshot(w io.Writer, t *Table, index *uint64) error {
 	putU(uint64(t.users.len()))
 	t.users.each(func(u string, tg Target) bool {
 		putS(u)
+		var kind byte
+		name := tg.Backend
 		if tg.Pool != "" {
-			bw.WriteByte(1)
-			putS(tg.Pool)
-		} else {
-			bw.WriteByte(0)
-			putS(tg.Backend)
+			kind, name = kindPool, tg.Pool
+		}
+		if tg.Login != "" {
+			kind |= kindLogin
+		}
+		if tg.Source != "" {
+			kind |= kindSource
+		}
+		bw.WriteByte(kind)
+		putS(name)
+		if tg.Login != "" {
+			putS(tg.Login)
+		}
+		if tg.Source != "" {
+			putS(tg.Source)
 		}
 		return true
 	})
@@ -166,14 +198,22 @@ func readSnapshot(r io.Reader) (*Table, *uint64, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("routing snapshot: user %d: %w", i, err)
 		}
-		var tg Target
-		switch kind {
-		case 0:
-			tg = Target{Backend: name}
-		case 1:
-			tg = Target{Pool: name}
-		default:
+		if kind&^(kindPool|kindLogin|kindSource) != 0 {
 			return nil, nil, fmt.Errorf("routing snapshot: user %d: bad kind %d", i, kind)
+		}
+		tg := Target{Backend: name}
+		if kind&kindPool != 0 {
+			tg = Target{Pool: name}
+		}
+		if kind&kindLogin != 0 {
+			if tg.Login, err = readS(); err != nil || !validUser(tg.Login) {
+				return nil, nil, fmt.Errorf("routing snapshot: user %d: bad login %q (%v)", i, tg.Login, err)
+			}
+		}
+		if kind&kindSource != 0 {
+			if tg.Source, err = readS(); err != nil || !ValidSource(tg.Source) {
+				return nil, nil, fmt.Errorf("routing snapshot: user %d: bad source %q (%v)", i, tg.Source, err)
+			}
 		}
 		// Not validUser's 512 bytes: a key may be longer than the name
 		// it was made from (a table of an older version may hold one);
@@ -212,6 +252,13 @@ func readSnapshot(r io.Reader) (*Table, *uint64, error) {
 	t.users = users
 	if h.Seeded != nil {
 		t.seed = recordOf(*h.Seeded)
+	}
+	for _, r := range h.RegexMap {
+		c, err := compileRule(r)
+		if err != nil {
+			return nil, nil, fmt.Errorf("routing snapshot: %w", err)
+		}
+		t.regex = append(t.regex, c)
 	}
 	return t, h.Index, nil
 }

@@ -17,9 +17,12 @@ section() { printf '\n==== %s ====\n' "$*"; }
 
 # zsh and groff-base: the shell completions and man pages (cmd/portico);
 # lintian: the Debian package, which packaging/deb_test.go builds, lints and
-# installs into a throwaway root (as root only; it skips otherwise).
+# installs into a throwaway root (as root only; it skips otherwise);
+# perdition: the popmap parity test (integration/perdition_test.go), which
+# runs it in inetd mode (its daemon is not started: deps_install blocks
+# service starts).
 packages=(dovecot-imapd dovecot-pop3d nginx libnginx-mod-mail python3 curl iproute2 nftables prometheus
-	zsh groff-base lintian)
+	zsh groff-base lintian perdition)
 # The race detector needs cgo, hence a C compiler.
 command -v gcc >/dev/null 2>&1 || packages+=(gcc libc6-dev)
 

@@ -174,6 +174,9 @@ func (e *apiError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.Msg, e.
 // into out (if not nil). It returns the raw answer. Every method but GET
 // and HEAD carries Content-Type: application/json, body or not: the API
 // refuses anything else (it is how it tells the CLI from a browser form).
+// maxAnswer bounds an admin API answer the client reads.
+const maxAnswer = 64 << 20
+
 func (c *apiClient) do(method, path string, body any, out any) ([]byte, error) {
 	var rd io.Reader
 	if body != nil {
@@ -202,7 +205,7 @@ func (c *apiClient) do(method, path string, body any, out any) ([]byte, error) {
 		return nil, fmt.Errorf("admin API at %s: %w", c.base, err)
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"unicode/utf8"
@@ -56,7 +57,17 @@ func init() {
 		{name: "delete", args: "DOMAIN", summary: "delete a domain route", setup: deleteCmd("/v1/routes/domains/")},
 	}})
 	register(&command{name: "import", args: "FILE", argFiles: true, summary: "bulk-import user routes (admin API)", setup: importCmd,
-		about: "FILE is popmap (\"user: server\" lines, as Perdition's) or csv (user,target); - reads standard input."})
+		about: "FILE is a popmap (Perdition's \"user: [newname@]server\" lines, '#' comments; newname renames the user for the backend login), " +
+			"csv (user,target[,login]) or json ([{\"user\", \"backend\"|\"pool\"|\"server\", \"login\"}]); a server or target is a backend id, " +
+			"the host or host:port of one backend, or pool:NAME. - reads standard input.\n\n" +
+			"A popmap.re (Perdition's regex map: \"<regex>[:] [newname@]server\" lines, POSIX extended regexes, $1..$9 groups) " +
+			"replaces the regex rules of its source; logins of users without a route of their own try them in order.\n\n" +
+			"Every route written is tagged with --source (default: the file's base name). With --replace, the routes tagged with that " +
+			"source that FILE no longer names are removed; routes set through the API, by the configuration file or by another source " +
+			"are never removed. --dry-run prints what would be added, changed and removed, and writes nothing."})
+	register(&command{name: "export", summary: "write the user routes as a popmap, csv or json file (admin API)", setup: exportCmd,
+		about: "With --source, only the routes that import tagged with it: \"portico export --source NAME\" then " +
+			"\"portico import --replace --source NAME\" of its output changes nothing. --format popmap.re writes the regex popmap's rules."})
 	register(&command{name: "cluster", summary: "show the cluster (admin API)", subs: []*command{
 		{name: "members", summary: "list the gossip members with their state, role and version", setup: clusterMembers},
 		{name: "peers", summary: "list the raft peers", setup: clusterPeers},
@@ -222,9 +233,9 @@ func poolSet(fs *flag.FlagSet) func([]string) error {
 
 func printRoutes(rs []routing.UserRoute) error {
 	tw := newTab()
-	fmt.Fprintln(tw, "USER\tBACKEND\tPOOL")
+	fmt.Fprintln(tw, "USER\tBACKEND\tPOOL\tLOGIN\tSOURCE")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.User, dash(r.Backend), dash(r.Pool))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.User, dash(r.Backend), dash(r.Pool), dash(r.Login), dash(r.Source))
 	}
 	return tw.Flush()
 }
@@ -257,15 +268,16 @@ func routeSet(fs *flag.FlagSet) func([]string) error {
 	client := clientFlags(fs)
 	backend := fs.String("backend", "", "pin the user to this backend `id`")
 	pool := fs.String("pool", "", "route the user to this `pool`")
+	login := fs.String("login", "", "log in to the backend as this `name` instead of the user's")
 	return func(args []string) error {
 		if (*backend == "") == (*pool == "") {
-			return usageError{"usage: portico route set USER --backend ID | --pool NAME"}
+			return usageError{"usage: portico route set USER --backend ID | --pool NAME [--login NAME]"}
 		}
 		c, err := client()
 		if err != nil {
 			return err
 		}
-		raw, err := c.do("PUT", "/v1/routes/users/"+url.PathEscape(args[0]), routing.Target{Backend: *backend, Pool: *pool}, nil)
+		raw, err := c.do("PUT", "/v1/routes/users/"+url.PathEscape(args[0]), routing.Target{Backend: *backend, Pool: *pool, Login: *login}, nil)
 		if err == nil {
 			done(c, raw)
 		}
@@ -290,6 +302,9 @@ func routeLookup(fs *flag.FlagSet) func([]string) error {
 				if k, _ := r["hash_key"].(string); k != "" && k != string(routing.HashAddress) {
 					fmt.Printf(" hashed on the %s", k)
 				}
+			}
+			if l, _ := r["login"].(string); l != "" {
+				fmt.Printf(", logs in as %s", l)
 			}
 			fmt.Println()
 			return nil
@@ -354,14 +369,22 @@ func domainSet(fs *flag.FlagSet) func([]string) error {
 func importCmd(fs *flag.FlagSet) func([]string) error {
 	client := clientFlags(fs)
 	var format string
-	choiceVar(fs, &format, "format", "popmap", []string{"popmap", "csv"}, "popmap (\"user: server\" lines) or csv (user,target)")
+	choiceVar(fs, &format, "format", "popmap", []string{"popmap", "popmap.re", "csv", "json"},
+		"popmap (\"user: [newname@]server\" lines), popmap.re (Perdition's regex map; the default for a file named *.re), csv (user,target[,login]) or json")
+	source := fs.String("source", "", "tag the routes with this `name` (default: the file's base name)")
+	replace := fs.Bool("replace", false, "remove the routes tagged with the source that FILE no longer names")
+	dryRun := fs.Bool("dry-run", false, "print what would be added, changed and removed; write nothing")
 	return func(args []string) error {
 		var body []byte
 		var err error
+		src := *source
 		if args[0] == "-" {
 			body, err = io.ReadAll(os.Stdin)
 		} else {
 			body, err = os.ReadFile(args[0])
+			if src == "" {
+				src = filepath.Base(args[0])
+			}
 		}
 		if err != nil {
 			return err
@@ -369,14 +392,105 @@ func importCmd(fs *flag.FlagSet) func([]string) error {
 		if !utf8.Valid(body) {
 			return fmt.Errorf("import: %s is not UTF-8 text", args[0])
 		}
+		formatSet := false
+		fs.Visit(func(f *flag.Flag) { formatSet = formatSet || f.Name == "format" })
+		if !formatSet && strings.HasSuffix(args[0], ".re") {
+			format = "popmap.re"
+		}
+		if (*replace || format == "popmap.re") && src == "" {
+			return usageError{"import --replace or of a popmap.re from standard input needs --source NAME"}
+		}
 		c, err := client()
 		if err != nil {
 			return err
 		}
-		raw, err := c.do("POST", "/v1/import", routesapi.ImportRequest{Format: format, Data: string(body)}, nil)
-		if err == nil {
-			done(c, raw)
+		var res routesapi.ImportResult
+		raw, err := c.do("POST", "/v1/import", routesapi.ImportRequest{Format: format, Data: string(body), Source: src, Replace: *replace, DryRun: *dryRun}, &res)
+		if err != nil {
+			return err
 		}
+		if c.json {
+			printJSON(raw)
+			return nil
+		}
+		printImport(os.Stdout, res)
+		return nil
+	}
+}
+
+// printImport prints an import's outcome; a dry run's difference one
+// route a line: "+" added, "~" changed (from -> to), "-" removed.
+func printImport(w io.Writer, r routesapi.ImportResult) {
+	for _, a := range r.AddedList {
+		fmt.Fprintf(w, "+ %s: %s\n", a.User, targetString(a.Target))
+	}
+	for _, c := range r.ChangedList {
+		fmt.Fprintf(w, "~ %s: %s -> %s\n", c.User, targetString(c.From), targetString(c.To))
+	}
+	for _, d := range r.RemovedList {
+		fmt.Fprintf(w, "- %s: %s\n", d.User, targetString(d.Target))
+	}
+	if r.DryRun && (r.Added > 0 || r.Removed > 0 || r.Changed > 0) && (len(r.RegexBefore) > 0 || len(r.RegexAfter) > 0) {
+		for _, x := range r.RegexBefore {
+			fmt.Fprintf(w, "- %s: %s\n", x.Pattern, x.Replace)
+		}
+		for _, x := range r.RegexAfter {
+			fmt.Fprintf(w, "+ %s: %s\n", x.Pattern, x.Replace)
+		}
+	}
+	verb := "imported"
+	if r.DryRun {
+		verb = "dry run, nothing written:"
+	}
+	fmt.Fprintf(w, "%s %d users from source %s: %d added, %d changed, %d removed, %d unchanged", verb, r.Imported, dash(r.Source), r.Added, r.Changed, r.Removed, r.Unchanged)
+	if !r.DryRun {
+		fmt.Fprintf(w, " (raft index %d)", r.AppliedIndex)
+	}
+	fmt.Fprintln(w)
+}
+
+// targetString shows a rule's right-hand side as a popmap writes it, with
+// its source in brackets.
+func targetString(t routing.Target) string {
+	s := t.Backend
+	if t.Pool != "" {
+		s = "pool:" + t.Pool
+	}
+	if t.Login != "" {
+		s = t.Login + "@" + s
+	}
+	if t.Source != "" {
+		s += " [" + t.Source + "]"
+	}
+	return s
+}
+
+func exportCmd(fs *flag.FlagSet) func([]string) error {
+	client := clientFlags(fs)
+	var format string
+	choiceVar(fs, &format, "format", "popmap", []string{"popmap", "popmap.re", "csv", "json"}, "write a popmap, the regex popmap (popmap.re), csv or json")
+	source := fs.String("source", "", "only the routes an import tagged with this `name`")
+	consistent := consistentFlag(fs)
+	return func([]string) error {
+		c, err := client()
+		if err != nil {
+			return err
+		}
+		q := url.Values{"format": {format}}
+		if *source != "" {
+			q.Set("source", *source)
+		}
+		if *consistent {
+			q.Set("consistent", "true")
+		}
+		raw, err := c.do("GET", "/v1/export?"+q.Encode(), nil, nil)
+		if err != nil {
+			return err
+		}
+		if len(raw) >= maxAnswer {
+			return fmt.Errorf("export: the answer reached the client's limit of %d bytes; export one --source at a time", maxAnswer)
+		}
+		_, err = os.Stdout.Write(raw)
 		return err
 	}
 }

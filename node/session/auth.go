@@ -166,7 +166,28 @@ func (d RouteDirector) Direct(_ context.Context, a *Attempt) (*Target, error) {
 	case err != nil:
 		return nil, err
 	}
-	return &Target{Backend: r.Backend, Creds: a.Creds, SharedStorage: r.SharedStorage, Steered: r.Steered}, nil
+	return &Target{Backend: r.Backend, Creds: renamed(a.Creds, r.Login, a.Client.Env.MasterSeparator()), SharedStorage: r.SharedStorage, Steered: r.Steered}, nil
+}
+
+// renamed returns the credentials to log in to the backend with when the
+// user's rule renames the user (routing.Target.Login, Perdition's popmap
+// "user: newname@host"): the name of the mailbox the session opens
+// (RouteUser: the authorization identity if one was given, else the user
+// part of a master login "user*master", else the user) becomes login; a
+// master's name and the password stay the client's. The session is still
+// the client's user for routing, affinity and logs.
+func renamed(c Credentials, login, masterSep string) Credentials {
+	if login == "" {
+		return c
+	}
+	if c.AuthzID != "" {
+		c.AuthzID = login
+	} else if _, master, ok := splitMaster(c.User, masterSep); ok {
+		c.User = login + masterSep + master
+	} else {
+		c.User = login
+	}
+	return c
 }
 
 // Result of a login attempt.

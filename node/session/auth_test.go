@@ -51,3 +51,34 @@ func TestRouteDirectorAffinity(t *testing.T) {
 		}
 	}
 }
+
+// A rule's rename (Perdition's "user: newname@host") changes the name the
+// backend login uses: the user's, or the authorization identity's when a
+// master user logs in as the user; the password and the authentication
+// identity of a master login are the client's.
+func TestRouteDirectorRename(t *testing.T) {
+	c := &Client{Listener: &Listener{Protocol: routing.IMAP}}
+	b := &routing.Backend{ID: "b"}
+	cases := []struct {
+		login string
+		in    Credentials
+		want  Credentials
+	}{
+		{"", Credentials{User: "alice", Password: "pw"}, Credentials{User: "alice", Password: "pw"}},
+		{"alice.smith", Credentials{User: "alice", Password: "pw"}, Credentials{User: "alice.smith", Password: "pw"}},
+		{"alice.smith", Credentials{Mechanism: "PLAIN", AuthzID: "alice", User: "master", Password: "pw"},
+			Credentials{Mechanism: "PLAIN", AuthzID: "alice.smith", User: "master", Password: "pw"}},
+	}
+	for _, tc := range cases {
+		tg, err := RouteDirector{Router: routeTo(routing.Route{Backend: b, Login: tc.login})}.Direct(context.Background(), &Attempt{Client: c, Creds: tc.in})
+		if err != nil || tg.Creds != tc.want {
+			t.Errorf("login %q, %+v: backend gets %+v (%v), want %+v", tc.login, tc.in, tg.Creds, err, tc.want)
+		}
+	}
+	// A master login "user*master" keeps its master part.
+	for in, want := range map[string]string{"alice*admin": "alice.smith*admin", "alice": "alice.smith", "*admin": "alice.smith"} {
+		if got := renamed(Credentials{User: in, Password: "pw"}, "alice.smith", "*"); got.User != want || got.Password != "pw" {
+			t.Errorf("%s: %+v, want %s", in, got, want)
+		}
+	}
+}

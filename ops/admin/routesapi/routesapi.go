@@ -1,23 +1,17 @@
 // Package routesapi is the admin API of the replicated routing table and
 // of the cluster: /v1/backends (with PATCH of some fields, and a drain
 // that ends the backend's sessions on every node), /v1/pools,
-// /v1/routes/..., /v1/import (bulk user routes) and /v1/cluster/...
+// /v1/routes/..., /v1/import and /v1/export (bulk user routes) and /v1/cluster/...
 // (members, peers, leader). Reads
 // are served from this node's copy of the table (or after a consistent
 // read); writes go through the cluster, which passes them to the leader.
 package routesapi
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/csv"
 	"errors"
-	"fmt"
-	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/portico-mail/portico/cluster"
@@ -148,7 +142,17 @@ func Register(a *admin.Server, c Config) {
 		if !admin.Decode(w, r, admin.MaxBody, &tg) {
 			return
 		}
-		d.write(w, r, routing.Command{Type: routing.CmdPutUsers, Users: []routing.UserRoute{{User: r.PathValue("user"), Target: tg}}})
+		if tg.Source != "" {
+			admin.Error(w, 400, "source is set by an import (POST /v1/import), not here")
+			return
+		}
+		c := routing.Command{Type: routing.CmdPutUsers, Users: []routing.UserRoute{{User: r.PathValue("user"), Target: tg}}}
+		if tg.Login != "" {
+			// A rename needs the import command (an untagged one): a
+			// put-users carries none.
+			c.Type = routing.CmdImport
+		}
+		d.write(w, r, c)
 	})
 	a.HandleFunc("DELETE /v1/routes/users/{user}", func(w http.ResponseWriter, r *http.Request) {
 		d.write(w, r, routing.Command{Type: routing.CmdDeleteUsers, Names: []string{r.PathValue("user")}})
@@ -198,9 +202,10 @@ func Register(a *admin.Server, c Config) {
 			return
 		}
 		admin.JSON(w, 200, map[string]any{"user": routing.NormalizeUser(q.Get("user")), "backend": rt.Backend.ID,
-			"address": rt.Backend.Addr(proto), "pool": rt.Pool, "rule": rt.Rule, "steered": rt.Steered, "hash_key": t.HashKey()})
+			"address": rt.Backend.Addr(proto), "pool": rt.Pool, "rule": rt.Rule, "steered": rt.Steered, "hash_key": t.HashKey(), "login": rt.Login})
 	}))
 	a.HandleFunc("POST /v1/import", d.importRoutes)
+	a.HandleFunc("GET /v1/export", d.read(d.exportRoutes))
 	a.HandleFunc("GET /v1/cluster/members", func(w http.ResponseWriter, r *http.Request) {
 		admin.JSON(w, 200, d.Cluster.Members())
 	})
@@ -270,156 +275,4 @@ func (d *api) read(f func(http.ResponseWriter, *http.Request, *routing.Table)) h
 		}
 		f(w, r, d.FSM.Table())
 	}
-}
-
-// ImportRequest is the body of POST /v1/import: the file's text as a JSON
-// string (so that the request is application/json like every other
-// state-changing call, see ops/admin), and its format.
-type ImportRequest struct {
-	Format string `json:"format"` // popmap (default) or csv
-	Data   string `json:"data"`
-}
-
-// importRoutes takes user routes in bulk: Perdition's popmap format
-// ("user: server", server a backend id or host[:port]) or CSV ("user,
-// target" where target is a backend id or "pool:NAME"; a header line
-// "user,..." is skipped). The import is validated completely first; then
-// it is written in batches (a partial failure reports how far it got; a
-// retry is safe because every write is a put).
-func (d *api) importRoutes(w http.ResponseWriter, r *http.Request) {
-	var req ImportRequest
-	if !admin.Decode(w, r, maxImportBody, &req) {
-		return
-	}
-	format := req.Format
-	if q := r.URL.Query().Get("format"); q != "" {
-		if format != "" && format != q {
-			admin.Error(w, 400, "format "+strconv.Quote(q)+" in the query differs from "+strconv.Quote(format)+" in the body")
-			return
-		}
-		format = q
-	}
-	body := []byte(req.Data)
-	var err error
-	t := d.FSM.Table()
-	var routes []routing.UserRoute
-	switch format {
-	case "popmap", "":
-		routes, err = parsePopmap(body, t)
-	case "csv":
-		routes, err = parseCSV(body, t)
-	default:
-		admin.Error(w, 400, "format must be popmap or csv")
-		return
-	}
-	if err != nil {
-		admin.Error(w, 400, err.Error())
-		return
-	}
-	if _, err := t.WithUsers(routes); err != nil {
-		admin.Error(w, statusOf(err), err.Error())
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Minute)
-	defer cancel()
-	done := 0
-	for done < len(routes) {
-		end := min(done+importBatch, len(routes))
-		err := d.Cluster.Apply(ctx, routing.Command{Type: routing.CmdPutUsers, Users: routes[done:end]})
-		// A bulk import outlives elections: a batch that found no leader
-		// (each Apply waits an election out) is tried again, up to three
-		// times; batches are idempotent.
-		for retry := 0; errors.Is(err, cluster.ErrNoLeader) && retry < 3 && ctx.Err() == nil; retry++ {
-			err = d.Cluster.Apply(ctx, routing.Command{Type: routing.CmdPutUsers, Users: routes[done:end]})
-		}
-		if err != nil {
-			admin.Error(w, statusOf(err), fmt.Sprintf("after %d of %d users: %v", done, len(routes), err))
-			return
-		}
-		done = end
-	}
-	admin.JSON(w, 200, map[string]any{"ok": true, "imported": done, "applied_index": d.FSM.AppliedIndex()})
-}
-
-// resolveServer maps a popmap server to a backend: an id, or a host or
-// host:port of exactly one backend.
-func resolveServer(s string, t *routing.Table) (string, error) {
-	if t.Backend(s) != nil {
-		return s, nil
-	}
-	var match []string
-	for _, b := range t.Backends() {
-		if b.Host == s || b.Addr(routing.IMAP) == s || b.Addr(routing.POP3) == s {
-			match = append(match, b.ID)
-		}
-	}
-	switch len(match) {
-	case 1:
-		return match[0], nil
-	case 0:
-		return "", fmt.Errorf("unknown server %q (not a backend id, host or host:port)", s)
-	}
-	return "", fmt.Errorf("server %q matches several backends (%s); use a backend id", s, strings.Join(match, ", "))
-}
-
-func parsePopmap(b []byte, t *routing.Table) ([]routing.UserRoute, error) {
-	var out []routing.UserRoute
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 64<<10), 64<<10)
-	for line := 1; sc.Scan(); line++ {
-		s := strings.TrimSpace(sc.Text())
-		if s == "" || strings.HasPrefix(s, "#") {
-			continue
-		}
-		user, server, ok := strings.Cut(s, ":")
-		user, server = strings.TrimSpace(user), strings.TrimSpace(server)
-		if !ok || user == "" || server == "" {
-			return nil, fmt.Errorf("line %d: want \"user: server\"", line)
-		}
-		id, err := resolveServer(server, t)
-		if err != nil {
-			return nil, fmt.Errorf("line %d: %v", line, err)
-		}
-		out = append(out, routing.UserRoute{User: user, Target: routing.Target{Backend: id}})
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading popmap: %v", err)
-	}
-	return out, nil
-}
-
-func parseCSV(b []byte, t *routing.Table) ([]routing.UserRoute, error) {
-	cr := csv.NewReader(bytes.NewReader(b))
-	cr.FieldsPerRecord = -1
-	cr.Comment = '#'
-	cr.TrimLeadingSpace = true
-	var out []routing.UserRoute
-	for line := 1; ; line++ {
-		rec, err := cr.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("csv: %v", err)
-		}
-		if len(rec) != 2 {
-			return nil, fmt.Errorf("csv line %d: want 2 fields (user,target), got %d", line, len(rec))
-		}
-		user, target := strings.TrimSpace(rec[0]), strings.TrimSpace(rec[1])
-		if line == 1 && strings.EqualFold(user, "user") {
-			continue
-		}
-		var tg routing.Target
-		if p, ok := strings.CutPrefix(target, "pool:"); ok {
-			tg.Pool = p
-		} else {
-			id, err := resolveServer(target, t)
-			if err != nil {
-				return nil, fmt.Errorf("csv line %d: %v", line, err)
-			}
-			tg.Backend = id
-		}
-		out = append(out, routing.UserRoute{User: user, Target: tg})
-	}
-	return out, nil
 }

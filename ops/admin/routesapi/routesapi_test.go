@@ -51,10 +51,10 @@ func TestImportFormats(t *testing.T) {
 		popmap, csv bool
 		in, msg     string
 	}{
-		{popmap: true, in: "alice b1\n", msg: `line 1: want "user: server"`},
+		{popmap: true, in: "alice b1\n", msg: `line 1: want "user: [newname@]server"`},
 		{popmap: true, in: "alice: 10.0.0.2\n", msg: "matches several backends (b2, b3)"},
 		{popmap: true, in: "ok: b1\nalice: 10.9.9.9\n", msg: "line 2: unknown server"},
-		{csv: true, in: "alice,b1,x\n", msg: "want 2 fields"},
+		{csv: true, in: "alice,b1,x,y,z\n", msg: "want 2 to 4 fields"},
 		{csv: true, in: "alice,nope\n", msg: "csv line 1: unknown server"},
 	} {
 		var err error
