@@ -276,7 +276,7 @@ func routeSet(fs *flag.FlagSet) func([]string) error {
 func routeLookup(fs *flag.FlagSet) func([]string) error {
 	client := clientFlags(fs)
 	var protocol string
-	choiceVar(fs, &protocol, "protocol", "imap", []string{"imap", "pop3"}, "look up a login over this protocol")
+	choiceVar(fs, &protocol, "protocol", "imap", []string{"imap", "pop3", "sieve"}, "look up a login over this protocol")
 	return func(args []string) error {
 		c, err := client()
 		if err != nil {
