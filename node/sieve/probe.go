@@ -3,9 +3,7 @@ package sieve
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
-	"io"
 
 	"github.com/portico-mail/portico/node/netx"
 	"github.com/portico-mail/portico/routing"
@@ -28,9 +26,6 @@ func Probe(ctx context.Context, be *netx.Stream, b *routing.Backend, tlsConfig f
 	}
 	r, err := bk.command("LOGOUT")
 	switch {
-	case err != nil && errors.Is(err, io.EOF):
-		// A server may close right after its answer is read.
-		return phaseError(phaseLOGOUT, err)
 	case err != nil:
 		return phaseError(phaseLOGOUT, err)
 	case r.status != "OK" && r.status != "BYE":
