@@ -4,7 +4,7 @@
 // password).
 //
 // Before login the client gets the capability greeting (§1.7: IMPLEMENTATION,
-// SASL, SIEVE, STARTTLS when offered, VERSION) and may use CAPABILITY
+// SASL, SIEVE, NOTIFY with enotify, STARTTLS when offered, VERSION) and may use CAPABILITY
 // (§2.4), STARTTLS (§2.2: bytes pipelined after it feed the TLS handshake
 // and are never run as commands; the capabilities are re-issued over TLS),
 // AUTHENTICATE (§2.1) with the SASL mechanisms PLAIN and LOGIN, with or
@@ -29,6 +29,7 @@ package sieve
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 
 	"github.com/portico-mail/portico/node/session"
@@ -54,6 +55,7 @@ type Options struct {
 type Handler struct {
 	implementation string
 	extensions     string
+	notify         bool // extensions include enotify
 }
 
 // New returns a Handler.
@@ -65,6 +67,7 @@ func New(opts Options) *Handler {
 	if h.extensions == "" || strings.ContainsAny(h.extensions, "\r\n\x00") {
 		h.extensions = DefaultExtensions
 	}
+	h.notify = slices.Contains(strings.Fields(h.extensions), "enotify")
 	return h
 }
 
@@ -232,6 +235,11 @@ func (s *conn) capabilities() string {
 	}
 	b.WriteString("\"SASL\" " + quote(mechs) + "\r\n")
 	b.WriteString("\"SIEVE\" " + quote(s.h.extensions) + "\r\n")
+	if s.h.notify {
+		// Required with enotify (§1.7); mailto is the one method
+		// Pigeonhole implements.
+		b.WriteString("\"NOTIFY\" \"mailto\"\r\n")
+	}
 	if s.c.Listener.StartTLSOffered(isTLS) {
 		b.WriteString("\"STARTTLS\"\r\n")
 	}

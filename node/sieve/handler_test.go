@@ -21,7 +21,7 @@ func TestGreetingCapabilityNoopLogout(t *testing.T) {
 	lis := testListener(routing.TLSStartTLS, tlsServerConfig(t), false)
 	r := newRig(t, lis)
 	c, caps := dial(t, r.addr())
-	want := []string{`"IMPLEMENTATION" "Portico"`, `"SASL" ""`, `"SIEVE" "` + DefaultExtensions + `"`, `"STARTTLS"`, `"VERSION" "1.0"`}
+	want := []string{`"IMPLEMENTATION" "Portico"`, `"SASL" ""`, `"SIEVE" "` + DefaultExtensions + `"`, `"NOTIFY" "mailto"`, `"STARTTLS"`, `"VERSION" "1.0"`}
 	if !slices.Equal(caps, want) {
 		t.Fatalf("greeting capabilities %q, want %q", caps, want)
 	}
@@ -57,7 +57,7 @@ func TestPlaintextRefusedThenSTARTTLS(t *testing.T) {
 	}
 	c.c, c.br = tc, bufio.NewReader(tc)
 	caps, st := c.response()
-	want := []string{`"IMPLEMENTATION" "Portico"`, `"SASL" "PLAIN LOGIN"`, `"SIEVE" "` + DefaultExtensions + `"`, `"VERSION" "1.0"`}
+	want := []string{`"IMPLEMENTATION" "Portico"`, `"SASL" "PLAIN LOGIN"`, `"SIEVE" "` + DefaultExtensions + `"`, `"NOTIFY" "mailto"`, `"VERSION" "1.0"`}
 	if !slices.Equal(caps, want) || !strings.HasPrefix(st, "OK ") {
 		t.Fatalf("after STARTTLS: %q %q", caps, st)
 	}
