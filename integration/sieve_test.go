@@ -1,14 +1,21 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +31,7 @@ tls:
   certificates: [{cert: %s, key: %s}]
 listeners:
   - {name: sieve, protocol: sieve, address: "127.0.0.1:0", tls: starttls}
+  - {name: sieve-plain, protocol: sieve, address: "127.0.0.1:0", tls: none}
 limits:
   auth_failure_delay: 100ms
 backends:
@@ -139,3 +147,89 @@ func TestSieveConnectThroughPortico(t *testing.T) {
 }
 
 var porticoSession = regexp.MustCompile(`session=<[A-Z2-7]{16}>`)
+
+// A kick ends a relayed ManageSieve session at a response boundary: a
+// GETSCRIPT literal in flight arrives whole with its OK, then the client
+// gets BYE (TRYLATER) with the reason, and the connection closes.
+func TestSieveKickAtResponseBoundary(t *testing.T) {
+	// A script larger than the socket buffers between Dovecot and the
+	// client, so that its literal is still in flight at the kick.
+	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.83", Sieve: true, TLS: true,
+		ExtraConfig: "plugin {\n  sieve_max_script_size = 32M\n  sieve_quota_max_storage = 64M\n}"})
+	p := startPortico(t, sieveConfig(t, dc))
+	// A small receive buffer keeps most of the literal out of the
+	// client's kernel: it is still in the relay's path at the kick.
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) {
+			_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 32<<10)
+		})
+	}}
+	nc, err := d.Dial("tcp", p.addr("sieve-plain"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	_ = nc.SetDeadline(time.Now().Add(20 * time.Second))
+	l := &lineConn{t: t, c: nc, br: bufio.NewReader(nc)}
+	l.until("OK ")
+	l.send(`AUTHENTICATE "PLAIN" "` + base64PlainIR("alice", "secret") + "\"\r\n")
+	if got := l.line(); !strings.HasPrefix(got, "OK ") {
+		t.Fatalf("login: %q", got)
+	}
+	var b strings.Builder
+	for b.Len() < 8<<20 {
+		fmt.Fprintf(&b, "# line %08d of a large script, fetched while the session is kicked\r\n", b.Len())
+	}
+	b.WriteString("keep;\r\n")
+	script := b.String()
+	l.send("PUTSCRIPT \"big\" {" + strconv.Itoa(len(script)) + "+}\r\n" + script + "\r\n")
+	if got := l.line(); !strings.HasPrefix(got, "OK ") {
+		t.Fatalf("PUTSCRIPT: %q", got)
+	}
+	l.send("GETSCRIPT \"big\"\r\n")
+	head := l.line()
+	if head != "{"+strconv.Itoa(len(script))+"}\r\n" {
+		t.Fatalf("GETSCRIPT response %q, want a literal of %d bytes", head, len(script))
+	}
+	first := make([]byte, 32<<10)
+	if _, err := io.ReadFull(l.br, first); err != nil {
+		t.Fatal(err)
+	}
+	// The rest of the literal is in flight (socket buffers, Dovecot) when
+	// the kick comes; the kick answers once the session has ended, so the
+	// client reads meanwhile.
+	kicked := make(chan string, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", "http://"+p.d.AdminAddr().String()+"/v1/sessions/kick",
+			strings.NewReader(`{"user": "alice", "reason": "Moving your mailbox."}`))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			kicked <- err.Error()
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		kicked <- fmt.Sprintf("%d %s", resp.StatusCode, strings.Join(strings.Fields(string(body)), ""))
+	}()
+	_ = l.c.SetDeadline(time.Now().Add(20 * time.Second))
+	rest, err := io.ReadAll(l.br)
+	if err != nil {
+		t.Fatalf("reading after the kick: %v", err)
+	}
+	if k := <-kicked; !strings.HasPrefix(k, "200 ") || !strings.Contains(k, `"kicked":1`) {
+		t.Fatalf("kick: %s", k)
+	}
+	got := append(first, rest...)
+	if len(got) < len(script) || string(got[:len(script)]) != script {
+		t.Fatalf("the literal was cut: got %d bytes of %d", len(got), len(script))
+	}
+	after := string(got[len(script):])
+	if !strings.HasPrefix(after, "\r\nOK ") || !strings.HasSuffix(after, "\r\nBYE (TRYLATER) \"Moving your mailbox.\"\r\n") {
+		t.Fatalf("after the literal: %q", after)
+	}
+}
+
+func base64PlainIR(user, pass string) string {
+	return base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + pass))
+}
