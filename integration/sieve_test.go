@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/integration/dovecot"
+	"github.com/portico-mail/portico/ops/config"
+	"github.com/portico-mail/portico/routing"
 )
 
 // sieveConfig is one Dovecot with ManageSieve behind a Portico sieve
@@ -232,4 +234,35 @@ func TestSieveKickAtResponseBoundary(t *testing.T) {
 
 func base64PlainIR(user, pass string) string {
 	return base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + pass))
+}
+
+// The README's ManageSieve configuration is valid and routes ManageSieve
+// logins to the backends' sieve_port.
+func TestReadmeSieveConfiguration(t *testing.T) {
+	raw, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const marker = "# ManageSieve beside IMAP, to the same backends\n"
+	i := strings.Index(string(raw), marker)
+	if i < 0 {
+		t.Fatal("README: ManageSieve configuration not found")
+	}
+	yml := string(raw[i:])
+	yml = yml[:strings.Index(yml, "```")]
+	cfg, err := config.Parse([]byte(yml))
+	if err != nil {
+		t.Fatalf("README ManageSieve configuration: %v\n%s", err, yml)
+	}
+	if cfg.Listeners[1].Protocol != "sieve" {
+		t.Fatalf("listeners %+v", cfg.Listeners)
+	}
+	tbl, err := routing.NewTable(cfg.RoutingSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := tbl.Lookup(routing.Request{User: "alice@example.com", Protocol: routing.Sieve}, nil)
+	if err != nil || r.Backend.Port(routing.Sieve) != 4190 {
+		t.Fatalf("sieve route %+v %v", r, err)
+	}
 }
