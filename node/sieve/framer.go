@@ -2,7 +2,6 @@ package sieve
 
 import (
 	"strings"
-	"sync/atomic"
 
 	"github.com/portico-mail/portico/node/relay"
 )
@@ -17,9 +16,10 @@ import (
 // so the relay may splice them unseen.
 //
 // Unlike POP3 the shape of a response never depends on the command, so
-// the framer needs only the backend's bytes.
+// the framer needs only the backend's bytes; all its methods are called by
+// the backend->client direction of the relay, one at a time.
 type Framer struct {
-	literal atomic.Int64 // literal bytes still to come
+	literal int64 // literal bytes still to come
 
 	inResp bool // bytes of the current response seen
 	inLine bool // bytes of the current line seen
@@ -48,17 +48,17 @@ func NewFramer() relay.Framer { return &Framer{} }
 // ServerData implements relay.Framer.
 func (f *Framer) ServerData(b []byte) int {
 	last := -1
-	if !f.inResp && f.literal.Load() == 0 {
+	if !f.inResp && f.literal == 0 {
 		last = 0
 	}
 	i := 0
 	for i < len(b) {
-		if lit := f.literal.Load(); lit > 0 {
+		if f.literal > 0 {
 			skip := int64(len(b) - i)
-			if skip > lit {
-				skip = lit
+			if skip > f.literal {
+				skip = f.literal
 			}
-			f.literal.Add(-skip)
+			f.literal -= skip
 			i += int(skip)
 			continue
 		}
@@ -72,7 +72,7 @@ func (f *Framer) ServerData(b []byte) int {
 		switch c {
 		case '\n':
 			if f.tail == tailClosed || f.tail == tailClosedCR {
-				f.literal.Store(f.n)
+				f.literal = f.n
 				f.tail, f.cont = tailNone, true
 				continue
 			}
@@ -130,18 +130,18 @@ func isStatus(head []byte) bool {
 }
 
 // Opaque implements relay.Framer.
-func (f *Framer) Opaque() int64 { return f.literal.Load() }
+func (f *Framer) Opaque() int64 { return f.literal }
 
 // Skip implements relay.Framer.
 func (f *Framer) Skip(n int64) {
-	if lit := f.literal.Load(); n > lit {
-		n = lit
+	if n > f.literal {
+		n = f.literal
 	}
-	f.literal.Add(-n)
+	f.literal -= n
 }
 
 // AtBoundary implements relay.Framer.
-func (f *Framer) AtBoundary() bool { return !f.inResp && f.literal.Load() == 0 }
+func (f *Framer) AtBoundary() bool { return !f.inResp && f.literal == 0 }
 
 // WantsClientData implements relay.Framer: responses do not depend on the
 // commands.

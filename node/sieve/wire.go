@@ -299,8 +299,8 @@ func trailingLiteral(line []byte) (int, bool) {
 	return 0, false
 }
 
-// atom parses a bare word starting at line[i]: printable ASCII but for
-// SP, '"', '{', '}', '(', ')', '\' and '%'/'*' are allowed.
+// atom parses a bare word starting at line[i]: printable ASCII but SP,
+// '"', '{', '}', '(', ')' and '\'.
 func atom(line []byte, i int) (string, int, bool) {
 	j := i
 	for j < len(line) && line[j] != ' ' {
