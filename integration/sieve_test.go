@@ -143,8 +143,14 @@ func TestSieveConnectThroughPortico(t *testing.T) {
 			}
 		}
 	}
-	if sieveLogins == 0 {
-		t.Fatalf("no ManageSieve logins in Dovecot's log:\n%s", dc.Log())
+	if sieveLogins != 10 {
+		t.Fatalf("%d ManageSieve logins in Dovecot's log, want 10:\n%s", sieveLogins, dc.Log())
+	}
+	mfs, _ := scrape(t, p)
+	for result, want := range map[string]float64{"ok": 10, "bad_credentials": 1} {
+		if got, _ := value(mfs, "portico_logins_total", l("protocol", "sieve", "listener", "sieve", "result", result)); got != want {
+			t.Errorf("portico_logins_total{protocol=sieve,result=%s} = %v, want %v", result, got, want)
+		}
 	}
 }
 
