@@ -73,3 +73,23 @@ func TestDovecot(t *testing.T) {
 		}
 	}
 }
+
+// forward: proxy: a PROXY v2 header carries the client's address to a
+// managesieve-login listener with haproxy = yes.
+func TestDovecotPROXYHeader(t *testing.T) {
+	dc := dovecot.Start(t, dovecot.Options{Sieve: true, HAProxy: true})
+	be := routing.Backend{ID: "dovecot", Host: dc.Addr, SievePort: dc.SievePort, Forward: routing.ForwardProxy}
+	r := newRig(t, testListener(routing.TLSNone, nil, true), be)
+	c, _ := dial(t, r.addr())
+	c.cmd(`AUTHENTICATE "PLAIN" "`+plainIR("", "alice", "secret")+`"`, "OK ")
+	if res := r.result(); res.ho == nil {
+		t.Fatalf("no hand-off: %+v", res.end)
+	}
+	if n := dc.WaitLogins("alice", 1, 5*time.Second); n != 1 {
+		t.Fatalf("dovecot logged %d logins", n)
+	}
+	recs := dc.LoginRecords()
+	if rec := recs[len(recs)-1]; rec.Protocol != "sieve" || rec.RemoteIP != "198.51.100.7" {
+		t.Errorf("dovecot login record %+v: want sieve, rip=198.51.100.7 (PROXY v2)", rec)
+	}
+}
