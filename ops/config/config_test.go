@@ -120,6 +120,17 @@ func TestProxyFlags(t *testing.T) {
 	if c.Listeners[0].TLS != "starttls" || *c.Listeners[0].AllowPlaintextAuth || c.Listeners[1].TLS != "implicit" {
 		t.Errorf("listeners %+v", c.Listeners)
 	}
+	// ManageSieve (sieve://, default port 4190) beside IMAP on one host.
+	c, err = FromProxyFlags(ProxyFlags{From: []string{"sieve://127.0.0.1", "imap://127.0.0.1:1143"},
+		To: []string{"sieve://127.0.0.1", "imap://127.0.0.1:10143"}, Cert: "c.pem", Key: "k.pem"})
+	if err != nil || len(c.Backends) != 1 || c.Backends[0].SievePort != 4190 ||
+		c.Listeners[0].Protocol != "sieve" || c.Listeners[0].Address != "127.0.0.1:4190" || c.Listeners[0].TLS != "starttls" {
+		t.Fatalf("sieve proxy flags: %v %+v %+v", err, c.Backends, c.Listeners)
+	}
+	if _, err := FromProxyFlags(ProxyFlags{From: []string{"sieve://127.0.0.1:4190"}, To: []string{"imap://h:143"}}); err == nil ||
+		!strings.Contains(err.Error(), "no --to sieve:// backend") {
+		t.Errorf("sieve without a sieve backend: %v", err)
+	}
 	// Without a certificate: plaintext listeners, no TLS.
 	c, err = FromProxyFlags(ProxyFlags{From: []string{"imap://127.0.0.1:1143"}, To: []string{"imap://mail.example:143"}})
 	if err != nil || c.Listeners[0].TLS != "none" {
