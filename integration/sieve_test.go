@@ -76,7 +76,8 @@ func sieveConnect(t *testing.T, addr, password string, args ...string) (string, 
 // options) checks, uploads, lists, activates, downloads, deactivates and
 // deletes a script through Portico's ManageSieve listener (STARTTLS with
 // the client, STARTTLS and XCLIENT with Dovecot's managesieve-login); a
-// wrong password and an invalid script are refused.
+// wrong password and an invalid script are refused; while active, the
+// script files a message dovecot-lda delivers.
 func TestSieveConnectThroughPortico(t *testing.T) {
 	if _, err := exec.LookPath("sieve-connect"); err != nil {
 		t.Skip("sieve-connect not installed (apt-get install sieve-connect)")
@@ -87,7 +88,7 @@ func TestSieveConnectThroughPortico(t *testing.T) {
 
 	dir := t.TempDir()
 	script := filepath.Join(dir, "filter.sieve")
-	body := "require [\"fileinto\"];\nif header :contains \"subject\" \"portico\" {\n  fileinto \"INBOX\";\n}\n"
+	body := "require [\"fileinto\", \"mailbox\"];\nif header :contains \"subject\" \"portico\" {\n  fileinto :create \"Filtered\";\n}\n"
 	if err := os.WriteFile(script, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -123,6 +124,16 @@ func TestSieveConnectThroughPortico(t *testing.T) {
 	run("--download", "--remotesieve", "filter", "--localsieve", got)
 	if b, err := os.ReadFile(got); err != nil || string(b) != body {
 		t.Fatalf("downloaded %q (%v), want %q", b, err, body)
+	}
+	// The script uploaded through Portico filters a delivered message.
+	if err := dc.Deliver("alice", "From: bob@example.com\r\nTo: alice@example.com\r\nSubject: via portico\r\n\r\nfiltered\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := dc.Deliver("alice", "From: bob@example.com\r\nTo: alice@example.com\r\nSubject: other\r\n\r\nkept\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if f, in := dc.MaildirFiles("alice", ".Filtered"), dc.MaildirFiles("alice", ""); len(f) != 1 || len(in) != 1 {
+		t.Fatalf("after delivery: Filtered %q, INBOX %q (want one each)", f, in)
 	}
 	run("--deactivate")
 	run("--delete", "--remotesieve", "filter")

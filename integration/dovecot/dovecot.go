@@ -124,8 +124,9 @@ type Options struct {
 	ExtraConfig string
 	// Sieve also runs Pigeonhole's ManageSieve (RFC 5804) on SievePort (0
 	// picks a free port), STARTTLS-capable when TLS, with scripts stored
-	// under each user's home (sieve = file:~/sieve). It needs the Debian
-	// package dovecot-managesieved.
+	// under each user's home (sieve = file:~/sieve), which local delivery
+	// (Server.Deliver) runs. It needs the Debian package
+	// dovecot-managesieved.
 	Sieve     bool
 	SievePort int
 	// StartTimeout bounds the wait for the listeners; default 10 s.
@@ -547,6 +548,11 @@ func renderConfig(s *Server, opts Options, uid int) string {
 		w("plugin {")
 		w("  sieve = file:~/sieve;active=~/.dovecot.sieve")
 		w("}")
+		// Local delivery (Deliver) runs the user's active script.
+		w("postmaster_address = postmaster@example.com")
+		w("protocol lda {")
+		w("  mail_plugins = $mail_plugins sieve")
+		w("}")
 	}
 	if !opts.AuthPenalty {
 		// With mode 0 Dovecot does not create this socket; the auth process
@@ -836,6 +842,34 @@ func lookPath(name string, fallbacks ...string) (string, error) {
 
 func dovecotBinary() (string, error) {
 	return lookPath("dovecot", "/usr/sbin/dovecot", "/usr/local/sbin/dovecot")
+}
+
+// Deliver delivers msg (a whole RFC 5322 message) to user's mailbox with
+// dovecot-lda, which runs the user's active Sieve script (Options.Sieve).
+func (s *Server) Deliver(user, msg string) error {
+	bin, err := lookPath("dovecot-lda", "/usr/lib/dovecot/dovecot-lda", "/usr/libexec/dovecot/dovecot-lda")
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, "-c", s.ConfigFile, "-d", user, "-f", "sender@example.com")
+	cmd.Stdin = strings.NewReader(msg)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("dovecot-lda: %v: %s", err, out)
+	}
+	return nil
+}
+
+// MaildirFiles lists the messages of user's mailbox (maildir++ name:
+// "" for INBOX, ".Folder" for others) in new/ and cur/.
+func (s *Server) MaildirFiles(user, folder string) []string {
+	var out []string
+	for _, sub := range []string{"new", "cur"} {
+		ents, _ := os.ReadDir(filepath.Join(s.Dir, "mail", user, "Maildir", folder, sub))
+		for _, e := range ents {
+			out = append(out, filepath.Join(sub, e.Name()))
+		}
+	}
+	return out
 }
 
 func doveadmBinary() (string, error) {
