@@ -262,6 +262,19 @@ func TestSyntaxErrorSkipsLiteral(t *testing.T) {
 	}
 }
 
+// Empty literals cannot keep one invalid command going forever.
+func TestEndlessEmptyLiterals(t *testing.T) {
+	r := newRig(t, testListener(routing.TLSNone, nil, true))
+	c, _ := dial(t, r.addr())
+	// Exactly what the reader consumes before it gives up: no unread
+	// bytes for the close to reset.
+	c.send("NOOP ( {0+}\r\n" + strings.Repeat("{0+}\r\n", maxArgs+1))
+	c.expect(`BYE "Literal too large.`)
+	if res := r.result(); res.end.Reason != session.EndProtocolError {
+		t.Fatalf("end %+v", res.end)
+	}
+}
+
 func TestTooManyErrors(t *testing.T) {
 	r := newRig(t, testListener(routing.TLSNone, nil, true))
 	c, _ := dial(t, r.addr())

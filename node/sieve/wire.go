@@ -170,14 +170,16 @@ func (w *wire) readTokens() ([]Arg, error) {
 // literal line announces at its end, if any, and the lines after it, so
 // that the next read starts at the next command (a literal's bytes are
 // never run as commands). literals is what the command's literals took
-// so far.
+// so far. A command announcing more literals than a valid one can hold
+// (empty ones cost nothing from the byte budget) ends the session like an
+// oversized one.
 func (w *wire) drain(line []byte, literals int) error {
-	for {
+	for count := 0; ; count++ {
 		n, ok := trailingLiteral(line)
 		if !ok {
 			return ErrSyntax
 		}
-		if n > w.maxLiteral-literals {
+		if n > w.maxLiteral-literals || count > maxArgs {
 			return ErrLiteralTooLarge
 		}
 		literals += n
