@@ -22,14 +22,14 @@ import (
 type ProbeFunc func(ctx context.Context, b *routing.Backend) error
 
 // ConnectProbe is the probe used when HealthConfig.Probe is nil: a TCP
-// connection to the backend's IMAP (else POP3) port, closed at once. It
+// connection to the backend's IMAP (else POP3, else ManageSieve) port, closed at once. It
 // knows nothing of the protocols, so it cannot tell a backend that would
 // refuse logins from one that would take them; nodes always inject a real
 // probe.
 func ConnectProbe(ctx context.Context, b *routing.Backend) error {
 	addr := probeAddr(b)
 	if addr == "" {
-		return fmt.Errorf("backend %s has no IMAP or POP3 port", b.ID)
+		return fmt.Errorf("backend %s has no IMAP, POP3 or ManageSieve port", b.ID)
 	}
 	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -39,13 +39,16 @@ func ConnectProbe(ctx context.Context, b *routing.Backend) error {
 }
 
 // probeAddr is the address a backend is probed at: IMAP when it serves
-// IMAP, else POP3 (one protocol per backend: a backend is up or down as a
+// IMAP, else POP3, else ManageSieve (one protocol per backend: a backend is up or down as a
 // whole).
 func probeAddr(b *routing.Backend) string {
 	if a := b.Addr(routing.IMAP); a != "" {
 		return a
 	}
-	return b.Addr(routing.POP3)
+	if a := b.Addr(routing.POP3); a != "" {
+		return a
+	}
+	return b.Addr(routing.Sieve)
 }
 
 // probe runs the configured probe on b within the probe timeout, and

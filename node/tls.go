@@ -50,9 +50,15 @@ func (s *CertStore) ServerConfig(proto routing.Protocol, p TLSPolicy) *tls.Confi
 	return cfg
 }
 
-// ALPNProtocol returns the IANA ALPN protocol id of a mail protocol: "imap"
-// or "pop3" (the registry's ids equal routing's protocol names).
-func ALPNProtocol(p routing.Protocol) string { return string(p) }
+// ALPNProtocol returns the IANA ALPN protocol id of a mail protocol: "imap",
+// "pop3" (the registry's ids equal routing's protocol names) or
+// "managesieve".
+func ALPNProtocol(p routing.Protocol) string {
+	if p == routing.Sieve {
+		return "managesieve"
+	}
+	return string(p)
+}
 
 // TLSVersions names the protocol versions a policy may set, oldest first.
 var TLSVersions = []struct {

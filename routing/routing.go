@@ -42,6 +42,8 @@ type Protocol string
 const (
 	IMAP Protocol = "imap"
 	POP3 Protocol = "pop3"
+	// Sieve is ManageSieve (RFC 5804).
+	Sieve Protocol = "sieve"
 )
 
 // TLSMode says how a connection is secured.
@@ -58,7 +60,7 @@ type ForwardMode string
 
 const (
 	ForwardNone  ForwardMode = "none"  // the backend sees the proxy's address
-	ForwardID    ForwardMode = "id"    // IMAP ID x-originating-ip (RFC 2971, Dovecot), POP3 XCLIENT
+	ForwardID    ForwardMode = "id"    // IMAP ID x-originating-ip (RFC 2971, Dovecot), POP3 and ManageSieve XCLIENT
 	ForwardProxy ForwardMode = "proxy" // a PROXY protocol v2 header before the first byte
 )
 
@@ -78,6 +80,8 @@ type Backend struct {
 	Host     string `json:"host"`
 	IMAPPort int    `json:"imap_port,omitempty"` // 0: this backend does not serve IMAP
 	POP3Port int    `json:"pop3_port,omitempty"` // 0: this backend does not serve POP3
+	// SievePort is the ManageSieve port (usually 4190); 0: none.
+	SievePort int `json:"sieve_port,omitempty"`
 
 	TLS                TLSMode `json:"tls"`
 	TLSServerName      string  `json:"tls_server_name,omitempty"` // name to verify; default Host
@@ -96,6 +100,8 @@ func (b *Backend) Port(p Protocol) int {
 		return b.IMAPPort
 	case POP3:
 		return b.POP3Port
+	case Sieve:
+		return b.SievePort
 	}
 	return 0
 }

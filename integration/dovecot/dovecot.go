@@ -122,6 +122,13 @@ type Options struct {
 	MasterSeparator string
 	// ExtraConfig is appended verbatim to the generated dovecot.conf.
 	ExtraConfig string
+	// Sieve also runs Pigeonhole's ManageSieve (RFC 5804) on SievePort (0
+	// picks a free port), STARTTLS-capable when TLS, with scripts stored
+	// under each user's home (sieve = file:~/sieve), which local delivery
+	// (Server.Deliver) runs. It needs the Debian package
+	// dovecot-managesieved.
+	Sieve     bool
+	SievePort int
 	// StartTimeout bounds the wait for the listeners; default 10 s.
 	StartTimeout time.Duration
 	// Netns, if set, is the path of a network namespace (e.g.
@@ -146,6 +153,8 @@ type Server struct {
 	POP3SAddr  string // host:port of the POP3S listener (ImplicitTLS only)
 	IMAPPort   int
 	POP3Port   int
+	SieveAddr  string // host:port of the ManageSieve listener (Sieve only)
+	SievePort  int
 	ConfigFile string
 	LogFile    string
 	// Users are the configured users and their plain-text passwords.
@@ -248,7 +257,7 @@ func StartProcess(opts Options) (*Server, error) {
 var errAddrInUse = errors.New("address already in use")
 
 func picksPorts(o Options) bool {
-	return o.IMAPPort == 0 || o.POP3Port == 0 ||
+	return o.IMAPPort == 0 || o.POP3Port == 0 || (o.Sieve && o.SievePort == 0) ||
 		(o.ImplicitTLS && (o.IMAPSPort == 0 || o.POP3SPort == 0))
 }
 
@@ -310,6 +319,9 @@ func startOnce(opts Options) (s *Server, err error) {
 	if opts.ImplicitTLS {
 		ports = append(ports, &opts.IMAPSPort, &opts.POP3SPort)
 	}
+	if opts.Sieve {
+		ports = append(ports, &opts.SievePort)
+	}
 	var missing []*int
 	for _, p := range ports {
 		if *p == 0 {
@@ -333,6 +345,10 @@ func startOnce(opts Options) (s *Server, err error) {
 	if opts.ImplicitTLS {
 		s.IMAPSAddr = net.JoinHostPort(opts.Addr, strconv.Itoa(opts.IMAPSPort))
 		s.POP3SAddr = net.JoinHostPort(opts.Addr, strconv.Itoa(opts.POP3SPort))
+	}
+	if opts.Sieve {
+		s.SievePort = opts.SievePort
+		s.SieveAddr = net.JoinHostPort(opts.Addr, strconv.Itoa(opts.SievePort))
 	}
 
 	for _, sub := range []string{"run", "state"} {
@@ -439,7 +455,11 @@ func renderConfig(s *Server, opts Options, uid int) string {
 	w("base_dir = %s/run", dir)
 	w("state_dir = %s/state", dir)
 	w("log_path = %s", s.LogFile)
-	w("protocols = imap pop3")
+	if opts.Sieve {
+		w("protocols = imap pop3 sieve")
+	} else {
+		w("protocols = imap pop3")
+	}
 	w("listen = %s", opts.Addr)
 	if opts.TLS {
 		w("ssl = yes")
@@ -521,6 +541,19 @@ func renderConfig(s *Server, opts Options, uid int) string {
 		w("  }")
 	}
 	w("}")
+	if opts.Sieve {
+		w("service managesieve-login {")
+		listener("sieve", opts.SievePort, false)
+		w("}")
+		w("plugin {")
+		w("  sieve = file:~/sieve;active=~/.dovecot.sieve")
+		w("}")
+		// Local delivery (Deliver) runs the user's active script.
+		w("postmaster_address = postmaster@example.com")
+		w("protocol lda {")
+		w("  mail_plugins = $mail_plugins sieve")
+		w("}")
+	}
 	if !opts.AuthPenalty {
 		// With mode 0 Dovecot does not create this socket; the auth process
 		// then finds none and disables the per-IP auth penalty.
@@ -583,6 +616,9 @@ func (s *Server) waitReady(timeout time.Duration) error {
 	addrs := []string{s.IMAPAddr, s.POP3Addr}
 	if s.IMAPSAddr != "" {
 		addrs = append(addrs, s.IMAPSAddr, s.POP3SAddr)
+	}
+	if s.SieveAddr != "" {
+		addrs = append(addrs, s.SieveAddr)
 	}
 	deadline := time.Now().Add(timeout)
 	for _, a := range addrs {
@@ -690,20 +726,20 @@ func (s *Server) readLog() string {
 func (s *Server) Output() string { return s.output.String() }
 
 var (
-	loginLineRE = regexp.MustCompile(`\b(?:imap|pop3)-login: Info: Login: user=<([^>]*)>(.*)$`)
+	loginLineRE = regexp.MustCompile(`\b(?:imap|pop3|managesieve)-login: Info: Login: user=<([^>]*)>(.*)$`)
 	ripRE       = regexp.MustCompile(`(?:^|[ ,])rip=([^,\s]+)`)
 )
 
 // LoginRecord is one successful login found in the log.
 type LoginRecord struct {
-	Protocol string // "imap" or "pop3"
+	Protocol string // "imap", "pop3" or "sieve"
 	User     string
 	RemoteIP string // rip=
 	Line     string
 }
 
 // LoginRecords returns every successful login ("Login: user=<...>" lines of
-// imap-login and pop3-login) in log order.
+// imap-login, pop3-login and managesieve-login) in log order.
 func (s *Server) LoginRecords() []LoginRecord {
 	var recs []LoginRecord
 	for _, line := range strings.Split(s.Log(), "\n") {
@@ -712,8 +748,11 @@ func (s *Server) LoginRecords() []LoginRecord {
 			continue
 		}
 		r := LoginRecord{User: m[1], Line: line, Protocol: "imap"}
-		if strings.Contains(line, "pop3-login: ") {
+		switch {
+		case strings.Contains(line, "pop3-login: "):
 			r.Protocol = "pop3"
+		case strings.Contains(line, "managesieve-login: "):
+			r.Protocol = "sieve"
 		}
 		if rm := ripRE.FindStringSubmatch(m[2]); rm != nil {
 			r.RemoteIP = rm[1]
@@ -803,6 +842,34 @@ func lookPath(name string, fallbacks ...string) (string, error) {
 
 func dovecotBinary() (string, error) {
 	return lookPath("dovecot", "/usr/sbin/dovecot", "/usr/local/sbin/dovecot")
+}
+
+// Deliver delivers msg (a whole RFC 5322 message) to user's mailbox with
+// dovecot-lda, which runs the user's active Sieve script (Options.Sieve).
+func (s *Server) Deliver(user, msg string) error {
+	bin, err := lookPath("dovecot-lda", "/usr/lib/dovecot/dovecot-lda", "/usr/libexec/dovecot/dovecot-lda")
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, "-c", s.ConfigFile, "-d", user, "-f", "sender@example.com")
+	cmd.Stdin = strings.NewReader(msg)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("dovecot-lda: %v: %s", err, out)
+	}
+	return nil
+}
+
+// MaildirFiles lists the messages of user's mailbox (maildir++ name:
+// "" for INBOX, ".Folder" for others) in new/ and cur/.
+func (s *Server) MaildirFiles(user, folder string) []string {
+	var out []string
+	for _, sub := range []string{"new", "cur"} {
+		ents, _ := os.ReadDir(filepath.Join(s.Dir, "mail", user, "Maildir", folder, sub))
+		for _, e := range ents {
+			out = append(out, filepath.Join(sub, e.Name()))
+		}
+	}
+	return out
 }
 
 func doveadmBinary() (string, error) {

@@ -660,3 +660,20 @@ func TestCheckHeader(t *testing.T) {
 		}
 	}
 }
+
+// A ManageSieve login: Auth-Protocol sieve, and the port the server names
+// is the backend's ManageSieve port.
+func TestSieveProtocol(t *testing.T) {
+	srv := newAuthServer(t, answer("HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 10.1.2.3\r\nAuth-Port: 4190\r\n\r\n"))
+	d := newDirector(t, srv.url(), nil)
+	tgt, err := d.Direct(context.Background(), attempt(testClient(routing.Sieve), 1, "alice", "pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tgt.Backend.Addr(routing.Sieve) != "10.1.2.3:4190" || tgt.Backend.IMAPPort != 0 {
+		t.Fatalf("backend %+v", tgt.Backend)
+	}
+	if got := srv.requests(); len(got) != 1 || !strings.Contains(got[0], "\r\nAuth-Protocol: sieve\r\n") {
+		t.Fatalf("requests %q", got)
+	}
+}

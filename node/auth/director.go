@@ -159,9 +159,12 @@ func (d *Director) backend(p routing.Protocol, r *Response) (*routing.Backend, e
 		ID:   net.JoinHostPort(r.Server, strconv.Itoa(port)),
 		Host: r.Server, TLS: routing.TLSNone, Forward: d.Forward, State: routing.StateActive,
 	}
-	if p == routing.POP3 {
+	switch p {
+	case routing.POP3:
 		b.POP3Port = port
-	} else {
+	case routing.Sieve:
+		b.SievePort = port
+	default:
 		b.IMAPPort = port
 	}
 	return b, nil

@@ -25,7 +25,7 @@ type Request struct {
 	Method   string
 	User     string // the authentication identity (never the SASL authorization identity, as nginx)
 	Pass     string
-	Protocol string // "imap" or "pop3"
+	Protocol string // "imap", "pop3" or "sieve"
 	// Attempt is 1 for the session's first login attempt, +1 for each new
 	// one; a WAIT re-poll repeats it.
 	Attempt  int

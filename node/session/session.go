@@ -337,7 +337,7 @@ type Handoff struct {
 	ProtocolErrors int
 }
 
-// Handler is a protocol front end (node/imap, node/pop3).
+// Handler is a protocol front end (node/imap, node/pop3, node/sieve).
 type Handler interface {
 	// Serve runs the pre-login dialogue with c (a Dialogue driving the
 	// protocol). It returns a Handoff after a successful login, else nil

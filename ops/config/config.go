@@ -124,6 +124,7 @@ type Limits struct {
 	BackendTimeout      Duration `yaml:"backend_timeout"`
 	IMAPIdleTimeout     Duration `yaml:"imap_idle_timeout"`
 	POP3IdleTimeout     Duration `yaml:"pop3_idle_timeout"`
+	SieveIdleTimeout    Duration `yaml:"sieve_idle_timeout"`
 }
 
 // Backend is one IMAP/POP3 server.
@@ -132,6 +133,7 @@ type Backend struct {
 	Host               string `yaml:"host"`
 	IMAPPort           int    `yaml:"imap_port"`
 	POP3Port           int    `yaml:"pop3_port"`
+	SievePort          int    `yaml:"sieve_port"`
 	TLS                string `yaml:"tls"`
 	TLSServerName      string `yaml:"tls_server_name"`
 	TLSCAFile          string `yaml:"tls_ca_file"`
@@ -371,9 +373,9 @@ func (c *Config) Validate() error {
 		l := &c.Listeners[i]
 		p := fmt.Sprintf("listeners[%d]", i)
 		if l.Protocol == "" {
-			v.errf(p+".protocol", "required (imap or pop3)")
-		} else if !oneOf(l.Protocol, "imap", "pop3") {
-			v.errf(p+".protocol", "%q is not one of imap, pop3", l.Protocol)
+			v.errf(p+".protocol", "required (imap, pop3 or sieve)")
+		} else if !oneOf(l.Protocol, "imap", "pop3", "sieve") {
+			v.errf(p+".protocol", "%q is not one of imap, pop3, sieve", l.Protocol)
 		}
 		if l.TLS == "" {
 			l.TLS = "none"
@@ -489,10 +491,10 @@ func (v *validator) routing() {
 		if b.Host == "" {
 			v.errf(p+".host", "required")
 		}
-		if b.IMAPPort == 0 && b.POP3Port == 0 {
-			v.errf(p, "needs imap_port, pop3_port or both")
+		if b.IMAPPort == 0 && b.POP3Port == 0 && b.SievePort == 0 {
+			v.errf(p, "needs imap_port, pop3_port or sieve_port")
 		}
-		for name, port := range map[string]int{"imap_port": b.IMAPPort, "pop3_port": b.POP3Port} {
+		for name, port := range map[string]int{"imap_port": b.IMAPPort, "pop3_port": b.POP3Port, "sieve_port": b.SievePort} {
 			if port < 0 || port > 65535 {
 				v.errf(p+"."+name, "%d is not a port", port)
 			}

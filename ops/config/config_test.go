@@ -120,6 +120,17 @@ func TestProxyFlags(t *testing.T) {
 	if c.Listeners[0].TLS != "starttls" || *c.Listeners[0].AllowPlaintextAuth || c.Listeners[1].TLS != "implicit" {
 		t.Errorf("listeners %+v", c.Listeners)
 	}
+	// ManageSieve (sieve://, default port 4190) beside IMAP on one host.
+	c, err = FromProxyFlags(ProxyFlags{From: []string{"sieve://127.0.0.1", "imap://127.0.0.1:1143"},
+		To: []string{"sieve://127.0.0.1", "imap://127.0.0.1:10143"}, Cert: "c.pem", Key: "k.pem"})
+	if err != nil || len(c.Backends) != 1 || c.Backends[0].SievePort != 4190 ||
+		c.Listeners[0].Protocol != "sieve" || c.Listeners[0].Address != "127.0.0.1:4190" || c.Listeners[0].TLS != "starttls" {
+		t.Fatalf("sieve proxy flags: %v %+v %+v", err, c.Backends, c.Listeners)
+	}
+	if _, err := FromProxyFlags(ProxyFlags{From: []string{"sieve://127.0.0.1:4190"}, To: []string{"imap://h:143"}}); err == nil ||
+		!strings.Contains(err.Error(), "no --to sieve:// backend") {
+		t.Errorf("sieve without a sieve backend: %v", err)
+	}
 	// Without a certificate: plaintext listeners, no TLS.
 	c, err = FromProxyFlags(ProxyFlags{From: []string{"imap://127.0.0.1:1143"}, To: []string{"imap://mail.example:143"}})
 	if err != nil || c.Listeners[0].TLS != "none" {
@@ -154,6 +165,54 @@ func TestProxyFlags(t *testing.T) {
 	for i, f := range bad {
 		if _, err := FromProxyFlags(f); err == nil {
 			t.Errorf("case %d: no error", i)
+		}
+	}
+}
+
+// A ManageSieve listener and a backend serving only ManageSieve.
+func TestSieveListenerAndBackend(t *testing.T) {
+	y := `
+listeners:
+  - {protocol: sieve, address: "127.0.0.1:4190"}
+limits:
+  sieve_idle_timeout: 5m
+backends:
+  - {id: s1, host: 127.0.0.1, sieve_port: 14190, forward: id}
+pools:
+  - {name: main, backends: [s1]}
+routes:
+  default_pool: main
+`
+	c, err := Parse([]byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listeners[0].Name != "sieve-0" || c.NodeConfig().Listeners[0].Protocol != routing.Sieve {
+		t.Errorf("listener %+v", c.Listeners[0])
+	}
+	if c.EffectiveLimits(0).IdleTimeout != 5*time.Minute {
+		t.Errorf("sieve idle timeout %v", c.EffectiveLimits(0).IdleTimeout)
+	}
+	tbl, err := routing.NewTable(c.RoutingSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := tbl.Lookup(routing.Request{User: "alice", Protocol: routing.Sieve}, nil)
+	if err != nil || r.Backend.Addr(routing.Sieve) != "127.0.0.1:14190" {
+		t.Fatalf("lookup: %+v %v", r, err)
+	}
+
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"unknown protocol", strings.Replace(y, "protocol: sieve", "protocol: smtp", 1), `"smtp" is not one of imap, pop3, sieve`},
+		{"no port", strings.Replace(y, "sieve_port: 14190", "weight: 1", 1), "needs imap_port, pop3_port or sieve_port"},
+		{"bad port", strings.Replace(y, "sieve_port: 14190", "sieve_port: 70000", 1), "sieve_port (line 7): 70000 is not a port"},
+		{"imap alpn on sieve", strings.Replace(y, `address: "127.0.0.1:4190"}`, `address: "127.0.0.1:4190", tls: implicit, alpn: [imap, managesieve]}`, 1) +
+			"tls: {certificates: [{cert: c.pem, key: k.pem}]}\n", `"imap" is another protocol's ALPN id`},
+		{"sieve alpn missing", strings.Replace(y, `address: "127.0.0.1:4190"}`, `address: "127.0.0.1:4190", tls: implicit, alpn: [x-sieve]}`, 1) +
+			"tls: {certificates: [{cert: c.pem, key: k.pem}]}\n", `must include "managesieve"`},
+	} {
+		if _, err := Parse([]byte(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want %q", tc.name, err, tc.want)
 		}
 	}
 }

@@ -48,10 +48,13 @@ func (c *Config) EffectiveLimits(i int) session.Limits {
 		setInt(&lim.MaxAuthFailures, s.MaxAuthFailures)
 		setDur(&lim.AuthFailureDelay, s.AuthFailureDelay)
 		setDur(&lim.BackendTimeout, s.BackendTimeout)
-		if proto == routing.IMAP {
+		switch proto {
+		case routing.IMAP:
 			setDur(&lim.IdleTimeout, s.IMAPIdleTimeout)
-		} else {
+		case routing.POP3:
 			setDur(&lim.IdleTimeout, s.POP3IdleTimeout)
+		case routing.Sieve:
+			setDur(&lim.IdleTimeout, s.SieveIdleTimeout)
 		}
 	}
 	apply(&c.Limits)
@@ -134,7 +137,7 @@ func (c *Config) RoutingSpec() routing.TableSpec {
 	var spec routing.TableSpec
 	for _, b := range c.Backends {
 		spec.Backends = append(spec.Backends, routing.Backend{
-			ID: b.ID, Host: b.Host, IMAPPort: b.IMAPPort, POP3Port: b.POP3Port,
+			ID: b.ID, Host: b.Host, IMAPPort: b.IMAPPort, POP3Port: b.POP3Port, SievePort: b.SievePort,
 			TLS: routing.TLSMode(b.TLS), TLSServerName: b.TLSServerName, TLSCAFile: b.TLSCAFile,
 			InsecureSkipVerify: b.InsecureSkipVerify, Forward: routing.ForwardMode(b.Forward),
 			Weight: b.Weight, State: routing.BackendState(b.State),

@@ -113,7 +113,7 @@ func short(d time.Duration) string {
 // checks what they describe).
 func readmeWant() map[string]map[string]any {
 	nd, cd, hd, vd := node.DefaultConfig(), cluster.DefaultConfig(), cluster.DefaultHealthConfig(), vip.DefaultConfig()
-	imap, pop3 := session.DefaultLimits(routing.IMAP), session.DefaultLimits(routing.POP3)
+	imap, pop3, sieve := session.DefaultLimits(routing.IMAP), session.DefaultLimits(routing.POP3), session.DefaultLimits(routing.Sieve)
 	td, ac, cc, ud, ld := throttle.DefaultConfig(), auth.DefaultClientConfig(), auth.DefaultCacheConfig(), DefaultUpgrade(), DefaultLog()
 	tm := cd.Timing
 	timing := fmt.Sprintf("%s heartbeat and election, %s leader lease, %s probe interval, %s probe timeout, suspicion ×%d, %s gossip",
@@ -203,7 +203,7 @@ func readmeWant() map[string]map[string]any {
 			"trusted_proxies":      "",
 			"tls_min_version":      "tls.min_version",
 			"tls_cipher_suites":    "tls.cipher_suites",
-			"alpn":                 fmt.Sprintf("[%s] or [%s]", node.ALPNProtocol(routing.IMAP), node.ALPNProtocol(routing.POP3)),
+			"alpn":                 fmt.Sprintf("[%s], [%s] or [%s]", node.ALPNProtocol(routing.IMAP), node.ALPNProtocol(routing.POP3), node.ALPNProtocol(routing.Sieve)),
 			"limits":               "",
 			"auth":                 "global auth",
 		},
@@ -221,6 +221,7 @@ func readmeWant() map[string]map[string]any {
 			"backend_timeout":        imap.BackendTimeout,
 			"imap_idle_timeout":      imap.IdleTimeout,
 			"pop3_idle_timeout":      pop3.IdleTimeout,
+			"sieve_idle_timeout":     sieve.IdleTimeout,
 		},
 		"### `throttle`": {
 			"enabled":            td.Enabled,
@@ -246,6 +247,7 @@ func readmeWant() map[string]map[string]any {
 			"host":                     "required",
 			"imap_port":                "0 (not served)",
 			"pop3_port":                "0 (not served)",
+			"sieve_port":               "0 (not served)",
 			"tls":                      string(routing.TLSNone),
 			"tls_server_name":          "host",
 			"tls_ca_file":              "system roots",

@@ -124,13 +124,16 @@ func (v *validator) cipherSuites(path string, names []string) {
 }
 
 func (v *validator) alpn(path, protocol string, ids []string) {
-	if len(ids) == 0 || !oneOf(protocol, "imap", "pop3") {
+	if len(ids) == 0 || !oneOf(protocol, "imap", "pop3", "sieve") {
 		return
 	}
 	own := node.ALPNProtocol(routing.Protocol(protocol))
-	other := "pop3"
-	if protocol == "pop3" {
-		other = "imap"
+	// The other mail protocols' ids are foreign too.
+	var others []string
+	for _, p := range []routing.Protocol{routing.IMAP, routing.POP3, routing.Sieve} {
+		if id := node.ALPNProtocol(p); id != own {
+			others = append(others, id)
+		}
 	}
 	seen := map[string]bool{}
 	for i, id := range ids {
@@ -140,7 +143,7 @@ func (v *validator) alpn(path, protocol string, ids []string) {
 			v.errf(p, "an ALPN protocol id is 1 to 255 bytes (RFC 7301)")
 		case strings.IndexFunc(id, func(r rune) bool { return r <= ' ' || r > '~' }) >= 0:
 			v.errf(p, "%q: only printable ASCII without spaces is accepted", id)
-		case id == other || slices.Contains(foreignALPN, strings.ToLower(id)):
+		case slices.Contains(others, strings.ToLower(id)) || (strings.ToLower(id) != own && slices.Contains(foreignALPN, strings.ToLower(id))):
 			v.errf(p, "%q is another protocol's ALPN id: accepting it would let cross-protocol (ALPACA) connections in", id)
 		case seen[id]:
 			v.errf(p, "%q is listed twice", id)

@@ -25,6 +25,7 @@ import (
 	"github.com/portico-mail/portico/node/pop3"
 	"github.com/portico-mail/portico/node/relay"
 	"github.com/portico-mail/portico/node/session"
+	"github.com/portico-mail/portico/node/sieve"
 	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/ops/admin/sessionsapi"
 	"github.com/portico-mail/portico/ops/config"
@@ -203,8 +204,9 @@ func New(cfg *config.Config, o Options) (_ *Daemon, err error) {
 		return nil, err
 	}
 	handlers := map[routing.Protocol]session.Handler{
-		routing.IMAP: imap.New(imap.Options{}),
-		routing.POP3: pop3.New(pop3.Options{}),
+		routing.IMAP:  imap.New(imap.Options{}),
+		routing.POP3:  pop3.New(pop3.Options{}),
+		routing.Sieve: sieve.New(sieve.Options{}),
 	}
 	d.srv = node.NewServer(nc, d.env, handlers, d.certs, d.engine)
 	if d.admin != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/portico-mail/portico/node/imap"
 	"github.com/portico-mail/portico/node/pop3"
 	"github.com/portico-mail/portico/node/session"
+	"github.com/portico-mail/portico/node/sieve"
 	"github.com/portico-mail/portico/routing"
 )
 
@@ -18,12 +19,16 @@ import (
 // implicit TLS verified with the backend's tls_ca_file and
 // tls_server_name; the same TLS session cache), then runs the protocol's
 // Probe (greeting, STARTTLS/STLS as configured, LOGOUT/QUIT). IMAP when
-// the backend serves it, else POP3.
+// the backend serves it, else POP3, else ManageSieve.
 func backendProbe(d *session.Dialer) cluster.ProbeFunc {
 	return func(ctx context.Context, b *routing.Backend) error {
 		p := routing.IMAP
-		if b.IMAPPort == 0 {
+		switch {
+		case b.IMAPPort != 0:
+		case b.POP3Port != 0:
 			p = routing.POP3
+		default:
+			p = routing.Sieve
 		}
 		s, err := d.Dial(ctx, b, p, netip.AddrPort{}, netip.AddrPort{})
 		if err != nil {
@@ -37,9 +42,12 @@ func backendProbe(d *session.Dialer) cluster.ProbeFunc {
 		}
 		stop := context.AfterFunc(ctx, func() { _ = s.SetDeadline(time.Now()) })
 		defer stop()
-		if p == routing.IMAP {
+		switch p {
+		case routing.IMAP:
 			return imap.Probe(ctx, s, b, d.TLSConfig)
+		case routing.POP3:
+			return pop3.Probe(ctx, s, b, d.TLSConfig)
 		}
-		return pop3.Probe(ctx, s, b, d.TLSConfig)
+		return sieve.Probe(ctx, s, b, d.TLSConfig)
 	}
 }

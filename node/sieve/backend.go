@@ -1,0 +1,345 @@
+package sieve
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/portico-mail/portico/node/netx"
+	"github.com/portico-mail/portico/node/session"
+	"github.com/portico-mail/portico/routing"
+)
+
+// Bounds on what a backend may send before login.
+const (
+	backendMaxLine     = 4096     // one line, CRLF included
+	backendMaxLiterals = 16 << 10 // literals of one response together
+	backendMaxCaps     = 64       // capability lines before an OK
+	maxSessionID       = 64       // Dovecot ignores longer XCLIENT SESSION values
+	maxShownReply      = 200      // bytes of a backend line quoted in an error
+)
+
+// Phases of the backend dialogue, as they label errors.
+const (
+	phaseGreeting = "reading greeting"
+	phaseSTARTTLS = "STARTTLS"
+	phaseXCLIENT  = "XCLIENT"
+	phaseAuth     = "AUTHENTICATE"
+	phaseLOGOUT   = "LOGOUT"
+)
+
+// backend is the proxy's ManageSieve client state toward one backend.
+type backend struct {
+	r       *bufio.Reader
+	w       *bufio.Writer
+	scratch []byte
+
+	// For STARTTLS and XCLIENT; the fuzz tests leave them zero.
+	stream    *netx.Stream
+	tlsConfig func() (*tls.Config, error)
+	remote    netip.AddrPort
+	sessionID string
+
+	caps map[string]string // capability (upper-cased) -> its value
+}
+
+// response is one backend response: a capability line or a status
+// response (OK, NO, BYE), literals included.
+type response struct {
+	raw    []byte // the whole response, CRLFs and literals included
+	status string // OK, NO or BYE (upper-cased), else ""
+	code   string // the response code's name ("TRYLATER"), upper-cased
+	first  []byte // the first line, without CRLF (a capability line)
+}
+
+func phaseError(phase string, err error) error { return fmt.Errorf("%s: %w", phase, err) }
+
+// backendLogin is the session.BackendLogin of this front end: capability
+// greeting -> [STARTTLS -> capabilities] -> [XCLIENT] -> AUTHENTICATE
+// "PLAIN". It returns the backend's OK response for the client.
+func (s *conn) backendLogin(ctx context.Context, be *netx.Stream, t *session.Target) ([]byte, error) {
+	b := &backend{
+		r: be.R, w: be.W, stream: be,
+		tlsConfig: func() (*tls.Config, error) { return s.c.Env.Dialer.TLSConfig(t.Backend) },
+		remote:    s.c.Remote, sessionID: s.c.ID,
+	}
+	return b.run(ctx, t.Backend, t.Creds)
+}
+
+func (b *backend) run(ctx context.Context, bk *routing.Backend, creds session.Credentials) ([]byte, error) {
+	if err := b.prelude(ctx, bk); err != nil {
+		return nil, err
+	}
+	if bk.Forward == routing.ForwardID && b.remote.IsValid() {
+		// Without XCLIENT (a backend that does not trust the proxy's
+		// network) the login goes on with the proxy's address, as for
+		// IMAP backends without ID; check-config warns about it.
+		if _, ok := b.caps["XCLIENT"]; ok {
+			if err := b.xclient(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return b.login(creds)
+}
+
+// prelude is what a login and a probe share: greeting -> [STARTTLS ->
+// capabilities].
+func (b *backend) prelude(ctx context.Context, bk *routing.Backend) error {
+	if err := b.capabilities(phaseGreeting); err != nil {
+		return err
+	}
+	if bk.TLS == routing.TLSStartTLS {
+		return b.starttls(ctx)
+	}
+	return nil
+}
+
+// capabilities reads capability lines up to the OK that ends them (the
+// greeting, §1.7, or their re-issue after STARTTLS, §2.2).
+func (b *backend) capabilities(phase string) error {
+	b.caps = map[string]string{}
+	for n := 0; ; n++ {
+		r, err := b.response()
+		if err != nil {
+			return phaseError(phase, err)
+		}
+		switch r.status {
+		case "OK":
+			return nil
+		case "NO", "BYE":
+			return phaseError(phase, fmt.Errorf("%w: %q", session.ErrBackendGreeting, trunc(r.raw)))
+		}
+		if n >= backendMaxCaps {
+			return phaseError(phase, fmt.Errorf("more than %d capabilities", backendMaxCaps))
+		}
+		if k, v, ok := capability(r.first); ok {
+			b.caps[strings.ToUpper(k)] = v
+		}
+	}
+}
+
+// capability parses a capability line: a string, optionally followed by
+// one more (§1.7). Lines in another shape are ignored.
+func capability(line []byte) (key, value string, ok bool) {
+	tok := func(i int) (string, int, bool) {
+		if i < len(line) && line[i] == '"' {
+			return quoted(line, i)
+		}
+		return atom(line, i)
+	}
+	key, i, ok := tok(0)
+	if !ok {
+		return "", "", false
+	}
+	if i < len(line) && line[i] == ' ' {
+		if value, _, ok = tok(i + 1); !ok {
+			value = ""
+		}
+	}
+	return key, value, true
+}
+
+// response reads one response: lines and the literals they announce (a
+// line ending in "{n}" or "{n+}" continues after n bytes), each line at
+// most backendMaxLine bytes and the literals at most backendMaxLiterals.
+func (b *backend) response() (*response, error) {
+	r := &response{}
+	literals := 0
+	for {
+		line, err := b.line()
+		if err != nil {
+			return nil, err
+		}
+		if r.first == nil {
+			r.first = append([]byte{}, line...)
+		}
+		r.raw = append(r.raw, line...)
+		r.raw = append(r.raw, '\r', '\n')
+		n, ok := trailingLiteral(line)
+		if !ok {
+			break
+		}
+		if n > backendMaxLiterals-literals {
+			return nil, fmt.Errorf("literals over %d bytes", backendMaxLiterals)
+		}
+		literals += n
+		start := len(r.raw)
+		r.raw = append(r.raw, make([]byte, n)...)
+		if _, err := io.ReadFull(b.r, r.raw[start:]); err != nil {
+			return nil, unexpected(err)
+		}
+	}
+	word, rest, _ := strings.Cut(string(r.first), " ")
+	if w := strings.ToUpper(word); w == "OK" || w == "NO" || w == "BYE" {
+		r.status = w
+		if strings.HasPrefix(rest, "(") {
+			code := rest[1:]
+			if i := strings.IndexAny(code, " )"); i >= 0 {
+				code = code[:i]
+			}
+			r.code = strings.ToUpper(code)
+		}
+	}
+	return r, nil
+}
+
+func (b *backend) line() ([]byte, error) {
+	w := wire{r: b.r, maxLine: backendMaxLine, scratch: b.scratch}
+	l, err := w.line()
+	b.scratch = w.scratch
+	return l, err
+}
+
+// command sends one command and reads responses up to its status
+// response.
+func (b *backend) command(cmd string) (*response, error) {
+	if _, err := b.w.WriteString(cmd + "\r\n"); err != nil {
+		return nil, err
+	}
+	if err := b.w.Flush(); err != nil {
+		return nil, err
+	}
+	r, err := b.response()
+	if err != nil {
+		return nil, err
+	}
+	if r.status == "" {
+		return nil, fmt.Errorf("unexpected response %q", trunc(r.raw))
+	}
+	return r, nil
+}
+
+// starttls upgrades the backend connection (§2.2) and reads the
+// capabilities the backend re-issues over TLS.
+func (b *backend) starttls(ctx context.Context) error {
+	if b.stream == nil {
+		return phaseError(phaseSTARTTLS, errors.New("no connection to upgrade"))
+	}
+	if _, ok := b.caps["STARTTLS"]; !ok {
+		return phaseError(phaseSTARTTLS, errors.New("backend does not offer STARTTLS"))
+	}
+	r, err := b.command("STARTTLS")
+	if err != nil {
+		return phaseError(phaseSTARTTLS, err)
+	}
+	if r.status != "OK" {
+		return phaseError(phaseSTARTTLS, fmt.Errorf("backend answered %q", trunc(r.raw)))
+	}
+	if b.r.Buffered() > 0 {
+		// Anything the backend sent after OK would be injected plaintext.
+		return phaseError(phaseSTARTTLS, errors.New("backend sent data after OK"))
+	}
+	cfg, err := b.tlsConfig()
+	if err != nil {
+		return phaseError(phaseSTARTTLS, err)
+	}
+	timeout := 10 * time.Second
+	dl, hasDL := ctx.Deadline()
+	if hasDL {
+		if timeout = time.Until(dl); timeout <= 0 {
+			return phaseError(phaseSTARTTLS, context.DeadlineExceeded)
+		}
+	}
+	if err := b.stream.StartTLSClient(ctx, cfg, timeout); err != nil {
+		return phaseError(phaseSTARTTLS, fmt.Errorf("TLS handshake: %w", err))
+	}
+	if hasDL {
+		_ = b.stream.SetDeadline(dl)
+	}
+	if err := ctx.Err(); err != nil {
+		return phaseError(phaseSTARTTLS, err)
+	}
+	return b.capabilities(phaseSTARTTLS)
+}
+
+// xclient passes the client's address and the session ID to the backend.
+// Pigeonhole's managesieve-login announces XCLIENT to (and accepts it
+// from) login_trusted_networks only, with the attributes ADDR, PORT,
+// SESSION and TTL, and answers OK or NO.
+func (b *backend) xclient() error {
+	cmd := "XCLIENT ADDR=" + b.remote.Addr().Unmap().WithZone("").String() +
+		" PORT=" + strconv.Itoa(int(b.remote.Port()))
+	if validSessionID(b.sessionID) {
+		cmd += " SESSION=" + b.sessionID
+	}
+	r, err := b.command(cmd)
+	if err != nil {
+		return phaseError(phaseXCLIENT, err)
+	}
+	if r.status != "OK" {
+		// Logging in anyway would let the backend see the proxy's
+		// address instead of the client's: a misconfigured backend.
+		return phaseError(phaseXCLIENT, fmt.Errorf("backend answered %q", trunc(r.raw)))
+	}
+	return nil
+}
+
+func validSessionID(id string) bool {
+	if id == "" || len(id) > maxSessionID {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// login presents the client's credentials with AUTHENTICATE "PLAIN" and
+// the initial response as a literal (§2.1), whatever mechanism the client
+// used with the proxy.
+func (b *backend) login(c session.Credentials) ([]byte, error) {
+	if c.User == "" || strings.IndexByte(c.User, 0) >= 0 || strings.IndexByte(c.AuthzID, 0) >= 0 || strings.IndexByte(c.Password, 0) >= 0 {
+		return nil, &session.BackendRejected{Text: "credentials not representable (empty user or NUL byte); not sent"}
+	}
+	if b.caps != nil && !hasWord(b.caps["SASL"], "PLAIN") {
+		return nil, phaseError(phaseAuth, fmt.Errorf("backend does not offer SASL PLAIN (SASL %q)", trunc([]byte(b.caps["SASL"]))))
+	}
+	ir := session.PlainResponse(c)
+	r, err := b.command("AUTHENTICATE \"PLAIN\" {" + strconv.Itoa(len(ir)) + "+}\r\n" + ir)
+	if err != nil {
+		return nil, phaseError(phaseAuth, err)
+	}
+	switch r.status {
+	case "OK":
+		return r.raw, nil
+	case "NO":
+		rej := &session.BackendRejected{Reply: r.raw, Text: trunc(r.raw)}
+		if r.code == "TRYLATER" {
+			// The backend's own condition, not the credentials: not
+			// counted, and the client gets the proxy's words (Dovecot's
+			// carry its host name).
+			rej.Reply = []byte(replyUnavailable)
+			rej.Temporary = true
+		}
+		return nil, rej
+	}
+	return nil, phaseError(phaseAuth, fmt.Errorf("backend answered %q", trunc(r.raw)))
+}
+
+func hasWord(list, w string) bool {
+	for _, f := range strings.Fields(list) {
+		if strings.EqualFold(f, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// trunc shortens a backend response for errors and logs.
+func trunc(b []byte) string {
+	s := strings.TrimRight(string(b), "\r\n")
+	if len(s) > maxShownReply {
+		return s[:maxShownReply] + "..."
+	}
+	return s
+}

@@ -1,0 +1,35 @@
+package sieve
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+
+	"github.com/portico-mail/portico/node/netx"
+	"github.com/portico-mail/portico/routing"
+)
+
+// Probe checks that a ManageSieve backend would take a login, by the same
+// path a login takes, without logging in. be is a connection made by
+// session.Dialer (PROXY header, implicit TLS); Probe runs the login's
+// prelude with its bounds (capability greeting, STARTTLS when b.TLS is
+// starttls, verified with tlsConfig as logins are) and ends with LOGOUT.
+// Every read runs under be's deadline, which the caller sets. The error
+// names the phase that failed.
+func Probe(ctx context.Context, be *netx.Stream, b *routing.Backend, tlsConfig func(*routing.Backend) (*tls.Config, error)) error {
+	bk := &backend{
+		r: be.R, w: be.W, stream: be,
+		tlsConfig: func() (*tls.Config, error) { return tlsConfig(b) },
+	}
+	if err := bk.prelude(ctx, b); err != nil {
+		return err
+	}
+	r, err := bk.command("LOGOUT")
+	switch {
+	case err != nil:
+		return phaseError(phaseLOGOUT, err)
+	case r.status != "OK" && r.status != "BYE":
+		return phaseError(phaseLOGOUT, fmt.Errorf("backend answered %q", trunc(r.raw)))
+	}
+	return nil
+}
