@@ -625,8 +625,10 @@ func TestClusterRemovePeer(t *testing.T) {
 		t.Fatalf("remove-peer of a live node: %v\n%s", err, out)
 	}
 	nodes[2].kill()
-	waitFor(t, "n3 seen dead", 30*time.Second, func() bool {
-		out, err := nodes[0].cli("cluster", "members", "--json")
+	// Both survivors must see it gone: the node asked checks its own view,
+	// and the leader decides by its own.
+	seenDead := func(nd *procNode) bool {
+		out, err := nd.cli("cluster", "members", "--json")
 		var ms []struct{ Name, State string }
 		if err != nil || json.Unmarshal([]byte(out), &ms) != nil {
 			return false
@@ -637,7 +639,8 @@ func TestClusterRemovePeer(t *testing.T) {
 			}
 		}
 		return false
-	})
+	}
+	waitFor(t, "n3 seen dead by n1 and n2", 30*time.Second, func() bool { return seenDead(nodes[0]) && seenDead(nodes[1]) })
 	if out, err := nodes[1].cli("cluster", "remove-peer", "n3"); err != nil || !strings.Contains(out, "removed n3") {
 		t.Fatalf("remove-peer n3: %v\n%s", err, out)
 	}
