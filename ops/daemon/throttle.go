@@ -30,7 +30,7 @@ func (d *Daemon) setupThrottle(cfg *config.Config) error {
 	}
 	d.env.Throttle = l
 	if d.admin != nil {
-		throttleapi.Register(d.admin, l)
+		throttleapi.Register(d.admin, l, d.Log.With("component", "throttle"))
 	}
 	log := d.Log.With("component", "throttle")
 	l.OnBlock(func(scope string, ip netip.Addr, user string, until time.Time) {

@@ -8,6 +8,7 @@
 package throttleapi
 
 import (
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -39,7 +40,8 @@ type UnblockRequest struct {
 }
 
 // Register adds the endpoints to a.
-func Register(a *admin.Server, t Throttle) {
+// log, if not nil, gets an audit line for every unblock.
+func Register(a *admin.Server, t Throttle, log *slog.Logger) {
 	a.HandleFunc("GET /v1/throttle", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		f, ok := filter(w, q.Get("user"), q.Get("ip"))
@@ -70,7 +72,13 @@ func Register(a *admin.Server, t Throttle) {
 			admin.Error(w, http.StatusBadRequest, "name a user, an IP address, or both")
 			return
 		}
-		admin.JSON(w, http.StatusOK, map[string]int{"reset": t.Unblock(f)})
+		n := t.Unblock(f)
+		if log != nil {
+			// An audit line: who was let in again (the user as the
+			// operator named them).
+			log.Info("throttle unblock", "user", f.User, "ip", req.IP, "entries_reset", n)
+		}
+		admin.JSON(w, http.StatusOK, map[string]int{"reset": n})
 	})
 }
 

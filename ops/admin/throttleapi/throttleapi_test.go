@@ -33,7 +33,7 @@ func TestListAndUnblock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	Register(a, l)
+	Register(a, l, nil)
 	if err := a.Listen(); err != nil {
 		t.Fatal(err)
 	}
