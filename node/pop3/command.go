@@ -2,9 +2,9 @@ package pop3
 
 import (
 	"bufio"
-	"errors"
-	"io"
 	"strings"
+
+	"github.com/portico-mail/portico/node/netx"
 )
 
 // defaultMaxLine applies when Limits.MaxLine is not set.
@@ -15,7 +15,7 @@ const defaultMaxLine = 8192
 const maxKeyword = 40
 
 // ErrLineTooLong: a line exceeded the limit.
-var ErrLineTooLong = errors.New("line too long")
+var ErrLineTooLong = netx.ErrLineTooLong
 
 // Command is a parsed client command (RFC 1939 §3: a keyword, then
 // arguments separated by single spaces).
@@ -40,53 +40,7 @@ func readLine(br *bufio.Reader, max int, scratch *[]byte, discard bool) ([]byte,
 	if max <= 0 {
 		max = defaultMaxLine
 	}
-	buf := (*scratch)[:0]
-	for {
-		frag, err := br.ReadSlice('\n')
-		if len(buf)+len(frag) > max {
-			if !discard {
-				return nil, ErrLineTooLong
-			}
-			for err == bufio.ErrBufferFull {
-				_, err = br.ReadSlice('\n')
-			}
-			if err != nil {
-				return nil, unexpected(err)
-			}
-			return nil, ErrLineTooLong
-		}
-		buf = append(buf, frag...)
-		*scratch = buf
-		switch err {
-		case nil:
-			return trimEOL(buf), nil
-		case bufio.ErrBufferFull:
-			continue
-		default:
-			if len(buf) > 0 {
-				return nil, unexpected(err)
-			}
-			return nil, err
-		}
-	}
-}
-
-func unexpected(err error) error {
-	if err == io.EOF {
-		return io.ErrUnexpectedEOF
-	}
-	return err
-}
-
-// trimEOL removes a final LF and one CR before it.
-func trimEOL(b []byte) []byte {
-	if n := len(b); n > 0 && b[n-1] == '\n' {
-		b = b[:n-1]
-		if n := len(b); n > 0 && b[n-1] == '\r' {
-			b = b[:n-1]
-		}
-	}
-	return b
+	return netx.ReadLine(br, max, scratch, discard)
 }
 
 // parseCommand splits a command line. ok is false for an empty line or a

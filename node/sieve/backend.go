@@ -174,7 +174,7 @@ func (b *backend) response() (*response, error) {
 		start := len(r.raw)
 		r.raw = append(r.raw, make([]byte, n)...)
 		if _, err := io.ReadFull(b.r, r.raw[start:]); err != nil {
-			return nil, unexpected(err)
+			return nil, netx.Unexpected(err)
 		}
 	}
 	word, rest, _ := strings.Cut(string(r.first), " ")

@@ -6,6 +6,8 @@ import (
 	"io"
 	"strconv"
 	"strings"
+
+	"github.com/portico-mail/portico/node/netx"
 )
 
 // Wire limits that do not come from session.Limits.
@@ -23,7 +25,7 @@ const (
 // Errors of the command reader. ErrLineTooLong and ErrLiteralTooLarge leave
 // the stream in the middle of a command: the session cannot go on.
 var (
-	ErrLineTooLong     = errors.New("line too long")
+	ErrLineTooLong     = netx.ErrLineTooLong
 	ErrLiteralTooLarge = errors.New("literal too large")
 	ErrSyntax          = errors.New("syntax error")
 )
@@ -159,7 +161,7 @@ func (w *wire) readTokens() ([]Arg, error) {
 		literals += lit
 		b := make([]byte, lit)
 		if _, err := io.ReadFull(w.r, b); err != nil {
-			return nil, unexpected(err)
+			return nil, netx.Unexpected(err)
 		}
 		toks = append(toks, Arg{Value: string(b), String: true})
 		cont = true
@@ -184,7 +186,7 @@ func (w *wire) drain(line []byte, literals int) error {
 		}
 		literals += n
 		if _, err := w.r.Discard(n); err != nil {
-			return unexpected(err)
+			return netx.Unexpected(err)
 		}
 		var err error
 		if line, err = w.line(); err != nil {
@@ -199,44 +201,7 @@ func (w *wire) drain(line []byte, literals int) error {
 // io.ErrUnexpectedEOF; other read errors (deadlines) are returned as
 // they are. The slice is valid until the next call.
 func (w *wire) line() ([]byte, error) {
-	buf := w.scratch[:0]
-	for {
-		frag, err := w.r.ReadSlice('\n')
-		if len(buf)+len(frag) > w.maxLine {
-			return nil, ErrLineTooLong
-		}
-		buf = append(buf, frag...)
-		w.scratch = buf
-		switch err {
-		case nil:
-			return trimEOL(buf), nil
-		case bufio.ErrBufferFull:
-			continue
-		default:
-			if len(buf) > 0 {
-				return nil, unexpected(err)
-			}
-			return nil, err
-		}
-	}
-}
-
-func unexpected(err error) error {
-	if err == io.EOF {
-		return io.ErrUnexpectedEOF
-	}
-	return err
-}
-
-// trimEOL removes a final LF and one CR before it.
-func trimEOL(b []byte) []byte {
-	if n := len(b); n > 0 && b[n-1] == '\n' {
-		b = b[:n-1]
-		if n := len(b); n > 0 && b[n-1] == '\r' {
-			b = b[:n-1]
-		}
-	}
-	return b
+	return netx.ReadLine(w.r, w.maxLine, &w.scratch, false)
 }
 
 // quoted parses a quoted string starting at line[i] == '"' (RFC 5804 §4:
