@@ -157,6 +157,9 @@ func TestConnectionLimits(t *testing.T) {
 	if got := readLine(t, br3); !strings.HasPrefix(got, "* BYE [UNAVAILABLE] Too many connections") {
 		t.Fatalf("per-IP limit: %q", got)
 	}
+	// The refused connection holds a slot of the total until the server
+	// has written its refusal and closed it.
+	waitConnections(t, s, 2)
 	// From another loopback address: allowed by per-IP, but the total is 3.
 	c4, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}).Dial("tcp", addr)
 	if err != nil {
@@ -174,14 +177,23 @@ func TestConnectionLimits(t *testing.T) {
 	}
 	// Closing one frees a slot (per-IP counter released).
 	c4.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for s.Connections() > 2 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitConnections(t, s, 2)
 	c6, _ := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}).Dial("tcp", addr)
 	defer c6.Close()
 	if got := readLine(t, bufio.NewReader(c6)); !strings.HasPrefix(got, "* OK") {
 		t.Fatalf("after release: %q", got)
+	}
+}
+
+// waitConnections waits until the server counts at most n connections.
+func waitConnections(t *testing.T, s *Server, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.Connections() > n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections counted, want %d", s.Connections(), n)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -106,8 +106,21 @@ func TestSessionsAndKick(t *testing.T) {
 			t.Errorf("not oldest first: %+v", all)
 		}
 	}
-	if b := s.Sessions(SessionFilter{User: "bob"}); len(b) != 1 || b[0].Backend != "b-bob" || b[0].BytesIn != 6 || b[0].BytesOut != 6 {
-		t.Fatalf("bob's sessions: %+v", b)
+	// The relay counts a direction's bytes once its write returns, which
+	// may be just after the echo has reached the client.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b := s.Sessions(SessionFilter{User: "bob"})
+		if len(b) != 1 || b[0].Backend != "b-bob" || b[0].BytesIn > 6 || b[0].BytesOut > 6 {
+			t.Fatalf("bob's sessions: %+v", b)
+		}
+		if b[0].BytesIn == 6 && b[0].BytesOut == 6 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bob's byte counts: %+v", b)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	if a := s.Sessions(SessionFilter{User: "ALICE@example.COM"}); len(a) != 2 {
 		t.Fatalf("alice's sessions, any case: %+v", a)
