@@ -138,6 +138,7 @@ func (t *Table) clone() *Table {
 		hashKey:     t.hashKey,
 		seed:        t.seed,
 		regex:       t.regex,
+		sources:     t.sources,
 	}
 	for k, v := range t.backends {
 		n.backends[k] = v
