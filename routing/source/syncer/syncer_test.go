@@ -93,7 +93,13 @@ func (f *fakeSource) Lookup(ctx context.Context, user string) (source.Entry, err
 	f.mu.Lock()
 	f.lookups++
 	err, delay := f.err, f.delay
-	e, ok := f.entries[user]
+	var e source.Entry
+	ok := false
+	for _, x := range f.entries {
+		if routing.NormalizeUser(x.User) == routing.NormalizeUser(user) {
+			e, ok = x, true
+		}
+	}
 	f.mu.Unlock()
 	if delay > 0 {
 		select {
