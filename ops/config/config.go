@@ -56,6 +56,9 @@ type Config struct {
 	// Affinity: users of shared_storage pools stay on the backend their
 	// sessions use.
 	Affinity Affinity `yaml:"affinity"`
+	// Sources: directory sources (LDAP, SQL, popmap files) the raft
+	// leader mirrors into the replicated routing table (sources.go).
+	Sources []Source `yaml:"sources"`
 
 	// Standalone: a node without a cluster. Routes come only from this
 	// file and are not replicated: no raft, no gossip, no data directory,
@@ -255,6 +258,7 @@ func (c *Config) resolvePaths(base string) {
 	}
 	abs(&c.Cluster.EncryptKeyFile)
 	abs(&c.DataDir)
+	c.resolveSourcePaths(base)
 }
 
 func cleanYAMLError(err error) error {
@@ -432,6 +436,7 @@ func (c *Config) Validate() error {
 	v.upgrade()
 	v.throttle()
 	v.affinity()
+	v.sources()
 	if len(v.errs) > 0 {
 		return v.errs
 	}
