@@ -164,9 +164,9 @@ type SourceSyncRequest struct {
 
 // SourceSyncAnswer is its answer.
 type SourceSyncAnswer struct {
-	OK     bool   `json:"ok"`
-	Node   string `json:"node"` // the leader that synced
-	Error  string `json:"error,omitempty"`
+	OK    bool   `json:"ok"`
+	Node  string `json:"node"` // the leader that synced
+	Error string `json:"error,omitempty"`
 	// Running: the sync was still running when the answer was due; its
 	// outcome shows in the source's status.
 	Running bool           `json:"running,omitempty"`
