@@ -70,6 +70,15 @@ type OnMiss struct {
 	NegativeTTL Duration `yaml:"negative_ttl"`
 }
 
+// Defaults of a source.
+const (
+	DefaultSourceInterval     = time.Minute
+	DefaultSourceFullInterval = time.Hour
+	DefaultOnMissTimeout      = 2 * time.Second
+	DefaultOnMissPositiveTTL  = time.Minute
+	DefaultOnMissNegativeTTL  = 30 * time.Second
+)
+
 // DriverConfig is a driver's block, decoded into the driver's own Config
 // (strictly: an unknown key is an error) and checked by it.
 type DriverConfig interface{ Check() error }
@@ -254,13 +263,13 @@ func (v *validator) sources() {
 			}
 		}
 		if s.Interval == 0 {
-			s.Interval = Duration(time.Minute)
+			s.Interval = Duration(DefaultSourceInterval)
 		}
 		if s.Interval.D() < time.Second || s.Interval.D() > 24*time.Hour {
 			v.errf(p+".interval", "%s is outside 1s..24h", s.Interval.D())
 		}
 		if s.FullInterval == 0 {
-			s.FullInterval = Duration(max(time.Hour, s.Interval.D()))
+			s.FullInterval = Duration(max(DefaultSourceFullInterval, s.Interval.D()))
 		}
 		if s.FullInterval < s.Interval || s.FullInterval.D() > 30*24*time.Hour {
 			v.errf(p+".full_interval", "%s is outside interval (%s)..720h", s.FullInterval.D(), s.Interval.D())
@@ -274,16 +283,16 @@ func (v *validator) sources() {
 		v.newBackends(p+".new_backends", &s.NewBackends)
 		m := &s.OnMiss
 		if m.Timeout == 0 {
-			m.Timeout = Duration(2 * time.Second)
+			m.Timeout = Duration(DefaultOnMissTimeout)
 		}
 		if m.Timeout.D() < 10*time.Millisecond || m.Timeout.D() > 30*time.Second {
 			v.errf(p+".on_miss.timeout", "%s is outside 10ms..30s (a login waits for it)", m.Timeout.D())
 		}
 		if m.PositiveTTL == 0 {
-			m.PositiveTTL = Duration(time.Minute)
+			m.PositiveTTL = Duration(DefaultOnMissPositiveTTL)
 		}
 		if m.NegativeTTL == 0 {
-			m.NegativeTTL = Duration(30 * time.Second)
+			m.NegativeTTL = Duration(DefaultOnMissNegativeTTL)
 		}
 		if m.PositiveTTL.D() > 24*time.Hour || m.NegativeTTL.D() > 24*time.Hour {
 			v.errf(p+".on_miss", "positive_ttl and negative_ttl must be at most 24h")
