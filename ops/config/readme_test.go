@@ -248,7 +248,7 @@ func readmeWant() map[string]map[string]any {
 			"new_backends.create": true, "new_backends.imap_port": syncer.DefaultNewBackends().IMAPPort,
 			"new_backends.pop3_port": syncer.DefaultNewBackends().POP3Port, "new_backends.sieve_port": syncer.DefaultNewBackends().SievePort,
 			"new_backends.port_protocol": string(syncer.DefaultNewBackends().PortProtocol),
-			"new_backends.tls": string(syncer.DefaultNewBackends().TLS), "new_backends.forward": string(syncer.DefaultNewBackends().Forward),
+			"new_backends.tls":           string(syncer.DefaultNewBackends().TLS), "new_backends.forward": string(syncer.DefaultNewBackends().Forward),
 		},
 		"### `affinity`": {
 			"expire":      affinity.DefaultConfig().Expire,
