@@ -629,6 +629,13 @@ func (c *Config) SameOnEveryNode() []string {
 		}
 		out = append(out, fmt.Sprintf("routes.hash_key %s: pools hash on the %s of user names (%s)", k, map[string]string{"address": "whole address", "local": "local part", "domain": "domain"}[k], how))
 	}
+	if len(c.Sources) > 0 && !c.Standalone {
+		names := make([]string, len(c.Sources))
+		for i, s := range c.Sources {
+			names[i] = s.Name
+		}
+		out = append(out, fmt.Sprintf("sources %s: synced by whichever node leads the cluster, and asked on a miss by every node; every node's file must list the same sources, reading the same data", strings.Join(names, ", ")))
+	}
 	if sep := c.Routes.MasterUserSeparator; sep != "" {
 		out = append(out, fmt.Sprintf("routes.master_user_separator %q: \"user%smaster\" is routed as user; every node's file must say the same, or a master login lands on different backends through different nodes", sep, sep))
 	}

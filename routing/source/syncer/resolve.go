@@ -121,32 +121,37 @@ func (r *resolver) newBackend(target string) (*routing.Backend, error) {
 // splitTarget reads "host", "host:port", "[v6]:port" or a bare IPv6
 // address.
 func splitTarget(s string) (host string, port int, err error) {
+	p := ""
 	switch {
 	case strings.HasPrefix(s, "["):
-		h, p, err := net.SplitHostPort(s)
+		h, pp, err := net.SplitHostPort(s)
 		if err != nil {
-			if strings.HasSuffix(s, "]") {
-				return s[1 : len(s)-1], 0, nil
+			if !strings.HasSuffix(s, "]") {
+				return "", 0, fmt.Errorf("server %q: %v", s, err)
 			}
-			return "", 0, fmt.Errorf("server %q: %v", s, err)
+			h = s[1 : len(s)-1]
 		}
-		host, s = h, p
+		host, p = h, pp
 	case strings.Count(s, ":") == 1:
-		host, s, _ = strings.Cut(s, ":")
-	case strings.Count(s, ":") > 1:
-		return s, 0, nil // a bare IPv6 address
+		host, p, _ = strings.Cut(s, ":")
 	default:
-		return s, 0, validHost(s)
+		host = s // a name, or a bare IPv6 address
 	}
-	n, err := strconv.Atoi(s)
+	if err := validHost(host); err != nil {
+		return "", 0, err
+	}
+	if p == "" && !strings.HasSuffix(s, ":") {
+		return host, 0, nil
+	}
+	n, err := strconv.Atoi(p)
 	if err != nil || n < 1 || n > 65535 {
-		return "", 0, fmt.Errorf("server %q: bad port %q", host, s)
+		return "", 0, fmt.Errorf("server %q: bad port %q", s, p)
 	}
-	return host, n, validHost(host)
+	return host, n, nil
 }
 
 func validHost(h string) error {
-	if h == "" || len(h) > 255 || strings.ContainsAny(h, " \t/@\x00") {
+	if h == "" || len(h) > 255 || strings.ContainsAny(h, " \t/@[]\x00\r\n") {
 		return fmt.Errorf("bad host %q", h)
 	}
 	return nil

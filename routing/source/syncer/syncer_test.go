@@ -585,3 +585,27 @@ func TestManagerLeadership(t *testing.T) {
 		t.Fatal("still leading after the term ended")
 	}
 }
+
+// splitTarget reads what a directory says a server is; whatever it
+// accepts makes a valid backend or an error, never a panic.
+func FuzzSplitTarget(f *testing.F) {
+	for _, s := range []string{"mail.example", "mail.example:1143", "[2001:db8::1]:993", "2001:db8::1", "[::1]", "h:0", "h:x", ":1", "a b"} {
+		f.Add(s)
+	}
+	tb, _ := routing.NewTable(routing.TableSpec{})
+	f.Fuzz(func(t *testing.T, s string) {
+		host, port, err := splitTarget(s)
+		if err != nil {
+			return
+		}
+		if host == "" || port < 0 || port > 65535 {
+			t.Fatalf("%q: host %q port %d", s, host, port)
+		}
+		r := newResolver(tb, DefaultNewBackends())
+		if b, err := r.newBackend(s); err == nil {
+			if _, err := tb.WithBackend(*b); err != nil {
+				t.Fatalf("%q made an invalid backend %+v: %v", s, b, err)
+			}
+		}
+	})
+}
