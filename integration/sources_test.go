@@ -56,12 +56,22 @@ func routeOf(nd *procNode, user string) string {
 
 func sourcesOf(t *testing.T, nd *procNode, name string) daemon.SourcesAnswer {
 	t.Helper()
+	a, err := trySources(nd, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// trySources reads GET /v1/sources/NAME (for polling: an error is not
+// fatal).
+func trySources(nd *procNode, name string) (daemon.SourcesAnswer, error) {
 	code, b, err := nd.api("GET", "/v1/sources/"+name, nil)
 	var a daemon.SourcesAnswer
 	if err != nil || code != 200 || json.Unmarshal(b, &a) != nil || len(a.Sources) != 1 {
-		t.Fatalf("GET /v1/sources/%s: %d %v %s", name, code, err, b)
+		return a, fmt.Errorf("GET /v1/sources/%s on %s: %d %v %s", name, nd.name, code, err, b)
 	}
-	return a
+	return a, nil
 }
 
 // A popmap file mirrored into the table: users added, changed (a rename)
@@ -109,6 +119,10 @@ func TestSourcePopmapFile(t *testing.T) {
 	if err != nil || !strings.Contains(out, "source:users") {
 		t.Fatalf("route list: %v\n%s", err, out)
 	}
+	out, err = nd.cli("status")
+	if err != nil || !strings.Contains(out, "source users:") || !strings.Contains(out, "popmap, ok, 4 rules") {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
 
 	// Change bob (a rename), add erin, delete dave.
 	replaceFile(t, popmap, "# users\nalice: alice.smith@dc1\nbob: bob2@dc1\ncarol: dc1\nerin: dc1\n")
@@ -142,7 +156,8 @@ func TestSourcePopmapFile(t *testing.T) {
 	os.Rename(popmap, popmap+".gone")
 	os.Rename(late, late+".gone")
 	waitFor(t, "the failing sync in the status", 10*time.Second, func() bool {
-		return sourcesOf(t, nd, "users").Sources[0].LastError != ""
+		a, err := trySources(nd, "users")
+		return err == nil && a.Sources[0].LastError != ""
 	})
 	if err := loginVia(t, nd.imap, "carol", "secret"); err != nil {
 		t.Fatalf("carol (in the table) with the source down: %v", err)
@@ -201,7 +216,8 @@ func TestSourceSafetyValve(t *testing.T) {
 	waitFor(t, "20 users synced", 10*time.Second, func() bool { return routeOf(nd, "user19") != "" })
 	replaceFile(t, popmap, "")
 	waitFor(t, "the refusal in the status", 10*time.Second, func() bool {
-		return sourcesOf(t, nd, "users").Sources[0].Refused != ""
+		a, err := trySources(nd, "users")
+		return err == nil && a.Sources[0].Refused != ""
 	})
 	time.Sleep(1500 * time.Millisecond) // another interval: still refused
 	for i := range 20 {
@@ -261,7 +277,7 @@ func TestSourceThreeNodesLeaderChange(t *testing.T) {
 		nd.start()
 	}
 	waitSeeded(t, nodes)
-	waitFor(t, "u1..u3 on every node", 15*time.Second, func() bool {
+	waitFor(t, "u1..u3 on every node", 30*time.Second, func() bool {
 		for _, nd := range nodes {
 			if routeOf(nd, "u3") != "dc1//source:users" {
 				return false
@@ -279,10 +295,21 @@ func TestSourceThreeNodesLeaderChange(t *testing.T) {
 			t.Fatalf("%s (leader %s) synced: %v, without leading:\n%s", nd.name, leader.name, synced, grepLines(log, "source"))
 		}
 	}
+	// Every node shows the leader's view (a follower passes the call on).
 	for _, nd := range nodes {
-		a := sourcesOf(t, nd, "users")
-		if s := a.Sources[0]; s.Node != leader.name || s.Watermark == "" || s.Rules != 3 {
-			t.Fatalf("status through %s: %+v", nd.name, a)
+		var a daemon.SourcesAnswer
+		var err error
+		ok := func() bool {
+			a, err = trySources(nd, "users")
+			s := a.Sources
+			return err == nil && s[0].Node == leader.name && s[0].Watermark != "" && s[0].Rules == 3
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("status through %s: %+v %v", nd.name, a, err)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 
@@ -298,9 +325,9 @@ func TestSourceThreeNodesLeaderChange(t *testing.T) {
 		next = nodeByName(rest, leaderOf(rest))
 		return next != nil && next != leader
 	})
-	waitFor(t, "the new leader's first sync", 15*time.Second, func() bool {
-		s := sourcesOf(t, next, "users").Sources[0]
-		return s.Node == next.name && s.Last != nil
+	waitFor(t, "the new leader's first sync", 30*time.Second, func() bool {
+		a, err := trySources(next, "users")
+		return err == nil && a.Sources[0].Node == next.name && a.Sources[0].Last != nil
 	})
 	if s := sourcesOf(t, next, "users").Sources[0]; s.Last.Kind != "incremental" || s.Last.Added+s.Last.Changed+s.Last.Removed != 0 {
 		t.Fatalf("the new leader's first sync: %+v (want an incremental one that found nothing)", s.Last)
@@ -310,7 +337,7 @@ func TestSourceThreeNodesLeaderChange(t *testing.T) {
 	}
 
 	replaceFile(t, popmap, "u1: dc1\nu2: u2@dc1\nu4: dc1\nu5: dc1\n")
-	waitFor(t, "the file's change on the live nodes", 15*time.Second, func() bool {
+	waitFor(t, "the file's change on the live nodes", 30*time.Second, func() bool {
 		for _, nd := range rest {
 			if routeOf(nd, "u5") == "" || routeOf(nd, "u3") != "" {
 				return false
@@ -319,7 +346,8 @@ func TestSourceThreeNodesLeaderChange(t *testing.T) {
 		return true
 	})
 	leader.start()
-	waitFor(t, "the restarted node caught up", 30*time.Second, func() bool { return routeOf(leader, "u5") != "" && routeOf(leader, "u3") == "" })
+	waitFor(t, "the restarted node caught up", 60*time.Second, func() bool { return routeOf(leader, "u5") != "" && routeOf(leader, "u3") == "" })
+	waitSeeded(t, nodes)
 	for _, nd := range nodes {
 		out, err := nd.cli("route", "list")
 		if err != nil {
@@ -330,9 +358,10 @@ func TestSourceThreeNodesLeaderChange(t *testing.T) {
 				t.Fatalf("%s lists %s %d times:\n%s", nd.name, u, n, out)
 			}
 		}
-		if err := loginVia(t, nd.imap, "u5", "secret"); err != nil {
-			t.Fatalf("u5 through %s: %v", nd.name, err)
-		}
+		// (A restarted node learns the backend's health from the others'
+		// probes and its own first: until then a login may be told to
+		// come back.)
+		waitFor(t, "u5 logging in through "+nd.name, 20*time.Second, func() bool { return loginVia(t, nd.imap, "u5", "secret") == nil })
 	}
 	if got := routeOf(nodes[0], "u2"); got != "dc1/u2/source:users" {
 		t.Fatalf("u2: %q", got)

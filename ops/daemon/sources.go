@@ -65,6 +65,21 @@ func (d *Daemon) setupSources(cfg *config.Config) error {
 	if len(miss) > 0 {
 		d.miss = syncer.NewOnMiss(d.fsm, miss, d.cluster, d.Log, met)
 	}
+	d.addStatus(func(st *Status) {
+		sts, _ := m.Status("", d.fsm.Table())
+		for _, s := range sts {
+			l := SourceLine{Name: s.Name, Type: s.Type, Rules: s.Rules, LastSync: s.LastSync, State: "ok"}
+			switch {
+			case s.Refused != "":
+				l.State = "refused"
+			case s.LastError != "":
+				l.State = "failing"
+			case s.LastSync == nil:
+				l.State = "never synced"
+			}
+			st.Sources = append(st.Sources, l)
+		}
+	})
 	d.cluster.HandleRPC(sourcesStatusRPC, func(ctx context.Context, body []byte) (int, any) {
 		var req struct {
 			Name string `json:"name"`
