@@ -240,8 +240,10 @@ func (s *Syncer) record(res Result, err error, opt Options) {
 		s.status.lastSuccess = now
 		s.status.lastErr, s.status.refused = "", ""
 	}
-	r := res
-	s.status.last = &r
+	if !opt.DryRun {
+		r := res
+		s.status.last = &r
+	}
 	s.smu.Unlock()
 
 	name := s.cfg.Name
