@@ -27,6 +27,7 @@ const (
 	CmdSetHashKey     CommandType = 12 // the part of user names pools hash on (Target: HashKey)
 	CmdImport         CommandType = 13 // user rules of one import source, with renames, and its prunes (WithImport)
 	CmdSetRegexMap    CommandType = 14 // the regex popmap of one import source (WithRegexMap)
+	CmdSourceState    CommandType = 15 // the sync state of one directory source (WithSourceState)
 )
 
 // CommandLevel is the newest command type this binary applies; nodes
@@ -35,7 +36,7 @@ const (
 // otherwise), so an older node in a rolling upgrade never meets a type it
 // does not know. BaseCommandLevel is what every Portico release applies.
 const (
-	CommandLevel     = CmdSetRegexMap
+	CommandLevel     = CmdSourceState
 	BaseCommandLevel = CmdSetDefaultPool
 )
 
@@ -69,6 +70,8 @@ func (t CommandType) String() string {
 		return "import"
 	case CmdSetRegexMap:
 		return "set-regex-map"
+	case CmdSourceState:
+		return "source-state"
 	}
 	return fmt.Sprintf("unknown(%d)", byte(t))
 }
@@ -91,8 +94,11 @@ type Command struct {
 	Target  string        `json:",omitempty"` // pool of a domain rule; default pool; hash key
 	Patch   *BackendPatch `json:",omitempty"`
 	Seed    *Seed         `json:",omitempty"`
-	Source  string        `json:",omitempty"` // import source (CmdImport, CmdSetRegexMap)
+	Source  string        `json:",omitempty"` // import source (CmdImport, CmdSetRegexMap); directory source (CmdSourceState)
 	Regex   []RegexRule   `json:",omitempty"`
+	// State is a directory source's sync state (CmdSourceState); nil
+	// removes it.
+	State *SourceState `json:",omitempty"`
 }
 
 // payload is what is JSON-encoded after the two header bytes.
@@ -107,6 +113,7 @@ type payload struct {
 	Seed    *Seed         `json:"seed,omitempty"`
 	Source  string        `json:"source,omitempty"`
 	Regex   []RegexRule   `json:"regex,omitempty"`
+	State   *SourceState  `json:"state,omitempty"`
 }
 
 // Encode returns the command's wire form: type byte, version byte, JSON.
@@ -114,7 +121,7 @@ func (c Command) Encode() ([]byte, error) {
 	if c.Type == 0 {
 		return nil, errors.New("command without type")
 	}
-	p, err := json.Marshal(payload{Backend: c.Backend, Pool: c.Pool, Users: c.Users, Names: c.Names, Domain: c.Domain, Target: c.Target, Patch: c.Patch, Seed: c.Seed, Source: c.Source, Regex: c.Regex})
+	p, err := json.Marshal(payload{Backend: c.Backend, Pool: c.Pool, Users: c.Users, Names: c.Names, Domain: c.Domain, Target: c.Target, Patch: c.Patch, Seed: c.Seed, Source: c.Source, Regex: c.Regex, State: c.State})
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +147,7 @@ func DecodeCommand(b []byte) (Command, error) {
 	if err := json.Unmarshal(b[2:], &p); err != nil {
 		return Command{}, fmt.Errorf("%w: %s: %v", ErrInvalid, t, err)
 	}
-	return Command{Type: t, Backend: p.Backend, Pool: p.Pool, Users: p.Users, Names: p.Names, Domain: p.Domain, Target: p.Target, Patch: p.Patch, Seed: p.Seed, Source: p.Source, Regex: p.Regex}, nil
+	return Command{Type: t, Backend: p.Backend, Pool: p.Pool, Users: p.Users, Names: p.Names, Domain: p.Domain, Target: p.Target, Patch: p.Patch, Seed: p.Seed, Source: p.Source, Regex: p.Regex, State: p.State}, nil
 }
 
 // Apply returns the table with c applied. It is deterministic: it depends
@@ -216,6 +223,8 @@ func (t *Table) Apply(c Command) (*Table, error) {
 		return t.WithImport(c.Source, c.Users, c.Names)
 	case CmdSetRegexMap:
 		return t.WithRegexMap(c.Source, c.Regex)
+	case CmdSourceState:
+		return t.WithSourceState(c.Source, c.State)
 	}
 	return nil, fmt.Errorf("%w: type %d", ErrUnknownCommand, byte(c.Type))
 }

@@ -32,6 +32,9 @@ func canon(t *Table) string {
 	}
 	fmt.Fprintf(&b, "seeded %+v\n", t.Seeded())
 	fmt.Fprintf(&b, "regex %+v\n", t.RegexMap())
+	for _, name := range sortedKeys(t.sources) {
+		fmt.Fprintf(&b, "S %s %+v\n", name, t.sources[name])
+	}
 	return b.String()
 }
 
@@ -39,7 +42,7 @@ func randomCommand(r *rand.Rand) Command {
 	id := func() string { return fmt.Sprintf("b%d", r.IntN(6)) }
 	pool := func() string { return fmt.Sprintf("p%d", r.IntN(4)) }
 	user := func() string { return fmt.Sprintf("u%d@d%d.example", r.IntN(50), r.IntN(3)) }
-	switch r.IntN(14) {
+	switch r.IntN(15) {
 	case 0:
 		return Command{Type: CmdPutBackend, Backend: &Backend{ID: id(), Host: "10.0.0.1", IMAPPort: 143 + r.IntN(3), Weight: r.IntN(3)}}
 	case 1:
@@ -105,6 +108,12 @@ func randomCommand(r *rand.Rand) Command {
 		}
 		if r.IntN(8) == 0 {
 			c.Regex = append(c.Regex, RegexRule{Pattern: "(", Replace: "b1"})
+		}
+		return c
+	case 13:
+		c := Command{Type: CmdSourceState, Source: []string{"ldap", "sql", ""}[r.IntN(3)]}
+		if r.IntN(4) != 0 {
+			c.State = &SourceState{Watermark: fmt.Sprint(r.IntN(9)), LastFull: int64(r.IntN(3)), LastSync: int64(r.IntN(3)), Entries: r.IntN(3) - 1}
 		}
 		return c
 	default:

@@ -43,6 +43,10 @@ func validUser(u string) bool {
 	return u != "" && len(u) <= 512 && utf8.ValidString(u) && !strings.ContainsAny(u, "\x00\r\n")
 }
 
+// ValidUser reports whether u can name a user rule (and a backend login):
+// 1-512 bytes of UTF-8 without NUL, CR or LF, its canonical key too.
+func ValidUser(u string) bool { return validUser(u) && validUser(NormalizeUser(u)) }
+
 // normaliseBackend fills defaults and validates b.
 func normaliseBackend(b *Backend) error {
 	if !validName(b.ID) {
@@ -138,6 +142,7 @@ func (t *Table) clone() *Table {
 		hashKey:     t.hashKey,
 		seed:        t.seed,
 		regex:       t.regex,
+		sources:     t.sources,
 	}
 	for k, v := range t.backends {
 		n.backends[k] = v
@@ -357,6 +362,10 @@ func (t *Table) UserRoutes(prefix, after string, limit int) []UserRoute {
 	}
 	return out
 }
+
+// EachUser calls f with every user rule, in no order, until f returns
+// false (a walk over a million rules without sorting or copying them).
+func (t *Table) EachUser(f func(user string, tg Target) bool) { t.users.each(f) }
 
 // Domains returns the domain rules.
 func (t *Table) Domains() map[string]string {

@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"sort"
@@ -151,6 +152,11 @@ func (t *Table) ParseServer(s string) (Target, error) {
 	return tg, err
 }
 
+// ErrUnknownServer: ResolveServer found no backend with that id, host or
+// host:port (a directory source may create one, as Perdition connects to
+// any host its popmap names).
+var ErrUnknownServer = errors.New("unknown server")
+
 // ResolveServer maps a popmap server to a backend id (an id, or the host
 // or host:port of exactly one backend) or, for "pool:NAME", a pool.
 func (t *Table) ResolveServer(s string) (backend, pool string, err error) {
@@ -174,7 +180,7 @@ func (t *Table) ResolveServer(s string) (backend, pool string, err error) {
 	case 1:
 		return match[0], "", nil
 	case 0:
-		return "", "", fmt.Errorf("unknown server %q (not a backend id, host or host:port)", s)
+		return "", "", fmt.Errorf("%w %q (not a backend id, host or host:port)", ErrUnknownServer, s)
 	}
 	return "", "", fmt.Errorf("server %q matches several backends (%s); use a backend id", s, strings.Join(match, ", "))
 }

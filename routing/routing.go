@@ -215,6 +215,9 @@ type Table struct {
 	// regex is the regex popmap (WithRegexMap), tried in order after the
 	// exact user rules.
 	regex []regexRule
+	// sources is the sync state of the directory sources
+	// (WithSourceState), by source name; nil when none.
+	sources map[string]SourceState
 }
 
 // TableSpec is the input to NewTable.

@@ -62,6 +62,9 @@ type snapHeader struct {
 	// node knows sets it (CmdSetRegexMap), so no older version reads a
 	// snapshot holding it.
 	RegexMap []RegexRule `json:"regex_map,omitempty"`
+	// Sources is the directory sources' sync state. Only a command that
+	// every node knows sets it (CmdSourceState).
+	Sources map[string]SourceState `json:"sources,omitempty"`
 }
 
 // WriteSnapshot writes t in the snapshot format (without an index).
@@ -81,6 +84,9 @@ func writeSnapshot(w io.Writer, t *Table, index *uint64) error {
 	}
 	if len(t.regex) > 0 {
 		hdr.RegexMap = t.RegexMap()
+	}
+	if len(t.sources) > 0 {
+		hdr.Sources = t.sources
 	}
 	h, err := json.Marshal(hdr)
 	if err != nil {
@@ -259,6 +265,11 @@ func readSnapshot(r io.Reader) (*Table, *uint64, error) {
 			return nil, nil, fmt.Errorf("routing snapshot: %w", err)
 		}
 		t.regex = append(t.regex, c)
+	}
+	for name, st := range h.Sources {
+		if t, err = t.WithSourceState(name, &st); err != nil {
+			return nil, nil, fmt.Errorf("routing snapshot: %w", err)
+		}
 	}
 	return t, h.Index, nil
 }

@@ -221,7 +221,7 @@ func TestZshCompletion(t *testing.T) {
 // prints what zsh showed, then "<end>".
 const zshDriver = `zmodload zsh/zpty || exit 1
 fdir=$1; shift
-zpty z 'TERM=dumb zsh -f -i'
+zpty z 'stty rows 100 columns 200; TERM=dumb zsh -f -i'
 zpty -w z 'PS1="%% "; fpath=('$fdir' $fpath); autoload -Uz compinit; compinit -u -D; zstyle ":completion:*" list-prompt ""; zstyle ":completion:*" menu no; setopt autolist nolistbeep; print READY'
 zpty -r z line '*READY*'
 zpty -r z line '*READY*'

@@ -45,6 +45,9 @@ func printStatus(out io.Writer, st *daemon.Status) error {
 	fmt.Fprintf(tw, "draining:\t%v\n", st.Draining)
 	fmt.Fprintf(tw, "routing table:\t%d backends, %d pools, %d users, %d domains\n",
 		st.Routing.Backends, st.Routing.Pools, st.Routing.Users, st.Routing.Domains)
+	for _, src := range st.Sources {
+		fmt.Fprintf(tw, "source %s:\t%s, %s, %d rules, last sync %s\n", src.Name, src.Type, src.State, src.Rules, sinceAt(src.LastSync))
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}

@@ -150,11 +150,33 @@ type Director interface {
 
 // RouteDirector is the default "passthrough" director: the route comes
 // from the routing table and the backend checks the password.
-type RouteDirector struct{ Router routing.Router }
+type RouteDirector struct {
+	Router routing.Router
+	// Lookup, if set, routes instead of Router: a router that may ask a
+	// directory source about a user the table holds no rule for (the
+	// on-miss lookup, routing/source/syncer.OnMiss), waiting at most its
+	// own timeout. It answers routing.ErrUnavailable when the source
+	// cannot answer: the client is told to try later, never that the
+	// password was wrong.
+	Lookup ContextRouter
+}
+
+// ContextRouter is a router whose lookup may wait on I/O, bounded by ctx
+// and its own timeout.
+type ContextRouter interface {
+	RouteContext(ctx context.Context, req routing.Request) (routing.Route, error)
+}
 
 // Direct implements Director.
-func (d RouteDirector) Direct(_ context.Context, a *Attempt) (*Target, error) {
-	r, err := d.Router.Route(routing.Request{User: a.Creds.RouteUser(a.Client.Env.MasterSeparator()), Protocol: a.Client.Listener.Protocol})
+func (d RouteDirector) Direct(ctx context.Context, a *Attempt) (*Target, error) {
+	req := routing.Request{User: a.Creds.RouteUser(a.Client.Env.MasterSeparator()), Protocol: a.Client.Listener.Protocol}
+	var r routing.Route
+	var err error
+	if d.Lookup != nil {
+		r, err = d.Lookup.RouteContext(ctx, req)
+	} else {
+		r, err = d.Router.Route(req)
+	}
 	switch {
 	case errors.Is(err, routing.ErrNoRoute):
 		// Do not tell the client the user does not exist.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/portico-mail/portico/routing"
 )
@@ -80,5 +81,41 @@ func TestRouteDirectorRename(t *testing.T) {
 		if got := renamed(Credentials{User: in, Password: "pw"}, "alice.smith", "*"); got.User != want || got.Password != "pw" {
 			t.Errorf("%s: %+v, want %s", in, got, want)
 		}
+	}
+}
+
+// ctxRouter is an on-miss lookup: it records the context's deadline and
+// answers as told.
+type ctxRouter struct {
+	r        routing.Route
+	err      error
+	user     string
+	deadline bool
+}
+
+func (c *ctxRouter) RouteContext(ctx context.Context, req routing.Request) (routing.Route, error) {
+	c.user = req.User
+	_, c.deadline = ctx.Deadline()
+	return c.r, c.err
+}
+
+// With a Lookup (an on-miss directory lookup) the director routes through
+// it with the login's context, and a source that could not answer
+// (ErrUnavailable) is "try again later", never a failed password.
+func TestRouteDirectorLookup(t *testing.T) {
+	c := &Client{Listener: &Listener{Protocol: routing.IMAP}}
+	b := &routing.Backend{ID: "b"}
+	lk := &ctxRouter{r: routing.Route{Backend: b, Login: "n"}}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	tg, err := RouteDirector{Router: routeErr{routing.ErrNoRoute}, Lookup: lk}.Direct(ctx, &Attempt{Client: c, Creds: Credentials{User: "alice"}})
+	if err != nil || tg.Backend != b || tg.Creds.User != "n" || lk.user != "alice" || !lk.deadline {
+		t.Fatalf("%+v %v %+v", tg, err, lk)
+	}
+	lk.err = fmt.Errorf("%w: on-miss lookup: directory source dir: connection refused", routing.ErrUnavailable)
+	_, err = RouteDirector{Router: routeTo(routing.Route{Backend: b}), Lookup: lk}.Direct(ctx, &Attempt{Client: c, Creds: Credentials{User: "alice"}})
+	var ref *Refusal
+	if !errors.As(err, &ref) || ref.Kind != RefuseUnavailable {
+		t.Fatalf("source down: %v", err)
 	}
 }

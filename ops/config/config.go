@@ -56,6 +56,9 @@ type Config struct {
 	// Affinity: users of shared_storage pools stay on the backend their
 	// sessions use.
 	Affinity Affinity `yaml:"affinity"`
+	// Sources: directory sources (LDAP, SQL, popmap files) the raft
+	// leader mirrors into the replicated routing table (sources.go).
+	Sources []Source `yaml:"sources"`
 
 	// Standalone: a node without a cluster. Routes come only from this
 	// file and are not replicated: no raft, no gossip, no data directory,
@@ -255,6 +258,7 @@ func (c *Config) resolvePaths(base string) {
 	}
 	abs(&c.Cluster.EncryptKeyFile)
 	abs(&c.DataDir)
+	c.resolveSourcePaths(base)
 }
 
 func cleanYAMLError(err error) error {
@@ -432,6 +436,7 @@ func (c *Config) Validate() error {
 	v.upgrade()
 	v.throttle()
 	v.affinity()
+	v.sources()
 	if len(v.errs) > 0 {
 		return v.errs
 	}
@@ -623,6 +628,13 @@ func (c *Config) SameOnEveryNode() []string {
 			how = "this standalone node hashes by it; other nodes in front of the same backends must say the same"
 		}
 		out = append(out, fmt.Sprintf("routes.hash_key %s: pools hash on the %s of user names (%s)", k, map[string]string{"address": "whole address", "local": "local part", "domain": "domain"}[k], how))
+	}
+	if len(c.Sources) > 0 && !c.Standalone {
+		names := make([]string, len(c.Sources))
+		for i, s := range c.Sources {
+			names[i] = s.Name
+		}
+		out = append(out, fmt.Sprintf("sources %s: synced by whichever node leads the cluster, and asked on a miss by every node; every node's file must list the same sources, reading the same data", strings.Join(names, ", ")))
 	}
 	if sep := c.Routes.MasterUserSeparator; sep != "" {
 		out = append(out, fmt.Sprintf("routes.master_user_separator %q: \"user%smaster\" is routed as user; every node's file must say the same, or a master login lands on different backends through different nodes", sep, sep))

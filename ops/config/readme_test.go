@@ -18,6 +18,7 @@ import (
 	"github.com/portico-mail/portico/node/throttle"
 	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/routing"
+	"github.com/portico-mail/portico/routing/source/syncer"
 	"github.com/portico-mail/portico/vip"
 )
 
@@ -237,6 +238,17 @@ func readmeWant() map[string]map[string]any {
 			"ipv6_prefix":        td.IPv6Prefix,
 			"trusted_networks":   "[" + strings.Join(trusted, ", ") + "]",
 			"max_entries":        td.MaxEntries,
+		},
+		"### `sources` (list)": {
+			"name": "required", "type": "required", "popmap.path": "required",
+			"interval": DefaultSourceInterval, "full_interval": DefaultSourceFullInterval,
+			"max_delete_share": fmt.Sprint(syncer.DefaultMaxDeleteShare), "overwrite": false,
+			"on_miss.enabled": false, "on_miss.timeout": DefaultOnMissTimeout,
+			"on_miss.positive_ttl": DefaultOnMissPositiveTTL, "on_miss.negative_ttl": DefaultOnMissNegativeTTL,
+			"new_backends.create": true, "new_backends.imap_port": syncer.DefaultNewBackends().IMAPPort,
+			"new_backends.pop3_port": syncer.DefaultNewBackends().POP3Port, "new_backends.sieve_port": syncer.DefaultNewBackends().SievePort,
+			"new_backends.port_protocol": string(syncer.DefaultNewBackends().PortProtocol),
+			"new_backends.tls":           string(syncer.DefaultNewBackends().TLS), "new_backends.forward": string(syncer.DefaultNewBackends().Forward),
 		},
 		"### `affinity`": {
 			"expire":      affinity.DefaultConfig().Expire,

@@ -31,6 +31,7 @@ import (
 	"github.com/portico-mail/portico/ops/config"
 	"github.com/portico-mail/portico/ops/upgrade"
 	"github.com/portico-mail/portico/routing"
+	"github.com/portico-mail/portico/routing/source/syncer"
 )
 
 // Version and Commit identify the build (set by the portico command).
@@ -43,7 +44,8 @@ var (
 //
 // It is assembled in stages, each in its own file: adminplane.go (the
 // admin listener), routing.go (the route source: the cluster agent and the
-// routing API), auth.go (authentication sources), throttle.go (failed-login
+// routing API), sources.go (directory sources: syncs on the leader, the
+// on-miss lookup, /v1/sources), auth.go (authentication sources), throttle.go (failed-login
 // throttling), affinity.go (users' affinity in shared_storage pools),
 // vip.go (the floating address), ops.go (metrics, readiness, status),
 // lifecycle.go (drain, reload), upgrade.go (in-place upgrade). A
@@ -69,6 +71,8 @@ type Daemon struct {
 
 	env      *session.Env
 	affinity *affinity.Table // users' affinity in shared_storage pools (affinity.go)
+	sources  *syncer.Manager // directory sources' syncs (sources.go); nil without sources
+	miss     *syncer.OnMiss  // their on-miss lookup; nil when none enables it
 
 	// group owns every goroutine the daemon starts; its context ends at
 	// shutdown, and Shutdown waits for them.
@@ -180,13 +184,20 @@ func New(cfg *config.Config, o Options) (_ *Daemon, err error) {
 	if err := d.setupRouting(cfg); err != nil {
 		return nil, err
 	}
+	if err := d.setupSources(cfg); err != nil {
+		return nil, err
+	}
 	if d.engine, err = relay.NewEngine(); err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
 	engine := d.engine
 	d.onClose(func(context.Context) { engine.Close() })
+	dir := session.RouteDirector{Router: d.router}
+	if d.miss != nil {
+		dir.Lookup = d.miss
+	}
 	d.env = &session.Env{
-		Director: session.RouteDirector{Router: d.router},
+		Director: dir,
 		Dialer:   &session.Dialer{},
 		Log:      d.Log,
 	}

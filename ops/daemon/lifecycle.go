@@ -237,6 +237,7 @@ func restartRequired(a, b *config.Config) []string {
 	check("cluster", clusterRestartView(a.Cluster), clusterRestartView(b.Cluster))
 	check("admin", adminRestartView(a.Admin), adminRestartView(b.Admin))
 	check("vip", a.VIP, b.VIP)
+	check("sources", a.Sources, b.Sources)
 	check("log.format", a.Log.Format, b.Log.Format)
 	return out
 }

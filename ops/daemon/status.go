@@ -30,6 +30,19 @@ type Status struct {
 
 	Cluster *ClusterStatus `json:"cluster,omitempty"` // nil: standalone (portico proxy)
 	VIP     *VIPSection    `json:"vip,omitempty"`     // nil: no virtual IP configured
+	// Sources: the directory sources, as this node knows them (the
+	// leader also knows how its syncs went); none without sources.
+	Sources []SourceLine `json:"sources,omitempty"`
+}
+
+// SourceLine is one directory source in the status.
+type SourceLine struct {
+	Name     string     `json:"name"`
+	Type     string     `json:"type"`
+	Rules    int        `json:"rules"`
+	LastSync *time.Time `json:"last_sync,omitempty"`
+	// State: ok, never synced, or (on the leader) failing or refused.
+	State string `json:"state"`
 }
 
 // SessionCount counts open sessions.

@@ -26,6 +26,8 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/portico-mail/portico/routing/source/syncer"
 )
 
 // Namespace prefixes every Portico metric.
@@ -40,6 +42,8 @@ type Info struct {
 	// Source is where it is defined: "node" (this package), "cluster",
 	// "auth" (node/auth), "throttle" (node/throttle), "affinity"
 	// (node/affinity), "vip" (only when the vip section is configured),
+	// "source" (only with directory sources; the sync metrics on the
+	// leader),
 	// "process" (the client library's process collector).
 	Source string
 }
@@ -100,6 +104,16 @@ var Catalog = sortInfo([]Info{
 	{"portico_vip_owner", "gauge", []string{"vip"}, "1 while this node holds the virtual address.", "vip"},
 	{"portico_vip_ownership_changes_total", "counter", nil, "Times this node acquired or released the virtual addresses.", "vip"},
 	{"portico_vip_announcements_total", "counter", nil, "Gratuitous ARP / unsolicited neighbour advertisement rounds sent.", "vip"},
+
+	// Directory sources (routing/source/syncer, ops/daemon/sources.go), when configured.
+	{"portico_source_last_success_timestamp_seconds", "gauge", []string{"source"}, syncer.HelpLastSuccess, "source"},
+	{"portico_source_sync_duration_seconds", "histogram", []string{"source", "kind"}, syncer.HelpDuration, "source"},
+	{"portico_source_entries", "gauge", []string{"source"}, syncer.HelpEntries, "source"},
+	{"portico_source_changes_total", "counter", []string{"source", "kind"}, syncer.HelpChanges, "source"},
+	{"portico_source_errors_total", "counter", []string{"source"}, syncer.HelpErrors, "source"},
+	{"portico_source_refused_total", "counter", []string{"source"}, syncer.HelpRefused, "source"},
+	{"portico_source_interval_seconds", "gauge", []string{"source"}, syncer.HelpInterval, "source"},
+	{"portico_source_lookups_total", "counter", []string{"source", "result"}, syncer.HelpLookups, "source"},
 
 	// Process (client_golang's process collector; go_* from the Go collector too).
 	{"process_open_fds", "gauge", nil, "Open file descriptors (two per relayed session).", "process"},

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/portico-mail/portico/cluster"
 	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/routing"
+	"github.com/portico-mail/portico/routing/source/syncer"
 )
 
 // ImportRequest is the body of POST /v1/import: the file's text as a JSON
@@ -142,6 +144,10 @@ func (d *api) importRoutes(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.Source != "" && !routing.ValidSource(req.Source) {
 		admin.Error(w, 400, "source must be 1-128 bytes of UTF-8 without control characters")
+		return
+	}
+	if strings.HasPrefix(req.Source, syncer.TagPrefix) {
+		admin.Error(w, 400, "sources named "+syncer.TagPrefix+"... are the configured directory sources' (portico source sync NAME)")
 		return
 	}
 	if req.Replace && req.Source == "" {

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/portico-mail/portico/routing"
+	"github.com/portico-mail/portico/routing/source"
 )
 
 // Import and export formats of user rules. Each parser reads operator
@@ -31,9 +32,6 @@ import (
 // The source column or member that an export writes is informative: an
 // import tags every rule with its own source.
 
-// maxLine bounds one popmap line.
-const maxLine = 64 << 10
-
 // resolveServer maps a popmap server to a backend id (routing.Table.ResolveServer).
 func resolveServer(s string, t *routing.Table) (string, error) {
 	b, p, err := t.ResolveServer(s)
@@ -43,13 +41,9 @@ func resolveServer(s string, t *routing.Table) (string, error) {
 	return b, err
 }
 
-// parseTarget reads a rule's right-hand side "[newname@]server" (server a
-// backend id, host[:port] or pool:NAME). A rename needs a popmap value; a
-// CSV or JSON login comes in its own field (rename false).
-func parseTarget(s string, t *routing.Table, rename bool) (routing.Target, error) {
-	if rename {
-		return t.ParseServer(s)
-	}
+// parseTarget reads a CSV rule's target (a backend id, host[:port] or
+// pool:NAME; its login comes in its own field).
+func parseTarget(s string, t *routing.Table) (routing.Target, error) {
 	var tg routing.Target
 	var err error
 	tg.Backend, tg.Pool, err = t.ResolveServer(s)
@@ -64,39 +58,21 @@ func formatTarget(tg routing.Target) string {
 	return tg.Backend
 }
 
-// stripComment removes a '#' comment: the whole line, or from a '#' that
-// follows white space.
-func stripComment(s string) string {
-	for i := 0; i < len(s); i++ {
-		if s[i] == '#' && (i == 0 || s[i-1] == ' ' || s[i-1] == '\t') {
-			return s[:i]
-		}
-	}
-	return s
-}
-
+// parsePopmap reads a popmap (source.ParsePopmap, the one parser) and
+// resolves each server against t.
 func parsePopmap(b []byte, t *routing.Table) ([]routing.UserRoute, error) {
 	var out []routing.UserRoute
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 4096), maxLine)
-	for line := 1; sc.Scan(); line++ {
-		s := strings.TrimSpace(stripComment(sc.Text()))
-		if s == "" {
-			continue
+	err := source.ParsePopmap(bytes.NewReader(b), func(_ int, e source.Entry) error {
+		tg := routing.Target{Login: e.Login}
+		var err error
+		if tg.Backend, tg.Pool, err = t.ResolveServer(e.Target); err != nil {
+			return err
 		}
-		user, server, ok := strings.Cut(s, ":")
-		user, server = strings.TrimSpace(user), strings.TrimSpace(server)
-		if !ok || user == "" || server == "" {
-			return nil, fmt.Errorf("line %d: want \"user: [newname@]server\"", line)
-		}
-		tg, err := parseTarget(server, t, true)
-		if err != nil {
-			return nil, fmt.Errorf("line %d: %v", line, err)
-		}
-		out = append(out, routing.UserRoute{User: user, Target: tg})
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading popmap: %v", err)
+		out = append(out, routing.UserRoute{User: e.User, Target: tg})
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -126,7 +102,7 @@ func parseCSV(b []byte, t *routing.Table) ([]routing.UserRoute, error) {
 		if user == "" {
 			return nil, fmt.Errorf("csv line %d: empty user", line)
 		}
-		tg, err := parseTarget(target, t, false)
+		tg, err := parseTarget(target, t)
 		if err != nil {
 			return nil, fmt.Errorf("csv line %d: %v", line, err)
 		}

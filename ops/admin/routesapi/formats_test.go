@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/portico-mail/portico/routing"
+	"github.com/portico-mail/portico/routing/source"
 )
 
 // Perdition's popmap: comments, blank lines, renames ("newname@server",
@@ -43,7 +44,7 @@ dave: robert@pool:p
 		"a: pool:nope\n": `unknown pool "nope"`,
 		": b1\n":         "line 1: want",
 		"a:\n":           "line 1: want",
-		"a: " + strings.Repeat("x", maxLine+1) + "\n": "token too long",
+		"a: " + strings.Repeat("x", source.MaxPopmapLine+1) + "\n": "longer than",
 	} {
 		if _, err := parsePopmap([]byte(in), tbl); err == nil || !strings.Contains(err.Error(), msg) {
 			t.Errorf("%.40q: %v, want %q", in, err, msg)

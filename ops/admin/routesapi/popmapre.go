@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/portico-mail/portico/routing"
+	"github.com/portico-mail/portico/routing/source"
 )
 
 // The regex popmap, Perdition's popmap.re: "<regex>[:] <substitution>" a
@@ -44,8 +45,8 @@ func parsePopmapRE(b []byte) ([]routing.RegexRule, error) {
 				phys, text = text[:nl], text[nl+1:]
 				next++
 			}
-			if len(phys) > maxLine {
-				return nil, fmt.Errorf("line %d: longer than %d bytes", next-1, maxLine)
+			if len(phys) > source.MaxPopmapLine {
+				return nil, fmt.Errorf("line %d: longer than %d bytes", next-1, source.MaxPopmapLine)
 			}
 			if strings.HasSuffix(phys, "\\") && !strings.HasSuffix(phys, "\\\\") && nl >= 0 {
 				logical.WriteString(phys[:len(phys)-1])

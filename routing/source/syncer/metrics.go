@@ -1,0 +1,114 @@
+package syncer
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the portico_source_* collectors (ops/metrics catalogues
+// them). The sync metrics move on the leader only; the lookup counter on
+// every node whose logins ask a source. Labels: the source's name (from
+// the configuration) and fixed kinds, never a user.
+type Metrics struct {
+	lastSuccess *prometheus.GaugeVec
+	duration    *prometheus.HistogramVec
+	entries     *prometheus.GaugeVec
+	changes     *prometheus.CounterVec
+	errors      *prometheus.CounterVec
+	refused     *prometheus.CounterVec
+	intervalG   *prometheus.GaugeVec
+	lookups     *prometheus.CounterVec
+}
+
+// Help texts (ops/metrics.Catalog says the same).
+const (
+	HelpLastSuccess = "Unix time of the source's last successful sync (on the leader, which syncs; a new leader starts from the table's record of it)."
+	HelpDuration    = "Time a sync of the source took, by kind (full, incremental), failed and refused ones included."
+	HelpEntries     = "Entries the source held at its last successful sync (on the leader)."
+	HelpChanges     = "User rules a source's syncs wrote, by kind (added, changed, removed)."
+	HelpErrors      = "Syncs of the source that failed (the source could not be read, or the table not written)."
+	HelpRefused     = "Syncs of the source refused by the safety valve (they would have removed more than max_delete_share of its rules)."
+	HelpInterval    = "The source's configured incremental sync interval, for alerts on a source that has not synced for too long."
+	HelpLookups     = "On-miss lookups of logins the table had no rule for, by result (found, not_found, error, cached_found, cached_not_found)."
+)
+
+// NewMetrics registers the collectors on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "portico_source_last_success_timestamp_seconds", Help: HelpLastSuccess}, []string{"source"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "portico_source_sync_duration_seconds", Help: HelpDuration,
+			Buckets: []float64{.01, .05, .1, .5, 1, 5, 10, 30, 60, 300}}, []string{"source", "kind"}),
+		entries:   prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "portico_source_entries", Help: HelpEntries}, []string{"source"}),
+		changes:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portico_source_changes_total", Help: HelpChanges}, []string{"source", "kind"}),
+		errors:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portico_source_errors_total", Help: HelpErrors}, []string{"source"}),
+		refused:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portico_source_refused_total", Help: HelpRefused}, []string{"source"}),
+		intervalG: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "portico_source_interval_seconds", Help: HelpInterval}, []string{"source"}),
+		lookups:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portico_source_lookups_total", Help: HelpLookups}, []string{"source", "result"}),
+	}
+	reg.MustRegister(m.lastSuccess, m.duration, m.entries, m.changes, m.errors, m.refused, m.intervalG, m.lookups)
+	return m
+}
+
+// Init makes every series of source exist (at zero) on every node, so that
+// rates and alerts see it before its first event.
+func (m *Metrics) Init(source string, interval time.Duration) {
+	if m == nil {
+		return
+	}
+	m.interval(source, interval)
+	for _, k := range []string{"added", "changed", "removed"} {
+		m.changes.WithLabelValues(source, k)
+	}
+	m.errors.WithLabelValues(source)
+	m.refused.WithLabelValues(source)
+}
+
+func (m *Metrics) interval(source string, d time.Duration) {
+	if m != nil {
+		m.intervalG.WithLabelValues(source).Set(d.Seconds())
+	}
+}
+
+func (m *Metrics) success(source string, at time.Time) {
+	if m != nil {
+		m.lastSuccess.WithLabelValues(source).Set(float64(at.UnixMilli()) / 1000)
+	}
+}
+
+func (m *Metrics) synced(source string, r Result, at time.Time) {
+	if m == nil {
+		return
+	}
+	m.success(source, at)
+	if r.Kind == "full" {
+		m.entries.WithLabelValues(source).Set(float64(r.Entries))
+	}
+	m.changes.WithLabelValues(source, "added").Add(float64(r.Added))
+	m.changes.WithLabelValues(source, "changed").Add(float64(r.Changed))
+	m.changes.WithLabelValues(source, "removed").Add(float64(r.Removed))
+}
+
+func (m *Metrics) took(source, kind string, seconds float64) {
+	if m != nil && kind != "" {
+		m.duration.WithLabelValues(source, kind).Observe(seconds)
+	}
+}
+
+func (m *Metrics) failed(source string) {
+	if m != nil {
+		m.errors.WithLabelValues(source).Inc()
+	}
+}
+
+func (m *Metrics) refusedSync(source string) {
+	if m != nil {
+		m.refused.WithLabelValues(source).Inc()
+	}
+}
+
+func (m *Metrics) lookup(source, result string) {
+	if m != nil {
+		m.lookups.WithLabelValues(source, result).Inc()
+	}
+}
