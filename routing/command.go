@@ -27,6 +27,9 @@ const (
 	CmdSetHashKey     CommandType = 12 // the part of user names pools hash on (Target: HashKey)
 	CmdImport         CommandType = 13 // user rules of one import source, with renames, and its prunes (WithImport)
 	CmdSetRegexMap    CommandType = 14 // the regex popmap of one import source (WithRegexMap)
+	// CmdTicketKeys rotates the TLS session-ticket keys (TicketRing). It
+	// changes FSM state beside the table, never the table (FSM.Apply).
+	CmdTicketKeys CommandType = 15
 )
 
 // CommandLevel is the newest command type this binary applies; nodes
@@ -35,7 +38,7 @@ const (
 // otherwise), so an older node in a rolling upgrade never meets a type it
 // does not know. BaseCommandLevel is what every Portico release applies.
 const (
-	CommandLevel     = CmdSetRegexMap
+	CommandLevel     = CmdTicketKeys
 	BaseCommandLevel = CmdSetDefaultPool
 )
 
@@ -69,6 +72,8 @@ func (t CommandType) String() string {
 		return "import"
 	case CmdSetRegexMap:
 		return "set-regex-map"
+	case CmdTicketKeys:
+		return "ticket-keys"
 	}
 	return fmt.Sprintf("unknown(%d)", byte(t))
 }
@@ -93,20 +98,23 @@ type Command struct {
 	Seed    *Seed         `json:",omitempty"`
 	Source  string        `json:",omitempty"` // import source (CmdImport, CmdSetRegexMap)
 	Regex   []RegexRule   `json:",omitempty"`
+	// Tickets: CmdTicketKeys's new keys (secret: see TicketKey).
+	Tickets *TicketRotation `json:",omitempty"`
 }
 
 // payload is what is JSON-encoded after the two header bytes.
 type payload struct {
-	Backend *Backend      `json:"backend,omitempty"`
-	Pool    *Pool         `json:"pool,omitempty"`
-	Users   []UserRoute   `json:"users,omitempty"`
-	Names   []string      `json:"names,omitempty"`
-	Domain  string        `json:"domain,omitempty"`
-	Target  string        `json:"target,omitempty"`
-	Patch   *BackendPatch `json:"patch,omitempty"`
-	Seed    *Seed         `json:"seed,omitempty"`
-	Source  string        `json:"source,omitempty"`
-	Regex   []RegexRule   `json:"regex,omitempty"`
+	Backend *Backend        `json:"backend,omitempty"`
+	Pool    *Pool           `json:"pool,omitempty"`
+	Users   []UserRoute     `json:"users,omitempty"`
+	Names   []string        `json:"names,omitempty"`
+	Domain  string          `json:"domain,omitempty"`
+	Target  string          `json:"target,omitempty"`
+	Patch   *BackendPatch   `json:"patch,omitempty"`
+	Seed    *Seed           `json:"seed,omitempty"`
+	Source  string          `json:"source,omitempty"`
+	Regex   []RegexRule     `json:"regex,omitempty"`
+	Tickets *TicketRotation `json:"tickets,omitempty"`
 }
 
 // Encode returns the command's wire form: type byte, version byte, JSON.
@@ -114,7 +122,7 @@ func (c Command) Encode() ([]byte, error) {
 	if c.Type == 0 {
 		return nil, errors.New("command without type")
 	}
-	p, err := json.Marshal(payload{Backend: c.Backend, Pool: c.Pool, Users: c.Users, Names: c.Names, Domain: c.Domain, Target: c.Target, Patch: c.Patch, Seed: c.Seed, Source: c.Source, Regex: c.Regex})
+	p, err := json.Marshal(payload{Backend: c.Backend, Pool: c.Pool, Users: c.Users, Names: c.Names, Domain: c.Domain, Target: c.Target, Patch: c.Patch, Seed: c.Seed, Source: c.Source, Regex: c.Regex, Tickets: c.Tickets})
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +148,7 @@ func DecodeCommand(b []byte) (Command, error) {
 	if err := json.Unmarshal(b[2:], &p); err != nil {
 		return Command{}, fmt.Errorf("%w: %s: %v", ErrInvalid, t, err)
 	}
-	return Command{Type: t, Backend: p.Backend, Pool: p.Pool, Users: p.Users, Names: p.Names, Domain: p.Domain, Target: p.Target, Patch: p.Patch, Seed: p.Seed, Source: p.Source, Regex: p.Regex}, nil
+	return Command{Type: t, Backend: p.Backend, Pool: p.Pool, Users: p.Users, Names: p.Names, Domain: p.Domain, Target: p.Target, Patch: p.Patch, Seed: p.Seed, Source: p.Source, Regex: p.Regex, Tickets: p.Tickets}, nil
 }
 
 // Apply returns the table with c applied. It is deterministic: it depends
@@ -216,6 +224,8 @@ func (t *Table) Apply(c Command) (*Table, error) {
 		return t.WithImport(c.Source, c.Users, c.Names)
 	case CmdSetRegexMap:
 		return t.WithRegexMap(c.Source, c.Regex)
+	case CmdTicketKeys:
+		return t, nil // FSM state beside the table (FSM.Apply)
 	}
 	return nil, fmt.Errorf("%w: type %d", ErrUnknownCommand, byte(c.Type))
 }
