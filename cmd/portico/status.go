@@ -45,6 +45,7 @@ func printStatus(out io.Writer, st *daemon.Status) error {
 	fmt.Fprintf(tw, "draining:\t%v\n", st.Draining)
 	fmt.Fprintf(tw, "routing table:\t%d backends, %d pools, %d users, %d domains\n",
 		st.Routing.Backends, st.Routing.Pools, st.Routing.Users, st.Routing.Domains)
+	fmt.Fprintf(tw, "TLS session tickets:\t%s\n", ticketLine(st.TLSTickets))
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -95,4 +96,19 @@ func printStatus(out io.Writer, st *daemon.Status) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", b.ID, b.String(), dash(b.State), dash(b.Health), b.Sessions)
 	}
 	return tw.Flush()
+}
+
+// ticketLine renders the session-ticket keys (fingerprints only).
+func ticketLine(t daemon.TicketStatus) string {
+	if !t.Enabled {
+		return "off"
+	}
+	if t.Sealing == "" {
+		return "on"
+	}
+	s := fmt.Sprintf("on, %s keys, sealing %s, %d accepted", t.Source, t.Sealing, t.Keys)
+	if t.Rotated != "" {
+		s += ", rotated " + t.Rotated
+	}
+	return s
 }

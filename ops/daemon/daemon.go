@@ -70,6 +70,12 @@ type Daemon struct {
 	env      *session.Env
 	affinity *affinity.Table // users' affinity in shared_storage pools (affinity.go)
 
+	// TLS session-ticket keys of every listener (tickets.go), and a
+	// standalone node's own ring (ticketMu).
+	tickets    *node.TicketKeys
+	ticketMu   sync.Mutex
+	ticketRing *routing.TicketRing
+
 	// group owns every goroutine the daemon starts; its context ends at
 	// shutdown, and Shutdown waits for them.
 	group *group
@@ -177,6 +183,7 @@ func New(cfg *config.Config, o Options) (_ *Daemon, err error) {
 	if err := d.setupAdmin(cfg, o); err != nil {
 		return nil, err
 	}
+	d.setupTickets(cfg)
 	if err := d.setupRouting(cfg); err != nil {
 		return nil, err
 	}
@@ -191,6 +198,7 @@ func New(cfg *config.Config, o Options) (_ *Daemon, err error) {
 		Log:      d.Log,
 	}
 	nc := cfg.NodeConfig()
+	nc.Tickets = d.tickets
 	if o.Inherit != nil {
 		nc.Inherit = o.Inherit.Listener
 	}
