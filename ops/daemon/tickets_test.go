@@ -37,7 +37,9 @@ func TestTicketRingClusterRotation(t *testing.T) {
 	if !first.Enabled || first.Keys != 2 || first.Rotated == "" {
 		t.Fatalf("first ring: %+v", first)
 	}
-	waitTickets(t, d, "rotations", func(s TicketStatus) bool { return s.Source == "cluster" && s.Keys == config.TicketKeysKept && s.Sealing != first.Sealing })
+	waitTickets(t, d, "rotations", func(s TicketStatus) bool {
+		return s.Source == "cluster" && s.Keys == config.TicketKeysKept && s.Sealing != first.Sealing
+	})
 	r := d.fsm.Tickets()
 	keys := d.tickets.Keys()
 	if len(r.Keys) != config.TicketKeysKept || keys[0] != r.ServerKeys()[0] || len(keys) != len(r.Keys) {
