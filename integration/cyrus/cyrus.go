@@ -25,6 +25,8 @@
 //   - sasl_pwcheck_method: alwaystrue accepts any password for any user, so
 //     a "wrong password" cannot be tested against this backend; users need
 //     a mailbox, which Start creates as the admin user "cyrus".
+//   - Without its idled daemon, imapd polls the mailbox during IDLE every
+//     imapidlepoll seconds: 1 here (60 by default).
 //   - Cyrus logs to syslog only; Output has what the master printed.
 package cyrus
 
@@ -225,6 +227,7 @@ notifysocket: %[1]s/run/notify
 lmtpsocket: %[1]s/run/lmtp
 mboxname_lockpath: %[1]s/run/lock
 proc_path: %[1]s/run/proc
+imapidlepoll: 1
 `, dir, Admin, runAs)
 	if err := os.WriteFile(conf, []byte(imapd), 0o644); err != nil {
 		return fail(err)
