@@ -27,9 +27,10 @@ const (
 	CmdSetHashKey     CommandType = 12 // the part of user names pools hash on (Target: HashKey)
 	CmdImport         CommandType = 13 // user rules of one import source, with renames, and its prunes (WithImport)
 	CmdSetRegexMap    CommandType = 14 // the regex popmap of one import source (WithRegexMap)
+	// 15 is set-vips (the vipaa branch, merged separately).
 	// CmdTicketKeys rotates the TLS session-ticket keys (TicketRing). It
 	// changes FSM state beside the table, never the table (FSM.Apply).
-	CmdTicketKeys CommandType = 15
+	CmdTicketKeys CommandType = 16
 )
 
 // CommandLevel is the newest command type this binary applies; nodes
