@@ -186,8 +186,8 @@ func loginLatency(t *testing.T, addr, user string, n int) []time.Duration {
 // login reply ~40 ms later (Nagle on Cyrus's second small reply, waiting
 // for Portico's delayed ACK of the first). A login through Portico must
 // take about what it takes straight against the backend, for Cyrus as for
-// Dovecot. (A delayed ACK costs at least 40 ms on Linux: medians far below
-// that mean no stall.)
+// Dovecot. (A delayed ACK costs at least 40 ms on Linux, on every login:
+// a quarter of the logins well below that means no stall.)
 func TestBackendLoginLatency(t *testing.T) {
 	cy := cyrus.Start(t, cyrus.Options{Addr: "127.0.0.148", Users: []string{"carol", "dave"}})
 	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.148"})
@@ -201,8 +201,10 @@ func TestBackendLoginLatency(t *testing.T) {
 		t.Logf("%s login (forward: id): straight median %v p90 %v; through Portico median %v p90 %v",
 			c.name, direct[n/2].Round(10*time.Microsecond), direct[n*9/10].Round(10*time.Microsecond),
 			via[n/2].Round(10*time.Microsecond), via[n*9/10].Round(10*time.Microsecond))
-		if via[n/2] >= 30*time.Millisecond {
-			t.Errorf("%s: logins through Portico take %v (median), straight %v: a stall", c.name, via[n/2], direct[n/2])
+		// A stall delays every login by 40 ms or more; on a loaded machine
+		// some logins are slow anyway, so ask only that a quarter be fast.
+		if via[n/4] >= 35*time.Millisecond {
+			t.Errorf("%s: a quarter of the logins through Portico take %v or more (straight: %v): a stall", c.name, via[n/4], direct[n/4])
 		}
 	}
 }
@@ -218,18 +220,18 @@ func TestBackendPipelinedIDOptions(t *testing.T) {
 	const n = 30
 	id := "i ID (\"x-originating-ip\" \"192.0.2.1\" \"x-originating-port\" \"40000\")\r\n"
 	for _, b := range []struct{ name, addr, user string }{{"cyrus", cy.IMAPAddr, "carol"}, {"dovecot", dc.IMAPAddr, "alice"}} {
-		medians := map[string]time.Duration{}
+		p25 := map[string]time.Duration{}
 		for _, mode := range []string{"login", "id-wait-login", "pipelined", "pipelined+quickack"} {
 			var ds []time.Duration
 			for range n {
 				ds = append(ds, idLogin(t, b.addr, b.user, id, mode))
 			}
 			sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-			medians[mode] = ds[n/2]
+			p25[mode] = ds[n/4]
 			t.Logf("%s %-18s median %8v  p90 %8v", b.name, mode, ds[n/2].Round(10*time.Microsecond), ds[n*9/10].Round(10*time.Microsecond))
 		}
-		if m := medians["pipelined+quickack"]; m >= 30*time.Millisecond {
-			t.Errorf("%s: pipelined ID and login with quick ACKs take %v (median)", b.name, m)
+		if m := p25["pipelined+quickack"]; m >= 35*time.Millisecond {
+			t.Errorf("%s: a quarter of the pipelined ID and logins with quick ACKs take %v or more", b.name, m)
 		}
 	}
 }
