@@ -189,9 +189,41 @@ func StartProcess(opts Options) (*Server, error) {
 	return nil, lastErr
 }
 
+// ownerFile, in an instance's directory, holds the pid of the process that
+// started it. The master switches to an unprivileged user, which clears
+// its parent-death signal: an instance whose test process was killed
+// (a go test timeout) outlives it, and the next start removes it.
+const ownerFile = "owner.pid"
+
+// reapOrphans stops the instances whose starting process is gone.
+func reapOrphans() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "portico-cyrus-*"))
+	for _, dir := range dirs {
+		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+		if err != nil {
+			continue
+		}
+		owner, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || owner <= 0 || syscall.Kill(owner, 0) == nil {
+			continue // its test still runs
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "run/master.pid")); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+				_ = syscall.Kill(-pid, syscall.SIGKILL) // its own process group (Setpgid)
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		_ = os.RemoveAll(dir)
+	}
+}
+
 func startOnce(opts Options) (*Server, error) {
+	reapOrphans()
 	dir, err := os.MkdirTemp("", "portico-cyrus-")
 	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		return nil, err
 	}
 	s := &Server{Dir: dir, Addr: opts.Addr, Users: opts.Users, out: &lockedBuffer{}}
