@@ -98,6 +98,17 @@ func (s *Server) state(lc ListenerConfig) (*listenerState, error) {
 			return nil, fmt.Errorf("listener %s: tls %s needs a certificate", lc.Name, lc.TLS)
 		}
 		info.TLSConfig = s.certs.ServerConfig(lc.Protocol, lc.TLSPolicy)
+		if s.tickets != nil && !lc.TLSPolicy.SessionTicketsOff {
+			s.tickets.install(info.TLSConfig)
+		}
+		st := s.statsFor(lc.Name, lc.Protocol)
+		info.OnTLS = func(resumed bool) {
+			if resumed {
+				st.TLSResumed.Add(1)
+			} else {
+				st.TLSFull.Add(1)
+			}
+		}
 	}
 	return &listenerState{cfg: lc, info: info}, nil
 }

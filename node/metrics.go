@@ -22,7 +22,10 @@ type ListenerStats struct {
 	Accepted atomic.Uint64 // TCP connections accepted (refused ones included)
 	Preauth  atomic.Int64  // open connections that have not logged in
 	Relayed  atomic.Int64  // logged-in sessions being relayed
-	Bytes    relay.Counters
+	// Client TLS handshakes completed (implicit TLS, STARTTLS, STLS):
+	// full ones, and those that resumed a session from a ticket.
+	TLSFull, TLSResumed atomic.Uint64
+	Bytes               relay.Counters
 }
 
 // Reasons a connection is refused before its session starts (label values).

@@ -50,6 +50,10 @@ type Config struct {
 	// upgrade: sockets passed on by the previous process). It returns nil,
 	// nil when it has none for the address.
 	Inherit func(address string) (net.Listener, error)
+	// Tickets, if set, seals and opens the session tickets of every TLS
+	// listener (keys shared by the cluster, tickets.go); nil: crypto/tls's
+	// own keys, one set per process. Fixed when the server is created.
+	Tickets *TicketKeys
 }
 
 // DefaultConfig returns the defaults of a node's settings, as the README
@@ -91,6 +95,7 @@ type Server struct {
 	env      *session.Env
 	handlers map[routing.Protocol]session.Handler
 	certs    *CertStore
+	tickets  *TicketKeys // nil: crypto/tls's own per-process keys
 	engine   *relay.Engine
 	log      *slog.Logger
 	obs      Observer // metrics (metrics.go)
@@ -125,7 +130,8 @@ func NewServer(cfg Config, env *session.Env, handlers map[routing.Protocol]sessi
 	s := &Server{
 		env: env, handlers: handlers, certs: certs, engine: engine, log: env.Log,
 		obs: nopObserver{}, ctx: ctx, cancel: cancel,
-		perIP: make(map[netip.Addr]int),
+		perIP:   make(map[netip.Addr]int),
+		tickets: cfg.Tickets,
 	}
 	s.preCtx, s.preCancel = context.WithCancel(ctx)
 	s.cfgp.Store(&cfg)

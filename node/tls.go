@@ -26,6 +26,9 @@ type TLSPolicy struct {
 	// redirected by an attacker: the ALPACA attack) never reaches the
 	// IMAP or POP3 dialogue; a client that sends no ALPN is served.
 	ALPN []string
+	// SessionTicketsOff: no session tickets are issued or accepted
+	// (tls.session_tickets: off), so every handshake is a full one.
+	SessionTicketsOff bool
 }
 
 // DefaultMinTLSVersion is the oldest protocol version a listener accepts
@@ -40,6 +43,8 @@ func (s *CertStore) ServerConfig(proto routing.Protocol, p TLSPolicy) *tls.Confi
 		CipherSuites:   slices.Clone(p.CipherSuites),
 		NextProtos:     slices.Clone(p.ALPN),
 		GetCertificate: s.GetCertificate,
+
+		SessionTicketsDisabled: p.SessionTicketsOff,
 	}
 	if cfg.MinVersion == 0 {
 		cfg.MinVersion = DefaultMinTLSVersion

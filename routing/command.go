@@ -28,6 +28,9 @@ const (
 	CmdImport         CommandType = 13 // user rules of one import source, with renames, and its prunes (WithImport)
 	CmdSetRegexMap    CommandType = 14 // the regex popmap of one import source (WithRegexMap)
 	CmdSourceState    CommandType = 15 // the sync state of one directory source (WithSourceState)
+	// CmdTicketKeys rotates the TLS session-ticket keys (TicketRing). It
+	// changes FSM state beside the table, never the table (FSM.Apply).
+	CmdTicketKeys CommandType = 16
 )
 
 // CommandLevel is the newest command type this binary applies; nodes
@@ -36,7 +39,7 @@ const (
 // otherwise), so an older node in a rolling upgrade never meets a type it
 // does not know. BaseCommandLevel is what every Portico release applies.
 const (
-	CommandLevel     = CmdSourceState
+	CommandLevel     = CmdTicketKeys
 	BaseCommandLevel = CmdSetDefaultPool
 )
 
@@ -72,6 +75,8 @@ func (t CommandType) String() string {
 		return "set-regex-map"
 	case CmdSourceState:
 		return "source-state"
+	case CmdTicketKeys:
+		return "ticket-keys"
 	}
 	return fmt.Sprintf("unknown(%d)", byte(t))
 }
@@ -99,21 +104,24 @@ type Command struct {
 	// State is a directory source's sync state (CmdSourceState); nil
 	// removes it.
 	State *SourceState `json:",omitempty"`
+	// Tickets: CmdTicketKeys's new keys (secret: see TicketKey).
+	Tickets *TicketRotation `json:",omitempty"`
 }
 
 // payload is what is JSON-encoded after the two header bytes.
 type payload struct {
-	Backend *Backend      `json:"backend,omitempty"`
-	Pool    *Pool         `json:"pool,omitempty"`
-	Users   []UserRoute   `json:"users,omitempty"`
-	Names   []string      `json:"names,omitempty"`
-	Domain  string        `json:"domain,omitempty"`
-	Target  string        `json:"target,omitempty"`
-	Patch   *BackendPatch `json:"patch,omitempty"`
-	Seed    *Seed         `json:"seed,omitempty"`
-	Source  string        `json:"source,omitempty"`
-	Regex   []RegexRule   `json:"regex,omitempty"`
-	State   *SourceState  `json:"state,omitempty"`
+	Backend *Backend        `json:"backend,omitempty"`
+	Pool    *Pool           `json:"pool,omitempty"`
+	Users   []UserRoute     `json:"users,omitempty"`
+	Names   []string        `json:"names,omitempty"`
+	Domain  string          `json:"domain,omitempty"`
+	Target  string          `json:"target,omitempty"`
+	Patch   *BackendPatch   `json:"patch,omitempty"`
+	Seed    *Seed           `json:"seed,omitempty"`
+	Source  string          `json:"source,omitempty"`
+	Regex   []RegexRule     `json:"regex,omitempty"`
+	State   *SourceState    `json:"state,omitempty"`
+	Tickets *TicketRotation `json:"tickets,omitempty"`
 }
 
 // Encode returns the command's wire form: type byte, version byte, JSON.
@@ -121,7 +129,7 @@ func (c Command) Encode() ([]byte, error) {
 	if c.Type == 0 {
 		return nil, errors.New("command without type")
 	}
-	p, err := json.Marshal(payload{Backend: c.Backend, Pool: c.Pool, Users: c.Users, Names: c.Names, Domain: c.Domain, Target: c.Target, Patch: c.Patch, Seed: c.Seed, Source: c.Source, Regex: c.Regex, State: c.State})
+	p, err := json.Marshal(payload{Backend: c.Backend, Pool: c.Pool, Users: c.Users, Names: c.Names, Domain: c.Domain, Target: c.Target, Patch: c.Patch, Seed: c.Seed, Source: c.Source, Regex: c.Regex, State: c.State, Tickets: c.Tickets})
 	if err != nil {
 		return nil, err
 	}
@@ -147,7 +155,7 @@ func DecodeCommand(b []byte) (Command, error) {
 	if err := json.Unmarshal(b[2:], &p); err != nil {
 		return Command{}, fmt.Errorf("%w: %s: %v", ErrInvalid, t, err)
 	}
-	return Command{Type: t, Backend: p.Backend, Pool: p.Pool, Users: p.Users, Names: p.Names, Domain: p.Domain, Target: p.Target, Patch: p.Patch, Seed: p.Seed, Source: p.Source, Regex: p.Regex, State: p.State}, nil
+	return Command{Type: t, Backend: p.Backend, Pool: p.Pool, Users: p.Users, Names: p.Names, Domain: p.Domain, Target: p.Target, Patch: p.Patch, Seed: p.Seed, Source: p.Source, Regex: p.Regex, State: p.State, Tickets: p.Tickets}, nil
 }
 
 // Apply returns the table with c applied. It is deterministic: it depends
@@ -225,6 +233,8 @@ func (t *Table) Apply(c Command) (*Table, error) {
 		return t.WithRegexMap(c.Source, c.Regex)
 	case CmdSourceState:
 		return t.WithSourceState(c.Source, c.State)
+	case CmdTicketKeys:
+		return t, nil // FSM state beside the table (FSM.Apply)
 	}
 	return nil, fmt.Errorf("%w: type %d", ErrUnknownCommand, byte(c.Type))
 }

@@ -26,6 +26,13 @@ type FSM struct {
 	aff          atomic.Pointer[Affinity]
 	// OnApply, if set, is called after each applied entry (metrics).
 	OnApply func(index uint64, c Command, err error)
+	// tickets: the TLS session-ticket keys (TicketRing), FSM state
+	// beside the table; nil until the first CmdTicketKeys.
+	tickets atomic.Pointer[TicketRing]
+	// OnTickets, if set, is called (on raft's FSM goroutine: it must not
+	// block) with the ring each time a command or a restored snapshot
+	// changes it. Set it before raft uses the FSM.
+	OnTickets func(*TicketRing)
 
 	// A command this binary cannot decode (an unknown type or version: a
 	// newer binary wrote it) halts the FSM: applying nothing more is the
@@ -134,9 +141,13 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 		f.applied.Store(l.Index)
 		return err
 	}
-	n, err := f.table.Load().Apply(c)
-	if err == nil {
-		f.table.Store(n)
+	if c.Type == CmdTicketKeys {
+		err = f.applyTickets(c)
+	} else {
+		var n *Table
+		if n, err = f.table.Load().Apply(c); err == nil {
+			f.table.Store(n)
+		}
 	}
 	f.applied.Store(l.Index)
 	f.indexUnknown.Store(false)
@@ -149,11 +160,35 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 	return nil
 }
 
+// applyTickets rotates the session-ticket keys.
+func (f *FSM) applyTickets(c Command) error {
+	if c.Tickets == nil {
+		return invalid("ticket-keys without keys")
+	}
+	r, err := f.tickets.Load().Rotate(*c.Tickets)
+	if err != nil {
+		return err
+	}
+	f.setTickets(r)
+	return nil
+}
+
+func (f *FSM) setTickets(r *TicketRing) {
+	f.tickets.Store(r)
+	if f.OnTickets != nil && r != nil {
+		f.OnTickets(r.Clone())
+	}
+}
+
+// Tickets returns a copy of the session-ticket key ring (nil while no
+// rotation has been applied). The keys are secrets: see TicketKey.
+func (f *FSM) Tickets() *TicketRing { return f.tickets.Load().Clone() }
+
 // Snapshot implements raft.FSM: it captures the immutable table pointer
 // and the index it reflects (raft calls it between applies); Persist does
 // the I/O while applies continue.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	s := &fsmSnapshot{t: f.table.Load()}
+	s := &fsmSnapshot{t: f.table.Load(), tickets: f.tickets.Load()}
 	if !f.indexUnknown.Load() {
 		idx := f.applied.Load()
 		s.index = &idx
@@ -165,11 +200,15 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 // with the index recorded in the snapshot.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	t, idx, err := readSnapshot(rc)
+	snap, err := readSnapshot(rc)
 	if err != nil {
 		return err
 	}
+	t, idx := snap.table, snap.index
 	f.table.Store(t)
+	// A snapshot without keys (written before any rotation, or by an
+	// older version) leaves none: the next rotation writes them.
+	f.setTickets(snap.tickets)
 	if idx != nil {
 		f.applied.Store(*idx)
 		f.indexUnknown.Store(false)
@@ -181,12 +220,13 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 }
 
 type fsmSnapshot struct {
-	t     *Table
-	index *uint64 // nil when unknown
+	t       *Table
+	index   *uint64     // nil when unknown
+	tickets *TicketRing // immutable once stored in the FSM
 }
 
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	if err := writeSnapshot(sink, s.t, s.index); err != nil {
+	if err := writeSnapshot(sink, s.t, s.index, s.tickets); err != nil {
 		_ = sink.Cancel()
 		return err
 	}

@@ -259,8 +259,8 @@ func TestFSMSnapshotIndex(t *testing.T) {
 	if err := snap.(*fsmSnapshot).Persist(&memSink{Buffer: &buf}); err != nil {
 		t.Fatal(err)
 	}
-	if _, idx, err := readSnapshot(bytes.NewReader(buf.Bytes())); err != nil || idx != nil {
-		t.Fatalf("snapshot of a table of unknown index recorded %v (%v)", idx, err)
+	if s, err := readSnapshot(bytes.NewReader(buf.Bytes())); err != nil || s.index != nil {
+		t.Fatalf("snapshot of a table of unknown index recorded %v (%v)", s.index, err)
 	}
 	applyTo(t, h, 9, Command{Type: CmdPutBackend, Backend: &Backend{ID: "b", Host: "h", IMAPPort: 143}})
 	if !h.IndexKnown() || h.AppliedIndex() != 9 {

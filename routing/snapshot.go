@@ -65,13 +65,19 @@ type snapHeader struct {
 	// Sources is the directory sources' sync state. Only a command that
 	// every node knows sets it (CmdSourceState).
 	Sources map[string]SourceState `json:"sources,omitempty"`
+	// Tickets is the session-ticket key ring (FSM state beside the
+	// table: TicketRing). Only a command that every node knows writes it
+	// (CmdTicketKeys); older versions ignore it. The public
+	// WriteSnapshot never writes it.
+	Tickets *TicketRing `json:"tickets,omitempty"`
 }
 
 // WriteSnapshot writes t in the snapshot format (without an index).
-func WriteSnapshot(w io.Writer, t *Table) error { return writeSnapshot(w, t, nil) }
+func WriteSnapshot(w io.Writer, t *Table) error { return writeSnapshot(w, t, nil, nil) }
 
-// writeSnapshot writes t and, when known, the index it reflects.
-func writeSnapshot(w io.Writer, t *Table, index *uint64) error {
+// writeSnapshot writes t, the index it reflects when known, and the
+// session-ticket keys when there are any.
+func writeSnapshot(w io.Writer, t *Table, index *uint64, tickets *TicketRing) error {
 	bw := bufio.NewWriterSize(w, 64<<10)
 	bw.WriteString(snapshotMagic)
 	hdr := snapHeader{Backends: t.Backends(), Pools: t.Pools(), Domains: t.domains, DefaultPool: t.defaultPool, Index: index}
@@ -87,6 +93,9 @@ func writeSnapshot(w io.Writer, t *Table, index *uint64) error {
 	}
 	if len(t.sources) > 0 {
 		hdr.Sources = t.sources
+	}
+	if !tickets.Empty() {
+		hdr.Tickets = tickets
 	}
 	h, err := json.Marshal(hdr)
 	if err != nil {
@@ -126,29 +135,41 @@ func writeSnapshot(w io.Writer, t *Table, index *uint64) error {
 
 // ReadSnapshot reads a table written by WriteSnapshot, validating it.
 func ReadSnapshot(r io.Reader) (*Table, error) {
-	t, _, err := readSnapshot(r)
-	return t, err
+	s, err := readSnapshot(r)
+	return s.table, err
 }
 
-// readSnapshot reads a table and the index it reflects (nil if the
-// snapshot does not record one).
-func readSnapshot(r io.Reader) (*Table, *uint64, error) {
+// snapshot is what a snapshot holds.
+type snapshot struct {
+	table   *Table
+	index   *uint64 // nil if the snapshot does not record one
+	tickets *TicketRing
+}
+
+// readSnapshot reads a table, the index it reflects and the
+// session-ticket keys.
+func readSnapshot(r io.Reader) (snapshot, error) {
+	t, idx, tickets, err := readSnapshotParts(r)
+	return snapshot{table: t, index: idx, tickets: tickets}, err
+}
+
+func readSnapshotParts(r io.Reader) (*Table, *uint64, *TicketRing, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	magic := make([]byte, len(snapshotMagic))
 	if _, err := io.ReadFull(br, magic); err != nil || string(magic) != snapshotMagic {
-		return nil, nil, errors.New("routing snapshot: bad magic (not a routing snapshot, or a newer format)")
+		return nil, nil, nil, errors.New("routing snapshot: bad magic (not a routing snapshot, or a newer format)")
 	}
 	hl, err := binary.ReadUvarint(br)
 	if err != nil || hl > maxSnapHeader {
-		return nil, nil, fmt.Errorf("routing snapshot: bad header length")
+		return nil, nil, nil, fmt.Errorf("routing snapshot: bad header length")
 	}
 	hb := make([]byte, hl)
 	if _, err := io.ReadFull(br, hb); err != nil {
-		return nil, nil, fmt.Errorf("routing snapshot: header: %w", err)
+		return nil, nil, nil, fmt.Errorf("routing snapshot: header: %w", err)
 	}
 	var h snapHeader
 	if err := json.Unmarshal(hb, &h); err != nil {
-		return nil, nil, fmt.Errorf("routing snapshot: header: %w", err)
+		return nil, nil, nil, fmt.Errorf("routing snapshot: header: %w", err)
 	}
 	spec := TableSpec{Domains: h.Domains, DefaultPool: h.DefaultPool, HashKey: h.HashKey}
 	for _, b := range h.Backends {
@@ -163,7 +184,7 @@ func readSnapshot(r io.Reader) (*Table, *uint64, error) {
 	}
 	n, err := binary.ReadUvarint(br)
 	if err != nil {
-		return nil, nil, fmt.Errorf("routing snapshot: user count: %w", err)
+		return nil, nil, nil, fmt.Errorf("routing snapshot: user count: %w", err)
 	}
 	readS := func() (string, error) {
 		l, err := binary.ReadUvarint(br)
@@ -179,7 +200,7 @@ func readSnapshot(r io.Reader) (*Table, *uint64, error) {
 	}
 	t, err := NewTable(spec) // backends, pools, domains, default
 	if err != nil {
-		return nil, nil, fmt.Errorf("routing snapshot: %w", err)
+		return nil, nil, nil, fmt.Errorf("routing snapshot: %w", err)
 	}
 	users := &userMap{}
 	// Keys written by a version whose canonical form was another (before
@@ -194,18 +215,18 @@ func readSnapshot(r io.Reader) (*Table, *uint64, error) {
 	for i := uint64(0); i < n; i++ {
 		u, err := readS()
 		if err != nil {
-			return nil, nil, fmt.Errorf("routing snapshot: user %d: %w", i, err)
+			return nil, nil, nil, fmt.Errorf("routing snapshot: user %d: %w", i, err)
 		}
 		kind, err := br.ReadByte()
 		if err != nil {
-			return nil, nil, fmt.Errorf("routing snapshot: user %d: %w", i, err)
+			return nil, nil, nil, fmt.Errorf("routing snapshot: user %d: %w", i, err)
 		}
 		name, err := readS()
 		if err != nil {
-			return nil, nil, fmt.Errorf("routing snapshot: user %d: %w", i, err)
+			return nil, nil, nil, fmt.Errorf("routing snapshot: user %d: %w", i, err)
 		}
 		if kind&^(kindPool|kindLogin|kindSource) != 0 {
-			return nil, nil, fmt.Errorf("routing snapshot: user %d: bad kind %d", i, kind)
+			return nil, nil, nil, fmt.Errorf("routing snapshot: user %d: bad kind %d", i, kind)
 		}
 		tg := Target{Backend: name}
 		if kind&kindPool != 0 {
@@ -213,22 +234,22 @@ func readSnapshot(r io.Reader) (*Table, *uint64, error) {
 		}
 		if kind&kindLogin != 0 {
 			if tg.Login, err = readS(); err != nil || !validUser(tg.Login) {
-				return nil, nil, fmt.Errorf("routing snapshot: user %d: bad login %q (%v)", i, tg.Login, err)
+				return nil, nil, nil, fmt.Errorf("routing snapshot: user %d: bad login %q (%v)", i, tg.Login, err)
 			}
 		}
 		if kind&kindSource != 0 {
 			if tg.Source, err = readS(); err != nil || !ValidSource(tg.Source) {
-				return nil, nil, fmt.Errorf("routing snapshot: user %d: bad source %q (%v)", i, tg.Source, err)
+				return nil, nil, nil, fmt.Errorf("routing snapshot: user %d: bad source %q (%v)", i, tg.Source, err)
 			}
 		}
 		// Not validUser's 512 bytes: a key may be longer than the name
 		// it was made from (a table of an older version may hold one);
 		// readS bounds it.
 		if u == "" || !utf8.ValidString(u) || strings.ContainsAny(u, "\x00\r\n") {
-			return nil, nil, fmt.Errorf("routing snapshot: user %d: bad name %q", i, u)
+			return nil, nil, nil, fmt.Errorf("routing snapshot: user %d: bad name %q", i, u)
 		}
 		if err := t.checkTarget(tg); err != nil {
-			return nil, nil, fmt.Errorf("routing snapshot: user %s: %w", u, err)
+			return nil, nil, nil, fmt.Errorf("routing snapshot: user %s: %w", u, err)
 		}
 		key := NormalizeUser(u)
 		sh := users.shards[shardOf(key)]
@@ -262,14 +283,24 @@ func readSnapshot(r io.Reader) (*Table, *uint64, error) {
 	for _, r := range h.RegexMap {
 		c, err := compileRule(r)
 		if err != nil {
-			return nil, nil, fmt.Errorf("routing snapshot: %w", err)
+			return nil, nil, nil, fmt.Errorf("routing snapshot: %w", err)
 		}
 		t.regex = append(t.regex, c)
 	}
 	for name, st := range h.Sources {
 		if t, err = t.WithSourceState(name, &st); err != nil {
-			return nil, nil, fmt.Errorf("routing snapshot: %w", err)
+			return nil, nil, nil, fmt.Errorf("routing snapshot: %w", err)
 		}
 	}
-	return t, h.Index, nil
+	if h.Tickets != nil {
+		for _, k := range h.Tickets.Keys {
+			if k == (TicketKey{}) {
+				return nil, nil, nil, errors.New("routing snapshot: an all-zero session-ticket key")
+			}
+		}
+		if len(h.Tickets.Keys) > MaxTicketKeys {
+			return nil, nil, nil, fmt.Errorf("routing snapshot: %d session-ticket keys", len(h.Tickets.Keys))
+		}
+	}
+	return t, h.Index, h.Tickets, nil
 }

@@ -39,11 +39,22 @@ else
 	fi
 fi
 
+section "cyrus imap (unpacked, not installed)"
+# integration/cyrus runs Cyrus from Debian's packages unpacked here (they
+# conflict with Dovecot's, so they are never installed).
+export PORTICO_CYRUS_ROOT="${PORTICO_CYRUS_ROOT:-/var/cache/portico-test/cyrus}"
+if deps_cyrus "$PORTICO_CYRUS_ROOT"; then
+	export PORTICO_REQUIRE_CYRUS="${PORTICO_REQUIRE_CYRUS:-1}"
+else
+	echo "Cyrus unavailable: the tests that use it will skip"
+fi
+
 section "go toolchain"
 deps_go
 go version
 echo "GOFLAGS=${GOFLAGS:-}"
 echo "PORTICO_REQUIRE_DOVECOT=${PORTICO_REQUIRE_DOVECOT:-}"
+echo "PORTICO_REQUIRE_CYRUS=${PORTICO_REQUIRE_CYRUS:-} (PORTICO_CYRUS_ROOT=$PORTICO_CYRUS_ROOT)"
 
 section "gofmt"
 unformatted=$(gofmt -l .)

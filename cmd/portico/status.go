@@ -48,6 +48,7 @@ func printStatus(out io.Writer, st *daemon.Status) error {
 	for _, src := range st.Sources {
 		fmt.Fprintf(tw, "source %s:\t%s, %s, %d rules, last sync %s\n", src.Name, src.Type, src.State, src.Rules, sinceAt(src.LastSync))
 	}
+	fmt.Fprintf(tw, "TLS session tickets:\t%s\n", ticketLine(st.TLSTickets))
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -98,4 +99,19 @@ func printStatus(out io.Writer, st *daemon.Status) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", b.ID, b.String(), dash(b.State), dash(b.Health), b.Sessions)
 	}
 	return tw.Flush()
+}
+
+// ticketLine renders the session-ticket keys (fingerprints only).
+func ticketLine(t daemon.TicketStatus) string {
+	if !t.Enabled {
+		return "off"
+	}
+	if t.Sealing == "" {
+		return "on"
+	}
+	s := fmt.Sprintf("on, %s keys, sealing %s, %d accepted", t.Source, t.Sealing, t.Keys)
+	if t.Rotated != "" {
+		s += ", rotated " + t.Rotated
+	}
+	return s
 }

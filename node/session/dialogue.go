@@ -253,6 +253,9 @@ func (d *Dialogue) StartTLS(what string) error {
 	d.state = StateTLS
 	err := d.c.Stream.StartTLSServer(d.ctx, d.c.Listener.TLSConfig, d.lim.TLSHandshakeTimeout)
 	if err == nil {
+		if f := d.c.Listener.OnTLS; f != nil {
+			f(d.c.Stream.TLS().ConnectionState().DidResume)
+		}
 		return nil
 	}
 	err = fmt.Errorf("%s handshake: %w", what, err)

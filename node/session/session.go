@@ -94,6 +94,9 @@ type Listener struct {
 	// TLSConfig serves STARTTLS and implicit TLS; nil when the listener has
 	// no certificate (STARTTLS is then not offered).
 	TLSConfig *tls.Config
+	// OnTLS, if set, is told of each completed client handshake, and
+	// whether it resumed a session (metrics). It must not block.
+	OnTLS func(resumed bool)
 	// AllowPlaintextAuth permits authentication before TLS.
 	AllowPlaintextAuth bool
 	Limits             Limits

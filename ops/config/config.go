@@ -84,7 +84,26 @@ type TLS struct {
 	Certificates []Certificate `yaml:"certificates"`
 	// Policy defaults: min_version, cipher_suites (tlspolicy.go).
 	TLSDefaults `yaml:",inline"`
+	// SessionTickets: "on" (default) resumes clients' TLS sessions from
+	// tickets sealed with keys the cluster shares (the raft leader
+	// rotates them) and an in-place upgrade hands on; "off" issues none.
+	SessionTickets string `yaml:"session_tickets,omitempty"`
+	// SessionTicketRotation: how often the raft leader (a standalone
+	// node: the node itself) rotates the session-ticket keys; default
+	// DefaultTicketRotation.
+	SessionTicketRotation Duration `yaml:"session_ticket_rotation,omitempty"`
 }
+
+// DefaultTicketRotation is tls.session_ticket_rotation's default.
+const DefaultTicketRotation = 12 * time.Hour
+
+// TicketKeysKept is how many session-ticket keys the ring keeps: the
+// pending key, the sealing one and two previous ones, so that a ticket
+// is accepted for two to three rotation periods after it was issued.
+const TicketKeysKept = 4
+
+// SessionTicketsOn reports whether session tickets are on.
+func (t TLS) SessionTicketsOn() bool { return t.SessionTickets != "off" }
 
 // Certificate is a PEM certificate chain and key.
 type Certificate struct {

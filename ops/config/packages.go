@@ -225,6 +225,7 @@ func (c *Config) listenerTLSPolicy(i int) node.TLSPolicy {
 		}
 	}
 	p.ALPN = slices.Clone(l.ALPN)
+	p.SessionTicketsOff = !c.TLS.SessionTicketsOn()
 	return p
 }
 

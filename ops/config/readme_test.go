@@ -190,9 +190,11 @@ func readmeWant() map[string]map[string]any {
 			"format": ld.Format,
 		},
 		"### `tls`": {
-			"certificates":  "",
-			"min_version":   minTLS,
-			"cipher_suites": "Go's secure default set",
+			"certificates":            "",
+			"min_version":             minTLS,
+			"cipher_suites":           "Go's secure default set",
+			"session_tickets":         "on",
+			"session_ticket_rotation": DefaultTicketRotation,
 		},
 		"### `listeners` (list, at least one)": {
 			"name":                 "<protocol>-<index>",

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/portico-mail/portico/node"
 	"github.com/portico-mail/portico/routing"
@@ -50,6 +51,21 @@ func (v *validator) tlsPolicies() {
 	c := v.c
 	v.tlsVersion("tls.min_version", c.TLS.MinVersion)
 	v.cipherSuites("tls.cipher_suites", c.TLS.CipherSuites)
+	switch c.TLS.SessionTickets {
+	case "":
+		c.TLS.SessionTickets = "on"
+	case "on", "off":
+	default:
+		v.errf("tls.session_tickets", "%q is not one of on, off", c.TLS.SessionTickets)
+	}
+	switch r := c.TLS.SessionTicketRotation.D(); {
+	case r == 0:
+		c.TLS.SessionTicketRotation = Duration(DefaultTicketRotation)
+	case r < time.Second || r > 7*24*time.Hour/(TicketKeysKept-1):
+		// Past that, crypto/tls's own bound (tickets are refused 7 days
+		// after they were issued) would expire tickets before their keys.
+		v.errf("tls.session_ticket_rotation", "between 1s and %v", 7*24*time.Hour/(TicketKeysKept-1))
+	}
 	seen := map[string]bool{} // consistency errors already reported
 	for i := range c.Listeners {
 		l := &c.Listeners[i]

@@ -154,3 +154,40 @@ func TestTLSPolicyErrors(t *testing.T) {
 		t.Errorf("all problems: %v", err)
 	}
 }
+
+func TestSessionTicketsConfig(t *testing.T) {
+	c, err := Parse([]byte(tlsConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.TLS.SessionTicketsOn() || c.TLS.SessionTicketRotation.D() != DefaultTicketRotation {
+		t.Fatalf("defaults: %q %v", c.TLS.SessionTickets, c.TLS.SessionTicketRotation)
+	}
+	for _, l := range c.NodeConfig().Listeners {
+		if l.TLSPolicy.SessionTicketsOff {
+			t.Fatalf("listener %s: tickets off by default", l.Name)
+		}
+	}
+	c, err = Parse([]byte(with("", "  session_tickets: \"off\"\n  session_ticket_rotation: 1h\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TLS.SessionTicketsOn() || c.TLS.SessionTicketRotation.D().Hours() != 1 {
+		t.Fatalf("off: %q %v", c.TLS.SessionTickets, c.TLS.SessionTicketRotation)
+	}
+	for _, l := range c.NodeConfig().Listeners {
+		if !l.TLSPolicy.SessionTicketsOff {
+			t.Fatalf("listener %s: tickets on", l.Name)
+		}
+	}
+	for extra, want := range map[string]string{
+		"  session_tickets: maybe\n":         `tls.session_tickets (line 2): "maybe" is not one of on, off`,
+		"  session_ticket_rotation: 100h\n":  "tls.session_ticket_rotation (line 2): between 1s and 56h0m0s",
+		"  session_ticket_rotation: 100ms\n": "tls.session_ticket_rotation (line 2): between 1s and 56h0m0s",
+	} {
+		_, err := Parse([]byte(with("", extra)))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", extra, err, want)
+		}
+	}
+}

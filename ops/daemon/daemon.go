@@ -74,6 +74,12 @@ type Daemon struct {
 	sources  *syncer.Manager // directory sources' syncs (sources.go); nil without sources
 	miss     *syncer.OnMiss  // their on-miss lookup; nil when none enables it
 
+	// TLS session-ticket keys of every listener (tickets.go), and a
+	// standalone node's own ring (ticketMu).
+	tickets    *node.TicketKeys
+	ticketMu   sync.Mutex
+	ticketRing *routing.TicketRing
+
 	// group owns every goroutine the daemon starts; its context ends at
 	// shutdown, and Shutdown waits for them.
 	group *group
@@ -181,6 +187,7 @@ func New(cfg *config.Config, o Options) (_ *Daemon, err error) {
 	if err := d.setupAdmin(cfg, o); err != nil {
 		return nil, err
 	}
+	d.setupTickets(cfg)
 	if err := d.setupRouting(cfg); err != nil {
 		return nil, err
 	}
@@ -202,6 +209,7 @@ func New(cfg *config.Config, o Options) (_ *Daemon, err error) {
 		Log:      d.Log,
 	}
 	nc := cfg.NodeConfig()
+	nc.Tickets = d.tickets
 	if o.Inherit != nil {
 		nc.Inherit = o.Inherit.Listener
 	}

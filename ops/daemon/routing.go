@@ -32,6 +32,10 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		}
 		d.static = routing.NewStatic(table)
 		d.router = d.static
+		d.onStart(func() error {
+			d.group.Go(d.rotateTicketsStandalone)
+			return nil
+		})
 		d.onReload(func(next *config.Config) (func(), error) {
 			t, err := routing.NewTable(next.RoutingSpec())
 			if err != nil {
@@ -53,6 +57,7 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		return err
 	}
 	d.fsm = routing.NewFSM()
+	d.fsm.OnTickets = d.installTickets // before raft restores a snapshot
 	d.router = d.fsm
 	apiAddr := ""
 	if d.admin != nil {
@@ -70,6 +75,7 @@ func (d *Daemon) setupRouting(cfg *config.Config) error {
 		return err
 	}
 	d.cluster = agent
+	agent.RunWhileLeader(d.rotateTicketsWhileLeader)
 	d.onClose(func(context.Context) {
 		if h := d.health.Load(); h != nil {
 			h.Stop()

@@ -28,6 +28,9 @@ type Status struct {
 	Backends  []BackendStatus         `json:"backends"`
 	Routing   RoutingStatus           `json:"routing"`
 
+	// TLSTickets: the session-ticket keys, by fingerprint only.
+	TLSTickets TicketStatus `json:"tls_session_tickets"`
+
 	Cluster *ClusterStatus `json:"cluster,omitempty"` // nil: standalone (portico proxy)
 	VIP     *VIPSection    `json:"vip,omitempty"`     // nil: no virtual IP configured
 	// Sources: the directory sources, as this node knows them (the
@@ -43,6 +46,20 @@ type SourceLine struct {
 	LastSync *time.Time `json:"last_sync,omitempty"`
 	// State: ok, never synced, or (on the leader) failing or refused.
 	State string `json:"state"`
+}
+
+// TicketStatus describes the TLS session-ticket keys without revealing
+// them (routing.TicketKey.ID: a fingerprint).
+type TicketStatus struct {
+	Enabled bool `json:"enabled"` // tls.session_tickets
+	// Source: "cluster" (the replicated ring), "node" (a standalone
+	// node's own ring) or "process" (keys of this process only: no ring
+	// yet, e.g. while a rolling upgrade keeps the leader from writing it).
+	Source  string `json:"source"`
+	Sealing string `json:"sealing"` // fingerprint of the key that seals new tickets
+	Keys    int    `json:"keys"`    // keys accepted
+	// Rotated: when the ring was last rotated ("" without a ring).
+	Rotated string `json:"rotated,omitempty"`
 }
 
 // SessionCount counts open sessions.
@@ -108,6 +125,7 @@ func (d *Daemon) Status() *Status {
 		Draining: o.draining.Load(),
 		Sessions: map[string]SessionCount{},
 	}
+	st.TLSTickets = d.ticketStatus()
 	addrs := d.srv.Addrs()
 	for _, ls := range d.srv.ListenerStats() {
 		l := ListenerStatus{Name: ls.Name, Protocol: string(ls.Protocol),

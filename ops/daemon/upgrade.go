@@ -19,6 +19,7 @@ func (d *Daemon) setupUpgrade(o Options) {
 		Sessions: d.engine.Len,
 		Go:       d.group.GoLate, // the retirement ends sessions while the proxy drains
 		Log:      d.Log,
+		Secrets:  d.ticketSecrets,
 	}
 	if d.admin != nil {
 		uc.Admin = d.admin

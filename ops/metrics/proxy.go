@@ -58,7 +58,7 @@ type Proxy struct {
 	backends map[string]int64 // relayed sessions by backend id
 
 	// Read at scrape time.
-	connections, open, bytes, backendSessions, tableEntries, drainingD, readyD, buildInfo, certExpiry *prometheus.Desc
+	connections, open, bytes, handshakes, backendSessions, tableEntries, drainingD, readyD, buildInfo, certExpiry *prometheus.Desc
 
 	// now is the clock of the certificate expiry gauge (tests set it).
 	now func() time.Time
@@ -102,6 +102,7 @@ func NewProxy(reg prometheus.Registerer, o Options) (*Proxy, error) {
 		connections:     newDesc("portico_connections_total", "protocol", "listener"),
 		open:            newDesc("portico_sessions_open", "protocol", "listener", "state"),
 		bytes:           newDesc("portico_relay_bytes_total", "protocol", "listener", "direction"),
+		handshakes:      newDesc("portico_tls_handshakes_total", "protocol", "listener", "handshake"),
 		backendSessions: newDesc("portico_backend_sessions", "backend"),
 		tableEntries:    newDesc("portico_routing_table_entries", "kind"),
 		drainingD:       newDesc("portico_draining"),
@@ -233,7 +234,7 @@ func RelayReason(r string) string {
 type scrape Proxy
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{s.connections, s.open, s.bytes, s.backendSessions, s.tableEntries, s.drainingD, s.readyD, s.buildInfo, s.certExpiry} {
+	for _, d := range []*prometheus.Desc{s.connections, s.open, s.bytes, s.handshakes, s.backendSessions, s.tableEntries, s.drainingD, s.readyD, s.buildInfo, s.certExpiry} {
 		ch <- d
 	}
 }
@@ -247,6 +248,8 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(s.open, prometheus.GaugeValue, float64(st.Relayed.Load()), p, st.Name, "relayed")
 		ch <- prometheus.MustNewConstMetric(s.bytes, prometheus.CounterValue, float64(st.Bytes.ClientToBackend.Load()), p, st.Name, "client_to_backend")
 		ch <- prometheus.MustNewConstMetric(s.bytes, prometheus.CounterValue, float64(st.Bytes.BackendToClient.Load()), p, st.Name, "backend_to_client")
+		ch <- prometheus.MustNewConstMetric(s.handshakes, prometheus.CounterValue, float64(st.TLSFull.Load()), p, st.Name, "full")
+		ch <- prometheus.MustNewConstMetric(s.handshakes, prometheus.CounterValue, float64(st.TLSResumed.Load()), p, st.Name, "resumed")
 	}
 	// Every backend of the table (0 when idle), and any other backend
 	// that still has sessions (removed from the table meanwhile).

@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -51,7 +52,15 @@ type upgradeFDs struct {
 	// handoff carries that table or a later one; a new process restored
 	// from a snapshot at least as recent has caught up too.
 	TableIndex uint64 `json:"table_index,omitempty"`
+	// Secrets, when set, is the read end of a pipe holding
+	// Config.Secrets's bytes. A new process of a version without it
+	// ignores it (the descriptor stays open, unread).
+	Secrets int `json:"secrets,omitempty"`
 }
+
+// maxSecrets bounds Config.Secrets: it must fit in a pipe's buffer (64 KiB
+// on Linux), so that the old process writes it before the new one reads.
+const maxSecrets = 32 << 10
 
 // Handover is the new process's side of an in-place upgrade.
 type Handover struct {
@@ -61,6 +70,7 @@ type Handover struct {
 	br         *bufio.Reader
 	listeners  map[string]*os.File
 	admin      *os.File
+	secrets    []byte
 }
 
 // Inherited returns the handover when this process was started by an
@@ -91,6 +101,15 @@ func Inherited() (*Handover, error) {
 		unix.CloseOnExec(fds.Admin)
 		h.admin = os.NewFile(uintptr(fds.Admin), "admin listener")
 	}
+	if fds.Secrets > 0 {
+		f := os.NewFile(uintptr(fds.Secrets), "upgrade secrets")
+		b, err := io.ReadAll(io.LimitReader(f, maxSecrets+1))
+		f.Close()
+		if err != nil || len(b) > maxSecrets {
+			return nil, fmt.Errorf("%s: reading the secrets handed over: %d bytes, %v", upgradeEnv, len(b), err)
+		}
+		h.secrets = b
+	}
 	return h, nil
 }
 
@@ -111,6 +130,15 @@ func (h *Handover) TableIndex() (uint64, bool) {
 		return 0, false
 	}
 	return h.tableIndex, true
+}
+
+// Secrets returns what the old process handed over through a pipe
+// (Config.Secrets; nil without a handover or when it sent none).
+func (h *Handover) Secrets() []byte {
+	if h == nil {
+		return nil
+	}
+	return h.secrets
 }
 
 // Listener returns the inherited socket for addr (nil, nil if none).

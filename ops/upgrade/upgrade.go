@@ -70,6 +70,11 @@ type Config struct {
 	// TableIndex returns the routing table's index when the table has
 	// caught up with the cluster and its index is known.
 	TableIndex func() (uint64, bool)
+	// Secrets, if set, returns what the new process gets through a pipe
+	// (Handover.Secrets), never through its environment or arguments: the
+	// TLS session-ticket keys, so that clients resume their sessions
+	// across the upgrade. At most maxSecrets bytes.
+	Secrets func() []byte
 	// Go runs f in a goroutine its owner joins at shutdown (the daemon's
 	// group); f's context ends then.
 	Go  func(f func(ctx context.Context)) bool
@@ -175,6 +180,15 @@ func (u *Upgrader) Upgrade(ctx context.Context) (Result, error) {
 			fds.TableIndex = idx
 		}
 	}
+	if c.Secrets != nil {
+		if r, err := secretsPipe(c.Secrets()); err != nil {
+			c.Log.Warn("in-place upgrade: the new process will not get the session-ticket keys", "error", err)
+		} else if r != nil {
+			fds.Secrets = 3 + len(extra)
+			extra = append(extra, r)
+			files["secrets"] = r
+		}
+	}
 	env, _ := json.Marshal(fds)
 	cmd := exec.Command(binary, c.Args...)
 	cmd.Env = append(os.Environ(), upgradeEnv+"="+string(env))
@@ -254,6 +268,31 @@ func (u *Upgrader) Upgrade(ctx context.Context) (Result, error) {
 		"pid", res.PID, "took_ms", res.Took, "sessions", res.Sessions, "session_grace", set.SessionGrace.D())
 	u.retire(set.SessionGrace.D())
 	return res, nil
+}
+
+// secretsPipe returns the read end of a pipe holding b (nil for no
+// bytes). b fits in the pipe's buffer, so the write never waits for the
+// reader.
+func secretsPipe(b []byte) (*os.File, error) {
+	if len(b) == 0 {
+		return nil, nil
+	}
+	if len(b) > maxSecrets {
+		return nil, fmt.Errorf("%d bytes of secrets, more than %d", len(b), maxSecrets)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	_, err = w.Write(b)
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	return r, nil
 }
 
 // fail: the new process failed after the handoff.

@@ -25,6 +25,9 @@ import (
 // (Handover) as told, and checks what it inherited.
 const childEnv = "PORTICO_UPGRADE_TEST_CHILD"
 
+// testSecret is what the old process hands over as Config.Secrets.
+const testSecret = "ticket keys: not for the environment"
+
 func TestMain(m *testing.M) {
 	if mode := os.Getenv(childEnv); mode != "" {
 		os.Exit(child(mode))
@@ -58,6 +61,13 @@ func child(mode string) int {
 	}
 	if idx, ok := h.TableIndex(); !ok || idx != 42 {
 		problems = append(problems, fmt.Sprintf("table index %d %v", idx, ok))
+	}
+	// The secrets came through their pipe, and nowhere in the environment.
+	if got := string(h.Secrets()); got != testSecret {
+		problems = append(problems, fmt.Sprintf("secrets %q", got))
+	}
+	if env, err := os.ReadFile("/proc/self/environ"); err != nil || strings.Contains(string(env), testSecret) {
+		problems = append(problems, fmt.Sprintf("the secret is in the environment (%v)", err))
 	}
 	if err := h.Hello(10 * time.Second); err != nil {
 		fmt.Fprintln(os.Stderr, "child:", err)
@@ -146,6 +156,7 @@ func newUpgrader(t *testing.T, mode string) (*Upgrader, *fakes) {
 		Server: f, Sessions: func() int { return 0 },
 		Cluster: fakeCluster{f}, VIP: fakeVIP{f},
 		TableIndex: func() (uint64, bool) { return 42, true },
+		Secrets:    func() []byte { return []byte(testSecret) },
 		Go: func(fn func(context.Context)) bool {
 			wg.Add(1)
 			go func() { defer wg.Done(); fn(t.Context()) }()

@@ -71,3 +71,53 @@ deps_go() {
 		return 1
 	}
 }
+
+# deps_cyrus DIR unpacks Cyrus IMAP (Debian's cyrus-common, cyrus-imapd,
+# cyrus-pop3d) into DIR for integration/cyrus, without installing it: those
+# packages conflict with dovecot-imapd and dovecot-pop3d (both provide
+# imap-server and pop3-server), so installing them would remove Dovecot. The
+# shared libraries Cyrus needs are installed normally (no conflict). Safe to
+# run again: it does nothing when DIR already holds the candidate version.
+# Returns non-zero, with a message, when Cyrus cannot be had.
+deps_cyrus() {
+	local dir=$1 version stamp tmp p
+	if ! command -v apt-get >/dev/null 2>&1 || [ "$(id -u)" -ne 0 ]; then
+		echo "cyrus: needs root and apt-get; tests needing Cyrus will skip" >&2
+		return 1
+	fi
+	deps_install libxapian30 libpcre3 libical3 libsasl2-modules || return 1
+	version=$(apt-cache policy cyrus-imapd 2>/dev/null | awk '/Candidate:/ {print $2}')
+	if [ -z "$version" ] || [ "$version" = "(none)" ]; then
+		DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null || true
+		version=$(apt-cache policy cyrus-imapd 2>/dev/null | awk '/Candidate:/ {print $2}')
+	fi
+	if [ -z "$version" ] || [ "$version" = "(none)" ]; then
+		echo "cyrus: no cyrus-imapd package known to apt; tests needing Cyrus will skip" >&2
+		return 1
+	fi
+	stamp="$dir/.portico-cyrus-version"
+	if [ -x "$dir/usr/lib/cyrus/bin/master" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version" ]; then
+		echo "cyrus: $version already unpacked in $dir"
+		return 0
+	fi
+	tmp=$(mktemp -d)
+	# apt-get download fetches as user _apt when it can write here.
+	chown _apt "$tmp" 2>/dev/null || true
+	if ! (cd "$tmp" && apt-get download -q "cyrus-common=$version" "cyrus-imapd=$version" "cyrus-pop3d=$version" >/dev/null); then
+		rm -rf "$tmp"
+		echo "cyrus: apt-get download failed; tests needing Cyrus will skip" >&2
+		return 1
+	fi
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	for p in "$tmp"/*.deb; do
+		dpkg -x "$p" "$dir" || {
+			rm -rf "$tmp" "$dir"
+			echo "cyrus: dpkg -x $p failed" >&2
+			return 1
+		}
+	done
+	rm -rf "$tmp"
+	echo "$version" >"$stamp"
+	echo "cyrus: $version unpacked in $dir"
+}
