@@ -186,7 +186,10 @@ func (s *conn) capabilities() string {
 		caps = append(caps, "STARTTLS")
 	}
 	if s.c.Listener.PlaintextAuthOK(isTLS) {
-		caps = append(caps, "SASL-IR", "AUTH=PLAIN", "AUTH=LOGIN")
+		caps = append(caps, "SASL-IR")
+		for _, m := range s.c.Listener.Mechanisms() {
+			caps = append(caps, "AUTH="+m)
+		}
 	} else {
 		caps = append(caps, "LOGINDISABLED")
 	}
