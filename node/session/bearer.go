@@ -314,6 +314,10 @@ func unescapeSASLName(b []byte) (string, bool) {
 	return u, true
 }
 
+// ValidBearerUser reports whether u can be the user of a bearer message
+// (see validUser): Bearer.WithUser needs one.
+func ValidBearerUser(u string) bool { return validUser(u) }
+
 // validUser bounds a user named by a bearer message: non-empty, valid
 // UTF-8, no control characters (it becomes a routing key and appears in
 // logs), at most maxBearerUser bytes.
@@ -333,6 +337,8 @@ func validUser(u string) bool {
 // rule or an auth_http server renaming the user): the GS2 authorization
 // identity of OAUTHBEARER, escaped, or the user pair of XOAUTH2; the rest
 // is kept byte for byte. It returns b itself when the user is unchanged.
+// user must be valid (ValidBearerUser): a control character could add
+// fields to the message.
 func (b *Bearer) WithUser(user string) *Bearer {
 	if user == b.User {
 		return b
