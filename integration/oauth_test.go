@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +21,7 @@ import (
 	"github.com/emersion/go-sasl"
 
 	"github.com/portico-mail/portico/integration/dovecot"
+	"github.com/portico-mail/portico/ops/config"
 )
 
 // Bearer tokens the test's introspection endpoint knows. Each is long
@@ -327,5 +330,53 @@ print("ok")
 	}
 	if !strings.Contains(out, `"mechanism":"OAUTHBEARER"`) || !strings.Contains(out, `"mechanism":"XOAUTH2"`) {
 		t.Errorf("login lines without the mechanism:\n%s", out)
+	}
+
+	// The README's Dovecot settings are the ones this test ran.
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf, _ := os.ReadFile(dc.ConfigFile)
+	ext, _ := os.ReadFile(filepath.Join(dc.Dir, "dovecot-oauth2.conf.ext"))
+	for _, l := range []string{"auth_mechanisms = plain login oauthbearer xoauth2", "driver = oauth2", "mechanisms = xoauth2 oauthbearer",
+		"mechanisms = plain login", "introspection_mode = post", "username_attribute = username", "active_attribute = active", "active_value = true"} {
+		if !strings.Contains(string(readme), "\n"+l+"\n") && !strings.Contains(string(readme), "  "+l) {
+			t.Errorf("README lacks %q", l)
+		}
+		if !strings.Contains(string(conf)+string(ext), l+"\n") {
+			t.Errorf("the test's Dovecot configuration lacks %q", l)
+		}
+	}
+}
+
+// The README's OAuth configuration is valid and offers both mechanisms on
+// its three listeners.
+func TestReadmeOAuthConfiguration(t *testing.T) {
+	raw, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const marker = "# OAuth bearer tokens beside passwords, on the TLS listeners\n"
+	i := strings.Index(string(raw), marker)
+	if i < 0 {
+		t.Fatal("README: OAuth configuration not found")
+	}
+	yml := string(raw[i:])
+	yml = yml[:strings.Index(yml, "```")]
+	cert, key := demoCert(t)
+	yml = strings.NewReplacer("/etc/portico/mail.pem", cert, "/etc/portico/mail.key", key).Replace(yml)
+	cfg, err := config.Parse([]byte(yml))
+	if err != nil {
+		t.Fatalf("README OAuth configuration: %v\n%s", err, yml)
+	}
+	nc := cfg.NodeConfig()
+	if len(nc.Listeners) != 3 {
+		t.Fatalf("listeners %+v", nc.Listeners)
+	}
+	for _, l := range nc.Listeners {
+		if strings.Join(l.BearerMechanisms, " ") != "OAUTHBEARER XOAUTH2" {
+			t.Errorf("listener %s offers %q", l.Name, l.BearerMechanisms)
+		}
 	}
 }
