@@ -131,7 +131,6 @@ func ParseXOAuth2(msg []byte) (*Bearer, error) {
 			if len(rest) != 1 {
 				return nil, ErrSASLMalformed
 			}
-			rest = rest[1:]
 			break
 		}
 		if n >= maxBearerPairs {
