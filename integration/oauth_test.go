@@ -99,6 +99,27 @@ func TestOAuthBearerThroughPortico(t *testing.T) {
 	in := newIntrospection(t)
 	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.85", Sieve: true,
 		OAuth2: &dovecot.OAuth2{IntrospectionURL: in.srv.URL + "/introspect"}})
+	// An nginx auth_http server that knows bearer logins (nginx's
+	// OAUTHBEARER/XOAUTH2 patch): it approves alice's good token without
+	// Auth-Pass, so Dovecot checks the token again, and refuses others with
+	// Auth-Error-SASL.
+	var authMu sync.Mutex
+	var authReqs []string
+	authSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		authMu.Lock()
+		authReqs = append(authReqs, r.Header.Get("Auth-Method")+" "+r.Header.Get("Auth-User")+" "+r.Header.Get("Auth-Pass")+" "+r.Header.Get("Auth-Protocol"))
+		authMu.Unlock()
+		if r.Header.Get("Auth-Method") == "oauthbearer" && r.Header.Get("Auth-User") == "alice" && r.Header.Get("Auth-Pass") == tokenAlice {
+			w.Header().Set("Auth-Status", "OK")
+			w.Header().Set("Auth-Server", dc.Addr)
+			w.Header().Set("Auth-Port", strconv.Itoa(dc.IMAPPort))
+			return
+		}
+		w.Header().Set("Auth-Status", "Invalid token")
+		w.Header().Set("Auth-Wait", "1")
+		w.Header().Set("Auth-Error-SASL", base64.StdEncoding.EncodeToString([]byte(`{"status":"invalid_token","scope":"imap"}`)))
+	}))
+	t.Cleanup(authSrv.Close)
 	cert, key := demoCert(t)
 	p, logs := startPorticoLogged(t, fmt.Sprintf(`
 tls:
@@ -107,6 +128,7 @@ listeners:
   - {name: imap, protocol: imap, address: "127.0.0.1:0", oauth_mechanisms: [oauthbearer, xoauth2]}
   - {name: imaps, protocol: imap, address: "127.0.0.1:0", tls: implicit, oauth_mechanisms: [oauthbearer]}
   - {name: imap-password, protocol: imap, address: "127.0.0.1:0"}
+  - {name: imap-authhttp, protocol: imap, address: "127.0.0.1:0", oauth_mechanisms: [oauthbearer], auth: {mode: http, url: "%s/auth"}}
   - {name: pop3, protocol: pop3, address: "127.0.0.1:0", oauth_mechanisms: [oauthbearer, xoauth2]}
   - {name: sieve, protocol: sieve, address: "127.0.0.1:0", oauth_mechanisms: [oauthbearer, xoauth2]}
 limits:
@@ -119,7 +141,7 @@ pools:
   - {name: main, backends: [dc1]}
 routes:
   default_pool: main
-`, cert, key, dc.Addr, dc.IMAPPort, dc.POP3Port, dc.SievePort))
+`, cert, key, authSrv.URL, dc.Addr, dc.IMAPPort, dc.POP3Port, dc.SievePort))
 
 	t.Run("imaplib", func(t *testing.T) {
 		py, err := exec.LookPath("python3")
@@ -285,6 +307,31 @@ print("ok")
 		}
 		send("LOGOUT")
 		line()
+	})
+
+	t.Run("auth_http", func(t *testing.T) {
+		l := dialLine(t, p.addr("imap-authhttp"), false)
+		l.line()
+		l.send("b1 AUTHENTICATE OAUTHBEARER " + oauthBearerMsg("alice", tokenExpired) + "\r\n")
+		ch := l.line()
+		js, _ := base64.StdEncoding.DecodeString(strings.TrimSpace(strings.TrimPrefix(ch, "+ ")))
+		if string(js) != `{"status":"invalid_token","scope":"imap"}` {
+			t.Fatalf("challenge %q", ch)
+		}
+		l.send("AQ==\r\n")
+		if got := l.until("b1 "); !strings.HasPrefix(got, "b1 NO Invalid token") {
+			t.Fatalf("refusal %q", got)
+		}
+		l.send("b2 AUTHENTICATE OAUTHBEARER " + oauthBearerMsg("alice", tokenAlice) + "\r\n")
+		if got := l.until("b2 "); !strings.HasPrefix(got, "b2 OK") {
+			t.Fatalf("good token %q", got)
+		}
+		authMu.Lock()
+		defer authMu.Unlock()
+		want := []string{"oauthbearer alice " + tokenExpired + " imap", "oauthbearer alice " + tokenAlice + " imap"}
+		if strings.Join(authReqs, "\n") != strings.Join(want, "\n") {
+			t.Errorf("auth_http requests %q, want %q", authReqs, want)
+		}
 	})
 
 	t.Run("abuse", func(t *testing.T) {
