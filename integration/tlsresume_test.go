@@ -285,13 +285,3 @@ routes: {default_pool: main}
 		t.Fatal("no resumption across the in-place upgrade")
 	}
 }
-
-func grepLines(s, sub string) string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, sub) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
-}

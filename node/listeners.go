@@ -27,6 +27,9 @@ type ListenerConfig struct {
 	// AllowPlaintextAuth allows LOGIN/AUTHENTICATE/USER before TLS on a
 	// listener that offers STARTTLS.
 	AllowPlaintextAuth bool
+	// BearerMechanisms: the OAuth bearer SASL mechanisms offered besides
+	// PLAIN and LOGIN (session.Listener.BearerMechanisms).
+	BearerMechanisms []string
 	// ProxyProtocol: connections from TrustedProxies must start with a
 	// PROXY protocol v1 or v2 header; others are served as direct clients.
 	ProxyProtocol  bool
@@ -90,6 +93,7 @@ func (s *Server) state(lc ListenerConfig) (*listenerState, error) {
 	info := &session.Listener{
 		Name: lc.Name, Protocol: lc.Protocol, TLS: lc.TLS,
 		AllowPlaintextAuth: lc.AllowPlaintextAuth,
+		BearerMechanisms:   lc.BearerMechanisms,
 		Limits:             lc.Limits,
 		Director:           lc.Director,
 	}

@@ -122,6 +122,11 @@ type Options struct {
 	MasterSeparator string
 	// ExtraConfig is appended verbatim to the generated dovecot.conf.
 	ExtraConfig string
+	// OAuth2, if set, adds Dovecot's oauth2 passdb for the OAUTHBEARER
+	// and XOAUTH2 mechanisms (offered beside PLAIN and LOGIN, whose
+	// passwords the users file still checks), validating each token at a
+	// token-introspection endpoint.
+	OAuth2 *OAuth2
 	// Sieve also runs Pigeonhole's ManageSieve (RFC 5804) on SievePort (0
 	// picks a free port), STARTTLS-capable when TLS, with scripts stored
 	// under each user's home (sieve = file:~/sieve), which local delivery
@@ -141,6 +146,23 @@ type Options struct {
 	// haproxy_trusted_networks with HAProxy): the proxies whose forwarded
 	// client address is honoured; default 127.0.0.0/8.
 	TrustedNetworks []string
+}
+
+// OAuth2 configures Dovecot's oauth2 passdb (Dovecot 2.3's
+// dovecot-oauth2.conf.ext keys). Verified on 2.3.19 with introspection
+// mode post: Dovecot POSTs "token=<token>&client_id=&client_secret=" as a
+// form and reads a JSON object; the login succeeds when ActiveAttribute
+// has ActiveValue and UsernameAttribute equals the user the SASL message
+// names (OAUTHBEARER a=, XOAUTH2 user=). Otherwise the client gets the
+// error challenge (OAUTHBEARER: {"status":"invalid_token"}; XOAUTH2:
+// {"status":"401","schemes":"bearer","scope":"mail"}) and, after its
+// dummy response, the failure.
+type OAuth2 struct {
+	IntrospectionURL  string // introspection_url, e.g. an httptest server's
+	IntrospectionMode string // introspection_mode: post (default), get, auth
+	UsernameAttribute string // default "username"
+	ActiveAttribute   string // default "active"
+	ActiveValue       string // default "true"
 }
 
 // Server is a running Dovecot instance.
@@ -432,6 +454,27 @@ func startOnce(opts Options) (s *Server, err error) {
 		}
 	}
 
+	if o := opts.OAuth2; o != nil {
+		mode, userAttr, activeAttr, activeValue := o.IntrospectionMode, o.UsernameAttribute, o.ActiveAttribute, o.ActiveValue
+		if mode == "" {
+			mode = "post"
+		}
+		if userAttr == "" {
+			userAttr = "username"
+		}
+		if activeAttr == "" {
+			activeAttr = "active"
+		}
+		if activeValue == "" {
+			activeValue = "true"
+		}
+		ext := fmt.Sprintf("introspection_mode = %s\nintrospection_url = %s\nusername_attribute = %s\nactive_attribute = %s\nactive_value = %s\n",
+			mode, o.IntrospectionURL, userAttr, activeAttr, activeValue)
+		if err := os.WriteFile(filepath.Join(dir, "dovecot-oauth2.conf.ext"), []byte(ext), 0o644); err != nil {
+			return nil, fmt.Errorf("dovecot: %w", err)
+		}
+	}
+
 	conf := renderConfig(s, opts, uid)
 	if err := os.WriteFile(s.ConfigFile, []byte(conf), 0o644); err != nil {
 		return nil, fmt.Errorf("dovecot: %w", err)
@@ -469,7 +512,11 @@ func renderConfig(s *Server, opts Options, uid int) string {
 		w("ssl = no")
 	}
 	w("disable_plaintext_auth = no")
-	w("auth_mechanisms = plain login")
+	if opts.OAuth2 != nil {
+		w("auth_mechanisms = plain login oauthbearer xoauth2")
+	} else {
+		w("auth_mechanisms = plain login")
+	}
 	w("auth_verbose = yes")
 	// Dovecot takes whole seconds here ("Milliseconds not supported").
 	w("auth_failure_delay = %ds", (opts.AuthFailureDelay+time.Second-1)/time.Second)
@@ -501,8 +548,19 @@ func renderConfig(s *Server, opts Options, uid int) string {
 		w("  args = scheme=SHA512-CRYPT %s/master-users", dir)
 		w("}")
 	}
+	if opts.OAuth2 != nil {
+		w("passdb {")
+		w("  driver = oauth2")
+		w("  mechanisms = xoauth2 oauthbearer")
+		w("  args = %s/dovecot-oauth2.conf.ext", dir)
+		w("}")
+	}
 	w("passdb {")
 	w("  driver = passwd-file")
+	if opts.OAuth2 != nil {
+		// Else a refused token falls through to be checked as a password.
+		w("  mechanisms = plain login")
+	}
 	w("  args = scheme=SHA512-CRYPT %s/users", dir)
 	w("}")
 	w("userdb {")

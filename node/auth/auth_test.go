@@ -3,6 +3,7 @@ package auth
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"errors"
 	"io"
 	"log/slog"
@@ -675,5 +676,117 @@ func TestSieveProtocol(t *testing.T) {
 	}
 	if got := srv.requests(); len(got) != 1 || !strings.Contains(got[0], "\r\nAuth-Protocol: sieve\r\n") {
 		t.Fatalf("requests %q", got)
+	}
+}
+
+func bearerAttempt(c *session.Client, mech, msg string) *session.Attempt {
+	b, err := session.ParseBearer(mech, []byte(msg))
+	if err != nil {
+		panic(err)
+	}
+	return &session.Attempt{Client: c, Number: 1, Creds: session.Credentials{Mechanism: mech, User: b.User, Password: b.Token, Bearer: b}}
+}
+
+// A bearer login: Auth-Method oauthbearer/xoauth2 with the named user and
+// the bare token, as nginx's bearer patch sends them. Without Auth-Pass
+// the backend gets the client's message (for Auth-User when given); with
+// it, a password login as nginx would make.
+func TestBearerRequestAndOverrides(t *testing.T) {
+	srv := newAuthServer(t, answer("HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 10.1.2.3\r\nAuth-Port: 143\r\n\r\n"))
+	d := newDirector(t, srv.url(), nil)
+	c := testClient(routing.IMAP)
+	msg := "n,a=te,st@example.com,\x01auth=Bearer tok/en+1=\x01\x01"
+	msg = strings.Replace(msg, "te,st", "te=2Cst", 1)
+	tgt, err := d.Direct(context.Background(), bearerAttempt(c, session.MechOAuthBearer, msg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tgt.Creds.Bearer == nil || string(tgt.Creds.Bearer.Message) != msg || tgt.Creds.User != "te,st@example.com" {
+		t.Fatalf("creds %+v", tgt.Creds)
+	}
+	want := "GET /auth HTTP/1.0\r\nHost: 127.0.0.1\r\nAuth-Method: oauthbearer\r\nAuth-User: te,st@example.com\r\nAuth-Pass: tok/en+1=\r\n" +
+		"Auth-Protocol: imap\r\nAuth-Login-Attempt: 1\r\nClient-IP: 198.51.100.7\r\nX-Auth-Key: secret\r\n\r\n"
+	if got := srv.requests(); len(got) != 1 || got[0] != want {
+		t.Fatalf("requests %q", got)
+	}
+
+	srv2 := newAuthServer(t, answer("HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 10.1.2.3\r\nAuth-Port: 4190\r\nAuth-User: carol@mail\r\n\r\n"))
+	d2 := newDirector(t, srv2.url(), nil)
+	tgt, err = d2.Direct(context.Background(), bearerAttempt(testClient(routing.Sieve), session.MechXOAuth2, "user=carol\x01auth=Bearer T\x01\x01"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tgt.Creds.User != "carol@mail" || tgt.Creds.Password != "T" || string(tgt.Creds.Bearer.Message) != "user=carol@mail\x01auth=Bearer T\x01\x01" {
+		t.Fatalf("creds %+v", tgt.Creds)
+	}
+	if r := srv2.requests()[0]; !strings.Contains(r, "Auth-Method: xoauth2\r\nAuth-User: carol\r\nAuth-Pass: T\r\nAuth-Protocol: sieve\r\n") {
+		t.Errorf("request %q", r)
+	}
+
+	srv3 := newAuthServer(t, answer("HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 10.1.2.3\r\nAuth-Port: 110\r\nAuth-Pass: backend-secret\r\n\r\n"))
+	d3 := newDirector(t, srv3.url(), nil)
+	tgt, err = d3.Direct(context.Background(), bearerAttempt(testClient(routing.POP3), session.MechXOAuth2, "user=dan\x01auth=Bearer T\x01\x01"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tgt.Creds.Bearer != nil || tgt.Creds.User != "dan" || tgt.Creds.Password != "backend-secret" || tgt.Creds.Mechanism != "PLAIN" {
+		t.Fatalf("creds %+v", tgt.Creds)
+	}
+
+	// An Auth-User that would add fields to the message is the auth
+	// server's error.
+	srv4 := newAuthServer(t, answer("HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 10.1.2.3\r\nAuth-Port: 143\r\nAuth-User: eve\x01auth=Bearer x\r\n\r\n"))
+	d4 := newDirector(t, srv4.url(), nil)
+	_, err = d4.Direct(context.Background(), bearerAttempt(testClient(routing.IMAP), session.MechXOAuth2, "user=dan\x01auth=Bearer T\x01\x01"))
+	if ref := refusal(t, err); ref.Kind != session.RefuseInternal {
+		t.Fatalf("%+v", ref)
+	}
+}
+
+// Auth-Error-SASL: the refusal of a bearer login carries the challenge;
+// a password login's does not; garbage is dropped.
+func TestBearerErrorSASL(t *testing.T) {
+	js := `{"status":"invalid_token"}`
+	srv := newAuthServer(t, answer("HTTP/1.0 200 OK\r\nAuth-Status: Invalid token\r\nAuth-Wait: 1\r\nAuth-Error-SASL: "+base64.StdEncoding.EncodeToString([]byte(js))+"\r\n\r\n"))
+	d := newDirector(t, srv.url(), nil)
+	_, err := d.Direct(context.Background(), bearerAttempt(testClient(routing.IMAP), session.MechOAuthBearer, "n,a=a,\x01auth=Bearer t\x01\x01"))
+	ref := refusal(t, err)
+	if string(ref.Challenge) != js || ref.Reply != "Invalid token" || ref.Wait != time.Second {
+		t.Fatalf("%+v", ref)
+	}
+	_, err = d.Direct(context.Background(), attempt(testClient(routing.IMAP), 1, "a", "b"))
+	if ref = refusal(t, err); ref.Challenge != nil {
+		t.Fatalf("password login got a challenge: %+v", ref)
+	}
+	srv2 := newAuthServer(t, answer("HTTP/1.0 200 OK\r\nAuth-Status: No\r\nAuth-Error-SASL: not base64!\r\n\r\n"))
+	d2 := newDirector(t, srv2.url(), nil)
+	_, err = d2.Direct(context.Background(), bearerAttempt(testClient(routing.IMAP), session.MechOAuthBearer, "n,a=a,\x01auth=Bearer t\x01\x01"))
+	if ref = refusal(t, err); ref.Challenge != nil || ref.Reply != "No" {
+		t.Fatalf("%+v", ref)
+	}
+}
+
+// The cache never answers a bearer login with a password login's answer
+// (or the other way round) for the same user and secret.
+func TestCacheSeparatesMethods(t *testing.T) {
+	srv := newAuthServer(t, func(n int, req string, c net.Conn) bool {
+		status := "Invalid login or password"
+		if strings.Contains(req, "Auth-Method: xoauth2") {
+			status = "OK\r\nAuth-Server: 10.1.2.3\r\nAuth-Port: 143"
+		}
+		_, _ = io.WriteString(c, "HTTP/1.0 200 OK\r\nAuth-Status: "+status+"\r\n\r\n")
+		return false
+	})
+	d := newDirector(t, srv.url(), nil)
+	d.Cache = NewCache(CacheConfig{PositiveTTL: time.Minute, NegativeTTL: time.Minute})
+	c := testClient(routing.IMAP)
+	if _, err := d.Direct(context.Background(), attempt(c, 1, "dan", "T")); err == nil {
+		t.Fatal("password login accepted")
+	}
+	if _, err := d.Direct(context.Background(), bearerAttempt(c, session.MechXOAuth2, "user=dan\x01auth=Bearer T\x01\x01")); err != nil {
+		t.Fatalf("bearer login answered from the password login's cache entry: %v", err)
+	}
+	if n := len(srv.requests()); n != 2 {
+		t.Errorf("%d requests", n)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/portico-mail/portico/node/session"
@@ -44,7 +45,7 @@ type Director struct {
 func (d *Director) Direct(ctx context.Context, a *session.Attempt) (*session.Target, error) {
 	c := a.Client
 	req := &Request{
-		Method: "plain", User: a.Creds.User, Pass: a.Creds.Password,
+		Method: method(a.Creds), User: a.Creds.User, Pass: a.Creds.Password,
 		Protocol: string(c.Listener.Protocol), Attempt: a.Number,
 		ClientIP: c.Remote.Addr(), TLS: TLSInfoOf(c.TLSState()),
 	}
@@ -56,7 +57,7 @@ func (d *Director) Direct(ctx context.Context, a *session.Attempt) (*session.Tar
 	}
 	var key cacheKey
 	if d.Cache != nil {
-		scope := req.Protocol + "\x00" + c.Listener.Name
+		scope := req.Protocol + "\x00" + c.Listener.Name + "\x00" + req.Method
 		if req.TLS != nil {
 			scope += "\x00tls"
 		}
@@ -101,6 +102,10 @@ func (d *Director) Direct(ctx context.Context, a *session.Attempt) (*session.Tar
 func (d *Director) decide(c *session.Client, a *session.Attempt, r *Response) (*session.Target, error) {
 	if r.HasErr {
 		ref := &session.Refusal{Kind: session.RefuseAuth, Text: "auth_http: " + r.Err, Reply: clientText(r.Err)}
+		if a.Creds.IsBearer() && r.ErrorSASL != "" {
+			// Not base64 or too long: the client gets the failure alone.
+			ref.Challenge = session.DecodeBearerChallenge([]byte(r.ErrorSASL))
+		}
 		if r.WaitSecs > 0 {
 			ref.Wait = d.waitFor(c, r)
 		} else {
@@ -130,7 +135,31 @@ func (d *Director) decide(c *session.Client, a *session.Attempt, r *Response) (*
 	if r.HasPass {
 		creds.Password = r.Pass
 	}
+	if creds.Bearer != nil {
+		if r.HasPass {
+			// As nginx with its bearer patch: the auth server checked the
+			// token and gave the password to log in with at the backend.
+			creds.Mechanism, creds.Bearer = "PLAIN", nil
+		} else {
+			// The backend checks the token: the client's message, for the
+			// user the auth server names.
+			if !session.ValidBearerUser(creds.User) {
+				return nil, d.internal(c, &Error{ErrKindInvalid, errors.New("sent an Auth-User unfit for a bearer token login")})
+			}
+			creds.Password = a.Creds.Password
+			creds.Bearer = creds.Bearer.WithUser(creds.User)
+		}
+	}
 	return &session.Target{Backend: be, Creds: creds}, nil
+}
+
+// method is Auth-Method for credentials: nginx's "plain" for every
+// password mechanism, the bearer mechanism's name in lower case.
+func method(c session.Credentials) string {
+	if c.IsBearer() {
+		return strings.ToLower(c.Mechanism)
+	}
+	return "plain"
 }
 
 // backend resolves Auth-Server and Auth-Port.

@@ -20,8 +20,11 @@ import (
 
 // Request describes one login attempt, as the auth server sees it.
 type Request struct {
-	// Method is "plain" for every mechanism Portico accepts (LOGIN,
-	// USER/PASS, AUTHENTICATE PLAIN and LOGIN), as in nginx.
+	// Method is "plain" for every password mechanism Portico accepts
+	// (LOGIN, USER/PASS, AUTHENTICATE PLAIN and LOGIN), as in nginx;
+	// "oauthbearer" or "xoauth2" for a bearer-token login, as nginx's
+	// OAUTHBEARER/XOAUTH2 patch sends them, with the user the message
+	// names as User and the bare token (after "Bearer ") as Pass.
 	Method   string
 	User     string // the authentication identity (never the SASL authorization identity, as nginx)
 	Pass     string

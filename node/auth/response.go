@@ -23,6 +23,11 @@ type Response struct {
 	Pass     string // Auth-Pass: the password toward the backend, if HasPass
 	HasUser  bool
 	HasPass  bool
+	// ErrorSASL is Auth-Error-SASL (the OAUTHBEARER/XOAUTH2 patch of
+	// nginx's mail module): with a refusal of a bearer login, the base64
+	// SASL error challenge (an RFC 7628 §3.2.2 JSON status) the client is
+	// sent before the failure.
+	ErrorSASL string
 
 	// For HTTP/1.1 keep-alive only (never set in nginx mode).
 	http11        bool
@@ -181,6 +186,8 @@ func (r *Response) set(name, value []byte) {
 		r.User, r.HasUser = string(value), true
 	case eqFold(name, "Auth-Pass"):
 		r.Pass, r.HasPass = string(value), true
+	case eqFold(name, "Auth-Error-SASL"):
+		r.ErrorSASL = string(value)
 	case eqFold(name, "Auth-Wait"):
 		// As nginx: a value that is not a number is ignored.
 		if n, ok := atoi(value); ok {

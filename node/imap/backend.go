@@ -44,6 +44,10 @@ type backend struct {
 	caps []string
 	// tlsConfig verifies the backend for STARTTLS (session.Dialer.TLSConfig).
 	tlsConfig func(*routing.Backend) (*tls.Config, error)
+	// challenge is the backend's error challenge to a bearer login
+	// (decoded), answered with the dummy response; nil if none came.
+	challenge  []byte
+	challenged bool
 }
 
 func newBackend(s *conn, be *netx.Stream, tlsConfig func(*routing.Backend) (*tls.Config, error)) *backend {
@@ -109,10 +113,18 @@ func (s *conn) backendLogin(ctx context.Context, be *netx.Stream, t *session.Tar
 		switch {
 		case r.Tag == "+":
 			// The backend asks for the next piece (synchronizing literal or
-			// SASL response). Anything beyond what we have cancels.
+			// SASL response). Anything beyond what we have cancels, except
+			// the error challenge to a bearer login, which is answered with
+			// the dummy response so that the backend fails the exchange
+			// (RFC 7628 §3.2.3); the client gets the challenge afterwards.
 			next := "*\r\n"
-			if len(chunks) > 0 {
+			switch {
+			case len(chunks) > 0:
 				next, chunks = chunks[0], chunks[1:]
+			case t.Creds.Bearer != nil && !b.challenged:
+				b.challenged = true
+				b.challenge = session.DecodeBearerChallenge([]byte(r.Text))
+				next = session.EncodeChallenge(session.BearerDummyResponse(t.Creds.Bearer.Mechanism)) + "\r\n"
 			}
 			if _, err := be.WriteString(next); err != nil {
 				return nil, phaseError("login", err)
@@ -214,7 +226,7 @@ func (b *backend) loginResult(r *imapwire.Response, untagged [][]byte, postCaps 
 			text = "Authentication failed."
 		}
 		fmt.Fprintf(&reply, "%s NO %s%s\r\n", clientTag, code, text)
-		rej := &session.BackendRejected{Reply: reply.Bytes(), Text: strings.TrimSpace(string(trunc(r.Raw)))}
+		rej := &session.BackendRejected{Reply: reply.Bytes(), Text: strings.TrimSpace(string(trunc(r.Raw))), Challenge: b.challenge}
 		switch r.Code {
 		case "UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE", "CONTACTADMIN":
 			// Not the credentials' fault (RFC 5530): do not count it.
@@ -378,6 +390,18 @@ func appendIDPair(out *bytes.Buffer, p idParam) bool {
 // backend must answer "+" first (synchronizing literals, SASL without
 // SASL-IR).
 func (b *backend) loginChunks(c session.Credentials) ([]string, error) {
+	if c.Bearer != nil {
+		// The client's mechanism and message, as it sent them.
+		mech := c.Bearer.Mechanism
+		if !imapwire.HasCapability(b.caps, "AUTH="+mech) {
+			return nil, phaseError("login", fmt.Errorf("backend does not offer AUTH=%s", mech))
+		}
+		ir := session.EncodeChallenge(c.Bearer.Message)
+		if imapwire.HasCapability(b.caps, "SASL-IR") {
+			return []string{tagLogin + " AUTHENTICATE " + mech + " " + ir + "\r\n"}, nil
+		}
+		return []string{tagLogin + " AUTHENTICATE " + mech + "\r\n", ir + "\r\n"}, nil
+	}
 	if imapwire.HasCapability(b.caps, "AUTH=PLAIN") {
 		ir := session.PlainResponse(c)
 		if imapwire.HasCapability(b.caps, "SASL-IR") {

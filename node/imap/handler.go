@@ -5,7 +5,8 @@
 // Implemented before login (RFC 9051 §6.1, §6.2): CAPABILITY, NOOP,
 // LOGOUT, STARTTLS (§6.2.1; bytes pipelined after it feed the TLS
 // handshake), AUTHENTICATE PLAIN and LOGIN (§6.2.2, RFC 4616, with SASL-IR
-// RFC 4959), LOGIN (§6.2.3), ID (RFC 2971). Non-synchronizing literals per
+// RFC 4959), and OAUTHBEARER (RFC 7628) and XOAUTH2 where the listener
+// enables them, LOGIN (§6.2.3), ID (RFC 2971). Non-synchronizing literals per
 // RFC 7888 LITERAL-. Parsing is in imapwire.
 //
 // After a successful login at the backend the client receives the
@@ -186,7 +187,10 @@ func (s *conn) capabilities() string {
 		caps = append(caps, "STARTTLS")
 	}
 	if s.c.Listener.PlaintextAuthOK(isTLS) {
-		caps = append(caps, "SASL-IR", "AUTH=PLAIN", "AUTH=LOGIN")
+		caps = append(caps, "SASL-IR")
+		for _, m := range s.c.Listener.Mechanisms() {
+			caps = append(caps, "AUTH="+m)
+		}
 	} else {
 		caps = append(caps, "LOGINDISABLED")
 	}

@@ -123,6 +123,12 @@ func (r *rig) ended() []session.End {
 }
 
 func newRig(t *testing.T, backendPort int, lis *session.Listener) *rig {
+	return newRigEnv(t, backendPort, lis, nil)
+}
+
+// newRigEnv is newRig with setEnv changing the sessions' Env before the
+// first connection.
+func newRigEnv(t *testing.T, backendPort int, lis *session.Listener, setEnv func(*session.Env)) *rig {
 	tbl, err := routing.NewTable(routing.TableSpec{
 		Backends:    []routing.Backend{{ID: "b1", Host: "127.0.0.1", IMAPPort: backendPort, Forward: routing.ForwardID}},
 		Pools:       []routing.Pool{{Name: "p", Backends: []string{"b1"}}},
@@ -138,6 +144,9 @@ func newRig(t *testing.T, backendPort int, lis *session.Listener) *rig {
 	r := &rig{ln: ln, handler: New(Options{}), lis: lis, results: make(chan *session.Handoff, 16),
 		env: &session.Env{Director: session.RouteDirector{Router: routing.NewStatic(tbl)}, Dialer: &session.Dialer{},
 			Log: slog.New(slog.NewTextHandler(io.Discard, nil))}}
+	if setEnv != nil {
+		setEnv(r.env)
+	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Add(1)
 	go func() {

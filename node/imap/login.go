@@ -39,7 +39,7 @@ func (s *conn) authenticate(cmd *imapwire.Command) (*session.Handoff, error) {
 	if !s.c.Listener.PlaintextAuthOK(s.c.IsTLS()) {
 		return nil, privacyRequired(cmd.Tag)
 	}
-	mech := session.NewSASL(cmd.Args[0].Value)
+	mech := s.c.Listener.NewSASL(cmd.Args[0].Value)
 	if mech == nil {
 		return nil, no(cmd.Tag, "Unsupported authentication mechanism.")
 	}
@@ -94,6 +94,10 @@ func saslError(tag string, err error) error {
 		return bad(tag, "Authentication cancelled.")
 	case errors.Is(err, session.ErrSASLBadBase64):
 		return bad(tag, "Invalid base64 data.")
+	case errors.Is(err, session.ErrBearerNoUser):
+		// RFC 7628 lets the token alone name the user; the proxy must
+		// know it to find the mailbox.
+		return bad(tag, "The bearer token login must name the user (OAUTHBEARER a=, XOAUTH2 user=).")
 	default:
 		return bad(tag, "Invalid authentication data.")
 	}
@@ -109,10 +113,23 @@ func (s *conn) login(tag string, creds session.Credentials) (*session.Handoff, e
 	out := s.d.Login(creds, func(ctx context.Context, be *netx.Stream, t *session.Target) ([]byte, error) {
 		return s.backendLogin(ctx, be, t, tag)
 	})
-	switch {
-	case out.Result == session.ResultOK:
+	if out.Result == session.ResultOK {
 		_, _ = s.c.Stream.Write(out.Reply)
 		return out.Handoff, nil
+	}
+	badAnswer := false
+	if out.Challenge != nil {
+		// A failed bearer login: the server's error challenge, the
+		// client's dummy response, then the failure (RFC 7628 §3.2.3).
+		var err error
+		if badAnswer, err = s.bearerChallenge(tag, out.Challenge); err != nil {
+			return nil, err
+		}
+	}
+	switch {
+	case badAnswer:
+		// The client's answer to the challenge was not a response: its
+		// BAD was written in place of the reply.
 	case out.Reply != nil:
 		_, _ = s.c.Stream.Write(out.Reply)
 	case out.Refusal != nil && out.Refusal.Kind == session.RefuseInternal:
@@ -142,4 +159,37 @@ func (s *conn) login(tag string, creds session.Credentials) (*session.Handoff, e
 	// A shutdown that came during the attempt is seen before the next
 	// read (session.Dialogue.Await), which says goodbye.
 	return nil, nil
+}
+
+// bearerChallenge sends a failed bearer login's error challenge and reads
+// the client's response (RFC 7628 §3.2.3: a dummy, whose content does not
+// matter; the exchange with the backend is over). A response that is not
+// one ("*", bad base64, too long) is answered BAD in place of the login's
+// reply, as a cancelled AUTHENTICATE is, and badAnswer reports it. Errors
+// are read errors, the Dialogue's.
+func (s *conn) bearerChallenge(tag string, challenge []byte) (badAnswer bool, err error) {
+	s.writef("+ %s\r\n", session.EncodeChallenge(challenge))
+	if err := s.d.Flush(); err != nil {
+		return false, err
+	}
+	if err := s.d.Await(session.StateSASL); err != nil {
+		return false, err
+	}
+	line, err := s.rd.ReadLine()
+	switch {
+	case errors.Is(err, imapwire.ErrLineTooLong):
+		s.writef("%s BAD [TOOBIG] Authentication data too long.\r\n", tag)
+		return true, nil
+	case err != nil:
+		return false, err
+	}
+	if _, err := session.DecodeResponse(line); err != nil {
+		if errors.Is(err, session.ErrSASLCancelled) {
+			s.writef("%s BAD Authentication cancelled.\r\n", tag)
+		} else {
+			s.writef("%s BAD Invalid base64 data.\r\n", tag)
+		}
+		return true, nil
+	}
+	return false, nil
 }

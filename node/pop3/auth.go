@@ -25,7 +25,8 @@ const (
 )
 
 // plaintext enforces the listener's plaintext-authentication policy:
-// every mechanism offered here carries the password in the clear.
+// every mechanism offered here carries the password, or a bearer token as
+// good as one, in the clear.
 func (s *conn) plaintext() error {
 	if s.c.Listener.PlaintextAuthOK(s.c.IsTLS()) {
 		return nil
@@ -69,11 +70,11 @@ func (s *conn) authCmd(cmd Command) (*session.Handoff, error) {
 	}
 	s.user = ""
 	if cmd.Arg == "" {
-		s.write("+OK\r\n" + strings.Join(session.Mechanisms, "\r\n") + "\r\n.\r\n")
+		s.write("+OK\r\n" + strings.Join(s.c.Listener.Mechanisms(), "\r\n") + "\r\n.\r\n")
 		return nil, nil
 	}
 	mechName, ir, hasIR := strings.Cut(cmd.Arg, " ")
-	mech := session.NewSASL(mechName)
+	mech := s.c.Listener.NewSASL(mechName)
 	if mech == nil {
 		return nil, errUnsupported
 	}
@@ -122,6 +123,8 @@ func saslError(err error) error {
 		return errCancelled
 	case errors.Is(err, session.ErrSASLBadBase64):
 		return errBadBase64
+	case errors.Is(err, session.ErrBearerNoUser):
+		return errBearerNoUser
 	default:
 		return errBadAuthData
 	}
@@ -146,10 +149,22 @@ func (s *conn) login(creds session.Credentials) (*session.Handoff, error) {
 		return nil, errCredsTooLong
 	}
 	out := s.d.Login(creds, s.backendLogin)
-	switch {
-	case out.Result == session.ResultOK:
+	if out.Result == session.ResultOK {
 		s.write(string(out.Reply))
 		return out.Handoff, nil
+	}
+	badAnswer := false
+	if out.Challenge != nil {
+		// A failed bearer login: the server's error challenge, the
+		// client's dummy response, then the failure (RFC 7628 §3.2.3).
+		var err error
+		if badAnswer, err = s.bearerChallenge(out.Challenge); err != nil {
+			return nil, err
+		}
+	}
+	switch {
+	case badAnswer:
+		// Its -ERR was written in place of the reply.
 	case out.Reply != nil:
 		s.write(string(out.Reply))
 	case out.Refusal != nil && out.Refusal.Kind == session.RefuseInternal:
@@ -175,4 +190,34 @@ func (s *conn) login(creds session.Credentials) (*session.Handoff, error) {
 	// A shutdown that came during the attempt is seen before the next
 	// read (session.Dialogue.Await), which says goodbye.
 	return nil, nil
+}
+
+// bearerChallenge sends a failed bearer login's error challenge (RFC 5034
+// §4: "+ " and the base64 data) and reads the client's response (RFC 7628
+// §3.2.3: a dummy, whose content does not matter; the exchange with the
+// backend is over). A response that is not one ("*", bad base64, too long)
+// is answered with its -ERR in place of the login's reply, and badAnswer
+// reports it. Errors are read errors, the Dialogue's.
+func (s *conn) bearerChallenge(challenge []byte) (badAnswer bool, err error) {
+	s.write("+ " + session.EncodeChallenge(challenge) + "\r\n")
+	if err := s.d.Flush(); err != nil {
+		return false, err
+	}
+	if err := s.d.Await(session.StateSASL); err != nil {
+		return false, err
+	}
+	line, err := s.readLine()
+	var pe *session.ProtocolError
+	switch {
+	case errors.As(err, &pe):
+		s.write(pe.Reply)
+		return true, nil
+	case err != nil:
+		return false, err
+	}
+	if _, err := session.DecodeResponse(line); err != nil {
+		s.write(saslError(err).(*session.ProtocolError).Reply)
+		return true, nil
+	}
+	return false, nil
 }

@@ -248,6 +248,9 @@ func validSessionID(id string) bool {
 // login presents the client's credentials: AUTH PLAIN with an initial
 // response (RFC 5034) when the backend offers it, else USER/PASS.
 func (b *backend) login(c session.Credentials) ([]byte, error) {
+	if c.Bearer != nil {
+		return b.bearerLogin(c.Bearer)
+	}
 	// Credentials the backend could not receive intact are refused as bad
 	// credentials, without sending them: a NUL would shift the fields of a
 	// PLAIN response, and USER/PASS cannot carry CR or LF.
@@ -281,6 +284,58 @@ func (b *backend) login(c session.Credentials) ([]byte, error) {
 		return []byte(sanitize(r) + "\r\n"), nil
 	case isERR(r):
 		return nil, backendReject(r)
+	}
+	return nil, phaseError(phaseAuth, fmt.Errorf("unexpected reply %q", trunc(r)))
+}
+
+// maxAuthLine is RFC 2449's bound on a command line (CRLF included); an
+// AUTH command whose initial response would exceed it is sent without,
+// and the response follows the server's empty challenge (RFC 5034 §4).
+const maxAuthLine = 255
+
+// bearerLogin logs in with the client's bearer mechanism and message, as
+// it sent them. A refusal comes as an error challenge (RFC 7628 §3.2.2),
+// which is answered with the mechanism's dummy response so that the
+// backend ends the exchange with -ERR (§3.2.3); the challenge is kept for
+// the client (BackendRejected.Challenge).
+func (b *backend) bearerLogin(m *session.Bearer) ([]byte, error) {
+	if !hasWord(b.caps["SASL"], m.Mechanism) {
+		return nil, phaseError(phaseAuth, fmt.Errorf("backend does not offer SASL %s", m.Mechanism))
+	}
+	ir := session.EncodeChallenge(m.Message)
+	cmd := "AUTH " + m.Mechanism + " " + ir
+	pending := "" // the message, when it waits for the empty challenge
+	if len(cmd)+2 > maxAuthLine {
+		cmd, pending = "AUTH "+m.Mechanism, ir
+	}
+	r, err := b.command(cmd)
+	var challenge []byte
+	challenged := false
+	for n := 0; err == nil && (r == "+" || strings.HasPrefix(r, "+ ")); n++ {
+		switch {
+		case pending != "":
+			r, err = b.command(pending)
+			pending = ""
+		case !challenged:
+			challenged = true
+			challenge = session.DecodeBearerChallenge([]byte(strings.TrimPrefix(r, "+")))
+			r, err = b.command(session.EncodeChallenge(session.BearerDummyResponse(m.Mechanism)))
+		default:
+			// A third round: cancel, and take the backend as broken.
+			_, _ = b.command("*")
+			return nil, phaseError(phaseAuth, errors.New("backend asked for more than the bearer message and the dummy response"))
+		}
+	}
+	if err != nil {
+		return nil, phaseError(phaseAuth, err)
+	}
+	switch {
+	case isOK(r):
+		return []byte(sanitize(r) + "\r\n"), nil
+	case isERR(r):
+		rej := backendReject(r)
+		rej.Challenge = challenge
+		return nil, rej
 	}
 	return nil, phaseError(phaseAuth, fmt.Errorf("unexpected reply %q", trunc(r)))
 }

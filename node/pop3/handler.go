@@ -4,8 +4,9 @@
 //
 // Before login the client may use USER/PASS and QUIT (RFC 1939 §4, §7),
 // CAPA with the RESP-CODES and AUTH-RESP-CODE extended response codes
-// (RFC 2449, RFC 3206), AUTH with the SASL mechanisms PLAIN and LOGIN, with
-// or without an initial response (RFC 5034), and STLS (RFC 2595 §4: bytes
+// (RFC 2449, RFC 3206), AUTH with the SASL mechanisms PLAIN and LOGIN, and
+// OAUTHBEARER and XOAUTH2 where the listener enables them, with or without
+// an initial response (RFC 5034), and STLS (RFC 2595 §4: bytes
 // pipelined after it feed the TLS handshake and are never run as
 // commands). After a successful login the client gets the backend's +OK
 // line and the session is handed to the relay; commands pipelined after
@@ -13,7 +14,8 @@
 //
 // Toward the backend the proxy is a POP3 client: greeting, CAPA, STLS when
 // the backend is configured for it, XCLIENT to pass the client's address
-// (Dovecot), then AUTH PLAIN or USER/PASS.
+// (Dovecot), then AUTH PLAIN or USER/PASS, or for a bearer login the
+// client's mechanism and message.
 package pop3
 
 import (
@@ -73,6 +75,7 @@ var (
 	errNoUserName   = invalid("-ERR USER needs a user name.\r\n")
 	errNoUser       = invalid("-ERR USER first.\r\n")
 	errCredsTooLong = invalid("-ERR Credentials too long.\r\n")
+	errBearerNoUser = invalid("-ERR The bearer token login must name the user (OAUTHBEARER a=, XOAUTH2 user=).\r\n")
 )
 
 func invalid(reply string) error { return &session.ProtocolError{Reply: reply} }
@@ -167,7 +170,7 @@ func (s *conn) capa() {
 	b.WriteString("+OK Capability list follows\r\n")
 	isTLS := s.c.IsTLS()
 	if s.c.Listener.PlaintextAuthOK(isTLS) {
-		b.WriteString("USER\r\nSASL " + strings.Join(session.Mechanisms, " ") + "\r\n")
+		b.WriteString("USER\r\nSASL " + strings.Join(s.c.Listener.Mechanisms(), " ") + "\r\n")
 	}
 	if s.c.Listener.StartTLSOffered(isTLS) {
 		b.WriteString("STLS\r\n")

@@ -43,6 +43,10 @@ type fakeBackend struct {
 	AuthReply    string            // if set, the answer to every PASS / AUTH
 	XCLIENTReply string            // default "+OK Updated"
 	Mode         string            // "" (normal), "silent", "garbage"
+	// Tokens maps bearer tokens to their user: AUTH OAUTHBEARER and
+	// XOAUTH2 log in with a token of the user the message names, and
+	// anything else gets the error challenge, then -ERR.
+	Tokens map[string]string
 
 	ln    net.Listener
 	wg    sync.WaitGroup
@@ -189,6 +193,33 @@ func (fb *fakeBackend) serve(c net.Conn) {
 			send(fb.XCLIENTReply)
 		case "AUTH":
 			mech, ir, _ := strings.Cut(arg, " ")
+			if mech = strings.ToUpper(mech); mech == "OAUTHBEARER" || mech == "XOAUTH2" {
+				if ir == "" {
+					send("+ ")
+					if ir, err = br.ReadString('\n'); err != nil {
+						return
+					}
+					ir = strings.TrimRight(ir, "\r\n")
+					fb.mu.Lock()
+					fb.lines = append(fb.lines, ir)
+					fb.mu.Unlock()
+				}
+				dec, _ := base64.StdEncoding.DecodeString(ir)
+				if m, err := session.ParseBearer(mech, dec); err == nil && fb.Tokens[m.Token] == m.User {
+					send("+OK Logged in.")
+					continue
+				}
+				send("+ " + base64.StdEncoding.EncodeToString([]byte(`{"status":"invalid_token"}`)))
+				d, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				fb.mu.Lock()
+				fb.lines = append(fb.lines, strings.TrimRight(d, "\r\n"))
+				fb.mu.Unlock()
+				send("-ERR [AUTH] Authentication failed.")
+				continue
+			}
 			dec, err := base64.StdEncoding.DecodeString(ir)
 			parts := strings.Split(string(dec), "\x00")
 			if !strings.EqualFold(mech, "PLAIN") || err != nil || len(parts) != 3 {

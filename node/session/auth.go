@@ -1,7 +1,9 @@
 package session
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -14,14 +16,29 @@ import (
 
 // Credentials the client presented. Password is never logged.
 type Credentials struct {
-	Mechanism string // "LOGIN" (IMAP LOGIN), "USER" (POP3 USER/PASS), "PLAIN", "LOGIN-SASL"
+	// Mechanism: "LOGIN" (IMAP LOGIN), "USER" (POP3 USER/PASS), "PLAIN",
+	// "LOGIN-SASL", or a bearer mechanism (MechOAuthBearer, MechXOAuth2).
+	Mechanism string
 	AuthzID   string // SASL authorization identity; "" if none
-	User      string // authentication identity
-	Password  string
+	User      string // authentication identity; for a bearer login, the user the message names
+	Password  string // for a bearer login, the token (never logged either)
+	// Bearer is set for an OAUTHBEARER or XOAUTH2 login: the client's
+	// message, replayed to the backend as it is (Bearer.Message). Such a
+	// login has no master-user form: the token authenticates the user it
+	// names.
+	Bearer *Bearer
 }
 
 // Len is how many bytes the credentials take; Limits.MaxLiteral bounds it.
-func (c Credentials) Len() int { return len(c.AuthzID) + len(c.User) + len(c.Password) }
+func (c Credentials) Len() int {
+	if c.Bearer != nil {
+		return len(c.Bearer.Message)
+	}
+	return len(c.AuthzID) + len(c.User) + len(c.Password)
+}
+
+// IsBearer reports whether the credentials are an OAuth bearer login.
+func (c Credentials) IsBearer() bool { return c.Bearer != nil }
 
 // RouteUser is the user whose mailbox the session will open, which the
 // routing table is asked about: the SASL authorization identity when one
@@ -31,6 +48,9 @@ func (c Credentials) Len() int { return len(c.AuthzID) + len(c.User) + len(c.Pas
 // before it, else the login name. The backend is still sent the
 // credentials as the client gave them: it checks the master's password.
 func (c Credentials) RouteUser(masterSep string) string {
+	if c.Bearer != nil {
+		return c.User
+	}
 	if c.AuthzID != "" {
 		return c.AuthzID
 	}
@@ -47,7 +67,7 @@ func (c Credentials) RouteUser(masterSep string) string {
 // AuthUser, so that guesses at a master's password are counted together
 // whatever user they name.
 func (c Credentials) AuthUser(masterSep string) string {
-	if c.AuthzID == "" {
+	if c.AuthzID == "" && c.Bearer == nil {
 		if _, master, ok := splitMaster(c.User, masterSep); ok {
 			return master
 		}
@@ -99,6 +119,10 @@ type Refusal struct {
 	Wait time.Duration
 	// Close ends the session after the reply.
 	Close bool
+	// Challenge, for a bearer login, is the SASL error challenge the
+	// client is sent before the reply (auth_http's Auth-Error-SASL,
+	// decoded: an RFC 7628 §3.2.2 JSON status); see Outcome.Challenge.
+	Challenge []byte
 }
 
 // RefusalKind classifies a refusal.
@@ -202,6 +226,11 @@ func renamed(c Credentials, login, masterSep string) Credentials {
 	if login == "" {
 		return c
 	}
+	if c.Bearer != nil {
+		c.User = login
+		c.Bearer = c.Bearer.WithUser(login)
+		return c
+	}
 	if c.AuthzID != "" {
 		c.AuthzID = login
 	} else if _, master, ok := splitMaster(c.User, masterSep); ok {
@@ -229,7 +258,10 @@ type LoginEvent struct {
 	User string // whose mailbox (Credentials.RouteUser)
 	// Login is the name that logged in when it is not User (a master
 	// user, a SASL authentication identity acting for User); "" else.
-	Login     string
+	Login string
+	// Mechanism is the bearer mechanism of an OAuth login (MechOAuthBearer,
+	// MechXOAuth2), "" for a password login.
+	Mechanism string
 	BackendID string
 	Result    Result
 	Latency   time.Duration
@@ -254,6 +286,32 @@ type BackendRejected struct {
 	// [IN-USE]). The reply is still shown, but the attempt does not count as
 	// an authentication failure.
 	Temporary bool
+	// Challenge is the backend's error challenge to a bearer login,
+	// decoded (RFC 7628 §3.2.2: a JSON status), which the backend login
+	// has already answered with the dummy response (§3.2.3); see
+	// Outcome.Challenge.
+	Challenge []byte
+}
+
+// MaxBearerChallenge bounds an error challenge relayed to a client
+// (decoded); a longer one is not relayed (the client gets the reply
+// alone). RFC 7628's JSON status is a few dozen bytes.
+const MaxBearerChallenge = 4096
+
+// DecodeBearerChallenge decodes a backend's base64 error challenge to a
+// bearer login, for BackendRejected.Challenge: nil if it is not base64, is
+// empty or is longer than MaxBearerChallenge.
+func DecodeBearerChallenge(b64 []byte) []byte {
+	b64 = bytes.TrimSpace(b64)
+	if len(b64) == 0 || base64.StdEncoding.DecodedLen(len(b64)) > MaxBearerChallenge+3 {
+		return nil
+	}
+	out := make([]byte, base64.StdEncoding.DecodedLen(len(b64)))
+	n, err := base64.StdEncoding.Decode(out, b64)
+	if err != nil || n == 0 || n > MaxBearerChallenge {
+		return nil
+	}
+	return out[:n]
 }
 
 func (e *BackendRejected) Error() string { return "backend rejected login: " + e.Text }
@@ -264,6 +322,13 @@ type Outcome struct {
 	Handoff *Handoff // on ResultOK
 	Reply   []byte   // the reply to send the client (success or backend rejection)
 	Refusal *Refusal // refused before the backend
+	// Challenge, for a failed bearer login (OAUTHBEARER, XOAUTH2): the
+	// SASL error challenge to send the client first (RFC 7628 §3.2.2, the
+	// server's JSON status, decoded; from the backend or the auth_http
+	// server). The client answers it with a dummy response (§3.2.3), then
+	// gets the reply as usual; the exchange with the backend is already
+	// over. nil otherwise.
+	Challenge []byte
 	// Close: the session must end after the reply (too many failures).
 	Close bool
 	Err   error
@@ -304,6 +369,9 @@ func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogi
 	ev := LoginEvent{User: creds.RouteUser(sep), Result: out.Result, Latency: time.Since(start), Connect: out.Connect, Err: out.Err}
 	if creds.User != ev.User {
 		ev.Login = creds.User
+	}
+	if creds.IsBearer() {
+		ev.Mechanism = creds.Mechanism
 	}
 	if out.Handoff != nil {
 		ev.BackendID = out.Handoff.BackendID
@@ -371,7 +439,11 @@ func (c *Client) login(ctx context.Context, timeout time.Duration, creds Credent
 			case RefuseInternal:
 				r = ResultError
 			}
-			return Outcome{Result: r, Refusal: ref, Err: err}
+			out := Outcome{Result: r, Refusal: ref, Err: err}
+			if creds.IsBearer() && ref.Kind != RefuseInternal {
+				out.Challenge = ref.Challenge
+			}
+			return out
 		}
 		return Outcome{Result: ResultUnavailable, Refusal: &Refusal{Kind: RefuseUnavailable}, Err: err}
 	}
@@ -395,10 +467,14 @@ func (c *Client) login(ctx context.Context, timeout time.Duration, creds Credent
 		_ = be.Close()
 		var rej *BackendRejected
 		if errors.As(err, &rej) {
+			out := Outcome{Result: ResultBadCreds, Reply: rej.Reply, Err: err, Connect: connect}
 			if rej.Temporary {
-				return Outcome{Result: ResultUnavailable, Reply: rej.Reply, Err: err, Connect: connect}
+				out.Result = ResultUnavailable
 			}
-			return Outcome{Result: ResultBadCreds, Reply: rej.Reply, Err: err, Connect: connect}
+			if creds.IsBearer() {
+				out.Challenge = rej.Challenge
+			}
+			return out
 		}
 		err = fmt.Errorf("backend %s (%s): %w", t.Backend.ID, t.Backend.Addr(c.Listener.Protocol), err)
 		return Outcome{Result: classify(err), Refusal: &Refusal{Kind: RefuseUnavailable}, Err: err, Connect: connect}
@@ -439,6 +515,9 @@ func (c *Client) logLogin(ev LoginEvent) {
 		"client", c.Remote.String(), "user", ev.User)
 	if ev.Login != "" {
 		attrs = append(attrs, "login", ev.Login)
+	}
+	if ev.Mechanism != "" {
+		attrs = append(attrs, "mechanism", ev.Mechanism)
 	}
 	attrs = append(attrs, "result", string(ev.Result),
 		"latency", ev.Latency.Round(time.Microsecond))

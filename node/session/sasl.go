@@ -9,9 +9,11 @@ import (
 	"github.com/emersion/go-sasl"
 )
 
-// SASL mechanisms accepted from clients (RFC 4616 PLAIN, and the
-// widely-deployed LOGIN). Both carry a password in the clear, so they are
-// subject to the listener's plaintext-authentication policy.
+// SASL mechanisms accepted from clients on every listener (RFC 4616 PLAIN,
+// and the widely-deployed LOGIN). Both carry a password in the clear, so
+// they are subject to the listener's plaintext-authentication policy, as
+// are the bearer mechanisms a listener may add (Listener.Mechanisms,
+// bearer.go), whose token is as good as a password.
 var Mechanisms = []string{"PLAIN", "LOGIN"}
 
 // ErrSASLCancelled: the client answered a challenge with "*".
@@ -32,8 +34,9 @@ type SASL interface {
 	Creds() Credentials
 }
 
-// NewSASL returns the exchange for mech (case-insensitive), or nil if the
-// mechanism is not supported.
+// NewSASL returns the exchange for PLAIN or LOGIN (mech case-insensitive),
+// or nil for any other mechanism. Listener.NewSASL also knows the bearer
+// mechanisms the listener enables.
 func NewSASL(mech string) SASL {
 	switch strings.ToUpper(mech) {
 	case "PLAIN":

@@ -20,6 +20,8 @@ import (
 	"encoding/binary"
 	"log/slog"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,7 +101,11 @@ type Listener struct {
 	OnTLS func(resumed bool)
 	// AllowPlaintextAuth permits authentication before TLS.
 	AllowPlaintextAuth bool
-	Limits             Limits
+	// BearerMechanisms are the OAuth bearer mechanisms offered and
+	// accepted besides PLAIN and LOGIN (MechOAuthBearer, MechXOAuth2;
+	// none by default).
+	BearerMechanisms []string
+	Limits           Limits
 	// Director, if set, decides logins on this listener instead of
 	// Env.Director (e.g. an auth_http server for one listener only).
 	Director Director
@@ -108,6 +114,28 @@ type Listener struct {
 // PlaintextAuthOK reports whether authentication is allowed now.
 func (l *Listener) PlaintextAuthOK(isTLS bool) bool {
 	return isTLS || l.AllowPlaintextAuth
+}
+
+// Mechanisms are the SASL mechanisms the listener offers: PLAIN, LOGIN,
+// then its bearer mechanisms.
+func (l *Listener) Mechanisms() []string {
+	if len(l.BearerMechanisms) == 0 {
+		return Mechanisms
+	}
+	return append(append([]string(nil), Mechanisms...), l.BearerMechanisms...)
+}
+
+// NewSASL returns the server side of mech (case-insensitive) if the
+// listener offers it, else nil.
+func (l *Listener) NewSASL(mech string) SASL {
+	mech = strings.ToUpper(mech)
+	if IsBearerMechanism(mech) {
+		if !slices.Contains(l.BearerMechanisms, mech) {
+			return nil
+		}
+		return &bearerSASL{mech: mech}
+	}
+	return NewSASL(mech)
 }
 
 // StartTLSOffered reports whether STARTTLS/STLS should be offered now.

@@ -22,12 +22,10 @@ const (
 
 // authenticate runs AUTHENTICATE mechanism [initial-response] (RFC 5804
 // §2.1). Challenges are sent as quoted strings of base64; each client
-// response is one string on its own line, "*" cancelling.
-//
-// OAUTHBEARER and XOAUTH2 are not offered yet: they come in as further
-// session.NewSASL mechanisms (advertised through session.Mechanisms) and
-// need here only a way to relay the backend's error challenge, which this
-// loop does not do for PLAIN and LOGIN because their failures have none.
+// response is one string on its own line, "*" cancelling. The mechanisms
+// are PLAIN and LOGIN, and OAUTHBEARER and XOAUTH2 where the listener
+// enables them (session.Listener.NewSASL), whose refusal relays the
+// server's error challenge (login).
 func (s *conn) authenticate(cmd Command) (*session.Handoff, error) {
 	if len(cmd.Args) < 1 || len(cmd.Args) > 2 || (len(cmd.Args) == 2 && !cmd.Args[1].String) {
 		return nil, errSyntax
@@ -35,7 +33,7 @@ func (s *conn) authenticate(cmd Command) (*session.Handoff, error) {
 	if !s.c.Listener.PlaintextAuthOK(s.c.IsTLS()) {
 		return nil, errPlaintext
 	}
-	mech := session.NewSASL(cmd.Args[0].Value)
+	mech := s.c.Listener.NewSASL(cmd.Args[0].Value)
 	if mech == nil {
 		return nil, errUnsupported
 	}
@@ -91,6 +89,8 @@ func saslError(err error) error {
 		return errCancelled
 	case errors.Is(err, session.ErrSASLBadBase64):
 		return errBadBase64
+	case errors.Is(err, session.ErrBearerNoUser):
+		return errBearerNoUser
 	default:
 		return errBadAuthData
 	}
@@ -114,10 +114,22 @@ func (s *conn) login(creds session.Credentials) (*session.Handoff, error) {
 		return nil, errCredsTooLong
 	}
 	out := s.d.Login(creds, s.backendLogin)
-	switch {
-	case out.Result == session.ResultOK:
+	if out.Result == session.ResultOK {
 		s.write(string(out.Reply))
 		return out.Handoff, nil
+	}
+	badAnswer := false
+	if out.Challenge != nil {
+		// A failed bearer login: the server's error challenge, the
+		// client's dummy response, then the failure (RFC 7628 §3.2.3).
+		var err error
+		if badAnswer, err = s.bearerChallenge(out.Challenge); err != nil {
+			return nil, err
+		}
+	}
+	switch {
+	case badAnswer:
+		// Its NO was written in place of the reply.
 	case out.Reply != nil:
 		s.write(string(out.Reply))
 	case out.Refusal != nil && out.Refusal.Kind == session.RefuseInternal:
@@ -140,4 +152,36 @@ func (s *conn) login(creds session.Credentials) (*session.Handoff, error) {
 		return nil, session.Ending(session.EndTooManyAuthFailures, nil)
 	}
 	return nil, nil
+}
+
+// bearerChallenge sends a failed bearer login's error challenge (a
+// base64 string, §2.1) and reads the client's response (RFC 7628 §3.2.3: a
+// dummy string, whose content does not matter; the exchange with the
+// backend is over). A response that is not one ("*", bad base64, not a
+// string) is answered with its NO in place of the login's reply, and
+// badAnswer reports it. Errors are read errors and the fatal refusals
+// (line or literal too long), the Dialogue's.
+func (s *conn) bearerChallenge(challenge []byte) (badAnswer bool, err error) {
+	s.write(quote(session.EncodeChallenge(challenge)) + "\r\n")
+	if err := s.d.Flush(); err != nil {
+		return false, err
+	}
+	if err := s.d.Await(session.StateSASL); err != nil {
+		return false, err
+	}
+	str, err := s.w.readString()
+	if err != nil {
+		err = wireError(err)
+		var pe *session.ProtocolError
+		if errors.As(err, &pe) && !pe.Fatal {
+			s.write(pe.Reply)
+			return true, nil
+		}
+		return false, err
+	}
+	if _, err := decode(str); err != nil {
+		s.write(saslError(err).(*session.ProtocolError).Reply)
+		return true, nil
+	}
+	return false, nil
 }

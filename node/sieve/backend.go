@@ -201,13 +201,7 @@ func (b *backend) line() ([]byte, error) {
 // command sends one command and reads responses up to its status
 // response.
 func (b *backend) command(cmd string) (*response, error) {
-	if _, err := b.w.WriteString(cmd + "\r\n"); err != nil {
-		return nil, err
-	}
-	if err := b.w.Flush(); err != nil {
-		return nil, err
-	}
-	r, err := b.response()
+	r, err := b.exchange(cmd)
 	if err != nil {
 		return nil, err
 	}
@@ -215,6 +209,18 @@ func (b *backend) command(cmd string) (*response, error) {
 		return nil, fmt.Errorf("unexpected response %q", trunc(r.raw))
 	}
 	return r, nil
+}
+
+// exchange sends one line and reads one response, which may be a SASL
+// challenge (no status).
+func (b *backend) exchange(cmd string) (*response, error) {
+	if _, err := b.w.WriteString(cmd + "\r\n"); err != nil {
+		return nil, err
+	}
+	if err := b.w.Flush(); err != nil {
+		return nil, err
+	}
+	return b.response()
 }
 
 // starttls upgrades the backend connection (§2.2) and reads the
@@ -298,6 +304,9 @@ func validSessionID(id string) bool {
 // the initial response as a literal (§2.1), whatever mechanism the client
 // used with the proxy.
 func (b *backend) login(c session.Credentials) ([]byte, error) {
+	if c.Bearer != nil {
+		return b.bearerLogin(c.Bearer)
+	}
 	if c.User == "" || strings.IndexByte(c.User, 0) >= 0 || strings.IndexByte(c.AuthzID, 0) >= 0 || strings.IndexByte(c.Password, 0) >= 0 {
 		return nil, &session.BackendRejected{Text: "credentials not representable (empty user or NUL byte); not sent"}
 	}
@@ -324,6 +333,59 @@ func (b *backend) login(c session.Credentials) ([]byte, error) {
 		return nil, rej
 	}
 	return nil, phaseError(phaseAuth, fmt.Errorf("backend answered %q", trunc(r.raw)))
+}
+
+// bearerLogin logs in with the client's bearer mechanism and message, as
+// it sent them, the message as a literal. A refusal comes as an error
+// challenge (a string, RFC 7628 §3.2.2), answered with the mechanism's
+// dummy response so that the backend ends the exchange with NO (§3.2.3);
+// the challenge is kept for the client (BackendRejected.Challenge).
+func (b *backend) bearerLogin(m *session.Bearer) ([]byte, error) {
+	if b.caps != nil && !hasWord(b.caps["SASL"], m.Mechanism) {
+		return nil, phaseError(phaseAuth, fmt.Errorf("backend does not offer SASL %s (SASL %q)", m.Mechanism, trunc([]byte(b.caps["SASL"]))))
+	}
+	ir := session.EncodeChallenge(m.Message)
+	r, err := b.exchange("AUTHENTICATE " + quote(m.Mechanism) + " {" + strconv.Itoa(len(ir)) + "+}\r\n" + ir)
+	var challenge []byte
+	if err == nil && r.status == "" {
+		str, ok := challengeString(r)
+		if !ok {
+			return nil, phaseError(phaseAuth, fmt.Errorf("unexpected response %q", trunc(r.raw)))
+		}
+		challenge = session.DecodeBearerChallenge([]byte(str))
+		r, err = b.command(quote(session.EncodeChallenge(session.BearerDummyResponse(m.Mechanism))))
+	}
+	if err != nil {
+		return nil, phaseError(phaseAuth, err)
+	}
+	switch r.status {
+	case "OK":
+		return r.raw, nil
+	case "NO":
+		rej := &session.BackendRejected{Reply: r.raw, Text: trunc(r.raw), Challenge: challenge}
+		if r.code == "TRYLATER" {
+			rej.Reply = []byte(replyUnavailable)
+			rej.Temporary = true
+		}
+		return nil, rej
+	}
+	return nil, phaseError(phaseAuth, fmt.Errorf("backend answered %q", trunc(r.raw)))
+}
+
+// challengeString returns the string of a server challenge (§2.1: a
+// quoted string or a literal alone on its line).
+func challengeString(r *response) (string, bool) {
+	line := r.first
+	if len(line) > 0 && line[0] == '"' {
+		s, end, ok := quoted(line, 0)
+		return s, ok && end == len(line)
+	}
+	n, ok := literalAt(line, 0)
+	start := len(line) + 2
+	if !ok || len(r.raw) != start+n+2 {
+		return "", false
+	}
+	return string(r.raw[start : start+n]), true
 }
 
 func hasWord(list, w string) bool {

@@ -7,7 +7,8 @@
 // SASL, SIEVE, NOTIFY with enotify, STARTTLS when offered, VERSION) and may use CAPABILITY
 // (§2.4), STARTTLS (§2.2: bytes pipelined after it feed the TLS handshake
 // and are never run as commands; the capabilities are re-issued over TLS),
-// AUTHENTICATE (§2.1) with the SASL mechanisms PLAIN and LOGIN, with or
+// AUTHENTICATE (§2.1) with the SASL mechanisms PLAIN and LOGIN, and
+// OAUTHBEARER and XOAUTH2 where the listener enables them, with or
 // without an initial response, NOOP (§2.14) and LOGOUT (§2.3). Strings are
 // quoted or literals, "{n+}" or "{n}" (§4; a server sends no continuation
 // for either, so both are read at once), bounded by session.Limits:
@@ -23,7 +24,8 @@
 // configured for it (then the re-issued capabilities), XCLIENT to pass the
 // client's address when the backend is forward: id and announces it
 // (managesieve-login does so for login_trusted_networks), then
-// AUTHENTICATE "PLAIN" with the initial response as a literal.
+// AUTHENTICATE "PLAIN" with the initial response as a literal, or for a
+// bearer login the client's mechanism and message.
 package sieve
 
 import (
@@ -105,6 +107,7 @@ var (
 	errBadAuthData  = invalid("NO \"Invalid authentication data.\"\r\n")
 	errUnsupported  = invalid("NO \"Unsupported authentication mechanism.\"\r\n")
 	errCredsTooLong = invalid("NO \"Credentials too long.\"\r\n")
+	errBearerNoUser = invalid("NO \"The bearer token login must name the user (OAUTHBEARER a=, XOAUTH2 user=).\"\r\n")
 )
 
 func invalid(reply string) error { return &session.ProtocolError{Reply: reply} }
@@ -231,7 +234,7 @@ func (s *conn) capabilities() string {
 	b.WriteString("\"IMPLEMENTATION\" " + quote(s.h.implementation) + "\r\n")
 	mechs := ""
 	if s.c.Listener.PlaintextAuthOK(isTLS) {
-		mechs = strings.Join(session.Mechanisms, " ")
+		mechs = strings.Join(s.c.Listener.Mechanisms(), " ")
 	}
 	b.WriteString("\"SASL\" " + quote(mechs) + "\r\n")
 	b.WriteString("\"SIEVE\" " + quote(s.h.extensions) + "\r\n")

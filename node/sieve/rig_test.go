@@ -41,6 +41,12 @@ type fakeBackend struct {
 	XCLIENT   bool              // announce XCLIENT
 	Users     map[string]string // default alice/secret
 	AuthReply string            // if set, the answer to every AUTHENTICATE
+	// Tokens maps bearer tokens to their user: AUTHENTICATE "OAUTHBEARER"
+	// and "XOAUTH2" log in with a token of the user the message names,
+	// and anything else gets the error challenge (a literal when
+	// LiteralChallenge), then NO.
+	Tokens           map[string]string
+	LiteralChallenge bool
 
 	ln    net.Listener
 	wg    sync.WaitGroup
@@ -165,6 +171,29 @@ func (fb *fakeBackend) serve(c net.Conn) {
 			}
 			mech, ir, _ := strings.Cut(arg, " ")
 			ir, _ = strconv.Unquote(ir)
+			if m, _ := strconv.Unquote(mech); m == "OAUTHBEARER" || m == "XOAUTH2" {
+				dec, _ := base64.StdEncoding.DecodeString(ir)
+				if bm, err := session.ParseBearer(m, dec); err == nil && fb.Tokens[bm.Token] == bm.User {
+					send(`OK "Logged in."`)
+					continue
+				}
+				ch := base64.StdEncoding.EncodeToString([]byte(`{"status":"invalid_token"}`))
+				if fb.LiteralChallenge {
+					send("{" + strconv.Itoa(len(ch)) + "}")
+					send(ch)
+				} else {
+					send(`"` + ch + `"`)
+				}
+				d, err := br.ReadString('\n')
+				if err != nil {
+					return
+				}
+				fb.mu.Lock()
+				fb.lines = append(fb.lines, strings.TrimRight(d, "\r\n"))
+				fb.mu.Unlock()
+				send(`NO "Authentication failed."`)
+				continue
+			}
 			dec, err := base64.StdEncoding.DecodeString(ir)
 			parts := strings.Split(string(dec), "\x00")
 			if mech != `"PLAIN"` || err != nil || len(parts) != 3 || fb.Users[parts[1]] != parts[2] || parts[1] == "" {

@@ -113,15 +113,19 @@ type Certificate struct {
 
 // Listener is one listening socket.
 type Listener struct {
-	Name               string   `yaml:"name"`
-	Protocol           string   `yaml:"protocol"`
-	Address            string   `yaml:"address"`
-	TLS                string   `yaml:"tls"`
-	AllowPlaintextAuth *bool    `yaml:"allow_plaintext_auth"`
-	ProxyProtocol      bool     `yaml:"proxy_protocol"`
-	TrustedProxies     []string `yaml:"trusted_proxies"`
-	Limits             *Limits  `yaml:"limits"` // overrides the global limits for this listener
-	Auth               *Auth    `yaml:"auth"`   // replaces the global auth section for this listener
+	Name               string `yaml:"name"`
+	Protocol           string `yaml:"protocol"`
+	Address            string `yaml:"address"`
+	TLS                string `yaml:"tls"`
+	AllowPlaintextAuth *bool  `yaml:"allow_plaintext_auth"`
+	// OAuthMechanisms: the OAuth bearer SASL mechanisms the listener
+	// offers besides PLAIN and LOGIN, oauthbearer (RFC 7628) and xoauth2;
+	// none by default.
+	OAuthMechanisms []string `yaml:"oauth_mechanisms,omitempty"`
+	ProxyProtocol   bool     `yaml:"proxy_protocol"`
+	TrustedProxies  []string `yaml:"trusted_proxies"`
+	Limits          *Limits  `yaml:"limits"` // overrides the global limits for this listener
+	Auth            *Auth    `yaml:"auth"`   // replaces the global auth section for this listener
 
 	// TLS policy: tls_min_version, tls_cipher_suites, alpn (tlspolicy.go).
 	ListenerTLS `yaml:",inline"`
@@ -432,6 +436,17 @@ func (c *Config) Validate() error {
 			l.AllowPlaintextAuth = &allow
 		} else if !*l.AllowPlaintextAuth && l.TLS == "none" {
 			v.errf(p+".allow_plaintext_auth", "false on a listener with tls none would refuse every login")
+		}
+		seen := map[string]bool{}
+		for j, m := range l.OAuthMechanisms {
+			lm := strings.ToLower(m)
+			switch {
+			case lm != "oauthbearer" && lm != "xoauth2":
+				v.errf(fmt.Sprintf("%s.oauth_mechanisms[%d]", p, j), "%q is not one of oauthbearer, xoauth2", m)
+			case seen[lm]:
+				v.errf(fmt.Sprintf("%s.oauth_mechanisms[%d]", p, j), "%q is listed twice", m)
+			}
+			seen[lm] = true
 		}
 		for j, cidr := range l.TrustedProxies {
 			if _, err := parsePrefix(cidr); err != nil {

@@ -74,6 +74,8 @@ func TestParseErrors(t *testing.T) {
 		{"plaintext refused on none", strings.Replace(good, "address: 127.0.0.1:1143", "address: 127.0.0.1:1143\n    allow_plaintext_auth: false", 1), "would refuse every login"},
 		{"short imap idle", strings.Replace(good, "max_connections: 100", "max_connections: 100\n  imap_idle_timeout: 5m", 1), "30m autologout"},
 		{"empty", "", "empty configuration"},
+		{"unknown oauth mechanism", strings.Replace(good, "name: imap", "name: imap\n    oauth_mechanisms: [oauthbearer, scram-sha-1]", 1), `listeners[0].oauth_mechanisms[1] (line 6): "scram-sha-1" is not one of oauthbearer, xoauth2`},
+		{"oauth mechanism twice", strings.Replace(good, "name: imap", "name: imap\n    oauth_mechanisms: [XOAUTH2, xoauth2]", 1), `"xoauth2" is listed twice`},
 		{"proxy protocol without trust", strings.Replace(good, "name: imap", "name: imap\n    proxy_protocol: true", 1), "trusted_proxies"},
 		{"leader hold too short", good + "upgrade: {leader_hold: 1s}\n", "upgrade.leader_hold"},
 		{"relative upgrade binary", good + "upgrade: {binary: bin/portico}\n", "must be an absolute path"},
@@ -214,5 +216,21 @@ routes:
 		if _, err := Parse([]byte(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: got %v, want %q", tc.name, err, tc.want)
 		}
+	}
+}
+
+// oauth_mechanisms reach the node as the SASL names, in the order they
+// are advertised; a listener without it offers none.
+func TestOAuthMechanisms(t *testing.T) {
+	c, err := Parse([]byte(strings.Replace(good, "name: imap", "name: imap\n    oauth_mechanisms: [xoauth2, OAuthBearer]", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := c.NodeConfig()
+	if got := strings.Join(nc.Listeners[0].BearerMechanisms, " "); got != "OAUTHBEARER XOAUTH2" {
+		t.Errorf("imap listener offers %q", got)
+	}
+	if len(nc.Listeners[1].BearerMechanisms) != 0 {
+		t.Errorf("pop3 listener offers %q", nc.Listeners[1].BearerMechanisms)
 	}
 }

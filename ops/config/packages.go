@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/portico-mail/portico/cluster"
@@ -109,6 +110,7 @@ func (c *Config) NodeConfig() node.Config {
 			Address:            l.Address,
 			TLS:                routing.TLSMode(l.TLS),
 			AllowPlaintextAuth: l.AllowPlaintextAuth != nil && *l.AllowPlaintextAuth,
+			BearerMechanisms:   bearerMechanisms(l.OAuthMechanisms),
 			ProxyProtocol:      l.ProxyProtocol,
 			Limits:             c.EffectiveLimits(i),
 			TLSPolicy:          c.listenerTLSPolicy(i),
@@ -121,6 +123,21 @@ func (c *Config) NodeConfig() node.Config {
 		nc.Listeners = append(nc.Listeners, lc)
 	}
 	return nc
+}
+
+// bearerMechanisms turns a listener's oauth_mechanisms into the SASL
+// names the node offers (session.BearerMechanisms' order).
+func bearerMechanisms(names []string) []string {
+	var out []string
+	for _, m := range session.BearerMechanisms {
+		for _, n := range names {
+			if strings.EqualFold(n, m) {
+				out = append(out, m)
+				break
+			}
+		}
+	}
+	return out
 }
 
 // CertPairs returns the configured certificates.

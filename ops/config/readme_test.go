@@ -202,6 +202,7 @@ func readmeWant() map[string]map[string]any {
 			"address":              "required",
 			"tls":                  string(routing.TLSNone),
 			"allow_plaintext_auth": "true for tls: none, else false",
+			"oauth_mechanisms":     "none",
 			"proxy_protocol":       false,
 			"trusted_proxies":      "",
 			"tls_min_version":      "tls.min_version",
