@@ -540,6 +540,7 @@ func (s *Server) signal(sig syscall.Signal) {
 	default:
 	}
 	_ = syscall.Kill(pid, sig)
+	_ = syscall.Kill(pid, syscall.SIGCONT) // a paused slapd must run to exit
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
@@ -562,6 +563,38 @@ func (s *Server) Remove() {
 	if os.Getenv(EnvKeep) != "1" {
 		_ = os.RemoveAll(s.Dir)
 	}
+}
+
+// Pause stops slapd with SIGSTOP and waits until it is stopped: it keeps
+// its sockets, the kernel still accepts connections, and nothing answers
+// (a hung directory). Resume continues it.
+func (s *Server) Pause() error {
+	if err := s.kill(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	stat := fmt.Sprintf("/proc/%d/stat", s.PID())
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		b, err := os.ReadFile(stat)
+		if err != nil {
+			return fmt.Errorf("ldaptest: %w", err)
+		}
+		// pid (comm) state ...
+		if i := bytes.LastIndexByte(b, ')'); i > 0 && len(b) > i+2 && b[i+2] == 'T' {
+			return nil
+		}
+	}
+	return errors.New("ldaptest: slapd did not stop on SIGSTOP")
+}
+
+// Resume continues slapd after Pause.
+func (s *Server) Resume() error { return s.kill(syscall.SIGCONT) }
+
+func (s *Server) kill(sig syscall.Signal) error {
+	pid := s.PID()
+	if pid == 0 {
+		return errors.New("ldaptest: slapd is not running")
+	}
+	return syscall.Kill(pid, sig)
 }
 
 // PID is slapd's process id (0 when it is not running).
