@@ -32,6 +32,7 @@
 package ldaptest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -659,6 +660,20 @@ func Person(people, uid, host string, extra ...string) string {
 	}
 	b.WriteByte('\n')
 	return b.String()
+}
+
+// WritePeople writes n Person entries to w, uid prefix0000000 and on
+// (seven digits), host(i) their mailHost, each with the extra lines (a
+// modifyTimestamp for slapadd, say): the LDIF of a large directory, for
+// Options.LDIFFile.
+func WritePeople(w io.Writer, people, prefix string, n int, host func(i int) string, extra ...string) error {
+	bw := bufio.NewWriterSize(w, 1<<16)
+	for i := 0; i < n; i++ {
+		if _, err := bw.WriteString(Person(people, fmt.Sprintf("%s%07d", prefix, i), host(i), extra...)); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
 }
 
 // ---- helpers ----

@@ -1,8 +1,10 @@
 package ldaptest
 
 import (
+	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -76,6 +78,36 @@ func TestServer(t *testing.T) {
 	}
 	if s.PID() != 0 {
 		t.Fatal("slapd still running after Remove")
+	}
+}
+
+// A generated directory is loaded from a file.
+func TestWritePeople(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "people.ldif")
+	f, err := os.Create(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = WritePeople(f, "ou=people,"+DefaultSuffix, "user", 1200, func(i int) string { return fmt.Sprintf("imap%d", i%4) })
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := Start(t, Options{LDIFFile: file})
+	c, err := ldap.DialURL(s.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Bind(s.ReaderDN, s.ReaderPassword); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.SearchWithPaging(ldap.NewSearchRequest(s.People, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 0, 0, false,
+		"(mailHost=imap3)", []string{"uid"}, nil), 100)
+	if err != nil || len(res.Entries) != 300 {
+		t.Fatalf("%d entries on imap3, %v", len(res.Entries), err)
 	}
 }
 
