@@ -663,18 +663,25 @@ func Person(people, uid, host string, extra ...string) string {
 }
 
 // WritePeople writes n Person entries to w, uid prefix0000000 and on
-// (seven digits), host(i) their mailHost, each with the extra lines (a
-// modifyTimestamp for slapadd, say): the LDIF of a large directory, for
-// Options.LDIFFile.
-func WritePeople(w io.Writer, people, prefix string, n int, host func(i int) string, extra ...string) error {
+// (seven digits), host(i) their mailHost, and extra(i) (nil: none) their
+// extra lines (a modifyTimestamp for slapadd, say): the LDIF of a large
+// directory, for Options.LDIFFile.
+func WritePeople(w io.Writer, people, prefix string, n int, host func(i int) string, extra func(i int) []string) error {
 	bw := bufio.NewWriterSize(w, 1<<16)
 	for i := 0; i < n; i++ {
-		if _, err := bw.WriteString(Person(people, fmt.Sprintf("%s%07d", prefix, i), host(i), extra...)); err != nil {
+		var more []string
+		if extra != nil {
+			more = extra(i)
+		}
+		if _, err := bw.WriteString(Person(people, fmt.Sprintf("%s%07d", prefix, i), host(i), more...)); err != nil {
 			return err
 		}
 	}
 	return bw.Flush()
 }
+
+// Stamp is the modifyTimestamp line of t, for an entry slapadd loads.
+func Stamp(t time.Time) string { return "modifyTimestamp: " + t.UTC().Format("20060102150405Z") }
 
 // ---- helpers ----
 

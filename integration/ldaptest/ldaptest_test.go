@@ -88,7 +88,8 @@ func TestWritePeople(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = WritePeople(f, "ou=people,"+DefaultSuffix, "user", 1200, func(i int) string { return fmt.Sprintf("imap%d", i%4) })
+	err = WritePeople(f, "ou=people,"+DefaultSuffix, "user", 1200, func(i int) string { return fmt.Sprintf("imap%d", i%4) },
+		func(i int) []string { return []string{Stamp(time.Date(2020, 1, 1, 0, 0, i, 0, time.UTC))} })
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -108,6 +109,12 @@ func TestWritePeople(t *testing.T) {
 		"(mailHost=imap3)", []string{"uid"}, nil), 100)
 	if err != nil || len(res.Entries) != 300 {
 		t.Fatalf("%d entries on imap3, %v", len(res.Entries), err)
+	}
+	// Entry 1199 was stamped 1199 s after 2020-01-01.
+	res, err = c.Search(ldap.NewSearchRequest(s.People, ldap.ScopeWholeSubtree, ldap.NeverDerefAliases, 0, 0, false,
+		"(&(uid=*)(modifyTimestamp>=20200101001959Z))", []string{"uid"}, nil))
+	if err != nil || len(res.Entries) != 1 || res.Entries[0].GetAttributeValue("uid") != "user0001199" {
+		t.Fatalf("the newest entry: %v %v", res, err)
 	}
 }
 
