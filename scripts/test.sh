@@ -20,9 +20,11 @@ section() { printf '\n==== %s ====\n' "$*"; }
 # installs into a throwaway root (as root only; it skips otherwise);
 # perdition: the popmap parity test (integration/perdition_test.go), which
 # runs it in inetd mode (its daemon is not started: deps_install blocks
-# service starts).
+# service starts); slapd and ldap-utils: the LDAP source's tests
+# (routing/source/ldapsrc, integration/ldaptest), which run their own slapd
+# from a temporary directory (the packaged one is never started).
 packages=(dovecot-imapd dovecot-pop3d nginx libnginx-mod-mail python3 curl iproute2 nftables prometheus
-	zsh groff-base lintian perdition)
+	zsh groff-base lintian perdition slapd ldap-utils)
 # The race detector needs cgo, hence a C compiler.
 command -v gcc >/dev/null 2>&1 || packages+=(gcc libc6-dev)
 

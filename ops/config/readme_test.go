@@ -18,6 +18,7 @@ import (
 	"github.com/portico-mail/portico/node/throttle"
 	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/routing"
+	"github.com/portico-mail/portico/routing/source/ldapsrc"
 	"github.com/portico-mail/portico/routing/source/syncer"
 	"github.com/portico-mail/portico/vip"
 )
@@ -244,6 +245,11 @@ func readmeWant() map[string]map[string]any {
 		},
 		"### `sources` (list)": {
 			"name": "required", "type": "required", "popmap.path": "required",
+			"ldap.url": "required", "ldap.start_tls": false, "ldap.ca_file": "system roots", "ldap.insecure_skip_verify": false,
+			"ldap.bind_dn": "anonymous", "ldap.bind_password": "required with bind_dn", "ldap.bind_password_file": "required with bind_dn",
+			"ldap.base": "required", "ldap.filter": "(<target_attribute>=*)", "ldap.user_attribute": ldapsrc.DefaultUserAttribute,
+			"ldap.target_attribute": ldapsrc.DefaultTargetAttribute, "ldap.login_attribute": "none", "ldap.page_size": ldapsrc.DefaultPageSize,
+			"ldap.timeout": ldapsrc.DefaultTimeout, "ldap.changes_overlap": ldapsrc.DefaultChangesOverlap,
 			"interval": DefaultSourceInterval, "full_interval": DefaultSourceFullInterval,
 			"max_delete_share": fmt.Sprint(syncer.DefaultMaxDeleteShare), "overwrite": false,
 			"on_miss.enabled": false, "on_miss.timeout": DefaultOnMissTimeout,

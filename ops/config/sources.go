@@ -11,6 +11,7 @@ import (
 	"github.com/portico-mail/portico/routing"
 	"github.com/portico-mail/portico/routing/source"
 	"github.com/portico-mail/portico/routing/source/filesrc"
+	"github.com/portico-mail/portico/routing/source/ldapsrc"
 	"github.com/portico-mail/portico/routing/source/syncer"
 )
 
@@ -108,6 +109,7 @@ func DriverOf[C any, P interface {
 // Drivers are the source types, by the name `type:` gives; each reads
 // its block of the same name.
 var Drivers = map[string]Driver{
+	"ldap":   DriverOf(ldapsrc.Open),
 	"popmap": DriverOf(filesrc.Open),
 }
 

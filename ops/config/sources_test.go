@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/routing/source/filesrc"
+	"github.com/portico-mail/portico/routing/source/ldapsrc"
 )
 
 const sourcesBase = `
@@ -68,7 +69,7 @@ sources:
 func TestSourcesErrors(t *testing.T) {
 	for in, want := range map[string]string{
 		"sources:\n  - name: a\n    type: popmap\n    popmap: {path: x, nope: 1}\n":                                                                                          "field nope not found",
-		"sources:\n  - name: a\n    type: nosuch\n":                                                                                                                          `sources[0].type (line 7): "nosuch" is not one of popmap`,
+		"sources:\n  - name: a\n    type: nosuch\n":                                                                                                                          `sources[0].type (line 7): "nosuch" is not one of ldap, popmap`,
 		"sources:\n  - type: popmap\n    popmap: {path: x}\n":                                                                                                                "sources[0].name (line 6): required",
 		"sources:\n  - name: a b\n    type: popmap\n    popmap: {path: x}\n":                                                                                                 `"a b": use 1-64 letters`,
 		"sources:\n  - name: a\n    type: popmap\n":                                                                                                                          "type popmap needs a popmap: block",
@@ -84,6 +85,79 @@ func TestSourcesErrors(t *testing.T) {
 		_, err := Parse([]byte(sourcesBase + in))
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s\n  error %v\n  want %q", in, err, want)
+		}
+	}
+}
+
+// An LDAP source: its block decoded strictly into ldapsrc.Config, its
+// defaults filled by the driver's Check, its files made relative to the
+// configuration file, and its errors named by key and line.
+func TestSourcesLDAP(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "portico.yaml")
+	if err := os.WriteFile(filepath.Join(dir, "ldap.pw"), []byte("secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(sourcesBase+`
+sources:
+  - name: directory
+    type: ldap
+    interval: 30s
+    ldap:
+      url: ldap://ldap.example.org
+      start_tls: true
+      bind_dn: cn=portico,ou=system,dc=example,dc=org
+      bind_password_file: ldap.pw
+      base: ou=people,dc=example,dc=org
+      filter: (objectClass=inetOrgPerson)
+      login_attribute: mailRoutingAddress
+      timeout: 3s
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lc, ok := c.Sources[0].Driver().(*ldapsrc.Config)
+	if !ok {
+		t.Fatalf("driver config %#v", c.Sources[0].Driver())
+	}
+	want := ldapsrc.Config{URL: "ldap://ldap.example.org", StartTLS: true, BindDN: "cn=portico,ou=system,dc=example,dc=org",
+		BindPasswordFile: filepath.Join(dir, "ldap.pw"), Base: "ou=people,dc=example,dc=org", Filter: "(objectClass=inetOrgPerson)",
+		UserAttribute: "uid", TargetAttribute: "mailHost", LoginAttribute: "mailRoutingAddress", PageSize: ldapsrc.DefaultPageSize,
+		Timeout: 3 * time.Second, ChangesOverlap: ldapsrc.DefaultChangesOverlap}
+	if *lc != want {
+		t.Fatalf("ldap config\n got %+v\nwant %+v", *lc, want)
+	}
+	f, err := c.Sources[0].Open(nil)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	f.Close()
+
+	// The README's example is valid.
+	raw, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ex, _ := strings.Cut(string(raw), "**LDAP** (`type: ldap`)")
+	_, ex, _ = strings.Cut(ex, "```yaml\n")
+	ex, _, _ = strings.Cut(ex, "```")
+	if c, err := Parse([]byte(sourcesBase + ex)); err != nil || len(c.Sources) != 1 || c.Sources[0].Type != "ldap" {
+		t.Fatalf("README's LDAP example: %v\n%s", err, ex)
+	}
+
+	for in, want := range map[string]string{
+		"    ldap: {url: ldap://h, base: dc=x, bind_pw: y}\n":             "field bind_pw not found",
+		"    ldap: {base: dc=x}\n":                                        "sources[0].ldap (line 8): url: required",
+		"    ldap: {url: ldaps://h, base: dc=x, start_tls: true}\n":       "start_tls: only with an ldap:// url",
+		"    ldap: {url: ldap://h, base: dc=x, filter: \"uid=*\"}\n":      "must be in parentheses",
+		"    ldap: {url: ldap://h, base: dc=x, bind_dn: \"cn=a,dc=x\"}\n": "bind_password or bind_password_file: required",
+	} {
+		_, err := Parse([]byte(sourcesBase + "sources:\n  - name: a\n    type: ldap\n" + in))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s  error %v\n  want %q", in, err, want)
 		}
 	}
 }
