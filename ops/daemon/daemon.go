@@ -73,6 +73,12 @@ type Daemon struct {
 	affinity *affinity.Table // users' affinity in shared_storage pools (affinity.go)
 	sources  *syncer.Manager // directory sources' syncs (sources.go); nil without sources
 	miss     *syncer.OnMiss  // their on-miss lookup; nil when none enables it
+	// seeded is closed once this node has written the configuration
+	// file's routes (seed): the sources' syncs wait for it, so a first
+	// sync on a fresh cluster resolves targets against the file's backends
+	// instead of taking their ids for unknown hosts.
+	seeded     chan struct{}
+	seededOnce sync.Once
 
 	// TLS session-ticket keys of every listener (tickets.go), and a
 	// standalone node's own ring (ticketMu).
@@ -157,7 +163,7 @@ type Options struct {
 // it had opened (admin socket, cluster agent and its ports, data
 // directory lock, relay engine, log) is closed again.
 func New(cfg *config.Config, o Options) (_ *Daemon, err error) {
-	d := &Daemon{Log: o.Logger, level: o.Level, Metrics: prometheus.NewRegistry(), inherit: o.Inherit, group: newGroup()}
+	d := &Daemon{Log: o.Logger, level: o.Level, Metrics: prometheus.NewRegistry(), inherit: o.Inherit, group: newGroup(), seeded: make(chan struct{})}
 	d.cfg.Store(cfg)
 	if d.level == nil {
 		d.level = new(slog.LevelVar)

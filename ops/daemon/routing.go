@@ -177,6 +177,14 @@ func (d *Daemon) tableLoaded() {
 // other node's. The command is idempotent: safe on every start, on every
 // node, and on reload.
 func (d *Daemon) seed(ctx context.Context, cfg *config.Config) error {
+	err := d.writeSeed(ctx, cfg)
+	if err == nil {
+		d.seededOnce.Do(func() { close(d.seeded) })
+	}
+	return err
+}
+
+func (d *Daemon) writeSeed(ctx context.Context, cfg *config.Config) error {
 	s := routing.SeedOf(cfg.RoutingSpec())
 	if s.IsEmpty() {
 		return d.seedHashKey(ctx, cfg)

@@ -61,7 +61,14 @@ func (d *Daemon) setupSources(cfg *config.Config) error {
 	m := syncer.NewManager(syncers, onMiss)
 	d.sources = m
 	d.onClose(func(context.Context) { m.Close() })
-	d.cluster.RunWhileLeader(m.Run)
+	d.cluster.RunWhileLeader(func(ctx context.Context) {
+		select {
+		case <-d.seeded:
+		case <-ctx.Done():
+			return
+		}
+		m.Run(ctx)
+	})
 	if len(miss) > 0 {
 		d.miss = syncer.NewOnMiss(d.fsm, miss, d.cluster, d.Log, met)
 	}
