@@ -92,23 +92,7 @@ func (s *conn) auth(cmd Command) (*session.Handoff, error) {
 	if m == nil {
 		return nil, errUnknownMech
 	}
-	mech := m.new()
-	var resp []byte
-	present := hasIR
-	if hasIR {
-		var err error
-		if resp, err = session.DecodeResponse([]byte(ir)); err != nil {
-			return nil, saslError(err)
-		}
-	}
-	for {
-		challenge, done, err := mech.Next(resp, present)
-		if err != nil {
-			return nil, saslError(err)
-		}
-		if done {
-			break
-		}
+	creds, err := exchange(m.new(), ir, hasIR, func(challenge []byte) ([]byte, error) {
 		s.write("334 " + session.EncodeChallenge(challenge) + "\r\n")
 		if err := s.d.Flush(); err != nil {
 			return nil, err
@@ -116,25 +100,53 @@ func (s *conn) auth(cmd Command) (*session.Handoff, error) {
 		if err := s.d.Await(session.StateSASL); err != nil {
 			return nil, err
 		}
-		line, err := s.w.line()
+		return s.w.line()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s.login(creds)
+}
+
+// exchange runs a SASL exchange: the initial response ir if hasIR, then
+// for each challenge the client's answer line from next (which sends the
+// challenge and reads the line). Its errors are refused commands
+// (*session.ProtocolError) or next's.
+func exchange(mech session.SASL, ir string, hasIR bool, next func(challenge []byte) ([]byte, error)) (session.Credentials, error) {
+	var resp []byte
+	present := hasIR
+	if hasIR {
+		var err error
+		if resp, err = session.DecodeResponse([]byte(ir)); err != nil {
+			return session.Credentials{}, saslError(err)
+		}
+	}
+	for {
+		challenge, done, err := mech.Next(resp, present)
+		if err != nil {
+			return session.Credentials{}, saslError(err)
+		}
+		if done {
+			return mech.Creds(), nil
+		}
+		line, err := next(challenge)
 		switch {
 		case errors.Is(err, ErrLineTooLong):
-			return nil, errAuthLineLong
+			return session.Credentials{}, errAuthLineLong
 		case err != nil:
-			return nil, err
+			return session.Credentials{}, err
 		case strings.ContainsAny(string(line), "\x00\r"):
-			return nil, errAuthBadChars
+			return session.Credentials{}, errAuthBadChars
 		}
 		if len(line) == 0 {
 			// An empty line is an empty response (RFC 4954 §4 allows
 			// "=" only for the initial one; clients send both).
 			resp = []byte{}
 		} else if resp, err = session.DecodeResponse(line); err != nil {
-			return nil, saslError(err)
+			return session.Credentials{}, saslError(err)
 		}
 		present = true
 	}
-	return s.login(mech.Creds())
 }
 
 func saslError(err error) error {

@@ -63,8 +63,8 @@ func (r *reply) class() int { return r.code / 100 }
 
 func phaseError(phase string, err error) error { return fmt.Errorf("%s: %w", phase, err) }
 
-// client is what the backend login needs to know of the client.
-type client struct {
+// clientInfo is what the backend login needs to know of the client.
+type clientInfo struct {
 	remote, local netip.AddrPort
 	helo          string
 	esmtp         bool
@@ -79,7 +79,7 @@ func (s *conn) backendLogin(ctx context.Context, be *netx.Stream, t *session.Tar
 		r: be.R, w: be.W, stream: be,
 		tlsConfig: func() (*tls.Config, error) { return s.c.Env.Dialer.TLSConfig(t.Backend) },
 	}
-	cl := client{remote: s.c.Remote, local: s.c.Local, helo: s.helo, esmtp: s.esmtp, sessionID: s.c.ID}
+	cl := clientInfo{remote: s.c.Remote, local: s.c.Local, helo: s.helo, esmtp: s.esmtp, sessionID: s.c.ID}
 	reply, err := b.login(ctx, t, cl, s.hostname(), s.opt.XCLIENTLogin)
 	if err == nil {
 		_, s.chunking = b.ext["CHUNKING"]
@@ -88,7 +88,7 @@ func (s *conn) backendLogin(ctx context.Context, be *netx.Stream, t *session.Tar
 	return reply, err
 }
 
-func (b *backend) login(ctx context.Context, t *session.Target, cl client, hostname string, xclientLogin bool) ([]byte, error) {
+func (b *backend) login(ctx context.Context, t *session.Target, cl clientInfo, hostname string, xclientLogin bool) ([]byte, error) {
 	bk := t.Backend
 	// The name the proxy gives itself: its own, unless the backend takes
 	// the client's address from a PROXY header and so sees the client.
@@ -271,7 +271,7 @@ func (b *backend) xclientAttr(attr string) bool {
 // attributes the backend announces are sent, ADDR always. The backend
 // answers with a new greeting (220), after which the proxy says EHLO with
 // the client's name.
-func (b *backend) xclient(cl client, login string) error {
+func (b *backend) xclient(cl clientInfo, login string) error {
 	addr := cl.remote.Addr().Unmap().WithZone("")
 	a := "ADDR=" + addr.String()
 	if addr.Is6() {
