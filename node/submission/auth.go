@@ -62,16 +62,16 @@ const (
 
 // Refused AUTH commands.
 var (
-	errAuthSyntax     = invalid("501 5.5.4 Syntax: AUTH mechanism [initial-response]\r\n")
-	errHeloFirst      = invalid("503 5.5.1 Error: send HELO/EHLO first\r\n")
-	errEncryptionReq  = invalid("538 5.7.11 Encryption required for requested authentication mechanism\r\n")
-	errUnknownMech    = invalid("504 5.5.4 Unrecognized authentication type\r\n")
-	errCancelled      = invalid("501 5.7.0 Authentication cancelled\r\n")
-	errBadBase64      = invalid("501 5.5.2 Cannot decode response\r\n")
-	errBadAuthData    = invalid("501 5.5.2 Invalid authentication data\r\n")
-	errAuthLineLong   = invalid("500 5.5.6 Authentication exchange line is too long\r\n")
-	errCredsTooLong   = invalid("500 5.5.6 Credentials too long\r\n")
-	errAuthBadChars   = invalid("501 5.5.2 Invalid characters in response\r\n")
+	errAuthSyntax    = invalid("501 5.5.4 Syntax: AUTH mechanism [initial-response]\r\n")
+	errHeloFirst     = invalid("503 5.5.1 Error: send HELO/EHLO first\r\n")
+	errEncryptionReq = invalid("538 5.7.11 Encryption required for requested authentication mechanism\r\n")
+	errUnknownMech   = invalid("504 5.5.4 Unrecognized authentication type\r\n")
+	errCancelled     = invalid("501 5.7.0 Authentication cancelled\r\n")
+	errBadBase64     = invalid("501 5.5.2 Cannot decode response\r\n")
+	errBadAuthData   = invalid("501 5.5.2 Invalid authentication data\r\n")
+	errAuthLineLong  = invalid("500 5.5.6 Authentication exchange line is too long\r\n")
+	errCredsTooLong  = invalid("500 5.5.6 Credentials too long\r\n")
+	errAuthBadChars  = invalid("501 5.5.2 Invalid characters in response\r\n")
 )
 
 // auth runs AUTH mechanism [initial-response] (RFC 4954 §4). Challenges
