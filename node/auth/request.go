@@ -16,6 +16,8 @@ import (
 	"crypto/tls"
 	"net/netip"
 	"strconv"
+
+	"github.com/portico-mail/portico/routing"
 )
 
 // Request describes one login attempt, as the auth server sees it.
@@ -28,7 +30,7 @@ type Request struct {
 	Method   string
 	User     string // the authentication identity (never the SASL authorization identity, as nginx)
 	Pass     string
-	Protocol string // "imap", "pop3" or "sieve"
+	Protocol string // "imap", "pop3", "sieve" or "smtp" (ProtocolName)
 	// Attempt is 1 for the session's first login attempt, +1 for each new
 	// one; a WAIT re-poll repeats it.
 	Attempt  int
@@ -51,6 +53,15 @@ type TLSInfo struct {
 	Cipher   string // "ECDHE-ECDSA-AES128-GCM-SHA256", "TLS_AES_128_GCM_SHA256"
 }
 
+// ProtocolName is a listener protocol's Auth-Protocol value: nginx's
+// "imap", "pop3" and "smtp" (for submission), and "sieve" for ManageSieve.
+func ProtocolName(p routing.Protocol) string {
+	if p == routing.Submission {
+		return "smtp"
+	}
+	return string(p)
+}
+
 // Header is one configured extra header (nginx's auth_http_header).
 type Header struct{ Name, Value string }
 
@@ -69,7 +80,9 @@ func TLSInfoOf(st *tls.ConnectionState) *TLSInfo {
 //
 // Not sent, and why: Client-Host (nginx sets it only for SMTP with a
 // resolver); Auth-Salt (APOP and CRAM-MD5 are not offered: the backend
-// checks the password, so Portico must have it); Auth-SMTP-*; and
+// checks the password, so Portico must have it); Auth-SMTP-Helo, -From
+// and -To (nginx sends them only for SMTP without authentication, which a
+// submission listener never accepts); and
 // Auth-SSL-Verify/Subject/Issuer/Serial/Fingerprint/Cert (nginx sends them
 // only when ssl_verify_client is on; Portico does not request client
 // certificates).

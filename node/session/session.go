@@ -62,8 +62,12 @@ func DefaultLimits(p routing.Protocol) Limits {
 		BackendTimeout:      15 * time.Second,
 		IdleTimeout:         30 * time.Minute,
 	}
-	if p == routing.POP3 {
+	switch p {
+	case routing.POP3:
 		l.IdleTimeout = 10 * time.Minute
+	case routing.Submission:
+		// Postfix's smtpd_timeout: a backend closes an idle session then.
+		l.IdleTimeout = 5 * time.Minute
 	}
 	return l
 }

@@ -98,14 +98,21 @@ type Handler struct {
 
 // New returns a Handler.
 func New(opts Options) *Handler {
-	h := &Handler{hostname: opts.Hostname}
-	if _, ok := heloName(h.hostname); !ok {
-		h.hostname, _ = os.Hostname()
+	return &Handler{hostname: hostnameOr(opts.Hostname)}
+}
+
+// hostnameOr returns name if it can be given in EHLO, else the system's
+// host name, else "localhost".
+func hostnameOr(name string) string {
+	if _, ok := heloName(name); ok {
+		return name
 	}
-	if _, ok := heloName(h.hostname); !ok {
-		h.hostname = "localhost"
+	if name, _ = os.Hostname(); name != "" {
+		if _, ok := heloName(name); ok {
+			return name
+		}
 	}
-	return h
+	return "localhost"
 }
 
 var _ session.Handler = (*Handler)(nil)
