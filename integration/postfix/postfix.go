@@ -63,6 +63,15 @@ const EnvKeep = "PORTICO_KEEP_POSTFIX"
 // run on this machine.
 var ErrUnavailable = errors.New("postfix unavailable")
 
+// DovecotSASL is a dovecot.Options ExtraConfig that opens an auth socket
+// for Postfix (smtpd_sasl_type = dovecot) at DovecotSASLSocket(the
+// Dovecot instance's directory).
+const DovecotSASL = "service auth {\n  unix_listener postfix-auth {\n    mode = 0666\n  }\n}\n"
+
+// DovecotSASLSocket is the socket DovecotSASL opens in a Dovecot
+// instance whose directory is dir (dovecot.Server.Dir).
+func DovecotSASLSocket(dir string) string { return filepath.Join(dir, "run", "postfix-auth") }
+
 // Options configure one instance.
 type Options struct {
 	// Addr is the IP address to listen on; default 127.0.0.1.

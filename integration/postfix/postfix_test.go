@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"encoding/base64"
 	"net"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -12,12 +11,6 @@ import (
 
 	"github.com/portico-mail/portico/integration/dovecot"
 )
-
-// DovecotSASL is the dovecot.Options ExtraConfig that opens an auth
-// socket for Postfix (smtpd_sasl_type = dovecot); SASLSocket is its path.
-const DovecotSASL = "service auth {\n  unix_listener postfix-auth {\n    mode = 0666\n  }\n}\n"
-
-func saslSocket(dc *dovecot.Server) string { return filepath.Join(dc.Dir, "run", "postfix-auth") }
 
 type smtpConn struct {
 	t  *testing.T
@@ -53,7 +46,7 @@ func (c *smtpConn) cmd(line, want string) string {
 // delivers to the sink, logs to the harness, and stops.
 func TestPostfixHarness(t *testing.T) {
 	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.90", ExtraConfig: DovecotSASL})
-	pf := Start(t, Options{Addr: "127.0.0.90", SASLPath: saslSocket(dc)})
+	pf := Start(t, Options{Addr: "127.0.0.90", SASLPath: DovecotSASLSocket(dc.Dir)})
 	c, err := net.Dial("tcp", pf.Addr)
 	if err != nil {
 		t.Fatal(err)
