@@ -1,6 +1,7 @@
 package submission
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strings"
@@ -147,14 +148,28 @@ func (f *Framer) ClientData(b []byte) {
 
 // bodyData consumes DATA body bytes up to and including the line "."
 // (CRLF or a bare LF, as lenient servers accept), and returns how many.
+// Inside a line it jumps to the next LF (bytes.IndexByte): message bodies
+// are the bulk of a submission session's bytes.
 func (f *Framer) bodyData(b []byte) int {
-	for i, c := range b {
+	i := 0
+	for i < len(b) {
+		if f.bodyCol == colOther {
+			j := bytes.IndexByte(b[i:], '\n')
+			if j < 0 {
+				return len(b)
+			}
+			i += j + 1
+			f.bodyCol = colStart
+			continue
+		}
+		c := b[i]
+		i++
 		switch {
 		case c == '\n':
 			if f.bodyCol == colDot || f.bodyCol == colDotCR {
 				f.body = false
 				f.push(kindDataEnd)
-				return i + 1
+				return i
 			}
 			f.bodyCol = colStart
 		case f.bodyCol == colStart && c == '.':
