@@ -142,7 +142,8 @@ func (f *Framer) ClientData(b []byte) {
 		}
 		i = j + 1
 		f.command()
-		f.cmd, f.cmdLong = f.cmd[:0], false
+		// Nothing kept between commands: an idle session holds no buffer.
+		f.cmd, f.cmdLong = nil, false
 	}
 }
 
