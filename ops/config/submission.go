@@ -43,3 +43,29 @@ func (v *validator) submissionListener(i int) {
 		}
 	}
 }
+
+// submissionWarnings: submission backends that would see the proxy's
+// address for every client (forward: none), which defeats a submission
+// server's per-client limits and logs; only when a submission listener
+// exists.
+func (c *Config) submissionWarnings() []string {
+	served := false
+	for _, l := range c.Listeners {
+		served = served || l.Protocol == "submission"
+	}
+	if !served {
+		return nil
+	}
+	var out []string
+	for i, b := range c.Backends {
+		if b.SubmissionPort == 0 || (b.Forward != "" && b.Forward != "none") {
+			continue
+		}
+		path := fmt.Sprintf("backends[%d].forward", i)
+		if line := c.line(fmt.Sprintf("backends[%d]", i)); line > 0 {
+			path = fmt.Sprintf("%s (line %d)", path, line)
+		}
+		out = append(out, fmt.Sprintf("%s: backend %s takes submission with forward: none: it sees the proxy's address for every client (its per-client limits and logs); use forward: id (XCLIENT, Postfix's smtpd_authorized_xclient_hosts) or proxy", path, b.ID))
+	}
+	return out
+}

@@ -85,3 +85,25 @@ routes:
 		t.Fatalf("submission proxy flags: %v %+v %+v", err, c.Backends, c.Listeners)
 	}
 }
+
+// A submission backend without forwarding is warned about.
+func TestSubmissionForwardWarning(t *testing.T) {
+	c, err := Parse([]byte(`
+listeners:
+  - {protocol: submission, address: "127.0.0.1:587"}
+backends:
+  - {id: mx1, host: 127.0.0.1, submission_port: 10587}
+  - {id: mx2, host: 127.0.0.1, submission_port: 10588, forward: id}
+pools:
+  - {name: relay, backends: [mx1, mx2]}
+routes:
+  default_pool: relay
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := c.Warnings()
+	if len(w) != 1 || !strings.Contains(w[0], "backends[0].forward (line 5): backend mx1 takes submission with forward: none") {
+		t.Fatalf("warnings %q", w)
+	}
+}

@@ -192,5 +192,5 @@ func (c *Config) Warnings() []string {
 		}
 		out = append(out, fmt.Sprintf("%s: listener %s accepts TLS %s, which is deprecated (RFC 8996) and weaker than TLS 1.2; raise it once no client needs it", path, l.Name, min))
 	}
-	return out
+	return append(out, c.submissionWarnings()...)
 }
