@@ -430,8 +430,8 @@ func (s *Server) WaitLog(re *regexp.Regexp, timeout time.Duration) []string {
 	}
 }
 
-// Delivered returns the messages delivered to example.com so far, oldest
-// first.
+// Delivered returns the messages delivered to example.com so far, in no
+// particular order (Maildir names do not sort by time).
 func (s *Server) Delivered() []string {
 	var files []string
 	for _, sub := range []string{"new", "cur"} {
