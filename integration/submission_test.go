@@ -617,3 +617,39 @@ func TestReadmeSubmissionConfiguration(t *testing.T) {
 		t.Fatalf("submission route %+v %v", r, err)
 	}
 }
+
+// forward: proxy: Portico sends Postfix a PROXY v2 header
+// (smtpd_upstream_proxy_protocol = haproxy) instead of XCLIENT, and says
+// EHLO with the client's name; Postfix logs the client's address.
+func TestSubmissionProxyHeader(t *testing.T) {
+	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.113", ExtraConfig: postfix.DovecotSASL})
+	pf := postfix.Start(t, postfix.Options{Addr: "127.0.0.113", SASLPath: postfix.DovecotSASLSocket(dc.Dir), ProxyProtocol: true})
+	cert, key := demoCert(t)
+	p := startPortico(t, fmt.Sprintf(`
+tls:
+  certificates: [{cert: %s, key: %s}]
+listeners:
+  - {name: submissions, protocol: submission, address: "127.0.0.1:0", tls: implicit}
+backends:
+  - {id: mx1, host: 127.0.0.113, submission_port: %d, forward: proxy}
+pools:
+  - {name: relay, backends: [mx1]}
+routes:
+  default_pool: relay
+`, cert, key, pf.Port))
+	s := dialSMTP(t, p.addr("submissions"), "127.0.0.12", true)
+	s.cmd("EHLO proxied.example", "250 ")
+	s.cmd("AUTH PLAIN "+base64PlainIR("alice", "secret"), "235 ")
+	s.cmd("MAIL FROM:<alice@example.com>", "250 ")
+	s.cmd("RCPT TO:<bob@example.com>", "250 ")
+	s.cmd("DATA", "354 ")
+	s.cmd("Subject: proxied\r\n\r\nbody\r\n.", "250 ")
+	s.cmd("QUIT", "221 ")
+	msgs := pf.WaitDelivered(1, 20*time.Second)
+	if len(msgs) != 1 || !regexp.MustCompile(`Received: from proxied\.example \(\S+ \[127\.0\.0\.12\]\)`).MatchString(msgs[0]) {
+		t.Fatalf("delivered %q", msgs)
+	}
+	if pf.WaitLog(regexp.MustCompile(`client=\S+\[127\.0\.0\.12\], sasl_method=PLAIN, sasl_username=alice`), 5*time.Second) == nil {
+		t.Fatalf("Postfix's log:\n%s", pf.Log())
+	}
+}
