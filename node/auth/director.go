@@ -49,6 +49,9 @@ func (d *Director) Direct(ctx context.Context, a *session.Attempt) (*session.Tar
 		Protocol: ProtocolName(c.Listener.Protocol), Attempt: a.Number,
 		ClientIP: c.Remote.Addr(), TLS: TLSInfoOf(c.TLSState()),
 	}
+	if c.Listener.Protocol == routing.Submission {
+		req.ClientHost = "[UNAVAILABLE]"
+	}
 	if !req.ClientIP.IsValid() {
 		req.ClientIP = c.Peer.Addr()
 	}

@@ -35,6 +35,10 @@ type Request struct {
 	// one; a WAIT re-poll repeats it.
 	Attempt  int
 	ClientIP netip.Addr
+	// ClientHost is the client's host name, sent as Client-Host when set:
+	// nginx sends it for SMTP only, "[UNAVAILABLE]" without a resolver;
+	// Portico looks no name up, so it is that for submission, else "".
+	ClientHost string
 	// Proxy is set when the client's address came in a PROXY header.
 	Proxy *ProxyInfo
 	// TLS is set on a TLS connection (implicit or after STARTTLS/STLS).
@@ -78,8 +82,8 @@ func TLSInfoOf(st *tls.ConnectionState) *TLSInfo {
 // [Client-Host], [Proxy-Protocol-Addr, -Port, -Server-Addr, -Server-Port],
 // [Auth-SSL, Auth-SSL-Protocol, Auth-SSL-Cipher], the configured headers.
 //
-// Not sent, and why: Client-Host (nginx sets it only for SMTP with a
-// resolver); Auth-Salt (APOP and CRAM-MD5 are not offered: the backend
+// Not sent, and why: Client-Host but for SMTP (nginx sends it only
+// there); Auth-Salt (APOP and CRAM-MD5 are not offered: the backend
 // checks the password, so Portico must have it); Auth-SMTP-Helo, -From
 // and -To (nginx sends them only for SMTP without authentication, which a
 // submission listener never accepts); and
@@ -106,6 +110,9 @@ func appendRequest(b []byte, http11 bool, host, uri string, r *Request, extra []
 	b = strconv.AppendInt(b, int64(r.Attempt), 10)
 	b = append(b, "\r\n"...)
 	b = line(b, "Client-IP", r.ClientIP.Unmap().String())
+	if r.ClientHost != "" {
+		b = line(b, "Client-Host", r.ClientHost)
+	}
 	if p := r.Proxy; p != nil {
 		b = line(b, "Proxy-Protocol-Addr", p.Addr.Addr().Unmap().String())
 		b = append(b, "Proxy-Protocol-Port: "...)
