@@ -22,14 +22,15 @@ import (
 type ProbeFunc func(ctx context.Context, b *routing.Backend) error
 
 // ConnectProbe is the probe used when HealthConfig.Probe is nil: a TCP
-// connection to the backend's IMAP (else POP3, else ManageSieve) port, closed at once. It
+// connection to the backend's IMAP (else POP3, else ManageSieve, else
+// submission) port, closed at once. It
 // knows nothing of the protocols, so it cannot tell a backend that would
 // refuse logins from one that would take them; nodes always inject a real
 // probe.
 func ConnectProbe(ctx context.Context, b *routing.Backend) error {
 	addr := probeAddr(b)
 	if addr == "" {
-		return fmt.Errorf("backend %s has no IMAP, POP3 or ManageSieve port", b.ID)
+		return fmt.Errorf("backend %s has no IMAP, POP3, ManageSieve or submission port", b.ID)
 	}
 	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -39,7 +40,8 @@ func ConnectProbe(ctx context.Context, b *routing.Backend) error {
 }
 
 // probeAddr is the address a backend is probed at: IMAP when it serves
-// IMAP, else POP3, else ManageSieve (one protocol per backend: a backend is up or down as a
+// IMAP, else POP3, else ManageSieve, else submission (one protocol per
+// backend: a backend is up or down as a
 // whole).
 func probeAddr(b *routing.Backend) string {
 	if a := b.Addr(routing.IMAP); a != "" {
@@ -48,7 +50,10 @@ func probeAddr(b *routing.Backend) string {
 	if a := b.Addr(routing.POP3); a != "" {
 		return a
 	}
-	return b.Addr(routing.Sieve)
+	if a := b.Addr(routing.Sieve); a != "" {
+		return a
+	}
+	return b.Addr(routing.Submission)
 }
 
 // probe runs the configured probe on b within the probe timeout, and

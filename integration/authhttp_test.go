@@ -390,6 +390,7 @@ mail {
   server { listen %[6]s:%[8]d ssl; protocol imap; }
   server { listen %[6]s:%[9]d; protocol pop3; }
   server { listen %[6]s:%[10]d proxy_protocol; protocol imap; set_real_ip_from 127.0.0.0/8; }
+  server { listen %[6]s:%[11]d; protocol smtp; smtp_auth login plain; }
 }
 `
 )
@@ -409,7 +410,7 @@ func startNginx(t *testing.T, authURL, cert, key string) map[string]string {
 		t.Skipf("skipping: no %s", msg)
 	}
 	dir := t.TempDir()
-	ports := make([]int, 4)
+	ports := make([]int, 5)
 	for i := range ports {
 		ln, err := net.Listen("tcp", nginxAddr+":0")
 		if err != nil {
@@ -421,7 +422,7 @@ func startNginx(t *testing.T, authURL, cert, key string) map[string]string {
 	absCert, _ := filepath.Abs(cert)
 	absKey, _ := filepath.Abs(key)
 	conf := fmt.Sprintf(nginxConfigTpl, nginxMailMod, dir, strings.TrimPrefix(authURL, "http://"), absCert, absKey,
-		nginxAddr, ports[0], ports[1], ports[2], ports[3])
+		nginxAddr, ports[0], ports[1], ports[2], ports[3], ports[4])
 	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -447,7 +448,7 @@ func startNginx(t *testing.T, authURL, cert, key string) map[string]string {
 		}
 	})
 	addrs := map[string]string{}
-	for i, name := range []string{"imap", "imaps", "pop3", "imap-proxied"} {
+	for i, name := range []string{"imap", "imaps", "pop3", "imap-proxied", "smtp"} {
 		addrs[name] = net.JoinHostPort(nginxAddr, strconv.Itoa(ports[i]))
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -498,6 +499,7 @@ listeners:
   - {name: imaps, protocol: imap, address: "127.0.0.1:0", tls: implicit}
   - {name: pop3, protocol: pop3, address: "127.0.0.1:0"}
   - {name: imap-proxied, protocol: imap, address: "127.0.0.1:0", proxy_protocol: true, trusted_proxies: [127.0.0.0/8]}
+  - {name: smtp, protocol: submission, address: "127.0.0.1:0"}
 limits: {auth_failure_delay: 10ms}
 auth:
   mode: http
@@ -549,6 +551,17 @@ auth:
 		{"imap after a PROXY header", "imap-proxied", nil, "PROXY TCP4 192.0.2.7 198.51.100.9 40000 143\r\n", func(c *authConn) []string {
 			c.cmd("", "* OK")
 			return []string{okPrefix(c.cmd("a LOGIN bob secret", "a "))}
+		}},
+		// Submission (nginx's protocol smtp): Auth-Protocol smtp and
+		// Client-Host [UNAVAILABLE] (no resolver); a refusal with
+		// Auth-Wait is "535 5.7.0 <Auth-Status>" and the session goes on.
+		{"smtp AUTH PLAIN and LOGIN refused", "smtp", nil, "", func(c *authConn) []string {
+			c.cmd("", "220 ")
+			c.cmd("HELO client.example", "250 ")
+			first := c.cmd("AUTH PLAIN "+plainIR("", "alice", "wrong"), "535 ")
+			c.cmd("AUTH LOGIN", "334 ")
+			c.cmd(base64.StdEncoding.EncodeToString([]byte("odd%user")), "334 ")
+			return []string{first, c.cmd(base64.StdEncoding.EncodeToString([]byte("wrong")), "535 ")}
 		}},
 		{"imap refused without Auth-Wait: session closed", "imap", nil, "", func(c *authConn) []string {
 			c.cmd("", "* OK")

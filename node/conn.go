@@ -104,8 +104,8 @@ func (s *Server) startRelay(l *listener, c *session.Client, h *session.Handoff, 
 	toClient := h.Backend.Detach()
 	cs := relay.Side{Conn: c.Stream.Base(), TLS: c.Stream.TLS()}
 	bs := relay.Side{Conn: h.Backend.Base(), TLS: h.Backend.TLS()}
-	var framer relay.Framer
-	if f, ok := s.handlers[c.Listener.Protocol].(interface{ NewFramer() relay.Framer }); ok {
+	framer := h.Framer
+	if f, ok := s.handlers[c.Listener.Protocol].(interface{ NewFramer() relay.Framer }); ok && framer == nil {
 		framer = f.NewFramer()
 	}
 	s.engine.Start(cs, bs, toBackend, toClient, relay.Options{

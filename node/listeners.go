@@ -40,6 +40,11 @@ type ListenerConfig struct {
 	TLSPolicy TLSPolicy
 	// Director, if set, overrides the node's for logins on this listener.
 	Director session.Director
+	// Pool, if set, routes every login on this listener inside this pool
+	// (session.Listener.Pool).
+	Pool string
+	// Extra: the protocol front end's own settings (session.Listener.Extra).
+	Extra any
 }
 
 type listener struct {
@@ -96,6 +101,8 @@ func (s *Server) state(lc ListenerConfig) (*listenerState, error) {
 		BearerMechanisms:   lc.BearerMechanisms,
 		Limits:             lc.Limits,
 		Director:           lc.Director,
+		Pool:               lc.Pool,
+		Extra:              lc.Extra,
 	}
 	if lc.TLS != routing.TLSNone {
 		if s.certs == nil || !s.certs.Loaded() {

@@ -56,11 +56,15 @@ func (s *CertStore) ServerConfig(proto routing.Protocol, p TLSPolicy) *tls.Confi
 }
 
 // ALPNProtocol returns the IANA ALPN protocol id of a mail protocol: "imap",
-// "pop3" (the registry's ids equal routing's protocol names) or
-// "managesieve".
+// "pop3" (the registry's ids equal routing's protocol names),
+// "managesieve", or for submission "smtp" (no id is registered for SMTP;
+// "smtp" is the one nginx's mail module uses).
 func ALPNProtocol(p routing.Protocol) string {
-	if p == routing.Sieve {
+	switch p {
+	case routing.Sieve:
 		return "managesieve"
+	case routing.Submission:
+		return "smtp"
 	}
 	return string(p)
 }

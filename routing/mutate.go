@@ -55,10 +55,10 @@ func normaliseBackend(b *Backend) error {
 	if b.Host == "" || len(b.Host) > 255 || strings.ContainsAny(b.Host, " /\x00") {
 		return invalid("backend %s: bad host %q", b.ID, b.Host)
 	}
-	if b.IMAPPort == 0 && b.POP3Port == 0 && b.SievePort == 0 {
-		return invalid("backend %s: needs imap_port, pop3_port or sieve_port", b.ID)
+	if b.IMAPPort == 0 && b.POP3Port == 0 && b.SievePort == 0 && b.SubmissionPort == 0 {
+		return invalid("backend %s: needs imap_port, pop3_port, sieve_port or submission_port", b.ID)
 	}
-	for _, p := range []int{b.IMAPPort, b.POP3Port, b.SievePort} {
+	for _, p := range []int{b.IMAPPort, b.POP3Port, b.SievePort, b.SubmissionPort} {
 		if p < 0 || p > 65535 {
 			return invalid("backend %s: port %d out of range", b.ID, p)
 		}

@@ -28,6 +28,7 @@ type BackendPatch struct {
 	IMAPPort           *int          `json:"imap_port,omitempty"`
 	POP3Port           *int          `json:"pop3_port,omitempty"`
 	SievePort          *int          `json:"sieve_port,omitempty"`
+	SubmissionPort     *int          `json:"submission_port,omitempty"`
 	TLS                *TLSMode      `json:"tls,omitempty"`
 	TLSServerName      *string       `json:"tls_server_name,omitempty"`
 	TLSCAFile          *string       `json:"tls_ca_file,omitempty"`
@@ -42,8 +43,8 @@ type BackendPatch struct {
 func (p *BackendPatch) fields() map[string]func(json.RawMessage) error {
 	return map[string]func(json.RawMessage) error{
 		"host": field(&p.Host), "imap_port": field(&p.IMAPPort), "pop3_port": field(&p.POP3Port),
-		"sieve_port": field(&p.SievePort),
-		"tls":        field(&p.TLS), "tls_server_name": field(&p.TLSServerName), "tls_ca_file": field(&p.TLSCAFile),
+		"sieve_port": field(&p.SievePort), "submission_port": field(&p.SubmissionPort),
+		"tls": field(&p.TLS), "tls_server_name": field(&p.TLSServerName), "tls_ca_file": field(&p.TLSCAFile),
 		"tls_insecure_skip_verify": field(&p.InsecureSkipVerify), "forward": field(&p.Forward),
 		"weight": field(&p.Weight), "state": field(&p.State),
 	}
@@ -133,6 +134,7 @@ func (p BackendPatch) Apply(b Backend) Backend {
 	setIf(&b.IMAPPort, p.IMAPPort)
 	setIf(&b.POP3Port, p.POP3Port)
 	setIf(&b.SievePort, p.SievePort)
+	setIf(&b.SubmissionPort, p.SubmissionPort)
 	setIf(&b.TLS, p.TLS)
 	setIf(&b.TLSServerName, p.TLSServerName)
 	setIf(&b.TLSCAFile, p.TLSCAFile)

@@ -103,7 +103,7 @@ func TestBackendPatch(t *testing.T) {
 		{mustPatch(t, "b1", `{"weight": -1}`), ErrInvalid, "weight -1 out of range"},
 		{mustPatch(t, "b1", `{"state": "asleep"}`), ErrInvalid, `state "asleep" is not active, draining or disabled`},
 		{mustPatch(t, "b1", `{"host": ""}`), ErrInvalid, "bad host"},
-		{mustPatch(t, "b1", `{"imap_port": 0, "pop3_port": 0}`), ErrInvalid, "needs imap_port, pop3_port or sieve_port"},
+		{mustPatch(t, "b1", `{"imap_port": 0, "pop3_port": 0}`), ErrInvalid, "needs imap_port, pop3_port, sieve_port or submission_port"},
 		{mustPatch(t, "nope", `{"weight": 2}`), ErrNotFound, `no backend "nope"`},
 	} {
 		err := apply(c.p)

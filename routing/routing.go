@@ -44,6 +44,8 @@ const (
 	POP3 Protocol = "pop3"
 	// Sieve is ManageSieve (RFC 5804).
 	Sieve Protocol = "sieve"
+	// Submission is SMTP message submission (RFC 6409, RFC 8314).
+	Submission Protocol = "submission"
 )
 
 // TLSMode says how a connection is secured.
@@ -60,7 +62,7 @@ type ForwardMode string
 
 const (
 	ForwardNone  ForwardMode = "none"  // the backend sees the proxy's address
-	ForwardID    ForwardMode = "id"    // IMAP ID x-originating-ip (RFC 2971, Dovecot), POP3 and ManageSieve XCLIENT
+	ForwardID    ForwardMode = "id"    // IMAP ID x-originating-ip (RFC 2971, Dovecot), POP3, ManageSieve and SMTP XCLIENT
 	ForwardProxy ForwardMode = "proxy" // a PROXY protocol v2 header before the first byte
 )
 
@@ -82,6 +84,9 @@ type Backend struct {
 	POP3Port int    `json:"pop3_port,omitempty"` // 0: this backend does not serve POP3
 	// SievePort is the ManageSieve port (usually 4190); 0: none.
 	SievePort int `json:"sieve_port,omitempty"`
+	// SubmissionPort is the SMTP submission port (587 with STARTTLS, 465
+	// with implicit TLS); 0: none.
+	SubmissionPort int `json:"submission_port,omitempty"`
 
 	TLS                TLSMode `json:"tls"`
 	TLSServerName      string  `json:"tls_server_name,omitempty"` // name to verify; default Host
@@ -102,6 +107,8 @@ func (b *Backend) Port(p Protocol) int {
 		return b.POP3Port
 	case Sieve:
 		return b.SievePort
+	case Submission:
+		return b.SubmissionPort
 	}
 	return 0
 }
@@ -146,13 +153,17 @@ type Target struct {
 type Request struct {
 	User     string
 	Protocol Protocol
+	// Pool, if set, routes the user inside this pool, whatever the rules
+	// say (a listener whose logins all go to one pool, such as the
+	// submission servers): Route.Rule is then "pool".
+	Pool string
 }
 
 // Route is the result of a lookup.
 type Route struct {
 	Backend *Backend
 	Pool    string // pool the backend was chosen from ("" for a direct rule)
-	Rule    string // "user", "domain" or "default": which rule matched
+	Rule    string // "user", "regex", "domain", "default" or "pool" (Request.Pool): which rule matched
 	// SharedStorage: Backend was chosen from a shared_storage pool, so a
 	// session opened there binds the user's affinity to it.
 	SharedStorage bool
@@ -305,6 +316,12 @@ func (t *Table) Lookup(req Request, down HealthFunc) (Route, error) {
 // where the user's sessions are when the rule names a shared_storage pool.
 func (t *Table) LookupWith(req Request, down HealthFunc, aff Affinity) (Route, error) {
 	user := NormalizeUser(req.User)
+	if req.Pool != "" {
+		if t.pools[req.Pool] == nil {
+			return Route{}, fmt.Errorf("%w: pool %s is not in the routing table", ErrUnavailable, req.Pool)
+		}
+		return t.pick(req.Pool, user, req.Protocol, down, aff, "pool")
+	}
 	if tgt, ok := t.users.get(user); ok {
 		return t.routeTo(tgt, user, req.Protocol, down, aff, "user")
 	}

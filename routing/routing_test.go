@@ -206,3 +206,58 @@ func testTableB(b *testing.B) *Table {
 	}
 	return tbl
 }
+
+// A lookup with Request.Pool ignores the rules (a submission listener
+// whose logins all go to the mail submission servers): the user is hashed
+// among the pool's members serving the protocol.
+func TestLookupInPool(t *testing.T) {
+	tbl, err := NewTable(TableSpec{
+		Backends: []Backend{
+			{ID: "imap1", Host: "10.0.0.1", IMAPPort: 143},
+			{ID: "smtp1", Host: "10.0.1.1", SubmissionPort: 587},
+			{ID: "smtp2", Host: "10.0.1.2", SubmissionPort: 587},
+			{ID: "smtp3", Host: "10.0.1.3", IMAPPort: 143},
+		},
+		Pools: []Pool{
+			{Name: "mail", Backends: []string{"imap1"}},
+			{Name: "relay", Backends: []string{"smtp1", "smtp2", "smtp3"}},
+		},
+		Users:       map[string]Target{"pinned@example.com": {Backend: "imap1"}},
+		DefaultPool: "mail",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for i := 0; i < 200; i++ {
+		user := fmt.Sprintf("user%d@example.com", i)
+		if i == 0 {
+			user = "pinned@example.com"
+		}
+		r, err := tbl.Lookup(Request{User: user, Protocol: Submission, Pool: "relay"}, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", user, err)
+		}
+		if r.Rule != "pool" || r.Pool != "relay" || r.Backend.SubmissionPort != 587 {
+			t.Fatalf("%s: %+v", user, r)
+		}
+		again, _ := tbl.Lookup(Request{User: user, Protocol: Submission, Pool: "relay"}, nil)
+		if again.Backend != r.Backend {
+			t.Fatalf("%s: not stable", user)
+		}
+		seen[r.Backend.ID] = true
+	}
+	if !seen["smtp1"] || !seen["smtp2"] || seen["smtp3"] {
+		t.Fatalf("members used: %v (smtp3 serves no submission)", seen)
+	}
+	// Without the pool the rules apply; imap1 serves no submission.
+	if _, err := tbl.Lookup(Request{User: "pinned@example.com", Protocol: Submission}, nil); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("rule lookup for submission: %v", err)
+	}
+	if _, err := tbl.Lookup(Request{User: "x", Protocol: Submission, Pool: "gone"}, nil); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("unknown pool: %v", err)
+	}
+	if b := tbl.Backend("smtp1"); b.Addr(Submission) != "10.0.1.1:587" || b.Port(IMAP) != 0 {
+		t.Fatalf("addr %q", b.Addr(Submission))
+	}
+}

@@ -209,6 +209,7 @@ func changedFields(cur, was, now Backend) Backend {
 	takeChanged(&out.IMAPPort, was.IMAPPort, now.IMAPPort)
 	takeChanged(&out.POP3Port, was.POP3Port, now.POP3Port)
 	takeChanged(&out.SievePort, was.SievePort, now.SievePort)
+	takeChanged(&out.SubmissionPort, was.SubmissionPort, now.SubmissionPort)
 	takeChanged(&out.TLS, was.TLS, now.TLS)
 	takeChanged(&out.TLSServerName, was.TLSServerName, now.TLSServerName)
 	takeChanged(&out.TLSCAFile, was.TLSCAFile, now.TLSCAFile)

@@ -22,9 +22,12 @@ section() { printf '\n==== %s ====\n' "$*"; }
 # runs it in inetd mode (its daemon is not started: deps_install blocks
 # service starts); slapd and ldap-utils: the LDAP source's tests
 # (routing/source/ldapsrc, integration/ldaptest), which run their own slapd
-# from a temporary directory (the packaged one is never started).
+# from a temporary directory (the packaged one is never started); postfix
+# and swaks: submission through Portico (integration/submission_test.go
+# starts its own Postfix master with its own configuration; the package's
+# service is never started).
 packages=(dovecot-imapd dovecot-pop3d nginx libnginx-mod-mail python3 curl iproute2 nftables prometheus
-	zsh groff-base lintian perdition slapd ldap-utils)
+	zsh groff-base lintian perdition slapd ldap-utils postfix swaks)
 # The race detector needs cgo, hence a C compiler.
 command -v gcc >/dev/null 2>&1 || packages+=(gcc libc6-dev)
 

@@ -17,7 +17,7 @@ import (
 // backendFields maps each flag of `backend set` to the backend's JSON
 // field: the command sends exactly the flags given.
 var backendFields = map[string]string{
-	"host": "host", "imap-port": "imap_port", "pop3-port": "pop3_port", "sieve-port": "sieve_port",
+	"host": "host", "imap-port": "imap_port", "pop3-port": "pop3_port", "sieve-port": "sieve_port", "submission-port": "submission_port",
 	"tls": "tls", "tls-server-name": "tls_server_name", "tls-ca-file": "tls_ca_file",
 	"tls-insecure-skip-verify": "tls_insecure_skip_verify", "forward": "forward",
 	"weight": "weight", "state": "state",
@@ -33,6 +33,7 @@ func backendSet(fs *flag.FlagSet) func([]string) error {
 	fs.IntVar(&b.IMAPPort, "imap-port", 0, "IMAP port (0: none)")
 	fs.IntVar(&b.POP3Port, "pop3-port", 0, "POP3 port (0: none)")
 	fs.IntVar(&b.SievePort, "sieve-port", 0, "ManageSieve port (0: none)")
+	fs.IntVar(&b.SubmissionPort, "submission-port", 0, "SMTP submission port (0: none)")
 	choiceVar(fs, &tlsMode, "tls", "", []string{"none", "starttls", "implicit"}, "TLS to the backend (a new backend: none)")
 	fs.StringVar(&b.TLSServerName, "tls-server-name", "", "`name` to verify (default: host)")
 	pathVar(fs, &b.TLSCAFile, fileArg, "tls-ca-file", "", "CA bundle (PEM) on the proxy nodes")
@@ -42,7 +43,7 @@ func backendSet(fs *flag.FlagSet) func([]string) error {
 	choiceVar(fs, &state, "state", "", []string{"active", "draining", "disabled"}, "active, draining (no new logins), disabled (a new backend: active)")
 	return func(args []string) error {
 		b.ID, b.TLS, b.Forward, b.State = args[0], routing.TLSMode(tlsMode), routing.ForwardMode(forward), routing.BackendState(state)
-		full := map[string]any{"host": b.Host, "imap_port": b.IMAPPort, "pop3_port": b.POP3Port, "sieve_port": b.SievePort, "tls": b.TLS,
+		full := map[string]any{"host": b.Host, "imap_port": b.IMAPPort, "pop3_port": b.POP3Port, "sieve_port": b.SievePort, "submission_port": b.SubmissionPort, "tls": b.TLS,
 			"tls_server_name": b.TLSServerName, "tls_ca_file": b.TLSCAFile, "tls_insecure_skip_verify": b.InsecureSkipVerify,
 			"forward": b.Forward, "weight": b.Weight, "state": b.State}
 		patch := map[string]any{}
@@ -65,7 +66,7 @@ func backendSet(fs *flag.FlagSet) func([]string) error {
 			// A new backend: every field, the flags not given at their
 			// defaults.
 			if _, ok := patch["host"]; !ok {
-				return fmt.Errorf("backend %s does not exist; to add it, give --host and --imap-port, --pop3-port and/or --sieve-port", b.ID)
+				return fmt.Errorf("backend %s does not exist; to add it, give --host and --imap-port, --pop3-port, --sieve-port and/or --submission-port", b.ID)
 			}
 			raw, err = c.do("PUT", path, b, nil)
 		}

@@ -168,9 +168,9 @@ func deleteCmd(prefix string) func(*flag.FlagSet) func([]string) error {
 
 func printBackends(bs []routing.Backend) error {
 	tw := newTab()
-	fmt.Fprintln(tw, "ID\tHOST\tIMAP\tPOP3\tSIEVE\tTLS\tFORWARD\tWEIGHT\tSTATE")
+	fmt.Fprintln(tw, "ID\tHOST\tIMAP\tPOP3\tSIEVE\tSUBMISSION\tTLS\tFORWARD\tWEIGHT\tSTATE")
 	for _, b := range bs {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\t%d\t%s\n", b.ID, b.Host, b.IMAPPort, b.POP3Port, b.SievePort, b.TLS, b.Forward, b.Weight, b.State)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%d\t%s\n", b.ID, b.Host, b.IMAPPort, b.POP3Port, b.SievePort, b.SubmissionPort, b.TLS, b.Forward, b.Weight, b.State)
 	}
 	return tw.Flush()
 }
@@ -288,7 +288,7 @@ func routeSet(fs *flag.FlagSet) func([]string) error {
 func routeLookup(fs *flag.FlagSet) func([]string) error {
 	client := clientFlags(fs)
 	var protocol string
-	choiceVar(fs, &protocol, "protocol", "imap", []string{"imap", "pop3", "sieve"}, "look up a login over this protocol")
+	choiceVar(fs, &protocol, "protocol", "imap", []string{"imap", "pop3", "sieve", "submission"}, "look up a login over this protocol")
 	return func(args []string) error {
 		c, err := client()
 		if err != nil {

@@ -27,7 +27,7 @@ func init() {
 			"on every node (routes.hash_key, routes.master_user_separator) are noted."})
 	register(&command{name: "proxy", summary: "run a proxy for one backend without a configuration file", setup: setupProxy,
 		about: "Listeners and backends are URLs with the schemes curl uses: --from imap://ADDR, imaps://, " +
-			"pop3://, pop3s://, sieve:// (ManageSieve); --to imap://HOST:PORT and so on. Each --from protocol goes to the --to of the same protocol."})
+			"pop3://, pop3s://, sieve:// (ManageSieve), submission:// (587), submissions:// (465); --to imap://HOST:PORT and so on. Each --from protocol goes to the --to of the same protocol."})
 }
 
 func setupServe(fs *flag.FlagSet) func([]string) error {
@@ -104,8 +104,8 @@ func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
 func setupProxy(fs *flag.FlagSet) func([]string) error {
 	var f config.ProxyFlags
-	fs.Var((*stringList)(&f.From), "from", "listen `URL`: imap://ADDR, imaps://ADDR, pop3://ADDR, pop3s://ADDR, sieve://ADDR (repeatable)")
-	fs.Var((*stringList)(&f.To), "to", "backend `URL`: imap://HOST:PORT, pop3://HOST:PORT, imaps://, pop3s://, sieve:// (repeatable)")
+	fs.Var((*stringList)(&f.From), "from", "listen `URL`: imap://ADDR, imaps://ADDR, pop3://ADDR, pop3s://ADDR, sieve://ADDR, submission://ADDR, submissions://ADDR (repeatable)")
+	fs.Var((*stringList)(&f.To), "to", "backend `URL`: imap://HOST:PORT, pop3://HOST:PORT, imaps://, pop3s://, sieve://, submission://, submissions:// (repeatable)")
 	pathVar(fs, &f.Cert, fileArg, "cert", "", "TLS certificate (PEM) for imaps/pop3s and STARTTLS")
 	pathVar(fs, &f.Key, fileArg, "key", "", "TLS private key (PEM)")
 	fs.BoolVar(&f.AllowPlaintext, "allow-plaintext", false, "allow login before STARTTLS on imap:// and pop3:// listeners that have a certificate")

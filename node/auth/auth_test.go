@@ -790,3 +790,31 @@ func TestCacheSeparatesMethods(t *testing.T) {
 		t.Errorf("%d requests", n)
 	}
 }
+
+// A submission login: Auth-Protocol smtp (nginx's), the port the server
+// names is the backend's submission port, and an approved login is
+// verified (a backend trusting the proxy may get XCLIENT LOGIN). A
+// refusal keeps its Auth-Error-Code for the SMTP reply.
+func TestSubmissionProtocol(t *testing.T) {
+	srv := newAuthServer(t, answer("HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 10.1.2.3\r\nAuth-Port: 587\r\n\r\n"))
+	d := newDirector(t, srv.url(), nil)
+	tgt, err := d.Direct(context.Background(), attempt(testClient(routing.Submission), 1, "alice", "pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tgt.Backend.Addr(routing.Submission) != "10.1.2.3:587" || tgt.Backend.IMAPPort != 0 || !tgt.Verified {
+		t.Fatalf("target %+v backend %+v", tgt, tgt.Backend)
+	}
+	// As nginx without a resolver: Client-Host after Client-IP.
+	if got := srv.requests(); len(got) != 1 || !strings.Contains(got[0], "\r\nAuth-Protocol: smtp\r\nAuth-Login-Attempt: 1\r\nClient-IP: 198.51.100.7\r\nClient-Host: [UNAVAILABLE]\r\n") {
+		t.Fatalf("requests %q", got)
+	}
+
+	srv2 := newAuthServer(t, answer("HTTP/1.0 200 OK\r\nAuth-Status: Invalid login or password\r\nAuth-Error-Code: 535 5.7.8\r\nAuth-Wait: 1\r\n\r\n"))
+	d2 := newDirector(t, srv2.url(), nil)
+	_, err = d2.Direct(context.Background(), attempt(testClient(routing.Submission), 1, "alice", "bad"))
+	var ref *session.Refusal
+	if !errors.As(err, &ref) || ref.Code != "535 5.7.8" || ref.Reply != "Invalid login or password" || ref.Close {
+		t.Fatalf("refusal %+v (%v)", ref, err)
+	}
+}

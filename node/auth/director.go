@@ -46,8 +46,11 @@ func (d *Director) Direct(ctx context.Context, a *session.Attempt) (*session.Tar
 	c := a.Client
 	req := &Request{
 		Method: method(a.Creds), User: a.Creds.User, Pass: a.Creds.Password,
-		Protocol: string(c.Listener.Protocol), Attempt: a.Number,
+		Protocol: ProtocolName(c.Listener.Protocol), Attempt: a.Number,
 		ClientIP: c.Remote.Addr(), TLS: TLSInfoOf(c.TLSState()),
+	}
+	if c.Listener.Protocol == routing.Submission {
+		req.ClientHost = "[UNAVAILABLE]"
 	}
 	if !req.ClientIP.IsValid() {
 		req.ClientIP = c.Peer.Addr()
@@ -101,7 +104,7 @@ func (d *Director) Direct(ctx context.Context, a *session.Attempt) (*session.Tar
 // decide turns a final answer into a target or a refusal.
 func (d *Director) decide(c *session.Client, a *session.Attempt, r *Response) (*session.Target, error) {
 	if r.HasErr {
-		ref := &session.Refusal{Kind: session.RefuseAuth, Text: "auth_http: " + r.Err, Reply: clientText(r.Err)}
+		ref := &session.Refusal{Kind: session.RefuseAuth, Text: "auth_http: " + r.Err, Reply: clientText(r.Err), Code: clientText(r.ErrCode)}
 		if a.Creds.IsBearer() && r.ErrorSASL != "" {
 			// Not base64 or too long: the client gets the failure alone.
 			ref.Challenge = session.DecodeBearerChallenge([]byte(r.ErrorSASL))
@@ -150,7 +153,9 @@ func (d *Director) decide(c *session.Client, a *session.Attempt, r *Response) (*
 			creds.Bearer = creds.Bearer.WithUser(creds.User)
 		}
 	}
-	return &session.Target{Backend: be, Creds: creds}, nil
+	// The auth server approved the login: a submission backend that trusts
+	// the proxy may be told who logged in (XCLIENT LOGIN) instead.
+	return &session.Target{Backend: be, Creds: creds, Verified: true}, nil
 }
 
 // method is Auth-Method for credentials: nginx's "plain" for every
@@ -193,6 +198,8 @@ func (d *Director) backend(p routing.Protocol, r *Response) (*routing.Backend, e
 		b.POP3Port = port
 	case routing.Sieve:
 		b.SievePort = port
+	case routing.Submission:
+		b.SubmissionPort = port
 	default:
 		b.IMAPPort = port
 	}

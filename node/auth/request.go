@@ -16,6 +16,8 @@ import (
 	"crypto/tls"
 	"net/netip"
 	"strconv"
+
+	"github.com/portico-mail/portico/routing"
 )
 
 // Request describes one login attempt, as the auth server sees it.
@@ -28,11 +30,15 @@ type Request struct {
 	Method   string
 	User     string // the authentication identity (never the SASL authorization identity, as nginx)
 	Pass     string
-	Protocol string // "imap", "pop3" or "sieve"
+	Protocol string // "imap", "pop3", "sieve" or "smtp" (ProtocolName)
 	// Attempt is 1 for the session's first login attempt, +1 for each new
 	// one; a WAIT re-poll repeats it.
 	Attempt  int
 	ClientIP netip.Addr
+	// ClientHost is the client's host name, sent as Client-Host when set:
+	// nginx sends it for SMTP only, "[UNAVAILABLE]" without a resolver;
+	// Portico looks no name up, so it is that for submission, else "".
+	ClientHost string
 	// Proxy is set when the client's address came in a PROXY header.
 	Proxy *ProxyInfo
 	// TLS is set on a TLS connection (implicit or after STARTTLS/STLS).
@@ -51,6 +57,15 @@ type TLSInfo struct {
 	Cipher   string // "ECDHE-ECDSA-AES128-GCM-SHA256", "TLS_AES_128_GCM_SHA256"
 }
 
+// ProtocolName is a listener protocol's Auth-Protocol value: nginx's
+// "imap", "pop3" and "smtp" (for submission), and "sieve" for ManageSieve.
+func ProtocolName(p routing.Protocol) string {
+	if p == routing.Submission {
+		return "smtp"
+	}
+	return string(p)
+}
+
 // Header is one configured extra header (nginx's auth_http_header).
 type Header struct{ Name, Value string }
 
@@ -67,9 +82,11 @@ func TLSInfoOf(st *tls.ConnectionState) *TLSInfo {
 // [Client-Host], [Proxy-Protocol-Addr, -Port, -Server-Addr, -Server-Port],
 // [Auth-SSL, Auth-SSL-Protocol, Auth-SSL-Cipher], the configured headers.
 //
-// Not sent, and why: Client-Host (nginx sets it only for SMTP with a
-// resolver); Auth-Salt (APOP and CRAM-MD5 are not offered: the backend
-// checks the password, so Portico must have it); Auth-SMTP-*; and
+// Not sent, and why: Client-Host but for SMTP (nginx sends it only
+// there); Auth-Salt (APOP and CRAM-MD5 are not offered: the backend
+// checks the password, so Portico must have it); Auth-SMTP-Helo, -From
+// and -To (nginx sends them only for SMTP without authentication, which a
+// submission listener never accepts); and
 // Auth-SSL-Verify/Subject/Issuer/Serial/Fingerprint/Cert (nginx sends them
 // only when ssl_verify_client is on; Portico does not request client
 // certificates).
@@ -93,6 +110,9 @@ func appendRequest(b []byte, http11 bool, host, uri string, r *Request, extra []
 	b = strconv.AppendInt(b, int64(r.Attempt), 10)
 	b = append(b, "\r\n"...)
 	b = line(b, "Client-IP", r.ClientIP.Unmap().String())
+	if r.ClientHost != "" {
+		b = line(b, "Client-Host", r.ClientHost)
+	}
 	if p := r.Proxy; p != nil {
 		b = line(b, "Proxy-Protocol-Addr", p.Addr.Addr().Unmap().String())
 		b = append(b, "Proxy-Protocol-Port: "...)

@@ -15,6 +15,10 @@ type Response struct {
 	// Err is the text of any other Auth-Status: shown to the client.
 	Err    string
 	HasErr bool
+	// ErrCode is Auth-Error-Code: the SMTP reply code (and enhanced status
+	// code) to send with Err to a submission client ("535 5.7.8"), as
+	// nginx does; "" for its default.
+	ErrCode string
 	// WaitSecs is Auth-Wait in seconds, -1 when absent or not a number.
 	WaitSecs int
 	Server   string // Auth-Server
@@ -180,6 +184,8 @@ func (r *Response) set(name, value []byte) {
 		}
 	case eqFold(name, "Auth-Server"):
 		r.Server = string(value)
+	case eqFold(name, "Auth-Error-Code"):
+		r.ErrCode = string(value)
 	case eqFold(name, "Auth-Port"):
 		r.Port = string(value)
 	case eqFold(name, "Auth-User"):

@@ -3,10 +3,12 @@ package relay
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -207,5 +209,75 @@ func TestFramedSplicesOpaque(t *testing.T) {
 	waitStats(t, r)
 	if f.skipped < int64(len(body))/2 {
 		t.Fatalf("only %d of %d literal bytes spliced", f.skipped, len(body))
+	}
+}
+
+// guardFramer refuses the client's bytes once a line "EVIL" was seen.
+type guardFramer struct {
+	lineFramer
+	mu   sync.Mutex
+	line []byte
+	bad  bool
+}
+
+func (f *guardFramer) WantsClientData() bool { return true }
+func (f *guardFramer) ClientData(b []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range b {
+		if c != '\n' {
+			f.line = append(f.line, c)
+			continue
+		}
+		if string(f.line) == "EVIL" {
+			f.bad = true
+		}
+		f.line = f.line[:0]
+	}
+}
+func (f *guardFramer) ClientRefused() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.bad {
+		return errors.New("evil command")
+	}
+	return nil
+}
+
+// A ClientGuard's refusal closes the session before the refused bytes
+// reach the backend, whether they came pipelined with the login
+// (toBackend) or through the relay.
+func TestClientGuardRefuses(t *testing.T) {
+	for _, pending := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pending=%v", pending), func(t *testing.T) {
+			e := testEngine(t)
+			var toBackend []byte
+			if pending {
+				toBackend = []byte("ok 1\nEVIL\nok 2\n")
+			}
+			r := newRig(t, e, false, false, toBackend, nil, Options{Framer: &guardFramer{}})
+			if !pending {
+				if _, err := r.client.Write([]byte("ok 1\n")); err != nil {
+					t.Fatal(err)
+				}
+				buf := make([]byte, 5)
+				_ = r.backend.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := io.ReadFull(r.backend, buf); err != nil || string(buf) != "ok 1\n" {
+					t.Fatalf("backend got %q, %v", buf, err)
+				}
+				if _, err := r.client.Write([]byte("EVIL\nok 2\n")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			st := waitStats(t, r)
+			if st.Reason != ReasonClient || st.Err == nil || st.Err.Error() != "evil command" {
+				t.Fatalf("stats %+v", st)
+			}
+			_ = r.backend.SetReadDeadline(time.Now().Add(5 * time.Second))
+			rest, _ := io.ReadAll(r.backend)
+			if bytes.Contains(rest, []byte("EVIL")) || bytes.Contains(rest, []byte("ok 2")) {
+				t.Fatalf("refused bytes reached the backend: %q", rest)
+			}
+		})
 	}
 }

@@ -36,3 +36,14 @@ type Framer interface {
 	// of the reason (IMAP: an untagged BYE), or nil (POP3: just close).
 	Bye(text string) []byte
 }
+
+// ClientGuard is a Framer that may refuse what the client sends: a command
+// the backend would take from the proxy but must not take from a client
+// (SMTP XCLIENT, which a backend that trusts the proxy's address honours
+// on every connection from it), or bytes the framer can no longer follow.
+// The relay asks after each ClientData; an error closes the session
+// (ReasonClient) before those bytes reach the backend. Only a framer that
+// wants the client's bytes (WantsClientData) is asked.
+type ClientGuard interface {
+	ClientRefused() error
+}

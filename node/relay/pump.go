@@ -159,6 +159,11 @@ func (p *pump) deliver(b []byte) (ended bool, err error) {
 			}
 		} else if p.observe {
 			p.framer.ClientData(b)
+			if g, ok := p.framer.(ClientGuard); ok {
+				if err := g.ClientRefused(); err != nil {
+					return false, refusedErr{err}
+				}
+			}
 		}
 	}
 	if _, err := p.write(b); err != nil {
@@ -358,6 +363,12 @@ func (p *pump) spliceOnce(pp *pipe, max int) (n int, dirty bool, err error) {
 	return n, false, nil
 }
 
+// refusedErr marks client bytes the framer refused (ClientGuard): the
+// session ends as a client error, whichever way the bytes came.
+type refusedErr struct{ error }
+
+func (e refusedErr) Unwrap() error { return e.error }
+
 // writeErr marks an error that happened on the destination side.
 type writeErr struct{ error }
 
@@ -378,6 +389,11 @@ func (p *pump) finish() {
 // from reading the source (unless wrapped as writeErr).
 func (p *pump) fail(err error, srcSide bool) {
 	if p.s.closed.Load() {
+		return
+	}
+	var re refusedErr
+	if errors.As(err, &re) {
+		p.s.closeWith(ReasonClient, re.error)
 		return
 	}
 	var we writeErr

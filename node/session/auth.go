@@ -104,6 +104,11 @@ type Target struct {
 	SharedStorage bool
 	// Steered: the user's affinity chose the backend, not the hash.
 	Steered bool
+	// Verified: the Director checked the credentials itself (an auth_http
+	// server answered OK), so a backend that trusts the proxy may be told
+	// who logged in instead of being given the password (SMTP XCLIENT
+	// LOGIN). Passthrough never sets it: there only the backend checks.
+	Verified bool
 }
 
 // Refusal is a login refused before reaching a backend.
@@ -123,6 +128,10 @@ type Refusal struct {
 	// client is sent before the reply (auth_http's Auth-Error-SASL,
 	// decoded: an RFC 7628 §3.2.2 JSON status); see Outcome.Challenge.
 	Challenge []byte
+	// Code, if set, is the SMTP reply code and enhanced status code to
+	// send with Reply ("535 5.7.8", an auth_http server's
+	// Auth-Error-Code); only submission uses it.
+	Code string
 }
 
 // RefusalKind classifies a refusal.
@@ -193,7 +202,7 @@ type ContextRouter interface {
 
 // Direct implements Director.
 func (d RouteDirector) Direct(ctx context.Context, a *Attempt) (*Target, error) {
-	req := routing.Request{User: a.Creds.RouteUser(a.Client.Env.MasterSeparator()), Protocol: a.Client.Listener.Protocol}
+	req := routing.Request{User: a.Creds.RouteUser(a.Client.Env.MasterSeparator()), Protocol: a.Client.Listener.Protocol, Pool: a.Client.Listener.Pool}
 	var r routing.Route
 	var err error
 	if d.Lookup != nil {

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/node/netx"
+	"github.com/portico-mail/portico/node/relay"
 	"github.com/portico-mail/portico/routing"
 )
 
@@ -61,8 +62,12 @@ func DefaultLimits(p routing.Protocol) Limits {
 		BackendTimeout:      15 * time.Second,
 		IdleTimeout:         30 * time.Minute,
 	}
-	if p == routing.POP3 {
+	switch p {
+	case routing.POP3:
 		l.IdleTimeout = 10 * time.Minute
+	case routing.Submission:
+		// Postfix's smtpd_timeout: a backend closes an idle session then.
+		l.IdleTimeout = 5 * time.Minute
 	}
 	return l
 }
@@ -109,6 +114,14 @@ type Listener struct {
 	// Director, if set, decides logins on this listener instead of
 	// Env.Director (e.g. an auth_http server for one listener only).
 	Director Director
+	// Pool, if set, routes every login on this listener inside this pool
+	// of the routing table, whatever the user's rules say (submission
+	// listeners whose mail goes to the submission servers, not to the
+	// user's mailbox server).
+	Pool string
+	// Extra holds the protocol front end's own settings for this
+	// listener (node/submission's *ListenerOptions), or nil.
+	Extra any
 }
 
 // PlaintextAuthOK reports whether authentication is allowed now.
@@ -366,9 +379,14 @@ type Handoff struct {
 	// ProtocolErrors counts the commands before the login that counted
 	// toward Limits.MaxErrors.
 	ProtocolErrors int
+	// Framer, if set, follows this session's responses in the relay
+	// (built at login, when it depends on what the backend offered);
+	// else the handler's NewFramer, if it has one, gives it.
+	Framer relay.Framer
 }
 
-// Handler is a protocol front end (node/imap, node/pop3, node/sieve).
+// Handler is a protocol front end (node/imap, node/pop3, node/sieve,
+// node/submission).
 type Handler interface {
 	// Serve runs the pre-login dialogue with c (a Dialogue driving the
 	// protocol). It returns a Handoff after a successful login, else nil

@@ -126,6 +126,12 @@ type Listener struct {
 	TrustedProxies  []string `yaml:"trusted_proxies"`
 	Limits          *Limits  `yaml:"limits"` // overrides the global limits for this listener
 	Auth            *Auth    `yaml:"auth"`   // replaces the global auth section for this listener
+	// Pool routes every login on this listener inside this pool,
+	// whatever the user's rules say (submission listeners whose mail goes
+	// to the submission servers rather than to the mailbox servers).
+	Pool string `yaml:"pool"`
+	// Submission: settings of a submission listener.
+	Submission *SubmissionListener `yaml:"submission"`
 
 	// TLS policy: tls_min_version, tls_cipher_suites, alpn (tlspolicy.go).
 	ListenerTLS `yaml:",inline"`
@@ -138,19 +144,37 @@ type Limits struct {
 	MaxConnections int `yaml:"max_connections"`
 	// MaxConnectionsPerIP: per client address (IPv6: per /64), except
 	// throttle.trusted_networks; default node.DefaultConfig's; -1: none.
-	MaxConnectionsPerIP int      `yaml:"max_connections_per_ip"`
-	MaxLine             int      `yaml:"max_line"`
-	MaxLiteral          int      `yaml:"max_literal"`
-	PreAuthTimeout      Duration `yaml:"preauth_timeout"`
-	PreAuthLifetime     Duration `yaml:"preauth_lifetime"`
-	TLSHandshakeTimeout Duration `yaml:"tls_handshake_timeout"`
-	MaxErrors           int      `yaml:"max_errors"`
-	MaxAuthFailures     int      `yaml:"max_auth_failures"`
-	AuthFailureDelay    Duration `yaml:"auth_failure_delay"`
-	BackendTimeout      Duration `yaml:"backend_timeout"`
-	IMAPIdleTimeout     Duration `yaml:"imap_idle_timeout"`
-	POP3IdleTimeout     Duration `yaml:"pop3_idle_timeout"`
-	SieveIdleTimeout    Duration `yaml:"sieve_idle_timeout"`
+	MaxConnectionsPerIP   int      `yaml:"max_connections_per_ip"`
+	MaxLine               int      `yaml:"max_line"`
+	MaxLiteral            int      `yaml:"max_literal"`
+	PreAuthTimeout        Duration `yaml:"preauth_timeout"`
+	PreAuthLifetime       Duration `yaml:"preauth_lifetime"`
+	TLSHandshakeTimeout   Duration `yaml:"tls_handshake_timeout"`
+	MaxErrors             int      `yaml:"max_errors"`
+	MaxAuthFailures       int      `yaml:"max_auth_failures"`
+	AuthFailureDelay      Duration `yaml:"auth_failure_delay"`
+	BackendTimeout        Duration `yaml:"backend_timeout"`
+	IMAPIdleTimeout       Duration `yaml:"imap_idle_timeout"`
+	POP3IdleTimeout       Duration `yaml:"pop3_idle_timeout"`
+	SieveIdleTimeout      Duration `yaml:"sieve_idle_timeout"`
+	SubmissionIdleTimeout Duration `yaml:"submission_idle_timeout"`
+}
+
+// SubmissionListener configures a submission listener
+// (submission.ListenerOptions).
+type SubmissionListener struct {
+	// Hostname names the proxy in its greeting and EHLO reply, and to the
+	// backends in EHLO; default the node's host name.
+	Hostname string `yaml:"hostname"`
+	// MaxMessageSize is advertised with SIZE; 0: SIZE without a number
+	// (the backend enforces its own limit).
+	MaxMessageSize int64 `yaml:"max_message_size"`
+	// Extensions replace the extensions advertised before login (default
+	// PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES, CHUNKING).
+	Extensions []string `yaml:"extensions"`
+	// XCLIENTLogin: log in at the backend with XCLIENT LOGIN instead of
+	// AUTH, for logins the listener's auth_http server verified.
+	XCLIENTLogin bool `yaml:"xclient_login"`
 }
 
 // Backend is one IMAP/POP3 server.
@@ -160,6 +184,7 @@ type Backend struct {
 	IMAPPort           int    `yaml:"imap_port"`
 	POP3Port           int    `yaml:"pop3_port"`
 	SievePort          int    `yaml:"sieve_port"`
+	SubmissionPort     int    `yaml:"submission_port"`
 	TLS                string `yaml:"tls"`
 	TLSServerName      string `yaml:"tls_server_name"`
 	TLSCAFile          string `yaml:"tls_ca_file"`
@@ -400,9 +425,9 @@ func (c *Config) Validate() error {
 		l := &c.Listeners[i]
 		p := fmt.Sprintf("listeners[%d]", i)
 		if l.Protocol == "" {
-			v.errf(p+".protocol", "required (imap, pop3 or sieve)")
-		} else if !oneOf(l.Protocol, "imap", "pop3", "sieve") {
-			v.errf(p+".protocol", "%q is not one of imap, pop3, sieve", l.Protocol)
+			v.errf(p+".protocol", "required (imap, pop3, sieve or submission)")
+		} else if !oneOf(l.Protocol, "imap", "pop3", "sieve", "submission") {
+			v.errf(p+".protocol", "%q is not one of imap, pop3, sieve, submission", l.Protocol)
 		}
 		if l.TLS == "" {
 			l.TLS = "none"
@@ -459,6 +484,7 @@ func (c *Config) Validate() error {
 		if l.Limits != nil {
 			v.limits(p+".limits", l.Limits)
 		}
+		v.submissionListener(i)
 	}
 	v.tlsPolicies()
 	v.routing()
@@ -530,10 +556,10 @@ func (v *validator) routing() {
 		if b.Host == "" {
 			v.errf(p+".host", "required")
 		}
-		if b.IMAPPort == 0 && b.POP3Port == 0 && b.SievePort == 0 {
-			v.errf(p, "needs imap_port, pop3_port or sieve_port")
+		if b.IMAPPort == 0 && b.POP3Port == 0 && b.SievePort == 0 && b.SubmissionPort == 0 {
+			v.errf(p, "needs imap_port, pop3_port, sieve_port or submission_port")
 		}
-		for name, port := range map[string]int{"imap_port": b.IMAPPort, "pop3_port": b.POP3Port, "sieve_port": b.SievePort} {
+		for name, port := range map[string]int{"imap_port": b.IMAPPort, "pop3_port": b.POP3Port, "sieve_port": b.SievePort, "submission_port": b.SubmissionPort} {
 			if port < 0 || port > 65535 {
 				v.errf(p+"."+name, "%d is not a port", port)
 			}
@@ -601,6 +627,13 @@ func (v *validator) routing() {
 	}
 	if c.Routes.DefaultPool != "" && !pools[c.Routes.DefaultPool] {
 		v.errf("routes.default_pool", "unknown pool %q", c.Routes.DefaultPool)
+	}
+	for i, l := range c.Listeners {
+		// In a cluster the pool may come from the replicated table
+		// instead; a standalone node has only this file's.
+		if l.Pool != "" && c.Standalone && !pools[l.Pool] {
+			v.errf(fmt.Sprintf("listeners[%d].pool", i), "unknown pool %q", l.Pool)
+		}
 	}
 	v.userKeys()
 	if c.Standalone && len(c.Routes.Users) == 0 && len(c.Routes.Domains) == 0 && c.Routes.DefaultPool == "" {

@@ -205,8 +205,8 @@ routes:
 	}
 
 	for _, tc := range []struct{ name, yaml, want string }{
-		{"unknown protocol", strings.Replace(y, "protocol: sieve", "protocol: smtp", 1), `"smtp" is not one of imap, pop3, sieve`},
-		{"no port", strings.Replace(y, "sieve_port: 14190", "weight: 1", 1), "needs imap_port, pop3_port or sieve_port"},
+		{"unknown protocol", strings.Replace(y, "protocol: sieve", "protocol: smtp", 1), `"smtp" is not one of imap, pop3, sieve, submission`},
+		{"no port", strings.Replace(y, "sieve_port: 14190", "weight: 1", 1), "needs imap_port, pop3_port, sieve_port or submission_port"},
 		{"bad port", strings.Replace(y, "sieve_port: 14190", "sieve_port: 70000", 1), "sieve_port (line 7): 70000 is not a port"},
 		{"imap alpn on sieve", strings.Replace(y, `address: "127.0.0.1:4190"}`, `address: "127.0.0.1:4190", tls: implicit, alpn: [imap, managesieve]}`, 1) +
 			"tls: {certificates: [{cert: c.pem, key: k.pem}]}\n", `"imap" is another protocol's ALPN id`},

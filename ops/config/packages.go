@@ -24,6 +24,7 @@ import (
 	"github.com/portico-mail/portico/node/affinity"
 	"github.com/portico-mail/portico/node/auth"
 	"github.com/portico-mail/portico/node/session"
+	"github.com/portico-mail/portico/node/submission"
 	"github.com/portico-mail/portico/node/throttle"
 	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/routing"
@@ -56,6 +57,8 @@ func (c *Config) EffectiveLimits(i int) session.Limits {
 			setDur(&lim.IdleTimeout, s.POP3IdleTimeout)
 		case routing.Sieve:
 			setDur(&lim.IdleTimeout, s.SieveIdleTimeout)
+		case routing.Submission:
+			setDur(&lim.IdleTimeout, s.SubmissionIdleTimeout)
 		}
 	}
 	apply(&c.Limits)
@@ -114,6 +117,11 @@ func (c *Config) NodeConfig() node.Config {
 			ProxyProtocol:      l.ProxyProtocol,
 			Limits:             c.EffectiveLimits(i),
 			TLSPolicy:          c.listenerTLSPolicy(i),
+			Pool:               l.Pool,
+		}
+		if s := l.Submission; s != nil {
+			lc.Extra = &submission.ListenerOptions{Hostname: s.Hostname, MaxMessageSize: s.MaxMessageSize,
+				Extensions: append([]string(nil), s.Extensions...), XCLIENTLogin: s.XCLIENTLogin}
 		}
 		for _, s := range l.TrustedProxies {
 			if p, err := parsePrefix(s); err == nil {
@@ -154,7 +162,7 @@ func (c *Config) RoutingSpec() routing.TableSpec {
 	var spec routing.TableSpec
 	for _, b := range c.Backends {
 		spec.Backends = append(spec.Backends, routing.Backend{
-			ID: b.ID, Host: b.Host, IMAPPort: b.IMAPPort, POP3Port: b.POP3Port, SievePort: b.SievePort,
+			ID: b.ID, Host: b.Host, IMAPPort: b.IMAPPort, POP3Port: b.POP3Port, SievePort: b.SievePort, SubmissionPort: b.SubmissionPort,
 			TLS: routing.TLSMode(b.TLS), TLSServerName: b.TLSServerName, TLSCAFile: b.TLSCAFile,
 			InsecureSkipVerify: b.InsecureSkipVerify, Forward: routing.ForwardMode(b.Forward),
 			Weight: b.Weight, State: routing.BackendState(b.State),

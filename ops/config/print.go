@@ -66,11 +66,11 @@ func (c *Config) Marshal() ([]byte, error) {
 }
 
 // effectiveLimits fills the global limits' defaults (session.DefaultLimits,
-// the same for IMAP, POP3 and ManageSieve but for the idle timeout, and
+// the same for every protocol but for the idle timeout, and
 // node.DefaultConfig's per-address limit). max_connections stays 0 when
 // unset: its default depends on the file-descriptor limit of the process.
 func effectiveLimits(l Limits) Limits {
-	imap, pop3, sieve := session.DefaultLimits(routing.IMAP), session.DefaultLimits(routing.POP3), session.DefaultLimits(routing.Sieve)
+	imap, pop3, sieve, sub := session.DefaultLimits(routing.IMAP), session.DefaultLimits(routing.POP3), session.DefaultLimits(routing.Sieve), session.DefaultLimits(routing.Submission)
 	fillInt := func(p *int, d int) {
 		if *p == 0 {
 			*p = d
@@ -94,6 +94,7 @@ func effectiveLimits(l Limits) Limits {
 	fillDur(&l.IMAPIdleTimeout, Duration(imap.IdleTimeout))
 	fillDur(&l.POP3IdleTimeout, Duration(pop3.IdleTimeout))
 	fillDur(&l.SieveIdleTimeout, Duration(sieve.IdleTimeout))
+	fillDur(&l.SubmissionIdleTimeout, Duration(sub.IdleTimeout))
 	return l
 }
 

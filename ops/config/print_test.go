@@ -78,7 +78,7 @@ func TestPrintedConfigRunsTheSame(t *testing.T) {
 		// but max_connections unset (worked out at start, commented).
 		for _, line := range strings.Split(string(out), "\n") {
 			// (A backend's port 0 is "no such protocol", not a default.)
-			if regexp.MustCompile(`: (0s|0)( |$)`).MatchString(line) && !regexp.MustCompile(`^ *(- )?(imap|pop3|sieve)_port: 0$`).MatchString(line) &&
+			if regexp.MustCompile(`: (0s|0)( |$)`).MatchString(line) && !regexp.MustCompile(`^ *(- )?(imap|pop3|sieve|submission)_port: 0$`).MatchString(line) &&
 				!strings.Contains(line, "max_connections: 0 # 0: sized to the file-descriptor limit") {
 				t.Errorf("zero value printed: %q", line)
 			}
@@ -86,7 +86,7 @@ func TestPrintedConfigRunsTheSame(t *testing.T) {
 				t.Errorf("unset value printed: %q", line)
 			}
 		}
-		for _, key := range []string{"preauth_timeout: 1m0s", "max_line: 8192", "imap_idle_timeout: 30m0s", "pop3_idle_timeout: 10m0s", "sieve_idle_timeout: 30m0s",
+		for _, key := range []string{"preauth_timeout: 1m0s", "max_line: 8192", "imap_idle_timeout: 30m0s", "pop3_idle_timeout: 10m0s", "sieve_idle_timeout: 30m0s", "submission_idle_timeout: 5m0s",
 			"max_connections_per_ip: ", "weight: 1", "standalone: true", "address: "} {
 			if !strings.Contains(string(out), key) {
 				t.Errorf("%q not printed:\n%s", key, out)

@@ -12,8 +12,8 @@ import (
 // ProxyFlags is the config-free quick start: `portico proxy --from URL ...
 // --to URL ...`, with the URL schemes curl uses.
 type ProxyFlags struct {
-	From           []string // imap://ADDR imaps://ADDR pop3://ADDR pop3s://ADDR sieve://ADDR
-	To             []string // imap://HOST:PORT imaps://... pop3://... pop3s://... sieve://...
+	From           []string // imap://ADDR imaps://ADDR pop3://ADDR pop3s://ADDR sieve://ADDR submission://ADDR submissions://ADDR
+	To             []string // imap://HOST:PORT imaps://... pop3://... pop3s://... sieve://... submission://... submissions://...
 	Cert, Key      string
 	AllowPlaintext bool   // allow login before STARTTLS on imap:// and pop3:// listeners
 	Forward        string // client address forwarding to the backends: none, id, proxy
@@ -27,7 +27,8 @@ type ProxyFlags struct {
 	Admin string
 }
 
-var defaultPorts = map[string]int{"imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995, "sieve": 4190}
+var defaultPorts = map[string]int{"imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995, "sieve": 4190,
+	"submission": 587, "submissions": 465}
 
 func parseMailURL(s string) (scheme, host string, port int, err error) {
 	u, err := url.Parse(s)
@@ -36,7 +37,7 @@ func parseMailURL(s string) (scheme, host string, port int, err error) {
 	}
 	scheme = strings.ToLower(u.Scheme)
 	if _, ok := defaultPorts[scheme]; !ok {
-		return "", "", 0, fmt.Errorf("%q: scheme must be imap, imaps, pop3, pop3s or sieve", s)
+		return "", "", 0, fmt.Errorf("%q: scheme must be imap, imaps, pop3, pop3s, sieve, submission or submissions", s)
 	}
 	if u.Path != "" && u.Path != "/" || u.User != nil || u.RawQuery != "" {
 		return "", "", 0, fmt.Errorf("%q: only scheme://host:port is allowed", s)
@@ -121,6 +122,11 @@ func FromProxyFlags(f ProxyFlags) (*Config, error) {
 				return nil, fmt.Errorf("--to %s: a second ManageSieve backend; use a config file for pools", to)
 			}
 			b.SievePort = port
+		case "submission":
+			if b.SubmissionPort != 0 {
+				return nil, fmt.Errorf("--to %s: a second submission backend; use a config file for pools", to)
+			}
+			b.SubmissionPort = port
 		}
 	}
 	c.Limits.MaxConnections = f.MaxConnections
@@ -135,7 +141,8 @@ func FromProxyFlags(f ProxyFlags) (*Config, error) {
 
 	serves := func(proto string) bool {
 		for _, b := range c.Backends {
-			if proto == "imap" && b.IMAPPort != 0 || proto == "pop3" && b.POP3Port != 0 || proto == "sieve" && b.SievePort != 0 {
+			if proto == "imap" && b.IMAPPort != 0 || proto == "pop3" && b.POP3Port != 0 || proto == "sieve" && b.SievePort != 0 ||
+				proto == "submission" && b.SubmissionPort != 0 {
 				return true
 			}
 		}

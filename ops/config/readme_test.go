@@ -15,6 +15,7 @@ import (
 	"github.com/portico-mail/portico/node/affinity"
 	"github.com/portico-mail/portico/node/auth"
 	"github.com/portico-mail/portico/node/session"
+	"github.com/portico-mail/portico/node/submission"
 	"github.com/portico-mail/portico/node/throttle"
 	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/routing"
@@ -115,7 +116,7 @@ func short(d time.Duration) string {
 // checks what they describe).
 func readmeWant() map[string]map[string]any {
 	nd, cd, hd, vd := node.DefaultConfig(), cluster.DefaultConfig(), cluster.DefaultHealthConfig(), vip.DefaultConfig()
-	imap, pop3, sieve := session.DefaultLimits(routing.IMAP), session.DefaultLimits(routing.POP3), session.DefaultLimits(routing.Sieve)
+	imap, pop3, sieve, sub := session.DefaultLimits(routing.IMAP), session.DefaultLimits(routing.POP3), session.DefaultLimits(routing.Sieve), session.DefaultLimits(routing.Submission)
 	td, ac, cc, ud, ld := throttle.DefaultConfig(), auth.DefaultClientConfig(), auth.DefaultCacheConfig(), DefaultUpgrade(), DefaultLog()
 	tm := cd.Timing
 	timing := fmt.Sprintf("%s heartbeat and election, %s leader lease, %s probe interval, %s probe timeout, suspicion ×%d, %s gossip",
@@ -208,25 +209,32 @@ func readmeWant() map[string]map[string]any {
 			"trusted_proxies":      "",
 			"tls_min_version":      "tls.min_version",
 			"tls_cipher_suites":    "tls.cipher_suites",
-			"alpn":                 fmt.Sprintf("[%s], [%s] or [%s]", node.ALPNProtocol(routing.IMAP), node.ALPNProtocol(routing.POP3), node.ALPNProtocol(routing.Sieve)),
-			"limits":               "",
-			"auth":                 "global auth",
+			"alpn": fmt.Sprintf("[%s], [%s], [%s] or [%s]", node.ALPNProtocol(routing.IMAP), node.ALPNProtocol(routing.POP3),
+				node.ALPNProtocol(routing.Sieve), node.ALPNProtocol(routing.Submission)),
+			"limits":                      "",
+			"auth":                        "global auth",
+			"pool":                        "",
+			"submission.hostname":         "the host name",
+			"submission.max_message_size": "0 (SIZE without a number)",
+			"submission.extensions":       "[" + strings.Join(submission.DefaultExtensions, ", ") + "]",
+			"submission.xclient_login":    false,
 		},
 		"### `limits`": {
-			"max_connections":        "from the descriptor limit",
-			"max_connections_per_ip": nd.MaxConnectionsPerIP,
-			"max_line":               imap.MaxLine,
-			"max_literal":            imap.MaxLiteral,
-			"preauth_timeout":        imap.PreAuthTimeout,
-			"preauth_lifetime":       imap.PreAuthLifetime,
-			"tls_handshake_timeout":  imap.TLSHandshakeTimeout,
-			"max_errors":             imap.MaxErrors,
-			"max_auth_failures":      imap.MaxAuthFailures,
-			"auth_failure_delay":     imap.AuthFailureDelay,
-			"backend_timeout":        imap.BackendTimeout,
-			"imap_idle_timeout":      imap.IdleTimeout,
-			"pop3_idle_timeout":      pop3.IdleTimeout,
-			"sieve_idle_timeout":     sieve.IdleTimeout,
+			"max_connections":         "from the descriptor limit",
+			"max_connections_per_ip":  nd.MaxConnectionsPerIP,
+			"max_line":                imap.MaxLine,
+			"max_literal":             imap.MaxLiteral,
+			"preauth_timeout":         imap.PreAuthTimeout,
+			"preauth_lifetime":        imap.PreAuthLifetime,
+			"tls_handshake_timeout":   imap.TLSHandshakeTimeout,
+			"max_errors":              imap.MaxErrors,
+			"max_auth_failures":       imap.MaxAuthFailures,
+			"auth_failure_delay":      imap.AuthFailureDelay,
+			"backend_timeout":         imap.BackendTimeout,
+			"imap_idle_timeout":       imap.IdleTimeout,
+			"pop3_idle_timeout":       pop3.IdleTimeout,
+			"sieve_idle_timeout":      sieve.IdleTimeout,
+			"submission_idle_timeout": sub.IdleTimeout,
 		},
 		"### `throttle`": {
 			"enabled":            td.Enabled,
@@ -269,6 +277,7 @@ func readmeWant() map[string]map[string]any {
 			"imap_port":                "0 (not served)",
 			"pop3_port":                "0 (not served)",
 			"sieve_port":               "0 (not served)",
+			"submission_port":          "0 (not served)",
 			"tls":                      string(routing.TLSNone),
 			"tls_server_name":          "host",
 			"tls_ca_file":              "system roots",

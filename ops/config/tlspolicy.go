@@ -140,13 +140,13 @@ func (v *validator) cipherSuites(path string, names []string) {
 }
 
 func (v *validator) alpn(path, protocol string, ids []string) {
-	if len(ids) == 0 || !oneOf(protocol, "imap", "pop3", "sieve") {
+	if len(ids) == 0 || !oneOf(protocol, "imap", "pop3", "sieve", "submission") {
 		return
 	}
 	own := node.ALPNProtocol(routing.Protocol(protocol))
 	// The other mail protocols' ids are foreign too.
 	var others []string
-	for _, p := range []routing.Protocol{routing.IMAP, routing.POP3, routing.Sieve} {
+	for _, p := range []routing.Protocol{routing.IMAP, routing.POP3, routing.Sieve, routing.Submission} {
 		if id := node.ALPNProtocol(p); id != own {
 			others = append(others, id)
 		}
@@ -192,5 +192,5 @@ func (c *Config) Warnings() []string {
 		}
 		out = append(out, fmt.Sprintf("%s: listener %s accepts TLS %s, which is deprecated (RFC 8996) and weaker than TLS 1.2; raise it once no client needs it", path, l.Name, min))
 	}
-	return out
+	return append(out, c.submissionWarnings()...)
 }

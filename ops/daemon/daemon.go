@@ -26,6 +26,7 @@ import (
 	"github.com/portico-mail/portico/node/relay"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/node/sieve"
+	"github.com/portico-mail/portico/node/submission"
 	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/ops/admin/sessionsapi"
 	"github.com/portico-mail/portico/ops/config"
@@ -232,6 +233,9 @@ func New(cfg *config.Config, o Options) (_ *Daemon, err error) {
 		routing.IMAP:  imap.New(imap.Options{}),
 		routing.POP3:  pop3.New(pop3.Options{}),
 		routing.Sieve: sieve.New(sieve.Options{}),
+		// Greets as the system's host name; a listener's submission
+		// section may name another.
+		routing.Submission: submission.New(submission.Options{}),
 	}
 	d.srv = node.NewServer(nc, d.env, handlers, d.certs, d.engine)
 	if d.admin != nil {

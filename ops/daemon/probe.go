@@ -10,6 +10,7 @@ import (
 	"github.com/portico-mail/portico/node/pop3"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/node/sieve"
+	"github.com/portico-mail/portico/node/submission"
 	"github.com/portico-mail/portico/routing"
 )
 
@@ -19,7 +20,7 @@ import (
 // implicit TLS verified with the backend's tls_ca_file and
 // tls_server_name; the same TLS session cache), then runs the protocol's
 // Probe (greeting, STARTTLS/STLS as configured, LOGOUT/QUIT). IMAP when
-// the backend serves it, else POP3, else ManageSieve.
+// the backend serves it, else POP3, else ManageSieve, else submission.
 func backendProbe(d *session.Dialer) cluster.ProbeFunc {
 	return func(ctx context.Context, b *routing.Backend) error {
 		p := routing.IMAP
@@ -27,8 +28,10 @@ func backendProbe(d *session.Dialer) cluster.ProbeFunc {
 		case b.IMAPPort != 0:
 		case b.POP3Port != 0:
 			p = routing.POP3
-		default:
+		case b.SievePort != 0:
 			p = routing.Sieve
+		default:
+			p = routing.Submission
 		}
 		s, err := d.Dial(ctx, b, p, netip.AddrPort{}, netip.AddrPort{})
 		if err != nil {
@@ -47,7 +50,9 @@ func backendProbe(d *session.Dialer) cluster.ProbeFunc {
 			return imap.Probe(ctx, s, b, d.TLSConfig)
 		case routing.POP3:
 			return pop3.Probe(ctx, s, b, d.TLSConfig)
+		case routing.Sieve:
+			return sieve.Probe(ctx, s, b, d.TLSConfig)
 		}
-		return sieve.Probe(ctx, s, b, d.TLSConfig)
+		return submission.Probe(ctx, s, b, "", d.TLSConfig)
 	}
 }

@@ -78,14 +78,15 @@ type ListenerStatus struct {
 
 // BackendStatus is one backend of the routing table.
 type BackendStatus struct {
-	ID        string `json:"id"`
-	Host      string `json:"host"`
-	IMAPPort  int    `json:"imap_port,omitempty"`
-	POP3Port  int    `json:"pop3_port,omitempty"`
-	SievePort int    `json:"sieve_port,omitempty"`
-	State     string `json:"state"`  // active, draining, disabled (the routing table's)
-	Health    string `json:"health"` // up, down; "-" without health checks
-	Sessions  int64  `json:"sessions"`
+	ID             string `json:"id"`
+	Host           string `json:"host"`
+	IMAPPort       int    `json:"imap_port,omitempty"`
+	POP3Port       int    `json:"pop3_port,omitempty"`
+	SievePort      int    `json:"sieve_port,omitempty"`
+	SubmissionPort int    `json:"submission_port,omitempty"`
+	State          string `json:"state"`  // active, draining, disabled (the routing table's)
+	Health         string `json:"health"` // up, down; "-" without health checks
+	Sessions       int64  `json:"sessions"`
 }
 
 // RoutingStatus sizes the routing table.
@@ -145,7 +146,7 @@ func (d *Daemon) Status() *Status {
 	}
 	if t := d.table(); t != nil {
 		for _, b := range t.Backends() {
-			st.Backends = append(st.Backends, BackendStatus{ID: b.ID, Host: b.Host, IMAPPort: b.IMAPPort, POP3Port: b.POP3Port, SievePort: b.SievePort,
+			st.Backends = append(st.Backends, BackendStatus{ID: b.ID, Host: b.Host, IMAPPort: b.IMAPPort, POP3Port: b.POP3Port, SievePort: b.SievePort, SubmissionPort: b.SubmissionPort,
 				State: string(b.State), Health: "-", Sessions: perBackend[b.ID]})
 		}
 		st.Routing.Backends, st.Routing.Pools, st.Routing.Users, st.Routing.Domains = t.Len()
@@ -194,6 +195,9 @@ func (b BackendStatus) String() string {
 	}
 	if b.SievePort != 0 {
 		p = append(p, fmt.Sprintf("sieve %d", b.SievePort))
+	}
+	if b.SubmissionPort != 0 {
+		p = append(p, fmt.Sprintf("submission %d", b.SubmissionPort))
 	}
 	return b.Host + " (" + strings.Join(p, ", ") + ")"
 }

@@ -190,8 +190,8 @@ func Register(a *admin.Server, c Config) {
 		if proto == "" {
 			proto = routing.IMAP
 		}
-		if proto != routing.IMAP && proto != routing.POP3 && proto != routing.Sieve {
-			admin.Error(w, 400, "protocol must be imap, pop3 or sieve")
+		if proto != routing.IMAP && proto != routing.POP3 && proto != routing.Sieve && proto != routing.Submission {
+			admin.Error(w, 400, "protocol must be imap, pop3, sieve or submission")
 			return
 		}
 		// Where a login would go now: health and the users' affinity

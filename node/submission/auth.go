@@ -1,0 +1,257 @@
+package submission
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/portico-mail/portico/node/session"
+)
+
+// mechanism is one SASL mechanism offered to clients. Each carries a
+// secret in the clear, so all follow the listener's plaintext
+// authentication policy (advertised and accepted only over TLS unless
+// allow_plaintext_auth).
+type mechanism struct {
+	name string
+	new  func() session.SASL
+}
+
+// mechanisms are offered in this order in the EHLO reply's AUTH line. A
+// mechanism added here (OAUTHBEARER, XOAUTH2) needs its session.SASL and,
+// in backend.go, how its credentials are replayed to the backend.
+var mechanisms = []mechanism{
+	{"PLAIN", func() session.SASL { return session.NewSASL("PLAIN") }},
+	{"LOGIN", func() session.SASL { return session.NewSASL("LOGIN") }},
+}
+
+func mechanismNames() []string {
+	out := make([]string, len(mechanisms))
+	for i, m := range mechanisms {
+		out[i] = m.name
+	}
+	return out
+}
+
+func lookupMechanism(name string) *mechanism {
+	for i := range mechanisms {
+		if strings.EqualFold(mechanisms[i].name, name) {
+			return &mechanisms[i]
+		}
+	}
+	return nil
+}
+
+// Replies to AUTH (RFC 4954 §6). The answers to a login attempt are not
+// refused commands: a failed login does not count toward max_errors
+// (max_auth_failures bounds it).
+const (
+	replyAuthOK     = "235 2.7.0 Authentication successful\r\n"
+	replyAuthFailed = "535 5.7.8 Authentication credentials invalid\r\n"
+	// replyUnavailable: no backend could be used. A temporary failure,
+	// never 535: the password may well be right.
+	replyUnavailable = "454 4.7.0 Temporary authentication failure, try again later\r\n"
+	replyThrottled   = "454 4.7.0 Too many failed logins, try again later\r\n"
+	replyTooManyAuth = "421 4.7.0 Too many authentication failures, closing connection\r\n"
+	// replyInternalError is nginx's answer when its auth_http server
+	// fails; the session ends.
+	replyInternalError = "451 4.3.0 Internal server error, closing connection\r\n"
+	// defaultRefusalCode goes with an auth_http server's Auth-Status
+	// text when it sends no Auth-Error-Code (nginx's default).
+	defaultRefusalCode = "535 5.7.0"
+)
+
+// Refused AUTH commands.
+var (
+	errAuthSyntax    = invalid("501 5.5.4 Syntax: AUTH mechanism [initial-response]\r\n")
+	errHeloFirst     = invalid("503 5.5.1 Error: send HELO/EHLO first\r\n")
+	errEncryptionReq = invalid("538 5.7.11 Encryption required for requested authentication mechanism\r\n")
+	errUnknownMech   = invalid("504 5.5.4 Unrecognized authentication type\r\n")
+	errCancelled     = invalid("501 5.7.0 Authentication cancelled\r\n")
+	errBadBase64     = invalid("501 5.5.2 Cannot decode response\r\n")
+	errBadAuthData   = invalid("501 5.5.2 Invalid authentication data\r\n")
+	errAuthLineLong  = invalid("500 5.5.6 Authentication exchange line is too long\r\n")
+	errCredsTooLong  = invalid("500 5.5.6 Credentials too long\r\n")
+	errAuthBadChars  = invalid("501 5.5.2 Invalid characters in response\r\n")
+)
+
+// auth runs AUTH mechanism [initial-response] (RFC 4954 §4). Challenges
+// are "334 " and base64; each client response is one line of base64, "*"
+// cancelling, "=" an empty initial response.
+func (s *conn) auth(cmd Command) (*session.Handoff, error) {
+	name, ir, hasIR := strings.Cut(cmd.Arg, " ")
+	if name == "" || strings.ContainsAny(ir, " \t") {
+		return nil, errAuthSyntax
+	}
+	if s.helo == "" {
+		return nil, errHeloFirst
+	}
+	if !s.c.Listener.PlaintextAuthOK(s.c.IsTLS()) {
+		return nil, errEncryptionReq
+	}
+	m := lookupMechanism(name)
+	if m == nil {
+		return nil, errUnknownMech
+	}
+	creds, err := exchange(m.new(), ir, hasIR, func(challenge []byte) ([]byte, error) {
+		s.write("334 " + session.EncodeChallenge(challenge) + "\r\n")
+		if err := s.d.Flush(); err != nil {
+			return nil, err
+		}
+		if err := s.d.Await(session.StateSASL); err != nil {
+			return nil, err
+		}
+		return s.w.line()
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s.login(creds)
+}
+
+// exchange runs a SASL exchange: the initial response ir if hasIR, then
+// for each challenge the client's answer line from next (which sends the
+// challenge and reads the line). Its errors are refused commands
+// (*session.ProtocolError) or next's.
+func exchange(mech session.SASL, ir string, hasIR bool, next func(challenge []byte) ([]byte, error)) (session.Credentials, error) {
+	var resp []byte
+	present := hasIR
+	if hasIR {
+		var err error
+		if resp, err = session.DecodeResponse([]byte(ir)); err != nil {
+			return session.Credentials{}, saslError(err)
+		}
+	}
+	for {
+		challenge, done, err := mech.Next(resp, present)
+		if err != nil {
+			return session.Credentials{}, saslError(err)
+		}
+		if done {
+			return mech.Creds(), nil
+		}
+		line, err := next(challenge)
+		switch {
+		case errors.Is(err, ErrLineTooLong):
+			return session.Credentials{}, errAuthLineLong
+		case err != nil:
+			return session.Credentials{}, err
+		case strings.ContainsAny(string(line), "\x00\r"):
+			return session.Credentials{}, errAuthBadChars
+		}
+		if len(line) == 0 {
+			// An empty line is an empty response (RFC 4954 §4 allows
+			// "=" only for the initial one; clients send both).
+			resp = []byte{}
+		} else if resp, err = session.DecodeResponse(line); err != nil {
+			return session.Credentials{}, saslError(err)
+		}
+		present = true
+	}
+}
+
+func saslError(err error) error {
+	switch {
+	case errors.Is(err, session.ErrSASLCancelled):
+		// Counted like an error: otherwise AUTH and "*" could be
+		// repeated for as long as the session lives.
+		return errCancelled
+	case errors.Is(err, session.ErrSASLBadBase64):
+		return errBadBase64
+	default:
+		return errBadAuthData
+	}
+}
+
+// login runs one attempt through the session orchestration and answers the
+// client:
+//
+//   - success: the backend's 235 reply (or the proxy's with XCLIENT LOGIN),
+//     then the hand-off;
+//   - the backend refused the credentials: its 535 reply, passed through;
+//   - the backend refused for its own reasons (4xx): replyUnavailable, not
+//     counted;
+//   - refused before the backend (no route...): replyAuthFailed, the same
+//     as a wrong password, so that user names cannot be probed;
+//   - an auth_http refusal: its text with its Auth-Error-Code (default
+//     535 5.7.0), as nginx;
+//   - no backend could be used (down, misconfigured, timeout):
+//     replyUnavailable, the session stays open;
+//   - blocked by the failed-login throttle: replyThrottled.
+//
+// After MaxAuthFailures the reply is followed by replyTooManyAuth and the
+// session ends.
+func (s *conn) login(creds session.Credentials) (*session.Handoff, error) {
+	if creds.Len() > s.d.Limits().MaxLiteral {
+		return nil, errCredsTooLong
+	}
+	s.chunking = false
+	out := s.d.Login(creds, s.backendLogin)
+	switch {
+	case out.Result == session.ResultOK:
+		s.write(string(out.Reply))
+		out.Handoff.Framer = NewFramer(s.chunking)
+		return out.Handoff, nil
+	case out.Reply != nil:
+		s.write(string(out.Reply))
+	case out.Refusal != nil && out.Refusal.Kind == session.RefuseInternal:
+		s.write(replyInternalError)
+		return nil, session.Ending(session.EndAuthError, nil)
+	case out.Result == session.ResultLimit:
+		s.write(replyThrottled)
+	case out.Refusal != nil && out.Refusal.Reply != "":
+		code := defaultRefusalCode
+		if c, ok := replyCode(out.Refusal.Code); ok {
+			code = c
+		}
+		s.write(code + " " + sanitize(out.Refusal.Reply) + "\r\n")
+	case out.Result == session.ResultBadCreds:
+		s.write(replyAuthFailed)
+	default:
+		s.write(replyUnavailable)
+	}
+	if out.Refusal != nil && out.Refusal.Close {
+		return nil, session.Ending(session.EndAuthRefused, nil)
+	}
+	if out.Close {
+		s.write(replyTooManyAuth)
+		return nil, session.Ending(session.EndTooManyAuthFailures, nil)
+	}
+	return nil, nil
+}
+
+// replyCode checks an auth_http Auth-Error-Code: a 4xx or 5xx reply code,
+// optionally followed by an enhanced status code ("535 5.7.8").
+func replyCode(code string) (string, bool) {
+	code = strings.TrimSpace(code)
+	if len(code) < 3 || (code[0] != '4' && code[0] != '5') || !isDigit(code[1]) || !isDigit(code[2]) {
+		return "", false
+	}
+	if len(code) == 3 {
+		return code, true
+	}
+	if code[3] != ' ' || len(code) > 3+1+11 {
+		return "", false
+	}
+	for _, c := range []byte(code[4:]) {
+		if !isDigit(c) && c != '.' {
+			return "", false
+		}
+	}
+	return code, true
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+// sanitize makes an auth server's text safe in a reply line.
+func sanitize(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c < 0x20 || c == 0x7f {
+			b[i] = '?'
+		}
+	}
+	if len(b) > 400 {
+		b = b[:400]
+	}
+	return string(b)
+}
