@@ -7,39 +7,14 @@ import (
 	"github.com/portico-mail/portico/node/session"
 )
 
-// mechanism is one SASL mechanism offered to clients. Each carries a
-// secret in the clear, so all follow the listener's plaintext
-// authentication policy (advertised and accepted only over TLS unless
-// allow_plaintext_auth).
-type mechanism struct {
-	name string
-	new  func() session.SASL
-}
-
-// mechanisms are offered in this order in the EHLO reply's AUTH line. A
-// mechanism added here (OAUTHBEARER, XOAUTH2) needs its session.SASL and,
-// in backend.go, how its credentials are replayed to the backend.
-var mechanisms = []mechanism{
-	{"PLAIN", func() session.SASL { return session.NewSASL("PLAIN") }},
-	{"LOGIN", func() session.SASL { return session.NewSASL("LOGIN") }},
-}
-
-func mechanismNames() []string {
-	out := make([]string, len(mechanisms))
-	for i, m := range mechanisms {
-		out[i] = m.name
-	}
-	return out
-}
-
-func lookupMechanism(name string) *mechanism {
-	for i := range mechanisms {
-		if strings.EqualFold(mechanisms[i].name, name) {
-			return &mechanisms[i]
-		}
-	}
-	return nil
-}
+// The SASL mechanisms offered to clients are the listener's
+// (session.Listener.Mechanisms): PLAIN and LOGIN, then OAUTHBEARER and
+// XOAUTH2 where oauth_mechanisms enables them, in that order in the EHLO
+// reply's AUTH line. Each carries a secret (a password or a bearer token)
+// in the clear, so all follow the listener's plaintext authentication
+// policy (advertised and accepted only over TLS unless
+// allow_plaintext_auth). A bearer login is replayed to the backend with
+// the client's mechanism and message (backend.go).
 
 // Replies to AUTH (RFC 4954 §6). The answers to a login attempt are not
 // refused commands: a failed login does not count toward max_errors
@@ -72,6 +47,7 @@ var (
 	errAuthLineLong  = invalid("500 5.5.6 Authentication exchange line is too long\r\n")
 	errCredsTooLong  = invalid("500 5.5.6 Credentials too long\r\n")
 	errAuthBadChars  = invalid("501 5.5.2 Invalid characters in response\r\n")
+	errBearerNoUser  = invalid("501 5.5.2 The bearer token login must name the user (OAUTHBEARER a=, XOAUTH2 user=)\r\n")
 )
 
 // auth runs AUTH mechanism [initial-response] (RFC 4954 §4). Challenges
@@ -88,24 +64,28 @@ func (s *conn) auth(cmd Command) (*session.Handoff, error) {
 	if !s.c.Listener.PlaintextAuthOK(s.c.IsTLS()) {
 		return nil, errEncryptionReq
 	}
-	m := lookupMechanism(name)
+	m := s.c.Listener.NewSASL(name)
 	if m == nil {
 		return nil, errUnknownMech
 	}
-	creds, err := exchange(m.new(), ir, hasIR, func(challenge []byte) ([]byte, error) {
-		s.write("334 " + session.EncodeChallenge(challenge) + "\r\n")
-		if err := s.d.Flush(); err != nil {
-			return nil, err
-		}
-		if err := s.d.Await(session.StateSASL); err != nil {
-			return nil, err
-		}
-		return s.w.line()
-	})
+	creds, err := exchange(m, ir, hasIR, s.challenge)
 	if err != nil {
 		return nil, err
 	}
 	return s.login(creds)
+}
+
+// challenge sends a server challenge ("334 " and base64) and reads the
+// client's answer line.
+func (s *conn) challenge(challenge []byte) ([]byte, error) {
+	s.write("334 " + session.EncodeChallenge(challenge) + "\r\n")
+	if err := s.d.Flush(); err != nil {
+		return nil, err
+	}
+	if err := s.d.Await(session.StateSASL); err != nil {
+		return nil, err
+	}
+	return s.w.line()
 }
 
 // exchange runs a SASL exchange: the initial response ir if hasIR, then
@@ -157,6 +137,8 @@ func saslError(err error) error {
 		return errCancelled
 	case errors.Is(err, session.ErrSASLBadBase64):
 		return errBadBase64
+	case errors.Is(err, session.ErrBearerNoUser):
+		return errBearerNoUser
 	default:
 		return errBadAuthData
 	}
@@ -186,11 +168,23 @@ func (s *conn) login(creds session.Credentials) (*session.Handoff, error) {
 	}
 	s.chunking = false
 	out := s.d.Login(creds, s.backendLogin)
-	switch {
-	case out.Result == session.ResultOK:
+	if out.Result == session.ResultOK {
 		s.write(string(out.Reply))
 		out.Handoff.Framer = NewFramer(s.chunking)
 		return out.Handoff, nil
+	}
+	badAnswer := false
+	if out.Challenge != nil {
+		// A failed bearer login: the server's error challenge, the
+		// client's dummy response, then the failure (RFC 7628 §3.2.3).
+		var err error
+		if badAnswer, err = s.bearerChallenge(out.Challenge); err != nil {
+			return nil, err
+		}
+	}
+	switch {
+	case badAnswer:
+		// Its 5xx was written in place of the reply.
 	case out.Reply != nil:
 		s.write(string(out.Reply))
 	case out.Refusal != nil && out.Refusal.Kind == session.RefuseInternal:
@@ -217,6 +211,30 @@ func (s *conn) login(creds session.Credentials) (*session.Handoff, error) {
 		return nil, session.Ending(session.EndTooManyAuthFailures, nil)
 	}
 	return nil, nil
+}
+
+// bearerChallenge sends a failed bearer login's error challenge and reads
+// the client's response (RFC 7628 §3.2.3: a dummy, whose content does not
+// matter; the exchange with the backend is over). A response that is not
+// one ("*", bad base64, too long) is answered with its 501/500 in place of
+// the login's reply, and badAnswer reports it. Errors are read errors, the
+// Dialogue's.
+func (s *conn) bearerChallenge(challenge []byte) (badAnswer bool, err error) {
+	line, err := s.challenge(challenge)
+	switch {
+	case errors.Is(err, ErrLineTooLong):
+		s.write(errAuthLineLong.(*session.ProtocolError).Reply)
+		return true, nil
+	case err != nil:
+		return false, err
+	case len(line) == 0:
+		return false, nil
+	}
+	if _, err := session.DecodeResponse(line); err != nil {
+		s.write(saslError(err).(*session.ProtocolError).Reply)
+		return true, nil
+	}
+	return false, nil
 }
 
 // replyCode checks an auth_http Auth-Error-Code: a 4xx or 5xx reply code,

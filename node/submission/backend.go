@@ -351,6 +351,9 @@ func validSessionID(id string) bool {
 // not set up for this (no AUTH over this connection, TLS required...), a
 // failure of the backend, never the client's wrong password.
 func (b *backend) auth(c session.Credentials) ([]byte, error) {
+	if c.Bearer != nil {
+		return b.bearerAuth(c.Bearer)
+	}
 	if c.User == "" || strings.IndexByte(c.User, 0) >= 0 || strings.IndexByte(c.AuthzID, 0) >= 0 || strings.IndexByte(c.Password, 0) >= 0 {
 		return nil, &session.BackendRejected{Reply: []byte(replyAuthFailed), Text: "credentials not representable (empty user or NUL byte); not sent"}
 	}
@@ -371,6 +374,61 @@ func (b *backend) auth(c session.Credentials) ([]byte, error) {
 		// A challenge after an initial response: cancel, and give up.
 		_, _ = b.command("*")
 		return nil, phaseError(phaseAuth, fmt.Errorf("backend answered %q", trunc(r.raw)))
+	case r.class() == 4:
+		return nil, &session.BackendRejected{Reply: []byte(replyUnavailable), Text: trunc(r.raw), Temporary: true}
+	}
+	return nil, phaseError(phaseAuth, fmt.Errorf("backend answered %q", trunc(r.raw)))
+}
+
+// maxAuthLine is RFC 4954 §4's bound on an AUTH command line with its
+// initial response (CRLF included); a longer message is sent after the
+// server's empty challenge.
+const maxAuthLine = 12288
+
+// bearerAuth logs in with the client's bearer mechanism and message, as it
+// sent them. A refusal comes as a 334 error challenge (RFC 7628 §3.2.2),
+// answered with the mechanism's dummy response so that the backend ends
+// the exchange with 535 (§3.2.3); the challenge is kept for the client
+// (BackendRejected.Challenge).
+func (b *backend) bearerAuth(m *session.Bearer) ([]byte, error) {
+	mechs, ok := b.ext["AUTH"]
+	if !ok || !hasWord(mechs, m.Mechanism) {
+		return nil, phaseError(phaseAuth, fmt.Errorf("backend does not offer AUTH %s here (AUTH %q)", m.Mechanism, trunc([]byte(mechs))))
+	}
+	ir := session.EncodeChallenge(m.Message)
+	cmd, pending := "AUTH "+m.Mechanism+" "+ir, ""
+	if len(cmd)+2 > maxAuthLine {
+		cmd, pending = "AUTH "+m.Mechanism, ir
+	}
+	r, err := b.command(cmd)
+	var challenge []byte
+	challenged := false
+	for err == nil && r.code == 334 {
+		text := ""
+		if len(r.lines) > 0 {
+			text = r.lines[0]
+		}
+		switch {
+		case pending != "":
+			r, err = b.command(pending)
+			pending = ""
+		case !challenged:
+			challenged = true
+			challenge = session.DecodeBearerChallenge([]byte(text))
+			r, err = b.command(session.EncodeChallenge(session.BearerDummyResponse(m.Mechanism)))
+		default:
+			_, _ = b.command("*")
+			return nil, phaseError(phaseAuth, fmt.Errorf("backend asked for more than the bearer message and the dummy response: %q", trunc(r.raw)))
+		}
+	}
+	if err != nil {
+		return nil, phaseError(phaseAuth, err)
+	}
+	switch {
+	case r.code == 235:
+		return r.raw, nil
+	case r.code == 535:
+		return nil, &session.BackendRejected{Reply: r.raw, Text: trunc(r.raw), Challenge: challenge}
 	case r.class() == 4:
 		return nil, &session.BackendRejected{Reply: []byte(replyUnavailable), Text: trunc(r.raw), Temporary: true}
 	}

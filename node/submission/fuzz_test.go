@@ -61,15 +61,18 @@ func FuzzAuthExchange(f *testing.F) {
 	f.Add("LOGIN", "", false, []byte("YWxpY2U=\nc2VjcmV0\n"))
 	f.Add("LOGIN", "YWxpY2U=", true, []byte("*\n"))
 	f.Add("LOGIN", "=", true, []byte("\n\n"))
+	f.Add("OAUTHBEARER", "bixhPWFsaWNlLAFhdXRoPUJlYXJlciB0b2sBAQ==", true, []byte(""))
+	f.Add("XOAUTH2", "", false, []byte("dXNlcj1hbGljZQFhdXRoPUJlYXJlciB0b2sBAQ==\n"))
+	lis := &session.Listener{BearerMechanisms: session.BearerMechanisms}
 	f.Fuzz(func(t *testing.T, mech, ir string, hasIR bool, lines []byte) {
-		m := lookupMechanism(mech)
+		m := lis.NewSASL(mech)
 		if m == nil {
 			return
 		}
 		r := bufio.NewReader(bytes.NewReader(lines))
 		w := newWire(r, 128)
 		rounds := 0
-		creds, err := exchange(m.new(), ir, hasIR, func([]byte) ([]byte, error) {
+		creds, err := exchange(m, ir, hasIR, func([]byte) ([]byte, error) {
 			rounds++
 			if rounds > 10 {
 				t.Fatalf("more than 10 challenges")

@@ -296,7 +296,7 @@ func (s *conn) hello(cmd Command) error {
 		lines = append(lines, "STARTTLS")
 	}
 	if s.c.Listener.PlaintextAuthOK(isTLS) {
-		lines = append(lines, "AUTH "+strings.Join(mechanismNames(), " "))
+		lines = append(lines, "AUTH "+strings.Join(s.c.Listener.Mechanisms(), " "))
 	}
 	var b strings.Builder
 	for i, l := range lines {

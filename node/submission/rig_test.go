@@ -44,7 +44,11 @@ type fakeBackend struct {
 	XCLIENT   string            // if set, announce "XCLIENT <this>"
 	Users     map[string]string // default alice/secret
 	AuthReply string            // if set, the answer to every AUTH
-	Greeting  string            // default "220 fake ESMTP"
+	// Tokens maps bearer tokens to their user: AUTH OAUTHBEARER and
+	// XOAUTH2 log in with a token of the user the message names, anything
+	// else gets the error challenge, then 535.
+	Tokens   map[string]string
+	Greeting string // default "220 fake ESMTP"
 
 	ln    net.Listener
 	wg    sync.WaitGroup
@@ -125,7 +129,7 @@ func (fb *fakeBackend) serve(c net.Conn) {
 	bw := bufio.NewWriter(conn)
 	send := func(s string) { _, _ = bw.WriteString(s + "\r\n") }
 	flush := func() { _ = bw.Flush() }
-	isTLS, authed := false, false
+	isTLS, authed, ok := false, false, false
 	var chunks strings.Builder
 	ehlo := func(name string) {
 		lines := []string{"fake greets " + name}
@@ -191,6 +195,38 @@ func (fb *fakeBackend) serve(c net.Conn) {
 				continue
 			}
 			mech, ir, _ := strings.Cut(arg, " ")
+			if mech == "OAUTHBEARER" || mech == "XOAUTH2" {
+				readLine := func() (string, bool) {
+					flush()
+					l, err := br.ReadString('\n')
+					if err != nil {
+						return "", false
+					}
+					l = strings.TrimRight(l, "\r\n")
+					fb.mu.Lock()
+					fb.lines = append(fb.lines, l)
+					fb.mu.Unlock()
+					return l, true
+				}
+				if ir == "" {
+					send("334 ")
+					if ir, ok = readLine(); !ok {
+						return
+					}
+				}
+				dec, _ := base64.StdEncoding.DecodeString(ir)
+				if m, err := session.ParseBearer(mech, dec); err == nil && fb.Tokens[m.Token] == m.User {
+					authed = true
+					send("235 2.7.0 Authentication successful")
+					continue
+				}
+				send("334 " + base64.StdEncoding.EncodeToString([]byte(`{"status":"invalid_token"}`)))
+				if _, ok = readLine(); !ok {
+					return
+				}
+				send("535 5.7.8 Error: authentication failed: invalid token")
+				continue
+			}
 			dec, err := base64.StdEncoding.DecodeString(ir)
 			parts := strings.Split(string(dec), "\x00")
 			if mech != "PLAIN" || err != nil || len(parts) != 3 || parts[1] == "" || fb.Users[parts[1]] != parts[2] {
