@@ -13,9 +13,6 @@ import (
 // checking it itself.
 func (v *validator) submissionListener(i int) {
 	l := &v.c.Listeners[i]
-	if l.Protocol == "submission" && len(l.OAuthMechanisms) > 0 {
-		v.errf(fmt.Sprintf("listeners[%d].oauth_mechanisms", i), "not offered on submission listeners yet")
-	}
 	p := fmt.Sprintf("listeners[%d].submission", i)
 	s := l.Submission
 	if s == nil {
