@@ -53,3 +53,24 @@ sources:
 		}
 	}
 }
+
+// The README's SQL source example is a valid configuration.
+func TestReadmeSQLExample(t *testing.T) {
+	raw, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(raw), "```yaml\nsources:\n  - name: mail-db\n")
+	if !ok {
+		t.Fatal("README: the SQL source example is gone")
+	}
+	block := "sources:\n  - name: mail-db\n" + rest[:strings.Index(rest, "```")]
+	c, err := Parse([]byte(sourcesBase + block))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, block)
+	}
+	sc := c.Sources[0].Driver().(*sqlsrc.Config)
+	if sc.ChangesQuery == "" || sc.WatermarkQuery == "" || sc.LookupQuery == "" || !c.Sources[0].OnMiss.Enabled {
+		t.Fatalf("%+v", sc)
+	}
+}
