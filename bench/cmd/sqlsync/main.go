@@ -188,7 +188,7 @@ func main() {
 	})
 	pgCPU2 := procstat.ReadCPU(pgPIDs)
 	elections = b.elections() - elections
-	if syncErr != "" || elections > 0 {
+	if elections > 0 || syncErr != "" {
 		b.report("leader changes during the sync", fmt.Sprintf("%d (the sync asked of %s: %s)", elections, leader.name, syncErr))
 		leader, _ = b.roles()
 	}
@@ -531,7 +531,9 @@ func (nd *node) api(method, path, body string) (int, []byte) {
 	if method != "GET" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// Long enough for a sync (the API answers 202 after 25 s when it
+	// passes the call on, and waits for the sync when it runs it).
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
 	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
 	if err != nil {
