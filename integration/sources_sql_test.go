@@ -85,7 +85,8 @@ var sqlSetups = map[string]sqlSetup{
 // inserted into a table of a source that syncs hourly logs in at once
 // through the on-miss lookup; with the database stopped, users in the
 // table log in and an unknown one is told to come back (not refused), and
-// the database's password is nowhere in the node's log or status.
+// the database's password is nowhere in the node's log or status; every
+// row deleted at once is refused by the safety valve.
 func TestSourceSQL(t *testing.T) {
 	for _, name := range []string{"postgres", "mariadb"} {
 		t.Run(name, func(t *testing.T) {
@@ -226,6 +227,22 @@ sources:
 			})
 			if err := loginVia(t, nd.imap, "ghost", "secret"); err == nil || strings.Contains(err.Error(), "UNAVAILABLE") {
 				t.Fatalf("ghost, in no table: %v (want a failed login)", err)
+			}
+
+			// Every user deleted at once (a bad migration): the changes are
+			// refused by the safety valve, and the users keep logging in.
+			exec(map[string]string{"postgres": "DELETE FROM mailbox", "mariadb": "UPDATE mailbox SET deleted = TRUE"}[name])
+			waitFor(t, "the refusal in the status", 10*time.Second, func() bool {
+				a, err := trySources(nd, "mail")
+				return err == nil && a.Sources[0].Refused != ""
+			})
+			for _, u := range []string{"alice", "bob", "carol", "erin", "carol2"} {
+				if routeOf(nd, u) == "" {
+					t.Fatalf("%s removed by a refused sync", u)
+				}
+			}
+			if err := loginVia(t, nd.imap, "carol", "secret"); err != nil {
+				t.Fatalf("carol after the refused sync: %v", err)
 			}
 		})
 	}
