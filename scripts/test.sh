@@ -25,9 +25,11 @@ section() { printf '\n==== %s ====\n' "$*"; }
 # from a temporary directory (the packaged one is never started); postfix
 # and swaks: submission through Portico (integration/submission_test.go
 # starts its own Postfix master with its own configuration; the package's
-# service is never started).
+# service is never started); postgresql and mariadb-server: the SQL
+# source's tests (integration/sqltest starts a server of each in a temp
+# dir, never the system's own).
 packages=(dovecot-imapd dovecot-pop3d nginx libnginx-mod-mail python3 curl iproute2 nftables prometheus
-	zsh groff-base lintian perdition slapd ldap-utils postfix swaks)
+	zsh groff-base lintian perdition slapd ldap-utils postfix swaks postgresql mariadb-server)
 # The race detector needs cgo, hence a C compiler.
 command -v gcc >/dev/null 2>&1 || packages+=(gcc libc6-dev)
 

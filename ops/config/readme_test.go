@@ -20,6 +20,7 @@ import (
 	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/routing"
 	"github.com/portico-mail/portico/routing/source/ldapsrc"
+	"github.com/portico-mail/portico/routing/source/sqlsrc"
 	"github.com/portico-mail/portico/routing/source/syncer"
 	"github.com/portico-mail/portico/vip"
 )
@@ -266,6 +267,11 @@ func readmeWant() map[string]map[string]any {
 			"new_backends.pop3_port": syncer.DefaultNewBackends().POP3Port, "new_backends.sieve_port": syncer.DefaultNewBackends().SievePort,
 			"new_backends.port_protocol": string(syncer.DefaultNewBackends().PortProtocol),
 			"new_backends.tls":           string(syncer.DefaultNewBackends().TLS), "new_backends.forward": string(syncer.DefaultNewBackends().Forward),
+			"sql.driver": "required", "sql.dsn": "required", "sql.dsn_file": "", "sql.query": "required",
+			"sql.changes_query": "", "sql.watermark_query": "", "sql.lookup_query": "",
+			"sql.timeout": sqlsrc.DefaultTimeout, "sql.sync_timeout": sqlsrc.DefaultSyncTimeout,
+			"sql.max_open_conns": sqlsrc.DefaultMaxOpenConns, "sql.max_idle_conns": sqlsrc.DefaultMaxIdleConns,
+			"sql.conn_max_lifetime": sqlsrc.DefaultConnMaxLifetime,
 		},
 		"### `affinity`": {
 			"expire":      affinity.DefaultConfig().Expire,

@@ -12,6 +12,7 @@ import (
 	"github.com/portico-mail/portico/routing/source"
 	"github.com/portico-mail/portico/routing/source/filesrc"
 	"github.com/portico-mail/portico/routing/source/ldapsrc"
+	"github.com/portico-mail/portico/routing/source/sqlsrc"
 	"github.com/portico-mail/portico/routing/source/syncer"
 )
 
@@ -111,6 +112,7 @@ func DriverOf[C any, P interface {
 var Drivers = map[string]Driver{
 	"ldap":   DriverOf(ldapsrc.Open),
 	"popmap": DriverOf(filesrc.Open),
+	"sql":    DriverOf(sqlsrc.Open),
 }
 
 // DriverBlock holds a source's type-specific block, decoded into the
