@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"testing"
 	"time"
@@ -48,28 +47,6 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// freeAddr returns a loopback address with a port free right now (for
-// memberlist, which needs the same port for TCP and UDP).
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	for i := 0; i < 20; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		l.Close()
-		u, err := net.ListenPacket("udp", addr)
-		if err != nil {
-			continue
-		}
-		u.Close()
-		return addr
-	}
-	t.Fatal("no free port")
-	return ""
-}
-
 // lastCA is the CA of the cluster startCluster made last.
 var lastCA *testCA
 
@@ -91,26 +68,31 @@ func startClusterWith(t *testing.T, n int, before func(*testNode)) []*testNode {
 	t.Helper()
 	ca := newTestCA(t)
 	lastCA = ca
+	// Each memberlist binds port 0 (its own pick, TCP and UDP together),
+	// and every node's join list is filled in once all are bound: a port
+	// found free and closed again can be taken by another process before
+	// memberlist binds it (it was, on a loaded machine).
 	var gossip []string
-	for i := 0; i < n; i++ {
-		gossip = append(gossip, freeAddr(t))
-	}
 	var nodes []*testNode
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("n%d", i+1)
 		fsm := routing.NewFSM()
 		nd, err := New(Config{
 			NodeName: name, DataDir: t.TempDir(), Version: "test",
-			RaftBind: "127.0.0.1:0", GossipBind: gossip[i],
-			Join: gossip, BootstrapExpect: n,
-			EncryptKey: []byte("0123456789abcdef0123456789abcdef"),
-			TLS:        ca.material(t, name),
-			Log:        testLogger(t),
+			RaftBind: "127.0.0.1:0", GossipBind: "127.0.0.1:0",
+			BootstrapExpect: n,
+			EncryptKey:      []byte("0123456789abcdef0123456789abcdef"),
+			TLS:             ca.material(t, name),
+			Log:             testLogger(t),
 		}, fsm)
 		if err != nil {
 			t.Fatal(err)
 		}
 		nodes = append(nodes, &testNode{nd, fsm})
+		gossip = append(gossip, nd.ml.LocalNode().Address())
+	}
+	for _, nd := range nodes {
+		nd.cfg.Join = gossip
 	}
 	t.Cleanup(func() {
 		for _, nd := range nodes {
