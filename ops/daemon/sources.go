@@ -53,6 +53,7 @@ func (d *Daemon) setupSources(cfg *config.Config) error {
 		opened = append(opened, f)
 		syncers = append(syncers, syncer.New(s.SyncConfig(), f, d.fsm.Table, d.cluster, d.Log, met))
 		met.Init(s.Name, s.Interval.D())
+		met.Skips(s.Name, f)
 		if s.OnMiss.Enabled {
 			onMiss[s.Name] = true
 			miss = append(miss, s.MissSource(f))

@@ -61,3 +61,11 @@ type Fetcher interface {
 	// Close releases the source's connections.
 	Close() error
 }
+
+// SkipCounter is implemented by a Fetcher that skips entries it cannot use
+// (a missing or multi-valued attribute, a NULL column): SkippedByReason
+// returns how many it skipped since it was opened, by reason (one of a small
+// fixed set of short phrases), for the portico_source_skipped_entries_total metric.
+type SkipCounter interface {
+	SkippedByReason() map[string]uint64
+}

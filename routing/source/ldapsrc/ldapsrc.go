@@ -343,6 +343,9 @@ func (d *Directory) Close() error {
 	return nil
 }
 
+// SkippedByReason implements source.SkipCounter (Skipped).
+func (d *Directory) SkippedByReason() map[string]uint64 { return d.Skipped() }
+
 // Skipped returns how many entries each sync and lookup skipped since
 // Open, by reason (a small fixed set, fit for a metric label).
 func (d *Directory) Skipped() map[string]uint64 {

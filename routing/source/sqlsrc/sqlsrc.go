@@ -81,6 +81,12 @@ func (s *Source) Addr() string { return s.addr }
 // left out, never fatal unless every row of a full read is.
 func (s *Source) Skipped() uint64 { return s.skipped.Load() }
 
+// SkippedByReason implements source.SkipCounter: the rows skipped, under
+// one reason (the log says which column was unusable).
+func (s *Source) SkippedByReason() map[string]uint64 {
+	return map[string]uint64{"unusable_row": s.skipped.Load()}
+}
+
 // Close implements source.Fetcher.
 func (s *Source) Close() error { return s.db.Close() }
 

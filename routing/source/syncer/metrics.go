@@ -1,9 +1,12 @@
 package syncer
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/portico-mail/portico/routing/source"
 )
 
 // Metrics are the portico_source_* collectors (ops/metrics catalogues
@@ -19,6 +22,7 @@ type Metrics struct {
 	refused     *prometheus.CounterVec
 	intervalG   *prometheus.GaugeVec
 	lookups     *prometheus.CounterVec
+	skipped     *skipCollector
 }
 
 // Help texts (ops/metrics.Catalog says the same).
@@ -30,6 +34,7 @@ const (
 	HelpErrors      = "Syncs of the source that failed (the source could not be read, or the table not written)."
 	HelpRefused     = "Syncs of the source refused by the safety valve (they would have removed more than max_delete_share of its rules)."
 	HelpInterval    = "The source's configured incremental sync interval, for alerts on a source that has not synced for too long."
+	HelpSkipped     = "Entries a source held but could not use (a missing or multi-valued attribute, a NULL column), by reason, since this node opened it; they are left out of the table and logged."
 	HelpLookups     = "On-miss lookups of logins the table had no rule for, by result (found, not_found, error, cached_found, cached_not_found)."
 )
 
@@ -46,8 +51,47 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		intervalG: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "portico_source_interval_seconds", Help: HelpInterval}, []string{"source"}),
 		lookups:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portico_source_lookups_total", Help: HelpLookups}, []string{"source", "result"}),
 	}
-	reg.MustRegister(m.lastSuccess, m.duration, m.entries, m.changes, m.errors, m.refused, m.intervalG, m.lookups)
+	m.skipped = &skipCollector{desc: prometheus.NewDesc("portico_source_skipped_entries_total", HelpSkipped, []string{"source", "reason"}, nil)}
+	reg.MustRegister(m.lastSuccess, m.duration, m.entries, m.changes, m.errors, m.refused, m.intervalG, m.lookups, m.skipped)
 	return m
+}
+
+// Skips reports the skipped entries of a source whose fetcher counts them
+// (source.SkipCounter), read at each scrape.
+func (m *Metrics) Skips(name string, f source.Fetcher) {
+	if m == nil {
+		return
+	}
+	if sc, ok := f.(source.SkipCounter); ok {
+		m.skipped.mu.Lock()
+		m.skipped.sources = append(m.skipped.sources, namedSkips{name, sc})
+		m.skipped.mu.Unlock()
+	}
+}
+
+type namedSkips struct {
+	name string
+	sc   source.SkipCounter
+}
+
+// skipCollector reads the fetchers' counters when scraped.
+type skipCollector struct {
+	desc    *prometheus.Desc
+	mu      sync.Mutex
+	sources []namedSkips
+}
+
+func (c *skipCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *skipCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	srcs := append([]namedSkips(nil), c.sources...)
+	c.mu.Unlock()
+	for _, s := range srcs {
+		for reason, n := range s.sc.SkippedByReason() {
+			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n), s.name, reason)
+		}
+	}
 }
 
 // Init makes every series of source exist (at zero) on every node, so that
