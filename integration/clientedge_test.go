@@ -126,12 +126,13 @@ routes:
 // user sent at once on parallel connections from one address reach Dovecot
 // at most user_ip_limit (10) times; the others are refused by Portico.
 func TestThrottleParallelBurstDovecot(t *testing.T) {
+	awayFromWindowEdge(t, 24*time.Hour, time.Minute)
 	dc := dovecot.Start(t, dovecot.Options{Addr: "127.0.0.112", Users: throttleUsers})
 	p := startPortico(t, fmt.Sprintf(`
 listeners:
   - {name: imap, protocol: imap, address: "127.0.0.1:0", proxy_protocol: true, trusted_proxies: [127.0.0.1]}
 limits: {auth_failure_delay: 10ms}
-throttle: {delay: 0s}
+throttle: {delay: 0s, window: 24h}
 backends:
   - {id: dc1, host: %s, imap_port: %d, forward: id}
 pools:

@@ -94,7 +94,14 @@ func TestSessionsAndKick(t *testing.T) {
 		t.Fatalf("relay: %q", got)
 	}
 
-	all := s.Sessions(SessionFilter{})
+	// A session is listed once the relay has it, a moment after its
+	// client read the login's OK.
+	var all []SessionInfo
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if all = s.Sessions(SessionFilter{}); len(all) >= 3 || time.Now().After(deadline) {
+			break
+		}
+	}
 	if len(all) != 3 {
 		t.Fatalf("%d sessions listed, want 3: %+v", len(all), all)
 	}
