@@ -303,7 +303,8 @@ sources:
 			t.Errorf("dashboard expression %q: %v", e, err)
 		case len(v) > 0:
 			withData++
-		case !strings.Contains(e, "portico_vip_"): // no VIP on this node
+		case !strings.Contains(e, "portico_vip_") && // no VIP on this node
+			!strings.Contains(e, "portico_source_skipped_entries_total"): // only LDAP and SQL sources count skips, and this node's popmap source has none
 			t.Errorf("dashboard expression %q returns nothing", e)
 		}
 	}
