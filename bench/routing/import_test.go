@@ -16,14 +16,17 @@ import (
 //
 //   - new/sorted: 5,000 new users in name order, as a full sync cut its
 //     sorted difference into batches before the batches were grouped;
+//
 //   - new/grouped: 5,000 new users of one or two shards, a batch of a
 //     difference grouped by shard (routing.GroupByShard) as the syncer
 //     and the bulk import now write;
+//
 //   - changed/random-1000: 1,000 existing users moved, in no order (an
 //     incremental sync's single batch);
+//
 //   - prune/grouped: 5,000 of the source's users removed, grouped.
 //
-//	go test -run=^$ -bench=Import1M -benchmem ./bench/routing/
+//     go test -run=^$ -bench=Import1M -benchmem ./bench/routing/
 func BenchmarkImport1M(b *testing.B) {
 	t := table(b, 1_000_000)
 	const source = "source:dir"
