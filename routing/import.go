@@ -36,31 +36,30 @@ func (t *Table) WithImport(source string, puts []UserRoute, prune []string) (*Ta
 	if source == "" && len(prune) > 0 {
 		return nil, invalid("import: pruning needs a source")
 	}
-	routes := make([]UserRoute, len(puts))
-	put := make(map[string]bool, len(puts))
-	for i, r := range puts {
-		r.Source = source
-		routes[i] = r
-		put[NormalizeUser(r.User)] = true
-	}
-	n, err := t.WithUsers(routes)
+	ups, err := t.userPuts(puts, &source)
 	if err != nil {
 		return nil, err
 	}
 	var dels []string
-	for _, u := range prune {
-		key := NormalizeUser(u)
-		if put[key] {
-			return nil, invalid("import: user %s both written and pruned", key)
+	if len(prune) > 0 {
+		put := make(map[string]bool, len(ups))
+		for _, p := range ups {
+			put[p.key] = true
 		}
-		if tg, ok := n.users.get(key); ok && tg.Source == source {
-			dels = append(dels, key)
+		for _, u := range prune {
+			key := NormalizeUser(u)
+			if put[key] {
+				return nil, invalid("import: user %s both written and pruned", key)
+			}
+			// Not written by this command: its rule is t's.
+			if tg, ok := t.users.get(key); ok && tg.Source == source {
+				dels = append(dels, key)
+			}
 		}
 	}
-	if len(dels) == 0 {
-		return n, nil
-	}
-	out := *n
-	out.users = n.users.update(nil, dels)
-	return &out, nil
+	// The puts and the prunes in one update: a shard that both touch
+	// is copied once.
+	n := *t
+	n.users = t.users.update(ups, dels)
+	return &n, nil
 }

@@ -248,8 +248,24 @@ type UserRoute struct {
 
 // WithUsers returns a table with the rules added or replaced, all or none.
 func (t *Table) WithUsers(routes []UserRoute) (*Table, error) {
-	puts := make(map[string]Target, len(routes))
-	for _, r := range routes {
+	puts, err := t.userPuts(routes, nil)
+	if err != nil {
+		return nil, err
+	}
+	n := *t
+	n.users = t.users.update(puts, nil)
+	return &n, nil
+}
+
+// userPuts validates routes and returns them keyed by their canonical
+// names, in order (a later rule for a user wins, as written), with Source
+// replaced by *source when source is not nil.
+func (t *Table) userPuts(routes []UserRoute, source *string) ([]userPut, error) {
+	puts := make([]userPut, len(routes))
+	for i, r := range routes {
+		if source != nil {
+			r.Source = *source
+		}
 		// The key too: lower case, NFC and IDNA can make a name longer.
 		key := NormalizeUser(r.User)
 		if !validUser(r.User) || !validUser(key) {
@@ -264,11 +280,9 @@ func (t *Table) WithUsers(routes []UserRoute) (*Table, error) {
 		if r.Source != "" && !ValidSource(r.Source) {
 			return nil, invalid("user %s: bad source %q", r.User, r.Source)
 		}
-		puts[key] = r.Target
+		puts[i] = userPut{key: key, t: r.Target}
 	}
-	n := *t
-	n.users = t.users.update(puts, nil)
-	return &n, nil
+	return puts, nil
 }
 
 // WithoutUsers returns a table without the given user rules (idempotent).

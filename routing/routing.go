@@ -281,7 +281,12 @@ func NewTable(spec TableSpec) (*Table, error) {
 	// Two names of one user (configuration validation refuses them; a
 	// snapshot of an older version may hold them): one rule, the same on
 	// every node.
-	t.users = (*userMap)(nil).update(canonicalKeys(spec.Users, NormalizeUser), nil)
+	users := canonicalKeys(spec.Users, NormalizeUser)
+	puts := make([]userPut, 0, len(users))
+	for u, tg := range users {
+		puts = append(puts, userPut{key: u, t: tg})
+	}
+	t.users = (*userMap)(nil).update(puts, nil)
 	for d, pool := range canonicalKeys(spec.Domains, normalDomain) {
 		if t.pools[pool] == nil {
 			return nil, fmt.Errorf("domain %q: unknown pool %q", d, pool)

@@ -353,13 +353,13 @@ func TestSnapshotMigratesOldKeys(t *testing.T) {
 	base := testTable(t, false)
 	old := base.clone()
 	// What an older version stored: lower-cased only.
-	old.users = base.users.update(map[string]Target{
-		"bücher@exämple.org":             {Backend: "b"}, // old form: loses to the canonical one below
-		"bücher@xn--exmple-cua.org":      {Backend: "a"}, // already canonical
-		"bu\u0308cher@exa\u0308mple.org": {Backend: "c"},
-		"ödön@exämple.org":               {Backend: "c"}, // two old forms: the smaller wins
-		"o\u0308do\u0308n@exämple.org":   {Backend: "b"},
-		"plain@example.org":              {Pool: "main"},
+	old.users = base.users.update([]userPut{
+		{"bücher@exämple.org", Target{Backend: "b"}},        // old form: loses to the canonical one below
+		{"bücher@xn--exmple-cua.org", Target{Backend: "a"}}, // already canonical
+		{"bu\u0308cher@exa\u0308mple.org", Target{Backend: "c"}},
+		{"ödön@exämple.org", Target{Backend: "c"}}, // two old forms: the smaller wins
+		{"o\u0308do\u0308n@exämple.org", Target{Backend: "b"}},
+		{"plain@example.org", Target{Pool: "main"}},
 	}, nil)
 	old.domains["exämple.org"] = "other"
 	old.domains["straße.de"] = "main"
@@ -458,7 +458,7 @@ func TestLongKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := n.clone()
-	old.users = n.users.update(map[string]Target{strings.Repeat("ⱥ", 256): {Backend: "b"}}, nil)
+	old.users = n.users.update([]userPut{{strings.Repeat("ⱥ", 256), Target{Backend: "b"}}}, nil)
 	var buf bytes.Buffer
 	if err := WriteSnapshot(&buf, old); err != nil {
 		t.Fatal(err)

@@ -193,6 +193,18 @@ func (d *api) importRoutes(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Minute)
 	defer cancel()
+	// Batches grouped by the table's shards: a command then copies the
+	// few shards its users fall in, on every node, where a batch of a
+	// file in name order touches every shard and copies the whole table
+	// (routing.GroupByShard). The grouping is stable: a user the file
+	// names twice keeps its last rule.
+	canonical := func(r routing.UserRoute) string { return routing.NormalizeUser(r.User) }
+	if legacy {
+		routes = routing.GroupByShard(routes, canonical)
+	} else {
+		diff.puts = routing.GroupByShard(diff.puts, canonical)
+		diff.removed = routing.GroupByShard(diff.removed, canonical)
+	}
 	if legacy {
 		// Untagged rules without renames: the command every version
 		// applies, all rules written as before sources.

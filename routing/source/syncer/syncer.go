@@ -461,15 +461,22 @@ func (s *Syncer) write(ctx context.Context, d *diff, opt Options, st routing.Sou
 		}
 	}
 	tag := Tag(s.cfg.Name)
-	for i := 0; i < len(d.puts); i += s.cfg.Batch {
-		end := min(i+s.cfg.Batch, len(d.puts))
-		if err := apply(routing.Command{Type: routing.CmdImport, Source: tag, Users: d.puts[i:end]}, fmt.Sprintf("users %d-%d of %d", i+1, end, len(d.puts))); err != nil {
+	// Batches grouped by the table's shards: a command then copies the
+	// one or two shards its users fall in, where a batch in name order
+	// touches every shard and copies the whole table, on every node
+	// (routing.GroupByShard). Same commands, same table, any order.
+	puts := routing.GroupByShard(d.puts, func(r routing.UserRoute) string { return r.User })
+	prunes := routing.GroupByShard(d.prunes, func(u string) string { return u })
+	d.puts, d.prunes = nil, nil
+	for i := 0; i < len(puts); i += s.cfg.Batch {
+		end := min(i+s.cfg.Batch, len(puts))
+		if err := apply(routing.Command{Type: routing.CmdImport, Source: tag, Users: puts[i:end]}, fmt.Sprintf("users %d-%d of %d", i+1, end, len(puts))); err != nil {
 			return d.res, err
 		}
 	}
-	for i := 0; i < len(d.prunes); i += s.cfg.Batch {
-		end := min(i+s.cfg.Batch, len(d.prunes))
-		if err := apply(routing.Command{Type: routing.CmdImport, Source: tag, Names: d.prunes[i:end]}, fmt.Sprintf("removals %d-%d of %d", i+1, end, len(d.prunes))); err != nil {
+	for i := 0; i < len(prunes); i += s.cfg.Batch {
+		end := min(i+s.cfg.Batch, len(prunes))
+		if err := apply(routing.Command{Type: routing.CmdImport, Source: tag, Names: prunes[i:end]}, fmt.Sprintf("removals %d-%d of %d", i+1, end, len(prunes))); err != nil {
 			return d.res, err
 		}
 	}

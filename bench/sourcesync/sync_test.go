@@ -1,0 +1,309 @@
+// Package sourcesync_test measures a directory source's sync at scale
+// without a directory: an in-memory fetcher hands the syncer
+// (routing/source/syncer) its entries, and every command the syncer
+// writes goes through its wire form into a routing.FSM's raft Apply, as
+// on every node of a cluster (raft and the network left out). What it
+// measures is the syncer's diff and the FSM's applies, the part the
+// LDAP and SQL drivers' own benchmarks (bench/ldapsrc, bench/sqlsrc)
+// leave out.
+//
+//	go test -run=^$ -bench=. -benchtime=1x -timeout 60m ./bench/sourcesync/
+//	PORTICO_BENCH_SYNC_ENTRIES=100000 go test -run=^$ -bench=. -benchtime=3x ./bench/sourcesync/
+//
+// The source has PORTICO_BENCH_SYNC_ENTRIES users (default 1,000,000),
+// user0000000@example.org.., on eight hosts imap0..imap7.example.org
+// that no backend names yet (the syncer adds a backend for each, as with
+// the LDAP benchmark's directory). Reported per sync, beside ns/op and
+// the allocations: cpu-s (the process's user and system CPU time, GC
+// included), apply-s (time inside FSM.Apply, the part every follower
+// pays too), cmds (commands written), peak-heap-MiB (live heap objects,
+// sampled every 10 ms) and peak-rss-MiB (VmHWM, reset before each sync).
+package sourcesync_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/metrics"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/portico-mail/portico/routing"
+	"github.com/portico-mail/portico/routing/source"
+	"github.com/portico-mail/portico/routing/source/syncer"
+)
+
+// fetcher is an in-memory directory with a change feed whose watermark
+// is the number of changes made.
+type fetcher struct {
+	entries []source.Entry
+	changes []source.Change
+}
+
+func (f *fetcher) Full(ctx context.Context, put func(source.Entry) error) (string, error) {
+	for _, e := range f.entries {
+		if err := put(e); err != nil {
+			return "", err
+		}
+	}
+	return strconv.Itoa(len(f.changes)), nil
+}
+
+func (f *fetcher) Changes(ctx context.Context, wm string, put func(source.Change) error) (string, error) {
+	n, err := strconv.Atoi(wm)
+	if err != nil || n > len(f.changes) {
+		return "", source.ErrNoChanges
+	}
+	for _, c := range f.changes[n:] {
+		if err := put(c); err != nil {
+			return "", err
+		}
+	}
+	return strconv.Itoa(len(f.changes)), nil
+}
+
+func (f *fetcher) Lookup(ctx context.Context, user string) (source.Entry, error) {
+	return source.Entry{}, source.ErrNotFound
+}
+
+func (f *fetcher) Close() error { return nil }
+
+// fsmCluster writes each command through its wire form into an FSM, as
+// raft would on every node.
+type fsmCluster struct {
+	fsm   *routing.FSM
+	index uint64
+	apply time.Duration
+	cmds  int
+	bytes int
+}
+
+func (c *fsmCluster) Apply(_ context.Context, cmd routing.Command) error {
+	b, err := cmd.Encode()
+	if err != nil {
+		return err
+	}
+	c.index++
+	start := time.Now()
+	res := c.fsm.Apply(&raft.Log{Index: c.index, Term: 1, Type: raft.LogCommand, Data: b})
+	c.apply += time.Since(start)
+	c.cmds++
+	c.bytes += len(b)
+	if err, ok := res.(error); ok && err != nil {
+		return err
+	}
+	return nil
+}
+
+func newCluster(b *testing.B) *fsmCluster {
+	f := routing.NewFSM()
+	f.SetLoaded()
+	return &fsmCluster{fsm: f}
+}
+
+func entries() int {
+	if v, err := strconv.Atoi(os.Getenv("PORTICO_BENCH_SYNC_ENTRIES")); err == nil && v > 0 {
+		return v
+	}
+	return 1_000_000
+}
+
+func directory(n int) *fetcher {
+	f := &fetcher{entries: make([]source.Entry, n)}
+	for i := range f.entries {
+		f.entries[i] = source.Entry{User: fmt.Sprintf("user%07d@example.org", i), Target: fmt.Sprintf("imap%d.example.org", i%8)}
+	}
+	return f
+}
+
+func newSyncer(c *fsmCluster, f source.Fetcher) *syncer.Syncer {
+	return syncer.New(syncer.Config{Name: "dir", Type: "bench", Interval: time.Hour, FullInterval: 24 * time.Hour,
+		MaxDeleteShare: 0.1, NewBackends: syncer.DefaultNewBackends()}, f, c.fsm.Table, c, nil, nil)
+}
+
+// measure runs sync b.N times (prepare, untimed, before each) and reports
+// the figures of the package comment.
+func measure(b *testing.B, prepare func(), sync func() *fsmCluster) {
+	b.ReportAllocs()
+	var cpu, apply time.Duration
+	var cmds, bytes int
+	var peakHeap, peakRSS, heapBefore uint64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		prepare()
+		runtime.GC()
+		runtime.GC()
+		heapBefore = max(heapBefore, heapObjects())
+		resetPeakRSS(b)
+		stop := sampleHeap()
+		c0 := cpuTime()
+		b.StartTimer()
+		c := sync()
+		b.StopTimer()
+		cpu += cpuTime() - c0
+		peakHeap = max(peakHeap, stop())
+		peakRSS = max(peakRSS, vmHWM(b))
+		apply += c.apply
+		cmds += c.cmds
+		bytes += c.bytes
+		b.StartTimer()
+	}
+	n := float64(b.N)
+	b.ReportMetric(cpu.Seconds()/n, "cpu-s")
+	b.ReportMetric(apply.Seconds()/n, "apply-s")
+	b.ReportMetric(float64(cmds)/n, "cmds")
+	b.ReportMetric(float64(bytes)/n/(1<<20), "log-MiB")
+	b.ReportMetric(float64(heapBefore)/(1<<20), "heap-before-MiB")
+	b.ReportMetric(float64(peakHeap)/(1<<20), "peak-heap-MiB")
+	b.ReportMetric(float64(peakRSS)/(1<<10), "peak-rss-MiB")
+}
+
+// BenchmarkFullSync: the first full sync of the whole source into an
+// empty table (the LDAP benchmark's 3 min 19 s at a million entries).
+func BenchmarkFullSync(b *testing.B) {
+	f := directory(entries())
+	var c *fsmCluster
+	measure(b, func() { c = newCluster(b) }, func() *fsmCluster {
+		res, err := newSyncer(c, f).Sync(context.Background(), syncer.Options{Full: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, _, users, _ := c.fsm.Table().Len(); res.Added != len(f.entries) || users != len(f.entries) {
+			b.Fatalf("added %d of %d; the table holds %d", res.Added, len(f.entries), users)
+		}
+		return c
+	})
+}
+
+// BenchmarkIncrementalSync: 1,000 changed entries (each moved to another
+// host) in the full source, one incremental sync.
+func BenchmarkIncrementalSync(b *testing.B) {
+	f := directory(entries())
+	base := newCluster(b)
+	if _, err := newSyncer(base, f).Sync(context.Background(), syncer.Options{Full: true}); err != nil {
+		b.Fatal(err)
+	}
+	step := len(f.entries) / 1000
+	for i := range 1000 {
+		e := f.entries[i*step]
+		e.Target = "imap9.example.org"
+		f.changes = append(f.changes, source.Change{Entry: e})
+	}
+	var c *fsmCluster
+	measure(b, func() {
+		// Every run starts from the full sync's table and watermark.
+		fsm := routing.NewFSM()
+		snap, err := base.fsm.Snapshot()
+		if err != nil {
+			b.Fatal(err)
+		}
+		sink := &memSink{}
+		if err := snap.Persist(sink); err != nil {
+			b.Fatal(err)
+		}
+		if err := fsm.Restore(sink); err != nil {
+			b.Fatal(err)
+		}
+		fsm.SetLoaded()
+		c = &fsmCluster{fsm: fsm, index: base.index}
+	}, func() *fsmCluster {
+		res, err := newSyncer(c, f).Sync(context.Background(), syncer.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if res.Kind != "incremental" || res.Changed != 1000 {
+			b.Fatalf("%s sync changed %d", res.Kind, res.Changed)
+		}
+		return c
+	})
+}
+
+// memSink is a raft.SnapshotSink in memory (and the reader of what it
+// holds, for Restore).
+type memSink struct{ bytes.Buffer }
+
+func (s *memSink) ID() string    { return "bench" }
+func (s *memSink) Cancel() error { return nil }
+func (s *memSink) Close() error  { return nil }
+
+var _ raft.SnapshotSink = (*memSink)(nil)
+
+func heapObjects() uint64 {
+	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// sampleHeap samples the live heap every 10 ms until the returned
+// function is called, which returns the peak.
+func sampleHeap() func() uint64 {
+	var mu sync.Mutex
+	peak := heapObjects()
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				h := heapObjects()
+				mu.Lock()
+				peak = max(peak, h)
+				mu.Unlock()
+			}
+		}
+	}()
+	return func() uint64 {
+		close(done)
+		<-stopped
+		mu.Lock()
+		defer mu.Unlock()
+		return max(peak, heapObjects())
+	}
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// resetPeakRSS resets the process's VmHWM (Linux 4.0+).
+func resetPeakRSS(b *testing.B) {
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+		b.Logf("cannot reset the peak RSS: %v", err)
+	}
+}
+
+// vmHWM returns the process's peak RSS in KiB.
+func vmHWM(b *testing.B) uint64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		b.Logf("peak RSS: %v", err)
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var kb uint64
+		if _, err := fmt.Sscanf(sc.Text(), "VmHWM: %d kB", &kb); err == nil {
+			return kb
+		}
+	}
+	return 0
+}
