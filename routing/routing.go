@@ -229,6 +229,8 @@ type Table struct {
 	// sources is the sync state of the directory sources
 	// (WithSourceState), by source name; nil when none.
 	sources map[string]SourceState
+	// vips places virtual addresses on nodes (WithVIPs), by address.
+	vips map[string]VIPAssignment
 }
 
 // TableSpec is the input to NewTable.

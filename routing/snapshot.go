@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"strings"
 	"unicode/utf8"
 )
@@ -70,6 +71,10 @@ type snapHeader struct {
 	// (CmdTicketKeys); older versions ignore it. The public
 	// WriteSnapshot never writes it.
 	Tickets *TicketRing `json:"tickets,omitempty"`
+	// VIPs are the placements of virtual addresses. Only a command that
+	// every node knows writes them (CmdSetVIPs), so no older version
+	// reads a snapshot holding them.
+	VIPs []VIPAssignment `json:"vips,omitempty"`
 }
 
 // WriteSnapshot writes t in the snapshot format (without an index).
@@ -96,6 +101,9 @@ func writeSnapshot(w io.Writer, t *Table, index *uint64, tickets *TicketRing) er
 	}
 	if !tickets.Empty() {
 		hdr.Tickets = tickets
+	}
+	if len(t.vips) > 0 {
+		hdr.VIPs = t.VIPs()
 	}
 	h, err := json.Marshal(hdr)
 	if err != nil {
@@ -300,6 +308,15 @@ func readSnapshotParts(r io.Reader) (*Table, *uint64, *TicketRing, error) {
 		}
 		if len(h.Tickets.Keys) > MaxTicketKeys {
 			return nil, nil, nil, fmt.Errorf("routing snapshot: %d session-ticket keys", len(h.Tickets.Keys))
+		}
+	}
+	if len(h.VIPs) > 0 {
+		t.vips = make(map[string]VIPAssignment, len(h.VIPs))
+		for _, v := range h.VIPs {
+			if _, err := netip.ParseAddr(v.Address); err != nil || !validNode(v.Node) || t.vips[v.Address].Node != "" {
+				return nil, nil, nil, fmt.Errorf("routing snapshot: bad VIP placement %+v", v)
+			}
+			t.vips[v.Address] = v
 		}
 	}
 	return t, h.Index, h.Tickets, nil
