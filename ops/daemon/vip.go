@@ -39,7 +39,7 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 	ownerG := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "portico", Subsystem: "vip", Name: "owner",
 		Help: "1 while this node holds the virtual address."}, []string{"vip"})
 	changes := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "portico", Subsystem: "vip", Name: "ownership_changes_total",
-		Help: "Times this node acquired or released the virtual addresses."})
+		Help: "Times this node acquired or released a virtual address (each address counts)."})
 	anns := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "portico", Subsystem: "vip", Name: "announcements_total",
 		Help: "Gratuitous ARP / unsolicited neighbour advertisement rounds sent."})
 	d.Metrics.MustRegister(ownerG, changes, anns)
@@ -49,15 +49,13 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 	agent := d.cluster
 	mc := cfg.VIPConfig()
 	mc.Verify = agent.VerifyLeader
-	mc.OnChange = func(owned bool) {
+	mc.OnChange = func(a vip.Address, owned bool) {
 		changes.Inc()
 		v := 0.0
 		if owned {
 			v = 1
 		}
-		for _, a := range ips {
-			ownerG.WithLabelValues(a.String()).Set(v)
-		}
+		ownerG.WithLabelValues(a.Prefix.Addr().String()).Set(v)
 	}
 	mc.OnAnnounce = func(vip.Address) { anns.Inc() }
 	mc.Log = d.Log
