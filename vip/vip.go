@@ -100,7 +100,7 @@ type Manager struct {
 	cfg      Config
 	log      *slog.Logger
 	want     atomic.Pointer[map[netip.Addr]bool] // nil: none
-	detached atomic.Bool                          // Detach: hands off, the addresses stay as they are
+	detached atomic.Bool                         // Detach: hands off, the addresses stay as they are
 	verify   atomic.Pointer[func() error]
 	kick     chan struct{}
 
