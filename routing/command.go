@@ -241,7 +241,7 @@ func (t *Table) Apply(c Command) (*Table, error) {
 	case CmdTicketKeys:
 		return t, nil // FSM state beside the table (FSM.Apply)
 	case CmdSetVIPs:
-		return t.WithVIPs(c.VIPs)
+		return t.WithVIPs(c.VIPs, c.Target)
 	}
 	return nil, fmt.Errorf("%w: type %d", ErrUnknownCommand, byte(c.Type))
 }

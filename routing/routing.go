@@ -231,6 +231,8 @@ type Table struct {
 	sources map[string]SourceState
 	// vips places virtual addresses on nodes (WithVIPs), by address.
 	vips map[string]VIPAssignment
+	// vipLeader is the VIP leader marker (WithVIPs).
+	vipLeader string
 }
 
 // TableSpec is the input to NewTable.

@@ -74,7 +74,8 @@ type snapHeader struct {
 	// VIPs are the placements of virtual addresses. Only a command that
 	// every node knows writes them (CmdSetVIPs), so no older version
 	// reads a snapshot holding them.
-	VIPs []VIPAssignment `json:"vips,omitempty"`
+	VIPs      []VIPAssignment `json:"vips,omitempty"`
+	VIPLeader string          `json:"vip_leader,omitempty"`
 }
 
 // WriteSnapshot writes t in the snapshot format (without an index).
@@ -105,6 +106,7 @@ func writeSnapshot(w io.Writer, t *Table, index *uint64, tickets *TicketRing) er
 	if len(t.vips) > 0 {
 		hdr.VIPs = t.VIPs()
 	}
+	hdr.VIPLeader = t.vipLeader
 	h, err := json.Marshal(hdr)
 	if err != nil {
 		return err
@@ -319,5 +321,9 @@ func readSnapshotParts(r io.Reader) (*Table, *uint64, *TicketRing, error) {
 			t.vips[v.Address] = v
 		}
 	}
+	if h.VIPLeader != "" && !validNode(h.VIPLeader) {
+		return nil, nil, nil, fmt.Errorf("routing snapshot: bad VIP leader %q", h.VIPLeader)
+	}
+	t.vipLeader = h.VIPLeader
 	return t, h.Index, h.Tickets, nil
 }

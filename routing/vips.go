@@ -24,17 +24,42 @@ type VIPAssignment struct {
 	Epoch uint64 `json:"epoch"`
 }
 
-// WithVIPs returns the table with each assignment of as applied: the
+// WithVIPs returns the table with each assignment of as applied (see
+// withVIPs) and, when leader is not "", the leader marker set to it.
+//
+// The marker names the last node that led with the right to hold
+// addresses as leader (vip/DESIGN.md): a new leader writes it before it
+// holds any address or answers any lease, so a later leader reads, after
+// its barrier, which node was the last to hold addresses on the strength
+// of its leadership alone.
+func (t *Table) WithVIPs(as []VIPAssignment, leader string) (*Table, error) {
+	if leader != "" && !validNode(leader) {
+		return nil, invalid("set-vips: bad leader name %q", leader)
+	}
+	if len(as) == 0 && leader == "" {
+		return nil, invalid("set-vips without assignments or leader")
+	}
+	n, err := t.withVIPs(as)
+	if err != nil {
+		return nil, err
+	}
+	if leader != "" {
+		n.vipLeader = leader
+	}
+	return n, nil
+}
+
+// VIPLeader returns the leader marker ("" if never written).
+func (t *Table) VIPLeader() string { return t.vipLeader }
+
+// withVIPs returns the table with each assignment of as applied: the
 // address placed on Node ("" removes the placement). Each is a
 // compare-and-set on the address's epoch: Epoch must be the epoch the
 // table holds for the address now (0 for one never placed), else the
 // whole command is refused with ErrConflict (the leader decided from a
 // stale view, e.g. a move racing a failover). The table then stores the
 // epoch raised by one. Addresses must be valid and listed once.
-func (t *Table) WithVIPs(as []VIPAssignment) (*Table, error) {
-	if len(as) == 0 {
-		return nil, invalid("set-vips without assignments")
-	}
+func (t *Table) withVIPs(as []VIPAssignment) (*Table, error) {
 	seen := map[string]bool{}
 	for _, a := range as {
 		ip, err := netip.ParseAddr(a.Address)

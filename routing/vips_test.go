@@ -72,6 +72,20 @@ func TestVIPs(t *testing.T) {
 	if _, ok := f.Table().VIP("fd00::102"); ok {
 		t.Fatal("not removed")
 	}
+	// The leader marker, alone or with placements, and in snapshots.
+	if r := applyTo(t, f, 7, Command{Type: CmdSetVIPs, Target: "n2"}); r != nil || f.Table().VIPLeader() != "n2" {
+		t.Fatalf("marker: %v %q", r, f.Table().VIPLeader())
+	}
+	if r := applyTo(t, f, 8, Command{Type: CmdSetVIPs, Target: "a b"}); r == nil || f.Table().VIPLeader() != "n2" {
+		t.Fatalf("bad marker: %v %q", r, f.Table().VIPLeader())
+	}
+	buf.Reset()
+	if err := WriteSnapshot(&buf, f.Table()); err != nil {
+		t.Fatal(err)
+	}
+	if tb, err := ReadSnapshot(&buf); err != nil || tb.VIPLeader() != "n2" || len(tb.VIPs()) != 1 {
+		t.Fatalf("restored marker: %v %+v", err, tb)
+	}
 	// A table without placements writes no "vips" in its snapshot: an
 	// older version can read it.
 	buf.Reset()
