@@ -123,9 +123,9 @@ type Server struct {
 	// on the address finish before the address goes).
 	preMu    sync.Mutex
 	preLocal map[netip.Addr]int
-	wg          sync.WaitGroup // accept loops
-	preWG       sync.WaitGroup // connections before the relay
-	started     bool
+	wg       sync.WaitGroup // accept loops
+	preWG    sync.WaitGroup // connections before the relay
+	started  bool
 }
 
 // NewServer prepares a server. certs may be nil when no listener uses TLS.
