@@ -123,8 +123,11 @@ type SpreadConfig struct {
 	Draining  func() bool
 	// Go runs f in a goroutine its owner joins at shutdown (false if it
 	// is shutting down).
-	Go  func(f func(ctx context.Context)) bool
-	Log *slog.Logger
+	Go func(f func(ctx context.Context)) bool
+	// HoldUntil: the node was started by an in-place upgrade and inherits
+	// the old process's lease, which runs until then (zero: none).
+	HoldUntil time.Time
+	Log       *slog.Logger
 }
 
 // Spread is the spread mode's ownership policy; see the file comment.
@@ -137,7 +140,8 @@ type Spread struct {
 	addrs  map[netip.Addr]bool
 	kickc  chan struct{}
 
-	refuse atomic.Pointer[map[netip.Addr]bool]
+	refuse   atomic.Pointer[map[netip.Addr]bool]
+	renewNow atomic.Bool // renew at the next tick (news for the leader)
 
 	mu sync.Mutex
 	// The holder's side.
@@ -146,9 +150,11 @@ type Spread struct {
 	remoteMoving map[netip.Addr]bool
 	fences       map[netip.Addr]fence
 	refused      map[netip.Addr]bool
-	leaving      bool
-	leading      bool        // told so (after the barrier)
-	lt           *leaderTerm // this node's term, once its marker is written
+	// left: Leave gave everything up (shutdown, drain); held nothing more
+	// until the node serves again (no longer draining).
+	left    bool
+	leading bool        // told so (after the barrier)
+	lt      *leaderTerm // this node's term, once its marker is written
 }
 
 // fence: the leader asked this node to release the address at this epoch
@@ -196,8 +202,17 @@ func NewSpread(cfg SpreadConfig) *Spread {
 		s.slots = append(s.slots, Slot{Address: a.Addr.String(), Prefer: a.Prefer})
 		s.addrs[a.Addr] = true
 	}
+	if time.Now().Before(cfg.HoldUntil) {
+		s.leaseUntil = cfg.HoldUntil
+		s.log.Info("keeping this node's virtual addresses through the in-place upgrade on the old process's lease", "until", cfg.HoldUntil)
+	}
 	return s
 }
+
+// Prime decides the holdings once, before the mechanism starts (which
+// would otherwise remove an address inherited through an in-place
+// upgrade as stale).
+func (s *Spread) Prime() { s.apply() }
 
 func (s *Spread) kick() {
 	select {
@@ -248,6 +263,8 @@ type HoldFacts struct {
 	Moving map[netip.Addr]bool
 	// Fenced: this node released the address at the epoch or later.
 	Fenced func(a netip.Addr, epoch uint64) bool
+	// Left: the node gave everything up (Leave) and still drains.
+	Left bool
 }
 
 // Holdings is what a node holds: the addresses the table places on it,
@@ -255,6 +272,9 @@ type HoldFacts struct {
 // nowhere, while it leads (as in the leader mode); never one being moved
 // or one it released at its current placement.
 func Holdings(f HoldFacts) []netip.Addr {
+	if f.Left {
+		return nil
+	}
 	var out []netip.Addr
 	for _, a := range f.Addresses {
 		p, placed := f.Placements[a]
@@ -322,6 +342,7 @@ func (s *Spread) factsLocked(now time.Time) HoldFacts {
 			fc, ok := s.fences[a]
 			return ok && epoch <= fc.epoch
 		},
+		Left: s.left,
 	}
 	for _, a := range s.cfg.Addresses {
 		f.Addresses = append(f.Addresses, a.Addr)
@@ -336,7 +357,11 @@ func (s *Spread) factsLocked(now time.Time) HoldFacts {
 
 // apply decides the holdings now and hands them to the mechanism.
 func (s *Spread) apply() {
+	serving := !s.cfg.Draining()
 	s.mu.Lock()
+	if s.left && serving {
+		s.left = false // a drain was cancelled: serve again
+	}
 	want := Holdings(s.factsLocked(time.Now()))
 	s.mu.Unlock()
 	s.cfg.Holder.SetWant(want)
@@ -370,6 +395,9 @@ type leaseAnswer struct {
 func (s *Spread) renewLoop(ctx context.Context) {
 	var last time.Time
 	for {
+		if s.renewNow.Swap(false) {
+			last = time.Time{}
+		}
 		wait := s.tick
 		leader, _ := s.cfg.Cluster.Leader()
 		s.mu.Lock()
@@ -448,9 +476,12 @@ func (s *Spread) renew(ctx context.Context) error {
 	return nil
 }
 
+// renewSoon makes the next renewal go at the next tick.
+func (s *Spread) renewSoon() { s.renewNow.Store(true) }
+
 func (s *Spread) draining() bool {
 	s.mu.Lock()
-	l := s.leaving
+	l := s.left
 	s.mu.Unlock()
 	return l || s.cfg.Draining()
 }
@@ -824,7 +855,7 @@ func (s *Spread) Move(ctx context.Context, addr netip.Addr, to string) (SpreadMo
 	}
 	contact := func(n string) bool {
 		at, ok := lt.lastAns[n]
-		return n == self && !s.leaving && !s.cfg.Draining() || ok && now.Sub(at) < s.cfg.Lease && !lt.draining[n]
+		return n == self && !s.left && !s.cfg.Draining() || ok && now.Sub(at) < s.cfg.Lease && !lt.draining[n]
 	}
 	holder := from
 	if holder == "" {
@@ -896,16 +927,17 @@ func keys[V any](m map[string]V) []string {
 	return out
 }
 
-// Leave gives this node's addresses up for good (shutdown): it asks to be
-// treated as draining (the leader moves its addresses to other nodes
-// with the planned handover) and waits for that, up to timeout; then it
-// releases whatever is left.
+// Leave gives this node's addresses up (shutdown, drain; the node reports
+// itself draining by then, so the leader moves its addresses to other
+// nodes with the planned handover): it waits for that, up to timeout,
+// then releases whatever is left and holds nothing until the node serves
+// again.
 func (s *Spread) Leave(timeout time.Duration) {
 	s.mu.Lock()
-	s.leaving = true
 	alone := s.lt != nil && s.leading && !s.othersInContactLocked(time.Now())
 	s.mu.Unlock()
 	if leader, _ := s.cfg.Cluster.Leader(); leader != "" && !alone {
+		s.renewSoon()
 		deadline := time.Now().Add(timeout)
 		for len(s.cfg.Holder.Held()) > 0 && time.Now().Before(deadline) {
 			if l, _ := s.cfg.Cluster.Leader(); l == "" {
@@ -915,11 +947,14 @@ func (s *Spread) Leave(timeout time.Duration) {
 		}
 	}
 	s.mu.Lock()
-	s.leaseUntil = time.Time{}
-	s.lt = nil
+	s.left = true
 	s.mu.Unlock()
-	if err := s.cfg.Holder.ReleaseAddrs(s.cfg.Holder.Held(), time.Second); err != nil {
-		s.log.Warn("releasing the virtual addresses at shutdown", "error", err)
+	s.apply()
+	if held := s.cfg.Holder.Held(); len(held) > 0 {
+		s.log.Info("releasing the virtual addresses no other node took", "addresses", held)
+		if err := s.cfg.Holder.ReleaseAddrs(held, time.Second); err != nil {
+			s.log.Warn("releasing the virtual addresses", "error", err)
+		}
 	}
 }
 
