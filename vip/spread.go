@@ -31,10 +31,10 @@ const (
 	// DefaultLease: a node holds its addresses for this long after it
 	// last asked the leader (the lease is renewed every quarter of it).
 	// A failed node's addresses move after about Lease plus a quarter.
-	DefaultLease = 800 * time.Millisecond
+	DefaultLease = time.Second
 	// DefaultRebalanceDelay: with rebalance on, a node must have been in
 	// contact this long before it is given an address another node
-	// holds, and rebalance moves are at least this far apart.
+	// holds, and a rebalance move comes at least this long after any move.
 	DefaultRebalanceDelay = 60 * time.Second
 )
 
@@ -175,7 +175,11 @@ type leaderTerm struct {
 	since     map[string]time.Time // in contact without a break since
 	moving    map[netip.Addr]bool
 	retryAt   map[netip.Addr]time.Time
-	rebalance time.Time // the last rebalance move
+	rebalance time.Time // the last move (a rebalance waits the delay after it)
+	// resumed: the leader's own loop was held up (a stall: CPU starved,
+	// paused); nodes could not renew meanwhile, so each gets a full
+	// lease from then on before its addresses move.
+	resumed time.Time
 }
 
 // NewSpread returns the controller for cfg.
@@ -581,8 +585,17 @@ func (s *Spread) Lead(ctx context.Context) {
 	defer wg.Wait()
 	t := time.NewTicker(s.tick)
 	defer t.Stop()
+	last := time.Now()
 	for {
-		for _, m := range s.decide(time.Now()) {
+		now := time.Now()
+		if gap := now.Sub(last); gap > s.cfg.Lease/4 {
+			s.log.Warn("the leader was held up; every node gets a full lease to renew before its addresses move", "for", gap.Round(time.Millisecond))
+			s.mu.Lock()
+			lt.resumed = now
+			s.mu.Unlock()
+		}
+		last = now
+		for _, m := range s.decide(now) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -626,6 +639,9 @@ func (s *Spread) failedLocked(lt *leaderTerm, n string, now time.Time) bool {
 	base := lt.start
 	if ok && at.After(base) {
 		base = at
+	}
+	if lt.resumed.After(base) {
+		base = lt.resumed
 	}
 	return now.After(base.Add(s.cfg.Lease + s.margin))
 }
@@ -756,6 +772,14 @@ func (s *Spread) execute(ctx context.Context, m plannedMove) (ended int, err err
 			return ended, fmt.Errorf("writing the placement: %w", err)
 		}
 	}
+	s.mu.Lock()
+	if lt := s.lt; lt != nil {
+		// Every move, not only a rebalance, holds the next rebalance off
+		// for the delay: an operator's move or a failover is not undone
+		// at once.
+		lt.rebalance = time.Now()
+	}
+	s.mu.Unlock()
 	s.log.Info("moved virtual address", "address", m.Address, "from", m.From, "to", m.To, "reason", m.Reason,
 		"released", m.release, "sessions_ended", ended, "took", time.Since(m.started).Round(time.Millisecond))
 	return ended, nil
