@@ -790,8 +790,9 @@ type capturer struct {
 }
 
 // capture records every TCP segment between the client and a:port on the
-// client's eth0 (an AF_PACKET socket in the client's namespace: sent and
-// received frames both).
+// client's eth0: an AF_PACKET socket in the client's namespace, for every
+// protocol (only those see the frames the host sends as well as those it
+// receives), without the link-layer header.
 func capture(h *netns.Host, a netip.Addr, port uint16) (*capturer, error) {
 	cp := &capturer{stop: make(chan struct{}), done: make(chan struct{})}
 	err := h.Do(func() error {
@@ -799,11 +800,11 @@ func capture(h *netns.Host, a netip.Addr, port uint16) (*capturer, error) {
 		if err != nil {
 			return err
 		}
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_IP)))
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
 		if err != nil {
 			return err
 		}
-		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: ifi.Index}); err != nil {
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
 			unix.Close(fd)
 			return err
 		}
