@@ -5,12 +5,16 @@
 // §7.2.6), refreshes the announcements while owning, and removes them when
 // it is not.
 //
-// Policy and mechanism are apart (as in MetalLB). The policy (policy.go,
-// controller.go) decides who holds the addresses: they follow raft
-// leadership (see DESIGN.md), seen through the narrow Leadership
-// interface; Decide and OnLeadership are pure functions of the facts, and
-// Controller gathers the facts, runs the guard, preemption and planned
-// handovers, and calls SetOwner. The mechanism (Manager) carries that
+// Policy and mechanism are apart (as in MetalLB). The policy decides who
+// holds the addresses. In the leader mode (policy.go, controller.go) they
+// follow raft leadership (see DESIGN.md), seen through the narrow
+// Leadership interface; Decide and OnLeadership are pure functions of the
+// facts, and Controller gathers the facts, runs the guard, preemption and
+// planned handovers, and calls SetOwner. In the spread mode (placement.go,
+// spread.go) the leader places each address on one node (Place, a pure
+// function), the placements are replicated, and Spread holds a node's
+// addresses while its lease from the leader lasts (or it leads), and
+// calls SetWant. The mechanism (Manager) carries that
 // out: one goroutine owns all address changes and reconciles the
 // interface against the desired state every Reconcile period, so a stale
 // address (added by hand, left by a crash, or kept by a node that lost
