@@ -651,7 +651,8 @@ func (s *Spread) failedLocked(lt *leaderTerm, n string, now time.Time) bool {
 func (s *Spread) decide(now time.Time) []plannedMove {
 	ps, _ := s.cfg.Table.Placements()
 	sessions := map[string]int{}
-	for _, m := range s.cfg.Cluster.Members() {
+	members := s.cfg.Cluster.Members()
+	for _, m := range members {
 		sessions[m.Name] = m.Sessions
 	}
 	self := s.cfg.Cluster.Name()
@@ -661,6 +662,16 @@ func (s *Spread) decide(now time.Time) []plannedMove {
 	lt := s.lt
 	if lt == nil || !s.leading {
 		return nil
+	}
+	if now.Before(lt.start.Add(s.cfg.Lease / 4)) {
+		// A new term: the live members ask for their leases as soon as
+		// they know this leader; let them, so that a failed node's
+		// addresses spread over all survivors, not onto this one.
+		for _, m := range members {
+			if _, asked := lt.lastAns[m.Name]; m.Alive && !asked && m.Name != self && m.Name != lt.prev {
+				return nil
+			}
+		}
 	}
 	eligible := map[string]NodeLoad{}
 	contact := func(n string) bool { at, ok := lt.lastAns[n]; return ok && now.Sub(at) < s.cfg.Lease }
