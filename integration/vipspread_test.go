@@ -437,12 +437,22 @@ func spreadKill(t *testing.T, c *spreadCluster, fig *drillFigures, leader bool) 
 		}
 		return false
 	})
+	// The other addresses stay where they are. After the leader's kill
+	// their owners keep them on their leases through the election;
+	// should the election outlast a lease (a starved machine), an owner
+	// stops holding its address until the new leader renews it, but the
+	// address never goes to another node.
 	for _, b := range spreadVIPs {
-		if b != a && c.sampler.changes(at, b) != 0 {
+		if b == a {
+			continue
+		}
+		if leader && c.sampler.ownerChanges(at, b) != 0 || !leader && c.sampler.changes(at, b) != 0 {
 			t.Errorf("%s (not %s's) changed holders after the kill:\n%s", b, victim.name, c.sampler.dump(at))
+		} else if n := c.sampler.changes(at, b); n != 0 {
+			t.Logf("%s was not held for a moment during the election (%d changes), and came back to its owner", b, n)
 		}
 	}
-	limit := 2 * time.Second // a follower's lease (1 s) and a quarter, a tick, the write
+	limit := 2500 * time.Millisecond // a follower's lease (1.5 s) and a sixth, a tick, the write
 	if leader {
 		limit = 4 * time.Second // an election first
 	}
@@ -522,7 +532,7 @@ func spreadPartition(t *testing.T, c *spreadCluster, fig *drillFigures) {
 	if !ok {
 		t.Fatalf("%s not taken over within 10 s:\n%s", a, c.sampler.dump(at))
 	}
-	if dropped.Sub(at) > 1500*time.Millisecond {
+	if dropped.Sub(at) > 2*time.Second {
 		t.Errorf("%s dropped %s %v after being cut off, want within its lease and a tick", victim.name, a, dropped.Sub(at))
 	}
 	if taken.Before(dropped) {

@@ -20,7 +20,7 @@ import (
 // raft (the routing table's set-vips command), and a node holds an
 // address only while the table it has caught up with places the address
 // on it and it is in contact with a quorum: as the raft leader, or through
-// a lease the leader grants it (renewed every Lease/4, valid for Lease
+// a lease the leader grants it (renewed every Lease/6, valid for Lease
 // from the moment the node asked). The leader moves the addresses of a
 // node whose lease has surely run out, and moves the addresses of live
 // nodes only after they released them (planned moves: `vip move`, drain,
@@ -29,9 +29,11 @@ import (
 // Defaults of the spread mode, documented in the README.
 const (
 	// DefaultLease: a node holds its addresses for this long after it
-	// last asked the leader (the lease is renewed every quarter of it).
-	// A failed node's addresses move after about Lease plus a quarter.
-	DefaultLease = time.Second
+	// last asked the leader (the lease is renewed every sixth of it). A
+	// failed follower's addresses move after about Lease plus a sixth;
+	// the lease outlasts an ordinary election (0.5-1.2 s), so that the
+	// followers keep their addresses while a new leader is elected.
+	DefaultLease = 1500 * time.Millisecond
 	// DefaultRebalanceDelay: with rebalance on, a node must have been in
 	// contact this long before it is given an address another node
 	// holds, and a rebalance move comes at least this long after any move.
@@ -134,6 +136,7 @@ type SpreadConfig struct {
 type Spread struct {
 	cfg    SpreadConfig
 	log    *slog.Logger
+	every  time.Duration // how often a follower renews its lease
 	margin time.Duration // beyond a lease, before its addresses move
 	tick   time.Duration
 	slots  []Slot
@@ -199,7 +202,7 @@ func NewSpread(cfg SpreadConfig) *Spread {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	s := &Spread{cfg: cfg, log: cfg.Log, margin: cfg.Lease / 4, tick: min(50*time.Millisecond, cfg.Lease/8),
+	s := &Spread{cfg: cfg, log: cfg.Log, every: cfg.Lease / 6, margin: cfg.Lease / 6, tick: min(50*time.Millisecond, cfg.Lease/12),
 		addrs: map[netip.Addr]bool{}, kickc: make(chan struct{}, 1),
 		fences: map[netip.Addr]fence{}, refused: map[netip.Addr]bool{}}
 	for _, a := range cfg.Addresses {
@@ -324,11 +327,30 @@ func (s *Spread) Run(ctx context.Context) {
 	}
 }
 
-// sweep ends relayed sessions on addresses this node does not hold:
-// their clients' packets go to the new owner, which resets them.
+// sweep ends relayed sessions on addresses this node does not hold and
+// has no claim to (placed on another node, or unplaced while another
+// node leads): their clients' packets go to the new owner, which resets
+// them. Sessions on an address still placed here, but not held for a
+// moment (a lease renewed late during an election), carry on: the
+// address comes back with the next renewal.
 func (s *Spread) sweep(ctx context.Context) {
 	held := s.cfg.Holder.Held()
-	match := func(l netip.AddrPort) bool { return s.addrs[l.Addr()] && !slices.Contains(held, l.Addr()) }
+	ps, _ := s.cfg.Table.Placements()
+	self := s.cfg.Cluster.Name()
+	s.mu.Lock()
+	leader, left := s.lt != nil && s.leading, s.left
+	s.mu.Unlock()
+	gone := map[netip.Addr]bool{}
+	for a := range s.addrs {
+		p, placed := ps[a]
+		if !slices.Contains(held, a) && (left || placed && p.Node != self || !placed && !leader) {
+			gone[a] = true
+		}
+	}
+	if len(gone) == 0 {
+		return
+	}
+	match := func(l netip.AddrPort) bool { return gone[l.Addr()] }
 	sctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	if n := s.cfg.Sessions.EndSessions(sctx, match, "Server moving, please reconnect.", 0); n > 0 {
@@ -393,7 +415,7 @@ type leaseAnswer struct {
 	Moving []string `json:"moving"` // addresses being moved: not to be held
 }
 
-// renewLoop renews the lease while this node follows: every quarter of
+// renewLoop renews the lease while this node follows: every sixth of
 // the lease, at once when the leader changed, and again after a tick
 // when a renewal failed.
 func (s *Spread) renewLoop(ctx context.Context) {
@@ -407,7 +429,7 @@ func (s *Spread) renewLoop(ctx context.Context) {
 		s.mu.Lock()
 		from := s.leaseFrom
 		s.mu.Unlock()
-		if leader != "" && leader != s.cfg.Cluster.Name() && (time.Since(last) >= s.cfg.Lease/4 || leader != from) {
+		if leader != "" && leader != s.cfg.Cluster.Name() && (time.Since(last) >= s.every || leader != from) {
 			if err := s.renew(ctx); err != nil {
 				s.log.Debug("lease renewal failed", "leader", leader, "error", err)
 			} else {
@@ -588,7 +610,7 @@ func (s *Spread) Lead(ctx context.Context) {
 	last := time.Now()
 	for {
 		now := time.Now()
-		if gap := now.Sub(last); gap > s.cfg.Lease/4 {
+		if gap := now.Sub(last); gap > s.every {
 			s.log.Warn("the leader was held up; every node gets a full lease to renew before its addresses move", "for", gap.Round(time.Millisecond))
 			s.mu.Lock()
 			lt.resumed = now
@@ -663,7 +685,7 @@ func (s *Spread) decide(now time.Time) []plannedMove {
 	if lt == nil || !s.leading {
 		return nil
 	}
-	if now.Before(lt.start.Add(s.cfg.Lease / 4)) {
+	if now.Before(lt.start.Add(s.every)) {
 		// A new term: the live members ask for their leases as soon as
 		// they know this leader; let them, so that a failed node's
 		// addresses spread over all survivors, not onto this one.
