@@ -538,9 +538,18 @@ func spreadPartition(t *testing.T, c *spreadCluster, fig *drillFigures) {
 	if taken.Before(dropped) {
 		t.Errorf("%s taken over %v before the cut-off owner dropped it", a, dropped.Sub(taken))
 	}
+	// The other addresses stay on their owners. (On a starved machine
+	// the leader may lose a heartbeat round and step down, and its own
+	// address then waits for the next leader's lease for a moment: a
+	// blink, never a move.)
 	for _, b := range spreadVIPs {
-		if b != a && c.sampler.changes(at, b) != 0 {
-			t.Errorf("%s (not the cut-off node's) changed holders:\n%s", b, c.sampler.dump(at))
+		if b == a {
+			continue
+		}
+		if c.sampler.ownerChanges(at, b) != 0 {
+			t.Errorf("%s (not the cut-off node's) changed owners:\n%s", b, c.sampler.dump(at))
+		} else if n := c.sampler.changes(at, b); n != 0 {
+			t.Logf("%s was not held for a moment (%d changes), and came back to its owner:\n%s", b, n, c.sampler.dump(at))
 		}
 	}
 	heal()
