@@ -228,9 +228,6 @@ func (s *Spread) kick() {
 	}
 }
 
-// isVIP: a connection to one of the virtual addresses.
-func (s *Spread) isVIP(local netip.AddrPort) bool { return s.addrs[local.Addr()] }
-
 // refusing is the proxy's refuse filter: new connections to an address
 // being released are reset.
 func (s *Spread) refusing(local netip.AddrPort) bool {
