@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -123,5 +124,37 @@ func TestRunWhileLeader(t *testing.T) {
 	defer mu.Unlock()
 	if running[to.Name()] != 0 {
 		t.Fatalf("%s's term still running after Shutdown returned", to.Name())
+	}
+}
+
+// CallNode reaches the named member (or this node, served directly), and
+// the RPC learns who called from the caller's verified certificate.
+func TestCallNodeCaller(t *testing.T) {
+	nodes := startClusterWith(t, 3, func(nd *testNode) {
+		nd.HandleRPC("/v1/ext/whoami", func(ctx context.Context, _ []byte) (int, any) {
+			return 200, map[string]string{"caller": Caller(ctx)}
+		})
+	})
+	waitLeader(t, nodes)
+	a, b := nodes[0], nodes[1]
+	waitFor(t, 10*time.Second, "members verified", func() bool {
+		for _, m := range a.Members() {
+			if !m.Verified || m.State != "alive" {
+				return false
+			}
+		}
+		return len(a.Members()) == 3
+	})
+	for _, to := range []*testNode{a, b} {
+		status, body, err := a.CallNode(t.Context(), to.Name(), "/v1/ext/whoami", nil)
+		if err != nil || status != 200 || strings.TrimSpace(string(body)) != `{"caller":"`+a.Name()+`"}` {
+			t.Fatalf("%s -> %s: %d %q %v", a.Name(), to.Name(), status, body, err)
+		}
+	}
+	if _, _, err := a.CallNode(t.Context(), "nobody", "/v1/ext/whoami", nil); err == nil {
+		t.Fatal("called a node that is not a member")
+	}
+	if Caller(t.Context()) != "" {
+		t.Fatal("a caller outside an RPC")
 	}
 }

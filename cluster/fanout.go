@@ -65,7 +65,7 @@ func (n *Agent) callSelf(ctx context.Context, path string, body []byte) (int, js
 	if len(body) > maxRPCBody {
 		return http.StatusRequestEntityTooLarge, nil, fmt.Errorf("body too large")
 	}
-	status, answer := f(ctx, body)
+	status, answer := f(context.WithValue(ctx, callerKey{}, n.Name()), body)
 	b, err := json.Marshal(answer)
 	if err != nil {
 		return 0, nil, err

@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -180,6 +181,7 @@ func (l rpcListener) Accept() (net.Conn, error) {
 func (n *Agent) newRPCServer() *http.Server {
 	return &http.Server{
 		Handler:           n.rpcHandler(),
+		ConnContext:       callerContext,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       rpcTimeout,
 		WriteTimeout:      rpcTimeout + 5*time.Second,
@@ -206,6 +208,58 @@ func (n *Agent) newRPCClient() *http.Client {
 }
 
 type peerNameKey struct{}
+
+// callerKey carries, in an RPC's context, the name of the node that made
+// it: the common name of the certificate verified in the connection's
+// handshake.
+type callerKey struct{}
+
+// callerContext puts the verified caller's name in every request's
+// context on an RPC connection.
+func callerContext(ctx context.Context, c net.Conn) context.Context {
+	rc, ok := c.(rpcConn)
+	if !ok {
+		return ctx
+	}
+	tc, ok := rc.Conn.(*tls.Conn)
+	if !ok {
+		return ctx
+	}
+	if st := tc.ConnectionState(); len(st.PeerCertificates) > 0 {
+		return context.WithValue(ctx, callerKey{}, st.PeerCertificates[0].Subject.CommonName)
+	}
+	return ctx
+}
+
+// Caller returns the node that made the cluster RPC being served (the
+// name its certificate, verified in the handshake, carries; this node's
+// own name for a call it served itself), or "" if ctx is not an RPC's.
+func Caller(ctx context.Context) string {
+	s, _ := ctx.Value(callerKey{}).(string)
+	return s
+}
+
+// CallNode sends body to path (an RPC added with HandleRPC there) on the
+// named member's cluster port, or serves it here when name is this node,
+// and returns the answer's status and body. The member must be alive and
+// its metadata verified.
+func (n *Agent) CallNode(ctx context.Context, name, path string, body []byte) (int, []byte, error) {
+	if name == n.Name() {
+		return n.callSelf(ctx, path, body)
+	}
+	for _, m := range n.Members() {
+		if m.Name != name {
+			continue
+		}
+		if m.State != "alive" || !m.Verified || m.Raft == "" {
+			return 0, nil, fmt.Errorf("member %s is %s (verified: %v)", name, m.State, m.Verified)
+		}
+		var raw json.RawMessage
+		status, err := n.call(ctx, name, m.Raft, path, body, &raw)
+		return status, raw, err
+	}
+	return 0, nil, fmt.Errorf("no member %s", name)
+}
 
 // call POSTs body to peer (node name and cluster address) and decodes a
 // JSON answer into out. A transport failure is wrapped in ErrNoLeader's

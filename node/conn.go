@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/portico-mail/portico/node/netx"
@@ -38,6 +39,7 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 		default:
 			_ = c.Stream.Close()
 			s.preauthEnded(l, c, end)
+			s.preLocalDone(c.Local.Addr())
 		}
 		adm.release()
 	}()
@@ -58,6 +60,7 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 	c.Log = s.log.With("session", c.ID)
 	c.Log.Info("session start", "listener", l.conf().Name, "protocol", string(l.conf().Protocol), "client", o.remote.String())
 	l.stats.Preauth.Add(1)
+	s.preLocalAdd(c.Local.Addr())
 
 	ctx, ok := s.sessionContext()
 	if !ok {
@@ -70,7 +73,41 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 		return
 	}
 	relayed = true
+	s.preLocalDone(c.Local.Addr())
 	s.startRelay(l, c, h, adm.release)
+}
+
+// preLocalAdd and preLocalDone count a pre-login session on its local
+// address (PreauthOn).
+func (s *Server) preLocalAdd(a netip.Addr) {
+	s.preMu.Lock()
+	if s.preLocal == nil {
+		s.preLocal = map[netip.Addr]int{}
+	}
+	s.preLocal[a]++
+	s.preMu.Unlock()
+}
+
+func (s *Server) preLocalDone(a netip.Addr) {
+	s.preMu.Lock()
+	if s.preLocal[a]--; s.preLocal[a] <= 0 {
+		delete(s.preLocal, a)
+	}
+	s.preMu.Unlock()
+}
+
+// PreauthOn returns how many sessions that have not logged in yet (or
+// are logging in) came in on a local address for which match is true.
+func (s *Server) PreauthOn(match func(local netip.Addr) bool) int {
+	s.preMu.Lock()
+	defer s.preMu.Unlock()
+	n := 0
+	for a, k := range s.preLocal {
+		if match(a) {
+			n += k
+		}
+	}
+	return n
 }
 
 // sessionContext is the context for a new pre-login session: done when

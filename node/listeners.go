@@ -308,17 +308,29 @@ func (s *Server) ListenerFiles() (map[string]*os.File, error) {
 	return out, nil
 }
 
-// freebind sets IP_FREEBIND (IPv4) / IPV6_FREEBIND on a listening socket.
+// freebind sets IP_FREEBIND (IPv4) / IPV6_FREEBIND on a listening socket,
+// and IP_TRANSPARENT / IPV6_TRANSPARENT where the process may (it needs
+// CAP_NET_ADMIN, which managing a VIP needs anyway). The connections it
+// accepts inherit the latter, and with it they can still send from the
+// address after it was removed from the interface: a connection accepted
+// on a virtual IP in the milliseconds before a planned move took the
+// address away still gets its greeting, its login reply or its reset
+// instead of waiting for an answer that could never leave (the client's
+// next packets reach the new owner, which resets them). Receiving is
+// unchanged: packets reach the socket only while the address is local.
 func freebind(network, address string, c syscall.RawConn) error {
 	var serr error
 	err := c.Control(func(fd uintptr) {
-		if strings.HasSuffix(network, "6") || strings.Contains(address, "[") {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
-			if serr == nil {
+		six := strings.HasSuffix(network, "6") || strings.Contains(address, "[")
+		if six {
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1); serr == nil {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
 				return
 			}
 		}
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1); serr == nil {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+		}
 	})
 	if err != nil {
 		return err

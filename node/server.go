@@ -118,9 +118,14 @@ type Server struct {
 
 	conns       atomic.Int64 // open client connections (pre-login and relayed)
 	refuseLocal atomic.Pointer[func(local netip.AddrPort) bool]
-	wg          sync.WaitGroup // accept loops
-	preWG       sync.WaitGroup // connections before the relay
-	started     bool
+	// preLocal counts the pre-login sessions by the local address they
+	// came in on (PreauthOn: a planned VIP move lets the logins in flight
+	// on the address finish before the address goes).
+	preMu    sync.Mutex
+	preLocal map[netip.Addr]int
+	wg       sync.WaitGroup // accept loops
+	preWG    sync.WaitGroup // connections before the relay
+	started  bool
 }
 
 // NewServer prepares a server. certs may be nil when no listener uses TLS.

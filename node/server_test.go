@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/pires/go-proxyproto"
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 
 	"github.com/portico-mail/portico/node/netx"
 	"github.com/portico-mail/portico/node/relay"
@@ -363,5 +365,69 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	if d.MaxConnections != DefaultMaxConnections() || d.ProxyHeaderTimeout != 5*time.Second || d.EndTimeout != 10*time.Second {
 		t.Fatalf("DefaultConfig %+v", d)
+	}
+}
+
+// PreauthOn counts the sessions that have not logged in by the local
+// address they came in on: one greeted is counted, one logged in or gone
+// is not.
+func TestPreauthOn(t *testing.T) {
+	s := startServer(t, Config{Listeners: []ListenerConfig{{Name: "a", Address: "127.0.0.1:0"}}})
+	lo := func(a netip.Addr) bool { return a == netip.MustParseAddr("127.0.0.1") }
+	other := func(a netip.Addr) bool { return a == netip.MustParseAddr("198.18.0.1") }
+	c1, br1 := dial(t, s.Addrs()["a"].String())
+	readLine(t, br1)
+	c2, br2 := dial(t, s.Addrs()["a"].String())
+	readLine(t, br2)
+	if n := s.PreauthOn(lo); n != 2 || s.PreauthOn(other) != 0 {
+		t.Fatalf("PreauthOn: %d (other %d), want 2", n, s.PreauthOn(other))
+	}
+	fmt.Fprintf(c1, "login\r\n")
+	if l := readLine(t, br1); l != "OK\r\n" {
+		t.Fatalf("login: %q", l)
+	}
+	c2.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.PreauthOn(lo) != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := s.PreauthOn(lo); n != 0 {
+		t.Fatalf("PreauthOn after a login and a close: %d", n)
+	}
+}
+
+// A listening socket is transparent (where the test may set it, as root):
+// the connections it accepts can answer from an address the host no
+// longer has (vip/DESIGN.md, planned moves).
+func TestListenerTransparent(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("IP_TRANSPARENT needs CAP_NET_ADMIN")
+	}
+	s := startServer(t, Config{Listeners: []ListenerConfig{{Name: "a", Address: "127.0.0.1:0"}, {Name: "b", Address: "[::1]:0"}}})
+	for _, name := range []string{"a", "b"} {
+		c, br := dial(t, s.Addrs()[name].String())
+		readLine(t, br)
+		c.Close()
+	}
+	s.mu.Lock()
+	lns := s.listeners
+	s.mu.Unlock()
+	for _, l := range lns {
+		rc, err := l.ln.(*net.TCPListener).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v int
+		var gerr error
+		rc.Control(func(fd uintptr) {
+			if strings.Contains(l.ln.Addr().String(), "[") {
+				v, gerr = unix.GetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT)
+			} else {
+				v, gerr = unix.GetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT)
+			}
+		})
+		if gerr != nil || v != 1 {
+			t.Errorf("%v: transparent %d (%v)", l.ln.Addr(), v, gerr)
+		}
 	}
 }

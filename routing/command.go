@@ -31,6 +31,7 @@ const (
 	// CmdTicketKeys rotates the TLS session-ticket keys (TicketRing). It
 	// changes FSM state beside the table, never the table (FSM.Apply).
 	CmdTicketKeys CommandType = 16
+	CmdSetVIPs    CommandType = 17 // placements of virtual addresses on nodes (WithVIPs)
 )
 
 // CommandLevel is the newest command type this binary applies; nodes
@@ -39,7 +40,7 @@ const (
 // otherwise), so an older node in a rolling upgrade never meets a type it
 // does not know. BaseCommandLevel is what every Portico release applies.
 const (
-	CommandLevel     = CmdTicketKeys
+	CommandLevel     = CmdSetVIPs
 	BaseCommandLevel = CmdSetDefaultPool
 )
 
@@ -77,6 +78,8 @@ func (t CommandType) String() string {
 		return "source-state"
 	case CmdTicketKeys:
 		return "ticket-keys"
+	case CmdSetVIPs:
+		return "set-vips"
 	}
 	return fmt.Sprintf("unknown(%d)", byte(t))
 }
@@ -106,6 +109,7 @@ type Command struct {
 	State *SourceState `json:",omitempty"`
 	// Tickets: CmdTicketKeys's new keys (secret: see TicketKey).
 	Tickets *TicketRotation `json:",omitempty"`
+	VIPs    []VIPAssignment `json:",omitempty"` // CmdSetVIPs
 }
 
 // payload is what is JSON-encoded after the two header bytes.
@@ -122,6 +126,7 @@ type payload struct {
 	Regex   []RegexRule     `json:"regex,omitempty"`
 	State   *SourceState    `json:"state,omitempty"`
 	Tickets *TicketRotation `json:"tickets,omitempty"`
+	VIPs    []VIPAssignment `json:"vips,omitempty"`
 }
 
 // Encode returns the command's wire form: type byte, version byte, JSON.
@@ -129,7 +134,7 @@ func (c Command) Encode() ([]byte, error) {
 	if c.Type == 0 {
 		return nil, errors.New("command without type")
 	}
-	p, err := json.Marshal(payload{Backend: c.Backend, Pool: c.Pool, Users: c.Users, Names: c.Names, Domain: c.Domain, Target: c.Target, Patch: c.Patch, Seed: c.Seed, Source: c.Source, Regex: c.Regex, State: c.State, Tickets: c.Tickets})
+	p, err := json.Marshal(payload{Backend: c.Backend, Pool: c.Pool, Users: c.Users, Names: c.Names, Domain: c.Domain, Target: c.Target, Patch: c.Patch, Seed: c.Seed, Source: c.Source, Regex: c.Regex, State: c.State, Tickets: c.Tickets, VIPs: c.VIPs})
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +160,7 @@ func DecodeCommand(b []byte) (Command, error) {
 	if err := json.Unmarshal(b[2:], &p); err != nil {
 		return Command{}, fmt.Errorf("%w: %s: %v", ErrInvalid, t, err)
 	}
-	return Command{Type: t, Backend: p.Backend, Pool: p.Pool, Users: p.Users, Names: p.Names, Domain: p.Domain, Target: p.Target, Patch: p.Patch, Seed: p.Seed, Source: p.Source, Regex: p.Regex, State: p.State, Tickets: p.Tickets}, nil
+	return Command{Type: t, Backend: p.Backend, Pool: p.Pool, Users: p.Users, Names: p.Names, Domain: p.Domain, Target: p.Target, Patch: p.Patch, Seed: p.Seed, Source: p.Source, Regex: p.Regex, State: p.State, Tickets: p.Tickets, VIPs: p.VIPs}, nil
 }
 
 // Apply returns the table with c applied. It is deterministic: it depends
@@ -235,6 +240,8 @@ func (t *Table) Apply(c Command) (*Table, error) {
 		return t.WithSourceState(c.Source, c.State)
 	case CmdTicketKeys:
 		return t, nil // FSM state beside the table (FSM.Apply)
+	case CmdSetVIPs:
+		return t.WithVIPs(c.VIPs, c.Target)
 	}
 	return nil, fmt.Errorf("%w: type %d", ErrUnknownCommand, byte(c.Type))
 }

@@ -35,6 +35,7 @@ func canon(t *Table) string {
 	for _, name := range sortedKeys(t.sources) {
 		fmt.Fprintf(&b, "S %s %+v\n", name, t.sources[name])
 	}
+	fmt.Fprintf(&b, "vips %+v\n", t.VIPs())
 	return b.String()
 }
 
@@ -42,7 +43,7 @@ func randomCommand(r *rand.Rand) Command {
 	id := func() string { return fmt.Sprintf("b%d", r.IntN(6)) }
 	pool := func() string { return fmt.Sprintf("p%d", r.IntN(4)) }
 	user := func() string { return fmt.Sprintf("u%d@d%d.example", r.IntN(50), r.IntN(3)) }
-	switch r.IntN(15) {
+	switch r.IntN(16) {
 	case 0:
 		return Command{Type: CmdPutBackend, Backend: &Backend{ID: id(), Host: "10.0.0.1", IMAPPort: 143 + r.IntN(3), Weight: r.IntN(3)}}
 	case 1:
@@ -114,6 +115,15 @@ func randomCommand(r *rand.Rand) Command {
 		c := Command{Type: CmdSourceState, Source: []string{"ldap", "sql", ""}[r.IntN(3)]}
 		if r.IntN(4) != 0 {
 			c.State = &SourceState{Watermark: fmt.Sprint(r.IntN(9)), LastFull: int64(r.IntN(3)), LastSync: int64(r.IntN(3)), Entries: r.IntN(3) - 1}
+		}
+		return c
+	case 14:
+		// Epochs are compare-and-set: small ones, so that some match.
+		c := Command{Type: CmdSetVIPs}
+		for i, a := range []string{"198.18.0.101", "198.18.0.102", "fd00::103"} {
+			if r.IntN(2) == 0 || i == 0 && len(c.VIPs) == 0 {
+				c.VIPs = append(c.VIPs, VIPAssignment{Address: a, Node: []string{"", "n1", "n2", "n3"}[r.IntN(4)], Epoch: uint64(r.IntN(3))})
+			}
 		}
 		return c
 	default:

@@ -229,6 +229,10 @@ type Table struct {
 	// sources is the sync state of the directory sources
 	// (WithSourceState), by source name; nil when none.
 	sources map[string]SourceState
+	// vips places virtual addresses on nodes (WithVIPs), by address.
+	vips map[string]VIPAssignment
+	// vipLeader is the VIP leader marker (WithVIPs).
+	vipLeader string
 }
 
 // TableSpec is the input to NewTable.

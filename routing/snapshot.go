@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"strings"
 	"unicode/utf8"
 )
@@ -70,6 +71,11 @@ type snapHeader struct {
 	// (CmdTicketKeys); older versions ignore it. The public
 	// WriteSnapshot never writes it.
 	Tickets *TicketRing `json:"tickets,omitempty"`
+	// VIPs are the placements of virtual addresses. Only a command that
+	// every node knows writes them (CmdSetVIPs), so no older version
+	// reads a snapshot holding them.
+	VIPs      []VIPAssignment `json:"vips,omitempty"`
+	VIPLeader string          `json:"vip_leader,omitempty"`
 }
 
 // WriteSnapshot writes t in the snapshot format (without an index).
@@ -97,6 +103,10 @@ func writeSnapshot(w io.Writer, t *Table, index *uint64, tickets *TicketRing) er
 	if !tickets.Empty() {
 		hdr.Tickets = tickets
 	}
+	if len(t.vips) > 0 {
+		hdr.VIPs = t.VIPs()
+	}
+	hdr.VIPLeader = t.vipLeader
 	h, err := json.Marshal(hdr)
 	if err != nil {
 		return err
@@ -302,5 +312,18 @@ func readSnapshotParts(r io.Reader) (*Table, *uint64, *TicketRing, error) {
 			return nil, nil, nil, fmt.Errorf("routing snapshot: %d session-ticket keys", len(h.Tickets.Keys))
 		}
 	}
+	if len(h.VIPs) > 0 {
+		t.vips = make(map[string]VIPAssignment, len(h.VIPs))
+		for _, v := range h.VIPs {
+			if _, err := netip.ParseAddr(v.Address); err != nil || !validNode(v.Node) || t.vips[v.Address].Node != "" {
+				return nil, nil, nil, fmt.Errorf("routing snapshot: bad VIP placement %+v", v)
+			}
+			t.vips[v.Address] = v
+		}
+	}
+	if h.VIPLeader != "" && !validNode(h.VIPLeader) {
+		return nil, nil, nil, fmt.Errorf("routing snapshot: bad VIP leader %q", h.VIPLeader)
+	}
+	t.vipLeader = h.VIPLeader
 	return t, h.Index, h.Tickets, nil
 }

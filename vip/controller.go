@@ -32,10 +32,22 @@ type Holder interface {
 }
 
 // Sessions is the proxy's side of a handover: refusing new connections to
-// the VIP and ending the sessions on it. node.Server implements it.
+// the VIP, counting the logins in flight on it, and ending the sessions on
+// it. node.Server implements it.
 type Sessions interface {
 	SetRefuse(f func(local netip.AddrPort) bool)
+	PreauthOn(match func(local netip.Addr) bool) int
 	EndSessions(ctx context.Context, match func(local netip.AddrPort) bool, text string, spread time.Duration) int
+}
+
+// finishLogins waits, up to d, until no session that came in on an
+// address for which match is true is still before or in its login: a
+// planned move lets them finish (and then ends them at a response
+// boundary) rather than remove the address under them.
+func finishLogins(s Sessions, match func(netip.Addr) bool, d time.Duration) {
+	for deadline := time.Now().Add(d); s.PreauthOn(match) > 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // ControllerConfig configures a Controller.
@@ -302,8 +314,9 @@ type MoveResult struct {
 
 // Move is a planned handover (`portico vip move [--to NODE]`), on the
 // leader: it stops accepting on the VIP (new connections are reset, so
-// clients retry and find the new owner), ends its sessions on the VIP at
-// response boundaries (for MoveDrain at most), then hands over; the new
+// clients retry and find the new owner), lets the logins in flight on it
+// finish (a second at most), ends its sessions on the VIP at response
+// boundaries (for MoveDrain at most), then hands over; the new
 // leader acquires and announces the address. Connections are refused
 // until this node learns it no longer leads (SetLeading), or again at once
 // if the transfer fails.
@@ -331,6 +344,7 @@ func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	start := time.Now()
 	s := c.cfg.Sessions
 	s.SetRefuse(c.isVIP)
+	finishLogins(s, func(a netip.Addr) bool { return c.addrs[a] }, min(c.cfg.MoveDrain, time.Second))
 	// All at once (no spread): new connections are refused until the new
 	// owner has the address, so this is the gap clients see; their own
 	// reconnect back-off spreads the load on the new owner.

@@ -132,6 +132,8 @@ func (s *fakeSessions) SetRefuse(f func(netip.AddrPort) bool) {
 	}
 }
 
+func (s *fakeSessions) PreauthOn(func(netip.Addr) bool) int { return 0 }
+
 func (s *fakeSessions) refusing(a netip.AddrPort) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -11,14 +11,20 @@ import "time"
 // split" failure).
 func (m *Manager) Reannounce() {
 	m.mu.Lock()
-	if !m.owned {
-		m.mu.Unlock()
+	held := false
+	for _, st := range m.st {
+		if st.held {
+			// The next reconcile sees the last announcement as old
+			// enough for a refresh (or the next step of a burst still
+			// running).
+			st.lastAnn = time.Time{}
+			held = true
+		}
+	}
+	m.mu.Unlock()
+	if !held {
 		return
 	}
-	// The next reconcile sees the last announcement as old enough for a
-	// refresh (or the next step of a burst still running).
-	m.lastAnn = time.Time{}
-	m.mu.Unlock()
 	select {
 	case m.kick <- struct{}{}:
 	default:

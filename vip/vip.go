@@ -5,12 +5,16 @@
 // §7.2.6), refreshes the announcements while owning, and removes them when
 // it is not.
 //
-// Policy and mechanism are apart (as in MetalLB). The policy (policy.go,
-// controller.go) decides who holds the addresses: they follow raft
-// leadership (see DESIGN.md), seen through the narrow Leadership
-// interface; Decide and OnLeadership are pure functions of the facts, and
-// Controller gathers the facts, runs the guard, preemption and planned
-// handovers, and calls SetOwner. The mechanism (Manager) carries that
+// Policy and mechanism are apart (as in MetalLB). The policy decides who
+// holds the addresses. In the leader mode (policy.go, controller.go) they
+// follow raft leadership (see DESIGN.md), seen through the narrow
+// Leadership interface; Decide and OnLeadership are pure functions of the
+// facts, and Controller gathers the facts, runs the guard, preemption and
+// planned handovers, and calls SetOwner. In the spread mode (placement.go,
+// spread.go) the leader places each address on one node (Place, a pure
+// function), the placements are replicated, and Spread holds a node's
+// addresses while its lease from the leader lasts (or it leads), and
+// calls SetWant. The mechanism (Manager) carries that
 // out: one goroutine owns all address changes and reconciles the
 // interface against the desired state every Reconcile period, so a stale
 // address (added by hand, left by a crash, or kept by a node that lost
@@ -25,6 +29,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,8 +66,10 @@ type Config struct {
 	// released instead of announced (a node that woke from a freeze must
 	// not re-steal the address before confirming it still owns it).
 	Verify func() error
-	// OnChange and OnAnnounce observe ownership changes and announcements.
-	OnChange   func(owned bool)
+	// OnChange and OnAnnounce observe ownership changes (of each address)
+	// and announcements. They run on the Manager's goroutine: they must
+	// not block.
+	OnChange   func(a Address, owned bool)
 	OnAnnounce func(a Address)
 	Log        *slog.Logger
 }
@@ -90,22 +97,29 @@ const (
 	DefaultMoveDrain = 5 * time.Second
 )
 
-// Manager owns the virtual addresses of one node.
+// Manager owns the virtual addresses of one node: it holds the wanted
+// ones (SetOwner: all or none, the leader mode; SetWant: any subset, the
+// spread mode) and none of the others.
 type Manager struct {
 	cfg      Config
 	log      *slog.Logger
-	want     atomic.Bool
-	detached atomic.Bool // Detach: hands off, the addresses stay as they are
+	want     atomic.Pointer[map[netip.Addr]bool] // nil: none
+	detached atomic.Bool                         // Detach: hands off, the addresses stay as they are
 	verify   atomic.Pointer[func() error]
 	kick     chan struct{}
 
-	mu       sync.Mutex
-	owned    bool // addresses present and announced by us
+	mu      sync.Mutex
+	st      map[netip.Addr]*addrState // by address, one per configured address
+	changes uint64
+	anns    uint64
+}
+
+// addrState is what the Manager knows of one address it manages.
+type addrState struct {
+	held     bool // present and announced by us
 	acquired time.Time
 	burstN   int
 	lastAnn  time.Time
-	changes  uint64
-	anns     uint64
 }
 
 // New returns a Manager; Run starts it.
@@ -113,10 +127,15 @@ func New(cfg Config) (*Manager, error) {
 	if len(cfg.Addresses) == 0 {
 		return nil, errors.New("vip: no addresses")
 	}
+	st := map[netip.Addr]*addrState{}
 	for _, a := range cfg.Addresses {
 		if !a.Prefix.IsValid() || a.Interface == "" {
 			return nil, fmt.Errorf("vip: bad address %v", a)
 		}
+		if st[a.Prefix.Addr()] != nil {
+			return nil, fmt.Errorf("vip: %v listed twice", a.Prefix.Addr())
+		}
+		st[a.Prefix.Addr()] = &addrState{}
 	}
 	d := DefaultConfig()
 	if cfg.BurstCount <= 0 {
@@ -134,7 +153,7 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	m := &Manager{cfg: cfg, log: cfg.Log.With("component", "vip"), kick: make(chan struct{}, 1)}
+	m := &Manager{cfg: cfg, log: cfg.Log.With("component", "vip"), kick: make(chan struct{}, 1), st: st}
 	m.SetVerify(cfg.Verify)
 	return m, nil
 }
@@ -142,14 +161,44 @@ func New(cfg Config) (*Manager, error) {
 // SetVerify replaces the ownership check used before refreshes.
 func (m *Manager) SetVerify(f func() error) { m.verify.Store(&f) }
 
-// SetOwner sets whether this node should hold the addresses. It never
-// blocks; the change is applied by Run's goroutine at once.
+// SetOwner sets whether this node should hold all the addresses (true)
+// or none. It never blocks; the change is applied by Run's goroutine at
+// once.
 func (m *Manager) SetOwner(own bool) {
-	m.want.Store(own)
+	if !own {
+		m.SetWant(nil)
+		return
+	}
+	all := make([]netip.Addr, 0, len(m.cfg.Addresses))
+	for _, a := range m.cfg.Addresses {
+		all = append(all, a.Prefix.Addr())
+	}
+	m.SetWant(all)
+}
+
+// SetWant sets the addresses this node should hold (the others it must
+// not hold); addresses it does not manage are ignored. It never blocks;
+// Run's goroutine applies the change at once.
+func (m *Manager) SetWant(addrs []netip.Addr) {
+	w := make(map[netip.Addr]bool, len(addrs))
+	for _, a := range addrs {
+		if m.st[a] != nil {
+			w[a] = true
+		}
+	}
+	m.want.Store(&w)
 	select {
 	case m.kick <- struct{}{}:
 	default:
 	}
+}
+
+// wanted returns the desired set (never nil).
+func (m *Manager) wanted() map[netip.Addr]bool {
+	if w := m.want.Load(); w != nil {
+		return *w
+	}
+	return map[netip.Addr]bool{}
 }
 
 // Release gives the addresses up at once and waits, up to timeout, until
@@ -159,9 +208,15 @@ func (m *Manager) SetOwner(own bool) {
 // Ownership comes back only through SetOwner(true).
 func (m *Manager) Release(timeout time.Duration) error {
 	m.SetOwner(false)
+	return m.waitGone(nil, timeout)
+}
+
+// waitGone waits, up to timeout, until the addresses (nil: all) are
+// neither held nor on their interfaces.
+func (m *Manager) waitGone(addrs []netip.Addr, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		if !m.Owned() && !m.anyPresent() {
+		if !m.anyHeld(addrs) && !m.anyPresent(addrs) {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -169,6 +224,22 @@ func (m *Manager) Release(timeout time.Duration) error {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// ReleaseAddrs stops holding the addresses given (the others stay as
+// wanted) and waits, up to timeout, until they are off the interfaces.
+func (m *Manager) ReleaseAddrs(addrs []netip.Addr, timeout time.Duration) error {
+	var keep []netip.Addr
+	for a := range m.wanted() {
+		if !slices.Contains(addrs, a) {
+			keep = append(keep, a)
+		}
+	}
+	m.SetWant(keep)
+	if len(addrs) == 0 {
+		return nil
+	}
+	return m.waitGone(addrs, timeout)
 }
 
 // RemoveAll removes the addresses from their interfaces, if present, and
@@ -198,9 +269,13 @@ func RemoveAll(addrs []Address) ([]Address, error) {
 	return removed, errors.Join(errs...)
 }
 
-// anyPresent reports whether any of the addresses is on its interface.
-func (m *Manager) anyPresent() bool {
+// anyPresent reports whether any of the addresses (nil: all) is on its
+// interface.
+func (m *Manager) anyPresent(only []netip.Addr) bool {
 	for _, a := range m.cfg.Addresses {
+		if only != nil && !slices.Contains(only, a.Prefix.Addr()) {
+			continue
+		}
 		if p, err := hasAddr(a); err != nil || p {
 			return true
 		}
@@ -208,14 +283,45 @@ func (m *Manager) anyPresent() bool {
 	return false
 }
 
-// Owned reports whether this node holds the addresses.
-func (m *Manager) Owned() bool {
+// anyHeld reports whether this node holds any of the addresses (nil: all).
+func (m *Manager) anyHeld(only []netip.Addr) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.owned
+	for a, st := range m.st {
+		if st.held && (only == nil || slices.Contains(only, a)) {
+			return true
+		}
+	}
+	return false
 }
 
-// Counters returns ownership changes and announcements sent so far.
+// Owned reports whether this node holds the addresses (any of them: in
+// the leader mode they are held together).
+func (m *Manager) Owned() bool { return m.anyHeld(nil) }
+
+// Holds reports whether this node holds the address.
+func (m *Manager) Holds(a netip.Addr) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := m.st[a]
+	return st != nil && st.held
+}
+
+// Held returns the addresses this node holds, in the configured order.
+func (m *Manager) Held() []netip.Addr {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []netip.Addr
+	for _, a := range m.cfg.Addresses {
+		if m.st[a.Prefix.Addr()].held {
+			out = append(out, a.Prefix.Addr())
+		}
+	}
+	return out
+}
+
+// Counters returns the ownership changes (an address acquired or
+// released) and announcements (one per address and round) so far.
 func (m *Manager) Counters() (changes, announcements uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -227,7 +333,7 @@ func (m *Manager) Addresses() []Address { return m.cfg.Addresses }
 
 // Run reconciles until ctx ends, then releases the addresses. At start it
 // removes addresses left on the interfaces by a crashed process (the
-// desired state starts as "not owner").
+// desired state starts as "none").
 func (m *Manager) Run(ctx context.Context) {
 	t := time.NewTicker(m.cfg.Reconcile)
 	defer t.Stop()
@@ -235,7 +341,7 @@ func (m *Manager) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			m.want.Store(false)
+			m.SetWant(nil)
 			m.reconcile()
 			return
 		case <-m.kick:
@@ -263,95 +369,107 @@ func (m *Manager) reconcile() {
 	if m.detached.Load() {
 		return
 	}
-	want := m.want.Load()
+	want := m.wanted()
 	now := time.Now()
-	missing, stale := false, false
+	var acquired, restored, released, stale, announce []Address
 	for _, a := range m.cfg.Addresses {
+		ip := a.Prefix.Addr()
+		w := want[ip]
 		present, err := hasAddr(a)
 		if err != nil {
 			m.log.Error("reading interface addresses", "address", a.String(), "error", err)
 			continue
 		}
+		missing, removed := false, false
 		switch {
-		case want && !present:
+		case w && !present:
 			missing = true
 			if err := addAddr(a); err != nil {
 				m.log.Error("adding virtual address", "address", a.String(), "error", err)
 			}
-		case !want && present:
-			stale = true
+		case !w && present:
+			removed = true
 			if err := delAddr(a); err != nil {
 				m.log.Error("removing virtual address", "address", a.String(), "error", err)
 			}
 		}
+		m.mu.Lock()
+		st := m.st[ip]
+		switch {
+		case w && (!st.held || missing):
+			if st.held {
+				restored = append(restored, a)
+			} else {
+				m.changes++
+				acquired = append(acquired, a)
+			}
+			st.held, st.acquired, st.burstN = true, now, 0
+			st.lastAnn = time.Time{}
+			announce = append(announce, a)
+		case w:
+			if m.due(st, now) {
+				announce = append(announce, a)
+			}
+		case st.held || removed:
+			if st.held {
+				m.changes++
+				released = append(released, a)
+			} else {
+				stale = append(stale, a)
+			}
+			st.held = false
+		}
+		m.mu.Unlock()
 	}
-	m.mu.Lock()
-	wasOwned := m.owned
-	m.mu.Unlock()
-	switch {
-	case want && (!wasOwned || missing):
-		m.mu.Lock()
-		if !m.owned {
-			m.changes++
+	if len(acquired) > 0 {
+		m.log.Info("acquired virtual addresses", "addresses", acquired)
+	}
+	if len(restored) > 0 {
+		m.log.Warn("virtual address was missing from the interface; restored", "addresses", restored)
+	}
+	if len(released) > 0 {
+		m.log.Info("released virtual addresses", "addresses", released)
+	}
+	if len(stale) > 0 {
+		m.log.Warn("removed a stale virtual address this node does not own", "addresses", stale)
+	}
+	if m.cfg.OnChange != nil {
+		for _, a := range acquired {
+			m.cfg.OnChange(a, true)
 		}
-		m.owned, m.acquired, m.burstN = true, now, 0
-		m.mu.Unlock()
-		if !wasOwned {
-			m.log.Info("acquired virtual addresses", "addresses", m.cfg.Addresses)
-			if m.cfg.OnChange != nil {
-				m.cfg.OnChange(true)
-			}
-		} else {
-			m.log.Warn("virtual address was missing from the interface; restored", "addresses", m.cfg.Addresses)
+		for _, a := range released {
+			m.cfg.OnChange(a, false)
 		}
-		m.announce(now)
-	case want:
-		m.maybeAnnounce(now)
-	case wasOwned || stale:
-		m.mu.Lock()
-		if m.owned {
-			m.changes++
-		}
-		m.owned = false
-		m.mu.Unlock()
-		if wasOwned {
-			m.log.Info("released virtual addresses", "addresses", m.cfg.Addresses)
-			if m.cfg.OnChange != nil {
-				m.cfg.OnChange(false)
-			}
-		} else {
-			m.log.Warn("removed a stale virtual address this node does not own", "addresses", m.cfg.Addresses)
-		}
+	}
+	if len(announce) > 0 {
+		m.announce(now, announce, len(acquired)+len(restored))
 	}
 }
 
-// maybeAnnounce continues the burst, then refreshes; refreshes are sent
-// only after Verify confirms ownership.
-func (m *Manager) maybeAnnounce(now time.Time) {
-	m.mu.Lock()
-	burst := m.burstN < m.cfg.BurstCount && now.Sub(m.lastAnn) >= m.cfg.BurstInterval
-	refresh := !burst && now.Sub(m.lastAnn) >= m.cfg.Refresh
-	m.mu.Unlock()
-	if !burst && !refresh {
-		return
-	}
-	// Every announcement after the first (which follows the acquisition
-	// at once) confirms ownership first, burst rounds included: a node
-	// frozen (SIGSTOP, a VM pause) during its burst must not announce on
-	// waking and pull clients back before it learns it lost leadership.
-	if v := *m.verify.Load(); v != nil {
-		if err := v(); err != nil {
-			m.log.Warn("could not confirm ownership before re-announcing; releasing", "error", err)
-			m.want.Store(false)
-			m.reconcile()
-			return
-		}
-	}
-	m.announce(now)
+// due: the address's burst continues, or its refresh is due.
+func (m *Manager) due(st *addrState, now time.Time) bool {
+	burst := st.burstN < m.cfg.BurstCount && now.Sub(st.lastAnn) >= m.cfg.BurstInterval
+	return burst || now.Sub(st.lastAnn) >= m.cfg.Refresh
 }
 
-func (m *Manager) announce(now time.Time) {
-	for _, a := range m.cfg.Addresses {
+// announce sends one round for each address of as. The first round after
+// an address is acquired (the first fresh of them) goes out at once; every
+// other round confirms ownership first (Verify), burst rounds included: a
+// node frozen (SIGSTOP, a VM pause) during its burst must not announce on
+// waking and pull clients back before it learns it lost ownership. A
+// failed check releases every address instead.
+func (m *Manager) announce(now time.Time, as []Address, fresh int) {
+	if fresh < len(as) {
+		if v := *m.verify.Load(); v != nil {
+			if err := v(); err != nil {
+				m.log.Warn("could not confirm ownership before re-announcing; releasing", "error", err)
+				m.SetWant(nil)
+				m.reconcile()
+				return
+			}
+		}
+	}
+	for _, a := range as {
 		if err := announce(a); err != nil {
 			m.log.Warn("announcement failed", "address", a.String(), "error", err)
 			continue
@@ -364,8 +482,11 @@ func (m *Manager) announce(now time.Time) {
 		}
 	}
 	m.mu.Lock()
-	m.lastAnn = now
-	m.burstN++
+	for _, a := range as {
+		st := m.st[a.Prefix.Addr()]
+		st.lastAnn = now
+		st.burstN++
+	}
 	m.mu.Unlock()
 }
 

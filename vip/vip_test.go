@@ -86,7 +86,7 @@ func TestVIPChild(t *testing.T) {
 	var changes []bool
 	m, err := New(Config{Addresses: []Address{v4, v6}, BurstCount: 2, BurstInterval: 100 * time.Millisecond,
 		Refresh: 300 * time.Millisecond, Reconcile: 50 * time.Millisecond,
-		OnChange: func(o bool) { changes = append(changes, o) }, Log: slog.New(slog.NewTextHandler(os.Stderr, nil))})
+		OnChange: func(_ Address, o bool) { changes = append(changes, o) }, Log: slog.New(slog.NewTextHandler(os.Stderr, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,6 +173,19 @@ func TestVIPChild(t *testing.T) {
 		t.Fatalf("%d burst announcements without verification", a-afterAcquire)
 	}
 	m.SetVerify(nil)
+	// One address of several (the spread mode): only it is held, and
+	// ReleaseAddrs gives up only those it names.
+	m.SetWant([]netip.Addr{v6.Prefix.Addr(), v4.Prefix.Addr()})
+	waitUntil(t, "both held", waitLimit, func() bool { return m.Holds(v4.Prefix.Addr()) && m.Holds(v6.Prefix.Addr()) })
+	if err := m.ReleaseAddrs([]netip.Addr{v4.Prefix.Addr()}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if p4, _ := hasAddr(v4); p4 || m.Holds(v4.Prefix.Addr()) || !m.Holds(v6.Prefix.Addr()) {
+		t.Fatalf("after releasing %v: held %v", v4, m.Held())
+	}
+	if p6, _ := hasAddr(v6); !p6 {
+		t.Fatalf("%v removed with %v", v6, v4)
+	}
 	cancel()
 	<-done
 	if p, _ := hasAddr(v4); p {

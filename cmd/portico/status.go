@@ -19,6 +19,15 @@ func init() {
 		})})
 }
 
+func sortedOwners(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // printStatus renders a status as tables.
 func printStatus(out io.Writer, st *daemon.Status) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
@@ -30,7 +39,14 @@ func printStatus(out io.Writer, st *daemon.Status) error {
 	if st.Cluster != nil {
 		leader = dash(st.Cluster.Leader)
 	}
-	if st.VIP != nil {
+	if st.VIP != nil && st.VIP.Mode == "spread" {
+		// One owner per address (the spread mode).
+		var parts []string
+		for _, a := range sortedOwners(st.VIP.Owners) {
+			parts = append(parts, a+" "+dash(st.VIP.Owners[a]))
+		}
+		vipOwner = dash(strings.Join(parts, ", "))
+	} else if st.VIP != nil {
 		vipOwner = dash(st.VIP.Owner)
 		if len(st.VIP.Addresses) > 0 {
 			vipOwner += " (" + strings.Join(st.VIP.Addresses, ", ") + ")"

@@ -65,4 +65,10 @@ func TestPrintStatusCluster(t *testing.T) {
 	if strings.Contains(out, "standalone") {
 		t.Errorf("a cluster member shown as standalone:\n%s", out)
 	}
+	out = render(t, &daemon.Status{Node: "n2", Role: "follower", Sessions: map[string]daemon.SessionCount{},
+		VIP: &daemon.VIPSection{Mode: "spread", Addresses: []string{"198.18.0.102/24@eth0", "198.18.0.101/24@eth0"},
+			Owners: map[string]string{"198.18.0.102": "n2", "198.18.0.101": "n3"}}})
+	if want := `VIP owner:\s+198\.18\.0\.101 n3, 198\.18\.0\.102 n2$`; !line(out, want) {
+		t.Errorf("no line %q in:\n%s", want, out)
+	}
 }

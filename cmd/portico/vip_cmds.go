@@ -3,7 +3,8 @@ package main
 import (
 	"flag"
 	"fmt"
-	"strings"
+	"os"
+	"text/tabwriter"
 
 	"github.com/portico-mail/portico/cluster"
 	"github.com/portico-mail/portico/ops/config"
@@ -11,51 +12,82 @@ import (
 )
 
 func init() {
-	register(&command{name: "vip", summary: "show or hand over the virtual IP", subs: []*command{
-		{name: "status", summary: "show the VIP's addresses and owner (admin API)", setup: apiCmd(vipStatus)},
-		{name: "move", summary: "hand the VIP over to another node (admin API)", setup: setupVIPMove},
+	register(&command{name: "vip", summary: "show or hand over the virtual IPs", subs: []*command{
+		{name: "status", summary: "show every virtual address and its owner (admin API)", setup: apiCmd(vipStatus)},
+		{name: "move", args: "[ADDRESS]", summary: "hand the VIP (spread mode: one address) over to another node (admin API)", setup: setupVIPMove},
 		{name: "release", summary: "remove the VIP from this host's interfaces after the process died (systemd ExecStopPost)", setup: setupVIPRelease},
 	}})
 }
 
 func vipStatus(c *apiClient, _ []string) error {
 	var st struct {
+		Mode          string   `json:"mode"`
 		Addresses     []string `json:"addresses"`
 		Owner, Self   string
 		SelfOwns      bool   `json:"self_owns"`
 		Moving        bool   `json:"moving"`
 		Changes       uint64 `json:"ownership_changes"`
 		Announcements uint64 `json:"announcements"`
+		Placements    []struct {
+			Address, Owner string
+			Placed, Held   bool
+			Moving         bool
+			Epoch          uint64
+		} `json:"placements"`
 	}
 	raw, err := c.do("GET", "/v1/vip", nil, &st)
 	if err != nil || c.json {
 		printJSONIf(c, raw, err)
 		return err
 	}
-	fmt.Printf("addresses:  %s\nowner:      %s\nthis node:  %s (owns: %v)\nchanges:    %d, announcements: %d\n",
-		strings.Join(st.Addresses, ", "), st.Owner, st.Self, st.SelfOwns, st.Changes, st.Announcements)
-	return nil
+	mode := st.Mode
+	if mode == "" {
+		mode = "leader"
+	}
+	fmt.Printf("mode:       %s\nthis node:  %s\nchanges:    %d, announcements: %d\n\n", mode, st.Self, st.Changes, st.Announcements)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ADDRESS\tOWNER\tHELD HERE\tNOTE")
+	for _, p := range st.Placements {
+		note := ""
+		switch {
+		case p.Moving:
+			note = "moving"
+		case mode == "spread" && !p.Placed:
+			note = "not placed yet: held by the leader"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", p.Address, dash(p.Owner), p.Held, note)
+	}
+	return tw.Flush()
 }
 
 func setupVIPMove(fs *flag.FlagSet) func([]string) error {
 	client := clientFlags(fs)
-	to := fs.String("to", "", "`node` to move the VIP to (default: any other voter)")
-	return func([]string) error {
+	to := fs.String("to", "", "`node` to move the VIP to (default: any other voter; spread mode: the least loaded other node)")
+	return func(args []string) error {
 		c, err := client()
 		if err != nil {
 			return err
 		}
 		var res struct {
+			Address  string
 			From, To string
 			Ended    int   `json:"sessions_ended"`
 			Took     int64 `json:"took_ms"`
 		}
-		raw, err := c.do("POST", "/v1/vip/move", map[string]string{"to": *to}, &res)
+		body := map[string]string{"to": *to}
+		if len(args) > 0 {
+			body["address"] = args[0]
+		}
+		raw, err := c.do("POST", "/v1/vip/move", body, &res)
 		if err != nil || c.json {
 			printJSONIf(c, raw, err)
 			return err
 		}
-		fmt.Printf("VIP moved from %s to %s in %d ms (%d sessions ended at a response boundary)\n", res.From, res.To, res.Took, res.Ended)
+		what := "VIP"
+		if res.Address != "" {
+			what = res.Address
+		}
+		fmt.Printf("%s moved from %s to %s in %d ms (%d sessions ended at a response boundary)\n", what, res.From, res.To, res.Took, res.Ended)
 		return nil
 	}
 }

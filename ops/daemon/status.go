@@ -108,9 +108,13 @@ type ClusterStatus struct {
 
 // VIPSection is the virtual-IP section.
 type VIPSection struct {
+	Mode      string   `json:"mode"` // leader, spread
 	Addresses []string `json:"addresses"`
-	Owner     string   `json:"owner"` // the node holding them ("" when none)
-	SelfOwns  bool     `json:"self_owns"`
+	// Owner is, in the leader mode, the node holding them all ("" when
+	// none); Owners maps each address (IP) to its owner in both modes.
+	Owner    string            `json:"owner,omitempty"`
+	Owners   map[string]string `json:"owners"`
+	SelfOwns bool              `json:"self_owns"`
 }
 
 // Status gathers the node's status.

@@ -3,10 +3,12 @@ package daemon
 import (
 	"context"
 	"net/http"
+	"time"
 
 	"github.com/portico-mail/portico/ops/admin"
 	"github.com/portico-mail/portico/ops/config"
 	"github.com/portico-mail/portico/ops/upgrade"
+	"github.com/portico-mail/portico/vip"
 )
 
 // setupUpgrade wires the in-place upgrade (package upgrade) to the node:
@@ -29,6 +31,9 @@ func (d *Daemon) setupUpgrade(o Options) {
 	}
 	if d.vip != nil {
 		uc.VIP = d.vip.m
+		if sp := d.vip.spread; sp != nil {
+			uc.VIP = spreadUpgradeVIP{Manager: d.vip.m, sp: sp}
+		}
 	}
 	if fsm := d.fsm; fsm != nil {
 		uc.TableIndex = func() (uint64, bool) {
@@ -51,6 +56,21 @@ func (d *Daemon) setupUpgrade(o Options) {
 		admin.JSON(w, http.StatusOK, res)
 	})
 }
+
+// spreadUpgradeVIP is the spread mode's side of an in-place upgrade
+// (upgrade.LeasedVIP): a node that is not kept on its lease has its
+// addresses moved to other nodes first (vip.Spread.Leave).
+type spreadUpgradeVIP struct {
+	*vip.Manager
+	sp *vip.Spread
+}
+
+func (v spreadUpgradeVIP) Release(timeout time.Duration) error {
+	v.sp.Leave(timeout)
+	return nil
+}
+
+func (v spreadUpgradeVIP) LeaseUntil() time.Time { return v.sp.LeaseUntil() }
 
 // Upgrade starts an in-place upgrade (upgrade.Upgrader.Upgrade).
 func (d *Daemon) Upgrade(ctx context.Context) (upgrade.Result, error) { return d.upgrade.Upgrade(ctx) }

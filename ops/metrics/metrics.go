@@ -103,8 +103,9 @@ var Catalog = sortInfo([]Info{
 	{"portico_throttle_in_flight", "gauge", nil, "Login attempts counted as in flight (asked of the backend or auth server, outcome not yet known) on this node.", "throttle"},
 	{"portico_throttle_held_total", "counter", nil, "Login attempts made to wait because the attempts in flight for their network or user could, by failing, reach a limit.", "throttle"},
 	{"portico_vip_owner", "gauge", []string{"vip"}, "1 while this node holds the virtual address.", "vip"},
-	{"portico_vip_ownership_changes_total", "counter", nil, "Times this node acquired or released the virtual addresses.", "vip"},
+	{"portico_vip_ownership_changes_total", "counter", nil, "Times this node acquired or released a virtual address (each address counts).", "vip"},
 	{"portico_vip_announcements_total", "counter", nil, "Gratuitous ARP / unsolicited neighbour advertisement rounds sent.", "vip"},
+	{"portico_vip_notify_runs_total", "counter", []string{"event", "result"}, "Runs of the vip.notify program, by event (acquire, release) and result (ok, failed, timeout, dropped).", "vip"},
 
 	// Directory sources (routing/source/syncer, ops/daemon/sources.go), when configured.
 	{"portico_source_last_success_timestamp_seconds", "gauge", []string{"source"}, syncer.HelpLastSuccess, "source"},

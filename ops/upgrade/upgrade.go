@@ -51,6 +51,19 @@ type VIP interface {
 	Addresses() []vip.Address
 }
 
+// LeasedVIP is a VIP in the spread mode (vip.Spread): the node holds its
+// addresses on a lease from the leader rather than as leader. A follower
+// with a lease keeps its addresses through the upgrade, on the lease (the
+// new process renews it under the same node name); a leader (or a node
+// without a lease) has its addresses moved to other nodes first (Release),
+// since holding the voters' elections would stop every node's lease
+// renewals.
+type LeasedVIP interface {
+	VIP
+	// LeaseUntil is when the node's lease runs out (zero: none).
+	LeaseUntil() time.Time
+}
+
 // Config is what the old process's side works with. Admin, Cluster, VIP
 // and TableIndex are nil when the node has none.
 type Config struct {
@@ -164,7 +177,17 @@ func (u *Upgrader) Upgrade(ctx context.Context) (Result, error) {
 	// address it inherits. If a voter cannot be asked, leadership and the
 	// VIP move instead (a planned handover).
 	keepVIP := false
-	if c.VIP != nil && c.Cluster != nil && c.VIP.Owned() && c.Cluster.IsLeader() && set.LeaderHold.D() > 0 {
+	leased, isLeased := c.VIP.(LeasedVIP)
+	if isLeased && c.Cluster != nil && c.VIP.Owned() && !c.Cluster.IsLeader() {
+		// Spread mode, a follower: its lease, renewed by the new
+		// process, keeps its addresses; a lease about to run out would
+		// leave the new process nothing to keep.
+		if until := leased.LeaseUntil(); time.Until(until) > 100*time.Millisecond {
+			keepVIP = true
+			fds.VIPHoldUntil = until.UnixMilli()
+		}
+	}
+	if !isLeased && c.VIP != nil && c.Cluster != nil && c.VIP.Owned() && c.Cluster.IsLeader() && set.LeaderHold.D() > 0 {
 		hold := set.LeaderHold.D()
 		if err := c.Cluster.HoldPeerElections(ctx, hold); err != nil {
 			c.Log.Warn("in-place upgrade of the VIP owner: cannot hold the other voters' elections; leadership and the VIP will move", "error", err)
@@ -198,7 +221,7 @@ func (u *Upgrader) Upgrade(ctx context.Context) (Result, error) {
 	childCtl.Close()
 	closeFiles()
 	if err != nil {
-		if keepVIP {
+		if keepVIP && !isLeased {
 			c.Cluster.ReleasePeerElections(context.Background())
 		}
 		u.running.Store(false)
@@ -224,7 +247,7 @@ func (u *Upgrader) Upgrade(ctx context.Context) (Result, error) {
 	if err := expect("hello"); err != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		if keepVIP {
+		if keepVIP && !isLeased {
 			c.Cluster.ReleasePeerElections(context.Background())
 		}
 		u.running.Store(false)
@@ -250,7 +273,7 @@ func (u *Upgrader) Upgrade(ctx context.Context) (Result, error) {
 		u.keptVIP.Store(true)
 	}
 	if c.Cluster != nil {
-		if err := c.Cluster.Handoff(keepVIP); err != nil {
+		if err := c.Cluster.Handoff(keepVIP && !isLeased); err != nil {
 			c.Log.Warn("cluster handoff", "error", err)
 		}
 	}
