@@ -7,7 +7,8 @@ package main
 // then with a jittered, doubling back-off from -retry-min to -retry-max.
 // With -resume each session keeps the TLS session ticket of its own last
 // connection and offers it when it reconnects (a per-client cache, as real
-// clients have; one cache shared by every session would hold one ticket).
+// clients have; one cache shared by every session would hold one ticket),
+// and keeps it when a connection breaks during the handshake (see attempt).
 //
 // What happens is cut into epochs by whoever runs the drill (a test, a
 // script) with signals, since the event that causes the storm (a node
@@ -63,6 +64,7 @@ var (
 	srcList   = flag.String("src", "", "reconnect mode: local addresses to connect from, in turn (comma-separated; FIRST-LAST ranges of IPv4 addresses)")
 	retryMin  = flag.Duration("retry-min", 250*time.Millisecond, "reconnect mode: back-off after a failed attempt, doubling per further failure, jittered (the first attempt after a loss is immediate)")
 	retryMax  = flag.Duration("retry-max", 5*time.Second, "reconnect mode: longest back-off between attempts")
+	slowLog   = flag.Duration("slow", 3*time.Second, "reconnect mode: log every attempt that takes longer than this, with the time of each phase (0: never)")
 )
 
 // ticketSlot is one client's TLS session cache: the last ticket it got.
@@ -415,7 +417,20 @@ func (st *storm) attempt(cl *stormClient) (*sess, bool, string, error) {
 	if cl.local != nil {
 		d.LocalAddr = cl.local
 	}
+	t0 := time.Now()
+	var marks []string
+	mark := func(phase string) {
+		if *slowLog > 0 {
+			marks = append(marks, fmt.Sprintf("%s %.0f ms", phase, ms(time.Since(t0))))
+		}
+	}
+	defer func() {
+		if d := time.Since(t0); *slowLog > 0 && d > *slowLog {
+			log.Printf("slow attempt: %s from %v, %.0f ms: %s", cl.user, cl.local, ms(d), strings.Join(marks, ", "))
+		}
+	}()
 	c, err := d.DialContext(ctx, "tcp", *addr)
+	mark("connect")
 	if err != nil {
 		return nil, false, "dial", err
 	}
@@ -429,8 +444,22 @@ func (st *storm) attempt(cl *stormClient) (*sess, bool, string, error) {
 	}
 	resumed := false
 	if cl.conf != nil {
+		slot, _ := cl.conf.ClientSessionCache.(*ticketSlot)
+		var ticket *tls.ClientSessionState
+		if slot != nil {
+			ticket, _ = slot.Get("")
+		}
 		tc := tls.Client(c, cl.conf)
-		if err := tc.HandshakeContext(ctx); err != nil {
+		err := tc.HandshakeContext(ctx)
+		mark("tls")
+		if err != nil {
+			// crypto/tls drops the ticket whenever a resuming handshake
+			// fails; a connection cut before the server answered says
+			// nothing about the ticket, and clients built on OpenSSL or
+			// NSS keep theirs then: only a TLS-level failure drops it.
+			if slot != nil && classify(err) != "tls" {
+				slot.Put("", ticket)
+			}
 			return fail("tls", err)
 		}
 		resumed = tc.ConnectionState().DidResume
@@ -438,13 +467,16 @@ func (st *storm) attempt(cl *stormClient) (*sess, bool, string, error) {
 	}
 	s := &sess{c: c, r: bufio.NewReaderSize(c, readBuf)}
 	l, err := s.readLine()
+	mark("greeting")
 	if err != nil {
 		return fail("greeting", err)
 	}
 	if !bytes.HasPrefix(l, []byte("* OK")) {
 		return fail("greeting", &protoError{"bad_greeting", string(l)})
 	}
-	if _, err := s.command("a", "a LOGIN "+cl.user+" "+*password+"\r\n", nil); err != nil {
+	_, err = s.command("a", "a LOGIN "+cl.user+" "+*password+"\r\n", nil)
+	mark("login")
+	if err != nil {
 		return fail("login", err)
 	}
 	if !stop() {
