@@ -18,6 +18,13 @@ package integration
 //	  PORTICO_STORM_SPREAD=10s PORTICO_STORM_OUT=/tmp/storm.json \
 //	  go test -count=1 -timeout 60m -run TestReconnectStorm -v ./integration/
 //
+// Other knobs: PORTICO_STORM_PER_ADDRESS (sessions per client address, 60),
+// PORTICO_STORM_RATE (initial logins per second, 500), PORTICO_STORM_GRACE
+// (upgrade.session_grace, 1s), PORTICO_STORM_BACKEND (sink, or dovecot for
+// a real backend at a few hundred sessions), PORTICO_STORM_PER_IP_LIMIT
+// (limits.max_connections_per_ip, e.g. -1 with PORTICO_STORM_PER_ADDRESS
+// equal to the sessions: every client behind one address).
+//
 // It asserts outcomes, not timings: every session is logged in again,
 // the node that took the clients refused none of them (connection limits,
 // throttle, failed logins: its own metrics), and with session tickets every
@@ -42,6 +49,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portico-mail/portico/integration/dovecot"
 	"github.com/portico-mail/portico/integration/netns"
 )
 
@@ -58,6 +66,8 @@ type stormSettings struct {
 	grace    string        // PORTICO_STORM_GRACE: upgrade.session_grace (1s)
 	runs     []stormRun    // PORTICO_STORM_RUNS ("resume:kill,move,upgrade full:kill")
 	out      string        // PORTICO_STORM_OUT: JSON file for the figures
+	backend  string        // PORTICO_STORM_BACKEND: sink (bench's imapsink) or dovecot
+	perIP    string        // PORTICO_STORM_PER_IP_LIMIT: limits.max_connections_per_ip (default: Portico's)
 	wait     time.Duration // longest wait for everyone to be back
 }
 
@@ -84,6 +94,15 @@ func stormConfig(t *testing.T) stormSettings {
 	env("PORTICO_STORM_SPREAD", func(v string) error { s.spread = v; return nil })
 	env("PORTICO_STORM_GRACE", func(v string) error { s.grace = v; return nil })
 	s.out = os.Getenv("PORTICO_STORM_OUT")
+	s.backend = "sink"
+	env("PORTICO_STORM_BACKEND", func(v string) error {
+		if v != "sink" && v != "dovecot" {
+			return fmt.Errorf("sink or dovecot")
+		}
+		s.backend = v
+		return nil
+	})
+	env("PORTICO_STORM_PER_IP_LIMIT", func(v string) error { _, err := strconv.Atoi(v); s.perIP = v; return err })
 	runs := "resume:kill,move,upgrade full:kill"
 	env("PORTICO_STORM_RUNS", func(v string) error { runs = v; return nil })
 	for _, r := range strings.Fields(runs) {
@@ -176,15 +195,29 @@ func newStormCluster(t *testing.T, set stormSettings) *stormCluster {
 	if out, err := c.client.Exec("sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=10240 65535"); err != nil {
 		t.Fatalf("client sysctl: %v %s", err, out)
 	}
-	sp, err := sink.Start(benchBinary(t, "imapsink"), "-listen", sink.IP4.String()+":143", "-password", "secret")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("---- imapsink ----\n%s", tail(sp.Output(), 20))
+	var err error
+	if set.backend == "dovecot" {
+		// A real backend for a few hundred sessions (a process each):
+		// its login processes and per-user limits raised to fit.
+		users := map[string]string{}
+		for i := range set.sessions {
+			users["user"+strconv.Itoa(i)] = "secret"
 		}
-	})
+		dovecot.Start(t, dovecot.Options{Addr: sink.IP4.String(), Netns: sink.Path, IMAPPort: 143, POP3Port: 110,
+			Users: users, TrustedNetworks: []string{netns.Net4.String()},
+			ExtraConfig: fmt.Sprintf("default_process_limit = %d\ndefault_client_limit = %d\nmail_max_userip_connections = 100\n",
+				set.sessions+200, 2*set.sessions+400)})
+	} else {
+		sp, err := sink.Start(benchBinary(t, "imapsink"), "-listen", sink.IP4.String()+":143", "-password", "secret")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("---- imapsink ----\n%s", tail(sp.Output(), 20))
+			}
+		})
+	}
 
 	cert, key := demoCert(t)
 	cert, _ = filepath.Abs(cert)
@@ -198,6 +231,10 @@ func newStormCluster(t *testing.T, set stormSettings) *stormCluster {
 		join = append(join, fmt.Sprintf("%q", n.Host(name).IP4.String()+":7145"))
 	}
 	certs, gkey := clusterPKI(t, "n1", "n2", "n3"), gossipKey(t)
+	perIP := ""
+	if set.perIP != "" {
+		perIP = ", max_connections_per_ip: " + set.perIP
+	}
 	for _, name := range []string{"n1", "n2", "n3"} {
 		h := n.Host(name)
 		nd := &drillNode{h: h, name: name, dir: t.TempDir(), admin: h.IP4.String() + ":7143",
@@ -209,7 +246,7 @@ listeners:
   - {name: imaps, protocol: imap, address: "%[3]s:%[4]d", tls: implicit}
 tls:
   certificates: [{cert: %[5]q, key: %[6]q}]
-limits: {max_connections: %[7]d}
+limits: {max_connections: %[7]d%[17]s}
 drain: {spread: %[8]s}
 upgrade: {session_grace: %[9]s}
 admin: {address: "%[10]s", token: %[11]s}
@@ -230,7 +267,7 @@ pools:
   - {name: main, backends: [sink]}
 routes: {default_pool: main}
 `, name, filepath.Join(nd.dir, "data"), stormVIP, stormPort, cert, key, maxConns, set.spread, set.grace,
-			nd.admin, clusterToken, h.IP4, strings.Join(join, ", "), certs[name], gkey, sink.IP4)
+			nd.admin, clusterToken, h.IP4, strings.Join(join, ", "), certs[name], gkey, sink.IP4, perIP)
 		nd.cfgPath = filepath.Join(nd.dir, "portico.yaml")
 		if err := os.WriteFile(nd.cfgPath, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)
@@ -361,8 +398,8 @@ func TestReconnectStorm(t *testing.T) {
 	set := stormConfig(t)
 	c := newStormCluster(t, set)
 	c.waitHealthy(t)
-	t.Logf("%d sessions from %d client addresses (%d each at most), %d node(s), drain.spread %s, upgrade.session_grace %s",
-		set.sessions, len(c.srcs), set.perAddr, len(c.nodes), set.spread, set.grace)
+	t.Logf("%d sessions from %d client addresses (%d each at most), backend %s, 3 nodes, drain.spread %s, upgrade.session_grace %s, max_connections_per_ip %q",
+		set.sessions, len(c.srcs), set.perAddr, set.backend, set.spread, set.grace, set.perIP)
 	var all []stormFigures
 	for _, run := range set.runs {
 		figs := c.run(t, run)
@@ -532,8 +569,8 @@ func (c *stormCluster) run(t *testing.T, run stormRun) []stormFigures {
 	ready := lp.line(t, "READY ", time.Duration(float64(set.sessions)/set.rate*float64(time.Second))+set.wait)
 	var e0 stormEpoch
 	_ = json.Unmarshal([]byte(ready), &e0)
-	t.Logf("loadimap (resume %v): %d sessions logged in, %d failed attempts %v, login p50 %.1f ms p99 %.1f ms",
-		run.resume, e0.LiveNow, e0.Failed, e0.Failures, e0.LoginLatency.P50, e0.LoginLatency.P99)
+	t.Logf("loadimap (resume %v): %d sessions logged in, %d failed attempts %v %v, login p50 %.1f ms p99 %.1f ms",
+		run.resume, e0.LiveNow, e0.Failed, e0.Failures, e0.FailureSamples, e0.LoginLatency.P50, e0.LoginLatency.P99)
 	var figs []stormFigures
 	for _, d := range run.drills {
 		f, ok := c.drill(t, lp, d, run.resume)
