@@ -662,8 +662,19 @@ func (c *stormCluster) drill(t *testing.T, lp *loadProc, drill string, resume bo
 		owner.upgraded.Store(int64(res.PID))
 	}
 	mark := len(lp.p.Output())
-	backLine := lp.line(t, "BACK "+epoch+" ", set.wait)
-	backMS, _ := strconv.ParseFloat(backLine, 64)
+	// Everyone back after every session was lost (an upgrade's old
+	// process ends them over drain.spread: BACK repeats meanwhile).
+	var backMS float64
+	for deadline := time.Now().Add(set.wait); ; {
+		f := strings.Fields(lp.line(t, "BACK "+epoch+" ", time.Until(deadline)))
+		if len(f) != 2 {
+			t.Fatalf("bad BACK line %q", f)
+		}
+		backMS, _ = strconv.ParseFloat(f[0], 64)
+		if lost, _ := strconv.Atoi(f[1]); lost >= set.sessions {
+			break
+		}
+	}
 	backAt := at.Add(time.Duration(backMS * float64(time.Millisecond)))
 	time.Sleep(time.Second) // anything lost again shows in the report
 	_ = lp.p.Signal(syscall.SIGUSR2)

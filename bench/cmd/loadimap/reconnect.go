@@ -22,9 +22,10 @@ package main
 //
 //	READY <json>        every session logged in once (the json is epoch 0)
 //	EPOCH <n>           epoch n started
-//	BACK <n> <ms>       every session is logged in again after a loss in
-//	                    epoch n, ms after the epoch started (may repeat if
-//	                    sessions are lost again)
+//	BACK <n> <ms> <lost> every session is logged in, ms after epoch n
+//	                    started, and <lost> sessions were lost in it (again
+//	                    whenever this holds after a loss: sessions ended
+//	                    over a spread come back before the last is lost)
 //	RESULT <n> <json>   the figures of epoch n (stormEpoch)
 //	DONE                after SIGTERM, every session closed
 //
@@ -402,7 +403,7 @@ func (st *storm) connect(cl *stormClient) *sess {
 			b, _ := json.Marshal(st.finish(e))
 			st.say("READY %s", b)
 		} else if all && len(e.lost) > 0 {
-			st.say("BACK %d %.1f", e.Epoch, ms(time.Since(e.Start)))
+			st.say("BACK %d %.1f %d", e.Epoch, ms(time.Since(e.Start)), len(e.lost))
 		}
 		st.mu.Unlock()
 		return s
