@@ -46,6 +46,7 @@ type Conn struct {
 	raw      syscall.RawConn
 	prefix   []byte
 	nonblock bool
+	hold     *Hold // pre-login: a Gate slot, given back while a read or write waits
 }
 
 // NewConn wraps tc. prefix (may be nil) is delivered before socket data; the
@@ -83,6 +84,21 @@ func (c *Conn) Unread(p []byte) {
 // reading goroutine may call it.
 func (c *Conn) SetNonblock(on bool) { c.nonblock = on }
 
+// SetHold makes blocking reads and writes give h's slot back while they
+// wait (the pre-login phase; Gate); nil (before the relay takes the
+// connection) stops it. Only the goroutine that reads and writes may call
+// it.
+func (c *Conn) SetHold(h *Hold) { c.hold = h }
+
+// Write implements io.Writer.
+func (c *Conn) Write(p []byte) (int, error) {
+	if h := c.hold; h != nil {
+		h.Release()
+		defer h.Acquire()
+	}
+	return c.TCPConn.Write(p)
+}
+
 // Read implements io.Reader.
 func (c *Conn) Read(p []byte) (int, error) {
 	if len(c.prefix) > 0 {
@@ -94,6 +110,10 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	if !c.nonblock {
+		if h := c.hold; h != nil {
+			h.Release()
+			defer h.Acquire()
+		}
 		return c.TCPConn.Read(p)
 	}
 	return c.ReadNonblock(p)
