@@ -84,19 +84,96 @@ func (c *Conn) Unread(p []byte) {
 // reading goroutine may call it.
 func (c *Conn) SetNonblock(on bool) { c.nonblock = on }
 
-// SetHold makes blocking reads and writes give h's slot back while they
-// wait (the pre-login phase; Gate); nil (before the relay takes the
+// SetHold makes reads and writes give h's slot back while they wait for
+// the socket (the pre-login phase; Gate); nil (before the relay takes the
 // connection) stops it. Only the goroutine that reads and writes may call
 // it.
 func (c *Conn) SetHold(h *Hold) { c.hold = h }
 
 // Write implements io.Writer.
 func (c *Conn) Write(p []byte) (int, error) {
-	if h := c.hold; h != nil {
-		h.Release()
-		defer h.Acquire()
+	if c.hold != nil {
+		return c.writeHeld(p)
 	}
 	return c.TCPConn.Write(p)
+}
+
+// readHeld reads like TCPConn.Read, giving the hold's slot back only if
+// the socket has nothing yet (a read that need not wait keeps it, so a
+// login is not sent to the back of the gate's queue for nothing).
+func (c *Conn) readHeld(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	var n int
+	var serr error
+	waited := false
+	err := c.raw.Read(func(fd uintptr) bool {
+		for {
+			n, serr = syscall.Read(int(fd), p)
+			if serr != syscall.EINTR {
+				break
+			}
+		}
+		if serr == syscall.EAGAIN {
+			if !waited {
+				waited = true
+				c.hold.Release()
+			}
+			return false // wait until readable
+		}
+		return true
+	})
+	if waited {
+		c.hold.Acquire()
+	}
+	switch {
+	case err != nil:
+		return 0, err
+	case serr != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", serr)}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// writeHeld writes all of p like TCPConn.Write, giving the hold's slot
+// back only while the socket's buffer is full.
+func (c *Conn) writeHeld(p []byte) (int, error) {
+	var n int
+	var serr error
+	waited := false
+	err := c.raw.Write(func(fd uintptr) bool {
+		for n < len(p) {
+			m, e := syscall.Write(int(fd), p[n:])
+			switch {
+			case e == syscall.EINTR:
+				continue
+			case e == syscall.EAGAIN:
+				if !waited {
+					waited = true
+					c.hold.Release()
+				}
+				return false // wait until writable
+			case e != nil:
+				serr = e
+				return true
+			}
+			n += m
+		}
+		return true
+	})
+	if waited {
+		c.hold.Acquire()
+	}
+	switch {
+	case err != nil:
+		return n, err
+	case serr != nil:
+		return n, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", serr)}
+	}
+	return n, nil
 }
 
 // Read implements io.Reader.
@@ -110,9 +187,8 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	if !c.nonblock {
-		if h := c.hold; h != nil {
-			h.Release()
-			defer h.Acquire()
+		if c.hold != nil {
+			return c.readHeld(p)
 		}
 		return c.TCPConn.Read(p)
 	}

@@ -47,6 +47,36 @@ func TestGateBoundsHolders(t *testing.T) {
 	}
 }
 
+// A session that has started goes on before new ones: a login, once
+// begun, is not held up behind the next arrivals.
+func TestGateStartedSessionsFirst(t *testing.T) {
+	g := NewGate(1)
+	stop := make(chan struct{})
+	a, started, fresh := g.Hold(stop), g.Hold(stop), g.Hold(stop)
+	started.Acquire()
+	started.Release() // waits on its client, say
+	a.Acquire()
+	okF, doneF := acquired(fresh, 20*time.Millisecond)
+	okS, doneS := acquired(started, 20*time.Millisecond)
+	if okF || okS {
+		t.Fatal("a slot of a full gate")
+	}
+	a.Release()
+	select {
+	case <-doneS:
+	case <-doneF:
+		t.Fatal("a new session went before one that had started")
+	case <-time.After(5 * time.Second):
+		t.Fatal("nobody got the slot")
+	}
+	started.Release()
+	<-doneF
+	fresh.Close()
+	if g.Busy() != 0 || g.Waiting() != 0 {
+		t.Fatalf("busy %d waiting %d", g.Busy(), g.Waiting())
+	}
+}
+
 // Once the server stops (done closed), a waiting session goes on without
 // a slot: a shutdown is never held up by the gate.
 func TestGateDoneLetsWaitersGo(t *testing.T) {
