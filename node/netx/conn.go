@@ -47,6 +47,18 @@ type Conn struct {
 	prefix   []byte
 	nonblock bool
 	hold     *Hold // pre-login: a Gate slot, given back while a read or write waits
+	held     *heldIO
+}
+
+// heldIO is the state of a read and a write through a Hold, with the
+// callbacks RawConn runs made once per connection (a closure per call
+// would allocate).
+type heldIO struct {
+	rp, wp          []byte
+	rn, wn          int
+	rerr, werr      error
+	rwait, wwait    bool
+	readFn, writeFn func(fd uintptr) bool
 }
 
 // NewConn wraps tc. prefix (may be nil) is delivered before socket data; the
@@ -105,26 +117,12 @@ func (c *Conn) readHeld(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var serr error
-	waited := false
-	err := c.raw.Read(func(fd uintptr) bool {
-		for {
-			n, serr = syscall.Read(int(fd), p)
-			if serr != syscall.EINTR {
-				break
-			}
-		}
-		if serr == syscall.EAGAIN {
-			if !waited {
-				waited = true
-				c.hold.Release()
-			}
-			return false // wait until readable
-		}
-		return true
-	})
-	if waited {
+	st := c.heldState()
+	st.rp, st.rn, st.rerr, st.rwait = p, 0, nil, false
+	err := c.raw.Read(st.readFn)
+	n, serr := st.rn, st.rerr
+	st.rp, st.rerr = nil, nil
+	if st.rwait {
 		c.hold.Acquire()
 	}
 	switch {
@@ -141,30 +139,12 @@ func (c *Conn) readHeld(p []byte) (int, error) {
 // writeHeld writes all of p like TCPConn.Write, giving the hold's slot
 // back only while the socket's buffer is full.
 func (c *Conn) writeHeld(p []byte) (int, error) {
-	var n int
-	var serr error
-	waited := false
-	err := c.raw.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			m, e := syscall.Write(int(fd), p[n:])
-			switch {
-			case e == syscall.EINTR:
-				continue
-			case e == syscall.EAGAIN:
-				if !waited {
-					waited = true
-					c.hold.Release()
-				}
-				return false // wait until writable
-			case e != nil:
-				serr = e
-				return true
-			}
-			n += m
-		}
-		return true
-	})
-	if waited {
+	st := c.heldState()
+	st.wp, st.wn, st.werr, st.wwait = p, 0, nil, false
+	err := c.raw.Write(st.writeFn)
+	n, serr := st.wn, st.werr
+	st.wp, st.werr = nil, nil
+	if st.wwait {
 		c.hold.Acquire()
 	}
 	switch {
@@ -174,6 +154,54 @@ func (c *Conn) writeHeld(p []byte) (int, error) {
 		return n, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", serr)}
 	}
 	return n, nil
+}
+
+func (c *Conn) heldState() *heldIO {
+	if c.held != nil {
+		return c.held
+	}
+	st := &heldIO{}
+	st.readFn = func(fd uintptr) bool {
+		for {
+			st.rn, st.rerr = syscall.Read(int(fd), st.rp)
+			if st.rerr != syscall.EINTR {
+				break
+			}
+		}
+		if st.rerr == syscall.EAGAIN {
+			if !st.rwait {
+				st.rwait = true
+				c.hold.Release()
+			}
+			return false // wait until readable
+		}
+		if st.rn < 0 {
+			st.rn = 0
+		}
+		return true
+	}
+	st.writeFn = func(fd uintptr) bool {
+		for st.wn < len(st.wp) {
+			m, e := syscall.Write(int(fd), st.wp[st.wn:])
+			switch {
+			case e == syscall.EINTR:
+				continue
+			case e == syscall.EAGAIN:
+				if !st.wwait {
+					st.wwait = true
+					c.hold.Release()
+				}
+				return false // wait until writable
+			case e != nil:
+				st.werr = e
+				return true
+			}
+			st.wn += m
+		}
+		return true
+	}
+	c.held = st
+	return st
 }
 
 // Read implements io.Reader.
