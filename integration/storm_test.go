@@ -863,6 +863,7 @@ func (nd *drillNode) counters() map[string]float64 {
 		"tls_failures":           sum("portico_tls_handshake_failures_total", nil),
 		"connections":            sum("portico_connections_total", nil),
 		"relayed_sessions_ended": sum("portico_sessions_ended_total", label("phase", "relayed")),
+		"prelogin_waits":         sum("portico_prelogin_waits_total", nil),
 	}
 }
 
