@@ -67,11 +67,21 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 		end = session.End{Reason: session.EndShutdown}
 		return
 	}
+	// Computing before the login takes a slot of the gate, given back
+	// whenever the session waits (netx.Gate).
+	hold := s.gate.Hold(ctx.Done())
+	defer hold.Close()
+	hold.Acquire()
+	nc.SetHold(hold)
+	ctx = netx.WithHold(ctx, hold)
 	var h *session.Handoff
 	h, end = s.handlers[l.conf().Protocol].Serve(ctx, c)
 	if h == nil {
 		return
 	}
+	nc.SetHold(nil)
+	h.Backend.Base().SetHold(nil)
+	hold.Close()
 	relayed = true
 	s.preLocalDone(c.Local.Addr())
 	s.startRelay(l, c, h, adm.release)

@@ -99,7 +99,9 @@ func blockedInWrite(fn string) bool {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "[IO wait") && strings.Contains(g, "(*FD).Write") && strings.Contains(g, fn) {
+		// RawWrite: a pre-login write through netx.Conn's gate hold.
+		write := strings.Contains(g, "(*FD).Write") || strings.Contains(g, "(*FD).RawWrite")
+		if strings.Contains(g, "[IO wait") && write && strings.Contains(g, fn) {
 			return true
 		}
 	}

@@ -17,10 +17,12 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/portico-mail/portico/node/netx"
 	"github.com/portico-mail/portico/node/relay"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/routing"
@@ -117,6 +119,7 @@ type Server struct {
 	stats     map[string]*ListenerStats // by listener name (metrics.go)
 
 	conns       atomic.Int64 // open client connections (pre-login and relayed)
+	gate        *netx.Gate   // pre-login work running at once (netx.Gate)
 	refuseLocal atomic.Pointer[func(local netip.AddrPort) bool]
 	// preLocal counts the pre-login sessions by the local address they
 	// came in on (PreauthOn: a planned VIP move lets the logins in flight
@@ -137,6 +140,7 @@ func NewServer(cfg Config, env *session.Env, handlers map[routing.Protocol]sessi
 		obs: nopObserver{}, ctx: ctx, cancel: cancel,
 		perIP:   make(map[netip.Addr]int),
 		tickets: cfg.Tickets,
+		gate:    netx.NewGate(PreloginSlots()),
 	}
 	s.preCtx, s.preCancel = context.WithCancel(ctx)
 	s.cfgp.Store(&cfg)
@@ -144,6 +148,15 @@ func NewServer(cfg Config, env *session.Env, handlers map[routing.Protocol]sessi
 }
 
 func (s *Server) conf() *Config { return s.cfgp.Load() }
+
+// PreloginSlots is how many pre-login sessions compute at once (netx.Gate):
+// two per CPU the Go runtime uses, so that the CPUs stay busy in a storm
+// while a goroutine that becomes runnable (a raft heartbeat, a relayed
+// session's read) waits behind a few logins, not thousands.
+func PreloginSlots() int { return 2 * runtime.GOMAXPROCS(0) }
+
+// Gate is the pre-login gate (its figures for the metrics).
+func (s *Server) Gate() *netx.Gate { return s.gate }
 
 // Connections returns the number of open client connections.
 func (s *Server) Connections() int64 { return s.conns.Load() }

@@ -46,6 +46,19 @@ type Conn struct {
 	raw      syscall.RawConn
 	prefix   []byte
 	nonblock bool
+	hold     *Hold // pre-login: a Gate slot, given back while a read or write waits
+	held     *heldIO
+}
+
+// heldIO is the state of a read and a write through a Hold, with the
+// callbacks RawConn runs made once per connection (a closure per call
+// would allocate).
+type heldIO struct {
+	rp, wp          []byte
+	rn, wn          int
+	rerr, werr      error
+	rwait, wwait    bool
+	readFn, writeFn func(fd uintptr) bool
 }
 
 // NewConn wraps tc. prefix (may be nil) is delivered before socket data; the
@@ -83,6 +96,114 @@ func (c *Conn) Unread(p []byte) {
 // reading goroutine may call it.
 func (c *Conn) SetNonblock(on bool) { c.nonblock = on }
 
+// SetHold makes reads and writes give h's slot back while they wait for
+// the socket (the pre-login phase; Gate); nil (before the relay takes the
+// connection) stops it. Only the goroutine that reads and writes may call
+// it.
+func (c *Conn) SetHold(h *Hold) { c.hold = h }
+
+// Write implements io.Writer.
+func (c *Conn) Write(p []byte) (int, error) {
+	if c.hold != nil {
+		return c.writeHeld(p)
+	}
+	return c.TCPConn.Write(p)
+}
+
+// readHeld reads like TCPConn.Read, giving the hold's slot back only if
+// the socket has nothing yet (a read that need not wait keeps it, so a
+// login is not sent to the back of the gate's queue for nothing).
+func (c *Conn) readHeld(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	st := c.heldState()
+	st.rp, st.rn, st.rerr, st.rwait = p, 0, nil, false
+	err := c.raw.Read(st.readFn)
+	n, serr := st.rn, st.rerr
+	st.rp, st.rerr = nil, nil
+	if st.rwait {
+		c.hold.Acquire()
+	}
+	switch {
+	case err != nil:
+		return 0, err
+	case serr != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", serr)}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// writeHeld writes all of p like TCPConn.Write, giving the hold's slot
+// back only while the socket's buffer is full.
+func (c *Conn) writeHeld(p []byte) (int, error) {
+	st := c.heldState()
+	st.wp, st.wn, st.werr, st.wwait = p, 0, nil, false
+	err := c.raw.Write(st.writeFn)
+	n, serr := st.wn, st.werr
+	st.wp, st.werr = nil, nil
+	if st.wwait {
+		c.hold.Acquire()
+	}
+	switch {
+	case err != nil:
+		return n, err
+	case serr != nil:
+		return n, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", serr)}
+	}
+	return n, nil
+}
+
+func (c *Conn) heldState() *heldIO {
+	if c.held != nil {
+		return c.held
+	}
+	st := &heldIO{}
+	st.readFn = func(fd uintptr) bool {
+		for {
+			st.rn, st.rerr = syscall.Read(int(fd), st.rp)
+			if st.rerr != syscall.EINTR {
+				break
+			}
+		}
+		if st.rerr == syscall.EAGAIN {
+			if !st.rwait {
+				st.rwait = true
+				c.hold.Release()
+			}
+			return false // wait until readable
+		}
+		if st.rn < 0 {
+			st.rn = 0
+		}
+		return true
+	}
+	st.writeFn = func(fd uintptr) bool {
+		for st.wn < len(st.wp) {
+			m, e := syscall.Write(int(fd), st.wp[st.wn:])
+			switch {
+			case e == syscall.EINTR:
+				continue
+			case e == syscall.EAGAIN:
+				if !st.wwait {
+					st.wwait = true
+					c.hold.Release()
+				}
+				return false // wait until writable
+			case e != nil:
+				st.werr = e
+				return true
+			}
+			st.wn += m
+		}
+		return true
+	}
+	c.held = st
+	return st
+}
+
 // Read implements io.Reader.
 func (c *Conn) Read(p []byte) (int, error) {
 	if len(c.prefix) > 0 {
@@ -94,6 +215,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	if !c.nonblock {
+		if c.hold != nil {
+			return c.readHeld(p)
+		}
 		return c.TCPConn.Read(p)
 	}
 	return c.ReadNonblock(p)

@@ -359,7 +359,12 @@ func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogi
 		// Waiting for attempts in flight is bounded like a backend
 		// dialogue.
 		wctx, cancel := context.WithTimeout(ctx, lim.BackendTimeout)
+		// Waiting here for other logins to end must not keep them
+		// from the gate slot they need (netx.Gate).
+		hold := netx.HoldFrom(ctx)
+		hold.Release()
 		p, scope := th.Begin(wctx, c.Remote.Addr(), creds.AuthUser(sep))
+		hold.Acquire()
 		cancel()
 		if scope != "" {
 			// Refused before any authentication source is asked.
@@ -418,12 +423,15 @@ func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogi
 		wait = max(wait, out.Refusal.Wait)
 	}
 	if wait > 0 {
+		hold := netx.HoldFrom(ctx)
+		hold.Release()
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
 		}
+		hold.Acquire()
 	}
 	c.logLogin(ev)
 	if c.Env.OnLogin != nil {
@@ -437,7 +445,12 @@ func (c *Client) login(ctx context.Context, timeout time.Duration, creds Credent
 	if c.Listener.Director != nil {
 		dir = c.Listener.Director
 	}
+	// An authentication source may wait on the network (auth_http, a
+	// directory): not with a gate slot (netx.Gate).
+	hold := netx.HoldFrom(ctx)
+	hold.Release()
 	t, err := dir.Direct(ctx, &Attempt{Client: c, Creds: creds, Number: c.attempts})
+	hold.Acquire()
 	if err != nil {
 		var ref *Refusal
 		if errors.As(err, &ref) {

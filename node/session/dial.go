@@ -57,7 +57,12 @@ func (d *Dialer) Dial(ctx context.Context, b *routing.Backend, p routing.Protoco
 	if nd.Timeout <= 0 {
 		nd.Timeout = 5 * time.Second
 	}
+	// A session's gate slot (netx.Gate) is given back while it connects,
+	// and while it waits for the backend on the connection.
+	hold := netx.HoldFrom(ctx)
+	hold.Release()
 	c, err := nd.DialContext(ctx, "tcp", addr)
+	hold.Acquire()
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: connect: %w", b.ID, err)
 	}
@@ -67,6 +72,7 @@ func (d *Dialer) Dial(ctx context.Context, b *routing.Backend, p routing.Protoco
 		tc.Close()
 		return nil, err
 	}
+	nc.SetHold(hold)
 	s := netx.NewStream(nc)
 	if b.Forward == routing.ForwardProxy {
 		h := &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}

@@ -121,6 +121,10 @@ func (d *Daemon) setupOps(cfg *config.Config) error {
 		Ready:     func() bool { return len(d.NotReady()) == 0 },
 		// Read at each scrape: follows certificate reloads.
 		Certificates: d.certificates,
+		Prelogin: func() (int, uint64) {
+			g := d.srv.Gate()
+			return g.Waiting(), g.Waited()
+		},
 	})
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/portico-mail/portico/node"
+	"github.com/portico-mail/portico/node/netx"
 	"github.com/portico-mail/portico/node/relay"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/routing"
@@ -86,6 +87,7 @@ type fakeNode struct {
 	table       *routing.Table
 	ready       bool
 	certs       []node.CertInfo
+	gate        *netx.Gate
 }
 
 func newTestNode(t *testing.T) (*Proxy, *prometheus.Registry, *fakeNode) {
@@ -101,7 +103,7 @@ func newTestNode(t *testing.T) (*Proxy, *prometheus.Registry, *fakeNode) {
 	f := &fakeNode{
 		imaps: &node.ListenerStats{Name: "imaps", Protocol: routing.IMAP},
 		pop3:  &node.ListenerStats{Name: "pop3", Protocol: routing.POP3},
-		table: tbl, ready: true,
+		table: tbl, ready: true, gate: netx.NewGate(1),
 		certs: []node.CertInfo{{File: "/etc/portico/mail.pem", Name: "mail.example.com", NotAfter: time.Now().Add(30 * 24 * time.Hour)}},
 	}
 	reg := prometheus.NewPedanticRegistry()
@@ -111,6 +113,7 @@ func newTestNode(t *testing.T) (*Proxy, *prometheus.Registry, *fakeNode) {
 		Table:        func() *routing.Table { return f.table },
 		Ready:        func() bool { return f.ready },
 		Certificates: func() []node.CertInfo { return f.certs },
+		Prelogin:     func() (int, uint64) { return f.gate.Waiting(), f.gate.Waited() },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -285,6 +288,24 @@ portico_ready 0
 # TYPE portico_draining gauge
 portico_draining 1
 `, "portico_ready", "portico_draining")
+
+	// The pre-login gate: one session computing, one waiting.
+	stop := make(chan struct{})
+	defer close(stop)
+	f.gate.Hold(stop).Acquire()
+	waiter := f.gate.Hold(stop)
+	go waiter.Acquire()
+	for f.gate.Waiting() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	expect(`
+# HELP portico_prelogin_waiting Sessions before login waiting for a slot of the pre-login gate (two per CPU compute at once, a session gives its slot back while it waits for its client or backend); above zero only while logins arrive faster than the node computes them, as in a reconnect storm.
+# TYPE portico_prelogin_waiting gauge
+portico_prelogin_waiting 1
+# HELP portico_prelogin_waits_total Times a session before login waited for a slot of the pre-login gate.
+# TYPE portico_prelogin_waits_total counter
+portico_prelogin_waits_total 1
+`, "portico_prelogin_waiting", "portico_prelogin_waits_total")
 
 	if probs, err := testutil.GatherAndLint(reg); err != nil || len(probs) > 0 {
 		t.Fatalf("promlint: %v %v", probs, err)

@@ -29,6 +29,9 @@ type Options struct {
 	// Certificates returns the loaded server certificates
 	// (node.CertStore.Certificates; nil: no expiry gauge).
 	Certificates func() []node.CertInfo
+	// Prelogin returns the pre-login gate's sessions waiting now and
+	// waits so far (node.Server.Gate; nil: not exported).
+	Prelogin func() (waiting int, waits uint64)
 }
 
 // Login results, pre-set to zero for every listener so that rates and
@@ -59,6 +62,7 @@ type Proxy struct {
 
 	// Read at scrape time.
 	connections, open, bytes, handshakes, backendSessions, tableEntries, drainingD, readyD, buildInfo, certExpiry *prometheus.Desc
+	preloginWaiting, preloginWaits                                                                                *prometheus.Desc
 
 	// now is the clock of the certificate expiry gauge (tests set it).
 	now func() time.Time
@@ -109,6 +113,8 @@ func NewProxy(reg prometheus.Registerer, o Options) (*Proxy, error) {
 		readyD:          newDesc("portico_ready"),
 		buildInfo:       newDesc("portico_build_info", "version", "commit", "goversion"),
 		certExpiry:      newDesc("portico_tls_certificate_expiry_seconds", "file", "name"),
+		preloginWaiting: newDesc("portico_prelogin_waiting"),
+		preloginWaits:   newDesc("portico_prelogin_waits_total"),
 		now:             time.Now,
 	}
 	for _, c := range []prometheus.Collector{
@@ -234,7 +240,7 @@ func RelayReason(r string) string {
 type scrape Proxy
 
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{s.connections, s.open, s.bytes, s.handshakes, s.backendSessions, s.tableEntries, s.drainingD, s.readyD, s.buildInfo, s.certExpiry} {
+	for _, d := range []*prometheus.Desc{s.connections, s.open, s.bytes, s.handshakes, s.backendSessions, s.tableEntries, s.drainingD, s.readyD, s.buildInfo, s.certExpiry, s.preloginWaiting, s.preloginWaits} {
 		ch <- d
 	}
 }
@@ -275,6 +281,11 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(s.readyD, prometheus.GaugeValue, b2f(m.o.Ready()))
 	}
 	ch <- prometheus.MustNewConstMetric(s.buildInfo, prometheus.GaugeValue, 1, m.o.Version, m.o.Commit, runtime.Version())
+	if m.o.Prelogin != nil {
+		waiting, waits := m.o.Prelogin()
+		ch <- prometheus.MustNewConstMetric(s.preloginWaiting, prometheus.GaugeValue, float64(waiting))
+		ch <- prometheus.MustNewConstMetric(s.preloginWaits, prometheus.CounterValue, float64(waits))
+	}
 	if m.o.Certificates != nil {
 		// Read from the store at each scrape, so a reload (renewed
 		// certificates) shows at once. The same file listed twice is one

@@ -91,6 +91,9 @@ func main() {
 	log.SetPrefix("loadimap: ")
 
 	debug.SetGCPercent(*gcPercent)
+	if *reconnect {
+		os.Exit(runReconnect()) // reconnect.go
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
