@@ -168,6 +168,7 @@ func main() {
 	res.Login = summarize(r.loginLat)
 	d := diffCPU(cpu0, cpu1)
 	res.ProxyLoginCPUms, res.ProxyCPUPer1000 = d.proxy, per1000(d.proxy, res.Established)
+	res.ProxySchedCPUms, res.ProxySchedPer1000 = d.proxySched, per1000(d.proxySched, res.Established)
 	res.AuthLoginCPUms, res.AuthCPUPer1000 = d.auth, per1000(d.auth, res.Established)
 	res.SinkLoginCPUms, res.SelfLoginCPUms = d.sink, d.self
 	res.HostBusyLoginPct, res.OtherLoginCPUms = d.hostPct, d.other()
@@ -256,6 +257,7 @@ func clientTLSConfig() (*tls.Config, error) {
 // cpuSample is the CPU time of the measured processes at one instant.
 type cpuSample struct {
 	proxy, auth, sink procstat.CPU
+	proxySched        time.Duration // the proxy's threads' schedstat, summed
 	proxyOK, authOK   bool
 	sinkOK            bool
 	self              time.Duration
@@ -283,6 +285,11 @@ func treeCPU(sel *procstat.Selector) (procstat.CPU, bool) {
 func sampleCPU(proxy, auth, sink *procstat.Selector) cpuSample {
 	var s cpuSample
 	s.proxy, s.proxyOK = treeCPU(proxy)
+	if s.proxyOK {
+		if pids, err := proxy.Resolve(); err == nil {
+			s.proxySched = procstat.ReadSchedCPU(pids)
+		}
+	}
 	s.auth, s.authOK = treeCPU(auth)
 	s.sink, s.sinkOK = treeCPU(sink)
 	s.self = selfCPU()
@@ -293,8 +300,9 @@ func sampleCPU(proxy, auth, sink *procstat.Selector) cpuSample {
 // cpuDelta is the CPU used between two samples, in ms (nil: not measured).
 type cpuDelta struct {
 	proxy, auth, sink *float64
-	self, hostBusy    float64 // hostBusy: all CPUs together, ms
-	hostPct           float64 // 100 = every core busy
+	proxySched        *float64 // the proxy from its threads' schedstat
+	self, hostBusy    float64  // hostBusy: all CPUs together, ms
+	hostPct           float64  // 100 = every core busy
 }
 
 func diffCPU(a, b cpuSample) cpuDelta {
@@ -309,6 +317,10 @@ func diffCPU(a, b cpuSample) cpuDelta {
 	d.proxy = ms(a.proxyOK, b.proxyOK, a.proxy, b.proxy)
 	d.auth = ms(a.authOK, b.authOK, a.auth, b.auth)
 	d.sink = ms(a.sinkOK, b.sinkOK, a.sink, b.sink)
+	if a.proxyOK && b.proxyOK {
+		v := float64(b.proxySched-a.proxySched) / 1e6
+		d.proxySched = &v
+	}
 	d.self = float64(b.self-a.self) / 1e6
 	d.hostBusy = procstat.BusyMillis(a.host, b.host)
 	d.hostPct = procstat.BusyPercent(a.host, b.host)
@@ -504,6 +516,8 @@ func printText(w io.Writer, r *result.Result) {
 	fmt.Fprintf(w, "login CPU: proxy %s ms (%s ms/1000 logins), auth_http %s ms (%s ms/1000), sink %s ms, loadimap %.0f ms, other %.0f ms; host busy %.0f%% (%.0f%% before the run)\n",
 		f(r.ProxyLoginCPUms, "%.0f"), f(r.ProxyCPUPer1000, "%.0f"), f(r.AuthLoginCPUms, "%.0f"), f(r.AuthCPUPer1000, "%.0f"),
 		f(r.SinkLoginCPUms, "%.0f"), r.SelfLoginCPUms, r.OtherLoginCPUms, r.HostBusyLoginPct, r.HostBusyIdlePct)
+	fmt.Fprintf(w, "login CPU from the proxy's threads' schedstat: %s ms (%s ms/1000 logins)\n",
+		f(r.ProxySchedCPUms, "%.0f"), f(r.ProxySchedPer1000, "%.0f"))
 	fmt.Fprintf(w, "NOOP latency: %s, failed %d\n", lat(r.Noop), r.NoopFailed)
 	for k, v := range r.NoopErrors {
 		fmt.Fprintf(w, "  %s: %d\n", k, v)
