@@ -182,7 +182,7 @@ start_proxy() { # variant logfile -> PROXY_PID, AUTHARG
 
 label_of() { [ "$1" = nginx ] && echo nginx || echo "${1%%=*}"; }
 
-printf 'label\tmode\trep\tcpu_stat\tcpu_sched\tauth\testablished\tload1\thost_busy\tother_ms\tlogin_p50\tlogin_p99\tlogins_per_s\n' >"$OUT/runs.tsv"
+printf 'label\tmode\trep\tcpu_stat\tcpu_sched\tauth\testablished\tload1\thost_busy\tother_ms\tlogin_p50\tlogin_p99\tlogins_per_s\tcpu_slices\n' >"$OUT/runs.tsv"
 for rep in $(seq "$REPS"); do
 	for v in "$@"; do
 		label=$(label_of "$v")
@@ -207,7 +207,8 @@ for rep in $(seq "$REPS"); do
 				(.proxy_cpu_ms_per_1000_logins // 0 | round), (.proxy_cpu_ms_per_1000_logins_schedstat // 0 | round),
 				(.auth_cpu_ms_per_1000_logins // 0 | round), .established, $load, (.host_busy_login_pct | round),
 				(.other_login_cpu_ms | round), (.login_latency.p50_ms * 100 | round / 100),
-				(.login_latency.p99_ms * 100 | round / 100), (.achieved_logins_per_s | round)] | @tsv' \
+				(.login_latency.p99_ms * 100 | round / 100), (.achieved_logins_per_s | round),
+				(.proxy_cpu_slices_per_login // 0 | . * 10 | round / 10)] | @tsv' \
 				"$base.json" | tee -a "$OUT/runs.tsv" >&2
 			sleep 2 # the sink sees the upstream connections close
 		done
@@ -215,7 +216,7 @@ for rep in $(seq "$REPS"); do
 done
 
 # Median and range per label and mode.
-awk -F'\t' 'NR > 1 { k = $1 "\t" $2; v[k] = v[k] " " $4; s[k] = s[k] " " $5; a[k] = a[k] " " $6; l[k] = l[k] " " $8; order[k] = order[k] ? order[k] : NR }
+awk -F'\t' 'NR > 1 { k = $1 "\t" $2; v[k] = v[k] " " $4; s[k] = s[k] " " $5; a[k] = a[k] " " $6; l[k] = l[k] " " $8; c[k] = c[k] " " $14; order[k] = order[k] ? order[k] : NR }
 	function med(str,   n, x, i, j, t) {
 		n = split(str, x, " ")
 		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (x[j] + 0 < x[i] + 0) { t = x[i]; x[i] = x[j]; x[j] = t }
@@ -227,7 +228,7 @@ awk -F'\t' 'NR > 1 { k = $1 "\t" $2; v[k] = v[k] " " $4; s[k] = s[k] " " $5; a[k
 		return lo "-" hi
 	}
 	END {
-		print "label\tmode\tCPU ms/1000 (stat) median [range]\tschedstat median [range]\tauth median\tload1 range"
-		for (k in v) printf "%s\t%s [%s]\t%s [%s]\t%s\t%s\n", k, med(v[k]), rng(v[k]), med(s[k]), rng(s[k]), med(a[k]), rng(l[k])
+		print "label\tmode\tCPU ms/1000 (stat) median [range]\tschedstat median [range]\tauth median\ton-CPU slices/login median\tload1 range"
+		for (k in v) printf "%s\t%s [%s]\t%s [%s]\t%s\t%s\t%s\n", k, med(v[k]), rng(v[k]), med(s[k]), rng(s[k]), med(a[k]), med(c[k]), rng(l[k])
 	}' "$OUT/runs.tsv" | sort | tee "$OUT/summary.txt"
 log "results in $OUT"

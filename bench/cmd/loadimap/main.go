@@ -169,6 +169,10 @@ func main() {
 	d := diffCPU(cpu0, cpu1)
 	res.ProxyLoginCPUms, res.ProxyCPUPer1000 = d.proxy, per1000(d.proxy, res.Established)
 	res.ProxySchedCPUms, res.ProxySchedPer1000 = d.proxySched, per1000(d.proxySched, res.Established)
+	if res.Established > 0 && d.proxySched != nil {
+		v := float64(d.proxySlices) / float64(res.Established)
+		res.ProxySlicesPerLogin = &v
+	}
 	res.AuthLoginCPUms, res.AuthCPUPer1000 = d.auth, per1000(d.auth, res.Established)
 	res.SinkLoginCPUms, res.SelfLoginCPUms = d.sink, d.self
 	res.HostBusyLoginPct, res.OtherLoginCPUms = d.hostPct, d.other()
@@ -258,6 +262,7 @@ func clientTLSConfig() (*tls.Config, error) {
 type cpuSample struct {
 	proxy, auth, sink procstat.CPU
 	proxySched        time.Duration // the proxy's threads' schedstat, summed
+	proxySlices       int64         // times the proxy's threads were put on a CPU
 	proxyOK, authOK   bool
 	sinkOK            bool
 	self              time.Duration
@@ -287,7 +292,7 @@ func sampleCPU(proxy, auth, sink *procstat.Selector) cpuSample {
 	s.proxy, s.proxyOK = treeCPU(proxy)
 	if s.proxyOK {
 		if pids, err := proxy.Resolve(); err == nil {
-			s.proxySched = procstat.ReadSchedCPU(pids)
+			s.proxySched, s.proxySlices = procstat.ReadSchedCPU(pids)
 		}
 	}
 	s.auth, s.authOK = treeCPU(auth)
@@ -301,6 +306,7 @@ func sampleCPU(proxy, auth, sink *procstat.Selector) cpuSample {
 type cpuDelta struct {
 	proxy, auth, sink *float64
 	proxySched        *float64 // the proxy from its threads' schedstat
+	proxySlices       int64    // the proxy's threads put on a CPU
 	self, hostBusy    float64  // hostBusy: all CPUs together, ms
 	hostPct           float64  // 100 = every core busy
 }
@@ -320,6 +326,7 @@ func diffCPU(a, b cpuSample) cpuDelta {
 	if a.proxyOK && b.proxyOK {
 		v := float64(b.proxySched-a.proxySched) / 1e6
 		d.proxySched = &v
+		d.proxySlices = b.proxySlices - a.proxySlices
 	}
 	d.self = float64(b.self-a.self) / 1e6
 	d.hostBusy = procstat.BusyMillis(a.host, b.host)
@@ -516,8 +523,8 @@ func printText(w io.Writer, r *result.Result) {
 	fmt.Fprintf(w, "login CPU: proxy %s ms (%s ms/1000 logins), auth_http %s ms (%s ms/1000), sink %s ms, loadimap %.0f ms, other %.0f ms; host busy %.0f%% (%.0f%% before the run)\n",
 		f(r.ProxyLoginCPUms, "%.0f"), f(r.ProxyCPUPer1000, "%.0f"), f(r.AuthLoginCPUms, "%.0f"), f(r.AuthCPUPer1000, "%.0f"),
 		f(r.SinkLoginCPUms, "%.0f"), r.SelfLoginCPUms, r.OtherLoginCPUms, r.HostBusyLoginPct, r.HostBusyIdlePct)
-	fmt.Fprintf(w, "login CPU from the proxy's threads' schedstat: %s ms (%s ms/1000 logins)\n",
-		f(r.ProxySchedCPUms, "%.0f"), f(r.ProxySchedPer1000, "%.0f"))
+	fmt.Fprintf(w, "login CPU from the proxy's threads' schedstat: %s ms (%s ms/1000 logins), %s times on a CPU per login\n",
+		f(r.ProxySchedCPUms, "%.0f"), f(r.ProxySchedPer1000, "%.0f"), f(r.ProxySlicesPerLogin, "%.1f"))
 	fmt.Fprintf(w, "NOOP latency: %s, failed %d\n", lat(r.Noop), r.NoopFailed)
 	for k, v := range r.NoopErrors {
 		fmt.Fprintf(w, "  %s: %d\n", k, v)

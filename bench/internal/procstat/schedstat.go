@@ -13,8 +13,9 @@ import (
 // nanosecond, where ReadCPU takes the process-wide utime+stime from
 // /proc/PID/stat (10 ms ticks, and counting threads that have exited).
 // Threads that exited between two samples are missing from the later one.
-func ReadSchedCPU(pids []int) time.Duration {
-	var total time.Duration
+// slices is how many times those threads were put on a CPU (schedstat's
+// third field): context switches into the process, a cost of its own.
+func ReadSchedCPU(pids []int) (total time.Duration, slices int64) {
 	for _, p := range pids {
 		dir := "/proc/" + strconv.Itoa(p) + "/task"
 		d, err := os.Open(dir)
@@ -37,7 +38,11 @@ func ReadSchedCPU(pids []int) time.Duration {
 			}
 			ns, _ := strconv.ParseInt(f[0], 10, 64)
 			total += time.Duration(ns)
+			if len(f) >= 3 {
+				n, _ := strconv.ParseInt(f[2], 10, 64)
+				slices += n
+			}
 		}
 	}
-	return total
+	return total, slices
 }
