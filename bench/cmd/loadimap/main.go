@@ -131,6 +131,11 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
+		if *tlsResume {
+			if err := primeResumption(tlsConf); err != nil {
+				log.Fatalf("priming TLS resumption: %v", err)
+			}
+		}
 	}
 
 	res := &result.Result{
