@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 )
@@ -119,11 +120,11 @@ func (b *Backend) Addr(p Protocol) string {
 	if port == 0 {
 		return ""
 	}
-	host := b.Host
-	if strings.IndexByte(host, ':') >= 0 && !strings.HasPrefix(host, "[") {
-		host = "[" + host + "]"
+	// Asked on every login: no fmt.
+	if strings.IndexByte(b.Host, ':') >= 0 && !strings.HasPrefix(b.Host, "[") {
+		return "[" + b.Host + "]:" + strconv.Itoa(port)
 	}
-	return fmt.Sprintf("%s:%d", host, port)
+	return b.Host + ":" + strconv.Itoa(port)
 }
 
 // Pool is a named set of backends.

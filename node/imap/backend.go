@@ -73,6 +73,7 @@ func (s *conn) backendLogin(ctx context.Context, be *netx.Stream, t *session.Tar
 
 	// Pipeline ID (when forwarding the client address) with the login.
 	var out bytes.Buffer
+	out.Grow(512) // the ID and the login, mostly: one allocation
 	sentID := false
 	if t.Backend.Forward == routing.ForwardID && imapwire.HasCapability(b.caps, "ID") {
 		b.writeID(&out)
@@ -370,19 +371,18 @@ func appendID(out *bytes.Buffer, remote, local netip.AddrPort, sessionID string,
 // be written as quoted strings, and reports whether it did; out is
 // unchanged otherwise.
 func appendIDPair(out *bytes.Buffer, p idParam) bool {
-	k, ok := imapwire.Quote(p.key)
+	// Quoted straight into out's spare room: no string per key and value.
+	b, ok := imapwire.AppendQuote(out.AvailableBuffer(), p.key)
 	if !ok || p.key == "" {
 		return false
 	}
-	v := "NIL"
-	if !p.nilValue {
-		if v, ok = imapwire.Quote(p.value); !ok {
-			return false
-		}
+	b = append(b, ' ')
+	if p.nilValue {
+		b = append(b, "NIL"...)
+	} else if b, ok = imapwire.AppendQuote(b, p.value); !ok {
+		return false
 	}
-	out.WriteString(k)
-	out.WriteByte(' ')
-	out.WriteString(v)
+	out.Write(b)
 	return true
 }
 

@@ -80,22 +80,30 @@ func (p *poller) remove(pu *pump) {
 func (p *poller) arm(fd int, pu *pump) error {
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT}
 	setKey(&ev, pu.id)
-	// MOD first: a pump parks many times but is added once. No per-pump
-	// "added" flag: the pump may already be running again on another
-	// goroutine by the time this returns.
+	// A pump parks many times but is added once: ADD the first time, MOD
+	// after. The flag is a hint, set once an ADD succeeded: the pump may
+	// already be running again (and park again) on another goroutine
+	// before it is set, so each operation falls back to the other.
+	first, second := unix.EPOLL_CTL_MOD, unix.EPOLL_CTL_ADD
+	if !pu.added.Load() {
+		first, second = second, first
+	}
 	var err error
 	cerr := p.raw.Control(func(epfd uintptr) {
 		ep := int(epfd)
-		err = unix.EpollCtl(ep, unix.EPOLL_CTL_MOD, fd, &ev)
-		if errors.Is(err, unix.ENOENT) {
-			err = unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &ev)
-			if errors.Is(err, unix.EEXIST) {
+		err = unix.EpollCtl(ep, first, fd, &ev)
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EEXIST) {
+			err = unix.EpollCtl(ep, second, fd, &ev)
+			if second == unix.EPOLL_CTL_ADD && errors.Is(err, unix.EEXIST) {
 				err = unix.EpollCtl(ep, unix.EPOLL_CTL_MOD, fd, &ev)
 			}
 		}
 	})
 	if cerr != nil {
 		return cerr
+	}
+	if err == nil {
+		pu.added.Store(true)
 	}
 	return err
 }

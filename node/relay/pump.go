@@ -33,6 +33,7 @@ type pump struct {
 	observe  bool   // client->backend: show the bytes to the framer
 
 	state atomic.Int32
+	added atomic.Bool // registered with the poller once (poller.arm)
 	n     atomic.Int64
 	total *atomic.Int64 // the group's counter for this direction, or nil
 }
@@ -62,6 +63,23 @@ func (s *Session) newPump(src, dst *Side, pending []byte, id uint64) *pump {
 	// tls.Conn.Read return netx.ErrWouldBlock instead of waiting.
 	src.Conn.SetNonblock(true)
 	return p
+}
+
+// begin starts a pump that Start has marked running. A plain source with
+// nothing read ahead parks at once: its registration is level-triggered,
+// so bytes already in the socket wake it at once, and parking first
+// spares a goroutine and a read that would find nothing (most sessions
+// have nothing to relay the moment they are handed over). Anything else,
+// a TLS source (crypto/tls may hold bytes it read ahead) or bytes to
+// deliver, runs on a goroutine of its own.
+func (p *pump) begin() {
+	if len(p.pending) > 0 || !p.src.plain() || p.src.Conn.Prefixed() || (p.toClient && p.s.ending.Load() != nil) {
+		go p.run()
+		return
+	}
+	if err := p.park(); err != nil {
+		p.fail(err, true)
+	}
 }
 
 // run copies until the source would block, then parks. It is only ever

@@ -177,8 +177,8 @@ func (e *Engine) Start(client, backend Side, toBackend, toClient []byte, opts Op
 	s.down.poller.add(s.down)
 	s.up.state.Store(stateRunning)
 	s.down.state.Store(stateRunning)
-	go s.up.run()
-	go s.down.run()
+	s.up.begin()
+	s.down.begin()
 	return s
 }
 

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 
 	"github.com/portico-mail/portico/node/netx"
 )
@@ -404,5 +405,67 @@ func TestRelayClearsDeadlines(t *testing.T) {
 	_, _ = r.backend.Write([]byte("a OK\r\n"))
 	if _, err := io.ReadFull(r.client, buf[:6]); err != nil {
 		t.Fatalf("after the old deadline: %v", err)
+	}
+}
+
+// queued waits until the socket behind c has n bytes waiting to be read.
+func queued(t *testing.T, c *netx.Conn, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var q int
+		var qerr error
+		if err := c.Raw().Control(func(fd uintptr) { q, qerr = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }); err != nil {
+			t.Fatal(err)
+		}
+		if qerr != nil {
+			t.Fatal(qerr)
+		}
+		if q >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d bytes queued", q, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A plain source parks at Start without reading (pump.begin): bytes that
+// were already waiting in its socket must still be relayed at once, by the
+// level-triggered registration, in both directions.
+func TestRelayBytesWaitingAtStart(t *testing.T) {
+	for _, framed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("framed=%v", framed), func(t *testing.T) {
+			e := testEngine(t)
+			cApp, cProxy := tcpPair(t)
+			bProxy, bApp := tcpPair(t)
+			t.Cleanup(func() { cApp.Close(); bApp.Close() })
+			cs, bs := Side{Conn: wrap(t, cProxy)}, Side{Conn: wrap(t, bProxy)}
+			up, down := []byte("a SELECT INBOX\r\n"), []byte("* 1 EXISTS\r\n")
+			if _, err := cApp.Write(up); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := bApp.Write(down); err != nil {
+				t.Fatal(err)
+			}
+			queued(t, cs.Conn, len(up))
+			queued(t, bs.Conn, len(down))
+			var opts Options
+			if framed {
+				opts.Framer = &lineFramer{}
+			}
+			e.Start(cs, bs, nil, nil, opts)
+			_ = cApp.SetDeadline(time.Now().Add(5 * time.Second))
+			_ = bApp.SetDeadline(time.Now().Add(5 * time.Second))
+			got := make([]byte, len(up))
+			if _, err := io.ReadFull(bApp, got); err != nil || !bytes.Equal(got, up) {
+				t.Fatalf("backend got %q, %v", got, err)
+			}
+			got = make([]byte, len(down))
+			if _, err := io.ReadFull(cApp, got); err != nil || !bytes.Equal(got, down) {
+				t.Fatalf("client got %q, %v", got, err)
+			}
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"time"
@@ -529,25 +530,27 @@ func isTimeout(err error) bool {
 // everything needed without joining other lines (the session id does that
 // for the session's start and end).
 func (c *Client) logLogin(ev LoginEvent) {
-	attrs := make([]any, 0, 20)
+	// slog.Attr values, not key-value pairs: the same line without boxing
+	// each value into an interface.
+	attrs := make([]slog.Attr, 0, 12)
 	if c.Env.Node != "" {
-		attrs = append(attrs, "node", c.Env.Node)
+		attrs = append(attrs, slog.String("node", c.Env.Node))
 	}
-	attrs = append(attrs, "listener", c.Listener.Name, "protocol", string(c.Listener.Protocol),
-		"client", c.Remote.String(), "user", ev.User)
+	attrs = append(attrs, slog.String("listener", c.Listener.Name), slog.String("protocol", string(c.Listener.Protocol)),
+		slog.String("client", c.Remote.String()), slog.String("user", ev.User))
 	if ev.Login != "" {
-		attrs = append(attrs, "login", ev.Login)
+		attrs = append(attrs, slog.String("login", ev.Login))
 	}
 	if ev.Mechanism != "" {
-		attrs = append(attrs, "mechanism", ev.Mechanism)
+		attrs = append(attrs, slog.String("mechanism", ev.Mechanism))
 	}
-	attrs = append(attrs, "result", string(ev.Result),
-		"latency", ev.Latency.Round(time.Microsecond))
+	attrs = append(attrs, slog.String("result", string(ev.Result)),
+		slog.Duration("latency", ev.Latency.Round(time.Microsecond)))
 	if ev.BackendID != "" {
-		attrs = append(attrs, "backend", ev.BackendID)
+		attrs = append(attrs, slog.String("backend", ev.BackendID))
 	}
 	if ev.Err != nil {
-		attrs = append(attrs, "error", ev.Err.Error())
+		attrs = append(attrs, slog.String("error", ev.Err.Error()))
 	}
-	c.Log.Info("login", attrs...)
+	c.Log.LogAttrs(context.Background(), slog.LevelInfo, "login", attrs...)
 }

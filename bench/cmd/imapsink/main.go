@@ -31,13 +31,18 @@ import (
 )
 
 const (
-	greeting   = "* OK [CAPABILITY IMAP4rev1 SASL-IR ID LITERAL+ AUTH=PLAIN] sink ready\r\n"
 	capsPre    = "* CAPABILITY IMAP4rev1 SASL-IR ID LITERAL+ AUTH=PLAIN\r\n"
 	capsPost   = "* CAPABILITY IMAP4rev1 IDLE LITERAL+\r\n"
-	loggedIn   = " OK [CAPABILITY IMAP4rev1 IDLE LITERAL+] Logged in\r\n"
 	maxLine    = 16 << 10 // longest command line accepted
 	maxLiteral = 64 << 10 // longest literal accepted (LOGIN arguments)
 	maxXFetch  = 1 << 30
+)
+
+// The greeting and the reply to a login. -bare leaves the capabilities out
+// of both, as minimal servers do: a proxy then has to ask with CAPABILITY.
+var (
+	greeting = "* OK [CAPABILITY IMAP4rev1 SASL-IR ID LITERAL+ AUTH=PLAIN] sink ready\r\n"
+	loggedIn = " OK [CAPABILITY IMAP4rev1 IDLE LITERAL+] Logged in\r\n"
 )
 
 var (
@@ -55,7 +60,11 @@ func main() {
 	flag.StringVar(&password, "password", "secret", "password accepted for every user")
 	fetchSize := flag.Int("fetch-size", 1<<20, "size in bytes of the message body returned by FETCH")
 	statsEvery := flag.Duration("stats", 0, "log counters at this interval (0: only at exit)")
+	bare := flag.Bool("bare", false, "no capabilities in the greeting or the login reply (a client must send CAPABILITY)")
 	flag.Parse()
+	if *bare {
+		greeting, loggedIn = "* OK sink ready\r\n", " OK Logged in\r\n"
+	}
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	log.SetPrefix("imapsink: ")
 

@@ -134,6 +134,11 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
+		if *tlsResume {
+			if err := primeResumption(tlsConf); err != nil {
+				log.Fatalf("priming TLS resumption: %v", err)
+			}
+		}
 	}
 
 	res := &result.Result{
@@ -171,6 +176,11 @@ func main() {
 	res.Login = summarize(r.loginLat)
 	d := diffCPU(cpu0, cpu1)
 	res.ProxyLoginCPUms, res.ProxyCPUPer1000 = d.proxy, per1000(d.proxy, res.Established)
+	res.ProxySchedCPUms, res.ProxySchedPer1000 = d.proxySched, per1000(d.proxySched, res.Established)
+	if res.Established > 0 && d.proxySched != nil {
+		v := float64(d.proxySlices) / float64(res.Established)
+		res.ProxySlicesPerLogin = &v
+	}
 	res.AuthLoginCPUms, res.AuthCPUPer1000 = d.auth, per1000(d.auth, res.Established)
 	res.SinkLoginCPUms, res.SelfLoginCPUms = d.sink, d.self
 	res.HostBusyLoginPct, res.OtherLoginCPUms = d.hostPct, d.other()
@@ -259,6 +269,8 @@ func clientTLSConfig() (*tls.Config, error) {
 // cpuSample is the CPU time of the measured processes at one instant.
 type cpuSample struct {
 	proxy, auth, sink procstat.CPU
+	proxySched        time.Duration // the proxy's threads' schedstat, summed
+	proxySlices       int64         // times the proxy's threads were put on a CPU
 	proxyOK, authOK   bool
 	sinkOK            bool
 	self              time.Duration
@@ -286,6 +298,11 @@ func treeCPU(sel *procstat.Selector) (procstat.CPU, bool) {
 func sampleCPU(proxy, auth, sink *procstat.Selector) cpuSample {
 	var s cpuSample
 	s.proxy, s.proxyOK = treeCPU(proxy)
+	if s.proxyOK {
+		if pids, err := proxy.Resolve(); err == nil {
+			s.proxySched, s.proxySlices = procstat.ReadSchedCPU(pids)
+		}
+	}
 	s.auth, s.authOK = treeCPU(auth)
 	s.sink, s.sinkOK = treeCPU(sink)
 	s.self = selfCPU()
@@ -296,8 +313,10 @@ func sampleCPU(proxy, auth, sink *procstat.Selector) cpuSample {
 // cpuDelta is the CPU used between two samples, in ms (nil: not measured).
 type cpuDelta struct {
 	proxy, auth, sink *float64
-	self, hostBusy    float64 // hostBusy: all CPUs together, ms
-	hostPct           float64 // 100 = every core busy
+	proxySched        *float64 // the proxy from its threads' schedstat
+	proxySlices       int64    // the proxy's threads put on a CPU
+	self, hostBusy    float64  // hostBusy: all CPUs together, ms
+	hostPct           float64  // 100 = every core busy
 }
 
 func diffCPU(a, b cpuSample) cpuDelta {
@@ -312,6 +331,11 @@ func diffCPU(a, b cpuSample) cpuDelta {
 	d.proxy = ms(a.proxyOK, b.proxyOK, a.proxy, b.proxy)
 	d.auth = ms(a.authOK, b.authOK, a.auth, b.auth)
 	d.sink = ms(a.sinkOK, b.sinkOK, a.sink, b.sink)
+	if a.proxyOK && b.proxyOK {
+		v := float64(b.proxySched-a.proxySched) / 1e6
+		d.proxySched = &v
+		d.proxySlices = b.proxySlices - a.proxySlices
+	}
 	d.self = float64(b.self-a.self) / 1e6
 	d.hostBusy = procstat.BusyMillis(a.host, b.host)
 	d.hostPct = procstat.BusyPercent(a.host, b.host)
@@ -507,6 +531,8 @@ func printText(w io.Writer, r *result.Result) {
 	fmt.Fprintf(w, "login CPU: proxy %s ms (%s ms/1000 logins), auth_http %s ms (%s ms/1000), sink %s ms, loadimap %.0f ms, other %.0f ms; host busy %.0f%% (%.0f%% before the run)\n",
 		f(r.ProxyLoginCPUms, "%.0f"), f(r.ProxyCPUPer1000, "%.0f"), f(r.AuthLoginCPUms, "%.0f"), f(r.AuthCPUPer1000, "%.0f"),
 		f(r.SinkLoginCPUms, "%.0f"), r.SelfLoginCPUms, r.OtherLoginCPUms, r.HostBusyLoginPct, r.HostBusyIdlePct)
+	fmt.Fprintf(w, "login CPU from the proxy's threads' schedstat: %s ms (%s ms/1000 logins), %s times on a CPU per login\n",
+		f(r.ProxySchedCPUms, "%.0f"), f(r.ProxySchedPer1000, "%.0f"), f(r.ProxySlicesPerLogin, "%.1f"))
 	fmt.Fprintf(w, "NOOP latency: %s, failed %d\n", lat(r.Noop), r.NoopFailed)
 	for k, v := range r.NoopErrors {
 		fmt.Fprintf(w, "  %s: %d\n", k, v)

@@ -165,6 +165,9 @@ func (r *runner) login(i int) {
 		}
 		st := tc.ConnectionState()
 		k := tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite) + " " + st.CurveID.String()
+		if st.DidResume {
+			k += " resumed"
+		}
 		r.tlsMu.Lock()
 		r.tlsSeen[k]++
 		r.tlsMu.Unlock()

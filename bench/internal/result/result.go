@@ -52,13 +52,20 @@ type Result struct {
 	PSSPerSess  *float64 `json:"pss_kib_per_session,omitempty"`
 	RSSPerSess  *float64 `json:"rss_kib_per_session,omitempty"`
 
-	ProxyLoginCPUms  *float64 `json:"proxy_login_cpu_ms,omitempty"`
-	ProxyCPUPer1000  *float64 `json:"proxy_cpu_ms_per_1000_logins,omitempty"`
-	AuthLoginCPUms   *float64 `json:"auth_login_cpu_ms,omitempty"`
-	AuthCPUPer1000   *float64 `json:"auth_cpu_ms_per_1000_logins,omitempty"`
-	SinkLoginCPUms   *float64 `json:"sink_login_cpu_ms,omitempty"`
-	SelfLoginCPUms   float64  `json:"loadimap_login_cpu_ms"`
-	HostBusyLoginPct float64  `json:"host_busy_login_pct"` // whole machine, 100 = all cores
+	ProxyLoginCPUms *float64 `json:"proxy_login_cpu_ms,omitempty"`
+	ProxyCPUPer1000 *float64 `json:"proxy_cpu_ms_per_1000_logins,omitempty"`
+	// The same, from the proxy's threads' /proc/PID/task/TID/schedstat
+	// (exact, live threads only) instead of /proc/PID/stat.
+	ProxySchedCPUms   *float64 `json:"proxy_login_cpu_ms_schedstat,omitempty"`
+	ProxySchedPer1000 *float64 `json:"proxy_cpu_ms_per_1000_logins_schedstat,omitempty"`
+	// How many times the proxy's threads were put on a CPU, per login
+	// (schedstat's timeslices): its context switches.
+	ProxySlicesPerLogin *float64 `json:"proxy_cpu_slices_per_login,omitempty"`
+	AuthLoginCPUms      *float64 `json:"auth_login_cpu_ms,omitempty"`
+	AuthCPUPer1000      *float64 `json:"auth_cpu_ms_per_1000_logins,omitempty"`
+	SinkLoginCPUms      *float64 `json:"sink_login_cpu_ms,omitempty"`
+	SelfLoginCPUms      float64  `json:"loadimap_login_cpu_ms"`
+	HostBusyLoginPct    float64  `json:"host_busy_login_pct"` // whole machine, 100 = all cores
 	// CPU used during the login phase by everything not measured above
 	// (other programs on the machine, kernel threads): host busy time minus
 	// proxy, auth, sink and loadimap. Large values mean a noisy machine.

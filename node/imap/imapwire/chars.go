@@ -74,6 +74,16 @@ func Quote(s string) (string, bool) {
 	return string(appendQuoted(make([]byte, 0, len(s)+2), s)), true
 }
 
+// AppendQuote appends s as an IMAP quoted string to dst, as Quote does,
+// without allocating when dst has room; it returns dst unchanged and false
+// if s cannot be quoted.
+func AppendQuote(dst []byte, s string) ([]byte, bool) {
+	if !quotable(s) {
+		return dst, false
+	}
+	return appendQuoted(dst, s), true
+}
+
 func appendQuoted(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	for i := 0; i < len(s); i++ {

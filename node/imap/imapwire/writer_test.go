@@ -26,6 +26,22 @@ func TestQuote(t *testing.T) {
 	}
 }
 
+// AppendQuote writes what Quote returns after dst's bytes, leaves dst as
+// it was when s cannot be quoted, and allocates nothing when dst has room.
+func TestAppendQuote(t *testing.T) {
+	for _, in := range []string{"", "alice", `al"ice`, `p\w`, "jörg", "a b(c)*%", "a\rb", "a\nb", "a\x00b"} {
+		want, wantOK := Quote(in)
+		got, ok := AppendQuote([]byte("x "), in)
+		if ok != wantOK || (ok && string(got) != "x "+want) || (!ok && string(got) != "x ") {
+			t.Errorf("AppendQuote(%q) = %q, %v; want %q, %v", in, got, ok, "x "+want, wantOK)
+		}
+	}
+	buf := make([]byte, 0, 64)
+	if n := testing.AllocsPerRun(100, func() { _, _ = AppendQuote(buf, `al"ice`) }); n != 0 {
+		t.Errorf("%v allocations with room in dst", n)
+	}
+}
+
 func TestValidTag(t *testing.T) {
 	for _, s := range []string{"a", "A001", "]", "a.b-c_d!#$&'", "~"} {
 		if !ValidTag(s) {
