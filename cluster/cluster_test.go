@@ -115,6 +115,16 @@ func startClusterWith(t *testing.T, n int, before func(*testNode)) []*testNode {
 		p, err := l.Peers()
 		return err == nil && len(p) == n
 	})
+	// And every node has heard from it: a follower added a moment ago
+	// answers "no raft leader" until then (a read-index test failed so).
+	waitFor(t, 20*time.Second, "every node to know the leader", func() bool {
+		for _, nd := range nodes {
+			if addr, _ := nd.raft.LeaderWithID(); addr == "" {
+				return false
+			}
+		}
+		return true
+	})
 	return nodes
 }
 
