@@ -61,10 +61,12 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 	if vc.Notify != "" {
 		st.notify = vip.NewNotifier(vc.Notify, agent.Name(), vc.NotifyTimeout.D(), d.Log.With("component", "vip"))
 		st.notify.OnResult = func(ev, res string) { notifyRuns.WithLabelValues(ev, res).Inc() }
-		for _, ev := range []string{vip.EventAcquire, vip.EventRelease} {
-			for _, res := range []string{"ok", "failed", "timeout"} {
-				notifyRuns.WithLabelValues(ev, res)
-			}
+	}
+	// Exported at zero without a notify program too: the alerts and the
+	// dashboard find the series.
+	for _, ev := range []string{vip.EventAcquire, vip.EventRelease} {
+		for _, res := range []string{"ok", "failed", "timeout"} {
+			notifyRuns.WithLabelValues(ev, res)
 		}
 	}
 	mc := cfg.VIPConfig()
