@@ -53,6 +53,9 @@ var lastCA *testCA
 type testNode struct {
 	*Agent
 	fsm *routing.FSM
+	// gossip is where memberlist listens, read once at creation (reading
+	// memberlist's own node struct later races with its updates).
+	gossip string
 }
 
 // startCluster starts n nodes in this process (real TLS transport on
@@ -88,8 +91,9 @@ func startClusterWith(t *testing.T, n int, before func(*testNode)) []*testNode {
 		if err != nil {
 			t.Fatal(err)
 		}
-		nodes = append(nodes, &testNode{nd, fsm})
-		gossip = append(gossip, nd.ml.LocalNode().Address())
+		addr := nd.ml.LocalNode().Address()
+		nodes = append(nodes, &testNode{nd, fsm, addr})
+		gossip = append(gossip, addr)
 	}
 	for _, nd := range nodes {
 		nd.cfg.Join = gossip

@@ -229,7 +229,7 @@ func startAttacker(t *testing.T, name string, key []byte, meta []byte, join []st
 func gossipAddrs(nodes []*testNode) []string {
 	var out []string
 	for _, n := range nodes {
-		out = append(out, n.ml.LocalNode().Address())
+		out = append(out, n.gossip)
 	}
 	return out
 }
