@@ -48,7 +48,9 @@
 // through only while the failures so far plus the attempts in flight stay
 // below each limit: were they all to fail, the limit would be reached and
 // not passed. Further attempts wait until one in flight ends (or their
-// context is done, and they are refused like a blocked attempt). The
+// context is done, and they are refused like a blocked attempt), in the
+// order they came: each attempt that ends wakes one waiter, not all of
+// them (thousands of clients behind one address in a reconnect storm). The
 // reservation an attempt holds ends exactly once: converted into a failure
 // (Failed, under the same lock, so that no check sees neither), cleared
 // (Succeeded), or dropped (Release: timeouts, an unavailable backend,
@@ -483,11 +485,43 @@ type Pending = interface {
 	Release()
 }
 
-// flight counts the attempts in flight for one key; wake, when not nil, is
-// closed (and cleared) when one of them ends.
+// flight counts the attempts in flight for one key, and queues the
+// attempts waiting for one of them to end (each waits on its own channel).
+// An attempt that ends wakes one waiter, which takes the freed place or,
+// held back by another key or blocked, passes the wake-up on to the next:
+// with thousands of clients behind one address in a reconnect storm,
+// waking every waiter at each end would make every end cost thousands of
+// wake-ups (all of them runnable at once, all taking l.flightMu).
 type flight struct {
-	n    int
-	wake chan struct{}
+	n       int
+	waiters []chan struct{} // FIFO
+}
+
+// wakeOne wakes the first waiter, if any.
+func (f *flight) wakeOne() {
+	if f == nil || len(f.waiters) == 0 {
+		return
+	}
+	close(f.waiters[0])
+	f.waiters[0] = nil
+	f.waiters = f.waiters[1:]
+	if len(f.waiters) == 0 {
+		f.waiters = nil
+	}
+}
+
+// remove takes c out of the queue; false if it is not there (woken).
+func (f *flight) remove(c chan struct{}) bool {
+	if f == nil {
+		return false
+	}
+	for i, x := range f.waiters {
+		if x == c {
+			f.waiters = append(f.waiters[:i], f.waiters[i+1:]...)
+			return true
+		}
+	}
+	return false
 }
 
 // reservation is a Pending attempt that holds in-flight counts.
@@ -516,6 +550,7 @@ func (exemptAttempt) Release()              {}
 // that limit's scope.
 func (l *Limiter) Begin(ctx context.Context, ip netip.Addr, user string) (Pending, string) {
 	held := false
+	var woken *key // the key whose queue woke this attempt (nil: not woken)
 	for {
 		cfg := l.cfg.Load()
 		if cfg.exempt(ip) {
@@ -526,12 +561,15 @@ func (l *Limiter) Begin(ctx context.Context, ip netip.Addr, user string) (Pendin
 		l.flightMu.Lock()
 		scope := l.blockedScope(cfg, c, &kIP, &kUserIP, &kUser)
 		if scope != "" {
+			if woken != nil {
+				l.flights[*woken].wakeOne() // not taking the place: pass it on
+			}
 			l.flightMu.Unlock()
 			l.stats.blocked[scopeIndex(scope)].Add(1)
 			return nil, scope
 		}
-		wake, busy := l.busy(cfg, c, &kIP, &kUserIP, &kUser)
-		if wake == nil {
+		wait, busy := l.busy(cfg, c, &kIP, &kUserIP, &kUser)
+		if wait == nil {
 			r := &reservation{l: l, ip: ip, user: user}
 			if cfg.IPLimit > 0 {
 				r.keys[0] = kIP
@@ -553,14 +591,34 @@ func (l *Limiter) Begin(ctx context.Context, ip netip.Addr, user string) (Pendin
 			l.flightMu.Unlock()
 			return r, ""
 		}
+		if woken != nil && *woken != *wait {
+			// Woken by a place freed on one key, held back by the other:
+			// the place goes to the next waiter.
+			l.flights[*woken].wakeOne()
+		}
+		f := l.flights[*wait]
+		ch := make(chan struct{})
+		if woken != nil {
+			// It waited its turn already: first in line again.
+			f.waiters = append([]chan struct{}{ch}, f.waiters...)
+		} else {
+			f.waiters = append(f.waiters, ch)
+		}
+		waitKey := *wait
 		l.flightMu.Unlock()
 		if !held {
 			held = true
 			l.stats.held.Add(1)
 		}
 		select {
-		case <-wake:
+		case <-ch:
+			woken = &waitKey
 		case <-ctx.Done():
+			l.flightMu.Lock()
+			if f := l.flights[waitKey]; !f.remove(ch) {
+				f.wakeOne() // woken meanwhile: pass it on
+			}
+			l.flightMu.Unlock()
 			l.stats.blocked[scopeIndex(busy)].Add(1)
 			return nil, busy
 		}
@@ -568,19 +626,12 @@ func (l *Limiter) Begin(ctx context.Context, ip netip.Addr, user string) (Pendin
 }
 
 // busy reports whether the attempts in flight for kIP or kUserIP would,
-// if they all failed, reach a limit; it then returns a channel closed when
-// one of them ends, and the scope of that limit. l.flightMu is held.
-func (l *Limiter) busy(cfg *Config, c clock, kIP, kUserIP, kUser *key) (<-chan struct{}, string) {
-	wait := func(k *key) <-chan struct{} {
-		f := l.flights[*k]
-		if f.wake == nil {
-			f.wake = make(chan struct{})
-		}
-		return f.wake
-	}
+// if they all failed, reach a limit; it then returns that key (an attempt
+// waits in its queue) and the scope of the limit. l.flightMu is held.
+func (l *Limiter) busy(cfg *Config, c clock, kIP, kUserIP, kUser *key) (*key, string) {
 	if f := l.flights[*kIP]; cfg.IPLimit > 0 && f != nil && f.n > 0 {
 		if reached(l.countOf(kIP, c)+float64(f.n), cfg.IPLimit) {
-			return wait(kIP), ScopeIP
+			return kIP, ScopeIP
 		}
 	}
 	f := l.flights[*kUserIP]
@@ -594,7 +645,7 @@ func (l *Limiter) busy(cfg *Config, c clock, kIP, kUserIP, kUser *key) (<-chan s
 		}
 	}
 	if limit > 0 && reached(l.countOf(kUserIP, c)+float64(f.n), limit) {
-		return wait(kUserIP), scope
+		return kUserIP, scope
 	}
 	return nil, ""
 }
@@ -617,12 +668,15 @@ func (r *reservation) end() bool {
 			continue
 		}
 		if f.n--; f.n <= 0 {
+			// Nothing in flight for the key any more: every waiter may
+			// go (those held back by the other key queue there).
+			for len(f.waiters) > 0 {
+				f.wakeOne()
+			}
 			delete(l.flights, *k)
+			continue
 		}
-		if f.wake != nil {
-			close(f.wake)
-			f.wake = nil
-		}
+		f.wakeOne()
 	}
 	l.stats.inFlight.Add(-1)
 	return true
