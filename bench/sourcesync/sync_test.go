@@ -16,7 +16,7 @@
 // the LDAP benchmark's directory). Reported per sync, beside ns/op and
 // the allocations: cpu-s (the process's user and system CPU time, GC
 // included), apply-s (time inside FSM.Apply, the part every follower
-// pays too), cmds (commands written), peak-heap-MiB (live heap objects,
+// pays too), cmds (commands written), log-MiB (their size), peak-heap-MiB (live heap objects,
 // sampled every 10 ms) and peak-rss-MiB (VmHWM, reset before each sync).
 package sourcesync_test
 
@@ -84,6 +84,8 @@ type fsmCluster struct {
 	apply time.Duration
 	cmds  int
 	bytes int
+	// record, if set, receives every command's wire form.
+	record *[][]byte
 }
 
 func (c *fsmCluster) Apply(_ context.Context, cmd routing.Command) error {
@@ -91,6 +93,14 @@ func (c *fsmCluster) Apply(_ context.Context, cmd routing.Command) error {
 	if err != nil {
 		return err
 	}
+	if c.record != nil {
+		*c.record = append(*c.record, b)
+	}
+	return c.applyEntry(b)
+}
+
+// applyEntry applies one log entry's data, as raft on every node.
+func (c *fsmCluster) applyEntry(b []byte) error {
 	c.index++
 	start := time.Now()
 	res := c.fsm.Apply(&raft.Log{Index: c.index, Term: 1, Type: raft.LogCommand, Data: b})
@@ -179,6 +189,34 @@ func BenchmarkFullSync(b *testing.B) {
 		}
 		if _, _, users, _ := c.fsm.Table().Len(); res.Added != len(f.entries) || users != len(f.entries) {
 			b.Fatalf("added %d of %d; the table holds %d", res.Added, len(f.entries), users)
+		}
+		return c
+	})
+}
+
+// BenchmarkFollowerApply: a follower's share of the first full sync: the
+// log entries the leader's syncer wrote, applied to an empty table, with
+// no syncer, no source and nothing else in the process (heap-before-MiB
+// is the log itself, held in memory by the benchmark).
+func BenchmarkFollowerApply(b *testing.B) {
+	var log [][]byte
+	func() {
+		f := directory(entries())
+		c := newCluster(b)
+		c.record = &log
+		if _, err := newSyncer(c, f).Sync(context.Background(), syncer.Options{Full: true}); err != nil {
+			b.Fatal(err)
+		}
+	}()
+	var c *fsmCluster
+	measure(b, func() { c = newCluster(b) }, func() *fsmCluster {
+		for _, e := range log {
+			if err := c.applyEntry(e); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if _, _, users, _ := c.fsm.Table().Len(); users != entries() {
+			b.Fatalf("the table holds %d users", users)
 		}
 		return c
 	})
