@@ -16,8 +16,12 @@
 // the LDAP benchmark's directory). Reported per sync, beside ns/op and
 // the allocations: cpu-s (the process's user and system CPU time, GC
 // included), apply-s (time inside FSM.Apply, the part every follower
-// pays too), cmds (commands written), log-MiB (their size), peak-heap-MiB (live heap objects,
-// sampled every 10 ms) and peak-rss-MiB (VmHWM, reset before each sync).
+// pays too), cmds (commands written), log-MiB (their size),
+// heap-before-MiB and heap-after-MiB (live heap objects after a GC,
+// before and after the sync: what the benchmark holds, then that and the
+// table), peak-heap-MiB (heap objects, live or garbage not yet
+// collected, sampled every 10 ms) and peak-rss-MiB (VmHWM, reset before
+// each sync).
 package sourcesync_test
 
 import (
@@ -145,7 +149,7 @@ func measure(b *testing.B, prepare func(), sync func() *fsmCluster) {
 	b.ReportAllocs()
 	var cpu, apply time.Duration
 	var cmds, bytes int
-	var peakHeap, peakRSS, heapBefore uint64
+	var peakHeap, peakRSS, heapBefore, heapAfter uint64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
@@ -162,6 +166,8 @@ func measure(b *testing.B, prepare func(), sync func() *fsmCluster) {
 		cpu += cpuTime() - c0
 		peakHeap = max(peakHeap, stop())
 		peakRSS = max(peakRSS, vmHWM(b))
+		runtime.GC()
+		heapAfter = max(heapAfter, heapObjects())
 		apply += c.apply
 		cmds += c.cmds
 		bytes += c.bytes
@@ -173,6 +179,7 @@ func measure(b *testing.B, prepare func(), sync func() *fsmCluster) {
 	b.ReportMetric(float64(cmds)/n, "cmds")
 	b.ReportMetric(float64(bytes)/n/(1<<20), "log-MiB")
 	b.ReportMetric(float64(heapBefore)/(1<<20), "heap-before-MiB")
+	b.ReportMetric(float64(heapAfter)/(1<<20), "heap-after-MiB")
 	b.ReportMetric(float64(peakHeap)/(1<<20), "peak-heap-MiB")
 	b.ReportMetric(float64(peakRSS)/(1<<10), "peak-rss-MiB")
 }
