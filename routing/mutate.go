@@ -280,9 +280,22 @@ func (t *Table) userPuts(routes []UserRoute, source *string) ([]userPut, error) 
 		if r.Source != "" && !ValidSource(r.Source) {
 			return nil, invalid("user %s: bad source %q", r.User, r.Source)
 		}
-		puts[i] = userPut{key: key, t: r.Target}
+		puts[i] = userPut{key: key, t: t.shareNames(r.Target)}
 	}
 	return puts, nil
+}
+
+// shareNames returns tg naming its backend or pool with the table's own
+// string: a million rules decoded from commands or a snapshot name a few
+// backends, and each would otherwise hold its own copy of the name.
+func (t *Table) shareNames(tg Target) Target {
+	if b := t.backends[tg.Backend]; b != nil {
+		tg.Backend = b.ID
+	}
+	if p := t.pools[tg.Pool]; p != nil {
+		tg.Pool = p.Name
+	}
+	return tg
 }
 
 // WithoutUsers returns a table without the given user rules (idempotent).

@@ -1,12 +1,14 @@
 package routing
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // referenceUpdate is userMap.update as it was before updates cloned
@@ -243,4 +245,50 @@ func TestGroupedImportBatchesSameTable(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Rules decoded from a command or a snapshot name their backend, pool and
+// source with one string each, not a copy per rule.
+func TestRulesShareNames(t *testing.T) {
+	tbl := testTable(t, false)
+	enc, err := Command{Type: CmdImport, Source: "src", Users: []UserRoute{
+		{User: "x1", Target: Target{Backend: "a"}}, {User: "x2", Target: Target{Backend: "a"}},
+		{User: "y1", Target: Target{Pool: "main"}}, {User: "y2", Target: Target{Pool: "main"}},
+	}}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := DecodeCommand(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := tbl.Apply(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	same := func(what string, tb *Table) {
+		t.Helper()
+		x1, _ := tb.UserRoute("x1")
+		x2, _ := tb.UserRoute("x2")
+		y1, _ := tb.UserRoute("y1")
+		y2, _ := tb.UserRoute("y2")
+		if x1.Backend != "a" || y1.Pool != "main" || x1.Source != "src" {
+			t.Fatalf("%s: %+v %+v", what, x1, y1)
+		}
+		if unsafe.StringData(x1.Backend) != unsafe.StringData(tb.backends["a"].ID) || unsafe.StringData(x2.Backend) != unsafe.StringData(x1.Backend) ||
+			unsafe.StringData(y1.Pool) != unsafe.StringData(tb.pools["main"].Name) || unsafe.StringData(y2.Pool) != unsafe.StringData(y1.Pool) ||
+			unsafe.StringData(x1.Source) != unsafe.StringData(y2.Source) {
+			t.Fatalf("%s: the rules hold copies of the names", what)
+		}
+	}
+	same("applied", n)
+	var buf bytes.Buffer
+	if err := WriteSnapshot(&buf, n); err != nil {
+		t.Fatal(err)
+	}
+	back, err := ReadSnapshot(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	same("restored", back)
 }

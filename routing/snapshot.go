@@ -218,6 +218,7 @@ func readSnapshotParts(r io.Reader) (*Table, *uint64, *TicketRing, error) {
 	// key keep one rule, decided by the names alone (preferKey) so that
 	// every node restoring this snapshot keeps the same.
 	var migrated map[string]string // canonical key -> the key it was read as
+	sources := map[string]string{}
 	per := int(min(n, 1<<24) / userShards)
 	for i := range users.shards {
 		users.shards[i] = make(map[string]Target, per+per/8)
@@ -260,6 +261,15 @@ func readSnapshotParts(r io.Reader) (*Table, *uint64, *TicketRing, error) {
 		}
 		if err := t.checkTarget(tg); err != nil {
 			return nil, nil, nil, fmt.Errorf("routing snapshot: user %s: %w", u, err)
+		}
+		tg = t.shareNames(tg)
+		if tg.Source != "" {
+			// Sources are few: one string each.
+			if s, ok := sources[tg.Source]; ok {
+				tg.Source = s
+			} else {
+				sources[tg.Source] = tg.Source
+			}
 		}
 		key := NormalizeUser(u)
 		sh := users.shards[shardOf(key)]

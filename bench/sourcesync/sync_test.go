@@ -16,8 +16,12 @@
 // the LDAP benchmark's directory). Reported per sync, beside ns/op and
 // the allocations: cpu-s (the process's user and system CPU time, GC
 // included), apply-s (time inside FSM.Apply, the part every follower
-// pays too), cmds (commands written), peak-heap-MiB (live heap objects,
-// sampled every 10 ms) and peak-rss-MiB (VmHWM, reset before each sync).
+// pays too), cmds (commands written), log-MiB (their size),
+// heap-before-MiB and heap-after-MiB (live heap objects after a GC,
+// before and after the sync: what the benchmark holds, then that and the
+// table), peak-heap-MiB (heap objects, live or garbage not yet
+// collected, sampled every 10 ms) and peak-rss-MiB (VmHWM, reset before
+// each sync).
 package sourcesync_test
 
 import (
@@ -27,6 +31,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
 	"sync"
@@ -84,6 +89,8 @@ type fsmCluster struct {
 	apply time.Duration
 	cmds  int
 	bytes int
+	// record, if set, receives every command's wire form.
+	record *[][]byte
 }
 
 func (c *fsmCluster) Apply(_ context.Context, cmd routing.Command) error {
@@ -91,6 +98,14 @@ func (c *fsmCluster) Apply(_ context.Context, cmd routing.Command) error {
 	if err != nil {
 		return err
 	}
+	if c.record != nil {
+		*c.record = append(*c.record, b)
+	}
+	return c.applyEntry(b)
+}
+
+// applyEntry applies one log entry's data, as raft on every node.
+func (c *fsmCluster) applyEntry(b []byte) error {
 	c.index++
 	start := time.Now()
 	res := c.fsm.Apply(&raft.Log{Index: c.index, Term: 1, Type: raft.LogCommand, Data: b})
@@ -135,13 +150,14 @@ func measure(b *testing.B, prepare func(), sync func() *fsmCluster) {
 	b.ReportAllocs()
 	var cpu, apply time.Duration
 	var cmds, bytes int
-	var peakHeap, peakRSS, heapBefore uint64
+	var peakHeap, peakRSS, heapBefore, heapAfter uint64
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		prepare()
-		runtime.GC()
-		runtime.GC()
+		// Collected and given back to the kernel: the peak RSS then
+		// starts from what is live, not from the setup's garbage.
+		debug.FreeOSMemory()
 		heapBefore = max(heapBefore, heapObjects())
 		resetPeakRSS(b)
 		stop := sampleHeap()
@@ -152,6 +168,8 @@ func measure(b *testing.B, prepare func(), sync func() *fsmCluster) {
 		cpu += cpuTime() - c0
 		peakHeap = max(peakHeap, stop())
 		peakRSS = max(peakRSS, vmHWM(b))
+		runtime.GC()
+		heapAfter = max(heapAfter, heapObjects())
 		apply += c.apply
 		cmds += c.cmds
 		bytes += c.bytes
@@ -163,6 +181,7 @@ func measure(b *testing.B, prepare func(), sync func() *fsmCluster) {
 	b.ReportMetric(float64(cmds)/n, "cmds")
 	b.ReportMetric(float64(bytes)/n/(1<<20), "log-MiB")
 	b.ReportMetric(float64(heapBefore)/(1<<20), "heap-before-MiB")
+	b.ReportMetric(float64(heapAfter)/(1<<20), "heap-after-MiB")
 	b.ReportMetric(float64(peakHeap)/(1<<20), "peak-heap-MiB")
 	b.ReportMetric(float64(peakRSS)/(1<<10), "peak-rss-MiB")
 }
@@ -179,6 +198,34 @@ func BenchmarkFullSync(b *testing.B) {
 		}
 		if _, _, users, _ := c.fsm.Table().Len(); res.Added != len(f.entries) || users != len(f.entries) {
 			b.Fatalf("added %d of %d; the table holds %d", res.Added, len(f.entries), users)
+		}
+		return c
+	})
+}
+
+// BenchmarkFollowerApply: a follower's share of the first full sync: the
+// log entries the leader's syncer wrote, applied to an empty table, with
+// no syncer, no source and nothing else in the process (heap-before-MiB
+// is the log itself, held in memory by the benchmark).
+func BenchmarkFollowerApply(b *testing.B) {
+	var log [][]byte
+	func() {
+		f := directory(entries())
+		c := newCluster(b)
+		c.record = &log
+		if _, err := newSyncer(c, f).Sync(context.Background(), syncer.Options{Full: true}); err != nil {
+			b.Fatal(err)
+		}
+	}()
+	var c *fsmCluster
+	measure(b, func() { c = newCluster(b) }, func() *fsmCluster {
+		for _, e := range log {
+			if err := c.applyEntry(e); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if _, _, users, _ := c.fsm.Table().Len(); users != entries() {
+			b.Fatalf("the table holds %d users", users)
 		}
 		return c
 	})
