@@ -27,7 +27,10 @@
 # Each run's JSON has the proxy's CPU from /proc/PID/stat
 # (proxy_cpu_ms_per_1000_logins) and from its threads' schedstat
 # (..._schedstat); runs.tsv has one line per run with the load average
-# at its start; summary.txt the medians and ranges.
+# at its start and the share of the machine other programs used meanwhile;
+# summary.txt the medians and ranges, of all runs and of those during
+# which other programs used at most QUIET_OTHER_PCT (10) % of the machine.
+# "bench/logincpu.sh --summary DIR" prints them again from DIR's JSON.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -46,10 +49,67 @@ QUIET_PCT=${QUIET_PCT:-15}
 QUIET_WAIT=${QUIET_WAIT:-60}
 OUT=${OUT:-$HERE/results/logincpu-$(date -u +%Y%m%dT%H%M%SZ)}
 
-[ $# -gt 0 ] || { sed -n '2,30p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,33p' "$0"; exit 2; }
 
 log() { printf '%s logincpu: %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "$*"; exit 1; }
+
+# One line of runs.tsv from a run's JSON (rep: its repetition). other_pct
+# is the CPU that neither the proxy, its auth daemon, the sink nor loadimap
+# used during the login phase (other programs, kernel threads), in % of
+# the machine.
+HEADER=$(printf 'label\tmode\trep\tcpu_stat\tcpu_sched\tauth\testablished\tload1\thost_busy\tother_ms\tlogin_p50\tlogin_p99\tlogins_per_s\tcpu_slices\tother_pct')
+row() {
+	jq -r --arg rep "$2" '[.label, .mode, $rep,
+		(.proxy_cpu_ms_per_1000_logins // 0 | round), (.proxy_cpu_ms_per_1000_logins_schedstat // 0 | round),
+		(.auth_cpu_ms_per_1000_logins // 0 | round), .established, ((.note // "") | ltrimstr("load1 ")),
+		(.host_busy_login_pct | round), (.other_login_cpu_ms | round), (.login_latency.p50_ms * 100 | round / 100),
+		(.login_latency.p99_ms * 100 | round / 100), (.established / .login_phase_s | round),
+		(.proxy_cpu_slices_per_login // 0 | . * 10 | round / 10),
+		(.other_login_cpu_ms / (.login_phase_s * 10 * .num_cpu) | round)] | @tsv' "$1"
+}
+
+# Median and range per label and mode: of every run, and of the runs during
+# which other programs used at most QUIET_OTHER_PCT (10) % of the machine.
+summarize() {
+	local q=${QUIET_OTHER_PCT:-10}
+	{
+		echo "== all runs"
+		medians 1000 <"$1/runs.tsv"
+		echo "== runs with other programs at most $q % of the machine"
+		medians "$q" <"$1/runs.tsv"
+	} | tee "$1/summary.txt"
+}
+medians() {
+	printf 'label\tmode\truns\tCPU ms/1000 (stat) median [range]\tschedstat median [range]\tauth median\ton-CPU slices/login median\tlogins/s median\n'
+	awk -F'\t' -v q="$1" 'NR > 1 && $15 <= q { k = $1 "\t" $2; n[k]++; v[k] = v[k] " " $4; s[k] = s[k] " " $5; a[k] = a[k] " " $6; c[k] = c[k] " " $14; r[k] = r[k] " " $13 }
+	function med(str,   n, x, i, j, t) {
+		n = split(str, x, " ")
+		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (x[j] + 0 < x[i] + 0) { t = x[i]; x[i] = x[j]; x[j] = t }
+		return n % 2 ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2
+	}
+	function rng(str,   n, x, i, lo, hi) {
+		n = split(str, x, " "); lo = hi = x[1]
+		for (i = 2; i <= n; i++) { if (x[i] + 0 < lo + 0) lo = x[i]; if (x[i] + 0 > hi + 0) hi = x[i] }
+		return lo "-" hi
+	}
+	END {
+		for (k in v) printf "%s\t%d\t%s [%s]\t%s [%s]\t%s\t%s\t%s\n", k, n[k], med(v[k]), rng(v[k]), med(s[k]), rng(s[k]), med(a[k]), med(c[k]), med(r[k])
+	}' | sort
+}
+
+# bench/logincpu.sh --summary DIR: rebuild DIR/runs.tsv from its JSON files
+# and print the medians again (e.g. with another QUIET_OTHER_PCT).
+if [ "${1:-}" = --summary ]; then
+	d=$2
+	printf '%s\n' "$HEADER" >"$d/runs.tsv"
+	for j in "$d"/*-*-*.json; do
+		b=$(basename "$j" .json)
+		row "$j" "${b##*-}" >>"$d/runs.tsv"
+	done
+	summarize "$d"
+	exit 0
+fi
 
 WORK=$(mktemp -d /tmp/portico-logincpu.XXXXXX)
 mkdir -p "$OUT" "$WORK/bin" "$WORK/nginx"
@@ -182,7 +242,7 @@ start_proxy() { # variant logfile -> PROXY_PID, AUTHARG
 
 label_of() { [ "$1" = nginx ] && echo nginx || echo "${1%%=*}"; }
 
-printf 'label\tmode\trep\tcpu_stat\tcpu_sched\tauth\testablished\tload1\thost_busy\tother_ms\tlogin_p50\tlogin_p99\tlogins_per_s\tcpu_slices\n' >"$OUT/runs.tsv"
+printf '%s\n' "$HEADER" >"$OUT/runs.tsv"
 for rep in $(seq "$REPS"); do
 	for v in "$@"; do
 		label=$(label_of "$v")
@@ -203,32 +263,11 @@ for rep in $(seq "$REPS"); do
 				-pid "$PROXY_PID" "${AUTHARG[@]}" -sink-pid "$SINK_PID" -note "load1 $load1" \
 				-json "$base.json" $LOADIMAP_ARGS >"$base.txt"
 			stop "$PROXY_PID"
-			jq -r --arg rep "$rep" --arg load "$load1" '[.label, .mode, $rep,
-				(.proxy_cpu_ms_per_1000_logins // 0 | round), (.proxy_cpu_ms_per_1000_logins_schedstat // 0 | round),
-				(.auth_cpu_ms_per_1000_logins // 0 | round), .established, $load, (.host_busy_login_pct | round),
-				(.other_login_cpu_ms | round), (.login_latency.p50_ms * 100 | round / 100),
-				(.login_latency.p99_ms * 100 | round / 100), (.achieved_logins_per_s | round),
-				(.proxy_cpu_slices_per_login // 0 | . * 10 | round / 10)] | @tsv' \
-				"$base.json" | tee -a "$OUT/runs.tsv" >&2
+			row "$base.json" "$rep" | tee -a "$OUT/runs.tsv" >&2
 			sleep 2 # the sink sees the upstream connections close
 		done
 	done
 done
 
-# Median and range per label and mode.
-awk -F'\t' 'NR > 1 { k = $1 "\t" $2; v[k] = v[k] " " $4; s[k] = s[k] " " $5; a[k] = a[k] " " $6; l[k] = l[k] " " $8; c[k] = c[k] " " $14; order[k] = order[k] ? order[k] : NR }
-	function med(str,   n, x, i, j, t) {
-		n = split(str, x, " ")
-		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (x[j] + 0 < x[i] + 0) { t = x[i]; x[i] = x[j]; x[j] = t }
-		return n % 2 ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2
-	}
-	function rng(str,   n, x, i, lo, hi) {
-		n = split(str, x, " "); lo = hi = x[1]
-		for (i = 2; i <= n; i++) { if (x[i] + 0 < lo + 0) lo = x[i]; if (x[i] + 0 > hi + 0) hi = x[i] }
-		return lo "-" hi
-	}
-	END {
-		print "label\tmode\tCPU ms/1000 (stat) median [range]\tschedstat median [range]\tauth median\ton-CPU slices/login median\tload1 range"
-		for (k in v) printf "%s\t%s [%s]\t%s [%s]\t%s\t%s\t%s\n", k, med(v[k]), rng(v[k]), med(s[k]), rng(s[k]), med(a[k]), med(c[k]), rng(l[k])
-	}' "$OUT/runs.tsv" | sort | tee "$OUT/summary.txt"
+summarize "$OUT"
 log "results in $OUT"
