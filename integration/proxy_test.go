@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"net"
@@ -12,12 +11,12 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/portico-mail/portico/integration/dovecot"
+	"github.com/portico-mail/portico/integration/internal/daemon"
 )
 
 // The quick start twice on one host: two `portico proxy` processes with
@@ -31,12 +30,12 @@ func TestProxyTwiceOnOneHost(t *testing.T) {
 	bin := porticoBinary(t)
 	type proc struct {
 		cmd    *exec.Cmd
-		stderr *lockedBuffer
+		stderr *daemon.Output
 		done   chan error
 	}
 	start := func(args ...string) *proc {
 		t.Helper()
-		p := &proc{cmd: exec.Command(bin, args...), stderr: &lockedBuffer{}, done: make(chan error, 1)}
+		p := &proc{cmd: exec.Command(bin, args...), stderr: &daemon.Output{}, done: make(chan error, 1)}
 		p.cmd.Stderr = p.stderr
 		if err := p.cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -127,7 +126,7 @@ func TestProxyTwiceOnOneHost(t *testing.T) {
 
 // waitListeningOrExit waits for addr to accept connections, failing at
 // once with the process's output if it exits first.
-func waitListeningOrExit(t *testing.T, addr string, done chan error, stderr *lockedBuffer) {
+func waitListeningOrExit(t *testing.T, addr string, done chan error, stderr *daemon.Output) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
@@ -144,22 +143,4 @@ func waitListeningOrExit(t *testing.T, addr string, done chan error, stderr *loc
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("%s never listened\n%s", addr, stderr)
-}
-
-// lockedBuffer is a process's output, read while the process writes it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -45,6 +45,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/portico-mail/portico/integration/internal/daemon"
 )
 
 // EnvRoot names the directory the packages are unpacked into; default
@@ -89,7 +91,7 @@ type Server struct {
 	cmd      *exec.Cmd
 	done     chan struct{}
 	waitErr  error
-	out      *lockedBuffer
+	out      *daemon.Output
 	stopOnce sync.Once
 }
 
@@ -148,12 +150,7 @@ func Available() error {
 // the test when Cyrus is unavailable (fails it with PORTICO_REQUIRE_CYRUS=1).
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
-	if err := Available(); err != nil {
-		if os.Getenv(EnvRequire) == "1" {
-			t.Fatalf("%s=1 but %v", EnvRequire, err)
-		}
-		t.Skipf("skipping: %v (set %s=1 to fail instead)", err, EnvRequire)
-	}
+	daemon.Require(t, Available(), EnvRequire)
 	s, err := StartProcess(opts)
 	if err != nil {
 		t.Fatalf("start cyrus: %v", err)
@@ -226,12 +223,12 @@ func startOnce(opts Options) (*Server, error) {
 	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		return nil, err
 	}
-	s := &Server{Dir: dir, Addr: opts.Addr, Users: opts.Users, out: &lockedBuffer{}}
+	s := &Server{Dir: dir, Addr: opts.Addr, Users: opts.Users, out: &daemon.Output{}}
 	fail := func(err error) (*Server, error) {
 		s.Stop()
 		return nil, err
 	}
-	ports, err := freePorts(opts.Addr, 2)
+	ports, err := daemon.FreePorts(opts.Addr, 2)
 	if err != nil {
 		return fail(err)
 	}
@@ -467,40 +464,4 @@ func (s *Server) Stop() {
 			_ = os.RemoveAll(s.Dir)
 		}
 	})
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func freePorts(addr string, n int) ([]int, error) {
-	var held []net.Listener
-	defer func() {
-		for _, h := range held {
-			h.Close()
-		}
-	}()
-	var ports []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
-		if err != nil {
-			return nil, fmt.Errorf("cyrus: pick a port on %s: %w", addr, err)
-		}
-		held = append(held, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }

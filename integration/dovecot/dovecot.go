@@ -57,6 +57,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portico-mail/portico/integration/internal/daemon"
 	"github.com/portico-mail/portico/integration/netns"
 	"github.com/portico-mail/portico/integration/testcert"
 )
@@ -190,7 +191,7 @@ type Server struct {
 	cmd     *exec.Cmd
 	done    chan struct{} // closed when the process has been reaped
 	waitErr error
-	output  *lockedBuffer
+	output  *daemon.Output
 
 	stopOnce sync.Once
 	mu       sync.Mutex
@@ -235,12 +236,7 @@ func Available() error {
 // If the test failed, the Dovecot log is written to the test log.
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
-	if err := Available(); err != nil {
-		if os.Getenv(EnvRequire) == "1" {
-			t.Fatalf("%s=1 but %v", EnvRequire, err)
-		}
-		t.Skipf("skipping: %v (set %s=1 to fail instead)", err, EnvRequire)
-	}
+	daemon.Require(t, Available(), EnvRequire)
 	s, err := StartProcess(opts)
 	if err != nil {
 		t.Fatalf("start dovecot: %v", err)
@@ -260,23 +256,13 @@ func StartProcess(opts Options) (*Server, error) {
 	if err := Available(); err != nil {
 		return nil, err
 	}
-	var lastErr error
+	if !picksPorts(opts) {
+		return startOnce(opts)
+	}
 	// Ports picked here can be taken by someone else before Dovecot binds
 	// them: retry with fresh ports in that case.
-	for attempt := 0; attempt < 3; attempt++ {
-		s, err := startOnce(opts)
-		if err == nil {
-			return s, nil
-		}
-		lastErr = err
-		if !errors.Is(err, errAddrInUse) || !picksPorts(opts) {
-			break
-		}
-	}
-	return nil, lastErr
+	return daemon.Retry(func() (*Server, error) { return startOnce(opts) })
 }
-
-var errAddrInUse = errors.New("address already in use")
 
 func picksPorts(o Options) bool {
 	return o.IMAPPort == 0 || o.POP3Port == 0 || (o.Sieve && o.SievePort == 0) ||
@@ -330,7 +316,7 @@ func startOnce(opts Options) (s *Server, err error) {
 		ConfigFile: filepath.Join(dir, "dovecot.conf"),
 		LogFile:    filepath.Join(dir, "dovecot.log"),
 		Users:      make(map[string]string, len(opts.Users)),
-		output:     &lockedBuffer{},
+		output:     &daemon.Output{},
 		netns:      opts.Netns,
 	}
 	for u, p := range opts.Users {
@@ -352,7 +338,7 @@ func startOnce(opts Options) (s *Server, err error) {
 	}
 	var picked []int
 	err = s.inNetns(func() (err error) {
-		picked, err = freePorts(opts.Addr, len(missing))
+		picked, err = daemon.FreePorts(opts.Addr, len(missing))
 		return err
 	})
 	if err != nil {
@@ -718,8 +704,8 @@ func (s *Server) startFailure(msg string) error {
 	out := strings.TrimSpace(s.output.String())
 	log := strings.TrimSpace(s.Log())
 	err := fmt.Errorf("%s\n--- output ---\n%s\n--- %s ---\n%s", msg, out, s.LogFile, log)
-	if strings.Contains(out+log, "Address already in use") {
-		return fmt.Errorf("%w: %w", errAddrInUse, err)
+	if daemon.AddrInUse(out + log) {
+		return fmt.Errorf("%w: %w", daemon.ErrAddrInUse, err)
 	}
 	return err
 }
@@ -1049,43 +1035,4 @@ func groupAlive(pgid int) bool {
 		}
 	}
 	return false
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// freePorts returns n distinct free ports on addr. Every picked port is
-// held open until all are picked, so the kernel cannot hand out the same
-// one twice.
-func freePorts(addr string, n int) ([]int, error) {
-	var held []net.Listener
-	defer func() {
-		for _, h := range held {
-			h.Close()
-		}
-	}()
-	var ports []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", net.JoinHostPort(addr, "0"))
-		if err != nil {
-			return nil, fmt.Errorf("dovecot: pick a port on %s: %w", addr, err)
-		}
-		held = append(held, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portico-mail/portico/integration/internal/daemon"
 	"github.com/portico-mail/portico/integration/netns"
 )
 
@@ -364,7 +365,7 @@ func TestParallelInstancesAndStop(t *testing.T) {
 
 func TestFixedPorts(t *testing.T) {
 	t.Parallel()
-	ports, err := freePorts("127.0.0.85", 2)
+	ports, err := daemon.FreePorts("127.0.0.85", 2)
 	if err != nil {
 		t.Fatal(err)
 	}

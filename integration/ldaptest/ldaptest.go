@@ -54,6 +54,7 @@ import (
 
 	"github.com/go-ldap/ldap/v3"
 
+	"github.com/portico-mail/portico/integration/internal/daemon"
 	"github.com/portico-mail/portico/integration/testcert"
 )
 
@@ -145,7 +146,7 @@ type Server struct {
 	cmd     *exec.Cmd
 	done    chan struct{}
 	waitErr error
-	output  *lockedBuffer
+	output  *daemon.Output
 	removed bool
 }
 
@@ -182,12 +183,7 @@ func Available() error {
 // output is written to the test log.
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
-	if err := Available(); err != nil {
-		if os.Getenv(EnvRequire) == "1" {
-			t.Fatalf("%s=1 but %v", EnvRequire, err)
-		}
-		t.Skipf("skipping: %v (set %s=1 to fail instead)", err, EnvRequire)
-	}
+	daemon.Require(t, Available(), EnvRequire)
 	s, err := StartProcess(opts)
 	if err != nil {
 		t.Fatalf("start slapd: %v", err)
@@ -208,23 +204,10 @@ func StartProcess(opts Options) (*Server, error) {
 	if err := Available(); err != nil {
 		return nil, err
 	}
-	var lastErr error
 	// A port picked here can be taken by someone else before slapd binds
 	// it: retry with fresh ports then.
-	for attempt := 0; attempt < 3; attempt++ {
-		s, err := startOnce(opts)
-		if err == nil {
-			return s, nil
-		}
-		lastErr = err
-		if !errors.Is(err, errAddrInUse) {
-			break
-		}
-	}
-	return nil, lastErr
+	return daemon.Retry(func() (*Server, error) { return startOnce(opts) })
 }
-
-var errAddrInUse = errors.New("address already in use")
 
 func startOnce(opts Options) (s *Server, err error) {
 	if opts.Suffix == "" {
@@ -270,13 +253,13 @@ func startOnce(opts Options) (s *Server, err error) {
 		conf:           filepath.Join(dir, "slapd.conf"),
 		debug:          opts.Debug,
 		timeout:        opts.StartTimeout,
-		output:         &lockedBuffer{},
+		output:         &daemon.Output{},
 	}
 	n := 1
 	if opts.TLS {
 		n = 2
 	}
-	ports, err := freePorts(n)
+	ports, err := daemon.FreePorts("127.0.0.1", n)
 	if err != nil {
 		return nil, err
 	}
@@ -512,8 +495,8 @@ func (s *Server) startFailure(msg string) error {
 	s.mu.Unlock()
 	out := strings.TrimSpace(s.output.String())
 	err := fmt.Errorf("ldaptest: %s (%v)\n--- output ---\n%s", msg, werr, out)
-	if strings.Contains(out, "Address already in use") {
-		return fmt.Errorf("%w: %w", errAddrInUse, err)
+	if daemon.AddrInUse(out) {
+		return fmt.Errorf("%w: %w", daemon.ErrAddrInUse, err)
 	}
 	return err
 }
@@ -702,42 +685,4 @@ func lookPath(name string, fallbacks ...string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s not found in PATH or %s", name, strings.Join(fallbacks, ", "))
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// freePorts returns n distinct free ports on 127.0.0.1, each held open
-// until all are picked so the kernel cannot hand out one twice.
-func freePorts(n int) ([]int, error) {
-	var held []net.Listener
-	defer func() {
-		for _, h := range held {
-			h.Close()
-		}
-	}()
-	var ports []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("ldaptest: pick a port: %w", err)
-		}
-		held = append(held, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }

@@ -31,7 +31,7 @@
 package postfix
 
 import (
-	"bytes"
+	"bufio"
 	"errors"
 	"fmt"
 	"net"
@@ -49,6 +49,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portico-mail/portico/integration/internal/daemon"
 	"github.com/portico-mail/portico/integration/testcert"
 )
 
@@ -110,7 +111,7 @@ type Server struct {
 
 	cmd    *exec.Cmd
 	done   chan struct{}
-	output *lockedBuffer
+	output *daemon.Output
 
 	stopOnce sync.Once
 }
@@ -154,12 +155,7 @@ func postfixBinary() (string, error) {
 // goes to the test log if the test failed).
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
-	if err := Available(); err != nil {
-		if os.Getenv(EnvRequire) == "1" {
-			t.Fatalf("%s=1 but %v", EnvRequire, err)
-		}
-		t.Skipf("skipping: %v", err)
-	}
+	daemon.Require(t, Available(), EnvRequire)
 	s, err := StartProcess(opts)
 	if err != nil {
 		t.Fatalf("start postfix: %v", err)
@@ -174,10 +170,19 @@ func Start(t testing.TB, opts Options) *Server {
 }
 
 // StartProcess starts an instance; the caller must call Stop.
-func StartProcess(opts Options) (s *Server, err error) {
+func StartProcess(opts Options) (*Server, error) {
 	if err := Available(); err != nil {
 		return nil, err
 	}
+	if opts.Port != 0 {
+		return startOnce(opts)
+	}
+	// The port picked can be taken by someone else before Postfix binds
+	// it: retry with a fresh one then.
+	return daemon.Retry(func() (*Server, error) { return startOnce(opts) })
+}
+
+func startOnce(opts Options) (s *Server, err error) {
 	if opts.Addr == "" {
 		opts.Addr = "127.0.0.1"
 	}
@@ -202,7 +207,7 @@ func StartProcess(opts Options) (s *Server, err error) {
 			os.RemoveAll(dir)
 		}
 	}()
-	s = &Server{Dir: dir, ConfDir: filepath.Join(dir, "conf"), output: &lockedBuffer{}, done: make(chan struct{})}
+	s = &Server{Dir: dir, ConfDir: filepath.Join(dir, "conf"), output: &daemon.Output{}, done: make(chan struct{})}
 	for _, d := range []string{"conf", "queue", "data", "vmail"} {
 		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, err
@@ -217,12 +222,11 @@ func StartProcess(opts Options) (s *Server, err error) {
 		}
 	}
 	if opts.Port == 0 {
-		l, err := net.Listen("tcp", net.JoinHostPort(opts.Addr, "0"))
+		ports, err := daemon.FreePorts(opts.Addr, 1)
 		if err != nil {
 			return nil, err
 		}
-		opts.Port = l.Addr().(*net.TCPAddr).Port
-		l.Close()
+		opts.Port = ports[0]
 	}
 	s.Port = opts.Port
 	s.Addr = net.JoinHostPort(opts.Addr, strconv.Itoa(opts.Port))
@@ -248,7 +252,12 @@ func StartProcess(opts Options) (s *Server, err error) {
 	}
 	if err := s.waitReady(opts.StartTimeout); err != nil {
 		s.Stop()
-		return nil, fmt.Errorf("%w\n--- postfix output ---\n%s", err, s.Log())
+		out := s.Log()
+		err = fmt.Errorf("%w\n--- postfix output ---\n%s", err, out)
+		if daemon.AddrInUse(out) {
+			err = fmt.Errorf("%w: %w", daemon.ErrAddrInUse, err)
+		}
+		return nil, err
 	}
 	return s, nil
 }
@@ -366,6 +375,20 @@ func (s *Server) launch() error {
 	return <-started
 }
 
+// expectBanner reads the greeting on c and checks that it is this
+// harness's Postfix (smtpd_banner, myhostname in mainCF).
+func expectBanner(c net.Conn) error {
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("read the greeting: %w", err)
+	}
+	if !strings.HasPrefix(line, "220 postfix.test ESMTP") {
+		return fmt.Errorf("greeting %q is not this Postfix's", strings.TrimSpace(line))
+	}
+	return nil
+}
+
 func (s *Server) waitReady(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -376,8 +399,13 @@ func (s *Server) waitReady(timeout time.Duration) error {
 		}
 		c, err := net.DialTimeout("tcp", s.Addr, 200*time.Millisecond)
 		if err == nil {
+			// Another process may hold the port picked for Postfix: only
+			// Postfix's own banner counts.
+			err = expectBanner(c)
 			c.Close()
-			return nil
+			if err == nil {
+				return nil
+			}
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("postfix did not accept on %s within %v: %v", s.Addr, timeout, err)
@@ -461,21 +489,4 @@ func (s *Server) WaitDelivered(n int, timeout time.Duration) []string {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -79,3 +79,37 @@ func TestPostfixHarness(t *testing.T) {
 		t.Fatal("still listening after Stop")
 	}
 }
+
+// TestPortTakenByAnother: when another process holds the port asked for,
+// Start does not take that process for Postfix (it answers with another
+// banner) and fails with a clear error instead of handing the test a
+// server that is not there.
+func TestPortTakenByAnother(t *testing.T) {
+	if err := Available(); err != nil {
+		t.Skip(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("220 someone.else ESMTP\r\n"))
+			c.Close()
+		}
+	}()
+	s, err := StartProcess(Options{Port: l.Addr().(*net.TCPAddr).Port, StartTimeout: 5 * time.Second})
+	if err == nil {
+		s.Stop()
+		t.Fatal("Postfix reported started on a port another process holds")
+	}
+	if !strings.Contains(err.Error(), "in use") && !strings.Contains(err.Error(), "exited") && !strings.Contains(err.Error(), "not this Postfix's") {
+		t.Fatalf("unclear error: %v", err)
+	}
+	t.Logf("error, as expected: %.200s", err)
+}

@@ -51,6 +51,8 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/portico-mail/portico/integration/internal/daemon"
 )
 
 // EnvRequire, set to "1", turns "server unavailable" into a failed test
@@ -207,15 +209,20 @@ func StartMariaDB() (*Server, error) {
 // startFresh starts the server on a free port, retrying with another port
 // when the one picked was taken in between.
 func (s *Server) startFresh() error {
-	var err error
-	for attempt := 0; attempt < 3; attempt++ {
-		if s.Port, err = freePort(s.Host); err != nil {
-			return err
+	_, err := daemon.Retry(func() (struct{}, error) {
+		ports, err := daemon.FreePorts(s.Host, 1)
+		if err != nil {
+			return struct{}{}, err
 		}
-		if err = s.Start(); err == nil || !strings.Contains(s.Log(), "in use") {
-			return err
+		s.Port = ports[0]
+		if err := s.Start(); err != nil {
+			if daemon.AddrInUse(s.Log()) {
+				return struct{}{}, fmt.Errorf("%w: %w", daemon.ErrAddrInUse, err)
+			}
+			return struct{}{}, err
 		}
-	}
+		return struct{}{}, nil
+	})
 	return err
 }
 
@@ -512,15 +519,6 @@ func lookPath(name string, fallbacks ...string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s not found", name)
-}
-
-func freePort(host string) (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // tail is the last lines of a log, for an error.
