@@ -96,10 +96,11 @@ import (
 	"hash/maphash"
 	"math"
 	"net/netip"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/portico-mail/portico/routing"
 )
 
 // Config sets the limits. Zero limits disable their rule.
@@ -385,9 +386,13 @@ func (l *Limiter) keys(ip netip.Addr, user string, cfg *Config) (kIP, kUserIP, k
 }
 
 // userKey is the hash a user's keys hold: a truncated SHA-256 of the
-// lower-cased name.
+// name's canonical key (routing.NormalizeUser), the one the routing table
+// looks the user up by. Every way of writing one account ("Bücher",
+// "BÜCHER", its NFD form, an IDNA or Unicode domain) is one user here as
+// it is for routing: a guesser cannot spread attempts on one account over
+// spellings of its name to stay under the per-user limits.
 func userKey(user string) (u [16]byte) {
-	h := sha256.Sum256([]byte(strings.ToLower(user)))
+	h := sha256.Sum256([]byte(routing.NormalizeUser(user)))
 	copy(u[:], h[:16])
 	return u
 }

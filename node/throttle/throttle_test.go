@@ -105,6 +105,33 @@ func TestBlockUserIP(t *testing.T) {
 	}
 }
 
+// TestSpellingsOfOneUser: failures under every spelling of one account
+// (case, Unicode normalization form, Unicode or IDNA domain) count as one
+// user, as routing sees them (routing.NormalizeUser); another account
+// does not share the count.
+func TestSpellingsOfOneUser(t *testing.T) {
+	cfg := testConfig() // user_ip limit 10
+	l, _ := newTest(t, cfg)
+	spellings := []string{
+		"bücher@exämple.org",
+		"BÜCHER@EXÄMPLE.ORG",
+		"bu\u0308cher@exa\u0308mple.org", // NFD
+		"bücher@xn--exmple-cua.org",
+		"Bücher@XN--EXMPLE-CUA.ORG",
+	}
+	for i := 0; i < 10; i++ {
+		l.Failed(attacker, spellings[i%len(spellings)])
+	}
+	for _, u := range spellings {
+		if s := l.Blocked(attacker, u); s != ScopeUserIP {
+			t.Errorf("%q after 10 failures over its spellings: %q, want user_ip", u, s)
+		}
+	}
+	if s := l.Blocked(attacker, "bucher@example.org"); s != "" {
+		t.Errorf("another account (no umlauts) blocked: %s", s)
+	}
+}
+
 func TestBlockIP(t *testing.T) {
 	cfg := testConfig()
 	cfg.IPLimit = 5
