@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -79,7 +80,11 @@ type ControllerConfig struct {
 	// MoveDrain bounds how long a move waits for sessions on the VIP to
 	// end at a response boundary.
 	MoveDrain time.Duration
-	Log       *slog.Logger
+	// SweepGrace: a node without the VIP ends its sessions on it once
+	// another node is known to lead (and so to hold it), or once it has
+	// been without it this long (default DefaultSweepGrace). See Sweep.
+	SweepGrace time.Duration
+	Log        *slog.Logger
 }
 
 // Controller carries the ownership policy out: the VIP follows raft
@@ -92,9 +97,16 @@ type Controller struct {
 	log   *slog.Logger
 	addrs map[netip.Addr]bool
 
-	moving  atomic.Bool
+	moving  atomic.Bool // a Move is under way
 	leading atomic.Bool // as last notified (after the barrier)
 	handing atomic.Bool // a handover is in progress
+	hmu     sync.Mutex  // one handover at a time
+	// want is whether this node means to hold the VIP (what it last asked
+	// the Holder for); gen counts the times it asked to hold it. A sweep
+	// decided at one generation ends nothing once it has moved on: the
+	// node may have taken the address again and logged clients in.
+	want atomic.Bool
+	gen  atomic.Uint64
 	// holdUntil (unix ns), 0 when no inherited address is kept.
 	holdUntil atomic.Int64
 }
@@ -109,6 +121,9 @@ func NewController(cfg ControllerConfig) *Controller {
 	if cfg.Draining == nil {
 		cfg.Draining = func() bool { return false }
 	}
+	if cfg.SweepGrace <= 0 {
+		cfg.SweepGrace = DefaultSweepGrace
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -118,14 +133,54 @@ func NewController(cfg ControllerConfig) *Controller {
 	}
 	if !cfg.HoldUntil.IsZero() && cfg.HoldUntil.After(time.Now()) {
 		c.holdUntil.Store(cfg.HoldUntil.UnixNano())
-		cfg.Holder.SetOwner(true)
+		c.own(true)
 		c.log.Info("keeping the VIP through the in-place upgrade until this node leads again", "until", cfg.HoldUntil)
 	}
+	cfg.Sessions.SetRefuse(c.refusing)
 	return c
 }
 
 // isVIP: a connection to one of the virtual addresses.
 func (c *Controller) isVIP(local netip.AddrPort) bool { return c.addrs[local.Addr()] }
+
+// refusing is the proxy's filter (Sessions.SetRefuse): a connection to
+// the VIP is reset (the client retries at once, and finds the owner)
+// while a move is under way and whenever this node does not mean to hold
+// the VIP, even though the address may still be on its interface for a
+// moment (a lost leadership, a handover, a stale address): a client that
+// logged in there would only be swept off again.
+func (c *Controller) refusing(local netip.AddrPort) bool {
+	return c.isVIP(local) && (c.moving.Load() || !c.want.Load())
+}
+
+// own asks the Holder to hold the VIP or not, and records it (want, and
+// a new generation for each request to hold).
+func (c *Controller) own(own bool) {
+	if own {
+		c.gen.Add(1)
+	}
+	c.want.Store(own)
+	c.cfg.Holder.SetOwner(own)
+}
+
+// holding: this node means to hold the VIP, or still has it.
+func (c *Controller) holding() bool { return c.want.Load() || c.cfg.Holder.Owned() }
+
+// Verify is the mechanism's check before an announcement other than the
+// first after acquiring (Config.Verify, Manager.SetVerify): a quorum
+// confirms this node leads, or it keeps an address inherited through an
+// in-place upgrade (the other voters hold their elections, and nobody
+// else is known to lead). Without the second case the new process of an
+// upgraded owner, which keeps the address before it has won its election,
+// failed the check of its burst's second round whenever the election
+// took longer than the round's interval, and dropped the address until
+// it led (the VIP missing for tens of milliseconds).
+func (c *Controller) Verify() error {
+	if c.held() {
+		return nil
+	}
+	return c.cfg.Leadership.VerifyLeader()
+}
 
 // Moving reports whether a move is in progress.
 func (c *Controller) Moving() bool { return c.moving.Load() }
@@ -140,10 +195,11 @@ func (c *Controller) SetLeading(leader bool) {
 		c.cfg.Go(c.cfg.EndHold)
 	}
 	if ch.StopMove {
+		// Connections to the VIP stay refused while this node does not
+		// mean to hold it (refusing), not only while it moves.
 		c.moving.Store(false)
-		c.cfg.Sessions.SetRefuse(nil)
 	}
-	c.cfg.Holder.SetOwner(ch.Own)
+	c.own(ch.Own)
 	if ch.HandOver {
 		c.cfg.Go(func(context.Context) {
 			if err := c.Handover("", false); err != nil {
@@ -166,15 +222,23 @@ func (c *Controller) held() bool {
 
 // Run is the guard: every reconcile period until ctx ends it applies
 // Decide to the facts of the moment. While it does not hold the VIP, it
-// also ends relayed sessions on the VIP addresses: their clients' packets
-// now go to the new owner (which resets them), so they could only linger
-// until the idle timeout, holding backend connections. That covers the
-// sessions of an owner cut off from the cluster, and a login that
-// completed just after a planned move ended the others.
+// also ends relayed sessions on the VIP addresses (Sweep decides when):
+// once another node leads, their clients' packets go to the new owner
+// (which resets them), so they could only linger until the idle timeout,
+// holding backend connections. That covers the sessions of an owner cut
+// off from the cluster, and a login that completed just after a planned
+// move ended the others. A node that lost its leadership for a moment
+// (a starved machine missing its lease) and wins it back keeps them.
 func (c *Controller) Run(ctx context.Context) {
 	t := time.NewTicker(c.cfg.Reconcile)
 	defer t.Stop()
 	var sweeping atomic.Bool
+	var lost struct {
+		on  bool
+		gen uint64
+		at  time.Time
+	}
+	self := c.cfg.Leadership.Name()
 	for {
 		select {
 		case <-ctx.Done():
@@ -182,18 +246,44 @@ func (c *Controller) Run(ctx context.Context) {
 		case <-t.C:
 		}
 		c.guard()
-		if !c.cfg.Holder.Owned() && sweeping.CompareAndSwap(false, true) {
-			if !c.cfg.Go(func(ctx context.Context) {
-				defer sweeping.Store(false)
-				sctx, cancel := context.WithTimeout(ctx, time.Second)
-				defer cancel()
-				if n := c.cfg.Sessions.EndSessions(sctx, c.isVIP, "Server moving, please reconnect.", 0); n > 0 {
-					c.log.Info("ended sessions on the VIP, which this node no longer holds", "sessions", n)
-				}
-			}) {
-				sweeping.Store(false)
-			}
+		now, gen := time.Now(), c.gen.Load()
+		if c.holding() {
+			lost.on = false
+			continue
 		}
+		if !lost.on || lost.gen != gen {
+			lost.on, lost.gen, lost.at = true, gen, now
+		}
+		leader, _ := c.cfg.Leadership.Leader()
+		if !Sweep(SweepInputs{Holding: false, OtherLeader: leader != "" && leader != self, Without: now.Sub(lost.at), Grace: c.cfg.SweepGrace}) {
+			continue
+		}
+		if !sweeping.CompareAndSwap(false, true) {
+			continue
+		}
+		if !c.cfg.Go(func(ctx context.Context) {
+			defer sweeping.Store(false)
+			sctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			if n := c.cfg.Sessions.EndSessions(sctx, c.sweepMatch(gen), "Server moving, please reconnect.", 0); n > 0 {
+				c.log.Info("ended sessions on the VIP, which this node no longer holds", "sessions", n, "leader", leader)
+			}
+		}) {
+			sweeping.Store(false)
+		}
+	}
+}
+
+// sweepMatch selects, for a sweep decided at ownership generation gen,
+// the sessions on the VIP, as long as this node still neither holds nor
+// means to hold the VIP and has not asked for it since (checked at each
+// session): the sweep runs in another goroutine, and on a loaded machine
+// the node could take the address again and log clients in before it
+// gets to them. Every session it ends was accepted before the VIP was
+// lost (or was a login in flight then).
+func (c *Controller) sweepMatch(gen uint64) func(netip.AddrPort) bool {
+	return func(local netip.AddrPort) bool {
+		return c.isVIP(local) && c.gen.Load() == gen && !c.holding()
 	}
 }
 
@@ -209,12 +299,14 @@ func (c *Controller) guard() {
 	}
 	switch Decide(in) {
 	case Release:
-		c.log.Warn("holding the VIP while not raft leader; releasing")
-		h.SetOwner(false)
+		if c.want.Load() {
+			c.log.Warn("holding the VIP while not raft leader; releasing")
+		}
+		c.own(false)
 	case Take:
 		if err := l.VerifyLeader(); err == nil && !c.handing.Load() && !c.moving.Load() {
 			c.log.Info("leading and serving without the VIP; taking it")
-			h.SetOwner(true)
+			c.own(true)
 		}
 	}
 }
@@ -259,19 +351,33 @@ func (c *Controller) Preempt(ctx context.Context) {
 // leader acquires it as soon as it leads, so releasing after the transfer
 // (when this node learns it lost leadership) would let both hold it for a
 // moment. If the transfer fails and this node still leads, it takes the
-// VIP back (unless it is shutting down).
+// VIP back (unless it is shutting down). One handover runs at a time (a
+// move, preemption, a drain and a shutdown can coincide): the next finds
+// this node no longer leading and fails with errNoLongerLeads rather than
+// asking raft for a second transfer.
 func (c *Controller) Handover(to string, shuttingDown bool) error {
+	c.hmu.Lock()
+	defer c.hmu.Unlock()
 	c.handing.Store(true)
 	defer c.handing.Store(false)
+	c.want.Store(false) // refuse new connections to the VIP from now on
 	if err := c.cfg.Holder.Release(time.Second); err != nil {
 		c.log.Warn("releasing the VIP before handing leadership over", "error", err)
 	}
-	err := c.cfg.Leadership.TransferLeadership(to)
-	if err != nil && !shuttingDown && c.cfg.Leadership.VerifyLeader() == nil {
-		c.cfg.Holder.SetOwner(true)
+	l := c.cfg.Leadership
+	if !l.IsLeader() {
+		return errNoLongerLeads
+	}
+	err := l.TransferLeadership(to)
+	if err != nil && !shuttingDown && l.VerifyLeader() == nil {
+		c.own(true)
 	}
 	return err
 }
+
+// errNoLongerLeads: a handover found this node no longer leading (an
+// earlier handover went through, or its lease ran out).
+var errNoLongerLeads = errors.New("this node no longer leads")
 
 // Leave gives the VIP up for good (shutdown, drain): a leader hands
 // leadership away first, so that clients reconnect to the new owner while
@@ -282,7 +388,7 @@ func (c *Controller) Leave() {
 			c.log.Warn("handing leadership (and the VIP) away at shutdown failed", "error", err)
 		}
 	}
-	c.cfg.Holder.SetOwner(false)
+	c.own(false)
 }
 
 // Move errors (errors.Is tells them apart).
@@ -316,10 +422,21 @@ type MoveResult struct {
 // leader: it stops accepting on the VIP (new connections are reset, so
 // clients retry and find the new owner), lets the logins in flight on it
 // finish (a second at most), ends its sessions on the VIP at response
-// boundaries (for MoveDrain at most), then hands over; the new
-// leader acquires and announces the address. Connections are refused
-// until this node learns it no longer leads (SetLeading), or again at once
-// if the transfer fails.
+// boundaries (for MoveDrain at most), then hands over; the new leader
+// acquires and announces the address. Connections to the VIP stay refused
+// as long as this node does not mean to hold it (refusing): after the
+// move, until it leads again.
+//
+// Raft can answer the transfer with an error although leadership moved:
+// on a loaded machine the old leader's lease may run out while it ends
+// its sessions, and raft then answers the transfer it could no longer
+// start with "node is not the leader", while the target wins the election
+// that follows; or the transfer times out just before the target wins.
+// So the outcome is what counts: once a leader other than this node is
+// known, the move succeeded if it is the target (or any node, without
+// one), and failed if another node took over; the error is final only
+// while no other leader is known within a few seconds, or when this node
+// took the VIP back.
 func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	l := c.cfg.Leadership
 	if !l.IsLeader() {
@@ -341,9 +458,9 @@ func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	if !c.moving.CompareAndSwap(false, true) {
 		return MoveResult{}, ErrMoving
 	}
+	defer c.moving.Store(false)
 	start := time.Now()
 	s := c.cfg.Sessions
-	s.SetRefuse(c.isVIP)
 	finishLogins(s, func(a netip.Addr) bool { return c.addrs[a] }, min(c.cfg.MoveDrain, time.Second))
 	// All at once (no spread): new connections are refused until the new
 	// owner has the address, so this is the gap clients see; their own
@@ -351,18 +468,33 @@ func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.MoveDrain)
 	ended := s.EndSessions(dctx, c.isVIP, "Server moving, please reconnect.", 0)
 	cancel()
-	if err := c.Handover(to, false); err != nil {
-		s.SetRefuse(nil)
-		c.moving.Store(false)
-		return MoveResult{}, fmt.Errorf("leadership transfer failed: %w", err)
-	}
+	herr := c.Handover(to, false)
 	// The new leader is known here once its first heartbeat arrives.
-	leader := ""
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
-		if n, _ := l.Leader(); n != "" && n != self {
-			leader = n
-			break
+	leader := c.successor(self, 5*time.Second)
+	res := MoveResult{From: self, To: leader, SessionsEnded: ended, TookMS: time.Since(start).Milliseconds()}
+	switch {
+	case herr == nil:
+	case leader != "" && (to == "" || leader == to):
+		c.log.Warn("raft reported the leadership transfer as failed, but the target leads now: the VIP moved", "error", herr, "leader", leader)
+	case leader != "":
+		return res, fmt.Errorf("leadership transfer to %s: %v; %s leads (and holds the VIP) now", to, herr, leader)
+	default:
+		return MoveResult{}, fmt.Errorf("leadership transfer failed: %v", herr)
+	}
+	return res, nil
+}
+
+// successor waits, up to d, until a leader other than this node is known,
+// and returns it; "" if none is by then, or as soon as this node means to
+// hold the VIP again (it took it back after a failed transfer, or leads
+// again).
+func (c *Controller) successor(self string, d time.Duration) string {
+	for deadline := time.Now().Add(d); ; time.Sleep(2 * time.Millisecond) {
+		if n, _ := c.cfg.Leadership.Leader(); n != "" && n != self {
+			return n
+		}
+		if c.want.Load() || time.Now().After(deadline) {
+			return ""
 		}
 	}
-	return MoveResult{From: self, To: leader, SessionsEnded: ended, TookMS: time.Since(start).Milliseconds()}, nil
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -42,6 +43,9 @@ type fakeCluster struct {
 	alive       map[string]bool
 	transferErr error
 	verifyErr   error
+	// onTransfer, if set, runs on a transfer and names the node that
+	// leads after it ("": unchanged), whatever transferErr says.
+	onTransfer func() string
 }
 
 func (f *fakeCluster) Name() string { return f.self }
@@ -68,6 +72,17 @@ func (f *fakeCluster) Leader() (string, string) {
 }
 func (f *fakeCluster) TransferLeadership(to string) error {
 	f.rec.add("transfer " + to)
+	if f.onTransfer != nil {
+		if n := f.onTransfer(); n != "" {
+			f.setLeader(n)
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.transferErr == nil && f.leader == f.self {
+			f.leader = to
+		}
+		return f.transferErr
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.transferErr != nil {
@@ -92,10 +107,15 @@ type fakeHolder struct {
 	rec   *recorder
 	mu    sync.Mutex
 	owned bool
+	stuck bool // a release does not take effect (a loaded mechanism lagging)
 }
 
 func (h *fakeHolder) SetOwner(own bool) {
 	h.mu.Lock()
+	if !own && h.stuck {
+		h.mu.Unlock()
+		return
+	}
 	changed := h.owned != own
 	h.owned = own
 	h.mu.Unlock()
@@ -119,17 +139,30 @@ type fakeSessions struct {
 	mu     sync.Mutex
 	refuse func(netip.AddrPort) bool
 	open   []netip.AddrPort // local addresses of open sessions
+	// beforeEnd, if set, runs when EndSessions is called, before it
+	// looks at the sessions (what may happen meanwhile on a loaded
+	// machine).
+	beforeEnd func()
 }
 
+// SetRefuse installs the proxy's filter (the controller installs one,
+// for good, when it is made).
 func (s *fakeSessions) SetRefuse(f func(netip.AddrPort) bool) {
 	s.mu.Lock()
 	s.refuse = f
 	s.mu.Unlock()
-	if f == nil {
-		s.rec.add("accept")
-	} else {
-		s.rec.add("refuse")
-	}
+}
+
+func (s *fakeSessions) add(a netip.AddrPort) {
+	s.mu.Lock()
+	s.open = append(s.open, a)
+	s.mu.Unlock()
+}
+
+func (s *fakeSessions) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.open)
 }
 
 func (s *fakeSessions) PreauthOn(func(netip.Addr) bool) int { return 0 }
@@ -141,6 +174,9 @@ func (s *fakeSessions) refusing(a netip.AddrPort) bool {
 }
 
 func (s *fakeSessions) EndSessions(_ context.Context, match func(netip.AddrPort) bool, _ string, _ time.Duration) int {
+	if f := s.beforeEnd; f != nil {
+		f()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var keep []netip.AddrPort
@@ -216,22 +252,149 @@ func TestMoveOrder(t *testing.T) {
 	if res.From != "n1" || res.To != "n2" || res.SessionsEnded != 2 {
 		t.Fatalf("result %+v", res)
 	}
-	want := []string{"acquire", "refuse", "end sessions", "release", "transfer n2"}
+	want := []string{"acquire", "end sessions", "release", "transfer n2"}
 	if got := r.rec.events(); !slices.Equal(got, want) {
 		t.Fatalf("events %v, want %v", got, want)
 	}
 	if len(r.s.open) != 1 || r.s.open[0] != offVIP {
 		t.Fatalf("sessions left %v, want the one off the VIP", r.s.open)
 	}
-	if !r.s.refusing(onVIP) || r.s.refusing(offVIP) || !r.c.Moving() {
-		t.Fatal("not refusing connections to the VIP (only) while the move completes")
+	if !r.s.refusing(onVIP) || r.s.refusing(offVIP) {
+		t.Fatal("not refusing connections to the VIP (only) after the move")
 	}
 	if _, err := r.c.Move(t.Context(), ""); !errors.Is(err, ErrNotLeader) {
 		t.Fatalf("a second move on the old leader: %v", err)
 	}
 	r.c.SetLeading(false)
-	if r.s.refusing(onVIP) || r.c.Moving() {
-		t.Fatal("still refusing after leadership was lost")
+	if !r.s.refusing(onVIP) || r.c.Moving() {
+		t.Fatal("accepting connections to the VIP, or moving, after leadership was lost")
+	}
+	// Leading again: serving again.
+	r.cl.setLeader("n1")
+	r.c.SetLeading(true)
+	if r.s.refusing(onVIP) || !r.h.Owned() {
+		t.Fatal("leading again but refusing, or without the VIP")
+	}
+}
+
+// The refusal while a move drains: connections to the VIP (only) are
+// refused from its start.
+func TestMoveRefusesWhileDraining(t *testing.T) {
+	r := newRig(t, nil)
+	r.cl.setLeader("n1")
+	r.c.SetLeading(true)
+	r.s.open = []netip.AddrPort{onVIP, offVIP}
+	var during, duringOff bool
+	r.s.beforeEnd = func() { during, duringOff = r.s.refusing(onVIP), r.s.refusing(offVIP) }
+	if _, err := r.c.Move(t.Context(), "n2"); err != nil {
+		t.Fatal(err)
+	}
+	if !during || duringOff {
+		t.Fatalf("while ending sessions: refusing the VIP %v, another address %v", during, duringOff)
+	}
+}
+
+// Raft answers the transfer with an error although leadership moved (the
+// old leader's lease ran out while it ended its sessions, and the target
+// won the election that followed; or a transfer that timed out just before
+// the target won). The move reports the outcome, and the old owner keeps
+// refusing connections to the VIP as long as it does not lead, even while
+// the address is still on its interface (here a release that has not
+// taken effect): clients that logged in there would be swept off again a
+// moment later, a second reconnect storm.
+func TestMoveTransferErrorButMoved(t *testing.T) {
+	notLeader := errors.New("node is not the leader")
+	for _, tc := range []struct {
+		name    string
+		to      string
+		winner  string // who leads after the transfer
+		lateBy  time.Duration
+		wantErr bool
+	}{
+		{"target leads", "n2", "n2", 0, false},
+		{"target leads a moment later", "n2", "n2", 50 * time.Millisecond, false},
+		{"any other node asked for", "", "n3", 0, false},
+		{"another node took over", "n2", "n3", 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, nil)
+			r.cl.setLeader("n1")
+			r.c.SetLeading(true)
+			r.h.stuck = true // the address lingers on the interface
+			r.cl.transferErr = notLeader
+			r.cl.onTransfer = func() string {
+				if tc.lateBy == 0 {
+					return tc.winner
+				}
+				r.cl.setLeader("") // an election under way
+				time.AfterFunc(tc.lateBy, func() { r.cl.setLeader(tc.winner) })
+				return ""
+			}
+			res, err := r.c.Move(t.Context(), tc.to)
+			if tc.wantErr {
+				if err == nil || !strings.Contains(err.Error(), tc.winner) || errors.Is(err, ErrNotLeader) {
+					t.Fatalf("move: %+v, %v; want an error naming %s (and not ErrNotLeader, which the daemon passes on to the leader)", res, err, tc.winner)
+				}
+			} else if err != nil || res.To != tc.winner || res.From != "n1" {
+				t.Fatalf("move: %+v, %v; want a success to %s", res, err, tc.winner)
+			}
+			if !r.h.Owned() {
+				t.Fatal("test set-up: the address should still be on the interface")
+			}
+			if !r.s.refusing(onVIP) {
+				t.Fatal("accepting connections to the VIP it still has but no longer leads for")
+			}
+			r.c.SetLeading(false)
+			if !r.s.refusing(onVIP) {
+				t.Fatal("accepting connections to the VIP after learning it lost leadership")
+			}
+		})
+	}
+}
+
+// A transfer that fails while this node still leads: it takes the VIP
+// back and serves, and the move fails.
+func TestMoveTransferFailsStillLeader(t *testing.T) {
+	r := newRig(t, nil)
+	r.cl.setLeader("n1")
+	r.c.SetLeading(true)
+	r.cl.transferErr = errors.New("leadership transfer timeout")
+	if _, err := r.c.Move(t.Context(), "n2"); err == nil {
+		t.Fatal("a failed transfer reported as a move")
+	}
+	if r.s.refusing(onVIP) || r.c.Moving() || !r.h.Owned() {
+		t.Fatalf("after a failed transfer: refusing %v, moving %v, owned %v", r.s.refusing(onVIP), r.c.Moving(), r.h.Owned())
+	}
+}
+
+// One handover at a time: a second one (preemption, a drain, shutdown)
+// that comes while the first transfers waits, then finds this node no
+// longer leading and asks raft for nothing.
+func TestHandoverOneAtATime(t *testing.T) {
+	r := newRig(t, nil)
+	r.cl.setLeader("n1")
+	r.c.SetLeading(true)
+	gate := make(chan struct{})
+	r.cl.onTransfer = func() string { <-gate; return "" }
+	first := make(chan error, 1)
+	go func() { first <- r.c.Handover("n2", false) }()
+	waitUntil(t, "the first transfer to start", 5*time.Second, func() bool { return slices.Contains(r.rec.events(), "transfer n2") })
+	second := make(chan error, 1)
+	go func() { second <- r.c.Handover("n3", false) }()
+	select {
+	case err := <-second:
+		t.Fatalf("second handover did not wait for the first: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(gate)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; !errors.Is(err, errNoLongerLeads) {
+		t.Fatalf("second handover: %v, want errNoLongerLeads", err)
+	}
+	if n := strings.Count(strings.Join(r.rec.events(), ","), "transfer"); n != 1 {
+		t.Fatalf("%d transfers asked of raft, want 1: %v", n, r.rec.events())
 	}
 }
 
@@ -247,14 +410,6 @@ func TestMoveRefusals(t *testing.T) {
 		if _, err := r.c.Move(t.Context(), to); !errors.Is(err, ErrBadTarget) {
 			t.Fatalf("move to %s: %v", to, err)
 		}
-	}
-	// A failed transfer serves again, with the VIP.
-	r.cl.transferErr = errors.New("no")
-	if _, err := r.c.Move(t.Context(), "n2"); err == nil || errors.Is(err, ErrBadTarget) {
-		t.Fatalf("failed transfer: %v", err)
-	}
-	if r.s.refusing(onVIP) || r.c.Moving() || !r.h.Owned() {
-		t.Fatalf("after a failed transfer: refusing %v, moving %v, owned %v", r.s.refusing(onVIP), r.c.Moving(), r.h.Owned())
 	}
 	// One move at a time.
 	r.c.moving.Store(true)
@@ -355,5 +510,134 @@ func TestPreempt(t *testing.T) {
 	}
 	if got := r.rec.events(); !slices.Contains(got, "transfer n3") || slices.Index(got, "release") > slices.Index(got, "transfer n3") {
 		t.Fatalf("events %v: want release before transfer n3", got)
+	}
+}
+
+// runGuard runs the controller's guard (Run) with a short period until
+// the test ends.
+func (r *rig) runGuard(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { r.c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func guardRig(t *testing.T, grace time.Duration) *rig {
+	return newRig(t, func(c *ControllerConfig) { c.Reconcile, c.SweepGrace = 5*time.Millisecond, grace })
+}
+
+// A leader that loses its lease for a moment (nobody else elected) drops
+// the address at once but keeps its sessions; once it leads again they
+// carry on. Only once another node is known to lead are they ended.
+func TestSweepBriefLeadershipLoss(t *testing.T) {
+	r := guardRig(t, time.Minute)
+	r.cl.setLeader("n1")
+	r.c.SetLeading(true)
+	r.s.open = []netip.AddrPort{onVIP, onVIP, offVIP}
+	r.runGuard(t)
+	// The lease runs out: raft knows no leader.
+	r.cl.setLeader("")
+	r.c.SetLeading(false)
+	if r.h.Owned() {
+		t.Fatal("the address was kept after leadership was lost")
+	}
+	time.Sleep(100 * time.Millisecond) // 20 guard periods
+	if n := r.s.count(); n != 3 {
+		t.Fatalf("%d sessions left, want all 3: ended while nobody else holds the VIP", n)
+	}
+	// Won back.
+	r.cl.setLeader("n1")
+	r.c.SetLeading(true)
+	time.Sleep(50 * time.Millisecond)
+	if n := r.s.count(); n != 3 || !r.h.Owned() {
+		t.Fatalf("after leading again: %d sessions, owned %v", n, r.h.Owned())
+	}
+	// Lost to another node this time: its sessions on the VIP end.
+	r.cl.setLeader("n2")
+	r.c.SetLeading(false)
+	waitUntil(t, "the sessions on the VIP to end", 5*time.Second, func() bool { return r.s.count() == 1 })
+	if r.s.open[0] != offVIP {
+		t.Fatalf("left %v, want the session off the VIP", r.s.open)
+	}
+}
+
+// A node without the VIP and with no leader known (cut off from the
+// cluster) ends its sessions on it after the grace.
+func TestSweepAfterGrace(t *testing.T) {
+	r := guardRig(t, 200*time.Millisecond)
+	r.cl.setLeader("n1")
+	r.c.SetLeading(true)
+	r.s.open = []netip.AddrPort{onVIP, offVIP}
+	r.runGuard(t)
+	lost := time.Now()
+	r.cl.setLeader("")
+	r.c.SetLeading(false)
+	waitUntil(t, "the session on the VIP to end", 5*time.Second, func() bool { return r.s.count() == 1 })
+	if d := time.Since(lost); d < 200*time.Millisecond {
+		t.Fatalf("ended %v after the loss, before the grace", d)
+	}
+}
+
+// The sweep's race: it decides that the node is without the VIP, then
+// ends sessions in another goroutine; meanwhile the node takes the
+// address again and logs clients in. It must end none of them (nor the
+// older ones, which are on an address this node holds again).
+func TestSweepNodeRetakesMeanwhile(t *testing.T) {
+	r := guardRig(t, time.Minute)
+	r.cl.setLeader("n2")
+	r.s.open = []netip.AddrPort{onVIP}
+	var once sync.Once
+	r.s.beforeEnd = func() {
+		once.Do(func() {
+			// Elected, acquires, and a client logs in.
+			r.cl.setLeader("n1")
+			r.c.SetLeading(true)
+			r.s.add(onVIP)
+		})
+	}
+	r.runGuard(t)
+	waitUntil(t, "a sweep", 5*time.Second, func() bool {
+		r.s.mu.Lock()
+		defer r.s.mu.Unlock()
+		return r.s.beforeEnd != nil && r.h.Owned()
+	})
+	time.Sleep(50 * time.Millisecond)
+	if n := r.s.count(); n != 2 {
+		t.Fatalf("%d sessions left, want 2: the sweep ended sessions on an address the node holds again", n)
+	}
+	// And a sweep decided at one generation ends nothing after another,
+	// even if the node has lost the VIP again by then.
+	m := r.c.sweepMatch(r.c.gen.Load())
+	r.c.SetLeading(false)
+	if !m(onVIP) || m(offVIP) {
+		t.Fatal("the sweep of this generation does not match the sessions on the VIP (only)")
+	}
+	r.c.SetLeading(true)
+	r.c.SetLeading(false)
+	if m(onVIP) {
+		t.Fatal("a sweep decided before the node took the VIP again still matches")
+	}
+}
+
+// The check before re-announcing: a node keeping an address inherited
+// through an in-place upgrade passes it before it has won its election
+// (its burst's second round came before the election, and it dropped the
+// address); once another node leads, or the hold ends, only a quorum's
+// confirmation does.
+func TestVerifyDuringInheritedHold(t *testing.T) {
+	r := newRig(t, func(c *ControllerConfig) { c.HoldUntil = time.Now().Add(300 * time.Millisecond) })
+	r.cl.setLeader("") // electing
+	if err := r.c.Verify(); err != nil {
+		t.Fatalf("during the hold, no leader known: %v", err)
+	}
+	r.cl.setLeader("n2")
+	if err := r.c.Verify(); err == nil {
+		t.Fatal("passed while another node leads")
+	}
+	r.cl.setLeader("")
+	waitUntil(t, "the hold to end", 5*time.Second, func() bool { return r.c.Verify() != nil })
+	r.cl.setLeader("n1")
+	if err := r.c.Verify(); err != nil {
+		t.Fatalf("leader: %v", err)
 	}
 }

@@ -67,6 +67,30 @@ func Decide(in Inputs) Decision {
 	return Keep
 }
 
+// SweepInputs are the facts a node decides from whether to end its
+// relayed sessions on the VIP (Sweep).
+type SweepInputs struct {
+	Holding     bool          // this node holds the VIP, or means to (it is acquiring it)
+	OtherLeader bool          // another node is known to lead, and so to hold the VIP
+	Without     time.Duration // how long this node has been without the VIP
+	Grace       time.Duration // how long a node without the VIP and with no other leader known keeps them
+}
+
+// Sweep decides whether a node ends its sessions on the VIP. The address
+// itself is released at once whenever this node does not lead (the fence;
+// Decide, OnLeadership); its established sessions are another matter:
+// while nobody else holds the address their clients' packets reach no
+// one, but the sessions are intact, and a node that lost its leadership
+// for a moment (a starved machine missing its 250 ms lease) and wins it
+// back keeps serving them; ending them at once made every such blink a
+// reconnect storm. So they end once another node is known to lead (its
+// announcements pull the clients over, and it resets their connections),
+// or after the grace (a node cut off from the cluster frees its backend
+// connections).
+func Sweep(in SweepInputs) bool {
+	return !in.Holding && (in.OtherLeader || in.Without >= in.Grace)
+}
+
 // Change is what a leadership notification leads to.
 type Change struct {
 	Own      bool // the desired state of the addresses: held exactly while leading

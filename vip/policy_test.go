@@ -113,3 +113,22 @@ func TestPreemption(t *testing.T) {
 		t.Fatalf("a follower moved to %q (since %v)", to, p.since)
 	}
 }
+
+// Sweep: a node without the VIP ends its sessions on it once another node
+// leads, or after the grace; never while it holds or is taking the VIP.
+func TestSweep(t *testing.T) {
+	g := 3 * time.Second
+	for _, tc := range []struct {
+		in   SweepInputs
+		want bool
+	}{
+		{SweepInputs{Holding: true, OtherLeader: true, Without: time.Hour, Grace: g}, false},
+		{SweepInputs{Holding: false, OtherLeader: true, Without: 0, Grace: g}, true},
+		{SweepInputs{Holding: false, OtherLeader: false, Without: time.Second, Grace: g}, false},
+		{SweepInputs{Holding: false, OtherLeader: false, Without: g, Grace: g}, true},
+	} {
+		if got := Sweep(tc.in); got != tc.want {
+			t.Errorf("Sweep(%+v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}

@@ -95,6 +95,11 @@ const (
 	// DefaultMoveDrain: a planned move waits this long for sessions to end
 	// at a response boundary before moving anyway.
 	DefaultMoveDrain = 5 * time.Second
+	// DefaultSweepGrace: a node that lost the VIP and knows of no other
+	// leader ends its sessions on the VIP after this long (leader mode;
+	// see Sweep): longer than an election on a loaded machine, shorter
+	// than a client's patience.
+	DefaultSweepGrace = 3 * time.Second
 )
 
 // Manager owns the virtual addresses of one node: it holds the wanted

@@ -141,6 +141,10 @@ func (d *Daemon) setupLeaderVIP(cfg *config.Config, m *vip.Manager, ips []netip.
 		Log:       d.Log.With("component", "vip"),
 	})
 	d.vip.ctrl = ctrl
+	// Announcements are checked by the policy: a quorum confirms this
+	// node leads, or it keeps an address inherited through an in-place
+	// upgrade before its election.
+	m.SetVerify(ctrl.Verify)
 	agent.OnLeadership(ctrl.SetLeading)
 	agent.RunWhileLeader(ctrl.Preempt)
 	// Both run until the proxy has stopped at shutdown: the guard ends
