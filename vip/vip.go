@@ -112,6 +112,9 @@ type Manager struct {
 	detached atomic.Bool                         // Detach: hands off, the addresses stay as they are
 	verify   atomic.Pointer[func() error]
 	kick     chan struct{}
+	// rmu is held for a whole reconcile: Detach waits for one in flight,
+	// so that none that started before it removes an address after it.
+	rmu sync.Mutex
 
 	mu      sync.Mutex
 	st      map[netip.Addr]*addrState // by address, one per configured address
@@ -362,8 +365,14 @@ func (m *Manager) Run(ctx context.Context) {
 // Detach stops managing the addresses without touching them: Run returns
 // and leaves them as they are. For an in-place upgrade, where the new
 // process takes over (and removing the address would cut the service).
+// It returns once no reconcile is in flight: the old process then stops
+// leading, which makes its desired state "none", and a reconcile that had
+// begun before Detach but read the desired state after that would remove
+// the address under the new process.
 func (m *Manager) Detach() {
 	m.detached.Store(true)
+	m.rmu.Lock()
+	m.rmu.Unlock() //nolint:staticcheck // an empty critical section: waits for a reconcile in flight
 	select {
 	case m.kick <- struct{}{}:
 	default:
@@ -371,6 +380,13 @@ func (m *Manager) Detach() {
 }
 
 func (m *Manager) reconcile() {
+	m.rmu.Lock()
+	defer m.rmu.Unlock()
+	m.reconcileLocked()
+}
+
+// reconcileLocked is reconcile with rmu held.
+func (m *Manager) reconcileLocked() {
 	if m.detached.Load() {
 		return
 	}
@@ -469,7 +485,7 @@ func (m *Manager) announce(now time.Time, as []Address, fresh int) {
 			if err := v(); err != nil {
 				m.log.Warn("could not confirm ownership before re-announcing; releasing", "error", err)
 				m.SetWant(nil)
-				m.reconcile()
+				m.reconcileLocked()
 				return
 			}
 		}

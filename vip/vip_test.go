@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -211,6 +212,70 @@ func TestVIPChild(t *testing.T) {
 		t.Fatalf("counters: %d changes, %d announcements", c, a)
 	}
 	t.Logf("changes %v, %d ownership changes, %d announcements", changes, c, a)
+
+	inheritedAndDetach(t, v4, v6)
+}
+
+// inheritedAndDetach: the two halves of an in-place upgrade of the owner,
+// with the mechanism on a real interface. The new process keeps the
+// inherited address through its announcement rounds before it has won its
+// election (the policy's check passes during the hold); the old process's
+// Detach waits for a reconcile in flight, and nothing after it removes the
+// address although the old process stops wanting it.
+func inheritedAndDetach(t *testing.T, v4, v6 Address) {
+	m, err := New(Config{Addresses: []Address{v4, v6}, BurstCount: 3, BurstInterval: 50 * time.Millisecond,
+		Refresh: 100 * time.Millisecond, Reconcile: 20 * time.Millisecond, Log: discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &fakeCluster{rec: &recorder{}, self: "n1", voters: voters3, alive: allAlive} // no leader known: electing
+	c := NewController(ControllerConfig{Holder: m, Leadership: cl, Sessions: &fakeSessions{rec: &recorder{}},
+		Addresses: []netip.Addr{v4.Prefix.Addr(), v6.Prefix.Addr()}, HoldUntil: time.Now().Add(time.Minute),
+		Go: func(func(context.Context)) bool { return false }, Log: discard})
+	m.SetVerify(c.Verify)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	waitUntil(t, "the inherited addresses held", waitLimit, func() bool { return m.Owned() })
+	// The burst's checked rounds and two refreshes, all before any leader.
+	waitUntil(t, "five announcement rounds", waitLimit, func() bool { _, a := m.Counters(); return a >= 10 })
+	changes, _ := m.Counters()
+	if p, _ := hasAddr(v4); !p || changes != 2 || !m.Owned() {
+		t.Fatalf("inherited address: present %v, %d ownership changes (want the 2 acquisitions only), owned %v", p, changes, m.Owned())
+	}
+
+	// The old process: a reconcile in flight (its check blocked) when
+	// Detach is called; meanwhile the node stops leading.
+	entered, unblock := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	m.SetVerify(func() error {
+		once.Do(func() { close(entered) })
+		<-unblock
+		return fmt.Errorf("raft is shut down")
+	})
+	m.Reannounce()
+	<-entered
+	detached := make(chan struct{})
+	go func() { m.Detach(); close(detached) }()
+	select {
+	case <-detached:
+		t.Fatal("Detach returned while a reconcile was in flight")
+	case <-time.After(100 * time.Millisecond):
+	}
+	m.SetOwner(false) // the old process lost leadership at the handoff
+	close(unblock)
+	<-detached
+	<-done // Run returns after Detach
+	time.Sleep(100 * time.Millisecond)
+	for _, a := range []Address{v4, v6} {
+		if p, _ := hasAddr(a); !p {
+			t.Fatalf("%v removed after Detach", a)
+		}
+	}
+	if _, err := RemoveAll([]Address{v4, v6}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // waitLimit bounds a wait for a condition: generous, because a test
