@@ -34,6 +34,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -112,6 +113,8 @@ type Server struct {
 	cmd    *exec.Cmd
 	done   chan struct{}
 	output *daemon.Output
+	// proxyProtocol: the listener requires a PROXY header first.
+	proxyProtocol bool
 
 	stopOnce sync.Once
 }
@@ -250,6 +253,7 @@ func startOnce(opts Options) (s *Server, err error) {
 	if err := s.launch(); err != nil {
 		return nil, err
 	}
+	s.proxyProtocol = opts.ProxyProtocol
 	if err := s.waitReady(opts.StartTimeout); err != nil {
 		s.Stop()
 		out := s.Log()
@@ -377,8 +381,14 @@ func (s *Server) launch() error {
 
 // expectBanner reads the greeting on c and checks that it is this
 // harness's Postfix (smtpd_banner, myhostname in mainCF).
-func expectBanner(c net.Conn) error {
-	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+// A Postfix that requires a PROXY header answers only after one.
+func expectBanner(c net.Conn, proxyHeader bool) error {
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if proxyHeader {
+		if _, err := io.WriteString(c, "PROXY TCP4 127.0.0.1 127.0.0.1 1 2\r\n"); err != nil {
+			return fmt.Errorf("send a PROXY header: %w", err)
+		}
+	}
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
 		return fmt.Errorf("read the greeting: %w", err)
@@ -401,7 +411,7 @@ func (s *Server) waitReady(timeout time.Duration) error {
 		if err == nil {
 			// Another process may hold the port picked for Postfix: only
 			// Postfix's own banner counts.
-			err = expectBanner(c)
+			err = expectBanner(c, s.proxyProtocol)
 			c.Close()
 			if err == nil {
 				return nil
