@@ -63,8 +63,8 @@ func TestThrottle(t *testing.T) {
 	lis.Director = dir
 	th := &fakeThrottle{block: map[string]bool{"mallory": true}, delay: 300 * time.Millisecond}
 	r := newRig(t, lis, Options{})
-	r.env.Throttle = th
-	c := dial(t, r.addr())
+	r.Env.Throttle = th
+	c := dial(t, r.Addr())
 	c.cmd("USER mallory", "+OK")
 	c.cmd("PASS x", "-ERR [SYS/TEMP] Too many failed logins, try again later.\r\n")
 	if n := dir.n.Load(); n != 0 {
@@ -78,11 +78,11 @@ func TestThrottle(t *testing.T) {
 	}
 	c.cmd("AUTH PLAIN "+session.PlainResponse(session.Credentials{User: "mallory", Password: "z"}), "-ERR [SYS/TEMP] Too many failed logins")
 	c.expect("-ERR Too many authentication failures.\r\n")
-	c.eof()
-	if res := r.result(); res.end.Reason != session.EndTooManyAuthFailures {
-		t.Errorf("session ended with %+v", res.end)
+	c.EOF()
+	if res := r.Result(); res.End.Reason != session.EndTooManyAuthFailures {
+		t.Errorf("session ended with %+v", res.End)
 	}
-	ev := r.loginEvents()
+	ev := r.LoginEvents()
 	if len(ev) != 3 || ev[0].Result != session.ResultLimit || ev[1].Result != session.ResultBadCreds || ev[2].Result != session.ResultLimit {
 		t.Errorf("login events %+v", ev)
 	}
