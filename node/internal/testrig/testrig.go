@@ -96,6 +96,10 @@ func StartBackend(t *testing.T, serve func(net.Conn)) *Backend {
 // Port is the port the backend listens on.
 func (b *Backend) Port() int { return b.ln.Addr().(*net.TCPAddr).Port }
 
+// Close stops listening (a backend that went down); connections already
+// accepted go on.
+func (b *Backend) Close() { b.ln.Close() }
+
 // Record notes a line the backend received.
 func (b *Backend) Record(line string) {
 	b.mu.Lock()
