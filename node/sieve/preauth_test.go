@@ -1,8 +1,6 @@
 package sieve
 
 import (
-	"context"
-	"net/netip"
 	"testing"
 	"time"
 
@@ -11,19 +9,12 @@ import (
 	"github.com/portico-mail/portico/routing"
 )
 
-// blockAll is a throttle that blocks every attempt.
-type blockAll struct{}
-
-func (blockAll) Begin(context.Context, netip.Addr, string) (session.ThrottleAttempt, string) {
-	return nil, "ip"
-}
-
 // A blocked login gets NO (TRYLATER) without reaching the backend, and
 // counts toward max_auth_failures.
 func TestThrottled(t *testing.T) {
 	fb := startBackend(t, &fakeBackend{})
 	r := newRig(t, testListener(routing.TLSNone, nil, true), backendAt(fb.Port(), routing.ForwardNone))
-	r.Env.Throttle = blockAll{}
+	r.Env.Throttle = &testrig.Throttle{All: true}
 	c, _ := dial(t, r.Addr())
 	for i := 0; i < 3; i++ {
 		c.cmd(`AUTHENTICATE "PLAIN" "`+testrig.PlainIR("", "alice", "secret")+`"`, `NO (TRYLATER) "Too many failed logins`)

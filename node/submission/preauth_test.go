@@ -1,8 +1,6 @@
 package submission
 
 import (
-	"context"
-	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,19 +11,12 @@ import (
 	"github.com/portico-mail/portico/routing"
 )
 
-// blockAll is a throttle that blocks every attempt.
-type blockAll struct{}
-
-func (blockAll) Begin(context.Context, netip.Addr, string) (session.ThrottleAttempt, string) {
-	return nil, "ip"
-}
-
 // A blocked login gets a temporary 454 without reaching the backend, and
 // counts toward max_auth_failures.
 func TestThrottled(t *testing.T) {
 	fb := startBackend(t, &fakeBackend{})
 	r := newRig(t, testListener(routing.TLSNone, nil, true), backendAt(fb.Port(), routing.ForwardNone))
-	r.Env.Throttle = blockAll{}
+	r.Env.Throttle = &testrig.Throttle{All: true}
 	c := dial(t, r.Addr())
 	c.cmd("EHLO c", "250 ")
 	for i := 0; i < 3; i++ {

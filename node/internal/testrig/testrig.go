@@ -386,3 +386,49 @@ func XOAuth2(user, token string) string {
 func TLSServerConfig(t testing.TB) *tls.Config {
 	return &tls.Config{Certificates: []tls.Certificate{SelfSigned(t)}}
 }
+
+// ---- throttle ----
+
+// Throttle is a session.Throttle that blocks every user (All) or those
+// in Block, and records failed attempts, each answered with Delay.
+type Throttle struct {
+	All   bool
+	Block map[string]bool
+	Delay time.Duration
+
+	mu     sync.Mutex
+	failed []string // "address user"
+}
+
+// Begin implements session.Throttle.
+func (f *Throttle) Begin(_ context.Context, ip netip.Addr, user string) (session.ThrottleAttempt, string) {
+	if f.All || f.Block[user] {
+		return nil, "ip"
+	}
+	return &throttleAttempt{f: f, ip: ip, user: user}, ""
+}
+
+// Failures returns the failed attempts recorded: "address user".
+func (f *Throttle) Failures() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.failed...)
+}
+
+// throttleAttempt records how an attempt ended.
+type throttleAttempt struct {
+	f    *Throttle
+	ip   netip.Addr
+	user string
+}
+
+func (p *throttleAttempt) Failed() time.Duration {
+	p.f.mu.Lock()
+	defer p.f.mu.Unlock()
+	p.f.failed = append(p.f.failed, p.ip.String()+" "+p.user)
+	return p.f.Delay
+}
+
+func (p *throttleAttempt) Succeeded() {}
+
+func (p *throttleAttempt) Release() {}
