@@ -266,29 +266,16 @@ func (b *backend) bearerLogin(m *session.Bearer) ([]byte, error) {
 	if !upstream.HasWord(b.caps["SASL"], m.Mechanism) {
 		return nil, phaseError(phaseAuth, fmt.Errorf("backend does not offer SASL %s", m.Mechanism))
 	}
-	ir := session.EncodeChallenge(m.Message)
-	cmd := "AUTH " + m.Mechanism + " " + ir
-	pending := "" // the message, when it waits for the empty challenge
-	if len(cmd)+2 > maxAuthLine {
-		cmd, pending = "AUTH "+m.Mechanism, ir
-	}
+	x, cmd := upstream.NewBearer("AUTH", m, maxAuthLine)
 	r, err := b.command(cmd)
-	var challenge []byte
-	challenged := false
-	for n := 0; err == nil && (r == "+" || strings.HasPrefix(r, "+ ")); n++ {
-		switch {
-		case pending != "":
-			r, err = b.command(pending)
-			pending = ""
-		case !challenged:
-			challenged = true
-			challenge = session.DecodeBearerChallenge([]byte(strings.TrimPrefix(r, "+")))
-			r, err = b.command(session.EncodeChallenge(session.BearerDummyResponse(m.Mechanism)))
-		default:
+	for err == nil && (r == "+" || strings.HasPrefix(r, "+ ")) {
+		line, ok := x.Next(strings.TrimPrefix(r, "+"))
+		if !ok {
 			// A third round: cancel, and take the backend as broken.
 			_, _ = b.command("*")
 			return nil, phaseError(phaseAuth, errors.New("backend asked for more than the bearer message and the dummy response"))
 		}
+		r, err = b.command(line)
 	}
 	if err != nil {
 		return nil, phaseError(phaseAuth, err)
@@ -298,7 +285,7 @@ func (b *backend) bearerLogin(m *session.Bearer) ([]byte, error) {
 		return []byte(sanitize(r) + "\r\n"), nil
 	case isERR(r):
 		rej := backendReject(r)
-		rej.Challenge = challenge
+		rej.Challenge = x.Challenge
 		return nil, rej
 	}
 	return nil, phaseError(phaseAuth, fmt.Errorf("unexpected reply %q", upstream.Shorten(r)))

@@ -363,31 +363,19 @@ func (b *backend) bearerAuth(m *session.Bearer) ([]byte, error) {
 	if !ok || !upstream.HasWord(mechs, m.Mechanism) {
 		return nil, phaseError(phaseAuth, fmt.Errorf("backend does not offer AUTH %s here (AUTH %q)", m.Mechanism, upstream.Trunc([]byte(mechs))))
 	}
-	ir := session.EncodeChallenge(m.Message)
-	cmd, pending := "AUTH "+m.Mechanism+" "+ir, ""
-	if len(cmd)+2 > maxAuthLine {
-		cmd, pending = "AUTH "+m.Mechanism, ir
-	}
+	x, cmd := upstream.NewBearer("AUTH", m, maxAuthLine)
 	r, err := b.command(cmd)
-	var challenge []byte
-	challenged := false
 	for err == nil && r.code == 334 {
 		text := ""
 		if len(r.lines) > 0 {
 			text = r.lines[0]
 		}
-		switch {
-		case pending != "":
-			r, err = b.command(pending)
-			pending = ""
-		case !challenged:
-			challenged = true
-			challenge = session.DecodeBearerChallenge([]byte(text))
-			r, err = b.command(session.EncodeChallenge(session.BearerDummyResponse(m.Mechanism)))
-		default:
+		line, ok := x.Next(text)
+		if !ok {
 			_, _ = b.command("*")
 			return nil, phaseError(phaseAuth, fmt.Errorf("backend asked for more than the bearer message and the dummy response: %q", upstream.Trunc(r.raw)))
 		}
+		r, err = b.command(line)
 	}
 	if err != nil {
 		return nil, phaseError(phaseAuth, err)
@@ -396,7 +384,7 @@ func (b *backend) bearerAuth(m *session.Bearer) ([]byte, error) {
 	case r.code == 235:
 		return r.raw, nil
 	case r.code == 535:
-		return nil, &session.BackendRejected{Reply: r.raw, Text: upstream.Trunc(r.raw), Challenge: challenge}
+		return nil, &session.BackendRejected{Reply: r.raw, Text: upstream.Trunc(r.raw), Challenge: x.Challenge}
 	case r.class() == 4:
 		return nil, &session.BackendRejected{Reply: []byte(replyUnavailable), Text: upstream.Trunc(r.raw), Temporary: true}
 	}

@@ -110,3 +110,41 @@ func TestStartTLSRefusals(t *testing.T) {
 		t.Errorf("configuration error: %v", err)
 	}
 }
+
+// A bearer login: the message on the command line when it fits, else
+// after the empty challenge; then the dummy response to the error
+// challenge, which is kept; a third continuation is refused.
+func TestBearer(t *testing.T) {
+	m, err := session.ParseBearer(session.MechXOAuth2, []byte("user=alice\x01auth=Bearer tok\x01\x01"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ir := session.EncodeChallenge(m.Message)
+	dummy := session.EncodeChallenge(session.BearerDummyResponse(m.Mechanism))
+	status := session.EncodeChallenge([]byte(`{"status":"invalid_token"}`))
+
+	x, cmd := NewBearer("AUTH", m, 255)
+	if cmd != "AUTH XOAUTH2 "+ir {
+		t.Fatalf("command %q", cmd)
+	}
+	if l, ok := x.Next(" " + status); !ok || l != dummy || string(x.Challenge) != `{"status":"invalid_token"}` {
+		t.Fatalf("first continuation: %q %v %q", l, ok, x.Challenge)
+	}
+	if _, ok := x.Next(""); ok {
+		t.Fatal("a second error challenge answered")
+	}
+
+	x, cmd = NewBearer("AUTH", m, len("AUTH XOAUTH2 "+ir)+1)
+	if cmd != "AUTH XOAUTH2" {
+		t.Fatalf("long command %q", cmd)
+	}
+	if l, ok := x.Next(""); !ok || l != ir || x.Challenge != nil {
+		t.Fatalf("empty challenge: %q %v", l, ok)
+	}
+	if l, ok := x.Next(status); !ok || l != dummy || x.Challenge == nil {
+		t.Fatalf("error challenge: %q %v", l, ok)
+	}
+	if _, ok := x.Next(status); ok {
+		t.Fatal("a third continuation answered")
+	}
+}
