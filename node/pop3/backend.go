@@ -245,7 +245,7 @@ func (b *backend) login(c session.Credentials) ([]byte, error) {
 	}
 	switch {
 	case isOK(r):
-		return []byte(sanitize(r) + "\r\n"), nil
+		return []byte(upstream.OneLine(r) + "\r\n"), nil
 	case isERR(r):
 		return nil, backendReject(r)
 	}
@@ -282,7 +282,7 @@ func (b *backend) bearerLogin(m *session.Bearer) ([]byte, error) {
 	}
 	switch {
 	case isOK(r):
-		return []byte(sanitize(r) + "\r\n"), nil
+		return []byte(upstream.OneLine(r) + "\r\n"), nil
 	case isERR(r):
 		rej := backendReject(r)
 		rej.Challenge = x.Challenge
@@ -303,7 +303,7 @@ func (b *backend) bearerLogin(m *session.Bearer) ([]byte, error) {
 //     credentials were right; passed through, not counted as a failure.
 //   - anything else ([AUTH], no code): a wrong password; passed through.
 func backendReject(r string) *session.BackendRejected {
-	rej := &session.BackendRejected{Reply: []byte(sanitize(r) + "\r\n"), Text: upstream.Shorten(r)}
+	rej := &session.BackendRejected{Reply: []byte(upstream.OneLine(r) + "\r\n"), Text: upstream.Shorten(r)}
 	code := strings.ToUpper(respCode(r))
 	switch {
 	case strings.HasPrefix(code, "SYS/"):
@@ -331,19 +331,4 @@ func respCode(r string) string {
 		return ""
 	}
 	return code
-}
-
-// sanitize makes a backend line safe to send as one client line: CR, LF
-// and NUL become spaces; other bytes are kept as they are.
-func sanitize(s string) string {
-	if !strings.ContainsAny(s, "\r\n\x00") {
-		return s
-	}
-	b := []byte(s)
-	for i, c := range b {
-		if c == '\r' || c == '\n' || c == 0 {
-			b[i] = ' '
-		}
-	}
-	return string(b)
 }

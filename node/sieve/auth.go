@@ -2,6 +2,7 @@ package sieve
 
 import (
 	"github.com/portico-mail/portico/node/internal/saslauth"
+	"github.com/portico-mail/portico/node/internal/upstream"
 	"github.com/portico-mail/portico/node/session"
 )
 
@@ -69,7 +70,7 @@ var refusals = saslauth.Refusals{
 var replies = saslauth.Replies{
 	AuthFailed: replyAuthFailed, Unavailable: replyUnavailable, Throttled: replyThrottled,
 	TooManyAuth: replyTooManyAuth, InternalError: replyInternalError,
-	Refusal: func(r *session.Refusal) string { return "NO " + quote(sanitize(r.Reply)) + "\r\n" },
+	Refusal: func(r *session.Refusal) string { return "NO " + quote(upstream.OneLine(r.Reply)) + "\r\n" },
 }
 
 // login runs one attempt through the session orchestration and answers the

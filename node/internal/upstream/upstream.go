@@ -95,6 +95,22 @@ func HasWord(list, w string) bool {
 	return false
 }
 
+// OneLine makes a backend's or an authentication server's text safe as
+// (part of) one line for the client: CR, LF and NUL become spaces; other
+// bytes are kept as they are.
+func OneLine(s string) string {
+	if !strings.ContainsAny(s, "\r\n\x00") {
+		return s
+	}
+	b := []byte(s)
+	for i, c := range b {
+		if c == '\r' || c == '\n' || c == 0 {
+			b[i] = ' '
+		}
+	}
+	return string(b)
+}
+
 // Shorten cuts a backend line to MaxShownReply bytes for errors and logs.
 func Shorten(s string) string {
 	if len(s) > MaxShownReply {

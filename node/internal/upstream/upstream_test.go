@@ -148,3 +148,13 @@ func TestBearer(t *testing.T) {
 		t.Fatal("a third continuation answered")
 	}
 }
+
+func TestOneLine(t *testing.T) {
+	for in, want := range map[string]string{
+		"OK fine": "OK fine", "a\r\nb": "a  b", "nul\x00here": "nul here", "\xff\x01": "\xff\x01", "": "",
+	} {
+		if got := OneLine(in); got != want {
+			t.Errorf("OneLine(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
