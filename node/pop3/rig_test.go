@@ -174,10 +174,7 @@ func (fb *fakeBackend) serve(c net.Conn) {
 type rig = testrig.Proxy
 
 func testListener(mode routing.TLSMode, cfg *tls.Config, allowPlain bool) *session.Listener {
-	lim := session.DefaultLimits(routing.POP3)
-	lim.AuthFailureDelay = 10 * time.Millisecond
-	lim.BackendTimeout = 3 * time.Second
-	return &session.Listener{Name: "t", Protocol: routing.POP3, TLS: mode, TLSConfig: cfg, AllowPlaintextAuth: allowPlain, Limits: lim}
+	return testrig.Listener(routing.POP3, mode, cfg, allowPlain)
 }
 
 // backendAt is a backend entry for a fake backend (or any port).

@@ -158,12 +158,10 @@ func (fb *fakeBackend) serve(c net.Conn) {
 type rig = testrig.Proxy
 
 func testListener(mode routing.TLSMode, cfg *tls.Config, allowPlain bool) *session.Listener {
-	lim := session.DefaultLimits(routing.Sieve)
-	lim.AuthFailureDelay = 10 * time.Millisecond
-	lim.BackendTimeout = 3 * time.Second
-	lim.MaxLine = 1024
-	lim.MaxLiteral = 1024
-	return &session.Listener{Name: "t", Protocol: routing.Sieve, TLS: mode, TLSConfig: cfg, AllowPlaintextAuth: allowPlain, Limits: lim}
+	lis := testrig.Listener(routing.Sieve, mode, cfg, allowPlain)
+	lis.Limits.MaxLine = 1024
+	lis.Limits.MaxLiteral = 1024
+	return lis
 }
 
 func backendAt(port int, forward routing.ForwardMode) routing.Backend {

@@ -123,6 +123,15 @@ func (b *Backend) Connections() int {
 
 // ---- proxy ----
 
+// Listener is a listener of protocol p for tests: the protocol's default
+// limits with a 10 ms failed-login delay and a 3 s backend timeout.
+func Listener(p routing.Protocol, mode routing.TLSMode, cfg *tls.Config, allowPlain bool) *session.Listener {
+	lim := session.DefaultLimits(p)
+	lim.AuthFailureDelay = 10 * time.Millisecond
+	lim.BackendTimeout = 3 * time.Second
+	return &session.Listener{Name: "t", Protocol: p, TLS: mode, TLSConfig: cfg, AllowPlaintextAuth: allowPlain, Limits: lim}
+}
+
 // Result is what one Serve call produced.
 type Result struct {
 	Handoff *session.Handoff
