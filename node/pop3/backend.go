@@ -101,10 +101,7 @@ func (b *backend) line() (string, error) {
 
 // command sends one line and reads the single-line reply.
 func (b *backend) command(cmd string) (string, error) {
-	if _, err := b.w.WriteString(cmd + "\r\n"); err != nil {
-		return "", err
-	}
-	if err := b.w.Flush(); err != nil {
+	if err := upstream.Send(b.w, cmd); err != nil {
 		return "", err
 	}
 	return b.line()

@@ -212,10 +212,7 @@ func (b *backend) command(cmd string) (*response, error) {
 // exchange sends one line and reads one response, which may be a SASL
 // challenge (no status).
 func (b *backend) exchange(cmd string) (*response, error) {
-	if _, err := b.w.WriteString(cmd + "\r\n"); err != nil {
-		return nil, err
-	}
-	if err := b.w.Flush(); err != nil {
+	if err := upstream.Send(b.w, cmd); err != nil {
 		return nil, err
 	}
 	return b.response()

@@ -205,10 +205,7 @@ func (b *backend) reply() (*reply, error) {
 
 // command sends one command line and reads its reply.
 func (b *backend) command(cmd string) (*reply, error) {
-	if _, err := b.w.WriteString(cmd + "\r\n"); err != nil {
-		return nil, err
-	}
-	if err := b.w.Flush(); err != nil {
+	if err := upstream.Send(b.w, cmd); err != nil {
 		return nil, err
 	}
 	return b.reply()

@@ -6,6 +6,7 @@
 package upstream
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -56,6 +57,15 @@ func StartTLS(ctx context.Context, s *netx.Stream, tlsConfig func() (*tls.Config
 		_ = s.SetDeadline(dl)
 	}
 	return ctx.Err()
+}
+
+// Send writes one command line to the backend, CRLF added, and flushes
+// it.
+func Send(w *bufio.Writer, line string) error {
+	if _, err := w.WriteString(line + "\r\n"); err != nil {
+		return err
+	}
+	return w.Flush()
 }
 
 // ValidSessionID reports whether a session ID can be passed in XCLIENT's

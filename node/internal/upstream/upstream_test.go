@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -156,5 +157,13 @@ func TestOneLine(t *testing.T) {
 		if got := OneLine(in); got != want {
 			t.Errorf("OneLine(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestSend(t *testing.T) {
+	var out strings.Builder
+	w := bufio.NewWriterSize(&out, 16)
+	if err := Send(w, "CAPA"); err != nil || out.String() != "CAPA\r\n" || w.Buffered() != 0 {
+		t.Errorf("sent %q, %d buffered, %v", out.String(), w.Buffered(), err)
 	}
 }
