@@ -1,9 +1,9 @@
 package pop3
 
 import (
-	"errors"
 	"strings"
 
+	"github.com/portico-mail/portico/node/internal/saslauth"
 	"github.com/portico-mail/portico/node/session"
 )
 
@@ -78,56 +78,32 @@ func (s *conn) authCmd(cmd Command) (*session.Handoff, error) {
 	if mech == nil {
 		return nil, errUnsupported
 	}
-	var resp []byte
-	if hasIR {
-		var err error
-		if resp, err = session.DecodeResponse([]byte(ir)); err != nil {
-			return nil, saslError(err)
-		}
+	creds, err := saslauth.Exchange(mech, []byte(ir), hasIR, s.respond, &refusals)
+	if err != nil {
+		return nil, err
 	}
-	present := hasIR
-	for {
-		challenge, done, err := mech.Next(resp, present)
-		if err != nil {
-			return nil, saslError(err)
-		}
-		if done {
-			break
-		}
-		// RFC 5034 §4: "+" and a space, then the base64 challenge (nothing
-		// for an empty one).
-		s.write("+ " + session.EncodeChallenge(challenge) + "\r\n")
-		if err := s.d.Flush(); err != nil {
-			return nil, err
-		}
-		if err := s.d.Await(session.StateSASL); err != nil {
-			return nil, err
-		}
-		line, err := s.readLine()
-		if err != nil {
-			return nil, err
-		}
-		if resp, err = session.DecodeResponse(line); err != nil {
-			return nil, saslError(err)
-		}
-		present = true
-	}
-	return s.login(mech.Creds())
+	return s.login(creds)
 }
 
-func saslError(err error) error {
-	switch {
-	case errors.Is(err, session.ErrSASLCancelled):
-		// Counted like an error: otherwise AUTH and "*" could be
-		// repeated for as long as the session lives.
-		return errCancelled
-	case errors.Is(err, session.ErrSASLBadBase64):
-		return errBadBase64
-	case errors.Is(err, session.ErrBearerNoUser):
-		return errBearerNoUser
-	default:
-		return errBadAuthData
+// respond sends a challenge (RFC 5034 §4: "+" and a space, then the
+// base64 challenge, nothing for an empty one) and reads the response line.
+func (s *conn) respond(challenge []byte) ([]byte, error) {
+	if err := saslauth.Prompt(s.d, s.write, "+ "+session.EncodeChallenge(challenge)+"\r\n"); err != nil {
+		return nil, err
 	}
+	return s.readLine()
+}
+
+// refusals are the refused AUTH exchanges.
+var refusals = saslauth.Refusals{
+	Cancelled: errCancelled, BadBase64: errBadBase64, BearerNoUser: errBearerNoUser, BadAuthData: errBadAuthData,
+}
+
+// replies answer a failed login.
+var replies = saslauth.Replies{
+	AuthFailed: replyAuthFailed, Unavailable: replyUnavailable, Throttled: replyThrottled,
+	TooManyAuth: replyTooManyAuth, InternalError: replyInternalError,
+	Refusal: func(r *session.Refusal) string { return "-ERR " + r.Reply + "\r\n" },
 }
 
 // login runs one attempt through the session orchestration and answers the
@@ -136,14 +112,9 @@ func saslError(err error) error {
 //   - success: the backend's +OK line, then the hand-off;
 //   - the backend refused: its -ERR line, passed through (see
 //     backendReject for the codes that are replaced or not counted);
-//   - refused before the backend (no route...): replyAuthFailed, the same
-//     as a wrong password, so that user names cannot be probed;
-//   - no backend could be used (down, timeout, protocol error): the
-//     session stays open after replyUnavailable;
-//   - blocked by the failed-login throttle: replyThrottled.
-//
-// After MaxAuthFailures the reply is followed by replyTooManyAuth and the
-// session ends.
+//   - anything else as saslauth.Fail says, in POP3's words (replies);
+//     a failed bearer login's error challenge is "+ " and the base64 data
+//     (RFC 5034 §4), the dummy response a line.
 func (s *conn) login(creds session.Credentials) (*session.Handoff, error) {
 	if creds.Len() > s.d.Limits().MaxLiteral {
 		return nil, errCredsTooLong
@@ -153,71 +124,5 @@ func (s *conn) login(creds session.Credentials) (*session.Handoff, error) {
 		s.write(string(out.Reply))
 		return out.Handoff, nil
 	}
-	badAnswer := false
-	if out.Challenge != nil {
-		// A failed bearer login: the server's error challenge, the
-		// client's dummy response, then the failure (RFC 7628 §3.2.3).
-		var err error
-		if badAnswer, err = s.bearerChallenge(out.Challenge); err != nil {
-			return nil, err
-		}
-	}
-	switch {
-	case badAnswer:
-		// Its -ERR was written in place of the reply.
-	case out.Reply != nil:
-		s.write(string(out.Reply))
-	case out.Refusal != nil && out.Refusal.Kind == session.RefuseInternal:
-		// As nginx: the authentication source failed; end the session.
-		s.write(replyInternalError)
-		return nil, session.Ending(session.EndAuthError, nil)
-	case out.Result == session.ResultLimit:
-		s.write(replyThrottled)
-	case out.Refusal != nil && out.Refusal.Reply != "":
-		s.write("-ERR " + out.Refusal.Reply + "\r\n")
-	case out.Result == session.ResultBadCreds:
-		s.write(replyAuthFailed)
-	default:
-		s.write(replyUnavailable)
-	}
-	if out.Refusal != nil && out.Refusal.Close {
-		return nil, session.Ending(session.EndAuthRefused, nil)
-	}
-	if out.Close {
-		s.write(replyTooManyAuth)
-		return nil, session.Ending(session.EndTooManyAuthFailures, nil)
-	}
-	// A shutdown that came during the attempt is seen before the next
-	// read (session.Dialogue.Await), which says goodbye.
-	return nil, nil
-}
-
-// bearerChallenge sends a failed bearer login's error challenge (RFC 5034
-// §4: "+ " and the base64 data) and reads the client's response (RFC 7628
-// §3.2.3: a dummy, whose content does not matter; the exchange with the
-// backend is over). A response that is not one ("*", bad base64, too long)
-// is answered with its -ERR in place of the login's reply, and badAnswer
-// reports it. Errors are read errors, the Dialogue's.
-func (s *conn) bearerChallenge(challenge []byte) (badAnswer bool, err error) {
-	s.write("+ " + session.EncodeChallenge(challenge) + "\r\n")
-	if err := s.d.Flush(); err != nil {
-		return false, err
-	}
-	if err := s.d.Await(session.StateSASL); err != nil {
-		return false, err
-	}
-	line, err := s.readLine()
-	var pe *session.ProtocolError
-	switch {
-	case errors.As(err, &pe):
-		s.write(pe.Reply)
-		return true, nil
-	case err != nil:
-		return false, err
-	}
-	if _, err := session.DecodeResponse(line); err != nil {
-		s.write(saslError(err).(*session.ProtocolError).Reply)
-		return true, nil
-	}
-	return false, nil
+	return nil, saslauth.Fail(out, &replies, s.write, s.respond, &refusals)
 }

@@ -9,8 +9,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"time"
 
+	"github.com/portico-mail/portico/node/internal/upstream"
 	"github.com/portico-mail/portico/node/netx"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/routing"
@@ -20,8 +20,6 @@ import (
 const (
 	backendMaxLine  = 4096 // one response line, CRLF included
 	backendMaxCapas = 64   // lines of a CAPA response
-	maxSessionID    = 64   // Dovecot ignores longer XCLIENT SESSION values
-	maxShownReply   = 200  // bytes of a backend line quoted in an error
 )
 
 // Phases of the backend dialogue, as they label errors.
@@ -103,10 +101,7 @@ func (b *backend) line() (string, error) {
 
 // command sends one line and reads the single-line reply.
 func (b *backend) command(cmd string) (string, error) {
-	if _, err := b.w.WriteString(cmd + "\r\n"); err != nil {
-		return "", err
-	}
-	if err := b.w.Flush(); err != nil {
+	if err := upstream.Send(b.w, cmd); err != nil {
 		return "", err
 	}
 	return b.line()
@@ -118,7 +113,7 @@ func (b *backend) greeting() error {
 		return phaseError(phaseGreeting, err)
 	}
 	if !isOK(g) {
-		return phaseError(phaseGreeting, fmt.Errorf("%w: %q", session.ErrBackendGreeting, trunc(g)))
+		return phaseError(phaseGreeting, fmt.Errorf("%w: %q", session.ErrBackendGreeting, upstream.Shorten(g)))
 	}
 	// Dovecot's pop3-login announces XCLIENT to trusted clients in the
 	// greeting only, not in CAPA.
@@ -139,7 +134,7 @@ func (b *backend) capa() error {
 	case isERR(r):
 		return nil
 	case !isOK(r):
-		return phaseError(phaseCAPA, fmt.Errorf("unexpected reply %q", trunc(r)))
+		return phaseError(phaseCAPA, fmt.Errorf("unexpected reply %q", upstream.Shorten(r)))
 	}
 	b.capaOK = true
 	for n := 0; ; n++ {
@@ -179,31 +174,9 @@ func (b *backend) stls(ctx context.Context) error {
 		return phaseError(phaseSTLS, err)
 	}
 	if !isOK(r) {
-		return phaseError(phaseSTLS, fmt.Errorf("backend answered %q", trunc(r)))
+		return phaseError(phaseSTLS, fmt.Errorf("backend answered %q", upstream.Shorten(r)))
 	}
-	if b.r.Buffered() > 0 {
-		// Anything the backend sent after +OK would be injected plaintext.
-		return phaseError(phaseSTLS, errors.New("backend sent data after +OK"))
-	}
-	cfg, err := b.tlsConfig()
-	if err != nil {
-		return phaseError(phaseSTLS, err)
-	}
-	timeout := 10 * time.Second
-	dl, hasDL := ctx.Deadline()
-	if hasDL {
-		if timeout = time.Until(dl); timeout <= 0 {
-			return phaseError(phaseSTLS, context.DeadlineExceeded)
-		}
-	}
-	if err := b.stream.StartTLSClient(ctx, cfg, timeout); err != nil {
-		return phaseError(phaseSTLS, fmt.Errorf("TLS handshake: %w", err))
-	}
-	// The upgrade cleared the connection's deadline: restore the dialogue's.
-	if hasDL {
-		_ = b.stream.SetDeadline(dl)
-	}
-	if err := ctx.Err(); err != nil {
+	if err := upstream.StartTLS(ctx, b.stream, b.tlsConfig, "+OK"); err != nil {
 		return phaseError(phaseSTLS, err)
 	}
 	return b.capa()
@@ -217,7 +190,7 @@ func (b *backend) stls(ctx context.Context) error {
 func (b *backend) xclient() error {
 	cmd := "XCLIENT ADDR=" + b.remote.Addr().Unmap().WithZone("").String() +
 		" PORT=" + strconv.Itoa(int(b.remote.Port()))
-	if validSessionID(b.sessionID) {
+	if upstream.ValidSessionID(b.sessionID) {
 		cmd += " SESSION=" + b.sessionID
 	}
 	r, err := b.command(cmd)
@@ -228,21 +201,9 @@ func (b *backend) xclient() error {
 		// Logging in anyway would let the backend see (and rate-limit,
 		// log, apply IP rules to) the proxy's address instead of the
 		// client's: treat as a misconfigured backend.
-		return phaseError(phaseXCLIENT, fmt.Errorf("backend answered %q", trunc(r)))
+		return phaseError(phaseXCLIENT, fmt.Errorf("backend answered %q", upstream.Shorten(r)))
 	}
 	return nil
-}
-
-func validSessionID(id string) bool {
-	if id == "" || len(id) > maxSessionID {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		if c := id[i]; c <= ' ' || c >= 0x7f {
-			return false
-		}
-	}
-	return true
 }
 
 // login presents the client's credentials: AUTH PLAIN with an initial
@@ -254,12 +215,12 @@ func (b *backend) login(c session.Credentials) ([]byte, error) {
 	// Credentials the backend could not receive intact are refused as bad
 	// credentials, without sending them: a NUL would shift the fields of a
 	// PLAIN response, and USER/PASS cannot carry CR or LF.
-	if c.User == "" || strings.IndexByte(c.User, 0) >= 0 || strings.IndexByte(c.AuthzID, 0) >= 0 || strings.IndexByte(c.Password, 0) >= 0 {
-		return nil, &session.BackendRejected{Text: "credentials not representable (empty user or NUL byte); not sent"}
+	if rej := upstream.Unrepresentable(c, nil); rej != nil {
+		return nil, rej
 	}
 	var r string
 	var err error
-	if hasWord(b.caps["SASL"], "PLAIN") {
+	if upstream.HasWord(b.caps["SASL"], "PLAIN") {
 		r, err = b.command("AUTH PLAIN " + session.PlainResponse(c))
 		if err == nil && (r == "+" || strings.HasPrefix(r, "+ ")) {
 			return nil, phaseError(phaseAuth, errors.New("backend asked for more than the PLAIN initial response"))
@@ -281,11 +242,11 @@ func (b *backend) login(c session.Credentials) ([]byte, error) {
 	}
 	switch {
 	case isOK(r):
-		return []byte(sanitize(r) + "\r\n"), nil
+		return []byte(upstream.OneLine(r) + "\r\n"), nil
 	case isERR(r):
 		return nil, backendReject(r)
 	}
-	return nil, phaseError(phaseAuth, fmt.Errorf("unexpected reply %q", trunc(r)))
+	return nil, phaseError(phaseAuth, fmt.Errorf("unexpected reply %q", upstream.Shorten(r)))
 }
 
 // maxAuthLine is RFC 2449's bound on a command line (CRLF included); an
@@ -299,45 +260,32 @@ const maxAuthLine = 255
 // backend ends the exchange with -ERR (§3.2.3); the challenge is kept for
 // the client (BackendRejected.Challenge).
 func (b *backend) bearerLogin(m *session.Bearer) ([]byte, error) {
-	if !hasWord(b.caps["SASL"], m.Mechanism) {
+	if !upstream.HasWord(b.caps["SASL"], m.Mechanism) {
 		return nil, phaseError(phaseAuth, fmt.Errorf("backend does not offer SASL %s", m.Mechanism))
 	}
-	ir := session.EncodeChallenge(m.Message)
-	cmd := "AUTH " + m.Mechanism + " " + ir
-	pending := "" // the message, when it waits for the empty challenge
-	if len(cmd)+2 > maxAuthLine {
-		cmd, pending = "AUTH "+m.Mechanism, ir
-	}
+	x, cmd := upstream.NewBearer("AUTH", m, maxAuthLine)
 	r, err := b.command(cmd)
-	var challenge []byte
-	challenged := false
-	for n := 0; err == nil && (r == "+" || strings.HasPrefix(r, "+ ")); n++ {
-		switch {
-		case pending != "":
-			r, err = b.command(pending)
-			pending = ""
-		case !challenged:
-			challenged = true
-			challenge = session.DecodeBearerChallenge([]byte(strings.TrimPrefix(r, "+")))
-			r, err = b.command(session.EncodeChallenge(session.BearerDummyResponse(m.Mechanism)))
-		default:
+	for err == nil && (r == "+" || strings.HasPrefix(r, "+ ")) {
+		line, ok := x.Next(strings.TrimPrefix(r, "+"))
+		if !ok {
 			// A third round: cancel, and take the backend as broken.
 			_, _ = b.command("*")
 			return nil, phaseError(phaseAuth, errors.New("backend asked for more than the bearer message and the dummy response"))
 		}
+		r, err = b.command(line)
 	}
 	if err != nil {
 		return nil, phaseError(phaseAuth, err)
 	}
 	switch {
 	case isOK(r):
-		return []byte(sanitize(r) + "\r\n"), nil
+		return []byte(upstream.OneLine(r) + "\r\n"), nil
 	case isERR(r):
 		rej := backendReject(r)
-		rej.Challenge = challenge
+		rej.Challenge = x.Challenge
 		return nil, rej
 	}
-	return nil, phaseError(phaseAuth, fmt.Errorf("unexpected reply %q", trunc(r)))
+	return nil, phaseError(phaseAuth, fmt.Errorf("unexpected reply %q", upstream.Shorten(r)))
 }
 
 // backendReject turns a backend's -ERR to a login into what the client
@@ -352,7 +300,7 @@ func (b *backend) bearerLogin(m *session.Bearer) ([]byte, error) {
 //     credentials were right; passed through, not counted as a failure.
 //   - anything else ([AUTH], no code): a wrong password; passed through.
 func backendReject(r string) *session.BackendRejected {
-	rej := &session.BackendRejected{Reply: []byte(sanitize(r) + "\r\n"), Text: trunc(r)}
+	rej := &session.BackendRejected{Reply: []byte(upstream.OneLine(r) + "\r\n"), Text: upstream.Shorten(r)}
 	code := strings.ToUpper(respCode(r))
 	switch {
 	case strings.HasPrefix(code, "SYS/"):
@@ -380,36 +328,4 @@ func respCode(r string) string {
 		return ""
 	}
 	return code
-}
-
-func hasWord(list, w string) bool {
-	for _, f := range strings.Fields(list) {
-		if strings.EqualFold(f, w) {
-			return true
-		}
-	}
-	return false
-}
-
-// sanitize makes a backend line safe to send as one client line: CR, LF
-// and NUL become spaces; other bytes are kept as they are.
-func sanitize(s string) string {
-	if !strings.ContainsAny(s, "\r\n\x00") {
-		return s
-	}
-	b := []byte(s)
-	for i, c := range b {
-		if c == '\r' || c == '\n' || c == 0 {
-			b[i] = ' '
-		}
-	}
-	return string(b)
-}
-
-// trunc shortens a backend line for errors and logs.
-func trunc(s string) string {
-	if len(s) > maxShownReply {
-		return s[:maxShownReply] + "..."
-	}
-	return s
 }

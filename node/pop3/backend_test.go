@@ -8,20 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portico-mail/portico/node/internal/testrig"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/routing"
 )
 
 const replyUnavailableText = "-ERR [SYS/TEMP] Backend server unavailable, try again later.\r\n"
-
-// lastEventErr returns the error of the last login event ("" if none).
-func (r *rig) lastEventErr() string {
-	ev := r.loginEvents()
-	if len(ev) == 0 || ev[len(ev)-1].Err == nil {
-		return ""
-	}
-	return ev[len(ev)-1].Err.Error()
-}
 
 func TestBackendUnreachableSessionStaysOpen(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -31,14 +23,14 @@ func TestBackendUnreachableSessionStaysOpen(t *testing.T) {
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
 	r := newRig(t, testListener(routing.TLSNone, nil, true), Options{}, backendAt(port, routing.ForwardNone))
-	c := dial(t, r.addr())
+	c := dial(t, r.Addr())
 	for i := 0; i < 4; i++ { // more than MaxAuthFailures: not counted
 		c.cmd("USER alice", "+OK")
 		c.cmd("PASS secret", replyUnavailableText)
 	}
-	c.cmd("AUTH PLAIN "+plainIR("", "alice", "secret"), replyUnavailableText)
+	c.cmd("AUTH PLAIN "+testrig.PlainIR("", "alice", "secret"), replyUnavailableText)
 	c.cmd("QUIT", "+OK Logging out.")
-	if res := r.result(); res.ho != nil || res.end.Reason != session.EndLogout || res.end.Err != nil {
+	if res := r.Result(); res.Handoff != nil || res.End.Reason != session.EndLogout || res.End.Err != nil {
 		t.Fatalf("%+v", res)
 	}
 }
@@ -65,24 +57,24 @@ func TestBackendMisbehaves(t *testing.T) {
 			fb := startBackend(t, tc.fb)
 			lis := testListener(routing.TLSNone, nil, true)
 			lis.Limits.BackendTimeout = tc.timeout
-			r := newRig(t, lis, Options{}, backendAt(fb.port(), routing.ForwardNone))
-			c := dial(t, r.addr())
+			r := newRig(t, lis, Options{}, backendAt(fb.Port(), routing.ForwardNone))
+			c := dial(t, r.Addr())
 			c.cmd("USER alice", "+OK")
 			start := time.Now()
 			c.cmd("PASS secret", replyUnavailableText)
 			if d := time.Since(start); d > tc.maxWait {
 				t.Errorf("answered after %v", d)
 			}
-			if e := r.lastEventErr(); !strings.Contains(e, tc.errHas) {
+			if e := r.LastEventErr(); !strings.Contains(e, tc.errHas) {
 				t.Errorf("login error %q, want %q", e, tc.errHas)
 			}
 			if tc.name == "not POP3" {
-				if ev := r.loginEvents(); !errors.Is(ev[len(ev)-1].Err, session.ErrBackendGreeting) {
+				if ev := r.LoginEvents(); !errors.Is(ev[len(ev)-1].Err, session.ErrBackendGreeting) {
 					t.Errorf("error %v does not wrap ErrBackendGreeting", ev[len(ev)-1].Err)
 				}
 			}
 			c.cmd("QUIT", "+OK")
-			r.result()
+			r.Result()
 		})
 	}
 }
@@ -105,20 +97,20 @@ func TestXCLIENT(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			fb := startBackend(t, tc.fb)
-			r := newRig(t, testListener(routing.TLSNone, nil, true), Options{}, backendAt(fb.port(), tc.forward))
-			c := dial(t, r.addr())
+			r := newRig(t, testListener(routing.TLSNone, nil, true), Options{}, backendAt(fb.Port(), tc.forward))
+			c := dial(t, r.Addr())
 			c.cmd("USER alice", "+OK")
 			if tc.loginErr != "" {
 				c.cmd("PASS secret", replyUnavailableText)
 				c.cmd("QUIT", "+OK")
-				if e := r.lastEventErr(); !strings.Contains(e, tc.loginErr) {
+				if e := r.LastEventErr(); !strings.Contains(e, tc.loginErr) {
 					t.Errorf("login error %q, want %q", e, tc.loginErr)
 				}
 			} else {
 				c.cmd("PASS secret", "+OK Logged in.")
 			}
-			r.result()
-			got := fb.received()
+			r.Result()
+			got := fb.Received()
 			sent := false
 			for i, l := range got {
 				if l == xclient {
@@ -139,28 +131,28 @@ func TestBackendSTLS(t *testing.T) {
 	fb := startBackend(t, &fakeBackend{
 		Greeting: "+OK [XCLIENT] ready.",
 		Capa:     []string{"USER"}, // PLAIN only after TLS: the second CAPA decides
-		TLS:      &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}},
+		TLS:      &tls.Config{Certificates: []tls.Certificate{testrig.SelfSigned(t)}},
 	})
-	be := backendAt(fb.port(), routing.ForwardID)
+	be := backendAt(fb.Port(), routing.ForwardID)
 	be.TLS, be.InsecureSkipVerify = routing.TLSStartTLS, true
 	r := newRig(t, testListener(routing.TLSNone, nil, true), Options{}, be)
 	fb.Capa = []string{"USER", "SASL PLAIN"}
-	c := dial(t, r.addr())
+	c := dial(t, r.Addr())
 	c.cmd("USER alice", "+OK")
 	c.cmd("PASS secret", "+OK Logged in.")
-	res := r.result()
-	if res.ho == nil || res.ho.Backend.TLS() == nil {
+	res := r.Result()
+	if res.Handoff == nil || res.Handoff.Backend.TLS() == nil {
 		t.Fatalf("%+v", res)
 	}
-	got := fb.received()
-	want := []string{"CAPA", "STLS", "tls: CAPA", "tls: XCLIENT ADDR=198.51.100.7 PORT=4242 SESSION=SID1", "tls: AUTH PLAIN " + plainIR("", "alice", "secret")}
+	got := fb.Received()
+	want := []string{"CAPA", "STLS", "tls: CAPA", "tls: XCLIENT ADDR=198.51.100.7 PORT=4242 SESSION=SID1", "tls: AUTH PLAIN " + testrig.PlainIR("", "alice", "secret")}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Fatalf("backend got %q, want %q", got, want)
 	}
 }
 
 func TestBackendSTLSProblems(t *testing.T) {
-	cfg := &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
+	cfg := &tls.Config{Certificates: []tls.Certificate{testrig.SelfSigned(t)}}
 	cases := []struct {
 		name     string
 		fb       *fakeBackend
@@ -173,17 +165,17 @@ func TestBackendSTLSProblems(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			fb := startBackend(t, tc.fb)
-			be := backendAt(fb.port(), routing.ForwardNone)
+			be := backendAt(fb.Port(), routing.ForwardNone)
 			be.TLS, be.InsecureSkipVerify = routing.TLSStartTLS, tc.insecure
 			r := newRig(t, testListener(routing.TLSNone, nil, true), Options{}, be)
-			c := dial(t, r.addr())
-			c.cmd("AUTH PLAIN "+plainIR("", "alice", "secret"), replyUnavailableText)
+			c := dial(t, r.Addr())
+			c.cmd("AUTH PLAIN "+testrig.PlainIR("", "alice", "secret"), replyUnavailableText)
 			c.cmd("QUIT", "+OK")
-			r.result()
-			if e := r.lastEventErr(); !strings.Contains(e, tc.errHas) {
+			r.Result()
+			if e := r.LastEventErr(); !strings.Contains(e, tc.errHas) {
 				t.Errorf("login error %q, want %q", e, tc.errHas)
 			}
-			for _, l := range fb.received() {
+			for _, l := range fb.Received() {
 				if strings.Contains(l, "AUTH") || strings.Contains(l, "USER") {
 					t.Errorf("credentials sent without TLS: %q", l)
 				}
@@ -211,14 +203,14 @@ func TestBackendRejections(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			fb := startBackend(t, &fakeBackend{AuthReply: tc.authReply})
-			r := newRig(t, testListener(routing.TLSNone, nil, true), Options{}, backendAt(fb.port(), routing.ForwardNone))
-			c := dial(t, r.addr())
+			r := newRig(t, testListener(routing.TLSNone, nil, true), Options{}, backendAt(fb.Port(), routing.ForwardNone))
+			c := dial(t, r.Addr())
 			n := 1
 			if tc.result == session.ResultUnavailable {
 				n = 4 // beyond MaxAuthFailures: not counted as failures
 			}
 			for i := 0; i < n; i++ {
-				c.cmd("AUTH PLAIN "+plainIR("", "alice", "secret"), tc.client)
+				c.cmd("AUTH PLAIN "+testrig.PlainIR("", "alice", "secret"), tc.client)
 				if tc.result == session.ResultOK {
 					break
 				}
@@ -226,8 +218,8 @@ func TestBackendRejections(t *testing.T) {
 			if tc.result != session.ResultOK {
 				c.cmd("QUIT", "+OK Logging out.")
 			}
-			r.result()
-			ev := r.loginEvents()
+			r.Result()
+			ev := r.LoginEvents()
 			if ev[len(ev)-1].Result != tc.result {
 				t.Errorf("result %s, want %s", ev[len(ev)-1].Result, tc.result)
 			}
@@ -237,20 +229,20 @@ func TestBackendRejections(t *testing.T) {
 
 func TestBackendUserPassFallback(t *testing.T) {
 	fb := startBackend(t, &fakeBackend{NoCapa: true})
-	r := newRig(t, testListener(routing.TLSNone, nil, true), Options{}, backendAt(fb.port(), routing.ForwardNone))
-	c := dial(t, r.addr())
+	r := newRig(t, testListener(routing.TLSNone, nil, true), Options{}, backendAt(fb.Port(), routing.ForwardNone))
+	c := dial(t, r.Addr())
 	// Credentials USER/PASS cannot carry are refused without being sent.
-	c.cmd("AUTH PLAIN "+plainIR("", "alice", "sec\r\nQUIT"), "-ERR [AUTH] Authentication failed.")
+	c.cmd("AUTH PLAIN "+testrig.PlainIR("", "alice", "sec\r\nQUIT"), "-ERR [AUTH] Authentication failed.")
 	c.cmd("USER alice", "+OK")
 	c.cmd("PASS se\x00cret", "-ERR [AUTH] Authentication failed.")
 	// An authorization identity needs PLAIN at the backend.
-	c.cmd("AUTH PLAIN "+plainIR("bob", "alice", "secret"), replyUnavailableText)
-	if e := r.lastEventErr(); !strings.Contains(e, "AUTH: backend does not offer SASL PLAIN") {
+	c.cmd("AUTH PLAIN "+testrig.PlainIR("bob", "alice", "secret"), replyUnavailableText)
+	if e := r.LastEventErr(); !strings.Contains(e, "AUTH: backend does not offer SASL PLAIN") {
 		t.Errorf("login error %q", e)
 	}
-	c.cmd("AUTH PLAIN "+plainIR("", "alice", "secret"), "+OK Logged in.")
-	r.result()
-	got := strings.Join(fb.received(), "|")
+	c.cmd("AUTH PLAIN "+testrig.PlainIR("", "alice", "secret"), "+OK Logged in.")
+	r.Result()
+	got := strings.Join(fb.Received(), "|")
 	if want := "CAPA|CAPA|CAPA|CAPA|USER alice|PASS secret"; got != want {
 		t.Fatalf("backend got %q, want %q", got, want)
 	}

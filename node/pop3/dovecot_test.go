@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/integration/dovecot"
+	"github.com/portico-mail/portico/node/internal/testrig"
 	"github.com/portico-mail/portico/routing"
 )
 
@@ -47,50 +48,50 @@ func TestDovecot(t *testing.T) {
 
 	t.Run("starttls backend, USER/PASS, pipelined STAT", func(t *testing.T) {
 		r := newRig(t, testListener(routing.TLSNone, nil, true), Options{}, backend(routing.TLSStartTLS, dc.POP3Port))
-		r.relay = true
-		c := dial(t, r.addr())
+		r.Relay = true
+		c := dial(t, r.Addr())
 		c.cmd("USER alice", "+OK")
 		c.cmd("PASS wrong", "-ERR [AUTH] Authentication failed.\r\n")
-		c.send("USER alice\r\nPASS secret\r\nSTAT\r\n")
+		c.Send("USER alice\r\nPASS secret\r\nSTAT\r\n")
 		c.expect("+OK\r\n")
 		c.expect("+OK Logged in.\r\n")
 		c.expect("+OK 0 0\r\n") // from Dovecot, through the relay
 		c.cmd("QUIT", "+OK Logging out.")
-		c.eof()
-		if res := r.result(); res.ho == nil || string(res.pending) != "STAT\r\n" {
-			t.Fatalf("%+v pending %q", res, res.pending)
+		c.EOF()
+		if res := r.Result(); res.Handoff == nil || string(res.Pending) != "STAT\r\n" {
+			t.Fatalf("%+v pending %q", res, res.Pending)
 		}
 		checkLogin(t, true)
 	})
 
 	t.Run("implicit TLS backend, AUTH PLAIN and LOGIN", func(t *testing.T) {
 		r := newRig(t, testListener(routing.TLSNone, nil, true), Options{}, backend(routing.TLSImplicit, portOf(t, dc.POP3SAddr)))
-		r.relay = true
-		c := dial(t, r.addr())
-		c.cmd("AUTH PLAIN "+plainIR("", "alice", "secret"), "+OK Logged in.")
+		r.Relay = true
+		c := dial(t, r.Addr())
+		c.cmd("AUTH PLAIN "+testrig.PlainIR("", "alice", "secret"), "+OK Logged in.")
 		c.cmd("CAPA", "+OK") // Dovecot's post-login CAPA
 		if caps := strings.Join(c.multiline(), ","); !strings.Contains(caps, "UIDL") {
 			t.Errorf("backend CAPA %q", caps)
 		}
 		c.cmd("QUIT", "+OK Logging out.")
-		r.result()
+		r.Result()
 		checkLogin(t, true)
 
-		c = dial(t, r.addr())
+		c = dial(t, r.Addr())
 		c.cmd("AUTH LOGIN", "+ VXNlcm5hbWU6")
 		c.cmd("YWxpY2U=", "+ UGFzc3dvcmQ6")
 		c.cmd("c2VjcmV0", "+OK Logged in.")
 		c.cmd("QUIT", "+OK Logging out.")
-		r.result()
+		r.Result()
 		checkLogin(t, true)
 	})
 
 	t.Run("plaintext backend", func(t *testing.T) {
 		r := newRig(t, testListener(routing.TLSNone, nil, true), Options{}, backend(routing.TLSNone, dc.POP3Port))
-		c := dial(t, r.addr())
+		c := dial(t, r.Addr())
 		c.cmd("USER alice", "+OK")
 		c.cmd("PASS secret", "+OK Logged in.")
-		r.result()
+		r.Result()
 		checkLogin(t, false)
 	})
 }

@@ -17,11 +17,11 @@ func TestPreauthLifetime(t *testing.T) {
 	lis.Limits.PreAuthLifetime = 700 * time.Millisecond
 	r := newRig(t, lis, Options{})
 	start := time.Now()
-	c := dial(t, r.addr())
+	c := dial(t, r.Addr())
 	var last string
 	for {
-		c.send("USER alice\r\n")
-		if last = c.line(); last != "+OK\r\n" {
+		c.Send("USER alice\r\n")
+		if last = c.ReadLine(); last != "+OK\r\n" {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -29,24 +29,24 @@ func TestPreauthLifetime(t *testing.T) {
 	if last != "-ERR Login time limit exceeded.\r\n" {
 		t.Fatalf("last line %q", last)
 	}
-	c.eof()
+	c.EOF()
 	if d := time.Since(start); d < 700*time.Millisecond || d > 3*time.Second {
 		t.Errorf("ended after %v, lifetime 700ms", d)
 	}
-	r.result()
+	r.Result()
 }
 
 // "*" cancelling AUTH counts toward max_errors.
 func TestAuthCancelCounts(t *testing.T) {
 	r := newRig(t, testListener(routing.TLSNone, nil, true), Options{})
-	c := dial(t, r.addr())
+	c := dial(t, r.Addr())
 	for i := 0; i < 5; i++ {
 		c.cmd("AUTH PLAIN", "+ ")
 		c.cmd("*", "-ERR Authentication cancelled.")
 	}
 	c.expect("-ERR Too many invalid commands.")
-	c.eof()
-	if res := r.result(); res.end.Reason != session.EndTooManyErrors {
+	c.EOF()
+	if res := r.Result(); res.End.Reason != session.EndTooManyErrors {
 		t.Fatalf("%+v", res)
 	}
 }
@@ -58,23 +58,23 @@ func TestClientThatNeverReads(t *testing.T) {
 	lis.Limits.PreAuthTimeout = 500 * time.Millisecond
 	lis.Limits.MaxErrors = 0
 	r := newRig(t, lis, Options{})
-	c := dial(t, r.addr())
-	_ = c.c.SetDeadline(time.Time{})
+	c := dial(t, r.Addr())
+	_ = c.Conn.SetDeadline(time.Time{})
 	cmds := []byte(strings.Repeat("CAPA\r\n", 64<<10/6))
 	go func() {
 		for i := 0; i < 20; i++ {
-			if _, err := c.c.Write(cmds); err != nil {
+			if _, err := c.Conn.Write(cmds); err != nil {
 				return
 			}
 		}
 	}()
 	select {
-	case res := <-r.results:
-		if res.ho != nil {
+	case res := <-r.Results:
+		if res.Handoff != nil {
 			t.Fatal("handoff")
 		}
-		if res.end.Reason != session.EndTimeout {
-			t.Errorf("ended with %+v", res.end)
+		if res.End.Reason != session.EndTimeout {
+			t.Errorf("ended with %+v", res.End)
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("session still open 15s after its client stopped reading")

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 
+	"github.com/portico-mail/portico/node/internal/upstream"
 	"github.com/portico-mail/portico/node/netx"
 	"github.com/portico-mail/portico/routing"
 )
@@ -31,7 +32,7 @@ func Probe(ctx context.Context, be *netx.Stream, b *routing.Backend, tlsConfig f
 		return phaseError(phaseQUIT, err)
 	}
 	if !isOK(r) {
-		return phaseError(phaseQUIT, fmt.Errorf("backend answered %q", trunc(r)))
+		return phaseError(phaseQUIT, fmt.Errorf("backend answered %q", upstream.Shorten(r)))
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portico-mail/portico/node/internal/testrig"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/routing"
 )
@@ -34,15 +35,15 @@ func probeFake(t *testing.T, b routing.Backend, timeout time.Duration) error {
 
 func TestProbeHealthy(t *testing.T) {
 	fb := startBackend(t, &fakeBackend{})
-	if err := probeFake(t, backendAt(fb.port(), routing.ForwardNone), 5*time.Second); err != nil {
+	if err := probeFake(t, backendAt(fb.Port(), routing.ForwardNone), 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(fb.received(), "|"); got != "CAPA|QUIT" {
+	if got := strings.Join(fb.Received(), "|"); got != "CAPA|QUIT" {
 		t.Fatalf("backend received %q, want CAPA then QUIT (no login)", got)
 	}
 	// A backend without CAPA is still healthy (logins fall back to USER/PASS).
 	fb = startBackend(t, &fakeBackend{NoCapa: true})
-	if err := probeFake(t, backendAt(fb.port(), routing.ForwardNone), 5*time.Second); err != nil {
+	if err := probeFake(t, backendAt(fb.Port(), routing.ForwardNone), 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -66,7 +67,7 @@ func TestProbeFailures(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			fb := startBackend(t, tc.fb)
-			b := backendAt(fb.port(), routing.ForwardNone)
+			b := backendAt(fb.Port(), routing.ForwardNone)
 			b.TLS = tc.tls
 			start := time.Now()
 			err := probeFake(t, b, tc.timeout)
@@ -84,9 +85,9 @@ func TestProbeFailures(t *testing.T) {
 // failed probe; with tls_ca_file the probe upgrades, asks CAPA again and
 // quits inside TLS.
 func TestProbeSTLS(t *testing.T) {
-	cert := selfSigned(t)
+	cert := testrig.SelfSigned(t)
 	fb := startBackend(t, &fakeBackend{TLS: &tls.Config{Certificates: []tls.Certificate{cert}}})
-	b := backendAt(fb.port(), routing.ForwardNone)
+	b := backendAt(fb.Port(), routing.ForwardNone)
 	b.TLS = routing.TLSStartTLS
 	if err := probeFake(t, b, 5*time.Second); err == nil || !strings.Contains(err.Error(), "STLS: TLS handshake") {
 		t.Fatalf("untrusted certificate: %v", err)
@@ -99,7 +100,7 @@ func TestProbeSTLS(t *testing.T) {
 	if err := probeFake(t, b, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	got := fb.received()
+	got := fb.Received()
 	if want := "CAPA|STLS|tls: CAPA|tls: QUIT"; !strings.HasSuffix(strings.Join(got, "|"), want) {
 		t.Fatalf("backend received %q, want it to end with %q", got, want)
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portico-mail/portico/node/internal/testrig"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/routing"
 )
@@ -26,7 +27,7 @@ func TestRefusalTextWaitAndClose(t *testing.T) {
 		{Kind: session.RefuseAuth, Reply: "Go away", Close: true},
 	}
 	r := newRig(t, lis, Options{})
-	c := dial(t, r.addr())
+	c := dial(t, r.Addr())
 	start := time.Now()
 	c.cmd("USER alice", "+OK")
 	c.cmd("PASS x", "-ERR Invalid login or password\r\n")
@@ -35,9 +36,9 @@ func TestRefusalTextWaitAndClose(t *testing.T) {
 	}
 	c.cmd("USER alice", "+OK")
 	c.cmd("PASS y", "-ERR Go away\r\n")
-	c.eof()
-	if res := r.result(); res.end.Reason != session.EndAuthRefused {
-		t.Errorf("session ended with %+v", res.end)
+	c.EOF()
+	if res := r.Result(); res.End.Reason != session.EndAuthRefused {
+		t.Errorf("session ended with %+v", res.End)
 	}
 }
 
@@ -45,14 +46,14 @@ func TestRefusalInternal(t *testing.T) {
 	lis := testListener(routing.TLSNone, nil, true)
 	lis.Director = scripted{{Kind: session.RefuseInternal, Text: "auth server down"}}
 	r := newRig(t, lis, Options{})
-	c := dial(t, r.addr())
+	c := dial(t, r.Addr())
 	c.cmd("USER alice", "+OK")
 	c.cmd("PASS x", "-ERR internal server error\r\n")
-	c.eof()
-	if res := r.result(); res.end.Reason != session.EndAuthError {
-		t.Errorf("session ended with %+v", res.end)
+	c.EOF()
+	if res := r.Result(); res.End.Reason != session.EndAuthError {
+		t.Errorf("session ended with %+v", res.End)
 	}
-	if ev := r.loginEvents(); len(ev) != 1 || ev[0].Result != session.ResultError {
+	if ev := r.LoginEvents(); len(ev) != 1 || ev[0].Result != session.ResultError {
 		t.Fatalf("%+v", ev)
 	}
 }
@@ -64,14 +65,14 @@ func TestRoutingTableNotReady(t *testing.T) {
 	lis := testListener(routing.TLSNone, nil, true)
 	lis.Director = session.RouteDirector{Router: routing.NewFSM()} // never loaded
 	r := newRig(t, lis, Options{})
-	c := dial(t, r.addr())
+	c := dial(t, r.Addr())
 	for i := 0; i <= lis.Limits.MaxAuthFailures; i++ {
 		c.cmd("USER alice", "+OK")
 		c.cmd("PASS secret", replyUnavailableText)
 	}
-	c.cmd("AUTH PLAIN "+plainIR("", "nobody", "x"), replyUnavailableText)
+	c.cmd("AUTH PLAIN "+testrig.PlainIR("", "nobody", "x"), replyUnavailableText)
 	c.cmd("QUIT", "+OK")
-	for _, ev := range r.loginEvents() {
+	for _, ev := range r.LoginEvents() {
 		if ev.Result != session.ResultUnavailable {
 			t.Fatalf("login event %+v, want %s", ev, session.ResultUnavailable)
 		}

@@ -2,39 +2,27 @@ package pop3
 
 import (
 	"bufio"
-	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"io"
-	"log/slog"
-	"math/big"
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
-	"github.com/portico-mail/portico/node/netx"
+	"github.com/portico-mail/portico/node/internal/testrig"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/routing"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-var discardLog = slog.New(slog.NewTextHandler(io.Discard, nil))
-
-// ---- fake backend ----
-
 // fakeBackend is a small scripted POP3 server.
 type fakeBackend struct {
+	*testrig.Backend
 	Greeting     string            // default "+OK fake ready"
 	Capa         []string          // default USER and SASL PLAIN; STLS is added when TLS is set
 	NoCapa       bool              // answer CAPA with -ERR
@@ -47,13 +35,6 @@ type fakeBackend struct {
 	// XOAUTH2 log in with a token of the user the message names, and
 	// anything else gets the error challenge, then -ERR.
 	Tokens map[string]string
-
-	ln    net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	n     int      // connections accepted
-	lines []string // received lines, "tls: " prefixed under TLS
 }
 
 func startBackend(t *testing.T, fb *fakeBackend) *fakeBackend {
@@ -70,58 +51,8 @@ func startBackend(t *testing.T, fb *fakeBackend) *fakeBackend {
 	if fb.XCLIENTReply == "" {
 		fb.XCLIENTReply = "+OK Updated"
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fb.ln, fb.conns = ln, map[net.Conn]struct{}{}
-	fb.wg.Add(1)
-	go func() {
-		defer fb.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fb.mu.Lock()
-			fb.n++
-			fb.conns[c] = struct{}{}
-			fb.mu.Unlock()
-			fb.wg.Add(1)
-			go func() {
-				defer fb.wg.Done()
-				fb.serve(c)
-				fb.mu.Lock()
-				delete(fb.conns, c)
-				fb.mu.Unlock()
-				c.Close()
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		fb.mu.Lock()
-		for c := range fb.conns {
-			c.Close()
-		}
-		fb.mu.Unlock()
-		fb.wg.Wait()
-	})
+	fb.Backend = testrig.StartBackend(t, fb.serve)
 	return fb
-}
-
-func (fb *fakeBackend) port() int { return fb.ln.Addr().(*net.TCPAddr).Port }
-
-func (fb *fakeBackend) received() []string {
-	fb.mu.Lock()
-	defer fb.mu.Unlock()
-	return append([]string(nil), fb.lines...)
-}
-
-func (fb *fakeBackend) connections() int {
-	fb.mu.Lock()
-	defer fb.mu.Unlock()
-	return fb.n
 }
 
 func (fb *fakeBackend) serve(c net.Conn) {
@@ -156,13 +87,11 @@ func (fb *fakeBackend) serve(c net.Conn) {
 			return
 		}
 		l = strings.TrimRight(l, "\r\n")
-		fb.mu.Lock()
 		if isTLS {
-			fb.lines = append(fb.lines, "tls: "+l)
+			fb.Record("tls: " + l)
 		} else {
-			fb.lines = append(fb.lines, l)
+			fb.Record(l)
 		}
-		fb.mu.Unlock()
 		cmd, arg, _ := strings.Cut(l, " ")
 		switch strings.ToUpper(cmd) {
 		case "CAPA":
@@ -200,9 +129,7 @@ func (fb *fakeBackend) serve(c net.Conn) {
 						return
 					}
 					ir = strings.TrimRight(ir, "\r\n")
-					fb.mu.Lock()
-					fb.lines = append(fb.lines, ir)
-					fb.mu.Unlock()
+					fb.Record(ir)
 				}
 				dec, _ := base64.StdEncoding.DecodeString(ir)
 				if m, err := session.ParseBearer(mech, dec); err == nil && fb.Tokens[m.Token] == m.User {
@@ -214,9 +141,7 @@ func (fb *fakeBackend) serve(c net.Conn) {
 				if err != nil {
 					return
 				}
-				fb.mu.Lock()
-				fb.lines = append(fb.lines, strings.TrimRight(d, "\r\n"))
-				fb.mu.Unlock()
+				fb.Record(strings.TrimRight(d, "\r\n"))
 				send("-ERR [AUTH] Authentication failed.")
 				continue
 			}
@@ -245,36 +170,11 @@ func (fb *fakeBackend) serve(c net.Conn) {
 
 // ---- proxy rig ----
 
-// result is what one Serve call produced.
-type result struct {
-	ho      *session.Handoff
-	end     session.End
-	pending []byte // client bytes read ahead at the hand-off
-}
-
-// rig runs the handler on a TCP listener. After a hand-off it optionally
-// relays bytes both ways (a stand-in for node/relay).
-type rig struct {
-	t       *testing.T
-	ln      net.Listener
-	lis     *session.Listener
-	env     *session.Env
-	h       *Handler
-	relay   bool
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	results chan result
-
-	mu     sync.Mutex
-	events []session.LoginEvent
-}
+// rig runs the handler on a TCP listener (testrig.Proxy).
+type rig = testrig.Proxy
 
 func testListener(mode routing.TLSMode, cfg *tls.Config, allowPlain bool) *session.Listener {
-	lim := session.DefaultLimits(routing.POP3)
-	lim.AuthFailureDelay = 10 * time.Millisecond
-	lim.BackendTimeout = 3 * time.Second
-	return &session.Listener{Name: "t", Protocol: routing.POP3, TLS: mode, TLSConfig: cfg, AllowPlaintextAuth: allowPlain, Limits: lim}
+	return testrig.Listener(routing.POP3, mode, cfg, allowPlain)
 }
 
 // backendAt is a backend entry for a fake backend (or any port).
@@ -286,207 +186,47 @@ func backendAt(port int, forward routing.ForwardMode) routing.Backend {
 // a route.
 func newRig(t *testing.T, lis *session.Listener, opts Options, backends ...routing.Backend) *rig {
 	t.Helper()
-	spec := routing.TableSpec{Backends: backends}
-	if len(backends) > 0 {
-		spec.Pools = []routing.Pool{{Name: "p", Backends: []string{backends[0].ID}}}
-		spec.DefaultPool = "p"
-	}
-	tbl, err := routing.NewTable(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &rig{t: t, ln: ln, lis: lis, h: New(opts), results: make(chan result, 16)}
-	r.env = &session.Env{
-		Director: session.RouteDirector{Router: routing.NewStatic(tbl)},
-		Dialer:   &session.Dialer{}, Log: discardLog,
-		OnLogin: func(_ *session.Client, ev session.LoginEvent) {
-			r.mu.Lock()
-			r.events = append(r.events, ev)
-			r.mu.Unlock()
-		},
-	}
-	r.ctx, r.cancel = context.WithCancel(context.Background())
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			r.wg.Add(1)
-			go func() {
-				defer r.wg.Done()
-				r.serve(c.(*net.TCPConn))
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		r.cancel()
-		r.wg.Wait()
-	})
-	return r
-}
-
-func (r *rig) serve(tc *net.TCPConn) {
-	nc, err := netx.NewConn(tc, nil)
-	if err != nil {
-		tc.Close()
-		return
-	}
-	cl := &session.Client{
-		ID: "SID1", Listener: r.lis, Env: r.env, Stream: netx.NewStream(nc),
-		Remote: netip.MustParseAddrPort("198.51.100.7:4242"), Local: netip.MustParseAddrPort("192.0.2.1:110"),
-		Peer: tc.RemoteAddr().(*net.TCPAddr).AddrPort(), Log: discardLog, Started: time.Now(),
-	}
-	ho, end := r.h.Serve(r.ctx, cl)
-	res := result{ho: ho, end: end}
-	if ho != nil {
-		res.pending = cl.Stream.Detach()
-		toClient := ho.Backend.Detach()
-		if r.relay {
-			relayBoth(cl.Stream.NetConn(), ho.Backend.NetConn(), res.pending, toClient)
-		}
-		_ = ho.Backend.Close()
-	}
-	_ = cl.Stream.Close()
-	r.results <- res
-}
-
-// relayBoth copies both ways until either side ends.
-func relayBoth(c, b net.Conn, toB, toC []byte) {
-	_, _ = b.Write(toB)
-	_, _ = c.Write(toC)
-	done := make(chan struct{})
-	go func() {
-		_, _ = io.Copy(b, c)
-		b.Close()
-		close(done)
-	}()
-	_, _ = io.Copy(c, b)
-	c.Close()
-	<-done
-}
-
-func (r *rig) addr() string { return r.ln.Addr().String() }
-
-func (r *rig) result() result {
-	r.t.Helper()
-	select {
-	case res := <-r.results:
-		return res
-	case <-time.After(10 * time.Second):
-		r.t.Fatal("no result from Serve")
-		return result{}
-	}
-}
-
-func (r *rig) loginEvents() []session.LoginEvent {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]session.LoginEvent(nil), r.events...)
+	return testrig.NewProxy(t, lis, New(opts), netip.MustParseAddrPort("192.0.2.1:110"), backends...)
 }
 
 // ---- test client ----
 
-type client struct {
-	t  *testing.T
-	c  net.Conn
-	br *bufio.Reader
-}
+type client struct{ *testrig.Client }
 
 // dial connects and reads the greeting.
 func dial(t *testing.T, addr string) *client {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	t.Cleanup(func() { c.Close() })
-	cl := &client{t: t, c: c, br: bufio.NewReader(c)}
-	if g := cl.line(); !strings.HasPrefix(g, "+OK ") {
+	cl := &client{testrig.Dial(t, addr)}
+	if g := cl.ReadLine(); !strings.HasPrefix(g, "+OK ") {
 		t.Fatalf("greeting %q", g)
 	}
 	return cl
 }
 
-func (c *client) send(s string) {
-	c.t.Helper()
-	if _, err := io.WriteString(c.c, s); err != nil {
-		c.t.Fatalf("write: %v", err)
-	}
-}
-
-func (c *client) line() string {
-	c.t.Helper()
-	s, err := c.br.ReadString('\n')
-	if err != nil {
-		c.t.Fatalf("read: %v (%q)", err, s)
-	}
-	return s
-}
-
 // cmd sends a line (CRLF added) and checks the reply starts with want.
 func (c *client) cmd(send, want string) string {
-	c.t.Helper()
-	c.send(send + "\r\n")
+	c.T.Helper()
+	c.Send(send + "\r\n")
 	return c.expect(want)
 }
 
 func (c *client) expect(want string) string {
-	c.t.Helper()
-	got := c.line()
+	c.T.Helper()
+	got := c.ReadLine()
 	if !strings.HasPrefix(got, want) {
-		c.t.Fatalf("got %q, want prefix %q", got, want)
+		c.T.Fatalf("got %q, want prefix %q", got, want)
 	}
 	return got
 }
 
 func (c *client) multiline() []string {
-	c.t.Helper()
+	c.T.Helper()
 	var out []string
 	for {
-		l := strings.TrimSuffix(c.line(), "\r\n")
+		l := strings.TrimSuffix(c.ReadLine(), "\r\n")
 		if l == "." {
 			return out
 		}
 		out = append(out, l)
 	}
-}
-
-// eof checks the server closed the connection without saying more.
-func (c *client) eof() {
-	c.t.Helper()
-	rest, err := io.ReadAll(c.br)
-	if err != nil && !strings.Contains(err.Error(), "reset") {
-		c.t.Fatalf("waiting for close: %v", err)
-	}
-	if len(rest) > 0 {
-		c.t.Fatalf("unexpected data before close: %q", rest)
-	}
-}
-
-func selfSigned(t testing.TB) tls.Certificate {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test"},
-		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-func plainIR(authz, user, pass string) string {
-	return base64.StdEncoding.EncodeToString([]byte(authz + "\x00" + user + "\x00" + pass))
 }

@@ -2,49 +2,14 @@ package pop3
 
 import (
 	"context"
-	"net/netip"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/portico-mail/portico/node/internal/testrig"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/routing"
 )
-
-// fakeThrottle blocks the users in block and delays failures by delay.
-type fakeThrottle struct {
-	block map[string]bool
-	delay time.Duration
-
-	mu     sync.Mutex
-	failed []string
-}
-
-func (f *fakeThrottle) Begin(_ context.Context, ip netip.Addr, user string) (session.ThrottleAttempt, string) {
-	if f.block[user] {
-		return nil, "ip"
-	}
-	return &fakePending{f: f, ip: ip, user: user}, ""
-}
-
-// fakePending records how an attempt ended.
-type fakePending struct {
-	f    *fakeThrottle
-	ip   netip.Addr
-	user string
-}
-
-func (p *fakePending) Failed() time.Duration {
-	p.f.mu.Lock()
-	defer p.f.mu.Unlock()
-	p.f.failed = append(p.f.failed, p.ip.String()+" "+p.user)
-	return p.f.delay
-}
-
-func (p *fakePending) Succeeded() {}
-
-func (p *fakePending) Release() {}
 
 type countingDirector struct{ n atomic.Int32 }
 
@@ -61,10 +26,10 @@ func TestThrottle(t *testing.T) {
 	lis.Limits.MaxAuthFailures = 3
 	dir := &countingDirector{}
 	lis.Director = dir
-	th := &fakeThrottle{block: map[string]bool{"mallory": true}, delay: 300 * time.Millisecond}
+	th := &testrig.Throttle{Block: map[string]bool{"mallory": true}, Delay: 300 * time.Millisecond}
 	r := newRig(t, lis, Options{})
-	r.env.Throttle = th
-	c := dial(t, r.addr())
+	r.Env.Throttle = th
+	c := dial(t, r.Addr())
 	c.cmd("USER mallory", "+OK")
 	c.cmd("PASS x", "-ERR [SYS/TEMP] Too many failed logins, try again later.\r\n")
 	if n := dir.n.Load(); n != 0 {
@@ -78,17 +43,15 @@ func TestThrottle(t *testing.T) {
 	}
 	c.cmd("AUTH PLAIN "+session.PlainResponse(session.Credentials{User: "mallory", Password: "z"}), "-ERR [SYS/TEMP] Too many failed logins")
 	c.expect("-ERR Too many authentication failures.\r\n")
-	c.eof()
-	if res := r.result(); res.end.Reason != session.EndTooManyAuthFailures {
-		t.Errorf("session ended with %+v", res.end)
+	c.EOF()
+	if res := r.Result(); res.End.Reason != session.EndTooManyAuthFailures {
+		t.Errorf("session ended with %+v", res.End)
 	}
-	ev := r.loginEvents()
+	ev := r.LoginEvents()
 	if len(ev) != 3 || ev[0].Result != session.ResultLimit || ev[1].Result != session.ResultBadCreds || ev[2].Result != session.ResultLimit {
 		t.Errorf("login events %+v", ev)
 	}
-	th.mu.Lock()
-	defer th.mu.Unlock()
-	if len(th.failed) != 1 || th.failed[0] != "198.51.100.7 bob" {
-		t.Errorf("failures recorded: %q", th.failed)
+	if f := th.Failures(); len(f) != 1 || f[0] != "198.51.100.7 bob" {
+		t.Errorf("failures recorded: %q", f)
 	}
 }

@@ -256,3 +256,15 @@ func TestDialogueHandOff(t *testing.T) {
 	}
 	r.ho.Client.Stream.Close()
 }
+
+func TestGoodbyes(t *testing.T) {
+	g := Goodbyes{Shutdown: "s\r\n", Timeout: "t\r\n", Lifetime: "l\r\n", TooManyErrors: "e\r\n"}
+	for reason, want := range map[string]string{
+		EndShutdown: "s\r\n", EndTimeout: "t\r\n", EndPreauthLifetime: "l\r\n", EndTooManyErrors: "e\r\n",
+		EndLogout: "", EndClientClosed: "", EndError: "",
+	} {
+		if got := g.For(reason); got != want {
+			t.Errorf("For(%q) = %q, want %q", reason, got, want)
+		}
+	}
+}

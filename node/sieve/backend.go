@@ -10,8 +10,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"time"
 
+	"github.com/portico-mail/portico/node/internal/upstream"
 	"github.com/portico-mail/portico/node/netx"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/routing"
@@ -22,8 +22,6 @@ const (
 	backendMaxLine     = 4096     // one line, CRLF included
 	backendMaxLiterals = 16 << 10 // literals of one response together
 	backendMaxCaps     = 64       // capability lines before an OK
-	maxSessionID       = 64       // Dovecot ignores longer XCLIENT SESSION values
-	maxShownReply      = 200      // bytes of a backend line quoted in an error
 )
 
 // Phases of the backend dialogue, as they label errors.
@@ -115,7 +113,7 @@ func (b *backend) capabilities(phase string) error {
 		case "OK":
 			return nil
 		case "NO", "BYE":
-			return phaseError(phase, fmt.Errorf("%w: %q", session.ErrBackendGreeting, trunc(r.raw)))
+			return phaseError(phase, fmt.Errorf("%w: %q", session.ErrBackendGreeting, upstream.Trunc(r.raw)))
 		}
 		if n >= backendMaxCaps {
 			return phaseError(phase, fmt.Errorf("more than %d capabilities", backendMaxCaps))
@@ -206,7 +204,7 @@ func (b *backend) command(cmd string) (*response, error) {
 		return nil, err
 	}
 	if r.status == "" {
-		return nil, fmt.Errorf("unexpected response %q", trunc(r.raw))
+		return nil, fmt.Errorf("unexpected response %q", upstream.Trunc(r.raw))
 	}
 	return r, nil
 }
@@ -214,10 +212,7 @@ func (b *backend) command(cmd string) (*response, error) {
 // exchange sends one line and reads one response, which may be a SASL
 // challenge (no status).
 func (b *backend) exchange(cmd string) (*response, error) {
-	if _, err := b.w.WriteString(cmd + "\r\n"); err != nil {
-		return nil, err
-	}
-	if err := b.w.Flush(); err != nil {
+	if err := upstream.Send(b.w, cmd); err != nil {
 		return nil, err
 	}
 	return b.response()
@@ -237,30 +232,9 @@ func (b *backend) starttls(ctx context.Context) error {
 		return phaseError(phaseSTARTTLS, err)
 	}
 	if r.status != "OK" {
-		return phaseError(phaseSTARTTLS, fmt.Errorf("backend answered %q", trunc(r.raw)))
+		return phaseError(phaseSTARTTLS, fmt.Errorf("backend answered %q", upstream.Trunc(r.raw)))
 	}
-	if b.r.Buffered() > 0 {
-		// Anything the backend sent after OK would be injected plaintext.
-		return phaseError(phaseSTARTTLS, errors.New("backend sent data after OK"))
-	}
-	cfg, err := b.tlsConfig()
-	if err != nil {
-		return phaseError(phaseSTARTTLS, err)
-	}
-	timeout := 10 * time.Second
-	dl, hasDL := ctx.Deadline()
-	if hasDL {
-		if timeout = time.Until(dl); timeout <= 0 {
-			return phaseError(phaseSTARTTLS, context.DeadlineExceeded)
-		}
-	}
-	if err := b.stream.StartTLSClient(ctx, cfg, timeout); err != nil {
-		return phaseError(phaseSTARTTLS, fmt.Errorf("TLS handshake: %w", err))
-	}
-	if hasDL {
-		_ = b.stream.SetDeadline(dl)
-	}
-	if err := ctx.Err(); err != nil {
+	if err := upstream.StartTLS(ctx, b.stream, b.tlsConfig, "OK"); err != nil {
 		return phaseError(phaseSTARTTLS, err)
 	}
 	return b.capabilities(phaseSTARTTLS)
@@ -273,7 +247,7 @@ func (b *backend) starttls(ctx context.Context) error {
 func (b *backend) xclient() error {
 	cmd := "XCLIENT ADDR=" + b.remote.Addr().Unmap().WithZone("").String() +
 		" PORT=" + strconv.Itoa(int(b.remote.Port()))
-	if validSessionID(b.sessionID) {
+	if upstream.ValidSessionID(b.sessionID) {
 		cmd += " SESSION=" + b.sessionID
 	}
 	r, err := b.command(cmd)
@@ -283,21 +257,9 @@ func (b *backend) xclient() error {
 	if r.status != "OK" {
 		// Logging in anyway would let the backend see the proxy's
 		// address instead of the client's: a misconfigured backend.
-		return phaseError(phaseXCLIENT, fmt.Errorf("backend answered %q", trunc(r.raw)))
+		return phaseError(phaseXCLIENT, fmt.Errorf("backend answered %q", upstream.Trunc(r.raw)))
 	}
 	return nil
-}
-
-func validSessionID(id string) bool {
-	if id == "" || len(id) > maxSessionID {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		if c := id[i]; c <= ' ' || c >= 0x7f {
-			return false
-		}
-	}
-	return true
 }
 
 // login presents the client's credentials with AUTHENTICATE "PLAIN" and
@@ -307,11 +269,11 @@ func (b *backend) login(c session.Credentials) ([]byte, error) {
 	if c.Bearer != nil {
 		return b.bearerLogin(c.Bearer)
 	}
-	if c.User == "" || strings.IndexByte(c.User, 0) >= 0 || strings.IndexByte(c.AuthzID, 0) >= 0 || strings.IndexByte(c.Password, 0) >= 0 {
-		return nil, &session.BackendRejected{Text: "credentials not representable (empty user or NUL byte); not sent"}
+	if rej := upstream.Unrepresentable(c, nil); rej != nil {
+		return nil, rej
 	}
-	if b.caps != nil && !hasWord(b.caps["SASL"], "PLAIN") {
-		return nil, phaseError(phaseAuth, fmt.Errorf("backend does not offer SASL PLAIN (SASL %q)", trunc([]byte(b.caps["SASL"]))))
+	if b.caps != nil && !upstream.HasWord(b.caps["SASL"], "PLAIN") {
+		return nil, phaseError(phaseAuth, fmt.Errorf("backend does not offer SASL PLAIN (SASL %q)", upstream.Trunc([]byte(b.caps["SASL"]))))
 	}
 	ir := session.PlainResponse(c)
 	r, err := b.command("AUTHENTICATE \"PLAIN\" {" + strconv.Itoa(len(ir)) + "+}\r\n" + ir)
@@ -322,7 +284,7 @@ func (b *backend) login(c session.Credentials) ([]byte, error) {
 	case "OK":
 		return r.raw, nil
 	case "NO":
-		rej := &session.BackendRejected{Reply: r.raw, Text: trunc(r.raw)}
+		rej := &session.BackendRejected{Reply: r.raw, Text: upstream.Trunc(r.raw)}
 		if r.code == "TRYLATER" {
 			// The backend's own condition, not the credentials: not
 			// counted, and the client gets the proxy's words (Dovecot's
@@ -332,7 +294,7 @@ func (b *backend) login(c session.Credentials) ([]byte, error) {
 		}
 		return nil, rej
 	}
-	return nil, phaseError(phaseAuth, fmt.Errorf("backend answered %q", trunc(r.raw)))
+	return nil, phaseError(phaseAuth, fmt.Errorf("backend answered %q", upstream.Trunc(r.raw)))
 }
 
 // bearerLogin logs in with the client's bearer mechanism and message, as
@@ -341,8 +303,8 @@ func (b *backend) login(c session.Credentials) ([]byte, error) {
 // dummy response so that the backend ends the exchange with NO (§3.2.3);
 // the challenge is kept for the client (BackendRejected.Challenge).
 func (b *backend) bearerLogin(m *session.Bearer) ([]byte, error) {
-	if b.caps != nil && !hasWord(b.caps["SASL"], m.Mechanism) {
-		return nil, phaseError(phaseAuth, fmt.Errorf("backend does not offer SASL %s (SASL %q)", m.Mechanism, trunc([]byte(b.caps["SASL"]))))
+	if b.caps != nil && !upstream.HasWord(b.caps["SASL"], m.Mechanism) {
+		return nil, phaseError(phaseAuth, fmt.Errorf("backend does not offer SASL %s (SASL %q)", m.Mechanism, upstream.Trunc([]byte(b.caps["SASL"]))))
 	}
 	ir := session.EncodeChallenge(m.Message)
 	r, err := b.exchange("AUTHENTICATE " + quote(m.Mechanism) + " {" + strconv.Itoa(len(ir)) + "+}\r\n" + ir)
@@ -350,7 +312,7 @@ func (b *backend) bearerLogin(m *session.Bearer) ([]byte, error) {
 	if err == nil && r.status == "" {
 		str, ok := challengeString(r)
 		if !ok {
-			return nil, phaseError(phaseAuth, fmt.Errorf("unexpected response %q", trunc(r.raw)))
+			return nil, phaseError(phaseAuth, fmt.Errorf("unexpected response %q", upstream.Trunc(r.raw)))
 		}
 		challenge = session.DecodeBearerChallenge([]byte(str))
 		r, err = b.command(quote(session.EncodeChallenge(session.BearerDummyResponse(m.Mechanism))))
@@ -362,14 +324,14 @@ func (b *backend) bearerLogin(m *session.Bearer) ([]byte, error) {
 	case "OK":
 		return r.raw, nil
 	case "NO":
-		rej := &session.BackendRejected{Reply: r.raw, Text: trunc(r.raw), Challenge: challenge}
+		rej := &session.BackendRejected{Reply: r.raw, Text: upstream.Trunc(r.raw), Challenge: challenge}
 		if r.code == "TRYLATER" {
 			rej.Reply = []byte(replyUnavailable)
 			rej.Temporary = true
 		}
 		return nil, rej
 	}
-	return nil, phaseError(phaseAuth, fmt.Errorf("backend answered %q", trunc(r.raw)))
+	return nil, phaseError(phaseAuth, fmt.Errorf("backend answered %q", upstream.Trunc(r.raw)))
 }
 
 // challengeString returns the string of a server challenge (§2.1: a
@@ -386,22 +348,4 @@ func challengeString(r *response) (string, bool) {
 		return "", false
 	}
 	return string(r.raw[start : start+n]), true
-}
-
-func hasWord(list, w string) bool {
-	for _, f := range strings.Fields(list) {
-		if strings.EqualFold(f, w) {
-			return true
-		}
-	}
-	return false
-}
-
-// trunc shortens a backend response for errors and logs.
-func trunc(b []byte) string {
-	s := strings.TrimRight(string(b), "\r\n")
-	if len(s) > maxShownReply {
-		return s[:maxShownReply] + "..."
-	}
-	return s
 }

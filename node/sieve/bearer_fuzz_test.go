@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/portico-mail/portico/node/internal/testrig"
 	"github.com/portico-mail/portico/node/session"
 )
 
@@ -16,7 +17,7 @@ import (
 // the dummy response, never relays a challenge over the bound, and labels
 // every failure.
 func FuzzBearerBackend(f *testing.F) {
-	ch := b64(`{"status":"invalid_token"}`)
+	ch := testrig.B64(`{"status":"invalid_token"}`)
 	for _, s := range []string{
 		"OK \"Logged in.\"\r\n",
 		"\"" + ch + "\"\r\nNO \"Authentication failed.\"\r\n",

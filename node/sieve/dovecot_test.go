@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/portico-mail/portico/integration/dovecot"
+	"github.com/portico-mail/portico/node/internal/testrig"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/routing"
 )
@@ -29,12 +30,12 @@ func TestDovecot(t *testing.T) {
 	be := routing.Backend{ID: "dovecot", Host: dc.Addr, SievePort: dc.SievePort, TLS: routing.TLSStartTLS,
 		TLSCAFile: ca, TLSServerName: dc.Addr, Forward: routing.ForwardID}
 	r := newRig(t, testListener(routing.TLSNone, nil, true), be)
-	r.relay = true
-	c, _ := dial(t, r.addr())
-	_, st := c.cmd(`AUTHENTICATE "PLAIN" "`+plainIR("", "alice", "wrong")+`"`, "NO ")
+	r.Relay = true
+	c, _ := dial(t, r.Addr())
+	_, st := c.cmd(`AUTHENTICATE "PLAIN" "`+testrig.PlainIR("", "alice", "wrong")+`"`, "NO ")
 	t.Logf("wrong password: %s", st)
 	script := "require \"fileinto\";\r\nfileinto \"INBOX\";\r\n"
-	c.send(`AUTHENTICATE "PLAIN" "` + plainIR("", "alice", "secret") + "\"\r\n" +
+	c.Send(`AUTHENTICATE "PLAIN" "` + testrig.PlainIR("", "alice", "secret") + "\"\r\n" +
 		"PUTSCRIPT \"t1\" {" + strconv.Itoa(len(script)) + "+}\r\n" + script + "\r\n")
 	c.expect("OK ")
 	c.expect("OK ") // PUTSCRIPT, from Dovecot through the relay
@@ -44,8 +45,8 @@ func TestDovecot(t *testing.T) {
 		t.Fatalf("LISTSCRIPTS %q", data)
 	}
 	c.cmd("LOGOUT", "OK ")
-	if res := r.result(); res.ho == nil {
-		t.Fatalf("no hand-off: %+v", res.end)
+	if res := r.Result(); res.Handoff == nil {
+		t.Fatalf("no hand-off: %+v", res.End)
 	}
 	if n := dc.WaitLogins("alice", 1, 5*time.Second); n != 1 {
 		t.Fatalf("dovecot logged %d logins", n)
@@ -80,10 +81,10 @@ func TestDovecotPROXYHeader(t *testing.T) {
 	dc := dovecot.Start(t, dovecot.Options{Sieve: true, HAProxy: true})
 	be := routing.Backend{ID: "dovecot", Host: dc.Addr, SievePort: dc.SievePort, Forward: routing.ForwardProxy}
 	r := newRig(t, testListener(routing.TLSNone, nil, true), be)
-	c, _ := dial(t, r.addr())
-	c.cmd(`AUTHENTICATE "PLAIN" "`+plainIR("", "alice", "secret")+`"`, "OK ")
-	if res := r.result(); res.ho == nil {
-		t.Fatalf("no hand-off: %+v", res.end)
+	c, _ := dial(t, r.Addr())
+	c.cmd(`AUTHENTICATE "PLAIN" "`+testrig.PlainIR("", "alice", "secret")+`"`, "OK ")
+	if res := r.Result(); res.Handoff == nil {
+		t.Fatalf("no hand-off: %+v", res.End)
 	}
 	if n := dc.WaitLogins("alice", 1, 5*time.Second); n != 1 {
 		t.Fatalf("dovecot logged %d logins", n)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 
+	"github.com/portico-mail/portico/node/internal/upstream"
 	"github.com/portico-mail/portico/node/netx"
 	"github.com/portico-mail/portico/routing"
 )
@@ -29,7 +30,7 @@ func Probe(ctx context.Context, be *netx.Stream, b *routing.Backend, tlsConfig f
 	case err != nil:
 		return phaseError(phaseLOGOUT, err)
 	case r.status != "OK" && r.status != "BYE":
-		return phaseError(phaseLOGOUT, fmt.Errorf("backend answered %q", trunc(r.raw)))
+		return phaseError(phaseLOGOUT, fmt.Errorf("backend answered %q", upstream.Trunc(r.raw)))
 	}
 	return nil
 }

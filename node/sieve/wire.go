@@ -297,7 +297,7 @@ func isKeyword(s string) bool {
 }
 
 // quote writes s as a ManageSieve quoted string. s must not contain CR,
-// LF or NUL (see sanitize).
+// LF or NUL (see upstream.OneLine).
 func quote(s string) string {
 	var b strings.Builder
 	b.Grow(len(s) + 2)
@@ -310,18 +310,4 @@ func quote(s string) string {
 	}
 	b.WriteByte('"')
 	return b.String()
-}
-
-// sanitize makes s safe inside one line: CR, LF and NUL become spaces.
-func sanitize(s string) string {
-	if !strings.ContainsAny(s, "\r\n\x00") {
-		return s
-	}
-	b := []byte(s)
-	for i, c := range b {
-		if c == '\r' || c == '\n' || c == 0 {
-			b[i] = ' '
-		}
-	}
-	return string(b)
 }

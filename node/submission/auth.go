@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/portico-mail/portico/node/internal/saslauth"
 	"github.com/portico-mail/portico/node/session"
 )
 
@@ -68,80 +69,64 @@ func (s *conn) auth(cmd Command) (*session.Handoff, error) {
 	if m == nil {
 		return nil, errUnknownMech
 	}
-	creds, err := exchange(m, ir, hasIR, s.challenge)
+	creds, err := exchange(m, ir, hasIR, s.respond)
 	if err != nil {
 		return nil, err
 	}
 	return s.login(creds)
 }
 
-// challenge sends a server challenge ("334 " and base64) and reads the
-// client's answer line.
-func (s *conn) challenge(challenge []byte) ([]byte, error) {
-	s.write("334 " + session.EncodeChallenge(challenge) + "\r\n")
-	if err := s.d.Flush(); err != nil {
+// respond sends a server challenge ("334 " and base64) and reads the
+// client's answer line; a line over the limit is refused (and skipped).
+func (s *conn) respond(challenge []byte) ([]byte, error) {
+	if err := saslauth.Prompt(s.d, s.write, "334 "+session.EncodeChallenge(challenge)+"\r\n"); err != nil {
 		return nil, err
 	}
-	if err := s.d.Await(session.StateSASL); err != nil {
-		return nil, err
+	line, err := s.w.line()
+	if errors.Is(err, ErrLineTooLong) {
+		return nil, errAuthLineLong
 	}
-	return s.w.line()
+	return line, err
 }
 
-// exchange runs a SASL exchange: the initial response ir if hasIR, then
-// for each challenge the client's answer line from next (which sends the
-// challenge and reads the line). Its errors are refused commands
-// (*session.ProtocolError) or next's.
+// exchange runs a SASL exchange (saslauth.Exchange): the initial response
+// ir if hasIR, then for each challenge the client's answer line from next
+// (which sends the challenge and reads the line). A line with a NUL or a
+// CR is refused; an empty line is an empty response (RFC 4954 §4 allows
+// "=" only for the initial one; clients send both). Its errors are
+// refused commands (*session.ProtocolError) or next's.
 func exchange(mech session.SASL, ir string, hasIR bool, next func(challenge []byte) ([]byte, error)) (session.Credentials, error) {
-	var resp []byte
-	present := hasIR
-	if hasIR {
-		var err error
-		if resp, err = session.DecodeResponse([]byte(ir)); err != nil {
-			return session.Credentials{}, saslError(err)
-		}
-	}
-	for {
-		challenge, done, err := mech.Next(resp, present)
-		if err != nil {
-			return session.Credentials{}, saslError(err)
-		}
-		if done {
-			return mech.Creds(), nil
-		}
+	return saslauth.Exchange(mech, []byte(ir), hasIR, func(challenge []byte) ([]byte, error) {
 		line, err := next(challenge)
 		switch {
 		case errors.Is(err, ErrLineTooLong):
-			return session.Credentials{}, errAuthLineLong
+			return nil, errAuthLineLong
 		case err != nil:
-			return session.Credentials{}, err
+			return nil, err
 		case strings.ContainsAny(string(line), "\x00\r"):
-			return session.Credentials{}, errAuthBadChars
+			return nil, errAuthBadChars
 		}
-		if len(line) == 0 {
-			// An empty line is an empty response (RFC 4954 §4 allows
-			// "=" only for the initial one; clients send both).
-			resp = []byte{}
-		} else if resp, err = session.DecodeResponse(line); err != nil {
-			return session.Credentials{}, saslError(err)
-		}
-		present = true
-	}
+		return line, nil
+	}, &refusals)
 }
 
-func saslError(err error) error {
-	switch {
-	case errors.Is(err, session.ErrSASLCancelled):
-		// Counted like an error: otherwise AUTH and "*" could be
-		// repeated for as long as the session lives.
-		return errCancelled
-	case errors.Is(err, session.ErrSASLBadBase64):
-		return errBadBase64
-	case errors.Is(err, session.ErrBearerNoUser):
-		return errBearerNoUser
-	default:
-		return errBadAuthData
-	}
+// refusals are the refused AUTH exchanges.
+var refusals = saslauth.Refusals{
+	Cancelled: errCancelled, BadBase64: errBadBase64, BearerNoUser: errBearerNoUser, BadAuthData: errBadAuthData,
+}
+
+// replies answer a failed login; an auth_http refusal's text goes with its
+// Auth-Error-Code (default 535 5.7.0), as nginx.
+var replies = saslauth.Replies{
+	AuthFailed: replyAuthFailed, Unavailable: replyUnavailable, Throttled: replyThrottled,
+	TooManyAuth: replyTooManyAuth, InternalError: replyInternalError,
+	Refusal: func(r *session.Refusal) string {
+		code := defaultRefusalCode
+		if c, ok := replyCode(r.Code); ok {
+			code = c
+		}
+		return code + " " + sanitize(r.Reply) + "\r\n"
+	},
 }
 
 // login runs one attempt through the session orchestration and answers the
@@ -152,16 +137,9 @@ func saslError(err error) error {
 //   - the backend refused the credentials: its 535 reply, passed through;
 //   - the backend refused for its own reasons (4xx): replyUnavailable, not
 //     counted;
-//   - refused before the backend (no route...): replyAuthFailed, the same
-//     as a wrong password, so that user names cannot be probed;
-//   - an auth_http refusal: its text with its Auth-Error-Code (default
-//     535 5.7.0), as nginx;
-//   - no backend could be used (down, misconfigured, timeout):
-//     replyUnavailable, the session stays open;
-//   - blocked by the failed-login throttle: replyThrottled.
-//
-// After MaxAuthFailures the reply is followed by replyTooManyAuth and the
-// session ends.
+//   - anything else as saslauth.Fail says, in SMTP's words (replies); a
+//     failed bearer login's error challenge is a 334 reply, the dummy
+//     response a line.
 func (s *conn) login(creds session.Credentials) (*session.Handoff, error) {
 	if creds.Len() > s.d.Limits().MaxLiteral {
 		return nil, errCredsTooLong
@@ -173,68 +151,7 @@ func (s *conn) login(creds session.Credentials) (*session.Handoff, error) {
 		out.Handoff.Framer = NewFramer(s.chunking)
 		return out.Handoff, nil
 	}
-	badAnswer := false
-	if out.Challenge != nil {
-		// A failed bearer login: the server's error challenge, the
-		// client's dummy response, then the failure (RFC 7628 §3.2.3).
-		var err error
-		if badAnswer, err = s.bearerChallenge(out.Challenge); err != nil {
-			return nil, err
-		}
-	}
-	switch {
-	case badAnswer:
-		// Its 5xx was written in place of the reply.
-	case out.Reply != nil:
-		s.write(string(out.Reply))
-	case out.Refusal != nil && out.Refusal.Kind == session.RefuseInternal:
-		s.write(replyInternalError)
-		return nil, session.Ending(session.EndAuthError, nil)
-	case out.Result == session.ResultLimit:
-		s.write(replyThrottled)
-	case out.Refusal != nil && out.Refusal.Reply != "":
-		code := defaultRefusalCode
-		if c, ok := replyCode(out.Refusal.Code); ok {
-			code = c
-		}
-		s.write(code + " " + sanitize(out.Refusal.Reply) + "\r\n")
-	case out.Result == session.ResultBadCreds:
-		s.write(replyAuthFailed)
-	default:
-		s.write(replyUnavailable)
-	}
-	if out.Refusal != nil && out.Refusal.Close {
-		return nil, session.Ending(session.EndAuthRefused, nil)
-	}
-	if out.Close {
-		s.write(replyTooManyAuth)
-		return nil, session.Ending(session.EndTooManyAuthFailures, nil)
-	}
-	return nil, nil
-}
-
-// bearerChallenge sends a failed bearer login's error challenge and reads
-// the client's response (RFC 7628 §3.2.3: a dummy, whose content does not
-// matter; the exchange with the backend is over). A response that is not
-// one ("*", bad base64, too long) is answered with its 501/500 in place of
-// the login's reply, and badAnswer reports it. Errors are read errors, the
-// Dialogue's.
-func (s *conn) bearerChallenge(challenge []byte) (badAnswer bool, err error) {
-	line, err := s.challenge(challenge)
-	switch {
-	case errors.Is(err, ErrLineTooLong):
-		s.write(errAuthLineLong.(*session.ProtocolError).Reply)
-		return true, nil
-	case err != nil:
-		return false, err
-	case len(line) == 0:
-		return false, nil
-	}
-	if _, err := session.DecodeResponse(line); err != nil {
-		s.write(saslError(err).(*session.ProtocolError).Reply)
-		return true, nil
-	}
-	return false, nil
+	return nil, saslauth.Fail(out, &replies, s.write, s.respond, &refusals)
 }
 
 // replyCode checks an auth_http Auth-Error-Code: a 4xx or 5xx reply code,

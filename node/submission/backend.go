@@ -10,8 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
+	"github.com/portico-mail/portico/node/internal/upstream"
 	"github.com/portico-mail/portico/node/netx"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/routing"
@@ -21,9 +21,7 @@ import (
 const (
 	backendMaxLine  = 2048 // one reply line, CRLF included (RFC 5321 §4.5.3.1.5 says 512)
 	backendMaxLines = 128  // lines of one reply (an EHLO reply has a dozen)
-	maxShownReply   = 200  // bytes of a backend reply quoted in an error
-	maxSessionID    = 64
-	maxXCLIENTValue = 255 // an attribute's value before xtext encoding
+	maxXCLIENTValue = 255  // an attribute's value before xtext encoding
 )
 
 // Phases of the backend dialogue, as they label errors.
@@ -139,7 +137,7 @@ func (b *backend) prelude(ctx context.Context, bk *routing.Backend, name string)
 		return phaseError(phaseGreeting, err)
 	}
 	if r.code != 220 {
-		return phaseError(phaseGreeting, fmt.Errorf("%w: %q", session.ErrBackendGreeting, trunc(r.raw)))
+		return phaseError(phaseGreeting, fmt.Errorf("%w: %q", session.ErrBackendGreeting, upstream.Trunc(r.raw)))
 	}
 	if err := b.ehlo(name, phaseEHLO); err != nil {
 		return err
@@ -160,7 +158,7 @@ func (b *backend) ehlo(name, phase string) error {
 		return phaseError(phase, err)
 	}
 	if r.code != 250 {
-		return phaseError(phase, fmt.Errorf("EHLO answered %q", trunc(r.raw)))
+		return phaseError(phase, fmt.Errorf("EHLO answered %q", upstream.Trunc(r.raw)))
 	}
 	b.ext = map[string]string{}
 	for _, l := range r.lines[1:] {
@@ -186,7 +184,7 @@ func (b *backend) reply() (*reply, error) {
 		}
 		if len(l) < 3 || !isDigit(l[0]) || !isDigit(l[1]) || !isDigit(l[2]) || l[0] < '2' || l[0] > '5' ||
 			(len(l) > 3 && l[3] != ' ' && l[3] != '-') {
-			return nil, fmt.Errorf("malformed reply line %q", trunc(l))
+			return nil, fmt.Errorf("malformed reply line %q", upstream.Trunc(l))
 		}
 		code, _ := strconv.Atoi(string(l[:3]))
 		if n > 0 && code != r.code {
@@ -207,10 +205,7 @@ func (b *backend) reply() (*reply, error) {
 
 // command sends one command line and reads its reply.
 func (b *backend) command(cmd string) (*reply, error) {
-	if _, err := b.w.WriteString(cmd + "\r\n"); err != nil {
-		return nil, err
-	}
-	if err := b.w.Flush(); err != nil {
+	if err := upstream.Send(b.w, cmd); err != nil {
 		return nil, err
 	}
 	return b.reply()
@@ -230,30 +225,12 @@ func (b *backend) starttls(ctx context.Context) error {
 		return phaseError(phaseSTARTTLS, err)
 	}
 	if r.code != 220 {
-		return phaseError(phaseSTARTTLS, fmt.Errorf("backend answered %q", trunc(r.raw)))
+		return phaseError(phaseSTARTTLS, fmt.Errorf("backend answered %q", upstream.Trunc(r.raw)))
 	}
-	if b.r.Buffered() > 0 {
-		// Anything the backend sent after 220 would be injected plaintext.
-		return phaseError(phaseSTARTTLS, errors.New("backend sent data after 220"))
-	}
-	cfg, err := b.tlsConfig()
-	if err != nil {
+	if err := upstream.StartTLS(ctx, b.stream, b.tlsConfig, "220"); err != nil {
 		return phaseError(phaseSTARTTLS, err)
 	}
-	timeout := 10 * time.Second
-	dl, hasDL := ctx.Deadline()
-	if hasDL {
-		if timeout = time.Until(dl); timeout <= 0 {
-			return phaseError(phaseSTARTTLS, context.DeadlineExceeded)
-		}
-	}
-	if err := b.stream.StartTLSClient(ctx, cfg, timeout); err != nil {
-		return phaseError(phaseSTARTTLS, fmt.Errorf("TLS handshake: %w", err))
-	}
-	if hasDL {
-		_ = b.stream.SetDeadline(dl)
-	}
-	return ctx.Err()
+	return nil
 }
 
 // xclientAttr reports whether the backend's XCLIENT announcement lists
@@ -295,7 +272,7 @@ func (b *backend) xclient(cl clientInfo, login string) error {
 		add("DESTADDR", cl.local.Addr().Unmap().WithZone("").String())
 		add("DESTPORT", strconv.Itoa(int(cl.local.Port())))
 	}
-	if validSessionID(cl.sessionID) {
+	if upstream.ValidSessionID(cl.sessionID) {
 		add("SESSION", cl.sessionID)
 	}
 	if login != "" {
@@ -311,7 +288,7 @@ func (b *backend) xclient(cl clientInfo, login string) error {
 	if r.class() != 2 {
 		// Logging in anyway would let the backend see the proxy's
 		// address instead of the client's: a misconfigured backend.
-		return phaseError(phaseXCLIENT, fmt.Errorf("backend answered %q", trunc(r.raw)))
+		return phaseError(phaseXCLIENT, fmt.Errorf("backend answered %q", upstream.Trunc(r.raw)))
 	}
 	return nil
 }
@@ -331,18 +308,6 @@ func xtext(s string) string {
 	return b.String()
 }
 
-func validSessionID(id string) bool {
-	if id == "" || len(id) > maxSessionID {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		if c := id[i]; c <= ' ' || c >= 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
 // auth presents the client's credentials with AUTH PLAIN and an initial
 // response (RFC 4954, RFC 4616), whatever mechanism the client used with
 // the proxy. 235 is passed to the client; 535 is a refusal of the
@@ -354,12 +319,12 @@ func (b *backend) auth(c session.Credentials) ([]byte, error) {
 	if c.Bearer != nil {
 		return b.bearerAuth(c.Bearer)
 	}
-	if c.User == "" || strings.IndexByte(c.User, 0) >= 0 || strings.IndexByte(c.AuthzID, 0) >= 0 || strings.IndexByte(c.Password, 0) >= 0 {
-		return nil, &session.BackendRejected{Reply: []byte(replyAuthFailed), Text: "credentials not representable (empty user or NUL byte); not sent"}
+	if rej := upstream.Unrepresentable(c, []byte(replyAuthFailed)); rej != nil {
+		return nil, rej
 	}
 	mechs, ok := b.ext["AUTH"]
-	if !ok || !hasWord(mechs, "PLAIN") {
-		return nil, phaseError(phaseAuth, fmt.Errorf("backend does not offer AUTH PLAIN here (AUTH %q)", trunc([]byte(mechs))))
+	if !ok || !upstream.HasWord(mechs, "PLAIN") {
+		return nil, phaseError(phaseAuth, fmt.Errorf("backend does not offer AUTH PLAIN here (AUTH %q)", upstream.Trunc([]byte(mechs))))
 	}
 	r, err := b.command("AUTH PLAIN " + session.PlainResponse(c))
 	if err != nil {
@@ -369,15 +334,15 @@ func (b *backend) auth(c session.Credentials) ([]byte, error) {
 	case r.code == 235:
 		return r.raw, nil
 	case r.code == 535:
-		return nil, &session.BackendRejected{Reply: r.raw, Text: trunc(r.raw)}
+		return nil, &session.BackendRejected{Reply: r.raw, Text: upstream.Trunc(r.raw)}
 	case r.code == 334:
 		// A challenge after an initial response: cancel, and give up.
 		_, _ = b.command("*")
-		return nil, phaseError(phaseAuth, fmt.Errorf("backend answered %q", trunc(r.raw)))
+		return nil, phaseError(phaseAuth, fmt.Errorf("backend answered %q", upstream.Trunc(r.raw)))
 	case r.class() == 4:
-		return nil, &session.BackendRejected{Reply: []byte(replyUnavailable), Text: trunc(r.raw), Temporary: true}
+		return nil, &session.BackendRejected{Reply: []byte(replyUnavailable), Text: upstream.Trunc(r.raw), Temporary: true}
 	}
-	return nil, phaseError(phaseAuth, fmt.Errorf("backend answered %q", trunc(r.raw)))
+	return nil, phaseError(phaseAuth, fmt.Errorf("backend answered %q", upstream.Trunc(r.raw)))
 }
 
 // maxAuthLine is RFC 4954 §4's bound on an AUTH command line with its
@@ -392,34 +357,22 @@ const maxAuthLine = 12288
 // (BackendRejected.Challenge).
 func (b *backend) bearerAuth(m *session.Bearer) ([]byte, error) {
 	mechs, ok := b.ext["AUTH"]
-	if !ok || !hasWord(mechs, m.Mechanism) {
-		return nil, phaseError(phaseAuth, fmt.Errorf("backend does not offer AUTH %s here (AUTH %q)", m.Mechanism, trunc([]byte(mechs))))
+	if !ok || !upstream.HasWord(mechs, m.Mechanism) {
+		return nil, phaseError(phaseAuth, fmt.Errorf("backend does not offer AUTH %s here (AUTH %q)", m.Mechanism, upstream.Trunc([]byte(mechs))))
 	}
-	ir := session.EncodeChallenge(m.Message)
-	cmd, pending := "AUTH "+m.Mechanism+" "+ir, ""
-	if len(cmd)+2 > maxAuthLine {
-		cmd, pending = "AUTH "+m.Mechanism, ir
-	}
+	x, cmd := upstream.NewBearer("AUTH", m, maxAuthLine)
 	r, err := b.command(cmd)
-	var challenge []byte
-	challenged := false
 	for err == nil && r.code == 334 {
 		text := ""
 		if len(r.lines) > 0 {
 			text = r.lines[0]
 		}
-		switch {
-		case pending != "":
-			r, err = b.command(pending)
-			pending = ""
-		case !challenged:
-			challenged = true
-			challenge = session.DecodeBearerChallenge([]byte(text))
-			r, err = b.command(session.EncodeChallenge(session.BearerDummyResponse(m.Mechanism)))
-		default:
+		line, ok := x.Next(text)
+		if !ok {
 			_, _ = b.command("*")
-			return nil, phaseError(phaseAuth, fmt.Errorf("backend asked for more than the bearer message and the dummy response: %q", trunc(r.raw)))
+			return nil, phaseError(phaseAuth, fmt.Errorf("backend asked for more than the bearer message and the dummy response: %q", upstream.Trunc(r.raw)))
 		}
+		r, err = b.command(line)
 	}
 	if err != nil {
 		return nil, phaseError(phaseAuth, err)
@@ -428,29 +381,11 @@ func (b *backend) bearerAuth(m *session.Bearer) ([]byte, error) {
 	case r.code == 235:
 		return r.raw, nil
 	case r.code == 535:
-		return nil, &session.BackendRejected{Reply: r.raw, Text: trunc(r.raw), Challenge: challenge}
+		return nil, &session.BackendRejected{Reply: r.raw, Text: upstream.Trunc(r.raw), Challenge: x.Challenge}
 	case r.class() == 4:
-		return nil, &session.BackendRejected{Reply: []byte(replyUnavailable), Text: trunc(r.raw), Temporary: true}
+		return nil, &session.BackendRejected{Reply: []byte(replyUnavailable), Text: upstream.Trunc(r.raw), Temporary: true}
 	}
-	return nil, phaseError(phaseAuth, fmt.Errorf("backend answered %q", trunc(r.raw)))
-}
-
-func hasWord(list, w string) bool {
-	for _, f := range strings.Fields(list) {
-		if strings.EqualFold(f, w) {
-			return true
-		}
-	}
-	return false
-}
-
-// trunc shortens a backend reply for errors and logs.
-func trunc(b []byte) string {
-	s := strings.TrimRight(string(b), "\r\n")
-	if len(s) > maxShownReply {
-		return s[:maxShownReply] + "..."
-	}
-	return s
+	return nil, phaseError(phaseAuth, fmt.Errorf("backend answered %q", upstream.Trunc(r.raw)))
 }
 
 // checkExtensions logs, once per listener and backend, the extensions

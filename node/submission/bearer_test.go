@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/portico-mail/portico/node/internal/testrig"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/routing"
 )
@@ -13,14 +14,6 @@ import (
 const goodToken = "ya29.GoodToken-for_alice~"
 
 var errorChallenge = "334 " + base64.StdEncoding.EncodeToString([]byte(`{"status":"invalid_token"}`))
-
-func oauthbearer(user, token string) string {
-	return b64("n,a=" + user + ",\x01auth=Bearer " + token + "\x01\x01")
-}
-
-func xoauth2(user, token string) string {
-	return b64("user=" + user + "\x01auth=Bearer " + token + "\x01\x01")
-}
 
 func bearerRig(t *testing.T, mechs ...string) (*rig, *fakeBackend) {
 	fb := startBackend(t, &fakeBackend{
@@ -31,21 +24,21 @@ func bearerRig(t *testing.T, mechs ...string) (*rig, *fakeBackend) {
 	lis.BearerMechanisms = mechs
 	lis.Limits.MaxAuthFailures = 10
 	lis.Limits.MaxErrors = 20
-	return newRig(t, lis, backendAt(fb.port(), routing.ForwardNone)), fb
+	return newRig(t, lis, backendAt(fb.Port(), routing.ForwardNone)), fb
 }
 
 // The EHLO reply's AUTH line names the bearer mechanisms only where the
 // listener enables them.
 func TestBearerAdvertised(t *testing.T) {
 	r, _ := bearerRig(t)
-	c := dial(t, r.addr())
+	c := dial(t, r.Addr())
 	if got := c.cmd("EHLO client.example", "250 "); !slices.Contains(got, "250-AUTH PLAIN LOGIN") && !slices.Contains(got, "250 AUTH PLAIN LOGIN") {
 		t.Errorf("EHLO %q", got)
 	}
-	c.cmd("AUTH XOAUTH2 "+xoauth2("alice", goodToken), "504 5.5.4")
+	c.cmd("AUTH XOAUTH2 "+testrig.XOAuth2("alice", goodToken), "504 5.5.4")
 
 	r2, _ := bearerRig(t, session.BearerMechanisms...)
-	c2 := dial(t, r2.addr())
+	c2 := dial(t, r2.Addr())
 	got := strings.Join(c2.cmd("EHLO client.example", "250 "), "\n")
 	if !strings.Contains(got, "AUTH PLAIN LOGIN OAUTHBEARER XOAUTH2") {
 		t.Errorf("EHLO %q", got)
@@ -57,24 +50,24 @@ func TestBearerAdvertised(t *testing.T) {
 // and the session goes on.
 func TestBearerLoginAndRefusal(t *testing.T) {
 	r, fb := bearerRig(t, session.BearerMechanisms...)
-	c := dial(t, r.addr())
+	c := dial(t, r.Addr())
 	c.cmd("EHLO client.example", "250 ")
-	c.cmd("AUTH OAUTHBEARER "+oauthbearer("alice", "expired"), errorChallenge)
+	c.cmd("AUTH OAUTHBEARER "+testrig.OAuthBearer("alice", "expired"), errorChallenge)
 	c.cmd("AQ==", "535 5.7.8 Error: authentication failed: invalid token")
-	c.cmd("AUTH XOAUTH2 "+xoauth2("alice", "expired"), errorChallenge)
+	c.cmd("AUTH XOAUTH2 "+testrig.XOAuth2("alice", "expired"), errorChallenge)
 	c.cmd("", "535 5.7.8")
-	c.cmd("AUTH XOAUTH2 "+xoauth2("alice", "expired"), errorChallenge)
+	c.cmd("AUTH XOAUTH2 "+testrig.XOAuth2("alice", "expired"), errorChallenge)
 	c.cmd("*", "501 5.7.0 Authentication cancelled")
-	c.cmd("AUTH OAUTHBEARER "+oauthbearer("bob", goodToken), errorChallenge)
+	c.cmd("AUTH OAUTHBEARER "+testrig.OAuthBearer("bob", goodToken), errorChallenge)
 	c.cmd("AQ==", "535 ")
-	c.cmd("AUTH OAUTHBEARER "+b64("n,,\x01auth=Bearer t\x01\x01"), "501 5.5.2 The bearer token login must name the user")
+	c.cmd("AUTH OAUTHBEARER "+testrig.B64("n,,\x01auth=Bearer t\x01\x01"), "501 5.5.2 The bearer token login must name the user")
 	c.cmd("AUTH XOAUTH2", "334 ")
-	c.cmd(xoauth2("alice", goodToken), "235 2.7.0")
-	if res := r.result(); res.ho == nil || res.ho.User != "alice" {
+	c.cmd(testrig.XOAuth2("alice", goodToken), "235 2.7.0")
+	if res := r.Result(); res.Handoff == nil || res.Handoff.User != "alice" {
 		t.Fatalf("result %+v", res)
 	}
-	got := strings.Join(fb.received(), "\n")
-	if !strings.Contains(got, "AUTH XOAUTH2 "+xoauth2("alice", goodToken)) || strings.Count(got, "\nAQ==\n") != 2 {
+	got := strings.Join(fb.Received(), "\n")
+	if !strings.Contains(got, "AUTH XOAUTH2 "+testrig.XOAuth2("alice", goodToken)) || strings.Count(got, "\nAQ==\n") != 2 {
 		t.Errorf("backend dialogue %q", got)
 	}
 }

@@ -203,20 +203,12 @@ func (s *conn) Greet() {
 	s.write("220 " + s.hostname() + " ESMTP ready\r\n")
 }
 
+// goodbyes answer the ends the Dialogue decides (Bye).
+var goodbyes = session.Goodbyes{Shutdown: replyShutdown, Timeout: replyInactivity, Lifetime: replyLifetime, TooManyErrors: replyTooMany}
+
 // Bye implements session.Protocol: 421 closes the channel (RFC 5321
 // §3.8).
-func (s *conn) Bye(reason string) {
-	switch reason {
-	case session.EndShutdown:
-		s.write(replyShutdown)
-	case session.EndTimeout:
-		s.write(replyInactivity)
-	case session.EndPreauthLifetime:
-		s.write(replyLifetime)
-	case session.EndTooManyErrors:
-		s.write(replyTooMany)
-	}
-}
+func (s *conn) Bye(reason string) { s.write(goodbyes.For(reason)) }
 
 // Next implements session.Protocol.
 func (s *conn) Next() (*session.Handoff, error) {

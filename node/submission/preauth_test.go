@@ -1,37 +1,29 @@
 package submission
 
 import (
-	"context"
-	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/portico-mail/portico/node/internal/testrig"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/routing"
 )
-
-// blockAll is a throttle that blocks every attempt.
-type blockAll struct{}
-
-func (blockAll) Begin(context.Context, netip.Addr, string) (session.ThrottleAttempt, string) {
-	return nil, "ip"
-}
 
 // A blocked login gets a temporary 454 without reaching the backend, and
 // counts toward max_auth_failures.
 func TestThrottled(t *testing.T) {
 	fb := startBackend(t, &fakeBackend{})
-	r := newRig(t, testListener(routing.TLSNone, nil, true), backendAt(fb.port(), routing.ForwardNone))
-	r.env.Throttle = blockAll{}
-	c := dial(t, r.addr())
+	r := newRig(t, testListener(routing.TLSNone, nil, true), backendAt(fb.Port(), routing.ForwardNone))
+	r.Env.Throttle = &testrig.Throttle{All: true}
+	c := dial(t, r.Addr())
 	c.cmd("EHLO c", "250 ")
 	for i := 0; i < 3; i++ {
-		c.cmd("AUTH PLAIN "+plainIR("", "alice", "secret"), "454 4.7.0 Too many failed logins")
+		c.cmd("AUTH PLAIN "+testrig.PlainIR("", "alice", "secret"), "454 4.7.0 Too many failed logins")
 	}
 	c.expect("421 4.7.0 Too many authentication failures")
-	if got := fb.received(); len(got) != 0 {
+	if got := fb.Received(); len(got) != 0 {
 		t.Fatalf("backend saw %q", got)
 	}
 }
@@ -42,31 +34,31 @@ func TestGoodbyes(t *testing.T) {
 	lis := testListener(routing.TLSNone, nil, true)
 	lis.Limits.PreAuthTimeout = 200 * time.Millisecond
 	r := newRig(t, lis)
-	c := dial(t, r.addr())
+	c := dial(t, r.Addr())
 	c.expect("421 4.4.2 Timeout exceeded")
-	c.eof()
-	if res := r.result(); res.end.Reason != session.EndTimeout {
-		t.Fatalf("end %+v", res.end)
+	c.EOF()
+	if res := r.Result(); res.End.Reason != session.EndTimeout {
+		t.Fatalf("end %+v", res.End)
 	}
 
 	r2 := newRig(t, testListener(routing.TLSNone, nil, true))
-	c2 := dial(t, r2.addr())
+	c2 := dial(t, r2.Addr())
 	c2.cmd("NOOP", "250 2.0.0 OK")
-	r2.cancel()
+	r2.Cancel()
 	c2.expect("421 4.3.2 Service shutting down")
-	c2.eof()
-	if res := r2.result(); res.end.Reason != session.EndShutdown {
-		t.Fatalf("end %+v", res.end)
+	c2.EOF()
+	if res := r2.Result(); res.End.Reason != session.EndShutdown {
+		t.Fatalf("end %+v", res.End)
 	}
 
 	r3 := newRig(t, testListener(routing.TLSNone, nil, true))
-	c3 := dial(t, r3.addr())
+	c3 := dial(t, r3.Addr())
 	c3.cmd("RSET", "250 2.0.0 ")
 	c3.cmd("HELP", "214 2.0.0 ")
 	c3.cmd("QUIT", "221 2.0.0 Bye")
-	c3.eof()
-	if res := r3.result(); res.end.Reason != session.EndLogout {
-		t.Fatalf("end %+v", res.end)
+	c3.EOF()
+	if res := r3.Result(); res.End.Reason != session.EndLogout {
+		t.Fatalf("end %+v", res.End)
 	}
 	if got := New(Options{}).TooManyConnections(); got != "421 4.7.0 Too many connections, try again later\r\n" {
 		t.Fatalf("TooManyConnections %q", got)
@@ -78,7 +70,7 @@ func TestGoodbyes(t *testing.T) {
 // toward max_errors, and the session ends with 421 at the limit.
 func TestHostileInput(t *testing.T) {
 	r := newRig(t, testListener(routing.TLSNone, nil, true))
-	c := dial(t, r.addr())
+	c := dial(t, r.Addr())
 	c.cmd("EHLO "+strings.Repeat("a", 5000), "500 5.5.2 Error: line too long")
 	c.cmd("NOOP", "250 ")
 	c.cmd("\x00\x01garbage", "500 5.5.2 Error: bad syntax")
@@ -86,21 +78,21 @@ func TestHostileInput(t *testing.T) {
 	c.cmd("EHLO bad\x7fname", "501 5.5.4 ")
 	c.cmd("EHLO", "501 5.5.4 ")
 	c.expect("421 4.7.0 Too many errors")
-	c.eof()
-	if res := r.result(); res.end.Reason != session.EndTooManyErrors || res.end.ProtocolErrors != 5 {
-		t.Fatalf("end %+v", res.end)
+	c.EOF()
+	if res := r.Result(); res.End.Reason != session.EndTooManyErrors || res.End.ProtocolErrors != 5 {
+		t.Fatalf("end %+v", res.End)
 	}
 
 	// Pipelined garbage: every line is answered, in order, until the limit.
 	r2 := newRig(t, testListener(routing.TLSNone, nil, true))
-	c2 := dial(t, r2.addr())
-	c2.send(strings.Repeat("GARBAGE\r\n", 50))
+	c2 := dial(t, r2.Addr())
+	c2.Send(strings.Repeat("GARBAGE\r\n", 50))
 	for i := 0; i < 5; i++ {
 		c2.expect("500 5.5.2 ")
 	}
 	c2.expect("421 4.7.0 ")
-	c2.eof()
-	r2.result()
+	c2.EOF()
+	r2.Result()
 }
 
 // NOOP, RSET, HELP, EHLO and HELO are answered maxJunkCommands times;
@@ -108,19 +100,19 @@ func TestHostileInput(t *testing.T) {
 // login alive with them.
 func TestJunkCommandLimit(t *testing.T) {
 	r := newRig(t, testListener(routing.TLSNone, nil, true))
-	c := dial(t, r.addr())
+	c := dial(t, r.Addr())
 	var b strings.Builder
 	for i := 0; i < maxJunkCommands+10; i++ {
 		b.WriteString([]string{"NOOP\r\n", "RSET\r\n", "EHLO c" + strconv.Itoa(i) + "\r\n", "HELP\r\n"}[i%4])
 	}
-	c.send(b.String())
+	c.Send(b.String())
 	for i := 0; i < maxJunkCommands+5; i++ {
 		c.reply()
 	}
 	c.expect("421 4.7.0 Too many errors")
-	c.eof()
-	if res := r.result(); res.end.Reason != session.EndTooManyErrors {
-		t.Fatalf("end %+v", res.end)
+	c.EOF()
+	if res := r.Result(); res.End.Reason != session.EndTooManyErrors {
+		t.Fatalf("end %+v", res.End)
 	}
 }
 
@@ -128,42 +120,42 @@ func TestJunkCommandLimit(t *testing.T) {
 // run as commands), a large one or an unreadable size ends the session.
 func TestBDATBeforeAuth(t *testing.T) {
 	r := newRig(t, testListener(routing.TLSNone, nil, true))
-	c := dial(t, r.addr())
-	c.send("BDAT 12 LAST\r\nQUIT\r\nQUIT\r\nNOOP\r\n")
+	c := dial(t, r.Addr())
+	c.Send("BDAT 12 LAST\r\nQUIT\r\nQUIT\r\nNOOP\r\n")
 	c.expect("530 5.7.0 Authentication required")
 	c.expect("250 2.0.0 OK")
 	c.cmd("QUIT", "221 ")
-	if res := r.result(); res.end.Reason != session.EndLogout || res.end.ProtocolErrors != 1 {
-		t.Fatalf("end %+v", res.end)
+	if res := r.Result(); res.End.Reason != session.EndLogout || res.End.ProtocolErrors != 1 {
+		t.Fatalf("end %+v", res.End)
 	}
 
 	r2 := newRig(t, testListener(routing.TLSNone, nil, true))
-	c2 := dial(t, r2.addr())
+	c2 := dial(t, r2.Addr())
 	c2.cmd("BDAT 100000 LAST", "530 5.7.0 ")
 	c2.expect("421 4.7.0 ")
-	c2.eof()
-	if res := r2.result(); res.end.Reason != session.EndProtocolError {
-		t.Fatalf("end %+v", res.end)
+	c2.EOF()
+	if res := r2.Result(); res.End.Reason != session.EndProtocolError {
+		t.Fatalf("end %+v", res.End)
 	}
 
 	r3 := newRig(t, testListener(routing.TLSNone, nil, true))
-	c3 := dial(t, r3.addr())
+	c3 := dial(t, r3.Addr())
 	c3.cmd("BDAT 1x", "501 5.5.4 ")
 	c3.expect("421 4.7.0 ")
-	c3.eof()
-	r3.result()
+	c3.EOF()
+	r3.Result()
 }
 
 // An AUTH continuation line over max_line is refused and the exchange
 // abandoned; the session goes on.
 func TestAuthLineTooLong(t *testing.T) {
 	r := newRig(t, testListener(routing.TLSNone, nil, true))
-	c := dial(t, r.addr())
+	c := dial(t, r.Addr())
 	c.cmd("EHLO c", "250 ")
 	c.cmd("AUTH LOGIN", "334 ")
 	c.cmd(strings.Repeat("QUFB", 1000), "500 5.5.6 ")
 	c.cmd("NOOP", "250 ")
-	c.cmd("AUTH PLAIN "+b64(strings.Repeat("x", 700)+"\x00"+strings.Repeat("y", 10)), "501 5.5.2 ")
+	c.cmd("AUTH PLAIN "+testrig.B64(strings.Repeat("x", 700)+"\x00"+strings.Repeat("y", 10)), "501 5.5.2 ")
 	c.cmd("QUIT", "221 ")
-	r.result()
+	r.Result()
 }

@@ -2,18 +2,10 @@ package submission
 
 import (
 	"bufio"
-	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"fmt"
 	"io"
-	"log/slog"
-	"math/big"
 	"net"
 	"net/netip"
 	"strconv"
@@ -24,14 +16,12 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/portico-mail/portico/node/netx"
+	"github.com/portico-mail/portico/node/internal/testrig"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/routing"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-var discardLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // ---- fake backend ----
 
@@ -39,6 +29,7 @@ var discardLog = slog.New(slog.NewTextHandler(io.Discard, nil))
 // XCLIENT (when announced), AUTH PLAIN, and after login MAIL, RCPT, DATA,
 // BDAT, RSET, NOOP, QUIT with the messages kept.
 type fakeBackend struct {
+	*testrig.Backend
 	Ext       []string          // EHLO extensions; default PIPELINING, 8BITMIME, CHUNKING, AUTH PLAIN LOGIN
 	TLS       *tls.Config       // offer STARTTLS
 	XCLIENT   string            // if set, announce "XCLIENT <this>"
@@ -50,12 +41,8 @@ type fakeBackend struct {
 	Tokens   map[string]string
 	Greeting string // default "220 fake ESMTP"
 
-	ln    net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	lines []string // received command lines, "tls: " prefixed under TLS
-	msgs  []string // message contents received (DATA, BDAT)
+	mu   sync.Mutex
+	msgs []string // message contents received (DATA, BDAT)
 }
 
 func startBackend(t *testing.T, fb *fakeBackend) *fakeBackend {
@@ -69,51 +56,8 @@ func startBackend(t *testing.T, fb *fakeBackend) *fakeBackend {
 	if fb.Greeting == "" {
 		fb.Greeting = "220 fake ESMTP"
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fb.ln, fb.conns = ln, map[net.Conn]struct{}{}
-	fb.wg.Add(1)
-	go func() {
-		defer fb.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fb.mu.Lock()
-			fb.conns[c] = struct{}{}
-			fb.mu.Unlock()
-			fb.wg.Add(1)
-			go func() {
-				defer fb.wg.Done()
-				fb.serve(c)
-				fb.mu.Lock()
-				delete(fb.conns, c)
-				fb.mu.Unlock()
-				c.Close()
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		fb.mu.Lock()
-		for c := range fb.conns {
-			c.Close()
-		}
-		fb.mu.Unlock()
-		fb.wg.Wait()
-	})
+	fb.Backend = testrig.StartBackend(t, fb.serve)
 	return fb
-}
-
-func (fb *fakeBackend) port() int { return fb.ln.Addr().(*net.TCPAddr).Port }
-
-func (fb *fakeBackend) received() []string {
-	fb.mu.Lock()
-	defer fb.mu.Unlock()
-	return append([]string(nil), fb.lines...)
 }
 
 func (fb *fakeBackend) messages() []string {
@@ -160,13 +104,11 @@ func (fb *fakeBackend) serve(c net.Conn) {
 			return
 		}
 		l = strings.TrimRight(l, "\r\n")
-		fb.mu.Lock()
 		if isTLS {
-			fb.lines = append(fb.lines, "tls: "+l)
+			fb.Record("tls: " + l)
 		} else {
-			fb.lines = append(fb.lines, l)
+			fb.Record(l)
 		}
-		fb.mu.Unlock()
 		verb, arg, _ := strings.Cut(l, " ")
 		switch strings.ToUpper(verb) {
 		case "EHLO":
@@ -203,9 +145,7 @@ func (fb *fakeBackend) serve(c net.Conn) {
 						return "", false
 					}
 					l = strings.TrimRight(l, "\r\n")
-					fb.mu.Lock()
-					fb.lines = append(fb.lines, l)
-					fb.mu.Unlock()
+					fb.Record(l)
 					return l, true
 				}
 				if ir == "" {
@@ -292,32 +232,14 @@ func (fb *fakeBackend) serve(c net.Conn) {
 
 // ---- proxy rig ----
 
-type result struct {
-	ho      *session.Handoff
-	end     session.End
-	pending []byte
-}
-
-type rig struct {
-	t       *testing.T
-	ln      net.Listener
-	lis     *session.Listener
-	env     *session.Env
-	h       *Handler
-	relay   bool
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	results chan result
-}
+// rig runs the handler on a TCP listener (testrig.Proxy).
+type rig = testrig.Proxy
 
 func testListener(mode routing.TLSMode, cfg *tls.Config, allowPlain bool) *session.Listener {
-	lim := session.DefaultLimits(routing.Submission)
-	lim.AuthFailureDelay = 10 * time.Millisecond
-	lim.BackendTimeout = 3 * time.Second
-	lim.MaxLine = 1024
-	lim.MaxLiteral = 1024
-	return &session.Listener{Name: "t", Protocol: routing.Submission, TLS: mode, TLSConfig: cfg, AllowPlaintextAuth: allowPlain, Limits: lim}
+	lis := testrig.Listener(routing.Submission, mode, cfg, allowPlain)
+	lis.Limits.MaxLine = 1024
+	lis.Limits.MaxLiteral = 1024
+	return lis
 }
 
 func backendAt(port int, forward routing.ForwardMode) routing.Backend {
@@ -326,137 +248,29 @@ func backendAt(port int, forward routing.ForwardMode) routing.Backend {
 
 func newRig(t *testing.T, lis *session.Listener, backends ...routing.Backend) *rig {
 	t.Helper()
-	spec := routing.TableSpec{Backends: backends}
-	if len(backends) > 0 {
-		spec.Pools = []routing.Pool{{Name: "p", Backends: []string{backends[0].ID}}}
-		spec.DefaultPool = "p"
-	}
-	tbl, err := routing.NewTable(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &rig{t: t, ln: ln, lis: lis, h: New(Options{Hostname: "proxy.example"}), results: make(chan result, 16)}
-	r.env = &session.Env{
-		Director: session.RouteDirector{Router: routing.NewStatic(tbl)},
-		Dialer:   &session.Dialer{}, Log: discardLog,
-	}
-	r.ctx, r.cancel = context.WithCancel(context.Background())
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			r.wg.Add(1)
-			go func() {
-				defer r.wg.Done()
-				r.serve(c.(*net.TCPConn))
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		r.cancel()
-		r.wg.Wait()
-	})
-	return r
-}
-
-func (r *rig) serve(tc *net.TCPConn) {
-	nc, err := netx.NewConn(tc, nil)
-	if err != nil {
-		tc.Close()
-		return
-	}
-	cl := &session.Client{
-		ID: "SID1", Listener: r.lis, Env: r.env, Stream: netx.NewStream(nc),
-		Remote: netip.MustParseAddrPort("198.51.100.7:4242"), Local: netip.MustParseAddrPort("192.0.2.1:587"),
-		Peer: tc.RemoteAddr().(*net.TCPAddr).AddrPort(), Log: discardLog, Started: time.Now(),
-	}
-	ho, end := r.h.Serve(r.ctx, cl)
-	res := result{ho: ho, end: end}
-	if ho != nil {
-		res.pending = cl.Stream.Detach()
-		toClient := ho.Backend.Detach()
-		if r.relay {
-			relayBoth(cl.Stream.NetConn(), ho.Backend.NetConn(), res.pending, toClient)
-		}
-		_ = ho.Backend.Close()
-	}
-	_ = cl.Stream.Close()
-	r.results <- res
-}
-
-func relayBoth(c, b net.Conn, toB, toC []byte) {
-	_, _ = b.Write(toB)
-	_, _ = c.Write(toC)
-	done := make(chan struct{})
-	go func() {
-		_, _ = io.Copy(b, c)
-		b.Close()
-		close(done)
-	}()
-	_, _ = io.Copy(c, b)
-	c.Close()
-	<-done
-}
-
-func (r *rig) addr() string { return r.ln.Addr().String() }
-
-func (r *rig) result() result {
-	r.t.Helper()
-	select {
-	case res := <-r.results:
-		return res
-	case <-time.After(10 * time.Second):
-		r.t.Fatal("no result from Serve")
-		return result{}
-	}
+	return testrig.NewProxy(t, lis, New(Options{Hostname: "proxy.example"}), netip.MustParseAddrPort("192.0.2.1:587"), backends...)
 }
 
 // ---- test client ----
 
-type client struct {
-	t  *testing.T
-	c  net.Conn
-	br *bufio.Reader
-}
+type client struct{ *testrig.Client }
 
 // dial connects and reads the greeting.
 func dial(t *testing.T, addr string) *client {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	t.Cleanup(func() { c.Close() })
-	cl := &client{t: t, c: c, br: bufio.NewReader(c)}
+	cl := &client{testrig.Dial(t, addr)}
 	cl.expect("220 proxy.example ESMTP")
 	return cl
 }
 
-func (c *client) send(s string) {
-	c.t.Helper()
-	if _, err := io.WriteString(c.c, s); err != nil {
-		c.t.Fatalf("write: %v", err)
-	}
-}
-
 // reply reads one reply; it returns its lines (without CRLF).
 func (c *client) reply() []string {
-	c.t.Helper()
+	c.T.Helper()
 	var lines []string
 	for {
-		s, err := c.br.ReadString('\n')
+		s, err := c.R.ReadString('\n')
 		if err != nil {
-			c.t.Fatalf("read: %v (%q after %q)", err, s, lines)
+			c.T.Fatalf("read: %v (%q after %q)", err, s, lines)
 		}
 		s = strings.TrimRight(s, "\r\n")
 		lines = append(lines, s)
@@ -469,73 +283,16 @@ func (c *client) reply() []string {
 // cmd sends a line (CRLF added) and checks that the reply's last line
 // starts with want.
 func (c *client) cmd(send, want string) []string {
-	c.t.Helper()
-	c.send(send + "\r\n")
+	c.T.Helper()
+	c.Send(send + "\r\n")
 	return c.expect(want)
 }
 
 func (c *client) expect(want string) []string {
-	c.t.Helper()
+	c.T.Helper()
 	r := c.reply()
 	if !strings.HasPrefix(r[len(r)-1], want) {
-		c.t.Fatalf("got %q, want prefix %q", r, want)
+		c.T.Fatalf("got %q, want prefix %q", r, want)
 	}
 	return r
-}
-
-func (c *client) eof() {
-	c.t.Helper()
-	rest, err := io.ReadAll(c.br)
-	if err != nil && !strings.Contains(err.Error(), "reset") {
-		c.t.Fatalf("waiting for close: %v", err)
-	}
-	if len(rest) > 0 {
-		c.t.Fatalf("unexpected data before close: %q", rest)
-	}
-}
-
-// startTLS upgrades the client after a 220 to STARTTLS.
-func (c *client) startTLS() {
-	c.t.Helper()
-	tc := tls.Client(c.c, &tls.Config{InsecureSkipVerify: true})
-	if err := tc.Handshake(); err != nil {
-		c.t.Fatal(err)
-	}
-	c.c, c.br = tc, bufio.NewReader(tc)
-}
-
-func selfSigned(t testing.TB) tls.Certificate {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test"},
-		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-func tlsServerConfig(t *testing.T) *tls.Config {
-	return &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
-}
-
-func plainIR(authz, user, pass string) string {
-	return base64.StdEncoding.EncodeToString([]byte(authz + "\x00" + user + "\x00" + pass))
-}
-
-func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
-
-func dialRaw(t *testing.T, addr string) net.Conn {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	t.Cleanup(func() { c.Close() })
-	return c
 }
