@@ -371,8 +371,11 @@ func (m *Manager) Run(ctx context.Context) {
 // the address under the new process.
 func (m *Manager) Detach() {
 	m.detached.Store(true)
+	// Wait for a reconcile in flight: it sees detached before it changes
+	// anything, and every later one returns at once.
 	m.rmu.Lock()
-	m.rmu.Unlock() //nolint:staticcheck // an empty critical section: waits for a reconcile in flight
+	//lint:ignore SA2001 the empty critical section is the wait
+	m.rmu.Unlock()
 	select {
 	case m.kick <- struct{}{}:
 	default:
