@@ -117,6 +117,9 @@ func resultLine(r syncer.Result) string {
 	if len(r.NewBackends) > 0 {
 		s += fmt.Sprintf(", %d new backends", len(r.NewBackends))
 	}
+	if r.Paused > 0 {
+		s += fmt.Sprintf("; %d commands, paused %s between them", r.Commands, time.Duration(r.Paused*float64(time.Second)).Round(time.Millisecond))
+	}
 	return s
 }
 

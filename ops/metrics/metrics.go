@@ -118,6 +118,8 @@ var Catalog = sortInfo([]Info{
 	{"portico_source_refused_total", "counter", []string{"source"}, syncer.HelpRefused, "source"},
 	{"portico_source_interval_seconds", "gauge", []string{"source"}, syncer.HelpInterval, "source"},
 	{"portico_source_lookups_total", "counter", []string{"source", "result"}, syncer.HelpLookups, "source"},
+	{"portico_source_sync_batches_total", "counter", []string{"source"}, syncer.HelpBatches, "source"},
+	{"portico_source_sync_pause_seconds_total", "counter", []string{"source"}, syncer.HelpPause, "source"},
 	{"portico_source_skipped_entries_total", "counter", []string{"source", "reason"}, syncer.HelpSkipped, "source"},
 
 	// Process (client_golang's process collector; go_* from the Go collector too).

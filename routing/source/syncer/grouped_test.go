@@ -87,6 +87,8 @@ func TestGroupedBatchesSameTable(t *testing.T) {
 			if (errw == nil) != (errc == nil) {
 				t.Fatalf("seed %d %s: errors %v and %v", seed, what, errw, errc)
 			}
+			// The same difference, in more or fewer commands.
+			rw.Commands, rc.Commands = 0, 0
 			if !reflect.DeepEqual(rw, rc) {
 				t.Fatalf("seed %d %s: results differ:\n%+v\n%+v", seed, what, rw, rc)
 			}

@@ -22,6 +22,8 @@ type Metrics struct {
 	refused     *prometheus.CounterVec
 	intervalG   *prometheus.GaugeVec
 	lookups     *prometheus.CounterVec
+	batches     *prometheus.CounterVec
+	pause       *prometheus.CounterVec
 	skipped     *skipCollector
 }
 
@@ -35,6 +37,8 @@ const (
 	HelpRefused     = "Syncs of the source refused by the safety valve (they would have removed more than max_delete_share of its rules)."
 	HelpInterval    = "The source's configured incremental sync interval, for alerts on a source that has not synced for too long."
 	HelpSkipped     = "Entries a source held but could not use (a missing or multi-valued attribute, a NULL column), by reason, since this node opened it; they are left out of the table and logged."
+	HelpBatches     = "Raft commands the source's syncs wrote (batches of users, new backends, the sync state), one at a time, on the leader."
+	HelpPause       = "Time the source's syncs waited between their commands so that applying them takes at most write_share of a sync's time (on the leader)."
 	HelpLookups     = "On-miss lookups of logins the table had no rule for, by result (found, not_found, error, cached_found, cached_not_found)."
 )
 
@@ -50,9 +54,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		refused:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portico_source_refused_total", Help: HelpRefused}, []string{"source"}),
 		intervalG: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "portico_source_interval_seconds", Help: HelpInterval}, []string{"source"}),
 		lookups:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portico_source_lookups_total", Help: HelpLookups}, []string{"source", "result"}),
+		batches:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portico_source_sync_batches_total", Help: HelpBatches}, []string{"source"}),
+		pause:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: "portico_source_sync_pause_seconds_total", Help: HelpPause}, []string{"source"}),
 	}
 	m.skipped = &skipCollector{desc: prometheus.NewDesc("portico_source_skipped_entries_total", HelpSkipped, []string{"source", "reason"}, nil)}
-	reg.MustRegister(m.lastSuccess, m.duration, m.entries, m.changes, m.errors, m.refused, m.intervalG, m.lookups, m.skipped)
+	reg.MustRegister(m.lastSuccess, m.duration, m.entries, m.changes, m.errors, m.refused, m.intervalG, m.lookups, m.batches, m.pause, m.skipped)
 	return m
 }
 
@@ -106,6 +112,8 @@ func (m *Metrics) Init(source string, interval time.Duration) {
 	}
 	m.errors.WithLabelValues(source)
 	m.refused.WithLabelValues(source)
+	m.batches.WithLabelValues(source)
+	m.pause.WithLabelValues(source)
 }
 
 func (m *Metrics) interval(source string, d time.Duration) {
@@ -154,5 +162,17 @@ func (m *Metrics) refusedSync(source string) {
 func (m *Metrics) lookup(source, result string) {
 	if m != nil {
 		m.lookups.WithLabelValues(source, result).Inc()
+	}
+}
+
+func (m *Metrics) wrote(source string) {
+	if m != nil {
+		m.batches.WithLabelValues(source).Inc()
+	}
+}
+
+func (m *Metrics) paused(source string, d time.Duration) {
+	if m != nil {
+		m.pause.WithLabelValues(source).Add(d.Seconds())
 	}
 }

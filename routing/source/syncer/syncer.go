@@ -56,12 +56,20 @@ type Config struct {
 	// default those stay (counted as shadowed).
 	Overwrite   bool
 	NewBackends NewBackends
-	// Batch is the number of users per command (0: 5000).
+	// Batch is the number of users per command (0: DefaultBatch).
 	Batch int
+	// WriteShare is the most of a sync's wall time that writing its
+	// commands may take (0: DefaultWriteShare; 1: back to back): after
+	// a command that took d to apply, the next one waits
+	// d*(1-WriteShare)/WriteShare (at most MaxPause). See pace.go.
+	WriteShare float64
 }
 
 // DefaultMaxDeleteShare is max_delete_share's default.
 const DefaultMaxDeleteShare = 0.1
+
+// DefaultBatch is the number of users per command of a sync.
+const DefaultBatch = 5000
 
 // Options of one sync.
 type Options struct {
@@ -110,6 +118,12 @@ type Result struct {
 	ChangedList []Change            `json:"changed_list,omitempty"`
 	RemovedList []routing.UserRoute `json:"removed_list,omitempty"`
 	InvalidList []string            `json:"invalid_list,omitempty"`
+	// Commands: the raft commands the sync wrote (new backends, batches
+	// of users, the sync state); Writing: the time they took to apply
+	// on the leader; Paused: the time it waited between them (pace.go).
+	Commands int     `json:"commands,omitempty"`
+	Writing  float64 `json:"writing_seconds,omitempty"`
+	Paused   float64 `json:"paused_seconds,omitempty"`
 }
 
 // maxList bounds the lists of a Result.
@@ -130,6 +144,9 @@ type Syncer struct {
 	log   *slog.Logger
 	met   *Metrics
 	now   func() time.Time
+	// sleep waits d or until ctx ends (the pause between commands;
+	// tests replace it).
+	sleep func(ctx context.Context, d time.Duration) error
 
 	mu sync.Mutex // one sync at a time
 
@@ -151,7 +168,10 @@ type runStatus struct {
 // replicated table; met may be nil.
 func New(cfg Config, f source.Fetcher, table func() *routing.Table, cl Cluster, log *slog.Logger, met *Metrics) *Syncer {
 	if cfg.Batch <= 0 {
-		cfg.Batch = 5000
+		cfg.Batch = DefaultBatch
+	}
+	if cfg.WriteShare <= 0 || cfg.WriteShare > 1 {
+		cfg.WriteShare = DefaultWriteShare
 	}
 	if cfg.MaxDeleteShare <= 0 {
 		cfg.MaxDeleteShare = DefaultMaxDeleteShare
@@ -159,7 +179,7 @@ func New(cfg Config, f source.Fetcher, table func() *routing.Table, cl Cluster, 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Syncer{cfg: cfg, f: f, table: table, cl: cl, log: log.With("source", cfg.Name), met: met, now: time.Now}
+	return &Syncer{cfg: cfg, f: f, table: table, cl: cl, log: log.With("source", cfg.Name), met: met, now: time.Now, sleep: sleepCtx}
 }
 
 // Name returns the source's name.
@@ -267,11 +287,17 @@ func (s *Syncer) record(res Result, err error, opt Options) {
 		}
 		s.log.Log(context.Background(), lvl, "directory source synced", "kind", res.Kind, "entries", res.Entries,
 			"added", res.Added, "changed", res.Changed, "removed", res.Removed, "shadowed", res.Shadowed, "invalid", res.Invalid,
-			"new_backends", len(res.NewBackends), "duration", time.Duration(res.Duration*float64(time.Second)).Round(time.Millisecond))
+			"new_backends", len(res.NewBackends), "commands", res.Commands, "paused", secs(res.Paused),
+			"duration", secs(res.Duration))
 		if res.Invalid > 0 {
 			s.log.Warn("directory source entries skipped (the users' rules stay as they were)", "invalid", res.Invalid, "first", strings.Join(res.InvalidList[:min(5, len(res.InvalidList))], "; "))
 		}
 	}
+}
+
+// secs rounds seconds to a Duration in milliseconds, for the log.
+func secs(v float64) time.Duration {
+	return time.Duration(v * float64(time.Second)).Round(time.Millisecond)
 }
 
 // diff is what a sync writes.
@@ -432,7 +458,7 @@ func (s *Syncer) incremental(ctx context.Context, st routing.SourceState, opt Op
 // source's state. Every command is idempotent, so a sync cut off part
 // way (a leader change) is made good by the next one, from the old
 // watermark: the state is written last.
-func (s *Syncer) write(ctx context.Context, d *diff, opt Options, st routing.SourceState, writeState bool) (Result, error) {
+func (s *Syncer) write(ctx context.Context, d *diff, opt Options, st routing.SourceState, writeState bool) (res Result, err error) {
 	for _, b := range d.backends {
 		d.res.NewBackends = append(d.res.NewBackends, b.ID)
 	}
@@ -447,8 +473,13 @@ func (s *Syncer) write(ctx context.Context, d *diff, opt Options, st routing.Sou
 	if opt.DryRun {
 		return d.res, nil
 	}
+	// One command at a time, paced (pace.go).
+	p := &pacer{share: s.cfg.WriteShare, now: s.now, sleep: s.sleep, apply: s.cl.Apply, met: s.met, name: s.cfg.Name}
+	defer func() {
+		res.Commands, res.Paused, res.Writing = p.cmds, p.paused.Seconds(), p.writing.Seconds()
+	}()
 	apply := func(c routing.Command, what string) error {
-		if err := s.cl.Apply(ctx, c); err != nil {
+		if err := p.write(ctx, c); err != nil {
 			return fmt.Errorf("writing %s: %w", what, err)
 		}
 		return nil
