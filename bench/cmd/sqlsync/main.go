@@ -62,12 +62,13 @@ func main() {
 	porticoBin := flag.String("portico", "", "portico binary (default: go build ./cmd/portico)")
 	sinkBin := flag.String("sink", "", "imapsink binary (default: go build ./bench/cmd/imapsink)")
 	keep := flag.Bool("keep", false, "keep the work directory")
+	writeShare := flag.Float64("write-share", 0.5, "the source's write_share (1: the sync's commands back to back)")
 	flag.Parse()
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
 
 	work, err := os.MkdirTemp("", "portico-sqlsync-")
 	check(err)
-	b := &bench{work: work, rows: *rows}
+	b := &bench{work: work, rows: *rows, writeShare: *writeShare}
 	cleanup = func() {
 		b.stop()
 		if !*keep {
@@ -197,6 +198,8 @@ func main() {
 	// The figures.
 	b.report("sync", fmt.Sprintf("full, %d entries, %d added (leader's own: read, diff, write in batches)", st.Last.Entries, st.Last.Added))
 	b.report(fmt.Sprintf("leader's sync duration (%s's status)", leader.name), fmt.Sprintf("%.1f s", st.Last.Duration))
+	b.report(fmt.Sprintf("leader's sync: commands / applying them / paused between them (write_share %g)", b.writeShare),
+		fmt.Sprintf("%d / %.1f s / %.1f s", st.Last.Commands, st.Last.Writing, st.Last.Paused))
 	for _, nd := range b.nodes {
 		b.report(fmt.Sprintf("asked to %s routing the last user (%s)", nd.name, nd.role), reached[nd.name].Round(10*time.Millisecond).String())
 	}
@@ -224,12 +227,13 @@ func main() {
 }
 
 type bench struct {
-	work  string
-	rows  int
-	pg    *sqltest.Server
-	sink  *exec.Cmd
-	nodes []*node
-	lines [][2]string
+	work       string
+	rows       int
+	writeShare float64
+	pg         *sqltest.Server
+	sink       *exec.Cmd
+	nodes      []*node
+	lines      [][2]string
 }
 
 func (b *bench) report(what, v string) {
@@ -311,13 +315,14 @@ sources:
     type: sql
     interval: 1h
     full_interval: 24h
+    write_share: %g
     sql:
       driver: postgres
       dsn_file: %s
       query: SELECT username, server, login FROM mailbox WHERE (SELECT enabled FROM bench_switch)
       sync_timeout: 1h
 `, nd.name, filepath.Join(nd.dir, "data"), nd.imap, nd.admin, token, nd.raft, nd.gossip, strings.Join(join, ", "),
-			ca, cf, kf, gossipKey, portOf(sinkAddr), dsnFile)
+			ca, cf, kf, gossipKey, portOf(sinkAddr), b.writeShare, dsnFile)
 		path := filepath.Join(nd.dir, "portico.yaml")
 		check(os.WriteFile(path, []byte(cfg), 0o600))
 		logf, err := os.Create(filepath.Join(nd.dir, "portico.log"))
@@ -395,6 +400,9 @@ type sourceStatus struct {
 		Duration float64 `json:"duration_seconds"`
 		Entries  int     `json:"entries"`
 		Added    int     `json:"added"`
+		Commands int     `json:"commands"`
+		Writing  float64 `json:"writing_seconds"`
+		Paused   float64 `json:"paused_seconds"`
 	} `json:"last"`
 }
 

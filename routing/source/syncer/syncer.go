@@ -3,7 +3,8 @@
 // start of a term when the last one is older than the source's
 // full_interval, and then every full_interval, an incremental sync every
 // interval; each writes only the difference, in idempotent batches of
-// the import command tagged with the source (Tag), then the source's
+// the import command tagged with the source (Tag), one at a time with a
+// pause in proportion to each one's apply time (pace.go), then the source's
 // sync state (routing.SourceState: watermark, last full sync), so that
 // the next leader carries on from the watermark. A sync that would
 // remove more than the source's max_delete_share of its entries is
