@@ -20,8 +20,9 @@
 // heap-before-MiB and heap-after-MiB (live heap objects after a GC,
 // before and after the sync: what the benchmark holds, then that and the
 // table), peak-heap-MiB (heap objects, live or garbage not yet
-// collected, sampled every 10 ms) and peak-rss-MiB (VmHWM, reset before
-// each sync).
+// collected, sampled every 10 ms), peak-rss-MiB (VmHWM, reset before
+// each sync) and, for FullSync, paused-s (the pauses between commands at
+// work_share's default: wall time, not CPU).
 package sourcesync_test
 
 import (
@@ -191,11 +192,14 @@ func measure(b *testing.B, prepare func(), sync func() *fsmCluster) {
 func BenchmarkFullSync(b *testing.B) {
 	f := directory(entries())
 	var c *fsmCluster
+	var paused float64
+	defer func() { b.ReportMetric(paused/float64(b.N), "paused-s") }()
 	measure(b, func() { c = newCluster(b) }, func() *fsmCluster {
 		res, err := newSyncer(c, f).Sync(context.Background(), syncer.Options{Full: true})
 		if err != nil {
 			b.Fatal(err)
 		}
+		paused += res.Paused
 		if _, _, users, _ := c.fsm.Table().Len(); res.Added != len(f.entries) || users != len(f.entries) {
 			b.Fatalf("added %d of %d; the table holds %d", res.Added, len(f.entries), users)
 		}

@@ -267,7 +267,7 @@ func readmeWant() map[string]map[string]any {
 			"ldap.timeout": ldapsrc.DefaultTimeout, "ldap.changes_overlap": ldapsrc.DefaultChangesOverlap,
 			"interval": DefaultSourceInterval, "full_interval": DefaultSourceFullInterval,
 			"max_delete_share": fmt.Sprint(syncer.DefaultMaxDeleteShare), "overwrite": false,
-			"write_share":     fmt.Sprint(syncer.DefaultWriteShare),
+			"work_share":      fmt.Sprint(syncer.DefaultWorkShare),
 			"on_miss.enabled": false, "on_miss.timeout": DefaultOnMissTimeout,
 			"on_miss.positive_ttl": DefaultOnMissPositiveTTL, "on_miss.negative_ttl": DefaultOnMissNegativeTTL,
 			"new_backends.create": true, "new_backends.imap_port": syncer.DefaultNewBackends().IMAPPort,

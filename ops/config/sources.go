@@ -33,10 +33,10 @@ type Source struct {
 	// the source's rules (and more than one) is refused unless forced;
 	// default 0.1.
 	MaxDeleteShare *float64 `yaml:"max_delete_share"`
-	// WriteShare: the most of a sync's time that applying its commands
-	// may take; the leader pauses between them for the rest (default
-	// 0.5; 1: no pause).
-	WriteShare *float64 `yaml:"write_share"`
+	// WorkShare: the most of a sync's time that the leader spends
+	// working on it (reading, diffing, applying its commands); it
+	// pauses for the rest (default 0.5; 1: flat out).
+	WorkShare *float64 `yaml:"work_share"`
 	// Overwrite: the source's entries replace rules the API, this file,
 	// an import or another source wrote (default: those stay).
 	Overwrite   bool              `yaml:"overwrite"`
@@ -201,7 +201,7 @@ func (s *Source) Open(log *slog.Logger) (source.Fetcher, error) {
 // SyncConfig is the source's syncer configuration.
 func (s *Source) SyncConfig() syncer.Config {
 	return syncer.Config{Name: s.Name, Type: s.Type, Interval: s.Interval.D(), FullInterval: s.FullInterval.D(),
-		MaxDeleteShare: *s.MaxDeleteShare, WriteShare: *s.WriteShare, Overwrite: s.Overwrite, NewBackends: s.newBackends()}
+		MaxDeleteShare: *s.MaxDeleteShare, WorkShare: *s.WorkShare, Overwrite: s.Overwrite, NewBackends: s.newBackends()}
 }
 
 // MissSource is the source's on-miss lookup configuration.
@@ -288,11 +288,11 @@ func (v *validator) sources() {
 		} else if *s.MaxDeleteShare <= 0 || *s.MaxDeleteShare > 1 {
 			v.errf(p+".max_delete_share", "%g is outside (0, 1] (1: any sync may remove every rule of the source)", *s.MaxDeleteShare)
 		}
-		if s.WriteShare == nil {
-			d := syncer.DefaultWriteShare
-			s.WriteShare = &d
-		} else if *s.WriteShare < 0.05 || *s.WriteShare > 1 {
-			v.errf(p+".write_share", "%g is outside 0.05..1 (1: a sync's commands back to back, no pause)", *s.WriteShare)
+		if s.WorkShare == nil {
+			d := syncer.DefaultWorkShare
+			s.WorkShare = &d
+		} else if *s.WorkShare < 0.05 || *s.WorkShare > 1 {
+			v.errf(p+".work_share", "%g is outside 0.05..1 (1: a sync works flat out, no pause)", *s.WorkShare)
 		}
 		v.newBackends(p+".new_backends", &s.NewBackends)
 		m := &s.OnMiss

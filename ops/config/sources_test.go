@@ -46,7 +46,7 @@ sources:
 		t.Fatalf("driver config %#v", s.Driver())
 	}
 	sc := s.SyncConfig()
-	if sc.Interval != time.Minute || sc.FullInterval != time.Hour || sc.MaxDeleteShare != 0.1 || sc.WriteShare != 0.5 || sc.Name != "users" {
+	if sc.Interval != time.Minute || sc.FullInterval != time.Hour || sc.MaxDeleteShare != 0.1 || sc.WorkShare != 0.5 || sc.Name != "users" {
 		t.Fatalf("sync config %+v", sc)
 	}
 	if nb := sc.NewBackends; nb.Off || nb.IMAPPort != 143 || nb.POP3Port != 110 || nb.SievePort != 0 || nb.PortProtocol != "pop3" || nb.TLS != "none" {
@@ -77,8 +77,8 @@ func TestSourcesErrors(t *testing.T) {
 		"sources:\n  - name: a\n    type: popmap\n    popmap: {path: x}\n    sql: {}\n":                                                                                      "a sql block in a source of type",
 		"sources:\n  - name: a\n    type: popmap\n    popmap: {path: x}\n  - name: a\n    type: popmap\n    popmap: {path: y}\n":                                             `"a" is used by another source`,
 		"sources:\n  - name: a\n    type: popmap\n    popmap: {path: x}\n    max_delete_share: 0\n":                                                                          "max_delete_share (line 9): 0 is outside",
-		"sources:\n  - name: a\n    type: popmap\n    popmap: {path: x}\n    write_share: 0\n":                                                                               "write_share (line 9): 0 is outside 0.05..1",
-		"sources:\n  - name: a\n    type: popmap\n    popmap: {path: x}\n    write_share: 1.5\n":                                                                             "write_share (line 9): 1.5 is outside",
+		"sources:\n  - name: a\n    type: popmap\n    popmap: {path: x}\n    work_share: 0\n":                                                                                "work_share (line 9): 0 is outside 0.05..1",
+		"sources:\n  - name: a\n    type: popmap\n    popmap: {path: x}\n    work_share: 1.5\n":                                                                              "work_share (line 9): 1.5 is outside",
 		"sources:\n  - name: a\n    type: popmap\n    popmap: {path: x}\n    interval: 1h\n    full_interval: 10m\n":                                                         "full_interval",
 		"sources:\n  - name: a\n    type: popmap\n    popmap: {path: x}\n    on_miss: {timeout: 1m}\n":                                                                       "on_miss.timeout",
 		"sources:\n  - name: a\n    type: popmap\n    popmap: {path: x}\n    new_backends: {port_protocol: smtp}\n":                                                          "port_protocol",

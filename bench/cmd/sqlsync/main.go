@@ -62,13 +62,13 @@ func main() {
 	porticoBin := flag.String("portico", "", "portico binary (default: go build ./cmd/portico)")
 	sinkBin := flag.String("sink", "", "imapsink binary (default: go build ./bench/cmd/imapsink)")
 	keep := flag.Bool("keep", false, "keep the work directory")
-	writeShare := flag.Float64("write-share", 0.5, "the source's write_share (1: the sync's commands back to back)")
+	workShare := flag.Float64("work-share", 0.5, "the source's work_share (1: the sync's commands back to back)")
 	flag.Parse()
 	log.SetFlags(log.Ltime | log.Lmicroseconds)
 
 	work, err := os.MkdirTemp("", "portico-sqlsync-")
 	check(err)
-	b := &bench{work: work, rows: *rows, writeShare: *writeShare}
+	b := &bench{work: work, rows: *rows, workShare: *workShare}
 	cleanup = func() {
 		b.stop()
 		if !*keep {
@@ -174,17 +174,19 @@ func main() {
 			syncErr = fmt.Sprintf("%d: %s", code, a.Error)
 			log.Printf("the sync asked of %s failed: %s", leader.name, syncErr)
 		}
-		last := fmt.Sprintf("user%07d@example.org", *rows)
+		// Every user in this node's table: the sync writes its batches
+		// grouped by the table's shards, so the last user by name may
+		// come with any of them.
 		for len(reached) < len(b.nodes) {
 			for _, nd := range b.nodes {
-				if _, ok := reached[nd.name]; !ok && nd.routes(last) {
+				if _, ok := reached[nd.name]; !ok && nd.users() >= *rows {
 					reached[nd.name] = time.Since(syncStart)
 				}
 			}
 			if time.Since(syncStart) > time.Hour {
 				fatalf("the sync did not reach every node within an hour")
 			}
-			time.Sleep(50 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond)
 		}
 	})
 	pgCPU2 := procstat.ReadCPU(pgPIDs)
@@ -193,15 +195,19 @@ func main() {
 		b.report("leader changes during the sync", fmt.Sprintf("%d (the sync asked of %s: %s)", elections, leader.name, syncErr))
 		leader, _ = b.roles()
 	}
-	st := b.waitSource(leader, func(s sourceStatus) bool { return s.Last != nil && s.Last.Kind == "full" && s.Last.Entries == *rows }, time.Minute)
+	// The leader's last sync that succeeded (after a leader change, the new
+	// leader's, which wrote what the cut-off one had not).
+	st := b.waitSource(leader, func(s sourceStatus) bool {
+		return s.LastError == "" && s.Last != nil && s.Last.Kind == "full" && s.Last.Entries == *rows
+	}, time.Minute)
 
 	// The figures.
 	b.report("sync", fmt.Sprintf("full, %d entries, %d added (leader's own: read, diff, write in batches)", st.Last.Entries, st.Last.Added))
 	b.report(fmt.Sprintf("leader's sync duration (%s's status)", leader.name), fmt.Sprintf("%.1f s", st.Last.Duration))
-	b.report(fmt.Sprintf("leader's sync: commands / applying them / paused between them (write_share %g)", b.writeShare),
+	b.report(fmt.Sprintf("leader's sync: commands / applying them / paused between them (work_share %g)", b.workShare),
 		fmt.Sprintf("%d / %.1f s / %.1f s", st.Last.Commands, st.Last.Writing, st.Last.Paused))
 	for _, nd := range b.nodes {
-		b.report(fmt.Sprintf("asked to %s routing the last user (%s)", nd.name, nd.role), reached[nd.name].Round(10*time.Millisecond).String())
+		b.report(fmt.Sprintf("asked to %s routing every user (%s)", nd.name, nd.role), reached[nd.name].Round(10*time.Millisecond).String())
 	}
 	for _, nd := range b.nodes {
 		a, z := before[nd.name], nd.sample()
@@ -227,13 +233,13 @@ func main() {
 }
 
 type bench struct {
-	work       string
-	rows       int
-	writeShare float64
-	pg         *sqltest.Server
-	sink       *exec.Cmd
-	nodes      []*node
-	lines      [][2]string
+	work      string
+	rows      int
+	workShare float64
+	pg        *sqltest.Server
+	sink      *exec.Cmd
+	nodes     []*node
+	lines     [][2]string
 }
 
 func (b *bench) report(what, v string) {
@@ -315,14 +321,14 @@ sources:
     type: sql
     interval: 1h
     full_interval: 24h
-    write_share: %g
+    work_share: %g
     sql:
       driver: postgres
       dsn_file: %s
       query: SELECT username, server, login FROM mailbox WHERE (SELECT enabled FROM bench_switch)
       sync_timeout: 1h
 `, nd.name, filepath.Join(nd.dir, "data"), nd.imap, nd.admin, token, nd.raft, nd.gossip, strings.Join(join, ", "),
-			ca, cf, kf, gossipKey, portOf(sinkAddr), b.writeShare, dsnFile)
+			ca, cf, kf, gossipKey, portOf(sinkAddr), b.workShare, dsnFile)
 		path := filepath.Join(nd.dir, "portico.yaml")
 		check(os.WriteFile(path, []byte(cfg), 0o600))
 		logf, err := os.Create(filepath.Join(nd.dir, "portico.log"))
@@ -552,9 +558,17 @@ func (nd *node) api(method, path, body string) (int, []byte) {
 	return resp.StatusCode, b
 }
 
-func (nd *node) routes(user string) bool {
-	code, _ := nd.api("GET", "/v1/routes/users/"+user, "")
-	return code == 200
+// users is the number of user rules in this node's table.
+func (nd *node) users() int {
+	var st struct {
+		Routing struct {
+			Users int `json:"users"`
+		}
+	}
+	if code, body := nd.api("GET", "/v1/status", ""); code != 200 || json.Unmarshal(body, &st) != nil {
+		return -1
+	}
+	return st.Routing.Users
 }
 
 func (nd *node) log() string {

@@ -38,7 +38,7 @@ const (
 	HelpInterval    = "The source's configured incremental sync interval, for alerts on a source that has not synced for too long."
 	HelpSkipped     = "Entries a source held but could not use (a missing or multi-valued attribute, a NULL column), by reason, since this node opened it; they are left out of the table and logged."
 	HelpBatches     = "Raft commands the source's syncs wrote (batches of users, new backends, the sync state), one at a time, on the leader."
-	HelpPause       = "Time the source's syncs waited between their commands so that applying them takes at most write_share of a sync's time (on the leader)."
+	HelpPause       = "Time the source's syncs paused (while reading and diffing the source, and between their commands) so that they work at most work_share of their time (on the leader)."
 	HelpLookups     = "On-miss lookups of logins the table had no rule for, by result (found, not_found, error, cached_found, cached_not_found)."
 )
 

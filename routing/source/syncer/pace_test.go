@@ -96,7 +96,7 @@ func TestSyncPaced(t *testing.T) {
 			c := &clockCluster{fakeCluster: newCluster(t), clock: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), costs: costs}
 			reg := prometheus.NewRegistry()
 			var m *Metrics
-			s := New(Config{Name: "dir", Interval: time.Hour, FullInterval: 24 * time.Hour, Batch: 10, WriteShare: share,
+			s := New(Config{Name: "dir", Interval: time.Hour, FullInterval: 24 * time.Hour, Batch: 10, WorkShare: share,
 				NewBackends: DefaultNewBackends()}, newFake(true, entriesN(95)...), c.table, c, nil, nil)
 			m = NewMetrics(reg)
 			s.met = m
@@ -159,7 +159,7 @@ func TestSyncPaced(t *testing.T) {
 func TestSyncPacedRealClock(t *testing.T) {
 	const cost = 15 * time.Millisecond
 	c := &timedCluster{fakeCluster: newCluster(t), cost: cost}
-	s := newSyncer(c.fakeCluster, newFake(false, entriesN(40)...), Config{Batch: 10, WriteShare: 0.5}, nil)
+	s := newSyncer(c.fakeCluster, newFake(false, entriesN(40)...), Config{Batch: 10, WorkShare: 0.5}, nil)
 	s.cl = c
 	start := time.Now()
 	res, err := s.Sync(context.Background(), Options{})
@@ -220,17 +220,19 @@ func (c *timedCluster) Apply(ctx context.Context, cmd routing.Command) error {
 // written, the state (watermark) is not, and the next leader's sync
 // writes only what is missing.
 func TestSyncCancelledDuringPause(t *testing.T) {
-	c := newCluster(t)
+	c := &clockCluster{fakeCluster: newCluster(t), clock: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), costs: []time.Duration{10 * time.Millisecond}}
 	f := newFake(true, entriesN(30)...)
 	ctx, cancel := context.WithCancel(context.Background())
-	s := newSyncer(c, f, Config{Batch: 10}, nil)
+	s := newSyncer(c.fakeCluster, f, Config{Batch: 10}, nil)
+	s.cl = c
 	var sleeps int
+	s.now = c.now
 	s.sleep = func(ctx context.Context, d time.Duration) error {
 		sleeps++
 		if sleeps == 2 {
 			cancel() // the term ends while the leader waits
 		}
-		return sleepCtx(ctx, d)
+		return c.sleep(ctx, d)
 	}
 	if _, err := s.Sync(ctx, Options{}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("error %v, want context.Canceled", err)
@@ -244,8 +246,55 @@ func TestSyncCancelledDuringPause(t *testing.T) {
 	// The next leader: the 20 users already written stay, the rest is
 	// written, in one batch.
 	before := len(c.cmds)
-	res, err := newSyncer(c, f, Config{Batch: 10}, nil).Sync(context.Background(), Options{})
+	res, err := newSyncer(c.fakeCluster, f, Config{Batch: 10}, nil).Sync(context.Background(), Options{})
 	if err != nil || res.Added != 10 || res.Unchanged != 20 || len(c.cmds)-before != 2 {
 		t.Fatalf("%+v %v; %d commands", res, err, len(c.cmds)-before)
+	}
+}
+
+// slowSource takes a fake clock's perEntry for each entry it reads.
+type slowSource struct {
+	*fakeSource
+	c        *clockCluster
+	perEntry time.Duration
+}
+
+func (f slowSource) Full(ctx context.Context, put func(source.Entry) error) (string, error) {
+	return f.fakeSource.Full(ctx, func(e source.Entry) error {
+		f.c.mu.Lock()
+		f.c.clock = f.c.clock.Add(f.perEntry)
+		f.c.mu.Unlock()
+		return put(e)
+	})
+}
+
+// Reading and diffing a large source is work too: the sync pauses while
+// it reads, each time it has worked for a slice, in proportion.
+func TestSyncPacedRead(t *testing.T) {
+	c := &clockCluster{fakeCluster: newCluster(t), clock: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), costs: []time.Duration{time.Millisecond}}
+	const n = 20 * stepCheck
+	f := slowSource{fakeSource: newFake(true, entriesN(n)...), c: c, perEntry: 50 * time.Microsecond}
+	s := newSyncer(c.fakeCluster, f, Config{Batch: 1 << 20, WorkShare: 0.25}, nil)
+	s.cl, s.now, s.sleep = c, c.now, c.sleep
+	res, err := s.Sync(context.Background(), Options{})
+	if err != nil || res.Added != n || res.Commands != 2 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	// Reading took n*50µs = 256 ms of (fake) time, looked at every
+	// stepCheck entries (12.8 ms): a pause of three times the work
+	// each time it passed workSlice, then the batch, its pause, the
+	// state.
+	slice := stepCheck * 50 * time.Microsecond
+	perPause := 2 * slice // the first look past workSlice
+	var want []string
+	for range n / stepCheck / 2 {
+		want = append(want, fmt.Sprint("sleep ", 3*perPause))
+	}
+	want = append(want, "apply", fmt.Sprint("sleep ", 3*time.Millisecond), "apply")
+	if fmt.Sprint(c.events) != fmt.Sprint(want) {
+		t.Fatalf("events\n %v\nwant\n %v", c.events, want)
+	}
+	if c.overlaps.Load() != 0 {
+		t.Fatal("commands overlapped")
 	}
 }

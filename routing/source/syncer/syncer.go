@@ -59,11 +59,12 @@ type Config struct {
 	NewBackends NewBackends
 	// Batch is the number of users per command (0: DefaultBatch).
 	Batch int
-	// WriteShare is the most of a sync's wall time that writing its
-	// commands may take (0: DefaultWriteShare; 1: back to back): after
-	// a command that took d to apply, the next one waits
-	// d*(1-WriteShare)/WriteShare (at most MaxPause). See pace.go.
-	WriteShare float64
+	// WorkShare is the most of a sync's wall time that the leader
+	// spends working on it: reading the source, diffing it, applying
+	// the commands (0: DefaultWorkShare; 1: flat out). After work that
+	// took d it pauses d*(1-WorkShare)/WorkShare (at most MaxPause).
+	// See pace.go.
+	WorkShare float64
 }
 
 // DefaultMaxDeleteShare is max_delete_share's default.
@@ -171,8 +172,8 @@ func New(cfg Config, f source.Fetcher, table func() *routing.Table, cl Cluster, 
 	if cfg.Batch <= 0 {
 		cfg.Batch = DefaultBatch
 	}
-	if cfg.WriteShare <= 0 || cfg.WriteShare > 1 {
-		cfg.WriteShare = DefaultWriteShare
+	if cfg.WorkShare <= 0 || cfg.WorkShare > 1 {
+		cfg.WorkShare = DefaultWorkShare
 	}
 	if cfg.MaxDeleteShare <= 0 {
 		cfg.MaxDeleteShare = DefaultMaxDeleteShare
@@ -228,15 +229,17 @@ func (s *Syncer) Sync(ctx context.Context, opt Options) (Result, error) {
 	st, _ := s.table().SourceState(s.cfg.Name)
 	var res Result
 	var err error
+	p := s.newPacer()
 	if !opt.Full && st.Watermark != "" {
-		res, err = s.incremental(ctx, st, opt, start)
+		res, err = s.incremental(ctx, st, opt, start, p)
 		if errors.Is(err, source.ErrNoChanges) {
 			s.log.Debug("the source cannot tell what changed since the watermark: full sync", "watermark", st.Watermark)
-			res, err = s.full(ctx, opt, start)
+			res, err = s.full(ctx, opt, start, p)
 		}
 	} else {
-		res, err = s.full(ctx, opt, start)
+		res, err = s.full(ctx, opt, start, p)
 	}
+	res.Commands, res.Paused, res.Writing = p.cmds, p.paused.Seconds(), p.writing.Seconds()
 	res.Source, res.Started, res.DryRun, res.Forced = s.cfg.Name, start, opt.DryRun, opt.Force
 	res.Duration = s.now().Sub(start).Seconds()
 	s.record(res, err, opt)
@@ -367,11 +370,11 @@ func (d *diff) remove(key string, tg routing.Target, dry bool) {
 // full reads the whole source and writes the difference with the table:
 // its entries added or changed, the source's rules it no longer names
 // removed.
-func (s *Syncer) full(ctx context.Context, opt Options, start time.Time) (Result, error) {
+func (s *Syncer) full(ctx context.Context, opt Options, start time.Time, p *pacer) (Result, error) {
 	entries := map[string]source.Entry{}
 	wm, err := s.f.Full(ctx, func(e source.Entry) error {
 		entries[routing.NormalizeUser(e.User)] = e // a user named twice: the last wins
-		return nil
+		return p.step(ctx)
 	})
 	if err != nil {
 		return Result{Kind: "full"}, fmt.Errorf("reading the source: %w", err)
@@ -386,6 +389,9 @@ func (s *Syncer) full(ctx context.Context, opt Options, start time.Time) (Result
 	sort.Strings(keys)
 	for _, k := range keys {
 		s.classify(d, r, t, k, entries[k], opt.DryRun)
+		if err := p.step(ctx); err != nil {
+			return d.res, err
+		}
 	}
 	tag := Tag(s.cfg.Name)
 	var gone []routing.UserRoute
@@ -396,20 +402,24 @@ func (s *Syncer) full(ctx context.Context, opt Options, start time.Time) (Result
 				gone = append(gone, routing.UserRoute{User: u, Target: tg})
 			}
 		}
-		return true
+		err = p.step(ctx)
+		return err == nil
 	})
+	if err != nil {
+		return d.res, err
+	}
 	sort.Slice(gone, func(i, j int) bool { return gone[i].User < gone[j].User })
 	for _, g := range gone {
 		d.remove(g.User, g.Target, opt.DryRun)
 	}
 	d.backends = r.order
 	st := routing.SourceState{Watermark: wm, LastFull: start.UnixMilli(), Entries: len(entries)}
-	return s.write(ctx, d, opt, st, true)
+	return s.write(ctx, d, opt, st, true, p)
 }
 
 // incremental reads what changed since the table's watermark and writes
 // it; source.ErrNoChanges when the source cannot tell.
-func (s *Syncer) incremental(ctx context.Context, st routing.SourceState, opt Options, start time.Time) (Result, error) {
+func (s *Syncer) incremental(ctx context.Context, st routing.SourceState, opt Options, start time.Time, p *pacer) (Result, error) {
 	changes := map[string]source.Change{}
 	var order []string
 	next, err := s.f.Changes(ctx, st.Watermark, func(c source.Change) error {
@@ -418,7 +428,7 @@ func (s *Syncer) incremental(ctx context.Context, st routing.SourceState, opt Op
 			order = append(order, k)
 		}
 		changes[k] = c // the last change of a user wins
-		return nil
+		return p.step(ctx)
 	})
 	if errors.Is(err, source.ErrNoChanges) {
 		return Result{Kind: "incremental"}, err
@@ -439,6 +449,9 @@ func (s *Syncer) incremental(ctx context.Context, st routing.SourceState, opt Op
 			continue
 		}
 		s.classify(d, r, t, k, c.Entry, opt.DryRun)
+		if err := p.step(ctx); err != nil {
+			return d.res, err
+		}
 	}
 	if d.res.Removed > 0 {
 		t.EachUser(func(_ string, tg routing.Target) bool {
@@ -451,7 +464,7 @@ func (s *Syncer) incremental(ctx context.Context, st routing.SourceState, opt Op
 	d.backends = r.order
 	nst := routing.SourceState{Watermark: next, LastFull: st.LastFull, Entries: max(0, st.Entries+d.res.Added-d.res.Removed)}
 	wrote := len(d.puts) > 0 || len(d.prunes) > 0 || len(d.backends) > 0 || next != st.Watermark
-	return s.write(ctx, d, opt, nst, wrote)
+	return s.write(ctx, d, opt, nst, wrote, p)
 }
 
 // write applies a diff (unless dry, or refused by the safety valve):
@@ -459,7 +472,7 @@ func (s *Syncer) incremental(ctx context.Context, st routing.SourceState, opt Op
 // source's state. Every command is idempotent, so a sync cut off part
 // way (a leader change) is made good by the next one, from the old
 // watermark: the state is written last.
-func (s *Syncer) write(ctx context.Context, d *diff, opt Options, st routing.SourceState, writeState bool) (res Result, err error) {
+func (s *Syncer) write(ctx context.Context, d *diff, opt Options, st routing.SourceState, writeState bool, p *pacer) (Result, error) {
 	for _, b := range d.backends {
 		d.res.NewBackends = append(d.res.NewBackends, b.ID)
 	}
@@ -475,10 +488,6 @@ func (s *Syncer) write(ctx context.Context, d *diff, opt Options, st routing.Sou
 		return d.res, nil
 	}
 	// One command at a time, paced (pace.go).
-	p := &pacer{share: s.cfg.WriteShare, now: s.now, sleep: s.sleep, apply: s.cl.Apply, met: s.met, name: s.cfg.Name}
-	defer func() {
-		res.Commands, res.Paused, res.Writing = p.cmds, p.paused.Seconds(), p.writing.Seconds()
-	}()
 	apply := func(c routing.Command, what string) error {
 		if err := p.write(ctx, c); err != nil {
 			return fmt.Errorf("writing %s: %w", what, err)
