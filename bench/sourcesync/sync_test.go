@@ -21,8 +21,12 @@
 // before and after the sync: what the benchmark holds, then that and the
 // table), peak-heap-MiB (heap objects, live or garbage not yet
 // collected, sampled every 10 ms), peak-rss-MiB (VmHWM, reset before
-// each sync) and, for FullSync, paused-s (the pauses between commands at
-// work_share's default: wall time, not CPU).
+// each sync) and, for FullSync, paused-s (the syncer's pauses at
+// work_share, PORTICO_BENCH_SYNC_WORK_SHARE or the default: wall time,
+// not CPU), late-p99-ms and late-max-ms (how late a goroutine sleeping
+// 5 ms at a time woke up during the sync: what the sync's work, the
+// collector's included, costs the other goroutines of a leader, its
+// raft heartbeats among them).
 package sourcesync_test
 
 import (
@@ -34,6 +38,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -140,9 +145,47 @@ func directory(n int) *fetcher {
 	return f
 }
 
+// workShare is PORTICO_BENCH_SYNC_WORK_SHARE (0: the syncer's default).
+func workShare() float64 {
+	v, _ := strconv.ParseFloat(os.Getenv("PORTICO_BENCH_SYNC_WORK_SHARE"), 64)
+	return v
+}
+
 func newSyncer(c *fsmCluster, f source.Fetcher) *syncer.Syncer {
 	return syncer.New(syncer.Config{Name: "dir", Type: "bench", Interval: time.Hour, FullInterval: 24 * time.Hour,
-		MaxDeleteShare: 0.1, NewBackends: syncer.DefaultNewBackends()}, f, c.fsm.Table, c, nil, nil)
+		MaxDeleteShare: 0.1, NewBackends: syncer.DefaultNewBackends(), WorkShare: workShare()}, f, c.fsm.Table, c, nil, nil)
+}
+
+// lateness runs a goroutine that sleeps 5 ms at a time, as raft's
+// heartbeat goroutines wake every few tens of milliseconds, until the
+// returned function is called, which returns how late its wake-ups
+// were: the 99th percentile and the worst.
+func lateness() func() (p99, worst time.Duration) {
+	var late []time.Duration
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			t0 := time.Now()
+			time.Sleep(5 * time.Millisecond)
+			late = append(late, time.Since(t0)-5*time.Millisecond)
+		}
+	}()
+	return func() (time.Duration, time.Duration) {
+		close(done)
+		<-stopped
+		if len(late) == 0 {
+			return 0, 0
+		}
+		slices.Sort(late)
+		return late[len(late)*99/100], late[len(late)-1]
+	}
 }
 
 // measure runs sync b.N times (prepare, untimed, before each) and reports
@@ -193,9 +236,17 @@ func BenchmarkFullSync(b *testing.B) {
 	f := directory(entries())
 	var c *fsmCluster
 	var paused float64
-	defer func() { b.ReportMetric(paused/float64(b.N), "paused-s") }()
+	var p99, worst time.Duration
+	defer func() {
+		b.ReportMetric(paused/float64(b.N), "paused-s")
+		b.ReportMetric(float64(p99)/1e6, "late-p99-ms")
+		b.ReportMetric(float64(worst)/1e6, "late-max-ms")
+	}()
 	measure(b, func() { c = newCluster(b) }, func() *fsmCluster {
+		stop := lateness()
 		res, err := newSyncer(c, f).Sync(context.Background(), syncer.Options{Full: true})
+		p, w := stop()
+		p99, worst = max(p99, p), max(worst, w)
 		if err != nil {
 			b.Fatal(err)
 		}
