@@ -141,12 +141,17 @@ func main() {
 	roleAtStart := map[*node]string{leader: "leader", follower: "follower"}
 
 	// Logins without a sync.
+	baseElections := b.elections()
 	base := b.logins([]*node{leader, follower}, *rate, func(stop <-chan struct{}) {
 		select {
 		case <-time.After(*window):
 		case <-stop:
 		}
 	})
+	b.report("leader changes without a sync (the login baseline)", fmt.Sprint(b.elections()-baseElections))
+	if b.elections() != baseElections {
+		leader, follower = b.roles()
+	}
 
 	// The sync.
 	before := map[string]sample{}
