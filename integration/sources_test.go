@@ -286,6 +286,11 @@ func TestSourceThreeNodesLeaderChange(t *testing.T) {
 		return true
 	})
 	leader := nodeByName(nodes, leaderOf(nodes))
+	// The sync logs once it wrote its state, after its batch and a pause
+	// (the syncer's pacing): the users may be routed a moment before.
+	waitFor(t, "the leader's sync logged", 10*time.Second, func() bool {
+		return strings.Contains(leader.log(), "directory source synced")
+	})
 	// Only a leader syncs: a node that logged a sync led at some point
 	// (an election while the cluster formed may have moved leadership).
 	for _, nd := range nodes {
