@@ -412,6 +412,7 @@ func (n *Agent) openMemberlist() error {
 	n.del = newDelegate(n)
 	mc.Delegate = n.del
 	mc.Events = n.del
+	mc.Ping = n.del
 	hasState, _ := raft.HasExistingState(n.logs, n.stable, n.snaps)
 	n.meta.Store(&Meta{Version: n.cfg.Version, API: n.cfg.APIAddr, Raft: string(n.transport.LocalAddr()), Bootstrapped: hasState,
 		Level: int(routing.CommandLevel), Seq: n.metaSeq.Add(1)})

@@ -28,6 +28,11 @@ type delegate struct {
 
 	joinMu sync.Mutex
 	onJoin []func(name string) // OnMemberJoin
+
+	// Direct probes answered, by member (probeAnswered): a member silent
+	// for a while that answers again is back.
+	ackMu   sync.Mutex
+	lastAck map[string]time.Time
 }
 
 type memberCopy struct {
@@ -71,7 +76,7 @@ type Channel interface {
 }
 
 func newDelegate(n *Agent) *delegate {
-	d := &delegate{n: n, channels: map[byte]Channel{}, members: map[string]memberCopy{}}
+	d := &delegate{n: n, channels: map[byte]Channel{}, members: map[string]memberCopy{}, lastAck: map[string]time.Time{}}
 	d.queue = &memberlist.TransmitLimitedQueue{
 		NumNodes:       func() int { return n.numMembers() },
 		RetransmitMult: 3,
