@@ -164,7 +164,8 @@ type peerBook struct {
 	// Messages waiting for their sender's key, by sender (bounded).
 	pending      map[string][]heldMsg
 	pendingBytes int
-	dropped      atomic.Uint64 // gossip messages dropped: malformed, unverifiable or forged
+	retrying     map[string]bool // a fetch is due again (retryLocked)
+	dropped      atomic.Uint64   // gossip messages dropped: malformed, unverifiable or forged
 }
 
 type peerKey struct {
@@ -254,7 +255,12 @@ func (b *peerBook) fetch(name string) {
 		return
 	}
 	b.mu.Lock()
-	if time.Since(b.lastFetch[name]) < fetchInterval {
+	if since := time.Since(b.lastFetch[name]); since < fetchInterval {
+		// Fetched a moment ago (maybe in vain: the node was not up
+		// yet). Messages held meanwhile must not wait for the sender's
+		// next message, which may be the next push/pull: try again once
+		// the interval is over.
+		b.retryLocked(name, fetchInterval-since)
 		b.mu.Unlock()
 		return
 	}
@@ -290,6 +296,35 @@ func (b *peerBook) fetch(name string) {
 		b.n.poke()
 		return
 	}
+	// Not reached at any address: try again later while messages wait.
+	b.mu.Lock()
+	b.retryLocked(name, fetchInterval)
+	b.mu.Unlock()
+}
+
+// retryLocked asks for name's certificate again after d if messages from
+// name are held, once (b.mu held).
+func (b *peerBook) retryLocked(name string, d time.Duration) {
+	if len(b.pending[name]) == 0 || b.retrying[name] {
+		return
+	}
+	if b.retrying == nil {
+		b.retrying = map[string]bool{}
+	}
+	b.retrying[name] = true
+	time.AfterFunc(d, func() {
+		b.mu.Lock()
+		delete(b.retrying, name)
+		waiting := len(b.pending[name]) > 0
+		b.mu.Unlock()
+		select {
+		case <-b.n.stop:
+		default:
+			if waiting {
+				b.wantKey(name)
+			}
+		}
+	})
 }
 
 // candidateAddrs lists where name's cluster port may be: raft's
@@ -364,4 +399,7 @@ func (b *peerBook) hold(name string, ch byte, sealed []byte) {
 		return
 	}
 	b.pending[name] = q
+	// The fetch open asked for may have run before this message was
+	// held, or have been refused as too soon after the last one.
+	b.retryLocked(name, fetchInterval)
 }
