@@ -10,7 +10,9 @@
 # A VARIANT is "nginx" (nginx + libnginx-mod-mail and the auth_http daemon,
 # whose CPU is reported apart) or "LABEL=COMMAND", a proxy command template
 # with run.sh's placeholders ({PLAIN_PORT} {TLS_PORT} {SINK} {SINK_PORT}
-# {SINK_TLS_PORT} {CERT} {KEY} {OUT}), run with bash -c "exec ..." and
+# {SINK_TLS_PORT} {CERT} {KEY} {OUT}), and {BIN}, where the bench tools are
+# (e.g. "{BIN}/timerslack 1000000 /tmp/portico proxy ...": the timer slack
+# packaging/systemd's unit sets), run with bash -c "exec ..." and
 # GOMAXPROCS exported, e.g.
 #
 #   bench/logincpu.sh nginx 'portico=/tmp/portico proxy --from imap://127.0.0.1:{PLAIN_PORT}
@@ -49,7 +51,7 @@ QUIET_PCT=${QUIET_PCT:-15}
 QUIET_WAIT=${QUIET_WAIT:-60}
 OUT=${OUT:-$HERE/results/logincpu-$(date -u +%Y%m%dT%H%M%SZ)}
 
-[ $# -gt 0 ] || { sed -n '2,33p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,35p' "$0"; exit 2; }
 
 log() { printf '%s logincpu: %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -180,7 +182,7 @@ AUTH_PORT=$(pick_port 24080)
 PLAIN_PORT=$(pick_port 25143)
 TLS_PORT=$(pick_port 25993)
 
-(cd "$ROOT" && go build -o "$WORK/bin/" ./bench/cmd/imapsink ./bench/cmd/authhttp ./bench/cmd/loadimap)
+(cd "$ROOT" && go build -o "$WORK/bin/" ./bench/cmd/imapsink ./bench/cmd/authhttp ./bench/cmd/loadimap ./bench/cmd/timerslack)
 
 CERT=$WORK/cert.pem
 KEY=$WORK/key.pem
@@ -234,6 +236,7 @@ start_proxy() { # variant logfile -> PROXY_PID, AUTHARG
 		cmd=${cmd//\{CERT\}/$CERT}
 		cmd=${cmd//\{KEY\}/$KEY}
 		cmd=${cmd//\{OUT\}/$OUT}
+		cmd=${cmd//\{BIN\}/$WORK/bin}
 		bash -c "exec $cmd" >"$2" 2>&1 &
 	fi
 	PROXY_PID=$!

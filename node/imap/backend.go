@@ -96,9 +96,11 @@ func (s *conn) backendLogin(ctx context.Context, be *netx.Stream, t *session.Tar
 		// as two small segments with Nagle's algorithm on (Cyrus) holds
 		// the login reply until its ID reply is acknowledged, which a
 		// delayed ACK made ~40 ms on every login. Acknowledge at once
-		// instead (one setsockopt; no round trip added, unlike waiting for
-		// the ID reply before sending the login).
-		_ = be.Base().QuickAck()
+		// what came before waiting for the rest (one setsockopt, and only
+		// then: a backend that answers both in one segment, as Dovecot
+		// does, needs none; no round trip added, unlike waiting for the
+		// ID reply before sending the login).
+		_ = be.Base().QuickAckOnWait()
 	}
 
 	var untagged [][]byte

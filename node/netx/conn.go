@@ -59,6 +59,9 @@ type heldIO struct {
 	rerr, werr      error
 	rwait, wwait    bool
 	readFn, writeFn func(fd uintptr) bool
+	// quickAck: acknowledge at once what was read since QuickAckOnWait
+	// (gotData) when a read is about to wait (once).
+	quickAck, gotData bool
 }
 
 // NewConn wraps tc. prefix (may be nil) is delivered before socket data; the
@@ -156,6 +159,24 @@ func (c *Conn) writeHeld(p []byte) (int, error) {
 	return n, nil
 }
 
+// QuickAckOnWait is QuickAck only when it is needed, for the replies to
+// pipelined commands just written: the first read that would wait after
+// some bytes arrived acknowledges them at once (TCP_QUICKACK, once). A
+// peer that sends all its replies in one segment (Dovecot) then costs no
+// setsockopt and no immediate ACK (the ACK leaves with the next bytes
+// sent, or with the delayed-ACK timer); one that holds its second reply
+// until the first is acknowledged (Nagle, Cyrus) gets that ACK just before
+// the reader waits for it. It works through the held read path
+// (SetHold); without a Hold it is QuickAck now.
+func (c *Conn) QuickAckOnWait() error {
+	if c.hold == nil {
+		return c.QuickAck()
+	}
+	st := c.heldState()
+	st.quickAck, st.gotData = true, false
+	return nil
+}
+
 func (c *Conn) heldState() *heldIO {
 	if c.held != nil {
 		return c.held
@@ -169,6 +190,12 @@ func (c *Conn) heldState() *heldIO {
 			}
 		}
 		if st.rerr == syscall.EAGAIN {
+			if st.quickAck && st.gotData {
+				// Before waiting, not after the read: the peer may be
+				// holding what we wait for until this ACK (Nagle).
+				st.quickAck = false
+				_ = setQuickAck(int(fd))
+			}
 			if !st.rwait {
 				st.rwait = true
 				c.hold.Release()
@@ -177,6 +204,9 @@ func (c *Conn) heldState() *heldIO {
 		}
 		if st.rn < 0 {
 			st.rn = 0
+		}
+		if st.rn > 0 && st.quickAck {
+			st.gotData = true
 		}
 		return true
 	}

@@ -13,11 +13,13 @@ import "golang.org/x/sys/unix"
 // exchange.
 func (c *Conn) QuickAck() error {
 	var serr error
-	err := c.raw.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_QUICKACK, 1)
-	})
+	err := c.raw.Control(func(fd uintptr) { serr = setQuickAck(int(fd)) })
 	if err != nil {
 		return err
 	}
 	return serr
+}
+
+func setQuickAck(fd int) error {
+	return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_QUICKACK, 1)
 }
