@@ -641,18 +641,20 @@ func (c *stormCluster) drill(t *testing.T, lp *loadProc, drill string, resume bo
 		// counted).
 		for try := 1; ; try++ {
 			out, err := owner.cli("vip", "move", "--to", to.name)
-			if err == nil {
-				break
+			if err != nil {
+				t.Logf("vip move, try %d: %v %s", try, err, strings.TrimSpace(out))
 			}
-			t.Logf("vip move, try %d: %v %s", try, err, strings.TrimSpace(out))
 			var holder *drillNode
-			waitFor(t, "a VIP owner after the failed move", 30*time.Second, func() bool {
+			waitFor(t, "a VIP owner after the move", 30*time.Second, func() bool {
 				o, err := c.healthy()
 				holder = o
 				return err == nil
 			})
 			if holder == to {
 				break
+			}
+			if err == nil {
+				t.Logf("vip move, try %d: answered success, but %s holds the VIP", try, holder.name)
 			}
 			if try == 3 {
 				t.Fatalf("vip move: %v %s", err, out)

@@ -473,12 +473,21 @@ func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	leader := c.successor(self, 5*time.Second)
 	res := MoveResult{From: self, To: leader, SessionsEnded: ended, TookMS: time.Since(start).Milliseconds()}
 	switch {
-	case herr == nil:
 	case leader != "" && (to == "" || leader == to):
-		c.log.Warn("raft reported the leadership transfer as failed, but the target leads now: the VIP moved", "error", herr, "leader", leader)
+		if herr != nil {
+			c.log.Warn("raft reported the leadership transfer as failed, but the target leads now: the VIP moved", "error", herr, "leader", leader)
+		}
 	case leader != "":
+		if herr == nil {
+			herr = errors.New("another node won the election")
+		}
 		return res, fmt.Errorf("leadership transfer to %s: %v; %s leads (and holds the VIP) now", to, herr, leader)
 	default:
+		// Raft's success means the target was told to call an election,
+		// not that it won: a target short of CPU can lose it to this node.
+		if herr == nil {
+			herr = errors.New("no other node leads: this node leads (and holds the VIP) again")
+		}
 		return MoveResult{}, fmt.Errorf("leadership transfer failed: %v", herr)
 	}
 	return res, nil

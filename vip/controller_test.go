@@ -641,3 +641,36 @@ func TestVerifyDuringInheritedHold(t *testing.T) {
 		t.Fatalf("leader: %v", err)
 	}
 }
+
+// Raft's success only means the target was told to call an election. A
+// target that loses it (to this node, or to a third one) makes the move
+// fail, with the node that leads named.
+func TestMoveTransferOKButTargetLost(t *testing.T) {
+	t.Run("this node won it back", func(t *testing.T) {
+		r := newRig(t, nil)
+		r.cl.setLeader("n1")
+		r.c.SetLeading(true)
+		r.cl.onTransfer = func() string {
+			r.cl.setLeader("") // the election the target called
+			time.AfterFunc(50*time.Millisecond, func() {
+				r.cl.setLeader("n1")
+				r.c.SetLeading(true)
+			})
+			return ""
+		}
+		res, err := r.c.Move(t.Context(), "n2")
+		if err == nil || !strings.Contains(err.Error(), "again") {
+			t.Fatalf("move: %+v, %v; want a failure saying this node leads again", res, err)
+		}
+	})
+	t.Run("a third node won", func(t *testing.T) {
+		r := newRig(t, nil)
+		r.cl.setLeader("n1")
+		r.c.SetLeading(true)
+		r.cl.onTransfer = func() string { return "n3" }
+		res, err := r.c.Move(t.Context(), "n2")
+		if err == nil || !strings.Contains(err.Error(), "n3 leads") {
+			t.Fatalf("move: %+v, %v; want a failure naming n3", res, err)
+		}
+	})
+}
