@@ -150,18 +150,10 @@ func Available() error {
 // the test when Cyrus is unavailable (fails it with PORTICO_REQUIRE_CYRUS=1).
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
-	daemon.Require(t, Available(), EnvRequire)
-	s, err := StartProcess(opts)
-	if err != nil {
-		t.Fatalf("start cyrus: %v", err)
-	}
-	t.Cleanup(func() {
-		s.Stop()
-		if t.Failed() {
-			t.Logf("cyrus master output:\n%s", s.Output())
-		}
-	})
-	return s
+	return daemon.Start(t, "cyrus", Available(), EnvRequire,
+		func() (*Server, error) { return StartProcess(opts) },
+		(*Server).Stop,
+		(*Server).Output)
 }
 
 // StartProcess starts an instance; the caller must Stop it.

@@ -236,18 +236,10 @@ func Available() error {
 // If the test failed, the Dovecot log is written to the test log.
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
-	daemon.Require(t, Available(), EnvRequire)
-	s, err := StartProcess(opts)
-	if err != nil {
-		t.Fatalf("start dovecot: %v", err)
-	}
-	t.Cleanup(func() {
-		s.Stop()
-		if t.Failed() {
-			t.Logf("dovecot log (%s):\n%s", s.Dir, s.Log())
-		}
-	})
-	return s
+	return daemon.Start(t, "dovecot", Available(), EnvRequire,
+		func() (*Server, error) { return StartProcess(opts) },
+		(*Server).Stop,
+		func(s *Server) string { return "(" + s.Dir + ")\n" + s.Log() })
 }
 
 // StartProcess starts an instance without a testing.TB; the caller must call

@@ -183,19 +183,10 @@ func Available() error {
 // output is written to the test log.
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
-	daemon.Require(t, Available(), EnvRequire)
-	s, err := StartProcess(opts)
-	if err != nil {
-		t.Fatalf("start slapd: %v", err)
-	}
-	t.Cleanup(func() {
-		out := s.Output()
-		s.Remove()
-		if t.Failed() && strings.TrimSpace(out) != "" {
-			t.Logf("slapd output (%s):\n%s", s.Dir, out)
-		}
-	})
-	return s
+	return daemon.Start(t, "slapd", Available(), EnvRequire,
+		func() (*Server, error) { return StartProcess(opts) },
+		(*Server).Remove,
+		(*Server).Output)
 }
 
 // StartProcess creates and starts an instance without a testing.TB; the

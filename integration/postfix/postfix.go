@@ -158,18 +158,10 @@ func postfixBinary() (string, error) {
 // goes to the test log if the test failed).
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
-	daemon.Require(t, Available(), EnvRequire)
-	s, err := StartProcess(opts)
-	if err != nil {
-		t.Fatalf("start postfix: %v", err)
-	}
-	t.Cleanup(func() {
-		s.Stop()
-		if t.Failed() {
-			t.Logf("postfix log (%s):\n%s", s.Dir, s.Log())
-		}
-	})
-	return s
+	return daemon.Start(t, "postfix", Available(), EnvRequire,
+		func() (*Server, error) { return StartProcess(opts) },
+		(*Server).Stop,
+		func(s *Server) string { return "(" + s.Dir + ")\n" + s.Log() })
 }
 
 // StartProcess starts an instance; the caller must call Stop.

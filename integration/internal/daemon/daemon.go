@@ -2,8 +2,9 @@
 // integration tests (Dovecot, Cyrus, slapd, PostgreSQL, MariaDB, Postfix)
 // have in common: a process's output read while it is written, free ports
 // for servers that take only a port number, a retry when such a port was
-// taken before the server bound it, and the skip-or-fail rule for a
-// server that is not installed.
+// taken before the server bound it, the skip-or-fail rule for a server
+// that is not installed, and the start-for-a-test that stops the server
+// when the test ends and shows its log when the test failed.
 package daemon
 
 import (
@@ -98,4 +99,28 @@ func Require(t testing.TB, unavailable error, env string) {
 		t.Fatalf("%s=1 but %v", env, unavailable)
 	}
 	t.Skipf("skipping: %v (set %s=1 to fail instead)", unavailable, env)
+}
+
+// Start is a harness's Start for a test: it skips t (or fails it, see
+// Require) when the server is unavailable, starts one with start, and in
+// t.Cleanup stops it with stop and, if the test failed, writes what log
+// returns (when not blank) to the test log, after the stop so that the
+// server's last words are in it. what names the server in messages.
+func Start[S any](t testing.TB, what string, unavailable error, env string, start func() (S, error), stop func(S), log func(S) string) S {
+	t.Helper()
+	Require(t, unavailable, env)
+	s, err := start()
+	if err != nil {
+		t.Fatalf("start %s: %v", what, err)
+	}
+	t.Cleanup(func() {
+		stop(s)
+		if !t.Failed() {
+			return
+		}
+		if out := log(s); strings.TrimSpace(out) != "" {
+			t.Logf("%s log:\n%s", what, out)
+		}
+	})
+	return s
 }

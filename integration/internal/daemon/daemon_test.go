@@ -89,3 +89,35 @@ func TestRetry(t *testing.T) {
 		t.Fatalf("always taken: err=%v calls=%d, want %d attempts", err, calls, Attempts)
 	}
 }
+
+func TestStartStopsInCleanup(t *testing.T) {
+	type srv struct{ stopped, logged bool }
+	var s *srv
+	t.Run("started", func(t *testing.T) {
+		s = Start(t, "fake", nil, "PORTICO_TEST_UNUSED",
+			func() (*srv, error) { return &srv{}, nil },
+			func(s *srv) { s.stopped = true },
+			func(s *srv) string { s.logged = true; return "" })
+		if s == nil || s.stopped {
+			t.Fatalf("Start returned %+v, want a running server", s)
+		}
+	})
+	if !s.stopped {
+		t.Error("the server was not stopped when the test ended")
+	}
+	if s.logged {
+		t.Error("the log was read although the test passed")
+	}
+
+	started := false
+	t.Run("unavailable", func(t *testing.T) {
+		t.Setenv("PORTICO_TEST_UNUSED", "")
+		Start(t, "fake", errors.New("not installed"), "PORTICO_TEST_UNUSED",
+			func() (*srv, error) { started = true; return &srv{}, nil },
+			func(*srv) {}, func(*srv) string { return "" })
+		t.Error("Start went on although the server is unavailable")
+	})
+	if started {
+		t.Error("an unavailable server was started")
+	}
+}
