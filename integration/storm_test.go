@@ -927,9 +927,7 @@ func parseMetrics(text string) map[string][]metricSample {
 type procMonitor struct {
 	mu      sync.Mutex
 	samples map[int][]procSample // by pid
-	stopc   chan struct{}
-	done    chan struct{}
-	once    sync.Once
+	loop    *periodic
 }
 
 type procSample struct {
@@ -939,42 +937,30 @@ type procSample struct {
 }
 
 func monitorProcs(nodes []*drillNode, every time.Duration) *procMonitor {
-	m := &procMonitor{samples: map[int][]procSample{}, stopc: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(m.done)
-		tk := time.NewTicker(every)
-		defer tk.Stop()
-		for {
-			for _, nd := range nodes {
-				pid := nd.pid()
-				if pid == 0 {
-					continue
-				}
-				cpu, ok := procCPU(pid)
-				if !ok {
-					continue
-				}
-				s := procSample{at: time.Now(), cpu: cpu, rssKB: procRSS(pid)}
-				m.mu.Lock()
-				m.samples[pid] = append(m.samples[pid], s)
-				m.mu.Unlock()
+	m := &procMonitor{samples: map[int][]procSample{}}
+	m.loop = runEvery(every, func() {
+		for _, nd := range nodes {
+			pid := nd.pid()
+			if pid == 0 {
+				continue
 			}
-			select {
-			case <-m.stopc:
-				return
-			case <-tk.C:
+			cpu, ok := procCPU(pid)
+			if !ok {
+				continue
 			}
+			s := procSample{at: time.Now(), cpu: cpu, rssKB: procRSS(pid)}
+			m.mu.Lock()
+			m.samples[pid] = append(m.samples[pid], s)
+			m.mu.Unlock()
 		}
-	}()
+	}, nil)
 	return m
 }
 
 func (m *procMonitor) stop() {
-	if m == nil {
-		return
+	if m != nil {
+		m.loop.stop()
 	}
-	m.once.Do(func() { close(m.stopc) })
-	<-m.done
 }
 
 // usage returns pid's CPU time between from and to (the samples around

@@ -17,7 +17,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -75,7 +74,7 @@ type drillCluster struct {
 	users  []string
 	dir    string // lives as long as the cluster
 
-	sampler *ownerSampler
+	sampler *addrSampler
 	arpw    *arpWatcher
 }
 
@@ -165,7 +164,7 @@ routes:
 	if c.arpw, err = watchARP(c.client, drillVIP4); err != nil {
 		t.Fatalf("ARP watcher: %v", err)
 	}
-	c.sampler = sampleOwners(t, c.nodes, 20*time.Millisecond)
+	c.sampler = sampleAddrs(t, c.nodes, []netip.Addr{drillVIP4, drillVIP6}, 20*time.Millisecond)
 	for _, nd := range c.nodes {
 		nd.start(t)
 	}
@@ -502,168 +501,6 @@ func (c *drillCluster) clientNeighbour(a netip.Addr) string {
 func vipAddr(a netip.Addr, port int) string { return netip.AddrPortFrom(a, uint16(port)).String() }
 
 // ---- observers ----
-
-// ownerSampler samples, every period, which node namespaces hold the IPv4
-// and IPv6 VIP (with the process alive or not), and records every change.
-type ownerSampler struct {
-	mu      sync.Mutex
-	samples int
-	events  []ownerEvent // changes of the owner set, in order
-	last    string
-	stopc   chan struct{}
-	done    chan struct{}
-	once    sync.Once
-}
-
-// ownerEvent is one observed state: live holders and holders whose
-// process is not running (an address left by a crash), per family.
-type ownerEvent struct {
-	at           time.Time
-	live4, live6 []string
-	dead4, dead6 []string
-}
-
-func (e ownerEvent) String() string {
-	return fmt.Sprintf("v4 %v v6 %v (dead holders v4 %v v6 %v)", e.live4, e.live6, e.dead4, e.dead6)
-}
-
-func sampleOwners(t *testing.T, nodes []*drillNode, every time.Duration) *ownerSampler {
-	s := &ownerSampler{stopc: make(chan struct{}), done: make(chan struct{})}
-	var ws []*netns.Watcher
-	for _, nd := range nodes {
-		w, err := nd.h.Watch()
-		if err != nil {
-			t.Fatal(err)
-		}
-		ws = append(ws, w)
-	}
-	go func() {
-		defer close(s.done)
-		defer func() {
-			for _, w := range ws {
-				w.Close()
-			}
-		}()
-		tk := time.NewTicker(every)
-		defer tk.Stop()
-		pass := func(order []int) ownerEvent {
-			var e ownerEvent
-			e.at = time.Now()
-			for _, i := range order {
-				nd := nodes[i]
-				alive := nd.serving()
-				for _, fam := range []struct {
-					a          netip.Addr
-					live, dead *[]string
-				}{{drillVIP4, &e.live4, &e.dead4}, {drillVIP6, &e.live6, &e.dead6}} {
-					has, err := ws[i].HasAddr(fam.a)
-					if err != nil || !has {
-						continue
-					}
-					if alive {
-						*fam.live = append(*fam.live, nd.name)
-					} else {
-						*fam.dead = append(*fam.dead, nd.name)
-					}
-				}
-			}
-			return e
-		}
-		var fwd, rev []int
-		for i := range nodes {
-			fwd = append(fwd, i)
-			rev = append([]int{i}, rev...)
-		}
-		both := func(a, b []string) []string {
-			var out []string
-			for _, x := range a {
-				if slices.Contains(b, x) {
-					out = append(out, x)
-				}
-			}
-			sort.Strings(out)
-			return out
-		}
-		for {
-			// Reading three namespaces one after the other can see a
-			// handover from an earlier-read node to a later-read one as two
-			// holders. A real overlap shows in a second pass in the reverse
-			// order too; an artefact cannot: keep what both passes saw.
-			e := pass(fwd)
-			if len(e.live4) > 1 || len(e.live6) > 1 {
-				r := pass(rev)
-				e.live4, e.live6 = both(e.live4, r.live4), both(e.live6, r.live6)
-			}
-			s.mu.Lock()
-			s.samples++
-			if k := e.String(); k != s.last {
-				s.last = k
-				s.events = append(s.events, e)
-			}
-			s.mu.Unlock()
-			select {
-			case <-s.stopc:
-				return
-			case <-tk.C:
-			}
-		}
-	}()
-	return s
-}
-
-func (s *ownerSampler) stop() {
-	if s == nil {
-		return
-	}
-	s.once.Do(func() { close(s.stopc) })
-	<-s.done
-}
-
-// since returns the events observed at or after t, preceded by the state
-// in force at t when no event happened exactly at t.
-func (s *ownerSampler) since(t time.Time) []ownerEvent {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	j := sort.Search(len(s.events), func(i int) bool { return !s.events[i].at.Before(t) })
-	var out []ownerEvent
-	if j > 0 && (j == len(s.events) || s.events[j].at.After(t)) {
-		out = append(out, s.events[j-1])
-	}
-	return append(out, s.events[j:]...)
-}
-
-// dump renders every event since t, with times relative to t.
-func (s *ownerSampler) dump(t time.Time) string {
-	var b strings.Builder
-	for _, e := range s.since(t) {
-		fmt.Fprintf(&b, "  %+6dms %v\n", e.at.Sub(t).Milliseconds(), e)
-	}
-	return b.String()
-}
-
-// split returns the first event since t with two or more live holders of
-// either address (nil if none).
-func (s *ownerSampler) split(t time.Time) *ownerEvent {
-	for _, e := range s.since(t) {
-		if len(e.live4) > 1 || len(e.live6) > 1 {
-			return &e
-		}
-	}
-	return nil
-}
-
-// firstWhen returns the time of the first event since t that satisfies f.
-func (s *ownerSampler) firstWhen(t time.Time, f func(ownerEvent) bool) (time.Time, bool) {
-	for _, e := range s.since(t) {
-		if f(e) {
-			if e.at.Before(t) {
-				return t, true
-			}
-			return e.at, true
-		}
-	}
-	return time.Time{}, false
-}
 
 // arpWatcher records every ARP packet seen on the client's interface that
 // claims the VIP (sender address = VIP): who announced, and when.
