@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -146,10 +147,10 @@ func TestCyrusThroughPortico(t *testing.T) {
 
 // loginLatency logs user in through addr n times (greeting read first, then
 // LOGIN timed until its tagged reply) and returns the sorted durations.
-func loginLatency(t *testing.T, addr, user string, n int) []time.Duration {
+func loginLatency(t *testing.T, addr, user string, n int) (login, dialed []time.Duration) {
 	t.Helper()
-	var ds []time.Duration
 	for range n {
+		dial := time.Now()
 		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
@@ -173,12 +174,14 @@ func loginLatency(t *testing.T, addr, user string, n int) []time.Duration {
 				break
 			}
 		}
-		ds = append(ds, time.Since(start))
+		login = append(login, time.Since(start))
+		dialed = append(dialed, time.Since(dial))
 		fmt.Fprintf(c, "z LOGOUT\r\n")
 		c.Close()
 	}
-	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-	return ds
+	slices.Sort(login)
+	slices.Sort(dialed)
+	return login, dialed
 }
 
 // Issue 14: no backend may cost a stall. With forward: id, Portico sends
@@ -196,11 +199,14 @@ func TestBackendLoginLatency(t *testing.T) {
 	for _, c := range []struct {
 		name, user, direct string
 	}{{"cyrus", "carol", cy.IMAPAddr}, {"dovecot", "alice", dc.IMAPAddr}} {
-		direct := loginLatency(t, c.direct, c.user, n)
-		via := loginLatency(t, p.addr("imap"), c.user, n)
-		t.Logf("%s login (forward: id): straight median %v p90 %v; through Portico median %v p90 %v",
-			c.name, direct[n/2].Round(10*time.Microsecond), direct[n*9/10].Round(10*time.Microsecond),
-			via[n/2].Round(10*time.Microsecond), via[n*9/10].Round(10*time.Microsecond))
+		direct, directDialed := loginLatency(t, c.direct, c.user, n)
+		via, _ := loginLatency(t, p.addr("imap"), c.user, n)
+		// Through Portico, the clock from the LOGIN to its reply also runs
+		// while Portico connects to the backend and waits for its
+		// greeting: the straight figure to compare with is from the dial.
+		r := func(d time.Duration) time.Duration { return d.Round(10 * time.Microsecond) }
+		t.Logf("%s login (forward: id): straight, LOGIN to reply median %v p90 %v, dial to reply median %v p90 %v; through Portico, LOGIN to reply median %v p90 %v",
+			c.name, r(direct[n/2]), r(direct[n*9/10]), r(directDialed[n/2]), r(directDialed[n*9/10]), r(via[n/2]), r(via[n*9/10]))
 		// A stall delays every login by 40 ms or more; on a loaded machine
 		// some logins are slow anyway, so ask only that a quarter be fast.
 		if via[n/4] >= 35*time.Millisecond {
