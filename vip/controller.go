@@ -100,6 +100,7 @@ type Controller struct {
 	moving  atomic.Bool // a Move is under way
 	leading atomic.Bool // as last notified (after the barrier)
 	handing atomic.Bool // a handover is in progress
+	ending  atomic.Bool // a Move ends the sessions on the VIP (not the sweep)
 	hmu     sync.Mutex  // one handover at a time
 	// want is whether this node means to hold the VIP (what it last asked
 	// the Holder for); gen counts the times it asked to hold it. A sweep
@@ -258,7 +259,7 @@ func (c *Controller) Run(ctx context.Context) {
 		if !Sweep(SweepInputs{Holding: false, OtherLeader: leader != "" && leader != self, Without: now.Sub(lost.at), Grace: c.cfg.SweepGrace}) {
 			continue
 		}
-		if !sweeping.CompareAndSwap(false, true) {
+		if c.ending.Load() || !sweeping.CompareAndSwap(false, true) {
 			continue
 		}
 		if !c.cfg.Go(func(ctx context.Context) {
@@ -421,22 +422,34 @@ type MoveResult struct {
 // Move is a planned handover (`portico vip move [--to NODE]`), on the
 // leader: it stops accepting on the VIP (new connections are reset, so
 // clients retry and find the new owner), lets the logins in flight on it
-// finish (a second at most), ends its sessions on the VIP at response
-// boundaries (for MoveDrain at most), then hands over; the new leader
-// acquires and announces the address. Connections to the VIP stay refused
-// as long as this node does not mean to hold it (refusing): after the
-// move, until it leads again.
+// finish (a second at most), hands over (releases the address, transfers
+// leadership; the new leader acquires and announces it), and only then
+// ends its sessions on the VIP at response boundaries (for MoveDrain at
+// most). Connections to the VIP stay refused as long as this node does
+// not mean to hold it (refusing): after the move, until it leads again.
 //
-// Raft can answer the transfer with an error although leadership moved:
-// on a loaded machine the old leader's lease may run out while it ends
-// its sessions, and raft then answers the transfer it could no longer
-// start with "node is not the leader", while the target wins the election
-// that follows; or the transfer times out just before the target wins.
-// So the outcome is what counts: once a leader other than this node is
-// known, the move succeeded if it is the target (or any node, without
-// one), and failed if another node took over; the error is final only
-// while no other leader is known within a few seconds, or when this node
-// took the VIP back.
+// The sessions end after the transfer, not before, because ending
+// thousands of them is what a loaded node cannot do while it leads: with
+// 6,000 TLS sessions on a shared 2-core machine the leader's goroutines
+// waited so long behind the ends that it heard from no quorum within its
+// 250 ms lease, in every run, and stepped down 0.3-0.9 s into the drain;
+// the election that followed was anybody's (the old owner won it back in
+// two of six moves). The transfer, done while the node is still
+// responsive, takes milliseconds; the ends then cost only this node, a
+// follower by then, whose lateness the new leader's quorum does not need.
+// Their BYEs still leave from the departed address: the connections were
+// accepted by transparent listening sockets (node/listeners.go), which
+// may send from an address the host no longer has. See DESIGN.md,
+// "Planned moves".
+//
+// Raft can answer the transfer with an error although leadership moved
+// (a transfer that times out just before the target wins). So the
+// outcome is what counts: once a leader other than this node is known,
+// the move succeeded if it is the target (or any node, without one), and
+// failed if another node took over; the error is final only while no
+// other leader is known within a few seconds, or when this node took the
+// VIP back, in which case its sessions are left alone: a failed move
+// costs its clients nothing.
 func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	l := c.cfg.Leadership
 	if !l.IsLeader() {
@@ -459,18 +472,28 @@ func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 		return MoveResult{}, ErrMoving
 	}
 	defer c.moving.Store(false)
+	// The sessions on the VIP are this move's to end (the guard's sweep
+	// leaves them alone meanwhile), whether or not this node still leads.
+	c.ending.Store(true)
+	defer c.ending.Store(false)
 	start := time.Now()
 	s := c.cfg.Sessions
+	// A login finishes while the address is here: its reply cannot be
+	// lost, and the session it opens is ended with the others below.
 	finishLogins(s, func(a netip.Addr) bool { return c.addrs[a] }, min(c.cfg.MoveDrain, time.Second))
-	// All at once (no spread): new connections are refused until the new
-	// owner has the address, so this is the gap clients see; their own
-	// reconnect back-off spreads the load on the new owner.
-	dctx, cancel := context.WithTimeout(ctx, c.cfg.MoveDrain)
-	ended := s.EndSessions(dctx, c.isVIP, "Server moving, please reconnect.", 0)
-	cancel()
 	herr := c.Handover(to, false)
-	// The new leader is known here once its first heartbeat arrives.
+	gen := c.gen.Load()
+	// The new leader is known here once its first heartbeat arrives; by
+	// then it holds the address, or is about to, so the clients told to
+	// reconnect below find it.
 	leader := c.successor(self, 5*time.Second)
+	// All at once (no spread): their clients' packets reach the new owner
+	// now, which resets them; the BYE tells the idle ones at once. Their
+	// own reconnect back-off spreads the load on the new owner. Nothing
+	// is ended if this node took the VIP back (the transfer failed).
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.MoveDrain)
+	ended := s.EndSessions(dctx, c.movedMatch(gen), "Server moving, please reconnect.", 0)
+	cancel()
 	res := MoveResult{From: self, To: leader, SessionsEnded: ended, TookMS: time.Since(start).Milliseconds()}
 	switch {
 	case leader != "" && (to == "" || leader == to):
@@ -485,12 +508,29 @@ func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	default:
 		// Raft's success means the target was told to call an election,
 		// not that it won: a target short of CPU can lose it to this node.
-		if herr == nil {
-			herr = errors.New("no other node leads: this node leads (and holds the VIP) again")
+		why := "no other node leads"
+		if c.want.Load() {
+			why = "this node leads (and holds the VIP) again"
 		}
-		return MoveResult{}, fmt.Errorf("leadership transfer failed: %v", herr)
+		if herr == nil {
+			return MoveResult{}, fmt.Errorf("leadership transfer failed: %s", why)
+		}
+		return MoveResult{}, fmt.Errorf("leadership transfer failed: %v; %s", herr, why)
 	}
 	return res, nil
+}
+
+// movedMatch selects, for a move that handed over at ownership
+// generation gen, the sessions on the VIP as long as this node does not
+// mean to hold the VIP and has not asked for it since (checked at each
+// session): a node that took the VIP back after a failed transfer keeps
+// its sessions. Unlike a sweep (sweepMatch) it ends them while the
+// address may still be on the interface (a release that is late): the
+// node let it go on purpose, and another node leads or is being elected.
+func (c *Controller) movedMatch(gen uint64) func(netip.AddrPort) bool {
+	return func(local netip.AddrPort) bool {
+		return c.isVIP(local) && c.gen.Load() == gen && !c.want.Load()
+	}
 }
 
 // successor waits, up to d, until a leader other than this node is known,

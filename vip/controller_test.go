@@ -143,6 +143,9 @@ type fakeSessions struct {
 	// looks at the sessions (what may happen meanwhile on a loaded
 	// machine).
 	beforeEnd func()
+	// duringLogins, if set, runs once while a move waits for the logins
+	// in flight to finish (before its handover).
+	duringLogins func()
 }
 
 // SetRefuse installs the proxy's filter (the controller installs one,
@@ -165,7 +168,13 @@ func (s *fakeSessions) count() int {
 	return len(s.open)
 }
 
-func (s *fakeSessions) PreauthOn(func(netip.Addr) bool) int { return 0 }
+func (s *fakeSessions) PreauthOn(func(netip.Addr) bool) int {
+	if f := s.duringLogins; f != nil {
+		s.duringLogins = nil
+		f()
+	}
+	return 0
+}
 
 func (s *fakeSessions) refusing(a netip.AddrPort) bool {
 	s.mu.Lock()
@@ -237,14 +246,22 @@ func newRig(t *testing.T, mod func(*ControllerConfig)) *rig {
 	return r
 }
 
-// A move on the leader: refuse connections to the VIP, end the sessions
-// on it (only those), release, then transfer; the refusal lasts until the
-// node learns it no longer leads.
+// A move on the leader: refuse connections to the VIP, release, transfer,
+// then end the sessions on it (only those), once the new leader is known
+// and while this node neither leads nor holds the address: ending
+// thousands of sessions before the transfer cost a loaded leader its
+// lease. The refusal lasts until the node learns it no longer leads.
 func TestMoveOrder(t *testing.T) {
 	r := newRig(t, nil)
 	r.cl.setLeader("n1")
 	r.c.SetLeading(true)
 	r.s.open = []netip.AddrPort{onVIP, onVIP, offVIP}
+	var leaderAtEnd string
+	var leadingAtEnd, ownedAtEnd, refusingAtEnd bool
+	r.s.beforeEnd = func() {
+		leaderAtEnd, _ = r.cl.Leader()
+		leadingAtEnd, ownedAtEnd, refusingAtEnd = r.cl.IsLeader(), r.h.Owned(), r.s.refusing(onVIP)
+	}
 	res, err := r.c.Move(t.Context(), "n2")
 	if err != nil {
 		t.Fatal(err)
@@ -252,7 +269,11 @@ func TestMoveOrder(t *testing.T) {
 	if res.From != "n1" || res.To != "n2" || res.SessionsEnded != 2 {
 		t.Fatalf("result %+v", res)
 	}
-	want := []string{"acquire", "end sessions", "release", "transfer n2"}
+	if leaderAtEnd != "n2" || leadingAtEnd || ownedAtEnd || !refusingAtEnd {
+		t.Fatalf("when the sessions were ended: leader %q, this node leading %v, holding the address %v, refusing %v; want n2, false, false, true",
+			leaderAtEnd, leadingAtEnd, ownedAtEnd, refusingAtEnd)
+	}
+	want := []string{"acquire", "release", "transfer n2", "end sessions"}
 	if got := r.rec.events(); !slices.Equal(got, want) {
 		t.Fatalf("events %v, want %v", got, want)
 	}
@@ -353,14 +374,19 @@ func TestMoveTransferErrorButMoved(t *testing.T) {
 }
 
 // A transfer that fails while this node still leads: it takes the VIP
-// back and serves, and the move fails.
+// back and serves, keeps its sessions (they are ended only after a
+// handover that went through), and the move fails.
 func TestMoveTransferFailsStillLeader(t *testing.T) {
 	r := newRig(t, nil)
 	r.cl.setLeader("n1")
 	r.c.SetLeading(true)
+	r.s.open = []netip.AddrPort{onVIP, offVIP}
 	r.cl.transferErr = errors.New("leadership transfer timeout")
-	if _, err := r.c.Move(t.Context(), "n2"); err == nil {
-		t.Fatal("a failed transfer reported as a move")
+	if _, err := r.c.Move(t.Context(), "n2"); err == nil || !strings.Contains(err.Error(), "again") {
+		t.Fatalf("a failed transfer: %v, want a failure saying this node leads again", err)
+	}
+	if n := r.s.count(); n != 2 {
+		t.Fatalf("%d sessions left, want both: a failed move ended sessions", n)
 	}
 	if r.s.refusing(onVIP) || r.c.Moving() || !r.h.Owned() {
 		t.Fatalf("after a failed transfer: refusing %v, moving %v, owned %v", r.s.refusing(onVIP), r.c.Moving(), r.h.Owned())
@@ -639,6 +665,86 @@ func TestVerifyDuringInheritedHold(t *testing.T) {
 	r.cl.setLeader("n1")
 	if err := r.c.Verify(); err != nil {
 		t.Fatalf("leader: %v", err)
+	}
+}
+
+// The leader's lease runs out before the handover (a loaded node, while
+// the logins in flight finish): raft steps down, the guard's notification
+// drops the address, and the move asks raft for no transfer (it could no
+// longer start one). The outcome decides: the target elected, the move
+// succeeded and the sessions end; this node elected again, it failed and
+// the sessions stay (a failed move costs its clients nothing).
+func TestMoveLeaseLostBeforeHandover(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		winner string
+		ended  int
+	}{
+		{"the target wins the election", "n2", 2},
+		{"this node wins it back", "n1", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, nil)
+			r.cl.setLeader("n1")
+			r.c.SetLeading(true)
+			r.s.open = []netip.AddrPort{onVIP, onVIP, offVIP}
+			r.s.duringLogins = func() {
+				r.cl.setLeader("") // stepped down: no leader known
+				r.c.SetLeading(false)
+				time.AfterFunc(50*time.Millisecond, func() {
+					r.cl.setLeader(tc.winner)
+					if tc.winner == "n1" {
+						r.c.SetLeading(true)
+					}
+				})
+			}
+			res, err := r.c.Move(t.Context(), "n2")
+			if slices.Contains(r.rec.events(), "transfer n2") {
+				t.Fatalf("a transfer was asked of a node that no longer led: %v", r.rec.events())
+			}
+			if tc.winner == "n2" {
+				if err != nil || res.To != "n2" || res.SessionsEnded != tc.ended {
+					t.Fatalf("move: %+v, %v; want a success to n2 with %d sessions ended", res, err, tc.ended)
+				}
+			} else if err == nil || !strings.Contains(err.Error(), "again") {
+				t.Fatalf("move: %+v, %v; want a failure saying this node leads again", res, err)
+			}
+			if n := r.s.count(); n != 3-tc.ended {
+				t.Fatalf("%d sessions left, want %d", n, 3-tc.ended)
+			}
+			if tc.winner == "n1" && (!r.h.Owned() || r.s.refusing(onVIP)) {
+				t.Fatalf("leading again: owned %v, refusing %v", r.h.Owned(), r.s.refusing(onVIP))
+			}
+		})
+	}
+}
+
+// While a move ends the sessions on the VIP (after its handover, on a
+// node that no longer holds the address and knows the new leader), the
+// guard's sweep, which would end them too, leaves them to the move: one
+// count, and the move's bound.
+func TestMoveEndsWithoutTheSweep(t *testing.T) {
+	r := guardRig(t, time.Minute)
+	r.cl.setLeader("n1")
+	r.c.SetLeading(true)
+	r.s.open = []netip.AddrPort{onVIP, onVIP, offVIP}
+	r.runGuard(t)
+	r.cl.onTransfer = func() string {
+		r.c.SetLeading(false) // raft tells of the loss at once
+		return "n2"
+	}
+	var swept int
+	r.s.beforeEnd = func() {
+		// Twenty guard periods with another leader known and the
+		// sessions still open: the sweep would have run by now.
+		time.Sleep(100 * time.Millisecond)
+		if n := r.s.count(); n != 3 {
+			swept = 3 - n
+		}
+	}
+	res, err := r.c.Move(t.Context(), "n2")
+	if err != nil || res.SessionsEnded != 2 || swept != 0 {
+		t.Fatalf("move: %+v, %v; sessions swept meanwhile %d; want 2 ended by the move, none by the sweep", res, err, swept)
 	}
 }
 
