@@ -483,17 +483,27 @@ func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	finishLogins(s, func(a netip.Addr) bool { return c.addrs[a] }, min(c.cfg.MoveDrain, time.Second))
 	herr := c.Handover(to, false)
 	gen := c.gen.Load()
-	// The new leader is known here once its first heartbeat arrives; by
-	// then it holds the address, or is about to, so the clients told to
-	// reconnect below find it.
-	leader := c.successor(self, 5*time.Second)
-	// All at once (no spread): their clients' packets reach the new owner
-	// now, which resets them; the BYE tells the idle ones at once. Their
-	// own reconnect back-off spreads the load on the new owner. Nothing
-	// is ended if this node took the VIP back (the transfer failed).
+	// raft's nil comes once this node has left its leader loop, on the
+	// target's request for votes: the target is about to lead, and this
+	// node ends its sessions at once, so that their BYEs leave before the
+	// new owner's announcement sends the clients' next packets to it
+	// (which resets them). After an error the outcome is open (the lease
+	// ran out, the transfer timed out) and this node may lead again: it
+	// waits for it first. The new leader is known here once its first
+	// heartbeat arrives.
+	leader := ""
+	if herr != nil {
+		leader = c.successor(self, 5*time.Second)
+	}
+	// All at once (no spread): their own reconnect back-off spreads the
+	// load on the new owner. Nothing is ended if this node took the VIP
+	// back (the transfer failed).
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.MoveDrain)
 	ended := s.EndSessions(dctx, c.movedMatch(gen), "Server moving, please reconnect.", 0)
 	cancel()
+	if herr == nil {
+		leader = c.successor(self, 5*time.Second)
+	}
 	res := MoveResult{From: self, To: leader, SessionsEnded: ended, TookMS: time.Since(start).Milliseconds()}
 	switch {
 	case leader != "" && (to == "" || leader == to):

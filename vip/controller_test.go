@@ -247,8 +247,8 @@ func newRig(t *testing.T, mod func(*ControllerConfig)) *rig {
 }
 
 // A move on the leader: refuse connections to the VIP, release, transfer,
-// then end the sessions on it (only those), once the new leader is known
-// and while this node neither leads nor holds the address: ending
+// then end the sessions on it (only those), once raft has handed over and
+// while this node neither leads nor holds the address: ending
 // thousands of sessions before the transfer cost a loaded leader its
 // lease. The refusal lasts until the node learns it no longer leads.
 func TestMoveOrder(t *testing.T) {
