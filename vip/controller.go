@@ -483,6 +483,7 @@ func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	finishLogins(s, func(a netip.Addr) bool { return c.addrs[a] }, min(c.cfg.MoveDrain, time.Second))
 	herr := c.Handover(to, false)
 	gen := c.gen.Load()
+	c.log.Info("vip move: handed over", "to", to, "error", herr, "took", time.Since(start))
 	// raft's nil comes once this node has left its leader loop, on the
 	// target's request for votes: the target is about to lead, and this
 	// node ends its sessions at once, so that their BYEs leave before the
@@ -501,6 +502,7 @@ func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.MoveDrain)
 	ended := s.EndSessions(dctx, c.movedMatch(gen), "Server moving, please reconnect.", 0)
 	cancel()
+	c.log.Info("vip move: ended the sessions on the VIP", "sessions", ended, "took", time.Since(start))
 	if herr == nil {
 		leader = c.successor(self, 5*time.Second)
 	}
