@@ -39,7 +39,27 @@ type Sessions interface {
 	SetRefuse(f func(local netip.AddrPort) bool)
 	PreauthOn(match func(local netip.Addr) bool) int
 	EndSessions(ctx context.Context, match func(local netip.AddrPort) bool, text string, spread time.Duration) int
+	// EndActive ends, like EndSessions without a spread, at most limit
+	// of the sessions that match and moved a byte within the last
+	// within, the most recently active first.
+	EndActive(ctx context.Context, match func(local netip.AddrPort) bool, within time.Duration, limit int, text string) int
 }
+
+// A planned move ends the sessions that were active lately before it
+// hands over, while this node still holds the address, and the others
+// after (see Move): at most moveBusyLimit of those that moved a byte
+// within moveBusyWithin. A client in the middle of a command, or one
+// that polls, is likely to send again within the tens of milliseconds
+// of the transfer; once the address is gone its packets reach nobody and
+// then the new owner, which resets the connection, instead of the old
+// one, which would answer and say BYE. An idle client (IMAP IDLE) sends
+// nothing and gets its BYE from the departed address. The limit bounds
+// the work done while leading: ending 6,000 sessions then cost a loaded
+// leader its lease; a hundred or so take a few tens of milliseconds.
+const (
+	moveBusyWithin = time.Second
+	moveBusyLimit  = 128
+)
 
 // finishLogins waits, up to d, until no session that came in on an
 // address for which match is true is still before or in its login: a
@@ -422,10 +442,11 @@ type MoveResult struct {
 // Move is a planned handover (`portico vip move [--to NODE]`), on the
 // leader: it stops accepting on the VIP (new connections are reset, so
 // clients retry and find the new owner), lets the logins in flight on it
-// finish (a second at most), hands over (releases the address, transfers
-// leadership; the new leader acquires and announces it), and only then
-// ends its sessions on the VIP at response boundaries (for MoveDrain at
-// most). Connections to the VIP stay refused as long as this node does
+// finish (a second at most), ends the sessions on the VIP that were
+// active lately (a bounded number, moveBusyLimit), hands over (releases
+// the address, transfers leadership; the new leader acquires and
+// announces it), and only then ends the rest of its sessions on the VIP
+// at response boundaries (each step for MoveDrain at most). Connections to the VIP stay refused as long as this node does
 // not mean to hold it (refusing): after the move, until it leads again.
 //
 // The sessions end after the transfer, not before, because ending
@@ -481,9 +502,12 @@ func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	// A login finishes while the address is here: its reply cannot be
 	// lost, and the session it opens is ended with the others below.
 	finishLogins(s, func(a netip.Addr) bool { return c.addrs[a] }, min(c.cfg.MoveDrain, time.Second))
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.MoveDrain)
+	busy := s.EndActive(dctx, c.isVIP, moveBusyWithin, moveBusyLimit, "Server moving, please reconnect.")
+	cancel()
 	herr := c.Handover(to, false)
 	gen := c.gen.Load()
-	c.log.Info("vip move: handed over", "to", to, "error", herr, "took", time.Since(start))
+	c.log.Info("vip move: handed over", "to", to, "error", herr, "busy_sessions_ended", busy, "took", time.Since(start))
 	// raft's nil comes once this node has left its leader loop, on the
 	// target's request for votes: the target is about to lead, and this
 	// node ends its sessions at once, so that their BYEs leave before the
@@ -499,8 +523,8 @@ func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	// All at once (no spread): their own reconnect back-off spreads the
 	// load on the new owner. Nothing is ended if this node took the VIP
 	// back (the transfer failed).
-	dctx, cancel := context.WithTimeout(ctx, c.cfg.MoveDrain)
-	ended := s.EndSessions(dctx, c.movedMatch(gen), "Server moving, please reconnect.", 0)
+	dctx, cancel = context.WithTimeout(ctx, c.cfg.MoveDrain)
+	ended := busy + s.EndSessions(dctx, c.movedMatch(gen), "Server moving, please reconnect.", 0)
 	cancel()
 	c.log.Info("vip move: ended the sessions on the VIP", "sessions", ended, "took", time.Since(start))
 	if herr == nil {

@@ -139,6 +139,7 @@ type fakeSessions struct {
 	mu     sync.Mutex
 	refuse func(netip.AddrPort) bool
 	open   []netip.AddrPort // local addresses of open sessions
+	busy   []netip.AddrPort // and of open sessions active lately
 	// beforeEnd, if set, runs when EndSessions is called, before it
 	// looks at the sessions (what may happen meanwhile on a loaded
 	// machine).
@@ -165,7 +166,27 @@ func (s *fakeSessions) add(a netip.AddrPort) {
 func (s *fakeSessions) count() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.open)
+	return len(s.open) + len(s.busy)
+}
+
+// EndActive ends the busy sessions that match, at most limit.
+func (s *fakeSessions) EndActive(_ context.Context, match func(netip.AddrPort) bool, _ time.Duration, limit int, _ string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var keep []netip.AddrPort
+	n := 0
+	for _, a := range s.busy {
+		if n < limit && match(a) {
+			n++
+		} else {
+			keep = append(keep, a)
+		}
+	}
+	s.busy = keep
+	if n > 0 {
+		s.rec.add("end busy sessions")
+	}
+	return n
 }
 
 func (s *fakeSessions) PreauthOn(func(netip.Addr) bool) int {
@@ -188,16 +209,18 @@ func (s *fakeSessions) EndSessions(_ context.Context, match func(netip.AddrPort)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var keep []netip.AddrPort
 	n := 0
-	for _, a := range s.open {
-		if match(a) {
-			n++
-		} else {
-			keep = append(keep, a)
+	for _, l := range []*[]netip.AddrPort{&s.open, &s.busy} {
+		var keep []netip.AddrPort
+		for _, a := range *l {
+			if match(a) {
+				n++
+			} else {
+				keep = append(keep, a)
+			}
 		}
+		*l = keep
 	}
-	s.open = keep
 	if n > 0 {
 		s.rec.add("end sessions")
 	}
@@ -256,6 +279,7 @@ func TestMoveOrder(t *testing.T) {
 	r.cl.setLeader("n1")
 	r.c.SetLeading(true)
 	r.s.open = []netip.AddrPort{onVIP, onVIP, offVIP}
+	r.s.busy = []netip.AddrPort{onVIP, offVIP}
 	var leaderAtEnd string
 	var leadingAtEnd, ownedAtEnd, refusingAtEnd bool
 	r.s.beforeEnd = func() {
@@ -266,19 +290,20 @@ func TestMoveOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.From != "n1" || res.To != "n2" || res.SessionsEnded != 2 {
+	if res.From != "n1" || res.To != "n2" || res.SessionsEnded != 3 {
 		t.Fatalf("result %+v", res)
 	}
 	if leaderAtEnd != "n2" || leadingAtEnd || ownedAtEnd || !refusingAtEnd {
 		t.Fatalf("when the sessions were ended: leader %q, this node leading %v, holding the address %v, refusing %v; want n2, false, false, true",
 			leaderAtEnd, leadingAtEnd, ownedAtEnd, refusingAtEnd)
 	}
-	want := []string{"acquire", "release", "transfer n2", "end sessions"}
+	// The busy one on the VIP first, while this node holds the address.
+	want := []string{"acquire", "end busy sessions", "release", "transfer n2", "end sessions"}
 	if got := r.rec.events(); !slices.Equal(got, want) {
 		t.Fatalf("events %v, want %v", got, want)
 	}
-	if len(r.s.open) != 1 || r.s.open[0] != offVIP {
-		t.Fatalf("sessions left %v, want the one off the VIP", r.s.open)
+	if len(r.s.open) != 1 || r.s.open[0] != offVIP || len(r.s.busy) != 1 || r.s.busy[0] != offVIP {
+		t.Fatalf("sessions left %v and %v, want the ones off the VIP", r.s.open, r.s.busy)
 	}
 	if !r.s.refusing(onVIP) || r.s.refusing(offVIP) {
 		t.Fatal("not refusing connections to the VIP (only) after the move")
@@ -779,4 +804,24 @@ func TestMoveTransferOKButTargetLost(t *testing.T) {
 			t.Fatalf("move: %+v, %v; want a failure naming n3", res, err)
 		}
 	})
+}
+
+// The sessions ended while this node still leads are bounded: of many
+// busy ones, moveBusyLimit before the handover, the rest after it.
+func TestMoveBusyLimit(t *testing.T) {
+	r := newRig(t, nil)
+	r.cl.setLeader("n1")
+	r.c.SetLeading(true)
+	for range moveBusyLimit + 50 {
+		r.s.busy = append(r.s.busy, onVIP)
+	}
+	var leftAtTransfer int
+	r.cl.onTransfer = func() string { leftAtTransfer = r.s.count(); return "" }
+	res, err := r.c.Move(t.Context(), "n2")
+	if err != nil || res.SessionsEnded != moveBusyLimit+50 || r.s.count() != 0 {
+		t.Fatalf("move: %+v, %v, %d left; want all %d ended", res, err, r.s.count(), moveBusyLimit+50)
+	}
+	if leftAtTransfer != 50 {
+		t.Fatalf("%d sessions left at the transfer, want 50 (%d ended while leading)", leftAtTransfer, moveBusyLimit)
+	}
 }
