@@ -446,8 +446,9 @@ type MoveResult struct {
 // active lately (a bounded number, moveBusyLimit), hands over (releases
 // the address, transfers leadership; the new leader acquires and
 // announces it), and only then ends the rest of its sessions on the VIP
-// at response boundaries (each step for MoveDrain at most). Connections to the VIP stay refused as long as this node does
-// not mean to hold it (refusing): after the move, until it leads again.
+// at response boundaries (each step for MoveDrain at most). Connections
+// to the VIP stay refused as long as this node does not mean to hold it
+// (refusing): after the move, until it leads again.
 //
 // The sessions end after the transfer, not before, because ending
 // thousands of them is what a loaded node cannot do while it leads: with
@@ -469,8 +470,9 @@ type MoveResult struct {
 // the move succeeded if it is the target (or any node, without one), and
 // failed if another node took over; the error is final only while no
 // other leader is known within a few seconds, or when this node took the
-// VIP back, in which case its sessions are left alone: a failed move
-// costs its clients nothing.
+// VIP back. After a transfer raft reports as failed the move waits for
+// the outcome before it ends the idle sessions, and leaves them alone if
+// this node leads again.
 func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	l := c.cfg.Leadership
 	if !l.IsLeader() {
