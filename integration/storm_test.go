@@ -821,7 +821,9 @@ func (c *stormCluster) vipEvents(at time.Time) string {
 				continue
 			}
 			keep := false
-			for _, k := range []string{"virtual addresses", "no longer holds", "leadership", "vip move", "moving the VIP", "upgrade"} {
+			for _, k := range []string{"virtual addresses", "no longer holds", "leadership", "vip move", "moving the VIP", "upgrade",
+				// raft: the leader's own lease, or a follower's election
+				"failed to contact", "heartbeat timeout", "entering", "election won"} {
 				keep = keep || strings.Contains(l, k)
 			}
 			if !keep {

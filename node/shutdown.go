@@ -60,6 +60,30 @@ func (s *Server) EndSessions(ctx context.Context, match func(local netip.AddrPor
 	return s.engine.EndAll(ctx, m, text, spread)
 }
 
+// EndActive ends, like EndSessions without a spread, the sessions on a
+// local address for which match is true that moved a byte within the last
+// within, the most recently active first, at most limit of them; it
+// returns how many. A planned VIP move ends these while the node still
+// holds the address (a client in the middle of a command gets its
+// response and the BYE), and the idle rest after the handover.
+func (s *Server) EndActive(ctx context.Context, match func(local netip.AddrPort) bool, within time.Duration, limit int, text string) int {
+	ctx, cancel := context.WithTimeout(ctx, s.conf().EndTimeout)
+	defer cancel()
+	var m func(*relay.Session) bool
+	if match != nil {
+		m = func(rs *relay.Session) bool { return match(addrPort(rs.LocalAddr())) }
+	}
+	pick := s.engine.Recent(m, time.Now().Add(-within), limit)
+	if len(pick) == 0 {
+		return 0
+	}
+	set := make(map[*relay.Session]bool, len(pick))
+	for _, rs := range pick {
+		set[rs] = true
+	}
+	return s.engine.EndAll(ctx, func(rs *relay.Session) bool { return set[rs] }, text, 0)
+}
+
 // EndSpread is the configured window over which EndSessions spreads a
 // drain.
 func (s *Server) EndSpread() time.Duration { return s.conf().EndSpread }

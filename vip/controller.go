@@ -39,7 +39,27 @@ type Sessions interface {
 	SetRefuse(f func(local netip.AddrPort) bool)
 	PreauthOn(match func(local netip.Addr) bool) int
 	EndSessions(ctx context.Context, match func(local netip.AddrPort) bool, text string, spread time.Duration) int
+	// EndActive ends, like EndSessions without a spread, at most limit
+	// of the sessions that match and moved a byte within the last
+	// within, the most recently active first.
+	EndActive(ctx context.Context, match func(local netip.AddrPort) bool, within time.Duration, limit int, text string) int
 }
+
+// A planned move ends the sessions that were active lately before it
+// hands over, while this node still holds the address, and the others
+// after (see Move): at most moveBusyLimit of those that moved a byte
+// within moveBusyWithin. A client in the middle of a command, or one
+// that polls, is likely to send again within the tens of milliseconds
+// of the transfer; once the address is gone its packets reach nobody and
+// then the new owner, which resets the connection, instead of the old
+// one, which would answer and say BYE. An idle client (IMAP IDLE) sends
+// nothing and gets its BYE from the departed address. The limit bounds
+// the work done while leading: ending 6,000 sessions then cost a loaded
+// leader its lease; a hundred or so take a few tens of milliseconds.
+const (
+	moveBusyWithin = time.Second
+	moveBusyLimit  = 128
+)
 
 // finishLogins waits, up to d, until no session that came in on an
 // address for which match is true is still before or in its login: a
@@ -100,6 +120,7 @@ type Controller struct {
 	moving  atomic.Bool // a Move is under way
 	leading atomic.Bool // as last notified (after the barrier)
 	handing atomic.Bool // a handover is in progress
+	ending  atomic.Bool // a Move ends the sessions on the VIP (not the sweep)
 	hmu     sync.Mutex  // one handover at a time
 	// want is whether this node means to hold the VIP (what it last asked
 	// the Holder for); gen counts the times it asked to hold it. A sweep
@@ -258,7 +279,7 @@ func (c *Controller) Run(ctx context.Context) {
 		if !Sweep(SweepInputs{Holding: false, OtherLeader: leader != "" && leader != self, Without: now.Sub(lost.at), Grace: c.cfg.SweepGrace}) {
 			continue
 		}
-		if !sweeping.CompareAndSwap(false, true) {
+		if c.ending.Load() || !sweeping.CompareAndSwap(false, true) {
 			continue
 		}
 		if !c.cfg.Go(func(ctx context.Context) {
@@ -421,22 +442,37 @@ type MoveResult struct {
 // Move is a planned handover (`portico vip move [--to NODE]`), on the
 // leader: it stops accepting on the VIP (new connections are reset, so
 // clients retry and find the new owner), lets the logins in flight on it
-// finish (a second at most), ends its sessions on the VIP at response
-// boundaries (for MoveDrain at most), then hands over; the new leader
-// acquires and announces the address. Connections to the VIP stay refused
-// as long as this node does not mean to hold it (refusing): after the
-// move, until it leads again.
+// finish (a second at most), ends the sessions on the VIP that were
+// active lately (a bounded number, moveBusyLimit), hands over (releases
+// the address, transfers leadership; the new leader acquires and
+// announces it), and only then ends the rest of its sessions on the VIP
+// at response boundaries (each step for MoveDrain at most). Connections
+// to the VIP stay refused as long as this node does not mean to hold it
+// (refusing): after the move, until it leads again.
 //
-// Raft can answer the transfer with an error although leadership moved:
-// on a loaded machine the old leader's lease may run out while it ends
-// its sessions, and raft then answers the transfer it could no longer
-// start with "node is not the leader", while the target wins the election
-// that follows; or the transfer times out just before the target wins.
-// So the outcome is what counts: once a leader other than this node is
-// known, the move succeeded if it is the target (or any node, without
-// one), and failed if another node took over; the error is final only
-// while no other leader is known within a few seconds, or when this node
-// took the VIP back.
+// The sessions end after the transfer, not before, because ending
+// thousands of them is what a loaded node cannot do while it leads: with
+// 6,000 TLS sessions on a shared 2-core machine the leader's goroutines
+// waited so long behind the ends that it heard from no quorum within its
+// 250 ms lease, in every run, and stepped down 0.3-0.9 s into the drain;
+// the election that followed was anybody's (the old owner won it back in
+// two of six moves). The transfer, done while the node is still
+// responsive, takes milliseconds; the ends then cost only this node, a
+// follower by then, whose lateness the new leader's quorum does not need.
+// Their BYEs still leave from the departed address: the connections were
+// accepted by transparent listening sockets (node/listeners.go), which
+// may send from an address the host no longer has. See DESIGN.md,
+// "Planned moves".
+//
+// Raft can answer the transfer with an error although leadership moved
+// (a transfer that times out just before the target wins). So the
+// outcome is what counts: once a leader other than this node is known,
+// the move succeeded if it is the target (or any node, without one), and
+// failed if another node took over; the error is final only while no
+// other leader is known within a few seconds, or when this node took the
+// VIP back. After a transfer raft reports as failed the move waits for
+// the outcome before it ends the idle sessions, and leaves them alone if
+// this node leads again.
 func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	l := c.cfg.Leadership
 	if !l.IsLeader() {
@@ -459,18 +495,43 @@ func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 		return MoveResult{}, ErrMoving
 	}
 	defer c.moving.Store(false)
+	// The sessions on the VIP are this move's to end (the guard's sweep
+	// leaves them alone meanwhile), whether or not this node still leads.
+	c.ending.Store(true)
+	defer c.ending.Store(false)
 	start := time.Now()
 	s := c.cfg.Sessions
+	// A login finishes while the address is here: its reply cannot be
+	// lost, and the session it opens is ended with the others below.
 	finishLogins(s, func(a netip.Addr) bool { return c.addrs[a] }, min(c.cfg.MoveDrain, time.Second))
-	// All at once (no spread): new connections are refused until the new
-	// owner has the address, so this is the gap clients see; their own
-	// reconnect back-off spreads the load on the new owner.
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.MoveDrain)
-	ended := s.EndSessions(dctx, c.isVIP, "Server moving, please reconnect.", 0)
+	busy := s.EndActive(dctx, c.isVIP, moveBusyWithin, moveBusyLimit, "Server moving, please reconnect.")
 	cancel()
 	herr := c.Handover(to, false)
-	// The new leader is known here once its first heartbeat arrives.
-	leader := c.successor(self, 5*time.Second)
+	gen := c.gen.Load()
+	c.log.Info("vip move: handed over", "to", to, "error", herr, "busy_sessions_ended", busy, "took", time.Since(start))
+	// raft's nil comes once this node has left its leader loop, on the
+	// target's request for votes: the target is about to lead, and this
+	// node ends its sessions at once, so that their BYEs leave before the
+	// new owner's announcement sends the clients' next packets to it
+	// (which resets them). After an error the outcome is open (the lease
+	// ran out, the transfer timed out) and this node may lead again: it
+	// waits for it first. The new leader is known here once its first
+	// heartbeat arrives.
+	leader := ""
+	if herr != nil {
+		leader = c.successor(self, 5*time.Second)
+	}
+	// All at once (no spread): their own reconnect back-off spreads the
+	// load on the new owner. Nothing is ended if this node took the VIP
+	// back (the transfer failed).
+	dctx, cancel = context.WithTimeout(ctx, c.cfg.MoveDrain)
+	ended := busy + s.EndSessions(dctx, c.movedMatch(gen), "Server moving, please reconnect.", 0)
+	cancel()
+	c.log.Info("vip move: ended the sessions on the VIP", "sessions", ended, "took", time.Since(start))
+	if herr == nil {
+		leader = c.successor(self, 5*time.Second)
+	}
 	res := MoveResult{From: self, To: leader, SessionsEnded: ended, TookMS: time.Since(start).Milliseconds()}
 	switch {
 	case leader != "" && (to == "" || leader == to):
@@ -485,12 +546,29 @@ func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	default:
 		// Raft's success means the target was told to call an election,
 		// not that it won: a target short of CPU can lose it to this node.
-		if herr == nil {
-			herr = errors.New("no other node leads: this node leads (and holds the VIP) again")
+		why := "no other node leads"
+		if c.want.Load() {
+			why = "this node leads (and holds the VIP) again"
 		}
-		return MoveResult{}, fmt.Errorf("leadership transfer failed: %v", herr)
+		if herr == nil {
+			return MoveResult{}, fmt.Errorf("leadership transfer failed: %s", why)
+		}
+		return MoveResult{}, fmt.Errorf("leadership transfer failed: %v; %s", herr, why)
 	}
 	return res, nil
+}
+
+// movedMatch selects, for a move that handed over at ownership
+// generation gen, the sessions on the VIP as long as this node does not
+// mean to hold the VIP and has not asked for it since (checked at each
+// session): a node that took the VIP back after a failed transfer keeps
+// its sessions. Unlike a sweep (sweepMatch) it ends them while the
+// address may still be on the interface (a release that is late): the
+// node let it go on purpose, and another node leads or is being elected.
+func (c *Controller) movedMatch(gen uint64) func(netip.AddrPort) bool {
+	return func(local netip.AddrPort) bool {
+		return c.isVIP(local) && c.gen.Load() == gen && !c.want.Load()
+	}
 }
 
 // successor waits, up to d, until a leader other than this node is known,

@@ -139,10 +139,14 @@ type fakeSessions struct {
 	mu     sync.Mutex
 	refuse func(netip.AddrPort) bool
 	open   []netip.AddrPort // local addresses of open sessions
+	busy   []netip.AddrPort // and of open sessions active lately
 	// beforeEnd, if set, runs when EndSessions is called, before it
 	// looks at the sessions (what may happen meanwhile on a loaded
 	// machine).
 	beforeEnd func()
+	// duringLogins, if set, runs once while a move waits for the logins
+	// in flight to finish (before its handover).
+	duringLogins func()
 }
 
 // SetRefuse installs the proxy's filter (the controller installs one,
@@ -162,10 +166,36 @@ func (s *fakeSessions) add(a netip.AddrPort) {
 func (s *fakeSessions) count() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.open)
+	return len(s.open) + len(s.busy)
 }
 
-func (s *fakeSessions) PreauthOn(func(netip.Addr) bool) int { return 0 }
+// EndActive ends the busy sessions that match, at most limit.
+func (s *fakeSessions) EndActive(_ context.Context, match func(netip.AddrPort) bool, _ time.Duration, limit int, _ string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var keep []netip.AddrPort
+	n := 0
+	for _, a := range s.busy {
+		if n < limit && match(a) {
+			n++
+		} else {
+			keep = append(keep, a)
+		}
+	}
+	s.busy = keep
+	if n > 0 {
+		s.rec.add("end busy sessions")
+	}
+	return n
+}
+
+func (s *fakeSessions) PreauthOn(func(netip.Addr) bool) int {
+	if f := s.duringLogins; f != nil {
+		s.duringLogins = nil
+		f()
+	}
+	return 0
+}
 
 func (s *fakeSessions) refusing(a netip.AddrPort) bool {
 	s.mu.Lock()
@@ -179,16 +209,18 @@ func (s *fakeSessions) EndSessions(_ context.Context, match func(netip.AddrPort)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var keep []netip.AddrPort
 	n := 0
-	for _, a := range s.open {
-		if match(a) {
-			n++
-		} else {
-			keep = append(keep, a)
+	for _, l := range []*[]netip.AddrPort{&s.open, &s.busy} {
+		var keep []netip.AddrPort
+		for _, a := range *l {
+			if match(a) {
+				n++
+			} else {
+				keep = append(keep, a)
+			}
 		}
+		*l = keep
 	}
-	s.open = keep
 	if n > 0 {
 		s.rec.add("end sessions")
 	}
@@ -237,27 +269,41 @@ func newRig(t *testing.T, mod func(*ControllerConfig)) *rig {
 	return r
 }
 
-// A move on the leader: refuse connections to the VIP, end the sessions
-// on it (only those), release, then transfer; the refusal lasts until the
-// node learns it no longer leads.
+// A move on the leader: refuse connections to the VIP, release, transfer,
+// then end the sessions on it (only those), once raft has handed over and
+// while this node neither leads nor holds the address: ending
+// thousands of sessions before the transfer cost a loaded leader its
+// lease. The refusal lasts until the node learns it no longer leads.
 func TestMoveOrder(t *testing.T) {
 	r := newRig(t, nil)
 	r.cl.setLeader("n1")
 	r.c.SetLeading(true)
 	r.s.open = []netip.AddrPort{onVIP, onVIP, offVIP}
+	r.s.busy = []netip.AddrPort{onVIP, offVIP}
+	var leaderAtEnd string
+	var leadingAtEnd, ownedAtEnd, refusingAtEnd bool
+	r.s.beforeEnd = func() {
+		leaderAtEnd, _ = r.cl.Leader()
+		leadingAtEnd, ownedAtEnd, refusingAtEnd = r.cl.IsLeader(), r.h.Owned(), r.s.refusing(onVIP)
+	}
 	res, err := r.c.Move(t.Context(), "n2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.From != "n1" || res.To != "n2" || res.SessionsEnded != 2 {
+	if res.From != "n1" || res.To != "n2" || res.SessionsEnded != 3 {
 		t.Fatalf("result %+v", res)
 	}
-	want := []string{"acquire", "end sessions", "release", "transfer n2"}
+	if leaderAtEnd != "n2" || leadingAtEnd || ownedAtEnd || !refusingAtEnd {
+		t.Fatalf("when the sessions were ended: leader %q, this node leading %v, holding the address %v, refusing %v; want n2, false, false, true",
+			leaderAtEnd, leadingAtEnd, ownedAtEnd, refusingAtEnd)
+	}
+	// The busy one on the VIP first, while this node holds the address.
+	want := []string{"acquire", "end busy sessions", "release", "transfer n2", "end sessions"}
 	if got := r.rec.events(); !slices.Equal(got, want) {
 		t.Fatalf("events %v, want %v", got, want)
 	}
-	if len(r.s.open) != 1 || r.s.open[0] != offVIP {
-		t.Fatalf("sessions left %v, want the one off the VIP", r.s.open)
+	if len(r.s.open) != 1 || r.s.open[0] != offVIP || len(r.s.busy) != 1 || r.s.busy[0] != offVIP {
+		t.Fatalf("sessions left %v and %v, want the ones off the VIP", r.s.open, r.s.busy)
 	}
 	if !r.s.refusing(onVIP) || r.s.refusing(offVIP) {
 		t.Fatal("not refusing connections to the VIP (only) after the move")
@@ -353,14 +399,19 @@ func TestMoveTransferErrorButMoved(t *testing.T) {
 }
 
 // A transfer that fails while this node still leads: it takes the VIP
-// back and serves, and the move fails.
+// back and serves, keeps its sessions (they are ended only after a
+// handover that went through), and the move fails.
 func TestMoveTransferFailsStillLeader(t *testing.T) {
 	r := newRig(t, nil)
 	r.cl.setLeader("n1")
 	r.c.SetLeading(true)
+	r.s.open = []netip.AddrPort{onVIP, offVIP}
 	r.cl.transferErr = errors.New("leadership transfer timeout")
-	if _, err := r.c.Move(t.Context(), "n2"); err == nil {
-		t.Fatal("a failed transfer reported as a move")
+	if _, err := r.c.Move(t.Context(), "n2"); err == nil || !strings.Contains(err.Error(), "again") {
+		t.Fatalf("a failed transfer: %v, want a failure saying this node leads again", err)
+	}
+	if n := r.s.count(); n != 2 {
+		t.Fatalf("%d sessions left, want both: a failed move ended sessions", n)
 	}
 	if r.s.refusing(onVIP) || r.c.Moving() || !r.h.Owned() {
 		t.Fatalf("after a failed transfer: refusing %v, moving %v, owned %v", r.s.refusing(onVIP), r.c.Moving(), r.h.Owned())
@@ -642,6 +693,86 @@ func TestVerifyDuringInheritedHold(t *testing.T) {
 	}
 }
 
+// The leader's lease runs out before the handover (a loaded node, while
+// the logins in flight finish): raft steps down, the guard's notification
+// drops the address, and the move asks raft for no transfer (it could no
+// longer start one). The outcome decides: the target elected, the move
+// succeeded and the sessions end; this node elected again, it failed and
+// the sessions stay (a failed move costs its clients nothing).
+func TestMoveLeaseLostBeforeHandover(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		winner string
+		ended  int
+	}{
+		{"the target wins the election", "n2", 2},
+		{"this node wins it back", "n1", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, nil)
+			r.cl.setLeader("n1")
+			r.c.SetLeading(true)
+			r.s.open = []netip.AddrPort{onVIP, onVIP, offVIP}
+			r.s.duringLogins = func() {
+				r.cl.setLeader("") // stepped down: no leader known
+				r.c.SetLeading(false)
+				time.AfterFunc(50*time.Millisecond, func() {
+					r.cl.setLeader(tc.winner)
+					if tc.winner == "n1" {
+						r.c.SetLeading(true)
+					}
+				})
+			}
+			res, err := r.c.Move(t.Context(), "n2")
+			if slices.Contains(r.rec.events(), "transfer n2") {
+				t.Fatalf("a transfer was asked of a node that no longer led: %v", r.rec.events())
+			}
+			if tc.winner == "n2" {
+				if err != nil || res.To != "n2" || res.SessionsEnded != tc.ended {
+					t.Fatalf("move: %+v, %v; want a success to n2 with %d sessions ended", res, err, tc.ended)
+				}
+			} else if err == nil || !strings.Contains(err.Error(), "again") {
+				t.Fatalf("move: %+v, %v; want a failure saying this node leads again", res, err)
+			}
+			if n := r.s.count(); n != 3-tc.ended {
+				t.Fatalf("%d sessions left, want %d", n, 3-tc.ended)
+			}
+			if tc.winner == "n1" && (!r.h.Owned() || r.s.refusing(onVIP)) {
+				t.Fatalf("leading again: owned %v, refusing %v", r.h.Owned(), r.s.refusing(onVIP))
+			}
+		})
+	}
+}
+
+// While a move ends the sessions on the VIP (after its handover, on a
+// node that no longer holds the address and knows the new leader), the
+// guard's sweep, which would end them too, leaves them to the move: one
+// count, and the move's bound.
+func TestMoveEndsWithoutTheSweep(t *testing.T) {
+	r := guardRig(t, time.Minute)
+	r.cl.setLeader("n1")
+	r.c.SetLeading(true)
+	r.s.open = []netip.AddrPort{onVIP, onVIP, offVIP}
+	r.runGuard(t)
+	r.cl.onTransfer = func() string {
+		r.c.SetLeading(false) // raft tells of the loss at once
+		return "n2"
+	}
+	var swept int
+	r.s.beforeEnd = func() {
+		// Twenty guard periods with another leader known and the
+		// sessions still open: the sweep would have run by now.
+		time.Sleep(100 * time.Millisecond)
+		if n := r.s.count(); n != 3 {
+			swept = 3 - n
+		}
+	}
+	res, err := r.c.Move(t.Context(), "n2")
+	if err != nil || res.SessionsEnded != 2 || swept != 0 {
+		t.Fatalf("move: %+v, %v; sessions swept meanwhile %d; want 2 ended by the move, none by the sweep", res, err, swept)
+	}
+}
+
 // Raft's success only means the target was told to call an election. A
 // target that loses it (to this node, or to a third one) makes the move
 // fail, with the node that leads named.
@@ -673,4 +804,24 @@ func TestMoveTransferOKButTargetLost(t *testing.T) {
 			t.Fatalf("move: %+v, %v; want a failure naming n3", res, err)
 		}
 	})
+}
+
+// The sessions ended while this node still leads are bounded: of many
+// busy ones, moveBusyLimit before the handover, the rest after it.
+func TestMoveBusyLimit(t *testing.T) {
+	r := newRig(t, nil)
+	r.cl.setLeader("n1")
+	r.c.SetLeading(true)
+	for range moveBusyLimit + 50 {
+		r.s.busy = append(r.s.busy, onVIP)
+	}
+	var leftAtTransfer int
+	r.cl.onTransfer = func() string { leftAtTransfer = r.s.count(); return "" }
+	res, err := r.c.Move(t.Context(), "n2")
+	if err != nil || res.SessionsEnded != moveBusyLimit+50 || r.s.count() != 0 {
+		t.Fatalf("move: %+v, %v, %d left; want all %d ended", res, err, r.s.count(), moveBusyLimit+50)
+	}
+	if leftAtTransfer != 50 {
+		t.Fatalf("%d sessions left at the transfer, want 50 (%d ended while leading)", leftAtTransfer, moveBusyLimit)
+	}
 }

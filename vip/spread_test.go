@@ -242,6 +242,9 @@ func (simSessions) PreauthOn(func(netip.Addr) bool) int { return 0 }
 func (simSessions) EndSessions(context.Context, func(netip.AddrPort) bool, string, time.Duration) int {
 	return 0
 }
+func (simSessions) EndActive(context.Context, func(netip.AddrPort) bool, time.Duration, int, string) int {
+	return 0
+}
 
 func (n *simNode) isCut() bool     { n.mu.Lock(); defer n.mu.Unlock(); return n.cut }
 func (n *simNode) isStopped() bool { n.mu.Lock(); defer n.mu.Unlock(); return n.stopped }

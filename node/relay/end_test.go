@@ -281,3 +281,47 @@ func TestClientGuardRefuses(t *testing.T) {
 		})
 	}
 }
+
+// Recent: the sessions active since a time, most recent first, bounded.
+func TestRecent(t *testing.T) {
+	e := testEngine(t)
+	var rigs []*rig
+	for i := 0; i < 3; i++ {
+		rigs = append(rigs, newRig(t, e, false, false, nil, nil, Options{Framer: &lineFramer{}}))
+	}
+	time.Sleep(20 * time.Millisecond)
+	since := time.Now()
+	time.Sleep(5 * time.Millisecond)
+	// Traffic on the second, then on the third.
+	for _, i := range []int{1, 2} {
+		if _, err := rigs[i].backend.Write([]byte("line\n")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 5)
+		_ = rigs[i].client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(rigs[i].client, buf); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	all := e.Sessions()
+	if len(all) != 3 {
+		t.Fatalf("%d sessions", len(all))
+	}
+	got := e.Recent(nil, since, 0)
+	if len(got) != 2 || !got[0].lastActiveAfter(got[1]) {
+		t.Fatalf("Recent: %d sessions (want 2, most recent first)", len(got))
+	}
+	one := e.Recent(nil, since, 1)
+	if len(one) != 1 || one[0] != got[0] {
+		t.Fatal("Recent with a limit of 1 is not the most recent session")
+	}
+	if n := len(e.Recent(func(s *Session) bool { return s != got[0] }, since, 0)); n != 1 {
+		t.Fatalf("Recent with a match: %d sessions, want 1", n)
+	}
+	if n := len(e.Recent(nil, time.Now().Add(time.Second), 0)); n != 0 {
+		t.Fatalf("Recent since a time to come: %d sessions", n)
+	}
+}
+
+func (s *Session) lastActiveAfter(o *Session) bool { return s.lastActive.Load() > o.lastActive.Load() }

@@ -20,11 +20,13 @@
 package relay
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
 	"net"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -196,6 +198,31 @@ func (e *Engine) Sessions() []*Session {
 	out := make([]*Session, 0, len(e.sessions))
 	for _, s := range e.sessions {
 		out = append(out, s)
+	}
+	return out
+}
+
+// Recent returns the live sessions that match (all if match is nil) and
+// moved a byte at or after since, the most recently active first, at most
+// limit of them (no limit if limit <= 0).
+func (e *Engine) Recent(match func(*Session) bool, since time.Time, limit int) []*Session {
+	type active struct {
+		s  *Session
+		at int64 // read once: sessions go on moving bytes meanwhile
+	}
+	var found []active
+	for _, s := range e.Sessions() {
+		if at := s.lastActive.Load(); at >= since.UnixNano() && (match == nil || match(s)) {
+			found = append(found, active{s, at})
+		}
+	}
+	slices.SortFunc(found, func(a, b active) int { return cmp.Compare(b.at, a.at) })
+	if limit > 0 && len(found) > limit {
+		found = found[:limit]
+	}
+	out := make([]*Session, len(found))
+	for i, a := range found {
+		out[i] = a.s
 	}
 	return out
 }
