@@ -36,6 +36,12 @@ import (
 	"github.com/portico-mail/portico/integration/netns"
 )
 
+// spreadPreferred is each address on its preferred node, one per node:
+// where rebalance puts them.
+func spreadPreferred() map[netip.Addr]string {
+	return map[netip.Addr]string{spreadVIPs[0]: "n1", spreadVIPs[1]: "n2", spreadVIPs[2]: "n3"}
+}
+
 var spreadVIPs = []netip.Addr{
 	netip.MustParseAddr("198.18.0.101"),
 	netip.MustParseAddr("198.18.0.102"),
@@ -306,9 +312,7 @@ func TestSpreadDrills(t *testing.T) {
 	netns.Require(t)
 	start := time.Now()
 	c := newSpreadCluster(t)
-	// Each address on its preferred node, one per node.
-	want := map[netip.Addr]string{spreadVIPs[0]: "n1", spreadVIPs[1]: "n2", spreadVIPs[2]: "n3"}
-	c.waitOwners(t, 40*time.Second, want)
+	c.waitOwners(t, 40*time.Second, spreadPreferred())
 	fig := &drillFigures{}
 	fig.add("3 nodes formed, one address on each: %v after start", time.Since(start).Round(10*time.Millisecond))
 	for _, a := range spreadVIPs {
@@ -567,7 +571,9 @@ func spreadPartition(t *testing.T, c *spreadCluster, fig *drillFigures) {
 // alternate, starting with acquire, and the last one says whether the
 // node holds the address now.
 func spreadNotify(t *testing.T, c *spreadCluster, fig *drillFigures) {
-	c.waitOwners(t, 20*time.Second, nil)
+	// Each address on its preferred node, so that no rebalance moves one
+	// between reading the logs and the holders.
+	c.waitOwners(t, 4*spreadRebalanceDelay+20*time.Second, spreadPreferred())
 	time.Sleep(time.Second) // the last runs
 	total := 0
 	for _, nd := range c.nodes {
@@ -696,8 +702,10 @@ func spreadStranded(t *testing.T, c *spreadCluster, fig *drillFigures) {
 	elapsed := time.Since(start)
 	time.Sleep(100 * time.Millisecond)
 	pkts := capt.close()
-	// Back to its preferred owner for the next drills (rebalance).
-	c.waitOwners(t, 4*spreadRebalanceDelay+20*time.Second, nil)
+	// Back to its preferred owner for the next drills (rebalance): a
+	// placement that is merely settled is not enough, the rebalance would
+	// move the address during the next drill.
+	c.waitOwners(t, 4*spreadRebalanceDelay+20*time.Second, spreadPreferred())
 
 	kinds := map[string]int{}
 	var stranded []connResult
