@@ -38,8 +38,10 @@
 //
 // Each node gossips only its own bindings (wire.go has the format): changes
 // (a binding becoming live, or ended) in a broadcast within a few hundred
-// milliseconds, everything in the push/pull state memberlist exchanges
-// with a joining node and periodically. The cluster signs each message, and
+// milliseconds (sent to every member directly as well as by gossip: the
+// gossip queue alone missed members, cluster/DESIGN.md), everything in the
+// push/pull state memberlist exchanges with a joining node and
+// periodically. The cluster signs each message, and
 // a node's bindings are stored under the name of the node that signed them,
 // so no node can speak for another's. A state replaces what a node held from
 // its sender; a binding carries the sender's sequence number at its last
