@@ -160,6 +160,9 @@ type Agent struct {
 	snaps     raft.SnapshotStore
 	ml        *memberlist.Memberlist
 	del       *delegate
+	// Gossip messages sent directly (sendEach) that a member's packet
+	// could not be written for; the queued copies and push/pull remain.
+	directFailed atomic.Uint64
 
 	leaderCh      chan bool
 	pokeCh        chan struct{}

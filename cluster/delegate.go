@@ -149,6 +149,7 @@ func (n *Agent) sendEach(msg []byte) {
 			continue
 		}
 		if err := n.ml.SendBestEffort(&m.to, msg); err != nil {
+			n.directFailed.Add(1)
 			n.log.Debug("sending gossip to a member failed", "member", m.name, "error", err)
 		}
 	}

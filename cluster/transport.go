@@ -330,3 +330,8 @@ func (n *Agent) TLSIdentity() pki.Identity { return n.trust.material().Self }
 func (n *Agent) TrustStats() (refused, dropped uint64) {
 	return n.trust.refused.Load(), n.peers.dropped.Load()
 }
+
+// DirectGossipFailures is how many gossip messages could not be written
+// to a member in the packet sent to it directly (Broadcast); each still
+// travels by gossip and push/pull.
+func (n *Agent) DirectGossipFailures() uint64 { return n.directFailed.Load() }

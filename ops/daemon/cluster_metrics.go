@@ -7,7 +7,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type clusterCollector struct {
 	d *Daemon
 
-	state, term, commit, applied, lastApply, members, score, backendUp, changes, tlsRefused, gossipDropped *prometheus.Desc
+	state, term, commit, applied, lastApply, members, score, backendUp, changes, tlsRefused, gossipDropped, directFailed *prometheus.Desc
 }
 
 func (d *Daemon) registerClusterMetrics() {
@@ -25,12 +25,14 @@ func (d *Daemon) registerClusterMetrics() {
 			"Connections to the cluster port (raft_address) refused in the TLS handshake: no certificate of the cluster CA, no cluster protocol, or too many handshakes at once.", nil, nil),
 		gossipDropped: prometheus.NewDesc("portico_cluster_gossip_dropped_total",
 			"Gossip messages dropped: malformed, or not signed by the node they name with a key verified for it (forged).", nil, nil),
+		directFailed: prometheus.NewDesc("portico_cluster_gossip_direct_failed_total",
+			"Gossip messages whose packet sent directly to a member could not be written (they still travel by gossip and push/pull).", nil, nil),
 	}
 	d.Metrics.MustRegister(c)
 }
 
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.state, c.term, c.commit, c.applied, c.lastApply, c.members, c.score, c.backendUp, c.changes, c.tlsRefused, c.gossipDropped} {
+	for _, d := range []*prometheus.Desc{c.state, c.term, c.commit, c.applied, c.lastApply, c.members, c.score, c.backendUp, c.changes, c.tlsRefused, c.gossipDropped, c.directFailed} {
 		ch <- d
 	}
 }
@@ -52,6 +54,7 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 	refused, dropped := c.d.cluster.TrustStats()
 	ch <- prometheus.MustNewConstMetric(c.tlsRefused, prometheus.CounterValue, float64(refused))
 	ch <- prometheus.MustNewConstMetric(c.gossipDropped, prometheus.CounterValue, float64(dropped))
+	ch <- prometheus.MustNewConstMetric(c.directFailed, prometheus.CounterValue, float64(c.d.cluster.DirectGossipFailures()))
 	counts := map[string]float64{"alive": 0, "suspect": 0, "dead": 0, "left": 0}
 	for _, m := range c.d.cluster.Members() {
 		counts[m.State]++
