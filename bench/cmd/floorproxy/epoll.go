@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"sync/atomic"
 	"unsafe"
@@ -49,6 +50,7 @@ type loop struct {
 	lfd, epfd int
 	backend   unix.RawSockaddrInet4
 	raw       bool
+	park      bool // wait in Go's netpoller instead of a blocking epoll_wait
 	gen       uint32
 	byFD      []*session // both descriptors of a session point to it
 	free      []*session
@@ -58,7 +60,7 @@ type loop struct {
 
 // newLoop makes a non-blocking listener on addr (with SO_REUSEPORT if
 // reusePort) and an epoll instance.
-func newLoop(addr string, backend *net.TCPAddr, raw, reusePort bool) (*loop, error) {
+func newLoop(addr string, backend *net.TCPAddr, raw, park, reusePort bool) (*loop, error) {
 	la, err := net.ResolveTCPAddr("tcp4", addr)
 	if err != nil {
 		return nil, err
@@ -67,7 +69,7 @@ func newLoop(addr string, backend *net.TCPAddr, raw, reusePort bool) (*loop, err
 	if b4 == nil {
 		return nil, fmt.Errorf("backend %v: epoll mode needs an IPv4 address", backend)
 	}
-	l := &loop{raw: raw, buf: make([]byte, 64<<10)}
+	l := &loop{raw: raw, park: park, buf: make([]byte, 64<<10)}
 	l.backend.Family = unix.AF_INET
 	*(*[2]byte)(unsafe.Pointer(&l.backend.Port)) = [2]byte{byte(backend.Port >> 8), byte(backend.Port)} // network order
 	copy(l.backend.Addr[:], b4)
@@ -122,10 +124,40 @@ func (l *loop) addr() string {
 
 // run is the loop; it returns only on an epoll error.
 func (l *loop) run() error {
-	runtime.LockOSThread()
 	events := make([]unix.EpollEvent, 256)
+	wait := func() (int, error) { return unix.EpollWait(l.epfd, events, -1) }
+	if l.park {
+		// The epoll descriptor, non-blocking, in Go's netpoller (an epoll
+		// descriptor is readable while it has events): the goroutine parks
+		// like a network read, as node/relay's poller does.
+		if err := unix.SetNonblock(l.epfd, true); err != nil {
+			return err
+		}
+		rc, err := os.NewFile(uintptr(l.epfd), "floor-epoll").SyscallConn()
+		if err != nil {
+			return err
+		}
+		wait = func() (n int, err error) {
+			rerr := rc.Read(func(fd uintptr) bool {
+				p := unsafe.Pointer(&events[0])
+				r, e := l.sys6(unix.SYS_EPOLL_PWAIT, fd, uintptr(p), uintptr(len(events)), 0, 0, 0)
+				runtime.KeepAlive(p)
+				n, err = r, nil
+				if e != 0 {
+					n, err = 0, e
+				}
+				return n > 0 || (e != 0 && e != unix.EINTR)
+			})
+			if rerr != nil {
+				return 0, rerr
+			}
+			return n, err
+		}
+	} else {
+		runtime.LockOSThread()
+	}
 	for {
-		n, err := unix.EpollWait(l.epfd, events, -1)
+		n, err := wait()
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue

@@ -102,8 +102,8 @@ func startProxy(t *testing.T, mode string, be *backend) (string, func() int64) {
 		t.Cleanup(func() { ln.Close() })
 		go serveGoroutine(ln.(*net.TCPListener), baddr)
 		return ln.Addr().String(), nil
-	case "epoll", "epoll-syscall":
-		l, err := newLoop("127.0.0.1:0", baddr, mode == "epoll", false)
+	case "epoll", "epoll-syscall", "epoll-park":
+		l, err := newLoop("127.0.0.1:0", baddr, mode != "epoll-syscall", mode == "epoll-park", false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -185,7 +185,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestFloorProxy(t *testing.T) {
-	for _, mode := range []string{"goroutine", "epoll", "epoll-syscall"} {
+	for _, mode := range []string{"goroutine", "epoll", "epoll-syscall", "epoll-park"} {
 		t.Run(mode, func(t *testing.T) {
 			be := startBackend(t)
 			addr, live := startProxy(t, mode, be)

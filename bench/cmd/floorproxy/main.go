@@ -28,7 +28,11 @@
 // (accept4, read, write, connect, epoll_ctl, close ...) is made with
 // RawSyscall, which skips the runtime's entersyscall/exitsyscall (and so
 // never wakes sysmon); only epoll_wait is an ordinary blocking syscall.
-// -raw=false makes them ordinary syscalls. -loops N runs N loops, each with
+// -raw=false makes them ordinary syscalls. -park waits the Go way instead:
+// the epoll descriptor, non-blocking, is registered in Go's netpoller and
+// the loop's goroutine (not locked) parks on it like a network read, as
+// node/relay's poller does; what a loop inside Portico, handing sessions
+// to goroutines, would have to do. -loops N runs N loops, each with
 // its own SO_REUSEPORT listener. The backend must be an IPv4 address.
 //
 // bench/README.md and bench/RESULTS.md ("Third pass: the floor of a Go
@@ -56,6 +60,7 @@ func main() {
 	backend := flag.String("backend", "127.0.0.1:14143", "IMAP backend address (IPv4 for -mode epoll)")
 	mode := flag.String("mode", "goroutine", "goroutine or epoll")
 	raw := flag.Bool("raw", true, "epoll mode: non-blocking calls with RawSyscall (no entersyscall)")
+	park := flag.Bool("park", false, "epoll mode: wait for events in Go's netpoller (the epoll descriptor registered there) instead of a blocking epoll_wait on a locked thread")
 	loops := flag.Int("loops", 1, "epoll mode: number of event loops (SO_REUSEPORT listeners)")
 	flag.Parse()
 	if _, err := rlimit.RaiseNoFile(); err != nil {
@@ -77,7 +82,7 @@ func main() {
 			fatal(fmt.Errorf("-loops must be at least 1"))
 		}
 		for i := 0; i < *loops; i++ {
-			l, err := newLoop(*listen, baddr, *raw, *loops > 1)
+			l, err := newLoop(*listen, baddr, *raw, *park, *loops > 1)
 			if err != nil {
 				fatal(err)
 			}
