@@ -4,6 +4,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net"
 	"os"
@@ -95,7 +96,7 @@ func startProxy(t *testing.T, mode string, be *backend) (string, func() int64) {
 	baddr := be.ln.Addr().(*net.TCPAddr)
 	switch mode {
 	case "goroutine":
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}

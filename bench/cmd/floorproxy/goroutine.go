@@ -12,6 +12,8 @@ import (
 
 const relayBuf = 4 << 10 // per direction, goroutine mode
 
+var dialer = net.Dialer{KeepAlive: -1}
+
 // serveGoroutine accepts on ln and serves each connection in a goroutine of
 // its own until ln is closed.
 func serveGoroutine(ln *net.TCPListener, backend *net.TCPAddr) error {
@@ -60,10 +62,11 @@ func handle(c *net.TCPConn, backend *net.TCPAddr) {
 		}
 		return
 	}
-	b, err := net.DialTCP("tcp", nil, backend)
+	bc, err := dialer.Dial("tcp", backend.String())
 	if err != nil {
 		return
 	}
+	b := bc.(*net.TCPConn)
 	defer b.Close()
 	bb := buf[relayBuf:]
 	// The backend's greeting.

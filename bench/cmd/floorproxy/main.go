@@ -15,7 +15,8 @@
 // "TAG BAD" and the connection is closed. There are no timeouts, no
 // logging, no metrics and no limits.
 //
-// -mode goroutine: Go's net package, a goroutine per connection, and one
+// -mode goroutine: Go's net package (keepalive off on both sides, as in
+// Portico), a goroutine per connection, and one
 // more for the second relay direction; a read/write loop with a buffer per
 // direction (not splice: a blocked splice holds a pipe per direction, two
 // more descriptors per idle session).
@@ -41,6 +42,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"flag"
 	"fmt"
 	"net"
@@ -72,7 +74,9 @@ func main() {
 	}
 	switch *mode {
 	case "goroutine":
-		ln, err := net.Listen("tcp", *listen)
+		// Keepalive off (Go turns it on by default: four setsockopt per
+		// connection), as Portico has it.
+		ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", *listen)
 		if err != nil {
 			fatal(err)
 		}
