@@ -1,0 +1,126 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"syscall"
+	"time"
+)
+
+const relayBuf = 4 << 10 // per direction, goroutine mode
+
+var dialer = net.Dialer{KeepAlive: -1}
+
+// serveGoroutine accepts on ln and serves each connection in a goroutine of
+// its own until ln is closed.
+func serveGoroutine(ln *net.TCPListener, backend *net.TCPAddr) error {
+	for {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return err
+		}
+		go handle(c, backend)
+	}
+}
+
+// handle runs one session: the login dialogue, then the relay (this
+// goroutine client to backend, a second one backend to client).
+func handle(c *net.TCPConn, backend *net.TCPAddr) {
+	defer c.Close()
+	buf := make([]byte, 2*relayBuf) // [0:relayBuf) client side, the rest backend side
+	if _, err := c.Write(greeting); err != nil {
+		return
+	}
+	cb := buf[:relayBuf]
+	n, end := 0, -1
+	for end < 0 {
+		if n == lineMax {
+			return
+		}
+		m, err := c.Read(cb[n:lineMax])
+		if err != nil {
+			return
+		}
+		n += m
+		end = bytes.IndexByte(cb[:n], '\n') + 1
+		if end == 0 {
+			end = -1
+		}
+	}
+	login := cb[:end] // anything after the line is ignored: loadimap waits for the reply
+	tagSP, ok := parseLogin(login)
+	if !ok {
+		if tagSP != nil {
+			c.Write(append(tagSP, "BAD only LOGIN\r\n"...))
+		}
+		return
+	}
+	bc, err := dialer.Dial("tcp", backend.String())
+	if err != nil {
+		return
+	}
+	b := bc.(*net.TCPConn)
+	defer b.Close()
+	bb := buf[relayBuf:]
+	// The backend's greeting.
+	for n, end = 0, -1; end < 0; {
+		if n == lineMax {
+			return
+		}
+		m, err := b.Read(bb[n:lineMax])
+		if err != nil {
+			return
+		}
+		n += m
+		if i := bytes.IndexByte(bb[:n], '\n'); i >= 0 {
+			end = i + 1
+		}
+	}
+	if _, err := b.Write(login); err != nil {
+		return
+	}
+	// Up to the tagged reply; everything read goes to the client.
+	for n, end = 0, -1; end < 0; {
+		if n == len(bb) {
+			return
+		}
+		m, err := b.Read(bb[n:])
+		if err != nil {
+			return
+		}
+		n += m
+		end = taggedEnd(bb[:n], tagSP)
+	}
+	if _, err := c.Write(bb[:n]); err != nil {
+		return
+	}
+	go func() {
+		relay(c, b, bb)
+		c.Close()
+		b.Close()
+	}()
+	relay(b, c, cb)
+}
+
+// relay copies src to dst until either fails or src ends. (io.CopyBuffer
+// would splice between two TCP connections.)
+func relay(dst, src *net.TCPConn, buf []byte) {
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
