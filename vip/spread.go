@@ -155,8 +155,10 @@ type Spread struct {
 	fences       map[netip.Addr]fence
 	refused      map[netip.Addr]bool
 	// ending: the addresses whose sessions a move ends after handing
-	// them over (endMoved); the sweep leaves those sessions to it.
-	ending map[netip.Addr]bool
+	// them over (endMoved), with how many moves do (a move of the address
+	// back here and away again can start before the first one's end has
+	// returned); the sweep leaves those sessions to them.
+	ending map[netip.Addr]int
 	// claims counts, per address, the changes of this node's wish to
 	// hold it (odd: it wants it now; see wantLocked). A move's late end
 	// of the sessions on an address stops as soon as the count moves on.
@@ -212,7 +214,7 @@ func NewSpread(cfg SpreadConfig) *Spread {
 	}
 	s := &Spread{cfg: cfg, log: cfg.Log, every: cfg.Lease / 6, margin: cfg.Lease / 6, tick: min(50*time.Millisecond, cfg.Lease/12),
 		addrs: map[netip.Addr]bool{}, kickc: make(chan struct{}, 1),
-		fences: map[netip.Addr]fence{}, refused: map[netip.Addr]bool{}, ending: map[netip.Addr]bool{},
+		fences: map[netip.Addr]fence{}, refused: map[netip.Addr]bool{}, ending: map[netip.Addr]int{},
 		claims: map[netip.Addr]*atomic.Uint64{}}
 	for _, a := range cfg.Addresses {
 		s.slots = append(s.slots, Slot{Address: a.Addr.String(), Prefer: a.Prefer})
@@ -351,7 +353,7 @@ func (s *Spread) sweep(ctx context.Context) {
 	gone := map[netip.Addr]bool{}
 	for a := range s.addrs {
 		p, placed := ps[a]
-		if ending[a] {
+		if ending[a] > 0 {
 			continue // a move ends them (endMoved)
 		}
 		if !slices.Contains(held, a) && (left || placed && p.Node != self || !placed && !leader) {
@@ -920,7 +922,7 @@ func (s *Spread) releaseLocal(ctx context.Context, a netip.Addr, epoch uint64) (
 	claim := s.claims[a].Load()
 	// The sweep would end the sessions too, once the address is placed
 	// elsewhere: they are this move's.
-	s.ending[a] = true
+	s.ending[a]++
 	s.mu.Unlock()
 	s.cfg.Holder.SetWant(want)
 	if err := s.cfg.Holder.ReleaseAddrs([]netip.Addr{a}, time.Second); err != nil {
@@ -939,10 +941,12 @@ func (s *Spread) releaseLocal(ctx context.Context, a netip.Addr, epoch uint64) (
 	return released{Ended: busy, Ending: rest}, nil
 }
 
-// endedMoved: no move ends the sessions on a any more.
+// endedMoved: one move no longer ends the sessions on a.
 func (s *Spread) endedMoved(a netip.Addr) {
 	s.mu.Lock()
-	delete(s.ending, a)
+	if s.ending[a]--; s.ending[a] <= 0 {
+		delete(s.ending, a)
+	}
 	s.mu.Unlock()
 }
 
