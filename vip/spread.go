@@ -968,7 +968,7 @@ func (s *Spread) endMoved(ctx context.Context, a netip.Addr, epoch, claim uint64
 	deadline := time.Now().Add(moveOutcomeWait)
 	for {
 		if !mine() {
-			s.log.Info("vip move: the address is wanted here again (the move was given up); its sessions carry on", "address", a)
+			s.log.Info("vip move: this node holds the address again (the move was given up, or placed it here); its sessions carry on", "address", a)
 			return
 		}
 		ps, _ := s.cfg.Table.Placements()
