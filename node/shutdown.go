@@ -84,6 +84,19 @@ func (s *Server) EndActive(ctx context.Context, match func(local netip.AddrPort)
 	return s.engine.EndAll(ctx, func(rs *relay.Session) bool { return set[rs] }, text, 0)
 }
 
+// CountSessions returns how many relayed sessions are on a local address
+// for which match is true (all if match is nil). A planned VIP move in
+// the spread mode reports how many it leaves to end after the handover.
+func (s *Server) CountSessions(match func(local netip.AddrPort) bool) int {
+	n := 0
+	for _, rs := range s.engine.Sessions() {
+		if !rs.Closed() && (match == nil || match(addrPort(rs.LocalAddr()))) {
+			n++
+		}
+	}
+	return n
+}
+
 // EndSpread is the configured window over which EndSessions spreads a
 // drain.
 func (s *Server) EndSpread() time.Duration { return s.conf().EndSpread }

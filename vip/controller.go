@@ -43,6 +43,8 @@ type Sessions interface {
 	// of the sessions that match and moved a byte within the last
 	// within, the most recently active first.
 	EndActive(ctx context.Context, match func(local netip.AddrPort) bool, within time.Duration, limit int, text string) int
+	// CountSessions returns how many sessions match.
+	CountSessions(match func(local netip.AddrPort) bool) int
 }
 
 // A planned move ends the sessions that were active lately before it
@@ -56,10 +58,31 @@ type Sessions interface {
 // nothing and gets its BYE from the departed address. The limit bounds
 // the work done while leading: ending 6,000 sessions then cost a loaded
 // leader its lease; a hundred or so take a few tens of milliseconds.
+// Both modes hand over this way (Controller.Move, Spread.releaseLocal).
 const (
 	moveBusyWithin = time.Second
 	moveBusyLimit  = 128
 )
+
+// moveText is what a planned move tells the clients whose sessions it
+// ends.
+const moveText = "Server moving, please reconnect."
+
+// beforeHandover is a planned move's work while this node still holds
+// the addresses on for which on is true: it lets the logins in flight on
+// them finish (a second at most), then ends the sessions on them that
+// were active lately (moveBusyWithin, at most moveBusyLimit), for drain
+// at most; it returns how many it ended. The caller refuses new
+// connections to the addresses first, releases them after, and ends the
+// idle rest once the move has gone through.
+func beforeHandover(ctx context.Context, s Sessions, on func(netip.Addr) bool, drain time.Duration) int {
+	// A login finishes while the address is here: its reply cannot be
+	// lost, and the session it opens is ended with the others.
+	finishLogins(s, on, min(drain, time.Second))
+	dctx, cancel := context.WithTimeout(ctx, drain)
+	defer cancel()
+	return s.EndActive(dctx, func(l netip.AddrPort) bool { return on(l.Addr()) }, moveBusyWithin, moveBusyLimit, moveText)
+}
 
 // finishLogins waits, up to d, until no session that came in on an
 // address for which match is true is still before or in its login: a
@@ -286,7 +309,7 @@ func (c *Controller) Run(ctx context.Context) {
 			defer sweeping.Store(false)
 			sctx, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()
-			if n := c.cfg.Sessions.EndSessions(sctx, c.sweepMatch(gen), "Server moving, please reconnect.", 0); n > 0 {
+			if n := c.cfg.Sessions.EndSessions(sctx, c.sweepMatch(gen), moveText, 0); n > 0 {
 				c.log.Info("ended sessions on the VIP, which this node no longer holds", "sessions", n, "leader", leader)
 			}
 		}) {
@@ -501,12 +524,7 @@ func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	defer c.ending.Store(false)
 	start := time.Now()
 	s := c.cfg.Sessions
-	// A login finishes while the address is here: its reply cannot be
-	// lost, and the session it opens is ended with the others below.
-	finishLogins(s, func(a netip.Addr) bool { return c.addrs[a] }, min(c.cfg.MoveDrain, time.Second))
-	dctx, cancel := context.WithTimeout(ctx, c.cfg.MoveDrain)
-	busy := s.EndActive(dctx, c.isVIP, moveBusyWithin, moveBusyLimit, "Server moving, please reconnect.")
-	cancel()
+	busy := beforeHandover(ctx, s, func(a netip.Addr) bool { return c.addrs[a] }, c.cfg.MoveDrain)
 	herr := c.Handover(to, false)
 	gen := c.gen.Load()
 	c.log.Info("vip move: handed over", "to", to, "error", herr, "busy_sessions_ended", busy, "took", time.Since(start))
@@ -525,8 +543,8 @@ func (c *Controller) Move(ctx context.Context, to string) (MoveResult, error) {
 	// All at once (no spread): their own reconnect back-off spreads the
 	// load on the new owner. Nothing is ended if this node took the VIP
 	// back (the transfer failed).
-	dctx, cancel = context.WithTimeout(ctx, c.cfg.MoveDrain)
-	ended := busy + s.EndSessions(dctx, c.movedMatch(gen), "Server moving, please reconnect.", 0)
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.MoveDrain)
+	ended := busy + s.EndSessions(dctx, c.movedMatch(gen), moveText, 0)
 	cancel()
 	c.log.Info("vip move: ended the sessions on the VIP", "sessions", ended, "took", time.Since(start))
 	if herr == nil {

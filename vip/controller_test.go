@@ -169,6 +169,18 @@ func (s *fakeSessions) count() int {
 	return len(s.open) + len(s.busy)
 }
 
+func (s *fakeSessions) CountSessions(match func(netip.AddrPort) bool) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, a := range append(slices.Clone(s.open), s.busy...) {
+		if match(a) {
+			n++
+		}
+	}
+	return n
+}
+
 // EndActive ends the busy sessions that match, at most limit.
 func (s *fakeSessions) EndActive(_ context.Context, match func(netip.AddrPort) bool, _ time.Duration, limit int, _ string) int {
 	s.mu.Lock()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -153,6 +154,15 @@ type Spread struct {
 	remoteMoving map[netip.Addr]bool
 	fences       map[netip.Addr]fence
 	refused      map[netip.Addr]bool
+	// ending: the addresses whose sessions a move ends after handing
+	// them over (endMoved), with how many moves do (a move of the address
+	// back here and away again can start before the first one's end has
+	// returned); the sweep leaves those sessions to them.
+	ending map[netip.Addr]int
+	// claims counts, per address, the changes of this node's wish to
+	// hold it (odd: it wants it now; see wantLocked). A move's late end
+	// of the sessions on an address stops as soon as the count moves on.
+	claims map[netip.Addr]*atomic.Uint64
 	// left: Leave gave everything up (shutdown, drain); held nothing more
 	// until the node serves again (no longer draining).
 	left    bool
@@ -204,10 +214,12 @@ func NewSpread(cfg SpreadConfig) *Spread {
 	}
 	s := &Spread{cfg: cfg, log: cfg.Log, every: cfg.Lease / 6, margin: cfg.Lease / 6, tick: min(50*time.Millisecond, cfg.Lease/12),
 		addrs: map[netip.Addr]bool{}, kickc: make(chan struct{}, 1),
-		fences: map[netip.Addr]fence{}, refused: map[netip.Addr]bool{}}
+		fences: map[netip.Addr]fence{}, refused: map[netip.Addr]bool{}, ending: map[netip.Addr]int{},
+		claims: map[netip.Addr]*atomic.Uint64{}}
 	for _, a := range cfg.Addresses {
 		s.slots = append(s.slots, Slot{Address: a.Addr.String(), Prefer: a.Prefer})
 		s.addrs[a.Addr] = true
+		s.claims[a.Addr] = new(atomic.Uint64)
 	}
 	if time.Now().Before(cfg.HoldUntil) {
 		s.leaseUntil = cfg.HoldUntil
@@ -336,10 +348,14 @@ func (s *Spread) sweep(ctx context.Context) {
 	self := s.cfg.Cluster.Name()
 	s.mu.Lock()
 	leader, left := s.lt != nil && s.leading, s.left
+	ending := maps.Clone(s.ending)
 	s.mu.Unlock()
 	gone := map[netip.Addr]bool{}
 	for a := range s.addrs {
 		p, placed := ps[a]
+		if ending[a] > 0 {
+			continue // a move ends them (endMoved)
+		}
 		if !slices.Contains(held, a) && (left || placed && p.Node != self || !placed && !leader) {
 			gone[a] = true
 		}
@@ -350,7 +366,7 @@ func (s *Spread) sweep(ctx context.Context) {
 	match := func(l netip.AddrPort) bool { return gone[l.Addr()] }
 	sctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	if n := s.cfg.Sessions.EndSessions(sctx, match, "Server moving, please reconnect.", 0); n > 0 {
+	if n := s.cfg.Sessions.EndSessions(sctx, match, moveText, 0); n > 0 {
 		s.log.Info("ended sessions on virtual addresses this node does not hold", "sessions", n)
 	}
 }
@@ -378,6 +394,20 @@ func (s *Spread) factsLocked(now time.Time) HoldFacts {
 	return f
 }
 
+// wantLocked decides the holdings now and counts the changes of the
+// wish to hold each address (claims); s.mu is held. Every decision goes
+// through it before it reaches the mechanism: an address whose claim
+// count has not moved since a release has not been asked for since.
+func (s *Spread) wantLocked(now time.Time) []netip.Addr {
+	want := Holdings(s.factsLocked(now))
+	for a, c := range s.claims {
+		if slices.Contains(want, a) != (c.Load()%2 == 1) {
+			c.Add(1)
+		}
+	}
+	return want
+}
+
 // apply decides the holdings now and hands them to the mechanism.
 func (s *Spread) apply() {
 	serving := !s.cfg.Draining()
@@ -385,7 +415,7 @@ func (s *Spread) apply() {
 	if s.left && serving {
 		s.left = false // a drain was cancelled: serve again
 	}
-	want := Holdings(s.factsLocked(time.Now()))
+	want := s.wantLocked(time.Now())
 	s.mu.Unlock()
 	s.cfg.Holder.SetWant(want)
 }
@@ -757,7 +787,7 @@ func (s *Spread) decide(now time.Time) []plannedMove {
 // execute carries a move out: the owner releases the address (when it is
 // alive), then the new placement is written. It unmarks the move when
 // done, and backs off on the address after a failure.
-func (s *Spread) execute(ctx context.Context, m plannedMove) (ended int, err error) {
+func (s *Spread) execute(ctx context.Context, m plannedMove) (rel released, err error) {
 	self := s.cfg.Cluster.Name()
 	local := m.From == "" || m.From == self
 	defer func() {
@@ -778,28 +808,30 @@ func (s *Spread) execute(ctx context.Context, m plannedMove) (ended int, err err
 	}()
 	if m.release {
 		if local {
-			ended = s.releaseLocal(ctx, m.addr, m.cur.Epoch)
+			if rel, err = s.releaseLocal(ctx, m.addr, m.cur.Epoch); err != nil {
+				return rel, err
+			}
 		} else {
 			body, _ := json.Marshal(releaseRequest{Address: m.Address, Epoch: m.cur.Epoch})
 			rctx, cancel := context.WithTimeout(ctx, s.cfg.MoveDrain+5*time.Second)
 			status, raw, cerr := s.cfg.Cluster.CallNode(rctx, m.From, ReleaseRPC, body)
 			cancel()
 			if cerr != nil {
-				return 0, fmt.Errorf("asking %s to release it: %w", m.From, cerr)
+				return released{}, fmt.Errorf("asking %s to release it: %w", m.From, cerr)
 			}
 			var ans releaseAnswer
 			_ = json.Unmarshal(raw, &ans)
 			if status != http.StatusOK {
-				return 0, fmt.Errorf("%s did not release it (%d): %s", m.From, status, ans.Error)
+				return released{}, fmt.Errorf("%s did not release it (%d): %s", m.From, status, ans.Error)
 			}
-			ended = ans.SessionsEnded
+			rel = released{Ended: ans.SessionsEnded, Ending: ans.SessionsEnding}
 		}
 	}
 	if err := s.cfg.Table.Place(ctx, map[netip.Addr]Placement{m.addr: {Node: m.To, Epoch: m.cur.Epoch}}); err != nil {
 		if cur, _ := s.cfg.Table.Placements(); cur[m.addr].Node == m.To && cur[m.addr].Epoch > m.cur.Epoch {
 			// A retry after an unknown outcome: written the first time.
 		} else {
-			return ended, fmt.Errorf("writing the placement: %w", err)
+			return rel, fmt.Errorf("writing the placement: %w", err)
 		}
 	}
 	s.mu.Lock()
@@ -811,8 +843,8 @@ func (s *Spread) execute(ctx context.Context, m plannedMove) (ended int, err err
 	}
 	s.mu.Unlock()
 	s.log.Info("moved virtual address", "address", m.Address, "from", m.From, "to", m.To, "reason", m.Reason,
-		"released", m.release, "sessions_ended", ended, "took", time.Since(m.started).Round(time.Millisecond))
-	return ended, nil
+		"released", m.release, "sessions_ended", rel.Ended, "sessions_ending", rel.Ending, "took", time.Since(m.started).Round(time.Millisecond))
+	return rel, nil
 }
 
 // releaseRequest and releaseAnswer are the release RPC's body and answer.
@@ -821,13 +853,19 @@ type releaseRequest struct {
 	Epoch   uint64 `json:"epoch"`
 }
 
+// releaseAnswer: SessionsEnded were ended before the address went,
+// SessionsEnding were still on it then and are being ended after (a node
+// before this split answered every session it ended as SessionsEnded).
 type releaseAnswer struct {
-	SessionsEnded int    `json:"sessions_ended"`
-	Error         string `json:"error,omitempty"`
+	SessionsEnded  int    `json:"sessions_ended"`
+	SessionsEnding int    `json:"sessions_ending,omitempty"`
+	Error          string `json:"error,omitempty"`
 }
 
 // HandleRelease serves the release RPC: the leader (only) asks this node
-// to give an address up for a move.
+// to give an address up for a move. It answers once the address is off
+// this node (so that the leader writes the new placement at once), while
+// the idle sessions on it are still being ended (releaseLocal).
 func (s *Spread) HandleRelease(ctx context.Context, caller string, body []byte) (int, any) {
 	var req releaseRequest
 	if err := json.Unmarshal(body, &req); err != nil {
@@ -840,47 +878,139 @@ func (s *Spread) HandleRelease(ctx context.Context, caller string, body []byte) 
 	if leader, _ := s.cfg.Cluster.Leader(); caller == "" || caller != leader {
 		return http.StatusForbidden, releaseAnswer{Error: fmt.Sprintf("only the leader (%q) moves addresses, not %q", leader, caller)}
 	}
-	return http.StatusOK, releaseAnswer{SessionsEnded: s.releaseLocal(ctx, a, req.Epoch)}
+	rel, err := s.releaseLocal(ctx, a, req.Epoch)
+	if err != nil {
+		return http.StatusServiceUnavailable, releaseAnswer{SessionsEnded: rel.Ended, Error: err.Error()}
+	}
+	return http.StatusOK, releaseAnswer{SessionsEnded: rel.Ended, SessionsEnding: rel.Ending}
 }
 
-// releaseLocal gives an address up for a move: new connections to it are
-// reset (clients retry at once and find the new owner), logins in flight
-// on it may finish (a second at most), its relayed sessions end at
-// response boundaries (MoveDrain at most), then the address goes. The
-// node does not hold it again at this epoch until the move is over.
-func (s *Spread) releaseLocal(ctx context.Context, a netip.Addr, epoch uint64) int {
+// released is what a release for a move did: Ended sessions were ended
+// while the address was here, Ending were still on it when it went and
+// are ended after the handover (endMoved).
+type released struct {
+	Ended, Ending int
+}
+
+// moveOutcomeWait bounds how long a node that released an address waits
+// for the table to place it elsewhere before it ends the idle sessions on
+// it; after that it leaves them to the sweep.
+const moveOutcomeWait = 5 * time.Second
+
+// releaseLocal gives an address up for a move, as the leader mode's Move
+// does: new connections to it are reset (clients retry at once and find
+// the new owner), logins in flight on it may finish (a second at most),
+// the sessions on it that were active lately are ended at response
+// boundaries (at most moveBusyLimit; beforeHandover), then the address
+// goes, and releaseLocal returns: the leader writes the new placement and
+// the new owner takes the address at once. The idle rest of the sessions
+// on it are ended after that, in the background (endMoved). Ending
+// thousands of TLS sessions first kept the clients refused for seconds
+// and starved the node (the leader, perhaps) meanwhile; see DESIGN.md,
+// "Planned moves". The node does not hold the address again at this
+// epoch until the move is over. If the address cannot be taken off the
+// interface, the release fails and the idle sessions carry on.
+func (s *Spread) releaseLocal(ctx context.Context, a netip.Addr, epoch uint64) (released, error) {
+	start := time.Now()
 	s.mu.Lock()
 	s.setRefusedLocked(a, true)
 	s.mu.Unlock()
-	finishLogins(s.cfg.Sessions, func(l netip.Addr) bool { return l == a }, min(s.cfg.MoveDrain, time.Second))
-	dctx, cancel := context.WithTimeout(ctx, s.cfg.MoveDrain)
-	ended := s.cfg.Sessions.EndSessions(dctx, func(l netip.AddrPort) bool { return l.Addr() == a }, "Server moving, please reconnect.", 0)
-	cancel()
+	busy := beforeHandover(ctx, s.cfg.Sessions, func(l netip.Addr) bool { return l == a }, s.cfg.MoveDrain)
 	s.mu.Lock()
 	s.fences[a] = fence{epoch: epoch, at: time.Now()}
-	want := Holdings(s.factsLocked(time.Now()))
+	want := s.wantLocked(time.Now())
+	claim := s.claims[a].Load()
+	// The sweep would end the sessions too, once the address is placed
+	// elsewhere: they are this move's.
+	s.ending[a]++
 	s.mu.Unlock()
 	s.cfg.Holder.SetWant(want)
 	if err := s.cfg.Holder.ReleaseAddrs([]netip.Addr{a}, time.Second); err != nil {
+		s.endedMoved(a)
 		s.log.Warn("releasing a virtual address for a move", "address", a, "error", err)
+		return released{Ended: busy}, fmt.Errorf("%s is still on this node's interface: %w", a, err)
 	}
-	return ended
+	rest := s.cfg.Sessions.CountSessions(func(l netip.AddrPort) bool { return l.Addr() == a })
+	s.log.Info("vip move: released the address", "address", a, "busy_sessions_ended", busy, "sessions_left", rest, "took", time.Since(start).Round(time.Millisecond))
+	if rest == 0 || claim%2 == 1 || !s.cfg.Go(func(ctx context.Context) { s.endMoved(ctx, a, epoch, claim, start) }) {
+		// Nothing to end, asked for again already, or shutting down (the
+		// shutdown ends every session).
+		s.endedMoved(a)
+		return released{Ended: busy}, nil
+	}
+	return released{Ended: busy, Ending: rest}, nil
+}
+
+// endedMoved: one move no longer ends the sessions on a.
+func (s *Spread) endedMoved(a netip.Addr) {
+	s.mu.Lock()
+	if s.ending[a]--; s.ending[a] <= 0 {
+		delete(s.ending, a)
+	}
+	s.mu.Unlock()
+}
+
+// endMoved ends the sessions left on an address that this node released
+// at epoch for a move (claim: its claim count then), once the table
+// places the address on another node at a later epoch: at response
+// boundaries, all at once (their clients' reconnect back-off spreads the
+// load on the new owner), for MoveDrain at most. Their BYEs leave from
+// the departed address through the transparent listening sockets, as in
+// the leader mode. It ends nothing once this node has asked for the
+// address again (the claim count moved: the move was given up, or the
+// address came back), so a failed move keeps its sessions; and nothing if
+// the table does not place the address elsewhere within moveOutcomeWait
+// (the sweep ends them if it does later).
+func (s *Spread) endMoved(ctx context.Context, a netip.Addr, epoch, claim uint64, start time.Time) {
+	defer s.endedMoved(a)
+	self := s.cfg.Cluster.Name()
+	mine := func() bool { return s.claims[a].Load() == claim }
+	deadline := time.Now().Add(moveOutcomeWait)
+	for {
+		if !mine() {
+			s.log.Info("vip move: this node holds the address again (the move was given up, or placed it here); its sessions carry on", "address", a)
+			return
+		}
+		ps, _ := s.cfg.Table.Placements()
+		if p, ok := ps[a]; ok && p.Epoch > epoch && p.Node != self {
+			break
+		}
+		if time.Now().After(deadline) {
+			s.log.Warn("vip move: the address was not placed elsewhere in time; its sessions are left to the sweep", "address", a, "waited", moveOutcomeWait)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, s.cfg.MoveDrain)
+	defer cancel()
+	n := s.cfg.Sessions.EndSessions(dctx, func(l netip.AddrPort) bool { return l.Addr() == a && mine() }, moveText, 0)
+	s.log.Info("vip move: ended the sessions left on the address after the handover", "address", a, "sessions", n, "took", time.Since(start).Round(time.Millisecond))
 }
 
 // SpreadMoveResult is the outcome of Move.
 type SpreadMoveResult struct {
-	Address       string `json:"address"`
-	From          string `json:"from"`
-	To            string `json:"to"`
-	SessionsEnded int    `json:"sessions_ended"`
-	TookMS        int64  `json:"took_ms"`
+	Address string `json:"address"`
+	From    string `json:"from"`
+	To      string `json:"to"`
+	// SessionsEnded were ended before the owner released the address
+	// (those active lately), SessionsEnding were still on it then and are
+	// being ended in the background (DESIGN.md, "Planned moves").
+	SessionsEnded  int   `json:"sessions_ended"`
+	SessionsEnding int   `json:"sessions_ending"`
+	TookMS         int64 `json:"took_ms"`
 }
 
 // Move moves one address (`portico vip move ADDR --to NODE`), on the
 // leader: to the node named, or ("") to the least loaded other node in
 // contact. The owner refuses new connections to it, lets logins in flight
-// finish, ends its sessions on it at response boundaries and releases it;
-// then the new placement is written and the new owner takes it.
+// finish, ends the sessions on it that were active lately at response
+// boundaries and releases it; then the new placement is written and the
+// new owner takes it, while the old owner ends the rest of its sessions
+// on it (releaseLocal).
 func (s *Spread) Move(ctx context.Context, addr netip.Addr, to string) (SpreadMoveResult, error) {
 	if !s.addrs[addr] {
 		return SpreadMoveResult{}, &moveError{ErrBadTarget, fmt.Sprintf("%s is not a virtual address", addr)}
@@ -951,14 +1081,15 @@ func (s *Spread) Move(ctx context.Context, addr netip.Addr, to string) (SpreadMo
 	}
 	lt.moving[addr] = true
 	s.mu.Unlock()
-	ended, err := s.execute(ctx, pm)
+	rel, err := s.execute(ctx, pm)
 	if err != nil {
 		return SpreadMoveResult{}, err
 	}
 	if from == "" {
 		from = self
 	}
-	return SpreadMoveResult{Address: addr.String(), From: from, To: to, SessionsEnded: ended, TookMS: time.Since(now).Milliseconds()}, nil
+	return SpreadMoveResult{Address: addr.String(), From: from, To: to, SessionsEnded: rel.Ended, SessionsEnding: rel.Ending,
+		TookMS: time.Since(now).Milliseconds()}, nil
 }
 
 // othersInContactLocked: another node renewed its lease with this leader

@@ -59,6 +59,8 @@ type simTable struct {
 	marker string
 	index  uint64
 	writes []string
+	// failPlace: writes of placements fail.
+	failPlace bool
 }
 
 func (t *simTable) Placements() (map[netip.Addr]Placement, string) {
@@ -80,6 +82,9 @@ func (t *simTable) AppliedIndex() uint64 {
 func (t *simTable) Place(_ context.Context, ps map[netip.Addr]Placement) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.failPlace {
+		return errors.New("no quorum")
+	}
 	for a, p := range ps {
 		if t.ps[a].Epoch != p.Epoch {
 			return fmt.Errorf("conflict: %s at %d, not %d", a, t.ps[a].Epoch, p.Epoch)
@@ -122,6 +127,8 @@ type simNode struct {
 	net     *simNet
 	name    string
 	sp      *Spread
+	proxy   *simSessions
+	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	term    context.CancelFunc
@@ -130,6 +137,9 @@ type simNode struct {
 	held    []netip.Addr
 	cut     bool
 	stopped bool
+	// failRelease: the mechanism cannot take an address off the
+	// interface (ReleaseAddrs fails).
+	failRelease bool
 }
 
 // The node's cluster view.
@@ -219,6 +229,12 @@ func (h simHolder) SetWant(addrs []netip.Addr) {
 	}
 }
 func (h simHolder) ReleaseAddrs(addrs []netip.Addr, _ time.Duration) error {
+	h.n.mu.Lock()
+	fail := h.n.failRelease
+	h.n.mu.Unlock()
+	if fail {
+		return errors.New("vip: addresses still held after release")
+	}
 	var keep []netip.Addr
 	for _, a := range h.Held() {
 		if !slices.Contains(addrs, a) {
@@ -235,15 +251,131 @@ func (h simHolder) Held() []netip.Addr {
 }
 func (h simHolder) Holds(a netip.Addr) bool { return slices.Contains(h.Held(), a) }
 
-type simSessions struct{}
-
-func (simSessions) SetRefuse(func(netip.AddrPort) bool) {}
-func (simSessions) PreauthOn(func(netip.Addr) bool) int { return 0 }
-func (simSessions) EndSessions(context.Context, func(netip.AddrPort) bool, string, time.Duration) int {
-	return 0
+// The node's proxy: relayed sessions by local address, busy (active
+// lately) or idle, and a record of every call that ended some.
+type simSessions struct {
+	n        *simNode
+	mu       sync.Mutex
+	sessions []simSession
+	ends     []endCall
+	// hold, if set, holds up an EndSessions (not EndActive) that matches
+	// a session on holdAddr until it is closed (a slow end).
+	hold     chan struct{}
+	holdAddr netip.Addr
 }
-func (simSessions) EndActive(context.Context, func(netip.AddrPort) bool, time.Duration, int, string) int {
-	return 0
+
+type simSession struct {
+	local netip.AddrPort
+	busy  bool
+}
+
+// endCall is one call of EndActive (busy) or EndSessions, what it
+// matched, and the facts when it was made.
+type endCall struct {
+	busy    bool
+	matched []netip.AddrPort
+	held    []netip.Addr // the node's holdings then
+	placed  map[netip.Addr]Placement
+}
+
+func (p *simSessions) add(local netip.AddrPort, busy bool, n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for range n {
+		p.sessions = append(p.sessions, simSession{local, busy})
+	}
+}
+
+// on counts the sessions on a (busy ones, idle ones).
+func (p *simSessions) on(a netip.Addr) (busy, idle int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, ss := range p.sessions {
+		switch {
+		case ss.local.Addr() != a:
+		case ss.busy:
+			busy++
+		default:
+			idle++
+		}
+	}
+	return busy, idle
+}
+
+// calls returns the end calls that matched a session on a.
+func (p *simSessions) calls(a netip.Addr) []endCall {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []endCall
+	for _, c := range p.ends {
+		if slices.ContainsFunc(c.matched, func(l netip.AddrPort) bool { return l.Addr() == a }) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func (p *simSessions) SetRefuse(func(netip.AddrPort) bool) {}
+func (p *simSessions) PreauthOn(func(netip.Addr) bool) int { return 0 }
+func (p *simSessions) CountSessions(match func(netip.AddrPort) bool) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, ss := range p.sessions {
+		if match(ss.local) {
+			n++
+		}
+	}
+	return n
+}
+func (p *simSessions) EndSessions(_ context.Context, match func(netip.AddrPort) bool, _ string, _ time.Duration) int {
+	return p.end(false, match, 0)
+}
+func (p *simSessions) EndActive(_ context.Context, match func(netip.AddrPort) bool, _ time.Duration, limit int, _ string) int {
+	return p.end(true, match, limit)
+}
+
+func (p *simSessions) end(busyOnly bool, match func(netip.AddrPort) bool, limit int) int {
+	p.mu.Lock()
+	var hit []int
+	for i, ss := range p.sessions {
+		if (!busyOnly || ss.busy) && (limit <= 0 || len(hit) < limit) && match(ss.local) {
+			hit = append(hit, i)
+		}
+	}
+	c := endCall{busy: busyOnly, held: simHolder{p.n}.Held()}
+	c.placed, _ = p.n.net.table.Placements()
+	for _, i := range hit {
+		c.matched = append(c.matched, p.sessions[i].local)
+	}
+	p.ends = append(p.ends, c)
+	hold := p.hold
+	if hold == nil || busyOnly || !slices.ContainsFunc(c.matched, func(l netip.AddrPort) bool { return l.Addr() == p.holdAddr }) {
+		hold = nil
+	}
+	p.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := len(hit) - 1; i >= 0; i-- {
+		p.sessions = slices.Delete(p.sessions, hit[i], hit[i]+1)
+	}
+	return len(hit)
+}
+
+// goJoined is the node's SpreadConfig.Go: f runs in a goroutine that a
+// stop waits for.
+func (n *simNode) goJoined(f func(context.Context)) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.stopped {
+		return false
+	}
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); f(n.ctx) }()
+	return true
 }
 
 func (n *simNode) isCut() bool     { n.mu.Lock(); defer n.mu.Unlock(); return n.cut }
@@ -255,17 +387,17 @@ func newSimNet(t *testing.T, names ...string) *simNet {
 	sn := &simNet{t: t, table: &simTable{ps: map[netip.Addr]Placement{}}, nodes: map[string]*simNode{}}
 	for _, name := range names {
 		n := &simNode{net: sn, name: name}
+		n.proxy = &simSessions{n: n}
+		n.ctx, n.cancel = context.WithCancel(context.Background())
 		addrs := []SpreadAddress{{Addr: sa1, Prefer: []string{names[0]}}, {Addr: sa2, Prefer: []string{names[1%len(names)]}}, {Addr: sa3, Prefer: []string{names[2%len(names)]}}}
-		n.sp = NewSpread(SpreadConfig{Holder: simHolder{n}, Cluster: simCluster{n}, Table: sn.table, Sessions: simSessions{},
+		n.sp = NewSpread(SpreadConfig{Holder: simHolder{n}, Cluster: simCluster{n}, Table: sn.table, Sessions: n.proxy,
 			Addresses: addrs, Lease: simLease, MoveDrain: 100 * time.Millisecond, RebalanceDelay: time.Hour,
-			Go: func(f func(context.Context)) bool { f(context.Background()); return true }, Log: discard})
+			Go: n.goJoined, Log: discard})
 		sn.nodes[name] = n
 	}
 	for _, n := range sn.nodes {
-		ctx, cancel := context.WithCancel(context.Background())
-		n.cancel = cancel
 		n.wg.Add(1)
-		go func() { defer n.wg.Done(); n.sp.Run(ctx) }()
+		go func() { defer n.wg.Done(); n.sp.Run(n.ctx) }()
 	}
 	t.Cleanup(func() {
 		for _, n := range sn.nodes {
@@ -487,5 +619,156 @@ func TestSpreadRPCs(t *testing.T) {
 	body, _ = json.Marshal(releaseRequest{Address: "198.18.0.200"})
 	if st, _ := n2.sp.HandleRelease(t.Context(), "n1", body); st != http.StatusBadRequest {
 		t.Fatalf("release of an address that is not ours: %d", st)
+	}
+}
+
+var offSpread = netip.MustParseAddrPort("192.0.2.1:143") // a session on no virtual address
+
+// spreadMoveRig: three simulated nodes, n1 leading, each address on its
+// preferred node, and on n2 two busy and three idle sessions on sa2 (its
+// address) and one on an address that is not virtual.
+func spreadMoveRig(t *testing.T) (*simNet, *simNode, *simNode, *simNode) {
+	sn := newSimNet(t, "n1", "n2", "n3")
+	n1, n2, n3 := sn.nodes["n1"], sn.nodes["n2"], sn.nodes["n3"]
+	sn.lead(n1)
+	sn.waitHolders(t, map[netip.Addr]string{sa1: "n1", sa2: "n2", sa3: "n3"}, 5*time.Second)
+	on := netip.AddrPortFrom(sa2, 143)
+	n2.proxy.add(on, true, 2)
+	n2.proxy.add(on, false, 3)
+	n2.proxy.add(offSpread, false, 1)
+	return sn, n1, n2, n3
+}
+
+// A spread move hands over first, as the leader mode's does: the owner
+// ends the busy sessions while it holds the address, releases it and
+// answers the release RPC (the leader writes the placement, the new
+// owner takes the address), and only then ends the idle rest, once the
+// table places the address elsewhere, while the sweep leaves them to it.
+func TestSpreadMoveHandsOverFirst(t *testing.T) {
+	sn, n1, n2, _ := spreadMoveRig(t)
+	hold := make(chan struct{})
+	n2.proxy.mu.Lock()
+	n2.proxy.hold, n2.proxy.holdAddr = hold, sa2
+	n2.proxy.mu.Unlock()
+	released := false
+	defer func() {
+		if !released {
+			close(hold)
+		}
+	}()
+	res, err := n1.sp.Move(t.Context(), sa2, "n3")
+	if err != nil || res.From != "n2" || res.To != "n3" || res.SessionsEnded != 2 || res.SessionsEnding != 3 {
+		t.Fatalf("move: %+v, %v; want from n2 to n3, 2 sessions ended before the handover and 3 being ended after", res, err)
+	}
+	// The answer came while the idle sessions were not ended yet.
+	if busy, idle := n2.proxy.on(sa2); busy != 0 || idle != 3 {
+		t.Fatalf("when the move answered: %d busy and %d idle sessions left on the address, want 0 and 3", busy, idle)
+	}
+	sn.waitHolders(t, map[netip.Addr]string{sa2: "n3"}, 2*time.Second)
+	// The sweep runs every 250 ms; let it run twice while the idle
+	// sessions are still being ended: it must leave them to the move.
+	sweeps := func() int {
+		n := 0
+		for _, c := range n2.proxy.calls(sa1) {
+			if !c.busy {
+				n++
+			}
+		}
+		return n
+	}
+	n2.proxy.add(netip.AddrPortFrom(sa1, 143), false, 1) // n2 does not hold sa1: the sweep ends it
+	from := sweeps()
+	waitUntil(t, "two sweeps on n2", 5*time.Second, func() bool {
+		n2.proxy.add(netip.AddrPortFrom(sa1, 143), false, 1)
+		return sweeps() >= from+2
+	})
+	close(hold)
+	released = true
+	waitUntil(t, "the idle sessions ended", 5*time.Second, func() bool { _, idle := n2.proxy.on(sa2); return idle == 0 })
+	calls := n2.proxy.calls(sa2)
+	if len(calls) != 2 {
+		t.Fatalf("%d calls ended sessions on the moved address, want 2 (the busy ones, then the idle ones): %+v", len(calls), calls)
+	}
+	if c := calls[0]; !c.busy || len(c.matched) != 2 || !slices.Contains(c.held, sa2) {
+		t.Fatalf("first end: busy %v, %d sessions, holdings %v; want the 2 busy ones while n2 held the address", c.busy, len(c.matched), c.held)
+	}
+	if c := calls[1]; c.busy || len(c.matched) != 3 || slices.Contains(c.held, sa2) || c.placed[sa2].Node != "n3" {
+		t.Fatalf("second end: busy %v, %d sessions, holdings %v, placement %v; want the 3 idle ones once the address was gone and placed on n3",
+			c.busy, len(c.matched), c.held, c.placed[sa2])
+	}
+	if n2.proxy.CountSessions(func(l netip.AddrPort) bool { return l == offSpread }) != 1 {
+		t.Fatal("the session on no virtual address was ended")
+	}
+	waitUntil(t, "the move's end accounted as over", 2*time.Second, func() bool {
+		n2.sp.mu.Lock()
+		defer n2.sp.mu.Unlock()
+		return len(n2.sp.ending) == 0
+	})
+	sn.check()
+}
+
+// The leader's own address moves the same way: busy sessions first, the
+// address, the placement, then the idle ones.
+func TestSpreadMoveFromLeader(t *testing.T) {
+	sn, n1, _, _ := spreadMoveRig(t)
+	on := netip.AddrPortFrom(sa1, 993)
+	n1.proxy.add(on, true, 1)
+	n1.proxy.add(on, false, 2)
+	res, err := n1.sp.Move(t.Context(), sa1, "n2")
+	if err != nil || res.From != "n1" || res.To != "n2" || res.SessionsEnded != 1 || res.SessionsEnding != 2 {
+		t.Fatalf("move: %+v, %v", res, err)
+	}
+	waitUntil(t, "the idle sessions ended", 5*time.Second, func() bool { _, idle := n1.proxy.on(sa1); return idle == 0 })
+	calls := n1.proxy.calls(sa1)
+	if len(calls) != 2 || !calls[0].busy || !slices.Contains(calls[0].held, sa1) ||
+		calls[1].busy || slices.Contains(calls[1].held, sa1) || calls[1].placed[sa1].Node != "n2" {
+		t.Fatalf("ends on the moved address: %+v", calls)
+	}
+	sn.waitHolders(t, map[netip.Addr]string{sa1: "n2"}, 2*time.Second)
+	sn.check()
+}
+
+// A release that fails (the address would not leave the interface)
+// fails the move, and the idle sessions carry on once the node holds the
+// address again; so do they when the release went through but the
+// placement could not be written (the move was given up).
+func TestSpreadMoveFailedKeepsSessions(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fail func(sn *simNet, n2 *simNode, on bool)
+	}{
+		{"release fails", func(_ *simNet, n2 *simNode, on bool) { n2.mu.Lock(); n2.failRelease = on; n2.mu.Unlock() }},
+		{"placement fails", func(sn *simNet, _ *simNode, on bool) {
+			sn.table.mu.Lock()
+			sn.table.failPlace = on
+			sn.table.mu.Unlock()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sn, n1, n2, _ := spreadMoveRig(t)
+			tc.fail(sn, n2, true)
+			if res, err := n1.sp.Move(t.Context(), sa2, "n3"); err == nil {
+				t.Fatalf("move succeeded: %+v", res)
+			}
+			tc.fail(sn, n2, false)
+			// The next lease answer tells n2 the move is over: it holds
+			// the address again, and whatever was ending its sessions
+			// stops.
+			sn.waitHolders(t, map[netip.Addr]string{sa2: "n2"}, 3*time.Second)
+			waitUntil(t, "no move ending sessions on n2", 7*time.Second, func() bool {
+				n2.sp.mu.Lock()
+				defer n2.sp.mu.Unlock()
+				return len(n2.sp.ending) == 0
+			})
+			if busy, idle := n2.proxy.on(sa2); busy != 0 || idle != 3 {
+				t.Fatalf("%d busy and %d idle sessions left, want 0 (ended before the release) and 3", busy, idle)
+			}
+			for _, c := range n2.proxy.calls(sa2) {
+				if !c.busy {
+					t.Fatalf("idle sessions ended: %+v", c)
+				}
+			}
+			sn.check()
+		})
 	}
 }

@@ -72,6 +72,7 @@ func setupVIPMove(fs *flag.FlagSet) func([]string) error {
 			Address  string
 			From, To string
 			Ended    int   `json:"sessions_ended"`
+			Ending   int   `json:"sessions_ending"` // spread mode: ended after the handover
 			Took     int64 `json:"took_ms"`
 		}
 		body := map[string]string{"to": *to}
@@ -86,6 +87,11 @@ func setupVIPMove(fs *flag.FlagSet) func([]string) error {
 		what := "VIP"
 		if res.Address != "" {
 			what = res.Address
+		}
+		if res.Ending > 0 {
+			fmt.Printf("%s moved from %s to %s in %d ms (%d sessions ended at a response boundary before the handover, %d being ended after it)\n",
+				what, res.From, res.To, res.Took, res.Ended, res.Ending)
+			return nil
 		}
 		fmt.Printf("%s moved from %s to %s in %d ms (%d sessions ended at a response boundary)\n", what, res.From, res.To, res.Took, res.Ended)
 		return nil
