@@ -33,6 +33,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/portico-mail/portico/integration/dovecot"
 	"github.com/portico-mail/portico/integration/netns"
 )
 
@@ -62,8 +63,13 @@ type spreadCluster struct {
 
 func newSpreadCluster(t *testing.T) *spreadCluster {
 	t.Helper()
-	n := netns.New(t, "n1", "n2", "n3", "client")
+	n := netns.New(t, "n1", "n2", "n3", "client", "b1")
 	c := &spreadCluster{t: t, net: n, client: n.Host("client"), kills: map[string][]time.Time{}}
+	// One Dovecot behind every address, so that the Move drill can hold
+	// logged-in sessions on the address it moves.
+	bh := n.Host("b1")
+	dovecot.Start(t, dovecot.Options{Addr: bh.IP4.String(), Netns: bh.Path, IMAPPort: 143, POP3Port: 110,
+		Users: map[string]string{"mover@spread.example": drillPass}, TrustedNetworks: []string{netns.Net4.String(), netns.Net6.String()}})
 	var join []string
 	for _, name := range []string{"n1", "n2", "n3"} {
 		join = append(join, fmt.Sprintf("%q", n.Host(name).IP4.String()+":7145"))
@@ -106,8 +112,14 @@ vip:
   notify_timeout: 5s
   addresses:
 %[11]s
+backends:
+  - {id: b1, host: %[12]s, imap_port: 143, pop3_port: 110}
+pools:
+  - {name: main, backends: [b1]}
+routes:
+  default_pool: main
 `, name, filepath.Join(nd.dir, "data"), nd.admin, clusterToken, h.IP4, strings.Join(join, ", "), certs[name], gkey,
-			spreadRebalanceDelay, script, strings.Join(addrs, "\n"))
+			spreadRebalanceDelay, script, strings.Join(addrs, "\n"), bh.IP4)
 		nd.cfgPath = filepath.Join(nd.dir, "portico.yaml")
 		if err := os.WriteFile(nd.cfgPath, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)
@@ -130,6 +142,36 @@ vip:
 		nd.start(t)
 	}
 	return c
+}
+
+// login logs a user in through address a from the client and returns the
+// session.
+func (c *spreadCluster) login(a netip.Addr) (net.Conn, *bufio.Reader, error) {
+	conn, err := c.client.DialTimeout("tcp", vipAddr(a, 143), 2*time.Second)
+	if err != nil {
+		return nil, nil, err
+	}
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(conn)
+	if g, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(g, "* OK") {
+		conn.Close()
+		return nil, nil, fmt.Errorf("greeting %q: %v", g, err)
+	}
+	fmt.Fprintf(conn, "a LOGIN mover@spread.example %s\r\n", drillPass)
+	for {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			conn.Close()
+			return nil, nil, fmt.Errorf("login: %v", err)
+		}
+		if strings.HasPrefix(l, "a ") {
+			if !strings.HasPrefix(l, "a OK") {
+				conn.Close()
+				return nil, nil, fmt.Errorf("login: %s", strings.TrimSpace(l))
+			}
+			return conn, r, nil
+		}
+	}
 }
 
 func (c *spreadCluster) node(name string) *drillNode {
@@ -354,6 +396,35 @@ func TestSpreadDrills(t *testing.T) {
 func spreadMove(t *testing.T, c *spreadCluster, fig *drillFigures) {
 	before := c.waitOwners(t, 20*time.Second, nil)
 	a := spreadVIPs[1] // on n2, its preferred node
+	// Idle logged-in sessions on it: the move hands the address over
+	// first and ends these after, from the old owner; each must get its
+	// BYE (through the departed address), not a reset from the new owner.
+	const idle = 4
+	byes := make(chan string, idle)
+	for range idle {
+		conn, r, err := c.login(a)
+		if err != nil {
+			t.Fatalf("login through %s: %v", a, err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		go func() {
+			_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+			for {
+				l, err := r.ReadString('\n')
+				if err != nil {
+					byes <- "error: " + err.Error()
+					return
+				}
+				if strings.HasPrefix(l, "* BYE") {
+					byes <- strings.TrimSpace(l)
+					return
+				}
+			}
+		}()
+	}
+	// Idle: nothing moved on them in the last second (the move ends the
+	// sessions active within it before the handover).
+	time.Sleep(1500 * time.Millisecond)
 	at := time.Now()
 	out, err := c.node("n1").cli("vip", "move", a.String(), "--to", "n3")
 	if err != nil {
@@ -361,6 +432,19 @@ func spreadMove(t *testing.T, c *spreadCluster, fig *drillFigures) {
 	}
 	took := time.Since(at)
 	t.Logf("vip move: %s (%v)", strings.TrimSpace(out), took.Round(time.Millisecond))
+	if !strings.Contains(out, fmt.Sprintf("%d being ended after it", idle)) {
+		t.Errorf("vip move should report its %d idle sessions as ended after the handover: %s", idle, out)
+	}
+	for range idle {
+		select {
+		case b := <-byes:
+			if !strings.HasPrefix(b, "* BYE") {
+				t.Errorf("an idle session on the moved address ended without its BYE: %s", b)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatalf("an idle session on the moved address was not ended within 15 s of the move")
+		}
+	}
 	moved := c.waitOwners(t, 10*time.Second, map[netip.Addr]string{a: "n3"})
 	for _, b := range spreadVIPs {
 		if b != a && moved[b] != before[b] {
@@ -384,8 +468,8 @@ func spreadMove(t *testing.T, c *spreadCluster, fig *drillFigures) {
 		t.Errorf("%s changed owners %d times since the move, want 2 (there and back; more is flapping):\n%s", a, n, c.sampler.dump(at))
 	}
 	c.waitOwners(t, 5*time.Second, before)
-	fig.add("vip move of one address through a node that does not hold it: API %v, served on the new owner after %v; the others untouched; back on its preferred node by rebalance after %v",
-		took.Round(time.Millisecond), gap.Round(time.Millisecond), backAt.Sub(at).Round(100*time.Millisecond))
+	fig.add("vip move of one address through a node that does not hold it: API %v, served on the new owner after %v; %d idle logged-in sessions ended after the handover, each with its BYE; the others untouched; back on its preferred node by rebalance after %v",
+		took.Round(time.Millisecond), gap.Round(time.Millisecond), idle, backAt.Sub(at).Round(100*time.Millisecond))
 }
 
 // spreadKill: kill -9 of an address's owner (a follower, or the leader):
