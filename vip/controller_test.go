@@ -108,6 +108,8 @@ type fakeHolder struct {
 	mu    sync.Mutex
 	owned bool
 	stuck bool // a release does not take effect (a loaded mechanism lagging)
+	// Detached while holding: the address stays for another process.
+	handedOn bool
 }
 
 func (h *fakeHolder) SetOwner(own bool) {
@@ -133,6 +135,11 @@ func (h *fakeHolder) Owned() bool {
 	return h.owned
 }
 func (h *fakeHolder) Release(time.Duration) error { h.SetOwner(false); return nil }
+func (h *fakeHolder) HandedOn() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.handedOn
+}
 
 type fakeSessions struct {
 	rec    *recorder
@@ -835,5 +842,37 @@ func TestMoveBusyLimit(t *testing.T) {
 	}
 	if leftAtTransfer != 50 {
 		t.Fatalf("%d sessions left at the transfer, want 50 (%d ended while leading)", leftAtTransfer, moveBusyLimit)
+	}
+}
+
+// An in-place upgrade of the owner: the old process detaches its Holder
+// with the address held (it stays for the new process), then hands
+// leadership over. A connection it accepted just before it stopped
+// accepting, admitted only after that, must be served, not reset.
+func TestNoRefusalAfterHandingTheAddressOn(t *testing.T) {
+	r := newRig(t, nil)
+	r.cl.setLeader("n1")
+	r.c.SetLeading(true)
+	if r.s.refusing(onVIP) {
+		t.Fatal("refusing while leading")
+	}
+	r.h.mu.Lock()
+	r.h.handedOn = true
+	r.h.mu.Unlock()
+	r.cl.setLeader("")
+	r.c.SetLeading(false) // the handoff
+	if r.s.refusing(onVIP) {
+		t.Fatal("refusing a connection to the address handed on to the new process")
+	}
+
+	// Without the hand-on (the address released first, or a lost
+	// leadership), connections to the VIP are refused as before.
+	r2 := newRig(t, nil)
+	r2.cl.setLeader("n1")
+	r2.c.SetLeading(true)
+	r2.cl.setLeader("")
+	r2.c.SetLeading(false)
+	if !r2.s.refusing(onVIP) || r2.s.refusing(offVIP) {
+		t.Fatal("not refusing connections to the VIP (only) after leadership was lost")
 	}
 }

@@ -110,6 +110,7 @@ type Manager struct {
 	log      *slog.Logger
 	want     atomic.Pointer[map[netip.Addr]bool] // nil: none
 	detached atomic.Bool                         // Detach: hands off, the addresses stay as they are
+	handedOn atomic.Bool                         // Detach found addresses held: they stay for another process
 	verify   atomic.Pointer[func() error]
 	kick     chan struct{}
 	// rmu is held for a whole reconcile: Detach waits for one in flight,
@@ -370,6 +371,9 @@ func (m *Manager) Run(ctx context.Context) {
 // begun before Detach but read the desired state after that would remove
 // the address under the new process.
 func (m *Manager) Detach() {
+	if m.Owned() {
+		m.handedOn.Store(true)
+	}
 	m.detached.Store(true)
 	// Wait for a reconcile in flight: it sees detached before it changes
 	// anything, and every later one returns at once.
@@ -381,6 +385,10 @@ func (m *Manager) Detach() {
 	default:
 	}
 }
+
+// HandedOn reports whether Detach left held addresses on the interface
+// for another process (the new process of an in-place upgrade).
+func (m *Manager) HandedOn() bool { return m.handedOn.Load() }
 
 func (m *Manager) reconcile() {
 	m.rmu.Lock()

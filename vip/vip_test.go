@@ -267,6 +267,9 @@ func inheritedAndDetach(t *testing.T, v4, v6 Address) {
 	close(unblock)
 	<-detached
 	<-done // Run returns after Detach
+	if !m.HandedOn() {
+		t.Fatal("Detach with the addresses held: not reported as handed on (the old process would reset connections it accepted last)")
+	}
 	time.Sleep(100 * time.Millisecond)
 	for _, a := range []Address{v4, v6} {
 		if p, _ := hasAddr(a); !p {
