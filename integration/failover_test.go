@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -520,11 +521,17 @@ func (c *drillCluster) runSession(stop <-chan struct{}, wg *sync.WaitGroup, user
 }
 
 func (c *drillCluster) sessionLogin(user string) (connCloser, *bufio.Reader, error) {
-	conn, err := c.client.DialTimeout("tcp", vipAddr(drillVIP4, 143), 300*time.Millisecond)
+	return drillLogin(c.client, vipAddr(drillVIP4, 143), user, 300*time.Millisecond, 2*time.Second)
+}
+
+// drillLogin logs user in (drillPass) at addr from host h: the dial takes
+// up to dial, the greeting and the login up to wait.
+func drillLogin(h *netns.Host, addr, user string, dial, wait time.Duration) (net.Conn, *bufio.Reader, error) {
+	conn, err := h.DialTimeout("tcp", addr, dial)
 	if err != nil {
 		return nil, nil, err
 	}
-	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
+	_ = conn.SetDeadline(time.Now().Add(wait))
 	r := bufio.NewReader(conn)
 	if g, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(g, "* OK") {
 		conn.Close()

@@ -147,31 +147,7 @@ routes:
 // login logs a user in through address a from the client and returns the
 // session.
 func (c *spreadCluster) login(a netip.Addr) (net.Conn, *bufio.Reader, error) {
-	conn, err := c.client.DialTimeout("tcp", vipAddr(a, 143), 2*time.Second)
-	if err != nil {
-		return nil, nil, err
-	}
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	r := bufio.NewReader(conn)
-	if g, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(g, "* OK") {
-		conn.Close()
-		return nil, nil, fmt.Errorf("greeting %q: %v", g, err)
-	}
-	fmt.Fprintf(conn, "a LOGIN mover@spread.example %s\r\n", drillPass)
-	for {
-		l, err := r.ReadString('\n')
-		if err != nil {
-			conn.Close()
-			return nil, nil, fmt.Errorf("login: %v", err)
-		}
-		if strings.HasPrefix(l, "a ") {
-			if !strings.HasPrefix(l, "a OK") {
-				conn.Close()
-				return nil, nil, fmt.Errorf("login: %s", strings.TrimSpace(l))
-			}
-			return conn, r, nil
-		}
-	}
+	return drillLogin(c.client, vipAddr(a, 143), "mover@spread.example", 2*time.Second, 5*time.Second)
 }
 
 func (c *spreadCluster) node(name string) *drillNode {
