@@ -12,6 +12,9 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/portico-mail/portico/node/netx"
+	"github.com/portico-mail/portico/node/relay"
 )
 
 // Session states of the epoll loop.
@@ -56,6 +59,7 @@ type loop struct {
 	free      []*session
 	buf       []byte // relay scratch buffer
 	live      atomic.Int64
+	handoff   *relay.Engine // if set, logged-in sessions go to node/relay
 }
 
 // newLoop makes a non-blocking listener on addr (with SO_REUSEPORT if
@@ -350,6 +354,10 @@ func (l *loop) event(s *session, fd int, ev uint32) {
 		return
 	}
 	s.state = stRelay
+	if l.handoff != nil {
+		l.handOff(s, got)
+		return
+	}
 	l.send(s, toClient, got)
 }
 
@@ -511,4 +519,44 @@ func (l *loop) interest(s *session) {
 		}
 		s.bmask = bm
 	}
+}
+
+// handOff writes the login reply, takes both descriptors out of the loop
+// and gives them to node/relay as *net.TCPConn (net.FileConn: a dup and
+// the runtime's registration each; the loop's descriptors are closed):
+// what a pre-login loop inside Portico would do at the hand-off.
+func (l *loop) handOff(s *session, reply []byte) {
+	if n, e := l.write(s.cfd, reply); e != 0 || n != len(reply) {
+		l.end(s)
+		return
+	}
+	cfd, bfd := s.cfd, s.bfd
+	l.ctl(unix.EPOLL_CTL_DEL, cfd, 0, 0)
+	l.ctl(unix.EPOLL_CTL_DEL, bfd, 0, 0)
+	cc, err1 := fileConn(cfd)
+	bc, err2 := fileConn(bfd)
+	l.byFD[cfd], l.byFD[bfd] = nil, nil
+	s.n, s.lineLen, s.tagLen, s.cmask, s.bmask = 0, 0, 0, 0, 0
+	l.free = append(l.free, s)
+	l.live.Add(-1)
+	if err1 != nil || err2 != nil {
+		for _, c := range []*netx.Conn{cc, bc} {
+			if c != nil {
+				_ = c.Close()
+			}
+		}
+		return
+	}
+	l.handoff.Start(relay.Side{Conn: cc}, relay.Side{Conn: bc}, nil, nil, relay.Options{})
+}
+
+// fileConn turns fd into a *netx.Conn and closes fd.
+func fileConn(fd int) (*netx.Conn, error) {
+	f := os.NewFile(uintptr(fd), "")
+	c, err := net.FileConn(f)
+	_ = f.Close()
+	if err != nil {
+		return nil, err
+	}
+	return netx.NewConn(c.(*net.TCPConn), nil)
 }

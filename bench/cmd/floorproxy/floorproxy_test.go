@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/portico-mail/portico/node/relay"
 )
 
 const bigSize = 16 << 20 // more than the socket buffers hold: the relay must wait for the client
@@ -103,10 +105,16 @@ func startProxy(t *testing.T, mode string, be *backend) (string, func() int64) {
 		t.Cleanup(func() { ln.Close() })
 		go serveGoroutine(ln.(*net.TCPListener), baddr)
 		return ln.Addr().String(), nil
-	case "epoll", "epoll-syscall", "epoll-park":
-		l, err := newLoop("127.0.0.1:0", baddr, mode != "epoll-syscall", mode == "epoll-park", false)
+	case "epoll", "epoll-syscall", "epoll-park", "epoll-handoff":
+		l, err := newLoop("127.0.0.1:0", baddr, mode != "epoll-syscall", mode == "epoll-park" || mode == "epoll-handoff", false)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if mode == "epoll-handoff" {
+			if l.handoff, err = relay.NewEngine(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(l.handoff.Close)
 		}
 		go l.run() // runs until the test binary exits
 		return l.addr(), l.live.Load
@@ -186,7 +194,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestFloorProxy(t *testing.T) {
-	for _, mode := range []string{"goroutine", "epoll", "epoll-syscall", "epoll-park"} {
+	for _, mode := range []string{"goroutine", "epoll", "epoll-syscall", "epoll-park", "epoll-handoff"} {
 		t.Run(mode, func(t *testing.T) {
 			be := startBackend(t)
 			addr, live := startProxy(t, mode, be)

@@ -102,16 +102,16 @@ func handle(c *net.TCPConn, backend *net.TCPAddr) {
 		return
 	}
 	go func() {
-		relay(c, b, bb)
+		relayBoth(c, b, bb)
 		c.Close()
 		b.Close()
 	}()
-	relay(b, c, cb)
+	relayBoth(b, c, cb)
 }
 
 // relay copies src to dst until either fails or src ends. (io.CopyBuffer
 // would splice between two TCP connections.)
-func relay(dst, src *net.TCPConn, buf []byte) {
+func relayBoth(dst, src *net.TCPConn, buf []byte) {
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {

@@ -51,6 +51,7 @@ import (
 	"syscall"
 
 	"github.com/portico-mail/portico/bench/internal/rlimit"
+	"github.com/portico-mail/portico/node/relay"
 )
 
 var greeting = []byte("* OK ready\r\n")
@@ -64,6 +65,7 @@ func main() {
 	raw := flag.Bool("raw", true, "epoll mode: non-blocking calls with RawSyscall (no entersyscall)")
 	park := flag.Bool("park", false, "epoll mode: wait for events in Go's netpoller (the epoll descriptor registered there) instead of a blocking epoll_wait on a locked thread")
 	loops := flag.Int("loops", 1, "epoll mode: number of event loops (SO_REUSEPORT listeners)")
+	handoff := flag.Bool("handoff", false, "epoll mode: after the login, hand both connections to Portico's relay (node/relay, as *net.TCPConn) instead of relaying in the loop")
 	flag.Parse()
 	if _, err := rlimit.RaiseNoFile(); err != nil {
 		fmt.Fprintln(os.Stderr, "floorproxy: raising RLIMIT_NOFILE:", err)
@@ -85,10 +87,19 @@ func main() {
 		if *loops < 1 {
 			fatal(fmt.Errorf("-loops must be at least 1"))
 		}
+		var eng *relay.Engine
 		for i := 0; i < *loops; i++ {
 			l, err := newLoop(*listen, baddr, *raw, *park, *loops > 1)
 			if err != nil {
 				fatal(err)
+			}
+			if *handoff {
+				if eng == nil {
+					if eng, err = relay.NewEngine(); err != nil {
+						fatal(err)
+					}
+				}
+				l.handoff = eng
 			}
 			go func() { fatal(l.run()) }()
 		}
