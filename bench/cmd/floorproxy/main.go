@@ -65,6 +65,7 @@ func main() {
 	raw := flag.Bool("raw", true, "epoll mode: non-blocking calls with RawSyscall (no entersyscall)")
 	park := flag.Bool("park", false, "epoll mode: wait for events in Go's netpoller (the epoll descriptor registered there) instead of a blocking epoll_wait on a locked thread")
 	loops := flag.Int("loops", 1, "epoll mode: number of event loops (SO_REUSEPORT listeners)")
+	coro := flag.Bool("coro", false, "epoll mode: run each login as a coroutine of the loop (iter.Pull), straight-line code instead of a state machine")
 	handoff := flag.Bool("handoff", false, "epoll mode: after the login, hand both connections to Portico's relay (node/relay, as *net.TCPConn) instead of relaying in the loop")
 	flag.Parse()
 	if _, err := rlimit.RaiseNoFile(); err != nil {
@@ -93,6 +94,7 @@ func main() {
 			if err != nil {
 				fatal(err)
 			}
+			l.coro = *coro
 			if *handoff {
 				if eng == nil {
 					if eng, err = relay.NewEngine(); err != nil {
