@@ -46,6 +46,10 @@ type session struct {
 	tagLen       int
 	buf          [2 * lineMax]byte // the LOGIN line, then what the backend sends
 	pend         [2][]byte         // unwritten bytes per direction
+
+	co         func() (struct{}, bool) // coroutine mode: resumes the login
+	coStop     func()
+	creg, breg bool // cfd, bfd registered with epoll (coroutine mode)
 }
 
 // loop is one event loop: a listener, an epoll instance and the sessions.
@@ -60,6 +64,7 @@ type loop struct {
 	buf       []byte // relay scratch buffer
 	live      atomic.Int64
 	handoff   *relay.Engine // if set, logged-in sessions go to node/relay
+	coro      bool          // run each login as a coroutine of the loop (coro.go)
 }
 
 // newLoop makes a non-blocking listener on addr (with SO_REUSEPORT if
@@ -252,6 +257,10 @@ func (l *loop) accept() {
 		return // EAGAIN, or out of descriptors: the listener stays readable
 	}
 	l.nodelay(fd)
+	if l.coro {
+		l.startCoro(l.newSession(fd))
+		return
+	}
 	if n, e := l.write(fd, greeting); e != 0 || n != len(greeting) {
 		l.close(fd) // a fresh socket's send buffer takes 12 bytes, or the peer is gone
 		return
@@ -289,6 +298,12 @@ func (l *loop) setFD(fd int, s *session) {
 // end closes both descriptors of s (which takes them out of epoll) and
 // recycles it.
 func (l *loop) end(s *session) {
+	if s.coStop != nil {
+		stop := s.coStop
+		s.co, s.coStop = nil, nil
+		stop() // the coroutine's yield returns false; it returns
+	}
+	s.creg, s.breg = false, false
 	l.close(s.cfd)
 	l.byFD[s.cfd] = nil
 	if s.bfd >= 0 {
@@ -302,6 +317,10 @@ func (l *loop) end(s *session) {
 }
 
 func (l *loop) event(s *session, fd int, ev uint32) {
+	if s.state == stCoro {
+		l.resume(s)
+		return
+	}
 	if s.state == stRelay {
 		l.relayEvent(s, fd, ev)
 		return

@@ -4,7 +4,7 @@
 // write in Go: a benchmark tool that measures the floor of a Go login (how
 // little CPU a login through a Go program can cost), not a product.
 //
-//	floorproxy -listen ADDR -backend ADDR -mode goroutine|epoll [-raw=false] [-loops N]
+//	floorproxy -listen ADDR -backend ADDR -mode goroutine|epoll [-raw=false] [-park [-coro] [-handoff]] [-loops N]
 //
 // The dialogue is exactly what loadimap's login phase needs: the proxy
 // writes "* OK ready", reads one "TAG LOGIN user pass" line (no literals,
@@ -33,7 +33,14 @@
 // the epoll descriptor, non-blocking, is registered in Go's netpoller and
 // the loop's goroutine (not locked) parks on it like a network read, as
 // node/relay's poller does; what a loop inside Portico, handing sessions
-// to goroutines, would have to do. -loops N runs N loops, each with
+// to goroutines, would have to do. -coro (with -park) keeps the loop but
+// writes the login as straight-line code, like goroutine mode's, run as a
+// coroutine of the loop (iter.Pull): an I/O call that would block
+// registers with the loop's epoll and yields, and the loop resumes the
+// coroutine when the descriptor is ready (coro.go). -handoff (with -park)
+// hands logged-in sessions to Portico's relay (node/relay) as
+// *net.TCPConn instead of relaying in the loop. -loops N runs N loops,
+// each with
 // its own SO_REUSEPORT listener. The backend must be an IPv4 address.
 //
 // bench/README.md and bench/RESULTS.md ("Third pass: the floor of a Go
@@ -65,6 +72,7 @@ func main() {
 	raw := flag.Bool("raw", true, "epoll mode: non-blocking calls with RawSyscall (no entersyscall)")
 	park := flag.Bool("park", false, "epoll mode: wait for events in Go's netpoller (the epoll descriptor registered there) instead of a blocking epoll_wait on a locked thread")
 	loops := flag.Int("loops", 1, "epoll mode: number of event loops (SO_REUSEPORT listeners)")
+	coro := flag.Bool("coro", false, "epoll mode: run each login as a coroutine of the loop (iter.Pull), straight-line code instead of a state machine")
 	handoff := flag.Bool("handoff", false, "epoll mode: after the login, hand both connections to Portico's relay (node/relay, as *net.TCPConn) instead of relaying in the loop")
 	flag.Parse()
 	if _, err := rlimit.RaiseNoFile(); err != nil {
@@ -93,6 +101,7 @@ func main() {
 			if err != nil {
 				fatal(err)
 			}
+			l.coro = *coro
 			if *handoff {
 				if eng == nil {
 					if eng, err = relay.NewEngine(); err != nil {
