@@ -144,7 +144,10 @@ func (c *Conn) CloseWrite() error {
 	if c.closed.Load() {
 		return c.opErr("shutdown", net.ErrClosed)
 	}
-	return c.opErr("shutdown", os.NewSyscallError("shutdown", unix.Shutdown(c.fd, unix.SHUT_WR)))
+	if e := rawShutdownWrite(c.fd); e != 0 {
+		return c.opErr("shutdown", os.NewSyscallError("shutdown", e))
+	}
+	return nil
 }
 
 // Close closes the connection. Safe from any goroutine: a task waiting on
@@ -155,7 +158,7 @@ func (c *Conn) Close() error {
 	}
 	if !c.l.post(c.closeNow) {
 		// The loop is gone: nothing waits on the descriptor any more.
-		unix.Close(c.fd)
+		rawClose(c.fd)
 	}
 	return nil
 }
@@ -172,7 +175,7 @@ func (c *Conn) closeNow() {
 		}
 		c.st = nil
 	}
-	unix.Close(c.fd) // also ends its epoll registration
+	rawClose(c.fd) // also ends its epoll registration
 }
 
 // SetDeadline sets both deadlines. Safe from any goroutine.

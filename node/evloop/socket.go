@@ -3,6 +3,7 @@
 package evloop
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -17,51 +18,45 @@ import (
 // (zero: none). TCP_NODELAY is set, as Go's net does. It must be called
 // from a task of l.
 func (l *Loop) DialTCP(addr netip.AddrPort, deadline time.Time) (*Conn, error) {
-	sa, family := sockaddr(addr)
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(addr), Err: os.NewSyscallError("socket", err)}
+	raddr := net.TCPAddrFromAddrPort(addr)
+	ip := addr.Addr().Unmap()
+	if ip.Zone() != "" {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: raddr, Err: errors.New("evloop: zoned IPv6 addresses are not supported")}
 	}
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	c := l.NewConn(fd, nil, net.TCPAddrFromAddrPort(addr))
+	family := unix.AF_INET6
+	if ip.Is4() {
+		family = unix.AF_INET
+	}
+	fd, e := rawSocket(family)
+	if e != 0 {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: raddr, Err: os.NewSyscallError("socket", e)}
+	}
+	rawNodelay(fd)
+	c := l.NewConn(fd, nil, raddr)
 	c.wdl.Store(nanos(deadline))
 	fail := func(err error) (*Conn, error) {
 		c.closed.Store(true)
 		c.closeNow()
-		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: c.raddr, Err: err}
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: raddr, Err: err}
 	}
-	switch err := unix.Connect(fd, sa); err {
-	case nil:
+	switch e := rawConnect(fd, addr); e {
+	case 0:
 	case unix.EINPROGRESS, unix.EINTR:
 		if err := c.wait(unix.EPOLLOUT, &c.wdl); err != nil {
 			return fail(err)
 		}
-		soerr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
-		if err != nil {
-			return fail(os.NewSyscallError("getsockopt", err))
+		soerr, e := rawSoError(fd)
+		if e != 0 {
+			return fail(os.NewSyscallError("getsockopt", e))
 		}
 		if soerr != 0 {
 			return fail(os.NewSyscallError("connect", unix.Errno(soerr)))
 		}
 	default:
-		return fail(os.NewSyscallError("connect", err))
+		return fail(os.NewSyscallError("connect", e))
 	}
 	c.wdl.Store(0)
 	return c, nil
-}
-
-func sockaddr(a netip.AddrPort) (unix.Sockaddr, int) {
-	ip := a.Addr().Unmap()
-	if ip.Is4() {
-		return &unix.SockaddrInet4{Port: int(a.Port()), Addr: ip.As4()}, unix.AF_INET
-	}
-	sa := &unix.SockaddrInet6{Port: int(a.Port()), Addr: ip.As16()}
-	if z := ip.Zone(); z != "" {
-		if ifi, err := net.InterfaceByName(z); err == nil {
-			sa.ZoneId = uint32(ifi.Index)
-		}
-	}
-	return sa, unix.AF_INET6
 }
 
 // Listener accepts connections in a task of its loop.
@@ -94,7 +89,7 @@ func (ln *Listener) Accept() (*Conn, error) {
 			if a, ok := c.laddr.(*net.TCPAddr); !ok || a.IP.IsUnspecified() {
 				nc.laddr = nil
 			}
-			_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+			rawNodelay(int(fd))
 			return nc, nil
 		case unix.EINTR, unix.ECONNABORTED:
 			continue
