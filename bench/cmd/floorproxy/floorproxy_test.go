@@ -105,6 +105,13 @@ func startProxy(t *testing.T, mode string, be *backend) (string, func() int64) {
 		t.Cleanup(func() { ln.Close() })
 		go serveGoroutine(ln.(*net.TCPListener), baddr)
 		return ln.Addr().String(), nil
+	case "evloop":
+		l, addr, err := serveEvloop("127.0.0.1:0", baddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(l.Close)
+		return addr.String(), nil
 	case "epoll", "epoll-syscall", "epoll-park", "epoll-handoff", "epoll-coro", "epoll-park-coro":
 		park := mode == "epoll-park" || mode == "epoll-handoff" || mode == "epoll-park-coro"
 		l, err := newLoop("127.0.0.1:0", baddr, mode != "epoll-syscall", park, false)
@@ -196,7 +203,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestFloorProxy(t *testing.T) {
-	for _, mode := range []string{"goroutine", "epoll", "epoll-syscall", "epoll-park", "epoll-handoff", "epoll-coro", "epoll-park-coro"} {
+	for _, mode := range []string{"goroutine", "epoll", "epoll-syscall", "epoll-park", "epoll-handoff", "epoll-coro", "epoll-park-coro", "evloop"} {
 		t.Run(mode, func(t *testing.T) {
 			be := startBackend(t)
 			addr, live := startProxy(t, mode, be)
@@ -278,7 +285,10 @@ func TestFloorProxy(t *testing.T) {
 				pooled = 4
 			}
 			waitFor(t, "descriptors to close", func() bool { return openFDs(t) <= fds+pooled })
-			waitFor(t, "goroutines to end", func() bool { return runtime.NumGoroutine() <= gs })
+			if !waitQuiet(func() bool { return runtime.NumGoroutine() <= gs }) {
+				buf := make([]byte, 1<<20)
+				t.Fatalf("goroutines %d > %d\n%s", runtime.NumGoroutine(), gs, buf[:runtime.Stack(buf, true)])
+			}
 			if live != nil {
 				waitFor(t, "the loop's sessions to end", func() bool { return live() == 0 })
 			}
@@ -310,4 +320,14 @@ func TestParseLogin(t *testing.T) {
 	if e := taggedEnd([]byte("* x\r\na OK y"), []byte("a ")); e != -1 {
 		t.Errorf("taggedEnd of an incomplete line = %d, want -1", e)
 	}
+}
+
+func waitQuiet(cond func() bool) bool {
+	for end := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(end) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
 }

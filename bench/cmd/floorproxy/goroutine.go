@@ -26,13 +26,29 @@ func serveGoroutine(ln *net.TCPListener, backend *net.TCPAddr) error {
 			}
 			return err
 		}
-		go handle(c, backend)
+		go handle(c, goEnv(backend))
+	}
+}
+
+// env is what handle needs from its mode: a backend connection, and a way
+// to run the relay's second direction concurrently.
+type env struct {
+	dial  func() (net.Conn, error)
+	spawn func(func())
+}
+
+func goEnv(backend *net.TCPAddr) env {
+	return env{
+		dial:  func() (net.Conn, error) { return dialer.Dial("tcp", backend.String()) },
+		spawn: func(f func()) { go f() },
 	}
 }
 
 // handle runs one session: the login dialogue, then the relay (this
-// goroutine client to backend, a second one backend to client).
-func handle(c *net.TCPConn, backend *net.TCPAddr) {
+// goroutine client to backend, a second one backend to client). The same
+// code runs as a goroutine (goroutine mode) and as a task of an event
+// loop (evloop mode, node/evloop).
+func handle(c net.Conn, e env) {
 	defer c.Close()
 	buf := make([]byte, 2*relayBuf) // [0:relayBuf) client side, the rest backend side
 	if _, err := c.Write(greeting); err != nil {
@@ -62,11 +78,10 @@ func handle(c *net.TCPConn, backend *net.TCPAddr) {
 		}
 		return
 	}
-	bc, err := dialer.Dial("tcp", backend.String())
+	b, err := e.dial()
 	if err != nil {
 		return
 	}
-	b := bc.(*net.TCPConn)
 	defer b.Close()
 	bb := buf[relayBuf:]
 	// The backend's greeting.
@@ -101,17 +116,17 @@ func handle(c *net.TCPConn, backend *net.TCPAddr) {
 	if _, err := c.Write(bb[:n]); err != nil {
 		return
 	}
-	go func() {
+	e.spawn(func() {
 		relayBoth(c, b, bb)
 		c.Close()
 		b.Close()
-	}()
+	})
 	relayBoth(b, c, cb)
 }
 
 // relay copies src to dst until either fails or src ends. (io.CopyBuffer
 // would splice between two TCP connections.)
-func relayBoth(dst, src *net.TCPConn, buf []byte) {
+func relayBoth(dst, src net.Conn, buf []byte) {
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {

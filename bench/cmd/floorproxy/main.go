@@ -4,7 +4,7 @@
 // write in Go: a benchmark tool that measures the floor of a Go login (how
 // little CPU a login through a Go program can cost), not a product.
 //
-//	floorproxy -listen ADDR -backend ADDR -mode goroutine|epoll [-raw=false] [-park [-coro] [-handoff]] [-loops N]
+//	floorproxy -listen ADDR -backend ADDR -mode goroutine|epoll|evloop [-raw=false] [-park [-coro] [-handoff]] [-loops N]
 //
 // The dialogue is exactly what loadimap's login phase needs: the proxy
 // writes "* OK ready", reads one "TAG LOGIN user pass" line (no literals,
@@ -39,8 +39,10 @@
 // registers with the loop's epoll and yields, and the loop resumes the
 // coroutine when the descriptor is ready (coro.go). -handoff (with -park)
 // hands logged-in sessions to Portico's relay (node/relay) as
-// *net.TCPConn instead of relaying in the loop. -loops N runs N loops,
-// each with
+// *net.TCPConn instead of relaying in the loop. -mode evloop runs goroutine
+// mode's code itself (login and relay, one function over net.Conn) as
+// tasks of a node/evloop loop, Portico's own loop package. -loops N runs N
+// epoll loops, each with
 // its own SO_REUSEPORT listener. The backend must be an IPv4 address.
 //
 // bench/README.md and bench/RESULTS.md ("Third pass: the floor of a Go
@@ -68,7 +70,7 @@ const lineMax = 512 // longest client LOGIN line and backend greeting accepted
 func main() {
 	listen := flag.String("listen", "127.0.0.1:10143", "listen address")
 	backend := flag.String("backend", "127.0.0.1:14143", "IMAP backend address (IPv4 for -mode epoll)")
-	mode := flag.String("mode", "goroutine", "goroutine or epoll")
+	mode := flag.String("mode", "goroutine", "goroutine, epoll or evloop")
 	raw := flag.Bool("raw", true, "epoll mode: non-blocking calls with RawSyscall (no entersyscall)")
 	park := flag.Bool("park", false, "epoll mode: wait for events in Go's netpoller (the epoll descriptor registered there) instead of a blocking epoll_wait on a locked thread")
 	loops := flag.Int("loops", 1, "epoll mode: number of event loops (SO_REUSEPORT listeners)")
@@ -112,8 +114,12 @@ func main() {
 			}
 			go func() { fatal(l.run()) }()
 		}
+	case "evloop":
+		if _, _, err := serveEvloop(*listen, baddr); err != nil {
+			fatal(err)
+		}
 	default:
-		fatal(fmt.Errorf("-mode must be goroutine or epoll"))
+		fatal(fmt.Errorf("-mode must be goroutine, epoll or evloop"))
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
