@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -1312,8 +1313,10 @@ func drillInPlaceUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 	}
 	// Not a single sample without the VIP on the upgraded node: the old
 	// process leaves it on the interface, the new one keeps it.
+	left := false
 	for _, e := range c.sampler.since(at) {
 		if len(e.live[drillVIP4]) != 1 || e.live[drillVIP4][0] != owner.name || len(e.live[drillVIP6]) != 1 || e.live[drillVIP6][0] != owner.name {
+			left = true
 			t.Errorf("the VIP was not on %s alone during its in-place upgrade: %v\n%s", owner.name, e, c.sampler.dump(at.Add(-time.Second)))
 			break
 		}
@@ -1321,20 +1324,37 @@ func drillInPlaceUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 	if gap >= 200*time.Millisecond {
 		t.Errorf("client-visible gap %v during the upgrade of the owner (want < 200 ms)", gap)
 	}
-	// In about one CI run in seven, one connection made as the upgrade
-	// started was reset after the TCP handshake, before its greeting (2
-	// of ~14 full runs on 2026-12-03, both 1 of 147 dials). The likely
-	// cause, fixed since (vip.Controller.refusing, Manager.HandedOn): a
-	// connection the old process accepted just before it stopped
-	// accepting, admitted after it had handed leadership over, was
-	// refused. Not yet proven by enough runs: a single reset is logged
-	// loudly and tolerated; any other failure, or a second reset, fails
-	// the drill.
-	switch {
-	case probe.failed > probe.resets || probe.resets > 1:
+	// No dial may fail, a reset included. In about one CI run in seven,
+	// one connection made as the upgrade started was reset after the TCP
+	// handshake, before its greeting (2 of ~14 full runs on 2026-12-03,
+	// both 1 of 147 dials): the old process, which had handed leadership
+	// over, refused (reset) a connection to the VIP it had accepted just
+	// before it stopped accepting. Fixed by vip.Manager.HandedOn (the
+	// refusal is off once the address was left on the interface for the
+	// new process); the drill tolerated one reset until runs proved the
+	// fix (bench/RESULTS.md, failover drills: 0 resets since).
+	if probe.failed > 0 {
 		t.Errorf("%d of %d dials to the VIP failed during the upgrade of the owner (want none): %v", probe.failed, probe.ok+probe.failed, probe.errs)
-	case probe.resets == 1:
-		t.Logf("RESET DURING THE UPGRADE (the HandedOn fix did not cover it): 1 of %d dials to the VIP: %v", probe.ok+probe.failed, probe.errs)
+	}
+	if probe.resets > 0 {
+		// Which of two causes: the hand-over itself, if the VIP stayed
+		// on the node (the bug fixed, or a new one); or the VIP leaving
+		// it. On a loaded machine the new process can lose its raft
+		// lease (250 ms) within a second of leading (3 of 180 runs on
+		// 2026-12-03, load average 8-21 on 2 cores): it drops the VIP,
+		// resets connections to it as they are admitted (the fence), and
+		// the next owner resets those made to this node. The samples,
+		// the new process's refusals by reason (local_address: it
+		// refused connections to the VIP) and the logs tell which.
+		cause := "the VIP stayed on " + owner.name + ", so the hand-over reset them (what vip.Manager.HandedOn fixed, or a new cause)"
+		if left {
+			cause = "the VIP left " + owner.name + " during the upgrade (a lost raft lease? see the logs): the fence and the next owner reset connections"
+		}
+		t.Errorf("RESET DURING THE UPGRADE: %d of the failed dials were reset; %s\nthe new process's refusals: %s\nsamples:\n%s",
+			probe.resets, cause, refusals(owner), c.sampler.dump(at.Add(-time.Second)))
+		for _, nd := range c.nodes {
+			t.Logf("---- %s log from the upgrade call on, the probe's sessions only if reset ----\n%s", nd.name, logWindow(nd.log(), at.Add(-500*time.Millisecond), probe.errs))
+		}
 	}
 	if o := c.waitHealthy(t, 30*time.Second); o.name != owner.name {
 		t.Errorf("the VIP moved to %s after the upgrade", o.name)
@@ -1342,6 +1362,58 @@ func drillInPlaceUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 	t.Logf("in-place upgrade of owner %s: new pid %d serving after %d ms, leading again within %v; the VIP stayed; client gap %v (%d dials, %d failed)",
 		owner.name, res.PID, res.Took, led.Round(time.Millisecond), ms(gap), probe.ok+probe.failed, probe.failed)
 	fig.add("in-place upgrade of the owner: the VIP stayed on %s (leader again within %v), client gap %s, never two owners", owner.name, led.Round(time.Millisecond), ms(gap))
+}
+
+// logWindow is the lines of log stamped from since on, without the
+// session start and end lines (one pair per probe) except those naming a
+// client address that appears in errs (a failed probe's), at most 400.
+func logWindow(log string, since time.Time, errs []string) string {
+	clients := regexp.MustCompile(`tcp ([0-9.]+:[0-9]+)->`)
+	var keep []string
+	for _, e := range errs {
+		for _, m := range clients.FindAllStringSubmatch(e, -1) {
+			keep = append(keep, "client="+m[1]+" ")
+		}
+	}
+	stamp := regexp.MustCompile(`time=(\S+)`)
+	var out []string
+	for _, l := range strings.Split(log, "\n") {
+		m := stamp.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		if ts, err := time.Parse(time.RFC3339Nano, m[1]); err != nil || ts.Before(since) {
+			continue
+		}
+		if strings.Contains(l, `msg="session start"`) || strings.Contains(l, `msg="session end"`) {
+			if !slices.ContainsFunc(keep, func(k string) bool { return strings.Contains(l+" ", k) }) {
+				continue
+			}
+		}
+		out = append(out, l)
+	}
+	if len(out) > 400 {
+		out = append(out[:400], fmt.Sprintf("... %d more lines", len(out)-400))
+	}
+	return strings.Join(out, "\n")
+}
+
+// refusals is nd's portico_connections_refused_total series, or why not.
+func refusals(nd *drillNode) string {
+	code, b, err := nd.api("GET", "/metrics", nil)
+	if err != nil || code != 200 {
+		return fmt.Sprintf("no metrics: %d %v", code, err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "portico_connections_refused_total{") {
+			out = append(out, l)
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, "; ")
 }
 
 // leaderOfDrill is the leader every live node agrees on ("" if none).
