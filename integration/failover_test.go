@@ -309,22 +309,38 @@ func drillKillOwner(t *testing.T, c *drillCluster, fig *drillFigures) {
 type loadResult struct {
 	mu         sync.Mutex
 	ok, failed int
-	resets     int // failures that were a reset of an established connection
+	resets     int         // failures that were a reset of an established connection
+	resetSeen  []time.Time // when each reset reached the client
 	attempts   []loadAttempt
 	errs       []string // the first failures' errors (probes)
 }
 
 // failure records why an attempt made at at failed (a few are kept).
 func (r *loadResult) failure(at time.Time, err error) {
+	seen := time.Now()
 	r.record(at, false)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if errors.Is(err, syscall.ECONNRESET) {
 		r.resets++
+		r.resetSeen = append(r.resetSeen, seen)
 	}
 	if len(r.errs) < 5 {
-		r.errs = append(r.errs, fmt.Sprintf("%s: %v", at.Format("15:04:05.000"), err))
+		r.errs = append(r.errs, fmt.Sprintf("%s (failed %s): %v", at.Format("15:04:05.000"), seen.Format("15:04:05.000"), err))
 	}
+}
+
+// resetsFrom counts the resets that reached the client at t or later.
+func (r *loadResult) resetsFrom(t time.Time) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, s := range r.resetSeen {
+		if !s.Before(t) {
+			n++
+		}
+	}
+	return n
 }
 
 type loadAttempt struct {
@@ -1313,10 +1329,8 @@ func drillInPlaceUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 	}
 	// Not a single sample without the VIP on the upgraded node: the old
 	// process leaves it on the interface, the new one keeps it.
-	left := false
 	for _, e := range c.sampler.since(at) {
 		if len(e.live[drillVIP4]) != 1 || e.live[drillVIP4][0] != owner.name || len(e.live[drillVIP6]) != 1 || e.live[drillVIP6][0] != owner.name {
-			left = true
 			t.Errorf("the VIP was not on %s alone during its in-place upgrade: %v\n%s", owner.name, e, c.sampler.dump(at.Add(-time.Second)))
 			break
 		}
@@ -1332,26 +1346,35 @@ func drillInPlaceUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 	// before it stopped accepting. Fixed by vip.Manager.HandedOn (the
 	// refusal is off once the address was left on the interface for the
 	// new process); the drill tolerated one reset until runs proved the
-	// fix (bench/RESULTS.md, failover drills: 0 resets since).
-	if probe.failed > 0 {
-		t.Errorf("%d of %d dials to the VIP failed during the upgrade of the owner (want none): %v", probe.failed, probe.ok+probe.failed, probe.errs)
+	// fix (bench/RESULTS.md, failover drills).
+	//
+	// Except the resets that follow a lost lease: on a loaded machine the
+	// new process, leading, can stall long enough (half a second) to lose
+	// its raft lease a second or two after the upgrade (4 of about 250
+	// runs on 2026-12-03, load average 8-21 on 2 cores). It then drops the
+	// VIP and resets the connections it admits (the fence, as on any
+	// leader), and a next owner resets those made to it. That is the fence
+	// at work, not the upgrade, as for the samples above: such resets are
+	// logged, and the samples, the gap and the owner check judge the run.
+	lost, lostOK := lostLeadershipAfterUpgrade(owner.log(), at)
+	fence := 0
+	if lostOK {
+		fence = probe.resetsFrom(lost)
+	}
+	if n := probe.failed - fence; n > 0 {
+		t.Errorf("%d of %d dials to the VIP failed during the upgrade of the owner (want none): %v", n, probe.ok+probe.failed, probe.errs)
 	}
 	if probe.resets > 0 {
-		// Which of two causes: the hand-over itself, if the VIP stayed
-		// on the node (the bug fixed, or a new one); or the VIP leaving
-		// it. On a loaded machine the new process can lose its raft
-		// lease (250 ms) within a second of leading (3 of 180 runs on
-		// 2026-12-03, load average 8-21 on 2 cores): it drops the VIP,
-		// resets connections to it as they are admitted (the fence), and
-		// the next owner resets those made to this node. The samples,
-		// the new process's refusals by reason (local_address: it
-		// refused connections to the VIP) and the logs tell which.
-		cause := "the VIP stayed on " + owner.name + ", so the hand-over reset them (what vip.Manager.HandedOn fixed, or a new cause)"
-		if left {
-			cause = "the VIP left " + owner.name + " during the upgrade (a lost raft lease? see the logs): the fence and the next owner reset connections"
+		// The samples, the new process's refusals by reason
+		// (local_address: it refused connections to the VIP) and the
+		// logs tell the causes apart.
+		report := t.Errorf
+		what := fmt.Sprintf("RESET DURING THE UPGRADE: %d of the dials were reset before the new process lost its lease, if it did (the old process's resets were fixed by vip.Manager.HandedOn)", probe.resets-fence)
+		if fence == probe.resets {
+			report = t.Logf
+			what = fmt.Sprintf("%d dials reset after the new process lost its raft lease at %s (the fence on a loaded machine, not the upgrade)", fence, lost.Format("15:04:05.000"))
 		}
-		t.Errorf("RESET DURING THE UPGRADE: %d of the failed dials were reset; %s\nthe new process's refusals: %s\nsamples:\n%s",
-			probe.resets, cause, refusals(owner), c.sampler.dump(at.Add(-time.Second)))
+		report("%s: %v\nthe new process's refusals: %s\nsamples:\n%s", what, probe.errs, refusals(owner), c.sampler.dump(at.Add(-time.Second)))
 		for _, nd := range c.nodes {
 			t.Logf("---- %s log from the upgrade call on, the probe's sessions only if reset ----\n%s", nd.name, logWindow(nd.log(), at.Add(-500*time.Millisecond), probe.errs))
 		}
@@ -1362,6 +1385,40 @@ func drillInPlaceUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 	t.Logf("in-place upgrade of owner %s: new pid %d serving after %d ms, leading again within %v; the VIP stayed; client gap %v (%d dials, %d failed)",
 		owner.name, res.PID, res.Took, led.Round(time.Millisecond), ms(gap), probe.ok+probe.failed, probe.failed)
 	fig.add("in-place upgrade of the owner: the VIP stayed on %s (leader again within %v), client gap %s, never two owners", owner.name, led.Round(time.Millisecond), ms(gap))
+}
+
+// lostLeadershipAfterUpgrade finds in an upgraded node's log when its
+// new process lost raft leadership: the first "lost raft leadership"
+// stamped after the old process said the new one serves (false if none).
+// The two processes share the log, so lines are not in time order.
+func lostLeadershipAfterUpgrade(log string, since time.Time) (time.Time, bool) {
+	stamp := regexp.MustCompile(`time=(\S+)`)
+	at := func(l string) (time.Time, bool) {
+		m := stamp.FindStringSubmatch(l)
+		if m == nil {
+			return time.Time{}, false
+		}
+		ts, err := time.Parse(time.RFC3339Nano, m[1])
+		return ts, err == nil && !ts.Before(since)
+	}
+	lines := strings.Split(log, "\n")
+	var served time.Time
+	for _, l := range lines {
+		if ts, ok := at(l); ok && strings.Contains(l, `msg="in-place upgrade: the new process serves`) {
+			served = ts
+			break
+		}
+	}
+	if served.IsZero() {
+		return time.Time{}, false
+	}
+	var lost time.Time
+	for _, l := range lines {
+		if ts, ok := at(l); ok && strings.Contains(l, `msg="lost raft leadership"`) && !ts.Before(served) && (lost.IsZero() || ts.Before(lost)) {
+			lost = ts
+		}
+	}
+	return lost, !lost.IsZero()
 }
 
 // logWindow is the lines of log stamped from since on, without the
