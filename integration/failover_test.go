@@ -1350,8 +1350,8 @@ func drillInPlaceUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 	//
 	// Except the resets that follow a lost lease: on a loaded machine the
 	// new process, leading, can stall long enough (half a second) to lose
-	// its raft lease a second or two after the upgrade (4 of about 250
-	// runs on 2026-12-03, load average 8-21 on 2 cores). It then drops the
+	// its raft lease within two seconds of serving (4 of 421 runs on
+	// 2026-12-03, load average 8-21 on 2 cores). It then drops the
 	// VIP and resets the connections it admits (the fence, as on any
 	// leader), and a next owner resets those made to it. That is the fence
 	// at work, not the upgrade, as for the samples above: such resets are
