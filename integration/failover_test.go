@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -308,22 +309,38 @@ func drillKillOwner(t *testing.T, c *drillCluster, fig *drillFigures) {
 type loadResult struct {
 	mu         sync.Mutex
 	ok, failed int
-	resets     int // failures that were a reset of an established connection
+	resets     int         // failures that were a reset of an established connection
+	resetSeen  []time.Time // when each reset reached the client
 	attempts   []loadAttempt
 	errs       []string // the first failures' errors (probes)
 }
 
 // failure records why an attempt made at at failed (a few are kept).
 func (r *loadResult) failure(at time.Time, err error) {
+	seen := time.Now()
 	r.record(at, false)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if errors.Is(err, syscall.ECONNRESET) {
 		r.resets++
+		r.resetSeen = append(r.resetSeen, seen)
 	}
 	if len(r.errs) < 5 {
-		r.errs = append(r.errs, fmt.Sprintf("%s: %v", at.Format("15:04:05.000"), err))
+		r.errs = append(r.errs, fmt.Sprintf("%s (failed %s): %v", at.Format("15:04:05.000"), seen.Format("15:04:05.000"), err))
 	}
+}
+
+// resetsFrom counts the resets that reached the client at t or later.
+func (r *loadResult) resetsFrom(t time.Time) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, s := range r.resetSeen {
+		if !s.Before(t) {
+			n++
+		}
+	}
+	return n
 }
 
 type loadAttempt struct {
@@ -1321,20 +1338,46 @@ func drillInPlaceUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 	if gap >= 200*time.Millisecond {
 		t.Errorf("client-visible gap %v during the upgrade of the owner (want < 200 ms)", gap)
 	}
-	// In about one CI run in seven, one connection made as the upgrade
-	// started was reset after the TCP handshake, before its greeting (2
-	// of ~14 full runs on 2026-12-03, both 1 of 147 dials). The likely
-	// cause, fixed since (vip.Controller.refusing, Manager.HandedOn): a
-	// connection the old process accepted just before it stopped
-	// accepting, admitted after it had handed leadership over, was
-	// refused. Not yet proven by enough runs: a single reset is logged
-	// loudly and tolerated; any other failure, or a second reset, fails
-	// the drill.
-	switch {
-	case probe.failed > probe.resets || probe.resets > 1:
-		t.Errorf("%d of %d dials to the VIP failed during the upgrade of the owner (want none): %v", probe.failed, probe.ok+probe.failed, probe.errs)
-	case probe.resets == 1:
-		t.Logf("RESET DURING THE UPGRADE (the HandedOn fix did not cover it): 1 of %d dials to the VIP: %v", probe.ok+probe.failed, probe.errs)
+	// No dial may fail, a reset included. In about one CI run in seven,
+	// one connection made as the upgrade started was reset after the TCP
+	// handshake, before its greeting (2 of ~14 full runs on 2026-12-03,
+	// both 1 of 147 dials): the old process, which had handed leadership
+	// over, refused (reset) a connection to the VIP it had accepted just
+	// before it stopped accepting. Fixed by vip.Manager.HandedOn (the
+	// refusal is off once the address was left on the interface for the
+	// new process); the drill tolerated one reset until runs proved the
+	// fix (bench/RESULTS.md, failover drills).
+	//
+	// Except the resets that follow a lost lease: on a loaded machine the
+	// new process, leading, can stall long enough (half a second) to lose
+	// its raft lease within two seconds of serving (4 of 421 runs on
+	// 2026-12-03, load average 8-21 on 2 cores). It then drops the
+	// VIP and resets the connections it admits (the fence, as on any
+	// leader), and a next owner resets those made to it. That is the fence
+	// at work, not the upgrade, as for the samples above: such resets are
+	// logged, and the samples, the gap and the owner check judge the run.
+	lost, lostOK := lostLeadershipAfterUpgrade(owner.log(), at)
+	fence := 0
+	if lostOK {
+		fence = probe.resetsFrom(lost)
+	}
+	if n := probe.failed - fence; n > 0 {
+		t.Errorf("%d of %d dials to the VIP failed during the upgrade of the owner (want none): %v", n, probe.ok+probe.failed, probe.errs)
+	}
+	if probe.resets > 0 {
+		// The samples, the new process's refusals by reason
+		// (local_address: it refused connections to the VIP) and the
+		// logs tell the causes apart.
+		report := t.Errorf
+		what := fmt.Sprintf("RESET DURING THE UPGRADE: %d of the dials were reset before the new process lost its lease, if it did (the old process's resets were fixed by vip.Manager.HandedOn)", probe.resets-fence)
+		if fence == probe.resets {
+			report = t.Logf
+			what = fmt.Sprintf("%d dials reset after the new process lost its raft lease at %s (the fence on a loaded machine, not the upgrade)", fence, lost.Format("15:04:05.000"))
+		}
+		report("%s: %v\nthe new process's refusals: %s\nsamples:\n%s", what, probe.errs, refusals(owner), c.sampler.dump(at.Add(-time.Second)))
+		for _, nd := range c.nodes {
+			t.Logf("---- %s log from the upgrade call on, the probe's sessions only if reset ----\n%s", nd.name, logWindow(nd.log(), at.Add(-500*time.Millisecond), probe.errs))
+		}
 	}
 	if o := c.waitHealthy(t, 30*time.Second); o.name != owner.name {
 		t.Errorf("the VIP moved to %s after the upgrade", o.name)
@@ -1342,6 +1385,92 @@ func drillInPlaceUpgrade(t *testing.T, c *drillCluster, fig *drillFigures) {
 	t.Logf("in-place upgrade of owner %s: new pid %d serving after %d ms, leading again within %v; the VIP stayed; client gap %v (%d dials, %d failed)",
 		owner.name, res.PID, res.Took, led.Round(time.Millisecond), ms(gap), probe.ok+probe.failed, probe.failed)
 	fig.add("in-place upgrade of the owner: the VIP stayed on %s (leader again within %v), client gap %s, never two owners", owner.name, led.Round(time.Millisecond), ms(gap))
+}
+
+// lostLeadershipAfterUpgrade finds in an upgraded node's log when its
+// new process lost raft leadership: the first "lost raft leadership"
+// stamped after the old process said the new one serves (false if none).
+// The two processes share the log, so lines are not in time order.
+func lostLeadershipAfterUpgrade(log string, since time.Time) (time.Time, bool) {
+	stamp := regexp.MustCompile(`time=(\S+)`)
+	at := func(l string) (time.Time, bool) {
+		m := stamp.FindStringSubmatch(l)
+		if m == nil {
+			return time.Time{}, false
+		}
+		ts, err := time.Parse(time.RFC3339Nano, m[1])
+		return ts, err == nil && !ts.Before(since)
+	}
+	lines := strings.Split(log, "\n")
+	var served time.Time
+	for _, l := range lines {
+		if ts, ok := at(l); ok && strings.Contains(l, `msg="in-place upgrade: the new process serves`) {
+			served = ts
+			break
+		}
+	}
+	if served.IsZero() {
+		return time.Time{}, false
+	}
+	var lost time.Time
+	for _, l := range lines {
+		if ts, ok := at(l); ok && strings.Contains(l, `msg="lost raft leadership"`) && !ts.Before(served) && (lost.IsZero() || ts.Before(lost)) {
+			lost = ts
+		}
+	}
+	return lost, !lost.IsZero()
+}
+
+// logWindow is the lines of log stamped from since on, without the
+// session start and end lines (one pair per probe) except those naming a
+// client address that appears in errs (a failed probe's), at most 400.
+func logWindow(log string, since time.Time, errs []string) string {
+	clients := regexp.MustCompile(`tcp ([0-9.]+:[0-9]+)->`)
+	var keep []string
+	for _, e := range errs {
+		for _, m := range clients.FindAllStringSubmatch(e, -1) {
+			keep = append(keep, "client="+m[1]+" ")
+		}
+	}
+	stamp := regexp.MustCompile(`time=(\S+)`)
+	var out []string
+	for _, l := range strings.Split(log, "\n") {
+		m := stamp.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		if ts, err := time.Parse(time.RFC3339Nano, m[1]); err != nil || ts.Before(since) {
+			continue
+		}
+		if strings.Contains(l, `msg="session start"`) || strings.Contains(l, `msg="session end"`) {
+			if !slices.ContainsFunc(keep, func(k string) bool { return strings.Contains(l+" ", k) }) {
+				continue
+			}
+		}
+		out = append(out, l)
+	}
+	if len(out) > 400 {
+		out = append(out[:400], fmt.Sprintf("... %d more lines", len(out)-400))
+	}
+	return strings.Join(out, "\n")
+}
+
+// refusals is nd's portico_connections_refused_total series, or why not.
+func refusals(nd *drillNode) string {
+	code, b, err := nd.api("GET", "/metrics", nil)
+	if err != nil || code != 200 {
+		return fmt.Sprintf("no metrics: %d %v", code, err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "portico_connections_refused_total{") {
+			out = append(out, l)
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, "; ")
 }
 
 // leaderOfDrill is the leader every live node agrees on ("" if none).

@@ -26,7 +26,7 @@ func (d *Daemon) registerClusterMetrics() {
 		gossipDropped: prometheus.NewDesc("portico_cluster_gossip_dropped_total",
 			"Gossip messages dropped: malformed, or not signed by the node they name with a key verified for it (forged).", nil, nil),
 		directFailed: prometheus.NewDesc("portico_cluster_gossip_direct_failed_total",
-			"Gossip messages whose packet sent directly to a member could not be written (they still travel by gossip and push/pull).", nil, nil),
+			"Gossip messages whose packet sent directly to a member could not be written on this node (a local firewall, no route to it); a member that is down is not counted, its packets are written and lost until it is declared dead. They still travel by gossip and push/pull.", nil, nil),
 	}
 	d.Metrics.MustRegister(c)
 }

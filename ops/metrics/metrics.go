@@ -82,7 +82,7 @@ var Catalog = sortInfo([]Info{
 	{"portico_cluster_members", "gauge", []string{"state"}, "Cluster members by gossip state (alive, suspect, dead, left), as seen by this node.", "cluster"},
 	{"portico_cluster_tls_refused_total", "counter", nil, "Connections to the cluster port (raft_address) refused in the TLS handshake: no certificate of the cluster CA, no cluster protocol, or too many handshakes at once.", "cluster"},
 	{"portico_cluster_gossip_dropped_total", "counter", nil, "Gossip messages dropped: malformed, or not signed by the node they name with a key verified for it (forged).", "cluster"},
-	{"portico_cluster_gossip_direct_failed_total", "counter", nil, "Gossip messages whose packet sent directly to a member could not be written (they still travel by gossip and push/pull).", "cluster"},
+	{"portico_cluster_gossip_direct_failed_total", "counter", nil, "Gossip messages whose packet sent directly to a member could not be written on this node (a local firewall, no route to it); a member that is down is not counted, its packets are written and lost until it is declared dead. They still travel by gossip and push/pull.", "cluster"},
 	{"portico_cluster_health_score", "gauge", nil, "memberlist awareness score of this node (0 is healthy; higher means it misses probe deadlines).", "cluster"},
 	{"portico_backend_up", "gauge", []string{"backend"}, "1 if the cluster's health checks consider the backend up, 0 if down.", "cluster"},
 
