@@ -666,30 +666,19 @@ func (n *Agent) ApplyRaw(ctx context.Context, b []byte) error {
 	if _, err := routing.DecodeCommand(b); err != nil {
 		return err
 	}
-	// An election takes about one election timeout (a few with split
-	// votes); longer than this without a leader means there is no quorum,
-	// and the caller should hear so now rather than at its own deadline.
-	wait := n.electionWait()
-	start := time.Now()
-	for attempt := 0; ; attempt++ {
-		index, err := n.applyOnce(ctx, b)
-		if err == nil {
-			return n.waitApplied(ctx, index)
-		}
-		if !errors.Is(err, ErrNoLeader) {
-			return err
-		}
-		if time.Since(start) > wait {
-			return fmt.Errorf("%w (none for %v)", ErrNoLeader, wait)
-		}
-		// Leadership is moving: wait a little and retry (commands are
-		// idempotent, so a retry after an unknown outcome is safe).
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (%v)", ErrNoLeader, ctx.Err())
-		case <-time.After(time.Duration(50*(attempt+1)) * time.Millisecond):
-		}
+	// Retried while leadership moves (an election takes about one
+	// election timeout, a few with split votes); commands are idempotent,
+	// so a retry after an unknown outcome is safe.
+	var index uint64
+	err := n.whileNoLeader(ctx, func() error {
+		var err error
+		index, err = n.applyOnce(ctx, b)
+		return err
+	})
+	if err != nil {
+		return err
 	}
+	return n.waitApplied(ctx, index)
 }
 
 // applyOnce makes one attempt: on the leader, or forwarded to it. It

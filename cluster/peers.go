@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -30,22 +29,7 @@ func (n *Agent) RemovePeer(ctx context.Context, name string) error {
 	// Retried while leadership moves, as writes are (removing a server
 	// that is already gone is refused as "not a raft peer", so a retry
 	// after an unknown outcome says so rather than doing it twice).
-	wait := n.electionWait()
-	start := time.Now()
-	for attempt := 0; ; attempt++ {
-		err := n.removePeerOnce(ctx, name)
-		if !errors.Is(err, ErrNoLeader) {
-			return err
-		}
-		if time.Since(start) > wait {
-			return fmt.Errorf("%w (none for %v)", ErrNoLeader, wait)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (%v)", ErrNoLeader, ctx.Err())
-		case <-time.After(time.Duration(50*(attempt+1)) * time.Millisecond):
-		}
-	}
+	return n.whileNoLeader(ctx, func() error { return n.removePeerOnce(ctx, name) })
 }
 
 func (n *Agent) removePeerOnce(ctx context.Context, name string) error {

@@ -80,11 +80,7 @@ func backendSet(fs *flag.FlagSet) func([]string) error {
 // backendState sets a backend's state and nothing else.
 func backendState(st routing.BackendState) func(*flag.FlagSet) func([]string) error {
 	return apiCmd(func(c *apiClient, args []string) error {
-		raw, err := c.do("PATCH", "/v1/backends/"+url.PathEscape(args[0]), map[string]any{"state": st}, nil)
-		if err == nil {
-			done(c, raw)
-		}
-		return err
+		return c.change("PATCH", "/v1/backends/"+url.PathEscape(args[0]), map[string]any{"state": st})
 	})
 }
 

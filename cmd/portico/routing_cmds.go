@@ -78,6 +78,16 @@ func init() {
 
 func newTab() *tabwriter.Writer { return tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0) }
 
+// change sends a change (PUT, PATCH, DELETE) to the admin API and
+// reports its outcome (done).
+func (c *apiClient) change(method, path string, body any) error {
+	raw, err := c.do(method, path, body, nil)
+	if err == nil {
+		done(c, raw)
+	}
+	return err
+}
+
 func done(c *apiClient, raw []byte) {
 	if c.json {
 		printJSON(raw)
@@ -150,20 +160,9 @@ func apiCmd(f func(c *apiClient, args []string) error) func(*flag.FlagSet) func(
 
 // deleteCmd is `... delete NAME` for the collection at prefix.
 func deleteCmd(prefix string) func(*flag.FlagSet) func([]string) error {
-	return func(fs *flag.FlagSet) func([]string) error {
-		client := clientFlags(fs)
-		return func(args []string) error {
-			c, err := client()
-			if err != nil {
-				return err
-			}
-			raw, err := c.do("DELETE", prefix+url.PathEscape(args[0]), nil, nil)
-			if err == nil {
-				done(c, raw)
-			}
-			return err
-		}
-	}
+	return apiCmd(func(c *apiClient, args []string) error {
+		return c.change("DELETE", prefix+url.PathEscape(args[0]), nil)
+	})
 }
 
 func printBackends(bs []routing.Backend) error {
@@ -223,11 +222,7 @@ func poolSet(fs *flag.FlagSet) func([]string) error {
 			return err
 		}
 		p := routing.Pool{Name: args[0], Backends: strings.Split(*backends, ","), SharedStorage: *shared}
-		raw, err := c.do("PUT", "/v1/pools/"+url.PathEscape(p.Name), p, nil)
-		if err == nil {
-			done(c, raw)
-		}
-		return err
+		return c.change("PUT", "/v1/pools/"+url.PathEscape(p.Name), p)
 	}
 }
 
@@ -277,11 +272,7 @@ func routeSet(fs *flag.FlagSet) func([]string) error {
 		if err != nil {
 			return err
 		}
-		raw, err := c.do("PUT", "/v1/routes/users/"+url.PathEscape(args[0]), routing.Target{Backend: *backend, Pool: *pool, Login: *login}, nil)
-		if err == nil {
-			done(c, raw)
-		}
-		return err
+		return c.change("PUT", "/v1/routes/users/"+url.PathEscape(args[0]), routing.Target{Backend: *backend, Pool: *pool, Login: *login})
 	}
 }
 
@@ -328,11 +319,7 @@ func routeDefault(fs *flag.FlagSet) func([]string) error {
 				return nil
 			})
 		}
-		raw, err := c.do("PUT", "/v1/routes/default", map[string]string{"pool": args[0]}, nil)
-		if err == nil {
-			done(c, raw)
-		}
-		return err
+		return c.change("PUT", "/v1/routes/default", map[string]string{"pool": args[0]})
 	}
 }
 
@@ -358,11 +345,7 @@ func domainSet(fs *flag.FlagSet) func([]string) error {
 		if err != nil {
 			return err
 		}
-		raw, err := c.do("PUT", "/v1/routes/domains/"+url.PathEscape(args[0]), map[string]string{"pool": *pool}, nil)
-		if err == nil {
-			done(c, raw)
-		}
-		return err
+		return c.change("PUT", "/v1/routes/domains/"+url.PathEscape(args[0]), map[string]string{"pool": *pool})
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/portico-mail/portico/node/internal/linescan"
 	"github.com/portico-mail/portico/node/relay"
 )
 
@@ -23,119 +24,36 @@ import (
 // session has no boundary (a drain closes it when its wait ends) and the
 // whole backend stream is opaque (spliced).
 //
-// The state is a few integers and two short line heads per session.
+// The state is two linescan.Scanners (a few integers and a short line
+// head each) per session.
 type Framer struct {
-	server scanner
-	client scanner
+	server linescan.Scanner
+	client linescan.Scanner
 
 	mu          sync.Mutex
 	compressTag string // the tag of a COMPRESS command awaiting its answer
 	compressed  atomic.Bool
 }
 
-// scanner follows lines and literals in one direction.
-type scanner struct {
-	literal int64 // literal bytes still to come
-	inLine  bool  // bytes seen since the last boundary
-	tail    uint8 // what the line's last bytes were (tail* below)
-	n       int64 // the number inside "{...}" being read
-	head    [32]byte
-	headN   uint8 // bytes of the line's start kept in head
-	cont    bool  // the line continues after a literal (head is complete)
-}
-
-const (
-	tailNone     = iota
-	tailCR       // "\r"
-	tailBrace    // "{" then digits (n)
-	tailPlus     // "{123+"
-	tailClosed   // "{123}" or "{123+}"
-	tailClosedCR // "{123}\r"
-)
-
-// maxLiteral bounds a literal's announced size; larger numbers saturate
-// (the stream is then opaque until the session ends, which only delays
-// the boundary).
-const maxLiteral = 1 << 50
-
 // NewFramer returns a framer for one session, at a boundary (the relay
 // starts right after the backend's tagged login reply).
 func NewFramer() relay.Framer { return &Framer{} }
 
 // feed scans b and calls line with the start of every complete line (at
-// a response or command boundary) and its end offset in b. It returns the
-// largest such offset, 0 if the stream was at a boundary before b, or -1.
-func (sc *scanner) feed(b []byte, line func(head []byte)) int {
+// a response or command boundary). It returns the offset in b of the
+// last such line's end, 0 if the stream was at a boundary before b and
+// none ends in b, or -1.
+func feed(sc *linescan.Scanner, b []byte, line func(head []byte)) int {
 	last := -1
-	if !sc.inLine && sc.literal == 0 {
+	if sc.AtLineStart() {
 		last = 0
 	}
-	i := 0
-	for i < len(b) {
-		if sc.literal > 0 {
-			skip := int64(len(b) - i)
-			if skip > sc.literal {
-				skip = sc.literal
-			}
-			sc.literal -= skip
-			i += int(skip)
-			continue
-		}
-		c := b[i]
-		i++
-		sc.inLine = true
-		if !sc.cont && int(sc.headN) < len(sc.head) && c != '\r' && c != '\n' {
-			sc.head[sc.headN] = c
-			sc.headN++
-		}
-		switch c {
-		case '\n':
-			switch sc.tail {
-			case tailClosedCR:
-				sc.literal = sc.n // the line goes on after the literal
-				sc.tail = tailNone
-				sc.cont = true
-				continue
-			case tailCR:
-				sc.inLine = false
-				last = i
-				if line != nil {
-					line(sc.head[:sc.headN])
-				}
-				sc.headN, sc.cont = 0, false
-			}
-			sc.tail = tailNone
-		case '\r':
-			if sc.tail == tailClosed {
-				sc.tail = tailClosedCR
-			} else {
-				sc.tail = tailCR
-			}
-		case '{':
-			sc.tail, sc.n = tailBrace, -1
-		case '+':
-			if sc.tail == tailBrace && sc.n >= 0 {
-				sc.tail = tailPlus
-			} else {
-				sc.tail = tailNone
-			}
-		case '}':
-			if (sc.tail == tailBrace && sc.n >= 0) || sc.tail == tailPlus {
-				sc.tail = tailClosed
-			} else {
-				sc.tail = tailNone
-			}
-		default:
-			if c >= '0' && c <= '9' && sc.tail == tailBrace {
-				if sc.n < 0 {
-					sc.n = 0
-				}
-				if sc.n < maxLiteral {
-					sc.n = sc.n*10 + int64(c-'0')
-				}
-				continue
-			}
-			sc.tail = tailNone
+	for i := 0; i < len(b); {
+		n, ended := sc.Scan(b[i:], false, linescan.HeadMax)
+		i += n
+		if ended {
+			last = i
+			line(sc.Head())
 		}
 	}
 	return last
@@ -146,7 +64,7 @@ func (f *Framer) ServerData(b []byte) int {
 	if f.compressed.Load() {
 		return -1
 	}
-	last := f.server.feed(b, func(head []byte) {
+	last := feed(&f.server, b, func(head []byte) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		if f.compressTag == "" {
@@ -173,7 +91,7 @@ func (f *Framer) ClientData(b []byte) {
 	if f.compressed.Load() {
 		return
 	}
-	f.client.feed(b, func(head []byte) {
+	feed(&f.client, b, func(head []byte) {
 		fields := strings.Fields(string(head))
 		if len(fields) >= 2 && strings.EqualFold(fields[1], "COMPRESS") {
 			f.mu.Lock()
@@ -188,7 +106,7 @@ func (f *Framer) Opaque() int64 {
 	if f.compressed.Load() {
 		return math.MaxInt64
 	}
-	return f.server.literal
+	return f.server.Literal()
 }
 
 // Skip implements relay.Framer.
@@ -196,15 +114,12 @@ func (f *Framer) Skip(n int64) {
 	if f.compressed.Load() {
 		return
 	}
-	if n > f.server.literal {
-		n = f.server.literal
-	}
-	f.server.literal -= n
+	f.server.Skip(n)
 }
 
 // AtBoundary implements relay.Framer.
 func (f *Framer) AtBoundary() bool {
-	return !f.compressed.Load() && !f.server.inLine && f.server.literal == 0
+	return !f.compressed.Load() && f.server.AtLineStart()
 }
 
 // WantsClientData implements relay.Framer: to see COMPRESS commands.
@@ -213,16 +128,7 @@ func (f *Framer) WantsClientData() bool { return true }
 // Bye implements relay.Framer: an untagged BYE with the UNAVAILABLE
 // response code (RFC 5530), so that clients reconnect.
 func (f *Framer) Bye(text string) []byte {
-	text = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, text)
-	if text == "" {
-		text = "Server shutting down, please reconnect."
-	}
-	return []byte("* BYE [UNAVAILABLE] " + text + "\r\n")
+	return []byte("* BYE [UNAVAILABLE] " + linescan.ByeText(text) + "\r\n")
 }
 
 // NewFramer returns the framer for a session this handler hands off.

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 
 	"github.com/portico-mail/portico/node/internal/upstream"
@@ -188,12 +187,7 @@ func (b *backend) stls(ctx context.Context) error {
 // when it ignores the command), and "-ERR Invalid parameters" for a value
 // it cannot parse.
 func (b *backend) xclient() error {
-	cmd := "XCLIENT ADDR=" + b.remote.Addr().Unmap().WithZone("").String() +
-		" PORT=" + strconv.Itoa(int(b.remote.Port()))
-	if upstream.ValidSessionID(b.sessionID) {
-		cmd += " SESSION=" + b.sessionID
-	}
-	r, err := b.command(cmd)
+	r, err := b.command(upstream.DovecotXCLIENT(b.remote, b.sessionID))
 	if err != nil {
 		return phaseError(phaseXCLIENT, err)
 	}

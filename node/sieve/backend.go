@@ -245,12 +245,7 @@ func (b *backend) starttls(ctx context.Context) error {
 // from) login_trusted_networks only, with the attributes ADDR, PORT,
 // SESSION and TTL, and answers OK or NO.
 func (b *backend) xclient() error {
-	cmd := "XCLIENT ADDR=" + b.remote.Addr().Unmap().WithZone("").String() +
-		" PORT=" + strconv.Itoa(int(b.remote.Port()))
-	if upstream.ValidSessionID(b.sessionID) {
-		cmd += " SESSION=" + b.sessionID
-	}
-	r, err := b.command(cmd)
+	r, err := b.command(upstream.DovecotXCLIENT(b.remote, b.sessionID))
 	if err != nil {
 		return phaseError(phaseXCLIENT, err)
 	}

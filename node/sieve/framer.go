@@ -3,6 +3,7 @@ package sieve
 import (
 	"strings"
 
+	"github.com/portico-mail/portico/node/internal/linescan"
 	"github.com/portico-mail/portico/node/relay"
 )
 
@@ -19,104 +20,34 @@ import (
 // the framer needs only the backend's bytes; all its methods are called by
 // the backend->client direction of the relay, one at a time.
 type Framer struct {
-	literal int64 // literal bytes still to come
-
+	sc     linescan.Scanner
 	inResp bool // bytes of the current response seen
-	inLine bool // bytes of the current line seen
-	cont   bool // the line goes on after a literal (its head is complete)
-	tail   uint8
-	n      int64
-	head   [4]byte
-	headN  uint8
 }
-
-const (
-	tailNone     = iota
-	tailBrace    // "{" then digits (n)
-	tailPlus     // "{123+"
-	tailClosed   // "{123}" or "{123+}"
-	tailClosedCR // "{123}\r"
-)
-
-// maxLiteral saturates an announced literal size.
-const maxLiteral = 1 << 50
 
 // NewFramer returns a framer for one session, at a boundary (the relay
 // starts right after the backend's OK to AUTHENTICATE).
 func NewFramer() relay.Framer { return &Framer{} }
 
-// ServerData implements relay.Framer.
+// ServerData implements relay.Framer. A line may end at LF alone.
 func (f *Framer) ServerData(b []byte) int {
 	last := -1
-	if !f.inResp && f.literal == 0 {
+	if !f.inResp && f.sc.Literal() == 0 {
 		last = 0
 	}
-	i := 0
-	for i < len(b) {
-		if f.literal > 0 {
-			skip := int64(len(b) - i)
-			if skip > f.literal {
-				skip = f.literal
-			}
-			f.literal -= skip
-			i += int(skip)
-			continue
-		}
-		c := b[i]
-		i++
-		f.inResp, f.inLine = true, true
-		if !f.cont && int(f.headN) < len(f.head) && c != '\r' && c != '\n' {
-			f.head[f.headN] = c
-			f.headN++
-		}
-		switch c {
-		case '\n':
-			if f.tail == tailClosed || f.tail == tailClosedCR {
-				f.literal = f.n
-				f.tail, f.cont = tailNone, true
-				continue
-			}
-			f.tail = tailNone
-			if isStatus(f.head[:f.headN]) {
-				f.inResp = false
-				last = i
-			}
-			f.inLine, f.cont, f.headN = false, false, 0
-		case '\r':
-			if f.tail == tailClosed {
-				f.tail = tailClosedCR
-			} else {
-				f.tail = tailNone
-			}
-		case '{':
-			f.tail, f.n = tailBrace, -1
-		case '+':
-			if f.tail == tailBrace && f.n >= 0 {
-				f.tail = tailPlus
-			} else {
-				f.tail = tailNone
-			}
-		case '}':
-			if (f.tail == tailBrace && f.n >= 0) || f.tail == tailPlus {
-				f.tail = tailClosed
-			} else {
-				f.tail = tailNone
-			}
-		default:
-			if c >= '0' && c <= '9' && f.tail == tailBrace {
-				if f.n < 0 {
-					f.n = 0
-				}
-				if f.n < maxLiteral {
-					f.n = f.n*10 + int64(c-'0')
-				}
-				continue
-			}
-			f.tail = tailNone
+	for i := 0; i < len(b); {
+		n, ended := f.sc.Scan(b[i:], true, statusHead)
+		i += n
+		f.inResp = true
+		if ended && isStatus(f.sc.Head()) {
+			f.inResp = false
+			last = i
 		}
 	}
 	return last
 }
+
+// statusHead is how much of a line's start isStatus needs.
+const statusHead = 4
 
 // isStatus: a line that begins with OK, NO or BYE (then a space or its end).
 func isStatus(head []byte) bool {
@@ -130,18 +61,13 @@ func isStatus(head []byte) bool {
 }
 
 // Opaque implements relay.Framer.
-func (f *Framer) Opaque() int64 { return f.literal }
+func (f *Framer) Opaque() int64 { return f.sc.Literal() }
 
 // Skip implements relay.Framer.
-func (f *Framer) Skip(n int64) {
-	if n > f.literal {
-		n = f.literal
-	}
-	f.literal -= n
-}
+func (f *Framer) Skip(n int64) { f.sc.Skip(n) }
 
 // AtBoundary implements relay.Framer.
-func (f *Framer) AtBoundary() bool { return !f.inResp && f.literal == 0 }
+func (f *Framer) AtBoundary() bool { return !f.inResp && f.sc.Literal() == 0 }
 
 // WantsClientData implements relay.Framer: responses do not depend on the
 // commands.
@@ -153,16 +79,7 @@ func (f *Framer) ClientData([]byte) {}
 // Bye implements relay.Framer: BYE with TRYLATER (§1.3), so that clients
 // reconnect.
 func (f *Framer) Bye(text string) []byte {
-	text = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, text)
-	if text == "" {
-		text = "Server shutting down, please reconnect."
-	}
-	return []byte("BYE (TRYLATER) " + quote(text) + "\r\n")
+	return []byte("BYE (TRYLATER) " + quote(linescan.ByeText(text)) + "\r\n")
 }
 
 // NewFramer returns the framer for a session this handler hands off.

@@ -134,12 +134,7 @@ func (v *validator) auth(p string, a *Auth) {
 	case a.MaxResponse == 0:
 		a.MaxResponse = auth.DefaultClientConfig().MaxResponse
 	}
-	if a.BackendForward == "" {
-		a.BackendForward = "none"
-	}
-	if !oneOf(a.BackendForward, "none", "id", "proxy") {
-		v.errf(p+".backend_forward", "%q is not one of none, id, proxy", a.BackendForward)
-	}
+	v.choice(p+".backend_forward", &a.BackendForward, "none", "none", "id", "proxy")
 	if a.Cache.MaxEntries < 0 || a.Cache.MaxEntries > 10_000_000 {
 		v.errf(p+".cache.max_entries", "%d is outside 0..10000000", a.Cache.MaxEntries)
 	}

@@ -381,6 +381,20 @@ func (c *Config) line(path string) int {
 	return line
 }
 
+// choice checks an enumerated setting: an empty one becomes dflt, and any
+// other value must be one of allowed, or path gets the error "%q is not
+// one of a, b, c". It reports whether the value is allowed.
+func (v *validator) choice(path string, value *string, dflt string, allowed ...string) bool {
+	if *value == "" {
+		*value = dflt
+	}
+	if oneOf(*value, allowed...) {
+		return true
+	}
+	v.errf(path, "%q is not one of %s", *value, strings.Join(allowed, ", "))
+	return false
+}
+
 func oneOf(v string, allowed ...string) bool {
 	for _, a := range allowed {
 		if v == a {
@@ -393,18 +407,8 @@ func oneOf(v string, allowed ...string) bool {
 // Validate fills defaults and checks everything; it reports all problems.
 func (c *Config) Validate() error {
 	v := &validator{c: c}
-	if c.Log.Level == "" {
-		c.Log.Level = DefaultLog().Level
-	}
-	if !oneOf(c.Log.Level, "debug", "info", "warn", "error") {
-		v.errf("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
-	}
-	if c.Log.Format == "" {
-		c.Log.Format = DefaultLog().Format
-	}
-	if !oneOf(c.Log.Format, "text", "json") {
-		v.errf("log.format", "%q is not one of text, json", c.Log.Format)
-	}
+	v.choice("log.level", &c.Log.Level, DefaultLog().Level, "debug", "info", "warn", "error")
+	v.choice("log.format", &c.Log.Format, DefaultLog().Format, "text", "json")
 	for i, cert := range c.TLS.Certificates {
 		p := fmt.Sprintf("tls.certificates[%d]", i)
 		if cert.Cert == "" || cert.Key == "" {
@@ -429,12 +433,8 @@ func (c *Config) Validate() error {
 		} else if !oneOf(l.Protocol, "imap", "pop3", "sieve", "submission") {
 			v.errf(p+".protocol", "%q is not one of imap, pop3, sieve, submission", l.Protocol)
 		}
-		if l.TLS == "" {
-			l.TLS = "none"
-		}
-		if !oneOf(l.TLS, "none", "starttls", "implicit") {
-			v.errf(p+".tls", "%q is not one of none, starttls, implicit", l.TLS)
-		} else if l.TLS != "none" && len(c.TLS.Certificates) == 0 {
+		tlsOK := v.choice(p+".tls", &l.TLS, "none", "none", "starttls", "implicit")
+		if tlsOK && l.TLS != "none" && len(c.TLS.Certificates) == 0 {
 			v.errf(p+".tls", "tls %s needs at least one certificate under tls.certificates", l.TLS)
 		}
 		if l.Name == "" {
@@ -564,24 +564,9 @@ func (v *validator) routing() {
 				v.errf(p+"."+name, "%d is not a port", port)
 			}
 		}
-		if b.TLS == "" {
-			b.TLS = "none"
-		}
-		if !oneOf(b.TLS, "none", "starttls", "implicit") {
-			v.errf(p+".tls", "%q is not one of none, starttls, implicit", b.TLS)
-		}
-		if b.Forward == "" {
-			b.Forward = "none"
-		}
-		if !oneOf(b.Forward, "none", "id", "proxy") {
-			v.errf(p+".forward", "%q is not one of none, id, proxy", b.Forward)
-		}
-		if b.State == "" {
-			b.State = "active"
-		}
-		if !oneOf(b.State, "active", "draining", "disabled") {
-			v.errf(p+".state", "%q is not one of active, draining, disabled", b.State)
-		}
+		v.choice(p+".tls", &b.TLS, "none", "none", "starttls", "implicit")
+		v.choice(p+".forward", &b.Forward, "none", "none", "id", "proxy")
+		v.choice(p+".state", &b.State, "active", "active", "draining", "disabled")
 		if b.Weight < 0 {
 			v.errf(p+".weight", "must not be negative")
 		}

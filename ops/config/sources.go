@@ -333,24 +333,9 @@ func (v *validator) newBackends(p string, nb *SourceNewBackends) {
 	if nb.IMAPPort < 0 && nb.POP3Port < 0 && nb.SievePort < 0 {
 		v.errf(p, "every port is -1: a backend needs one")
 	}
-	if nb.PortProtocol == "" {
-		nb.PortProtocol = "imap"
-	}
-	if !oneOf(nb.PortProtocol, "imap", "pop3", "sieve") {
-		v.errf(p+".port_protocol", "%q is not one of imap, pop3, sieve", nb.PortProtocol)
-	}
-	if nb.TLS == "" {
-		nb.TLS = "none"
-	}
-	if !oneOf(nb.TLS, "none", "starttls", "implicit") {
-		v.errf(p+".tls", "%q is not one of none, starttls, implicit", nb.TLS)
-	}
-	if nb.Forward == "" {
-		nb.Forward = "none"
-	}
-	if !oneOf(nb.Forward, "none", "id", "proxy") {
-		v.errf(p+".forward", "%q is not one of none, id, proxy", nb.Forward)
-	}
+	v.choice(p+".port_protocol", &nb.PortProtocol, "imap", "imap", "pop3", "sieve")
+	v.choice(p+".tls", &nb.TLS, "none", "none", "starttls", "implicit")
+	v.choice(p+".forward", &nb.Forward, "none", "none", "id", "proxy")
 }
 
 // validSourceName: a source's name is a metric label, a CLI argument and

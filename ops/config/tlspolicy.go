@@ -51,13 +51,7 @@ func (v *validator) tlsPolicies() {
 	c := v.c
 	v.tlsVersion("tls.min_version", c.TLS.MinVersion)
 	v.cipherSuites("tls.cipher_suites", c.TLS.CipherSuites)
-	switch c.TLS.SessionTickets {
-	case "":
-		c.TLS.SessionTickets = "on"
-	case "on", "off":
-	default:
-		v.errf("tls.session_tickets", "%q is not one of on, off", c.TLS.SessionTickets)
-	}
+	v.choice("tls.session_tickets", &c.TLS.SessionTickets, "on", "on", "off")
 	switch r := c.TLS.SessionTicketRotation.D(); {
 	case r == 0:
 		c.TLS.SessionTicketRotation = Duration(DefaultTicketRotation)

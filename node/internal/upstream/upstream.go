@@ -1,8 +1,8 @@
 // Package upstream holds what the POP3, ManageSieve and submission
 // backend clients (each front end's backend.go) share before login: the
-// STARTTLS upgrade once the backend has accepted it, the checks on what
-// may be sent (a session ID, credentials), and the quoting of a backend's
-// words in errors. Each protocol's commands and replies stay with it.
+// STARTTLS upgrade once the backend has accepted it, Dovecot's XCLIENT
+// command, the checks on what may be sent (a session ID, credentials),
+// and the quoting of a backend's words in errors. Each protocol's commands and replies stay with it.
 package upstream
 
 import (
@@ -11,6 +11,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -66,6 +68,21 @@ func Send(w *bufio.Writer, line string) error {
 		return err
 	}
 	return w.Flush()
+}
+
+// DovecotXCLIENT returns the XCLIENT command that passes the client's
+// address (remote) and the session ID to Dovecot's pop3-login and
+// managesieve-login: ADDR (an IPv4-mapped address as IPv4, no zone),
+// PORT, and SESSION when the ID is valid (ValidSessionID). Postfix's
+// XCLIENT, which submission speaks, has other attributes and encodes
+// their values.
+func DovecotXCLIENT(remote netip.AddrPort, sessionID string) string {
+	cmd := "XCLIENT ADDR=" + remote.Addr().Unmap().WithZone("").String() +
+		" PORT=" + strconv.Itoa(int(remote.Port()))
+	if ValidSessionID(sessionID) {
+		cmd += " SESSION=" + sessionID
+	}
+	return cmd
 }
 
 // ValidSessionID reports whether a session ID can be passed in XCLIENT's

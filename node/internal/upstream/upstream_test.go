@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -165,5 +166,23 @@ func TestSend(t *testing.T) {
 	w := bufio.NewWriterSize(&out, 16)
 	if err := Send(w, "CAPA"); err != nil || out.String() != "CAPA\r\n" || w.Buffered() != 0 {
 		t.Errorf("sent %q, %d buffered, %v", out.String(), w.Buffered(), err)
+	}
+}
+
+// Dovecot's XCLIENT: the client's address as Dovecot parses it (IPv4
+// unmapped, no zone), its port, and the session ID only if it can be
+// passed.
+func TestDovecotXCLIENT(t *testing.T) {
+	for _, tc := range []struct {
+		remote, id, want string
+	}{
+		{"198.51.100.7:4242", "SID1", "XCLIENT ADDR=198.51.100.7 PORT=4242 SESSION=SID1"},
+		{"[::ffff:198.51.100.7]:143", "", "XCLIENT ADDR=198.51.100.7 PORT=143"},
+		{"[2001:db8::1%eth0]:1", "a b", "XCLIENT ADDR=2001:db8::1 PORT=1"},
+		{"[2001:db8::1]:65535", strings.Repeat("x", MaxSessionID+1), "XCLIENT ADDR=2001:db8::1 PORT=65535"},
+	} {
+		if got := DovecotXCLIENT(netip.MustParseAddrPort(tc.remote), tc.id); got != tc.want {
+			t.Errorf("%s %q: %q, want %q", tc.remote, tc.id, got, tc.want)
+		}
 	}
 }

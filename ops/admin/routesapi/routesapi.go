@@ -66,25 +66,13 @@ func Register(a *admin.Server, c Config) {
 		admin.JSON(w, 200, t.Backends())
 	}))
 	a.HandleFunc("GET /v1/backends/{id}", d.read(func(w http.ResponseWriter, r *http.Request, t *routing.Table) {
-		if b := t.Backend(r.PathValue("id")); b != nil {
-			admin.JSON(w, 200, b)
-			return
-		}
-		admin.Error(w, 404, "no backend "+strconv.Quote(r.PathValue("id")))
+		found(w, t.Backend(r.PathValue("id")), "backend", r.PathValue("id"))
 	}))
 	a.HandleFunc("PUT /v1/backends/{id}", func(w http.ResponseWriter, r *http.Request) {
 		var b routing.Backend
-		if !admin.Decode(w, r, admin.MaxBody, &b) {
-			return
+		if admin.Decode(w, r, admin.MaxBody, &b) && named(w, r, "id", &b.ID) {
+			d.write(w, r, routing.Command{Type: routing.CmdPutBackend, Backend: &b})
 		}
-		if b.ID == "" {
-			b.ID = r.PathValue("id")
-		}
-		if b.ID != r.PathValue("id") {
-			admin.Error(w, 400, "id in the body differs from the path")
-			return
-		}
-		d.write(w, r, routing.Command{Type: routing.CmdPutBackend, Backend: &b})
 	})
 	a.HandleFunc("DELETE /v1/backends/{id}", func(w http.ResponseWriter, r *http.Request) {
 		d.write(w, r, routing.Command{Type: routing.CmdDeleteBackend, Names: []string{r.PathValue("id")}})
@@ -94,25 +82,13 @@ func Register(a *admin.Server, c Config) {
 		admin.JSON(w, 200, t.Pools())
 	}))
 	a.HandleFunc("GET /v1/pools/{name}", d.read(func(w http.ResponseWriter, r *http.Request, t *routing.Table) {
-		if p := t.Pool(r.PathValue("name")); p != nil {
-			admin.JSON(w, 200, p)
-			return
-		}
-		admin.Error(w, 404, "no pool "+strconv.Quote(r.PathValue("name")))
+		found(w, t.Pool(r.PathValue("name")), "pool", r.PathValue("name"))
 	}))
 	a.HandleFunc("PUT /v1/pools/{name}", func(w http.ResponseWriter, r *http.Request) {
 		var p routing.Pool
-		if !admin.Decode(w, r, admin.MaxBody, &p) {
-			return
+		if admin.Decode(w, r, admin.MaxBody, &p) && named(w, r, "name", &p.Name) {
+			d.write(w, r, routing.Command{Type: routing.CmdPutPool, Pool: &p})
 		}
-		if p.Name == "" {
-			p.Name = r.PathValue("name")
-		}
-		if p.Name != r.PathValue("name") {
-			admin.Error(w, 400, "name in the body differs from the path")
-			return
-		}
-		d.write(w, r, routing.Command{Type: routing.CmdPutPool, Pool: &p})
 	})
 	a.HandleFunc("DELETE /v1/pools/{name}", func(w http.ResponseWriter, r *http.Request) {
 		d.write(w, r, routing.Command{Type: routing.CmdDeletePool, Names: []string{r.PathValue("name")}})
@@ -235,6 +211,31 @@ func Register(a *admin.Server, c Config) {
 		admin.JSON(w, 200, map[string]any{"name": name, "api": api, "self": name == d.Cluster.Name(),
 			"applied_index": d.FSM.AppliedIndex()})
 	})
+}
+
+// found answers a GET of one backend or pool: v, or 404 "no <what>
+// <name>" when it is nil.
+func found[T any](w http.ResponseWriter, v *T, what, name string) {
+	if v == nil {
+		admin.Error(w, 404, "no "+what+" "+strconv.Quote(name))
+		return
+	}
+	admin.JSON(w, 200, v)
+}
+
+// named settles the name of a backend or pool that a PUT body sets, held
+// in *field, against the path's {key} (whose JSON field has the same
+// name): a body that leaves it out gets the path's, and one that names
+// another is refused (400). It reports whether to go on.
+func named(w http.ResponseWriter, r *http.Request, key string, field *string) bool {
+	if *field == "" {
+		*field = r.PathValue(key)
+	}
+	if *field != r.PathValue(key) {
+		admin.Error(w, 400, key+" in the body differs from the path")
+		return false
+	}
+	return true
 }
 
 func statusOf(err error) int {

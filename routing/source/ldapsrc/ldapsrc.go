@@ -175,28 +175,9 @@ func (d *Directory) wrap(step string, err error) error {
 func (d *Directory) Full(ctx context.Context, put func(source.Entry) error) (string, error) {
 	p := d.newPass("full")
 	start := time.Now()
-	var putErr error
-	err := d.search(ctx, d.cfg.Filter, func(e *ldap.Entry) error {
-		p.stamp(e)
-		en, reason := d.entry(e)
-		if reason != "" {
-			p.skip(e.DN, reason)
-			return nil
-		}
-		p.n++
-		if err := put(en); err != nil {
-			putErr = err
-			return err
-		}
-		return nil
-	})
-	if putErr != nil {
-		return "", putErr
+	if err := p.search(ctx, d.cfg.Filter, "full sync under "+d.cfg.Base, put); err != nil {
+		return "", err
 	}
-	if err != nil {
-		return "", d.wrap("full sync under "+d.cfg.Base, err)
-	}
-	p.done()
 	took := time.Since(start)
 	switch {
 	case p.stamped:
@@ -246,28 +227,12 @@ func (d *Directory) Changes(ctx context.Context, watermark string, put func(sour
 	p := d.newPass("changes")
 	start := time.Now()
 	filter := fmt.Sprintf("(&%s(%s>=%s))", d.cfg.Filter, timestampAttribute, formatStamp(since))
-	var putErr error
-	err := d.search(ctx, filter, func(e *ldap.Entry) error {
-		p.stamp(e)
-		en, reason := d.entry(e)
-		if reason != "" {
-			p.skip(e.DN, reason)
-			return nil
-		}
-		p.n++
-		if err := put(source.Change{Entry: en}); err != nil {
-			putErr = err
-			return err
-		}
-		return nil
+	err := p.search(ctx, filter, "changes since "+formatStamp(since), func(en source.Entry) error {
+		return put(source.Change{Entry: en})
 	})
-	if putErr != nil {
-		return "", putErr
-	}
 	if err != nil {
-		return "", d.wrap("changes since "+formatStamp(since), err)
+		return "", err
 	}
-	p.done()
 	if !p.stamped {
 		return d.formatWatermark(since), nil
 	}
@@ -433,6 +398,37 @@ type pass struct {
 
 func (d *Directory) newPass(kind string) *pass {
 	return &pass{d: d, kind: kind, skips: map[string]uint64{}}
+}
+
+// search is the pass's walk over the entries that match filter: each
+// one's stamp is noted; one that makes no route is skipped (and counted),
+// the others go to put. put's error ends it and is returned as it is; the
+// directory's is labelled with step. A pass that went through is logged
+// (done).
+func (p *pass) search(ctx context.Context, filter, step string, put func(source.Entry) error) error {
+	var putErr error
+	err := p.d.search(ctx, filter, func(e *ldap.Entry) error {
+		p.stamp(e)
+		en, reason := p.d.entry(e)
+		if reason != "" {
+			p.skip(e.DN, reason)
+			return nil
+		}
+		p.n++
+		if err := put(en); err != nil {
+			putErr = err
+			return err
+		}
+		return nil
+	})
+	if putErr != nil {
+		return putErr
+	}
+	if err != nil {
+		return p.d.wrap(step, err)
+	}
+	p.done()
+	return nil
 }
 
 func (p *pass) stamp(e *ldap.Entry) {
