@@ -468,6 +468,10 @@ func runStorm(t *testing.T, mode string) {
 	set := stormConfig(t, mode)
 	c := newStormCluster(t, set)
 	c.waitHealthy(t)
+	if mode == "spread" {
+		c.placements(t)
+		t.Logf("formation: the nodes' VIP events:\n%s", c.vipEvents(c.start))
+	}
 	t.Logf("%d sessions from %d client addresses (%d each at most), backend %s, 3 nodes, vip.mode %s, drain.spread %s, upgrade.session_grace %s, max_connections_per_ip %q",
 		set.sessions, len(c.srcs), set.perAddr, set.backend, mode, set.spread, set.grace, set.perIP)
 	var all []stormFigures

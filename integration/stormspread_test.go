@@ -40,6 +40,7 @@ package integration
 // The other knobs are the leader drill's (storm_test.go).
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -230,10 +231,10 @@ func (c *stormCluster) spreadOutcome(t *testing.T, f *stormFigures, at time.Time
 		t.Errorf("%s: %s held by %v, want %s only", f.Drill, a, h, took.name)
 	}
 	f.TookRole = "follower"
-	if l, err := c.leaderUp(); err == nil && l == took.name {
+	if st, err := took.status(); err != nil || st.Cluster == nil {
+		f.TookRole = fmt.Sprintf("? (%v)", err)
+	} else if st.Cluster.Leader == took.name {
 		f.TookRole = "leader"
-	} else if err != nil {
-		f.TookRole = "? (" + err.Error() + ")"
 	}
 	if f.Drill == "kill" && f.VictimRole == "leader" {
 		// The new leader's first placement (it moves the dead leader's
