@@ -654,7 +654,7 @@ func (f stormFigures) String() string {
 func (c *stormCluster) run(t *testing.T, run stormRun) []stormFigures {
 	set := c.set
 	if set.mode == "spread" {
-		c.arrange(t)
+		c.arrange(t, true)
 	}
 	args := []string{"-reconnect", "-tls", "-addr", netip.AddrPortFrom(c.vip, stormPort).String(),
 		"-n", strconv.Itoa(set.sessions), "-rate", strconv.FormatFloat(set.rate, 'f', -1, 64),
@@ -688,6 +688,9 @@ func (c *stormCluster) run(t *testing.T, run stormRun) []stormFigures {
 		t.Log(f)
 		if !ok {
 			break
+		}
+		if set.mode == "spread" {
+			c.arrange(t, false)
 		}
 	}
 	return figs
@@ -955,9 +958,6 @@ func (c *stormCluster) drill(t *testing.T, lp *loadProc, drill string, resume bo
 	if drill == "upgrade" {
 		// The old process exits once it has ended its sessions.
 		waitFor(t, "the old process to exit", set.wait, func() bool { return procGone(oldPID) })
-	}
-	if set.mode == "spread" {
-		c.arrange(t)
 	}
 	return f, ok
 }
