@@ -158,6 +158,7 @@ type stormCluster struct {
 	arpws   map[netip.Addr]*arpWatcher
 	sampler *addrSampler // spread mode: who holds each address, every 20 ms
 	start   time.Time
+	figs    []stormFigures // the drills' figures so far
 }
 
 var benchBins struct {
@@ -474,10 +475,23 @@ func runStorm(t *testing.T, mode string) {
 	}
 	t.Logf("%d sessions from %d client addresses (%d each at most), backend %s, 3 nodes, vip.mode %s, drain.spread %s, upgrade.session_grace %s, max_connections_per_ip %q",
 		set.sessions, len(c.srcs), set.perAddr, set.backend, mode, set.spread, set.grace, set.perIP)
-	var all []stormFigures
+	// The figures of the drills that ran, also when one failed.
+	defer func() {
+		var b strings.Builder
+		fmt.Fprintf(&b, "FIGURES (%d sessions, vip.mode %s)\n", set.sessions, mode)
+		for _, f := range c.figs {
+			fmt.Fprintf(&b, "  %s\n", f)
+		}
+		t.Log(b.String())
+		if set.out != "" {
+			j, _ := json.MarshalIndent(c.figs, "", "  ")
+			if err := os.WriteFile(set.out, append(j, '\n'), 0o644); err != nil {
+				t.Error(err)
+			}
+		}
+	}()
 	for _, run := range set.runs {
-		figs := c.run(t, run)
-		all = append(all, figs...)
+		c.run(t, run)
 		if t.Failed() {
 			break
 		}
@@ -485,18 +499,6 @@ func runStorm(t *testing.T, mode string) {
 	if c.sampler != nil {
 		n := c.sampler.neverSplit(t, c.start)
 		t.Logf("address samples (every 20 ms, %d addresses x 3 namespaces): %d", len(c.addrs), n)
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "FIGURES (%d sessions, vip.mode %s)\n", set.sessions, mode)
-	for _, f := range all {
-		fmt.Fprintf(&b, "  %s\n", f)
-	}
-	t.Log(b.String())
-	if set.out != "" {
-		j, _ := json.MarshalIndent(all, "", "  ")
-		if err := os.WriteFile(set.out, append(j, '\n'), 0o644); err != nil {
-			t.Error(err)
-		}
 	}
 }
 
@@ -609,7 +611,9 @@ type stormFigures struct {
 
 	HeldMS        *float64 `json:"held_ms,omitempty"`
 	NewLeaderMS   *float64 `json:"new_leader_ms,omitempty"`
+	AddrMoves     int      `json:"address_moves,omitempty"` // owner changes of the clients' address (1: the event's only)
 	OthersMoved   int      `json:"others_moved"`
+	OthersPlanned int      `json:"others_planned_moves"` // moves of the other addresses that were not failovers (a bug)
 	OthersBlinked int      `json:"others_blinked"`
 	// Raft during the drill: elections won, and leaderships lost by a
 	// node that kept running (its lease check, under load).
@@ -640,7 +644,8 @@ func (f stormFigures) String() string {
 		if f.NewLeaderMS != nil {
 			acq += fmt.Sprintf(", new leader placing %s", v(f.NewLeaderMS))
 		}
-		acq += fmt.Sprintf(", other addresses moved %d, blinked %d; elections %d, leaderships lost %d", f.OthersMoved, f.OthersBlinked, f.Elections, f.LeadershipLost)
+		acq += fmt.Sprintf(", its owner changed %d times; other addresses moved %d (planned %d), blinked %d; elections %d, leaderships lost %d",
+			f.AddrMoves, f.OthersMoved, f.OthersPlanned, f.OthersBlinked, f.Elections, f.LeadershipLost)
 	}
 	e := f.Client
 	return fmt.Sprintf("%s (%s) %s->%s: lost %d, back 50%% %s, 99%% %s, 100%% %s (first loss %s%s); attempts %d, failed %d %v; resumed %d/%d; "+
@@ -650,8 +655,9 @@ func (f stormFigures) String() string {
 		f.Node, f.CPUms, f.CPUPerLogin, f.PeakCores, f.RSSBefore, f.RSSPeak, f.Counters, e.HostBusyPct, e.SelfCPUms)
 }
 
-// run starts loadimap, runs the drills one after the other, and stops it.
-func (c *stormCluster) run(t *testing.T, run stormRun) []stormFigures {
+// run starts loadimap, runs the drills one after the other (their figures
+// go to c.figs), and stops it.
+func (c *stormCluster) run(t *testing.T, run stormRun) {
 	set := c.set
 	if set.mode == "spread" {
 		c.arrange(t, true)
@@ -681,10 +687,9 @@ func (c *stormCluster) run(t *testing.T, run stormRun) []stormFigures {
 	_ = json.Unmarshal([]byte(ready), &e0)
 	t.Logf("loadimap (resume %v): %d sessions logged in, %d failed attempts %v %v, login p50 %.1f ms p99 %.1f ms",
 		run.resume, e0.LiveNow, e0.Failed, e0.Failures, e0.FailureSamples, e0.LoginLatency.P50, e0.LoginLatency.P99)
-	var figs []stormFigures
 	for _, d := range run.drills {
 		f, ok := c.drill(t, lp, d, run.resume)
-		figs = append(figs, f)
+		c.figs = append(c.figs, f)
 		t.Log(f)
 		if !ok {
 			break
@@ -693,7 +698,6 @@ func (c *stormCluster) run(t *testing.T, run stormRun) []stormFigures {
 			c.arrange(t, false)
 		}
 	}
-	return figs
 }
 
 // drill runs one event with the sessions held and checks the outcome.
@@ -846,11 +850,21 @@ func (c *stormCluster) drill(t *testing.T, lp *loadProc, drill string, resume bo
 	if slow := grepLines(lp.p.Output()[mark:], "slow attempt"); slow != "" {
 		t.Logf("%s: attempts slower than 3 s:\n%s", drill, tail(slow, 10))
 	}
-	if drill == "upgrade" && set.mode == "spread" && f.VictimRole == "leader" {
-		// An upgrading leader has its addresses moved first (vip/DESIGN.md,
-		// "In-place upgrade in the spread mode"): whoever holds the
-		// address took the clients.
+	if set.mode == "spread" {
+		// Whoever holds the address now took the clients: a kill's
+		// survivor, a move's target, an upgraded follower's new process,
+		// and, where an upgrading leader gives its addresses up or a
+		// survivor loses its lease under the storm, another node (the
+		// address's moves are counted).
 		took = nil
+		for _, nd := range c.nodes {
+			if has, _ := nd.h.HasAddr(c.vip); has && nd.serving() {
+				took = nd
+			}
+		}
+		if took == nil {
+			t.Fatalf("no node holds %s after the %s of %s:\n%s", c.vip, drill, owner.name, c.sampler.dump(at))
+		}
 	}
 	if took == nil {
 		// The survivor that holds the VIP now.
@@ -864,6 +878,9 @@ func (c *stormCluster) drill(t *testing.T, lp *loadProc, drill string, resume bo
 		}
 	}
 	upgradedHere := drill == "upgrade" && took == owner
+	if set.mode == "spread" && drill == "move" && took != to {
+		t.Logf("WARNING: %s was moved to %s, and is on %s now", c.vip, to.name, took.name)
+	}
 	f.To, f.Node = took.name, took.name
 	if upgradedHere {
 		f.Node = took.name + " (new process)"
@@ -927,7 +944,11 @@ func (c *stormCluster) drill(t *testing.T, lp *loadProc, drill string, resume bo
 		// can race with its acquisition (bench/RESULTS.md).
 		t.Logf("WARNING: %s ended %v relayed sessions during the %s drill", f.Node, n, drill)
 	}
-	if f.Counters["logins_ok"] < float64(set.sessions) {
+	if f.Counters["logins_ok"] < float64(set.sessions) && set.mode == "spread" && f.AddrMoves > 1 {
+		// A second storm: the clients are spread over the nodes that
+		// held the address in turn.
+		t.Logf("WARNING: %s counted %v logins of %d: %s changed owner %d times", f.Node, f.Counters["logins_ok"], set.sessions, c.vip, f.AddrMoves)
+	} else if f.Counters["logins_ok"] < float64(set.sessions) {
 		fail("%s counted %v logins, want at least %d", f.Node, f.Counters["logins_ok"], set.sessions)
 	}
 	if resume {
@@ -939,15 +960,16 @@ func (c *stormCluster) drill(t *testing.T, lp *loadProc, drill string, resume bo
 	}
 
 	if set.mode == "spread" && f.OthersMoved > 0 {
-		if f.LeadershipLost == 0 {
-			fail("%d other addresses moved too", f.OthersMoved)
+		if f.OthersPlanned > 0 {
+			fail("%d other addresses moved too, %d of them by planned moves", f.OthersMoved, f.OthersPlanned)
 		} else {
-			// A leader holds its addresses as leader only: when it loses
-			// its lease under the storm, they move with the leadership,
-			// a second storm (bench/RESULTS.md, "Reconnect storms in
-			// spread mode"). Logged, as the leader drill logs a lease
-			// lost, not failed.
-			t.Logf("WARNING: %d other addresses moved during the %s drill, after %d leaderships lost under the load", f.OthersMoved, drill, f.LeadershipLost)
+			// Failovers: their owner lost its lease (a follower starved
+			// by the storm, which could not renew in time) or its
+			// leadership (a leader holds its addresses as leader only),
+			// and its addresses moved as after a crash, a second storm
+			// (bench/RESULTS.md, "Reconnect storms in spread mode").
+			// Logged, as the leader drill logs a lost lease, not failed.
+			t.Logf("WARNING: %d other addresses moved during the %s drill, as failovers (%d leaderships lost)", f.OthersMoved, drill, f.LeadershipLost)
 		}
 	}
 

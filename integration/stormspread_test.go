@@ -251,13 +251,25 @@ func (c *stormCluster) spreadOutcome(t *testing.T, f *stormFigures, at time.Time
 			f.LeadershipLost += countLog(nd, "lost raft leadership", at)
 		}
 	}
+	// The clients' address: one move (the event's) unless the node that
+	// took it lost its lease or leadership under the storm.
+	f.AddrMoves = c.sampler.ownerChanges(at, a)
+	if f.Drill == "kill" {
+		f.AddrMoves++ // from the dead owner, whom the sampler does not count as a holder
+	}
 	for _, b := range c.addrs {
 		if b == a {
 			continue
 		}
 		if c.sampler.ownerChanges(at, b) != 0 || !slices.Equal(c.sampler.holders(b), []string{placed[b]}) {
 			f.OthersMoved++
-			t.Logf("%s: %s (not the clients' address) changed owner, was on %s:\n%s", f.Drill, b, placed[b], c.sampler.dump(at))
+			reasons := c.moveReasons(b, at)
+			for _, r := range reasons {
+				if r != "failover" {
+					f.OthersPlanned++
+				}
+			}
+			t.Logf("%s: %s (not the clients' address) changed owner, was on %s (moves: %v):\n%s", f.Drill, b, placed[b], reasons, c.sampler.dump(at))
 		} else if n := c.sampler.changes(at, b); n != 0 {
 			f.OthersBlinked++
 			t.Logf("%s: %s was not held for a moment (%d changes) and came back to %s:\n%s", f.Drill, b, n, placed[b], c.sampler.dump(at))
@@ -283,4 +295,26 @@ func countLog(nd *drillNode, msg string, t time.Time) int {
 		}
 	}
 	return n
+}
+
+// moveReasons lists the reasons of the leaders' moves of a since t
+// ("moved virtual address" in the nodes' logs: failover, move, place,
+// rebalance, drain).
+func (c *stormCluster) moveReasons(a netip.Addr, t time.Time) []string {
+	var out []string
+	for _, nd := range c.nodes {
+		for _, l := range strings.Split(nd.log(), "\n") {
+			if !strings.Contains(l, "moved virtual address") || !strings.Contains(l, " address="+a.String()+" ") || !strings.HasPrefix(l, "time=") {
+				continue
+			}
+			ts, _, _ := strings.Cut(strings.TrimPrefix(l, "time="), " ")
+			if at, err := time.Parse(time.RFC3339Nano, ts); err != nil || at.Before(t.Truncate(time.Millisecond)) {
+				continue
+			}
+			_, r, _ := strings.Cut(l, " reason=")
+			r, _, _ = strings.Cut(r, " ")
+			out = append(out, r)
+		}
+	}
+	return out
 }
