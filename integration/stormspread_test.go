@@ -253,10 +253,7 @@ func (c *stormCluster) spreadOutcome(t *testing.T, f *stormFigures, at time.Time
 	}
 	// The clients' address: one move (the event's) unless the node that
 	// took it lost its lease or leadership under the storm.
-	f.AddrMoves = c.sampler.ownerChanges(at, a)
-	if f.Drill == "kill" {
-		f.AddrMoves++ // from the dead owner, whom the sampler does not count as a holder
-	}
+	f.AddrMoves = c.sampler.ownerChanges(at, a) // from the owner live at the event
 	for _, b := range c.addrs {
 		if b == a {
 			continue
