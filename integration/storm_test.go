@@ -598,6 +598,11 @@ type stormFigures struct {
 	RSSPeak     int64   `json:"rss_peak_kib"`
 	// Its counters over the drill (metrics deltas).
 	Counters map[string]float64 `json:"counters"`
+	// A kill: from the event to the killed process gone (a zombie), and
+	// to its address released from its interface (the unit's
+	// ExecStopPost, which runs after the exit).
+	ExitMS     *float64 `json:"kill_exit_ms,omitempty"`
+	ReleasedMS *float64 `json:"kill_released_ms,omitempty"`
 
 	// The spread mode: the clients' address, whether its owner was the
 	// raft leader or a follower, from the event to a survivor holding it
@@ -635,6 +640,9 @@ func (f stormFigures) String() string {
 	acq := ""
 	if f.AcquiredMS != nil {
 		acq = fmt.Sprintf(", VIP acquired %s", v(f.AcquiredMS))
+	}
+	if f.ExitMS != nil {
+		acq += fmt.Sprintf(", killed process gone %s, its address released %s", v(f.ExitMS), v(f.ReleasedMS))
 	}
 	if f.Mode == "spread" {
 		acq += fmt.Sprintf(", %s of the %s, taken by the %s", f.Address, f.VictimRole, f.TookRole)
@@ -749,10 +757,16 @@ func (c *stormCluster) drill(t *testing.T, lp *loadProc, drill string, resume bo
 	switch drill {
 	case "kill":
 		pid := owner.pid()
+		// Its address stays on the interface until the release below; a
+		// process with thousands of sockets can take seconds to exit
+		// after SIGKILL (the kernel closes them all): the sampler counts
+		// it as a dead holder from now on, as TestSpreadDrills does.
+		owner.stale.Store(true)
 		owner.kill()
 		// A process an upgrade started is not this test's child: kill
 		// does not wait for it.
 		waitFor(t, "the killed process to be gone", 10*time.Second, func() bool { return procGone(pid) })
+		f.ExitMS = ptrF(float64(time.Since(at)) / 1e6)
 		// What the packaged unit's ExecStopPost does after a crash (the
 		// kernel may release the dead process's data-directory lock a
 		// moment after it has become a zombie: retry briefly).
@@ -767,6 +781,7 @@ func (c *stormCluster) drill(t *testing.T, lp *loadProc, drill string, resume bo
 		if err != nil {
 			t.Fatalf("vip release after the kill: %v %s", err, out)
 		}
+		f.ReleasedMS = ptrF(float64(time.Since(at)) / 1e6)
 	case "move":
 		took = to
 		if set.mode == "spread" {
@@ -976,6 +991,7 @@ func (c *stormCluster) drill(t *testing.T, lp *loadProc, drill string, resume bo
 	// Back to three healthy nodes before the next drill.
 	if drill == "kill" {
 		owner.start(t)
+		owner.stale.Store(false)
 	}
 	if drill == "upgrade" {
 		// The old process exits once it has ended its sessions.
