@@ -25,6 +25,9 @@ package integration
 // (limits.max_connections_per_ip, e.g. -1 with PORTICO_STORM_PER_ADDRESS
 // equal to the sessions: every client behind one address).
 //
+// The spread mode's variant (one address per node, the sessions on one):
+// TestSpreadReconnectStorm, stormspread_test.go.
+//
 // It asserts outcomes, not timings: every session is logged in again,
 // the node that took the clients refused none of them (connection limits,
 // throttle, failed logins: its own metrics), and with session tickets every
