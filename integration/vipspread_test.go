@@ -185,8 +185,15 @@ func (nd *drillNode) vipView() (*spreadView, error) {
 // when all agree and the address is placed and held there (and only
 // there).
 func (c *spreadCluster) owners() (map[netip.Addr]string, error) {
+	return placedOwners(c.nodes, c.sampler, spreadVIPs)
+}
+
+// placedOwners returns, per address of addrs, the node every running
+// node's table names, when all agree and the address is placed and held
+// there (and only there, by the sampler).
+func placedOwners(nodes []*drillNode, sampler *addrSampler, addrs []netip.Addr) (map[netip.Addr]string, error) {
 	out := map[netip.Addr]string{}
-	for _, nd := range c.nodes {
+	for _, nd := range nodes {
 		if !nd.running() {
 			return nil, fmt.Errorf("%s not running", nd.name)
 		}
@@ -206,11 +213,11 @@ func (c *spreadCluster) owners() (map[netip.Addr]string, error) {
 		}
 	}
 	for a, o := range out {
-		if live := c.sampler.holders(a); len(live) != 1 || live[0] != o {
+		if live := sampler.holders(a); len(live) != 1 || live[0] != o {
 			return nil, fmt.Errorf("%s placed on %s, held by %v", a, o, live)
 		}
 	}
-	if len(out) != len(spreadVIPs) {
+	if len(out) != len(addrs) {
 		return nil, fmt.Errorf("%d addresses placed", len(out))
 	}
 	return out, nil

@@ -131,7 +131,11 @@ func (t *Table) checkTarget(tgt Target) error {
 	return nil
 }
 
-// clone copies the small parts of the table; users are shared.
+// clone copies the small parts of the table; users, and the parts no
+// mutation here changes in place (each With* of theirs builds new ones),
+// are shared. Every field must be carried (TestCloneKeepsEveryField): the
+// VIP placements and leader marker once were not, so any backend, pool or
+// domain change wiped them.
 func (t *Table) clone() *Table {
 	n := &Table{
 		backends:    make(map[string]*Backend, len(t.backends)+1),
@@ -143,6 +147,8 @@ func (t *Table) clone() *Table {
 		seed:        t.seed,
 		regex:       t.regex,
 		sources:     t.sources,
+		vips:        t.vips,
+		vipLeader:   t.vipLeader,
 	}
 	for k, v := range t.backends {
 		n.backends[k] = v

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -94,5 +96,77 @@ func TestVIPs(t *testing.T) {
 	}
 	if bytes.Contains(buf.Bytes(), []byte("vips")) {
 		t.Fatal("empty table's snapshot mentions vips")
+	}
+}
+
+// The placements and the leader marker are kept by every other change to
+// the table: a backend, pool, domain or default-pool change once built the
+// new table without them (clone), so the configuration seed a node applies
+// at start, or `portico backend add`, unplaced every address and erased
+// the marker (found by the spread-mode storm drill: the leader's kill then
+// waited a full lease for its addresses).
+func TestVIPsSurviveOtherChanges(t *testing.T) {
+	f := NewFSM()
+	idx := uint64(0)
+	apply := func(c Command) {
+		t.Helper()
+		idx++
+		if r := applyTo(t, f, idx, c); r != nil {
+			t.Fatalf("%v: %v", c.Type, r)
+		}
+	}
+	apply(Command{Type: CmdSetVIPs, Target: "n1", VIPs: []VIPAssignment{{Address: "198.18.0.101", Node: "n1"}, {Address: "198.18.0.102", Node: "n2"}}})
+	want := f.Table().VIPs()
+	for _, c := range []Command{
+		{Type: CmdSeed, Seed: &Seed{Backends: []Backend{{ID: "a", Host: "10.0.0.1", IMAPPort: 143}}, Pools: []Pool{{Name: "p", Backends: []string{"a"}}},
+			Domains: map[string]string{"example.org": "p"}, DefaultPool: "p"}},
+		{Type: CmdPutBackend, Backend: &Backend{ID: "b", Host: "10.0.0.2", IMAPPort: 143}},
+		{Type: CmdPutPool, Pool: &Pool{Name: "q", Backends: []string{"b"}}},
+		{Type: CmdPutDomain, Domain: "example.net", Target: "q"},
+		{Type: CmdDeleteDomain, Names: []string{"example.net", "example.org"}},
+		{Type: CmdSetDefaultPool, Target: "q"},
+		{Type: CmdPutUsers, Users: []UserRoute{{User: "alice@example.org", Target: Target{Backend: "a"}}}},
+		{Type: CmdDeletePool, Names: []string{"p"}},
+		{Type: CmdDeleteUsers, Names: []string{"alice@example.org"}},
+		{Type: CmdDeleteBackend, Names: []string{"a"}},
+	} {
+		apply(c)
+		if got := f.Table().VIPs(); !slices.Equal(got, want) || f.Table().VIPLeader() != "n1" {
+			t.Fatalf("after %v: placements %+v (want %+v), marker %q", c.Type, got, want, f.Table().VIPLeader())
+		}
+	}
+}
+
+// clone carries every field of the table (a field added later and
+// forgotten there is lost by every backend, pool and domain change).
+func TestCloneKeepsEveryField(t *testing.T) {
+	tb := &Table{
+		backends:    map[string]*Backend{"a": {ID: "a"}},
+		pools:       map[string]*Pool{"p": {Name: "p"}},
+		users:       &userMap{},
+		domains:     map[string]string{"example.org": "p"},
+		defaultPool: "p",
+		hashKey:     "local",
+		seed:        &seedRecord{},
+		regex:       []regexRule{{}},
+		sources:     map[string]SourceState{"s": {}},
+		vips:        map[string]VIPAssignment{"198.18.0.101": {Address: "198.18.0.101", Node: "n1", Epoch: 1}},
+		vipLeader:   "n1",
+	}
+	v := reflect.ValueOf(tb).Elem()
+	for i := range v.NumField() {
+		if v.Field(i).IsZero() {
+			t.Fatalf("the test's table leaves %s unset: set it", v.Type().Field(i).Name)
+		}
+	}
+	c := reflect.ValueOf(tb.clone()).Elem()
+	for i := range v.NumField() {
+		name := v.Type().Field(i).Name
+		if c.Field(i).IsZero() {
+			t.Errorf("clone drops %s", name)
+		}
+	}
+	if !reflect.DeepEqual(*tb, *tb.clone()) {
+		t.Errorf("clone differs from the table")
 	}
 }
