@@ -29,6 +29,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/portico-mail/portico/node/netx"
@@ -36,9 +37,41 @@ import (
 
 // Side is one end of a relayed session.
 type Side struct {
-	Conn *netx.Conn // the TCP connection (with non-blocking read support)
-	TLS  *tls.Conn  // the TLS layer over Conn, or nil for plaintext
+	// Conn is the TCP connection: a *netx.Conn (a Go connection) or, for
+	// a plaintext side only, a *netx.FD (a raw descriptor the runtime
+	// never sees).
+	Conn Socket
+	TLS  *tls.Conn // the TLS layer over Conn (a *netx.Conn), or nil for plaintext
 }
+
+// Socket is what the relay needs of a side's TCP connection. The two
+// kinds, *netx.Conn and *netx.FD, differ only in how they wait: a
+// netx.Conn's writes wait in Go's netpoller, an FD's on a netx.Waiter
+// (see the package comment).
+type Socket interface {
+	// Read reads without waiting once SetNonblock(true) was called:
+	// netx.ErrWouldBlock when there is nothing, io.EOF at end of stream.
+	Read(p []byte) (int, error)
+	// Write writes all of p, waiting for the socket to take it.
+	Write(p []byte) (int, error)
+	CloseWrite() error
+	Close() error
+	LocalAddr() net.Addr
+	SetDeadline(t time.Time) error
+	SetWriteDeadline(t time.Time) error
+	SetNonblock(on bool)
+	// Prefixed reports read-ahead bytes still to be read.
+	Prefixed() bool
+	// Raw gives the descriptor for splice and the pollers: Control pins
+	// it, Read runs a non-blocking read on it, Write runs a write and
+	// waits for writability each time the function returns false.
+	Raw() syscall.RawConn
+}
+
+var (
+	_ Socket = (*netx.Conn)(nil)
+	_ Socket = (*netx.FD)(nil)
+)
 
 func (s Side) plain() bool { return s.TLS == nil }
 
