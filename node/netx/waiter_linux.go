@@ -27,6 +27,12 @@ var ErrWaiterClosed = errors.New("netx: waiter closed")
 type Waiter struct {
 	ep  *os.File
 	raw syscall.RawConn
+	// epfd is ep's descriptor for epoll_ctl, used under epMu's read lock
+	// (Close takes the write lock before closing ep): a RawConn.Control
+	// per wait would allocate its closure.
+	epMu     sync.RWMutex
+	epfd     int
+	epClosed bool
 
 	mu     sync.Mutex
 	waits  map[uint64]*FD
@@ -52,7 +58,7 @@ func NewWaiter() (*Waiter, error) {
 		f.Close()
 		return nil, err
 	}
-	w := &Waiter{ep: f, raw: raw, waits: make(map[uint64]*FD), done: make(chan struct{})}
+	w := &Waiter{ep: f, raw: raw, epfd: epfd, waits: make(map[uint64]*FD), done: make(chan struct{})}
 	go w.loop()
 	return w, nil
 }
@@ -70,7 +76,10 @@ func (w *Waiter) Close() error {
 		f.poke()
 	}
 	w.mu.Unlock()
+	w.epMu.Lock()
+	w.epClosed = true
 	err := w.ep.Close()
+	w.epMu.Unlock()
 	<-w.done
 	return err
 }
@@ -115,17 +124,19 @@ func (w *Waiter) arm(f *FD) error {
 		first, second = second, first
 	}
 	var err error
-	cerr := w.raw.Control(func(epfd uintptr) {
-		err = unix.EpollCtl(int(epfd), first, f.fd, &ev)
-		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EEXIST) {
-			err = unix.EpollCtl(int(epfd), second, f.fd, &ev)
-		}
-	})
-	if cerr != nil {
+	w.epMu.RLock()
+	if w.epClosed {
 		err = ErrWaiterClosed
-	} else if err != nil {
-		err = os.NewSyscallError("epoll_ctl", err)
+	} else {
+		err = unix.EpollCtl(w.epfd, first, f.fd, &ev)
+		if err == unix.ENOENT || err == unix.EEXIST {
+			err = unix.EpollCtl(w.epfd, second, f.fd, &ev)
+		}
+		if err != nil {
+			err = os.NewSyscallError("epoll_ctl", err)
+		}
 	}
+	w.epMu.RUnlock()
 	if err != nil {
 		w.disarm(f.key)
 		return err
@@ -144,17 +155,17 @@ func (w *Waiter) disarm(key uint64) {
 func (w *Waiter) loop() {
 	defer close(w.done)
 	events := make([]unix.EpollEvent, 128)
+	var n int
+	wait := func(epfd uintptr) bool {
+		var werr error
+		n, werr = unix.EpollWait(int(epfd), events, 0)
+		if werr != nil {
+			n = 0 // EINTR: try again after the next wake-up
+		}
+		return n > 0 // false: park until the epoll descriptor is readable
+	}
 	for {
-		var n int
-		err := w.raw.Read(func(epfd uintptr) bool {
-			var werr error
-			n, werr = unix.EpollWait(int(epfd), events, 0)
-			if werr != nil {
-				n = 0 // EINTR: try again after the next wake-up
-			}
-			return n > 0 // false: park until the epoll descriptor is readable
-		})
-		if err != nil {
+		if err := w.raw.Read(wait); err != nil {
 			return // closed
 		}
 		w.mu.Lock()
