@@ -38,6 +38,7 @@ type Waiter struct {
 	waits  map[uint64]*FD
 	closed bool
 	next   atomic.Uint64
+	stale  atomic.Uint64 // events dropped: their wait had ended (tests)
 
 	done chan struct{}
 }
@@ -172,6 +173,8 @@ func (w *Waiter) loop() {
 		for i := 0; i < n; i++ {
 			if f := w.waits[eventKey(&events[i])]; f != nil {
 				f.poke()
+			} else {
+				w.stale.Add(1)
 			}
 		}
 		w.mu.Unlock()

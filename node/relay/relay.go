@@ -17,6 +17,23 @@
 // side of the other, with close_notify for TLS); the session closes when
 // both directions have ended, on an error, after the idle timeout, or when
 // asked to.
+//
+// A side's TCP connection (Socket) is of one of two kinds. A *netx.Conn is
+// a Go connection, registered with the runtime's netpoller, as the
+// goroutine-per-connection pre-login phase has it. A *netx.FD is a raw
+// non-blocking descriptor that the runtime never sees, as an event loop
+// of our own accepts and connects them: making a Go connection of it
+// would cost a dup, fcntl and setsockopt calls and the runtime's
+// registration, whose immediate EPOLLOUT wakes an idle thread, more than
+// the loop's whole login (bench/RESULTS.md, "Fourth pass"); handed over as
+// it is, it costs the relay's two epoll_ctl and nothing else. The relay
+// treats both alike: it only ever reads them without waiting (its pollers
+// wait for readability), and a write to a full destination waits, a
+// netx.Conn's in Go's netpoller, an FD's on its netx.Waiter (a one-shot
+// EPOLLOUT on an epoll of its own, itself parked in the netpoller): either
+// way a goroutine blocked on the runtime, never an OS thread. An FD is for
+// plaintext sides only: crypto/tls needs a net.Conn, so a TLS side is
+// always a netx.Conn (a session may have one of each).
 package relay
 
 import (
@@ -122,8 +139,9 @@ const (
 	ReasonEndLate  = "ended by server without a response boundary"
 )
 
-// byeTimeout bounds writing the goodbye to a client that does not read.
-const byeTimeout = 5 * time.Second
+// byeTimeout bounds writing the goodbye to a client that does not read
+// (a variable for tests).
+var byeTimeout = 5 * time.Second
 
 // halfCloseIdle bounds how long a session stays open after one side ended
 // its stream and the other did not follow: it closes once nothing has

@@ -2,7 +2,10 @@ package relay
 
 import (
 	"net"
+	"os"
+	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -22,10 +25,43 @@ func (k plain) String() string {
 	return "fd"
 }
 
-// eachKind runs f once with each kind of plain side.
+// eachKind runs f once with each kind of plain side, and checks that
+// each run left no descriptor open (goroutines: TestMain).
 func eachKind(t *testing.T, f func(t *testing.T, k plain)) {
-	t.Run("conn", func(t *testing.T) { f(t, plain{}) })
-	t.Run("fd", func(t *testing.T) { f(t, plain{w: testWaiter(t)}) })
+	t.Run("conn", func(t *testing.T) { noFDLeak(t); f(t, plain{}) })
+	t.Run("fd", func(t *testing.T) { noFDLeak(t); f(t, plain{w: testWaiter(t)}) })
+}
+
+// noFDLeak checks, after the test's own cleanups (which close its
+// engine), that it left no descriptor open but pipes: the relay keeps up
+// to maxIdlePipe idle ones for reuse, process-wide.
+func noFDLeak(t *testing.T) {
+	base := openFDs(t)
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for n := openFDs(t); n > base; n = openFDs(t) {
+			if time.Now().After(deadline) {
+				t.Errorf("%d descriptors open (not counting pipes), %d before the test", n, base)
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+}
+
+func openFDs(t testing.TB) int {
+	d, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range d {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(l, "pipe:") {
+			continue
+		}
+		n++
+	}
+	return n
 }
 
 func testWaiter(t testing.TB) *netx.Waiter {

@@ -1,0 +1,105 @@
+package relay
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestRelayStalledClient(t *testing.T) { eachKind(t, testRelayStalledClient) }
+
+// A client that stops reading in the middle of a large response (a FETCH
+// of a big message): the backend->client direction waits for the
+// client's socket to drain without spinning and without a thread of its
+// own, then goes on where it stopped; spliced or framed.
+func testRelayStalledClient(t *testing.T, k plain) {
+	for _, framed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("framed=%v", framed), func(t *testing.T) {
+			e := testEngine(t)
+			var opts Options
+			if framed {
+				opts.Framer = &lineFramer{}
+			}
+			r := newRig(t, e, k, false, false, nil, nil, opts)
+			body := payload(8 << 20)
+			data := append(append([]byte(fmt.Sprintf("LIT %d\n", len(body))), body...), " done\n"...)
+			go func() { _, _ = r.backend.Write(data) }()
+			time.Sleep(300 * time.Millisecond) // the client's socket fills up
+			goroutines := runtime.NumGoroutine()
+			var r0, r1 syscall.Rusage
+			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &r0)
+			time.Sleep(500 * time.Millisecond)
+			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &r1)
+			cpu := time.Duration(syscall.TimevalToNsec(r1.Utime) - syscall.TimevalToNsec(r0.Utime) +
+				syscall.TimevalToNsec(r1.Stime) - syscall.TimevalToNsec(r0.Stime))
+			if cpu > 100*time.Millisecond {
+				t.Errorf("a stalled session used %v of CPU in 500 ms: spinning?", cpu)
+			}
+			if n := runtime.NumGoroutine(); n > goroutines+1 {
+				t.Errorf("goroutines %d -> %d while stalled", goroutines, n)
+			}
+			_ = r.client.SetReadDeadline(time.Now().Add(20 * time.Second))
+			got := make([]byte, len(data))
+			if _, err := io.ReadFull(r.client, got); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, data) {
+				t.Fatal("bytes differ after the stall")
+			}
+			if _, down := r.sess.Bytes(); down != int64(len(data)) {
+				t.Fatalf("%d bytes counted, %d relayed", down, len(data))
+			}
+			t.Logf("cpu while stalled: %v", cpu)
+		})
+	}
+}
+
+func TestEndByeToClientThatDoesNotRead(t *testing.T) {
+	eachKind(t, testEndByeToClientThatDoesNotRead)
+}
+
+// The goodbye to a client that does not read (its socket full) is
+// bounded by byeTimeout: the session ends anyway.
+func testEndByeToClientThatDoesNotRead(t *testing.T, k plain) {
+	old := byeTimeout
+	byeTimeout = 200 * time.Millisecond
+	t.Cleanup(func() { byeTimeout = old })
+	e := testEngine(t)
+	cApp, cProxy := tcpPair(t)
+	bProxy, bApp := tcpPair(t)
+	t.Cleanup(func() { cApp.Close(); bApp.Close() })
+	cs, bs := Side{Conn: k.sock(t, cProxy)}, Side{Conn: k.sock(t, bProxy)}
+	// The client reads nothing: fill its socket before the hand-off.
+	chunk := make([]byte, 64<<10)
+	if err := cs.Conn.Raw().Control(func(fd uintptr) {
+		for {
+			if _, err := unix.Write(int(fd), chunk); err != nil {
+				return // EAGAIN: full
+			}
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	stats := make(chan Stats, 1)
+	s := e.Start(cs, bs, nil, nil, Options{Framer: &lineFramer{}, OnClose: func(st Stats) { stats <- st }})
+	start := time.Now()
+	s.End("moving")
+	select {
+	case st := <-stats:
+		d := time.Since(start)
+		if st.Reason != ReasonEnded {
+			t.Fatalf("reason %q", st.Reason)
+		}
+		if d < byeTimeout || d > byeTimeout+3*time.Second {
+			t.Fatalf("ended after %v; the goodbye's bound is %v", d, byeTimeout)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session did not end")
+	}
+}
