@@ -39,6 +39,7 @@ type Waiter struct {
 	closed bool
 	next   atomic.Uint64
 	stale  atomic.Uint64 // events dropped: their wait had ended (tests)
+	waited atomic.Uint64
 
 	done chan struct{}
 }
@@ -143,8 +144,13 @@ func (w *Waiter) arm(f *FD) error {
 		return err
 	}
 	f.added = true
+	w.waited.Add(1)
 	return nil
 }
+
+// Waited returns how many times a write has waited for its socket to
+// drain so far.
+func (w *Waiter) Waited() uint64 { return w.waited.Load() }
 
 // disarm forgets a wait: an event still to come for it is dropped.
 func (w *Waiter) disarm(key uint64) {

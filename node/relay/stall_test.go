@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"runtime"
 	"syscall"
 	"testing"
@@ -27,6 +28,11 @@ func testRelayStalledClient(t *testing.T, k plain) {
 				opts.Framer = &lineFramer{}
 			}
 			r := newRig(t, e, k, false, false, nil, nil, opts)
+			// A small receive buffer: the relay's socket to the client
+			// fills up with a fraction of the response.
+			if err := r.client.(*net.TCPConn).SetReadBuffer(64 << 10); err != nil {
+				t.Fatal(err)
+			}
 			body := payload(8 << 20)
 			data := append(append([]byte(fmt.Sprintf("LIT %d\n", len(body))), body...), " done\n"...)
 			go func() { _, _ = r.backend.Write(data) }()
@@ -54,6 +60,9 @@ func testRelayStalledClient(t *testing.T, k plain) {
 			}
 			if _, down := r.sess.Bytes(); down != int64(len(data)) {
 				t.Fatalf("%d bytes counted, %d relayed", down, len(data))
+			}
+			if k.w != nil && k.w.Waited() == 0 {
+				t.Fatal("the relay's writes to the client never waited on the Waiter")
 			}
 			t.Logf("cpu while stalled: %v", cpu)
 		})
@@ -101,5 +110,41 @@ func testEndByeToClientThatDoesNotRead(t *testing.T, k plain) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the session did not end")
+	}
+}
+
+func TestCloseWhileWriteWaits(t *testing.T) { eachKind(t, testCloseWhileWriteWaits) }
+
+// Closing a session whose backend->client direction waits for a client
+// that does not read ends that wait: the session's goroutines end.
+func testCloseWhileWriteWaits(t *testing.T, k plain) {
+	e := testEngine(t)
+	base := runtime.NumGoroutine()
+	r := newRig(t, e, k, false, false, nil, nil, Options{})
+	if err := r.client.(*net.TCPConn).SetReadBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = r.backend.Write(payload(8 << 20)) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for _, down := r.sess.Bytes(); down < 1<<20; _, down = r.sess.Bytes() {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d bytes relayed", down)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // the client's socket is full: the pump waits
+	if _, down := r.sess.Bytes(); down >= 8<<20 {
+		t.Fatal("the whole response was relayed: nothing waits")
+	}
+	r.sess.Close("test")
+	if st := waitStats(t, r); st.Reason != "test" {
+		t.Fatalf("reason %q", st.Reason)
+	}
+	r.backend.Close() // the test's writer
+	for runtime.NumGoroutine() > base {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines, %d before the session", runtime.NumGoroutine(), base)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
