@@ -14,6 +14,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -386,6 +387,11 @@ func benchRelay(b *testing.B, k plain, clientTLS, framed bool, counters *Counter
 	}()
 	b.SetBytes(int64(len(chunk)))
 	b.ResetTimer()
+	r0 := cpuTime()
+	var w0 uint64
+	if k.w != nil {
+		w0 = k.w.Waited()
+	}
 	for i := 0; i < b.N; i++ {
 		if _, err := bApp.Write(chunk); err != nil {
 			b.Fatal(err)
@@ -393,7 +399,19 @@ func benchRelay(b *testing.B, k plain, clientTLS, framed bool, counters *Counter
 	}
 	bApp.Close()
 	<-done
+	// The process's CPU time (the relay's and the test's two ends), a
+	// steadier figure than the throughput on a shared machine.
+	b.ReportMetric(float64(cpuTime()-r0)/float64(b.N), "cpu-ns/op")
+	if k.w != nil {
+		b.ReportMetric(float64(k.w.Waited()-w0)/float64(b.N), "waits/op")
+	}
 	client.Close()
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(syscall.TimevalToNsec(ru.Utime) + syscall.TimevalToNsec(ru.Stime))
 }
 
 // A slow reader forces the relay to wait for the destination to drain
