@@ -126,6 +126,9 @@ func newRig(t *testing.T, e *Engine, k plain, clientTLS, backendTLS bool, toBack
 	_ = cs.Conn.SetDeadline(time.Now().Add(50 * time.Millisecond))
 	_ = bs.Conn.SetDeadline(time.Now().Add(50 * time.Millisecond))
 	r.sess = e.Start(cs, bs, toBackend, toClient, opts)
+	if got, want := r.sess.LocalAddr().String(), cApp.RemoteAddr().String(); got != want {
+		t.Errorf("session's local address %s, want %s", got, want)
+	}
 	t.Cleanup(func() { r.client.Close(); r.backend.Close() })
 	return r
 }

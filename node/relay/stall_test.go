@@ -148,3 +148,33 @@ func testCloseWhileWriteWaits(t *testing.T, k plain) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestClientResetWhileWriteWaits(t *testing.T) { eachKind(t, testClientResetWhileWriteWaits) }
+
+// A client that resets its connection while the relay waits to write to
+// it: the wait ends (an error event wakes it), and so does the session,
+// as a client error.
+func testClientResetWhileWriteWaits(t *testing.T, k plain) {
+	e := testEngine(t)
+	r := newRig(t, e, k, false, false, nil, nil, Options{})
+	c := r.client.(*net.TCPConn)
+	if err := c.SetReadBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = r.backend.Write(payload(8 << 20)) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for _, down := r.sess.Bytes(); down < 1<<20; _, down = r.sess.Bytes() {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d bytes relayed", down)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // the pump waits for the client
+	_ = c.SetLinger(0)
+	c.Close() // RST
+	st := waitStats(t, r)
+	if st.Reason != ReasonClient || st.Err == nil {
+		t.Fatalf("reason %q, err %v; want a client error", st.Reason, st.Err)
+	}
+	r.backend.Close()
+}
