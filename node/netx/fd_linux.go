@@ -55,6 +55,9 @@ type FD struct {
 
 const fdClosed = 1 << 63
 
+// closeFD is close(2) (a variable for tests).
+var closeFD = unix.Close
+
 // NewFD takes ownership of fd, a connected TCP socket already in
 // non-blocking mode. local and peer are its addresses (given, not asked
 // of the kernel: the caller knows them from accept and connect); w is the
@@ -81,7 +84,7 @@ func (f *FD) incref() bool {
 // descriptor.
 func (f *FD) decref() {
 	if f.state.Add(^uint64(0)) == fdClosed {
-		_ = unix.Close(f.fd)
+		_ = closeFD(f.fd)
 	}
 }
 
@@ -98,7 +101,7 @@ func (f *FD) Close() error {
 			continue
 		}
 		if s == 0 {
-			return unix.Close(f.fd)
+			return closeFD(f.fd)
 		}
 		f.poke()
 		return nil

@@ -508,3 +508,64 @@ func TestWaiterClose(t *testing.T) {
 		t.Fatalf("write after the Waiter closed: %v", err)
 	}
 }
+
+// Reads, writes (some waiting), deadlines and Close, all at once and at
+// random moments, many times: every FD's descriptor is closed exactly
+// once, after the last operation on it, and nothing is left behind.
+func TestFDConcurrentClose(t *testing.T) {
+	noLeaks(t)
+	w := newWaiter(t)
+	var mu sync.Mutex
+	closes := map[int]int{}
+	closeFD = func(fd int) error {
+		mu.Lock()
+		closes[fd]++
+		mu.Unlock()
+		return unix.Close(fd)
+	}
+	t.Cleanup(func() { closeFD = unix.Close })
+	for round := 0; round < 100; round++ {
+		f, peer := fdPair(t, w)
+		var wg sync.WaitGroup
+		wg.Add(4)
+		go func() { // a writer that fills the socket and waits
+			defer wg.Done()
+			_, _ = f.Write(randBytes(8 << 20))
+		}()
+		go func() { // a reader
+			defer wg.Done()
+			buf := make([]byte, 4096)
+			for {
+				if _, err := f.Read(buf); err != nil && err != ErrWouldBlock {
+					return
+				}
+				time.Sleep(100 * time.Microsecond)
+			}
+		}()
+		go func() { // the peer reads a little and writes a little
+			defer wg.Done()
+			_ = peer.SetDeadline(time.Now().Add(5 * time.Second))
+			_, _ = peer.Write([]byte("hello"))
+			_, _ = io.CopyN(io.Discard, peer, int64(round)<<14)
+		}()
+		go func() { // deadlines, then Close, at a moment that varies
+			defer wg.Done()
+			time.Sleep(time.Duration(round%10) * time.Millisecond)
+			_ = f.SetWriteDeadline(time.Now().Add(time.Duration(round%7) * time.Millisecond))
+			_ = f.SetWriteDeadline(time.Time{})
+			_ = f.Close()
+		}()
+		wg.Wait()
+		peer.Close()
+		mu.Lock()
+		n := closes[f.fd]
+		delete(closes, f.fd) // the number may be reused next round
+		mu.Unlock()
+		if n != 1 {
+			t.Fatalf("round %d: descriptor closed %d times", round, n)
+		}
+		if st := f.state.Load(); st != fdClosed {
+			t.Fatalf("round %d: state %#x after every operation ended", round, st)
+		}
+	}
+}
