@@ -61,7 +61,10 @@ var closeFD = unix.Close
 // NewFD takes ownership of fd, a connected TCP socket already in
 // non-blocking mode. local and peer are its addresses (given, not asked
 // of the kernel: the caller knows them from accept and connect); w is the
-// Waiter its writes wait on.
+// Waiter its writes wait on. NewFD makes no syscall and sets no socket
+// option: the caller sets what it wants (Go's own connections have
+// TCP_NODELAY, which relayed request/response traffic needs to avoid
+// Nagle's delays).
 func NewFD(fd int, local, peer net.Addr, w *Waiter) *FD {
 	return &FD{fd: fd, laddr: local, raddr: peer, w: w}
 }

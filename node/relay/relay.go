@@ -147,8 +147,9 @@ var byeTimeout = 5 * time.Second
 // its stream and the other did not follow: it closes once nothing has
 // moved for this long. (IMAP and POP3 servers close after LOGOUT/QUIT; a
 // client that keeps its end open would otherwise hold the session until
-// the idle timeout.) A transfer still in progress keeps it open.
-const halfCloseIdle = 5 * time.Second
+// the idle timeout.) A transfer still in progress keeps it open. (A
+// variable for tests.)
+var halfCloseIdle = 5 * time.Second
 
 // Engine runs relayed sessions. One engine per process is enough.
 type Engine struct {

@@ -266,6 +266,43 @@ func testRelayIdleTimeout(t *testing.T, k plain) {
 	}
 }
 
+func TestRelayHalfClosedTimeout(t *testing.T) { eachKind(t, testRelayHalfClosedTimeout) }
+
+// A session one side of which ended its stream while the other keeps its
+// own open closes once nothing has moved for halfCloseIdle.
+func testRelayHalfClosedTimeout(t *testing.T, k plain) {
+	old := halfCloseIdle
+	halfCloseIdle = 300 * time.Millisecond
+	t.Cleanup(func() { halfCloseIdle = old })
+	e, err := newEngine(20 * time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	r := newRig(t, e, k, false, false, nil, nil, Options{})
+	if _, err := r.client.Write([]byte("a LOGOUT\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.client.(*net.TCPConn).CloseWrite()
+	_ = r.backend.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, err := io.ReadAll(r.backend); err != nil || string(got) != "a LOGOUT\r\n" {
+		t.Fatalf("backend read %q, %v (want the bytes, then end of stream)", got, err)
+	}
+	start := time.Now()
+	// The backend keeps its end open and silent.
+	select {
+	case st := <-r.stats:
+		if st.Reason != ReasonHalfOpen {
+			t.Fatalf("reason %q", st.Reason)
+		}
+		if d := time.Since(start); d < 200*time.Millisecond {
+			t.Fatalf("closed after %v, before halfCloseIdle", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("half-closed session not closed")
+	}
+}
+
 func TestRelayResetClosesSession(t *testing.T) { eachKind(t, testRelayResetClosesSession) }
 
 func testRelayResetClosesSession(t *testing.T, k plain) {
