@@ -34,6 +34,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -62,87 +63,125 @@ func main() {
 	if _, err := rlimit.RaiseNoFile(); err != nil {
 		fatal(err)
 	}
-	e, err := relay.NewEngine()
-	if err != nil {
-		fatal(err)
-	}
-	w, err := netx.NewWaiter()
-	if err != nil {
-		fatal(err)
-	}
-	ln, laddr, err := listen()
-	if err != nil {
-		fatal(err)
-	}
-	type pair struct {
-		fd   int
-		peer *net.TCPAddr
-		app  int // the other end, kept open (blocking, never read)
-	}
-	conns := make([]pair, 2**n)
-	for i := range conns {
-		app, err := dial(laddr)
-		if err != nil {
-			fatal(err)
-		}
-		fd, peer, err := accept(ln)
-		if err != nil {
-			fatal(err)
-		}
-		conns[i] = pair{fd, peer, app}
-	}
 	var perf *perfControl
 	if *ctl != "" {
+		var err error
 		if perf, err = openPerf(*ctl, *ack); err != nil {
 			fatal(err)
 		}
 	}
+	r, err := run(*mode, *n, *rate, perf, nil)
+	if err != nil {
+		fatal(err)
+	}
+	us := func(tv syscall.Timeval) float64 { return float64(tv.Sec)*1e6 + float64(tv.Usec) }
+	per := float64(*n)
+	fmt.Printf("mode=%s n=%d rate=%d window=%v live=%d\n", *mode, *n, *rate, r.window.Round(time.Millisecond), r.live)
+	fmt.Printf("per session: user %.1f us, sys %.1f us, voluntary ctx switches %.2f, involuntary %.2f\n",
+		(us(r.after.Utime)-us(r.before.Utime))/per, (us(r.after.Stime)-us(r.before.Stime))/per,
+		float64(r.after.Nvcsw-r.before.Nvcsw)/per, float64(r.after.Nivcsw-r.before.Nivcsw)/per)
+}
+
+type result struct {
+	window        time.Duration
+	live          int // sessions the relay holds after the window
+	before, after syscall.Rusage
+}
+
+// conn is one loopback connection: the proxy's end (raw, non-blocking)
+// and the other one (a blocking raw socket, kept open, never read by the
+// program).
+type conn struct {
+	fd   int
+	peer *net.TCPAddr
+	app  int
+}
+
+// run makes n sessions' connections, then hands them to a relay engine
+// in the measured window (perf's counters enabled around it) as mode
+// says, then calls check (if not nil) with the engine and the
+// connections (session i: client conns[2i], backend conns[2i+1]) before
+// it closes everything.
+func run(mode string, n, rate int, perf *perfControl, check func(*relay.Engine, []conn) error) (result, error) {
+	var r result
+	e, err := relay.NewEngine()
+	if err != nil {
+		return r, err
+	}
+	defer e.Close()
+	w, err := netx.NewWaiter()
+	if err != nil {
+		return r, err
+	}
+	defer w.Close()
+	ln, laddr, err := listen()
+	if err != nil {
+		return r, err
+	}
+	defer unix.Close(ln)
+	conns := make([]conn, 0, 2*n)
+	defer func() {
+		for _, c := range conns {
+			if c.fd >= 0 {
+				unix.Close(c.fd)
+			}
+			unix.Close(c.app)
+		}
+	}()
+	for len(conns) < 2*n {
+		app, err := dial(laddr)
+		if err != nil {
+			return r, err
+		}
+		fd, peer, err := accept(ln)
+		if err != nil {
+			unix.Close(app)
+			return r, err
+		}
+		conns = append(conns, conn{fd, peer, app})
+	}
 	runtime.GC()
 	time.Sleep(300 * time.Millisecond)
 
-	side := func(p pair) relay.Side {
-		switch *mode {
-		case "fd":
-			return relay.Side{Conn: netx.NewFD(p.fd, laddr, p.peer, w)}
-		default:
-			c, err := fileConn(p.fd)
-			if err != nil {
-				fatal(err)
-			}
-			return relay.Side{Conn: c}
+	// side hands c's descriptor over (the relay owns it from then on).
+	side := func(c *conn) (relay.Side, error) {
+		fd := c.fd
+		c.fd = -1
+		if mode == "fd" {
+			return relay.Side{Conn: netx.NewFD(fd, laddr, c.peer, w)}, nil
 		}
+		nc, err := fileConn(fd)
+		return relay.Side{Conn: nc}, err
 	}
-	var before, after syscall.Rusage
 	perf.send("enable")
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &r.before)
 	t0 := time.Now()
-	tick := time.NewTicker(time.Second / time.Duration(*rate))
-	for i := 0; i < *n; i++ {
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	for i := 0; i < n; i++ {
 		<-tick.C
-		if *mode != "none" {
-			e.Start(side(conns[2*i]), side(conns[2*i+1]), nil, nil, relay.Options{})
+		if mode == "none" {
+			continue
 		}
+		cs, err1 := side(&conns[2*i])
+		bs, err2 := side(&conns[2*i+1])
+		if err := errors.Join(err1, err2); err != nil {
+			tick.Stop()
+			return r, err
+		}
+		e.Start(cs, bs, nil, nil, relay.Options{})
 	}
 	tick.Stop()
 	time.Sleep(200 * time.Millisecond)
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &after)
-	window := time.Since(t0)
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &r.after)
+	r.window = time.Since(t0)
 	perf.send("disable")
-
-	us := func(tv syscall.Timeval) float64 { return float64(tv.Sec)*1e6 + float64(tv.Usec) }
-	per := float64(*n)
-	fmt.Printf("mode=%s n=%d rate=%d window=%v live=%d\n", *mode, *n, *rate, window.Round(time.Millisecond), e.Len())
-	fmt.Printf("per session: user %.1f us, sys %.1f us, voluntary ctx switches %.2f, involuntary %.2f\n",
-		(us(after.Utime)-us(before.Utime))/per, (us(after.Stime)-us(before.Stime))/per,
-		float64(after.Nvcsw-before.Nvcsw)/per, float64(after.Nivcsw-before.Nivcsw)/per)
-	e.Close()
-	_ = w.Close()
-	for _, p := range conns {
-		if *mode == "none" {
-			unix.Close(p.fd)
+	r.live = e.Len()
+	if check != nil {
+		if err := check(e, conns); err != nil {
+			return r, err
 		}
-		unix.Close(p.app)
 	}
+	return r, nil
 }
 
 // listen opens a raw listening socket on 127.0.0.1 (an ephemeral port).
