@@ -178,3 +178,43 @@ func testClientResetWhileWriteWaits(t *testing.T, k plain) {
 	}
 	r.backend.Close()
 }
+
+// A small exchange each way per op (a command and its reply, as an IMAP
+// session's NOOP): each direction wakes from its poller, relays, and
+// parks again, so this is what an interactive session costs per round
+// trip, allocations included.
+func BenchmarkRelayRoundTrip(b *testing.B)   { benchRoundTrip(b, plain{}) }
+func BenchmarkRelayRoundTripFD(b *testing.B) { benchRoundTrip(b, plain{w: testWaiter(b)}) }
+
+func benchRoundTrip(b *testing.B, k plain) {
+	e, err := NewEngine()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	cApp, cProxy := tcpPair(b)
+	bProxy, bApp := tcpPair(b)
+	defer cApp.Close()
+	defer bApp.Close()
+	e.Start(Side{Conn: k.sock(b, cProxy)}, Side{Conn: k.sock(b, bProxy)}, nil, nil, Options{Framer: &lineFramer{}})
+	cmd, reply := []byte("a NOOP\n"), []byte("a OK NOOP completed\n")
+	buf := make([]byte, 64)
+	b.ReportAllocs()
+	b.ResetTimer()
+	r0 := cpuTime()
+	for i := 0; i < b.N; i++ {
+		if _, err := cApp.Write(cmd); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(bApp, buf[:len(cmd)]); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := bApp.Write(reply); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(cApp, buf[:len(reply)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(cpuTime()-r0)/float64(b.N), "cpu-ns/op")
+}
