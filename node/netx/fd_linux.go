@@ -1,6 +1,7 @@
 package netx
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -61,10 +62,10 @@ var closeFD = unix.Close
 // NewFD takes ownership of fd, a connected TCP socket already in
 // non-blocking mode. local and peer are its addresses (given, not asked
 // of the kernel: the caller knows them from accept and connect); w is the
-// Waiter its writes wait on. NewFD makes no syscall and sets no socket
-// option: the caller sets what it wants (Go's own connections have
-// TCP_NODELAY, which relayed request/response traffic needs to avoid
-// Nagle's delays).
+// Waiter its writes wait on (nil: a write to a full socket fails). NewFD
+// makes no syscall and sets no socket option: the caller sets what it
+// wants (Go's own connections have TCP_NODELAY, which relayed
+// request/response traffic needs to avoid Nagle's delays).
 func NewFD(fd int, local, peer net.Addr, w *Waiter) *FD {
 	return &FD{fd: fd, laddr: local, raddr: peer, w: w}
 }
@@ -302,6 +303,9 @@ func (r *fdRaw) Write(fn func(fd uintptr) bool) error {
 // descriptor cannot be closed, nor its number reused, meanwhile). A nil
 // error may be a spurious wake-up: the caller tries again.
 func (f *FD) waitWritable() error {
+	if f.w == nil {
+		return errNoWaiter
+	}
 	ch := f.wake.Load()
 	if ch == nil {
 		c := make(chan struct{}, 1)
@@ -339,6 +343,8 @@ func (f *FD) waitWritable() error {
 	}
 	return f.w.err()
 }
+
+var errNoWaiter = errors.New("netx: socket full and no Waiter to wait on")
 
 func (f *FD) opErr(op string, err error) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: f.laddr, Addr: f.raddr, Err: err}

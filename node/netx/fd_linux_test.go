@@ -569,3 +569,13 @@ func TestFDConcurrentClose(t *testing.T) {
 		}
 	}
 }
+
+// Without a Waiter a write that would have to wait fails instead.
+func TestFDWithoutWaiter(t *testing.T) {
+	noLeaks(t)
+	f, _ := fdPair(t, nil)
+	fill(t, f)
+	if _, err := f.Write(randBytes(1 << 20)); !errors.Is(err, errNoWaiter) {
+		t.Fatalf("write to a full socket: %v", err)
+	}
+}
