@@ -19,9 +19,10 @@ var ErrWaiterClosed = errors.New("netx: waiter closed")
 // netpoller (an epoll descriptor is readable while it has events), so its
 // goroutine parks like any network read instead of holding an OS thread
 // in epoll_wait. A waiting write registers its socket for one EPOLLOUT
-// (EPOLLONESHOT), keyed by the FD's own number, never by the descriptor's:
-// an event for a descriptor closed meanwhile, whose number a new socket
-// may already have, finds no key and is dropped. One Waiter per process is
+// (EPOLLONESHOT), keyed by a number the FD draws from the Waiter, never
+// by the descriptor's number: an event for a descriptor closed meanwhile,
+// whose number a new socket may already have, finds no wait and is
+// dropped. One Waiter per process is
 // enough: only writes to a full socket wait, and each costs one epoll_ctl
 // and one wake-up.
 type Waiter struct {
