@@ -12,6 +12,11 @@
 //
 // A Stream adds small buffered reader/writer for the line-based pre-login
 // dialogue and the STARTTLS / implicit TLS upgrade on top of a Conn.
+//
+// An FD (Linux) is the other kind of TCP connection the relay takes: a raw
+// non-blocking descriptor that Go's runtime never sees, for sockets an
+// event loop of our own accepted or connected; its writes wait for a full
+// socket to drain on a Waiter instead of the runtime's netpoller.
 package netx
 
 import (

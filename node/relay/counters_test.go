@@ -8,11 +8,13 @@ import (
 
 // Counters total the bytes of every session sharing them, and are current
 // while the sessions run (not only when they end).
-func TestRelayCounters(t *testing.T) {
+func TestRelayCounters(t *testing.T) { eachKind(t, testRelayCounters) }
+
+func testRelayCounters(t *testing.T, k plain) {
 	e := testEngine(t)
 	var c Counters
-	r1 := newRig(t, e, false, false, []byte("pending\r\n"), nil, Options{Counters: &c})
-	r2 := newRig(t, e, true, false, nil, nil, Options{Counters: &c})
+	r1 := newRig(t, e, k, false, false, []byte("pending\r\n"), nil, Options{Counters: &c})
+	r2 := newRig(t, e, k, true, false, nil, nil, Options{Counters: &c})
 
 	up, down := payload(100_000), payload(300_000)
 	buf := make([]byte, len(down))
@@ -54,7 +56,7 @@ func TestRelayCounters(t *testing.T) {
 // to compare the cost of counting bytes as they move.
 func BenchmarkRelayPlainCounted(b *testing.B) {
 	var c Counters
-	benchRelay(b, false, false, &c)
+	benchRelay(b, plain{}, false, false, &c)
 	if want := int64(b.N) * (1 << 20); c.BackendToClient.Load() != want {
 		b.Fatalf("counted %d of %d bytes", c.BackendToClient.Load(), want)
 	}

@@ -80,11 +80,13 @@ func readAll(t *testing.T, r *rig) []byte {
 
 func isReset(err error) bool { return strings.Contains(err.Error(), "reset") }
 
-func TestEndIdleSessionAtOnce(t *testing.T) {
+func TestEndIdleSessionAtOnce(t *testing.T) { eachKind(t, testEndIdleSessionAtOnce) }
+
+func testEndIdleSessionAtOnce(t *testing.T, k plain) {
 	for _, tlsClient := range []bool{false, true} {
 		t.Run(fmt.Sprintf("clientTLS=%v", tlsClient), func(t *testing.T) {
 			e := testEngine(t)
-			r := newRig(t, e, tlsClient, false, nil, []byte("hello\n"), Options{Framer: &lineFramer{}})
+			r := newRig(t, e, k, tlsClient, false, nil, []byte("hello\n"), Options{Framer: &lineFramer{}})
 			buf := make([]byte, 6)
 			if _, err := io.ReadFull(r.client, buf); err != nil {
 				t.Fatal(err)
@@ -102,11 +104,13 @@ func TestEndIdleSessionAtOnce(t *testing.T) {
 
 // A response in progress is completed before the goodbye; what follows it
 // is not passed on.
-func TestEndWaitsForResponseBoundary(t *testing.T) {
+func TestEndWaitsForResponseBoundary(t *testing.T) { eachKind(t, testEndWaitsForResponseBoundary) }
+
+func testEndWaitsForResponseBoundary(t *testing.T, k plain) {
 	for _, tlsClient := range []bool{false, true} {
 		t.Run(fmt.Sprintf("clientTLS=%v", tlsClient), func(t *testing.T) {
 			e := testEngine(t)
-			r := newRig(t, e, tlsClient, false, nil, nil, Options{Framer: &lineFramer{}})
+			r := newRig(t, e, k, tlsClient, false, nil, nil, Options{Framer: &lineFramer{}})
 			body := payload(300 << 10)
 			head := []byte(fmt.Sprintf("LIT %d\n", len(body)))
 			if _, err := r.backend.Write(append(head, body[:1000]...)); err != nil {
@@ -148,11 +152,13 @@ func TestEndWaitsForResponseBoundary(t *testing.T) {
 	}
 }
 
-func TestEndAllSpreadAndDeadline(t *testing.T) {
+func TestEndAllSpreadAndDeadline(t *testing.T) { eachKind(t, testEndAllSpreadAndDeadline) }
+
+func testEndAllSpreadAndDeadline(t *testing.T, k plain) {
 	e := testEngine(t)
 	var rigs []*rig
 	for i := 0; i < 4; i++ {
-		rigs = append(rigs, newRig(t, e, false, false, nil, nil, Options{Framer: &lineFramer{}}))
+		rigs = append(rigs, newRig(t, e, k, false, false, nil, nil, Options{Framer: &lineFramer{}}))
 	}
 	// The last one is stuck in the middle of a response.
 	if _, err := rigs[3].backend.Write([]byte("partial")); err != nil {
@@ -183,10 +189,12 @@ func TestEndAllSpreadAndDeadline(t *testing.T) {
 
 // Opaque bytes are spliced (never shown to the framer) when both sides are
 // plain TCP.
-func TestFramedSplicesOpaque(t *testing.T) {
+func TestFramedSplicesOpaque(t *testing.T) { eachKind(t, testFramedSplicesOpaque) }
+
+func testFramedSplicesOpaque(t *testing.T, k plain) {
 	e := testEngine(t)
 	f := &lineFramer{}
-	r := newRig(t, e, false, false, nil, nil, Options{Framer: f})
+	r := newRig(t, e, k, false, false, nil, nil, Options{Framer: f})
 	body := payload(1 << 20)
 	go func() {
 		_, _ = r.backend.Write([]byte(fmt.Sprintf("LIT %d\n", len(body))))
@@ -247,7 +255,9 @@ func (f *guardFramer) ClientRefused() error {
 // A ClientGuard's refusal closes the session before the refused bytes
 // reach the backend, whether they came pipelined with the login
 // (toBackend) or through the relay.
-func TestClientGuardRefuses(t *testing.T) {
+func TestClientGuardRefuses(t *testing.T) { eachKind(t, testClientGuardRefuses) }
+
+func testClientGuardRefuses(t *testing.T, k plain) {
 	for _, pending := range []bool{false, true} {
 		t.Run(fmt.Sprintf("pending=%v", pending), func(t *testing.T) {
 			e := testEngine(t)
@@ -255,7 +265,7 @@ func TestClientGuardRefuses(t *testing.T) {
 			if pending {
 				toBackend = []byte("ok 1\nEVIL\nok 2\n")
 			}
-			r := newRig(t, e, false, false, toBackend, nil, Options{Framer: &guardFramer{}})
+			r := newRig(t, e, k, false, false, toBackend, nil, Options{Framer: &guardFramer{}})
 			if !pending {
 				if _, err := r.client.Write([]byte("ok 1\n")); err != nil {
 					t.Fatal(err)
@@ -283,11 +293,13 @@ func TestClientGuardRefuses(t *testing.T) {
 }
 
 // Recent: the sessions active since a time, most recent first, bounded.
-func TestRecent(t *testing.T) {
+func TestRecent(t *testing.T) { eachKind(t, testRecent) }
+
+func testRecent(t *testing.T, k plain) {
 	e := testEngine(t)
 	var rigs []*rig
 	for i := 0; i < 3; i++ {
-		rigs = append(rigs, newRig(t, e, false, false, nil, nil, Options{Framer: &lineFramer{}}))
+		rigs = append(rigs, newRig(t, e, k, false, false, nil, nil, Options{Framer: &lineFramer{}}))
 	}
 	time.Sleep(20 * time.Millisecond)
 	since := time.Now()

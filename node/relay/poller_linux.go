@@ -20,7 +20,13 @@ import (
 // for a connection that was closed meanwhile finds nothing and is dropped.
 type poller struct {
 	ep  *os.File        // the epoll instance, itself watched by Go's netpoller
-	raw syscall.RawConn // for EpollWait/EpollCtl on it
+	raw syscall.RawConn // for EpollWait on it
+	// epfd is ep's descriptor for epoll_ctl, used under epMu's read lock
+	// (close takes the write lock before closing ep): raw.Control would
+	// take a closure, allocated on every park.
+	epMu     sync.RWMutex
+	epfd     int
+	epClosed bool
 
 	mu    sync.Mutex
 	pumps map[uint64]*pump
@@ -49,7 +55,7 @@ func newPoller() (*poller, error) {
 		f.Close()
 		return nil, err
 	}
-	p := &poller{ep: f, raw: raw, pumps: make(map[uint64]*pump), done: make(chan struct{})}
+	p := &poller{ep: f, raw: raw, epfd: epfd, pumps: make(map[uint64]*pump), done: make(chan struct{})}
 	go p.loop()
 	return p, nil
 }
@@ -88,20 +94,19 @@ func (p *poller) arm(fd int, pu *pump) error {
 	if !pu.added.Load() {
 		first, second = second, first
 	}
-	var err error
-	cerr := p.raw.Control(func(epfd uintptr) {
-		ep := int(epfd)
-		err = unix.EpollCtl(ep, first, fd, &ev)
-		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EEXIST) {
-			err = unix.EpollCtl(ep, second, fd, &ev)
-			if second == unix.EPOLL_CTL_ADD && errors.Is(err, unix.EEXIST) {
-				err = unix.EpollCtl(ep, unix.EPOLL_CTL_MOD, fd, &ev)
-			}
-		}
-	})
-	if cerr != nil {
-		return cerr
+	p.epMu.RLock()
+	if p.epClosed {
+		p.epMu.RUnlock()
+		return os.ErrClosed
 	}
+	err := unix.EpollCtl(p.epfd, first, fd, &ev)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EEXIST) {
+		err = unix.EpollCtl(p.epfd, second, fd, &ev)
+		if second == unix.EPOLL_CTL_ADD && errors.Is(err, unix.EEXIST) {
+			err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
+		}
+	}
+	p.epMu.RUnlock()
 	if err == nil {
 		pu.added.Store(true)
 	}
@@ -111,17 +116,17 @@ func (p *poller) arm(fd int, pu *pump) error {
 func (p *poller) loop() {
 	defer close(p.done)
 	events := make([]unix.EpollEvent, 256)
+	var n int
+	wait := func(epfd uintptr) bool {
+		var werr error
+		n, werr = unix.EpollWait(int(epfd), events, 0)
+		if werr != nil {
+			n = 0 // EINTR: try again after the next wake-up
+		}
+		return n > 0 // false: park until the epoll fd is readable
+	}
 	for {
-		var n int
-		err := p.raw.Read(func(epfd uintptr) bool {
-			var werr error
-			n, werr = unix.EpollWait(int(epfd), events, 0)
-			if werr != nil {
-				n = 0 // EINTR: try again after the next wake-up
-			}
-			return n > 0 // false: park until the epoll fd is readable
-		})
-		if err != nil {
+		if err := p.raw.Read(wait); err != nil {
 			return // closed
 		}
 		for i := 0; i < n; i++ {
@@ -137,6 +142,9 @@ func (p *poller) loop() {
 }
 
 func (p *poller) close() {
+	p.epMu.Lock()
+	p.epClosed = true
 	p.ep.Close()
+	p.epMu.Unlock()
 	<-p.done
 }

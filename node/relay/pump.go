@@ -31,6 +31,7 @@ type pump struct {
 	splice   bool
 	framer   Framer // the session's framer, nil if none
 	observe  bool   // client->backend: show the bytes to the framer
+	sp       *spliceIO
 
 	state atomic.Int32
 	added atomic.Bool // registered with the poller once (poller.arm)
@@ -344,41 +345,61 @@ func (p *pump) runSplice() error {
 // stream. dirty means pp may still hold bytes and must be closed, not
 // reused.
 func (p *pump) spliceOnce(pp *pipe, max int) (n int, dirty bool, err error) {
-	var serr error
-	rerr := p.src.Conn.Raw().Read(func(fd uintptr) bool {
-		n, serr = spliceRead(int(fd), pp, max)
-		return true
-	})
-	if rerr != nil {
+	sp := p.sp
+	if sp == nil {
+		sp = p.newSpliceIO()
+	}
+	sp.pp, sp.max, sp.n, sp.err = pp, max, 0, nil
+	if rerr := p.src.Conn.Raw().Read(sp.readFn); rerr != nil {
 		return 0, false, rerr
 	}
-	if serr != nil {
-		return 0, false, serr
+	if sp.err != nil {
+		return 0, false, sp.err
 	}
+	n = sp.n
 	if n == 0 {
 		return 0, false, io.EOF
 	}
 	// Drain the pipe into the destination, waiting for it to accept.
-	left := n
-	dstRaw := p.dst.Conn.Raw()
-	for left > 0 {
-		var m int
-		var werr error
-		err := dstRaw.Write(func(fd uintptr) bool {
-			m, werr = spliceWrite(pp, int(fd), left)
-			left -= m
-			p.count(m)
-			return werr != errAgain || left == 0
-		})
-		if err != nil {
-			return n - left, true, writeErr{err}
+	sp.left = n
+	for sp.left > 0 {
+		sp.err = nil
+		if err := p.dst.Conn.Raw().Write(sp.writeFn); err != nil {
+			return n - sp.left, true, writeErr{err}
 		}
-		if werr != nil && werr != errAgain {
-			return n - left, true, writeErr{werr}
+		if sp.err != nil && sp.err != errAgain {
+			return n - sp.left, true, writeErr{sp.err}
 		}
 	}
 	p.s.touch()
 	return n, false, nil
+}
+
+// spliceIO is the state of a pump's splice, with the functions the
+// sockets' RawConn run made once per pump (a closure per call escapes
+// to the heap: allocations on every chunk).
+type spliceIO struct {
+	pp              *pipe
+	max, n, left    int
+	err             error
+	readFn, writeFn func(fd uintptr) bool
+}
+
+func (p *pump) newSpliceIO() *spliceIO {
+	sp := &spliceIO{}
+	sp.readFn = func(fd uintptr) bool {
+		sp.n, sp.err = spliceRead(int(fd), sp.pp, sp.max)
+		return true
+	}
+	sp.writeFn = func(fd uintptr) bool {
+		m, err := spliceWrite(sp.pp, int(fd), sp.left)
+		sp.left -= m
+		sp.err = err
+		p.count(m)
+		return err != errAgain || sp.left == 0
+	}
+	p.sp = sp
+	return sp
 }
 
 // refusedErr marks client bytes the framer refused (ClientGuard): the

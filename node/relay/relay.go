@@ -17,6 +17,23 @@
 // side of the other, with close_notify for TLS); the session closes when
 // both directions have ended, on an error, after the idle timeout, or when
 // asked to.
+//
+// A side's TCP connection (Socket) is of one of two kinds. A *netx.Conn is
+// a Go connection, registered with the runtime's netpoller, as the
+// goroutine-per-connection pre-login phase has it. A *netx.FD is a raw
+// non-blocking descriptor that the runtime never sees, as an event loop
+// of our own accepts and connects them: making a Go connection of it
+// would cost a dup, fcntl and setsockopt calls and the runtime's
+// registration, whose immediate EPOLLOUT wakes an idle thread, more than
+// the loop's whole login (bench/RESULTS.md, "Fourth pass"); handed over as
+// it is, it costs the relay's two epoll_ctl and nothing else. The relay
+// treats both alike: it only ever reads them without waiting (its pollers
+// wait for readability), and a write to a full destination waits, a
+// netx.Conn's in Go's netpoller, an FD's on its netx.Waiter (a one-shot
+// EPOLLOUT on an epoll of its own, itself parked in the netpoller): either
+// way a goroutine blocked on the runtime, never an OS thread. An FD is for
+// plaintext sides only: crypto/tls needs a net.Conn, so a TLS side is
+// always a netx.Conn (a session may have one of each).
 package relay
 
 import (
@@ -29,6 +46,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/portico-mail/portico/node/netx"
@@ -36,9 +54,41 @@ import (
 
 // Side is one end of a relayed session.
 type Side struct {
-	Conn *netx.Conn // the TCP connection (with non-blocking read support)
-	TLS  *tls.Conn  // the TLS layer over Conn, or nil for plaintext
+	// Conn is the TCP connection: a *netx.Conn (a Go connection) or, for
+	// a plaintext side only, a *netx.FD (a raw descriptor the runtime
+	// never sees).
+	Conn Socket
+	TLS  *tls.Conn // the TLS layer over Conn (a *netx.Conn), or nil for plaintext
 }
+
+// Socket is what the relay needs of a side's TCP connection. The two
+// kinds, *netx.Conn and *netx.FD, differ only in how they wait: a
+// netx.Conn's writes wait in Go's netpoller, an FD's on a netx.Waiter
+// (see the package comment).
+type Socket interface {
+	// Read reads without waiting once SetNonblock(true) was called:
+	// netx.ErrWouldBlock when there is nothing, io.EOF at end of stream.
+	Read(p []byte) (int, error)
+	// Write writes all of p, waiting for the socket to take it.
+	Write(p []byte) (int, error)
+	CloseWrite() error
+	Close() error
+	LocalAddr() net.Addr
+	SetDeadline(t time.Time) error
+	SetWriteDeadline(t time.Time) error
+	SetNonblock(on bool)
+	// Prefixed reports read-ahead bytes still to be read.
+	Prefixed() bool
+	// Raw gives the descriptor for splice and the pollers: Control pins
+	// it, Read runs a non-blocking read on it, Write runs a write and
+	// waits for writability each time the function returns false.
+	Raw() syscall.RawConn
+}
+
+var (
+	_ Socket = (*netx.Conn)(nil)
+	_ Socket = (*netx.FD)(nil)
+)
 
 func (s Side) plain() bool { return s.TLS == nil }
 
@@ -89,15 +139,17 @@ const (
 	ReasonEndLate  = "ended by server without a response boundary"
 )
 
-// byeTimeout bounds writing the goodbye to a client that does not read.
-const byeTimeout = 5 * time.Second
+// byeTimeout bounds writing the goodbye to a client that does not read
+// (a variable for tests).
+var byeTimeout = 5 * time.Second
 
 // halfCloseIdle bounds how long a session stays open after one side ended
 // its stream and the other did not follow: it closes once nothing has
 // moved for this long. (IMAP and POP3 servers close after LOGOUT/QUIT; a
 // client that keeps its end open would otherwise hold the session until
-// the idle timeout.) A transfer still in progress keeps it open.
-const halfCloseIdle = 5 * time.Second
+// the idle timeout.) A transfer still in progress keeps it open. (A
+// variable for tests.)
+var halfCloseIdle = 5 * time.Second
 
 // Engine runs relayed sessions. One engine per process is enough.
 type Engine struct {

@@ -14,6 +14,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -74,17 +75,21 @@ type rig struct {
 
 // newRig builds client <-> [relay] <-> backend. clientTLS puts TLS between
 // the client and the relay, backendTLS between the relay and the backend.
-func newRig(t *testing.T, e *Engine, clientTLS, backendTLS bool, toBackend, toClient []byte, opts Options) *rig {
+// A plain side's socket is of kind k.
+func newRig(t *testing.T, e *Engine, k plain, clientTLS, backendTLS bool, toBackend, toClient []byte, opts Options) *rig {
 	t.Helper()
 	cApp, cProxy := tcpPair(t)
 	bProxy, bApp := tcpPair(t)
 	r := &rig{client: cApp, backend: bApp, stats: make(chan Stats, 1)}
-	cs := Side{Conn: wrap(t, cProxy)}
-	bs := Side{Conn: wrap(t, bProxy)}
+	var cs, bs Side
 	cert := selfSigned(t)
 	var wg sync.WaitGroup
-	if clientTLS {
-		srv := tls.Server(cs.Conn, &tls.Config{Certificates: []tls.Certificate{cert}})
+	if !clientTLS {
+		cs.Conn = k.sock(t, cProxy)
+	} else {
+		c := wrap(t, cProxy)
+		cs.Conn = c
+		srv := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}})
 		cli := tls.Client(cApp, &tls.Config{InsecureSkipVerify: true})
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = cli.Handshake() }()
@@ -94,9 +99,13 @@ func newRig(t *testing.T, e *Engine, clientTLS, backendTLS bool, toBackend, toCl
 		cs.TLS = srv
 		r.client = cli
 	}
-	if backendTLS {
+	if !backendTLS {
+		bs.Conn = k.sock(t, bProxy)
+	} else {
+		c := wrap(t, bProxy)
+		bs.Conn = c
 		srv := tls.Server(bApp, &tls.Config{Certificates: []tls.Certificate{cert}})
-		cli := tls.Client(bs.Conn, &tls.Config{InsecureSkipVerify: true})
+		cli := tls.Client(c, &tls.Config{InsecureSkipVerify: true})
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = srv.Handshake() }()
 		if err := cli.Handshake(); err != nil {
@@ -117,6 +126,9 @@ func newRig(t *testing.T, e *Engine, clientTLS, backendTLS bool, toBackend, toCl
 	_ = cs.Conn.SetDeadline(time.Now().Add(50 * time.Millisecond))
 	_ = bs.Conn.SetDeadline(time.Now().Add(50 * time.Millisecond))
 	r.sess = e.Start(cs, bs, toBackend, toClient, opts)
+	if got, want := r.sess.LocalAddr().String(), cApp.RemoteAddr().String(); got != want {
+		t.Errorf("session's local address %s, want %s", got, want)
+	}
 	t.Cleanup(func() { r.client.Close(); r.backend.Close() })
 	return r
 }
@@ -136,14 +148,16 @@ func payload(n int) []byte {
 	return b
 }
 
-func TestRelayBothWays(t *testing.T) {
+func TestRelayBothWays(t *testing.T) { eachKind(t, testRelayBothWays) }
+
+func testRelayBothWays(t *testing.T, k plain) {
 	for _, mode := range []struct {
 		name               string
 		clientTLS, backTLS bool
 	}{{"plain", false, false}, {"client-tls", true, false}, {"backend-tls", false, true}, {"both-tls", true, true}} {
 		t.Run(mode.name, func(t *testing.T) {
 			e := testEngine(t)
-			r := newRig(t, e, mode.clientTLS, mode.backTLS, []byte("pipelined\r\n"), []byte("early\r\n"), Options{})
+			r := newRig(t, e, k, mode.clientTLS, mode.backTLS, []byte("pipelined\r\n"), []byte("early\r\n"), Options{})
 			up := payload(3<<20 + 17)
 			down := payload(5<<20 + 3)
 			var wg sync.WaitGroup
@@ -185,10 +199,12 @@ func TestRelayBothWays(t *testing.T) {
 	}
 }
 
-func TestRelayHalfClose(t *testing.T) {
+func TestRelayHalfClose(t *testing.T) { eachKind(t, testRelayHalfClose) }
+
+func testRelayHalfClose(t *testing.T, k plain) {
 	for _, clientTLS := range []bool{false, true} {
 		e := testEngine(t)
-		r := newRig(t, e, clientTLS, false, nil, nil, Options{})
+		r := newRig(t, e, k, clientTLS, false, nil, nil, Options{})
 		// The client is done sending; the backend must see EOF but may still answer.
 		if _, err := r.client.Write([]byte("a LOGOUT\r\n")); err != nil {
 			t.Fatal(err)
@@ -215,13 +231,15 @@ func TestRelayHalfClose(t *testing.T) {
 	}
 }
 
-func TestRelayIdleTimeout(t *testing.T) {
+func TestRelayIdleTimeout(t *testing.T) { eachKind(t, testRelayIdleTimeout) }
+
+func testRelayIdleTimeout(t *testing.T, k plain) {
 	e, err := newEngine(20 * time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.Close)
-	r := newRig(t, e, false, false, nil, nil, Options{IdleTimeout: 500 * time.Millisecond})
+	r := newRig(t, e, k, false, false, nil, nil, Options{IdleTimeout: 500 * time.Millisecond})
 	start := time.Now()
 	// Activity keeps it alive.
 	for i := 0; i < 5; i++ {
@@ -248,9 +266,48 @@ func TestRelayIdleTimeout(t *testing.T) {
 	}
 }
 
-func TestRelayResetClosesSession(t *testing.T) {
+func TestRelayHalfClosedTimeout(t *testing.T) { eachKind(t, testRelayHalfClosedTimeout) }
+
+// A session one side of which ended its stream while the other keeps its
+// own open closes once nothing has moved for halfCloseIdle.
+func testRelayHalfClosedTimeout(t *testing.T, k plain) {
+	old := halfCloseIdle
+	halfCloseIdle = 300 * time.Millisecond
+	t.Cleanup(func() { halfCloseIdle = old })
+	e, err := newEngine(20 * time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	r := newRig(t, e, k, false, false, nil, nil, Options{})
+	if _, err := r.client.Write([]byte("a LOGOUT\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = r.client.(*net.TCPConn).CloseWrite()
+	_ = r.backend.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, err := io.ReadAll(r.backend); err != nil || string(got) != "a LOGOUT\r\n" {
+		t.Fatalf("backend read %q, %v (want the bytes, then end of stream)", got, err)
+	}
+	start := time.Now()
+	// The backend keeps its end open and silent.
+	select {
+	case st := <-r.stats:
+		if st.Reason != ReasonHalfOpen {
+			t.Fatalf("reason %q", st.Reason)
+		}
+		if d := time.Since(start); d < 200*time.Millisecond {
+			t.Fatalf("closed after %v, before halfCloseIdle", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("half-closed session not closed")
+	}
+}
+
+func TestRelayResetClosesSession(t *testing.T) { eachKind(t, testRelayResetClosesSession) }
+
+func testRelayResetClosesSession(t *testing.T, k plain) {
 	e := testEngine(t)
-	r := newRig(t, e, false, false, nil, nil, Options{})
+	r := newRig(t, e, k, false, false, nil, nil, Options{})
 	_ = r.backend.(*net.TCPConn).SetLinger(0)
 	r.backend.Close()
 	select {
@@ -265,13 +322,15 @@ func TestRelayResetClosesSession(t *testing.T) {
 
 // Idle sessions must not hold goroutines: that is what makes 14,000
 // sessions per node cheap.
-func TestIdleSessionsHoldNoGoroutines(t *testing.T) {
+func TestIdleSessionsHoldNoGoroutines(t *testing.T) { eachKind(t, testIdleSessionsHoldNoGoroutines) }
+
+func testIdleSessionsHoldNoGoroutines(t *testing.T, k plain) {
 	e := testEngine(t)
 	base := runtime.NumGoroutine()
 	const n = 200
 	rigs := make([]*rig, n)
 	for i := range rigs {
-		rigs[i] = newRig(t, e, i%2 == 0, false, nil, nil, Options{})
+		rigs[i] = newRig(t, e, k, i%2 == 0, false, nil, nil, Options{})
 		// One exchange each way, then idle.
 		_, _ = rigs[i].client.Write([]byte("a NOOP\r\n"))
 		buf := make([]byte, 8)
@@ -306,26 +365,39 @@ func TestIdleSessionsHoldNoGoroutines(t *testing.T) {
 	}
 }
 
-func BenchmarkRelayPlain(b *testing.B)     { benchRelay(b, false, false, nil) }
-func BenchmarkRelayClientTLS(b *testing.B) { benchRelay(b, true, false, nil) }
+func BenchmarkRelayPlain(b *testing.B)     { benchRelay(b, plain{}, false, false, nil) }
+func BenchmarkRelayClientTLS(b *testing.B) { benchRelay(b, plain{}, true, false, nil) }
 
 // Framed: the backend sends 1 MiB responses as literals, as a FETCH
 // does, with a framer following them (what a relayed IMAP session does).
-func BenchmarkRelayPlainFramed(b *testing.B)     { benchRelay(b, false, true, nil) }
-func BenchmarkRelayClientTLSFramed(b *testing.B) { benchRelay(b, true, true, nil) }
+func BenchmarkRelayPlainFramed(b *testing.B)     { benchRelay(b, plain{}, false, true, nil) }
+func BenchmarkRelayClientTLSFramed(b *testing.B) { benchRelay(b, plain{}, true, true, nil) }
+
+// The same with raw descriptors (*netx.FD) for the plain sides.
+func BenchmarkRelayPlainFD(b *testing.B) { benchRelay(b, plain{w: testWaiter(b)}, false, false, nil) }
+func BenchmarkRelayClientTLSFD(b *testing.B) {
+	benchRelay(b, plain{w: testWaiter(b)}, true, false, nil)
+}
+func BenchmarkRelayPlainFramedFD(b *testing.B) {
+	benchRelay(b, plain{w: testWaiter(b)}, false, true, nil)
+}
 
 // benchRelay sends 1 MiB chunks backend -> client b.N times; counters, if
-// set, are the session's Options.Counters.
-func benchRelay(b *testing.B, clientTLS, framed bool, counters *Counters) {
+// set, are the session's Options.Counters. Plain sides are of kind k.
+func benchRelay(b *testing.B, k plain, clientTLS, framed bool, counters *Counters) {
 	e, _ := NewEngine()
 	defer e.Close()
 	cApp, cProxy := tcpPair(b)
 	bProxy, bApp := tcpPair(b)
-	cs := Side{Conn: wrap(b, cProxy)}
+	var cs Side
 	var client net.Conn = cApp
-	if clientTLS {
+	if !clientTLS {
+		cs.Conn = k.sock(b, cProxy)
+	} else {
+		c := wrap(b, cProxy)
+		cs.Conn = c
 		cert := selfSigned(b)
-		srv := tls.Server(cs.Conn, &tls.Config{Certificates: []tls.Certificate{cert}})
+		srv := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}})
 		cli := tls.Client(cApp, &tls.Config{InsecureSkipVerify: true})
 		go func() { _ = cli.Handshake() }()
 		if err := srv.Handshake(); err != nil {
@@ -342,7 +414,7 @@ func benchRelay(b *testing.B, clientTLS, framed bool, counters *Counters) {
 		copy(chunk, head)
 		copy(chunk[len(chunk)-len(" end\n"):], " end\n")
 	}
-	e.Start(cs, Side{Conn: wrap(b, bProxy)}, nil, nil, opts)
+	e.Start(cs, Side{Conn: k.sock(b, bProxy)}, nil, nil, opts)
 	done := make(chan struct{})
 	go func() {
 		buf := make([]byte, 64<<10)
@@ -355,6 +427,11 @@ func benchRelay(b *testing.B, clientTLS, framed bool, counters *Counters) {
 	}()
 	b.SetBytes(int64(len(chunk)))
 	b.ResetTimer()
+	r0 := cpuTime()
+	var w0 uint64
+	if k.w != nil {
+		w0 = k.w.Waited()
+	}
 	for i := 0; i < b.N; i++ {
 		if _, err := bApp.Write(chunk); err != nil {
 			b.Fatal(err)
@@ -362,15 +439,29 @@ func benchRelay(b *testing.B, clientTLS, framed bool, counters *Counters) {
 	}
 	bApp.Close()
 	<-done
+	// The process's CPU time (the relay's and the test's two ends), a
+	// steadier figure than the throughput on a shared machine.
+	b.ReportMetric(float64(cpuTime()-r0)/float64(b.N), "cpu-ns/op")
+	if k.w != nil {
+		b.ReportMetric(float64(k.w.Waited()-w0)/float64(b.N), "waits/op")
+	}
 	client.Close()
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(syscall.TimevalToNsec(ru.Utime) + syscall.TimevalToNsec(ru.Stime))
 }
 
 // A slow reader forces the relay to wait for the destination to drain
 // (EAGAIN on splice into a full socket buffer) many times.
-func TestRelaySlowReader(t *testing.T) {
+func TestRelaySlowReader(t *testing.T) { eachKind(t, testRelaySlowReader) }
+
+func testRelaySlowReader(t *testing.T, k plain) {
 	for _, clientTLS := range []bool{false, true} {
 		e := testEngine(t)
-		r := newRig(t, e, clientTLS, false, nil, nil, Options{})
+		r := newRig(t, e, k, clientTLS, false, nil, nil, Options{})
 		data := payload(4 << 20)
 		go func() { _, _ = r.backend.Write(data); r.backend.Close() }()
 		var got []byte
@@ -393,9 +484,11 @@ func TestRelaySlowReader(t *testing.T) {
 
 // Pre-login deadlines are cleared at the hand-off: a session idle for
 // longer than they allowed still works.
-func TestRelayClearsDeadlines(t *testing.T) {
+func TestRelayClearsDeadlines(t *testing.T) { eachKind(t, testRelayClearsDeadlines) }
+
+func testRelayClearsDeadlines(t *testing.T, k plain) {
 	e := testEngine(t)
-	r := newRig(t, e, false, false, nil, nil, Options{})
+	r := newRig(t, e, k, false, false, nil, nil, Options{})
 	time.Sleep(200 * time.Millisecond) // past the 50 ms deadlines newRig set
 	_, _ = r.client.Write([]byte("a NOOP\r\n"))
 	buf := make([]byte, 8)
@@ -409,7 +502,7 @@ func TestRelayClearsDeadlines(t *testing.T) {
 }
 
 // queued waits until the socket behind c has n bytes waiting to be read.
-func queued(t *testing.T, c *netx.Conn, n int) {
+func queued(t *testing.T, c Socket, n int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -434,14 +527,16 @@ func queued(t *testing.T, c *netx.Conn, n int) {
 // A plain source parks at Start without reading (pump.begin): bytes that
 // were already waiting in its socket must still be relayed at once, by the
 // level-triggered registration, in both directions.
-func TestRelayBytesWaitingAtStart(t *testing.T) {
+func TestRelayBytesWaitingAtStart(t *testing.T) { eachKind(t, testRelayBytesWaitingAtStart) }
+
+func testRelayBytesWaitingAtStart(t *testing.T, k plain) {
 	for _, framed := range []bool{false, true} {
 		t.Run(fmt.Sprintf("framed=%v", framed), func(t *testing.T) {
 			e := testEngine(t)
 			cApp, cProxy := tcpPair(t)
 			bProxy, bApp := tcpPair(t)
 			t.Cleanup(func() { cApp.Close(); bApp.Close() })
-			cs, bs := Side{Conn: wrap(t, cProxy)}, Side{Conn: wrap(t, bProxy)}
+			cs, bs := Side{Conn: k.sock(t, cProxy)}, Side{Conn: k.sock(t, bProxy)}
 			up, down := []byte("a SELECT INBOX\r\n"), []byte("* 1 EXISTS\r\n")
 			if _, err := cApp.Write(up); err != nil {
 				t.Fatal(err)

@@ -65,6 +65,12 @@ type loop struct {
 	live      atomic.Int64
 	handoff   *relay.Engine // if set, logged-in sessions go to node/relay
 	coro      bool          // run each login as a coroutine of the loop (coro.go)
+	// handoffFD, if set, makes the hand-off give the relay the raw
+	// descriptors (*netx.FD, writes waiting on this Waiter) instead of
+	// *net.TCPConns; local and backendAddr are their addresses (the
+	// client's own is not asked for: the relay needs none).
+	handoffFD          *netx.Waiter
+	local, backendAddr *net.TCPAddr
 }
 
 // newLoop makes a non-blocking listener on addr (with SO_REUSEPORT if
@@ -543,7 +549,8 @@ func (l *loop) interest(s *session) {
 // handOff writes the login reply, takes both descriptors out of the loop
 // and gives them to node/relay as *net.TCPConn (net.FileConn: a dup and
 // the runtime's registration each; the loop's descriptors are closed):
-// what a pre-login loop inside Portico would do at the hand-off.
+// what a pre-login loop inside Portico would do at the hand-off; or, with
+// handoffFD, as the raw descriptors themselves (*netx.FD).
 func (l *loop) handOff(s *session, reply []byte) {
 	if n, e := l.write(s.cfd, reply); e != 0 || n != len(reply) {
 		l.end(s)
@@ -552,6 +559,16 @@ func (l *loop) handOff(s *session, reply []byte) {
 	cfd, bfd := s.cfd, s.bfd
 	l.ctl(unix.EPOLL_CTL_DEL, cfd, 0, 0)
 	l.ctl(unix.EPOLL_CTL_DEL, bfd, 0, 0)
+	if l.handoffFD != nil {
+		l.byFD[cfd], l.byFD[bfd] = nil, nil
+		s.n, s.lineLen, s.tagLen, s.cmask, s.bmask = 0, 0, 0, 0, 0
+		l.free = append(l.free, s)
+		l.live.Add(-1)
+		cs := relay.Side{Conn: netx.NewFD(cfd, l.local, nil, l.handoffFD)}
+		bs := relay.Side{Conn: netx.NewFD(bfd, nil, l.backendAddr, l.handoffFD)}
+		l.handoff.Start(cs, bs, nil, nil, relay.Options{})
+		return
+	}
 	cc, err1 := fileConn(cfd)
 	bc, err2 := fileConn(bfd)
 	l.byFD[cfd], l.byFD[bfd] = nil, nil

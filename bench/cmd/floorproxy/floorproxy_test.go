@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portico-mail/portico/node/netx"
 	"github.com/portico-mail/portico/node/relay"
 )
 
@@ -112,8 +113,8 @@ func startProxy(t *testing.T, mode string, be *backend) (string, func() int64) {
 		}
 		t.Cleanup(l.Close)
 		return addr.String(), nil
-	case "epoll", "epoll-syscall", "epoll-park", "epoll-handoff", "epoll-coro", "epoll-park-coro":
-		park := mode == "epoll-park" || mode == "epoll-handoff" || mode == "epoll-park-coro"
+	case "epoll", "epoll-syscall", "epoll-park", "epoll-handoff", "epoll-handoff-fd", "epoll-coro", "epoll-park-coro":
+		park := mode == "epoll-park" || mode == "epoll-handoff" || mode == "epoll-handoff-fd" || mode == "epoll-park-coro"
 		l, err := newLoop("127.0.0.1:0", baddr, mode != "epoll-syscall", park, false)
 		if err != nil {
 			t.Fatal(err)
@@ -124,6 +125,17 @@ func startProxy(t *testing.T, mode string, be *backend) (string, func() int64) {
 				t.Fatal(err)
 			}
 			t.Cleanup(l.handoff.Close)
+		}
+		if mode == "epoll-handoff-fd" {
+			if l.handoff, err = relay.NewEngine(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(l.handoff.Close)
+			if l.handoffFD, err = netx.NewWaiter(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = l.handoffFD.Close() })
+			l.backendAddr = baddr
 		}
 		go l.run() // runs until the test binary exits
 		return l.addr(), l.live.Load
@@ -203,7 +215,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestFloorProxy(t *testing.T) {
-	for _, mode := range []string{"goroutine", "epoll", "epoll-syscall", "epoll-park", "epoll-handoff", "epoll-coro", "epoll-park-coro", "evloop"} {
+	for _, mode := range []string{"goroutine", "epoll", "epoll-syscall", "epoll-park", "epoll-handoff", "epoll-handoff-fd", "epoll-coro", "epoll-park-coro", "evloop"} {
 		t.Run(mode, func(t *testing.T) {
 			be := startBackend(t)
 			addr, live := startProxy(t, mode, be)
@@ -281,7 +293,7 @@ func TestFloorProxy(t *testing.T) {
 			// node/relay keeps the pipes it spliced through for reuse (two
 			// descriptors each, process-wide): at most one per direction here.
 			pooled := 0
-			if mode == "epoll-handoff" {
+			if mode == "epoll-handoff" || mode == "epoll-handoff-fd" {
 				pooled = 4
 			}
 			waitFor(t, "descriptors to close", func() bool { return openFDs(t) <= fds+pooled })

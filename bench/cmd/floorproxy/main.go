@@ -60,6 +60,7 @@ import (
 	"syscall"
 
 	"github.com/portico-mail/portico/bench/internal/rlimit"
+	"github.com/portico-mail/portico/node/netx"
 	"github.com/portico-mail/portico/node/relay"
 )
 
@@ -76,6 +77,7 @@ func main() {
 	loops := flag.Int("loops", 1, "epoll mode: number of event loops (SO_REUSEPORT listeners)")
 	coro := flag.Bool("coro", false, "epoll mode: run each login as a coroutine of the loop (iter.Pull), straight-line code instead of a state machine")
 	handoff := flag.Bool("handoff", false, "epoll mode: after the login, hand both connections to Portico's relay (node/relay, as *net.TCPConn) instead of relaying in the loop")
+	handoffFD := flag.Bool("handoff-fd", false, "with -handoff: hand the raw descriptors to the relay (*netx.FD) instead of *net.TCPConns")
 	flag.Parse()
 	if _, err := rlimit.RaiseNoFile(); err != nil {
 		fmt.Fprintln(os.Stderr, "floorproxy: raising RLIMIT_NOFILE:", err)
@@ -98,6 +100,7 @@ func main() {
 			fatal(fmt.Errorf("-loops must be at least 1"))
 		}
 		var eng *relay.Engine
+		var waiter *netx.Waiter
 		for i := 0; i < *loops; i++ {
 			l, err := newLoop(*listen, baddr, *raw, *park, *loops > 1)
 			if err != nil {
@@ -111,6 +114,15 @@ func main() {
 					}
 				}
 				l.handoff = eng
+				if *handoffFD {
+					if waiter == nil {
+						if waiter, err = netx.NewWaiter(); err != nil {
+							fatal(err)
+						}
+					}
+					l.handoffFD, l.backendAddr = waiter, baddr
+					l.local, _ = net.ResolveTCPAddr("tcp", l.addr())
+				}
 			}
 			go func() { fatal(l.run()) }()
 		}
