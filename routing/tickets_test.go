@@ -136,7 +136,10 @@ func TestTicketKeyJSON(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil || back != k {
 		t.Fatalf("round trip: %v %v", back, err)
 	}
-	for _, bad := range []string{`"AAAA"`, `"` + strings.Repeat("A", 44) + `A"`, `"!!"`, `12`} {
+	// Longer than a key: 48 characters decode to 36 bytes, which once
+	// overran the decoding buffer (a panic, found by FuzzDecodeCommand).
+	for _, bad := range []string{`"AAAA"`, `"` + strings.Repeat("A", 44) + `A"`, `"!!"`, `12`,
+		`"` + strings.Repeat("0", 48) + `"`, `"` + strings.Repeat("A", 4096) + `"`} {
 		if err := json.Unmarshal([]byte(bad), &back); err == nil {
 			t.Errorf("%s accepted", bad)
 		}
