@@ -38,6 +38,12 @@ const (
 	// every slot and have the port close the nodes' own connections. A
 	// node opens a few at a time (raft's pool, the RPC client).
 	maxHandshakesPerIP = 8
+	// An address a cluster certificate was shown from (a handshake that
+	// succeeded) has maxHandshakes slots of its own, shared with the other
+	// such addresses, so that a stranger with many addresses (an IPv6
+	// /64) filling the others' slots does not shut the nodes out either.
+	// maxProven bounds the addresses remembered.
+	maxProven = 1024
 )
 
 // trust holds the node's current TLS material (replaced on reload, e.g.
@@ -131,9 +137,12 @@ type mux struct {
 	raftCh chan net.Conn
 	rpcCh  chan net.Conn
 	sem    chan struct{}
-	// Handshakes in progress by remote address (maxHandshakesPerIP).
-	ipMu  sync.Mutex
-	perIP map[netip.Addr]int
+	// Handshakes in progress by remote address (maxHandshakesPerIP), and
+	// the addresses certificates were shown from, with their slots.
+	ipMu      sync.Mutex
+	perIP     map[netip.Addr]int
+	proven    map[netip.Addr]struct{}
+	semProven chan struct{}
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -163,7 +172,7 @@ func (c *raftConn) Close() error {
 func newMux(ln net.Listener, t *trust, log *slog.Logger) *mux {
 	m := &mux{ln: ln, trust: t, log: log, raftCh: make(chan net.Conn), rpcCh: make(chan net.Conn),
 		sem: make(chan struct{}, maxHandshakes), closed: make(chan struct{}), conns: map[*raftConn]struct{}{},
-		perIP: map[netip.Addr]int{}}
+		perIP: map[netip.Addr]int{}, proven: map[netip.Addr]struct{}{}, semProven: make(chan struct{}, maxHandshakes)}
 	m.wg.Add(1)
 	go m.acceptLoop()
 	return m
@@ -195,6 +204,17 @@ func (m *mux) acceptLoop() {
 		}
 		backoff = 0
 		ip := remoteIP(c)
+		if m.isProven(ip) {
+			select {
+			case m.semProven <- struct{}{}:
+				m.wg.Add(1)
+				go m.handshake(c, ip, true)
+			default:
+				m.trust.refused.Add(1)
+				c.Close()
+			}
+			continue
+		}
 		if !m.takeIP(ip) {
 			m.trust.refused.Add(1)
 			c.Close()
@@ -209,8 +229,31 @@ func (m *mux) acceptLoop() {
 			continue
 		}
 		m.wg.Add(1)
-		go m.handshake(c, ip)
+		go m.handshake(c, ip, false)
 	}
+}
+
+func (m *mux) isProven(ip netip.Addr) bool {
+	m.ipMu.Lock()
+	defer m.ipMu.Unlock()
+	_, ok := m.proven[ip]
+	return ok
+}
+
+// prove records that a cluster certificate was shown from ip.
+func (m *mux) prove(ip netip.Addr) {
+	m.ipMu.Lock()
+	defer m.ipMu.Unlock()
+	if _, ok := m.proven[ip]; ok || !ip.IsValid() {
+		return
+	}
+	if len(m.proven) >= maxProven {
+		for k := range m.proven { // forget one at random
+			delete(m.proven, k)
+			break
+		}
+	}
+	m.proven[ip] = struct{}{}
 }
 
 // remoteIP is c's remote address (unmapped; the zero Addr if unknown).
@@ -241,14 +284,21 @@ func (m *mux) releaseIP(ip netip.Addr) {
 	}
 }
 
-func (m *mux) handshake(c net.Conn, ip netip.Addr) {
+func (m *mux) handshake(c net.Conn, ip netip.Addr, proven bool) {
 	defer m.wg.Done()
 	tc := tls.Server(c, m.trust.serverConfig())
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
-	<-m.sem
-	m.releaseIP(ip)
+	if proven {
+		<-m.semProven
+	} else {
+		<-m.sem
+		m.releaseIP(ip)
+	}
+	if err == nil {
+		m.prove(ip)
+	}
 	if err != nil {
 		m.trust.refused.Add(1)
 		m.log.Debug("cluster port: refused a connection", "remote", c.RemoteAddr().String(), "error", err)
