@@ -2,9 +2,12 @@ package cluster
 
 import (
 	"fmt"
+	"net"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 // A broadcast reaches every member, however memberlist spends its
@@ -77,5 +80,33 @@ func TestBroadcastReachesEveryMember(t *testing.T) {
 			t.Fatalf("broadcasts missing after 5 s:%s", missing)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Broadcast's direct packets go only to members whose certificate a
+// handshake showed: a member with the gossip key but no certificate (which can
+// join under any number of names, at addresses of its choosing) gets
+// none, so it cannot turn the nodes into reflectors.
+func TestDirectSendsOnlyToVerifiedMembers(t *testing.T) {
+	n, _, _ := fuzzAgent(t)
+	alive := func(name, addr string) *memberlist.Node {
+		return &memberlist.Node{Name: name, Addr: net.ParseIP(addr), Port: 7946}
+	}
+	n.del.record(alive("n1", "127.0.0.1"), memberlist.StateAlive) // itself
+	n.del.record(alive("n2", "127.0.0.2"), memberlist.StateAlive)
+	for i := range 50 {
+		n.del.record(alive(fmt.Sprintf("keyed%d", i), "192.0.2.1"), memberlist.StateAlive)
+	}
+	n.del.record(alive("n3", "127.0.0.3"), memberlist.StateDead)
+	// fuzzAgent's node knows n2's key (a handshake showed its
+	// certificate); now n3's too, but n3 is dead.
+	n.peers.learn(newTestCA(t).material(t, "n3").Self)
+	got := n.directTargets()
+	if len(got) != 1 || got[0].name != "n2" {
+		var names []string
+		for _, m := range got {
+			names = append(names, m.name)
+		}
+		t.Fatalf("direct sends to %v, want [n2]", names)
 	}
 }

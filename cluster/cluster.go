@@ -419,8 +419,14 @@ func (n *Agent) openMemberlist() error {
 	hasState, _ := raft.HasExistingState(n.logs, n.stable, n.snaps)
 	n.meta.Store(&Meta{Version: n.cfg.Version, API: n.cfg.APIAddr, Raft: string(n.transport.LocalAddr()), Bootstrapped: hasState,
 		Level: int(routing.CommandLevel), Seq: n.metaSeq.Add(1)})
+	tr, err := newBoundedTransport(mc)
+	if err != nil {
+		return fmt.Errorf("cluster: memberlist on %s: %w", n.cfg.GossipBind, err)
+	}
+	mc.Transport = tr
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		_ = tr.Shutdown()
 		return fmt.Errorf("cluster: memberlist on %s: %w", n.cfg.GossipBind, err)
 	}
 	n.ml = ml

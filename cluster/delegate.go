@@ -144,15 +144,37 @@ func (n *Agent) sendEach(msg []byte) {
 	if n.ml == nil || len(msg) > maxDirect {
 		return
 	}
-	for _, m := range n.del.snapshot() {
-		if m.name == n.cfg.NodeName || m.state != memberlist.StateAlive || len(m.to.Addr) == 0 {
-			continue
-		}
+	for _, m := range n.directTargets() {
 		if err := n.ml.SendBestEffort(&m.to, msg); err != nil {
 			n.directFailed.Add(1)
 			n.log.Debug("sending gossip to a member failed", "member", m.name, "error", err)
 		}
 	}
+}
+
+// directTargets are the members sendEach sends to: every other alive
+// member that has shown a certificate of the cluster in a TLS handshake
+// (its key is known, so its sealed gossip is heard). A member
+// that only holds the gossip key (anyone it leaked to) can join under
+// as many names as it likes, each at an address it chooses, another
+// host's included: sending each broadcast to all of them would make
+// every node a reflector, n-1 packets per message per invented member.
+// Such members still get the gossip queue's copies, as before direct
+// sends (whatever they carry is for members only, never secret from the
+// key's holders).
+func (n *Agent) directTargets() []memberCopy {
+	var out []memberCopy
+	for _, m := range n.del.snapshot() {
+		if m.name == n.cfg.NodeName || m.state != memberlist.StateAlive || len(m.to.Addr) == 0 {
+			continue
+		}
+		if !n.peers.hasKey(m.name) {
+			n.peers.wantKey(m.name) // verified soon if it can be
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
 }
 
 type simpleBroadcast []byte

@@ -216,6 +216,19 @@ func (b *peerBook) key(name string, kid pki.KeyID) (crypto.PublicKey, bool) {
 	return nil, false
 }
 
+// hasKey reports whether a valid key of name was seen in a verified TLS
+// handshake.
+func (b *peerBook) hasKey(name string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, k := range b.keys[name] {
+		if time.Now().Before(k.notAfter) {
+			return true
+		}
+	}
+	return false
+}
+
 // verifiedAddr returns the cluster address name was verified at.
 func (b *peerBook) verifiedAddr(name string) string {
 	b.mu.Lock()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -32,6 +33,17 @@ const (
 	// maxHandshakes bounds handshakes in progress; connections beyond it
 	// are closed at once (a flood must not exhaust memory or block raft).
 	maxHandshakes = 64
+	// maxHandshakesPerIP bounds those from one address, so that one host
+	// (a stranger without a certificate, sending nothing) cannot hold
+	// every slot and have the port close the nodes' own connections. A
+	// node opens a few at a time (raft's pool, the RPC client).
+	maxHandshakesPerIP = 8
+	// An address a cluster certificate was shown from (a handshake that
+	// succeeded) has maxHandshakes slots of its own, shared with the other
+	// such addresses, so that a stranger with many addresses (an IPv6
+	// /64) filling the others' slots does not shut the nodes out either.
+	// maxProven bounds the addresses remembered.
+	maxProven = 1024
 )
 
 // trust holds the node's current TLS material (replaced on reload, e.g.
@@ -125,6 +137,12 @@ type mux struct {
 	raftCh chan net.Conn
 	rpcCh  chan net.Conn
 	sem    chan struct{}
+	// Handshakes in progress by remote address (maxHandshakesPerIP), and
+	// the addresses certificates were shown from, with their slots.
+	ipMu      sync.Mutex
+	perIP     map[netip.Addr]int
+	proven    map[netip.Addr]struct{}
+	semProven chan struct{}
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -153,7 +171,8 @@ func (c *raftConn) Close() error {
 
 func newMux(ln net.Listener, t *trust, log *slog.Logger) *mux {
 	m := &mux{ln: ln, trust: t, log: log, raftCh: make(chan net.Conn), rpcCh: make(chan net.Conn),
-		sem: make(chan struct{}, maxHandshakes), closed: make(chan struct{}), conns: map[*raftConn]struct{}{}}
+		sem: make(chan struct{}, maxHandshakes), closed: make(chan struct{}), conns: map[*raftConn]struct{}{},
+		perIP: map[netip.Addr]int{}, proven: map[netip.Addr]struct{}{}, semProven: make(chan struct{}, maxHandshakes)}
 	m.wg.Add(1)
 	go m.acceptLoop()
 	return m
@@ -184,25 +203,102 @@ func (m *mux) acceptLoop() {
 			continue
 		}
 		backoff = 0
+		ip := remoteIP(c)
+		if m.isProven(ip) {
+			select {
+			case m.semProven <- struct{}{}:
+				m.wg.Add(1)
+				go m.handshake(c, ip, true)
+			default:
+				m.trust.refused.Add(1)
+				c.Close()
+			}
+			continue
+		}
+		if !m.takeIP(ip) {
+			m.trust.refused.Add(1)
+			c.Close()
+			continue
+		}
 		select {
 		case m.sem <- struct{}{}:
 		default:
+			m.releaseIP(ip)
 			m.trust.refused.Add(1)
 			c.Close()
 			continue
 		}
 		m.wg.Add(1)
-		go m.handshake(c)
+		go m.handshake(c, ip, false)
 	}
 }
 
-func (m *mux) handshake(c net.Conn) {
+func (m *mux) isProven(ip netip.Addr) bool {
+	m.ipMu.Lock()
+	defer m.ipMu.Unlock()
+	_, ok := m.proven[ip]
+	return ok
+}
+
+// prove records that a cluster certificate was shown from ip.
+func (m *mux) prove(ip netip.Addr) {
+	m.ipMu.Lock()
+	defer m.ipMu.Unlock()
+	if _, ok := m.proven[ip]; ok || !ip.IsValid() {
+		return
+	}
+	if len(m.proven) >= maxProven {
+		for k := range m.proven { // forget one at random
+			delete(m.proven, k)
+			break
+		}
+	}
+	m.proven[ip] = struct{}{}
+}
+
+// remoteIP is c's remote address (unmapped; the zero Addr if unknown).
+func remoteIP(c net.Conn) netip.Addr {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// takeIP counts a handshake from ip; false when ip has
+// maxHandshakesPerIP in progress already.
+func (m *mux) takeIP(ip netip.Addr) bool {
+	m.ipMu.Lock()
+	defer m.ipMu.Unlock()
+	if m.perIP[ip] >= maxHandshakesPerIP {
+		return false
+	}
+	m.perIP[ip]++
+	return true
+}
+
+func (m *mux) releaseIP(ip netip.Addr) {
+	m.ipMu.Lock()
+	defer m.ipMu.Unlock()
+	if m.perIP[ip]--; m.perIP[ip] <= 0 {
+		delete(m.perIP, ip)
+	}
+}
+
+func (m *mux) handshake(c net.Conn, ip netip.Addr, proven bool) {
 	defer m.wg.Done()
 	tc := tls.Server(c, m.trust.serverConfig())
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
-	<-m.sem
+	if proven {
+		<-m.semProven
+	} else {
+		<-m.sem
+		m.releaseIP(ip)
+	}
+	if err == nil {
+		m.prove(ip)
+	}
 	if err != nil {
 		m.trust.refused.Add(1)
 		m.log.Debug("cluster port: refused a connection", "remote", c.RemoteAddr().String(), "error", err)

@@ -372,16 +372,43 @@ func FuzzDecodeCommand(f *testing.F) {
 		{Type: CmdPutUsers, Users: []UserRoute{{User: "u", Target: Target{Pool: "p"}}}},
 		{Type: CmdDeleteDomain, Names: []string{"x"}},
 		{Type: CmdSetHashKey, Target: "domain"},
+		{Type: CmdTicketKeys, Tickets: &TicketRotation{Keys: []TicketKey{{1}, {2}}, Keep: 3, At: 1}},
+		{Type: CmdSetVIPs, VIPs: []VIPAssignment{{Address: "192.0.2.1", Node: "n1"}, {Address: "2001:db8::1", Node: "n2", Epoch: 0}}, Target: "n1"},
 	} {
 		b, _ := c.Encode()
 		f.Add(b)
 	}
 	f.Add([]byte{})
 	f.Add([]byte{1})
+	f.Add([]byte("\x10\x01{\"tickets\":{\"keys\":[\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"],\"keep\":2}}"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := DecodeCommand(b)
 		if err != nil {
 			return
+		}
+		if c.Tickets != nil {
+			// A rotation from the log: a ring it makes holds no zero
+			// key, no key twice and never more than MaxTicketKeys.
+			ring := &TicketRing{Keys: []TicketKey{{9}, {8}}}
+			for _, r := range []*TicketRing{nil, ring} {
+				n, err := r.Rotate(*c.Tickets)
+				if err != nil {
+					continue
+				}
+				if n.Empty() || len(n.Keys) > MaxTicketKeys {
+					t.Fatalf("a ring of %d keys", len(n.Keys))
+				}
+				seen := map[TicketKey]bool{}
+				for _, k := range n.Keys {
+					if k == (TicketKey{}) || seen[k] {
+						t.Fatalf("ring %v", n.Keys)
+					}
+					seen[k] = true
+				}
+				if len(n.ServerKeys()) != len(n.Keys) {
+					t.Fatal("server keys differ from the ring")
+				}
+			}
 		}
 		// Whatever decodes must apply (or be refused) without panicking,
 		// and deterministically.
@@ -403,7 +430,24 @@ func FuzzReadSnapshot(f *testing.F) {
 	WriteSnapshot(&buf, tbl)
 	f.Add(buf.Bytes())
 	f.Add([]byte(snapshotMagic))
+	// With the FSM state a raft snapshot carries: placements of virtual
+	// addresses and the session-ticket keys.
+	vt, _ := tbl.WithVIPs([]VIPAssignment{{Address: "192.0.2.1", Node: "n1"}, {Address: "2001:db8::1", Node: "n2"}}, "n1")
+	buf.Reset()
+	idx := uint64(7)
+	writeSnapshot(&buf, vt, &idx, &TicketRing{Keys: []TicketKey{{1}, {2}, {3}}, Rotated: 5})
+	f.Add(buf.Bytes())
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if _, _, tk, err := readSnapshotParts(bytes.NewReader(b)); err == nil && tk != nil {
+			if len(tk.Keys) > MaxTicketKeys {
+				t.Fatalf("a snapshot's ring of %d keys", len(tk.Keys))
+			}
+			for _, k := range tk.Keys {
+				if k == (TicketKey{}) {
+					t.Fatal("an all-zero key from a snapshot")
+				}
+			}
+		}
 		got, err := ReadSnapshot(bytes.NewReader(b))
 		if err != nil {
 			return

@@ -48,9 +48,15 @@ func (k TicketKey) MarshalText() ([]byte, error) {
 
 // UnmarshalText decodes a base64 key of exactly 32 bytes.
 func (k *TicketKey) UnmarshalText(b []byte) error {
-	var buf [33]byte
+	// The length first: Decode writes past a buffer too short for what
+	// it decodes (a longer string panicked here, in a command or a
+	// snapshot from the network).
+	if len(b) != base64.StdEncoding.EncodedLen(len(k)) {
+		return invalid("a session-ticket key is 32 bytes in base64")
+	}
+	var buf [33]byte // DecodedLen(44)
 	n, err := base64.StdEncoding.Decode(buf[:], b)
-	if err != nil || n != len(k) || base64.StdEncoding.EncodedLen(len(k)) != len(b) {
+	if err != nil || n != len(k) {
 		return invalid("a session-ticket key is 32 bytes in base64")
 	}
 	copy(k[:], buf[:n])

@@ -85,6 +85,21 @@ func TestTicketRingRotateIdempotent(t *testing.T) {
 	}
 }
 
+// A rotation carrying a huge list (a buggy or hostile member's command)
+// leaves a ring of Keep keys, the newest.
+func TestTicketRingRotateHugeList(t *testing.T) {
+	rot := TicketRotation{Keep: 4, At: 1}
+	for i := range 10000 {
+		var k TicketKey
+		k[0], k[1], k[2] = byte(i), byte(i>>8), 1
+		rot.Keys = append(rot.Keys, k)
+	}
+	r, err := (&TicketRing{Keys: []TicketKey{tk(9)}}).Rotate(rot)
+	if err != nil || len(r.Keys) != 4 || r.Keys[0] != rot.Keys[0] || r.Keys[3] != rot.Keys[3] {
+		t.Fatalf("ring of %d keys (%v)", len(r.Keys), err)
+	}
+}
+
 func TestTicketRingRotateInvalid(t *testing.T) {
 	for _, rot := range []TicketRotation{
 		{Keep: 4},
@@ -136,7 +151,10 @@ func TestTicketKeyJSON(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil || back != k {
 		t.Fatalf("round trip: %v %v", back, err)
 	}
-	for _, bad := range []string{`"AAAA"`, `"` + strings.Repeat("A", 44) + `A"`, `"!!"`, `12`} {
+	// Longer than a key: 48 characters decode to 36 bytes, which once
+	// overran the decoding buffer (a panic, found by FuzzDecodeCommand).
+	for _, bad := range []string{`"AAAA"`, `"` + strings.Repeat("A", 44) + `A"`, `"!!"`, `12`,
+		`"` + strings.Repeat("0", 48) + `"`, `"` + strings.Repeat("A", 4096) + `"`} {
 		if err := json.Unmarshal([]byte(bad), &back); err == nil {
 			t.Errorf("%s accepted", bad)
 		}

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultNotifyTimeout bounds a run of the notify program.
@@ -32,7 +34,8 @@ const maxNotifyQueue = 64
 // node's name. Runs are asynchronous (Notify never blocks, so an
 // ownership change never waits for the program), in order per address
 // (one run at a time per address), each bounded by a timeout after which
-// the program's process group is killed.
+// the program's process group is killed. What the program leaves running
+// in its group when it exits is killed then.
 type Notifier struct {
 	argv    []string
 	node    string
@@ -118,7 +121,24 @@ func (n *Notifier) run(a netip.Addr, event string) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = time.Second
-	err := cmd.Run()
+	err := cmd.Start()
+	if err == nil {
+		// Whatever the program left running in its group (a child sent to
+		// the background) is killed once it exits, as at the timeout: a
+		// run leaves nothing behind, however often addresses move. Killed
+		// before the program is reaped, while it is a zombie holding its
+		// group's id, so the signal cannot reach a later group that was
+		// given the same number.
+		var info unix.Siginfo
+		for {
+			werr := unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+			if werr != unix.EINTR {
+				break
+			}
+		}
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		err = cmd.Wait()
+	}
 	took := time.Since(start).Round(time.Millisecond)
 	switch {
 	case err == nil:

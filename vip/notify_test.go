@@ -5,8 +5,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -93,4 +95,70 @@ echo "$mode $addr $ev $node" >> "`+log+`"
 	if results["release failed"] != 1 || results["acquire timeout"] != 1 || results["acquire ok"] != 4 || results["release ok"] != 3 {
 		t.Fatalf("results %v", results)
 	}
+}
+
+// A run leaves nothing behind: a child the program sent to the
+// background (output redirected, so nothing waits for it) is killed
+// when the program exits, as at the timeout.
+func TestNotifierLeavesNothingRunning(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "child")
+	script := filepath.Join(dir, "notify.sh")
+	err := os.WriteFile(script, []byte(`#!/bin/sh
+sleep 300 >/dev/null 2>&1 &
+echo $! > "`+pidFile+`"
+exit 0
+`), 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var results []string
+	n := NewNotifier(script, "n1", 5*time.Second, discard)
+	n.OnResult = func(ev, res string) {
+		mu.Lock()
+		results = append(results, ev+" "+res)
+		mu.Unlock()
+	}
+	n.Notify(netip.MustParseAddr("198.18.0.9"), EventAcquire)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n.Wait(ctx)
+	mu.Lock()
+	if strings.Join(results, ",") != "acquire ok" {
+		t.Fatalf("results %v", results)
+	}
+	mu.Unlock()
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := strings.TrimSpace(string(b))
+	deadline := time.Now().Add(5 * time.Second)
+	for running(pid) {
+		if time.Now().After(deadline) {
+			syscall.Kill(atoi(t, pid), syscall.SIGKILL)
+			t.Fatalf("the program's background child %s still runs after the run", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// running reports whether process pid exists and is not a zombie.
+func running(pid string) bool {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+func atoi(t *testing.T, s string) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

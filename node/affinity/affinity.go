@@ -46,8 +46,13 @@
 // so no node can speak for another's. A state replaces what a node held from
 // its sender; a binding carries the sender's sequence number at its last
 // change, so a state that was overtaken by a later broadcast does not undo
-// it. A process run has a random epoch: a restarted node's first message
-// drops what its previous run said. Every node sends a message at least
+// it; a message made before a state already merged from the same run
+// (late, or a captured packet sent again: neither the cluster's seal nor
+// memberlist's encryption stops a replay) is dropped. A process run has a
+// random epoch: a restarted node's first message drops what its previous
+// run said. (So a replayed message of an earlier run still replaces what
+// the current run said until its next message: cluster/DESIGN.md,
+// "Replayed gossip".) Every node sends a message at least
 // every few seconds; the live bindings of a node not heard from for Lease
 // count as ended then (a crashed node's sessions are gone) and expire after
 // Expire like any other.

@@ -18,7 +18,7 @@ func NewCollector(t *Table) *Collector {
 		steered: prometheus.NewDesc("portico_affinity_steered_total",
 			"Logins sent to the backend a user's other sessions use instead of the hash's choice (the pool changed while they were open).", nil, nil),
 		invalid: prometheus.NewDesc("portico_affinity_gossip_invalid_total",
-			"Affinity gossip dropped: malformed messages, bindings dated in the future, and bindings or tombstones beyond the table's bounds.", nil, nil),
+			"Affinity gossip dropped: malformed messages, bindings dated in the future, bindings or tombstones beyond the table's bounds, and messages made before a state already merged from their sender (late, or replayed).", nil, nil),
 	}
 }
 

@@ -16,9 +16,13 @@ type origin struct {
 	mu    sync.RWMutex
 	known bool   // a message has been merged
 	epoch uint64 // the sender's process run
-	heard int64  // local unix ms of its last message
-	m     map[key][]rbinding
-	n     int // bindings in m
+	// stateSeq is the sequence number of the newest state merged from
+	// the epoch: a message of the epoch made before it says nothing the
+	// state did not (and a replayed one would undo what changed since).
+	stateSeq uint64
+	heard    int64 // local unix ms of its last message
+	m        map[key][]rbinding
+	n        int // bindings in m
 }
 
 // rbinding is another node's binding.

@@ -404,6 +404,16 @@ func (t *Table) MergeRemote(from string, b []byte) {
 	gen := t.clearGen.Load()
 	o.mu.RLock()
 	fresh := !o.known || o.epoch != m.epoch // a new process run: forget the old one's
+	if !fresh && m.seq < o.stateSeq {
+		// Made before a state already merged, which reflects all of it:
+		// late, or replayed (the cluster's seal and memberlist's
+		// encryption do not stop a captured packet from being sent
+		// again). Merging it would bring back what ended since, and
+		// keep a silent node's live bindings alive (heard).
+		o.mu.RUnlock()
+		t.stats.invalid.Add(1)
+		return
+	}
 	var target map[key][]rbinding
 	size := 0
 	if m.kind == kindState {
@@ -428,6 +438,9 @@ func (t *Table) MergeRemote(from string, b []byte) {
 			size -= dropCleared(t, target) // a clear came meanwhile
 		}
 		o.heard, o.known, o.epoch = now, true, m.epoch
+		if fresh || m.seq > o.stateSeq {
+			o.stateSeq = m.seq
+		}
 		o.install(t, target, size)
 		o.mu.Unlock()
 		return
@@ -437,6 +450,7 @@ func (t *Table) MergeRemote(from string, b []byte) {
 	o.heard, o.known, o.epoch = now, true, m.epoch
 	if fresh {
 		o.install(t, map[key][]rbinding{}, 0)
+		o.stateSeq = 0
 	}
 	size = o.n
 	t.mergeInto(o.m, &size, o.n, m, now)

@@ -441,3 +441,61 @@ func TestAloneSendsNothing(t *testing.T) {
 		t.Fatal("the tombstone did not come with the state")
 	}
 }
+
+// A message of a sender's run made before a state already merged from
+// that run is dropped: a replayed copy (the cluster's seal and
+// memberlist's encryption do not stop a captured packet from being sent
+// again) neither brings back a binding that ended and expired since nor
+// keeps a silent node's live bindings alive.
+func TestGossipStaleMessagesDropped(t *testing.T) {
+	c := newClock()
+	b := newBus()
+	b.hold = true
+	n1 := b.join("n1", newTable(c, time.Minute))
+	n2 := b.join("n2", newTable(c, time.Minute))
+	end := n1.Bind("u", "a", false)
+	n1.flush()
+	captured := append([][]byte(nil), b.sent["n1"]...) // u live on a
+	capturedState := n1.LocalState()
+	for _, m := range captured {
+		n2.MergeRemote("n1", m)
+	}
+	want(t, n2, "u", "a")
+	// u's session ends, its binding expires on n1; n1's next state says
+	// so and n2 drops it.
+	end()
+	c.add(2 * time.Minute)
+	n1.sweep()
+	n2.MergeRemote("n1", n1.LocalState())
+	want(t, n2, "u")
+	invalid := n2.stats.invalid.Load()
+	// The captured packets sent again: nothing comes back.
+	for _, m := range append(captured, capturedState) {
+		n2.MergeRemote("n1", m)
+	}
+	want(t, n2, "u")
+	if got := n2.stats.invalid.Load() - invalid; got != uint64(len(captured)+1) {
+		t.Fatalf("%d of %d stale messages counted", got, len(captured)+1)
+	}
+	// Nor do they keep a silent node's live bindings alive: v is live on
+	// n1, which then goes silent; replaying its old messages does not
+	// refresh it, and after Lease v counts as ended.
+	n1.Bind("v", "b", false)
+	b.sent["n1"] = nil
+	n1.flush()
+	for _, m := range b.sent["n1"] {
+		n2.MergeRemote("n1", m)
+	}
+	n2.MergeRemote("n1", n1.LocalState())
+	want(t, n2, "v", "b")
+	c.add(Lease + time.Second)
+	for _, m := range append(captured, capturedState) {
+		n2.MergeRemote("n1", m)
+	}
+	o := n2.originFor("n1")
+	o.mu.RLock()
+	defer o.mu.RUnlock()
+	if live, _ := o.m[userKey("v")][0].state(o.heard, c.now().UnixMilli()); live {
+		t.Fatal("replayed messages kept a silent node's binding live")
+	}
+}

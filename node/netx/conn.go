@@ -132,6 +132,8 @@ func (c *Conn) readHeld(p []byte) (int, error) {
 	st.rp, st.rerr = nil, nil
 	if st.rwait {
 		c.hold.Acquire()
+	} else {
+		c.hold.Yield()
 	}
 	switch {
 	case err != nil:
@@ -154,6 +156,8 @@ func (c *Conn) writeHeld(p []byte) (int, error) {
 	st.wp, st.werr = nil, nil
 	if st.wwait {
 		c.hold.Acquire()
+	} else {
+		c.hold.Yield()
 	}
 	switch {
 	case err != nil:

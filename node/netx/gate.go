@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Gate bounds how many pre-login sessions compute at once. A session takes
@@ -31,6 +32,17 @@ import (
 // the started ones leave CPUs idle. Without that order, every login of a
 // storm would wait its turn at each of its five or so round trips, and
 // all of them would finish together at the end, as with no gate.
+//
+// Neither rule may let a client keep slots for itself. Nothing bounds the
+// commands a client sends before login (an IMAP client may NOOP for
+// PreAuthLifetime), so a session that pipelines commands without pause
+// never waits, and one that does waits in the started sessions' queue: a
+// few such connections, one more than there are slots, held every slot
+// and starved every new session for minutes, where without a gate they
+// would only have taken their share of the CPUs. So a session goes first
+// only for its first startedTurns waits (a login needs a handful), and
+// one that has held its slot for holdQuantum without waiting gives it to
+// a waiting session at its next read or write that does not wait (Yield).
 type Gate struct {
 	mu     sync.Mutex
 	size   int
@@ -67,6 +79,18 @@ func (w *waitQueue) remove(c chan struct{}) bool {
 	}
 	return false
 }
+
+// Bounds of what a session may take before others (see Gate).
+const (
+	// startedTurns: a session's waits for a slot that go before new
+	// sessions. A login waits a handful of times (TLS, the greeting,
+	// CAPABILITY, STARTTLS, ID, the login and the backend's round trips).
+	startedTurns = 32
+	// holdQuantum: how long a session computes without waiting before it
+	// lets a waiting session go first. A full TLS login computes about
+	// 1.5 ms in all.
+	holdQuantum = 2 * time.Millisecond
+)
 
 // NewGate returns a gate with n slots (at least one).
 func NewGate(n int) *Gate {
@@ -148,6 +172,8 @@ type Hold struct {
 	held    bool
 	started bool // has held a slot: waits in the started sessions' queue
 	closed  bool
+	turns   int       // waits in the started sessions' queue (startedTurns)
+	since   time.Time // when the slot held was taken
 }
 
 // Hold returns a claim that does not hold a slot yet. Once done is closed
@@ -164,8 +190,30 @@ func (h *Hold) Acquire() {
 	if h == nil || h.held || h.closed {
 		return
 	}
-	h.held = h.g.acquire(h.started, h.done)
+	first := h.started && h.turns < startedTurns
+	if first {
+		h.turns++
+	}
+	h.held = h.g.acquire(first, h.done)
 	h.started = true
+	if h.held {
+		h.since = time.Now()
+	}
+}
+
+// Yield gives the slot to a waiting session and waits for one again, if
+// the session has held it for holdQuantum (see Gate). It is called after
+// a read or a write that did not wait.
+func (h *Hold) Yield() {
+	if h == nil || !h.held || time.Since(h.since) < holdQuantum {
+		return
+	}
+	if h.g.Waiting() == 0 {
+		h.since = time.Now()
+		return
+	}
+	h.Release()
+	h.Acquire()
 }
 
 // Release gives the slot back, if held.

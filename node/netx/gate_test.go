@@ -3,6 +3,7 @@ package netx
 import (
 	"context"
 	"net"
+	"sync"
 	"testing"
 	"time"
 )
@@ -171,4 +172,136 @@ func TestConnReadReleasesSlot(t *testing.T) {
 	if _, err := nc.Write([]byte("z")); err != nil || g.Busy() != 0 {
 		t.Fatalf("write without a hold: %v, busy %d", err, g.Busy())
 	}
+}
+
+// Sessions that keep coming back (more of them than slots, each waiting
+// and wanting its slot again at once) go first only for their first
+// startedTurns waits: a new session is not starved behind them.
+func TestGateStartedPriorityIsBounded(t *testing.T) {
+	g := NewGate(1)
+	stop := make(chan struct{})
+	defer close(stop)
+	busy := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h := g.Hold(stop)
+			defer h.Close()
+			for {
+				select {
+				case <-busy:
+					return
+				default:
+				}
+				h.Acquire()
+				time.Sleep(100 * time.Microsecond) // computes a little
+				h.Release()                        // waits, say, for a command already sent
+			}
+		}()
+	}
+	for g.Waited() < 10 {
+		time.Sleep(time.Millisecond)
+	}
+	fresh := g.Hold(stop)
+	ok, done := acquired(fresh, 5*time.Second)
+	close(busy)
+	if !ok {
+		<-done
+		t.Fatal("a new session starved behind sessions that keep coming back")
+	}
+	fresh.Close()
+	wg.Wait()
+}
+
+// A session that holds its slot without ever waiting gives it to a
+// waiting session once it has held it for holdQuantum, at its next
+// Yield; it does not while nobody waits, nor before the quantum.
+func TestGateYield(t *testing.T) {
+	g := NewGate(1)
+	stop := make(chan struct{})
+	defer close(stop)
+	a, b := g.Hold(stop), g.Hold(stop)
+	a.Acquire()
+	time.Sleep(2 * holdQuantum)
+	a.Yield() // nobody waiting: keeps it
+	if !a.held || g.Busy() != 1 {
+		t.Fatalf("held %v busy %d after a yield with nobody waiting", a.held, g.Busy())
+	}
+	ok, done := acquired(b, 20*time.Millisecond)
+	if ok {
+		t.Fatal("a second slot of a gate of one")
+	}
+	yielded := make(chan struct{})
+	go func() { a.Yield(); close(yielded) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiting session did not get the slot yielded")
+	}
+	select {
+	case <-yielded:
+		t.Fatal("the yielding session went on without a slot")
+	case <-time.After(20 * time.Millisecond):
+	}
+	b.Close()
+	<-yielded
+	if !a.held || g.Busy() != 1 {
+		t.Fatalf("after its turn came back: held %v busy %d", a.held, g.Busy())
+	}
+	a.Close()
+}
+
+// A read that did not wait yields a slot held past the quantum: a
+// connection whose client always has its next bytes sent does not keep
+// the slot while another session waits.
+func TestConnReadYields(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, _ := NewConn(sc.(*net.TCPConn), nil)
+	defer nc.Close()
+	g := NewGate(1)
+	stop := make(chan struct{})
+	defer close(stop)
+	reader, other := g.Hold(stop), g.Hold(stop)
+	reader.Acquire()
+	nc.SetHold(reader)
+	if _, err := peer.Write(make([]byte, 64)); err != nil {
+		t.Fatal(err)
+	}
+	ok, done := acquired(other, 20*time.Millisecond)
+	if ok {
+		t.Fatal("a second slot")
+	}
+	time.Sleep(2 * holdQuantum)
+	read := make(chan error, 1)
+	go func() {
+		var b [8]byte
+		_, err := nc.Read(b[:]) // data is there: does not wait, but yields
+		read <- err
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a read that did not wait kept a slot held past the quantum")
+	}
+	other.Close()
+	if err := <-read; err != nil || !reader.held {
+		t.Fatalf("read %v, held %v", err, reader.held)
+	}
+	nc.SetHold(nil)
+	reader.Close()
 }

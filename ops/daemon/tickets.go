@@ -112,12 +112,18 @@ func newTicketRotation(r *routing.TicketRing, now time.Time) (*routing.TicketRot
 }
 
 // ticketDue returns how long until ring r is due for rotation (0 or less:
-// now).
+// now). A ring rotated, by its writer's clock, more than a period after
+// now is due now: a leader whose clock ran ahead (or a buggy member's
+// command) must not stop the rotation until this clock catches up.
 func ticketDue(r *routing.TicketRing, now time.Time, period time.Duration) time.Duration {
 	if r.Empty() {
 		return 0
 	}
-	return time.UnixMilli(r.Rotated).Add(period).Sub(now)
+	at := time.UnixMilli(r.Rotated)
+	if at.After(now.Add(period)) {
+		return 0
+	}
+	return at.Add(period).Sub(now)
 }
 
 // maxTicketWait bounds each wait of the rotation loops, so that a reload

@@ -104,6 +104,16 @@ func TestTicketDue(t *testing.T) {
 	if ticketDue(r, now, 10*time.Minute) > 0 {
 		t.Fatal("a shorter period (reload) is not due")
 	}
+	// Written by a clock a year ahead: due now, not in a year (the keys
+	// would not change for as long); a little ahead counts as written.
+	ahead := &routing.TicketRing{Keys: []routing.TicketKey{{1}}, Rotated: now.Add(365 * 24 * time.Hour).UnixMilli()}
+	if got := ticketDue(ahead, now, time.Hour); got > 0 {
+		t.Fatalf("a ring rotated a year ahead is due in %v", got)
+	}
+	ahead.Rotated = now.Add(time.Minute).UnixMilli()
+	if got := ticketDue(ahead, now, time.Hour); got != time.Hour+time.Minute {
+		t.Fatalf("a ring rotated a minute ahead is due in %v", got)
+	}
 	rot, err := newTicketRotation(nil, now)
 	if err != nil || len(rot.Keys) != 2 || rot.Keys[0] == rot.Keys[1] || rot.At != now.UnixMilli() || rot.Keep != config.TicketKeysKept {
 		t.Fatalf("first rotation %+v %v", rot, err)

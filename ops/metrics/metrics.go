@@ -96,7 +96,7 @@ var Catalog = sortInfo([]Info{
 	// Users' affinity in shared_storage pools (node/affinity, ops/daemon/affinity.go).
 	{"portico_affinity_entries", "gauge", []string{"source"}, "Bindings of users to the backend their sessions use (shared_storage pools), live or within affinity.expire of their last session; source local (this node's sessions) or remote (gossiped by other nodes).", "affinity"},
 	{"portico_affinity_steered_total", "counter", nil, "Logins sent to the backend a user's other sessions use instead of the hash's choice (the pool changed while they were open).", "affinity"},
-	{"portico_affinity_gossip_invalid_total", "counter", nil, "Affinity gossip dropped: malformed messages, bindings dated in the future, and bindings or tombstones beyond the table's bounds.", "affinity"},
+	{"portico_affinity_gossip_invalid_total", "counter", nil, "Affinity gossip dropped: malformed messages, bindings dated in the future, bindings or tombstones beyond the table's bounds, and messages made before a state already merged from their sender (late, or replayed).", "affinity"},
 	// Failed-login throttle (node/throttle, ops/daemon/throttle.go).
 	{"portico_throttle_delayed_total", "counter", nil, "Failed logins whose reply the throttle delayed (progressively, per user and client network).", "throttle"},
 	{"portico_throttle_blocked_total", "counter", []string{"scope"}, "Login attempts refused by the throttle without contacting the backend or auth server, by scope (ip, user_ip, user).", "throttle"},
