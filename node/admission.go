@@ -61,7 +61,7 @@ type origin struct {
 // admit decides whether tc is served, counting it in a's limits. A refused
 // connection has been answered (a reset, or its protocol's refusal line)
 // and counted in the metrics; the caller closes it and releases a.
-func (s *Server) admit(l *listener, tc *net.TCPConn, a *admission) (origin, bool) {
+func (s *Server) admit(l *listener, tc acceptedConn, a *admission) (origin, bool) {
 	if f := s.refuseLocal.Load(); f != nil && (*f)(addrPort(tc.LocalAddr())) {
 		// Refused outright (a virtual IP being handed over): a reset makes
 		// the client retry at once, and find the new owner.
@@ -115,7 +115,7 @@ func (s *Server) admit(l *listener, tc *net.TCPConn, a *admission) (origin, bool
 // refuse answers a connection over a connection limit with its protocol's
 // refusal line (not on implicit TLS: nothing can be said before the
 // handshake).
-func (s *Server) refuse(l *listener, tc *net.TCPConn, why string) {
+func (s *Server) refuse(l *listener, tc acceptedConn, why string) {
 	if l.conf().TLS != routing.TLSImplicit {
 		_ = tc.SetWriteDeadline(time.Now().Add(time.Second))
 		_, _ = tc.Write([]byte(s.handlers[l.conf().Protocol].TooManyConnections()))
@@ -190,7 +190,7 @@ func trusted(nets []netip.Prefix, ip netip.Addr) bool {
 // readProxyHeader reads a PROXY v1/v2 header. It returns the bytes read
 // past the header (they belong to the session) as rest. A LOCAL command
 // (health checks from the balancer) yields a nil header.
-func readProxyHeader(tc *net.TCPConn, timeout time.Duration) (*proxyproto.Header, []byte, error) {
+func readProxyHeader(tc acceptedConn, timeout time.Duration) (*proxyproto.Header, []byte, error) {
 	_ = tc.SetReadDeadline(time.Now().Add(timeout))
 	defer tc.SetReadDeadline(time.Time{})
 	return parseProxyHeader(bufio.NewReaderSize(tc, 512))

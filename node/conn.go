@@ -16,7 +16,10 @@ import (
 // or its end. What it holds (the socket or the client's stream, its place
 // in the connection limits, its count as a pre-login session) is given
 // back by one deferred cleanup, whichever way it ends, a panic included.
-func (s *Server) serve(l *listener, tc *net.TCPConn) {
+//
+// lp is the event loop the session runs on as a task (loop.go), or nil: a
+// goroutine of its own.
+func (s *Server) serve(l *listener, tc acceptedConn, lp *loopExec) {
 	defer s.preWG.Done()
 	growStack()
 	l.stats.Accepted.Add(1)
@@ -48,9 +51,15 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 	if !ok {
 		return
 	}
-	nc, err := netx.NewConn(tc, o.prefix)
-	if err != nil {
-		return
+	var nc *netx.Conn
+	if lp != nil {
+		raw, _ := tc.SyscallConn()
+		nc = netx.NewSocketConn(tc, raw, o.prefix)
+	} else {
+		var err error
+		if nc, err = netx.NewConn(tc.(*net.TCPConn), o.prefix); err != nil {
+			return
+		}
 	}
 	c = &session.Client{
 		ID: session.NewSessionID(), Listener: l.info(), Env: s.env,
@@ -65,6 +74,27 @@ func (s *Server) serve(l *listener, tc *net.TCPConn) {
 	ctx, ok := s.sessionContext()
 	if !ok {
 		end = session.End{Reason: session.EndShutdown}
+		return
+	}
+	if lp != nil {
+		var h *session.Handoff
+		h, end = s.handlers[l.conf().Protocol].Serve(netx.WithExecutor(ctx, lp), c)
+		if h == nil {
+			return
+		}
+		// Both sockets leave the loop for the relay.
+		err := s.unloop(c.Stream.Base())
+		if err == nil {
+			err = s.unloop(h.Backend.Base())
+		}
+		if err != nil {
+			_ = h.Backend.Close()
+			end = session.End{Reason: session.EndError, Err: fmt.Errorf("hand-off to the relay: %w", err)}
+			return
+		}
+		relayed = true
+		s.preLocalDone(c.Local.Addr())
+		s.startRelay(l, c, h, adm.release)
 		return
 	}
 	// Computing before the login takes a slot of the gate, given back

@@ -94,7 +94,9 @@ func TestGateBusyClientsCannotStarveNewSessions(t *testing.T) {
 		}()
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for s.Gate().Busy() < s.Gate().Size() {
+	// On the event loops there is no gate: the flood's tasks give way to
+	// the others after their quantum (evloop's giveWay) instead.
+	for !testEventLoop && s.Gate().Busy() < s.Gate().Size() {
 		if time.Now().After(deadline) {
 			t.Fatalf("the flood holds %d of %d slots", s.Gate().Busy(), s.Gate().Size())
 		}

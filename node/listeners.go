@@ -45,6 +45,9 @@ type ListenerConfig struct {
 	Pool string
 	// Extra: the protocol front end's own settings (session.Listener.Extra).
 	Extra any
+	// EventLoop: the listener's sessions run on the node's event loops
+	// (loop.go) until they log in, rather than on a goroutine each.
+	EventLoop bool
 }
 
 type listener struct {
@@ -83,6 +86,10 @@ func (s *Server) Start() error {
 func (s *Server) startAccepting(l *listener) {
 	c := l.conf()
 	s.log.Info("listening", "listener", c.Name, "protocol", string(c.Protocol), "address", l.ln.Addr().String(), "tls", string(c.TLS))
+	if ll, ok := l.ln.(*loopListener); ok {
+		s.startLoopAccepting(l, ll)
+		return
+	}
 	s.wg.Add(1)
 	go s.accept(l)
 }
@@ -148,6 +155,9 @@ func (s *Server) bind(cfgs []ListenerConfig, keep map[string]*listener) ([]*list
 		// node holds the address, so a new owner serves the instant it
 		// announces.
 		ln, err := s.listen(lc)
+		if err == nil && lc.EventLoop {
+			ln, err = toLoopListener(ln)
+		}
 		if err != nil {
 			return fail(fmt.Errorf("listener %s: %w", lc.Name, err))
 		}
@@ -235,7 +245,7 @@ func sameSocket(a, b ListenerConfig) bool {
 		}
 		return t
 	}
-	return a.Address == b.Address && a.Protocol == b.Protocol && norm(a.TLS) == norm(b.TLS)
+	return a.Address == b.Address && a.Protocol == b.Protocol && norm(a.TLS) == norm(b.TLS) && a.EventLoop == b.EventLoop
 }
 
 func closeAll(lns []*listener) {
@@ -280,7 +290,7 @@ func (s *Server) accept(l *listener) {
 		}
 		backoff = 0
 		s.preWG.Add(1)
-		go s.serve(l, c.(*net.TCPConn))
+		go s.serve(l, c.(*net.TCPConn), nil)
 	}
 }
 
@@ -292,7 +302,7 @@ func (s *Server) ListenerFiles() (map[string]*os.File, error) {
 	defer s.mu.Unlock()
 	out := make(map[string]*os.File, len(s.listeners))
 	for _, l := range s.listeners {
-		tl, ok := l.ln.(*net.TCPListener)
+		tl, ok := l.ln.(interface{ File() (*os.File, error) })
 		if !ok {
 			continue
 		}

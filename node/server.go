@@ -126,6 +126,7 @@ type Server struct {
 	// on the address finish before the address goes).
 	preMu    sync.Mutex
 	preLocal map[netip.Addr]int
+	loops    loopSet        // event loops (loop.go), started on first use
 	wg       sync.WaitGroup // accept loops
 	preWG    sync.WaitGroup // connections before the relay
 	started  bool

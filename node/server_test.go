@@ -24,6 +24,11 @@ import (
 	"github.com/portico-mail/portico/routing"
 )
 
+// testEventLoop: every listener of startServer runs on the event loops
+// (PORTICO_TEST_EVENT_LOOP=1; scripts/test.sh runs this package both
+// ways).
+var testEventLoop = os.Getenv("PORTICO_TEST_EVENT_LOOP") != ""
+
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // echoHandler greets with the client address it was given, answers each
@@ -113,6 +118,9 @@ func startServer(t *testing.T, cfg Config) *Server {
 		}
 		cfg.Listeners[i].Protocol = routing.IMAP
 		cfg.Listeners[i].TLS = routing.TLSNone
+		if testEventLoop {
+			cfg.Listeners[i].EventLoop = true
+		}
 	}
 	s := NewServer(cfg, env, map[routing.Protocol]session.Handler{routing.IMAP: echoHandler{echoBackend(t)}}, nil, engine)
 	if err := s.Start(); err != nil {
@@ -413,13 +421,19 @@ func TestListenerTransparent(t *testing.T) {
 	lns := s.listeners
 	s.mu.Unlock()
 	for _, l := range lns {
-		rc, err := l.ln.(*net.TCPListener).SyscallConn()
-		if err != nil {
-			t.Fatal(err)
+		var control func(func(fd uintptr)) error
+		if ll, ok := l.ln.(*loopListener); ok {
+			control = func(f func(fd uintptr)) error { f(uintptr(ll.fd)); return nil }
+		} else {
+			rc, err := l.ln.(*net.TCPListener).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			control = rc.Control
 		}
 		var v int
 		var gerr error
-		rc.Control(func(fd uintptr) {
+		control(func(fd uintptr) {
 			if strings.Contains(l.ln.Addr().String(), "[") {
 				v, gerr = unix.GetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT)
 			} else {

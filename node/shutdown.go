@@ -23,6 +23,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.cancel()
 	s.wg.Wait()
 	s.preWG.Wait()
+	s.closeLoops()
 
 	grace := s.conf().ShutdownGrace
 	deadline := time.Now().Add(grace)
@@ -40,6 +41,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.EndSessions(context.Background(), nil, "Server shutting down, please reconnect.", s.conf().EndSpread)
 	}
 	s.engine.CloseAll(relay.ReasonShutdown)
+	s.closeWaiter()
 	return nil
 }
 

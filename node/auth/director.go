@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/portico-mail/portico/node/netx"
 	"github.com/portico-mail/portico/node/session"
 	"github.com/portico-mail/portico/routing"
 )
@@ -73,7 +74,9 @@ func (d *Director) Direct(ctx context.Context, a *session.Attempt) (*session.Tar
 	}
 	for poll := 0; ; poll++ {
 		start := time.Now()
-		resp, err := d.Client.Do(ctx, req)
+		var resp *Response
+		var err error
+		netx.Block(ctx, func() { resp, err = d.Client.Do(ctx, req) })
 		if err != nil {
 			d.Metrics.request("error", time.Since(start))
 			return nil, d.internal(c, err)
@@ -83,7 +86,9 @@ func (d *Director) Direct(ctx context.Context, a *session.Attempt) (*session.Tar
 			if poll+1 >= maxWaitPolls {
 				return nil, d.internal(c, &Error{ErrKindInvalid, fmt.Errorf("still WAIT after %d polls", maxWaitPolls)})
 			}
-			if err := sleep(ctx, d.waitFor(c, resp)); err != nil {
+			var err error
+			netx.Block(ctx, func() { err = sleep(ctx, d.waitFor(c, resp)) })
+			if err != nil {
 				return nil, &session.Refusal{Kind: session.RefuseUnavailable, Text: "auth_http: " + err.Error()}
 			}
 			continue

@@ -25,6 +25,12 @@ type fdState struct {
 	added  bool   // registered with epoll
 	rw, ww *Task  // waiting to read, to write
 	conn   *Conn
+	// shared: a listening socket whose open file other loops watch too
+	// (SharedListener): registered with EPOLLEXCLUSIVE, so that a
+	// connection wakes one loop rather than all, and removed from the
+	// epoll set before its descriptor is closed (the registration would
+	// outlive a descriptor whose file stays open elsewhere).
+	shared bool
 }
 
 // Conn is a TCP connection on a raw non-blocking descriptor that only the
@@ -37,6 +43,7 @@ type Conn struct {
 	st           *fdState // the loop's state, made on the first wait
 
 	closed   atomic.Bool
+	shared   bool         // see fdState.shared
 	rdl, wdl atomic.Int64 // deadlines, unix nanos (0: none)
 	waiting  atomic.Int32 // tasks waiting on it: a deadline change must reach the loop
 }
@@ -92,6 +99,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if err := c.l.giveWay(); err != nil {
+		return 0, c.opErr("read", err)
+	}
 	for {
 		if c.closed.Load() {
 			return 0, c.opErr("read", net.ErrClosed)
@@ -118,6 +128,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 // Write writes all of p, waiting (yielding) for room. It must be called
 // from a task of the Conn's loop.
 func (c *Conn) Write(p []byte) (int, error) {
+	if err := c.l.giveWay(); err != nil {
+		return 0, c.opErr("write", err)
+	}
 	n := 0
 	for n < len(p) {
 		if c.closed.Load() {
@@ -137,6 +150,22 @@ func (c *Conn) Write(p []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// SetLinger sets SO_LINGER as net.TCPConn's SetLinger does (0: Close
+// resets the connection).
+func (c *Conn) SetLinger(sec int) error {
+	if c.closed.Load() {
+		return c.opErr("set", net.ErrClosed)
+	}
+	lg := unix.Linger{Onoff: 1, Linger: int32(sec)}
+	if sec < 0 {
+		lg = unix.Linger{}
+	}
+	if err := unix.SetsockoptLinger(c.fd, unix.SOL_SOCKET, unix.SO_LINGER, &lg); err != nil {
+		return c.opErr("set", os.NewSyscallError("setsockopt", err))
+	}
+	return nil
 }
 
 // CloseWrite shuts down the sending side.
@@ -170,12 +199,43 @@ func (c *Conn) closeNow() {
 				c.l.wake(t, net.ErrClosed)
 			}
 		}
+		if st.added && st.shared {
+			_ = c.l.ctl(unix.EPOLL_CTL_DEL, st, 0)
+		}
 		if c.l.fds[st.fd] == st {
 			delete(c.l.fds, st.fd)
 		}
 		c.st = nil
 	}
-	rawClose(c.fd) // also ends its epoll registration
+	rawClose(c.fd) // also ends its epoll registration (unless shared)
+}
+
+// Detach takes the descriptor out of the loop without closing it, for the
+// caller to own from then on (a logged-in session handed to the relay):
+// its epoll registration is removed, and the Conn is closed as far as its
+// methods go (Close afterwards does not touch the descriptor). It fails if
+// the Conn was closed. It must be called from a task of the Conn's loop,
+// with no task waiting on the Conn.
+func (c *Conn) Detach() (int, error) {
+	if c.l.cur == nil {
+		panic("evloop: Detach outside a task of the Conn's loop")
+	}
+	if c.closed.Swap(true) {
+		return -1, c.opErr("detach", net.ErrClosed)
+	}
+	if st := c.st; st != nil {
+		if st.added {
+			if err := c.l.ctl(unix.EPOLL_CTL_DEL, st, 0); err != nil {
+				rawClose(c.fd)
+				return -1, c.opErr("detach", err)
+			}
+		}
+		if c.l.fds[st.fd] == st {
+			delete(c.l.fds, st.fd)
+		}
+		c.st = nil
+	}
+	return c.fd, nil
 }
 
 // SetDeadline sets both deadlines. Safe from any goroutine.
@@ -294,7 +354,7 @@ func (c *Conn) state() *fdState {
 	if c.l.gen == 0 {
 		c.l.gen++ // 0 marks the eventfd
 	}
-	st := &fdState{fd: int32(c.fd), gen: c.l.gen, conn: c}
+	st := &fdState{fd: int32(c.fd), gen: c.l.gen, conn: c, shared: c.shared}
 	c.l.fds[st.fd] = st
 	c.st = st
 	return st
@@ -319,6 +379,15 @@ func (st *fdState) need() uint32 {
 func (l *Loop) arm(st *fdState) error {
 	want := st.mask | st.need()
 	if st.added && want == st.mask {
+		return nil
+	}
+	if st.shared {
+		// Only ever read (accept): added once, never modified
+		// (EPOLLEXCLUSIVE allows no EPOLL_CTL_MOD).
+		if err := l.ctl(unix.EPOLL_CTL_ADD, st, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); err != nil {
+			return err
+		}
+		st.added, st.mask = true, unix.EPOLLIN
 		return nil
 	}
 	op := unix.EPOLL_CTL_MOD
@@ -364,7 +433,7 @@ func (l *Loop) ready(ev *unix.EpollEvent) {
 		if l.ctl(unix.EPOLL_CTL_DEL, st, 0) == nil {
 			st.added, st.mask = false, 0
 		}
-	case e&(st.mask&^need) != 0:
+	case e&(st.mask&^need) != 0 && !st.shared:
 		if l.ctl(unix.EPOLL_CTL_MOD, st, need) == nil {
 			st.mask = need
 		}
@@ -387,6 +456,9 @@ func (r rawConn) Control(f func(fd uintptr)) error {
 }
 
 func (r rawConn) Read(f func(fd uintptr) bool) error {
+	if err := r.c.l.giveWay(); err != nil {
+		return err
+	}
 	for {
 		if r.c.closed.Load() {
 			return net.ErrClosed
@@ -401,6 +473,9 @@ func (r rawConn) Read(f func(fd uintptr) bool) error {
 }
 
 func (r rawConn) Write(f func(fd uintptr) bool) error {
+	if err := r.c.l.giveWay(); err != nil {
+		return err
+	}
 	for {
 		if r.c.closed.Load() {
 			return net.ErrClosed

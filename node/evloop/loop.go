@@ -62,6 +62,7 @@ type Loop struct {
 	gen      uint32 // the last fdState generation
 	timers   timerHeap
 	runnable []*Task // spawned or woken from within the loop, to run next
+	yielded  []*Task // gave way after their quantum: run after the next poll
 	cur      *Task   // the task running now
 	parkedAt int64   // the epoll descriptor's read deadline (unix nanos, 0: none)
 	live     map[*Task]struct{}
@@ -188,10 +189,14 @@ func (l *Loop) run() {
 			return
 		}
 		l.expire()
+		// Tasks that gave way run after those the last poll made ready.
+		l.runnable = append(l.runnable, l.yielded...)
+		clear(l.yielded)
+		l.yielded = l.yielded[:0]
 		l.runRunnable()
 
 		l.mu.Lock()
-		idle := len(l.posted) == 0 && !l.closed
+		idle := len(l.posted) == 0 && !l.closed && len(l.yielded) == 0
 		l.parking = idle
 		l.mu.Unlock()
 		n, err := l.wait(idle)
@@ -271,6 +276,7 @@ func (l *Loop) shutdown() {
 		}
 	}
 	l.runnable = nil
+	l.yielded = nil
 	l.timers = nil
 	unix.Close(l.evfd)
 	l.ep.Close()
@@ -298,6 +304,25 @@ type Task struct {
 	tm           *timer   // its pending deadline, if any
 	wfd          *fdState // the descriptor it waits on, if any
 	queued, done bool
+	since        int64 // when it was last resumed (unix nanos)
+}
+
+// quantum is how long a task runs before a read or a write of its gives
+// way to the other tasks (giveWay): a client that keeps its session busy
+// without its socket ever running dry (pipelined commands, answers read at
+// once) must not hold the loop.
+const quantum = 2 * time.Millisecond
+
+// giveWay yields the current task until the loop has polled and run the
+// tasks that are ready, if it has run for its quantum.
+func (l *Loop) giveWay() error {
+	t := l.cur
+	if t == nil || l.now().UnixNano()-t.since < int64(quantum) {
+		return nil
+	}
+	t.queued = true // runnable, not waiting: no wake applies
+	l.yielded = append(l.yielded, t)
+	return l.park()
 }
 
 func (l *Loop) newTask(fn func()) *Task {
@@ -319,6 +344,7 @@ func (l *Loop) resume(t *Task) {
 		return
 	}
 	t.queued = false
+	t.since = l.now().UnixNano()
 	prev := l.cur
 	l.cur = t
 	_, ok := t.next()

@@ -70,6 +70,16 @@ func (l *Loop) NewListener(fd int, addr net.Addr) *Listener {
 	return &Listener{c: l.NewConn(fd, addr, nil)}
 }
 
+// NewSharedListener is NewListener for a listening socket whose open file
+// other loops accept on too, each through a descriptor of its own (a dup):
+// a connection wakes one of the loops waiting (EPOLLEXCLUSIVE), not all of
+// them, and whichever accepts first has it.
+func (l *Loop) NewSharedListener(fd int, addr net.Addr) *Listener {
+	c := l.NewConn(fd, addr, nil)
+	c.shared = true
+	return &Listener{c: c}
+}
+
 // Accept waits (yielding) for a connection. The new Conn's local address
 // is the listener's unless it listens on a wildcard address (then it is
 // asked of the kernel when LocalAddr is first called). It must be called

@@ -1,7 +1,8 @@
 // Package netx holds the connection plumbing shared by Portico's listeners,
 // protocol state machines, backend dialer and relay.
 //
-// A Conn is a *net.TCPConn with two additions the proxy needs:
+// A Conn is a TCP connection (a *net.TCPConn, or a socket of an event loop
+// of our own: NewSocketConn) with two additions the proxy needs:
 //
 //   - read-ahead bytes (a prefix) that are delivered before new socket data:
 //     bytes a client pipelined after STARTTLS belong to the TLS handshake,
@@ -47,7 +48,7 @@ func (wouldBlock) Is(target error) bool {
 // Reads must come from one goroutine at a time; writes may run
 // concurrently with reads.
 type Conn struct {
-	*net.TCPConn
+	Socket
 	raw      syscall.RawConn
 	prefix   []byte
 	nonblock bool
@@ -69,6 +70,14 @@ type heldIO struct {
 	quickAck, gotData bool
 }
 
+// Socket is what a Conn runs on: a *net.TCPConn, an event loop's
+// connection (node/evloop), or, once a loop has handed a session to the
+// relay, an *FD. Its raw connection (syscall.RawConn) is given alongside.
+type Socket interface {
+	net.Conn
+	CloseWrite() error
+}
+
 // NewConn wraps tc. prefix (may be nil) is delivered before socket data; the
 // Conn takes ownership of it.
 func NewConn(tc *net.TCPConn, prefix []byte) (*Conn, error) {
@@ -76,11 +85,30 @@ func NewConn(tc *net.TCPConn, prefix []byte) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Conn{TCPConn: tc, raw: raw, prefix: prefix}, nil
+	return &Conn{Socket: tc, raw: raw, prefix: prefix}, nil
 }
 
-// TCP returns the underlying connection.
-func (c *Conn) TCP() *net.TCPConn { return c.TCPConn }
+// NewSocketConn wraps s, whose raw connection is raw (an event loop's
+// connection: its RawConn's Read and Write wait as its Read and Write do).
+func NewSocketConn(s Socket, raw syscall.RawConn, prefix []byte) *Conn {
+	return &Conn{Socket: s, raw: raw, prefix: prefix}
+}
+
+// Rebase moves the Conn onto s (raw: its raw connection), the same
+// descriptor as the socket it ran on, which the caller has taken from it
+// (an event loop hands a logged-in session's sockets to the relay as FDs;
+// a tls.Conn over this Conn carries on unchanged). Read-ahead bytes stay.
+// Only the goroutine that reads and writes may call it, with no other
+// operation in progress.
+func (c *Conn) Rebase(s Socket, raw syscall.RawConn) {
+	c.Socket, c.raw, c.hold, c.held = s, raw, nil, nil
+}
+
+// TCP returns the underlying connection if it is a Go one (else nil).
+func (c *Conn) TCP() *net.TCPConn {
+	tc, _ := c.Socket.(*net.TCPConn)
+	return tc
+}
 
 // Raw returns the underlying syscall.RawConn.
 func (c *Conn) Raw() syscall.RawConn { return c.raw }
@@ -115,10 +143,10 @@ func (c *Conn) Write(p []byte) (int, error) {
 	if c.hold != nil {
 		return c.writeHeld(p)
 	}
-	return c.TCPConn.Write(p)
+	return c.Socket.Write(p)
 }
 
-// readHeld reads like TCPConn.Read, giving the hold's slot back only if
+// readHeld reads like net.TCPConn's Read, giving the hold's slot back only if
 // the socket has nothing yet (a read that need not wait keeps it, so a
 // login is not sent to the back of the gate's queue for nothing).
 func (c *Conn) readHeld(p []byte) (int, error) {
@@ -146,7 +174,7 @@ func (c *Conn) readHeld(p []byte) (int, error) {
 	return n, nil
 }
 
-// writeHeld writes all of p like TCPConn.Write, giving the hold's slot
+// writeHeld writes all of p like net.TCPConn's Write, giving the hold's slot
 // back only while the socket's buffer is full.
 func (c *Conn) writeHeld(p []byte) (int, error) {
 	st := c.heldState()
@@ -257,7 +285,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		if c.hold != nil {
 			return c.readHeld(p)
 		}
-		return c.TCPConn.Read(p)
+		return c.Socket.Read(p)
 	}
 	return c.ReadNonblock(p)
 }
@@ -296,7 +324,15 @@ func (c *Conn) ReadNonblock(p []byte) (int, error) {
 func IsClosed(err error) bool { return errors.Is(err, net.ErrClosed) }
 
 // SetLinger0 makes Close send a RST instead of FIN (used for hostile peers).
-func (c *Conn) SetLinger0() { _ = c.TCPConn.SetLinger(0) }
+func (c *Conn) SetLinger0() {
+	if tc := c.TCP(); tc != nil {
+		_ = tc.SetLinger(0)
+		return
+	}
+	_ = c.raw.Control(func(fd uintptr) {
+		_ = syscall.SetsockoptLinger(int(fd), syscall.SOL_SOCKET, syscall.SO_LINGER, &syscall.Linger{Onoff: 1})
+	})
+}
 
 // deadline helper used by Stream.
 func deadline(d time.Duration) time.Time {

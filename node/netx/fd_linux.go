@@ -141,6 +141,9 @@ func (f *FD) Prefixed() bool { return false }
 // none).
 func (f *FD) SetDeadline(t time.Time) error { return f.SetWriteDeadline(t) }
 
+// SetReadDeadline does nothing: reads never wait.
+func (f *FD) SetReadDeadline(time.Time) error { return nil }
+
 // SetWriteDeadline bounds writes, including one waiting now: past t a
 // write fails with an error that wraps os.ErrDeadlineExceeded. The zero
 // time means no deadline.

@@ -207,7 +207,13 @@ func (d RouteDirector) Direct(ctx context.Context, a *Attempt) (*Target, error) 
 	var r routing.Route
 	var err error
 	if d.Lookup != nil {
-		r, err = d.Lookup.RouteContext(ctx, req)
+		if a, ok := d.Lookup.(interface{ Answers(routing.Request) bool }); ok && a.Answers(req) {
+			r, err = d.Lookup.RouteContext(ctx, req)
+		} else {
+			// It may ask a directory source: not on an event loop's
+			// goroutine (netx.Block).
+			netx.Block(ctx, func() { r, err = d.Lookup.RouteContext(ctx, req) })
+		}
 	} else {
 		r, err = d.Router.Route(req)
 	}
@@ -426,12 +432,14 @@ func (c *Client) Login(ctx context.Context, creds Credentials, login BackendLogi
 	if wait > 0 {
 		hold := netx.HoldFrom(ctx)
 		hold.Release()
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
+		netx.Block(ctx, func() {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
+		})
 		hold.Acquire()
 	}
 	c.logLogin(ev)

@@ -57,22 +57,30 @@ func (d *Dialer) Dial(ctx context.Context, b *routing.Backend, p routing.Protoco
 	if nd.Timeout <= 0 {
 		nd.Timeout = 5 * time.Second
 	}
-	// A session's gate slot (netx.Gate) is given back while it connects,
-	// and while it waits for the backend on the connection.
-	hold := netx.HoldFrom(ctx)
-	hold.Release()
-	c, err := nd.DialContext(ctx, "tcp", addr)
-	hold.Acquire()
-	if err != nil {
-		return nil, fmt.Errorf("backend %s: connect: %w", b.ID, err)
+	var nc *netx.Conn
+	if e := netx.ExecutorFrom(ctx); e != nil {
+		// A session of an event loop connects on a connection of its loop.
+		var err error
+		if nc, err = loopDial(ctx, e, addr, time.Now().Add(nd.Timeout)); err != nil {
+			return nil, fmt.Errorf("backend %s: connect: %w", b.ID, err)
+		}
+	} else {
+		// A session's gate slot (netx.Gate) is given back while it
+		// connects, and while it waits for the backend on the connection.
+		hold := netx.HoldFrom(ctx)
+		hold.Release()
+		c, err := nd.DialContext(ctx, "tcp", addr)
+		hold.Acquire()
+		if err != nil {
+			return nil, fmt.Errorf("backend %s: connect: %w", b.ID, err)
+		}
+		tc := c.(*net.TCPConn)
+		if nc, err = netx.NewConn(tc, nil); err != nil {
+			tc.Close()
+			return nil, err
+		}
+		nc.SetHold(hold)
 	}
-	tc := c.(*net.TCPConn)
-	nc, err := netx.NewConn(tc, nil)
-	if err != nil {
-		tc.Close()
-		return nil, err
-	}
-	nc.SetHold(hold)
 	s := netx.NewStream(nc)
 	if b.Forward == routing.ForwardProxy {
 		h := &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
@@ -97,6 +105,41 @@ func (d *Dialer) Dial(ctx context.Context, b *routing.Backend, p routing.Protoco
 		}
 	}
 	return s, nil
+}
+
+// loopDial connects to addr ("host:port") through e, an event loop's
+// Executor, by deadline or ctx's own, whichever comes first. A host name
+// is resolved on a goroutine of its own (netx.Block): the loop never waits
+// for DNS.
+func loopDial(ctx context.Context, e netx.Executor, addr string, deadline time.Time) (*netx.Conn, error) {
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		var ips []netip.Addr
+		netx.Block(ctx, func() {
+			rctx, cancel := context.WithDeadline(ctx, deadline)
+			defer cancel()
+			var p int
+			if p, err = net.DefaultResolver.LookupPort(rctx, "tcp", port); err == nil {
+				ap = netip.AddrPortFrom(netip.Addr{}, uint16(p))
+				ips, err = net.DefaultResolver.LookupNetIP(rctx, "ip", host)
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
+		if len(ips) == 0 {
+			return nil, fmt.Errorf("%s: no address", host)
+		}
+		ap = netip.AddrPortFrom(ips[0].Unmap(), ap.Port())
+	}
+	return e.DialTCP(ap, deadline)
 }
 
 func deadlineOf(ctx context.Context, def time.Duration) time.Time {

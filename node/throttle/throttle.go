@@ -100,6 +100,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/portico-mail/portico/node/netx"
 	"github.com/portico-mail/portico/routing"
 )
 
@@ -615,10 +616,15 @@ func (l *Limiter) Begin(ctx context.Context, ip netip.Addr, user string) (Pendin
 			held = true
 			l.stats.held.Add(1)
 		}
-		select {
-		case <-ch:
-			woken = &waitKey
-		case <-ctx.Done():
+		var cancelled bool
+		netx.Block(ctx, func() {
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				cancelled = true
+			}
+		})
+		if cancelled {
 			l.flightMu.Lock()
 			if f := l.flights[waitKey]; !f.remove(ch) {
 				f.wakeOne() // woken meanwhile: pass it on
@@ -627,6 +633,7 @@ func (l *Limiter) Begin(ctx context.Context, ip netip.Addr, user string) (Pendin
 			l.stats.blocked[scopeIndex(busy)].Add(1)
 			return nil, busy
 		}
+		woken = &waitKey
 	}
 }
 

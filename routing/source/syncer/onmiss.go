@@ -82,6 +82,20 @@ func NewOnMiss(fsm Table, srcs []MissSource, cl Cluster, log *slog.Logger, met *
 		sem: make(chan struct{}, maxMissInFlight), cache: map[string]missAnswer{}}
 }
 
+// Answers reports whether RouteContext would answer req without asking a
+// source (from the table, or from an answer it keeps), so that a caller on
+// an event loop can call it in line rather than on a goroutine of its own.
+func (m *OnMiss) Answers(req routing.Request) bool {
+	if len(m.srcs) == 0 || !m.fsm.Loaded() || !routing.ValidUser(req.User) {
+		return true
+	}
+	if _, ok := m.fsm.Table().UserRoute(req.User); ok {
+		return true
+	}
+	_, ok := m.get(routing.NormalizeUser(req.User))
+	return ok
+}
+
 // RouteContext routes req: from the table when it holds a rule for the
 // user (or is not caught up yet), else from a source's answer (cached or
 // asked now, waiting at most the source's timeout), else by the table's
