@@ -109,6 +109,7 @@ func setupProxy(fs *flag.FlagSet) func([]string) error {
 	pathVar(fs, &f.Cert, fileArg, "cert", "", "TLS certificate (PEM) for imaps/pop3s and STARTTLS")
 	pathVar(fs, &f.Key, fileArg, "key", "", "TLS private key (PEM)")
 	fs.BoolVar(&f.AllowPlaintext, "allow-plaintext", false, "allow login before STARTTLS on imap:// and pop3:// listeners that have a certificate")
+	fs.BoolVar(&f.EventLoop, "event-loop", false, "serve logins on the event loops (listeners' event_loop)")
 	choiceVar(fs, &f.Forward, "forward", "id", []string{"none", "id", "proxy"}, "pass the client address to the backend: none, id (IMAP ID / POP3 XCLIENT), proxy (PROXY v2)")
 	fs.BoolVar(&f.Insecure, "backend-insecure", false, "do not verify backend TLS certificates")
 	pathVar(fs, &f.CAFile, fileArg, "backend-ca", "", "CA bundle to verify backend TLS certificates")

@@ -132,6 +132,9 @@ type Listener struct {
 	Pool string `yaml:"pool"`
 	// Submission: settings of a submission listener.
 	Submission *SubmissionListener `yaml:"submission"`
+	// EventLoop: sessions run on the node's event loops until they log
+	// in (node/DESIGN.md, "What the goroutine costs").
+	EventLoop bool `yaml:"event_loop"`
 
 	// TLS policy: tls_min_version, tls_cipher_suites, alpn (tlspolicy.go).
 	ListenerTLS `yaml:",inline"`

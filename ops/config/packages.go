@@ -118,6 +118,7 @@ func (c *Config) NodeConfig() node.Config {
 			Limits:             c.EffectiveLimits(i),
 			TLSPolicy:          c.listenerTLSPolicy(i),
 			Pool:               l.Pool,
+			EventLoop:          l.EventLoop,
 		}
 		if s := l.Submission; s != nil {
 			lc.Extra = &submission.ListenerOptions{Hostname: s.Hostname, MaxMessageSize: s.MaxMessageSize,

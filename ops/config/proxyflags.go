@@ -16,6 +16,7 @@ type ProxyFlags struct {
 	To             []string // imap://HOST:PORT imaps://... pop3://... pop3s://... sieve://... submission://... submissions://...
 	Cert, Key      string
 	AllowPlaintext bool   // allow login before STARTTLS on imap:// and pop3:// listeners
+	EventLoop      bool   // every listener on the event loops (Listener.EventLoop)
 	Forward        string // client address forwarding to the backends: none, id, proxy
 	Insecure       bool   // do not verify backend TLS certificates
 	CAFile         string // verify backend TLS certificates against this bundle
@@ -158,7 +159,7 @@ func FromProxyFlags(f ProxyFlags) (*Config, error) {
 			return nil, fmt.Errorf("--from %s: no --to %s:// backend", from, proto)
 		}
 		l := Listener{Name: scheme + "-" + strconv.Itoa(len(c.Listeners)+1), Protocol: proto,
-			Address: net.JoinHostPort(host, strconv.Itoa(port))}
+			Address: net.JoinHostPort(host, strconv.Itoa(port)), EventLoop: f.EventLoop}
 		switch {
 		case strings.HasSuffix(scheme, "s"):
 			if f.Cert == "" {

@@ -221,6 +221,7 @@ func readmeWant() map[string]map[string]any {
 			"limits":                      "",
 			"auth":                        "global auth",
 			"pool":                        "",
+			"event_loop":                  false,
 			"submission.hostname":         "the host name",
 			"submission.max_message_size": "0 (SIZE without a number)",
 			"submission.extensions":       "[" + strings.Join(submission.DefaultExtensions, ", ") + "]",
