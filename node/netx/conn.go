@@ -204,9 +204,10 @@ func (c *Conn) writeHeld(p []byte) (int, error) {
 // sent, or with the delayed-ACK timer); one that holds its second reply
 // until the first is acknowledged (Nagle, Cyrus) gets that ACK just before
 // the reader waits for it. It works through the held read path
-// (SetHold); without a Hold it is QuickAck now.
+// (SetHold), which a Conn on an event loop's socket takes too; a Go
+// connection without a Hold gets QuickAck now.
 func (c *Conn) QuickAckOnWait() error {
-	if c.hold == nil {
+	if c.hold == nil && c.TCP() != nil {
 		return c.QuickAck()
 	}
 	st := c.heldState()
@@ -282,7 +283,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	if !c.nonblock {
-		if c.hold != nil {
+		if c.hold != nil || c.held != nil && c.held.quickAck {
 			return c.readHeld(p)
 		}
 		return c.Socket.Read(p)
