@@ -807,6 +807,36 @@ func (n *Agent) Voters() ([]string, error) {
 	return out, nil
 }
 
+// IsServer reports whether the node named is a server (voter or
+// non-voter) in raft's latest configuration as this node knows it: a
+// node the cluster replicates its log to (an error while this node has no
+// configuration yet). A node removed from the
+// configuration (cluster.dead_node_reap, `portico cluster remove-peer`)
+// is not one, even while it still holds a valid cluster certificate;
+// RPCs that grant or take away something the replicated table decides
+// (the spread mode's VIP leases) serve only servers.
+func (n *Agent) IsServer(name string) (bool, error) {
+	if name == "" {
+		return false, nil
+	}
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return false, err
+	}
+	servers := cf.Configuration().Servers
+	if len(servers) == 0 {
+		// A node that has not bootstrapped nor been sent a configuration
+		// yet knows of no server, this one included: no answer.
+		return false, errors.New("cluster: no raft configuration yet")
+	}
+	for _, s := range servers {
+		if s.ID == raft.ServerID(name) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // RaftStats is raft's state on this node, for status and metrics.
 type RaftStats struct {
 	State         string // follower, candidate, leader or shutdown

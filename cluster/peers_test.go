@@ -38,6 +38,14 @@ func TestRemovePeer(t *testing.T) {
 	if err := follower.RemovePeer(ctx, "nobody"); !errors.Is(err, routing.ErrInvalid) {
 		t.Fatalf("removing a node that is not a peer: %v", err)
 	}
+	for _, nd := range []*testNode{leader, follower} {
+		if ok, err := nd.IsServer(victim.Name()); !ok || err != nil {
+			t.Fatalf("%s: IsServer(%s) before the removal: %v, %v", nd.Name(), victim.Name(), ok, err)
+		}
+		if ok, err := nd.IsServer("nobody"); ok || err != nil {
+			t.Fatalf("%s: IsServer(nobody): %v, %v", nd.Name(), ok, err)
+		}
+	}
 	_ = victim.Shutdown()
 	waitFor(t, 20*time.Second, "the victim seen dead by both", func() bool {
 		return !leader.Alive(victim.Name()) && !follower.Alive(victim.Name())
@@ -58,6 +66,14 @@ func TestRemovePeer(t *testing.T) {
 			}
 			return len(ps) == 2
 		})
+		// The spread mode's lease RPC serves only servers (vip.Spread):
+		// the removed node is no longer one, wherever it is asked.
+		if ok, err := nd.IsServer(victim.Name()); ok || err != nil {
+			t.Fatalf("%s: IsServer(%s) after the removal: %v, %v", nd.Name(), victim.Name(), ok, err)
+		}
+		if ok, _ := nd.IsServer(nd.Name()); !ok {
+			t.Fatalf("%s is not a server in its own configuration", nd.Name())
+		}
 	}
 	// Writes still commit on the two that are left.
 	if err := follower.Apply(ctx, routing.Command{Type: routing.CmdPutBackend, Backend: &routing.Backend{ID: "b1", Host: "127.0.0.1", IMAPPort: 143}}); err != nil {

@@ -77,6 +77,10 @@ type SpreadCluster interface {
 	CallLeader(ctx context.Context, path string, body []byte) (int, []byte, error)
 	CallNode(ctx context.Context, name, path string, body []byte) (int, []byte, error)
 	Members() []MemberLoad
+	// IsServer: the node named is a server (voter or non-voter) in
+	// raft's latest configuration as this node knows it (an error when
+	// it knows none yet). The lease and release RPCs serve only servers.
+	IsServer(name string) (bool, error)
 }
 
 // ErrPlacementUnsupported: a node of the cluster does not apply placements
@@ -130,6 +134,11 @@ type SpreadConfig struct {
 	// HoldUntil: the node was started by an in-place upgrade and inherits
 	// the old process's lease, which runs until then (zero: none).
 	HoldUntil time.Time
+	// OnRefused, if set, counts a lease or release call refused because
+	// of who made it (rpc is "lease" or "release"): no verified caller,
+	// not a server in raft's configuration, or a release not asked by the
+	// leader.
+	OnRefused func(rpc string)
 	Log       *slog.Logger
 }
 
@@ -146,6 +155,11 @@ type Spread struct {
 
 	refuse   atomic.Pointer[map[netip.Addr]bool]
 	renewNow atomic.Bool // renew at the next tick (news for the leader)
+
+	// refusedLog: when a refused caller of an RPC was last logged (at
+	// most once a minute each: a removed node renews every Lease/6).
+	refusedMu  sync.Mutex
+	refusedLog map[string]time.Time
 
 	mu sync.Mutex
 	// The holder's side.
@@ -215,7 +229,7 @@ func NewSpread(cfg SpreadConfig) *Spread {
 	s := &Spread{cfg: cfg, log: cfg.Log, every: cfg.Lease / 6, margin: cfg.Lease / 6, tick: min(50*time.Millisecond, cfg.Lease/12),
 		addrs: map[netip.Addr]bool{}, kickc: make(chan struct{}, 1),
 		fences: map[netip.Addr]fence{}, refused: map[netip.Addr]bool{}, ending: map[netip.Addr]int{},
-		claims: map[netip.Addr]*atomic.Uint64{}}
+		claims: map[netip.Addr]*atomic.Uint64{}, refusedLog: map[string]time.Time{}}
 	for _, a := range cfg.Addresses {
 		s.slots = append(s.slots, Slot{Address: a.Addr.String(), Prefer: a.Prefer})
 		s.addrs[a.Addr] = true
@@ -541,7 +555,11 @@ func (s *Spread) draining() bool {
 
 // HandleLease serves the lease RPC on the leader: once it has confirmed
 // its leadership with a quorum, it records the caller's contact and
-// answers with its table's index and the addresses it is moving.
+// answers with its table's index and the addresses it is moving. Only a
+// server of raft's configuration is served (authorize): a lease is the
+// right to hold what the replicated table places on the caller, and a
+// node the table is not replicated to cannot follow it (DESIGN.md,
+// "Who may call the spread mode's RPCs").
 func (s *Spread) HandleLease(ctx context.Context, caller string, body []byte) (int, any) {
 	var req leaseRequest
 	if len(body) > 0 {
@@ -549,8 +567,10 @@ func (s *Spread) HandleLease(ctx context.Context, caller string, body []byte) (i
 			return http.StatusBadRequest, map[string]string{"error": err.Error()}
 		}
 	}
-	if caller == "" {
-		return http.StatusForbidden, map[string]string{"error": "unknown caller"}
+	if status, why := s.authorize(rpcLease, caller); status != 0 {
+		// Its last grant, if any, is left as it was: its addresses move
+		// once that grant has surely run out (failedLocked), not before.
+		return status, map[string]string{"error": why}
 	}
 	if err := s.cfg.Cluster.VerifyLeader(); err != nil {
 		return http.StatusServiceUnavailable, map[string]string{"error": err.Error()}
@@ -875,14 +895,71 @@ func (s *Spread) HandleRelease(ctx context.Context, caller string, body []byte) 
 	if err != nil || !s.addrs[a] {
 		return http.StatusBadRequest, releaseAnswer{Error: fmt.Sprintf("%q is not a virtual address of this node", req.Address)}
 	}
-	if leader, _ := s.cfg.Cluster.Leader(); caller == "" || caller != leader {
-		return http.StatusForbidden, releaseAnswer{Error: fmt.Sprintf("only the leader (%q) moves addresses, not %q", leader, caller)}
+	if status, why := s.authorize(rpcRelease, caller); status != 0 {
+		return status, releaseAnswer{Error: why}
+	}
+	if leader, _ := s.cfg.Cluster.Leader(); caller != leader {
+		status, why := s.refuseCaller(rpcRelease, caller, fmt.Sprintf("only the leader (%q) moves addresses, not %q", leader, caller))
+		return status, releaseAnswer{Error: why}
 	}
 	rel, err := s.releaseLocal(ctx, a, req.Epoch)
 	if err != nil {
 		return http.StatusServiceUnavailable, releaseAnswer{SessionsEnded: rel.Ended, Error: err.Error()}
 	}
 	return http.StatusOK, releaseAnswer{SessionsEnded: rel.Ended, SessionsEnding: rel.Ending}
+}
+
+// The RPCs' names in OnRefused and the log.
+const (
+	rpcLease   = "lease"
+	rpcRelease = "release"
+)
+
+// authorize checks who made a lease or release call: a node named by the
+// certificate verified in the cluster port's handshake (cluster.Caller),
+// and a server in raft's latest configuration as this node knows it. A
+// cluster certificate alone is not enough: a node removed from the
+// configuration keeps its certificate until it expires. It returns 0 when
+// the caller may be served, else the status to answer with and why.
+func (s *Spread) authorize(rpc, caller string) (int, string) {
+	if caller == "" {
+		return s.refuseCaller(rpc, caller, "unknown caller (no verified node certificate)")
+	}
+	ok, err := s.cfg.Cluster.IsServer(caller)
+	if err != nil {
+		return http.StatusServiceUnavailable, "cannot tell whether " + caller + " is a server of the cluster: " + err.Error()
+	}
+	if !ok {
+		return s.refuseCaller(rpc, caller, fmt.Sprintf(
+			"%s is not a server in raft's configuration (removed from the cluster, or not added yet): the %s RPC serves servers only", caller, rpc))
+	}
+	return 0, ""
+}
+
+// refuseCaller counts and logs a call refused because of its caller
+// (each caller at most once a minute) and returns 403 and why.
+func (s *Spread) refuseCaller(rpc, caller, why string) (int, string) {
+	if s.cfg.OnRefused != nil {
+		s.cfg.OnRefused(rpc)
+	}
+	now := time.Now()
+	key := rpc + "\x00" + caller
+	s.refusedMu.Lock()
+	last, seen := s.refusedLog[key]
+	logIt := !seen || now.Sub(last) >= time.Minute
+	if logIt {
+		if len(s.refusedLog) >= 256 {
+			// Callers are certificate holders, so few; the cap only
+			// bounds the map.
+			clear(s.refusedLog)
+		}
+		s.refusedLog[key] = now
+	}
+	s.refusedMu.Unlock()
+	if logIt {
+		s.log.Warn("refused a virtual address RPC from this caller (logged once a minute per caller)", "rpc", rpc, "caller", caller, "reason", why)
+	}
+	return http.StatusForbidden, why
 }
 
 // released is what a release for a move did: Ended sessions were ended

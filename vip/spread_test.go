@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -114,6 +115,9 @@ type simNet struct {
 	log     []holdEvent
 	lmu     sync.Mutex
 	leading *simNode // the leader as raft would tell it (nil: none)
+	// removed: nodes no longer in raft's configuration (they run on and
+	// can still make calls, as a node with a valid certificate can).
+	removed map[string]bool
 }
 
 type holdEvent struct {
@@ -197,6 +201,12 @@ func (c simCluster) call(ctx context.Context, to *simNode, path string, body []b
 	}
 	b, _ := json.Marshal(ans)
 	return status, b, nil
+}
+func (c simCluster) IsServer(name string) (bool, error) {
+	c.n.net.mu.Lock()
+	defer c.n.net.mu.Unlock()
+	_, ok := c.n.net.nodes[name]
+	return ok && !c.n.net.removed[name], nil
 }
 func (c simCluster) Members() []MemberLoad {
 	c.n.net.mu.Lock()
@@ -384,15 +394,25 @@ func (n *simNode) isStopped() bool { n.mu.Lock(); defer n.mu.Unlock(); return n.
 const simLease = 200 * time.Millisecond
 
 func newSimNet(t *testing.T, names ...string) *simNet {
-	sn := &simNet{t: t, table: &simTable{ps: map[netip.Addr]Placement{}}, nodes: map[string]*simNode{}}
+	return newSimNetWith(t, nil, names...)
+}
+
+// newSimNetWith is newSimNet with opt applied to each node's
+// configuration.
+func newSimNetWith(t *testing.T, opt func(n *simNode, c *SpreadConfig), names ...string) *simNet {
+	sn := &simNet{t: t, table: &simTable{ps: map[netip.Addr]Placement{}}, nodes: map[string]*simNode{}, removed: map[string]bool{}}
 	for _, name := range names {
 		n := &simNode{net: sn, name: name}
 		n.proxy = &simSessions{n: n}
 		n.ctx, n.cancel = context.WithCancel(context.Background())
 		addrs := []SpreadAddress{{Addr: sa1, Prefer: []string{names[0]}}, {Addr: sa2, Prefer: []string{names[1%len(names)]}}, {Addr: sa3, Prefer: []string{names[2%len(names)]}}}
-		n.sp = NewSpread(SpreadConfig{Holder: simHolder{n}, Cluster: simCluster{n}, Table: sn.table, Sessions: n.proxy,
+		cfg := SpreadConfig{Holder: simHolder{n}, Cluster: simCluster{n}, Table: sn.table, Sessions: n.proxy,
 			Addresses: addrs, Lease: simLease, MoveDrain: 100 * time.Millisecond, RebalanceDelay: time.Hour,
-			Go: n.goJoined, Log: discard})
+			Go: n.goJoined, Log: discard}
+		if opt != nil {
+			opt(n, &cfg)
+		}
+		n.sp = NewSpread(cfg)
 		sn.nodes[name] = n
 	}
 	for _, n := range sn.nodes {
@@ -451,6 +471,13 @@ func (sn *simNet) stop(n *simNode) {
 	n.wg.Wait()
 	sn.mu.Lock()
 	sn.log = append(sn.log, holdEvent{at: time.Now(), node: n.name, dead: true})
+	sn.mu.Unlock()
+}
+
+// setRemoved takes n out of raft's configuration (or puts it back).
+func (sn *simNet) setRemoved(n *simNode, removed bool) {
+	sn.mu.Lock()
+	sn.removed[n.name] = removed
 	sn.mu.Unlock()
 }
 
@@ -620,6 +647,156 @@ func TestSpreadRPCs(t *testing.T) {
 	if st, _ := n2.sp.HandleRelease(t.Context(), "n1", body); st != http.StatusBadRequest {
 		t.Fatalf("release of an address that is not ours: %d", st)
 	}
+}
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// refusals counts OnRefused calls by RPC.
+type refusals struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (r *refusals) add(rpc string) { r.mu.Lock(); r.n[rpc]++; r.mu.Unlock() }
+func (r *refusals) get(rpc string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.n[rpc]
+}
+
+// The lease and release RPCs serve only servers of raft's configuration:
+// a caller with a valid certificate that is not one (a node removed from
+// the cluster, or one never added) is refused with 403, counted and
+// logged (once a minute per caller), and its contact with the leader is
+// not renewed; a server is served, and is again once it is back.
+func TestSpreadRPCsServeServersOnly(t *testing.T) {
+	var logs syncBuffer
+	ref := map[string]*refusals{}
+	sn := newSimNetWith(t, func(n *simNode, c *SpreadConfig) {
+		r := &refusals{n: map[string]int{}}
+		ref[n.name] = r
+		c.OnRefused = r.add
+		c.Log = slog.New(slog.NewTextHandler(&logs, nil)).With("node", n.name)
+	}, "n1", "n2")
+	n1, n2 := sn.nodes["n1"], sn.nodes["n2"]
+	sn.lead(n1)
+	sn.waitHolders(t, map[netip.Addr]string{sa2: "n2"}, 5*time.Second)
+	lastAns := func() time.Time {
+		n1.sp.mu.Lock()
+		defer n1.sp.mu.Unlock()
+		return n1.sp.lt.lastAns["n2"]
+	}
+
+	// A stranger: a valid caller name, never in the configuration.
+	st, ans := n1.sp.HandleLease(t.Context(), "x", nil)
+	if st != http.StatusForbidden || !strings.Contains(fmt.Sprint(ans), "not a server") {
+		t.Fatalf("lease for a node outside the configuration: %d %v", st, ans)
+	}
+	if got := ref["n1"].get(rpcLease); got != 1 {
+		t.Fatalf("refused leases counted: %d, want 1", got)
+	}
+	n1.sp.mu.Lock()
+	_, recorded := n1.sp.lt.lastAns["x"]
+	n1.sp.mu.Unlock()
+	if recorded {
+		t.Fatal("the leader recorded contact with a refused caller")
+	}
+
+	// n2 removed from the configuration: its own renewals (every Lease/6)
+	// are refused from now on; once one has been, none of its calls is in
+	// flight any more, and its last contact stays where it was.
+	sn.setRemoved(n2, true)
+	waitUntil(t, "n2's own renewal refused", waitLimit, func() bool { return ref["n1"].get(rpcLease) >= 2 })
+	at := lastAns()
+	if st, _ := n1.sp.HandleLease(t.Context(), "n2", nil); st != http.StatusForbidden {
+		t.Fatalf("lease for a removed node: %d", st)
+	}
+	waitUntil(t, "more of n2's renewals refused", waitLimit, func() bool { return ref["n1"].get(rpcLease) >= 5 })
+	if got := lastAns(); !got.Equal(at) {
+		t.Fatalf("a refused lease renewed the removed node's contact: %v -> %v", at, got)
+	}
+	if c := strings.Count(logs.String(), "caller=n2"); c != 1 {
+		t.Fatalf("the refused caller was logged %d times, want once a minute:\n%s", c, logs.String())
+	}
+	if !strings.Contains(logs.String(), `level=WARN msg="refused a virtual address RPC`) {
+		t.Fatalf("no warning logged:\n%s", logs.String())
+	}
+
+	// Back in the configuration: served, and its contact renewed.
+	sn.setRemoved(n2, false)
+	if st, ans := n1.sp.HandleLease(t.Context(), "n2", nil); st != http.StatusOK {
+		t.Fatalf("lease for a server: %d %v", st, ans)
+	}
+	if got := lastAns(); !got.After(at) {
+		t.Fatalf("the lease did not renew the server's contact: %v -> %v", at, got)
+	}
+
+	// The release RPC: the leader, once removed from the configuration
+	// (as n2 sees it), is refused; a server that does not lead is refused;
+	// the leader is served.
+	ps, _ := sn.table.Placements()
+	body, _ := json.Marshal(releaseRequest{Address: sa2.String(), Epoch: ps[sa2].Epoch})
+	sn.setRemoved(n1, true)
+	if st, ans := n2.sp.HandleRelease(t.Context(), "n1", body); st != http.StatusForbidden || !strings.Contains(fmt.Sprint(ans), "not a server") {
+		t.Fatalf("release asked by a leader outside the configuration: %d %v", st, ans)
+	}
+	sn.setRemoved(n1, false)
+	if st, _ := n2.sp.HandleRelease(t.Context(), "n2", body); st != http.StatusForbidden {
+		t.Fatalf("release asked by a server that does not lead: %d", st)
+	}
+	if got := ref["n2"].get(rpcRelease); got != 2 {
+		t.Fatalf("refused releases counted: %d, want 2", got)
+	}
+	if !n2.sp.cfg.Holder.Holds(sa2) {
+		t.Fatal("a refused release took the address away")
+	}
+	if st, ans := n2.sp.HandleRelease(t.Context(), "n1", body); st != http.StatusOK {
+		t.Fatalf("release asked by the leader: %d %v", st, ans)
+	}
+	if n2.sp.cfg.Holder.Holds(sa2) {
+		t.Fatal("the leader's release left the address on n2")
+	}
+	sn.check()
+}
+
+// A node removed from raft's configuration while it holds an address
+// (it runs on, with a valid certificate): its renewals are refused, it
+// drops the address when its last lease runs out, and the leader moves
+// the address only after that (never two holders).
+func TestSpreadRemovedNodeLosesItsAddress(t *testing.T) {
+	sn := newSimNet(t, "n1", "n2", "n3")
+	n1, n3 := sn.nodes["n1"], sn.nodes["n3"]
+	sn.lead(n1)
+	sn.waitHolders(t, map[netip.Addr]string{sa1: "n1", sa2: "n2", sa3: "n3"}, 5*time.Second)
+	sn.setRemoved(n3, true)
+	removedAt := time.Now()
+	sn.waitHolders(t, map[netip.Addr]string{sa3: "!n3"}, 5*time.Second)
+	if h := (simHolder{n3}).Held(); len(h) != 0 {
+		t.Fatalf("the removed node still holds %v", h)
+	}
+	if until := n3.sp.LeaseUntil(); until.After(removedAt.Add(simLease)) {
+		t.Fatalf("the removed node's lease was renewed after its removal: until %v, removed at %v", until, removedAt)
+	}
+	if n1.isStopped() || n3.isStopped() {
+		t.Fatal("a node stopped")
+	}
+	sn.check()
 }
 
 var offSpread = netip.MustParseAddrPort("192.0.2.1:143") // a session on no virtual address

@@ -53,7 +53,7 @@ func setupServe(fs *flag.FlagSet) func([]string) error {
 		if err != nil {
 			return fail(err)
 		}
-		if err := startPprof(pprofAddr); err != nil {
+		if _, _, err := startPprof(pprofAddr, pprofLog(cfg.Log)); err != nil {
 			return fail(err)
 		}
 		if h != nil {
@@ -121,9 +121,6 @@ func setupProxy(fs *flag.FlagSet) func([]string) error {
 	printCfg := fs.Bool("print-config", false, "print the configuration this runs, defaults written out, and exit (portico serve --config runs it the same way)")
 	fs.StringVar(&pprofAddr, "pprof", "", "serve Go profiling endpoints (/debug/pprof/) on this `address`, e.g. 127.0.0.1:6060")
 	return func([]string) error {
-		if err := startPprof(pprofAddr); err != nil {
-			return err
-		}
 		cfg, err := config.FromProxyFlags(f)
 		if err != nil {
 			return fmt.Errorf("proxy: %w", err)
@@ -141,6 +138,9 @@ func setupProxy(fs *flag.FlagSet) func([]string) error {
 				"# flags, defaults written out. Run it with: portico serve --config FILE\n")
 			os.Stdout.Write(b)
 			return nil
+		}
+		if _, _, err := startPprof(pprofAddr, pprofLog(cfg.Log)); err != nil {
+			return err
 		}
 		return run(cfg, "", nil)
 	}

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"fmt"
+	"log/slog"
 	"mime"
 	"net"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -178,6 +180,14 @@ func (s *Server) AllowHost(hostport string) error {
 
 // hostAllowed reports whether r's Host names this listener.
 func (s *Server) hostAllowed(r *http.Request) bool {
+	return s.hosts.Load().allows(r, s.effectivePort(0))
+}
+
+// allows reports whether r's Host names the listener r reached: one of
+// hs's entries (a Host without a port stands for defaultPort, the
+// scheme's), the configured address's host, the address the connection
+// reached, or localhost when that address is a loopback one.
+func (hs *hostSet) allows(r *http.Request, defaultPort int) bool {
 	if r.Host == "" {
 		return true // HTTP/1.0 without Host: no browser sends that
 	}
@@ -185,9 +195,12 @@ func (s *Server) hostAllowed(r *http.Request) bool {
 	if err != nil {
 		return false
 	}
-	hs := s.hosts.Load()
+	effective := port
+	if effective == 0 {
+		effective = defaultPort
+	}
 	for _, e := range hs.entries {
-		if e.host == host && (e.port == 0 || e.port == s.effectivePort(port)) {
+		if e.host == host && (e.port == 0 || e.port == effective) {
 			return true
 		}
 	}
@@ -305,11 +318,58 @@ func (s *Server) guard(next http.Handler) http.Handler {
 // refuse answers a guarded request and logs it, at most once a second so
 // that a hostile page cannot flood the log.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, code int, msg string) {
+	refuseRequest(w, r, s.log, &s.refused, "admin API", code, msg)
+}
+
+// refuseRequest answers a guarded request of the listener called what,
+// and logs it at most once a second (last: unix nanos of the last line).
+func refuseRequest(w http.ResponseWriter, r *http.Request, log *slog.Logger, last *atomic.Int64, what string, code int, msg string) {
 	now := time.Now().UnixNano()
-	if last := s.refused.Load(); now-last >= int64(time.Second) && s.refused.CompareAndSwap(last, now) {
-		s.log.Warn("admin API request refused", "status", code, "method", r.Method, "path", r.URL.Path,
+	if l := last.Load(); now-l >= int64(time.Second) && last.CompareAndSwap(l, now) {
+		log.Warn(what+" request refused", "status", code, "method", r.Method, "path", r.URL.Path,
 			"remote", r.RemoteAddr, "host", r.Host, "origin", r.Header.Get("Origin"), "reason", msg)
 	}
 	w.Header().Set("Connection", "close")
 	Error(w, code, msg)
+}
+
+// GuardListener puts the browser guard in front of next for another
+// plain-HTTP listener of the node that has no token and only serves GETs
+// to tools (`portico serve --pprof`), listening on address (host:port)
+// and called what in its log lines:
+//
+//   - Host: as on the admin listener (hostAllowed), the address the
+//     connection reached, the configured address's host, or localhost on
+//     a loopback address; else 421 (DNS rebinding). There is no
+//     allowed_hosts: reach such a listener by its address, or through a
+//     tunnel to the same port.
+//   - Cross-site: a request a browser marks as made on behalf of another
+//     page (Sec-Fetch-Site other than same-origin or none) is refused
+//     with 403 on every method, GET included: no page may make the node
+//     run a CPU profile or an execution trace by linking to it. Tools
+//     (go tool pprof, curl) send no Sec-Fetch-Site.
+//
+// Refusals are logged at most once a second.
+func GuardListener(what, address string, log *slog.Logger, next http.Handler) (http.Handler, error) {
+	if _, _, err := net.SplitHostPort(address); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	hs, err := newHostSet(address, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	var last atomic.Int64
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !hs.allows(r, 80) {
+			refuseRequest(w, r, log, &last, what, http.StatusMisdirectedRequest, fmt.Sprintf(
+				"Host %q is not an address of this %s listener (use its IP address, or localhost on loopback)", r.Host, what))
+			return
+		}
+		if v := r.Header.Values("Sec-Fetch-Site"); len(v) > 0 && (len(v) > 1 || v[0] != "same-origin" && v[0] != "none") {
+			refuseRequest(w, r, log, &last, what, http.StatusForbidden, fmt.Sprintf(
+				"cross-site request refused (Sec-Fetch-Site: %s)", strings.Join(v, ", ")))
+			return
+		}
+		next.ServeHTTP(w, r)
+	}), nil
 }

@@ -52,7 +52,14 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 		Help: "Gratuitous ARP / unsolicited neighbour advertisement rounds sent."})
 	notifyRuns := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "portico", Subsystem: "vip", Name: "notify_runs_total",
 		Help: "Runs of the vip.notify program, by event (acquire, release) and result (ok, failed, timeout, dropped)."}, []string{"event", "result"})
-	d.Metrics.MustRegister(ownerG, changes, anns, notifyRuns)
+	// Spread mode only; exported at zero in the leader mode too (every
+	// catalogued vip metric is there whenever addresses are configured).
+	rpcRefused := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "portico", Subsystem: "vip", Name: "rpc_refused_total",
+		Help: vipRPCRefusedHelp}, []string{"rpc"})
+	d.Metrics.MustRegister(ownerG, changes, anns, notifyRuns, rpcRefused)
+	for _, rpc := range []string{"lease", "release"} {
+		rpcRefused.WithLabelValues(rpc)
+	}
 	for _, a := range ips {
 		ownerG.WithLabelValues(a.String()).Set(0)
 	}
@@ -95,7 +102,7 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 	// refresh, for the hosts that were on its side of the split.
 	agent.OnMemberJoin(func(string) { m.Reannounce() })
 	if vc.Mode == config.VIPModeSpread {
-		d.setupSpread(cfg, m)
+		d.setupSpread(cfg, m, rpcRefused)
 	} else {
 		d.setupLeaderVIP(cfg, m, ips)
 	}
@@ -125,6 +132,10 @@ func (d *Daemon) setupVIP(cfg *config.Config) error {
 	}
 	return nil
 }
+
+// vipRPCRefusedHelp is portico_vip_rpc_refused_total's HELP text (the
+// catalog in ops/metrics says the same).
+const vipRPCRefusedHelp = "Spread-mode lease and release calls this node refused because of their caller, by rpc (lease, release): a node that is not a server in raft's configuration (removed from the cluster, or not added yet; its certificate alone is not enough), or a release not asked by the leader. 0 in the leader mode."
 
 // setupLeaderVIP: every address follows raft leadership.
 func (d *Daemon) setupLeaderVIP(cfg *config.Config, m *vip.Manager, ips []netip.Addr) {
@@ -160,13 +171,14 @@ func (d *Daemon) setupLeaderVIP(cfg *config.Config, m *vip.Manager, ips []netip.
 }
 
 // setupSpread: each address on one node, placed by the leader.
-func (d *Daemon) setupSpread(cfg *config.Config, m *vip.Manager) {
+func (d *Daemon) setupSpread(cfg *config.Config, m *vip.Manager, rpcRefused *prometheus.CounterVec) {
 	vc := cfg.VIP
 	agent := d.cluster
 	var addrs []vip.SpreadAddress
 	for _, a := range vc.Addresses {
 		addrs = append(addrs, vip.SpreadAddress{Addr: a.Prefix.Addr(), Prefer: a.Prefer})
 	}
+
 	sp := vip.NewSpread(vip.SpreadConfig{
 		Holder: m, Cluster: spreadCluster{agent}, Table: placementTable{fsm: d.fsm, agent: agent},
 		Sessions: d.srv, Addresses: addrs,
@@ -174,12 +186,16 @@ func (d *Daemon) setupSpread(cfg *config.Config, m *vip.Manager) {
 		MoveDrain: vc.MoveDrain.D(), Draining: d.Draining,
 		Go:        d.group.GoLate,
 		HoldUntil: d.inherit.VIPHoldUntil(),
+		OnRefused: func(rpc string) { rpcRefused.WithLabelValues(rpc).Inc() },
 		Log:       d.Log.With("component", "vip"),
 	})
 	d.vip.spread = sp
 	m.SetVerify(sp.Verify)
 	agent.OnLeadership(sp.SetLeading)
 	agent.RunWhileLeader(sp.Lead)
+	// The caller is the node named by the certificate verified in the
+	// cluster port's handshake; vip.Spread serves it only if it is a
+	// server in raft's configuration (spreadCluster.IsServer).
 	agent.HandleRPC(vip.LeaseRPC, func(ctx context.Context, body []byte) (int, any) {
 		return sp.HandleLease(ctx, cluster.Caller(ctx), body)
 	})

@@ -109,6 +109,7 @@ var Catalog = sortInfo([]Info{
 	{"portico_vip_ownership_changes_total", "counter", nil, "Times this node acquired or released a virtual address (each address counts).", "vip"},
 	{"portico_vip_announcements_total", "counter", nil, "Gratuitous ARP / unsolicited neighbour advertisement rounds sent.", "vip"},
 	{"portico_vip_notify_runs_total", "counter", []string{"event", "result"}, "Runs of the vip.notify program, by event (acquire, release) and result (ok, failed, timeout, dropped).", "vip"},
+	{"portico_vip_rpc_refused_total", "counter", []string{"rpc"}, "Spread-mode lease and release calls this node refused because of their caller, by rpc (lease, release): a node that is not a server in raft's configuration (removed from the cluster, or not added yet; its certificate alone is not enough), or a release not asked by the leader. 0 in the leader mode.", "vip"},
 
 	// Directory sources (routing/source/syncer, ops/daemon/sources.go), when configured.
 	{"portico_source_last_success_timestamp_seconds", "gauge", []string{"source"}, syncer.HelpLastSuccess, "source"},
