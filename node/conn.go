@@ -10,6 +10,7 @@ import (
 	"github.com/portico-mail/portico/node/netx"
 	"github.com/portico-mail/portico/node/relay"
 	"github.com/portico-mail/portico/node/session"
+	"log/slog"
 )
 
 // serve runs one client connection from accept until the relay takes it,
@@ -67,7 +68,8 @@ func (s *Server) serve(l *listener, tc acceptedConn, lp *loopExec) {
 		Started: time.Now(),
 	}
 	c.Log = s.log.With("session", c.ID)
-	c.Log.Info("session start", "listener", l.conf().Name, "protocol", string(l.conf().Protocol), "client", o.remote.String())
+	session.LogAttrs(c.Log, slog.LevelInfo, "session start", slog.String("listener", l.conf().Name),
+		slog.String("protocol", string(l.conf().Protocol)), slog.String("client", o.remote.String()))
 	l.stats.Preauth.Add(1)
 	s.preLocalAdd(c.Local.Addr())
 
@@ -195,13 +197,13 @@ func (s *Server) startRelay(l *listener, c *session.Client, h *session.Handoff, 
 			release()
 			ls.Relayed.Add(-1)
 			s.obs.SessionEnded(ls, h, st)
-			attrs := []any{"user", h.User, "backend", h.BackendID, "reason", st.Reason,
-				"bytes_in", st.ClientToBackend, "bytes_out", st.BackendToClient,
-				"duration", time.Since(c.Started).Round(time.Millisecond)}
+			attrs := []slog.Attr{slog.String("user", h.User), slog.String("backend", h.BackendID), slog.String("reason", string(st.Reason)),
+				slog.Int64("bytes_in", st.ClientToBackend), slog.Int64("bytes_out", st.BackendToClient),
+				slog.Duration("duration", time.Since(c.Started).Round(time.Millisecond))}
 			if st.Err != nil {
-				attrs = append(attrs, "error", st.Err.Error())
+				attrs = append(attrs, slog.String("error", st.Err.Error()))
 			}
-			c.Log.Info("session end", attrs...)
+			session.LogAttrs(c.Log, slog.LevelInfo, "session end", attrs...)
 		},
 	})
 }

@@ -112,7 +112,9 @@ func (s *Server) unloop(nc *netx.Conn) error {
 	if !ok {
 		return nil
 	}
-	laddr, raddr := ec.LocalAddr(), ec.RemoteAddr()
+	// A backend socket's local address is asked of the kernel only if
+	// someone needs it (the FD does it then).
+	laddr, raddr := ec.KnownLocalAddr(), ec.RemoteAddr()
 	fd, err := ec.Detach()
 	if err != nil {
 		return err

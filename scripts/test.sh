@@ -95,3 +95,9 @@ fi
 
 section "go test -race"
 go test -race -count=1 -timeout 25m "$@" ./...
+
+# node's own tests once more with every listener on the event loops
+# (listeners' event_loop; the integration tests run real processes with
+# both kinds of listener).
+section "go test -race ./node/ (event loops)"
+PORTICO_TEST_EVENT_LOOP=1 go test -race -count=1 -timeout 5m "$@" ./node/

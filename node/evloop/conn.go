@@ -40,7 +40,8 @@ type Conn struct {
 	l            *Loop
 	fd           int
 	laddr, raddr net.Addr
-	st           *fdState // the loop's state, made on the first wait
+	asked        atomic.Pointer[net.TCPAddr] // laddr asked of the kernel
+	st           *fdState                    // the loop's state, made on the first wait
 
 	closed   atomic.Bool
 	shared   bool         // see fdState.shared
@@ -56,23 +57,39 @@ func (l *Loop) NewConn(fd int, laddr, raddr net.Addr) *Conn {
 }
 
 // LocalAddr implements net.Conn. When the address was not known at
-// construction it is asked of the kernel (each time: rarely needed).
+// construction it is asked of the kernel, once.
 func (c *Conn) LocalAddr() net.Addr {
 	if c.laddr != nil {
 		return c.laddr
 	}
+	if a := c.asked.Load(); a != nil {
+		return a
+	}
 	if c.closed.Load() {
 		return nil
 	}
-	sa, err := unix.Getsockname(c.fd)
-	if err != nil {
+	var rsa unix.RawSockaddrAny
+	n := uint32(unix.SizeofSockaddrAny)
+	_, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(c.fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)))
+	if e != 0 {
 		return nil
 	}
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return &net.TCPAddr{IP: net.IP(append([]byte(nil), a.Addr[:]...)), Port: a.Port}
-	case *unix.SockaddrInet6:
-		return &net.TCPAddr{IP: net.IP(append([]byte(nil), a.Addr[:]...)), Port: a.Port}
+	a, _ := addrOf(&rsa).(*net.TCPAddr)
+	if a == nil {
+		return nil
+	}
+	c.asked.Store(a)
+	return a
+}
+
+// KnownLocalAddr is the local address if it is known without asking the
+// kernel (nil otherwise).
+func (c *Conn) KnownLocalAddr() net.Addr {
+	if c.laddr != nil {
+		return c.laddr
+	}
+	if a := c.asked.Load(); a != nil {
+		return a
 	}
 	return nil
 }
@@ -372,32 +389,28 @@ func (st *fdState) need() uint32 {
 	return m
 }
 
-// arm makes st's registration cover what its waiters need. The
-// registration is level-triggered and only ever widened here; ready
-// narrows it when an event comes that nobody waits for, so a task that
-// waits again for the same thing costs no epoll_ctl.
+// arm registers st with the loop's epoll on its first wait. A connection
+// is registered once for both directions, edge-triggered (as Go's
+// netpoller and nginx do), and never modified: an edge that comes while
+// nobody waits is dropped, which is safe because a task waits only after
+// its read or write found the socket dry, and the loop takes events only
+// while its tasks wait (an ADD reports a socket that is ready already). A
+// shared listening socket is registered level-triggered with
+// EPOLLEXCLUSIVE (which allows no EPOLL_CTL_MOD); ready removes it when
+// an event comes that nobody waits for (an accept backing off), and the
+// next wait adds it again.
 func (l *Loop) arm(st *fdState) error {
-	want := st.mask | st.need()
-	if st.added && want == st.mask {
+	if st.added {
 		return nil
 	}
+	events, mask := uint32(unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET), uint32(unix.EPOLLIN|unix.EPOLLOUT)
 	if st.shared {
-		// Only ever read (accept): added once, never modified
-		// (EPOLLEXCLUSIVE allows no EPOLL_CTL_MOD).
-		if err := l.ctl(unix.EPOLL_CTL_ADD, st, unix.EPOLLIN|unix.EPOLLEXCLUSIVE); err != nil {
-			return err
-		}
-		st.added, st.mask = true, unix.EPOLLIN
-		return nil
+		events, mask = unix.EPOLLIN|unix.EPOLLEXCLUSIVE, unix.EPOLLIN
 	}
-	op := unix.EPOLL_CTL_MOD
-	if !st.added {
-		op = unix.EPOLL_CTL_ADD
-	}
-	if err := l.ctl(op, st, want); err != nil {
+	if err := l.ctl(unix.EPOLL_CTL_ADD, st, events); err != nil {
 		return err
 	}
-	st.added, st.mask = true, want
+	st.added, st.mask = true, mask
 	return nil
 }
 
@@ -410,10 +423,9 @@ func (l *Loop) ctl(op int, st *fdState, events uint32) error {
 	return nil
 }
 
-// ready handles an event for a descriptor: wakes its waiters, and narrows
-// its registration to what is still waited for (a level-triggered event
-// nobody waits for would come back at every wait; an error or hang-up is
-// reported whatever the mask, hence the removal when nobody waits).
+// ready handles an event for a descriptor: wakes its waiters (an error
+// or hang-up wakes both). A shared listener's registration is removed
+// when nobody waits (level-triggered, it would come back at every poll).
 func (l *Loop) ready(ev *unix.EpollEvent) {
 	st := l.fds[ev.Fd]
 	if st == nil || st.gen != uint32(ev.Pad) {
@@ -422,20 +434,15 @@ func (l *Loop) ready(ev *unix.EpollEvent) {
 	e := ev.Events
 	bad := e&(unix.EPOLLERR|unix.EPOLLHUP) != 0
 	need := st.need()
-	if st.rw != nil && (e&unix.EPOLLIN != 0 || bad) {
+	if st.rw != nil && (e&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 || bad) {
 		l.wake(st.rw, nil)
 	}
 	if st.ww != nil && (e&unix.EPOLLOUT != 0 || bad) {
 		l.wake(st.ww, nil)
 	}
-	switch {
-	case need == 0:
+	if st.shared && need == 0 {
 		if l.ctl(unix.EPOLL_CTL_DEL, st, 0) == nil {
 			st.added, st.mask = false, 0
-		}
-	case e&(st.mask&^need) != 0 && !st.shared:
-		if l.ctl(unix.EPOLL_CTL_MOD, st, need) == nil {
-			st.mask = need
 		}
 	}
 }

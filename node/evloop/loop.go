@@ -240,7 +240,11 @@ func (l *Loop) wait(park bool) (int, error) {
 	if len(l.timers) > 0 {
 		when = l.timers[0].when
 	}
-	if when != l.parkedAt {
+	// The park's deadline is moved only to wake earlier (or when there was
+	// none): a deadline that went away or moved later (a session handed
+	// over or re-armed) costs at most one early wake-up, after which it is
+	// set anew, rather than a runtime timer change at every park.
+	if when != l.parkedAt && (l.parkedAt == 0 || when != 0 && when < l.parkedAt || l.parkedAt <= l.now().UnixNano()) {
 		var d time.Time
 		if when != 0 {
 			d = time.Unix(0, when)

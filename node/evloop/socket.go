@@ -62,6 +62,13 @@ func (l *Loop) DialTCP(addr netip.AddrPort, deadline time.Time) (*Conn, error) {
 // Listener accepts connections in a task of its loop.
 type Listener struct {
 	c *Conn // the listening socket (its Conn's read wait is Accept's)
+	// took: the last Accept returned a connection. The next one waits
+	// first rather than asking the kernel for another at once: the
+	// registration is level-triggered, so a connection still queued is
+	// reported by the loop's next poll, and one accept per connection
+	// saves the accept4 that would find the queue empty (at a moderate
+	// rate, every other accept4).
+	took bool
 }
 
 // NewListener wraps fd, a listening non-blocking TCP socket the Listener
@@ -87,6 +94,12 @@ func (l *Loop) NewSharedListener(fd int, addr net.Addr) *Listener {
 func (ln *Listener) Accept() (*Conn, error) {
 	c := ln.c
 	var rsa unix.RawSockaddrAny
+	if ln.took && c.shared {
+		ln.took = false
+		if err := c.wait(unix.EPOLLIN, &c.rdl); err != nil {
+			return nil, c.opErr("accept", err)
+		}
+	}
 	for {
 		if c.closed.Load() {
 			return nil, c.opErr("accept", net.ErrClosed)
@@ -100,6 +113,7 @@ func (ln *Listener) Accept() (*Conn, error) {
 				nc.laddr = nil
 			}
 			rawNodelay(int(fd))
+			ln.took = true
 			return nc, nil
 		case unix.EINTR, unix.ECONNABORTED:
 			continue

@@ -222,7 +222,7 @@ func (c *Conn) heldState() *heldIO {
 	st := &heldIO{}
 	st.readFn = func(fd uintptr) bool {
 		for {
-			st.rn, st.rerr = syscall.Read(int(fd), st.rp)
+			st.rn, st.rerr = sysRead(int(fd), st.rp)
 			if st.rerr != syscall.EINTR {
 				break
 			}
@@ -250,7 +250,7 @@ func (c *Conn) heldState() *heldIO {
 	}
 	st.writeFn = func(fd uintptr) bool {
 		for st.wn < len(st.wp) {
-			m, e := syscall.Write(int(fd), st.wp[st.wn:])
+			m, e := sysWrite(int(fd), st.wp[st.wn:])
 			switch {
 			case e == syscall.EINTR:
 				continue

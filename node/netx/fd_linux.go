@@ -45,6 +45,7 @@ type FD struct {
 	fd           int
 	state        atomic.Uint64 // fdClosed | operations in progress
 	laddr, raddr net.Addr
+	asked        atomic.Pointer[net.TCPAddr] // laddr asked of the kernel (laddr nil)
 	w            *Waiter
 
 	wmu      sync.Mutex   // one writer at a time (Write, Raw().Write)
@@ -61,7 +62,8 @@ var closeFD = unix.Close
 
 // NewFD takes ownership of fd, a connected TCP socket already in
 // non-blocking mode. local and peer are its addresses (given, not asked
-// of the kernel: the caller knows them from accept and connect); w is the
+// of the kernel: the caller knows them from accept and connect; a nil
+// local address is asked of the kernel when first needed); w is the
 // Waiter its writes wait on (nil: a write to a full socket fails). NewFD
 // makes no syscall and sets no socket option: the caller sets what it
 // wants (Go's own connections have TCP_NODELAY, which relayed
@@ -124,8 +126,33 @@ func (f *FD) poke() {
 
 func (f *FD) closed() bool { return f.state.Load()&fdClosed != 0 }
 
-// LocalAddr returns the local address given to NewFD.
-func (f *FD) LocalAddr() net.Addr { return f.laddr }
+// LocalAddr returns the local address given to NewFD, or if none was,
+// the socket's (asked of the kernel once).
+func (f *FD) LocalAddr() net.Addr {
+	if f.laddr != nil {
+		return f.laddr
+	}
+	if a := f.asked.Load(); a != nil {
+		return a
+	}
+	var a *net.TCPAddr
+	if f.incref() {
+		if sa, err := unix.Getsockname(f.fd); err == nil {
+			switch s := sa.(type) {
+			case *unix.SockaddrInet4:
+				a = &net.TCPAddr{IP: net.IP(append([]byte(nil), s.Addr[:]...)), Port: s.Port}
+			case *unix.SockaddrInet6:
+				a = &net.TCPAddr{IP: net.IP(append([]byte(nil), s.Addr[:]...)), Port: s.Port}
+			}
+		}
+		f.decref()
+	}
+	if a == nil {
+		return &net.TCPAddr{} // closed, or not an IP socket: never a nil interface
+	}
+	f.asked.Store(a)
+	return a
+}
 
 // RemoteAddr returns the peer's address given to NewFD.
 func (f *FD) RemoteAddr() net.Addr { return f.raddr }

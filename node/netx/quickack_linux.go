@@ -1,6 +1,11 @@
 package netx
 
-import "golang.org/x/sys/unix"
+import (
+	"os"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
 
 // QuickAck makes the kernel acknowledge the next segments the peer sends
 // at once instead of delaying the ACK (TCP_QUICKACK, not sticky: the
@@ -20,6 +25,33 @@ func (c *Conn) QuickAck() error {
 	return serr
 }
 
+// setQuickAck is a raw syscall, like the reads and writes of the held
+// path (sysRead, sysWrite): none of them can block, and the runtime's
+// entersyscall, whose first use after an idle moment wakes sysmon, cost
+// about two context switches per login on an event loop.
 func setQuickAck(fd int) error {
-	return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_QUICKACK, 1)
+	one := int32(1)
+	_, _, e := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, unix.TCP_QUICKACK, uintptr(unsafe.Pointer(&one)), 4, 0)
+	if e != 0 {
+		return os.NewSyscallError("setsockopt", e)
+	}
+	return nil
+}
+
+// sysRead and sysWrite are read(2) and write(2) on a non-blocking
+// descriptor, as raw syscalls.
+func sysRead(fd int, p []byte) (int, error) {
+	n, e := rawRead(fd, p)
+	if e != 0 {
+		return -1, e
+	}
+	return n, nil
+}
+
+func sysWrite(fd int, p []byte) (int, error) {
+	n, e := rawWrite(fd, p)
+	if e != 0 {
+		return -1, e
+	}
+	return n, nil
 }
