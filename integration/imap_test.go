@@ -23,9 +23,9 @@ tls:
   certificates: [{cert: %s, key: %s}]
 listeners:
   - {name: imap-plain, protocol: imap, address: "127.0.0.1:0", tls: none}
-  - {name: imap-starttls, protocol: imap, address: "127.0.0.1:0", tls: starttls}
-  - {name: imaps, protocol: imap, address: "127.0.0.1:0", tls: implicit}
-  - {name: pop3-plain, protocol: pop3, address: "127.0.0.1:0", tls: none}
+  - {name: imap-starttls, protocol: imap, address: "127.0.0.1:0", tls: starttls, event_loop: true}
+  - {name: imaps, protocol: imap, address: "127.0.0.1:0", tls: implicit, event_loop: true}
+  - {name: pop3-plain, protocol: pop3, address: "127.0.0.1:0", tls: none, event_loop: true}
   - {name: pop3-starttls, protocol: pop3, address: "127.0.0.1:0", tls: starttls}
   - {name: pop3s, protocol: pop3, address: "127.0.0.1:0", tls: implicit}
   - {name: imap-proxied, protocol: imap, address: "127.0.0.1:0", proxy_protocol: true, trusted_proxies: [127.0.0.0/8]}
